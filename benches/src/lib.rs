@@ -1,0 +1,1 @@
+//! shmsnap-benches: not yet implemented.

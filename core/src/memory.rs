@@ -1,0 +1,270 @@
+//! The atomic word memory: the one seam between the protocol and the memory it runs on.
+//!
+//! Every access the protocol makes to the shared region goes through [`WordMemory`]: 64-bit
+//! words addressed by index, with explicit orderings. Real shared memory implements it as a
+//! slice of [`AtomicU64`]; the loom models implement it with loom's atomics, so the models
+//! check the code that ships.
+
+use core::sync::atomic::{fence, AtomicU64, Ordering};
+
+/// A fixed-length array of 64-bit atomic words, shared with other threads or processes.
+///
+/// # Safety
+///
+/// Implementors guarantee that:
+/// - [`len`](WordMemory::len) returns the same value for the whole life of the value;
+/// - every index `i < len()` names a distinct word that is valid, 8-byte aligned and safe to
+///   access atomically for the whole life of the value;
+/// - `load`, `store`, `swap` and `compare_exchange` behave as the operations of the same name
+///   on [`AtomicU64`] with the given orderings, and `fence` as [`core::sync::atomic::fence`]
+///   (a wrapper may weaken orderings on purpose to build a broken twin for a model checker;
+///   the protocol is then expected to fail, never to cause undefined behaviour).
+///
+/// Methods may panic if given an index `>= len()`. The protocol never does so: every index
+/// it derives from region contents is checked against a validated [`Layout`](crate::Layout)
+/// first.
+pub unsafe trait WordMemory {
+    /// Number of words.
+    fn len(&self) -> usize;
+
+    /// `true` if the memory has no words.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Atomic load of word `i`.
+    fn load(&self, i: usize, order: Ordering) -> u64;
+
+    /// Atomic store of `v` into word `i`.
+    fn store(&self, i: usize, v: u64, order: Ordering);
+
+    /// Atomic swap of word `i` with `v`, returning the previous value.
+    fn swap(&self, i: usize, v: u64, order: Ordering) -> u64;
+
+    /// Atomic compare-and-exchange of word `i`, as [`AtomicU64::compare_exchange`].
+    ///
+    /// # Errors
+    ///
+    /// Returns the current value if it was not `current`.
+    fn compare_exchange(
+        &self,
+        i: usize,
+        current: u64,
+        new: u64,
+        success: Ordering,
+        failure: Ordering,
+    ) -> Result<u64, u64>;
+
+    /// A memory fence with the given ordering.
+    fn fence(&self, order: Ordering);
+}
+
+// SAFETY: a slice of `AtomicU64` has a fixed length, and each element is an aligned atomic
+// word; the methods forward to the std operations and panic on an out-of-range index.
+unsafe impl WordMemory for [AtomicU64] {
+    #[inline]
+    fn len(&self) -> usize {
+        <[AtomicU64]>::len(self)
+    }
+    #[inline]
+    fn load(&self, i: usize, order: Ordering) -> u64 {
+        self[i].load(order)
+    }
+    #[inline]
+    fn store(&self, i: usize, v: u64, order: Ordering) {
+        self[i].store(v, order)
+    }
+    #[inline]
+    fn swap(&self, i: usize, v: u64, order: Ordering) -> u64 {
+        self[i].swap(v, order)
+    }
+    #[inline]
+    fn compare_exchange(
+        &self,
+        i: usize,
+        current: u64,
+        new: u64,
+        success: Ordering,
+        failure: Ordering,
+    ) -> Result<u64, u64> {
+        self[i].compare_exchange(current, new, success, failure)
+    }
+    #[inline]
+    fn fence(&self, order: Ordering) {
+        fence(order)
+    }
+}
+
+// SAFETY: forwards to the slice implementation; an array has a fixed length.
+unsafe impl<const N: usize> WordMemory for [AtomicU64; N] {
+    #[inline]
+    fn len(&self) -> usize {
+        N
+    }
+    #[inline]
+    fn load(&self, i: usize, order: Ordering) -> u64 {
+        self[i].load(order)
+    }
+    #[inline]
+    fn store(&self, i: usize, v: u64, order: Ordering) {
+        self[i].store(v, order)
+    }
+    #[inline]
+    fn swap(&self, i: usize, v: u64, order: Ordering) -> u64 {
+        self[i].swap(v, order)
+    }
+    #[inline]
+    fn compare_exchange(
+        &self,
+        i: usize,
+        current: u64,
+        new: u64,
+        success: Ordering,
+        failure: Ordering,
+    ) -> Result<u64, u64> {
+        self[i].compare_exchange(current, new, success, failure)
+    }
+    #[inline]
+    fn fence(&self, order: Ordering) {
+        fence(order)
+    }
+}
+
+/// Why a byte slice cannot be viewed as atomic words.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WordsError {
+    /// The slice does not start at an 8-byte boundary.
+    Misaligned {
+        /// The slice's address modulo 8.
+        misalignment: usize,
+    },
+    /// The slice length is not a multiple of 8.
+    Length {
+        /// The slice length in bytes.
+        len: usize,
+    },
+}
+
+impl core::fmt::Display for WordsError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            WordsError::Misaligned { misalignment } => write!(
+                f,
+                "shared memory must start at an 8-byte boundary (address is {misalignment} bytes past one)"
+            ),
+            WordsError::Length { len } => write!(
+                f,
+                "shared memory length must be a multiple of 8 bytes (got {len} bytes)"
+            ),
+        }
+    }
+}
+
+/// Views an exclusively borrowed byte slice (for example memory a custom runtime shares with
+/// the host) as atomic words.
+///
+/// # Errors
+///
+/// [`WordsError`] if the slice is not 8-byte aligned or its length is not a multiple of 8.
+///
+/// # Examples
+///
+/// ```
+/// let mut buf = vec![0u64; 4];
+/// let bytes: &mut [u8] = bytemuck::cast_slice_mut(&mut buf);
+/// let words = shmsnap_core::atomic_words(bytes).unwrap();
+/// assert_eq!(words.len(), 4);
+/// ```
+pub fn atomic_words(bytes: &mut [u8]) -> Result<&[AtomicU64], WordsError> {
+    let misalignment = (bytes.as_ptr() as usize) % 8;
+    if misalignment != 0 {
+        return Err(WordsError::Misaligned { misalignment });
+    }
+    let words: &mut [u64] = match bytemuck::try_cast_slice_mut(bytes) {
+        Ok(w) => w,
+        Err(_) => return Err(WordsError::Length { len: bytes.len() }),
+    };
+    let len = words.len();
+    let ptr = words.as_mut_ptr().cast::<AtomicU64>();
+    // SAFETY: `AtomicU64` has the same size and bit validity as `u64`, and its alignment (8)
+    // was checked above. The exclusive borrow of `bytes` is held for the returned lifetime,
+    // so no non-atomic access to these bytes can happen in this process meanwhile.
+    Ok(unsafe { core::slice::from_raw_parts(ptr, len) })
+}
+
+/// Stores `bytes` at byte offset `at` (counted from word 0) with `Relaxed` word stores.
+///
+/// Partial words at either end are merged with a `Relaxed` load: the caller must be the only
+/// writer of those words (the protocol only calls this on space it owns).
+pub(crate) fn store_bytes<M: WordMemory + ?Sized>(mem: &M, at: usize, bytes: &[u8]) {
+    let mut word = at / 8;
+    let mut skip = at % 8;
+    let mut rest = bytes;
+    while !rest.is_empty() {
+        let take = core::cmp::min(8 - skip, rest.len());
+        let (now, later) = rest.split_at(take);
+        let v = if skip == 0 && take == 8 {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(now);
+            u64::from_le_bytes(b)
+        } else {
+            let mut b = mem.load(word, Ordering::Relaxed).to_le_bytes();
+            b[skip..skip + take].copy_from_slice(now);
+            u64::from_le_bytes(b)
+        };
+        mem.store(word, v, Ordering::Relaxed);
+        word += 1;
+        skip = 0;
+        rest = later;
+    }
+}
+
+/// Loads `out.len()` bytes starting at byte offset `at` with `Relaxed` word loads.
+pub(crate) fn load_bytes<M: WordMemory + ?Sized>(mem: &M, at: usize, out: &mut [u8]) {
+    let mut word = at / 8;
+    let mut skip = at % 8;
+    let mut rest = out;
+    while !rest.is_empty() {
+        let take = core::cmp::min(8 - skip, rest.len());
+        let (now, later) = rest.split_at_mut(take);
+        let b = mem.load(word, Ordering::Relaxed).to_le_bytes();
+        now.copy_from_slice(&b[skip..skip + take]);
+        word += 1;
+        skip = 0;
+        rest = later;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unaligned_byte_stores_round_trip_and_keep_neighbours() {
+        let mem: [AtomicU64; 4] = Default::default();
+        for w in 0..4 {
+            mem.store(w, u64::MAX, Ordering::Relaxed);
+        }
+        store_bytes(&mem, 3, &[1, 2, 3, 4, 5, 6, 7, 8, 9, 10]);
+        let mut out = [0u8; 32];
+        load_bytes(&mem, 0, &mut out);
+        assert_eq!(&out[..3], &[0xff; 3]);
+        assert_eq!(&out[3..13], &[1, 2, 3, 4, 5, 6, 7, 8, 9, 10]);
+        assert_eq!(&out[13..], &[0xff; 19]);
+    }
+
+    #[test]
+    fn atomic_words_rejects_misaligned_and_short_input() {
+        let mut buf = [0u64; 3];
+        let bytes: &mut [u8] = bytemuck::cast_slice_mut(&mut buf);
+        assert_eq!(
+            atomic_words(&mut bytes[1..9]).unwrap_err(),
+            WordsError::Misaligned { misalignment: 1 }
+        );
+        assert_eq!(
+            atomic_words(&mut bytes[..12]).unwrap_err(),
+            WordsError::Length { len: 12 }
+        );
+        assert_eq!(atomic_words(&mut bytes[8..]).unwrap().len(), 2);
+    }
+}

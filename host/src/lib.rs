@@ -1,0 +1,1 @@
+//! shmsnap: not yet implemented.

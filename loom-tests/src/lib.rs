@@ -1,0 +1,1 @@
+//! shmsnap-loom-tests: not yet implemented.

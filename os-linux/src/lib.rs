@@ -1,0 +1,1 @@
+//! shmsnap-linux: not yet implemented.

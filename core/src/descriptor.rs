@@ -1,0 +1,110 @@
+//! Descriptors: the entries of the sequence-descriptor ring, and their seqlock read.
+//!
+//! Descriptor `slot` is four words at `desc_offset + 32 * slot`:
+//!
+//! | word | field    | invariant                                                          |
+//! |------|----------|--------------------------------------------------------------------|
+//! | 0    | seq      | 0 = empty; otherwise `(seq - 1) mod E == slot`, never repeated     |
+//! | 1    | offset   | stream offset of the payload, a multiple of 8                      |
+//! | 2    | length   | payload bytes, `1..=S`, and `offset mod S + length <= S`           |
+//! | 3    | reserved | 0                                                                  |
+
+use core::sync::atomic::Ordering;
+
+use crate::layout::Layout;
+use crate::memory::WordMemory;
+
+/// Largest sequence number the protocol hands out; a region that reaches it must be
+/// re-initialised (at a billion commits a second that takes 146 years).
+pub const MAX_SEQ: u64 = 1 << 62;
+/// Largest stream offset (exclusive) a payload may end at.
+pub const MAX_STREAM: u64 = 1 << 62;
+
+/// A committed entry: its sequence number and where its payload lies in the data stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash)]
+pub struct Descriptor {
+    /// Sequence number (`0` marks an empty slot in a [`DescriptorSet`](crate::DescriptorSet)).
+    pub seq: u64,
+    /// Stream offset of the payload (ring position is `offset mod S`).
+    pub offset: u64,
+    /// Payload length in bytes.
+    pub length: u64,
+}
+
+impl Descriptor {
+    /// The empty descriptor.
+    pub const EMPTY: Descriptor = Descriptor {
+        seq: 0,
+        offset: 0,
+        length: 0,
+    };
+
+    /// Stream offset just past the payload.
+    pub fn end(&self) -> u64 {
+        self.offset.saturating_add(self.length)
+    }
+
+    /// `true` if this descriptor could have been committed into `slot` of `layout`: non-zero
+    /// seq in range and belonging to the slot, payload inside the ring and contiguous.
+    pub fn is_valid_for(&self, layout: &Layout, slot: u64) -> bool {
+        let s = layout.data_size;
+        self.seq != 0
+            && self.seq < MAX_SEQ
+            && layout.slot_of(self.seq) == slot
+            && self.offset.is_multiple_of(8)
+            && self.length >= 1
+            && self.length <= s
+            && (self.offset & (s - 1)) + self.length <= s
+            && self.offset < MAX_STREAM
+            && self.offset + self.length <= MAX_STREAM
+    }
+}
+
+/// Reads descriptor `slot` of a live region with the seqlock protocol.
+///
+/// Returns `None` for an empty slot, an invalid descriptor, or one that changed during the
+/// read. Because sequence numbers never repeat, equal seq loads around the field loads prove
+/// the fields belong to that seq (no ABA).
+pub fn read_descriptor<M: WordMemory + ?Sized>(
+    mem: &M,
+    layout: &Layout,
+    slot: u64,
+) -> Option<Descriptor> {
+    if slot >= layout.entries {
+        return None;
+    }
+    let w = layout.desc_word(slot);
+    // Acquire: pairs with the Release store of seq in `Transaction::commit`, so the fields
+    // (and payload) stored before publication are visible to the loads below.
+    let s1 = mem.load(w, Ordering::Acquire);
+    if s1 == 0 {
+        return None;
+    }
+    let offset = mem.load(w + 1, Ordering::Relaxed);
+    let length = mem.load(w + 2, Ordering::Relaxed);
+    // Acquire fence: if the field loads above saw stores of a later commit, the writer's
+    // Release fence before those stores synchronizes with this fence, so its eviction
+    // (seq := 0) is visible to the re-load below and the read is rejected.
+    mem.fence(Ordering::Acquire);
+    let s2 = mem.load(w, Ordering::Relaxed);
+    let d = Descriptor {
+        seq: s1,
+        offset,
+        length,
+    };
+    (s1 == s2 && d.is_valid_for(layout, slot)).then_some(d)
+}
+
+/// Reads descriptor `slot` from a copied image (no concurrency: plain little-endian words).
+pub fn read_descriptor_bytes(image: &[u8], layout: &Layout, slot: u64) -> Option<Descriptor> {
+    if slot >= layout.entries {
+        return None;
+    }
+    let w = layout.desc_word(slot);
+    let d = Descriptor {
+        seq: crate::layout::read_word(image, w)?,
+        offset: crate::layout::read_word(image, w + 1)?,
+        length: crate::layout::read_word(image, w + 2)?,
+    };
+    d.is_valid_for(layout, slot).then_some(d)
+}

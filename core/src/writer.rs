@@ -1,0 +1,533 @@
+//! The writer: the client's single, wait-free committer (DESIGN §5.1).
+//!
+//! A commit is bounded by `E` eviction steps and the payload length: no syscalls, no locks, no
+//! waiting for the host.
+
+use core::fmt;
+use core::marker::PhantomData;
+use core::sync::atomic::Ordering;
+
+use crate::descriptor::{Descriptor, MAX_SEQ, MAX_STREAM};
+use crate::layout::{word, Hints, Layout, LayoutError, LayoutRequest};
+use crate::memory::{store_bytes, WordMemory};
+use crate::reader::Region;
+use crate::units::{UnitError, UnitGrant, UnitTable};
+
+/// Why a commit could not start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CommitError {
+    /// The payload is empty or larger than the data ring.
+    PayloadSize {
+        /// Requested length.
+        len: usize,
+        /// The data ring size S.
+        max: u64,
+    },
+    /// The payload given to [`Transaction::commit`] is longer than the transaction reserved.
+    ExceedsReservation {
+        /// Payload length.
+        len: usize,
+        /// Reserved length.
+        reserved: usize,
+    },
+    /// Sequence numbers or stream offsets are exhausted; the region must be re-initialised.
+    Exhausted,
+}
+
+impl fmt::Display for CommitError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            CommitError::PayloadSize { len, max } => write!(
+                f,
+                "payload of {len} bytes does not fit: it must be 1 to {max} bytes (the data ring size)"
+            ),
+            CommitError::ExceedsReservation { len, reserved } => write!(
+                f,
+                "payload of {len} bytes exceeds the {reserved} bytes this transaction reserved"
+            ),
+            CommitError::Exhausted => write!(
+                f,
+                "sequence numbers or stream offsets of this region are exhausted; re-initialise it"
+            ),
+        }
+    }
+}
+
+/// Why a writer could not attach to or initialise a region.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum AttachError {
+    /// The header is missing or invalid.
+    Layout(LayoutError),
+    /// `init` was asked to configure a region that already has a header.
+    AlreadyConfigured,
+    /// The region is configured with another layout than the one requested.
+    Mismatch {
+        /// The layout found in the region.
+        found: Layout,
+        /// The layout requested.
+        requested: Layout,
+    },
+    /// The region's sequence numbers are exhausted; it must be re-initialised.
+    Exhausted,
+}
+
+impl From<LayoutError> for AttachError {
+    fn from(e: LayoutError) -> Self {
+        AttachError::Layout(e)
+    }
+}
+
+impl fmt::Display for AttachError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AttachError::Layout(e) => e.fmt(f),
+            AttachError::AlreadyConfigured => {
+                write!(f, "region is already configured; attach to it instead")
+            }
+            AttachError::Mismatch { found, requested } => write!(
+                f,
+                "region is configured with {} entries and a {}-byte data ring, but {} entries and {} bytes were requested",
+                found.entries, found.data_size, requested.entries, requested.data_size
+            ),
+            AttachError::Exhausted => write!(
+                f,
+                "the region's sequence numbers are exhausted; re-initialise it"
+            ),
+        }
+    }
+}
+
+/// The single writer of a region.
+///
+/// Exactly one writer may exist per region at a time (across all processes): the protocol's
+/// soundness rests on it. The writer keeps its cursor privately and reads back only its own
+/// descriptors.
+#[derive(Debug)]
+pub struct Writer<'m, M: WordMemory + ?Sized> {
+    region: Region<'m, M>,
+    /// Next sequence number to commit; `1 <= next_seq <= MAX_SEQ`.
+    next_seq: u64,
+    /// Oldest sequence number that may be live. Seqs in `oldest..=newest` are live or gaps
+    /// (empty slots), `newest - oldest < E`; no other seq is live. `oldest > newest` when
+    /// nothing is live.
+    oldest: u64,
+    /// Newest committed (or recovered) seq, 0 if none; `newest < next_seq`.
+    newest: u64,
+    /// Stream offset just past the newest payload; `head <= MAX_STREAM`.
+    head: u64,
+}
+
+impl<'m, M: WordMemory + ?Sized> Writer<'m, M> {
+    /// Configures a fresh region (header all zeros) with `request` and returns its writer.
+    ///
+    /// # Errors
+    ///
+    /// [`AttachError::AlreadyConfigured`] if the header is not all zeros, or a
+    /// [`LayoutError`] if the request does not fit the memory.
+    pub fn init(mem: &'m M, request: LayoutRequest) -> Result<Self, AttachError> {
+        let available = (mem.len() as u64).saturating_mul(8);
+        let layout = Layout::new(available, request)?;
+        match Layout::read(mem) {
+            Err(LayoutError::Unconfigured) => {}
+            _ => return Err(AttachError::AlreadyConfigured),
+        }
+        // Empty every descriptor and the hints before publishing the header.
+        for slot in 0..layout.entries {
+            let w = layout.desc_word(slot);
+            for k in 0..4 {
+                mem.store(w + k, 0, Ordering::Relaxed);
+            }
+        }
+        mem.store(word::NEXT_SEQ, 1, Ordering::Relaxed);
+        mem.store(word::DATA_HEAD, 0, Ordering::Relaxed);
+        mem.store(word::EPOCH, 1, Ordering::Relaxed);
+        layout.write_header(mem);
+        Ok(Writer {
+            region: Region::with_layout(mem, layout),
+            next_seq: 1,
+            oldest: 1,
+            newest: 0,
+            head: 0,
+        })
+    }
+
+    /// Attaches to a configured region, initialising it with `request` if it is fresh.
+    ///
+    /// # Errors
+    ///
+    /// As [`Writer::init`] and [`Writer::attach`]; [`AttachError::Mismatch`] if the region
+    /// is configured with another layout.
+    pub fn open_or_init(mem: &'m M, request: LayoutRequest) -> Result<Self, AttachError> {
+        match Layout::read(mem) {
+            Err(LayoutError::Unconfigured) => Writer::init(mem, request),
+            Err(e) => Err(e.into()),
+            Ok(found) => {
+                let requested = Layout::new(found.region_len, request)?;
+                if found != requested {
+                    return Err(AttachError::Mismatch { found, requested });
+                }
+                Writer::attach(mem)
+            }
+        }
+    }
+
+    /// Attaches to a configured region (after a client restart or a restore), recovering the
+    /// cursor from the descriptors and the header hints.
+    ///
+    /// The newest valid entry and every older valid entry that lies before it in the stream
+    /// (within one ring's span) stay live; every other descriptor is emptied. The next seq is
+    /// above both the newest entry and the `next_seq` hint, so seqs never repeat. The epoch
+    /// hint is incremented. Bounded by `E`; the region's contents are treated as hostile.
+    ///
+    /// # Errors
+    ///
+    /// A [`LayoutError`] for a missing or invalid header; [`AttachError::Exhausted`].
+    pub fn attach(mem: &'m M) -> Result<Self, AttachError> {
+        let region = Region::open(mem)?;
+        let layout = *region.layout();
+        let hints = Hints::read(mem);
+        let newest = region.newest();
+        let top = newest.map_or(0, |d| d.seq);
+        let next_seq = hints.next_seq.max(top + 1).max(1);
+        if next_seq > MAX_SEQ {
+            return Err(AttachError::Exhausted);
+        }
+        let mut oldest = next_seq;
+        let mut head = 0;
+        // Walk the window of seqs the E slots can hold, newest first: slot of `newest - back`
+        // for back in 0..E covers every slot once. Keep an entry if it is the window's seq and
+        // lies before the previously kept one in the stream, within one ring of the newest's
+        // end; empty every other slot.
+        let mut bound = newest.map_or(0, |d| d.offset);
+        let low = newest.map_or(0, |d| d.end().saturating_sub(layout.data_size));
+        for back in 0..layout.entries {
+            let slot = top.wrapping_sub(1).wrapping_sub(back) & (layout.entries - 1);
+            let seq = top.checked_sub(back).filter(|&s| s >= 1);
+            let kept = match (seq, region.read_descriptor(slot)) {
+                (Some(seq), Some(d)) if d.seq == seq => {
+                    let ok = back == 0 || (d.end() <= bound && d.offset >= low);
+                    if ok {
+                        bound = d.offset;
+                        oldest = seq;
+                        head = head.max(d.end());
+                    }
+                    ok
+                }
+                _ => false,
+            };
+            if !kept {
+                let w = layout.desc_word(slot);
+                if mem.load(w, Ordering::Relaxed) != 0 {
+                    // Relaxed: an eviction, ordered before later data stores by the Release
+                    // fence in `begin`.
+                    mem.store(w, 0, Ordering::Relaxed);
+                }
+            }
+        }
+        let epoch = hints.epoch.wrapping_add(1);
+        mem.store(word::NEXT_SEQ, next_seq, Ordering::Relaxed);
+        mem.store(word::DATA_HEAD, head, Ordering::Relaxed);
+        mem.store(word::EPOCH, epoch, Ordering::Relaxed);
+        Ok(Writer {
+            region,
+            next_seq,
+            oldest,
+            newest: top,
+            head,
+        })
+    }
+
+    /// The region this writer commits to.
+    pub fn region(&self) -> &Region<'m, M> {
+        &self.region
+    }
+
+    /// The layout of the region.
+    pub fn layout(&self) -> &Layout {
+        self.region.layout()
+    }
+
+    /// The sequence number the next commit will get.
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// The oldest sequence number that may still be live (`next_seq()` when none is).
+    pub fn oldest_live(&self) -> u64 {
+        self.oldest
+    }
+
+    /// Number of tail units of `unit_size` bytes that fit in the tail.
+    pub fn unit_count(&self, unit_size: usize) -> usize {
+        if unit_size == 0 {
+            return 0;
+        }
+        usize::try_from(self.layout().tail_len / unit_size as u64).unwrap_or(usize::MAX)
+    }
+
+    /// Reads this writer's own descriptor for `seq`, if it is live (not a gap).
+    fn own(&self, seq: u64) -> Option<Descriptor> {
+        let layout = self.layout();
+        let w = layout.desc_word(layout.slot_of(seq));
+        let mem = self.region.mem();
+        // Relaxed: the writer reads back its own stores.
+        if mem.load(w, Ordering::Relaxed) != seq {
+            return None;
+        }
+        Some(Descriptor {
+            seq,
+            offset: mem.load(w + 1, Ordering::Relaxed),
+            length: mem.load(w + 2, Ordering::Relaxed),
+        })
+    }
+
+    /// Empties the slot of the oldest seq (unless it is a gap) and advances `oldest`.
+    fn evict_oldest(&mut self) {
+        if self.own(self.oldest).is_some() {
+            let layout = self.layout();
+            let w = layout.desc_word(layout.slot_of(self.oldest));
+            // Relaxed: ordered before any later data store by the Release fence in `begin`.
+            self.region.mem().store(w, 0, Ordering::Relaxed);
+        }
+        self.oldest += 1;
+    }
+
+    /// Evicts every live entry older than `seq`, but never the newest entry. Frees units
+    /// retired as of `seq` or earlier for the next transaction. Bounded by `E`.
+    pub fn evict_before(&mut self, seq: u64) {
+        let limit = seq.min(self.newest);
+        while self.oldest < limit {
+            self.evict_oldest();
+        }
+    }
+
+    /// Starts a commit of up to `len` payload bytes: evicts what the new entry displaces,
+    /// then fences, so the transaction may write its payload and tail units.
+    ///
+    /// # Errors
+    ///
+    /// [`CommitError::PayloadSize`] unless `1 <= len <= S`; [`CommitError::Exhausted`].
+    pub fn begin(&mut self, len: usize) -> Result<Transaction<'_, 'm, M>, CommitError> {
+        let layout = *self.layout();
+        let s = layout.data_size;
+        let n = len as u64;
+        if len == 0 || n > s {
+            return Err(CommitError::PayloadSize { len, max: s });
+        }
+        let seq = self.next_seq;
+        if seq >= MAX_SEQ {
+            return Err(CommitError::Exhausted);
+        }
+        // Place the payload: 8-aligned, contiguous in the ring (skip to the ring start if it
+        // would cross the end; the skipped bytes are dead).
+        let mut at = self.head.checked_add(7).ok_or(CommitError::Exhausted)? & !7;
+        let pos = at & (s - 1);
+        if pos + n > s {
+            at += s - pos;
+        }
+        let end = at.checked_add(n).filter(|&e| e <= MAX_STREAM);
+        let end = end.ok_or(CommitError::Exhausted)?;
+        // Evict: free the new seq's slot, and every entry whose bytes the new payload overlaps
+        // (entries lie in stream order, so that is a prefix of the live ones).
+        while self.oldest < seq {
+            if self.oldest > self.newest {
+                // Nothing is live: no step per gap (the window may be wider than E after an
+                // attach whose next_seq hint was far ahead).
+                self.oldest = seq;
+                break;
+            }
+            let must = seq - self.oldest >= layout.entries
+                || match self.own(self.oldest) {
+                    // The ring holds stream bytes [end - S, end).
+                    Some(d) => d.offset < end.saturating_sub(s),
+                    // A gap holds nothing: step over it.
+                    None => true,
+                };
+            if !must {
+                break;
+            }
+            self.evict_oldest();
+        }
+        // Release: every eviction above (and in `evict_before`) is ordered before the payload
+        // and tail stores that follow; pairs with the host's Acquire fence after its copy and
+        // with the Acquire fence in `read_descriptor`.
+        self.region.mem().fence(Ordering::Release);
+        Ok(Transaction {
+            writer: self,
+            seq,
+            at,
+            reserved: len,
+        })
+    }
+
+    /// Commits `payload` as the next entry and returns its seq. Wait-free.
+    ///
+    /// # Errors
+    ///
+    /// As [`Writer::begin`].
+    pub fn commit(&mut self, payload: &[u8]) -> Result<u64, CommitError> {
+        self.begin(payload.len())?.commit(payload)
+    }
+
+    /// Checks the writer's invariants against the region (for tests and fuzzing).
+    ///
+    /// # Errors
+    ///
+    /// A description of the first violated invariant.
+    pub fn check_invariants(&self) -> Result<(), &'static str> {
+        let layout = self.layout();
+        if self.newest >= self.next_seq {
+            return Err("newest is not below next_seq");
+        }
+        if self.oldest <= self.newest && self.newest - self.oldest >= layout.entries {
+            return Err("oldest..=newest spans more than E seqs");
+        }
+        let mut prev_end = None::<u64>;
+        let mut first_off = None;
+        for seq in self.oldest..=self.newest {
+            if let Some(d) = self.own(seq) {
+                if !d.is_valid_for(layout, layout.slot_of(seq)) {
+                    return Err("a live descriptor is invalid");
+                }
+                if prev_end.is_some_and(|e| d.offset < e) {
+                    return Err("live payloads are not in stream order");
+                }
+                prev_end = Some(d.end());
+                first_off.get_or_insert(d.offset);
+            }
+        }
+        if let (Some(a), Some(e)) = (first_off, prev_end) {
+            if e - a > layout.data_size {
+                return Err("live payloads span more than the data ring");
+            }
+            if e > self.head {
+                return Err("a live payload ends past the head");
+            }
+        }
+        for slot in 0..layout.entries {
+            if let Some(d) = self.region.read_descriptor(slot) {
+                if d.seq < self.oldest || d.seq > self.newest {
+                    return Err("a valid descriptor lies outside the live window");
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A commit in progress: evictions are done and fenced; payload and tail units may be written.
+///
+/// Dropping it without [`commit`](Transaction::commit) publishes nothing; the seq is not
+/// consumed. Tail units allocated in a dropped transaction stay marked in use in the table.
+#[derive(Debug)]
+#[must_use = "a transaction publishes nothing until `commit` is called"]
+pub struct Transaction<'w, 'm, M: WordMemory + ?Sized> {
+    writer: &'w mut Writer<'m, M>,
+    /// The seq this transaction will publish.
+    seq: u64,
+    /// Stream offset of the payload (8-aligned, contiguous in the ring, evicted space).
+    at: u64,
+    /// Bytes reserved at `at`.
+    reserved: usize,
+}
+
+impl<'w, 'm, M: WordMemory + ?Sized> Transaction<'w, 'm, M> {
+    /// The seq this transaction will publish.
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    /// Allocates a tail unit that no live entry can refer to: free, or retired as of a seq
+    /// `<=` the oldest live one. The unit's old contents are unspecified.
+    ///
+    /// # Errors
+    ///
+    /// [`UnitError::Exhausted`] if none is available (evict with
+    /// [`Writer::evict_before`] before the transaction, or retire more units).
+    pub fn alloc_unit(&mut self, table: &mut UnitTable<'_>) -> Result<UnitGrant<'w>, UnitError> {
+        let limit = self.writer.unit_count(table.unit_size());
+        // Every entry below `oldest` was evicted before `begin`'s Release fence, which orders
+        // those evictions before our writes to the unit.
+        let unit = table
+            .take(limit, self.writer.oldest)
+            .ok_or(UnitError::Exhausted)?;
+        Ok(UnitGrant {
+            unit,
+            seq: self.seq,
+            _tx: PhantomData,
+        })
+    }
+
+    /// Writes `bytes` at `offset` within the granted unit (`Relaxed` stores; published by the
+    /// commit's Release store).
+    ///
+    /// # Errors
+    ///
+    /// [`UnitError::ForeignGrant`] for a grant of another transaction,
+    /// [`UnitError::WriteOutOfBounds`] if the write does not fit in the unit.
+    pub fn write_unit(
+        &mut self,
+        table: &UnitTable<'_>,
+        grant: &UnitGrant<'w>,
+        offset: usize,
+        bytes: &[u8],
+    ) -> Result<(), UnitError> {
+        if grant.seq != self.seq {
+            return Err(UnitError::ForeignGrant);
+        }
+        let unit_size = table.unit_size();
+        let fits = offset
+            .checked_add(bytes.len())
+            .is_some_and(|e| e <= unit_size);
+        if !fits || grant.unit >= self.writer.unit_count(unit_size) {
+            return Err(UnitError::WriteOutOfBounds {
+                offset,
+                len: bytes.len(),
+                unit_size,
+            });
+        }
+        let layout = self.writer.layout();
+        // In bounds: unit < tail_len / unit_size and offset + len <= unit_size.
+        let at = layout.tail_offset as usize + grant.unit * unit_size + offset;
+        store_bytes(self.writer.region.mem(), at, bytes);
+        Ok(())
+    }
+
+    /// Stores `payload` into the reserved space and publishes the entry; returns its seq.
+    ///
+    /// # Errors
+    ///
+    /// [`CommitError::ExceedsReservation`] or [`CommitError::PayloadSize`] (empty payload).
+    pub fn commit(self, payload: &[u8]) -> Result<u64, CommitError> {
+        if payload.len() > self.reserved {
+            return Err(CommitError::ExceedsReservation {
+                len: payload.len(),
+                reserved: self.reserved,
+            });
+        }
+        if payload.is_empty() {
+            return Err(CommitError::PayloadSize {
+                len: 0,
+                max: self.writer.layout().data_size,
+            });
+        }
+        let w = self.writer;
+        let layout = *w.layout();
+        let mem = w.region.mem();
+        store_bytes(mem, layout.ring_byte(self.at), payload);
+        let d = layout.desc_word(layout.slot_of(self.seq));
+        mem.store(d + 1, self.at, Ordering::Relaxed);
+        mem.store(d + 2, payload.len() as u64, Ordering::Relaxed);
+        // Release: publishes the payload, tail-unit and descriptor stores above; pairs with the
+        // Acquire load of seq in `read_descriptor`.
+        mem.store(d, self.seq, Ordering::Release);
+        w.next_seq = self.seq + 1;
+        w.newest = self.seq;
+        w.head = self.at + payload.len() as u64;
+        mem.store(word::NEXT_SEQ, w.next_seq, Ordering::Relaxed);
+        mem.store(word::DATA_HEAD, w.head, Ordering::Relaxed);
+        Ok(self.seq)
+    }
+}

@@ -1,0 +1,139 @@
+//! The writer against the reference model: random commit sizes, evictions and re-attaches.
+
+use proptest::prelude::*;
+use shmsnap_core::model::{payload_for, zeroed_words, QueueModel};
+use shmsnap_core::{CommitError, LayoutRequest, Writer};
+
+#[derive(Debug, Clone)]
+enum Op {
+    Commit(usize),
+    EvictBefore(u64),
+    Reattach,
+}
+
+fn op(max_len: usize) -> impl Strategy<Value = Op> {
+    prop_oneof![
+        8 => (1..=max_len).prop_map(Op::Commit),
+        1 => (0u64..6).prop_map(Op::EvictBefore),
+        1 => Just(Op::Reattach),
+    ]
+}
+
+fn run(entries: u64, data_size: u64, ops: &[Op]) -> Result<(), TestCaseError> {
+    let mem = zeroed_words(64 * 1024);
+    let req = LayoutRequest { entries, data_size };
+    let mut writer = Writer::init(&mem[..], req).unwrap();
+    let mut model = QueueModel::new(entries, data_size);
+    for op in ops {
+        match *op {
+            Op::Commit(len) => {
+                let seq = writer.next_seq();
+                let got = writer.commit(&payload_for(seq, len)).unwrap();
+                prop_assert_eq!(got, model.commit(&payload_for(seq, len)));
+            }
+            Op::EvictBefore(back) => {
+                let t = writer.next_seq().saturating_sub(back);
+                writer.evict_before(t);
+                model.evict_before(t);
+            }
+            Op::Reattach => {
+                writer = Writer::attach(&mem[..]).unwrap();
+                prop_assert_eq!(writer.next_seq(), model.next_seq());
+            }
+        }
+        writer
+            .check_invariants()
+            .map_err(|e| TestCaseError::fail(format!("after {op:?}: {e}")))?;
+        model
+            .check(writer.region())
+            .map_err(|e| TestCaseError::fail(format!("after {op:?}: {e}")))?;
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    #[test]
+    fn live_entries_and_bytes_match_the_model(
+        e_log in 0u32..5,
+        s_log in 3u32..10,
+        ops in prop::collection::vec(op(600), 1..80),
+    ) {
+        let data_size = 1u64 << s_log;
+        let ops: Vec<Op> = ops
+            .into_iter()
+            .map(|o| match o {
+                Op::Commit(l) => Op::Commit((l - 1) % data_size as usize + 1),
+                o => o,
+            })
+            .collect();
+        run(1 << e_log, data_size, &ops)?;
+    }
+}
+
+#[test]
+fn payload_larger_than_the_ring_or_empty_is_refused() {
+    let mem = zeroed_words(64 * 1024);
+    let req = LayoutRequest {
+        entries: 4,
+        data_size: 64,
+    };
+    let mut writer = Writer::init(&mem[..], req).unwrap();
+    assert_eq!(
+        writer.commit(&[0; 65]),
+        Err(CommitError::PayloadSize { len: 65, max: 64 })
+    );
+    assert_eq!(
+        writer.commit(&[]),
+        Err(CommitError::PayloadSize { len: 0, max: 64 })
+    );
+    assert_eq!(writer.commit(&[7; 64]), Ok(1));
+}
+
+#[test]
+fn seqs_never_repeat_across_reattach_after_everything_was_evicted() {
+    let mem = zeroed_words(64 * 1024);
+    let req = LayoutRequest {
+        entries: 2,
+        data_size: 64,
+    };
+    let mut writer = Writer::init(&mem[..], req).unwrap();
+    for i in 0..10u8 {
+        writer.commit(&[i; 8]).unwrap();
+    }
+    // Empty every descriptor behind the writer's back: only the hint remembers the seqs.
+    let layout = *writer.layout();
+    for slot in 0..layout.entries {
+        mem[(layout.desc_offset / 8 + slot * 4) as usize]
+            .store(0, std::sync::atomic::Ordering::Relaxed);
+    }
+    let mut writer = Writer::attach(&mem[..]).unwrap();
+    assert_eq!(writer.commit(&[1; 8]), Ok(11));
+}
+
+#[test]
+fn init_refuses_a_configured_region_and_open_or_init_checks_the_layout() {
+    let mem = zeroed_words(64 * 1024);
+    let req = LayoutRequest {
+        entries: 8,
+        data_size: 1024,
+    };
+    let mut w = Writer::init(&mem[..], req).unwrap();
+    w.commit(b"x").unwrap();
+    assert_eq!(
+        Writer::init(&mem[..], req).unwrap_err(),
+        shmsnap_core::AttachError::AlreadyConfigured
+    );
+    let other = LayoutRequest {
+        entries: 16,
+        data_size: 1024,
+    };
+    assert!(matches!(
+        Writer::open_or_init(&mem[..], other),
+        Err(shmsnap_core::AttachError::Mismatch { .. })
+    ));
+    let w = Writer::open_or_init(&mem[..], req).unwrap();
+    assert_eq!(w.next_seq(), 2);
+    assert_eq!(w.region().hints().epoch, 2);
+}

@@ -44,6 +44,8 @@ extern crate alloc;
 extern crate std;
 
 mod descriptor;
+#[cfg(any(test, feature = "model"))]
+pub mod fuzzing;
 mod host;
 mod layout;
 mod memory;

@@ -225,6 +225,40 @@ impl<'a> UnitTable<'a> {
 /// `'w` is that of the transaction's borrow of the writer, so a grant cannot outlive its
 /// transaction into the next one; the grant also records its transaction's seq, which
 /// [`Transaction::write_unit`](crate::Transaction::write_unit) checks.
+///
+/// # Examples
+///
+/// ```
+/// use core::sync::atomic::AtomicU64;
+/// use shmsnap_core::{LayoutRequest, UnitTable, Writer};
+///
+/// let mem: Vec<AtomicU64> = (0..2048).map(|_| AtomicU64::new(0)).collect();
+/// let mut w = Writer::init(&mem[..], LayoutRequest { entries: 4, data_size: 64 }).unwrap();
+/// let mut states = [0u64; 4];
+/// let mut table = UnitTable::new(&mut states, 64).unwrap();
+/// let mut tx = w.begin(8).unwrap();
+/// let g = tx.alloc_unit(&mut table).unwrap();
+/// tx.write_unit(&table, &g, 0, b"frozen once committed").unwrap();
+/// tx.commit(&(g.unit() as u64).to_le_bytes()).unwrap();
+/// ```
+///
+/// Once its transaction is over, a grant cannot be used again: the writer stays borrowed
+/// while the grant lives, so no new transaction can start.
+///
+/// ```compile_fail
+/// use core::sync::atomic::AtomicU64;
+/// use shmsnap_core::{LayoutRequest, UnitTable, Writer};
+///
+/// let mem: Vec<AtomicU64> = (0..2048).map(|_| AtomicU64::new(0)).collect();
+/// let mut w = Writer::init(&mem[..], LayoutRequest { entries: 4, data_size: 64 }).unwrap();
+/// let mut states = [0u64; 4];
+/// let mut table = UnitTable::new(&mut states, 64).unwrap();
+/// let mut tx = w.begin(8).unwrap();
+/// let g = tx.alloc_unit(&mut table).unwrap();
+/// tx.commit(b"8 bytes!").unwrap();
+/// let mut tx2 = w.begin(8).unwrap(); // error: `w` is still borrowed by `g`
+/// tx2.write_unit(&table, &g, 0, b"writes a frozen unit").unwrap();
+/// ```
 #[derive(Debug)]
 #[must_use = "a unit grant is the only way to write the unit it names"]
 pub struct UnitGrant<'w> {

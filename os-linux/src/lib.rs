@@ -1,1 +1,64 @@
-//! shmsnap-linux: not yet implemented.
+//! Linux adapters for shmsnap, built on [`rustix`]: every syscall the host and the clients make
+//! goes through this crate, and every one of them through rustix (no hand-written `libc` calls).
+//!
+//! | module | idea |
+//! |---|---|
+//! | [`memfd`] | the region's file: create, grow, seal against shrinking, adopt an inherited fd |
+//! | [`mapping`] | owned RAII `MAP_SHARED` mapping, seen as core's atomic words |
+//! | [`listen`] | client side: find the region fd the systemd way (`LISTEN_FDS`) |
+//! | [`copy`] | sparse copy of data extents (`SEEK_DATA`/`SEEK_HOLE`, `copy_file_range`, `sendfile`) |
+//! | [`snapshot`] | snapshot file = image + footer (see `FOOTER.md`): write, verify, restore |
+//! | [`persist`] | atomic replace of a file with N kept generations |
+//! | [`handover`] | start a child with the region at fd 3 and a correct `LISTEN_PID` |
+//!
+//! `unsafe` is denied at the crate root and allowed only in [`mapping`] (it maps memory),
+//! [`listen`] (it adopts an inherited raw fd number) and [`handover`] (code between `fork` and
+//! `exec`); each of those modules says why.
+//!
+//! # Example
+//!
+//! A region, mapped, written through atomic words, snapshotted and verified:
+//!
+//! ```
+//! use std::sync::atomic::Ordering;
+//! use shmsnap_linux::{mapping::{Mapping, Protection}, memfd::Memfd, persist::Persister, snapshot};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let region = Memfd::create("example", 1 << 20)?;
+//! region.seal_against_shrink()?;
+//! let map = Mapping::of_memfd(&region, Protection::ReadWrite)?;
+//! map.words()[0].store(42, Ordering::Relaxed);
+//!
+//! let dir = tempfile::tempdir()?;
+//! let target = dir.path().join("state.snap");
+//! let persister = Persister::new(&target, 1)?;
+//! let meta = snapshot::SnapshotMeta { strategy: 0, generation: 1, unix_time_ns: 0 };
+//! persister.persist_with(|file| -> Result<(), std::io::Error> {
+//!     snapshot::write_snapshot(&region, file, region.len()?, meta)?;
+//!     Ok(())
+//! })?;
+//!
+//! let info = snapshot::verify_path(&target)?;
+//! assert_eq!(info.image_len, 1 << 20);
+//!
+//! let fresh = Memfd::create("restored", 1 << 20)?;
+//! fresh.seal_against_shrink()?;
+//! snapshot::restore_into(&std::fs::File::open(&target)?, &fresh)?;
+//! let back = Mapping::of_memfd(&fresh, Protection::ReadOnly)?;
+//! assert_eq!(back.words()[0].load(Ordering::Relaxed), 42);
+//! # Ok(())
+//! # }
+//! ```
+#![deny(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod copy;
+pub mod handover;
+pub mod listen;
+pub mod mapping;
+pub mod memfd;
+pub mod persist;
+pub mod snapshot;
+
+pub use mapping::{Mapping, Protection};
+pub use memfd::Memfd;

@@ -1,0 +1,443 @@
+//! Client side: find the region's fd in the environment, the systemd way.
+//!
+//! The protocol (`sd_listen_fds(3)`): `LISTEN_PID` is the pid the fds are meant for (it must be
+//! ours, or the variables were inherited by accident), `LISTEN_FDS` how many fds were passed,
+//! starting at fd 3, and `LISTEN_FDNAMES` their names, colon-separated. We pick the fd whose
+//! name is [`DEFAULT_FD_NAME`] (or the name the caller asks for) and remove the three
+//! variables so that our own children do not inherit them.
+//!
+//! # Why not `sd-notify`'s `listen_fds_with_names`
+//!
+//! `sd-notify` 0.5 was evaluated (its source in the cargo registry): its
+//! `listen_fds_with_names` returns an *empty list* when `LISTEN_PID` or `LISTEN_FDS` is missing
+//! or `LISTEN_PID` is someone else's pid, so a client cannot say "`LISTEN_PID` is 1234 but we
+//! are 5678" — it can only say "not found"; its errors are untyped `io::Error`s with fixed
+//! strings ("invalid LISTEN_FDS") that do not show the offending value; non-UTF-8 values are
+//! treated as missing; it yields raw fd numbers, leaving ownership to the caller; and it
+//! makes every passed fd close-on-exec with `fcntl` on raw numbers. Parsing three variables
+//! is ~60 lines, so it is written here with typed errors ([`ListenError`]) and a pure,
+//! testable parser ([`parse_listen_env`]).
+//!
+//! Adopting fd `3 + i` as an [`OwnedFd`] is an `unsafe` `from_raw_fd`, hence
+//! `#![allow(unsafe_code)]` in this module; the invariant (the fd was passed to this pid and
+//! nothing else owns it) is what `LISTEN_PID` plus the one-shot guard establish.
+#![allow(unsafe_code)]
+
+use std::ffi::OsString;
+use std::fmt;
+use std::io;
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crate::mapping::{Mapping, Protection};
+use crate::memfd::Memfd;
+
+/// The fd name upstream clients look for.
+pub const DEFAULT_FD_NAME: &str = "SHM_SHARED_FD";
+/// The first passed fd (`SD_LISTEN_FDS_START`).
+pub const LISTEN_FDS_START: RawFd = 3;
+/// Variable holding the pid the fds are meant for.
+pub const LISTEN_PID: &str = "LISTEN_PID";
+/// Variable holding the number of passed fds.
+pub const LISTEN_FDS: &str = "LISTEN_FDS";
+/// Variable holding the colon-separated fd names.
+pub const LISTEN_FDNAMES: &str = "LISTEN_FDNAMES";
+/// More passed fds than this is treated as garbage.
+const MAX_FDS: u32 = 1 << 16;
+
+/// Why the region fd could not be taken from the environment.
+#[derive(Debug)]
+pub enum ListenError {
+    /// A variable is not set: the process was not started with fds (not under the host?).
+    Missing {
+        /// The variable.
+        var: &'static str,
+    },
+    /// A variable's value is not what the protocol allows.
+    Garbled {
+        /// The variable.
+        var: &'static str,
+        /// Its value (lossily decoded).
+        value: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// `LISTEN_PID` names another process: the variables were inherited, not meant for us.
+    WrongPid {
+        /// The value of `LISTEN_PID`.
+        listen_pid: u32,
+        /// Our pid.
+        our_pid: u32,
+    },
+    /// `LISTEN_FDNAMES` has a different number of names than `LISTEN_FDS` says.
+    CountMismatch {
+        /// `LISTEN_FDS`.
+        fds: u32,
+        /// Number of names in `LISTEN_FDNAMES`.
+        names: usize,
+    },
+    /// No passed fd has the requested name.
+    NameNotFound {
+        /// The requested name.
+        name: String,
+        /// The names that were passed.
+        names: Vec<String>,
+    },
+    /// This process already took its listen fd (the variables are gone after the first call).
+    AlreadyTaken,
+    /// The fd with the right name is not a usable region.
+    BadFd {
+        /// The fd number.
+        fd: RawFd,
+        /// Its name.
+        name: String,
+        /// What is wrong.
+        source: io::Error,
+    },
+}
+
+impl fmt::Display for ListenError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Missing { var } => write!(
+                f,
+                "{var} is not set: no fds were passed to this process \
+                 (start it under the shmsnap host, or systemd with an fd store)"
+            ),
+            Self::Garbled { var, value, reason } => {
+                write!(f, "{var}={value:?} is invalid: {reason}")
+            }
+            Self::WrongPid {
+                listen_pid,
+                our_pid,
+            } => write!(
+                f,
+                "{LISTEN_PID}={listen_pid} but this process is {our_pid}: the fds were meant for \
+                 another process (inherited variables?)"
+            ),
+            Self::CountMismatch { fds, names } => write!(
+                f,
+                "{LISTEN_FDNAMES} has {names} names but {LISTEN_FDS}={fds}"
+            ),
+            Self::NameNotFound { name, names } => write!(
+                f,
+                "no fd named {name:?} in {LISTEN_FDNAMES} (passed: {names:?})"
+            ),
+            Self::AlreadyTaken => f.write_str("the listen fd was already taken by this process"),
+            Self::BadFd { fd, name, source } => {
+                write!(f, "fd {fd} ({name:?}) is not a usable region: {source}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for ListenError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::BadFd { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
+
+fn garbled(var: &'static str, value: &OsString, reason: &'static str) -> ListenError {
+    ListenError::Garbled {
+        var,
+        value: value.to_string_lossy().into_owned(),
+        reason,
+    }
+}
+
+fn get_str(
+    var: &'static str,
+    get: &impl Fn(&str) -> Option<OsString>,
+) -> Result<(OsString, String), ListenError> {
+    let raw = get(var).ok_or(ListenError::Missing { var })?;
+    let s = raw
+        .to_str()
+        .ok_or_else(|| garbled(var, &raw, "not UTF-8"))?
+        .to_owned();
+    Ok((raw, s))
+}
+
+fn parse_number(var: &'static str, raw: &OsString, s: &str) -> Result<u32, ListenError> {
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(garbled(var, raw, "not a decimal number"));
+    }
+    s.parse::<u32>()
+        .map_err(|_| garbled(var, raw, "number too large"))
+}
+
+/// Parses `LISTEN_PID`, `LISTEN_FDS` and `LISTEN_FDNAMES` as returned by `get` (e.g.
+/// `|k| std::env::var_os(k)`) for the process `our_pid`; returns the fd names, the `i`-th
+/// name belonging to fd `3 + i`. Pure: reads nothing else, changes nothing.
+///
+/// # Errors
+///
+/// [`ListenError::Missing`], [`ListenError::Garbled`], [`ListenError::WrongPid`],
+/// [`ListenError::CountMismatch`], each naming the variable.
+pub fn parse_listen_env(
+    our_pid: u32,
+    get: impl Fn(&str) -> Option<OsString>,
+) -> Result<Vec<String>, ListenError> {
+    let (raw, s) = get_str(LISTEN_PID, &get)?;
+    let listen_pid = parse_number(LISTEN_PID, &raw, &s)?;
+    if listen_pid == 0 {
+        return Err(garbled(LISTEN_PID, &raw, "pid 0 is not a process"));
+    }
+    if listen_pid != our_pid {
+        return Err(ListenError::WrongPid {
+            listen_pid,
+            our_pid,
+        });
+    }
+    let (raw, s) = get_str(LISTEN_FDS, &get)?;
+    let fds = parse_number(LISTEN_FDS, &raw, &s)?;
+    if fds == 0 {
+        return Err(garbled(LISTEN_FDS, &raw, "zero fds passed"));
+    }
+    if fds > MAX_FDS {
+        return Err(garbled(LISTEN_FDS, &raw, "implausibly many fds"));
+    }
+    let (raw, s) = get_str(LISTEN_FDNAMES, &get)?;
+    let names: Vec<String> = s.split(':').map(str::to_owned).collect();
+    if names.len() != fds as usize {
+        return Err(ListenError::CountMismatch {
+            fds,
+            names: names.len(),
+        });
+    }
+    if names.iter().any(String::is_empty) {
+        return Err(garbled(LISTEN_FDNAMES, &raw, "empty fd name"));
+    }
+    Ok(names)
+}
+
+/// The fd number of the first passed fd named `name`.
+///
+/// # Errors
+///
+/// [`ListenError::NameNotFound`] listing the names that were passed.
+pub fn fd_for_name(names: &[String], name: &str) -> Result<RawFd, ListenError> {
+    let i = names
+        .iter()
+        .position(|n| n == name)
+        .ok_or_else(|| ListenError::NameNotFound {
+            name: name.to_owned(),
+            names: names.to_vec(),
+        })?;
+    // i < MAX_FDS, so this cannot overflow.
+    Ok(LISTEN_FDS_START + i as RawFd)
+}
+
+/// Set once this process has adopted its listen fd, so it is never owned twice.
+static TAKEN: AtomicBool = AtomicBool::new(false);
+
+/// Takes the passed fd named `name` from the environment (see the [module docs](self)) and
+/// removes `LISTEN_PID`, `LISTEN_FDS` and `LISTEN_FDNAMES` from the environment — also when
+/// they are wrong, so children never inherit them. The fd is made close-on-exec
+/// (`fcntl(F_SETFD, FD_CLOEXEC)`); other passed fds are left alone.
+///
+/// # Thread safety
+///
+/// This changes the process environment. Call it early in `main`, before starting threads:
+/// another thread calling C's `getenv` (directly or inside a library such as a DNS resolver)
+/// at the same time is undefined behaviour in libc. (Rust's own `std::env` functions take a
+/// lock and are safe among themselves; this crate's edition still calls `remove_var` safe.)
+///
+/// # References
+///  - [`sd_listen_fds(3)`](https://man7.org/linux/man-pages/man3/sd_listen_fds.3.html)
+///  - [Linux `fcntl`](https://man7.org/linux/man-pages/man2/fcntl.2.html)
+///
+/// # Errors
+///
+/// Any error of [`parse_listen_env`] or [`fd_for_name`]; [`ListenError::AlreadyTaken`] on a
+/// second successful call; [`ListenError::BadFd`] if the fd is not open.
+pub fn take_listen_fd(name: &str) -> Result<OwnedFd, ListenError> {
+    let our_pid = rustix::process::getpid().as_raw_pid().unsigned_abs();
+    let parsed = parse_listen_env(our_pid, |k| std::env::var_os(k));
+    for var in [LISTEN_PID, LISTEN_FDS, LISTEN_FDNAMES] {
+        std::env::remove_var(var);
+    }
+    let names = match parsed {
+        Ok(n) => n,
+        // After a first successful call the variables are gone.
+        Err(ListenError::Missing { .. }) if TAKEN.load(Ordering::Relaxed) => {
+            return Err(ListenError::AlreadyTaken)
+        }
+        Err(e) => return Err(e),
+    };
+    let fd = fd_for_name(&names, name)?;
+    if TAKEN.swap(true, Ordering::Relaxed) {
+        return Err(ListenError::AlreadyTaken);
+    }
+    // SAFETY: LISTEN_PID equals our pid, so the parent passed fds 3..3+LISTEN_FDS to this very
+    // process; `fd` is one of them, and TAKEN guarantees this crate adopts it once. If it is
+    // not open, F_SETFD below fails with EBADF and the OwnedFd is forgotten, never closed.
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    if let Err(e) = rustix::io::fcntl_setfd(&owned, rustix::io::FdFlags::CLOEXEC) {
+        std::mem::forget(owned);
+        return Err(ListenError::BadFd {
+            fd,
+            name: name.to_owned(),
+            source: e.into(),
+        });
+    }
+    Ok(owned)
+}
+
+/// [`take_listen_fd`], then adopt it as a [`Memfd`] and map it read-write.
+///
+/// The region must be sealed against shrinking (the host does that); see
+/// [`Mapping::of_memfd`].
+///
+/// # Thread safety
+///
+/// As [`take_listen_fd`]: call before starting threads.
+///
+/// # Errors
+///
+/// As [`take_listen_fd`]; [`ListenError::BadFd`] if the fd is not a nonempty regular file,
+/// not sealed against shrinking, or cannot be mapped.
+pub fn open_client_region(name: &str) -> Result<(Memfd, Mapping), ListenError> {
+    let fd = take_listen_fd(name)?;
+    let raw = {
+        use std::os::fd::AsRawFd;
+        fd.as_raw_fd()
+    };
+    let bad = |source| ListenError::BadFd {
+        fd: raw,
+        name: name.to_owned(),
+        source,
+    };
+    let memfd = Memfd::from_fd(fd).map_err(bad)?;
+    let map = Mapping::of_memfd(&memfd, Protection::ReadWrite).map_err(bad)?;
+    Ok((memfd, map))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+
+    fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<OsString> {
+        let m: HashMap<String, OsString> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), OsString::from(v)))
+            .collect();
+        move |k| m.get(k).cloned()
+    }
+
+    fn err(pairs: &[(&str, &str)]) -> String {
+        parse_listen_env(42, env(pairs)).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn well_formed_variables_give_names_and_fd_numbers() {
+        let names = parse_listen_env(
+            42,
+            env(&[
+                ("LISTEN_PID", "42"),
+                ("LISTEN_FDS", "2"),
+                ("LISTEN_FDNAMES", "sock:SHM_SHARED_FD"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(fd_for_name(&names, DEFAULT_FD_NAME).unwrap(), 4);
+        assert_eq!(fd_for_name(&names, "sock").unwrap(), 3);
+        let e = fd_for_name(&names, "other").unwrap_err();
+        assert!(matches!(e, ListenError::NameNotFound { .. }));
+        assert!(
+            e.to_string().contains("\"other\"") && e.to_string().contains("sock"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn every_bad_variable_is_named_with_what_is_wrong() {
+        let ok = [
+            ("LISTEN_PID", "42"),
+            ("LISTEN_FDS", "1"),
+            ("LISTEN_FDNAMES", "x"),
+        ];
+        let with = |k: &str, v: &'static str| {
+            let mut e: Vec<(&str, &str)> = ok.iter().copied().filter(|(kk, _)| *kk != k).collect();
+            e.push((ok.iter().find(|(kk, _)| *kk == k).unwrap().0, v));
+            e
+        };
+        let without = |k: &str| {
+            ok.iter()
+                .copied()
+                .filter(|(kk, _)| *kk != k)
+                .collect::<Vec<_>>()
+        };
+
+        assert!(err(&without("LISTEN_PID")).starts_with("LISTEN_PID is not set"));
+        assert!(err(&without("LISTEN_FDS")).starts_with("LISTEN_FDS is not set"));
+        assert!(err(&without("LISTEN_FDNAMES")).starts_with("LISTEN_FDNAMES is not set"));
+        let e = err(&with("LISTEN_PID", "41"));
+        assert!(e.contains("LISTEN_PID=41") && e.contains("42"), "{e}");
+        assert!(err(&with("LISTEN_PID", "4x2"))
+            .contains("LISTEN_PID=\"4x2\" is invalid: not a decimal"));
+        assert!(err(&with("LISTEN_PID", "")).contains("LISTEN_PID=\"\" is invalid"));
+        assert!(err(&with("LISTEN_PID", "-42")).contains("not a decimal"));
+        assert!(err(&with("LISTEN_PID", "0")).contains("pid 0"));
+        assert!(err(&with("LISTEN_FDS", "one")).contains("LISTEN_FDS=\"one\" is invalid"));
+        assert!(err(&with("LISTEN_FDS", "99999999999")).contains("too large"));
+        assert!(err(&with("LISTEN_FDS", "0")).contains("zero fds"));
+        assert!(err(&with("LISTEN_FDS", "100000")).contains("implausibly many"));
+        let e = err(&with("LISTEN_FDNAMES", "a:b"));
+        assert!(e.contains("2 names") && e.contains("LISTEN_FDS=1"), "{e}");
+        assert!(err(&with("LISTEN_FDNAMES", "")).contains("empty fd name"));
+        let bad_utf8 = {
+            use std::os::unix::ffi::OsStringExt;
+            OsString::from_vec(vec![0xff, b'1'])
+        };
+        let e = parse_listen_env(42, |k| {
+            if k == "LISTEN_PID" {
+                Some(bad_utf8.clone())
+            } else {
+                None
+            }
+        });
+        assert!(e.unwrap_err().to_string().contains("not UTF-8"));
+    }
+
+    /// Serializes the tests that change this process's environment.
+    static ENV_LOCK: Mutex<()> = Mutex::new(());
+
+    #[test]
+    fn variables_are_removed_even_when_meant_for_another_process() {
+        let _g = ENV_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        std::env::set_var(LISTEN_PID, "1");
+        std::env::set_var(LISTEN_FDS, "1");
+        std::env::set_var(LISTEN_FDNAMES, DEFAULT_FD_NAME);
+        let e = take_listen_fd(DEFAULT_FD_NAME).unwrap_err();
+        assert!(
+            matches!(e, ListenError::WrongPid { listen_pid: 1, .. }),
+            "{e}"
+        );
+        for v in [LISTEN_PID, LISTEN_FDS, LISTEN_FDNAMES] {
+            assert!(std::env::var_os(v).is_none(), "{v} was not removed");
+        }
+        let e = open_client_region(DEFAULT_FD_NAME).unwrap_err();
+        assert!(
+            matches!(e, ListenError::Missing { var: "LISTEN_PID" }),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn missing_name_is_reported_and_nothing_is_adopted() {
+        let _g = ENV_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        let pid = rustix::process::getpid().as_raw_pid().to_string();
+        std::env::set_var(LISTEN_PID, &pid);
+        std::env::set_var(LISTEN_FDS, "1");
+        std::env::set_var(LISTEN_FDNAMES, "something_else");
+        let e = take_listen_fd(DEFAULT_FD_NAME).unwrap_err();
+        assert!(matches!(e, ListenError::NameNotFound { .. }), "{e}");
+        assert!(!TAKEN.load(Ordering::Relaxed));
+        assert!(std::env::var_os(LISTEN_FDNAMES).is_none());
+    }
+}

@@ -1,0 +1,255 @@
+//! One-run comparison report: every pair interleaved (A B A B …) in this process, medians and
+//! ratios, and the DESIGN §10 targets checked against them.
+//!
+//! ```text
+//! cargo run -p shmsnap-benches --release --bin compare [-- --quick] [-- --only commit,recover,snapshot]
+//! ```
+//!
+//! `--quick` (CI) finishes in well under a minute; the full run takes a few minutes. The
+//! snapshot files go to `$SHMSNAP_BENCH_DIR`, else `target/shmsnap-bench` of this workspace
+//! (a real disk filesystem; the report refuses tmpfs unless `--allow-tmpfs` is given).
+//! Figures are ratios measured side by side on a shared machine: treat absolute numbers as
+//! indicative, ratios as the result.
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use shmsnap_benches::commit::{Bench, Dest, Limit, Ours, Raw, Upstream, PAYLOADS};
+use shmsnap_benches::recover::{Recover, ENTRIES};
+use shmsnap_benches::report::{compare, fmt_ns, is_tmpfs, machine};
+
+/// Run parameters.
+struct Opts {
+    quick: bool,
+    only: Option<Vec<String>>,
+    dir: PathBuf,
+    allow_tmpfs: bool,
+}
+
+impl Opts {
+    fn parse() -> Opts {
+        let mut quick = false;
+        let mut only = None;
+        let mut allow_tmpfs = false;
+        let mut args = std::env::args().skip(1);
+        while let Some(a) = args.next() {
+            match a.as_str() {
+                "--quick" => quick = true,
+                "--allow-tmpfs" => allow_tmpfs = true,
+                "--only" => {
+                    only = args
+                        .next()
+                        .map(|s| s.split(',').map(str::to_owned).collect::<Vec<_>>())
+                }
+                "-h" | "--help" => {
+                    println!(
+                        "usage: compare [--quick] [--only commit,recover,snapshot] [--allow-tmpfs]"
+                    );
+                    std::process::exit(0);
+                }
+                other => {
+                    eprintln!("unknown argument {other:?} (try --help)");
+                    std::process::exit(2);
+                }
+            }
+        }
+        let dir = std::env::var_os("SHMSNAP_BENCH_DIR").map_or_else(
+            || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/shmsnap-bench"),
+            PathBuf::from,
+        );
+        Opts {
+            quick,
+            only,
+            dir,
+            allow_tmpfs,
+        }
+    }
+
+    fn wants(&self, section: &str) -> bool {
+        self.only
+            .as_ref()
+            .is_none_or(|o| o.iter().any(|s| s == section))
+    }
+}
+
+/// A DESIGN §10 target and whether the measured ratio meets it.
+struct Target {
+    what: String,
+    ratio: f64,
+    /// `true`: the ratio must be at most `bound`; `false`: at least.
+    at_most: bool,
+    bound: f64,
+}
+
+impl Target {
+    fn met(&self) -> bool {
+        if self.at_most {
+            self.ratio <= self.bound
+        } else {
+            self.ratio >= self.bound
+        }
+    }
+}
+
+/// Everything printed at the end.
+#[derive(Default)]
+struct Report {
+    out: String,
+    targets: Vec<Target>,
+}
+
+fn main() {
+    let opts = Opts::parse();
+    let started = Instant::now();
+    std::fs::create_dir_all(&opts.dir).expect("create the bench directory");
+    let dir = opts.dir.canonicalize().expect("bench directory");
+    if is_tmpfs(&dir) && !opts.allow_tmpfs {
+        eprintln!(
+            "{} is on tmpfs, where fdatasync is free and the snapshot figures mean nothing; \
+             set SHMSNAP_BENCH_DIR to a disk filesystem (or pass --allow-tmpfs)",
+            dir.display()
+        );
+        std::process::exit(2);
+    }
+    let mut r = Report::default();
+    let mode = if opts.quick { "quick" } else { "full" };
+    let _ = writeln!(r.out, "# shmsnap compare ({mode})\n");
+    let _ = writeln!(r.out, "machine: {}\n", machine(&dir));
+    eprintln!("machine: {}", machine(&dir));
+
+    if opts.wants("commit") {
+        commit_section(&opts, &mut r);
+    }
+    if opts.wants("recover") {
+        recover_section(&opts, &mut r);
+    }
+
+    let _ = writeln!(r.out, "## DESIGN §10 targets\n");
+    let _ = writeln!(r.out, "| target | measured | bound | met |");
+    let _ = writeln!(r.out, "|---|---:|---:|---|");
+    for t in &r.targets {
+        let _ = writeln!(
+            r.out,
+            "| {} | {:.2}x | {} {:.1}x | {} |",
+            t.what,
+            t.ratio,
+            if t.at_most { "≤" } else { "≥" },
+            t.bound,
+            if t.met() { "yes" } else { "**no**" }
+        );
+    }
+    let _ = writeln!(
+        r.out,
+        "\ntotal run time {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    print!("{}", r.out);
+}
+
+fn commit_section(opts: &Opts, r: &mut Report) {
+    let (batch, rounds) = if opts.quick {
+        (Duration::from_millis(2), 7)
+    } else {
+        (Duration::from_millis(4), 31)
+    };
+    let _ = writeln!(
+        r.out,
+        "## commit (median per commit; {rounds} interleaved batches of ~{} ms each)\n",
+        batch.as_millis()
+    );
+    let _ = writeln!(
+        r.out,
+        "| dest | payload | ours | memcpy | word stores | upstream 0.2.3 | ours/memcpy | ours/words | upstream/ours |"
+    );
+    let _ = writeln!(r.out, "|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for dest in [Dest::Hot, Dest::Advancing] {
+        for n in PAYLOADS {
+            eprintln!("commit {} {n} B", dest.name());
+            let mut ours = Ours::new(n, dest).expect("ours fixture");
+            let mut memcpy = Raw::new(n, dest, Limit::Memcpy).expect("memcpy fixture");
+            let mut words = Raw::new(n, dest, Limit::Words).expect("words fixture");
+            let mut up = Upstream::new(n, dest).expect("upstream fixture");
+            let m = compare(
+                &mut [&mut ours, &mut memcpy, &mut words, &mut up],
+                batch,
+                rounds,
+            );
+            let (o, c, w, u) = (m[0].ns, m[1].ns, m[2].ns, m[3].ns);
+            let _ = writeln!(
+                r.out,
+                "| {} | {} | {} | {} | {} | {} | {:.2} | {:.2} | {:.1} |",
+                dest.name(),
+                size(n),
+                fmt_ns(o),
+                fmt_ns(c),
+                fmt_ns(w),
+                fmt_ns(u),
+                o / c,
+                o / w,
+                u / o
+            );
+            if dest == Dest::Hot && n == 64 {
+                r.targets.push(Target {
+                    what: "commit 64 B hot: ours/memcpy".into(),
+                    ratio: o / c,
+                    at_most: true,
+                    bound: 3.0,
+                });
+            }
+            if dest == Dest::Advancing && n == 4096 {
+                r.targets.push(Target {
+                    what: "commit 4 KiB advancing: ours/memcpy".into(),
+                    ratio: o / c,
+                    at_most: true,
+                    bound: 1.5,
+                });
+            }
+            r.targets.push(Target {
+                what: format!("commit {} {}: upstream/ours", size(n), dest.name()),
+                ratio: u / o,
+                at_most: false,
+                bound: if n >= 512 { 10.0 } else { 2.0 },
+            });
+        }
+    }
+    let _ = writeln!(r.out);
+}
+
+fn recover_section(opts: &Opts, r: &mut Report) {
+    let (batch, rounds) = if opts.quick {
+        (Duration::from_millis(2), 7)
+    } else {
+        (Duration::from_millis(5), 31)
+    };
+    let _ = writeln!(
+        r.out,
+        "## recover (attach + newest, every descriptor live; median of {rounds} batches)\n"
+    );
+    let _ = writeln!(r.out, "| E | attach + newest | per entry |");
+    let _ = writeln!(r.out, "|---:|---:|---:|");
+    let mut fixtures: Vec<Recover> = ENTRIES
+        .iter()
+        .map(|&e| Recover::new(e).expect("recover fixture"))
+        .collect();
+    let mut benches: Vec<&mut dyn Bench> =
+        fixtures.iter_mut().map(|f| f as &mut dyn Bench).collect();
+    let m = compare(&mut benches, batch, rounds);
+    for (e, m) in ENTRIES.iter().zip(&m) {
+        let _ = writeln!(
+            r.out,
+            "| {e} | {} | {} |",
+            fmt_ns(m.ns),
+            fmt_ns(m.ns / *e as f64)
+        );
+    }
+    let _ = writeln!(r.out);
+}
+
+fn size(n: usize) -> String {
+    if n >= 1024 {
+        format!("{} KiB", n / 1024)
+    } else {
+        format!("{n} B")
+    }
+}

@@ -328,6 +328,8 @@ mod tests {
 
         let file = std::fs::File::create_new(dir.path().join("snap")).unwrap();
         let s = copy_sparse(&m, &file, 256 * MIB).unwrap();
+        // memfd -> ext4: copy_file_range gives EXDEV on this kernel; sendfile must take over.
+        assert_ne!(s.method, CopyMethod::Buffer);
         assert_eq!(s.bytes, 16 * MIB);
         assert_eq!(s.extents, 4);
         assert_eq!(file_len(&file).unwrap(), 256 * MIB);
@@ -343,6 +345,7 @@ mod tests {
         let back = Memfd::create("back", 256 * MIB).unwrap();
         let s = copy_sparse(&file, &back, 256 * MIB).unwrap();
         assert_eq!((s.bytes, s.extents), (16 * MIB, 4));
+        assert_ne!(s.method, CopyMethod::Buffer);
         let b = back.allocated().unwrap();
         assert!((16 * MIB..=17 * MIB).contains(&b), "{b}");
         assert_same_bytes(&m, &back, 256 * MIB);
@@ -393,6 +396,35 @@ mod tests {
             4 * MIB,
             "never shrinks the destination"
         );
+    }
+
+    #[test]
+    fn every_fallback_method_copies_the_same_bytes() {
+        let src = Memfd::create("s", 3 * MIB).unwrap();
+        touch(&src, 0, 3 * MIB);
+        for start in [
+            CopyMethod::CopyFileRange,
+            CopyMethod::Sendfile,
+            CopyMethod::Buffer,
+        ] {
+            let dst = Memfd::create("d", 3 * MIB).unwrap();
+            let mut method = start;
+            copy_range(src.as_fd(), dst.as_fd(), 4096, 3 * MIB - 8192, &mut method).unwrap();
+            let mut b = vec![1u8; 4096];
+            read_full_at(&dst, &mut b, 0).unwrap();
+            assert!(
+                b.iter().all(|&x| x == 0),
+                "{start:?} wrote before the range"
+            );
+            let mut x = vec![0u8; (3 * MIB - 8192) as usize];
+            let mut y = x.clone();
+            read_full_at(&src, &mut x, 4096).unwrap();
+            read_full_at(&dst, &mut y, 4096).unwrap();
+            assert!(
+                x == y,
+                "{start:?} (ended as {method:?}) copied different bytes"
+            );
+        }
     }
 
     #[test]

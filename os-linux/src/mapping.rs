@@ -99,7 +99,7 @@ impl Mapping {
     /// `InvalidInput` if `len` is zero or not a multiple of 8, or larger than the file;
     /// `mmap`'s errors.
     pub unsafe fn from_fd(fd: impl AsFd, len: usize, prot: Protection) -> io::Result<Self> {
-        if len == 0 || len % 8 != 0 {
+        if len == 0 || !len.is_multiple_of(8) {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 format!("mapping length {len} must be a nonzero multiple of 8 bytes"),

@@ -87,6 +87,15 @@ impl Memfd {
         Ok(u64::try_from(st.st_size).unwrap_or(0))
     }
 
+    /// `fstat(fd).st_size == 0`.
+    ///
+    /// # Errors
+    ///
+    /// `fstat`'s errors.
+    pub fn is_empty(&self) -> io::Result<bool> {
+        Ok(self.len()? == 0)
+    }
+
     /// `fstat(fd).st_blocks * 512`—bytes actually allocated (pages touched).
     ///
     /// # References

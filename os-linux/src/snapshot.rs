@@ -330,6 +330,13 @@ pub fn image_crc32c(fd: impl AsFd, len: u64) -> io::Result<u32> {
     const CHUNK: usize = 1 << 20;
     static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
     let fd = fd.as_fd();
+    let flen = file_len(fd)?;
+    if flen < len {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            format!("cannot checksum {len} image bytes of a file of {flen} bytes"),
+        ));
+    }
     let mut d = Digest::new(CrcAlgorithm::Crc32Iscsi);
     let mut buf = vec![0u8; CHUNK];
     for_each_extent(fd, len, |off, n, is_data| {
@@ -473,7 +480,11 @@ pub fn verify_path(path: &Path) -> Result<SnapshotInfo, SnapshotError> {
 
 /// Verifies `snapshot`, checks the image fits `region`, then copies the image sparsely into
 /// `region` (whose previous content in `0..region.len()` is discarded; the region is never
-/// shrunk). Nothing is written to `region` unless verification passed.
+/// shrunk). Nothing is written to `region` unless verification passed. Run it before any
+/// client maps the region: a mapping would see the content change under it.
+///
+/// An image *smaller* than the region is accepted (the rest of the region reads as zeros);
+/// a host that requires equal sizes compares [`SnapshotInfo::image_len`] from [`verify`] first.
 ///
 /// # Errors
 ///

@@ -117,7 +117,7 @@ fn target_survives_sigkill_mid_persist() {
     for g in p.generations().unwrap() {
         check_complete(&g.path);
     }
-    eprintln!("kills left {leftovers_seen} temp files in total; all swept");
+    eprintln!("temp files seen after kills (summed over kills): {leftovers_seen}; all swept");
 }
 
 #[test]

@@ -3,7 +3,8 @@
 //! a hot destination and one advancing through a 64 MiB ring. See `shmsnap_benches::commit`.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use shmsnap_benches::commit::{Bench, Dest, Limit, Ours, Raw, Upstream, PAYLOADS};
+use shmsnap_benches::commit::{Dest, Limit, Ours, Raw, Upstream, PAYLOADS};
+use shmsnap_benches::Bench;
 
 fn commit(c: &mut Criterion) {
     for dest in [Dest::Hot, Dest::Advancing] {

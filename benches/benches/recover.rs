@@ -2,8 +2,8 @@
 //! all hold live entries (what a restarted client does first). See `shmsnap_benches::recover`.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use shmsnap_benches::commit::Bench;
 use shmsnap_benches::recover::{Recover, ENTRIES};
+use shmsnap_benches::Bench;
 
 fn recover(c: &mut Criterion) {
     let mut g = c.benchmark_group("recover");

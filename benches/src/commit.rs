@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use shmsnap_core::{Layout, LayoutRequest, Writer};
 
 use crate::sys::{Mapping, Memfd, Protection};
+use crate::Bench;
 
 /// Payload sizes of the group.
 pub const PAYLOADS: [usize; 5] = [8, 64, 512, 4096, 65536];
@@ -99,12 +100,6 @@ pub fn faulted_region(name: &str, len: u64) -> io::Result<(Memfd, Mapping)> {
         w.store(0, Ordering::Relaxed);
     }
     Ok((memfd, map))
-}
-
-/// One side of a comparison: runs `iters` operations and returns the time they took.
-pub trait Bench {
-    /// Runs `iters` operations; only the operations are timed.
-    fn run(&mut self, iters: u64) -> Duration;
 }
 
 /// Our `Writer::commit` into a memfd mapping.
@@ -354,15 +349,16 @@ impl Bench for Raw {
             Limit::Memcpy => {
                 for _ in 0..iters {
                     let at = cursor.next_at();
-                    // black_box: the compiler may not merge or drop repeated copies.
-                    // SAFETY: `at + n <= data_offset + ring <= mapping length` (`next_at`
-                    // keeps the payload inside the ring, and the ring inside the mapping);
-                    // the source is a separate heap buffer; no other thread or process
-                    // accesses this private mapping, so these non-atomic writes race with
-                    // nothing (the mapping is only ever seen through `AtomicU64`, whose
-                    // interior mutability permits writes through a shared borrow).
+                    // black_box: the compiler may neither merge nor drop repeated copies.
+                    let dst = black_box(base.wrapping_add(at));
+                    // SAFETY: `dst + n` is inside the mapping: `at + n <= data_offset + ring
+                    // <= mapping length` (`next_at` keeps the payload inside the ring, and the
+                    // ring lies inside the mapping). The source is a separate heap buffer. No
+                    // other thread or process accesses this mapping during the loop, so these
+                    // non-atomic writes race with nothing; the memory is otherwise only seen
+                    // through `AtomicU64`, whose interior mutability permits writes through a
+                    // pointer derived from a shared borrow.
                     unsafe {
-                        let dst = black_box(base.add(at));
                         std::ptr::copy_nonoverlapping(payload.as_ptr(), dst, n);
                     }
                 }

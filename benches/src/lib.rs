@@ -7,12 +7,36 @@
 //! - [`commit`]: ours, upstream and the limits (`memcpy`, atomic word stores), hot and
 //!   advancing destinations;
 //! - [`recover`]: attach + newest on full descriptor rings;
+//! - [`snapshot`]: the host snapshot cycle and restore vs. raw sparse copies;
 //! - [`report`]: the interleaved runner, medians and the machine description.
 //!
 //! Benchmarks are never timed tests: fixtures assert *correctness* (a committed entry reads
 //! back, a snapshot verifies) before timing, never durations.
 
+use std::time::{Duration, Instant};
+
 pub mod commit;
 pub mod recover;
 pub mod report;
+pub mod snapshot;
 pub mod sys;
+
+/// One side of a comparison: runs `iters` operations and returns the time they took.
+pub trait Bench {
+    /// Runs `iters` operations; only the operations are timed.
+    fn run(&mut self, iters: u64) -> Duration;
+}
+
+/// A [`Bench`] made of a closure (one call = one operation).
+#[derive(Debug)]
+pub struct FnBench<F>(pub F);
+
+impl<F: FnMut()> Bench for FnBench<F> {
+    fn run(&mut self, iters: u64) -> Duration {
+        let t = Instant::now();
+        for _ in 0..iters {
+            (self.0)();
+        }
+        t.elapsed()
+    }
+}

@@ -8,8 +8,9 @@ use std::time::{Duration, Instant};
 
 use shmsnap_core::{LayoutRequest, Writer};
 
-use crate::commit::{faulted_region, Bench};
+use crate::commit::faulted_region;
 use crate::sys::{Mapping, Memfd};
+use crate::Bench;
 
 /// Descriptor counts of the group.
 pub const ENTRIES: [u64; 2] = [256, 4096];

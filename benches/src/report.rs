@@ -8,7 +8,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use crate::commit::Bench;
+use crate::Bench;
 
 /// Median of per-operation times, in nanoseconds.
 #[derive(Clone, Copy, Debug, PartialEq)]

@@ -15,9 +15,12 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use shmsnap_benches::commit::{Bench, Dest, Limit, Ours, Raw, Upstream, PAYLOADS};
+use shmsnap_benches::commit::{Dest, Limit, Ours, Raw, Upstream, PAYLOADS};
 use shmsnap_benches::recover::{Recover, ENTRIES};
-use shmsnap_benches::report::{compare, fmt_ns, is_tmpfs, machine};
+use shmsnap_benches::report::{compare, fmt_ns, interleave, is_tmpfs, machine, median};
+use shmsnap_benches::snapshot::{SnapshotFixture, Touch, SIZES};
+use shmsnap_benches::Bench;
+use shmsnap_benches::FnBench;
 
 /// Run parameters.
 struct Opts {
@@ -123,6 +126,9 @@ fn main() {
     }
     if opts.wants("recover") {
         recover_section(&opts, &mut r);
+    }
+    if opts.wants("snapshot") {
+        snapshot_section(&opts, &dir, &mut r);
     }
 
     let _ = writeln!(r.out, "## DESIGN §10 targets\n");
@@ -244,6 +250,77 @@ fn recover_section(opts: &Opts, r: &mut Report) {
         );
     }
     let _ = writeln!(r.out);
+}
+
+fn snapshot_section(opts: &Opts, dir: &std::path::Path, r: &mut Report) {
+    let _ = writeln!(
+        r.out,
+        "## snapshot and restore (median per operation, interleaved with the raw limit)\n"
+    );
+    let _ = writeln!(
+        r.out,
+        "| region | touched | host cycle | raw copy+sync+rename | ours/raw | ours to durable¹ | restore | raw copy back | ours/raw |"
+    );
+    let _ = writeln!(r.out, "|---|---|---:|---:|---:|---:|---:|---:|---:|");
+    for len in SIZES {
+        for touch in [Touch::Full, Touch::Sixteenth] {
+            let rounds = match (opts.quick, len > 64 << 20) {
+                (true, true) => 3,
+                (true, false) => 5,
+                (false, true) => 9,
+                (false, false) => 21,
+            };
+            eprintln!("snapshot {} MiB {}", len >> 20, touch.name());
+            // The fixture snapshots and restores once each way and checks the results.
+            let f = SnapshotFixture::new(dir, len, touch).expect("snapshot fixture");
+            let drop_old = std::cell::RefCell::new(Vec::new());
+            let mut host = FnBench(|| {
+                f.host_snapshot().expect("host snapshot");
+                drop_old
+                    .borrow_mut()
+                    .push(f.last_persist().drop_old.as_secs_f64() * 1e9);
+            });
+            let mut raw = FnBench(|| f.raw_snapshot().expect("raw snapshot"));
+            let s = interleave(&mut [&mut host, &mut raw], &[1, 1], rounds);
+            let mut ours_restore = FnBench(|| f.restore().expect("restore"));
+            let mut raw_restore = FnBench(|| f.raw_restore().expect("raw restore"));
+            let t = interleave(&mut [&mut ours_restore, &mut raw_restore], &[1, 1], rounds);
+            let durable = s[0].ns - median(drop_old.take());
+            let _ = writeln!(
+                r.out,
+                "| {} MiB | {} ({} MiB) | {} | {} | {:.2} | {} | {} | {} | {:.2} |",
+                len >> 20,
+                touch.name(),
+                f.allocated().unwrap_or(0) >> 20,
+                fmt_ns(s[0].ns),
+                fmt_ns(s[1].ns),
+                s[0].ns / s[1].ns,
+                fmt_ns(durable),
+                fmt_ns(t[0].ns),
+                fmt_ns(t[1].ns),
+                t[0].ns / t[1].ns
+            );
+            if len == 256 << 20 && touch == Touch::Sixteenth {
+                r.targets.push(Target {
+                    what: "snapshot 256 MiB, 1/16 touched: ours/raw".into(),
+                    ratio: s[0].ns / s[1].ns,
+                    at_most: true,
+                    bound: 1.3,
+                });
+                r.targets.push(Target {
+                    what: "restore 256 MiB, 1/16 touched: ours/raw".into(),
+                    ratio: t[0].ns / t[1].ns,
+                    at_most: true,
+                    bound: 1.2,
+                });
+            }
+        }
+    }
+    let _ = writeln!(
+        r.out,
+        "\n¹ host cycle minus the median unlink of the dropped generation, which the host does \
+         after the durable point (the raw limit pays the same block freeing inside `rename`).\n"
+    );
 }
 
 fn size(n: usize) -> String {

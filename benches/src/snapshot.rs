@@ -1,0 +1,368 @@
+//! Fixtures of the `snapshot` and `restore` groups.
+//!
+//! A region (memfd) of 16 MiB or 256 MiB, configured with E = 4096 descriptors and a 256 KiB
+//! data ring that 4096 committed entries fill exactly (all live), then touched either fully
+//! (every page written) or to 1/16 (a contiguous prefix written, the rest holes).
+//!
+//! - **host cycle** (ours): what the host does per snapshot — `read_pre` over its read-only
+//!   mapping, sparse copy of the memfd into a temp file in the target directory
+//!   ([`Persister::begin`]), `read_post`, `pread` of the meta pages ([`Layout::meta_len`]
+//!   bytes), [`retain`], `pwrite` back, footer with the image's CRC-32C
+//!   ([`write_footer`]), then `fdatasync`, generation shuffle (keep 1), `rename`, directory
+//!   `fsync` and the unlink of the dropped generation ([`TempFile::commit`]).
+//! - **raw** (the limit): `open(O_CREAT|O_EXCL)` a temp file in the same directory, the same
+//!   sparse copy, `fdatasync`, `rename` over the previous raw file (which frees that file's
+//!   blocks inside `rename`, as the host's unlink of its dropped generation does), directory
+//!   `fsync`.
+//! - **restore** (ours): [`restore_into`] (verify footer and CRC, punch, sparse copy back)
+//!   vs. **raw restore**: the same sparse copy back without verification.
+//!
+//! [`TempFile::commit`]: shmsnap_linux::persist::TempFile::commit
+
+use std::cell::{Cell, RefCell};
+use std::fs::File;
+use std::io;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+
+use rustix::fs::{Mode, OFlags};
+use shmsnap_core::{
+    read_post, read_pre, retain, Descriptor, Layout, LayoutRequest, Region, Retained, Writer,
+};
+
+use crate::sys::{
+    copy_sparse, pread_exact, pwrite_all, restore_into, verify, write_footer, Mapping, Memfd,
+    PersistStats, Persister, Protection, SnapshotMeta,
+};
+
+/// Region sizes of the group.
+pub const SIZES: [u64; 2] = [16 << 20, 256 << 20];
+/// Descriptor count of the snapshot regions.
+pub const ENTRIES: u64 = 4096;
+/// Data-ring size of the snapshot regions.
+pub const DATA_SIZE: u64 = 256 << 10;
+/// Payload of each committed entry (`ENTRIES * PAYLOAD == DATA_SIZE`: the ring is full and
+/// every entry live).
+pub const PAYLOAD: usize = 64;
+
+/// How much of the region holds data.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Touch {
+    /// Every page written.
+    Full,
+    /// The first 1/16 of the region written, the rest holes.
+    Sixteenth,
+}
+
+impl Touch {
+    /// Short name for reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Touch::Full => "full",
+            Touch::Sixteenth => "1/16",
+        }
+    }
+
+    fn bytes(self, len: u64) -> u64 {
+        match self {
+            Touch::Full => len,
+            Touch::Sixteenth => len / 16,
+        }
+    }
+}
+
+/// A core error (which implements `Display` but not `std::error::Error`) as an I/O error.
+fn err(e: impl std::fmt::Display) -> io::Error {
+    io::Error::other(e.to_string())
+}
+
+/// Payload of entry `seq` (its seq in the first 8 bytes, so a read-back identifies it).
+fn payload_of(seq: u64) -> [u8; PAYLOAD] {
+    let mut p = [0xa5u8; PAYLOAD];
+    p[..8].copy_from_slice(&seq.to_le_bytes());
+    p
+}
+
+/// One region and everything needed to snapshot and restore it.
+#[derive(Debug)]
+pub struct SnapshotFixture {
+    len: u64,
+    memfd: Memfd,
+    /// The client's mapping (kept alive: a live region has one).
+    _client: Mapping,
+    /// The host's read-only mapping, through which it reads descriptors.
+    host: Mapping,
+    layout: Layout,
+    /// Bytes of the region that hold data (a prefix); the rest are holes.
+    touched: u64,
+    persister: Persister,
+    dir: OwnedFd,
+    raw_name: String,
+    raw_tmp: String,
+    /// Where restores go (same length, sealed).
+    restore: Memfd,
+    pre: RefCell<Vec<Descriptor>>,
+    post: RefCell<Vec<Descriptor>>,
+    meta: RefCell<Vec<u8>>,
+    generation: Cell<u64>,
+    /// Timings of the last host persist.
+    last: Cell<PersistStats>,
+}
+
+impl SnapshotFixture {
+    /// Creates, configures, fills and touches a region of `len` bytes, with snapshot files in
+    /// `dir`; takes one snapshot and one restore each way and checks them (sanity).
+    ///
+    /// # Errors
+    ///
+    /// The syscalls' errors.
+    ///
+    /// # Panics
+    ///
+    /// If a sanity check fails: the host snapshot does not verify or does not keep every
+    /// entry, or a restored region does not attach to the newest entry with its payload.
+    pub fn new(dir: &Path, len: u64, touch: Touch) -> io::Result<Self> {
+        let memfd = Memfd::create("bench-snapshot", len)?;
+        memfd.seal_against_shrink()?;
+        let client = Mapping::of_memfd(&memfd, Protection::ReadWrite)?;
+        let request = LayoutRequest {
+            entries: ENTRIES,
+            data_size: DATA_SIZE,
+        };
+        let layout = {
+            let mut w = Writer::init(client.words(), request).map_err(err)?;
+            for seq in 1..=ENTRIES {
+                w.commit(&payload_of(seq)).map_err(err)?;
+            }
+            *w.layout()
+        };
+        // Touch the tail, one word per page, up to the touched length.
+        let touched = touch.bytes(len);
+        let words = client.words();
+        let mut off = layout.tail_offset;
+        while off < touched {
+            words[(off / 8) as usize].store(off | 1, Ordering::Relaxed);
+            off += 4096;
+        }
+        let host = Mapping::of_memfd(&memfd, Protection::ReadOnly)?;
+        let tag = format!("{}m-{}", len >> 20, touch.bytes(16));
+        let persister = Persister::new(&dir.join(format!("ours-{tag}.snap")), 1)?;
+        let dir_fd = rustix::fs::open(dir, OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())?;
+        let restore = Memfd::create("bench-restore", len)?;
+        restore.seal_against_shrink()?;
+        let f = Self {
+            len,
+            memfd,
+            _client: client,
+            host,
+            layout,
+            touched,
+            persister,
+            dir: dir_fd,
+            raw_name: format!("raw-{tag}.snap"),
+            raw_tmp: format!(".raw-{tag}.snap.tmp"),
+            restore,
+            pre: RefCell::new(vec![Descriptor::EMPTY; ENTRIES as usize]),
+            post: RefCell::new(vec![Descriptor::EMPTY; ENTRIES as usize]),
+            meta: RefCell::new(vec![0u8; layout.meta_len() as usize]),
+            generation: Cell::new(0),
+            last: Cell::new(PersistStats::default()),
+        };
+        f.sanity()?;
+        Ok(f)
+    }
+
+    /// Region length in bytes.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Always `false`.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Bytes allocated in the region (what a sparse copy moves).
+    ///
+    /// # Errors
+    ///
+    /// `fstat`'s errors.
+    pub fn allocated(&self) -> io::Result<u64> {
+        self.memfd.allocated()
+    }
+
+    /// Timings of the last host persist (sync, rename, dir sync, unlink of the old one).
+    pub fn last_persist(&self) -> PersistStats {
+        self.last.get()
+    }
+
+    /// The path of our snapshot file.
+    pub fn target(&self) -> PathBuf {
+        self.persister.target()
+    }
+
+    /// One full host snapshot cycle (module docs); returns what `retain` kept.
+    ///
+    /// # Errors
+    ///
+    /// Any I/O error; `Other` if the region is unreadable or the attempt starved.
+    pub fn host_snapshot(&self) -> io::Result<Retained> {
+        let region = Region::open(self.host.words()).map_err(err)?;
+        let layout = *region.layout();
+        let mut pre_buf = self.pre.borrow_mut();
+        let mut post_buf = self.post.borrow_mut();
+        let mut meta = self.meta.borrow_mut();
+        let pre = read_pre(&region, &mut pre_buf).map_err(err)?;
+        let generation = self.generation.get() + 1;
+        let (retained, stats) = self.persister.persist_with(|file| -> io::Result<_> {
+            copy_sparse(&self.memfd, file, self.len)?;
+            let post = read_post(&region, &mut post_buf).map_err(err)?;
+            pread_exact(file, &mut meta, 0)?;
+            let live_next_seq = region.hints().next_seq;
+            let retained = retain(&mut meta, &layout, pre.slots(), post.slots(), live_next_seq)
+                .map_err(err)?;
+            if retained.is_starved() {
+                return Err(io::Error::other("starved: no entry survived the copy"));
+            }
+            pwrite_all(file, &meta, 0)?;
+            let meta = SnapshotMeta {
+                strategy: 1,
+                generation,
+                unix_time_ns: 0,
+            };
+            write_footer(file, self.len, meta)?;
+            Ok(retained)
+        })?;
+        self.generation.set(generation);
+        self.last.set(stats);
+        Ok(retained)
+    }
+
+    /// The limit: sparse copy + `fdatasync` + `rename` + directory `fsync`.
+    ///
+    /// # Errors
+    ///
+    /// Any I/O error.
+    pub fn raw_snapshot(&self) -> io::Result<()> {
+        let fd = rustix::fs::openat(
+            &self.dir,
+            self.raw_tmp.as_str(),
+            OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::RDWR,
+            Mode::RUSR | Mode::WUSR,
+        )?;
+        copy_sparse(&self.memfd, &fd, self.len)?;
+        rustix::fs::fdatasync(&fd)?;
+        rustix::fs::renameat(
+            &self.dir,
+            self.raw_tmp.as_str(),
+            &self.dir,
+            self.raw_name.as_str(),
+        )?;
+        rustix::fs::fsync(&self.dir)?;
+        Ok(())
+    }
+
+    /// Ours: verify our snapshot file and copy it back into the restore memfd.
+    ///
+    /// # Errors
+    ///
+    /// Any I/O or verification error.
+    pub fn restore(&self) -> io::Result<()> {
+        let f = File::open(self.persister.target())?;
+        restore_into(&f, &self.restore)?;
+        Ok(())
+    }
+
+    /// The limit: sparse copy of the raw file back into the restore memfd.
+    ///
+    /// # Errors
+    ///
+    /// Any I/O error.
+    pub fn raw_restore(&self) -> io::Result<()> {
+        let fd = rustix::fs::openat(
+            &self.dir,
+            self.raw_name.as_str(),
+            OFlags::RDONLY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
+        copy_sparse(&fd, &self.restore, self.len)?;
+        Ok(())
+    }
+
+    /// Checks that the restore memfd holds every committed entry, the newest one's payload,
+    /// and (for the touched tail) the same bytes as the live region.
+    ///
+    /// Only the touched prefix is read: reading a memfd hole through a mapping allocates it.
+    fn check_restored(&self) -> io::Result<()> {
+        let map = Mapping::of_memfd(&self.restore, Protection::ReadWrite)?;
+        let w = Writer::attach(map.words()).map_err(err)?;
+        assert_eq!(w.region().entries().count() as u64, ENTRIES);
+        let newest = w.region().newest().expect("a newest entry");
+        assert_eq!(newest.seq, ENTRIES);
+        let mut buf = [0u8; PAYLOAD];
+        let n = w.region().read_payload(&newest, &mut buf).map_err(err)?;
+        assert_eq!(&buf[..n], &payload_of(ENTRIES)[..]);
+        assert!(w.next_seq() > ENTRIES);
+        let live = self.host.words();
+        let back = map.words();
+        let mut off = self.layout.tail_offset;
+        while off < self.touched {
+            let i = (off / 8) as usize;
+            assert_eq!(
+                back[i].load(Ordering::Relaxed),
+                live[i].load(Ordering::Relaxed)
+            );
+            off += 4096;
+        }
+        Ok(())
+    }
+
+    fn sanity(&self) -> io::Result<()> {
+        // Holes stayed holes (nothing read them through a mapping).
+        let allocated = self.memfd.allocated()?;
+        assert!(
+            allocated <= self.touched.max(self.layout.tail_offset) + (64 << 10),
+            "{allocated} bytes allocated, {} touched",
+            self.touched
+        );
+        let kept = self.host_snapshot()?;
+        assert_eq!(kept.kept, ENTRIES, "every entry survives a quiet copy");
+        assert_eq!(kept.newest.map(|d| d.seq), Some(ENTRIES));
+        let info = verify(File::open(self.persister.target())?).map_err(err)?;
+        assert_eq!(info.image_len, self.len);
+        self.restore()?;
+        self.check_restored()?;
+        self.raw_snapshot()?;
+        self.raw_restore()?;
+        self.check_restored()?;
+        assert_eq!(
+            self.memfd.allocated()?,
+            allocated,
+            "the snapshots allocated holes"
+        );
+        assert_eq!(
+            self.restore.allocated()?,
+            allocated,
+            "the restores allocated holes"
+        );
+        Ok(())
+    }
+}
+
+impl Drop for SnapshotFixture {
+    /// Removes the snapshot files (hundreds of MiB) this fixture wrote.
+    fn drop(&mut self) {
+        if let Ok(gens) = self.persister.generations() {
+            for g in gens {
+                let _ = std::fs::remove_file(g.path);
+            }
+        }
+        let _ = self.persister.remove_stale_temps();
+        let _ = rustix::fs::unlinkat(
+            &self.dir,
+            self.raw_name.as_str(),
+            rustix::fs::AtFlags::empty(),
+        );
+    }
+}

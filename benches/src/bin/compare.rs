@@ -262,6 +262,7 @@ fn snapshot_section(opts: &Opts, dir: &std::path::Path, r: &mut Report) {
         "| region | touched | host cycle | raw copy+sync+rename | ours/raw | ours to durable¹ | restore | raw copy back | ours/raw |"
     );
     let _ = writeln!(r.out, "|---|---|---:|---:|---:|---:|---:|---:|---:|");
+    let mut crc_rows = Vec::new();
     for len in SIZES {
         for touch in [Touch::Full, Touch::Sixteenth] {
             let rounds = match (opts.quick, len > 64 << 20) {
@@ -286,6 +287,29 @@ fn snapshot_section(opts: &Opts, dir: &std::path::Path, r: &mut Report) {
             let mut raw_restore = FnBench(|| f.raw_restore().expect("raw restore"));
             let t = interleave(&mut [&mut ours_restore, &mut raw_restore], &[1, 1], rounds);
             let durable = s[0].ns - median(drop_old.take());
+            let mut crc_now = FnBench(|| {
+                std::hint::black_box(f.image_crc_current().expect("crc"));
+            });
+            let mut crc_new = FnBench(|| {
+                std::hint::black_box(f.image_crc_proposed(false).expect("crc"));
+            });
+            let mut crc_map = FnBench(|| {
+                std::hint::black_box(f.image_crc_proposed(true).expect("crc"));
+            });
+            let c = interleave(
+                &mut [&mut crc_now, &mut crc_new, &mut crc_map],
+                &[1, 1, 1],
+                rounds,
+            );
+            crc_rows.push(format!(
+                "| {} MiB | {} | {} | {} | {} | {:.1} |",
+                len >> 20,
+                touch.name(),
+                fmt_ns(c[0].ns),
+                fmt_ns(c[1].ns),
+                fmt_ns(c[2].ns),
+                c[0].ns / c[2].ns
+            ));
             let _ = writeln!(
                 r.out,
                 "| {} MiB | {} ({} MiB) | {} | {} | {:.2} | {} | {} | {} | {:.2} |",
@@ -321,6 +345,19 @@ fn snapshot_section(opts: &Opts, dir: &std::path::Path, r: &mut Report) {
         "\n¹ host cycle minus the median unlink of the dropped generation, which the host does \
          after the durable point (the raw limit pays the same block freeing inside `rename`).\n"
     );
+    let _ = writeln!(
+        r.out,
+        "### image CRC-32C of the snapshot file (done once per snapshot and once per restore)\n"
+    );
+    let _ = writeln!(
+        r.out,
+        "| region | touched | shmsnap-linux `image_crc32c` | holes combined, pread | holes combined, mmap | speed-up (mmap) |"
+    );
+    let _ = writeln!(r.out, "|---|---|---:|---:|---:|---:|");
+    for row in crc_rows {
+        let _ = writeln!(r.out, "{row}");
+    }
+    let _ = writeln!(r.out);
 }
 
 fn size(n: usize) -> String {

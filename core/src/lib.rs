@@ -65,3 +65,18 @@ pub use memory::{atomic_words, WordMemory, WordsError};
 pub use reader::{ReadError, Region};
 pub use units::{UnitError, UnitGrant, UnitState, UnitTable};
 pub use writer::{AttachError, CommitError, Transaction, Writer};
+
+impl core::error::Error for WordsError {}
+impl core::error::Error for LayoutError {}
+impl core::error::Error for ReadError {}
+impl core::error::Error for UnitError {}
+impl core::error::Error for CommitError {}
+impl core::error::Error for RetainError {}
+impl core::error::Error for AttachError {
+    fn source(&self) -> Option<&(dyn core::error::Error + 'static)> {
+        match self {
+            AttachError::Layout(e) => Some(e),
+            _ => None,
+        }
+    }
+}

@@ -1,0 +1,232 @@
+//! The command line.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::exit::EXIT_CODES_HELP;
+
+/// Keep a program's in-memory state safe on disk, consistent even across SIGKILL.
+///
+/// shmsnap runs your program (the client) with a shared-memory file (a memfd) at fd 3, passed
+/// the systemd way (LISTEN_FDS=1, LISTEN_FDNAMES=SHM_SHARED_FD, LISTEN_PID). Before the client
+/// starts, shmsnap restores the newest snapshot into it; while the client runs, it snapshots
+/// the memory to disk; when the client dies — even by SIGKILL — the memory survives in
+/// shmsnap, gets a final snapshot, and the restarted client finds its state intact.
+#[derive(Debug, Parser)]
+#[command(name = "shmsnap", version, after_help = EXIT_CODES_HELP)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a client under supervision, with its state restored and snapshotted.
+    #[command(after_help = RUN_HELP)]
+    Run(RunArgs),
+    /// Describe a snapshot file: layout, entries, footer, age, checksum.
+    Inspect(InspectArgs),
+    /// Check a snapshot file; exit 0 if and only if it is sound.
+    Verify(VerifyArgs),
+    /// Show what shmsnap does: run the bundled primes client, SIGKILL it a few times, and
+    /// check after every restart that its primes survived and are correct.
+    Demo(DemoArgs),
+    /// Run a bundled example client (they expect to be started by `shmsnap run`).
+    Example(ExampleArgs),
+    /// Internal: exec shim that sets LISTEN_PID to its own pid, then execs the client.
+    #[command(name = "__exec", hide = true)]
+    Exec {
+        /// The client command.
+        #[arg(trailing_var_arg = true, required = true)]
+        command: Vec<OsString>,
+    },
+}
+
+const RUN_HELP: &str = "\
+Strategies:
+  exit   Snapshot only when the client exits (or is killed). Works for any program, whatever
+         it keeps in the memfd. A SIGKILL of shmsnap itself loses the work since the last
+         client exit.
+  queue  The client commits through the shmsnap-core writer (a wait-free ring of sequence
+         descriptors). shmsnap snapshots continuously, keeping only entries it proves were
+         not modified during the copy, and skips a snapshot when nothing was committed.
+
+Signals:
+  SIGUSR1          take a snapshot now (queue strategy)
+  SIGTERM, SIGINT  forwarded to the client; after it exits (or --stop-timeout), a final
+                   snapshot, then shmsnap exits with the client's status
+
+Examples:
+  shmsnap run --state /var/lib/app/state.snap --size 64M -- ./app --flag
+  shmsnap run --state primes.snap --strategy queue --interval 200ms -- shmsnap example primes";
+
+/// How the region is coordinated and snapshotted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum StrategyArg {
+    /// Snapshot when the client exits (any client).
+    Exit,
+    /// Continuous consistent snapshots of a shmsnap-core queue.
+    Queue,
+}
+
+impl StrategyArg {
+    /// The footer's strategy code.
+    pub fn code(self) -> u64 {
+        match self {
+            StrategyArg::Exit => 0,
+            StrategyArg::Queue => 1,
+        }
+    }
+}
+
+/// When to restart the client after it exits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RestartArg {
+    /// Never: shmsnap exits with the client's status.
+    Never,
+    /// When the client exits with a non-zero status or is killed by a signal.
+    OnFailure,
+    /// Always, whatever its status.
+    Always,
+}
+
+/// `shmsnap run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The snapshot file (created if missing; restored from if present).
+    #[arg(long, value_name = "FILE")]
+    pub state: PathBuf,
+    /// Size of the shared memory, e.g. 64M (K, M, G suffixes; binary units). Default: the
+    /// snapshot's size, or 64M without a snapshot. May grow a restored region, never shrink it.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub size: Option<u64>,
+    /// How snapshots are taken.
+    #[arg(long, value_enum, default_value_t = StrategyArg::Exit)]
+    pub strategy: StrategyArg,
+    /// Snapshot interval for the queue strategy, e.g. 100ms, 2s.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "1s")]
+    pub interval: Duration,
+    /// When to restart the client.
+    #[arg(long, value_enum, default_value_t = RestartArg::OnFailure)]
+    pub restart: RestartArg,
+    /// Previous snapshot generations to keep (FILE.1 newest .. FILE.N oldest).
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub keep: usize,
+    /// If the newest snapshot is unusable, restore the newest sound older generation instead
+    /// of stopping (the unusable file is renamed aside, never deleted).
+    #[arg(long)]
+    pub fallback: bool,
+    /// Name of the fd in LISTEN_FDNAMES (clients look for it; also the fd-store name).
+    #[arg(long, value_name = "NAME", default_value = shmsnap_linux::listen::DEFAULT_FD_NAME)]
+    pub fd_name: String,
+    /// How long to wait for the client to exit after forwarding SIGTERM/SIGINT, before SIGKILL.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "10s")]
+    pub stop_timeout: Duration,
+    /// Longest pause between restarts (the pause doubles from 100ms after each quick failure).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "10s")]
+    pub max_backoff: Duration,
+    /// The client command and its arguments.
+    #[arg(trailing_var_arg = true, required = true, value_name = "CMD")]
+    pub command: Vec<OsString>,
+}
+
+/// `shmsnap inspect`.
+#[derive(Debug, Args)]
+pub struct InspectArgs {
+    /// The snapshot file.
+    pub file: PathBuf,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `shmsnap verify`.
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// The snapshot file.
+    pub file: PathBuf,
+}
+
+/// `shmsnap demo`.
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// How many times to SIGKILL the client.
+    #[arg(long, default_value_t = 3)]
+    pub kills: u32,
+    /// Keep the demo's directory instead of removing it.
+    #[arg(long)]
+    pub keep_dir: bool,
+}
+
+/// `shmsnap example`.
+#[derive(Debug, Args)]
+pub struct ExampleArgs {
+    /// Which example.
+    #[command(subcommand)]
+    pub which: Example,
+}
+
+/// The bundled example clients.
+#[derive(Debug, Subcommand)]
+pub enum Example {
+    /// Appends primes into frozen tail units; verifies every restored prime on start.
+    Primes {
+        /// Stop after this many primes (0: until the tail is full).
+        #[arg(long, default_value_t = 0)]
+        limit: u64,
+        /// Pause between commits, e.g. 1ms (0 for none).
+        #[arg(long, value_parser = parse_duration, default_value = "0s")]
+        pause: Duration,
+        /// Primes per commit (one tail unit each).
+        #[arg(long, default_value_t = 64)]
+        batch: u64,
+    },
+    /// A persistent key-value map with copy-on-write nodes in reclaimed tail units.
+    Kv {
+        /// Operations to perform before exiting.
+        #[arg(long, default_value_t = 1000)]
+        ops: u64,
+        /// Pause between operations, e.g. 1ms.
+        #[arg(long, value_parser = parse_duration, default_value = "0s")]
+        pause: Duration,
+    },
+}
+
+/// Parses sizes like `4096`, `64K`, `64M`, `1G`, `1GiB` (binary units).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    parse_size::Config::new()
+        .with_binary()
+        .parse_size(s)
+        .map_err(|e| format!("{e} (use e.g. 4096, 64K, 16M, 1G)"))
+}
+
+/// Parses durations like `100ms`, `2s`, `1m 30s`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{e} (use e.g. 100ms, 2s, 1m)"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn sizes_and_durations_accept_suffixes() {
+        assert_eq!(parse_size("64M"), Ok(64 << 20));
+        assert_eq!(parse_size("4k"), Ok(4096));
+        assert_eq!(parse_size("1G"), Ok(1 << 30));
+        assert!(parse_size("lots").is_err());
+        assert_eq!(parse_duration("100ms"), Ok(Duration::from_millis(100)));
+        assert!(parse_duration("soon").is_err());
+    }
+}

@@ -1,0 +1,25 @@
+//! Example clients, written against the public client API only (`shmsnap-core` for the
+//! protocol, `shmsnap-linux::listen` to find the region). Run them under the host:
+//!
+//! ```text
+//! shmsnap run --state primes.snap --strategy queue -- shmsnap example primes
+//! shmsnap run --state kv.snap --strategy queue -- shmsnap example kv
+//! ```
+
+pub mod kv;
+pub mod primes;
+
+use shmsnap_linux::listen::{open_client_region, DEFAULT_FD_NAME};
+use shmsnap_linux::{Mapping, Memfd};
+
+use crate::exit::{Code, Failure};
+
+/// Finds the region passed by the host.
+pub fn region() -> Result<(Memfd, Mapping), Failure> {
+    open_client_region(DEFAULT_FD_NAME).map_err(|e| {
+        Failure::new(
+            Code::Usage,
+            format!("{e} (example clients expect to be started by `shmsnap run --strategy queue -- ...`)"),
+        )
+    })
+}

@@ -1,0 +1,191 @@
+//! `shmsnap example primes`: the seed's demo, made sound.
+//!
+//! Primes are appended in batches; each batch goes into a fresh tail unit (append-only data:
+//! units are never retired, so a unit is written once and frozen forever). The payload is the
+//! root: `(count, batch)`. On start the client rebuilds its unit table from the root and
+//! verifies every restored prime against a sieve — a torn or stale state cannot go unnoticed.
+
+use std::io::Write;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use shmsnap_core::{LayoutRequest, UnitError, UnitTable, Writer};
+
+use crate::exit::{Code, Failure};
+
+/// The layout the primes client asks for.
+pub const LAYOUT: LayoutRequest = LayoutRequest {
+    entries: 64,
+    data_size: 4096,
+};
+
+/// Exit status when the restored state is wrong.
+pub const CORRUPT: u8 = 3;
+
+fn fail(what: &str, e: impl std::fmt::Display) -> Failure {
+    Failure::new(Code::Software, format!("primes: {what}: {e}"))
+}
+
+/// The first `n` primes, by a sieve (independent of anything restored).
+pub fn first_primes(n: usize) -> Vec<u64> {
+    if n == 0 {
+        return Vec::new();
+    }
+    let nf = n as f64;
+    let bound = if n < 6 {
+        15
+    } else {
+        (nf * (nf.ln() + nf.ln().ln())) as usize + 3
+    };
+    let mut composite = vec![false; bound + 1];
+    let mut out = Vec::with_capacity(n);
+    for i in 2..=bound {
+        if !composite[i] {
+            out.push(i as u64);
+            if out.len() == n {
+                break;
+            }
+            let mut j = i * i;
+            while j <= bound {
+                composite[j] = true;
+                j += i;
+            }
+        }
+    }
+    out
+}
+
+fn is_prime(c: u64, primes: &[u64]) -> bool {
+    primes
+        .iter()
+        .take_while(|&&p| p * p <= c)
+        .all(|&p| !c.is_multiple_of(p))
+}
+
+/// Runs the client.
+///
+/// # Errors
+///
+/// A [`Failure`] if the region cannot be found or used.
+pub fn run(limit: u64, pause: Duration, batch_arg: u64) -> Result<ExitCode, Failure> {
+    let (_memfd, map) = super::region()?;
+    let mut w =
+        Writer::open_or_init(map.words(), LAYOUT).map_err(|e| fail("cannot use the region", e))?;
+    let (mut count, batch, seq) = match w.region().newest() {
+        Some(d) => {
+            let mut b = [0u8; 16];
+            let n = w
+                .region()
+                .read_payload(&d, &mut b)
+                .map_err(|e| fail("cannot read the root", e))?;
+            if n != 16 {
+                return Err(fail("root", format!("has {n} bytes, expected 16")));
+            }
+            let word =
+                |i: usize| u64::from_le_bytes(b[i * 8..i * 8 + 8].try_into().unwrap_or_default());
+            (word(0), word(1), d.seq)
+        }
+        None => (0, batch_arg.max(1), 0),
+    };
+    if batch == 0 || batch > 1 << 16 || count % batch != 0 {
+        return Err(fail(
+            "root",
+            format!("count {count} and batch {batch} are inconsistent"),
+        ));
+    }
+    let unit = (batch * 8) as usize;
+    let mut states = vec![0u64; w.unit_count(unit)];
+    let mut table = UnitTable::new(&mut states, unit).map_err(|e| fail("units", e))?;
+    let mut used = (count / batch) as usize;
+    if used > table.len() {
+        return Err(fail(
+            "root",
+            format!("refers to {used} units but the tail holds {}", table.len()),
+        ));
+    }
+    let mut primes = Vec::with_capacity(count as usize);
+    let mut buf = vec![0u8; unit];
+    for u in 0..used {
+        table.mark_in_use(u).map_err(|e| fail("units", e))?;
+        w.region()
+            .read_tail((u * unit) as u64, &mut buf)
+            .map_err(|e| fail("cannot read a unit", e))?;
+        primes.extend(
+            buf.chunks_exact(8)
+                .map(|c| u64::from_le_bytes(c.try_into().unwrap_or_default())),
+        );
+    }
+    let expected = first_primes(count as usize);
+    if let Some(i) = (0..primes.len()).find(|&i| primes[i] != expected[i]) {
+        println!(
+            "primes: CORRUPT state: prime #{} is {}, expected {} ({count} restored)",
+            i + 1,
+            primes[i],
+            expected[i]
+        );
+        return Ok(ExitCode::from(CORRUPT));
+    }
+    println!(
+        "primes: pid {} restored {count} primes, all correct (newest seq {seq})",
+        std::process::id()
+    );
+    let _ = std::io::stdout().flush();
+    let mut candidate = primes.last().map_or(2, |p| p + 1);
+    loop {
+        if limit > 0 && count >= limit {
+            println!("primes: reached {count} primes, done");
+            return Ok(ExitCode::SUCCESS);
+        }
+        let mut next = Vec::with_capacity(batch as usize);
+        while next.len() < batch as usize {
+            if is_prime(candidate, &primes)
+                && next
+                    .iter()
+                    .all(|&p: &u64| candidate % p != 0 || p * p > candidate)
+            {
+                next.push(candidate);
+            }
+            candidate += 1;
+        }
+        let bytes: Vec<u8> = next.iter().flat_map(|p| p.to_le_bytes()).collect();
+        let mut tx = w.begin(16).map_err(|e| fail("commit", e))?;
+        let g = match tx.alloc_unit(&mut table) {
+            Ok(g) => g,
+            Err(UnitError::Exhausted) => {
+                println!("primes: the tail is full at {count} primes, done");
+                return Ok(ExitCode::SUCCESS);
+            }
+            Err(e) => return Err(fail("units", e)),
+        };
+        if g.unit() != used {
+            return Err(fail(
+                "units",
+                format!("got unit {}, expected {used}", g.unit()),
+            ));
+        }
+        tx.write_unit(&table, &g, 0, &bytes)
+            .map_err(|e| fail("unit write", e))?;
+        count += batch;
+        let mut root = [0u8; 16];
+        root[..8].copy_from_slice(&count.to_le_bytes());
+        root[8..].copy_from_slice(&batch.to_le_bytes());
+        tx.commit(&root).map_err(|e| fail("commit", e))?;
+        used += 1;
+        primes.extend_from_slice(&next);
+        if !pause.is_zero() {
+            std::thread::sleep(pause);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sieve_gives_the_first_primes() {
+        assert_eq!(first_primes(10), [2, 3, 5, 7, 11, 13, 17, 19, 23, 29]);
+        assert_eq!(first_primes(10_000).last(), Some(&104_729));
+        assert!(first_primes(0).is_empty());
+    }
+}

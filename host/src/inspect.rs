@@ -1,0 +1,330 @@
+//! `shmsnap inspect` and `shmsnap verify`: what a snapshot file holds, for humans and scripts.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+use shmsnap_core::{image_entries, read_descriptor_bytes, Hints, Layout, LayoutError, PAGE_SIZE};
+use shmsnap_linux::snapshot::{self, SnapshotError, SnapshotInfo, FOOTER_LEN};
+
+use crate::exit::{io_code, snapshot_code, Code, Failure};
+
+/// Bytes of each payload shown.
+const PREVIEW: usize = 16;
+
+#[derive(Debug, Serialize)]
+struct Report {
+    file: String,
+    file_len: u64,
+    footer: Option<Footer>,
+    verdict: String,
+    sound: bool,
+    layout: Option<LayoutReport>,
+    entries: Vec<Entry>,
+}
+
+#[derive(Debug, Serialize)]
+struct Footer {
+    version: u64,
+    image_len: u64,
+    strategy: &'static str,
+    generation: u64,
+    unix_time_ns: u64,
+    age_seconds: Option<f64>,
+    image_crc32c: String,
+}
+
+#[derive(Debug, Serialize)]
+struct LayoutReport {
+    entries: u64,
+    data_size: u64,
+    data_offset: u64,
+    tail_offset: u64,
+    tail_len: u64,
+    region_len: u64,
+    next_seq: u64,
+    data_head: u64,
+    epoch: u64,
+    problem: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct Entry {
+    slot: u64,
+    seq: u64,
+    offset: u64,
+    length: u64,
+    first_bytes: String,
+}
+
+fn strategy_name(code: u64) -> &'static str {
+    match code {
+        0 => "exit",
+        1 => "queue",
+        2 => "triple",
+        _ => "unknown",
+    }
+}
+
+fn footer_only(file: &File, len: u64) -> Option<SnapshotInfo> {
+    let at = len.checked_sub(FOOTER_LEN as u64)?;
+    let mut b = [0u8; FOOTER_LEN];
+    file.read_exact_at(&mut b, at).ok()?;
+    snapshot::decode_footer(&b).ok()
+}
+
+/// Reads the header and descriptor ring of a queue image: layout, hints and entries, plus the
+/// first problem found (an invalid non-empty descriptor makes the image unsound).
+fn read_queue(
+    file: &File,
+    image_len: u64,
+) -> Result<(Layout, Hints, Vec<Entry>, Option<String>), String> {
+    let mut page = vec![0u8; PAGE_SIZE.min(image_len) as usize];
+    file.read_exact_at(&mut page, 0)
+        .map_err(|e| e.to_string())?;
+    let mut words = [0u64; 12];
+    for (i, w) in words.iter_mut().enumerate() {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(
+            page.get(i * 8..i * 8 + 8)
+                .ok_or("image shorter than a header")?,
+        );
+        *w = u64::from_le_bytes(b);
+    }
+    let layout = match Layout::from_header_words(&words, image_len) {
+        Ok(l) => l,
+        Err(LayoutError::Unconfigured) => {
+            return Err("the region was never configured by a client (header all zeros)".into())
+        }
+        Err(e) => return Err(e.to_string()),
+    };
+    let mut meta = vec![0u8; layout.meta_len() as usize];
+    file.read_exact_at(&mut meta, 0)
+        .map_err(|e| e.to_string())?;
+    let hints = Hints::read_bytes(&meta);
+    let mut problem = None;
+    for slot in 0..layout.entries {
+        let seq_word = slot as usize * 4 + (layout.desc_offset / 8) as usize;
+        let nonzero = meta
+            .get(seq_word * 8..seq_word * 8 + 8)
+            .is_some_and(|b| b.iter().any(|&x| x != 0));
+        if nonzero && read_descriptor_bytes(&meta, &layout, slot).is_none() && problem.is_none() {
+            problem = Some(format!("descriptor {slot} is neither empty nor valid"));
+        }
+    }
+    let mut entries = Vec::new();
+    for d in image_entries(&meta, &layout) {
+        if d.seq >= hints.next_seq && problem.is_none() {
+            problem = Some(format!(
+                "entry {} is not below the next_seq hint {}",
+                d.seq, hints.next_seq
+            ));
+        }
+        let n = (d.length as usize).min(PREVIEW);
+        let mut b = vec![0u8; n];
+        let at = layout.data_offset + (d.offset & (layout.data_size - 1));
+        let first = match file.read_exact_at(&mut b, at) {
+            Ok(()) => b
+                .iter()
+                .map(|x| format!("{x:02x}"))
+                .collect::<Vec<_>>()
+                .join(" "),
+            Err(e) => format!("<{e}>"),
+        };
+        entries.push(Entry {
+            slot: layout.slot_of(d.seq),
+            seq: d.seq,
+            offset: d.offset,
+            length: d.length,
+            first_bytes: first,
+        });
+    }
+    entries.sort_by_key(|e| e.seq);
+    Ok((layout, hints, entries, problem))
+}
+
+fn build(path: &Path) -> Result<Report, Failure> {
+    let file = File::open(path)
+        .map_err(|e| Failure::new(io_code(&e), format!("cannot open {}: {e}", path.display())))?;
+    let file_len = file
+        .metadata()
+        .map_err(|e| Failure::new(io_code(&e), format!("cannot stat {}: {e}", path.display())))?
+        .len();
+    let verified: Result<SnapshotInfo, SnapshotError> = snapshot::verify(&file);
+    let footer = verified
+        .as_ref()
+        .ok()
+        .copied()
+        .or_else(|| footer_only(&file, file_len));
+    let mut report = Report {
+        file: path.display().to_string(),
+        file_len,
+        footer: footer.map(|f| Footer {
+            version: f.version,
+            image_len: f.image_len,
+            strategy: strategy_name(f.meta.strategy),
+            generation: f.meta.generation,
+            unix_time_ns: f.meta.unix_time_ns,
+            age_seconds: SystemTime::now()
+                .duration_since(UNIX_EPOCH + Duration::from_nanos(f.meta.unix_time_ns))
+                .ok()
+                .map(|d| d.as_secs_f64()),
+            image_crc32c: format!("{:08x}", f.image_crc),
+        }),
+        verdict: String::new(),
+        sound: false,
+        layout: None,
+        entries: Vec::new(),
+    };
+    let mut problem = match &verified {
+        Ok(_) => None,
+        Err(e) => Some((snapshot_code(e), e.to_string())),
+    };
+    if let Some(f) = footer.filter(|f| f.meta.strategy == 1) {
+        match read_queue(&file, f.image_len) {
+            Ok((l, h, entries, p)) => {
+                report.layout = Some(LayoutReport {
+                    entries: l.entries,
+                    data_size: l.data_size,
+                    data_offset: l.data_offset,
+                    tail_offset: l.tail_offset,
+                    tail_len: l.tail_len,
+                    region_len: l.region_len,
+                    next_seq: h.next_seq,
+                    data_head: h.data_head,
+                    epoch: h.epoch,
+                    problem: p.clone(),
+                });
+                report.entries = entries;
+                if let (Some(p), None) = (p, &problem) {
+                    problem = Some((Code::DataErr, format!("{}: {p}", path.display())));
+                }
+            }
+            Err(e) => {
+                if problem.is_none() {
+                    problem = Some((
+                        Code::DataErr,
+                        format!("{}: queue image: {e}", path.display()),
+                    ));
+                }
+            }
+        }
+    }
+    match problem {
+        None => {
+            report.sound = true;
+            report.verdict = "sound".into();
+        }
+        Some((_, msg)) => report.verdict = msg,
+    }
+    Ok(report)
+}
+
+/// `shmsnap verify FILE`.
+///
+/// # Errors
+///
+/// A [`Failure`] naming the file and the problem if it is not a sound snapshot.
+pub fn verify(path: &Path) -> Result<ExitCode, Failure> {
+    let file = File::open(path)
+        .map_err(|e| Failure::new(io_code(&e), format!("cannot open {}: {e}", path.display())))?;
+    let info = snapshot::verify(&file)
+        .map_err(|e| Failure::new(snapshot_code(&e), format!("{}: {e}", path.display())))?;
+    let mut detail = String::new();
+    if info.meta.strategy == 1 {
+        let (_, _, entries, problem) = read_queue(&file, info.image_len).map_err(|e| {
+            Failure::new(
+                Code::DataErr,
+                format!("{}: queue image: {e}", path.display()),
+            )
+        })?;
+        if let Some(p) = problem {
+            return Err(Failure::new(
+                Code::DataErr,
+                format!("{}: {p}", path.display()),
+            ));
+        }
+        detail = format!(
+            ", {} entries, newest seq {}",
+            entries.len(),
+            entries.last().map_or(0, |e| e.seq)
+        );
+    }
+    println!(
+        "{}: sound (generation {}, {} strategy, {} bytes{detail})",
+        path.display(),
+        info.meta.generation,
+        strategy_name(info.meta.strategy),
+        info.image_len
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `shmsnap inspect FILE [--json]`.
+///
+/// # Errors
+///
+/// A [`Failure`] if the file cannot be read at all; a readable but unsound file is described,
+/// then reported with exit code 65.
+pub fn inspect(path: &Path, json: bool) -> Result<ExitCode, Failure> {
+    let r = build(path)?;
+    if json {
+        let text = serde_json::to_string_pretty(&r)
+            .map_err(|e| Failure::new(Code::Software, e.to_string()))?;
+        println!("{text}");
+    } else {
+        print_text(&r);
+    }
+    Ok(if r.sound {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(Code::DataErr as u8)
+    })
+}
+
+fn print_text(r: &Report) {
+    println!("file:      {} ({} bytes)", r.file, r.file_len);
+    match &r.footer {
+        Some(f) => {
+            let age = f
+                .age_seconds
+                .map_or(String::from("in the future?"), |a| format!("{a:.1} s ago"));
+            println!(
+                "footer:    version {}, generation {}, strategy {}, taken {age}",
+                f.version, f.generation, f.strategy
+            );
+            println!(
+                "image:     {} bytes, crc32c {}",
+                f.image_len, f.image_crc32c
+            );
+        }
+        None => println!("footer:    none readable"),
+    }
+    if let Some(l) = &r.layout {
+        println!(
+            "layout:    format 1, {} entries, {}-byte data ring at {}, tail {} bytes at {}, region {} bytes",
+            l.entries, l.data_size, l.data_offset, l.tail_len, l.tail_offset, l.region_len
+        );
+        println!(
+            "hints:     next_seq {}, data_head {}, epoch {}",
+            l.next_seq, l.data_head, l.epoch
+        );
+        println!("entries:   {}", r.entries.len());
+        if !r.entries.is_empty() {
+            println!(
+                "  {:>10} {:>6} {:>12} {:>8}  first bytes",
+                "seq", "slot", "offset", "length"
+            );
+            for e in &r.entries {
+                println!(
+                    "  {:>10} {:>6} {:>12} {:>8}  {}",
+                    e.seq, e.slot, e.offset, e.length, e.first_bytes
+                );
+            }
+        }
+    }
+    println!("verdict:   {}", r.verdict);
+}

@@ -1,1 +1,0 @@
-//! shmsnap: not yet implemented.

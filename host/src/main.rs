@@ -1,0 +1,80 @@
+//! `shmsnap`: the host — supervisor, snapshotter, inspector.
+//!
+//! | module | idea |
+//! |---|---|
+//! | [`cli`] | the command line |
+//! | [`supervise`] | `run`: start, watch, restart the client; signals; the loop |
+//! | [`snap`] | restore at start; consistent snapshots while the client runs |
+//! | [`inspect`] | `inspect` and `verify` of snapshot files |
+//! | [`notify`] | systemd: fd store, `READY=1`, `STATUS=` |
+//! | [`demo`] | `demo`: the primes client under the host, SIGKILLed |
+//! | [`examples`] | bundled example clients (public client API only) |
+//! | [`exit`] | exit codes |
+#![deny(unsafe_code)]
+
+mod cli;
+mod demo;
+mod examples;
+mod exit;
+mod inspect;
+mod notify;
+mod snap;
+mod supervise;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use crate::cli::{Cli, Command, Example};
+use crate::exit::{Code, Failure};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // The exec shim must not log or change anything: it replaces itself with the client.
+    if let Command::Exec { command } = &cli.command {
+        return exec_shim(command);
+    }
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let result = match cli.command {
+        Command::Run(args) => supervise::run(args),
+        Command::Inspect(args) => inspect::inspect(&args.file, args.json),
+        Command::Verify(args) => inspect::verify(&args.file),
+        Command::Demo(args) => demo::run(&args),
+        Command::Example(args) => match args.which {
+            Example::Primes {
+                limit,
+                pause,
+                batch,
+            } => examples::primes::run(limit, pause, batch),
+            Example::Kv { ops, pause } => examples::kv::run(ops, pause),
+        },
+        Command::Exec { .. } => unreachable!("handled above"),
+    };
+    match result {
+        Ok(code) => code,
+        Err(f) => {
+            eprintln!("shmsnap: {f}");
+            f.exit_code()
+        }
+    }
+}
+
+fn exec_shim(command: &[std::ffi::OsString]) -> ExitCode {
+    let Some((program, args)) = command.split_first() else {
+        eprintln!("shmsnap __exec: no command");
+        return ExitCode::from(Code::Usage as u8);
+    };
+    let e = shmsnap_linux::handover::exec_as_listener(program, args);
+    let f = Failure::new(
+        Code::NotFound,
+        format!("cannot execute {}: {e}", program.to_string_lossy()),
+    );
+    eprintln!("shmsnap: {f}");
+    f.exit_code()
+}

@@ -1,0 +1,463 @@
+//! Taking snapshots of the live region, and restoring one at start.
+//!
+//! The queue strategy runs core's pre/post sandwich (DESIGN §5.3) around a sparse kernel copy
+//! of the memfd into a temp file, rewrites the image's descriptors with `retain`, appends the
+//! footer and persists atomically. Nothing is persisted that was not verified: a starved or
+//! failed attempt drops its temp file and the previous snapshot stays.
+
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use shmsnap_core::{read_post, read_pre, retain, Descriptor, LayoutError, Region};
+use shmsnap_linux::persist::Persister;
+use shmsnap_linux::snapshot::{self, SnapshotInfo, SnapshotMeta};
+use shmsnap_linux::{Mapping, Memfd};
+use tracing::{info, warn};
+
+use crate::cli::StrategyArg;
+use crate::exit::{io_code, snapshot_code, Code, Failure};
+
+/// What one snapshot attempt did.
+#[derive(Debug)]
+pub enum Outcome {
+    /// A snapshot was persisted.
+    Persisted(Report),
+    /// Nothing was persisted, for a harmless reason.
+    Skipped(&'static str),
+    /// Entries existed but none survived the copy: the ring is too small for the copy time.
+    Starved {
+        /// Copy time.
+        copy: Duration,
+        /// Commits made during the copy.
+        commits_during_copy: u64,
+        /// Valid entries before the copy.
+        pre: u64,
+    },
+}
+
+/// Figures of a persisted snapshot.
+#[derive(Debug, Clone, Copy)]
+pub struct Report {
+    /// Generation number.
+    pub generation: u64,
+    /// Bytes of data extents copied.
+    pub bytes: u64,
+    /// Entries kept (queue strategy).
+    pub kept: u64,
+    /// Entries dropped because they changed during the copy.
+    pub dropped: u64,
+    /// Newest kept seq.
+    pub newest_seq: u64,
+    /// Phase timings.
+    pub copy: Duration,
+    /// Validation (post read, retain, footer with CRC).
+    pub validate: Duration,
+    /// fdatasync of the temp file.
+    pub sync: Duration,
+    /// Generation shuffle, rename and directory fsync.
+    pub rename: Duration,
+}
+
+/// Takes snapshots of one region into one state file.
+#[derive(Debug)]
+pub struct Snapshotter {
+    persister: Persister,
+    strategy: StrategyArg,
+    /// Generation of the newest snapshot file.
+    generation: u64,
+    /// (epoch, next_seq) hints of the region when the last snapshot was taken (queue).
+    last_mark: Option<(u64, u64)>,
+    /// Number of starved attempts since start.
+    pub starved: u64,
+    /// When the last snapshot was persisted.
+    pub last_persisted: Option<Instant>,
+    pre_buf: Vec<Descriptor>,
+    post_buf: Vec<Descriptor>,
+}
+
+fn now_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+impl Snapshotter {
+    /// A snapshotter for `state`, continuing the generation count of `restored`.
+    pub fn new(
+        persister: Persister,
+        strategy: StrategyArg,
+        restored: Option<&SnapshotInfo>,
+    ) -> Self {
+        Snapshotter {
+            persister,
+            strategy,
+            generation: restored.map_or(0, |i| i.meta.generation),
+            last_mark: None,
+            starved: 0,
+            last_persisted: None,
+            pre_buf: Vec::new(),
+            post_buf: Vec::new(),
+        }
+    }
+
+    /// Remembers the region's current state as already persisted (right after a restore).
+    pub fn mark_clean(&mut self, map: &Mapping) {
+        if let Ok(region) = Region::open(map.words()) {
+            let h = region.hints();
+            self.last_mark = Some((h.epoch, h.next_seq));
+        }
+    }
+
+    /// The state file.
+    pub fn target(&self) -> PathBuf {
+        self.persister.target()
+    }
+
+    /// Takes one snapshot according to the strategy. `client_alive` tells whether the client
+    /// may still be writing (for the exit strategy, a snapshot is only taken when it is not).
+    ///
+    /// # Errors
+    ///
+    /// I/O errors of the copy or the persist (the previous snapshot stays in place).
+    pub fn take(
+        &mut self,
+        memfd: &Memfd,
+        map: &Mapping,
+        client_alive: bool,
+    ) -> io::Result<Outcome> {
+        match self.strategy {
+            StrategyArg::Exit if client_alive => Ok(Outcome::Skipped(
+                "the exit strategy snapshots only when the client has exited",
+            )),
+            StrategyArg::Exit => self.take_raw(memfd),
+            StrategyArg::Queue => self.take_queue(memfd, map),
+        }
+    }
+
+    fn meta(&self) -> SnapshotMeta {
+        SnapshotMeta {
+            strategy: self.strategy.code(),
+            generation: self.generation + 1,
+            unix_time_ns: now_ns(),
+        }
+    }
+
+    fn take_raw(&mut self, memfd: &Memfd) -> io::Result<Outcome> {
+        let len = memfd.len()?;
+        let meta = self.meta();
+        let t = Instant::now();
+        let tmp = self.persister.begin()?;
+        let (_, copy) = snapshot::write_snapshot(memfd, tmp.file(), len, meta)?;
+        let copied = t.elapsed();
+        let stats = tmp.commit()?;
+        self.generation = meta.generation;
+        self.last_persisted = Some(Instant::now());
+        Ok(Outcome::Persisted(Report {
+            generation: meta.generation,
+            bytes: copy.bytes,
+            kept: 0,
+            dropped: 0,
+            newest_seq: 0,
+            copy: copied,
+            validate: Duration::ZERO,
+            sync: stats.sync,
+            rename: stats.rename + stats.dir_sync,
+        }))
+    }
+
+    fn take_queue(&mut self, memfd: &Memfd, map: &Mapping) -> io::Result<Outcome> {
+        let region = match Region::open(map.words()) {
+            Ok(r) => r,
+            Err(LayoutError::Unconfigured) => {
+                return Ok(Outcome::Skipped(
+                    "the client has not configured the region yet",
+                ))
+            }
+            Err(e) => {
+                warn!("region header is invalid ({e}); snapshot skipped, previous snapshot kept");
+                return Ok(Outcome::Skipped("the region header is invalid"));
+            }
+        };
+        let layout = *region.layout();
+        let before = region.hints();
+        let mark = (before.epoch, before.next_seq);
+        if self.last_mark == Some(mark) {
+            return Ok(Outcome::Skipped(
+                "nothing was committed since the last snapshot",
+            ));
+        }
+        let e = layout.entries as usize;
+        self.pre_buf.resize(e, Descriptor::EMPTY);
+        self.post_buf.resize(e, Descriptor::EMPTY);
+        let len = memfd.len()?;
+        let meta = self.meta();
+        let pre = read_pre(&region, &mut self.pre_buf).map_err(io::Error::other)?;
+        if pre.valid() == 0 {
+            self.last_mark = Some(mark);
+            return Ok(Outcome::Skipped("the region holds no committed entry"));
+        }
+        let t0 = Instant::now();
+        let tmp = self.persister.begin()?;
+        let copy = shmsnap_linux::copy::copy_sparse(memfd, tmp.file(), len)?;
+        let copied = t0.elapsed();
+        let t1 = Instant::now();
+        let post = read_post(&region, &mut self.post_buf).map_err(io::Error::other)?;
+        let live_next = region.hints().next_seq;
+        let mut image_meta = vec![0u8; layout.meta_len() as usize];
+        tmp.file().read_exact_at(&mut image_meta, 0)?;
+        let kept = retain(
+            &mut image_meta,
+            &layout,
+            pre.slots(),
+            post.slots(),
+            live_next,
+        )
+        .map_err(io::Error::other)?;
+        if kept.is_starved() {
+            self.starved += 1;
+            return Ok(Outcome::Starved {
+                copy: copied,
+                commits_during_copy: live_next.saturating_sub(before.next_seq),
+                pre: kept.pre,
+            });
+        }
+        tmp.file().write_all_at(&image_meta, 0)?;
+        snapshot::write_footer(tmp.file(), len, meta)?;
+        let validated = t1.elapsed();
+        let stats = tmp.commit()?;
+        self.generation = meta.generation;
+        self.last_mark = Some(mark);
+        self.last_persisted = Some(Instant::now());
+        Ok(Outcome::Persisted(Report {
+            generation: meta.generation,
+            bytes: copy.bytes,
+            kept: kept.kept,
+            dropped: kept.dropped(),
+            newest_seq: kept.newest.map_or(0, |d| d.seq),
+            copy: copied,
+            validate: validated,
+            sync: stats.sync,
+            rename: stats.rename + stats.dir_sync,
+        }))
+    }
+
+    /// Takes a snapshot and logs what happened (the host's one call site for logging).
+    pub fn take_and_log(&mut self, memfd: &Memfd, map: &Mapping, client_alive: bool, why: &str) {
+        match self.take(memfd, map, client_alive) {
+            Ok(Outcome::Persisted(r)) => info!(
+                generation = r.generation,
+                bytes = r.bytes,
+                kept = r.kept,
+                dropped = r.dropped,
+                newest_seq = r.newest_seq,
+                copy_ms = ms(r.copy),
+                validate_ms = ms(r.validate),
+                sync_ms = ms(r.sync),
+                rename_ms = ms(r.rename),
+                "snapshot persisted ({why}) to {}",
+                self.target().display()
+            ),
+            Ok(Outcome::Skipped(reason)) => tracing::debug!("snapshot skipped ({why}): {reason}"),
+            Ok(Outcome::Starved {
+                copy,
+                commits_during_copy,
+                pre,
+            }) => warn!(
+                starved_total = self.starved,
+                "snapshot starved ({why}): all {pre} entries were overwritten during the {:.1} ms copy \
+                 ({commits_during_copy} commits happened meanwhile); previous snapshot kept. \
+                 Size the ring to hold the commits of one copy: more entries (E > {commits_during_copy}) \
+                 and a data ring larger than those commits' payload bytes",
+                ms(copy)
+            ),
+            Err(e) => warn!("snapshot failed ({why}): {e}; previous snapshot kept"),
+        }
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+/// The region the host runs with, and where it came from.
+#[derive(Debug)]
+pub struct Prepared {
+    /// The memfd.
+    pub memfd: Memfd,
+    /// The snapshot restored into it, if any.
+    pub restored: Option<SnapshotInfo>,
+}
+
+/// Checks that the state file's directory exists and is writable, and removes temp files a
+/// crashed earlier run left behind.
+///
+/// # Errors
+///
+/// [`Code::CantCreat`] naming the directory.
+pub fn open_persister(state: &Path, keep: usize) -> Result<Persister, Failure> {
+    let dir_msg = |e: &io::Error| {
+        let dir = state
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        Failure::new(
+            Code::CantCreat,
+            format!(
+                "cannot use state directory {} for {}: {e}",
+                dir.display(),
+                state.display()
+            ),
+        )
+    };
+    let persister = Persister::new(state, keep).map_err(|e| dir_msg(&e))?;
+    // Probe writability now rather than at the first snapshot.
+    drop(persister.begin().map_err(|e| dir_msg(&e))?);
+    match persister.remove_stale_temps() {
+        Ok(0) => {}
+        Ok(n) => info!("removed {n} temp file(s) left by an interrupted snapshot"),
+        Err(e) => warn!("could not remove stale temp files: {e}"),
+    }
+    Ok(persister)
+}
+
+/// Creates the region and restores the newest sound snapshot into it.
+///
+/// With `fallback`, an unusable newest file is renamed aside (never deleted) and the newest
+/// sound older generation is restored; without it, the error stops the host and every file
+/// is left untouched.
+///
+/// # Errors
+///
+/// A [`Failure`] naming the file and the problem.
+pub fn prepare_region(
+    persister: &Persister,
+    size: Option<u64>,
+    fallback: bool,
+) -> Result<Prepared, Failure> {
+    let target = persister.target();
+    let generations = persister.generations().map_err(|e| {
+        Failure::new(
+            io_code(&e),
+            format!("cannot list snapshots of {}: {e}", target.display()),
+        )
+    })?;
+    let mut chosen: Option<(PathBuf, SnapshotInfo)> = None;
+    let mut newest_bad: Option<(PathBuf, snapshot::SnapshotError)> = None;
+    for g in &generations {
+        match snapshot::verify_path(&g.path) {
+            Ok(info) => {
+                chosen = Some((g.path.clone(), info));
+                break;
+            }
+            Err(e) => {
+                if g.index == 0 && !fallback {
+                    return Err(Failure::new(
+                        snapshot_code(&e),
+                        format!(
+                            "cannot restore {}: {e}. Nothing was changed; move the file away to start \
+                             empty, or pass --fallback to restore an older generation",
+                            g.path.display()
+                        ),
+                    ));
+                }
+                warn!("{}: unusable snapshot: {e}", g.path.display());
+                if g.index == 0 {
+                    newest_bad = Some((g.path.clone(), e));
+                }
+            }
+        }
+        if !fallback {
+            break;
+        }
+    }
+    let image_len = chosen.as_ref().map(|(_, i)| i.image_len);
+    let size = match (size, image_len) {
+        (Some(s), Some(img)) if s < img => {
+            return Err(Failure::new(
+                Code::Config,
+                format!(
+                    "--size {s} is smaller than the snapshot {} ({img} bytes); pass --size {img} or more",
+                    chosen.as_ref().map_or(target.clone(), |(p, _)| p.clone()).display()
+                ),
+            ))
+        }
+        (Some(s), _) => s,
+        (None, Some(img)) => img,
+        (None, None) => DEFAULT_SIZE,
+    };
+    if size == 0 {
+        return Err(Failure::new(Code::Usage, "--size must be larger than 0"));
+    }
+    let memfd = Memfd::create("shmsnap-region", size).map_err(|e| {
+        Failure::new(
+            Code::OsErr,
+            format!("cannot create a {size}-byte memfd: {e}"),
+        )
+    })?;
+    memfd
+        .seal_against_shrink()
+        .map_err(|e| Failure::new(Code::OsErr, format!("cannot seal the memfd: {e}")))?;
+    let Some((path, info)) = chosen else {
+        if let Some((bad, _)) = newest_bad {
+            return Err(Failure::new(
+                Code::DataErr,
+                format!("no sound snapshot generation to fall back to ({} is unusable); nothing was changed", bad.display()),
+            ));
+        }
+        info!(
+            "no snapshot at {}; starting with an empty {size}-byte region",
+            target.display()
+        );
+        return Ok(Prepared {
+            memfd,
+            restored: None,
+        });
+    };
+    if let Some((bad, e)) = &newest_bad {
+        let aside = bad.with_extension(format!(
+            "{}corrupt-{}",
+            bad.extension()
+                .map_or(String::new(), |x| format!("{}.", x.to_string_lossy())),
+            now_ns() / 1_000_000_000
+        ));
+        std::fs::rename(bad, &aside).map_err(|re| {
+            Failure::new(
+                io_code(&re),
+                format!("cannot move unusable {} aside: {re}", bad.display()),
+            )
+        })?;
+        warn!(
+            "{} is unusable ({e}); renamed it to {} and restoring {} instead",
+            bad.display(),
+            aside.display(),
+            path.display()
+        );
+    }
+    let t = Instant::now();
+    let file = File::open(&path)
+        .map_err(|e| Failure::new(io_code(&e), format!("cannot open {}: {e}", path.display())))?;
+    let (info2, stats) = snapshot::restore_into(&file, &memfd).map_err(|e| {
+        Failure::new(
+            snapshot_code(&e),
+            format!("cannot restore {}: {e}", path.display()),
+        )
+    })?;
+    debug_assert_eq!(info2.image_len, info.image_len);
+    info!(
+        generation = info.meta.generation,
+        bytes = stats.bytes,
+        ms = ms(t.elapsed()),
+        "restored {} into a {size}-byte region",
+        path.display()
+    );
+    Ok(Prepared {
+        memfd,
+        restored: Some(info),
+    })
+}
+
+/// Region size when neither `--size` nor a snapshot says otherwise.
+pub const DEFAULT_SIZE: u64 = 64 << 20;

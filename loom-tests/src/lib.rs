@@ -92,7 +92,10 @@ impl Recording {
     }
 
     fn values(&self) -> Vec<u64> {
-        self.words.iter().map(|w| w.load(Ordering::Relaxed)).collect()
+        self.words
+            .iter()
+            .map(|w| w.load(Ordering::Relaxed))
+            .collect()
     }
 }
 
@@ -220,7 +223,9 @@ pub fn plan(words: usize, setup: impl FnOnce(&Recording), phase: impl FnOnce(&Re
     let zero = vec![0u64; words];
     let rec = Recording::new(&zero);
     setup(&rec);
-    let layout = *Region::open(&rec).expect("setup configures the region").layout();
+    let layout = *Region::open(&rec)
+        .expect("setup configures the region")
+        .layout();
     let setup_trace = rec.trace.take();
     let seed: Arc<[u64]> = rec.values().into();
     let rec = Recording::new(&seed);

@@ -347,21 +347,22 @@ pub fn prepare_region(
     let mut chosen: Option<(PathBuf, SnapshotInfo)> = None;
     let mut newest_bad: Option<(PathBuf, snapshot::SnapshotError)> = None;
     for g in &generations {
-        match snapshot::verify_path(&g.path) {
+        // Without --fallback only the newest file counts, and its footer is enough to size
+        // the region: `restore_into` verifies the whole file before copying anything.
+        // With --fallback, each candidate is verified completely to choose the newest sound one.
+        let checked = if fallback {
+            snapshot::verify_path(&g.path)
+        } else {
+            read_footer(&g.path)
+        };
+        match checked {
             Ok(info) => {
                 chosen = Some((g.path.clone(), info));
                 break;
             }
             Err(e) => {
                 if g.index == 0 && !fallback {
-                    return Err(Failure::new(
-                        snapshot_code(&e),
-                        format!(
-                            "cannot restore {}: {e}. Nothing was changed; move the file away to start \
-                             empty, or pass --fallback to restore an older generation",
-                            g.path.display()
-                        ),
-                    ));
+                    return Err(unusable(&g.path, &e));
                 }
                 warn!("{}: unusable snapshot: {e}", g.path.display());
                 if g.index == 0 {
@@ -457,6 +458,55 @@ pub fn prepare_region(
         memfd,
         restored: Some(info),
     })
+}
+
+/// The error for an unusable newest snapshot without `--fallback`: nothing was changed.
+fn unusable(path: &Path, e: &snapshot::SnapshotError) -> Failure {
+    Failure::new(
+        snapshot_code(e),
+        format!(
+            "cannot restore {}: {e}. Nothing was changed; move the file away to start empty, \
+             or pass --fallback to restore an older generation",
+            path.display()
+        ),
+    )
+}
+
+/// Reads and checks the footer of `path` (magic, footer checksum, version, length) without
+/// reading the image.
+fn read_footer(path: &Path) -> Result<SnapshotInfo, snapshot::SnapshotError> {
+    let io = |e: io::Error| snapshot::SnapshotError::Io {
+        path: Some(path.to_path_buf()),
+        source: e,
+    };
+    let file = File::open(path).map_err(io)?;
+    let len = file.metadata().map_err(io)?.len();
+    let at = len.checked_sub(snapshot::FOOTER_LEN as u64);
+    let Some(at) = at else {
+        return Err(snapshot::SnapshotError::Truncated {
+            path: Some(path.to_path_buf()),
+            len,
+            needed: snapshot::FOOTER_LEN as u64,
+        });
+    };
+    let mut b = [0u8; snapshot::FOOTER_LEN];
+    file.read_exact_at(&mut b, at).map_err(io)?;
+    let info = snapshot::decode_footer(&b)?;
+    if info.image_len > at {
+        return Err(snapshot::SnapshotError::Truncated {
+            path: Some(path.to_path_buf()),
+            len,
+            needed: info.image_len.saturating_add(snapshot::FOOTER_LEN as u64),
+        });
+    }
+    if info.image_len < at {
+        return Err(snapshot::SnapshotError::ImageLengthMismatch {
+            path: Some(path.to_path_buf()),
+            file: at,
+            footer: info.image_len,
+        });
+    }
+    Ok(info)
 }
 
 /// Region size when neither `--size` nor a snapshot says otherwise.

@@ -57,6 +57,33 @@ pub unsafe trait WordMemory {
 
     /// A memory fence with the given ordering.
     fn fence(&self, order: Ordering);
+
+    /// Stores `bytes`, packed little-endian, into consecutive words from `first`, each with a
+    /// `Relaxed` store; the last word is zero-padded.
+    ///
+    /// The default is a loop of [`store`](WordMemory::store)s; real memory overrides it with
+    /// one bounds check for the whole run. Both make exactly the same stores, so a model
+    /// checker that runs the default checks what real memory does.
+    fn store_le_bytes(&self, first: usize, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        let mut i = first;
+        for c in &mut chunks {
+            self.store(i, le_word(c), Ordering::Relaxed);
+            i += 1;
+        }
+        if !chunks.remainder().is_empty() {
+            self.store(i, le_word(chunks.remainder()), Ordering::Relaxed);
+        }
+    }
+}
+
+/// A little-endian word from up to 8 bytes, zero-padded.
+#[inline(always)]
+fn le_word(c: &[u8]) -> u64 {
+    let mut b = [0u8; 8];
+    let n = c.len().min(8);
+    b[..n].copy_from_slice(&c[..n]);
+    u64::from_le_bytes(b)
 }
 
 // SAFETY: a slice of `AtomicU64` has a fixed length, and each element is an aligned atomic
@@ -92,6 +119,25 @@ unsafe impl WordMemory for [AtomicU64] {
     #[inline]
     fn fence(&self, order: Ordering) {
         fence(order)
+    }
+    #[inline]
+    fn store_le_bytes(&self, first: usize, bytes: &[u8]) {
+        let words = bytes.len().div_ceil(8);
+        // One bounds check for the run (panics like `store` on an out-of-range index).
+        let dst = &self[first..first + words];
+        // Four words per step (the compiler does not unroll atomic stores by itself), then
+        // single words, then the zero-padded last word.
+        let quads = bytes.len() / 32;
+        let (dst_quads, dst_rest) = dst.split_at(quads * 4);
+        let (src_quads, src_rest) = bytes.split_at(quads * 32);
+        for (d, c) in dst_quads.chunks_exact(4).zip(src_quads.chunks_exact(32)) {
+            for k in 0..4 {
+                d[k].store(le_word(&c[8 * k..8 * k + 8]), Ordering::Relaxed);
+            }
+        }
+        for (k, c) in src_rest.chunks(8).enumerate() {
+            dst_rest[k].store(le_word(c), Ordering::Relaxed);
+        }
     }
 }
 
@@ -198,24 +244,27 @@ pub fn atomic_words(bytes: &mut [u8]) -> Result<&[AtomicU64], WordsError> {
 /// writer of those words (the protocol only calls this on space it owns).
 pub(crate) fn store_bytes<M: WordMemory + ?Sized>(mem: &M, at: usize, bytes: &[u8]) {
     let mut word = at / 8;
-    let mut skip = at % 8;
+    let skip = at % 8;
     let mut rest = bytes;
-    while !rest.is_empty() {
+    if skip != 0 {
+        // Leading partial word: merge.
         let take = core::cmp::min(8 - skip, rest.len());
         let (now, later) = rest.split_at(take);
-        let v = if skip == 0 && take == 8 {
-            let mut b = [0u8; 8];
-            b.copy_from_slice(now);
-            u64::from_le_bytes(b)
-        } else {
-            let mut b = mem.load(word, Ordering::Relaxed).to_le_bytes();
-            b[skip..skip + take].copy_from_slice(now);
-            u64::from_le_bytes(b)
-        };
-        mem.store(word, v, Ordering::Relaxed);
+        let mut b = mem.load(word, Ordering::Relaxed).to_le_bytes();
+        b[skip..skip + take].copy_from_slice(now);
+        mem.store(word, u64::from_le_bytes(b), Ordering::Relaxed);
         word += 1;
-        skip = 0;
         rest = later;
+    }
+    let whole = rest.len() / 8 * 8;
+    let (middle, tail) = rest.split_at(whole);
+    mem.store_le_bytes(word, middle);
+    if !tail.is_empty() {
+        // Trailing partial word: merge.
+        let w = word + whole / 8;
+        let mut b = mem.load(w, Ordering::Relaxed).to_le_bytes();
+        b[..tail.len()].copy_from_slice(tail);
+        mem.store(w, u64::from_le_bytes(b), Ordering::Relaxed);
     }
 }
 
@@ -251,6 +300,56 @@ mod tests {
         assert_eq!(&out[..3], &[0xff; 3]);
         assert_eq!(&out[3..13], &[1, 2, 3, 4, 5, 6, 7, 8, 9, 10]);
         assert_eq!(&out[13..], &[0xff; 19]);
+    }
+
+    /// A word memory that uses the trait's default `store_le_bytes`.
+    struct Plain<'a>(&'a [AtomicU64]);
+
+    // SAFETY: forwards to a slice of AtomicU64.
+    unsafe impl WordMemory for Plain<'_> {
+        fn len(&self) -> usize {
+            self.0.len()
+        }
+        fn load(&self, i: usize, o: Ordering) -> u64 {
+            self.0.load(i, o)
+        }
+        fn store(&self, i: usize, v: u64, o: Ordering) {
+            self.0.store(i, v, o)
+        }
+        fn swap(&self, i: usize, v: u64, o: Ordering) -> u64 {
+            self.0.swap(i, v, o)
+        }
+        fn compare_exchange(
+            &self,
+            i: usize,
+            c: u64,
+            n: u64,
+            s: Ordering,
+            f: Ordering,
+        ) -> Result<u64, u64> {
+            self.0.compare_exchange(i, c, n, s, f)
+        }
+        fn fence(&self, o: Ordering) {
+            self.0.fence(o)
+        }
+    }
+
+    #[test]
+    fn bulk_stores_equal_the_default_word_by_word_stores() {
+        let src: std::vec::Vec<u8> = (0..200u8).map(|b| b.wrapping_mul(37) ^ 0x5a).collect();
+        for len in 0..src.len() {
+            let a: std::vec::Vec<AtomicU64> = (0..40).map(|_| AtomicU64::new(u64::MAX)).collect();
+            let b: std::vec::Vec<AtomicU64> = (0..40).map(|_| AtomicU64::new(u64::MAX)).collect();
+            a[..].store_le_bytes(3, &src[..len]);
+            Plain(&b[..]).store_le_bytes(3, &src[..len]);
+            for i in 0..40 {
+                assert_eq!(
+                    a[i].load(Ordering::Relaxed),
+                    b[i].load(Ordering::Relaxed),
+                    "len {len} word {i}"
+                );
+            }
+        }
     }
 
     #[test]

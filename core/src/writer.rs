@@ -117,6 +117,10 @@ pub struct Writer<'m, M: WordMemory + ?Sized> {
     newest: u64,
     /// Stream offset just past the newest payload; `head <= MAX_STREAM`.
     head: u64,
+    /// Offset of the newest entry this writer committed, keyed by its seq (0: none): spares
+    /// the eviction check a load when the oldest live entry is the newest (a ring that holds
+    /// one payload).
+    newest_offset: (u64, u64),
 }
 
 impl<'m, M: WordMemory + ?Sized> Writer<'m, M> {
@@ -150,6 +154,7 @@ impl<'m, M: WordMemory + ?Sized> Writer<'m, M> {
             oldest: 1,
             newest: 0,
             head: 0,
+            newest_offset: (0, 0),
         })
     }
 
@@ -236,6 +241,7 @@ impl<'m, M: WordMemory + ?Sized> Writer<'m, M> {
             oldest,
             newest: top,
             head,
+            newest_offset: (0, 0),
         })
     }
 
@@ -283,14 +289,30 @@ impl<'m, M: WordMemory + ?Sized> Writer<'m, M> {
         })
     }
 
-    /// Empties the slot of the oldest seq (unless it is a gap) and advances `oldest`.
-    fn evict_oldest(&mut self) {
-        if self.own(self.oldest).is_some() {
-            let layout = self.layout();
-            let w = layout.desc_word(layout.slot_of(self.oldest));
-            // Relaxed: ordered before any later data store by the Release fence in `begin`.
-            self.region.mem().store(w, 0, Ordering::Relaxed);
+    /// The payload offset of this writer's own live entry `seq`, if it is not a gap.
+    #[inline]
+    fn own_offset(&self, seq: u64) -> Option<u64> {
+        if self.newest_offset.0 == seq {
+            return Some(self.newest_offset.1);
         }
+        let layout = self.layout();
+        let w = layout.desc_word(layout.slot_of(seq));
+        let mem = self.region.mem();
+        // Relaxed: the writer reads back its own stores.
+        (mem.load(w, Ordering::Relaxed) == seq).then(|| mem.load(w + 1, Ordering::Relaxed))
+    }
+
+    /// Empties the slot of the oldest seq (unless it is a gap) and advances `oldest`.
+    ///
+    /// Callers keep `oldest <= newest`, so the slot holds `oldest` or nothing (a gap): every
+    /// other seq of the window `oldest..=newest` has another slot, and older seqs were emptied
+    /// when they were evicted (or by `attach`). Storing 0 unconditionally is therefore safe and
+    /// spares a load of a cold line.
+    fn evict_oldest(&mut self) {
+        let layout = self.layout();
+        let w = layout.desc_word(layout.slot_of(self.oldest));
+        // Relaxed: ordered before any later data store by the Release fence in `begin`.
+        self.region.mem().store(w, 0, Ordering::Relaxed);
         self.oldest += 1;
     }
 
@@ -339,9 +361,9 @@ impl<'m, M: WordMemory + ?Sized> Writer<'m, M> {
                 break;
             }
             let must = seq - self.oldest >= layout.entries
-                || match self.own(self.oldest) {
+                || match self.own_offset(self.oldest) {
                     // The ring holds stream bytes [end - S, end).
-                    Some(d) => d.offset < end.saturating_sub(s),
+                    Some(offset) => offset < end.saturating_sub(s),
                     // A gap holds nothing: step over it.
                     None => true,
                 };
@@ -516,7 +538,9 @@ impl<'w, 'm, M: WordMemory + ?Sized> Transaction<'w, 'm, M> {
         let w = self.writer;
         let layout = *w.layout();
         let mem = w.region.mem();
-        store_bytes(mem, layout.ring_byte(self.at), payload);
+        // Whole words: `at` is 8-aligned and the reserved space runs to the next multiple of 8
+        // (the next payload is aligned up), so the zero padding of the last word is ours.
+        mem.store_le_bytes(layout.ring_byte(self.at) / 8, payload);
         let d = layout.desc_word(layout.slot_of(self.seq));
         mem.store(d + 1, self.at, Ordering::Relaxed);
         mem.store(d + 2, payload.len() as u64, Ordering::Relaxed);
@@ -525,6 +549,7 @@ impl<'w, 'm, M: WordMemory + ?Sized> Transaction<'w, 'm, M> {
         mem.store(d, self.seq, Ordering::Release);
         w.next_seq = self.seq + 1;
         w.newest = self.seq;
+        w.newest_offset = (self.seq, self.at);
         w.head = self.at + payload.len() as u64;
         mem.store(word::NEXT_SEQ, w.next_seq, Ordering::Relaxed);
         mem.store(word::DATA_HEAD, w.head, Ordering::Relaxed);

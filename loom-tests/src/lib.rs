@@ -32,6 +32,7 @@
 //! one panics ([`NON_LOOM_STORE`]), so an incomplete word set cannot go unnoticed.
 
 use std::cell::RefCell;
+use std::ops::Deref;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -528,6 +529,9 @@ impl<M: Image> Image for LateEviction<M> {
 /// A writer that stops at an arbitrary point: the first `budget` stores land, every later
 /// one is silently dropped (the process died there; nothing it does afterwards reaches the
 /// region). Records the highest seq it published.
+///
+/// `M` is a pointer to the memory (`&[AtomicU64]`, `Arc<LoomWords>`), so the region outlives
+/// the dead writer and can be recovered.
 #[derive(Debug)]
 pub struct Crashing<M> {
     inner: M,
@@ -547,11 +551,6 @@ impl<M> Crashing<M> {
             done: AtomicUsize::new(0),
             published: AtomicU64::new(0),
         }
-    }
-
-    /// The wrapped memory (the region as the dead writer left it).
-    pub fn inner(&self) -> &M {
-        &self.inner
     }
 
     /// Stores attempted so far (landed or dropped).
@@ -579,8 +578,13 @@ impl<M> Crashing<M> {
     }
 }
 
-// SAFETY: forwards every index to `M`; dropping a store performs no access at all.
-unsafe impl<M: WordMemory> WordMemory for Crashing<M> {
+// SAFETY: forwards every index to the pointee, which upholds the trait's guarantees (its
+// length is fixed for as long as the pointer lives); dropping a store performs no access.
+unsafe impl<M> WordMemory for Crashing<M>
+where
+    M: Deref,
+    M::Target: WordMemory,
+{
     fn len(&self) -> usize {
         self.inner.len()
     }
@@ -616,12 +620,6 @@ unsafe impl<M: WordMemory> WordMemory for Crashing<M> {
     }
     fn fence(&self, order: Ordering) {
         self.inner.fence(order)
-    }
-}
-
-impl<M: Image> Image for Crashing<M> {
-    fn image(&self) -> Vec<u8> {
-        self.inner.image()
     }
 }
 
@@ -806,4 +804,50 @@ where
         bound.map_or("none".into(), |b| b.to_string())
     );
     stats
+}
+
+// ---------------------------------------------------------------------------------------------
+// Recovery.
+// ---------------------------------------------------------------------------------------------
+
+/// Attaches a writer to `mem` (a region a writer left, or a restored image) and checks the
+/// recovered state: `check_invariants` passes, every valid entry is a committed descriptor
+/// with exactly its committed payload, and the next seq exceeds `published`. Returns the
+/// writer, ready to commit.
+///
+/// # Panics
+///
+/// With [`RECOVERY`], [`NEVER_COMMITTED`], [`TORN`] or [`SEQ_REPEAT`].
+pub fn check_recovery<'m, M: WordMemory + ?Sized>(
+    plan: &Plan,
+    mem: &'m M,
+    published: u64,
+) -> shmsnap_core::Writer<'m, M> {
+    let w = shmsnap_core::Writer::attach(mem)
+        .unwrap_or_else(|e| panic!("{RECOVERY}: attach failed: {e}"));
+    if let Err(e) = w.check_invariants() {
+        panic!("{RECOVERY}: invariants after attach: {e}");
+    }
+    for d in w.region().entries() {
+        assert!(
+            plan.committed(d.seq) == Some(d),
+            "{NEVER_COMMITTED}: recovered {d:?}; committed: {:?}",
+            plan.committed
+        );
+        let mut buf = vec![0u8; d.length as usize];
+        w.region()
+            .read_payload(&d, &mut buf)
+            .unwrap_or_else(|e| panic!("{RECOVERY}: entry {} unreadable: {e}", d.seq));
+        assert!(
+            buf == shmsnap_core::model::payload_for(d.seq, buf.len()),
+            "{TORN}: recovered entry {} has foreign bytes",
+            d.seq
+        );
+    }
+    assert!(
+        w.next_seq() > published,
+        "{SEQ_REPEAT}: next seq {} after recovery, but seq {published} was published",
+        w.next_seq()
+    );
+    w
 }

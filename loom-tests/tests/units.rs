@@ -130,7 +130,6 @@ fn model(
     }
 }
 
-
 const BOUND: Option<usize> = Some(3);
 
 #[test]
@@ -143,7 +142,10 @@ fn kept_entries_see_their_units_unchanged() {
     );
     // Not vacuous: entry 1 (whose unit is reused) is kept in some interleavings, not in all.
     let kept = kept.load(std::sync::atomic::Ordering::Relaxed) as usize;
-    assert!(kept > 0 && kept < stats.iterations, "seq 1 kept {kept} times");
+    assert!(
+        kept > 0 && kept < stats.iterations,
+        "seq 1 kept {kept} times"
+    );
 }
 
 #[test]

@@ -185,6 +185,9 @@ pub enum Example {
         /// Primes per commit (one tail unit each).
         #[arg(long, default_value_t = 64)]
         batch: u64,
+        /// After reaching --limit, stay alive (idle) this long before exiting, e.g. 1h.
+        #[arg(long, value_parser = parse_duration, default_value = "0s")]
+        linger: Duration,
     },
     /// A persistent key-value map with copy-on-write nodes in reclaimed tail units.
     Kv {

@@ -40,6 +40,8 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        // No colour escapes in logs that go to a file, a pipe or the journal.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let result = match cli.command {
         Command::Run(args) => supervise::run(args),
@@ -51,7 +53,8 @@ fn main() -> ExitCode {
                 limit,
                 pause,
                 batch,
-            } => examples::primes::run(limit, pause, batch),
+                linger,
+            } => examples::primes::run(limit, pause, batch, linger),
             Example::Kv { ops, pause } => examples::kv::run(ops, pause),
         },
         Command::Exec { .. } => unreachable!("handled above"),

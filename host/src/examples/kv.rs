@@ -74,7 +74,7 @@ fn word(b: &[u8], i: usize) -> u64 {
 pub fn run(ops_target: u64, pause: Duration) -> Result<ExitCode, Failure> {
     let (_memfd, map) = super::region()?;
     let mut w =
-        Writer::open_or_init(map.words(), LAYOUT).map_err(|e| fail("cannot use the region", e))?;
+        Writer::open_or_init(map.words(), LAYOUT).map_err(|e| super::attach_failure("kv", e))?;
     let mut states = vec![0u64; w.unit_count(UNIT)];
     let mut table = UnitTable::new(&mut states, UNIT).map_err(|e| fail("units", e))?;
     let mut ops = 0;

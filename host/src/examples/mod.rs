@@ -9,6 +9,7 @@
 pub mod kv;
 pub mod primes;
 
+use shmsnap_core::{AttachError, LayoutError};
 use shmsnap_linux::listen::{open_client_region, DEFAULT_FD_NAME};
 use shmsnap_linux::{Mapping, Memfd};
 
@@ -22,4 +23,19 @@ pub fn region() -> Result<(Memfd, Mapping), Failure> {
             format!("{e} (example clients expect to be started by `shmsnap run --strategy queue -- ...`)"),
         )
     })
+}
+
+/// The failure for a region the writer cannot attach to; a region too small for the
+/// example's layout is a configuration problem (exit 78, as `--help` documents).
+pub fn attach_failure(example: &str, e: AttachError) -> Failure {
+    let code = match e {
+        AttachError::Layout(LayoutError::TooSmall { .. }) => Code::Config,
+        _ => Code::Software,
+    };
+    let hint = if code == Code::Config {
+        "; pass a larger --size to `shmsnap run`"
+    } else {
+        ""
+    };
+    Failure::new(code, format!("{example}: cannot use the region: {e}{hint}"))
 }

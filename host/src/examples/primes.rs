@@ -67,10 +67,15 @@ fn is_prime(c: u64, primes: &[u64]) -> bool {
 /// # Errors
 ///
 /// A [`Failure`] if the region cannot be found or used.
-pub fn run(limit: u64, pause: Duration, batch_arg: u64) -> Result<ExitCode, Failure> {
+pub fn run(
+    limit: u64,
+    pause: Duration,
+    batch_arg: u64,
+    linger: Duration,
+) -> Result<ExitCode, Failure> {
     let (_memfd, map) = super::region()?;
-    let mut w =
-        Writer::open_or_init(map.words(), LAYOUT).map_err(|e| fail("cannot use the region", e))?;
+    let mut w = Writer::open_or_init(map.words(), LAYOUT)
+        .map_err(|e| super::attach_failure("primes", e))?;
     let (mut count, batch, seq) = match w.region().newest() {
         Some(d) => {
             let mut b = [0u8; 16];
@@ -134,6 +139,10 @@ pub fn run(limit: u64, pause: Duration, batch_arg: u64) -> Result<ExitCode, Fail
     loop {
         if limit > 0 && count >= limit {
             println!("primes: reached {count} primes, done");
+            if !linger.is_zero() {
+                let _ = std::io::stdout().flush();
+                std::thread::sleep(linger);
+            }
             return Ok(ExitCode::SUCCESS);
         }
         let mut next = Vec::with_capacity(batch as usize);

@@ -731,6 +731,14 @@ fn builder(bound: Option<usize>) -> loom::model::Builder {
     b
 }
 
+/// The bound a run really uses, for printing.
+fn bound_name(bound: Option<usize>) -> String {
+    match std::env::var("LOOM_MAX_PREEMPTIONS") {
+        Ok(v) => format!("{v} (from LOOM_MAX_PREEMPTIONS)"),
+        Err(_) => bound.map_or("none".into(), |b| b.to_string()),
+    }
+}
+
 /// Runs `model` under loom with the given preemption bound, counting the interleavings
 /// explored, and prints `name`, the count, the time and the bound.
 pub fn explore<F>(name: &str, bound: Option<usize>, model: F) -> Stats
@@ -752,7 +760,7 @@ where
         "loom model {name}: {} interleavings, {:.2?}, preemption bound {}",
         stats.iterations,
         stats.elapsed,
-        bound.map_or("none".into(), |b| b.to_string())
+        bound_name(bound)
     );
     stats
 }
@@ -801,7 +809,7 @@ where
         "loom twin {name}: caught ({expected}) after {} interleavings, {:.2?}, preemption bound {}",
         stats.iterations,
         stats.elapsed,
-        bound.map_or("none".into(), |b| b.to_string())
+        bound_name(bound)
     );
     stats
 }

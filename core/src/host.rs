@@ -176,8 +176,8 @@ impl Retained {
 /// `meta` is the start of the image, at least [`Layout::meta_len`] bytes (header and
 /// descriptor ring; the data ring and tail are not touched). Every slot gets the descriptor
 /// from `pre` if `pre` and `post` agree on it, else is emptied. The static header is rewritten
-/// from `layout` and the hints are set: `next_seq` above both `live_next_seq` (read from the
-/// live header after the copy) and the newest kept entry, `data_head` past the newest kept
+/// from `layout` and the hints are set: `next_seq` above `live_next_seq` (read from the live
+/// header after the copy) and above every valid seq in `pre` and `post`, `data_head` past the newest kept
 /// entry, `epoch` as in the copy.
 ///
 /// # Errors
@@ -221,12 +221,20 @@ pub fn retain(
     let mut newest: Option<Descriptor> = None;
     let mut n_pre = 0;
     let mut n_post = 0;
+    // 1 + the highest seq seen published, before or after the copy.
+    let mut seen = 0;
     for slot in 0..e {
         let p = pre.get(slot as usize).copied().unwrap_or_default();
         let q = post.get(slot as usize).copied().unwrap_or_default();
         let p_ok = p.is_valid_for(layout, slot);
+        let q_ok = q.is_valid_for(layout, slot);
         n_pre += u64::from(p_ok);
-        n_post += u64::from(q.is_valid_for(layout, slot));
+        n_post += u64::from(q_ok);
+        for (ok, d) in [(p_ok, p), (q_ok, q)] {
+            if ok {
+                seen = seen.max(d.seq + 1);
+            }
+        }
         let keep = p_ok && p == q;
         let d = if keep { p } else { Descriptor::EMPTY };
         if keep {
@@ -245,8 +253,12 @@ pub fn retain(
     }
     let copied = Hints::read_bytes(meta);
     let hints = Hints {
+        // Every seq the host saw published stays used after a restore. The live hint alone is
+        // not enough: the writer stores it only after publishing, so `post` may hold a seq the
+        // hint read after the copy does not cover yet (found by the loom crash model).
         next_seq: live_next_seq
             .max(newest.map_or(0, |d| d.seq + 1))
+            .max(seen)
             .max(copied.next_seq)
             .max(1),
         data_head: newest.map_or(0, |d| d.end()),

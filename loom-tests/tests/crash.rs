@@ -125,15 +125,17 @@ fn crash_model(plan: Arc<Plan>, n: usize) -> impl Fn() + Send + Sync {
         let live = from_bytes(&mem.image());
         check_recovery(&plan, &live[..], published);
         // The host's image, restored into a fresh region: kept entries are exact, and the
-        // restored writer starts above every kept seq. (Not above every seq the host saw: see
-        // `core_bug_restored_image_can_repeat_a_seq_the_host_saw`.)
+        // restored writer starts above every kept seq (and above every seq the host saw: see
+        // `restored_image_never_repeats_a_seq_the_host_saw`).
         check_kept(&plan, &snap.image);
-        let kept_max = image_entries(&snap.image, &plan.layout)
+        let seen = image_entries(&snap.image, &plan.layout)
+            .chain(snap.pre.iter().copied())
+            .chain(snap.post.iter().copied())
             .map(|d| d.seq)
             .max()
             .unwrap_or(0);
         let restored = from_bytes(&snap.image);
-        check_recovery(&plan, &restored[..], kept_max);
+        check_recovery(&plan, &restored[..], seen);
     }
 }
 
@@ -191,23 +193,16 @@ fn twin_without_next_seq_hint_repeats_a_seq() {
     println!("crash/no-hint twin: caught at {caught} crash points");
 }
 
-/// Found by these models; a bug in core's `retain` (reported, not fixed here: core is
-/// another engineer's). The host persists an image when it kept something; `retain` sets the
-/// image's `next_seq` to max(live hint read after the copy, newest kept + 1, copied hint).
-/// But the writer stores the hint *after* publishing a seq, so the host can see seq s
-/// published in `post` (not kept: it was not in `pre`) and still read the hint as s. The
-/// restored region then hands out seq s again — against DESIGN §4 ("seqs never repeat ...
-/// across snapshot restores") and §5.3. Reachable even sequentially-consistently: the host
-/// reads the hint between the writer's seq store and its hint store.
-/// Fix (in core): also take 1 + the highest valid seq in `pre` and `post`.
-///
-/// This test expects the violation; when core is fixed it fails ("NOT caught"): then turn it
-/// into a plain `explore` of the same model.
+/// A restored image never repeats a seq the host saw published. The writer stores the
+/// `next_seq` hint only after publishing, so the host can see seq `s` in `post` (not kept, as
+/// it was not in `pre`) while the hint it reads after the copy still says `s`; `retain` must
+/// therefore also take 1 + the highest valid seq of `pre` and `post`. (This model found that
+/// bug in core's `retain`, which had only the hint and the kept entries.)
 #[test]
-fn core_bug_restored_image_can_repeat_a_seq_the_host_saw() {
+fn restored_image_never_repeats_a_seq_the_host_saw() {
     let plan = Arc::new(plan_of(&[8], &[8]));
     let map = WordMap::new(&plan, &[]);
-    expect_violation("restore/next-seq", Some(2), SEQ_REPEAT, move || {
+    explore("restore/next-seq", Some(2), move || {
         let mem = Arc::new(LoomWords::new(&map));
         let host = {
             let mem = mem.clone();

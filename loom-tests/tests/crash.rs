@@ -13,8 +13,8 @@ use std::sync::Arc;
 use shmsnap_core::model::{from_bytes, payload_for};
 use shmsnap_core::{image_entries, LayoutRequest, WordMemory, Writer};
 use shmsnap_loom_tests::{
-    check_kept, check_recovery, expect_violation, explore, plan, snapshot, Crashing, Host, Image,
-    LoomWords, Plan, WordMap, SEQ_REPEAT,
+    check_kept, check_recovery, explore, plan, snapshot, Crashing, Host, Image, LoomWords, Plan,
+    WordMap, SEQ_REPEAT,
 };
 
 const REQUEST: LayoutRequest = LayoutRequest {

@@ -10,6 +10,7 @@ use std::io::{BufRead, BufReader, Read};
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -25,12 +26,12 @@ pub const SLOW: Duration = Duration::from_secs(30);
 
 /// Lines of one output stream, collected by a thread.
 #[derive(Clone, Default)]
-pub struct Lines(Arc<Mutex<Vec<String>>>);
+pub struct Lines(Arc<Mutex<Vec<String>>>, Arc<AtomicBool>);
 
 impl Lines {
     fn collect(stream: impl Read + Send + 'static, echo: &'static str) -> Self {
         let lines = Lines::default();
-        let store = lines.0.clone();
+        let (store, eof) = (lines.0.clone(), lines.1.clone());
         std::thread::spawn(move || {
             for line in BufReader::new(stream).lines() {
                 let Ok(line) = line else { break };
@@ -39,8 +40,14 @@ impl Lines {
                 }
                 store.lock().unwrap().push(line);
             }
+            eof.store(true, Ordering::Release);
         });
         lines
+    }
+
+    /// Whether the stream has ended (every writer closed it).
+    pub fn ended(&self) -> bool {
+        self.1.load(Ordering::Acquire)
     }
 
     /// Every line so far.
@@ -134,8 +141,11 @@ impl Proc {
             }
             if let Some(s) = self.child.try_wait().expect("try_wait") {
                 self.status = Some(s);
-                // Let the reader threads drain the pipes.
-                std::thread::sleep(Duration::from_millis(20));
+                // Let the reader threads drain the pipes (a leftover grandchild could hold
+                // them open: give up after a while).
+                poll(Duration::from_secs(5), || {
+                    (self.out.ended() && self.err.ended()).then_some(())
+                });
                 return Some(s);
             }
             if Instant::now() >= end {

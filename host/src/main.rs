@@ -62,7 +62,7 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(f) => {
-            eprintln!("shmsnap: {f}");
+            error_line(&f.to_string());
             f.exit_code()
         }
     }
@@ -70,7 +70,7 @@ fn main() -> ExitCode {
 
 fn exec_shim(command: &[std::ffi::OsString]) -> ExitCode {
     let Some((program, args)) = command.split_first() else {
-        eprintln!("shmsnap __exec: no command");
+        error_line("__exec: no command");
         return ExitCode::from(Code::Usage as u8);
     };
     let e = shmsnap_linux::handover::exec_as_listener(program, args);
@@ -78,6 +78,13 @@ fn exec_shim(command: &[std::ffi::OsString]) -> ExitCode {
         Code::NotFound,
         format!("cannot execute {}: {e}", program.to_string_lossy()),
     );
-    eprintln!("shmsnap: {f}");
+    error_line(&f.to_string());
     f.exit_code()
+}
+
+/// Prints `shmsnap: MESSAGE` to stderr in one `write` (stderr is unbuffered, and `eprintln!`
+/// writes piece by piece: the host's and the client's lines on a shared stderr would tear).
+fn error_line(message: &str) {
+    use std::io::Write;
+    let _ = std::io::stderr().write_all(format!("shmsnap: {message}\n").as_bytes());
 }

@@ -511,3 +511,78 @@ fn read_footer(path: &Path) -> Result<SnapshotInfo, snapshot::SnapshotError> {
 
 /// Region size when neither `--size` nor a snapshot says otherwise.
 pub const DEFAULT_SIZE: u64 = 64 << 20;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shmsnap_core::{LayoutRequest, Writer};
+    use shmsnap_linux::Protection;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    /// A ring of 2 entries overrun during a 48 MiB copy: the attempt is counted as starved and
+    /// persists nothing (the e2e tests cannot reach this: the client chooses the layout).
+    #[test]
+    fn an_overrun_ring_is_counted_as_starved_and_nothing_is_persisted() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("s.snap");
+        let persister = open_persister(&state, 1).unwrap();
+        let memfd = Memfd::create("starve", 64 << 20).unwrap();
+        memfd.seal_against_shrink().unwrap();
+        let rw = Mapping::of_memfd(&memfd, Protection::ReadWrite).unwrap();
+        let ro = Mapping::of_memfd(&memfd, Protection::ReadOnly).unwrap();
+        let request = LayoutRequest {
+            entries: 2,
+            data_size: 64,
+        };
+        let mut w = Writer::open_or_init(rw.words(), request).unwrap();
+        w.commit(&1u64.to_le_bytes()).unwrap();
+        // Non-zero data for the sparse copy to spend time on.
+        let junk = vec![0xa5u8; 1 << 20];
+        for i in 16..64u64 {
+            rustix::io::pwrite(&memfd, &junk, i << 20).unwrap();
+        }
+        let mut snap = Snapshotter::new(persister, StrategyArg::Queue, None);
+        let stop = AtomicBool::new(false);
+        let mut outcomes = Vec::new();
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let mut n = 2u64;
+                while !stop.load(Ordering::Relaxed) {
+                    w.commit(&n.to_le_bytes()).unwrap();
+                    n += 1;
+                }
+            });
+            for _ in 0..20 {
+                let before = std::fs::read(&state).ok();
+                let o = snap.take(&memfd, &ro, true).unwrap();
+                if matches!(o, Outcome::Starved { .. }) {
+                    assert_eq!(
+                        std::fs::read(&state).ok(),
+                        before,
+                        "a starved attempt persisted"
+                    );
+                }
+                outcomes.push(o);
+                if snap.starved >= 3 {
+                    break;
+                }
+            }
+            stop.store(true, Ordering::Relaxed);
+        });
+        assert!(snap.starved >= 1, "never starved: {outcomes:?}");
+        assert_eq!(
+            snap.starved,
+            outcomes
+                .iter()
+                .filter(|o| matches!(o, Outcome::Starved { .. }))
+                .count() as u64
+        );
+        // No temp file left behind by the dropped attempts.
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(names.iter().all(|n| n.starts_with("s.snap")), "{names:?}");
+    }
+}

@@ -3,6 +3,7 @@
 //! `fuzz/tests/replay.rs`.
 
 use std::fs::File;
+use std::os::fd::AsFd;
 use std::os::unix::fs::FileExt;
 
 use shmsnap_linux::snapshot::{
@@ -349,14 +350,17 @@ pub fn snapshot_file(bytes: &[u8]) {
     let region = Memfd::create("fuzz-region", region_len)
         .unwrap_or_else(|e| panic!("memfd_create: {e}"));
     let stale: Vec<u8> = (0..region_len.min(8192)).map(|i| (i as u8) | 0x80).collect();
-    let region = {
-        let rf = File::from(region.into_fd());
-        rf.write_all_at(&stale, 0)
-            .unwrap_or_else(|e| panic!("pwrite to a memfd: {e}"));
-        Memfd::from_fd(rf.into()).unwrap_or_else(|e| panic!("Memfd::from_fd: {e}"))
-    };
+    // A second descriptor of the region's file, for plain reads and writes (the region may
+    // be empty, which `Memfd::from_fd` would refuse).
+    let rf = File::from(
+        region
+            .as_fd()
+            .try_clone_to_owned()
+            .unwrap_or_else(|e| panic!("dup of a memfd: {e}")),
+    );
+    rf.write_all_at(&stale, 0)
+        .unwrap_or_else(|e| panic!("pwrite to a memfd: {e}"));
     let restored = restore_into(&f, &region);
-    let rf = File::from(region.into_fd());
     let after = read_all(&rf, region_len as usize);
     match (restored, image_len) {
         (Ok((info, _)), Some(l)) => {

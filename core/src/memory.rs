@@ -122,6 +122,13 @@ unsafe impl WordMemory for [AtomicU64] {
     }
     #[inline]
     fn store_le_bytes(&self, first: usize, bytes: &[u8]) {
+        if bytes.len() <= 8 {
+            // One word (or none): the common root-sized payload.
+            if !bytes.is_empty() {
+                self[first].store(le_word(bytes), Ordering::Relaxed);
+            }
+            return;
+        }
         let words = bytes.len().div_ceil(8);
         // One bounds check for the run (panics like `store` on an out-of-range index).
         let dst = &self[first..first + words];

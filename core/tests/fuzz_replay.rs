@@ -83,7 +83,7 @@ fn fuzz_bytes(max: usize) -> impl Strategy<Value = Vec<u8>> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(256))]
+    #![proptest_config(ProptestConfig::with_cases(1024))]
 
     #[test]
     fn attach_and_read_holds_for_arbitrary_bytes(data in fuzz_bytes(2048)) {

@@ -7,8 +7,8 @@ use std::os::fd::AsFd;
 use std::os::unix::fs::FileExt;
 
 use shmsnap_linux::snapshot::{
-    decode_footer, restore_into, verify, SnapshotError, SnapshotInfo, FOOTER_LEN,
-    FOOTER_VERSION, MAGIC,
+    decode_footer, restore_into, verify, SnapshotError, SnapshotInfo, FOOTER_LEN, FOOTER_VERSION,
+    MAGIC,
 };
 use shmsnap_linux::Memfd;
 
@@ -56,28 +56,13 @@ impl<'a> Input<'a> {
 /// its order), computed without the code under test.
 #[derive(Debug, PartialEq, Eq)]
 enum Expect {
-    Ok {
-        image_len: u64,
-        image_crc: u32,
-    },
-    Truncated {
-        len: u64,
-        needed: u64,
-    },
+    Ok { image_len: u64, image_crc: u32 },
+    Truncated { len: u64, needed: u64 },
     BadMagic,
-    FooterChecksum {
-        stored: u32,
-        computed: u32,
-    },
+    FooterChecksum { stored: u32, computed: u32 },
     FutureVersion(u64),
-    ImageLengthMismatch {
-        file: u64,
-        footer: u64,
-    },
-    ImageChecksum {
-        stored: u32,
-        computed: u32,
-    },
+    ImageLengthMismatch { file: u64, footer: u64 },
+    ImageChecksum { stored: u32, computed: u32 },
 }
 
 fn le64(b: &[u8]) -> u64 {
@@ -322,7 +307,11 @@ pub fn snapshot_file(bytes: &[u8]) {
                 assert_eq!(info.version, le64(&last[8..]));
                 assert_eq!(info.image_len, le64(&last[16..]));
                 assert_eq!(
-                    [info.meta.strategy, info.meta.generation, info.meta.unix_time_ns],
+                    [
+                        info.meta.strategy,
+                        info.meta.generation,
+                        info.meta.unix_time_ns
+                    ],
                     [le64(&last[24..]), le64(&last[32..]), le64(&last[40..])]
                 );
                 assert_eq!(info.image_crc, le32(&last[48..]));
@@ -330,7 +319,10 @@ pub fn snapshot_file(bytes: &[u8]) {
                     assert_eq!(*v, info, "verify and decode_footer disagree");
                 }
             }
-            (Err(e), Expect::BadMagic | Expect::FooterChecksum { .. } | Expect::FutureVersion(_)) => {
+            (
+                Err(e),
+                Expect::BadMagic | Expect::FooterChecksum { .. } | Expect::FutureVersion(_),
+            ) => {
                 assert_eq!(actual(&Err(e)), expect, "decode_footer's error")
             }
             (Err(e), _) => panic!("decode_footer refused a footer verify accepts: {e}"),
@@ -347,9 +339,11 @@ pub fn snapshot_file(bytes: &[u8]) {
         0 if l > 0 => l - 1,
         _ => l + slack,
     });
-    let region = Memfd::create("fuzz-region", region_len)
-        .unwrap_or_else(|e| panic!("memfd_create: {e}"));
-    let stale: Vec<u8> = (0..region_len.min(8192)).map(|i| (i as u8) | 0x80).collect();
+    let region =
+        Memfd::create("fuzz-region", region_len).unwrap_or_else(|e| panic!("memfd_create: {e}"));
+    let stale: Vec<u8> = (0..region_len.min(8192))
+        .map(|i| (i as u8) | 0x80)
+        .collect();
     // A second descriptor of the region's file, for plain reads and writes (the region may
     // be empty, which `Memfd::from_fd` would refuse).
     let rf = File::from(
@@ -364,10 +358,17 @@ pub fn snapshot_file(bytes: &[u8]) {
     let after = read_all(&rf, region_len as usize);
     match (restored, image_len) {
         (Ok((info, _)), Some(l)) => {
-            assert!(l <= region_len, "restored a {l}-byte image into {region_len} bytes");
+            assert!(
+                l <= region_len,
+                "restored a {l}-byte image into {region_len} bytes"
+            );
             assert_eq!(info.image_len, l);
             let body = &file[..l as usize];
-            assert_eq!(&after[..l as usize], body, "restored bytes differ from the image");
+            assert_eq!(
+                &after[..l as usize],
+                body,
+                "restored bytes differ from the image"
+            );
             assert!(
                 after[l as usize..].iter().all(|&b| b == 0),
                 "the region past the restored image is not zero"
@@ -379,11 +380,19 @@ pub fn snapshot_file(bytes: &[u8]) {
                 image == l && region == region_len && l > region_len,
                 "RegionTooSmall {{ image: {image}, region: {region} }} for {l} into {region_len}"
             );
-            assert_eq!(&after[..stale.len()], &stale[..], "a refused restore wrote the region");
+            assert_eq!(
+                &after[..stale.len()],
+                &stale[..],
+                "a refused restore wrote the region"
+            );
         }
         (Err(e), _) => {
             assert_eq!(actual(&Err(e)), expect, "restore_into's error");
-            assert_eq!(&after[..stale.len()], &stale[..], "a refused restore wrote the region");
+            assert_eq!(
+                &after[..stale.len()],
+                &stale[..],
+                "a refused restore wrote the region"
+            );
         }
     }
 }

@@ -13,7 +13,9 @@ use shmsnap_fuzz::{crc32c, snapshot_file};
 fn replay(target: &str, f: fn(&[u8])) -> usize {
     let mut n = 0;
     for kind in ["corpus", "regressions"] {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join(kind).join(target);
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join(kind)
+            .join(target);
         let Ok(files) = fs::read_dir(dir) else {
             continue;
         };

@@ -48,15 +48,16 @@ impl Descriptor {
     /// seq in range and belonging to the slot, payload inside the ring and contiguous.
     pub fn is_valid_for(&self, layout: &Layout, slot: u64) -> bool {
         let s = layout.data_size;
-        self.seq != 0
+        s.is_power_of_two()
+            && self.seq != 0
             && self.seq < MAX_SEQ
             && layout.slot_of(self.seq) == slot
             && self.offset.is_multiple_of(8)
             && self.length >= 1
             && self.length <= s
-            && (self.offset & (s - 1)) + self.length <= s
+            && (self.offset & (s - 1)).saturating_add(self.length) <= s
             && self.offset < MAX_STREAM
-            && self.offset + self.length <= MAX_STREAM
+            && self.offset.saturating_add(self.length) <= MAX_STREAM
     }
 }
 
@@ -74,6 +75,10 @@ pub fn read_descriptor<M: WordMemory + ?Sized>(
         return None;
     }
     let w = layout.desc_word(slot);
+    // A validated layout always passes; a hand-made inconsistent one gets `None`, not a panic.
+    if w.checked_add(3).is_none_or(|end| end > mem.len()) {
+        return None;
+    }
     // Acquire: pairs with the Release store of seq in `Transaction::commit`, so the fields
     // (and payload) stored before publication are visible to the loads below.
     let s1 = mem.load(w, Ordering::Acquire);
@@ -107,4 +112,52 @@ pub fn read_descriptor_bytes(image: &[u8], layout: &Layout, slot: u64) -> Option
         length: crate::layout::read_word(image, w + 2)?,
     };
     d.is_valid_for(layout, slot).then_some(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layout::LayoutRequest;
+    use core::sync::atomic::AtomicU64;
+
+    #[test]
+    fn hand_made_inconsistent_layouts_give_none_not_a_panic() {
+        let good = Layout::new(
+            3 * 4096,
+            LayoutRequest {
+                entries: 4,
+                data_size: 64,
+            },
+        )
+        .unwrap();
+        let mem: std::vec::Vec<AtomicU64> = (0..3 * 512).map(|_| AtomicU64::new(1)).collect();
+        let image = [1u8; 3 * 4096];
+        for bad in [
+            Layout {
+                desc_offset: u64::MAX - 7,
+                ..good
+            },
+            Layout {
+                desc_offset: 1 << 40,
+                ..good
+            },
+            Layout {
+                entries: 1 << 40,
+                ..good
+            },
+            Layout {
+                entries: 0,
+                data_size: 0,
+                ..good
+            },
+        ] {
+            for slot in [0, 1, 3, 1 << 39] {
+                assert_eq!(read_descriptor(&mem[..], &bad, slot), None);
+                assert_eq!(read_descriptor_bytes(&image, &bad, slot), None);
+            }
+            if bad.entries <= 4 {
+                assert_eq!(crate::image_entries(&image, &bad).count(), 0);
+            }
+        }
+    }
 }

@@ -392,19 +392,25 @@ impl Layout {
     /// Word index of the first word of descriptor `slot` (`slot < entries`).
     #[inline]
     pub(crate) fn desc_word(&self, slot: u64) -> usize {
-        ((self.desc_offset + slot * DESCRIPTOR_BYTES) / 8) as usize
+        // Wrapping: in range for a validated layout; for a hand-made inconsistent one the
+        // callers that take a layout from outside bounds-check the result instead of panicking.
+        (self
+            .desc_offset
+            .wrapping_add(slot.wrapping_mul(DESCRIPTOR_BYTES))
+            / 8) as usize
     }
 
     /// Byte offset in the region of stream offset `off`.
     #[inline]
     pub(crate) fn ring_byte(&self, off: u64) -> usize {
-        (self.data_offset + (off & (self.data_size - 1))) as usize
+        self.data_offset
+            .wrapping_add(off & self.data_size.wrapping_sub(1)) as usize
     }
 
     /// The slot that holds sequence number `seq` (`seq >= 1`).
     #[inline]
     pub fn slot_of(&self, seq: u64) -> u64 {
-        seq.wrapping_sub(1) & (self.entries - 1)
+        seq.wrapping_sub(1) & self.entries.wrapping_sub(1)
     }
 
     /// Size of the part of an image that [`retain`](crate::retain) rewrites: header and

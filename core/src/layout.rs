@@ -338,7 +338,7 @@ impl Layout {
     /// Reads and validates the header of a live region.
     ///
     /// The magic is loaded with `Acquire`, pairing with the `Release` store of the magic in
-    /// [`Layout::write_header`], so a fully written header is seen whole; a header being
+    /// `Layout::write_header` (called by [`Writer::init`](crate::Writer::init)), so a fully written header is seen whole; a header being
     /// written right now fails the checksum instead.
     ///
     /// # Errors

@@ -104,7 +104,8 @@ pub struct Layout {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum LayoutError {
-    /// The header is all zeros: no client has configured this region yet.
+    /// The header's magic is zero: no client has configured this region yet (or its
+    /// configuration was interrupted before the magic, which is written last).
     Unconfigured,
     /// The first word is not the shmsnap magic: this is not a shmsnap region.
     BadMagic {
@@ -153,7 +154,7 @@ impl fmt::Display for LayoutError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match *self {
             LayoutError::Unconfigured => {
-                write!(f, "region is not configured yet (its header is all zeros)")
+                write!(f, "region is not configured yet (its header has no magic)")
             }
             LayoutError::BadMagic { found } => write!(
                 f,
@@ -268,7 +269,10 @@ impl Layout {
         w: &[u64; word::STATIC + 1],
         available: u64,
     ) -> Result<Layout, LayoutError> {
-        if w.iter().all(|&x| x == 0) {
+        // The magic is stored last (with Release) by `Writer::init`: a zero magic means no init
+        // ever completed — a fresh region, or an init interrupted by a crash, after which no
+        // commit can have happened. Either way the region may be configured afresh.
+        if w[word::MAGIC] == 0 {
             return Err(LayoutError::Unconfigured);
         }
         if w[word::MAGIC] != MAGIC {
@@ -563,6 +567,13 @@ mod tests {
         }
         assert_eq!(
             Layout::from_header_words(&[0; word::STATIC + 1], 1 << 20),
+            Err(LayoutError::Unconfigured)
+        );
+        // An init interrupted before its last store (the magic) leaves an unconfigured region.
+        let mut interrupted = w;
+        interrupted[word::MAGIC] = 0;
+        assert_eq!(
+            Layout::from_header_words(&interrupted, 1 << 20),
             Err(LayoutError::Unconfigured)
         );
     }

@@ -124,11 +124,12 @@ pub struct Writer<'m, M: WordMemory + ?Sized> {
 }
 
 impl<'m, M: WordMemory + ?Sized> Writer<'m, M> {
-    /// Configures a fresh region (header all zeros) with `request` and returns its writer.
+    /// Configures a fresh region (no magic in the header: never configured, or an init cut
+    /// short) with `request` and returns its writer.
     ///
     /// # Errors
     ///
-    /// [`AttachError::AlreadyConfigured`] if the header is not all zeros, or a
+    /// [`AttachError::AlreadyConfigured`] if the header has a magic, or a
     /// [`LayoutError`] if the request does not fit the memory.
     pub fn init(mem: &'m M, request: LayoutRequest) -> Result<Self, AttachError> {
         let available = (mem.len() as u64).saturating_mul(8);

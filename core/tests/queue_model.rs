@@ -137,3 +137,23 @@ fn init_refuses_a_configured_region_and_open_or_init_checks_the_layout() {
     assert_eq!(w.next_seq(), 2);
     assert_eq!(w.region().hints().epoch, 2);
 }
+
+#[test]
+fn an_init_interrupted_before_its_magic_is_configured_afresh() {
+    let mem = zeroed_words(64 * 1024);
+    let req = LayoutRequest {
+        entries: 8,
+        data_size: 1024,
+    };
+    {
+        let mut w = Writer::init(&mem[..], req).unwrap();
+        w.commit(b"lost with the crash").unwrap();
+    }
+    // A crash inside `init`: every field but the magic (stored last) written; garbage left in
+    // the descriptor ring from an earlier life of the memory.
+    mem[0].store(0, std::sync::atomic::Ordering::Relaxed);
+    let mut w = Writer::open_or_init(&mem[..], req).unwrap();
+    assert_eq!(w.region().entries().count(), 0);
+    assert_eq!(w.commit(b"fresh"), Ok(1));
+    w.check_invariants().unwrap();
+}

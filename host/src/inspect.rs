@@ -97,7 +97,9 @@ fn read_queue(
     let layout = match Layout::from_header_words(&words, image_len) {
         Ok(l) => l,
         Err(LayoutError::Unconfigured) => {
-            return Err("the region was never configured by a client (header all zeros)".into())
+            return Err(
+                "the region was never configured by a client (no magic in its header)".into(),
+            )
         }
         Err(e) => return Err(e.to_string()),
     };

@@ -962,6 +962,14 @@ struct Units {
 }
 
 /// What a host snapshot saved: the retained image and the client's state at that time.
+impl Units {
+    /// Records that entry `seq` was committed referring to the units currently in use.
+    fn committed(&mut self, seq: u64) {
+        let refs = self.current.iter().map(|(u, b)| (*u, b.clone())).collect();
+        self.refs.insert(seq, refs);
+    }
+}
+
 #[derive(Debug)]
 struct Snapshot {
     image: Vec<u8>,
@@ -1030,12 +1038,7 @@ pub fn ops(data: &[u8]) {
                     Ok(got) => assert_eq!(got, model.commit(&payload), "commit seq"),
                     Err(e) => panic!("step {step}: commit of {len} bytes failed: {e}"),
                 }
-                let refs = client
-                    .current
-                    .iter()
-                    .map(|(u, b)| (*u, b.clone()))
-                    .collect();
-                client.refs.insert(seq, refs);
+                client.committed(seq);
             }
             3 => {
                 let back = u64::from(input.u8() % (entries as u8 + 2));
@@ -1313,12 +1316,7 @@ fn transaction<M: WordMemory + ?Sized>(
                 Ok(got) => assert_eq!(got, model.commit(&payload), "transaction seq"),
                 Err(e) => panic!("step {step}: commit of a {len}-byte transaction failed: {e}"),
             }
-            let refs = client
-                .current
-                .iter()
-                .map(|(u, b)| (*u, b.clone()))
-                .collect();
-            client.refs.insert(seq, refs);
+            client.committed(seq);
         }
         TxEnd::Abort | TxEnd::TooLong | TxEnd::Empty => {
             let result = match end {

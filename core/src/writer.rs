@@ -117,10 +117,9 @@ pub struct Writer<'m, M: WordMemory + ?Sized> {
     newest: u64,
     /// Stream offset just past the newest payload; `head <= MAX_STREAM`.
     head: u64,
-    /// Offset of the newest entry this writer committed, keyed by its seq (0: none): spares
-    /// the eviction check a load when the oldest live entry is the newest (a ring that holds
-    /// one payload).
-    newest_offset: (u64, u64),
+    /// Stream offset of entry `newest` while it is live (0 if none): spares the eviction check
+    /// a load when the oldest live entry is the newest (a ring that holds one payload).
+    newest_offset: u64,
 }
 
 impl<'m, M: WordMemory + ?Sized> Writer<'m, M> {
@@ -155,7 +154,7 @@ impl<'m, M: WordMemory + ?Sized> Writer<'m, M> {
             oldest: 1,
             newest: 0,
             head: 0,
-            newest_offset: (0, 0),
+            newest_offset: 0,
         })
     }
 
@@ -201,7 +200,8 @@ impl<'m, M: WordMemory + ?Sized> Writer<'m, M> {
             return Err(AttachError::Exhausted);
         }
         let mut oldest = next_seq;
-        let mut head = 0;
+        // The newest entry's end: entries lie in stream order, so nothing kept ends later.
+        let head = newest.map_or(0, |d| d.end());
         // Walk the window of seqs the E slots can hold, newest first: slot of `newest - back`
         // for back in 0..E covers every slot once. Keep an entry if it is the window's seq and
         // lies before the previously kept one in the stream, within one ring of the newest's
@@ -217,7 +217,6 @@ impl<'m, M: WordMemory + ?Sized> Writer<'m, M> {
                     if ok {
                         bound = d.offset;
                         oldest = seq;
-                        head = head.max(d.end());
                     }
                     ok
                 }
@@ -242,7 +241,7 @@ impl<'m, M: WordMemory + ?Sized> Writer<'m, M> {
             oldest,
             newest: top,
             head,
-            newest_offset: (0, 0),
+            newest_offset: newest.map_or(0, |d| d.offset),
         })
     }
 
@@ -293,8 +292,9 @@ impl<'m, M: WordMemory + ?Sized> Writer<'m, M> {
     /// The payload offset of this writer's own live entry `seq`, if it is not a gap.
     #[inline]
     fn own_offset(&self, seq: u64) -> Option<u64> {
-        if self.newest_offset.0 == seq {
-            return Some(self.newest_offset.1);
+        if seq == self.newest {
+            // Only asked while `oldest <= newest`, i.e. while the newest entry is live.
+            return Some(self.newest_offset);
         }
         let layout = self.layout();
         let w = layout.desc_word(layout.slot_of(seq));
@@ -303,7 +303,8 @@ impl<'m, M: WordMemory + ?Sized> Writer<'m, M> {
         (mem.load(w, Ordering::Relaxed) == seq).then(|| mem.load(w + 1, Ordering::Relaxed))
     }
 
-    /// Empties the slot of the oldest seq (unless it is a gap) and advances `oldest`.
+    /// Empties the slot of the oldest seq (storing 0 into a gap's empty slot is harmless) and
+    /// advances `oldest`.
     ///
     /// Callers keep `oldest <= newest`, so the slot holds `oldest` or nothing (a gap): every
     /// other seq of the window `oldest..=newest` has another slot, and older seqs were emptied
@@ -550,7 +551,7 @@ impl<'w, 'm, M: WordMemory + ?Sized> Transaction<'w, 'm, M> {
         mem.store(d, self.seq, Ordering::Release);
         w.next_seq = self.seq + 1;
         w.newest = self.seq;
-        w.newest_offset = (self.seq, self.at);
+        w.newest_offset = self.at;
         w.head = self.at + payload.len() as u64;
         mem.store(word::NEXT_SEQ, w.next_seq, Ordering::Relaxed);
         mem.store(word::DATA_HEAD, w.head, Ordering::Relaxed);

@@ -2,49 +2,12 @@
 //! committed corpus input (`fuzz/corpus/<target>/`), and every finding as a regression input
 //! (`fuzz/regressions/<target>/`). CI runs this; it never runs the fuzzer itself.
 
-use std::fs;
-use std::path::{Path, PathBuf};
-
 use proptest::prelude::*;
 use shmsnap_core::fuzzing::{attach_and_read, ops, retain_arbitrary};
 
-/// `fuzz/<kind>/<target>/`, relative to this crate.
-fn dir(kind: &str, target: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../fuzz")
-        .join(kind)
-        .join(target)
-}
-
-/// Runs `f` over every file of `fuzz/corpus/<target>/` and `fuzz/regressions/<target>/`,
-/// naming the file that fails. Returns the number of inputs replayed.
-fn replay(target: &str, f: fn(&[u8])) -> usize {
-    let mut n = 0;
-    for kind in ["corpus", "regressions"] {
-        let Ok(files) = fs::read_dir(dir(kind, target)) else {
-            continue;
-        };
-        let mut paths: Vec<PathBuf> = files.map(|e| e.unwrap().path()).collect();
-        paths.sort();
-        for path in paths {
-            if !path.is_file() {
-                continue;
-            }
-            let data = fs::read(&path).unwrap();
-            let outcome = std::panic::catch_unwind(|| f(&data));
-            if let Err(e) = outcome {
-                let msg = e
-                    .downcast_ref::<String>()
-                    .cloned()
-                    .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
-                    .unwrap_or_default();
-                panic!("{target}: input {} fails: {msg}", path.display());
-            }
-            n += 1;
-        }
-    }
-    n
-}
+#[path = "../../fuzz/replay.rs"]
+mod corpus;
+use corpus::replay;
 
 #[test]
 fn attach_and_read_corpus_replays_clean() {
@@ -76,8 +39,7 @@ fn empty_and_tiny_inputs_are_accepted() {
     }
 }
 
-/// Bytes whose first byte selects each image kind with equal weight, so the structured
-/// decoders are reached as often as raw images.
+/// Arbitrary bytes (each entry point's first byte chooses how it decodes the rest).
 fn fuzz_bytes(max: usize) -> impl Strategy<Value = Vec<u8>> {
     prop::collection::vec(any::<u8>(), 0..max)
 }

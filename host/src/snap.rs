@@ -353,7 +353,7 @@ pub fn prepare_region(
         let checked = if fallback {
             snapshot::verify_path(&g.path)
         } else {
-            read_footer(&g.path)
+            snapshot::read_footer_path(&g.path)
         };
         match checked {
             Ok(info) => {
@@ -470,43 +470,6 @@ fn unusable(path: &Path, e: &snapshot::SnapshotError) -> Failure {
             path.display()
         ),
     )
-}
-
-/// Reads and checks the footer of `path` (magic, footer checksum, version, length) without
-/// reading the image.
-fn read_footer(path: &Path) -> Result<SnapshotInfo, snapshot::SnapshotError> {
-    let io = |e: io::Error| snapshot::SnapshotError::Io {
-        path: Some(path.to_path_buf()),
-        source: e,
-    };
-    let file = File::open(path).map_err(io)?;
-    let len = file.metadata().map_err(io)?.len();
-    let at = len.checked_sub(snapshot::FOOTER_LEN as u64);
-    let Some(at) = at else {
-        return Err(snapshot::SnapshotError::Truncated {
-            path: Some(path.to_path_buf()),
-            len,
-            needed: snapshot::FOOTER_LEN as u64,
-        });
-    };
-    let mut b = [0u8; snapshot::FOOTER_LEN];
-    file.read_exact_at(&mut b, at).map_err(io)?;
-    let info = snapshot::decode_footer(&b)?;
-    if info.image_len > at {
-        return Err(snapshot::SnapshotError::Truncated {
-            path: Some(path.to_path_buf()),
-            len,
-            needed: info.image_len.saturating_add(snapshot::FOOTER_LEN as u64),
-        });
-    }
-    if info.image_len < at {
-        return Err(snapshot::SnapshotError::ImageLengthMismatch {
-            path: Some(path.to_path_buf()),
-            file: at,
-            footer: info.image_len,
-        });
-    }
-    Ok(info)
 }
 
 /// Region size when neither `--size` nor a snapshot says otherwise.

@@ -436,13 +436,15 @@ pub fn write_snapshot(
     Ok((info, stats))
 }
 
-/// Checks a snapshot file completely (length, magic, footer CRC, version, image length,
-/// image CRC) without changing anything.
+/// Reads and checks everything of a snapshot file but the image CRC: length, magic, footer
+/// CRC, version and image length (the cheap part of [`verify`], e.g. to size a region before
+/// [`restore_into`] verifies the whole file).
 ///
 /// # Errors
 ///
-/// A [`SnapshotError`] saying what is wrong (without a path; [`verify_path`] adds it).
-pub fn verify(file: impl AsFd) -> Result<SnapshotInfo, SnapshotError> {
+/// A [`SnapshotError`] other than `ImageChecksum` and `RegionTooSmall` (without a path;
+/// [`read_footer_path`] adds it).
+pub fn read_footer(file: impl AsFd) -> Result<SnapshotInfo, SnapshotError> {
     let file = file.as_fd();
     let len = file_len(file).map_err(|e| SnapshotError::io(None, e))?;
     let flen = FOOTER_LEN as u64;
@@ -479,6 +481,28 @@ pub fn verify(file: impl AsFd) -> Result<SnapshotInfo, SnapshotError> {
             footer: info.image_len,
         });
     }
+    Ok(info)
+}
+
+/// Opens `path` read-only and [`read_footer`]s it; errors name the file.
+///
+/// # Errors
+///
+/// As [`read_footer`], plus [`SnapshotError::Io`] if the file cannot be opened.
+pub fn read_footer_path(path: &Path) -> Result<SnapshotInfo, SnapshotError> {
+    let f = std::fs::File::open(path).map_err(|e| SnapshotError::io(Some(path), e))?;
+    read_footer(&f).map_err(|e| e.with_path(path))
+}
+
+/// Checks a snapshot file completely (length, magic, footer CRC, version, image length,
+/// image CRC) without changing anything.
+///
+/// # Errors
+///
+/// A [`SnapshotError`] saying what is wrong (without a path; [`verify_path`] adds it).
+pub fn verify(file: impl AsFd) -> Result<SnapshotInfo, SnapshotError> {
+    let file = file.as_fd();
+    let info = read_footer(file)?;
     let computed = image_crc32c(file, info.image_len).map_err(|e| SnapshotError::io(None, e))?;
     if computed != info.image_crc {
         return Err(SnapshotError::ImageChecksum {

@@ -2,39 +2,12 @@
 //! `fuzz/corpus/snapshot_file/` and `fuzz/regressions/snapshot_file/` (core's targets replay in
 //! `core/tests/fuzz_replay.rs`).
 
-use std::fs;
-use std::path::{Path, PathBuf};
-
 use proptest::prelude::*;
 use shmsnap_linux::fuzzing::{crc32c, snapshot_file};
 
-fn replay(target: &str, f: fn(&[u8])) -> usize {
-    let mut n = 0;
-    for kind in ["corpus", "regressions"] {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../fuzz")
-            .join(kind)
-            .join(target);
-        let Ok(files) = fs::read_dir(dir) else {
-            continue;
-        };
-        let mut paths: Vec<PathBuf> = files.map(|e| e.unwrap().path()).collect();
-        paths.sort();
-        for path in paths.into_iter().filter(|p| p.is_file()) {
-            let data = fs::read(&path).unwrap();
-            if let Err(e) = std::panic::catch_unwind(|| f(&data)) {
-                let msg = e
-                    .downcast_ref::<String>()
-                    .cloned()
-                    .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
-                    .unwrap_or_default();
-                panic!("{target}: input {} fails: {msg}", path.display());
-            }
-            n += 1;
-        }
-    }
-    n
-}
+#[path = "../../fuzz/replay.rs"]
+mod corpus;
+use corpus::replay;
 
 #[test]
 fn snapshot_file_corpus_replays_clean() {

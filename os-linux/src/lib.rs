@@ -61,6 +61,7 @@ pub mod mapping;
 pub mod memfd;
 pub mod persist;
 pub mod snapshot;
+pub mod track;
 
 pub use mapping::{Mapping, Protection};
 pub use memfd::Memfd;

@@ -14,8 +14,8 @@ use std::sync::atomic::Ordering;
 use rustix::fs::{Mode, OFlags};
 use rustix::process::Pid;
 use shmsnap_linux::track::{
-    self, AdvertError, Advertisement, PageRun, ScanError, ScanQuery, Scanner, TrackError,
-    Tracker, WrittenPages,
+    self, AdvertError, Advertisement, PageRun, ScanError, ScanQuery, Scanner, TrackError, Tracker,
+    WrittenPages,
 };
 use shmsnap_linux::{Mapping, Memfd, Protection};
 
@@ -36,7 +36,11 @@ fn child_entry() {
     let Ok(mode) = std::env::var(ROLE) else {
         return;
     };
-    let region = Memfd::create("tracked", PAGES * page()).unwrap();
+    let (mode, pages) = match mode.split_once(':') {
+        Some((m, n)) => (m.to_string(), n.parse().unwrap()),
+        None => (mode, PAGES),
+    };
+    let region = Memfd::create("tracked", pages * page()).unwrap();
     region.seal_against_shrink().unwrap();
     let map = Mapping::of_memfd(&region, Protection::ReadWrite).unwrap();
     let other = Memfd::create("other", PAGES * page()).unwrap();
@@ -83,6 +87,20 @@ fn child_entry() {
                     sum = sum.wrapping_add(map.words()[p * words_per_page].load(Ordering::Relaxed));
                 }
                 std::hint::black_box(sum);
+            }
+            // Zap the page-table entries of pages [a, b) with one madvise (whole page tables
+            // may be freed).
+            "Z" => {
+                let ptr = map.words()[pages[0] * words_per_page..].as_ptr().cast_mut();
+                // SAFETY: as for "z" below.
+                unsafe {
+                    rustix::mm::madvise(
+                        ptr.cast(),
+                        (pages[1] - pages[0]) * page() as usize,
+                        rustix::mm::Advice::LinuxDontNeed,
+                    )
+                }
+                .unwrap();
             }
             // Zap the page-table entries of each page, as reclaim would.
             "z" => {
@@ -131,7 +149,13 @@ impl Child {
     fn spawn(mode: &str) -> Option<Self> {
         let exe = std::env::current_exe().unwrap();
         let mut proc = Command::new(exe)
-            .args(["--exact", "child_entry", "--nocapture", "--test-threads=1", "-q"])
+            .args([
+                "--exact",
+                "child_entry",
+                "--nocapture",
+                "--test-threads=1",
+                "-q",
+            ])
             .env(ROLE, mode)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -339,11 +363,17 @@ fn incremental_image_equals_the_region_after_every_round() {
         let scan = scanner.scan(&range).unwrap();
         let region = c.bytes(); // quiescent: the child waits for the next command
         apply(&mut image, &region, scan.runs());
-        assert!(image == region, "round {round}: image differs from the region");
+        assert!(
+            image == region,
+            "round {round}: image differs from the region"
+        );
         apply(&mut twin_image, &region, forgetful(&scan));
         twin_diverged |= twin_image != region;
     }
-    assert!(twin_diverged, "the comparison did not catch a forgotten run");
+    assert!(
+        twin_diverged,
+        "the comparison did not catch a forgotten run"
+    );
 }
 
 /// Copies the reported pages from `region` into `image`.
@@ -431,13 +461,25 @@ fn bogus_advertisements_are_refused() {
         };
         track::validate(&a, c.pid, &c.region, c.len).unwrap_err()
     };
-    assert!(matches!(check(c.addr + 8, c.len), AdvertError::BadRange { .. }));
-    assert!(matches!(check(u64::MAX - p + 1, c.len), AdvertError::BadRange { .. }));
+    assert!(matches!(
+        check(c.addr + 8, c.len),
+        AdvertError::BadRange { .. }
+    ));
+    assert!(matches!(
+        check(u64::MAX - p + 1, c.len),
+        AdvertError::BadRange { .. }
+    ));
     assert!(matches!(check(c.addr, 0), AdvertError::BadRange { .. }));
-    assert!(matches!(check(c.addr, c.len + p), AdvertError::WrongLength { .. }));
+    assert!(matches!(
+        check(c.addr, c.len + p),
+        AdvertError::WrongLength { .. }
+    ));
     let e = check(p, c.len);
     assert!(matches!(e, AdvertError::NoSuchMapping { .. }), "{e}");
-    assert!(matches!(check(c.addr + p, c.len), AdvertError::NoSuchMapping { .. }));
+    assert!(matches!(
+        check(c.addr + p, c.len),
+        AdvertError::NoSuchMapping { .. }
+    ));
     let e = check(c.other_addr, c.len);
     assert!(matches!(e, AdvertError::NotTheRegion(_)), "{e}");
     let odd = Advertisement {
@@ -461,4 +503,27 @@ fn bogus_advertisements_are_refused() {
     )
     .unwrap_err();
     assert!(matches!(e, AdvertError::Gone), "{e}");
+}
+
+/// A whole page table of written pages zapped at once (`MADV_DONTNEED` may free the table
+/// itself, `CONFIG_PT_RECLAIM`): every page must still be reported.
+#[test]
+fn written_page_table_zapped_whole_is_still_reported() {
+    let pages = 1024; // 4 MiB: holds at least one whole 2 MiB-aligned page table
+    let Some(mut c) = Child::spawn(&format!("track:{pages}")) else {
+        return;
+    };
+    let range = c.range();
+    let mut scanner = Scanner::open(c.pid).unwrap();
+    let span = 512 * page();
+    let first = (c.addr.div_ceil(span) * span - c.addr) / page();
+    let table: Vec<u64> = (first..first + 512).collect();
+    c.write(&table);
+    c.send("Z", &[first, first + 512]);
+    check_exact(scanner.scan(&range).unwrap().runs(), &table).unwrap();
+    c.write(&table);
+    c.send("Z", &[first, first + 512]);
+    let only = scanner.scan_with(&range, ScanQuery::WrittenOnly).unwrap();
+    check_exact(only.runs(), &table).unwrap();
+    check_exact(scanner.scan(&range).unwrap().runs(), &[]).unwrap();
 }

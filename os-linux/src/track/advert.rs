@@ -151,7 +151,10 @@ impl fmt::Display for AdvertError {
             Self::WrongLength {
                 advertised,
                 expected,
-            } => write!(f, "length {advertised} is not the region's {expected} bytes"),
+            } => write!(
+                f,
+                "length {advertised} is not the region's {expected} bytes"
+            ),
             Self::NoSuchMapping { addr, len } => {
                 write!(f, "the client has no mapping exactly at {addr:#x}+{len:#x}")
             }
@@ -368,8 +371,8 @@ fn read_maps(pid: Pid) -> Result<String, AdvertError> {
             AdvertError::Io(e.into())
         }
     };
-    let fd = rustix::fs::open(&path, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())
-        .map_err(gone)?;
+    let fd =
+        rustix::fs::open(&path, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty()).map_err(gone)?;
     let mut text = Vec::new();
     let mut buf = vec![0u8; 64 * 1024];
     loop {
@@ -431,9 +434,18 @@ mod tests {
         if super::super::page_size() != PAGE {
             return; // the fixture assumes 4 KiB pages
         }
-        let r = validate_maps(&adv(0x7f00_0000_0000, 4 * PAGE, 0), 3 * PAGE + 8, MAPS, (0, 1), 42)
-            .unwrap();
-        assert_eq!((r.addr(), r.len(), r.end()), (0x7f00_0000_0000, 4 * PAGE, 0x7f00_0000_4000));
+        let r = validate_maps(
+            &adv(0x7f00_0000_0000, 4 * PAGE, 0),
+            3 * PAGE + 8,
+            MAPS,
+            (0, 1),
+            42,
+        )
+        .unwrap();
+        assert_eq!(
+            (r.addr(), r.len(), r.end()),
+            (0x7f00_0000_0000, 4 * PAGE, 0x7f00_0000_4000)
+        );
     }
 
     #[test]
@@ -442,35 +454,100 @@ mod tests {
             return;
         }
         let v = |a: Advertisement| validate_maps(&a, 4 * PAGE, MAPS, (0, 1), 42).unwrap_err();
-        assert!(matches!(v(adv(0x7f00_0000_0000, 4 * PAGE, 1)), AdvertError::Unstable(1)));
-        assert!(matches!(v(adv(0x7f00_0000_0008, 4 * PAGE, 0)), AdvertError::BadRange { .. }));
-        assert!(matches!(v(adv(0x7f00_0000_0000, 0, 0)), AdvertError::BadRange { .. }));
-        assert!(matches!(v(adv(u64::MAX - PAGE + 1, 4 * PAGE, 0)), AdvertError::BadRange { .. }));
-        assert!(matches!(v(adv(0x7f00_0000_0000, 8 * PAGE, 0)), AdvertError::WrongLength { .. }));
-        assert!(matches!(v(adv(0x7f00_0000_1000, 4 * PAGE, 0)), AdvertError::NoSuchMapping { .. }));
+        assert!(matches!(
+            v(adv(0x7f00_0000_0000, 4 * PAGE, 1)),
+            AdvertError::Unstable(1)
+        ));
+        assert!(matches!(
+            v(adv(0x7f00_0000_0008, 4 * PAGE, 0)),
+            AdvertError::BadRange { .. }
+        ));
+        assert!(matches!(
+            v(adv(0x7f00_0000_0000, 0, 0)),
+            AdvertError::BadRange { .. }
+        ));
+        assert!(matches!(
+            v(adv(u64::MAX - PAGE + 1, 4 * PAGE, 0)),
+            AdvertError::BadRange { .. }
+        ));
+        assert!(matches!(
+            v(adv(0x7f00_0000_0000, 8 * PAGE, 0)),
+            AdvertError::WrongLength { .. }
+        ));
+        assert!(matches!(
+            v(adv(0x7f00_0000_1000, 4 * PAGE, 0)),
+            AdvertError::NoSuchMapping { .. }
+        ));
         // Right size, but the other memfd:
-        let e = validate_maps(&adv(0x7f00_0001_0000, 2 * PAGE, 0), 2 * PAGE, MAPS, (0, 1), 42)
-            .unwrap_err();
+        let e = validate_maps(
+            &adv(0x7f00_0001_0000, 2 * PAGE, 0),
+            2 * PAGE,
+            MAPS,
+            (0, 1),
+            42,
+        )
+        .unwrap_err();
         assert!(matches!(e, AdvertError::NotTheRegion(_)), "{e}");
         // The stack (private, other file):
-        let e = validate_maps(&adv(0x7ffd_0000_0000, 0x21 * PAGE, 0), 0x21 * PAGE, MAPS, (0, 1), 42)
-            .unwrap_err();
+        let e = validate_maps(
+            &adv(0x7ffd_0000_0000, 0x21 * PAGE, 0),
+            0x21 * PAGE,
+            MAPS,
+            (0, 1),
+            42,
+        )
+        .unwrap_err();
         assert!(matches!(e, AdvertError::NotTheRegion(_)), "{e}");
         // The region mapped twice:
-        let twice = format!("{MAPS}7f0000020000-7f0000021000 r--s 00000000 00:01 42 /memfd:region\n");
-        let e = validate_maps(&adv(0x7f00_0000_0000, 4 * PAGE, 0), 4 * PAGE, &twice, (0, 1), 42)
-            .unwrap_err();
-        assert!(matches!(e, AdvertError::SecondMapping { start: 0x7f00_0002_0000, .. }), "{e}");
+        let twice =
+            format!("{MAPS}7f0000020000-7f0000021000 r--s 00000000 00:01 42 /memfd:region\n");
+        let e = validate_maps(
+            &adv(0x7f00_0000_0000, 4 * PAGE, 0),
+            4 * PAGE,
+            &twice,
+            (0, 1),
+            42,
+        )
+        .unwrap_err();
+        assert!(
+            matches!(
+                e,
+                AdvertError::SecondMapping {
+                    start: 0x7f00_0002_0000,
+                    ..
+                }
+            ),
+            "{e}"
+        );
         // Offset not 0, private, read-only:
-        for (perms, off) in [("rw-s", "00001000"), ("rw-p", "00000000"), ("r--s", "00000000")] {
+        for (perms, off) in [
+            ("rw-s", "00001000"),
+            ("rw-p", "00000000"),
+            ("r--s", "00000000"),
+        ] {
             let m = format!("7f0000000000-7f0000004000 {perms} {off} 00:01 42 /memfd:region\n");
-            let e = validate_maps(&adv(0x7f00_0000_0000, 4 * PAGE, 0), 4 * PAGE, &m, (0, 1), 42)
-                .unwrap_err();
-            assert!(matches!(e, AdvertError::NotTheRegion(_)), "{perms} {off}: {e}");
+            let e = validate_maps(
+                &adv(0x7f00_0000_0000, 4 * PAGE, 0),
+                4 * PAGE,
+                &m,
+                (0, 1),
+                42,
+            )
+            .unwrap_err();
+            assert!(
+                matches!(e, AdvertError::NotTheRegion(_)),
+                "{perms} {off}: {e}"
+            );
         }
         // Garbage maps text:
-        let e = validate_maps(&adv(0x7f00_0000_0000, 4 * PAGE, 0), 4 * PAGE, "zz-yy", (0, 1), 42)
-            .unwrap_err();
+        let e = validate_maps(
+            &adv(0x7f00_0000_0000, 4 * PAGE, 0),
+            4 * PAGE,
+            "zz-yy",
+            (0, 1),
+            42,
+        )
+        .unwrap_err();
         assert!(matches!(e, AdvertError::Unparsable(_)), "{e}");
     }
 }

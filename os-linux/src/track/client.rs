@@ -6,9 +6,9 @@ use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 
 use linux_raw_sys::general::{
-    uffdio_api, uffdio_range, uffdio_register, uffdio_writeprotect, UFFDIO_REGISTER_MODE_WP,
-    UFFD_API, UFFD_FEATURE_WP_ASYNC, UFFD_FEATURE_WP_HUGETLBFS_SHMEM,
-    UFFD_FEATURE_WP_UNPOPULATED, UFFD_USER_MODE_ONLY, _UFFDIO_REGISTER, _UFFDIO_WRITEPROTECT,
+    uffdio_api, uffdio_range, uffdio_register, uffdio_writeprotect, _UFFDIO_REGISTER,
+    _UFFDIO_WRITEPROTECT, UFFDIO_REGISTER_MODE_WP, UFFD_API, UFFD_FEATURE_WP_ASYNC,
+    UFFD_FEATURE_WP_HUGETLBFS_SHMEM, UFFD_FEATURE_WP_UNPOPULATED, UFFD_USER_MODE_ONLY,
 };
 use rustix::io::Errno;
 use rustix::ioctl::{ioctl, Opcode, Updater};
@@ -180,7 +180,7 @@ fn handshake(uffd: &OwnedFd) -> Result<(), TrackError> {
     };
     // SAFETY: `UFFDIO_API` reads and writes exactly one `struct uffdio_api`, which `api` is
     // (the linux-raw-sys binding of the kernel's struct).
-    match unsafe { ioctl(uffd, Updater::<UFFDIO_API, uffdio_api>::new(&mut api)) } {
+    match unsafe { updater::<UFFDIO_API, _>(uffd, &mut api) } {
         Ok(()) => {}
         Err(e) if e == Errno::INVAL => {
             return Err(TrackError::Unavailable(missing_features()));
@@ -212,11 +212,9 @@ fn missing_features() -> String {
             ioctls: 0,
         };
         // SAFETY: as in `handshake`: one `struct uffdio_api`, read and written by the kernel.
-        unsafe { ioctl(&fd, Updater::<UFFDIO_API, uffdio_api>::new(&mut api)) }.map_err(|e| {
-            TrackError::Io {
-                op: "UFFDIO_API",
-                source: e.into(),
-            }
+        unsafe { updater::<UFFDIO_API, _>(&fd, &mut api) }.map_err(|e| TrackError::Io {
+            op: "UFFDIO_API",
+            source: e.into(),
         })?;
         Ok(api.features)
     };
@@ -255,7 +253,7 @@ fn register_wp(uffd: &OwnedFd, addr: u64, len: u64) -> Result<(), TrackError> {
     };
     // SAFETY: `UFFDIO_REGISTER` reads and writes one `struct uffdio_register`, which `reg`
     // is; the range is a live mapping of this process (the caller's `&Mapping`).
-    match unsafe { ioctl(uffd, Updater::<UFFDIO_REGISTER, uffdio_register>::new(&mut reg)) } {
+    match unsafe { updater::<UFFDIO_REGISTER, _>(uffd, &mut reg) } {
         Ok(()) => {}
         Err(e) if e == Errno::INVAL => {
             return Err(TrackError::Unavailable(format!(
@@ -287,14 +285,23 @@ fn write_protect(uffd: &OwnedFd, addr: u64, len: u64) -> Result<(), TrackError> 
     // SAFETY: `UFFDIO_WRITEPROTECT` reads (and may write back) one `struct
     // uffdio_writeprotect`, which `wp` is; protecting only changes page-table bits, and in
     // async mode a later store is resolved by the kernel without blocking.
-    let r = unsafe {
-        ioctl(
-            uffd,
-            Updater::<UFFDIO_WRITEPROTECT, uffdio_writeprotect>::new(&mut wp),
-        )
-    };
+    let r = unsafe { updater::<UFFDIO_WRITEPROTECT, _>(uffd, &mut wp) };
     r.map_err(|e| TrackError::Io {
         op: "UFFDIO_WRITEPROTECT",
         source: e.into(),
     })
+}
+
+/// `ioctl(fd, OP, arg)` for an ioctl that reads and writes back one `T`.
+///
+/// # Safety
+///
+/// - `OP` must be an ioctl of the fd's kind whose argument is a pointer to exactly one `T`
+///   (the kernel's struct of that name, as bound by linux-raw-sys);
+/// - the ioctl must not affect memory other than `*arg` in a way Rust can observe.
+unsafe fn updater<const OP: Opcode, T>(fd: &OwnedFd, arg: &mut T) -> rustix::io::Result<()> {
+    // SAFETY: the caller guarantees `OP` takes a pointer to one `T`.
+    let call = unsafe { Updater::<OP, T>::new(arg) };
+    // SAFETY: as above; `arg` is a live, exclusive `&mut T` for the duration of the call.
+    unsafe { ioctl(fd, call) }
 }

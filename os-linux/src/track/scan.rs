@@ -10,7 +10,7 @@ use linux_raw_sys::general::{
     PM_SCAN_CHECK_WPASYNC, PM_SCAN_WP_MATCHING,
 };
 use rustix::fs::{Mode, OFlags};
-use rustix::io::{retry_on_intr, Errno};
+use rustix::io::Errno;
 use rustix::ioctl::{ioctl, opcode, Ioctl, IoctlOutput, Opcode};
 use rustix::process::Pid;
 
@@ -257,11 +257,8 @@ impl Scanner {
             for r in &self.buf[..n] {
                 check_run(r, prev_end, walk_end, page)?;
                 prev_end = r.end;
-                let written = r.categories & u64::from(PAGE_IS_WRITTEN) != 0;
-                let seen = u64::from(PAGE_IS_PRESENT | PAGE_IS_SWAPPED);
-                let unknown = query == ScanQuery::WrittenOrUnknown && r.categories & seen == 0;
-                if written || unknown {
-                    out.push(r.start - start, r.end - r.start, page, unknown && !written);
+                if let Some(unknown) = classify(r.categories, query) {
+                    out.push(r.start - start, r.end - r.start, page, unknown);
                 }
             }
             at = walk_end;
@@ -289,13 +286,14 @@ impl Scanner {
             category_anyof_mask: 0,
             return_mask: u64::from(ret),
         };
+        // No retry on EINTR: a walk cut short may already have re-protected pages whose runs
+        // were never copied out, so an interrupted scan must fail (full snapshot), not resume.
         // SAFETY: `PAGEMAP_SCAN` reads and writes back one `struct pm_scan_arg` (the
         // linux-raw-sys binding, `size` set to its size) and writes at most `vec_len`
         // `struct page_region`s at `vec`, which points to `self.buf`, exactly `vec_len`
         // initialized entries that nothing else borrows during the call. `start..end` are
         // addresses in the *client's* address space, only interpreted by the kernel.
-        let n = retry_on_intr(|| unsafe { ioctl(&self.pagemap, PmScan(&mut arg)) })
-            .map_err(ScanError::from_errno)?;
+        let n = unsafe { ioctl(&self.pagemap, PmScan(&mut arg)) }.map_err(ScanError::from_errno)?;
         let n = usize::try_from(n)
             .ok()
             .filter(|&n| n <= self.buf.len())
@@ -307,6 +305,15 @@ impl Scanner {
             })?;
         Ok((n, arg.walk_end))
     }
+}
+
+/// Whether a run with these categories is reported: `None` = clean (protected), `Some(false)`
+/// = written, `Some(true)` = reported because the entry is empty (unknown).
+fn classify(categories: u64, query: ScanQuery) -> Option<bool> {
+    let written = categories & u64::from(PAGE_IS_WRITTEN) != 0;
+    let seen = u64::from(PAGE_IS_PRESENT | PAGE_IS_SWAPPED);
+    let unknown = query == ScanQuery::WrittenOrUnknown && categories & seen == 0;
+    (written || unknown).then_some(unknown && !written)
 }
 
 /// A run returned by one call must start at or after `lo` (the start of the walk, then the
@@ -364,6 +371,27 @@ mod tests {
     fn pagemap_scan_opcode_is_iowr_f_16_of_96_bytes() {
         assert_eq!(size_of::<pm_scan_arg>(), 96);
         assert_eq!(PAGEMAP_SCAN as u64, 0xc060_6610);
+    }
+
+    #[test]
+    fn empty_entries_count_as_written_unless_the_query_is_written_only() {
+        let (w, p, s) = (
+            u64::from(PAGE_IS_WRITTEN),
+            u64::from(PAGE_IS_PRESENT),
+            u64::from(PAGE_IS_SWAPPED),
+        );
+        let sound = ScanQuery::WrittenOrUnknown;
+        assert_eq!(classify(p, sound), None, "present, protected");
+        assert_eq!(classify(s, sound), None, "protected marker or swap entry");
+        assert_eq!(classify(p | w, sound), Some(false));
+        assert_eq!(classify(s | w, sound), Some(false));
+        assert_eq!(
+            classify(0, sound),
+            Some(true),
+            "empty entry or no page table"
+        );
+        assert_eq!(classify(0, ScanQuery::WrittenOnly), None);
+        assert_eq!(classify(w, ScanQuery::WrittenOnly), Some(false));
     }
 
     #[test]

@@ -44,8 +44,8 @@ impl Advertisement {
     /// Number of `u64` words the record occupies.
     pub const WORDS: usize = 4;
 
-    /// The four words to store (word 0 last would be the tidy order for a first publication,
-    /// but the generation word makes the order irrelevant for the host).
+    /// The four words to store. Order of the stores does not matter to the host: it trusts
+    /// the record only when two reads around a scan are equal and the generation is even.
     pub fn encode(&self) -> [u64; Self::WORDS] {
         [
             (u64::from(MAGIC) << 32) | u64::from(VERSION),

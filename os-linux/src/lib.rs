@@ -10,10 +10,12 @@
 //! | [`snapshot`] | snapshot file = image + footer (see `FOOTER.md`): write, verify, restore |
 //! | [`persist`] | atomic replace of a file with N kept generations |
 //! | [`handover`] | start a child with the region at fd 3 and a correct `LISTEN_PID` |
+//! | [`track`] | write tracking: client userfaultfd async write-protect, host `PAGEMAP_SCAN` |
 //!
 //! `unsafe` is denied at the crate root and allowed only in [`mapping`] (it maps memory),
-//! [`listen`] (it adopts an inherited raw fd number) and [`handover`] (code between `fork` and
-//! `exec`); each of those modules says why.
+//! [`listen`] (it adopts an inherited raw fd number), [`handover`] (code between `fork` and
+//! `exec`) and [`track`] (the userfaultfd and `PAGEMAP_SCAN` ioctls); each of those modules says
+//! why.
 //!
 //! # Example
 //!

@@ -28,7 +28,8 @@ use std::sync::atomic::Ordering;
 
 use rustix::fs::{Mode, OFlags};
 use shmsnap_core::{
-    read_post, read_pre, retain, Descriptor, Layout, LayoutRequest, Region, Retained, Writer,
+    read_post, read_pre, retain, Descriptor, Layout, LayoutRequest, Region, Retained, Strategy,
+    Writer,
 };
 
 use crate::sys::{
@@ -227,7 +228,7 @@ impl SnapshotFixture {
             }
             pwrite_all(file, &meta, 0)?;
             let meta = SnapshotMeta {
-                strategy: 1,
+                strategy: Strategy::Queue.code(),
                 generation,
                 unix_time_ns: 0,
             };

@@ -22,6 +22,7 @@ use alloc::vec;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU64, Ordering};
 
+use crate::format::{desc, header_words, word, word_bytes, DESCRIPTOR_BYTES};
 use crate::model::{check_image_payloads, from_bytes, payload_for, to_bytes, zeroed_words};
 use crate::model::{ModelEntry, QueueModel};
 use crate::{
@@ -89,11 +90,6 @@ impl<'a> Input<'a> {
     fn take_rest(&mut self) -> &'a [u8] {
         core::mem::take(&mut self.rest)
     }
-}
-
-/// Byte offset in an image of stream offset `off` of `layout`'s data ring.
-fn ring_at(layout: &Layout, off: u64) -> usize {
-    (layout.data_offset + (off & (layout.data_size - 1))) as usize
 }
 
 /// Where the writer places an `n`-byte payload after `head` (DESIGN §5.1: 8-aligned, never
@@ -203,7 +199,7 @@ impl ImageSpec {
             ImageKind::Overlay => {
                 let mem = zeroed_words(self.mem_bytes);
                 write_header(&mem, layout);
-                for hint in &mem[16..19] {
+                for hint in &mem[word::HINTS] {
                     hint.store(input.wide(), Ordering::Relaxed);
                 }
                 overlay(&mem, layout.desc_offset as usize, input.take_rest());
@@ -212,7 +208,7 @@ impl ImageSpec {
             ImageKind::Compact => {
                 let mem = zeroed_words(self.mem_bytes);
                 write_header(&mem, layout);
-                for hint in &mem[16..19] {
+                for hint in &mem[word::HINTS] {
                     hint.store(input.wide(), Ordering::Relaxed);
                 }
                 // Seqs of generation g in slot i: base + g*E + i + 1, base a multiple of E.
@@ -246,8 +242,9 @@ impl ImageSpec {
                         }
                         _ => [natural, base_off.wrapping_add(off), input.wide(), 0],
                     };
-                    let w = (layout.desc_offset / 8 + slot * 4) as usize;
-                    for (k, v) in d.into_iter().enumerate() {
+                    let w = layout.desc_word(slot);
+                    let fields = [desc::SEQ, desc::OFFSET, desc::LENGTH, desc::RESERVED];
+                    for (k, v) in fields.into_iter().zip(d) {
                         mem[w + k].store(v, Ordering::Relaxed);
                     }
                 }
@@ -279,7 +276,7 @@ impl ImageSpec {
                     }
                 }
                 let bytes = mem.len() * 8;
-                let desc_bytes = (e * 32) as usize;
+                let desc_bytes = (e * DESCRIPTOR_BYTES) as usize;
                 while !input.is_empty() {
                     let pos = input.u16();
                     let x = input.u8();
@@ -287,8 +284,10 @@ impl ImageSpec {
                         // The descriptor ring.
                         layout.desc_offset as usize + usize::from(pos) % desc_bytes
                     } else if pos & 0x4000 == 0 {
-                        // The hints (bytes 128..152).
-                        128 + usize::from(pos) % 24
+                        // The hints.
+                        let hints =
+                            word_bytes(word::HINTS.start).start..word_bytes(word::EPOCH).end;
+                        hints.start + usize::from(pos) % hints.len()
                     } else {
                         usize::from(pos & 0x3fff) * 7 % bytes
                     };
@@ -398,7 +397,7 @@ fn read_all<M: WordMemory + ?Sized>(
             Ok(n) => assert_eq!(n, len, "read_payload of {d:?} returned {n} bytes"),
             Err(e) => panic!("read_payload of the valid, quiescent entry {d:?} failed: {e}"),
         }
-        let at = ring_at(&layout, d.offset);
+        let at = layout.ring_byte(d.offset);
         assert_eq!(
             &buf[..len],
             &image[at..at + len],
@@ -940,12 +939,7 @@ fn check_retain(
 
 /// The layout in an image's header, checked against `region_len` bytes.
 fn header_layout(image: &[u8], region_len: u64) -> Option<Layout> {
-    let mut w = [0u64; 12];
-    for (i, x) in w.iter_mut().enumerate() {
-        let b = image.get(i * 8..i * 8 + 8)?;
-        *x = u64::from_le_bytes(b.try_into().ok()?);
-    }
-    Layout::from_header_words(&w, region_len).ok()
+    Layout::from_header_words(&header_words(image)?, region_len).ok()
 }
 
 // ------------------------------------------------------------------------------------------

@@ -17,7 +17,8 @@ use core::fmt;
 use core::sync::atomic::Ordering;
 
 use crate::descriptor::{read_descriptor_bytes, Descriptor};
-use crate::layout::{read_word, word, write_word, Hints, Layout, LayoutError};
+use crate::format::{desc, header_words, word, write_word};
+use crate::layout::{Hints, Layout, LayoutError};
 use crate::memory::WordMemory;
 use crate::reader::Region;
 
@@ -208,10 +209,8 @@ pub fn retain(
         }
     }
     // The static header is read from the image only to check it; it is then rewritten.
-    let mut static_words = [0u64; word::STATIC + 1];
-    for (i, w) in static_words.iter_mut().enumerate() {
-        *w = read_word(meta, i).unwrap_or(0);
-    }
+    // In bounds: `meta_len` covers at least the header page.
+    let static_words = header_words(meta).unwrap_or_default();
     let found =
         Layout::from_header_words(&static_words, layout.region_len).map_err(RetainError::Layout)?;
     if found != *layout {
@@ -244,9 +243,10 @@ pub fn retain(
             }
         }
         let w = layout.desc_word(slot);
-        for (k, v) in [d.seq, d.offset, d.length, 0].into_iter().enumerate() {
-            write_word(meta, w + k, v);
-        }
+        write_word(meta, w + desc::SEQ, d.seq);
+        write_word(meta, w + desc::OFFSET, d.offset);
+        write_word(meta, w + desc::LENGTH, d.length);
+        write_word(meta, w + desc::RESERVED, 0);
     }
     for (i, v) in layout.header_words().into_iter().enumerate() {
         write_word(meta, i, v);
@@ -268,10 +268,8 @@ pub fn retain(
     write_word(meta, word::DATA_HEAD, hints.data_head);
     write_word(meta, word::EPOCH, hints.epoch);
     // Zero the rest of the header page (reserved words), so the image is canonical.
-    let mut i = word::STATIC + 1;
-    while i < word::NEXT_SEQ {
+    for i in word::RESERVED {
         write_word(meta, i, 0);
-        i += 1;
     }
     Ok(Retained {
         kept,

@@ -8,7 +8,9 @@
 //! # Contents
 //!
 //! - [`memory`](WordMemory): the word-memory seam; [`atomic_words`] views a byte slice as words.
-//! - [`layout`](Layout): the region header and where everything lies (`docs/FORMAT.md`).
+//! - [`format`]: the format vocabulary — header and descriptor word indices, ring addressing,
+//!   the typed [`Strategy`] code (`docs/FORMAT.md`).
+//! - [`layout`](Layout): validating a header and deriving where everything lies.
 //! - [`descriptor`](Descriptor): the sequence-descriptor ring and its seqlock read.
 //! - [`writer`](Writer): the client's wait-free commit, [`Transaction`]s and attach/recovery.
 //! - [`reader`](Region): valid entries, the newest entry, payload and tail reads.
@@ -44,6 +46,7 @@ extern crate alloc;
 extern crate std;
 
 mod descriptor;
+pub mod format;
 #[cfg(any(test, feature = "model"))]
 pub mod fuzzing;
 mod host;
@@ -56,11 +59,11 @@ mod units;
 mod writer;
 
 pub use descriptor::{read_descriptor, read_descriptor_bytes, Descriptor, MAX_SEQ, MAX_STREAM};
-pub use host::{image_entries, read_post, read_pre, retain, DescriptorSet, RetainError, Retained};
-pub use layout::{
-    header_checksum, Hints, Layout, LayoutError, LayoutRequest, Strategy, DESCRIPTOR_BYTES,
-    FORMAT_VERSION, MAGIC, MAX_DATA_SIZE, MAX_ENTRIES, PAGE_SIZE,
+pub use format::{
+    Strategy, DESCRIPTOR_BYTES, FORMAT_VERSION, MAGIC, MAX_DATA_SIZE, MAX_ENTRIES, PAGE_SIZE,
 };
+pub use host::{image_entries, read_post, read_pre, retain, DescriptorSet, RetainError, Retained};
+pub use layout::{header_checksum, Hints, Layout, LayoutError, LayoutRequest};
 pub use memory::{atomic_words, WordMemory, WordsError};
 pub use reader::{ReadError, Region};
 pub use units::{UnitError, UnitGrant, UnitState, UnitTable};

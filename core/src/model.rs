@@ -168,7 +168,7 @@ pub fn payload_for(seq: u64, len: usize) -> Vec<u8> {
 pub fn check_image_payloads(image: &[u8], layout: &Layout) -> Result<u64, String> {
     let mut n = 0;
     for d in crate::image_entries(image, layout) {
-        let at = (layout.data_offset + (d.offset & (layout.data_size - 1))) as usize;
+        let at = layout.ring_byte(d.offset);
         let got = image
             .get(at..at + d.length as usize)
             .ok_or_else(|| format!("entry {} outside the image", d.seq))?;

@@ -202,13 +202,7 @@ fn simulate(warmup: &[usize], lens: &[usize], gaps: &[u16], twin: Twin) -> Resul
 /// The "eviction after the data stores" twin: stores of 0 into a seq word are moved to just
 /// before the commit's Release store of seq.
 fn delay_evictions(trace: &[Store], layout: &shmsnap_core::Layout) -> Vec<Store> {
-    let desc_first = (layout.desc_offset / 8) as usize;
-    let desc_end = desc_first + layout.entries as usize * 4;
-    let is_eviction = |s: &Store| {
-        s.value == 0
-            && (desc_first..desc_end).contains(&s.word)
-            && (s.word - desc_first).is_multiple_of(4)
-    };
+    let is_eviction = |s: &Store| s.value == 0 && layout.is_seq_word(s.word);
     let mut out = Vec::with_capacity(trace.len());
     let mut pending = Vec::new();
     for s in trace {

@@ -37,6 +37,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use shmsnap_core::format::desc;
 use shmsnap_core::model::check_image_payloads;
 use shmsnap_core::{
     image_entries, read_post, read_pre, retain, Descriptor, Layout, Region, Retained, WordMemory,
@@ -58,9 +59,6 @@ pub const PAYLOAD_TORN: &str = "VIOLATION read_payload returned foreign bytes";
 pub const SEQ_REPEAT: &str = "VIOLATION next seq does not exceed a published seq";
 /// Assertion: recovery left the region in an invalid state.
 pub const RECOVERY: &str = "VIOLATION recovery";
-
-/// Number of the header's hint words: next_seq, data_head, epoch live at words 16..19.
-pub const HINT_WORDS: core::ops::Range<usize> = 16..19;
 
 // ---------------------------------------------------------------------------------------------
 // Planning: a dry run on plain memory.
@@ -178,15 +176,8 @@ impl Plan {
 
     /// `true` if word `i` is the seq word of some descriptor.
     pub fn is_seq_word(&self, i: usize) -> bool {
-        is_seq_word(&self.layout, i)
+        self.layout.is_seq_word(i)
     }
-}
-
-/// `true` if word `i` is the seq word of a descriptor of `layout`.
-pub fn is_seq_word(layout: &Layout, i: usize) -> bool {
-    let first = (layout.desc_offset / 8) as usize;
-    let end = first + 4 * layout.entries as usize;
-    (first..end).contains(&i) && (i - first).is_multiple_of(4)
 }
 
 /// Descriptors published by a trace: each Release store of a non-zero value into a seq word,
@@ -194,7 +185,7 @@ pub fn is_seq_word(layout: &Layout, i: usize) -> bool {
 fn published(layout: &Layout, trace: &[Store]) -> Vec<Descriptor> {
     let mut out = Vec::new();
     for (k, s) in trace.iter().enumerate() {
-        if s.value != 0 && is_seq_word(layout, s.word) {
+        if s.value != 0 && layout.is_seq_word(s.word) {
             let last = |w: usize| {
                 trace[..k]
                     .iter()
@@ -205,8 +196,8 @@ fn published(layout: &Layout, trace: &[Store]) -> Vec<Descriptor> {
             };
             out.push(Descriptor {
                 seq: s.value,
-                offset: last(s.word + 1),
-                length: last(s.word + 2),
+                offset: last(s.word - desc::SEQ + desc::OFFSET),
+                length: last(s.word - desc::SEQ + desc::LENGTH),
             });
         }
     }
@@ -489,7 +480,7 @@ unsafe impl<M: WordMemory> WordMemory for LateEviction<M> {
         }
     }
     fn store(&self, i: usize, v: u64, order: Ordering) {
-        if v == 0 && is_seq_word(&self.layout, i) && order != Ordering::Release {
+        if v == 0 && self.layout.is_seq_word(i) && order != Ordering::Release {
             let me = loom::thread::current().id();
             self.pending.lock().unwrap().push((i, me));
             return;
@@ -571,7 +562,7 @@ impl<M> Crashing<M> {
     fn admit(&self, i: usize, v: u64) -> bool {
         let n = self.done.fetch_add(1, Ordering::Relaxed);
         let ok = n < self.budget;
-        if ok && v != 0 && is_seq_word(&self.layout, i) {
+        if ok && v != 0 && self.layout.is_seq_word(i) {
             self.published.fetch_max(v, Ordering::Relaxed);
         }
         ok

@@ -28,8 +28,7 @@ use std::sync::atomic::Ordering;
 
 use rustix::fs::{Mode, OFlags};
 use shmsnap_core::{
-    read_post, read_pre, retain, Descriptor, Layout, LayoutRequest, Region, Retained, Strategy,
-    Writer,
+    Descriptor, Layout, LayoutRequest, PreCopy, Region, Retained, Strategy, Writer,
 };
 
 use crate::sys::{
@@ -210,19 +209,17 @@ impl SnapshotFixture {
     /// Any I/O error; `Other` if the region is unreadable or the attempt starved.
     pub fn host_snapshot(&self) -> io::Result<Retained> {
         let region = Region::open(self.host.words()).map_err(err)?;
-        let layout = *region.layout();
         let mut pre_buf = self.pre.borrow_mut();
         let mut post_buf = self.post.borrow_mut();
         let mut meta = self.meta.borrow_mut();
-        let pre = read_pre(&region, &mut pre_buf).map_err(err)?;
+        let pre = PreCopy::read(&region, &mut pre_buf, &mut post_buf).map_err(err)?;
         let generation = self.generation.get() + 1;
         let (retained, stats) = self.persister.persist_with(|file| -> io::Result<_> {
             copy_sparse(&self.memfd, file, self.len)?;
-            let post = read_post(&region, &mut post_buf).map_err(err)?;
+            // `finish` takes the meta pages of the copy; reading them before it is fine: the
+            // copy is complete, and `finish` issues the fence before it reads `post`.
             pread_exact(file, &mut meta, 0)?;
-            let live_next_seq = region.hints().next_seq;
-            let retained = retain(&mut meta, &layout, pre.slots(), post.slots(), live_next_seq)
-                .map_err(err)?;
+            let retained = pre.finish(&mut meta).map_err(err)?;
             if retained.is_starved() {
                 return Err(io::Error::other("starved: no entry survived the copy"));
             }

@@ -26,8 +26,8 @@ use crate::format::{desc, header_words, word, word_bytes, DESCRIPTOR_BYTES};
 use crate::model::{check_image_payloads, from_bytes, payload_for, to_bytes, zeroed_words};
 use crate::model::{ModelEntry, QueueModel};
 use crate::{
-    image_entries, read_descriptor_bytes, read_post, read_pre, retain, AttachError, CommitError,
-    Descriptor, Hints, Layout, LayoutRequest, ReadError, Region, RetainError, UnitError, UnitState,
+    image_entries, read_descriptor_bytes, retain, AttachError, CommitError, Descriptor, Hints,
+    Layout, LayoutRequest, PreCopy, ReadError, Region, RetainError, UnitError, UnitState,
     UnitTable, WordMemory, Writer, MAX_SEQ, MAX_STREAM, PAGE_SIZE,
 };
 
@@ -976,7 +976,7 @@ struct Snapshot {
 ///
 /// Operations: commit of `n` bytes; `evict_before`; re-attach; a transaction that allocates,
 /// writes and retires tail units and then commits, aborts, or is refused (payload longer than
-/// reserved, or empty); a host snapshot (`read_pre`, copy, `read_post`, `retain` on the copy,
+/// reserved, or empty); a host snapshot ([`PreCopy::read`], copy, [`PreCopy::finish`],
 /// no concurrency: everything is kept) followed by a restore of the copy into fresh memory,
 /// which must hold exactly the model's live entries; and a restore of the last snapshot into
 /// the live region (the client crashed and the host restored).
@@ -1389,23 +1389,12 @@ fn snapshot<M: WordMemory + ?Sized>(
     let e = layout.entries as usize;
     let mut pre_buf = vec![Descriptor::EMPTY; e];
     let mut post_buf = vec![Descriptor::EMPTY; e];
-    let pre = match read_pre(region, &mut pre_buf) {
+    let pre = match PreCopy::read(region, &mut pre_buf, &mut post_buf) {
         Ok(p) => p,
-        Err(err) => panic!("read_pre: {err}"),
+        Err(err) => panic!("PreCopy::read: {err}"),
     };
     let mut image = to_bytes(mem);
-    let post = match read_post(region, &mut post_buf) {
-        Ok(p) => p,
-        Err(err) => panic!("read_post: {err}"),
-    };
-    let live_next_seq = region.hints().next_seq;
-    let r = match retain(
-        &mut image,
-        &layout,
-        pre.slots(),
-        post.slots(),
-        live_next_seq,
-    ) {
+    let r = match pre.finish(&mut image) {
         Ok(r) => r,
         Err(err) => panic!("retain of a quiescent copy failed: {err}"),
     };

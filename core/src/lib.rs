@@ -15,7 +15,8 @@
 //! - [`writer`](Writer): the client's wait-free commit, [`Transaction`]s and attach/recovery.
 //! - [`reader`](Region): valid entries, the newest entry, payload and tail reads.
 //! - [`units`](UnitTable): frozen tail units and their sequence-keyed reclamation.
-//! - [`host`](retain): the host's pre/post validation of a copied image.
+//! - [`host`](PreCopy): the host's snapshot as a type — [`PreCopy::read`] (pre), the copy,
+//!   [`PreCopy::finish`] (fence, post, `next_seq`, [`retain`]).
 //!
 //! # Example
 //!
@@ -62,7 +63,9 @@ pub use descriptor::{read_descriptor, read_descriptor_bytes, Descriptor, MAX_SEQ
 pub use format::{
     Strategy, DESCRIPTOR_BYTES, FORMAT_VERSION, MAGIC, MAX_DATA_SIZE, MAX_ENTRIES, PAGE_SIZE,
 };
-pub use host::{image_entries, read_post, read_pre, retain, DescriptorSet, RetainError, Retained};
+pub use host::{image_entries, retain, DescriptorSet, PreCopy, RetainError, Retained};
+#[allow(deprecated)]
+pub use host::{read_post, read_pre};
 pub use layout::{header_checksum, Hints, Layout, LayoutError, LayoutRequest};
 pub use memory::{atomic_words, WordMemory, WordsError};
 pub use reader::{ReadError, Region};

@@ -12,9 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use proptest::prelude::*;
 use shmsnap_core::model::{check_image_payloads, payload_for, to_bytes, zeroed_words};
-use shmsnap_core::{
-    read_post, read_pre, retain, Descriptor, LayoutRequest, Region, WordMemory, Writer,
-};
+use shmsnap_core::{retain, Descriptor, LayoutRequest, PreCopy, Region, WordMemory, Writer};
 
 /// One recorded writer store.
 #[derive(Debug, Clone, Copy)]
@@ -45,14 +43,6 @@ unsafe impl WordMemory for Recording {
             release: order == Ordering::Release,
         });
         self.shadow[i].store(v, order)
-    }
-    fn swap(&self, i: usize, v: u64, order: Ordering) -> u64 {
-        self.trace.borrow_mut().push(Store {
-            word: i,
-            value: v,
-            release: false,
-        });
-        self.shadow[i].swap(v, order)
     }
     fn compare_exchange(
         &self,
@@ -108,9 +98,6 @@ unsafe impl WordMemory for Interleaved<'_> {
         self.live[i].load(Ordering::Relaxed)
     }
     fn store(&self, _: usize, _: u64, _: Ordering) {
-        unreachable!("the host never stores into the live region")
-    }
-    fn swap(&self, _: usize, _: u64, _: Ordering) -> u64 {
         unreachable!("the host never stores into the live region")
     }
     fn compare_exchange(
@@ -178,20 +165,27 @@ fn simulate(warmup: &[usize], lens: &[usize], gaps: &[u16], twin: Twin) -> Resul
     assert_eq!(*region.layout(), layout);
     let e = layout.entries as usize;
     let (mut pre_buf, mut post_buf) = (vec![Descriptor::EMPTY; e], vec![Descriptor::EMPTY; e]);
-    let pre = read_pre(&region, &mut pre_buf).unwrap();
+    let pre = PreCopy::read(&region, &mut pre_buf, &mut post_buf).unwrap();
+    let pre_slots = pre.pre().slots().to_vec();
     let mut image: Vec<u8> = Vec::with_capacity(REGION);
     for i in 0..host.len() {
         image.extend_from_slice(&host.load(i, Ordering::Relaxed).to_le_bytes());
     }
-    let post = read_post(&region, &mut post_buf).unwrap();
-    let post_slots = if twin == Twin::NoPostCheck {
-        pre.slots()
+    let r = if twin == Twin::NoPostCheck {
+        // The broken host: the real `finish` runs (same loads: fence, post, next_seq) on a
+        // scratch copy, but the image is retained with `pre` passed as `post`.
+        let real = pre.finish(&mut image.clone()).map_err(|e| e.to_string())?;
+        retain(
+            &mut image,
+            &layout,
+            &pre_slots,
+            &pre_slots,
+            real.live_next_seq,
+        )
     } else {
-        post.slots()
-    };
-    let next_seq = region.hints().next_seq;
-    let r = retain(&mut image, &layout, pre.slots(), post_slots, next_seq)
-        .map_err(|e| e.to_string())?;
+        pre.finish(&mut image)
+    }
+    .map_err(|e| e.to_string())?;
     check_image_payloads(&image, &layout)?;
     Ok(Outcome {
         kept: r.kept,

@@ -40,7 +40,7 @@ use std::time::{Duration, Instant};
 use shmsnap_core::format::desc;
 use shmsnap_core::model::check_image_payloads;
 use shmsnap_core::{
-    image_entries, read_post, read_pre, retain, Descriptor, Layout, Region, Retained, WordMemory,
+    image_entries, retain, Descriptor, Layout, PreCopy, Region, Retained, WordMemory,
 };
 
 /// Panic message of a store into a word the model did not make a loom atomic.
@@ -114,14 +114,6 @@ unsafe impl WordMemory for Recording {
             order,
         });
         self.words[i].store(v, order)
-    }
-    fn swap(&self, i: usize, v: u64, order: Ordering) -> u64 {
-        self.trace.borrow_mut().push(Store {
-            word: i,
-            value: v,
-            order,
-        });
-        self.words[i].swap(v, order)
     }
     fn compare_exchange(
         &self,
@@ -327,7 +319,7 @@ impl LoomWords {
 
 // SAFETY: the length is the seed's, fixed at construction; every index below it is either a
 // loom atomic or a constant that is only ever read (stores to it panic); loads, stores,
-// swaps and CASes forward to loom's atomics with the orderings given, and `fence` to loom's
+// and CASes forward to loom's atomics with the orderings given, and `fence` to loom's
 // fence, so loom checks the protocol under the C++ memory model.
 unsafe impl WordMemory for LoomWords {
     fn len(&self) -> usize {
@@ -342,12 +334,6 @@ unsafe impl WordMemory for LoomWords {
     fn store(&self, i: usize, v: u64, order: Ordering) {
         match self.atom(i) {
             Some(a) => a.store(v, order),
-            None => self.constant(i),
-        }
-    }
-    fn swap(&self, i: usize, v: u64, order: Ordering) -> u64 {
-        match self.atom(i) {
-            Some(a) => a.swap(v, order),
             None => self.constant(i),
         }
     }
@@ -404,9 +390,6 @@ unsafe impl<M: WordMemory> WordMemory for Weakened<M> {
     }
     fn store(&self, i: usize, v: u64, _: Ordering) {
         self.0.store(i, v, Ordering::Relaxed)
-    }
-    fn swap(&self, i: usize, v: u64, _: Ordering) -> u64 {
-        self.0.swap(i, v, Ordering::Relaxed)
     }
     fn compare_exchange(
         &self,
@@ -489,10 +472,6 @@ unsafe impl<M: WordMemory> WordMemory for LateEviction<M> {
             self.flush();
         }
         self.inner.store(i, v, order)
-    }
-    fn swap(&self, i: usize, v: u64, order: Ordering) -> u64 {
-        self.flush();
-        self.inner.swap(i, v, order)
     }
     fn compare_exchange(
         &self,
@@ -587,13 +566,6 @@ where
             self.inner.store(i, v, order)
         }
     }
-    fn swap(&self, i: usize, v: u64, order: Ordering) -> u64 {
-        if self.admit(i, v) {
-            self.inner.swap(i, v, order)
-        } else {
-            self.inner.load(i, order)
-        }
-    }
     fn compare_exchange(
         &self,
         i: usize,
@@ -642,8 +614,8 @@ pub struct Snapshot {
     pub probe: u64,
 }
 
-/// One host snapshot of the live region in `mem`, with core's `read_pre`, a word-by-word copy,
-/// core's `read_post`, a `Relaxed` read of the live `next_seq` hint, and core's `retain`.
+/// One host snapshot of the live region in `mem`: core's [`PreCopy::read`], a word-by-word
+/// copy, and core's [`PreCopy::finish`] (fence, post, live `next_seq`, `retain`).
 /// `before_copy` runs between the pre read and the copy (an instrumentation probe).
 ///
 /// # Panics
@@ -660,17 +632,23 @@ pub fn snapshot<M: WordMemory + Image>(
     let e = layout.entries as usize;
     let mut pre_buf = vec![Descriptor::EMPTY; e];
     let mut post_buf = vec![Descriptor::EMPTY; e];
-    let pre = read_pre(&region, &mut pre_buf).unwrap().slots().to_vec();
+    let token = PreCopy::read(&region, &mut pre_buf, &mut post_buf).unwrap();
+    let pre = token.pre().slots().to_vec();
     let probe = before_copy();
     let mut image = mem.image();
-    let post = read_post(&region, &mut post_buf).unwrap().slots().to_vec();
-    let live_next_seq = region.hints().next_seq;
-    let post_used = match host {
-        Host::Sound => &post,
-        Host::PreAsPost => &pre,
-    };
-    let retained = retain(&mut image, &layout, &pre, post_used, live_next_seq)
-        .expect("retain accepts an image of an unchanged layout");
+    let retained = match host {
+        Host::Sound => token.finish(&mut image),
+        Host::PreAsPost => {
+            // The real `finish` runs (fence, post, next_seq) on a scratch copy; the image is
+            // retained with `pre` passed as `post`.
+            let real = token
+                .finish(&mut image.clone())
+                .expect("retain accepts an image of an unchanged layout");
+            retain(&mut image, &layout, &pre, &pre, real.live_next_seq)
+        }
+    }
+    .expect("retain accepts an image of an unchanged layout");
+    let post = post_buf;
     Snapshot {
         image,
         pre,

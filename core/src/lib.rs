@@ -18,6 +18,16 @@
 //! - [`host`](PreCopy): the host's snapshot as a type — [`PreCopy::read`] (pre), the copy,
 //!   [`PreCopy::finish`] (fence, post, `next_seq`, [`retain`]).
 //!
+//! Test support (the reference model, fuzz entry points) lives in the separate, unpublished
+//! `shmsnap-testkit` crate; this crate holds only the protocol.
+//!
+//! # Embedding the core
+//!
+//! `core/examples/embedding.rs` runs the whole protocol over memory a custom runtime provides
+//! (a heap buffer made into words with [`atomic_words`]): a writer thread commits while the host
+//! takes a snapshot with [`PreCopy`], then the snapshot is restored and attached. The test
+//! `core/tests/embedding.rs` runs it.
+//!
 //! # Example
 //!
 //! ```
@@ -41,20 +51,14 @@
 #![no_std]
 #![warn(missing_docs)]
 
-#[cfg(any(test, feature = "model"))]
-extern crate alloc;
 #[cfg(test)]
 extern crate std;
 
 mod descriptor;
 pub mod format;
-#[cfg(any(test, feature = "model"))]
-pub mod fuzzing;
 mod host;
 mod layout;
 mod memory;
-#[cfg(any(test, feature = "model"))]
-pub mod model;
 mod reader;
 mod units;
 mod writer;

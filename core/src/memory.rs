@@ -99,7 +99,6 @@ unsafe impl WordMemory for [AtomicU64] {
         self[i].store(v, order)
     }
     #[inline]
-    #[inline]
     fn compare_exchange(
         &self,
         i: usize,

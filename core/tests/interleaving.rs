@@ -11,8 +11,10 @@ use std::cell::{Cell, RefCell};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use proptest::prelude::*;
-use shmsnap_core::model::{check_image_payloads, payload_for, to_bytes, zeroed_words};
-use shmsnap_core::{retain, Descriptor, LayoutRequest, PreCopy, Region, WordMemory, Writer};
+use shmsnap_core::{LayoutRequest, Region, WordMemory, Writer};
+use shmsnap_testkit::{
+    check_image_payloads, host_snapshot, payload_for, to_bytes, zeroed_words, Host,
+};
 
 /// One recorded writer store.
 #[derive(Debug, Clone, Copy)]
@@ -144,7 +146,7 @@ fn simulate(warmup: &[usize], lens: &[usize], gaps: &[u16], twin: Twin) -> Resul
     for &len in warmup {
         writer.commit(&payload_for(writer.next_seq(), len)).unwrap();
     }
-    let start = shmsnap_core::model::from_bytes(&to_bytes(&recording));
+    let start = shmsnap_testkit::from_bytes(&to_bytes(&recording));
     recording.trace.borrow_mut().clear();
     for &len in lens {
         writer.commit(&payload_for(writer.next_seq(), len)).unwrap();
@@ -163,29 +165,21 @@ fn simulate(warmup: &[usize], lens: &[usize], gaps: &[u16], twin: Twin) -> Resul
     };
     let region = Region::open(&host).map_err(|e| e.to_string())?;
     assert_eq!(*region.layout(), layout);
-    let e = layout.entries as usize;
-    let (mut pre_buf, mut post_buf) = (vec![Descriptor::EMPTY; e], vec![Descriptor::EMPTY; e]);
-    let pre = PreCopy::read(&region, &mut pre_buf, &mut post_buf).unwrap();
-    let pre_slots = pre.pre().slots().to_vec();
-    let mut image: Vec<u8> = Vec::with_capacity(REGION);
-    for i in 0..host.len() {
-        image.extend_from_slice(&host.load(i, Ordering::Relaxed).to_le_bytes());
-    }
-    let r = if twin == Twin::NoPostCheck {
-        // The broken host: the real `finish` runs (same loads: fence, post, next_seq) on a
-        // scratch copy, but the image is retained with `pre` passed as `post`.
-        let real = pre.finish(&mut image.clone()).map_err(|e| e.to_string())?;
-        retain(
-            &mut image,
-            &layout,
-            &pre_slots,
-            &pre_slots,
-            real.live_next_seq,
-        )
-    } else {
-        pre.finish(&mut image)
-    }
+    let host_kind = match twin {
+        Twin::NoPostCheck => Host::PreAsPost,
+        Twin::Sound | Twin::LateEviction => Host::Sound,
+    };
+    // The real host: `PreCopy::read`, a word-by-word copy through the interleaving memory,
+    // `PreCopy::finish` (or, for the twin, `retain` with `pre` as `post`).
+    let snap = host_snapshot(&region, host_kind, || {
+        let mut image: Vec<u8> = Vec::with_capacity(REGION);
+        for i in 0..host.len() {
+            image.extend_from_slice(&host.load(i, Ordering::Relaxed).to_le_bytes());
+        }
+        image
+    })
     .map_err(|e| e.to_string())?;
+    let (image, r) = (snap.image, snap.retained);
     check_image_payloads(&image, &layout)?;
     Ok(Outcome {
         kept: r.kept,

@@ -2,8 +2,8 @@
 
 use proptest::prelude::*;
 use shmsnap_core::format::desc;
-use shmsnap_core::model::{payload_for, zeroed_words, QueueModel};
 use shmsnap_core::{CommitError, LayoutRequest, Writer};
+use shmsnap_testkit::{payload_for, zeroed_words, QueueModel};
 
 #[derive(Debug, Clone)]
 enum Op {

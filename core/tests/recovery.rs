@@ -2,8 +2,8 @@
 //! panics, never yields an entry outside the ring, and never repeats a seq.
 
 use proptest::prelude::*;
-use shmsnap_core::model::{from_bytes, payload_for, to_bytes, zeroed_words};
 use shmsnap_core::{LayoutRequest, Region, Writer};
+use shmsnap_testkit::{from_bytes, payload_for, to_bytes, zeroed_words};
 
 const REQ: LayoutRequest = LayoutRequest {
     entries: 8,

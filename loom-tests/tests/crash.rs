@@ -11,12 +11,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use shmsnap_core::format::word;
-use shmsnap_core::model::{from_bytes, payload_for};
 use shmsnap_core::{image_entries, LayoutRequest, WordMemory, Writer};
 use shmsnap_loom_tests::{
     check_kept, check_recovery, explore, plan, snapshot, Crashing, Host, Image, LoomWords, Plan,
     WordMap, SEQ_REPEAT,
 };
+use shmsnap_testkit::{from_bytes, payload_for};
 
 const REQUEST: LayoutRequest = LayoutRequest {
     entries: 2,

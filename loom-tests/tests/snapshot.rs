@@ -11,12 +11,12 @@ use std::sync::atomic::{AtomicU64 as StdU64, Ordering};
 use std::sync::Arc;
 
 use loom::sync::atomic::AtomicU64;
-use shmsnap_core::model::payload_for;
 use shmsnap_core::{image_entries, LayoutRequest, WordMemory, Writer};
 use shmsnap_loom_tests::{
     check_kept, expect_violation, explore, plan, snapshot, Host, Image, LateEviction, LoomWords,
     Plan, Weakened, WordMap, EVICTED_SURVIVES, TORN,
 };
+use shmsnap_testkit::payload_for;
 
 /// A scenario: layout, warm-up commits (before the host starts), concurrent commits.
 #[derive(Debug, Clone, Copy)]

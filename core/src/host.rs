@@ -208,6 +208,9 @@ impl<'m, 'b, M: WordMemory + ?Sized> PreCopy<'m, 'b, M> {
         // `Writer::begin`), every eviction before that fence is visible to the descriptor
         // loads below, so a slot whose bytes the copy may have seen overwritten is not in
         // `post` with its old descriptor.
+        // (The Acquire fence inside each seqlock descriptor read would also order the copy
+        // before the re-load of seq: removing this one is not caught by the models. This
+        // fence is the proof's step, stated where the proof needs it, at one per snapshot.)
         region.mem().fence(Ordering::Acquire);
         let post = read_set(&region, post_buf)?;
         // Relaxed: a hint, read after `post`; `retain` also covers every seq seen in `pre` and

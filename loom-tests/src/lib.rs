@@ -1,6 +1,6 @@
 //! loom models of the shmsnap protocol, running `shmsnap-core`'s real code.
 //!
-//! The protocol is written once over [`WordMemory`]; this crate implements that trait with
+//! The protocol is written once over [`WordMemory`](shmsnap_core::WordMemory); this crate implements that trait with
 //! loom's atomics and loom's [`fence`](loom::sync::atomic::fence) ([`LoomWords`]), so the
 //! models in `tests/` check the code that ships. Nothing of the protocol is re-implemented
 //! here: writer, host and reader are core's functions.

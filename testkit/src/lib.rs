@@ -13,10 +13,10 @@
 //! - Fuzz entry points (each accepts *any* bytes and panics only on a violated invariant; the
 //!   `fuzz/` targets are one-line calls into them, and `tests/fuzz_replay.rs` replays their
 //!   corpus on stable):
-//!   - [`attach_and_read`]: a region image decoded from bytes → open, reads, attach/recovery,
+//!   - [`attach_and_read()`]: a region image decoded from bytes → open, reads, attach/recovery,
 //!     fresh commits, re-attach.
-//!   - [`retain_arbitrary`]: an image plus arbitrary `pre`/`post` sets → core's `retain`.
-//!   - [`ops`]: a client/host session (commits, evictions, re-attaches, transactions with
+//!   - [`retain_arbitrary()`]: an image plus arbitrary `pre`/`post` sets → core's `retain`.
+//!   - [`ops()`]: a client/host session (commits, evictions, re-attaches, transactions with
 //!     frozen tail units, snapshots and restores) checked against the model after every step.
 //!
 //! Fuzz inputs are decoded by a cursor that yields zeros past the end (`input`), and region

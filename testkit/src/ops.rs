@@ -49,7 +49,7 @@ struct Snapshot {
 ///
 /// Operations: commit of `n` bytes; `evict_before`; re-attach; a transaction that allocates,
 /// writes and retires tail units and then commits, aborts, or is refused (payload longer than
-/// reserved, or empty); a host snapshot ([`PreCopy::read`], copy, [`PreCopy::finish`],
+/// reserved, or empty); a host snapshot ([`PreCopy::read`](shmsnap_core::PreCopy::read), copy, [`PreCopy::finish`](shmsnap_core::PreCopy::finish),
 /// no concurrency: everything is kept) followed by a restore of the copy into fresh memory,
 /// which must hold exactly the model's live entries; and a restore of the last snapshot into
 /// the live region (the client crashed and the host restored).

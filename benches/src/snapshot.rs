@@ -4,12 +4,13 @@
 //! data ring that 4096 committed entries fill exactly (all live), then touched either fully
 //! (every page written) or to 1/16 (a contiguous prefix written, the rest holes).
 //!
-//! - **host cycle** (ours): what the host does per snapshot — `read_pre` over its read-only
-//!   mapping, sparse copy of the memfd into a temp file in the target directory
-//!   ([`Persister::begin`]), `read_post`, `pread` of the meta pages ([`Layout::meta_len`]
-//!   bytes), [`retain`], `pwrite` back, footer with the image's CRC-32C
-//!   ([`write_footer`]), then `fdatasync`, generation shuffle (keep 1), `rename`, directory
-//!   `fsync` and the unlink of the dropped generation ([`TempFile::commit`]).
+//! - **host cycle** (ours): what the host does per snapshot — [`PreCopy::read`] over its
+//!   read-only mapping, sparse copy of the memfd into a temp file in the target directory
+//!   ([`Persister::begin`]), `pread` of the meta pages ([`Layout::meta_len`] bytes),
+//!   [`PreCopy::finish`] (fence, post, `next_seq`, `retain`), `pwrite` back, footer with the
+//!   image's CRC-32C ([`write_footer`]), then `fdatasync`, generation shuffle (keep 1),
+//!   `rename`, directory `fsync` and the unlink of the dropped generation
+//!   ([`TempFile::commit`]).
 //! - **raw** (the limit): `open(O_CREAT|O_EXCL)` a temp file in the same directory, the same
 //!   sparse copy, `fdatasync`, `rename` over the previous raw file (which frees that file's
 //!   blocks inside `rename`, as the host's unlink of its dropped generation does), directory

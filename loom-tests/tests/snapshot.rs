@@ -1,5 +1,5 @@
 //! Model 1: writer commits (with eviction, slot reuse and data-ring reuse) against one host
-//! snapshot — core's `read_pre`, a word-by-word copy, core's `read_post` and `retain`.
+//! snapshot — core's `PreCopy::read`, a word-by-word copy, core's `PreCopy::finish`.
 //!
 //! Checked in every interleaving: every entry kept in the image is a descriptor that was
 //! committed exactly so and carries exactly its committed payload; an entry whose eviction

@@ -1,5 +1,5 @@
 //! Replays the committed fuzz inputs on stable. Included (`#[path]`) by the tests that replay
-//! them — `core/tests/fuzz_replay.rs` and `os-linux/tests/fuzz_replay.rs` — so the corpus and
+//! them — `testkit/tests/fuzz_replay.rs` and `os-linux/tests/fuzz_replay.rs` — so the corpus and
 //! the code that walks it live together. Both crates sit one level below the root, so
 //! `CARGO_MANIFEST_DIR/../fuzz` is this directory for either.
 

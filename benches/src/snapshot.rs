@@ -4,12 +4,13 @@
 //! data ring that 4096 committed entries fill exactly (all live), then touched either fully
 //! (every page written) or to 1/16 (a contiguous prefix written, the rest holes).
 //!
-//! - **host cycle** (ours): what the host does per snapshot — `read_pre` over its read-only
-//!   mapping, sparse copy of the memfd into a temp file in the target directory
-//!   ([`Persister::begin`]), `read_post`, `pread` of the meta pages ([`Layout::meta_len`]
-//!   bytes), [`retain`], `pwrite` back, footer with the image's CRC-32C
-//!   ([`write_footer`]), then `fdatasync`, generation shuffle (keep 1), `rename`, directory
-//!   `fsync` and the unlink of the dropped generation ([`TempFile::commit`]).
+//! - **host cycle** (ours): what the host does per snapshot — [`PreCopy::read`] over its
+//!   read-only mapping, sparse copy of the memfd into a temp file in the target directory
+//!   ([`Persister::begin`]), `pread` of the meta pages ([`Layout::meta_len`] bytes),
+//!   [`PreCopy::finish`] (fence, post, `next_seq`, `retain`), `pwrite` back, footer with the
+//!   image's CRC-32C ([`write_footer`]), then `fdatasync`, generation shuffle (keep 1),
+//!   `rename`, directory `fsync` and the unlink of the dropped generation
+//!   ([`TempFile::commit`]).
 //! - **raw** (the limit): `open(O_CREAT|O_EXCL)` a temp file in the same directory, the same
 //!   sparse copy, `fdatasync`, `rename` over the previous raw file (which frees that file's
 //!   blocks inside `rename`, as the host's unlink of its dropped generation does), directory
@@ -28,7 +29,7 @@ use std::sync::atomic::Ordering;
 
 use rustix::fs::{Mode, OFlags};
 use shmsnap_core::{
-    read_post, read_pre, retain, Descriptor, Layout, LayoutRequest, Region, Retained, Writer,
+    Descriptor, Layout, LayoutRequest, PreCopy, Region, Retained, Strategy, Writer,
 };
 
 use crate::sys::{
@@ -209,25 +210,23 @@ impl SnapshotFixture {
     /// Any I/O error; `Other` if the region is unreadable or the attempt starved.
     pub fn host_snapshot(&self) -> io::Result<Retained> {
         let region = Region::open(self.host.words()).map_err(err)?;
-        let layout = *region.layout();
         let mut pre_buf = self.pre.borrow_mut();
         let mut post_buf = self.post.borrow_mut();
         let mut meta = self.meta.borrow_mut();
-        let pre = read_pre(&region, &mut pre_buf).map_err(err)?;
+        let pre = PreCopy::read(&region, &mut pre_buf, &mut post_buf).map_err(err)?;
         let generation = self.generation.get() + 1;
         let (retained, stats) = self.persister.persist_with(|file| -> io::Result<_> {
             copy_sparse(&self.memfd, file, self.len)?;
-            let post = read_post(&region, &mut post_buf).map_err(err)?;
+            // `finish` takes the meta pages of the copy; reading them before it is fine: the
+            // copy is complete, and `finish` issues the fence before it reads `post`.
             pread_exact(file, &mut meta, 0)?;
-            let live_next_seq = region.hints().next_seq;
-            let retained = retain(&mut meta, &layout, pre.slots(), post.slots(), live_next_seq)
-                .map_err(err)?;
+            let retained = pre.finish(&mut meta).map_err(err)?;
             if retained.is_starved() {
                 return Err(io::Error::other("starved: no entry survived the copy"));
             }
             pwrite_all(file, &meta, 0)?;
             let meta = SnapshotMeta {
-                strategy: 1,
+                strategy: Strategy::Queue.code(),
                 generation,
                 unix_time_ns: 0,
             };

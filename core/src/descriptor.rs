@@ -11,6 +11,7 @@
 
 use core::sync::atomic::Ordering;
 
+use crate::format::{desc, read_word};
 use crate::layout::Layout;
 use crate::memory::WordMemory;
 
@@ -76,22 +77,24 @@ pub fn read_descriptor<M: WordMemory + ?Sized>(
     }
     let w = layout.desc_word(slot);
     // A validated layout always passes; a hand-made inconsistent one gets `None`, not a panic.
-    if w.checked_add(3).is_none_or(|end| end > mem.len()) {
+    if w.checked_add(desc::RESERVED)
+        .is_none_or(|end| end > mem.len())
+    {
         return None;
     }
     // Acquire: pairs with the Release store of seq in `Transaction::commit`, so the fields
     // (and payload) stored before publication are visible to the loads below.
-    let s1 = mem.load(w, Ordering::Acquire);
+    let s1 = mem.load(w + desc::SEQ, Ordering::Acquire);
     if s1 == 0 {
         return None;
     }
-    let offset = mem.load(w + 1, Ordering::Relaxed);
-    let length = mem.load(w + 2, Ordering::Relaxed);
+    let offset = mem.load(w + desc::OFFSET, Ordering::Relaxed);
+    let length = mem.load(w + desc::LENGTH, Ordering::Relaxed);
     // Acquire fence: if the field loads above saw stores of a later commit, the writer's
     // Release fence before those stores synchronizes with this fence, so its eviction
     // (seq := 0) is visible to the re-load below and the read is rejected.
     mem.fence(Ordering::Acquire);
-    let s2 = mem.load(w, Ordering::Relaxed);
+    let s2 = mem.load(w + desc::SEQ, Ordering::Relaxed);
     let d = Descriptor {
         seq: s1,
         offset,
@@ -107,9 +110,9 @@ pub fn read_descriptor_bytes(image: &[u8], layout: &Layout, slot: u64) -> Option
     }
     let w = layout.desc_word(slot);
     let d = Descriptor {
-        seq: crate::layout::read_word(image, w)?,
-        offset: crate::layout::read_word(image, w + 1)?,
-        length: crate::layout::read_word(image, w + 2)?,
+        seq: read_word(image, w + desc::SEQ)?,
+        offset: read_word(image, w + desc::OFFSET)?,
+        length: read_word(image, w + desc::LENGTH)?,
     };
     d.is_valid_for(layout, slot).then_some(d)
 }

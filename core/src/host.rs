@@ -1,23 +1,31 @@
 //! The host's validation of a snapshot: the pre/post sandwich (DESIGN §5.3).
 //!
 //! ```text
-//! pre  = read_pre(live)            valid descriptors before the copy
+//! pre  = PreCopy::read(live)       valid descriptors before the copy
 //! copy the region (kernel copy or word by word)
-//! post = read_post(live)           Acquire fence, then valid descriptors after the copy
-//! retain(copy, pre, post, ...)     keep pre ∩ post, empty every other descriptor, fix hints
+//! pre.finish(copy):                Acquire fence, then valid descriptors after the copy (post),
+//!                                  the live next_seq hint, and
+//!   retain(copy, pre, post, ...)   keep pre ∩ post, empty every other descriptor, fix hints
 //! ```
 //!
 //! An entry in `pre` was published before the copy began, so the copy saw its bytes or later
 //! ones. Any later store into its bytes is preceded, in the writer, by emptying its seq and a
-//! Release fence; if the copy saw such a store, the Acquire fence in [`read_post`] makes that
-//! emptying visible, so the entry is not in `post`. Hence every kept entry's bytes in the copy
-//! are exactly what was committed — and the same holds for tail units frozen by it.
+//! Release fence; if the copy saw such a store, the Acquire fence in [`PreCopy::finish`] makes
+//! that emptying visible, so the entry is not in `post`. Hence every kept entry's bytes in the
+//! copy are exactly what was committed — and the same holds for tail units frozen by it.
+//!
+//! The order is a type: [`PreCopy`] is the only way to read `pre`, and only its `finish` reads
+//! `post`, so a caller cannot read `post` before the copy, skip the fence, or forget the post
+//! check. [`retain`] stays public as the pure rewrite of a copied image over arbitrary
+//! `pre`/`post` sets: the fuzz target `retain_arbitrary` drives it with hostile input, and the
+//! broken-twin models use it to build a host without the post check.
 
 use core::fmt;
 use core::sync::atomic::Ordering;
 
 use crate::descriptor::{read_descriptor_bytes, Descriptor};
-use crate::layout::{read_word, word, write_word, Hints, Layout, LayoutError};
+use crate::format::{desc, header_words, word, write_word};
+use crate::layout::{Hints, Layout, LayoutError};
 use crate::memory::WordMemory;
 use crate::reader::Region;
 
@@ -115,11 +123,116 @@ fn read_set<'a, M: WordMemory + ?Sized>(
     Ok(DescriptorSet { slots, valid })
 }
 
+/// A snapshot in progress: the descriptors read before the copy (`pre`), waiting for the copy
+/// to end. Only [`finish`](PreCopy::finish) consumes it, and `finish` takes every later step
+/// itself in the order the proof needs — the way a seqlock's optimistic-read stamp is consumed
+/// by its validation (crossbeam's `SeqLock::optimistic_read` / `validate_read`).
+///
+/// ```text
+/// let pre = PreCopy::read(&region, &mut pre_buf, &mut post_buf)?;   // pre
+/// copy the region (kernel copy, word by word, ...) into an image
+/// let kept = pre.finish(&mut image[..meta_len])?;    // Acquire fence, post, next_seq, retain
+/// ```
+///
+/// Dropping it abandons the snapshot; nothing was written anywhere.
+#[derive(Debug)]
+#[must_use = "a snapshot proves nothing until `finish` has read `post` and run `retain`"]
+pub struct PreCopy<'m, 'b, M: WordMemory + ?Sized> {
+    region: Region<'m, M>,
+    /// Valid descriptors before the copy, by slot.
+    pre: DescriptorSet<'b>,
+    /// Storage for the descriptors read after the copy (at least `E`, checked by `read`).
+    post_buf: &'b mut [Descriptor],
+}
+
+impl<'m, 'b, M: WordMemory + ?Sized> PreCopy<'m, 'b, M> {
+    /// Reads the valid descriptors of the live region before the copy (`pre`).
+    ///
+    /// `pre_buf` and `post_buf` are caller storage of at least `E` descriptors each (the host
+    /// never allocates); after [`finish`](PreCopy::finish), `post_buf` holds the descriptors
+    /// read after the copy, by slot.
+    ///
+    /// # Errors
+    ///
+    /// [`RetainError::BufferTooSmall`] if either buffer holds fewer than `E` descriptors
+    /// (checked before anything is read, so a snapshot never fails after its copy for that).
+    pub fn read(
+        region: &Region<'m, M>,
+        pre_buf: &'b mut [Descriptor],
+        post_buf: &'b mut [Descriptor],
+    ) -> Result<Self, RetainError> {
+        let e = region.layout().entries;
+        if (post_buf.len() as u64) < e {
+            return Err(RetainError::BufferTooSmall {
+                needed: e,
+                got: post_buf.len(),
+            });
+        }
+        let pre = read_set(region, pre_buf)?;
+        Ok(PreCopy {
+            region: *region,
+            pre,
+            post_buf,
+        })
+    }
+
+    /// The descriptors read before the copy (for example, to skip a region with no entry).
+    pub fn pre(&self) -> &DescriptorSet<'b> {
+        &self.pre
+    }
+
+    /// The layout of the live region.
+    pub fn layout(&self) -> &Layout {
+        self.region.layout()
+    }
+
+    /// Ends the snapshot once the copy is complete: issues the Acquire fence that ends the
+    /// copy, reads the descriptors again (`post`), reads the live `next_seq` hint, and runs
+    /// [`retain`] on `meta`, the start of the copied image (at least [`Layout::meta_len`]
+    /// bytes: header and descriptor ring).
+    ///
+    /// Every entry kept in `meta` was in `pre` and unchanged in `post`, so its bytes in the copy
+    /// (and those of tail units frozen by it) are exactly what was committed (module docs).
+    ///
+    /// # Errors
+    ///
+    /// As [`retain`]: the image is too short, its header is corrupt, or its layout is not the
+    /// live region's. Nothing is written into `meta` then.
+    pub fn finish(self, meta: &mut [u8]) -> Result<Retained, RetainError> {
+        let PreCopy {
+            region,
+            pre,
+            post_buf,
+        } = self;
+        // Acquire: if the copy read any byte stored after a writer's Release fence (in
+        // `Writer::begin`), every eviction before that fence is visible to the descriptor
+        // loads below, so a slot whose bytes the copy may have seen overwritten is not in
+        // `post` with its old descriptor.
+        // (The Acquire fence inside each seqlock descriptor read would also order the copy
+        // before the re-load of seq: removing this one is not caught by the models. This
+        // fence is the proof's step, stated where the proof needs it, at one per snapshot.)
+        region.mem().fence(Ordering::Acquire);
+        let post = read_set(&region, post_buf)?;
+        // Relaxed: a hint, read after `post`; `retain` also covers every seq seen in `pre` and
+        // `post`, since the writer stores the hint only after publishing.
+        let live_next_seq = region.hints().next_seq;
+        retain(
+            meta,
+            region.layout(),
+            pre.slots(),
+            post.slots(),
+            live_next_seq,
+        )
+    }
+}
+
 /// Reads the valid descriptors of the live region before the copy.
 ///
 /// # Errors
 ///
 /// [`RetainError::BufferTooSmall`] if `buf` holds fewer than `E` descriptors.
+#[doc(hidden)]
+#[deprecated(note = "use `PreCopy::read` and `PreCopy::finish`, which keep the snapshot order")]
 pub fn read_pre<'a, M: WordMemory + ?Sized>(
     region: &Region<'_, M>,
     buf: &'a mut [Descriptor],
@@ -132,12 +245,13 @@ pub fn read_pre<'a, M: WordMemory + ?Sized>(
 /// # Errors
 ///
 /// [`RetainError::BufferTooSmall`] if `buf` holds fewer than `E` descriptors.
+#[doc(hidden)]
+#[deprecated(note = "use `PreCopy::finish`, which reads `post` in the snapshot order")]
 pub fn read_post<'a, M: WordMemory + ?Sized>(
     region: &Region<'_, M>,
     buf: &'a mut [Descriptor],
 ) -> Result<DescriptorSet<'a>, RetainError> {
-    // Acquire: if the copy read any byte stored after a writer's Release fence, every
-    // eviction before that fence is visible to the descriptor loads below.
+    // Acquire: as in `PreCopy::finish`.
     region.mem().fence(Ordering::Acquire);
     read_set(region, buf)
 }
@@ -155,6 +269,9 @@ pub struct Retained {
     pub newest: Option<Descriptor>,
     /// The hints written into the image.
     pub hints: Hints,
+    /// The live `next_seq` hint read after the copy (compared with the hint before the copy,
+    /// the commits made during it).
+    pub live_next_seq: u64,
 }
 
 impl Retained {
@@ -179,6 +296,10 @@ impl Retained {
 /// from `layout` and the hints are set: `next_seq` above `live_next_seq` (read from the live
 /// header after the copy) and above every valid seq in `pre` and `post`, `data_head` past the newest kept
 /// entry, `epoch` as in the copy.
+///
+/// A host takes snapshots with [`PreCopy`], whose `finish` reads `post` and `live_next_seq` in
+/// the order the proof needs and then calls this; `retain` itself is the pure rewrite, for
+/// fuzzing over arbitrary sets and for models of broken hosts.
 ///
 /// # Errors
 ///
@@ -208,10 +329,8 @@ pub fn retain(
         }
     }
     // The static header is read from the image only to check it; it is then rewritten.
-    let mut static_words = [0u64; word::STATIC + 1];
-    for (i, w) in static_words.iter_mut().enumerate() {
-        *w = read_word(meta, i).unwrap_or(0);
-    }
+    // In bounds: `meta_len` covers at least the header page.
+    let static_words = header_words(meta).unwrap_or_default();
     let found =
         Layout::from_header_words(&static_words, layout.region_len).map_err(RetainError::Layout)?;
     if found != *layout {
@@ -244,9 +363,10 @@ pub fn retain(
             }
         }
         let w = layout.desc_word(slot);
-        for (k, v) in [d.seq, d.offset, d.length, 0].into_iter().enumerate() {
-            write_word(meta, w + k, v);
-        }
+        write_word(meta, w + desc::SEQ, d.seq);
+        write_word(meta, w + desc::OFFSET, d.offset);
+        write_word(meta, w + desc::LENGTH, d.length);
+        write_word(meta, w + desc::RESERVED, 0);
     }
     for (i, v) in layout.header_words().into_iter().enumerate() {
         write_word(meta, i, v);
@@ -268,10 +388,8 @@ pub fn retain(
     write_word(meta, word::DATA_HEAD, hints.data_head);
     write_word(meta, word::EPOCH, hints.epoch);
     // Zero the rest of the header page (reserved words), so the image is canonical.
-    let mut i = word::STATIC + 1;
-    while i < word::NEXT_SEQ {
+    for i in word::RESERVED {
         write_word(meta, i, 0);
-        i += 1;
     }
     Ok(Retained {
         kept,
@@ -279,6 +397,7 @@ pub fn retain(
         post: n_post,
         newest,
         hints,
+        live_next_seq,
     })
 }
 

@@ -7,67 +7,11 @@
 use core::fmt;
 use core::sync::atomic::Ordering;
 
+use crate::format::{
+    read_word, word, HeaderWords, Strategy, DESCRIPTOR_BYTES, FORMAT_VERSION, MAGIC, MAX_DATA_SIZE,
+    MAX_ENTRIES, PAGE_SIZE,
+};
 use crate::memory::WordMemory;
-
-/// Page size the layout is expressed in.
-pub const PAGE_SIZE: u64 = 4096;
-/// `"shmsnap\0"` as a little-endian word: the first word of a configured region.
-pub const MAGIC: u64 = u64::from_le_bytes(*b"shmsnap\0");
-/// The format version this crate reads and writes.
-pub const FORMAT_VERSION: u64 = 1;
-/// Bytes per descriptor (4 words: seq, offset, length, reserved).
-pub const DESCRIPTOR_BYTES: u64 = 32;
-/// Largest descriptor count a layout may have.
-pub const MAX_ENTRIES: u64 = 1 << 24;
-/// Largest data-ring size a layout may have.
-pub const MAX_DATA_SIZE: u64 = 1 << 40;
-
-/// Word indices of the header fields (page 0).
-pub(crate) mod word {
-    pub const MAGIC: usize = 0;
-    pub const VERSION: usize = 1;
-    pub const PAGE_SIZE: usize = 2;
-    pub const ENTRIES: usize = 3;
-    pub const DATA_SIZE: usize = 4;
-    pub const DESC_OFFSET: usize = 5;
-    pub const DATA_OFFSET: usize = 6;
-    pub const TAIL_OFFSET: usize = 7;
-    pub const TAIL_LEN: usize = 8;
-    pub const REGION_LEN: usize = 9;
-    pub const STRATEGY: usize = 10;
-    pub const CHECKSUM: usize = 11;
-    /// Number of static words covered by the checksum (words 0..CHECKSUM).
-    pub const STATIC: usize = CHECKSUM;
-    /// Mutable hints, on their own cache line.
-    pub const NEXT_SEQ: usize = 16;
-    pub const DATA_HEAD: usize = 17;
-    pub const EPOCH: usize = 18;
-}
-
-/// Coordination strategy recorded in the header.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum Strategy {
-    /// The queue strategy (DESIGN §5): descriptor ring + data ring + frozen tail units.
-    Queue,
-}
-
-impl Strategy {
-    /// The header code of this strategy.
-    pub const fn code(self) -> u64 {
-        match self {
-            Strategy::Queue => 1,
-        }
-    }
-
-    /// The strategy for a header code, if known.
-    pub const fn from_code(code: u64) -> Option<Strategy> {
-        match code {
-            1 => Some(Strategy::Queue),
-            _ => None,
-        }
-    }
-}
 
 /// What a client asks for when it configures a fresh region.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,7 +22,7 @@ pub struct LayoutRequest {
     pub data_size: u64,
 }
 
-/// A validated layout of a region. Every field has been checked against the others and
+/// A validated layout of a queue region. Every field has been checked against the others and
 /// against the size of the memory it describes, so indices derived from it are in bounds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Layout {
@@ -96,8 +40,6 @@ pub struct Layout {
     pub tail_len: u64,
     /// Total length of the region the layout describes (a prefix of the memory).
     pub region_len: u64,
-    /// The coordination strategy.
-    pub strategy: Strategy,
 }
 
 /// Why a layout could not be derived or a header could not be read.
@@ -130,6 +72,11 @@ pub enum LayoutError {
         field: &'static str,
         /// Its value.
         value: u64,
+    },
+    /// The header names a known strategy other than the queue: this layout cannot read it.
+    Strategy {
+        /// The strategy the header names.
+        found: Strategy,
     },
     /// The requested entry count is not a power of two in range.
     Entries {
@@ -171,6 +118,14 @@ impl fmt::Display for LayoutError {
             LayoutError::Field { field, value } => {
                 write!(f, "region header field `{field}` has an invalid value {value}")
             }
+            LayoutError::Strategy { found: Strategy::Exit } => write!(
+                f,
+                "region header names the `exit` strategy, which only snapshot footers use: the header is corrupt"
+            ),
+            LayoutError::Strategy { found } => write!(
+                f,
+                "region is configured for the `{found}` strategy, not `queue`: it must be read with that strategy's layout"
+            ),
             LayoutError::Entries { entries } => write!(
                 f,
                 "entry count {entries} must be a power of two between 1 and {MAX_ENTRIES}"
@@ -202,6 +157,10 @@ pub fn header_checksum(static_words: &[u64; word::STATIC]) -> u64 {
 }
 
 impl Layout {
+    /// The strategy this layout belongs to: a header naming another one is refused with
+    /// [`LayoutError::Strategy`].
+    pub const STRATEGY: Strategy = Strategy::Queue;
+
     /// Derives the layout of a region of `region_len` bytes for `request`.
     ///
     /// # Errors
@@ -235,13 +194,12 @@ impl Layout {
             tail_offset,
             tail_len: region_len - tail_offset,
             region_len,
-            strategy: Strategy::Queue,
         })
     }
 
     /// The static header words of this layout, checksum included.
-    pub fn header_words(&self) -> [u64; word::STATIC + 1] {
-        let mut w = [0u64; word::STATIC + 1];
+    pub fn header_words(&self) -> HeaderWords {
+        let mut w = [0u64; word::HEADER];
         w[word::MAGIC] = MAGIC;
         w[word::VERSION] = FORMAT_VERSION;
         w[word::PAGE_SIZE] = PAGE_SIZE;
@@ -252,7 +210,7 @@ impl Layout {
         w[word::TAIL_OFFSET] = self.tail_offset;
         w[word::TAIL_LEN] = self.tail_len;
         w[word::REGION_LEN] = self.region_len;
-        w[word::STRATEGY] = self.strategy.code();
+        w[word::STRATEGY] = Layout::STRATEGY.code();
         let mut stat = [0u64; word::STATIC];
         stat.copy_from_slice(&w[..word::STATIC]);
         w[word::CHECKSUM] = header_checksum(&stat);
@@ -265,10 +223,7 @@ impl Layout {
     /// # Errors
     ///
     /// Any [`LayoutError`] but `Entries`/`DataSize`, naming the first problem found.
-    pub fn from_header_words(
-        w: &[u64; word::STATIC + 1],
-        available: u64,
-    ) -> Result<Layout, LayoutError> {
+    pub fn from_header_words(w: &HeaderWords, available: u64) -> Result<Layout, LayoutError> {
         // The magic is stored last (with Release) by `Writer::init`: a zero magic means no init
         // ever completed — a fresh region, or an init interrupted by a crash, after which no
         // commit can have happened. Either way the region may be configured afresh.
@@ -303,6 +258,9 @@ impl Layout {
         }
         let strategy =
             Strategy::from_code(w[word::STRATEGY]).ok_or(field("strategy", word::STRATEGY))?;
+        if strategy != Layout::STRATEGY {
+            return Err(LayoutError::Strategy { found: strategy });
+        }
         let region_len = w[word::REGION_LEN];
         if region_len > available {
             return Err(LayoutError::TooSmall {
@@ -319,10 +277,6 @@ impl Layout {
             Err(LayoutError::Entries { .. }) => return Err(field("entries", word::ENTRIES)),
             Err(LayoutError::DataSize { .. }) => return Err(field("data_size", word::DATA_SIZE)),
             Err(_) => return Err(field("region_len", word::REGION_LEN)),
-        };
-        let derived = Layout {
-            strategy,
-            ..derived
         };
         // Every derived field must match what the header says.
         let expect = derived.header_words();
@@ -357,7 +311,7 @@ impl Layout {
                 available,
             });
         }
-        let mut w = [0u64; word::STATIC + 1];
+        let mut w = [0u64; word::HEADER];
         // Acquire: pairs with the Release store of MAGIC in `write_header`.
         w[word::MAGIC] = mem.load(word::MAGIC, Ordering::Acquire);
         for (i, slot) in w.iter_mut().enumerate().skip(1) {
@@ -372,13 +326,10 @@ impl Layout {
     ///
     /// As [`Layout::from_header_words`], with `available` the image length.
     pub fn read_bytes(image: &[u8]) -> Result<Layout, LayoutError> {
-        let mut w = [0u64; word::STATIC + 1];
-        for (i, slot) in w.iter_mut().enumerate() {
-            *slot = read_word(image, i).ok_or(LayoutError::TooSmall {
-                needed: PAGE_SIZE,
-                available: image.len() as u64,
-            })?;
-        }
+        let w = crate::format::header_words(image).ok_or(LayoutError::TooSmall {
+            needed: PAGE_SIZE,
+            available: image.len() as u64,
+        })?;
         Layout::from_header_words(&w, image.len() as u64)
     }
 
@@ -391,62 +342,6 @@ impl Layout {
         }
         // Release: publishes the fields stored above; pairs with the Acquire in `read`.
         mem.store(word::MAGIC, w[word::MAGIC], Ordering::Release);
-    }
-
-    /// Word index of the first word of descriptor `slot` (`slot < entries`).
-    #[inline]
-    pub(crate) fn desc_word(&self, slot: u64) -> usize {
-        // Wrapping: in range for a validated layout; for a hand-made inconsistent one the
-        // callers that take a layout from outside bounds-check the result instead of panicking.
-        (self
-            .desc_offset
-            .wrapping_add(slot.wrapping_mul(DESCRIPTOR_BYTES))
-            / 8) as usize
-    }
-
-    /// Byte offset in the region of stream offset `off`.
-    #[inline]
-    pub(crate) fn ring_byte(&self, off: u64) -> usize {
-        self.data_offset
-            .wrapping_add(off & self.data_size.wrapping_sub(1)) as usize
-    }
-
-    /// The slot that holds sequence number `seq` (`seq >= 1`).
-    #[inline]
-    pub fn slot_of(&self, seq: u64) -> u64 {
-        seq.wrapping_sub(1) & self.entries.wrapping_sub(1)
-    }
-
-    /// Size of the part of an image that [`retain`](crate::retain) rewrites: header and
-    /// descriptor ring.
-    pub fn meta_len(&self) -> u64 {
-        self.data_offset
-    }
-}
-
-/// Little-endian word `i` of a byte image, if it is inside.
-pub(crate) fn read_word(image: &[u8], i: usize) -> Option<u64> {
-    let start = i.checked_mul(8)?;
-    let bytes = image.get(start..start.checked_add(8)?)?;
-    let mut b = [0u8; 8];
-    b.copy_from_slice(bytes);
-    Some(u64::from_le_bytes(b))
-}
-
-/// Stores little-endian word `i` into a byte image; `false` if it is outside.
-pub(crate) fn write_word(image: &mut [u8], i: usize, v: u64) -> bool {
-    let Some(start) = i.checked_mul(8) else {
-        return false;
-    };
-    let Some(end) = start.checked_add(8) else {
-        return false;
-    };
-    match image.get_mut(start..end) {
-        Some(b) => {
-            b.copy_from_slice(&v.to_le_bytes());
-            true
-        }
-        None => false,
     }
 }
 
@@ -565,8 +460,19 @@ mod tests {
                 );
             }
         }
+        // A known strategy other than the queue is refused by name.
+        for s in [Strategy::Exit, Strategy::Triple] {
+            let mut other = w;
+            other[word::STRATEGY] = s.code();
+            let mut stat = [0u64; word::STATIC];
+            stat.copy_from_slice(&other[..word::STATIC]);
+            other[word::CHECKSUM] = header_checksum(&stat);
+            let err = Layout::from_header_words(&other, 1 << 20).unwrap_err();
+            assert_eq!(err, LayoutError::Strategy { found: s });
+            assert!(std::format!("{err}").contains(s.name()), "{err}");
+        }
         assert_eq!(
-            Layout::from_header_words(&[0; word::STATIC + 1], 1 << 20),
+            Layout::from_header_words(&[0; word::HEADER], 1 << 20),
             Err(LayoutError::Unconfigured)
         );
         // An init interrupted before its last store (the magic) leaves an unconfigured region.

@@ -8,12 +8,25 @@
 //! # Contents
 //!
 //! - [`memory`](WordMemory): the word-memory seam; [`atomic_words`] views a byte slice as words.
-//! - [`layout`](Layout): the region header and where everything lies (`docs/FORMAT.md`).
+//! - [`format`]: the format vocabulary — header and descriptor word indices, ring addressing,
+//!   the typed [`Strategy`] code (`docs/FORMAT.md`).
+//! - [`layout`](Layout): validating a header and deriving where everything lies.
 //! - [`descriptor`](Descriptor): the sequence-descriptor ring and its seqlock read.
 //! - [`writer`](Writer): the client's wait-free commit, [`Transaction`]s and attach/recovery.
 //! - [`reader`](Region): valid entries, the newest entry, payload and tail reads.
 //! - [`units`](UnitTable): frozen tail units and their sequence-keyed reclamation.
-//! - [`host`](retain): the host's pre/post validation of a copied image.
+//! - [`host`](PreCopy): the host's snapshot as a type — [`PreCopy::read`] (pre), the copy,
+//!   [`PreCopy::finish`] (fence, post, `next_seq`, [`retain`]).
+//!
+//! Test support (the reference model, fuzz entry points) lives in the separate, unpublished
+//! `shmsnap-testkit` crate; this crate holds only the protocol.
+//!
+//! # Embedding the core
+//!
+//! `core/examples/embedding.rs` runs the whole protocol over memory a custom runtime provides
+//! (a heap buffer made into words with [`atomic_words`]): a writer thread commits while the host
+//! takes a snapshot with [`PreCopy`], then the snapshot is restored and attached. The test
+//! `core/tests/embedding.rs` runs it.
 //!
 //! # Example
 //!
@@ -38,29 +51,26 @@
 #![no_std]
 #![warn(missing_docs)]
 
-#[cfg(any(test, feature = "model"))]
-extern crate alloc;
 #[cfg(test)]
 extern crate std;
 
 mod descriptor;
-#[cfg(any(test, feature = "model"))]
-pub mod fuzzing;
+pub mod format;
 mod host;
 mod layout;
 mod memory;
-#[cfg(any(test, feature = "model"))]
-pub mod model;
 mod reader;
 mod units;
 mod writer;
 
 pub use descriptor::{read_descriptor, read_descriptor_bytes, Descriptor, MAX_SEQ, MAX_STREAM};
-pub use host::{image_entries, read_post, read_pre, retain, DescriptorSet, RetainError, Retained};
-pub use layout::{
-    header_checksum, Hints, Layout, LayoutError, LayoutRequest, Strategy, DESCRIPTOR_BYTES,
-    FORMAT_VERSION, MAGIC, MAX_DATA_SIZE, MAX_ENTRIES, PAGE_SIZE,
+pub use format::{
+    Strategy, DESCRIPTOR_BYTES, FORMAT_VERSION, MAGIC, MAX_DATA_SIZE, MAX_ENTRIES, PAGE_SIZE,
 };
+pub use host::{image_entries, retain, DescriptorSet, PreCopy, RetainError, Retained};
+#[allow(deprecated)]
+pub use host::{read_post, read_pre};
+pub use layout::{header_checksum, Hints, Layout, LayoutError, LayoutRequest};
 pub use memory::{atomic_words, WordMemory, WordsError};
 pub use reader::{ReadError, Region};
 pub use units::{UnitError, UnitGrant, UnitState, UnitTable};

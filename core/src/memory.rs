@@ -15,7 +15,7 @@ use core::sync::atomic::{fence, AtomicU64, Ordering};
 /// - [`len`](WordMemory::len) returns the same value for the whole life of the value;
 /// - every index `i < len()` names a distinct word that is valid, 8-byte aligned and safe to
 ///   access atomically for the whole life of the value;
-/// - `load`, `store`, `swap` and `compare_exchange` behave as the operations of the same name
+/// - `load`, `store` and `compare_exchange` behave as the operations of the same name
 ///   on [`AtomicU64`] with the given orderings, and `fence` as [`core::sync::atomic::fence`]
 ///   (a wrapper may weaken orderings on purpose to build a broken twin for a model checker;
 ///   the protocol is then expected to fail, never to cause undefined behaviour).
@@ -37,9 +37,6 @@ pub unsafe trait WordMemory {
 
     /// Atomic store of `v` into word `i`.
     fn store(&self, i: usize, v: u64, order: Ordering);
-
-    /// Atomic swap of word `i` with `v`, returning the previous value.
-    fn swap(&self, i: usize, v: u64, order: Ordering) -> u64;
 
     /// Atomic compare-and-exchange of word `i`, as [`AtomicU64::compare_exchange`].
     ///
@@ -100,10 +97,6 @@ unsafe impl WordMemory for [AtomicU64] {
     #[inline]
     fn store(&self, i: usize, v: u64, order: Ordering) {
         self[i].store(v, order)
-    }
-    #[inline]
-    fn swap(&self, i: usize, v: u64, order: Ordering) -> u64 {
-        self[i].swap(v, order)
     }
     #[inline]
     fn compare_exchange(
@@ -288,9 +281,6 @@ mod tests {
         }
         fn store(&self, i: usize, v: u64, o: Ordering) {
             self.0.store(i, v, o)
-        }
-        fn swap(&self, i: usize, v: u64, o: Ordering) -> u64 {
-            self.0.swap(i, v, o)
         }
         fn compare_exchange(
             &self,

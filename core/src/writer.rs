@@ -8,7 +8,8 @@ use core::marker::PhantomData;
 use core::sync::atomic::Ordering;
 
 use crate::descriptor::{Descriptor, MAX_SEQ, MAX_STREAM};
-use crate::layout::{word, Hints, Layout, LayoutError, LayoutRequest};
+use crate::format::{desc, word};
+use crate::layout::{Hints, Layout, LayoutError, LayoutRequest};
 use crate::memory::{store_bytes, WordMemory};
 use crate::reader::Region;
 use crate::units::{UnitError, UnitGrant, UnitTable};
@@ -140,7 +141,7 @@ impl<'m, M: WordMemory + ?Sized> Writer<'m, M> {
         // Empty every descriptor and the hints before publishing the header.
         for slot in 0..layout.entries {
             let w = layout.desc_word(slot);
-            for k in 0..4 {
+            for k in 0..desc::WORDS {
                 mem.store(w + k, 0, Ordering::Relaxed);
             }
         }
@@ -224,10 +225,10 @@ impl<'m, M: WordMemory + ?Sized> Writer<'m, M> {
             };
             if !kept {
                 let w = layout.desc_word(slot);
-                if mem.load(w, Ordering::Relaxed) != 0 {
+                if mem.load(w + desc::SEQ, Ordering::Relaxed) != 0 {
                     // Relaxed: an eviction, ordered before later data stores by the Release
                     // fence in `begin`.
-                    mem.store(w, 0, Ordering::Relaxed);
+                    mem.store(w + desc::SEQ, 0, Ordering::Relaxed);
                 }
             }
         }
@@ -279,13 +280,13 @@ impl<'m, M: WordMemory + ?Sized> Writer<'m, M> {
         let w = layout.desc_word(layout.slot_of(seq));
         let mem = self.region.mem();
         // Relaxed: the writer reads back its own stores.
-        if mem.load(w, Ordering::Relaxed) != seq {
+        if mem.load(w + desc::SEQ, Ordering::Relaxed) != seq {
             return None;
         }
         Some(Descriptor {
             seq,
-            offset: mem.load(w + 1, Ordering::Relaxed),
-            length: mem.load(w + 2, Ordering::Relaxed),
+            offset: mem.load(w + desc::OFFSET, Ordering::Relaxed),
+            length: mem.load(w + desc::LENGTH, Ordering::Relaxed),
         })
     }
 
@@ -300,7 +301,8 @@ impl<'m, M: WordMemory + ?Sized> Writer<'m, M> {
         let w = layout.desc_word(layout.slot_of(seq));
         let mem = self.region.mem();
         // Relaxed: the writer reads back its own stores.
-        (mem.load(w, Ordering::Relaxed) == seq).then(|| mem.load(w + 1, Ordering::Relaxed))
+        (mem.load(w + desc::SEQ, Ordering::Relaxed) == seq)
+            .then(|| mem.load(w + desc::OFFSET, Ordering::Relaxed))
     }
 
     /// Empties the slot of the oldest seq (storing 0 into a gap's empty slot is harmless) and
@@ -314,7 +316,7 @@ impl<'m, M: WordMemory + ?Sized> Writer<'m, M> {
         let layout = self.layout();
         let w = layout.desc_word(layout.slot_of(self.oldest));
         // Relaxed: ordered before any later data store by the Release fence in `begin`.
-        self.region.mem().store(w, 0, Ordering::Relaxed);
+        self.region.mem().store(w + desc::SEQ, 0, Ordering::Relaxed);
         self.oldest += 1;
     }
 
@@ -544,11 +546,11 @@ impl<'w, 'm, M: WordMemory + ?Sized> Transaction<'w, 'm, M> {
         // (the next payload is aligned up), so the zero padding of the last word is ours.
         mem.store_le_bytes(layout.ring_byte(self.at) / 8, payload);
         let d = layout.desc_word(layout.slot_of(self.seq));
-        mem.store(d + 1, self.at, Ordering::Relaxed);
-        mem.store(d + 2, payload.len() as u64, Ordering::Relaxed);
+        mem.store(d + desc::OFFSET, self.at, Ordering::Relaxed);
+        mem.store(d + desc::LENGTH, payload.len() as u64, Ordering::Relaxed);
         // Release: publishes the payload, tail-unit and descriptor stores above; pairs with the
         // Acquire load of seq in `read_descriptor`.
-        mem.store(d, self.seq, Ordering::Release);
+        mem.store(d + desc::SEQ, self.seq, Ordering::Release);
         w.next_seq = self.seq + 1;
         w.newest = self.seq;
         w.newest_offset = self.at;

@@ -11,9 +11,9 @@ use std::cell::{Cell, RefCell};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use proptest::prelude::*;
-use shmsnap_core::model::{check_image_payloads, payload_for, to_bytes, zeroed_words};
-use shmsnap_core::{
-    read_post, read_pre, retain, Descriptor, LayoutRequest, Region, WordMemory, Writer,
+use shmsnap_core::{LayoutRequest, Region, WordMemory, Writer};
+use shmsnap_testkit::{
+    check_image_payloads, host_snapshot, payload_for, to_bytes, zeroed_words, Host,
 };
 
 /// One recorded writer store.
@@ -45,14 +45,6 @@ unsafe impl WordMemory for Recording {
             release: order == Ordering::Release,
         });
         self.shadow[i].store(v, order)
-    }
-    fn swap(&self, i: usize, v: u64, order: Ordering) -> u64 {
-        self.trace.borrow_mut().push(Store {
-            word: i,
-            value: v,
-            release: false,
-        });
-        self.shadow[i].swap(v, order)
     }
     fn compare_exchange(
         &self,
@@ -110,9 +102,6 @@ unsafe impl WordMemory for Interleaved<'_> {
     fn store(&self, _: usize, _: u64, _: Ordering) {
         unreachable!("the host never stores into the live region")
     }
-    fn swap(&self, _: usize, _: u64, _: Ordering) -> u64 {
-        unreachable!("the host never stores into the live region")
-    }
     fn compare_exchange(
         &self,
         _: usize,
@@ -157,7 +146,7 @@ fn simulate(warmup: &[usize], lens: &[usize], gaps: &[u16], twin: Twin) -> Resul
     for &len in warmup {
         writer.commit(&payload_for(writer.next_seq(), len)).unwrap();
     }
-    let start = shmsnap_core::model::from_bytes(&to_bytes(&recording));
+    let start = shmsnap_testkit::from_bytes(&to_bytes(&recording));
     recording.trace.borrow_mut().clear();
     for &len in lens {
         writer.commit(&payload_for(writer.next_seq(), len)).unwrap();
@@ -176,22 +165,21 @@ fn simulate(warmup: &[usize], lens: &[usize], gaps: &[u16], twin: Twin) -> Resul
     };
     let region = Region::open(&host).map_err(|e| e.to_string())?;
     assert_eq!(*region.layout(), layout);
-    let e = layout.entries as usize;
-    let (mut pre_buf, mut post_buf) = (vec![Descriptor::EMPTY; e], vec![Descriptor::EMPTY; e]);
-    let pre = read_pre(&region, &mut pre_buf).unwrap();
-    let mut image: Vec<u8> = Vec::with_capacity(REGION);
-    for i in 0..host.len() {
-        image.extend_from_slice(&host.load(i, Ordering::Relaxed).to_le_bytes());
-    }
-    let post = read_post(&region, &mut post_buf).unwrap();
-    let post_slots = if twin == Twin::NoPostCheck {
-        pre.slots()
-    } else {
-        post.slots()
+    let host_kind = match twin {
+        Twin::NoPostCheck => Host::PreAsPost,
+        Twin::Sound | Twin::LateEviction => Host::Sound,
     };
-    let next_seq = region.hints().next_seq;
-    let r = retain(&mut image, &layout, pre.slots(), post_slots, next_seq)
-        .map_err(|e| e.to_string())?;
+    // The real host: `PreCopy::read`, a word-by-word copy through the interleaving memory,
+    // `PreCopy::finish` (or, for the twin, `retain` with `pre` as `post`).
+    let snap = host_snapshot(&region, host_kind, || {
+        let mut image: Vec<u8> = Vec::with_capacity(REGION);
+        for i in 0..host.len() {
+            image.extend_from_slice(&host.load(i, Ordering::Relaxed).to_le_bytes());
+        }
+        image
+    })
+    .map_err(|e| e.to_string())?;
+    let (image, r) = (snap.image, snap.retained);
     check_image_payloads(&image, &layout)?;
     Ok(Outcome {
         kept: r.kept,
@@ -202,13 +190,7 @@ fn simulate(warmup: &[usize], lens: &[usize], gaps: &[u16], twin: Twin) -> Resul
 /// The "eviction after the data stores" twin: stores of 0 into a seq word are moved to just
 /// before the commit's Release store of seq.
 fn delay_evictions(trace: &[Store], layout: &shmsnap_core::Layout) -> Vec<Store> {
-    let desc_first = (layout.desc_offset / 8) as usize;
-    let desc_end = desc_first + layout.entries as usize * 4;
-    let is_eviction = |s: &Store| {
-        s.value == 0
-            && (desc_first..desc_end).contains(&s.word)
-            && (s.word - desc_first).is_multiple_of(4)
-    };
+    let is_eviction = |s: &Store| s.value == 0 && layout.is_seq_word(s.word);
     let mut out = Vec::with_capacity(trace.len());
     let mut pending = Vec::new();
     for s in trace {

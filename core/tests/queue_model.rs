@@ -1,8 +1,9 @@
 //! The writer against the reference model: random commit sizes, evictions and re-attaches.
 
 use proptest::prelude::*;
-use shmsnap_core::model::{payload_for, zeroed_words, QueueModel};
+use shmsnap_core::format::desc;
 use shmsnap_core::{CommitError, LayoutRequest, Writer};
+use shmsnap_testkit::{payload_for, zeroed_words, QueueModel};
 
 #[derive(Debug, Clone)]
 enum Op {
@@ -105,8 +106,7 @@ fn seqs_never_repeat_across_reattach_after_everything_was_evicted() {
     // Empty every descriptor behind the writer's back: only the hint remembers the seqs.
     let layout = *writer.layout();
     for slot in 0..layout.entries {
-        mem[(layout.desc_offset / 8 + slot * 4) as usize]
-            .store(0, std::sync::atomic::Ordering::Relaxed);
+        mem[layout.desc_word(slot) + desc::SEQ].store(0, std::sync::atomic::Ordering::Relaxed);
     }
     let mut writer = Writer::attach(&mem[..]).unwrap();
     assert_eq!(writer.commit(&[1; 8]), Ok(11));

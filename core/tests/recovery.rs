@@ -2,8 +2,8 @@
 //! panics, never yields an entry outside the ring, and never repeats a seq.
 
 use proptest::prelude::*;
-use shmsnap_core::model::{from_bytes, payload_for, to_bytes, zeroed_words};
 use shmsnap_core::{LayoutRequest, Region, Writer};
+use shmsnap_testkit::{from_bytes, payload_for, to_bytes, zeroed_words};
 
 const REQ: LayoutRequest = LayoutRequest {
     entries: 8,
@@ -33,7 +33,7 @@ fn recover(bytes: &[u8]) -> Result<(), TestCaseError> {
     let mut max_seq = region.hints().next_seq.saturating_sub(1);
     for d in region.entries() {
         prop_assert!(d.is_valid_for(&layout, layout.slot_of(d.seq)));
-        prop_assert!((d.offset & (layout.data_size - 1)) + d.length <= layout.data_size);
+        prop_assert!(layout.ring_pos(d.offset) + d.length <= layout.data_size);
         let mut buf = vec![0u8; d.length as usize];
         prop_assert_eq!(region.read_payload(&d, &mut buf), Ok(d.length as usize));
         max_seq = max_seq.max(d.seq);

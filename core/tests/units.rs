@@ -1,8 +1,8 @@
 //! Frozen tail units: a retired unit is reused only once every entry that may refer to it
 //! has been evicted, and the safe API offers no way to write a frozen unit.
 
-use shmsnap_core::model::zeroed_words;
 use shmsnap_core::{LayoutRequest, UnitError, UnitState, UnitTable, Writer};
+use shmsnap_testkit::zeroed_words;
 
 const REQ: LayoutRequest = LayoutRequest {
     entries: 4,

@@ -1,4 +1,4 @@
 #![no_main]
-//! See `shmsnap_core::fuzzing::ops` for what this target checks.
+//! See `shmsnap_testkit::ops` for what this target checks.
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| shmsnap_core::fuzzing::ops(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| shmsnap_testkit::ops(data));

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
+use shmsnap_core::format::{self, desc, Strategy};
 use shmsnap_core::{image_entries, read_descriptor_bytes, Hints, Layout, LayoutError, PAGE_SIZE};
 use shmsnap_linux::snapshot::{self, SnapshotError, SnapshotInfo, FOOTER_LEN};
 
@@ -60,13 +61,14 @@ struct Entry {
     first_bytes: String,
 }
 
+/// The name of a footer's strategy code (`unknown` for a code no strategy has).
 fn strategy_name(code: u64) -> &'static str {
-    match code {
-        0 => "exit",
-        1 => "queue",
-        2 => "triple",
-        _ => "unknown",
-    }
+    Strategy::from_code(code).map_or("unknown", Strategy::name)
+}
+
+/// `true` if a footer's strategy code is the queue's (its image has a queue header).
+fn is_queue(code: u64) -> bool {
+    Strategy::from_code(code) == Some(Strategy::Queue)
 }
 
 fn footer_only(file: &File, len: u64) -> Option<SnapshotInfo> {
@@ -85,15 +87,7 @@ fn read_queue(
     let mut page = vec![0u8; PAGE_SIZE.min(image_len) as usize];
     file.read_exact_at(&mut page, 0)
         .map_err(|e| e.to_string())?;
-    let mut words = [0u64; 12];
-    for (i, w) in words.iter_mut().enumerate() {
-        let mut b = [0u8; 8];
-        b.copy_from_slice(
-            page.get(i * 8..i * 8 + 8)
-                .ok_or("image shorter than a header")?,
-        );
-        *w = u64::from_le_bytes(b);
-    }
+    let words = format::header_words(&page).ok_or("image shorter than a header")?;
     let layout = match Layout::from_header_words(&words, image_len) {
         Ok(l) => l,
         Err(LayoutError::Unconfigured) => {
@@ -109,10 +103,8 @@ fn read_queue(
     let hints = Hints::read_bytes(&meta);
     let mut problem = None;
     for slot in 0..layout.entries {
-        let seq_word = slot as usize * 4 + (layout.desc_offset / 8) as usize;
-        let nonzero = meta
-            .get(seq_word * 8..seq_word * 8 + 8)
-            .is_some_and(|b| b.iter().any(|&x| x != 0));
+        let seq_word = layout.desc_word(slot) + desc::SEQ;
+        let nonzero = format::read_word(&meta, seq_word).is_some_and(|w| w != 0);
         if nonzero && read_descriptor_bytes(&meta, &layout, slot).is_none() && problem.is_none() {
             problem = Some(format!("descriptor {slot} is neither empty nor valid"));
         }
@@ -127,7 +119,7 @@ fn read_queue(
         }
         let n = (d.length as usize).min(PREVIEW);
         let mut b = vec![0u8; n];
-        let at = layout.data_offset + (d.offset & (layout.data_size - 1));
+        let at = layout.ring_byte(d.offset) as u64;
         let first = match file.read_exact_at(&mut b, at) {
             Ok(()) => b
                 .iter()
@@ -185,7 +177,7 @@ fn build(path: &Path) -> Result<Report, Failure> {
         Ok(_) => None,
         Err(e) => Some((snapshot_code(e), e.to_string())),
     };
-    if let Some(f) = footer.filter(|f| f.meta.strategy == 1) {
+    if let Some(f) = footer.filter(|f| is_queue(f.meta.strategy)) {
         match read_queue(&file, f.image_len) {
             Ok((l, h, entries, p)) => {
                 report.layout = Some(LayoutReport {
@@ -236,7 +228,7 @@ pub fn verify(path: &Path) -> Result<ExitCode, Failure> {
     let info = snapshot::verify(&file)
         .map_err(|e| Failure::new(snapshot_code(&e), format!("{}: {e}", path.display())))?;
     let mut detail = String::new();
-    if info.meta.strategy == 1 {
+    if is_queue(info.meta.strategy) {
         let (_, _, entries, problem) = read_queue(&file, info.image_len).map_err(|e| {
             Failure::new(
                 Code::DataErr,

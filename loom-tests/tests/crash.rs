@@ -10,12 +10,13 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use shmsnap_core::model::{from_bytes, payload_for};
+use shmsnap_core::format::word;
 use shmsnap_core::{image_entries, LayoutRequest, WordMemory, Writer};
 use shmsnap_loom_tests::{
     check_kept, check_recovery, explore, plan, snapshot, Crashing, Host, Image, LoomWords, Plan,
     WordMap, SEQ_REPEAT,
 };
+use shmsnap_testkit::{from_bytes, payload_for};
 
 const REQUEST: LayoutRequest = LayoutRequest {
     entries: 2,
@@ -179,7 +180,7 @@ fn twin_without_next_seq_hint_repeats_a_seq() {
         let crashing = Crashing::new(&mem[..], plan.layout, n);
         commits(&crashing, LENS);
         let published = crashing.max_published().max(setup_max);
-        mem[16].store(0, Ordering::Relaxed);
+        mem[word::NEXT_SEQ].store(0, Ordering::Relaxed);
         let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             check_recovery(&plan, &mem[..], published);
         }));

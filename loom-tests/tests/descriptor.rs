@@ -8,12 +8,12 @@
 
 use std::sync::Arc;
 
-use shmsnap_core::model::payload_for;
 use shmsnap_core::{Descriptor, LayoutRequest, Region, WordMemory, Writer};
 use shmsnap_loom_tests::{
     expect_violation, explore, plan, LateEviction, LoomWords, Plan, Weakened, WordMap,
     NEVER_COMMITTED, PAYLOAD_TORN,
 };
+use shmsnap_testkit::payload_for;
 
 const REQUEST: LayoutRequest = LayoutRequest {
     entries: 2,

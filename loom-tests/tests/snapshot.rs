@@ -1,5 +1,5 @@
 //! Model 1: writer commits (with eviction, slot reuse and data-ring reuse) against one host
-//! snapshot — core's `read_pre`, a word-by-word copy, core's `read_post` and `retain`.
+//! snapshot — core's `PreCopy::read`, a word-by-word copy, core's `PreCopy::finish`.
 //!
 //! Checked in every interleaving: every entry kept in the image is a descriptor that was
 //! committed exactly so and carries exactly its committed payload; an entry whose eviction
@@ -11,12 +11,12 @@ use std::sync::atomic::{AtomicU64 as StdU64, Ordering};
 use std::sync::Arc;
 
 use loom::sync::atomic::AtomicU64;
-use shmsnap_core::model::payload_for;
 use shmsnap_core::{image_entries, LayoutRequest, WordMemory, Writer};
 use shmsnap_loom_tests::{
     check_kept, expect_violation, explore, plan, snapshot, Host, Image, LateEviction, LoomWords,
     Plan, Weakened, WordMap, EVICTED_SURVIVES, TORN,
 };
+use shmsnap_testkit::payload_for;
 
 /// A scenario: layout, warm-up commits (before the host starts), concurrent commits.
 #[derive(Debug, Clone, Copy)]

@@ -9,12 +9,12 @@
 
 use std::sync::Arc;
 
-use shmsnap_core::model::payload_for;
 use shmsnap_core::{image_entries, LayoutRequest, UnitTable, WordMemory, Writer};
 use shmsnap_loom_tests::{
     check_kept, expect_violation, explore, plan, snapshot, Host, LoomWords, Plan, WordMap,
     UNIT_TORN,
 };
+use shmsnap_testkit::payload_for;
 
 const REQUEST: LayoutRequest = LayoutRequest {
     entries: 4,
@@ -172,7 +172,7 @@ fn twin_retiring_too_early_reuses_a_frozen_unit() {
 fn core_refuses_reuse_before_the_retire_point() {
     // Without the twin's mistake, skipping `evict_before` does not reuse the unit: the
     // allocator finds nothing reclaimable (plain memory; no concurrency needed).
-    let mem = shmsnap_core::model::zeroed_words(WORDS * 8);
+    let mem = shmsnap_testkit::zeroed_words(WORDS * 8);
     setup(&mem[..]);
     let mut w = Writer::attach(&mem[..]).unwrap();
     let mut states = [0u64; 2];

@@ -1,17 +1,12 @@
-//! A reference model of the queue strategy, for tests, proptest and fuzz targets
-//! (feature `model`; uses `alloc`).
+//! A reference model of the queue strategy, for tests, proptest and fuzz targets.
 //!
 //! It states the queue's behaviour with plain collections — which entries are live after
 //! every operation and their exact bytes — independently of the word-level implementation,
 //! and checks a region against it.
 
-use alloc::collections::VecDeque;
-use alloc::format;
-use alloc::string::String;
-use alloc::vec;
-use alloc::vec::Vec;
+use std::collections::VecDeque;
 
-use crate::{Layout, Region, WordMemory};
+use shmsnap_core::{Region, WordMemory};
 
 /// A committed entry of the model.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -140,76 +135,4 @@ pub fn check_entries<'a, M: WordMemory + ?Sized>(
         }
     }
     Ok(())
-}
-
-/// The payload the tests commit as `seq`: `len` bytes that encode `seq`, so a kept entry's
-/// bytes can be checked against what was committed under that seq.
-pub fn payload_for(seq: u64, len: usize) -> Vec<u8> {
-    let mut x = seq.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ (len as u64);
-    (0..len)
-        .map(|i| {
-            if i < 8 {
-                seq.to_le_bytes()[i]
-            } else {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            }
-        })
-        .collect()
-}
-
-/// Checks that every valid entry of a copied image carries exactly `payload_for(seq, length)`.
-///
-/// # Errors
-///
-/// A description of the first torn entry.
-pub fn check_image_payloads(image: &[u8], layout: &Layout) -> Result<u64, String> {
-    let mut n = 0;
-    for d in crate::image_entries(image, layout) {
-        let at = (layout.data_offset + (d.offset & (layout.data_size - 1))) as usize;
-        let got = image
-            .get(at..at + d.length as usize)
-            .ok_or_else(|| format!("entry {} outside the image", d.seq))?;
-        if got != payload_for(d.seq, d.length as usize).as_slice() {
-            return Err(format!(
-                "entry {} kept in the image with bytes that were never committed under that seq",
-                d.seq
-            ));
-        }
-        n += 1;
-    }
-    Ok(n)
-}
-
-/// An owned, zeroed word memory of `bytes` bytes (rounded up to words).
-pub fn zeroed_words(bytes: usize) -> Vec<core::sync::atomic::AtomicU64> {
-    (0..bytes.div_ceil(8))
-        .map(|_| core::sync::atomic::AtomicU64::new(0))
-        .collect()
-}
-
-/// The little-endian bytes of a word memory (a plain copy, for images in tests).
-pub fn to_bytes<M: WordMemory + ?Sized>(mem: &M) -> Vec<u8> {
-    let mut out = Vec::with_capacity(mem.len() * 8);
-    for i in 0..mem.len() {
-        out.extend_from_slice(
-            &mem.load(i, core::sync::atomic::Ordering::Relaxed)
-                .to_le_bytes(),
-        );
-    }
-    out
-}
-
-/// A word memory holding `bytes` (zero-padded to whole words).
-pub fn from_bytes(bytes: &[u8]) -> Vec<core::sync::atomic::AtomicU64> {
-    bytes
-        .chunks(8)
-        .map(|c| {
-            let mut b = [0u8; 8];
-            b[..c.len()].copy_from_slice(c);
-            core::sync::atomic::AtomicU64::new(u64::from_le_bytes(b))
-        })
-        .collect()
 }

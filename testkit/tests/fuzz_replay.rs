@@ -3,7 +3,7 @@
 //! (`fuzz/regressions/<target>/`). CI runs this; it never runs the fuzzer itself.
 
 use proptest::prelude::*;
-use shmsnap_core::fuzzing::{attach_and_read, ops, retain_arbitrary};
+use shmsnap_testkit::{attach_and_read, ops, retain_arbitrary};
 
 #[path = "../../fuzz/replay.rs"]
 mod corpus;

@@ -1,0 +1,298 @@
+//! The format vocabulary: where every header word and descriptor word lies, how a stream
+//! offset maps into the data ring, and the typed strategy code.
+//!
+//! This module is the code's reference for `docs/FORMAT.md`. Everything that reads a region or
+//! an image — core itself, the host's `inspect`, fuzz targets, loom models, simulators and
+//! benches — names words through it instead of recomputing offsets by hand. It is read-only:
+//! constants, pure functions, and address arithmetic on a [`Layout`].
+//!
+//! # Words shared by every strategy
+//!
+//! Header words 0–2 (magic, version, page size), 10 (strategy) and 11 (checksum over words
+//! 0..=10) mean the same for every strategy; words 3–9 belong to the strategy named in word 10
+//! (the queue's layout is [`word::ENTRIES`] ..= [`word::REGION_LEN`]; the triple-buffer
+//! strategy defines its own).
+//!
+//! # Example
+//!
+//! ```
+//! use shmsnap_core::format::{desc, word, Strategy};
+//! use shmsnap_core::{Layout, LayoutRequest};
+//!
+//! let layout = Layout::new(1 << 20, LayoutRequest { entries: 64, data_size: 1 << 16 }).unwrap();
+//! let header = layout.header_words();
+//! assert_eq!(Strategy::from_code(header[word::STRATEGY]), Some(Strategy::Queue));
+//! // Descriptor 3's seq word, and where stream offset 70000 lies in the data ring.
+//! assert_eq!(layout.desc_word(3) + desc::SEQ, 4096 / 8 + 3 * 4);
+//! assert_eq!(layout.ring_byte(70_000), 8192 + (70_000 % 65_536));
+//! ```
+
+use core::fmt;
+use core::ops::Range;
+
+use crate::layout::Layout;
+
+/// Page size the layout is expressed in.
+pub const PAGE_SIZE: u64 = 4096;
+/// `"shmsnap\0"` as a little-endian word: the first word of a configured region.
+pub const MAGIC: u64 = u64::from_le_bytes(*b"shmsnap\0");
+/// The format version this crate reads and writes.
+pub const FORMAT_VERSION: u64 = 1;
+/// Bytes per descriptor ([`desc::WORDS`] words: seq, offset, length, reserved).
+pub const DESCRIPTOR_BYTES: u64 = 8 * desc::WORDS as u64;
+/// Largest descriptor count a layout may have.
+pub const MAX_ENTRIES: u64 = 1 << 24;
+/// Largest data-ring size a layout may have.
+pub const MAX_DATA_SIZE: u64 = 1 << 40;
+
+/// Word indices of the header fields (page 0).
+pub mod word {
+    use core::ops::Range;
+
+    /// `"shmsnap\0"`; stored last, with `Release`. Shared by every strategy.
+    pub const MAGIC: usize = 0;
+    /// Format version. Shared by every strategy.
+    pub const VERSION: usize = 1;
+    /// Page size of the format (4096). Shared by every strategy.
+    pub const PAGE_SIZE: usize = 2;
+    /// Queue: descriptor count E.
+    pub const ENTRIES: usize = 3;
+    /// Queue: data-ring size S.
+    pub const DATA_SIZE: usize = 4;
+    /// Queue: byte offset of the descriptor ring.
+    pub const DESC_OFFSET: usize = 5;
+    /// Queue: byte offset of the data ring.
+    pub const DATA_OFFSET: usize = 6;
+    /// Queue: byte offset of the tail.
+    pub const TAIL_OFFSET: usize = 7;
+    /// Queue: tail length in bytes.
+    pub const TAIL_LEN: usize = 8;
+    /// Queue: region length in bytes.
+    pub const REGION_LEN: usize = 9;
+    /// Strategy code ([`Strategy`](super::Strategy)). Shared by every strategy.
+    pub const STRATEGY: usize = 10;
+    /// Checksum over words `0..CHECKSUM`. Shared by every strategy.
+    pub const CHECKSUM: usize = 11;
+    /// Number of static words covered by the checksum (words `0..CHECKSUM`).
+    pub const STATIC: usize = CHECKSUM;
+    /// Number of static header words, checksum included (words `0..HEADER`).
+    pub const HEADER: usize = CHECKSUM + 1;
+    /// Reserved words between the static header and the hints: zero in a canonical image.
+    pub const RESERVED: Range<usize> = HEADER..NEXT_SEQ;
+    /// Hint: at least every seq ever used. The hints sit on their own cache line.
+    pub const NEXT_SEQ: usize = 16;
+    /// Hint: stream offset past the newest payload.
+    pub const DATA_HEAD: usize = 17;
+    /// Hint: incremented at every writer init or attach.
+    pub const EPOCH: usize = 18;
+    /// The hint words (`NEXT_SEQ..=EPOCH`).
+    pub const HINTS: Range<usize> = NEXT_SEQ..EPOCH + 1;
+}
+
+/// Word offsets within a descriptor (add to [`Layout::desc_word`]).
+pub mod desc {
+    /// `0` = empty; otherwise `(seq - 1) mod E == slot`, never repeated.
+    pub const SEQ: usize = 0;
+    /// Stream offset of the payload, a multiple of 8.
+    pub const OFFSET: usize = 1;
+    /// Payload bytes, `1..=S`, and `offset mod S + length <= S`.
+    pub const LENGTH: usize = 2;
+    /// Always 0.
+    pub const RESERVED: usize = 3;
+    /// Words per descriptor.
+    pub const WORDS: usize = 4;
+}
+
+/// The static header words (`0..word::HEADER`), as read from a region or an image.
+pub type HeaderWords = [u64; word::HEADER];
+
+/// The coordination strategy: header word [`word::STRATEGY`] and the snapshot footer's
+/// strategy field use these codes.
+///
+/// Not `#[non_exhaustive]` on purpose: a new strategy is a format change, and every place that
+/// matches on a strategy (host strategies, inspect) should have to handle it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Strategy {
+    /// The host copies the region only after the client exited (no concurrent commits).
+    /// Appears only in snapshot footers: a region header never says `Exit`.
+    Exit,
+    /// The queue strategy (DESIGN §5): descriptor ring + data ring + frozen tail units.
+    Queue,
+    /// The triple-buffer strategy (`core/src/triple.rs`, which defines its header words 3–9).
+    Triple,
+}
+
+impl Strategy {
+    /// Every strategy, in code order.
+    pub const ALL: [Strategy; 3] = [Strategy::Exit, Strategy::Queue, Strategy::Triple];
+
+    /// The code of this strategy (header word 10, footer strategy field).
+    pub const fn code(self) -> u64 {
+        match self {
+            Strategy::Exit => 0,
+            Strategy::Queue => 1,
+            Strategy::Triple => 2,
+        }
+    }
+
+    /// The strategy for a code, if it is one.
+    pub const fn from_code(code: u64) -> Option<Strategy> {
+        match code {
+            0 => Some(Strategy::Exit),
+            1 => Some(Strategy::Queue),
+            2 => Some(Strategy::Triple),
+            _ => None,
+        }
+    }
+
+    /// The lower-case name used by the CLI, `inspect` and messages: `exit`, `queue`, `triple`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Strategy::Exit => "exit",
+            Strategy::Queue => "queue",
+            Strategy::Triple => "triple",
+        }
+    }
+}
+
+impl fmt::Display for Strategy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Little-endian word `i` of a byte image, if it is inside.
+pub fn read_word(image: &[u8], i: usize) -> Option<u64> {
+    let start = i.checked_mul(8)?;
+    let bytes = image.get(start..start.checked_add(8)?)?;
+    let mut b = [0u8; 8];
+    b.copy_from_slice(bytes);
+    Some(u64::from_le_bytes(b))
+}
+
+/// The byte range of word `i` in an image (no bounds check against an image).
+pub fn word_bytes(i: usize) -> Range<usize> {
+    i * 8..i * 8 + 8
+}
+
+/// The static header words at the start of a byte image, if it is long enough.
+pub fn header_words(image: &[u8]) -> Option<HeaderWords> {
+    let mut w = [0u64; word::HEADER];
+    for (i, slot) in w.iter_mut().enumerate() {
+        *slot = read_word(image, i)?;
+    }
+    Some(w)
+}
+
+/// Stores little-endian word `i` into a byte image; `false` if it is outside.
+pub(crate) fn write_word(image: &mut [u8], i: usize, v: u64) -> bool {
+    let Some(start) = i.checked_mul(8) else {
+        return false;
+    };
+    let Some(end) = start.checked_add(8) else {
+        return false;
+    };
+    match image.get_mut(start..end) {
+        Some(b) => {
+            b.copy_from_slice(&v.to_le_bytes());
+            true
+        }
+        None => false,
+    }
+}
+
+/// Ring addressing of a queue layout.
+///
+/// The arithmetic wraps instead of panicking: for a validated layout every result is in
+/// bounds; for a hand-made inconsistent one, callers that take a layout from outside
+/// bounds-check the result.
+impl Layout {
+    /// Word index of the first word of descriptor `slot` (`slot < entries`); add a
+    /// [`desc`] offset for a field.
+    #[inline]
+    pub fn desc_word(&self, slot: u64) -> usize {
+        (self
+            .desc_offset
+            .wrapping_add(slot.wrapping_mul(DESCRIPTOR_BYTES))
+            / 8) as usize
+    }
+
+    /// Which descriptor word `i` is: `(slot, field)` with `field` a [`desc`] offset, or `None`
+    /// if word `i` is outside the descriptor ring's `entries` descriptors.
+    pub fn desc_field(&self, i: usize) -> Option<(u64, usize)> {
+        let first = (self.desc_offset / 8) as usize;
+        let k = i.checked_sub(first)?;
+        let slot = (k / desc::WORDS) as u64;
+        (slot < self.entries).then_some((slot, k % desc::WORDS))
+    }
+
+    /// `true` if word `i` is the seq word of a descriptor.
+    pub fn is_seq_word(&self, i: usize) -> bool {
+        matches!(self.desc_field(i), Some((_, desc::SEQ)))
+    }
+
+    /// Position of stream offset `off` within the data ring (`off mod S`).
+    #[inline]
+    pub fn ring_pos(&self, off: u64) -> u64 {
+        off & self.data_size.wrapping_sub(1)
+    }
+
+    /// Byte offset in the region of stream offset `off` (its position in the data ring).
+    #[inline]
+    pub fn ring_byte(&self, off: u64) -> usize {
+        self.data_offset.wrapping_add(self.ring_pos(off)) as usize
+    }
+
+    /// The slot that holds sequence number `seq` (`seq >= 1`).
+    #[inline]
+    pub fn slot_of(&self, seq: u64) -> u64 {
+        seq.wrapping_sub(1) & self.entries.wrapping_sub(1)
+    }
+
+    /// Size of the part of an image that [`retain`](crate::retain) rewrites: header and
+    /// descriptor ring.
+    pub fn meta_len(&self) -> u64 {
+        self.data_offset
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::LayoutRequest;
+
+    #[test]
+    fn strategy_codes_round_trip_and_are_distinct() {
+        for s in Strategy::ALL {
+            assert_eq!(Strategy::from_code(s.code()), Some(s));
+        }
+        assert_eq!(
+            Strategy::ALL.map(|s| (s.code(), s.name())),
+            [(0, "exit"), (1, "queue"), (2, "triple")]
+        );
+        assert_eq!(Strategy::from_code(3), None);
+    }
+
+    #[test]
+    fn descriptor_words_map_back_to_their_slot_and_field() {
+        let l = Layout::new(
+            1 << 20,
+            LayoutRequest {
+                entries: 8,
+                data_size: 64,
+            },
+        )
+        .unwrap();
+        for slot in 0..8 {
+            for f in 0..desc::WORDS {
+                assert_eq!(l.desc_field(l.desc_word(slot) + f), Some((slot, f)));
+            }
+        }
+        assert_eq!(l.desc_field(l.desc_word(0) - 1), None);
+        assert_eq!(l.desc_field(l.desc_word(8)), None);
+        assert!(l.is_seq_word(l.desc_word(5)) && !l.is_seq_word(l.desc_word(5) + 1));
+        assert_eq!(l.ring_byte(64 + 9), l.data_offset as usize + 9);
+        assert_eq!(word::HINTS, 16..19);
+        assert_eq!(word::RESERVED, 12..16);
+    }
+}

@@ -1,0 +1,43 @@
+//! Test support for shmsnap: the reference model of the queue, the fuzz targets' entry points,
+//! and helpers the tests, loom models, simulator and benches share. Not part of the product:
+//! `shmsnap-core` carries none of this.
+//!
+//! # Contents
+//!
+//! - [`model`]: [`QueueModel`], a `VecDeque` reference model of the queue, and
+//!   [`check_entries`], which compares a region with it.
+//! - [`payload`]: [`payload_for`] (bytes that encode their seq) and [`check_image_payloads`].
+//! - [`words`]: plain word memories ([`zeroed_words`], [`from_bytes`], [`to_bytes`]).
+//! - [`host`]: [`host_snapshot`], core's `PreCopy` around a caller's copy, with the broken twin
+//!   [`Host::PreAsPost`].
+//! - Fuzz entry points (each accepts *any* bytes and panics only on a violated invariant; the
+//!   `fuzz/` targets are one-line calls into them, and `tests/fuzz_replay.rs` replays their
+//!   corpus on stable):
+//!   - [`attach_and_read()`]: a region image decoded from bytes → open, reads, attach/recovery,
+//!     fresh commits, re-attach.
+//!   - [`retain_arbitrary()`]: an image plus arbitrary `pre`/`post` sets → core's `retain`.
+//!   - [`ops()`]: a client/host session (commits, evictions, re-attaches, transactions with
+//!     frozen tail units, snapshots and restores) checked against the model after every step.
+//!
+//! Fuzz inputs are decoded by a cursor that yields zeros past the end (`input`), and region
+//! images are built from them in `image`; decoders prefer values near the protocol's limits
+//! (`MAX_SEQ`, `MAX_STREAM`, the ring size) so the fuzzer reaches the edges.
+
+pub mod attach_and_read;
+pub mod host;
+mod image;
+mod input;
+pub mod model;
+pub mod ops;
+pub mod payload;
+pub mod retain_arbitrary;
+pub mod words;
+// snapshot_file: added by the os-linux split
+
+pub use attach_and_read::attach_and_read;
+pub use host::{host_snapshot, Host, HostSnapshot};
+pub use model::{check_entries, ModelEntry, QueueModel};
+pub use ops::ops;
+pub use payload::{check_image_payloads, payload_for};
+pub use retain_arbitrary::retain_arbitrary;
+pub use words::{from_bytes, to_bytes, zeroed_words};

@@ -9,6 +9,7 @@
 //! | [`copy`] | sparse copy of data extents (`SEEK_DATA`/`SEEK_HOLE`, `copy_file_range`, `sendfile`) |
 //! | [`snapshot`] | snapshot file = image + footer (see `FOOTER.md`): write, verify, restore |
 //! | [`persist`] | atomic replace of a file with N kept generations |
+//! | [`take`] | one queue snapshot of a live region: pre → copy → post → retain → footer |
 //! | [`handover`] | start a child with the region at fd 3 and a correct `LISTEN_PID` |
 //!
 //! `unsafe` is denied at the crate root and allowed only in [`mapping`] (it maps memory),
@@ -61,6 +62,7 @@ pub mod mapping;
 pub mod memfd;
 pub mod persist;
 pub mod snapshot;
+pub mod take;
 
 pub use mapping::{Mapping, Protection};
 pub use memfd::Memfd;

@@ -273,60 +273,8 @@ pub fn prepare_region(
     fallback: bool,
 ) -> Result<Prepared, Failure> {
     let target = persister.target();
-    let generations = persister.generations().map_err(|e| {
-        Failure::new(
-            io_code(&e),
-            format!("cannot list snapshots of {}: {e}", target.display()),
-        )
-    })?;
-    let mut chosen: Option<(PathBuf, SnapshotInfo)> = None;
-    let mut newest_bad: Option<(PathBuf, snapshot::SnapshotError)> = None;
-    for g in &generations {
-        // Without --fallback only the newest file counts, and its footer is enough to size
-        // the region: `restore_into` verifies the whole file before copying anything.
-        // With --fallback, each candidate is verified completely to choose the newest sound one.
-        let checked = if fallback {
-            snapshot::verify_path(&g.path)
-        } else {
-            snapshot::read_footer_path(&g.path)
-        };
-        match checked {
-            Ok(info) => {
-                chosen = Some((g.path.clone(), info));
-                break;
-            }
-            Err(e) => {
-                if g.index == 0 && !fallback {
-                    return Err(unusable(&g.path, &e));
-                }
-                warn!("{}: unusable snapshot: {e}", g.path.display());
-                if g.index == 0 {
-                    newest_bad = Some((g.path.clone(), e));
-                }
-            }
-        }
-        if !fallback {
-            break;
-        }
-    }
-    let image_len = chosen.as_ref().map(|(_, i)| i.image_len);
-    let size = match (size, image_len) {
-        (Some(s), Some(img)) if s < img => {
-            return Err(Failure::new(
-                Code::Config,
-                format!(
-                    "--size {s} is smaller than the snapshot {} ({img} bytes); pass --size {img} or more",
-                    chosen.as_ref().map_or(target.clone(), |(p, _)| p.clone()).display()
-                ),
-            ))
-        }
-        (Some(s), _) => s,
-        (None, Some(img)) => img,
-        (None, None) => DEFAULT_SIZE,
-    };
-    if size == 0 {
-        return Err(Failure::new(Code::Usage, "--size must be larger than 0"));
-    }
+    let Choice { chosen, newest_bad } = choose(persister, fallback)?;
+    let size = region_size(size, chosen.as_ref())?;
     let memfd = Memfd::create("shmsnap-region", size).map_err(|e| {
         Failure::new(
             Code::OsErr,
@@ -353,29 +301,124 @@ pub fn prepare_region(
         });
     };
     if let Some((bad, e)) = &newest_bad {
-        let aside = bad.with_extension(format!(
-            "{}corrupt-{}",
-            bad.extension()
-                .map_or(String::new(), |x| format!("{}.", x.to_string_lossy())),
-            now_ns() / 1_000_000_000
-        ));
-        std::fs::rename(bad, &aside).map_err(|re| {
-            Failure::new(
-                io_code(&re),
-                format!("cannot move unusable {} aside: {re}", bad.display()),
-            )
-        })?;
-        warn!(
-            "{} is unusable ({e}); renamed it to {} and restoring {} instead",
-            bad.display(),
-            aside.display(),
-            path.display()
-        );
+        set_aside(bad, e, &path)?;
     }
+    restore(&path, &info, &memfd, size)?;
+    Ok(Prepared {
+        memfd,
+        restored: Some(info),
+    })
+}
+
+/// The snapshot to restore, and the newest generation if it is unusable.
+struct Choice {
+    chosen: Option<(PathBuf, SnapshotInfo)>,
+    newest_bad: Option<(PathBuf, snapshot::SnapshotError)>,
+}
+
+/// Picks the newest snapshot (or, with `fallback`, the newest sound generation).
+fn choose(persister: &Persister, fallback: bool) -> Result<Choice, Failure> {
+    let generations = persister.generations().map_err(|e| {
+        Failure::new(
+            io_code(&e),
+            format!(
+                "cannot list snapshots of {}: {e}",
+                persister.target().display()
+            ),
+        )
+    })?;
+    let mut newest_bad = None;
+    for g in &generations {
+        // Without --fallback only the newest file counts, and its footer is enough to size
+        // the region: `restore_into` verifies the whole file before copying anything.
+        // With --fallback, each candidate is verified completely to choose the newest sound one.
+        let checked = if fallback {
+            snapshot::verify_path(&g.path)
+        } else {
+            snapshot::read_footer_path(&g.path)
+        };
+        match checked {
+            Ok(info) => {
+                return Ok(Choice {
+                    chosen: Some((g.path.clone(), info)),
+                    newest_bad,
+                })
+            }
+            Err(e) => {
+                if g.index == 0 && !fallback {
+                    return Err(unusable(&g.path, &e));
+                }
+                warn!("{}: unusable snapshot: {e}", g.path.display());
+                if g.index == 0 {
+                    newest_bad = Some((g.path.clone(), e));
+                }
+            }
+        }
+        if !fallback {
+            break;
+        }
+    }
+    Ok(Choice {
+        chosen: None,
+        newest_bad,
+    })
+}
+
+/// `--size`, or the snapshot's image length, or [`DEFAULT_SIZE`].
+fn region_size(
+    size: Option<u64>,
+    chosen: Option<&(PathBuf, SnapshotInfo)>,
+) -> Result<u64, Failure> {
+    let size = match (size, chosen) {
+        (Some(s), Some((path, info))) if s < info.image_len => {
+            let img = info.image_len;
+            return Err(Failure::new(
+                Code::Config,
+                format!(
+                    "--size {s} is smaller than the snapshot {} ({img} bytes); pass --size {img} or more",
+                    path.display()
+                ),
+            ));
+        }
+        (Some(s), _) => s,
+        (None, Some((_, info))) => info.image_len,
+        (None, None) => DEFAULT_SIZE,
+    };
+    if size == 0 {
+        return Err(Failure::new(Code::Usage, "--size must be larger than 0"));
+    }
+    Ok(size)
+}
+
+/// Renames the unusable newest snapshot `bad` aside (never deletes it).
+fn set_aside(bad: &Path, e: &snapshot::SnapshotError, instead: &Path) -> Result<(), Failure> {
+    let aside = bad.with_extension(format!(
+        "{}corrupt-{}",
+        bad.extension()
+            .map_or(String::new(), |x| format!("{}.", x.to_string_lossy())),
+        now_ns() / 1_000_000_000
+    ));
+    std::fs::rename(bad, &aside).map_err(|re| {
+        Failure::new(
+            io_code(&re),
+            format!("cannot move unusable {} aside: {re}", bad.display()),
+        )
+    })?;
+    warn!(
+        "{} is unusable ({e}); renamed it to {} and restoring {} instead",
+        bad.display(),
+        aside.display(),
+        instead.display()
+    );
+    Ok(())
+}
+
+/// Verifies `path` and copies it into `memfd`.
+fn restore(path: &Path, info: &SnapshotInfo, memfd: &Memfd, size: u64) -> Result<(), Failure> {
     let t = Instant::now();
-    let file = File::open(&path)
+    let file = File::open(path)
         .map_err(|e| Failure::new(io_code(&e), format!("cannot open {}: {e}", path.display())))?;
-    let (info2, stats) = snapshot::restore_into(&file, &memfd).map_err(|e| {
+    let (info2, stats) = snapshot::restore_into(&file, memfd).map_err(|e| {
         Failure::new(
             snapshot_code(&e),
             format!("cannot restore {}: {e}", path.display()),
@@ -389,10 +432,7 @@ pub fn prepare_region(
         "restored {} into a {size}-byte region",
         path.display()
     );
-    Ok(Prepared {
-        memfd,
-        restored: Some(info),
-    })
+    Ok(())
 }
 
 /// The error for an unusable newest snapshot without `--fallback`: nothing was changed.

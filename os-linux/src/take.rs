@@ -43,6 +43,8 @@ pub struct Scratch {
 }
 
 /// What one queue snapshot attempt produced.
+// One value per snapshot, moved once: boxing the figures would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 #[must_use = "a written snapshot is persisted only by committing its temp file"]
 pub enum QueueSnapshot<'p> {

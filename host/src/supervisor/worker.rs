@@ -175,6 +175,57 @@ fn run_one(snap: &mut Snapshotter, job: Job) {
 mod tests {
     use super::*;
 
+    /// A worker whose jobs go to the returned receiver instead of a snapshot thread.
+    fn fake() -> (Worker, mpsc::Receiver<Job>) {
+        let (jobs, rx) = mpsc::channel();
+        let worker = Worker {
+            jobs,
+            thread: std::thread::spawn(|| {}),
+            busy: false,
+            pending: None,
+        };
+        (worker, rx)
+    }
+
+    #[test]
+    fn requests_during_a_snapshot_run_once_after_it_merged_and_none_is_lost() {
+        let (mut w, rx) = fake();
+        let tick = Job {
+            why: Why::Interval,
+            client_alive: true,
+        };
+        w.request(tick).unwrap();
+        assert_eq!(rx.try_recv(), Ok(tick), "an idle worker gets the job at once");
+        // While it runs: another tick, SIGUSR1, then the client's exit.
+        for why in [Why::Interval, Why::Usr1] {
+            w.request(Job {
+                why,
+                client_alive: true,
+            })
+            .unwrap();
+        }
+        w.request(Job {
+            why: Why::ClientExited,
+            client_alive: false,
+        })
+        .unwrap();
+        assert!(rx.try_recv().is_err(), "nothing is sent while one runs");
+        assert!(w.busy());
+        w.finished().unwrap();
+        assert_eq!(
+            rx.try_recv(),
+            Ok(Job {
+                why: Why::ClientExited,
+                client_alive: false
+            }),
+            "the merged request is sent when the running one is done"
+        );
+        assert!(rx.try_recv().is_err(), "exactly once");
+        w.finished().unwrap();
+        assert!(!w.busy());
+        assert!(rx.try_recv().is_err());
+    }
+
     #[test]
     fn merged_requests_keep_the_strongest_reason_and_a_dead_client() {
         let tick = Job {

@@ -190,3 +190,63 @@ pub fn take_queue<'p>(
         },
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mapping::Protection;
+    use crate::snapshot::verify_path;
+    use shmsnap_core::{LayoutRequest, Writer};
+
+    const REQUEST: LayoutRequest = LayoutRequest {
+        entries: 8,
+        data_size: 4096,
+    };
+
+    fn meta(generation: u64) -> SnapshotMeta {
+        SnapshotMeta {
+            strategy: 1,
+            generation,
+            unix_time_ns: 0,
+        }
+    }
+
+    #[test]
+    fn a_quiet_region_keeps_every_entry_and_persists_a_sound_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let persister = Persister::new(&dir.path().join("q.snap"), 1).unwrap();
+        let memfd = Memfd::create("take", 1 << 20).unwrap();
+        memfd.seal_against_shrink().unwrap();
+        let rw = Mapping::of_memfd(&memfd, Protection::ReadWrite).unwrap();
+        let ro = Mapping::of_memfd(&memfd, Protection::ReadOnly).unwrap();
+        let mut scratch = Scratch::default();
+
+        let got = take_queue(&memfd, &ro, &persister, meta(1), &mut scratch).unwrap();
+        assert!(matches!(got, QueueSnapshot::Skipped(Skip::Unconfigured)));
+        let mut w = Writer::open_or_init(rw.words(), REQUEST).unwrap();
+        let got = take_queue(&memfd, &ro, &persister, meta(1), &mut scratch).unwrap();
+        assert!(
+            matches!(got, QueueSnapshot::Skipped(Skip::NoEntries { .. })),
+            "{got:?}"
+        );
+        for i in 0..3u64 {
+            w.commit(&i.to_le_bytes()).unwrap();
+        }
+        let QueueSnapshot::Written { file, figures } =
+            take_queue(&memfd, &ro, &persister, meta(1), &mut scratch).unwrap()
+        else {
+            panic!("a quiet region must be written");
+        };
+        assert_eq!(figures.retained.kept, 3);
+        assert_eq!(figures.retained.dropped(), 0);
+        assert_eq!(figures.info.meta, meta(1));
+        assert!(
+            !persister.target().exists(),
+            "nothing persisted before commit"
+        );
+        file.commit().unwrap();
+        let info = verify_path(&persister.target()).unwrap();
+        assert_eq!(info.image_len, 1 << 20);
+        assert_eq!(info.meta.generation, 1);
+    }
+}

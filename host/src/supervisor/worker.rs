@@ -195,7 +195,11 @@ mod tests {
             client_alive: true,
         };
         w.request(tick).unwrap();
-        assert_eq!(rx.try_recv(), Ok(tick), "an idle worker gets the job at once");
+        assert_eq!(
+            rx.try_recv(),
+            Ok(tick),
+            "an idle worker gets the job at once"
+        );
         // While it runs: another tick, SIGUSR1, then the client's exit.
         for why in [Why::Interval, Why::Usr1] {
             w.request(Job {

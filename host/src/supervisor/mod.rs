@@ -130,7 +130,9 @@ impl Supervisor {
         if let Client::Waiting { until } = self.client {
             wake = wake.min(until);
         }
-        if let Some(d) = self.stop_deadline {
+        // Only a running client has a deadline (a past one would make this loop spin while
+        // a final snapshot is taken).
+        if let (Some(d), Client::Running { .. }) = (self.stop_deadline, self.client) {
             wake = wake.min(d);
         }
         wake

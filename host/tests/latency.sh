@@ -7,10 +7,10 @@
 #
 # The client fills 240 MiB of the 256 MiB region with non-zero bytes (through fd 3), then
 # execs `shmsnap example primes --pause 10ms`, which commits every millisecond: with
-# `--interval 10ms` the host copies the whole region back to back, so a signal lands in a
-# snapshot ~97 % of the time. Each run starts a host on a fresh state file, waits for two
-# persisted snapshots, sleeps a random 0–150 ms, then either SIGKILLs the client and times
-# until the host's next "client started" line, or SIGTERMs the host and times until it exits.
+# `--interval 10ms` the host copies the whole region back to back. Each run starts a host on a
+# fresh state file, waits for two persisted snapshots, then waits until a snapshot is surely in
+# flight (`in_flight`) and SIGKILLs the client, timing until the host's next "client started"
+# line; then again until one is in flight and SIGTERMs the host, timing until it exits.
 # Also timed, from the host's log timestamps: how long until the host reacts (reaps the dead
 # client: "exited with status"; forwards SIGTERM: "forwarding signal"). Prints one line per
 # run and the medians.
@@ -38,15 +38,21 @@ start_host() {
     HOST=$!
     wait_for "snapshot persisted" 2
 }
+# Waits for the next persisted snapshot, then 50 ms: the following snapshot starts 10 ms after
+# that line and copies for far longer than 40 ms, so it is in flight when this returns.
+in_flight() {
+    wait_for "snapshot persisted" "$(( $(count "snapshot persisted") + 1 ))"
+    sleep 0.05
+}
 term_ms=""; restart_ms=""; reap_ms=""; fwd_ms=""
 for r in $(seq "$RUNS"); do
     start_host
-    sleep "$(awk "BEGIN{srand($r$$); printf \"%.3f\", rand()*0.15}")"
+    in_flight
     pid=$(sed -n 's/.*client started (pid \([0-9]*\)).*/\1/p' "$DIR/log" | head -1)
     t0=$(now_ms); kill -KILL "$pid"; wait_for "client started" 2; t1=$(now_ms)
     restart_ms="$restart_ms $((t1 - t0))"; reap_ms="$reap_ms $(( $(log_ms 'exited with status') - t0 ))"
     wait_for "snapshot persisted" "$(( $(count "snapshot persisted") + 2 ))"
-    sleep "$(awk "BEGIN{srand($r$$+1); printf \"%.3f\", rand()*0.15}")"
+    in_flight
     t0=$(now_ms); kill -TERM "$HOST"; wait "$HOST" || true; t1=$(now_ms)
     term_ms="$term_ms $((t1 - t0))"; fwd_ms="$fwd_ms $(( $(log_ms 'forwarding signal') - t0 ))"
     echo "run $r: client SIGKILL -> reaped ${reap_ms##* } ms, restarted ${restart_ms##* } ms; host SIGTERM -> forwarded ${fwd_ms##* } ms, exit ${term_ms##* } ms"

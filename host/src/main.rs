@@ -3,7 +3,8 @@
 //! | module | idea |
 //! |---|---|
 //! | [`cli`] | the command line |
-//! | [`supervise`] | `run`: start, watch, restart the client; signals; the loop |
+//! | [`supervisor`] | `run`: start, watch, restart the client; signals; the event loop |
+//! | [`strategy`] | one file per snapshot strategy, all answering the same questions |
 //! | [`snap`] | restore at start; consistent snapshots while the client runs |
 //! | [`inspect`] | `inspect` and `verify` of snapshot files |
 //! | [`notify`] | systemd: fd store, `READY=1`, `STATUS=` |
@@ -19,7 +20,8 @@ mod exit;
 mod inspect;
 mod notify;
 mod snap;
-mod supervise;
+mod strategy;
+mod supervisor;
 
 use std::process::ExitCode;
 
@@ -44,7 +46,7 @@ fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let result = match cli.command {
-        Command::Run(args) => supervise::run(args),
+        Command::Run(args) => supervisor::run(args),
         Command::Inspect(args) => inspect::inspect(&args.file, args.json),
         Command::Verify(args) => inspect::verify(&args.file),
         Command::Demo(args) => demo::run(&args),

@@ -1,24 +1,22 @@
 //! Taking snapshots of the live region, and restoring one at start.
 //!
-//! The queue strategy runs core's pre/post sandwich (DESIGN §5.3) around a sparse kernel copy
-//! of the memfd into a temp file, rewrites the image's descriptors with `retain`, appends the
-//! footer and persists atomically. Nothing is persisted that was not verified: a starved or
-//! failed attempt drops its temp file and the previous snapshot stays.
+//! A [`Snapshotter`] owns everything a snapshot needs (region, mapping, persister, the
+//! strategy) and runs on the snapshot worker thread; what one attempt does is the strategy's
+//! ([`Strategy::take`]). Nothing is persisted that was not verified: a starved or failed
+//! attempt drops its temp file and the previous snapshot stays.
 
 use std::fs::File;
 use std::io;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use shmsnap_core::{read_post, read_pre, retain, Descriptor, LayoutError, Region};
 use shmsnap_linux::persist::Persister;
 use shmsnap_linux::snapshot::{self, SnapshotInfo, SnapshotMeta};
 use shmsnap_linux::{Mapping, Memfd};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
-use crate::cli::StrategyArg;
 use crate::exit::{io_code, snapshot_code, Code, Failure};
+use crate::strategy::{Cx, Origin, Strategy};
 
 /// What one snapshot attempt did.
 #[derive(Debug)]
@@ -26,7 +24,9 @@ pub enum Outcome {
     /// A snapshot was persisted.
     Persisted(Report),
     /// Nothing was persisted, for a harmless reason.
-    Skipped(&'static str),
+    Skipped(String),
+    /// Nothing was persisted because the region is not what the strategy expects.
+    Invalid(String),
     /// Entries existed but none survived the copy: the ring is too small for the copy time.
     Starved {
         /// Copy time.
@@ -61,21 +61,26 @@ pub struct Report {
     pub rename: Duration,
 }
 
+/// The snapshotter's running totals, for the `STATUS=` line.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Tally {
+    /// When the last snapshot was persisted.
+    pub last_persisted: Option<Instant>,
+    /// Number of starved attempts since start.
+    pub starved: u64,
+}
+
 /// Takes snapshots of one region into one state file.
 #[derive(Debug)]
 pub struct Snapshotter {
     persister: Persister,
-    strategy: StrategyArg,
+    strategy: Box<dyn Strategy>,
+    memfd: Memfd,
+    /// The host's mapping of `memfd`, with the strategy's protection.
+    map: Mapping,
     /// Generation of the newest snapshot file.
     generation: u64,
-    /// (epoch, next_seq) hints of the region when the last snapshot was taken (queue).
-    last_mark: Option<(u64, u64)>,
-    /// Number of starved attempts since start.
-    pub starved: u64,
-    /// When the last snapshot was persisted.
-    pub last_persisted: Option<Instant>,
-    pre_buf: Vec<Descriptor>,
-    post_buf: Vec<Descriptor>,
+    tally: Tally,
 }
 
 fn now_ns() -> u64 {
@@ -85,30 +90,34 @@ fn now_ns() -> u64 {
 }
 
 impl Snapshotter {
-    /// A snapshotter for `state`, continuing the generation count of `restored`.
+    /// A snapshotter of `memfd` into `persister`: maps the region as the strategy wants and
+    /// lets the strategy [`accept`](Strategy::accept) it; the generation count continues the
+    /// restored snapshot's.
+    ///
+    /// # Errors
+    ///
+    /// [`Code::OsErr`] if the region cannot be mapped.
     pub fn new(
         persister: Persister,
-        strategy: StrategyArg,
-        restored: Option<&SnapshotInfo>,
-    ) -> Self {
-        Snapshotter {
+        mut strategy: Box<dyn Strategy>,
+        memfd: Memfd,
+        origin: Origin<'_>,
+    ) -> Result<Self, Failure> {
+        let map = Mapping::of_memfd(&memfd, strategy.protection())
+            .map_err(|e| Failure::new(Code::OsErr, format!("cannot map the region: {e}")))?;
+        strategy.accept(&map, origin);
+        let generation = match origin {
+            Origin::Restored(info) => info.meta.generation,
+            Origin::Empty | Origin::FdStore => 0,
+        };
+        Ok(Snapshotter {
             persister,
             strategy,
-            generation: restored.map_or(0, |i| i.meta.generation),
-            last_mark: None,
-            starved: 0,
-            last_persisted: None,
-            pre_buf: Vec::new(),
-            post_buf: Vec::new(),
-        }
-    }
-
-    /// Remembers the region's current state as already persisted (right after a restore).
-    pub fn mark_clean(&mut self, map: &Mapping) {
-        if let Ok(region) = Region::open(map.words()) {
-            let h = region.hints();
-            self.last_mark = Some((h.epoch, h.next_seq));
-        }
+            memfd,
+            map,
+            generation,
+            tally: Tally::default(),
+        })
     }
 
     /// The state file.
@@ -116,137 +125,60 @@ impl Snapshotter {
         self.persister.target()
     }
 
+    /// The region's file.
+    pub fn memfd(&self) -> &Memfd {
+        &self.memfd
+    }
+
+    /// The running totals.
+    pub fn tally(&self) -> Tally {
+        self.tally
+    }
+
     /// Takes one snapshot according to the strategy. `client_alive` tells whether the client
-    /// may still be writing (for the exit strategy, a snapshot is only taken when it is not).
+    /// may still be writing.
     ///
     /// # Errors
     ///
     /// I/O errors of the copy or the persist (the previous snapshot stays in place).
-    pub fn take(
-        &mut self,
-        memfd: &Memfd,
-        map: &Mapping,
-        client_alive: bool,
-    ) -> io::Result<Outcome> {
-        match self.strategy {
-            StrategyArg::Exit if client_alive => Ok(Outcome::Skipped(
-                "the exit strategy snapshots only when the client has exited",
-            )),
-            StrategyArg::Exit => self.take_raw(memfd),
-            StrategyArg::Queue => self.take_queue(memfd, map),
+    pub fn take(&mut self, client_alive: bool) -> io::Result<Outcome> {
+        if self.strategy.unchanged(&self.map) {
+            return Ok(Outcome::Skipped(
+                "nothing was committed since the last snapshot".into(),
+            ));
         }
-    }
-
-    fn meta(&self) -> SnapshotMeta {
-        SnapshotMeta {
+        let meta = SnapshotMeta {
             strategy: self.strategy.code(),
             generation: self.generation + 1,
             unix_time_ns: now_ns(),
-        }
-    }
-
-    fn take_raw(&mut self, memfd: &Memfd) -> io::Result<Outcome> {
-        let len = memfd.len()?;
-        let meta = self.meta();
-        let t = Instant::now();
-        let tmp = self.persister.begin()?;
-        let (_, copy) = snapshot::write_snapshot(memfd, tmp.file(), len, meta)?;
-        let copied = t.elapsed();
-        let stats = tmp.commit()?;
-        self.generation = meta.generation;
-        self.last_persisted = Some(Instant::now());
-        Ok(Outcome::Persisted(Report {
-            generation: meta.generation,
-            bytes: copy.bytes,
-            kept: 0,
-            dropped: 0,
-            newest_seq: 0,
-            copy: copied,
-            validate: Duration::ZERO,
-            sync: stats.sync,
-            rename: stats.rename + stats.dir_sync,
-        }))
-    }
-
-    fn take_queue(&mut self, memfd: &Memfd, map: &Mapping) -> io::Result<Outcome> {
-        let region = match Region::open(map.words()) {
-            Ok(r) => r,
-            Err(LayoutError::Unconfigured) => {
-                return Ok(Outcome::Skipped(
-                    "the client has not configured the region yet",
-                ))
-            }
-            Err(e) => {
-                warn!("region header is invalid ({e}); snapshot skipped, previous snapshot kept");
-                return Ok(Outcome::Skipped("the region header is invalid"));
-            }
         };
-        let layout = *region.layout();
-        let before = region.hints();
-        let mark = (before.epoch, before.next_seq);
-        if self.last_mark == Some(mark) {
-            return Ok(Outcome::Skipped(
-                "nothing was committed since the last snapshot",
-            ));
+        let cx = Cx {
+            memfd: &self.memfd,
+            map: &self.map,
+            persister: &self.persister,
+            meta,
+            client_alive,
+        };
+        let outcome = self.strategy.take(cx)?;
+        match &outcome {
+            Outcome::Persisted(r) => {
+                self.generation = r.generation;
+                self.tally.last_persisted = Some(Instant::now());
+            }
+            Outcome::Starved { .. } => self.tally.starved += 1,
+            Outcome::Skipped(_) | Outcome::Invalid(_) => {}
         }
-        let e = layout.entries as usize;
-        self.pre_buf.resize(e, Descriptor::EMPTY);
-        self.post_buf.resize(e, Descriptor::EMPTY);
-        let len = memfd.len()?;
-        let meta = self.meta();
-        let pre = read_pre(&region, &mut self.pre_buf).map_err(io::Error::other)?;
-        if pre.valid() == 0 {
-            self.last_mark = Some(mark);
-            return Ok(Outcome::Skipped("the region holds no committed entry"));
-        }
-        let t0 = Instant::now();
-        let tmp = self.persister.begin()?;
-        let copy = shmsnap_linux::copy::copy_sparse(memfd, tmp.file(), len)?;
-        let copied = t0.elapsed();
-        let t1 = Instant::now();
-        let post = read_post(&region, &mut self.post_buf).map_err(io::Error::other)?;
-        let live_next = region.hints().next_seq;
-        let mut image_meta = vec![0u8; layout.meta_len() as usize];
-        tmp.file().read_exact_at(&mut image_meta, 0)?;
-        let kept = retain(
-            &mut image_meta,
-            &layout,
-            pre.slots(),
-            post.slots(),
-            live_next,
-        )
-        .map_err(io::Error::other)?;
-        if kept.is_starved() {
-            self.starved += 1;
-            return Ok(Outcome::Starved {
-                copy: copied,
-                commits_during_copy: live_next.saturating_sub(before.next_seq),
-                pre: kept.pre,
-            });
-        }
-        tmp.file().write_all_at(&image_meta, 0)?;
-        snapshot::write_footer(tmp.file(), len, meta)?;
-        let validated = t1.elapsed();
-        let stats = tmp.commit()?;
-        self.generation = meta.generation;
-        self.last_mark = Some(mark);
-        self.last_persisted = Some(Instant::now());
-        Ok(Outcome::Persisted(Report {
-            generation: meta.generation,
-            bytes: copy.bytes,
-            kept: kept.kept,
-            dropped: kept.dropped(),
-            newest_seq: kept.newest.map_or(0, |d| d.seq),
-            copy: copied,
-            validate: validated,
-            sync: stats.sync,
-            rename: stats.rename + stats.dir_sync,
-        }))
+        Ok(outcome)
     }
 
     /// Takes a snapshot and logs what happened (the host's one call site for logging).
-    pub fn take_and_log(&mut self, memfd: &Memfd, map: &Mapping, client_alive: bool, why: &str) {
-        match self.take(memfd, map, client_alive) {
+    pub fn take_and_log(&mut self, client_alive: bool, why: &str) {
+        let result = self.take(client_alive);
+        self.log(result, why);
+    }
+
+    fn log(&self, result: io::Result<Outcome>, why: &str) {
+        match result {
             Ok(Outcome::Persisted(r)) => info!(
                 generation = r.generation,
                 bytes = r.bytes,
@@ -260,13 +192,16 @@ impl Snapshotter {
                 "snapshot persisted ({why}) to {}",
                 self.target().display()
             ),
-            Ok(Outcome::Skipped(reason)) => tracing::debug!("snapshot skipped ({why}): {reason}"),
+            Ok(Outcome::Skipped(reason)) => debug!("snapshot skipped ({why}): {reason}"),
+            Ok(Outcome::Invalid(reason)) => {
+                warn!("{reason}; snapshot skipped ({why}), previous snapshot kept")
+            }
             Ok(Outcome::Starved {
                 copy,
                 commits_during_copy,
                 pre,
             }) => warn!(
-                starved_total = self.starved,
+                starved_total = self.tally.starved,
                 "snapshot starved ({why}): all {pre} entries were overwritten during the {:.1} ms copy \
                  ({commits_during_copy} commits happened meanwhile); previous snapshot kept. \
                  Size the ring to hold the commits of one copy: more entries (E > {commits_during_copy}) \
@@ -338,60 +273,8 @@ pub fn prepare_region(
     fallback: bool,
 ) -> Result<Prepared, Failure> {
     let target = persister.target();
-    let generations = persister.generations().map_err(|e| {
-        Failure::new(
-            io_code(&e),
-            format!("cannot list snapshots of {}: {e}", target.display()),
-        )
-    })?;
-    let mut chosen: Option<(PathBuf, SnapshotInfo)> = None;
-    let mut newest_bad: Option<(PathBuf, snapshot::SnapshotError)> = None;
-    for g in &generations {
-        // Without --fallback only the newest file counts, and its footer is enough to size
-        // the region: `restore_into` verifies the whole file before copying anything.
-        // With --fallback, each candidate is verified completely to choose the newest sound one.
-        let checked = if fallback {
-            snapshot::verify_path(&g.path)
-        } else {
-            snapshot::read_footer_path(&g.path)
-        };
-        match checked {
-            Ok(info) => {
-                chosen = Some((g.path.clone(), info));
-                break;
-            }
-            Err(e) => {
-                if g.index == 0 && !fallback {
-                    return Err(unusable(&g.path, &e));
-                }
-                warn!("{}: unusable snapshot: {e}", g.path.display());
-                if g.index == 0 {
-                    newest_bad = Some((g.path.clone(), e));
-                }
-            }
-        }
-        if !fallback {
-            break;
-        }
-    }
-    let image_len = chosen.as_ref().map(|(_, i)| i.image_len);
-    let size = match (size, image_len) {
-        (Some(s), Some(img)) if s < img => {
-            return Err(Failure::new(
-                Code::Config,
-                format!(
-                    "--size {s} is smaller than the snapshot {} ({img} bytes); pass --size {img} or more",
-                    chosen.as_ref().map_or(target.clone(), |(p, _)| p.clone()).display()
-                ),
-            ))
-        }
-        (Some(s), _) => s,
-        (None, Some(img)) => img,
-        (None, None) => DEFAULT_SIZE,
-    };
-    if size == 0 {
-        return Err(Failure::new(Code::Usage, "--size must be larger than 0"));
-    }
+    let Choice { chosen, newest_bad } = choose(persister, fallback)?;
+    let size = region_size(size, chosen.as_ref())?;
     let memfd = Memfd::create("shmsnap-region", size).map_err(|e| {
         Failure::new(
             Code::OsErr,
@@ -418,29 +301,124 @@ pub fn prepare_region(
         });
     };
     if let Some((bad, e)) = &newest_bad {
-        let aside = bad.with_extension(format!(
-            "{}corrupt-{}",
-            bad.extension()
-                .map_or(String::new(), |x| format!("{}.", x.to_string_lossy())),
-            now_ns() / 1_000_000_000
-        ));
-        std::fs::rename(bad, &aside).map_err(|re| {
-            Failure::new(
-                io_code(&re),
-                format!("cannot move unusable {} aside: {re}", bad.display()),
-            )
-        })?;
-        warn!(
-            "{} is unusable ({e}); renamed it to {} and restoring {} instead",
-            bad.display(),
-            aside.display(),
-            path.display()
-        );
+        set_aside(bad, e, &path)?;
     }
+    restore(&path, &info, &memfd, size)?;
+    Ok(Prepared {
+        memfd,
+        restored: Some(info),
+    })
+}
+
+/// The snapshot to restore, and the newest generation if it is unusable.
+struct Choice {
+    chosen: Option<(PathBuf, SnapshotInfo)>,
+    newest_bad: Option<(PathBuf, snapshot::SnapshotError)>,
+}
+
+/// Picks the newest snapshot (or, with `fallback`, the newest sound generation).
+fn choose(persister: &Persister, fallback: bool) -> Result<Choice, Failure> {
+    let generations = persister.generations().map_err(|e| {
+        Failure::new(
+            io_code(&e),
+            format!(
+                "cannot list snapshots of {}: {e}",
+                persister.target().display()
+            ),
+        )
+    })?;
+    let mut newest_bad = None;
+    for g in &generations {
+        // Without --fallback only the newest file counts, and its footer is enough to size
+        // the region: `restore_into` verifies the whole file before copying anything.
+        // With --fallback, each candidate is verified completely to choose the newest sound one.
+        let checked = if fallback {
+            snapshot::verify_path(&g.path)
+        } else {
+            snapshot::read_footer_path(&g.path)
+        };
+        match checked {
+            Ok(info) => {
+                return Ok(Choice {
+                    chosen: Some((g.path.clone(), info)),
+                    newest_bad,
+                })
+            }
+            Err(e) => {
+                if g.index == 0 && !fallback {
+                    return Err(unusable(&g.path, &e));
+                }
+                warn!("{}: unusable snapshot: {e}", g.path.display());
+                if g.index == 0 {
+                    newest_bad = Some((g.path.clone(), e));
+                }
+            }
+        }
+        if !fallback {
+            break;
+        }
+    }
+    Ok(Choice {
+        chosen: None,
+        newest_bad,
+    })
+}
+
+/// `--size`, or the snapshot's image length, or [`DEFAULT_SIZE`].
+fn region_size(
+    size: Option<u64>,
+    chosen: Option<&(PathBuf, SnapshotInfo)>,
+) -> Result<u64, Failure> {
+    let size = match (size, chosen) {
+        (Some(s), Some((path, info))) if s < info.image_len => {
+            let img = info.image_len;
+            return Err(Failure::new(
+                Code::Config,
+                format!(
+                    "--size {s} is smaller than the snapshot {} ({img} bytes); pass --size {img} or more",
+                    path.display()
+                ),
+            ));
+        }
+        (Some(s), _) => s,
+        (None, Some((_, info))) => info.image_len,
+        (None, None) => DEFAULT_SIZE,
+    };
+    if size == 0 {
+        return Err(Failure::new(Code::Usage, "--size must be larger than 0"));
+    }
+    Ok(size)
+}
+
+/// Renames the unusable newest snapshot `bad` aside (never deletes it).
+fn set_aside(bad: &Path, e: &snapshot::SnapshotError, instead: &Path) -> Result<(), Failure> {
+    let aside = bad.with_extension(format!(
+        "{}corrupt-{}",
+        bad.extension()
+            .map_or(String::new(), |x| format!("{}.", x.to_string_lossy())),
+        now_ns() / 1_000_000_000
+    ));
+    std::fs::rename(bad, &aside).map_err(|re| {
+        Failure::new(
+            io_code(&re),
+            format!("cannot move unusable {} aside: {re}", bad.display()),
+        )
+    })?;
+    warn!(
+        "{} is unusable ({e}); renamed it to {} and restoring {} instead",
+        bad.display(),
+        aside.display(),
+        instead.display()
+    );
+    Ok(())
+}
+
+/// Verifies `path` and copies it into `memfd`.
+fn restore(path: &Path, info: &SnapshotInfo, memfd: &Memfd, size: u64) -> Result<(), Failure> {
     let t = Instant::now();
-    let file = File::open(&path)
+    let file = File::open(path)
         .map_err(|e| Failure::new(io_code(&e), format!("cannot open {}: {e}", path.display())))?;
-    let (info2, stats) = snapshot::restore_into(&file, &memfd).map_err(|e| {
+    let (info2, stats) = snapshot::restore_into(&file, memfd).map_err(|e| {
         Failure::new(
             snapshot_code(&e),
             format!("cannot restore {}: {e}", path.display()),
@@ -454,10 +432,7 @@ pub fn prepare_region(
         "restored {} into a {size}-byte region",
         path.display()
     );
-    Ok(Prepared {
-        memfd,
-        restored: Some(info),
-    })
+    Ok(())
 }
 
 /// The error for an unusable newest snapshot without `--fallback`: nothing was changed.
@@ -492,7 +467,6 @@ mod tests {
         let memfd = Memfd::create("starve", 64 << 20).unwrap();
         memfd.seal_against_shrink().unwrap();
         let rw = Mapping::of_memfd(&memfd, Protection::ReadWrite).unwrap();
-        let ro = Mapping::of_memfd(&memfd, Protection::ReadOnly).unwrap();
         let request = LayoutRequest {
             entries: 2,
             data_size: 64,
@@ -504,7 +478,14 @@ mod tests {
         for i in 16..64u64 {
             rustix::io::pwrite(&memfd, &junk, i << 20).unwrap();
         }
-        let mut snap = Snapshotter::new(persister, StrategyArg::Queue, None);
+        let mut snap = Snapshotter::new(
+            persister,
+            crate::strategy::from_arg(crate::cli::StrategyArg::Queue),
+            Memfd::from_fd(rustix::io::fcntl_dupfd_cloexec(&memfd, 0).unwrap()).unwrap(),
+            // Not marked as persisted: the first attempt copies at once.
+            Origin::FdStore,
+        )
+        .unwrap();
         let stop = AtomicBool::new(false);
         let mut outcomes = Vec::new();
         std::thread::scope(|s| {
@@ -517,7 +498,7 @@ mod tests {
             });
             for _ in 0..20 {
                 let before = std::fs::read(&state).ok();
-                let o = snap.take(&memfd, &ro, true).unwrap();
+                let o = snap.take(true).unwrap();
                 if matches!(o, Outcome::Starved { .. }) {
                     assert_eq!(
                         std::fs::read(&state).ok(),
@@ -526,15 +507,15 @@ mod tests {
                     );
                 }
                 outcomes.push(o);
-                if snap.starved >= 3 {
+                if snap.tally().starved >= 3 {
                     break;
                 }
             }
             stop.store(true, Ordering::Relaxed);
         });
-        assert!(snap.starved >= 1, "never starved: {outcomes:?}");
+        assert!(snap.tally().starved >= 1, "never starved: {outcomes:?}");
         assert_eq!(
-            snap.starved,
+            snap.tally().starved,
             outcomes
                 .iter()
                 .filter(|o| matches!(o, Outcome::Starved { .. }))

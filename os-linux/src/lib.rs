@@ -9,7 +9,9 @@
 //! | [`copy`] | sparse copy of data extents (`SEEK_DATA`/`SEEK_HOLE`, `copy_file_range`, `sendfile`) |
 //! | [`snapshot`] | snapshot file = image + footer (see `FOOTER.md`): write, verify, restore |
 //! | [`persist`] | atomic replace of a file with N kept generations |
+//! | [`take`] | one queue snapshot of a live region: pre → copy → post → retain → footer |
 //! | [`handover`] | start a child with the region at fd 3 and a correct `LISTEN_PID` |
+//! | [`take`] | the queue snapshot pipeline: pre, sparse copy, post, retain, footer, in one call |
 //! | [`track`] | write tracking: client userfaultfd async write-protect, host `PAGEMAP_SCAN` |
 //!
 //! `unsafe` is denied at the crate root and allowed only in [`mapping`] (it maps memory),
@@ -63,6 +65,7 @@ pub mod mapping;
 pub mod memfd;
 pub mod persist;
 pub mod snapshot;
+pub mod take;
 pub mod track;
 
 pub use mapping::{Mapping, Protection};

@@ -1,0 +1,136 @@
+//! Strategies: how the region is coordinated and snapshotted, one file per strategy.
+//!
+//! Every strategy answers the same questions through [`Strategy`]; the supervisor and the
+//! snapshotter ask them and never test which strategy runs.
+//!
+//! | question | method |
+//! |---|---|
+//! | interval ticks? on SIGUSR1? a final snapshot at client exit? | [`Strategy::schedule`] |
+//! | how is the region mapped? | [`Strategy::protection`] |
+//! | is the region at start (restored, empty or inherited) accepted, what is already on disk? | [`Strategy::accept`] |
+//! | nothing changed since the last persisted snapshot? | [`Strategy::unchanged`] |
+//! | take one snapshot | [`Strategy::take`] |
+//!
+//! | file | strategy |
+//! |---|---|
+//! | [`exit`] | a raw copy of the whole region once the client has exited (any client) |
+//! | [`queue`] | continuous consistent snapshots of a shmsnap-core queue (pre/copy/post) |
+
+pub mod exit;
+pub mod queue;
+
+use std::fmt;
+use std::io;
+
+use shmsnap_linux::persist::Persister;
+use shmsnap_linux::snapshot::{SnapshotInfo, SnapshotMeta};
+use shmsnap_linux::{Mapping, Memfd, Protection};
+use tracing::warn;
+
+use crate::cli::StrategyArg;
+use crate::snap::Outcome;
+
+/// When the supervisor asks for snapshots.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Schedule {
+    /// Snapshot every `--interval` while the host runs.
+    pub ticks: bool,
+    /// What SIGUSR1 does.
+    pub on_usr1: OnUsr1,
+    /// Take a final snapshot after the client exits, before it is restarted (or the host
+    /// exits).
+    pub final_at_exit: bool,
+}
+
+/// What SIGUSR1 does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnUsr1 {
+    /// Take a snapshot now.
+    Snapshot,
+    /// Nothing; log this line.
+    Ignore(&'static str),
+}
+
+/// Where the region the host starts with came from.
+#[derive(Debug, Clone, Copy)]
+pub enum Origin<'a> {
+    /// A fresh region, no snapshot on disk.
+    Empty,
+    /// Restored from this snapshot file: the region holds exactly what is on disk.
+    Restored(&'a SnapshotInfo),
+    /// Inherited from the service manager's fd store: it may hold commits never persisted.
+    FdStore,
+}
+
+/// One snapshot request as the strategy sees it.
+#[derive(Debug)]
+pub struct Cx<'a> {
+    /// The region's file.
+    pub memfd: &'a Memfd,
+    /// The host's mapping of it (with [`Strategy::protection`]).
+    pub map: &'a Mapping,
+    /// Where snapshots go.
+    pub persister: &'a Persister,
+    /// The footer's meta for this snapshot (its generation is the next one).
+    pub meta: SnapshotMeta,
+    /// Whether the client may still be writing.
+    pub client_alive: bool,
+}
+
+/// A snapshot strategy; see the [module docs](self) for the questions it answers.
+///
+/// A strategy lives on the snapshot worker thread (hence `Send`); the supervisor only reads
+/// its [`Schedule`] and [`Protection`] before handing it over.
+pub trait Strategy: Send + fmt::Debug {
+    /// The name users type (`--strategy NAME`).
+    fn name(&self) -> &'static str;
+
+    /// The strategy code written into snapshot footers.
+    fn code(&self) -> u64;
+
+    /// When snapshots are requested.
+    fn schedule(&self) -> Schedule;
+
+    /// How the host maps the region.
+    fn protection(&self) -> Protection {
+        Protection::ReadOnly
+    }
+
+    /// Looks at the region the host starts with, before the first client starts, and
+    /// remembers what of it is already on disk. The default warns when a restored snapshot
+    /// was taken by another strategy.
+    fn accept(&mut self, _map: &Mapping, origin: Origin<'_>) {
+        warn_on_foreign(self.code(), self.name(), origin);
+    }
+
+    /// `true` if the region holds nothing the last persisted snapshot lacks (then no snapshot
+    /// is taken).
+    fn unchanged(&self, map: &Mapping) -> bool;
+
+    /// Takes one snapshot. Runs on the snapshot worker thread.
+    ///
+    /// # Errors
+    ///
+    /// I/O errors of the copy or the persist; the previous snapshot stays in place.
+    fn take(&mut self, cx: Cx<'_>) -> io::Result<Outcome>;
+}
+
+/// The strategy chosen on the command line.
+pub fn from_arg(arg: StrategyArg) -> Box<dyn Strategy> {
+    match arg {
+        StrategyArg::Exit => Box::new(exit::Exit),
+        StrategyArg::Queue => Box::new(queue::Queue::default()),
+    }
+}
+
+/// Warns if a restored snapshot was taken with another strategy than `code`.
+pub fn warn_on_foreign(code: u64, name: &str, origin: Origin<'_>) {
+    if let Origin::Restored(info) = origin {
+        if info.meta.strategy != code {
+            warn!(
+                "the snapshot was taken with strategy code {}, this run uses {name}",
+                info.meta.strategy
+            );
+        }
+    }
+}

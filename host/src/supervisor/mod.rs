@@ -1,0 +1,268 @@
+//! `shmsnap run`: the supervisor.
+//!
+//! | module | idea |
+//! |---|---|
+//! | [`setup`] | region, snapshotter, service manager, signal thread, first client |
+//! | [`client`] | the client process: command, spawn, reap, descendants |
+//! | [`restart`] | the restart policy (`--restart`, backoff) |
+//! | [`worker`] | the snapshot thread and the merging of requests |
+//!
+//! Three threads: the signal thread forwards signals, the snapshot thread runs snapshots, and
+//! this one — the event loop — owns the client and decides. Both other threads report on one
+//! channel; the loop sleeps in `recv_timeout` between events (an idle host costs a wake-up per
+//! interval) and never waits for a copy, except for the rules that keep snapshots consistent:
+//!
+//! - after the client exits, its final snapshot is taken (after any snapshot already running)
+//!   before it is restarted — a restarted client would write into the region during the copy;
+//! - the host exits only after that final snapshot, and lets a running snapshot finish.
+
+mod client;
+mod restart;
+mod setup;
+mod worker;
+
+use std::process::{Command, ExitCode};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant};
+
+use rustix::process::Signal;
+use signal_hook::consts::{SIGCHLD, SIGUSR1};
+use tracing::{info, warn};
+
+use self::client::Client;
+use self::restart::RestartPolicy;
+use self::worker::{Done, Job, Why, Worker};
+use crate::cli::RunArgs;
+use crate::exit::{Code, Failure};
+use crate::notify::Notifier;
+use crate::snap::Tally;
+use crate::strategy::{OnUsr1, Schedule};
+
+/// How long the loop sleeps when nothing is scheduled.
+const IDLE: Duration = Duration::from_secs(3600);
+
+/// What the loop hears about.
+#[derive(Debug)]
+pub enum Event {
+    /// A signal (from the signal thread).
+    Signal(i32),
+    /// A snapshot request finished (from the snapshot thread).
+    Snapshot(Done),
+}
+
+impl From<Done> for Event {
+    fn from(d: Done) -> Self {
+        Event::Snapshot(d)
+    }
+}
+
+/// Whether the loop goes on.
+enum Flow {
+    Continue,
+    /// Exit with this status.
+    Exit(i32),
+}
+
+/// The supervisor's state between events.
+#[derive(Debug)]
+pub struct Supervisor {
+    /// Starts the client (through the exec shim, region at fd 3).
+    cmd: Command,
+    client: Client,
+    worker: Worker,
+    events: Receiver<Event>,
+    notifier: Notifier,
+    /// The strategy's answers.
+    schedule: Schedule,
+    restart: RestartPolicy,
+    interval: Duration,
+    stop_timeout: Duration,
+    /// The next interval snapshot; `None` without ticks, or while one is requested and not
+    /// finished (the next tick is an interval after it, as when snapshots ran in the loop).
+    next_tick: Option<Instant>,
+    /// Set once a stop was requested: when the client is SIGKILLed if it has not exited.
+    stop_deadline: Option<Instant>,
+}
+
+/// Runs the supervisor until the client is done (per the restart policy) or a stop signal.
+///
+/// # Errors
+///
+/// A [`Failure`] for anything that prevents starting (bad snapshot, unwritable directory,
+/// command not found, ...). Once the client runs, problems are logged, not fatal.
+pub fn run(args: RunArgs) -> Result<ExitCode, Failure> {
+    let mut sup = setup::start(args)?;
+    let status = sup.event_loop();
+    client::kill_descendants();
+    // Lets a running snapshot finish: a copy is never cut short by the exit.
+    sup.worker.stop();
+    let status = status?;
+    info!("exiting with status {status}");
+    Ok(ExitCode::from(u8::try_from(status).unwrap_or(1)))
+}
+
+impl Supervisor {
+    fn event_loop(&mut self) -> Result<i32, Failure> {
+        loop {
+            let wait = self.next_wake().saturating_duration_since(Instant::now());
+            let flow = match self.events.recv_timeout(wait) {
+                Ok(Event::Signal(SIGCHLD)) => self.on_sigchld()?,
+                Ok(Event::Signal(SIGUSR1)) => self.on_sigusr1()?,
+                Ok(Event::Signal(sig)) => self.on_stop(sig),
+                Ok(Event::Snapshot(done)) => self.on_snapshot(done)?,
+                Err(RecvTimeoutError::Timeout) => Flow::Continue,
+                Err(RecvTimeoutError::Disconnected) => {
+                    return Err(Failure::new(Code::Software, "the signal thread stopped"));
+                }
+            };
+            if let Flow::Exit(code) = flow {
+                return Ok(code);
+            }
+            self.on_time()?;
+        }
+    }
+
+    fn next_wake(&self) -> Instant {
+        let mut wake = Instant::now() + IDLE;
+        if let Some(t) = self.next_tick {
+            wake = wake.min(t);
+        }
+        if let Client::Waiting { until } = self.client {
+            wake = wake.min(until);
+        }
+        // Only a running client has a deadline (a past one would make this loop spin while
+        // a final snapshot is taken).
+        if let (Some(d), Client::Running { .. }) = (self.stop_deadline, self.client) {
+            wake = wake.min(d);
+        }
+        wake
+    }
+
+    /// Reaps; if the client exited, asks for its final snapshot (the restart waits for it).
+    fn on_sigchld(&mut self) -> Result<Flow, Failure> {
+        let Some((code, ran)) = client::reap(&self.client) else {
+            return Ok(Flow::Continue);
+        };
+        client::kill_descendants();
+        self.client = Client::Exited {
+            code,
+            ran,
+            at: Instant::now(),
+        };
+        if !self.schedule.final_at_exit {
+            return Ok(self.after_final());
+        }
+        self.worker.request(Job {
+            why: Why::ClientExited,
+            client_alive: false,
+        })?;
+        Ok(Flow::Continue)
+    }
+
+    fn on_sigusr1(&mut self) -> Result<Flow, Failure> {
+        match self.schedule.on_usr1 {
+            OnUsr1::Snapshot => self.worker.request(Job {
+                why: Why::Usr1,
+                client_alive: self.client.alive(),
+            })?,
+            OnUsr1::Ignore(line) => info!("{line}"),
+        }
+        Ok(Flow::Continue)
+    }
+
+    /// SIGTERM or SIGINT: forward, then wait for the client (and its final snapshot) with a
+    /// deadline.
+    fn on_stop(&mut self, sig: i32) -> Flow {
+        self.notifier.stopping();
+        match self.client {
+            Client::Running { pid, .. } => {
+                info!(
+                    "forwarding signal {sig} to the client (pid {})",
+                    pid.as_raw_pid()
+                );
+                let sig = Signal::from_named_raw(sig).unwrap_or(Signal::TERM);
+                let _ = rustix::process::kill_process(pid, sig);
+            }
+            Client::Exited { .. } => {
+                info!("stop requested; exiting after the client's final snapshot");
+            }
+            Client::Waiting { .. } => {
+                info!("stop requested while the client was not running");
+                return Flow::Exit(143);
+            }
+        }
+        self.stop_deadline
+            .get_or_insert(Instant::now() + self.stop_timeout);
+        Flow::Continue
+    }
+
+    fn on_snapshot(&mut self, done: Done) -> Result<Flow, Failure> {
+        self.worker.finished()?;
+        status_line(&self.notifier, done.tally);
+        if self.schedule.ticks && self.next_tick.is_none() && !self.worker.busy() {
+            self.next_tick = Some(Instant::now() + self.interval);
+        }
+        let final_done = done.job.why == Why::ClientExited;
+        if final_done && matches!(self.client, Client::Exited { .. }) {
+            return Ok(self.after_final());
+        }
+        Ok(Flow::Continue)
+    }
+
+    /// The client exited and its final snapshot is done: restart it (after the backoff pause,
+    /// counted from its exit) or exit with its status.
+    fn after_final(&mut self) -> Flow {
+        let Client::Exited { code, ran, at } = self.client else {
+            return Flow::Continue;
+        };
+        let stopping = self.stop_deadline.is_some();
+        match self.restart.after_exit(code, ran, stopping) {
+            None => Flow::Exit(code),
+            Some(pause) => {
+                info!("restarting the client in {pause:?}");
+                self.client = Client::Waiting { until: at + pause };
+                Flow::Continue
+            }
+        }
+    }
+
+    /// What is due: the stop deadline, a restart, an interval snapshot.
+    fn on_time(&mut self) -> Result<(), Failure> {
+        let now = Instant::now();
+        if let (Some(d), Client::Running { pid, .. }) = (self.stop_deadline, self.client) {
+            if now >= d {
+                warn!(
+                    "the client did not exit within {:?}; killing it",
+                    self.stop_timeout
+                );
+                let _ = rustix::process::kill_process_group(pid, Signal::KILL);
+                let _ = rustix::process::kill_process(pid, Signal::KILL);
+                self.stop_deadline = Some(now + IDLE);
+            }
+        }
+        if let Client::Waiting { until } = self.client {
+            if now >= until {
+                self.client = client::spawn(&mut self.cmd)?;
+            }
+        }
+        if self.next_tick.is_some_and(|t| now >= t) {
+            self.next_tick = None;
+            self.worker.request(Job {
+                why: Why::Interval,
+                client_alive: self.client.alive(),
+            })?;
+        }
+        Ok(())
+    }
+}
+
+fn status_line(notifier: &Notifier, tally: Tally) {
+    if notifier.enabled() {
+        let age = tally
+            .last_persisted
+            .map_or("no snapshot yet".to_owned(), |t| {
+                format!("last snapshot {:.1}s ago", t.elapsed().as_secs_f64())
+            });
+        notifier.status(&format!("{age}; {} starved attempts", tally.starved));
+    }
+}

@@ -1,0 +1,137 @@
+//! Everything before the event loop: the region (restored, empty or inherited), the
+//! snapshotter on its thread, the service manager, the signal thread, the first client.
+
+use std::sync::mpsc::{self, Sender};
+use std::time::Instant;
+
+use shmsnap_linux::listen::{take_listen_fd, ListenError};
+use shmsnap_linux::persist::Persister;
+use shmsnap_linux::Memfd;
+use signal_hook::consts::{SIGCHLD, SIGINT, SIGTERM, SIGUSR1};
+use tracing::{info, warn};
+
+use super::client::{self, resolve_command};
+use super::restart::RestartPolicy;
+use super::worker::Worker;
+use super::{Event, Supervisor};
+use crate::cli::RunArgs;
+use crate::exit::{Code, Failure};
+use crate::notify::Notifier;
+use crate::snap::{open_persister, prepare_region, Prepared, Snapshotter};
+use crate::strategy::{self, Origin};
+
+/// Sets everything up and starts the first client.
+///
+/// # Errors
+///
+/// A [`Failure`] for anything that prevents starting (bad snapshot, unwritable directory,
+/// command not found, ...).
+pub fn start(args: RunArgs) -> Result<Supervisor, Failure> {
+    let program = args
+        .command
+        .first()
+        .ok_or_else(|| Failure::new(Code::Usage, "no command given"))?;
+    resolve_command(program)?;
+    // Before any thread starts: the environment changes (LISTEN_*), and fd 3 is reserved so
+    // no later fd can take the slot the client's region goes to.
+    let inherited = inherited_region(&args.fd_name);
+    shmsnap_linux::handover::reserve_fd3()
+        .map_err(|e| Failure::new(Code::OsErr, format!("cannot reserve fd 3: {e}")))?;
+    let persister = open_persister(&args.state, args.keep)?;
+    let from_store = inherited.is_some();
+    let Prepared { memfd, restored } = region(&args, &persister, inherited)?;
+    let origin = match (&restored, from_store) {
+        (_, true) => Origin::FdStore,
+        (Some(info), false) => Origin::Restored(info),
+        (None, false) => Origin::Empty,
+    };
+    let strategy = strategy::from_arg(args.strategy);
+    let schedule = strategy.schedule();
+    let snap = Snapshotter::new(persister, strategy, memfd, origin)?;
+    let notifier = Notifier::from_env();
+    notifier.store_fd(snap.memfd(), &args.fd_name);
+    let mut cmd = client::command(&args, snap.memfd())?;
+
+    rustix::process::set_child_subreaper(Some(rustix::process::getpid()))
+        .map_err(|e| Failure::new(Code::OsErr, format!("cannot become a child subreaper: {e}")))?;
+    let (tx, events) = mpsc::channel();
+    signal_thread(tx.clone())?;
+    let worker = Worker::spawn(snap, tx)?;
+    // Spawned from this thread, which lives as long as the host: PDEATHSIG fires when the
+    // thread that forked the client exits.
+    let client = client::spawn(&mut cmd)?;
+    notifier.ready(&format!("client running; state {}", args.state.display()));
+    Ok(Supervisor {
+        cmd,
+        client,
+        worker,
+        events,
+        notifier,
+        schedule,
+        restart: RestartPolicy::new(args.restart, args.max_backoff),
+        interval: args.interval,
+        stop_timeout: args.stop_timeout,
+        next_tick: schedule.ticks.then(|| Instant::now() + args.interval),
+        stop_deadline: None,
+    })
+}
+
+/// The region: the inherited one (grown to `--size`), or a new one with the newest snapshot
+/// restored into it.
+fn region(
+    args: &RunArgs,
+    persister: &Persister,
+    inherited: Option<Memfd>,
+) -> Result<Prepared, Failure> {
+    let Some(memfd) = inherited else {
+        return prepare_region(persister, args.size, args.fallback);
+    };
+    if let Some(size) = args.size {
+        memfd.grow(size).map_err(|e| {
+            Failure::new(
+                Code::Config,
+                format!("cannot size the inherited region to {size} bytes: {e}"),
+            )
+        })?;
+    }
+    info!("reusing the region from the service manager's fd store (no restore from disk)");
+    Ok(Prepared {
+        memfd,
+        restored: None,
+    })
+}
+
+/// The region fd passed by the service manager (fd store), if any.
+fn inherited_region(name: &str) -> Option<Memfd> {
+    match take_listen_fd(name) {
+        Ok(fd) => match Memfd::from_fd(fd) {
+            Ok(m) => Some(m),
+            Err(e) => {
+                warn!("ignoring the passed fd named {name}: {e}");
+                None
+            }
+        },
+        Err(ListenError::Missing { .. }) => None,
+        Err(e) => {
+            warn!("ignoring LISTEN_FDS: {e}");
+            None
+        }
+    }
+}
+
+/// A thread that waits for signals (signal-hook) and forwards them as events.
+fn signal_thread(tx: Sender<Event>) -> Result<(), Failure> {
+    let mut signals = signal_hook::iterator::Signals::new([SIGCHLD, SIGTERM, SIGINT, SIGUSR1])
+        .map_err(|e| Failure::new(Code::OsErr, format!("cannot install signal handlers: {e}")))?;
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            for s in signals.forever() {
+                if tx.send(Event::Signal(s)).is_err() {
+                    break;
+                }
+            }
+        })
+        .map_err(|e| Failure::new(Code::OsErr, format!("cannot start the signal thread: {e}")))?;
+    Ok(())
+}

@@ -1,0 +1,252 @@
+//! One queue snapshot of a live region: the order of the pre/copy/post sandwich in one place.
+//!
+//! ```text
+//! hints_before = live hints                       (the caller's "changed since?" mark)
+//! pre          = valid descriptors of the live region
+//! temp file    = Persister::begin()
+//! sparse copy of the memfd into the temp file     (copy_sparse)
+//! post         = Acquire fence, valid descriptors again
+//! live_next    = live next_seq, read after post
+//! retain       = keep pre ∩ post in the copied meta pages, fix the hints
+//! pwrite the meta pages back, append the footer   (write_footer)
+//! ```
+//!
+//! [`take_queue`] runs these steps and hands back the temp file, complete but not yet synced:
+//! the caller decides whether to [`commit`](TempFile::commit) it (and counts the generation).
+//! Nothing is written to the target here; an attempt that starves or fails drops its temp file.
+//!
+//! Every call into core's host API (`read_pre`, `read_post`, `retain`) is in one marked block
+//! of [`take_queue`], so replacing them with an ordered stamp type changes only those lines.
+
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::time::{Duration, Instant};
+
+use shmsnap_core::{read_post, read_pre, retain, Descriptor, Hints, LayoutError, Region, Retained};
+
+use crate::copy::{copy_sparse, CopyStats};
+use crate::mapping::Mapping;
+use crate::memfd::Memfd;
+use crate::persist::{Persister, TempFile};
+use crate::snapshot::{write_footer, SnapshotInfo, SnapshotMeta};
+
+/// Buffers one snapshot attempt needs, kept between attempts so the host does not allocate
+/// per snapshot.
+#[derive(Debug, Default)]
+pub struct Scratch {
+    /// Descriptors before the copy (resized to the region's entry count).
+    pre: Vec<Descriptor>,
+    /// Descriptors after the copy (same length as `pre`).
+    post: Vec<Descriptor>,
+    /// The copied image's header and descriptor ring (`Layout::meta_len` bytes).
+    meta: Vec<u8>,
+}
+
+/// What one queue snapshot attempt produced.
+// One value per snapshot, moved once: boxing the figures would buy nothing.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug)]
+#[must_use = "a written snapshot is persisted only by committing its temp file"]
+pub enum QueueSnapshot<'p> {
+    /// A complete snapshot (image with retained descriptors, footer) in a temp file, not yet
+    /// synced: [`TempFile::commit`] persists it, dropping it discards it.
+    Written {
+        /// The temp file holding the snapshot.
+        file: TempFile<'p>,
+        /// What the attempt did.
+        figures: Figures,
+    },
+    /// Nothing was copied, for a harmless reason.
+    Skipped(Skip),
+    /// Entries existed before the copy but none survived it; nothing was kept.
+    Starved(Starved),
+}
+
+/// Why an attempt copied nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Skip {
+    /// The client has not configured the region yet (no magic in the header).
+    Unconfigured,
+    /// The region's header is not valid.
+    InvalidHeader(LayoutError),
+    /// The region is configured but holds no committed entry; `hints` were read before the
+    /// descriptors (the state to remember as "already handled").
+    NoEntries {
+        /// The live hints before the descriptors were read.
+        hints: Hints,
+    },
+}
+
+impl std::fmt::Display for Skip {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Skip::Unconfigured => f.write_str("the client has not configured the region yet"),
+            Skip::InvalidHeader(e) => write!(f, "the region header is invalid ({e})"),
+            Skip::NoEntries { .. } => f.write_str("the region holds no committed entry"),
+        }
+    }
+}
+
+/// Figures of a written snapshot.
+#[derive(Debug, Clone, Copy)]
+pub struct Figures {
+    /// Live hints read before the descriptors: the region's state this snapshot covers.
+    pub hints_before: Hints,
+    /// What the sparse copy moved.
+    pub copy: CopyStats,
+    /// Time of the sparse copy.
+    pub copy_time: Duration,
+    /// Time of post read, retain, meta write-back and footer (with the image CRC).
+    pub validate_time: Duration,
+    /// What `retain` kept.
+    pub retained: Retained,
+    /// The footer written.
+    pub info: SnapshotInfo,
+}
+
+/// Figures of a starved attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Starved {
+    /// Time of the sparse copy.
+    pub copy_time: Duration,
+    /// Commits made during the copy (live `next_seq` after minus before).
+    pub commits_during_copy: u64,
+    /// Valid entries before the copy.
+    pub pre: u64,
+}
+
+/// Takes one queue snapshot of `memfd` (seen through `map`, a mapping of the same memfd)
+/// into a new temp file of `persister`, with `meta` in its footer; see the
+/// [module docs](self) for the order of the steps.
+///
+/// The returned [`QueueSnapshot::Written`] holds the temp file uncommitted.
+///
+/// # Errors
+///
+/// I/O errors of the temp file, the copy or the footer (naming what failed); a core
+/// [`RetainError`](shmsnap_core::RetainError) as `Other` if the copied image's header differs
+/// from the live one (the region was re-initialised during the copy). No temp file is left.
+pub fn take_queue<'p>(
+    memfd: &Memfd,
+    map: &Mapping,
+    persister: &'p Persister,
+    meta: SnapshotMeta,
+    scratch: &mut Scratch,
+) -> io::Result<QueueSnapshot<'p>> {
+    let region = match Region::open(map.words()) {
+        Ok(r) => r,
+        Err(LayoutError::Unconfigured) => return Ok(QueueSnapshot::Skipped(Skip::Unconfigured)),
+        Err(e) => return Ok(QueueSnapshot::Skipped(Skip::InvalidHeader(e))),
+    };
+    let layout = *region.layout();
+    let Scratch {
+        pre,
+        post,
+        meta: image_meta,
+    } = scratch;
+    pre.resize(layout.entries as usize, Descriptor::EMPTY);
+    post.resize(layout.entries as usize, Descriptor::EMPTY);
+    image_meta.resize(layout.meta_len() as usize, 0);
+    let len = memfd.len()?;
+
+    // The sandwich: every call into core's host API is in the lines below, in this order.
+    let hints_before = region.hints();
+    let pre = read_pre(&region, pre).map_err(io::Error::other)?;
+    if pre.valid() == 0 {
+        return Ok(QueueSnapshot::Skipped(Skip::NoEntries {
+            hints: hints_before,
+        }));
+    }
+    let tmp = persister.begin()?;
+    let t = Instant::now();
+    let copy = copy_sparse(memfd, tmp.file(), len)?;
+    let copy_time = t.elapsed();
+    let t = Instant::now();
+    let post = read_post(&region, post).map_err(io::Error::other)?;
+    let live_next = region.hints().next_seq;
+    tmp.file().read_exact_at(image_meta, 0)?;
+    let retained = retain(image_meta, &layout, pre.slots(), post.slots(), live_next)
+        .map_err(io::Error::other)?;
+    // End of the sandwich.
+
+    if retained.is_starved() {
+        return Ok(QueueSnapshot::Starved(Starved {
+            copy_time,
+            commits_during_copy: live_next.saturating_sub(hints_before.next_seq),
+            pre: retained.pre,
+        }));
+    }
+    tmp.file().write_all_at(image_meta, 0)?;
+    let info = write_footer(tmp.file(), len, meta)?;
+    Ok(QueueSnapshot::Written {
+        file: tmp,
+        figures: Figures {
+            hints_before,
+            copy,
+            copy_time,
+            validate_time: t.elapsed(),
+            retained,
+            info,
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mapping::Protection;
+    use crate::snapshot::verify_path;
+    use shmsnap_core::{LayoutRequest, Writer};
+
+    const REQUEST: LayoutRequest = LayoutRequest {
+        entries: 8,
+        data_size: 4096,
+    };
+
+    fn meta(generation: u64) -> SnapshotMeta {
+        SnapshotMeta {
+            strategy: 1,
+            generation,
+            unix_time_ns: 0,
+        }
+    }
+
+    #[test]
+    fn a_quiet_region_keeps_every_entry_and_persists_a_sound_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let persister = Persister::new(&dir.path().join("q.snap"), 1).unwrap();
+        let memfd = Memfd::create("take", 1 << 20).unwrap();
+        memfd.seal_against_shrink().unwrap();
+        let rw = Mapping::of_memfd(&memfd, Protection::ReadWrite).unwrap();
+        let ro = Mapping::of_memfd(&memfd, Protection::ReadOnly).unwrap();
+        let mut scratch = Scratch::default();
+
+        let got = take_queue(&memfd, &ro, &persister, meta(1), &mut scratch).unwrap();
+        assert!(matches!(got, QueueSnapshot::Skipped(Skip::Unconfigured)));
+        let mut w = Writer::open_or_init(rw.words(), REQUEST).unwrap();
+        let got = take_queue(&memfd, &ro, &persister, meta(1), &mut scratch).unwrap();
+        assert!(
+            matches!(got, QueueSnapshot::Skipped(Skip::NoEntries { .. })),
+            "{got:?}"
+        );
+        for i in 0..3u64 {
+            w.commit(&i.to_le_bytes()).unwrap();
+        }
+        let QueueSnapshot::Written { file, figures } =
+            take_queue(&memfd, &ro, &persister, meta(1), &mut scratch).unwrap()
+        else {
+            panic!("a quiet region must be written");
+        };
+        assert_eq!(figures.retained.kept, 3);
+        assert_eq!(figures.retained.dropped(), 0);
+        assert_eq!(figures.info.meta, meta(1));
+        assert!(
+            !persister.target().exists(),
+            "nothing persisted before commit"
+        );
+        file.commit().unwrap();
+        let info = verify_path(&persister.target()).unwrap();
+        assert_eq!(info.image_len, 1 << 20);
+        assert_eq!(info.meta.generation, 1);
+    }
+}

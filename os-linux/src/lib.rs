@@ -11,7 +11,6 @@
 //! | [`persist`] | atomic replace of a file with N kept generations |
 //! | [`take`] | one queue snapshot of a live region: pre → copy → post → retain → footer |
 //! | [`handover`] | start a child with the region at fd 3 and a correct `LISTEN_PID` |
-//! | [`take`] | the queue snapshot pipeline: pre, sparse copy, post, retain, footer, in one call |
 //! | [`track`] | write tracking: client userfaultfd async write-protect, host `PAGEMAP_SCAN` |
 //!
 //! `unsafe` is denied at the crate root and allowed only in [`mapping`] (it maps memory),

@@ -4,13 +4,12 @@
 //! data ring that 4096 committed entries fill exactly (all live), then touched either fully
 //! (every page written) or to 1/16 (a contiguous prefix written, the rest holes).
 //!
-//! - **host cycle** (ours): what the host does per snapshot — [`PreCopy::read`] over its
-//!   read-only mapping, sparse copy of the memfd into a temp file in the target directory
-//!   ([`Persister::begin`]), `pread` of the meta pages ([`Layout::meta_len`] bytes),
-//!   [`PreCopy::finish`] (fence, post, `next_seq`, `retain`), `pwrite` back, footer with the
-//!   image's CRC-32C ([`write_footer`]), then `fdatasync`, generation shuffle (keep 1),
-//!   `rename`, directory `fsync` and the unlink of the dropped generation
-//!   ([`TempFile::commit`]).
+//! - **host cycle** (ours): what the host does per snapshot — [`take_queue`] (the host's own
+//!   call: `PreCopy::read` over its read-only mapping, sparse copy of the memfd into a temp
+//!   file in the target directory, `PreCopy::finish` — fence, post, `next_seq`, `retain` — on
+//!   the meta pages, footer with the image's CRC-32C), then [`TempFile::commit`]:
+//!   `fdatasync`, generation shuffle (keep 1), `rename`, directory `fsync` and the unlink of
+//!   the dropped generation.
 //! - **raw** (the limit): `open(O_CREAT|O_EXCL)` a temp file in the same directory, the same
 //!   sparse copy, `fdatasync`, `rename` over the previous raw file (which frees that file's
 //!   blocks inside `rename`, as the host's unlink of its dropped generation does), directory
@@ -28,13 +27,12 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 
 use rustix::fs::{Mode, OFlags};
-use shmsnap_core::{
-    Descriptor, Layout, LayoutRequest, PreCopy, Region, Retained, Strategy, Writer,
-};
+use shmsnap_core::{Layout, LayoutRequest, Retained, Strategy, Writer};
+use shmsnap_linux::take::{take_queue, QueueSnapshot, Scratch};
 
 use crate::sys::{
-    copy_sparse, image_crc32c, pread_exact, pwrite_all, restore_into, verify, write_footer,
-    Mapping, Memfd, PersistStats, Persister, Protection, SnapshotMeta,
+    copy_sparse, image_crc32c, restore_into, verify, Mapping, Memfd, PersistStats, Persister,
+    Protection, SnapshotMeta,
 };
 
 /// Region sizes of the group.
@@ -103,9 +101,8 @@ pub struct SnapshotFixture {
     raw_tmp: String,
     /// Where restores go (same length, sealed).
     restore: Memfd,
-    pre: RefCell<Vec<Descriptor>>,
-    post: RefCell<Vec<Descriptor>>,
-    meta: RefCell<Vec<u8>>,
+    /// The host cycle's buffers, kept between snapshots as the host keeps them.
+    scratch: RefCell<Scratch>,
     generation: Cell<u64>,
     /// Timings of the last host persist.
     last: Cell<PersistStats>,
@@ -164,9 +161,7 @@ impl SnapshotFixture {
             raw_name: format!("raw-{tag}.snap"),
             raw_tmp: format!(".raw-{tag}.snap.tmp"),
             restore,
-            pre: RefCell::new(vec![Descriptor::EMPTY; ENTRIES as usize]),
-            post: RefCell::new(vec![Descriptor::EMPTY; ENTRIES as usize]),
-            meta: RefCell::new(vec![0u8; layout.meta_len() as usize]),
+            scratch: RefCell::new(Scratch::default()),
             generation: Cell::new(0),
             last: Cell::new(PersistStats::default()),
         };
@@ -209,33 +204,23 @@ impl SnapshotFixture {
     ///
     /// Any I/O error; `Other` if the region is unreadable or the attempt starved.
     pub fn host_snapshot(&self) -> io::Result<Retained> {
-        let region = Region::open(self.host.words()).map_err(err)?;
-        let mut pre_buf = self.pre.borrow_mut();
-        let mut post_buf = self.post.borrow_mut();
-        let mut meta = self.meta.borrow_mut();
-        let pre = PreCopy::read(&region, &mut pre_buf, &mut post_buf).map_err(err)?;
         let generation = self.generation.get() + 1;
-        let (retained, stats) = self.persister.persist_with(|file| -> io::Result<_> {
-            copy_sparse(&self.memfd, file, self.len)?;
-            // `finish` takes the meta pages of the copy; reading them before it is fine: the
-            // copy is complete, and `finish` issues the fence before it reads `post`.
-            pread_exact(file, &mut meta, 0)?;
-            let retained = pre.finish(&mut meta).map_err(err)?;
-            if retained.is_starved() {
-                return Err(io::Error::other("starved: no entry survived the copy"));
-            }
-            pwrite_all(file, &meta, 0)?;
-            let meta = SnapshotMeta {
-                strategy: Strategy::Queue.code(),
-                generation,
-                unix_time_ns: 0,
-            };
-            write_footer(file, self.len, meta)?;
-            Ok(retained)
-        })?;
+        let meta = SnapshotMeta {
+            strategy: Strategy::Queue.code(),
+            generation,
+            unix_time_ns: 0,
+        };
+        let mut scratch = self.scratch.borrow_mut();
+        let written = take_queue(&self.memfd, &self.host, &self.persister, meta, &mut scratch)?;
+        let QueueSnapshot::Written { file, figures } = written else {
+            return Err(io::Error::other(format!(
+                "the host cycle persisted nothing: {written:?}"
+            )));
+        };
+        let stats = file.commit()?;
         self.generation.set(generation);
         self.last.set(stats);
-        Ok(retained)
+        Ok(figures.retained)
     }
 
     /// The limit: sparse copy + `fdatasync` + `rename` + directory `fsync`.

@@ -226,36 +226,6 @@ impl<'m, 'b, M: WordMemory + ?Sized> PreCopy<'m, 'b, M> {
     }
 }
 
-/// Reads the valid descriptors of the live region before the copy.
-///
-/// # Errors
-///
-/// [`RetainError::BufferTooSmall`] if `buf` holds fewer than `E` descriptors.
-#[doc(hidden)]
-#[deprecated(note = "use `PreCopy::read` and `PreCopy::finish`, which keep the snapshot order")]
-pub fn read_pre<'a, M: WordMemory + ?Sized>(
-    region: &Region<'_, M>,
-    buf: &'a mut [Descriptor],
-) -> Result<DescriptorSet<'a>, RetainError> {
-    read_set(region, buf)
-}
-
-/// Issues the Acquire fence that ends the copy, then reads the valid descriptors again.
-///
-/// # Errors
-///
-/// [`RetainError::BufferTooSmall`] if `buf` holds fewer than `E` descriptors.
-#[doc(hidden)]
-#[deprecated(note = "use `PreCopy::finish`, which reads `post` in the snapshot order")]
-pub fn read_post<'a, M: WordMemory + ?Sized>(
-    region: &Region<'_, M>,
-    buf: &'a mut [Descriptor],
-) -> Result<DescriptorSet<'a>, RetainError> {
-    // Acquire: as in `PreCopy::finish`.
-    region.mem().fence(Ordering::Acquire);
-    read_set(region, buf)
-}
-
 /// What [`retain`] kept.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Retained {

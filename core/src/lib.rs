@@ -68,8 +68,6 @@ pub use format::{
     Strategy, DESCRIPTOR_BYTES, FORMAT_VERSION, MAGIC, MAX_DATA_SIZE, MAX_ENTRIES, PAGE_SIZE,
 };
 pub use host::{image_entries, retain, DescriptorSet, PreCopy, RetainError, Retained};
-#[allow(deprecated)]
-pub use host::{read_post, read_pre};
 pub use layout::{header_checksum, Hints, Layout, LayoutError, LayoutRequest};
 pub use memory::{atomic_words, WordMemory, WordsError};
 pub use reader::{ReadError, Region};

@@ -2,12 +2,11 @@
 //!
 //! ```text
 //! hints_before = live hints                       (the caller's "changed since?" mark)
-//! pre          = valid descriptors of the live region
+//! pre          = PreCopy::read: valid descriptors of the live region (a stamp)
 //! temp file    = Persister::begin()
 //! sparse copy of the memfd into the temp file     (copy_sparse)
-//! post         = Acquire fence, valid descriptors again
-//! live_next    = live next_seq, read after post
-//! retain       = keep pre ∩ post in the copied meta pages, fix the hints
+//! finish       = Acquire fence, post = valid descriptors again, live next_seq,
+//!                retain: keep pre ∩ post in the copied meta pages, fix the hints
 //! pwrite the meta pages back, append the footer   (write_footer)
 //! ```
 //!
@@ -15,14 +14,15 @@
 //! the caller decides whether to [`commit`](TempFile::commit) it (and counts the generation).
 //! Nothing is written to the target here; an attempt that starves or fails drops its temp file.
 //!
-//! Every call into core's host API (`read_pre`, `read_post`, `retain`) is in one marked block
-//! of [`take_queue`], so replacing them with an ordered stamp type changes only those lines.
+//! The order is enforced by core's types: `post` can only be read by consuming the
+//! [`PreCopy`] stamp that `pre` produced, and [`PreCopy::finish`] does the fence, the `post`
+//! read, the live `next_seq` read and `retain` itself (DESIGN §5.3).
 
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::time::{Duration, Instant};
 
-use shmsnap_core::{read_post, read_pre, retain, Descriptor, Hints, LayoutError, Region, Retained};
+use shmsnap_core::{Descriptor, Hints, LayoutError, PreCopy, Region, Retained};
 
 use crate::copy::{copy_sparse, CopyStats};
 use crate::mapping::Mapping;
@@ -149,10 +149,9 @@ pub fn take_queue<'p>(
     image_meta.resize(layout.meta_len() as usize, 0);
     let len = memfd.len()?;
 
-    // The sandwich: every call into core's host API is in the lines below, in this order.
     let hints_before = region.hints();
-    let pre = read_pre(&region, pre).map_err(io::Error::other)?;
-    if pre.valid() == 0 {
+    let stamp = PreCopy::read(&region, pre, post).map_err(io::Error::other)?;
+    if stamp.pre().valid() == 0 {
         return Ok(QueueSnapshot::Skipped(Skip::NoEntries {
             hints: hints_before,
         }));
@@ -162,17 +161,13 @@ pub fn take_queue<'p>(
     let copy = copy_sparse(memfd, tmp.file(), len)?;
     let copy_time = t.elapsed();
     let t = Instant::now();
-    let post = read_post(&region, post).map_err(io::Error::other)?;
-    let live_next = region.hints().next_seq;
     tmp.file().read_exact_at(image_meta, 0)?;
-    let retained = retain(image_meta, &layout, pre.slots(), post.slots(), live_next)
-        .map_err(io::Error::other)?;
-    // End of the sandwich.
+    let retained = stamp.finish(image_meta).map_err(io::Error::other)?;
 
     if retained.is_starved() {
         return Ok(QueueSnapshot::Starved(Starved {
             copy_time,
-            commits_during_copy: live_next.saturating_sub(hints_before.next_seq),
+            commits_during_copy: retained.live_next_seq.saturating_sub(hints_before.next_seq),
             pre: retained.pre,
         }));
     }

@@ -53,8 +53,6 @@
 #![warn(missing_docs)]
 
 pub mod copy;
-#[cfg(any(test, feature = "fuzzing"))]
-pub mod fuzzing;
 pub mod handover;
 pub mod listen;
 pub mod mapping;

@@ -1,9 +1,9 @@
-//! The `snapshot_file` fuzz entry point on stable: proptest over arbitrary bytes and a replay of
-//! `fuzz/corpus/snapshot_file/` and `fuzz/regressions/snapshot_file/` (core's targets replay in
-//! `core/tests/fuzz_replay.rs`).
+//! The `snapshot_file` fuzz entry point (in `shmsnap-testkit`) on stable: proptest over
+//! arbitrary bytes and a replay of `fuzz/corpus/snapshot_file/` and
+//! `fuzz/regressions/snapshot_file/`.
 
 use proptest::prelude::*;
-use shmsnap_linux::fuzzing::{crc32c, snapshot_file};
+use shmsnap_testkit::snapshot_file::{crc32c, snapshot_file};
 
 #[path = "../../fuzz/replay.rs"]
 mod corpus;
@@ -22,11 +22,12 @@ fn oracle_crc_matches_the_reference_vector() {
 
 #[test]
 fn every_damage_kind_on_a_small_image() {
-    for shape in [1u8, 2, 3, 5, 6, 7] {
+    // Shapes 1..=4 (dense, dense, sparse, queue region), with and without region slack.
+    for shape in [1u8, 2, 3, 4, 6, 7, 8, 9] {
         for damage in 0..=255u8 {
             let mut input = vec![shape, damage, 13, 200, 7, 1, 0, 0, 0, 0];
             input.extend_from_slice(&[1; 17]);
-            input.extend_from_slice(b"a small image with some bytes");
+            input.extend_from_slice(b"a 40-byte image: five words of test data");
             snapshot_file(&input);
         }
     }

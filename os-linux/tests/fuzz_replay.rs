@@ -24,11 +24,28 @@ fn oracle_crc_matches_the_reference_vector() {
 fn every_damage_kind_on_a_small_image() {
     // Shapes 1..=4 (dense, dense, sparse, queue region), with and without region slack.
     for shape in [1u8, 2, 3, 4, 6, 7, 8, 9] {
-        for damage in 0..=255u8 {
-            let mut input = vec![shape, damage, 13, 200, 7, 1, 0, 0, 0, 0];
+        for (damage, at) in (0..=255u8).flat_map(|d| [(d, 13u8), (d, 77), (d, 202)]) {
+            let mut input = vec![shape, damage, at, 200, 7, 1, 0, 0, 0, 0];
             input.extend_from_slice(&[1; 17]);
             input.extend_from_slice(b"a 40-byte image: five words of test data");
             snapshot_file(&input);
+        }
+    }
+}
+
+#[test]
+fn every_bit_of_a_queue_header_and_ring_flipped_under_a_correct_crc() {
+    // Shape 4 (a region written by core's Writer: 16 entries, 64-byte data ring, 30 commits)
+    // with damage 10/11/12: one bit flipped in the ring or the header before the CRC.
+    for damage in [10u8, 11, 12] {
+        for at in 0..=255u8 {
+            for bit in 0..8u8 {
+                let mut input = vec![4, damage, at, at / 2, 0, 0, bit, 0, 0, 0];
+                input.extend_from_slice(&[1; 17]);
+                input.extend_from_slice(&[4, 3, 2, 30]);
+                input.extend((0..30u8).flat_map(|i| [i % 8, i, i, i, i, i, i, i, i]));
+                snapshot_file(&input);
+            }
         }
     }
 }

@@ -8,8 +8,8 @@ use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use shmsnap_core::{
-    read_descriptor_bytes, Descriptor, Hints, Layout, LayoutError, LayoutRequest, Strategy,
-    Writer, DESCRIPTOR_BYTES, PAGE_SIZE,
+    read_descriptor_bytes, Descriptor, Hints, Layout, LayoutError, LayoutRequest, Strategy, Writer,
+    DESCRIPTOR_BYTES, PAGE_SIZE,
 };
 use shmsnap_linux::snapshot::{
     check_image, decode_footer, restore_into, verify, ImageSummary, SnapshotError,
@@ -326,15 +326,18 @@ pub fn snapshot_file(bytes: &[u8]) {
                 image = input.rest().to_vec();
                 data.push((0, image.len()));
             }
-            // Damage the image before its CRC is computed: a flipped bit in the region header
-            // and hints (11) or anywhere in header page and descriptor ring (10).
-            let reach = match damage % 16 {
-                10 => 4096 + 512,
-                11 => 152,
-                _ => 0,
+            // Damage the image before its CRC is computed, which only the image check can
+            // catch: a flipped bit in the descriptor ring of a queue image (10), in the header
+            // words and hints (11), or anywhere in the header page and ring (12).
+            let ring = Layout::read_bytes(&image).map_or(512, |l| l.entries * DESCRIPTOR_BYTES);
+            let (from, reach) = match damage % 16 {
+                10 => (4096, ring as usize),
+                11 => (0, 152),
+                12 => (0, 4096 + 512),
+                _ => (0, 0),
             };
-            if reach > 0 && !image.is_empty() {
-                let at = (arg as usize) % image.len().min(reach);
+            if reach > 0 && image.len() > from {
+                let at = from + (arg as usize) % (image.len() - from).min(reach);
                 image[at] ^= 1 << (arg >> 32 & 7);
                 data.push((at, 1));
             }

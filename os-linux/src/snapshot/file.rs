@@ -266,11 +266,13 @@ pub fn restore_path(
 mod tests {
     use super::*;
     use crate::snapshot::footer::encode_footer_version;
+    use crate::snapshot::{check_image, ImageSummary};
     use proptest::prelude::*;
     use std::io::Write;
 
+    /// The exit strategy's metadata: the image is opaque, footer and CRC are all that count.
     const META: SnapshotMeta = SnapshotMeta {
-        strategy: 1,
+        strategy: 0,
         generation: 7,
         unix_time_ns: 1_700_000_000_000_000_000,
     };
@@ -279,6 +281,15 @@ mod tests {
         let m = Memfd::create("r", len).unwrap();
         write_all_at(&m, bytes, 0).unwrap();
         m
+    }
+
+    /// `v` cut to a nonzero multiple of 8 bytes (a restorable image length).
+    fn whole_words(mut v: Vec<u8>) -> Vec<u8> {
+        v.truncate(v.len() / 8 * 8);
+        if v.is_empty() {
+            v.extend_from_slice(b"8 bytes!");
+        }
+        v
     }
 
     fn snapshot_bytes(image: &[u8]) -> Vec<u8> {
@@ -398,12 +409,213 @@ mod tests {
         );
     }
 
+    /// A file with `image` and a footer that is right in every field but `image_len`.
+    fn with_len_field(image: &[u8], image_len: u64) -> Vec<u8> {
+        let mut v = image.to_vec();
+        v.extend_from_slice(&encode_footer(
+            image_len,
+            META,
+            crc_fast::crc32_iscsi(image),
+        ));
+        v
+    }
+
+    #[test]
+    fn image_lengths_no_region_can_map_are_data_errors_in_verify_and_write() {
+        // 4102: a client appended 6 bytes to a 4096-byte region; 1001 and 0 from the audit.
+        for len in [4102u64, 1001, 0, 4] {
+            let image = vec![0x5au8; len as usize];
+            let e = check(&with_len_field(&image, len)).unwrap_err();
+            assert!(
+                matches!(e, SnapshotErrorKind::ImageLength { image_len } if image_len == len),
+                "{len}: {e}"
+            );
+            assert!(
+                e.to_string().contains(&format!("image length {len} ")),
+                "{e}"
+            );
+            let m = region_with(&image, len);
+            let f = Memfd::create("w", 0).unwrap();
+            let e = write_snapshot(&m, &f, len, META).unwrap_err();
+            assert!(
+                matches!(e.kind(), SnapshotErrorKind::ImageLength { .. }),
+                "{e}"
+            );
+            assert_eq!(file_len(&f).unwrap(), 0, "nothing written for {len}");
+        }
+        // A page multiple is not required: 4104 bytes map (and restore) fine.
+        let image = vec![0x5au8; 4104];
+        let info = check(&with_len_field(&image, 4104)).unwrap();
+        let region = Memfd::create("r", 4104).unwrap();
+        region.seal_against_shrink().unwrap();
+        let f = Memfd::create("f", 0).unwrap();
+        write_all_at(&f, &with_len_field(&image, 4104), 0).unwrap();
+        restore_into(&f, &region).unwrap();
+        crate::Mapping::of_memfd(&region, crate::Protection::ReadOnly).unwrap();
+        assert_eq!(info.image_len, 4104);
+    }
+
+    /// A queue region really written by core's `Writer` (16 entries, 1 KiB data ring, a
+    /// 4 KiB tail), as image bytes.
+    fn queue_image() -> Vec<u8> {
+        use shmsnap_core::{LayoutRequest, Writer};
+        use std::sync::atomic::{AtomicU64, Ordering};
+        let mem: Vec<AtomicU64> = (0..4 * 4096 / 8).map(|_| AtomicU64::new(0)).collect();
+        let request = LayoutRequest {
+            entries: 16,
+            data_size: 1024,
+        };
+        let mut w = Writer::open_or_init(&mem[..], request).unwrap();
+        for i in 0..20u8 {
+            w.commit(&[i; 40]).unwrap();
+        }
+        drop(w);
+        mem.iter()
+            .flat_map(|w| w.load(Ordering::Relaxed).to_le_bytes())
+            .collect()
+    }
+
+    /// `image` as a snapshot file (a memfd) with a correct footer and CRC for `strategy`.
+    fn file_of(image: &[u8], strategy: u64) -> Memfd {
+        let m = region_with(image, image.len() as u64);
+        let f = Memfd::create("f", 0).unwrap();
+        let meta = SnapshotMeta { strategy, ..META };
+        write_snapshot(&m, &f, image.len() as u64, meta).unwrap();
+        f
+    }
+
+    #[test]
+    fn queue_images_verify_restores_is_one_check_for_header_and_layout() {
+        let queue = shmsnap_core::Strategy::Queue.code();
+        let good = queue_image();
+        verify(&file_of(&good, queue)).unwrap();
+        let mut summary = None;
+        let info = verify(&file_of(&good, queue)).unwrap();
+        let mut seqs = Vec::new();
+        if let ImageSummary::Queue {
+            entries, newest, ..
+        } = check_image(&file_of(&good, queue), &info, |_, d| seqs.push(d.seq)).unwrap()
+        {
+            summary = Some((entries, newest.map(|d| d.seq)));
+        }
+        seqs.sort_unstable();
+        assert_eq!(summary, Some((16, Some(20))));
+        assert_eq!(seqs, (5..=20).collect::<Vec<u64>>());
+
+        // Correct CRC, corrupt header (the entry-count word), and an image cut short of the
+        // region its header describes: both refused by verify and by restore, which leaves
+        // the region alone.
+        let mut bad_header = good.clone();
+        bad_header[3 * 8] ^= 1;
+        let short = &good[..good.len() - 8];
+        for (image, want) in [(&bad_header[..], "checksum"), (short, "too small")] {
+            let f = file_of(image, queue);
+            let e = verify(&f).unwrap_err();
+            assert!(matches!(e.kind(), SnapshotErrorKind::Layout(_)), "{e}");
+            assert!(e.to_string().contains(want), "{e}");
+            let region = region_with(&[0xee; 64], 1 << 16);
+            let r = restore_into(&f, &region).unwrap_err();
+            assert_eq!(r.to_string(), e.to_string());
+            let mut back = [0u8; 64];
+            read_full_at(&region, &mut back, 0).unwrap();
+            assert_eq!(back, [0xee; 64], "a refused restore wrote the region");
+            // The exit strategy's image is opaque: the same bytes are sound there.
+            verify(&file_of(image, 0)).unwrap();
+        }
+        // A descriptor that is not valid for its slot (seq moved to the next slot's).
+        let mut bad_desc = good.clone();
+        let seq_at = 4096 + 2 * 32;
+        let seq = u64::from_le_bytes(bad_desc[seq_at..seq_at + 8].try_into().unwrap());
+        bad_desc[seq_at..seq_at + 8].copy_from_slice(&(seq + 1).to_le_bytes());
+        let e = verify(&file_of(&bad_desc, queue)).unwrap_err();
+        assert!(
+            matches!(e.kind(), SnapshotErrorKind::BadDescriptor { slot: 2 }),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn non_regular_files_are_refused_by_type_without_blocking_and_named() {
+        use rustix::fs::{mknodat, FileType, Mode, CWD};
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("state.snap");
+        mknodat(CWD, &fifo, FileType::Fifo, Mode::from_raw_mode(0o600), 0).unwrap();
+        let expect_refused = |p: &Path, what: &str| {
+            let region = Memfd::create("r", 4096).unwrap();
+            for e in [
+                verify_path(p).unwrap_err(),
+                read_footer_path(p).unwrap_err(),
+                restore_path(p, &region).unwrap_err(),
+            ] {
+                assert!(
+                    matches!(e.kind(), SnapshotErrorKind::NotRegularFile { file_type } if *file_type == what),
+                    "{e}"
+                );
+                assert_eq!(e.path(), Some(p));
+                assert!(e.to_string().contains(&p.display().to_string()), "{e}");
+            }
+        };
+        // With a writer holding the FIFO open (O_RDWR never blocks), a plain open would not
+        // block either: this part fails, rather than hangs, if the type check is missing.
+        let writer = rustix::fs::open(&fifo, rustix::fs::OFlags::RDWR, Mode::empty()).unwrap();
+        expect_refused(&fifo, "FIFO");
+        drop(writer);
+        // No writer: a blocking open would wait forever. A watchdog turns that into a failure
+        // after a minute (it is not a timing assertion: a correct open returns at once).
+        let (tx, rx) = std::sync::mpsc::channel();
+        let p = fifo.clone();
+        std::thread::spawn(move || tx.send(verify_path(&p).map_err(|e| e.to_string())));
+        let r = rx
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .expect("opening a FIFO without a writer blocked");
+        assert!(r.unwrap_err().contains("FIFO"));
+        expect_refused(dir.path(), "directory");
+
+        // A symlink to a regular snapshot is read through (only the target's type counts).
+        let real = dir.path().join("real.snap");
+        std::fs::write(&real, snapshot_bytes(b"eight by")).unwrap();
+        let link = dir.path().join("link.snap");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        assert_eq!(verify_path(&link).unwrap().image_len, 8);
+    }
+
+    #[test]
+    fn crc_failures_name_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bitrot.snap");
+        let mut b = snapshot_bytes(&[7u8; 64]);
+        b[3] ^= 1;
+        std::fs::write(&path, &b).unwrap();
+        let region = Memfd::create("r", 64).unwrap();
+        for e in [
+            verify_path(&path).unwrap_err(),
+            restore_path(&path, &region).unwrap_err(),
+        ] {
+            assert!(matches!(e.kind(), SnapshotErrorKind::ImageChecksum { .. }));
+            assert!(
+                e.to_string()
+                    .starts_with(&format!("snapshot {}: ", path.display())),
+                "{e}"
+            );
+        }
+        // An fd-based write (here into a read-only fd: EBADF) names no file until its caller
+        // does.
+        let ro = std::fs::File::open(&path).unwrap();
+        let e = write_snapshot(&region, &ro, 8, META).unwrap_err();
+        assert!(
+            matches!(e.kind(), SnapshotErrorKind::Io(_)) && e.path().is_none(),
+            "{e}"
+        );
+        let e = e.at(&path);
+        assert!(e.to_string().contains("bitrot.snap"), "{e}");
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(256))]
 
         #[test]
         fn every_truncation_is_rejected(image in proptest::collection::vec(any::<u8>(), 0..300), cut in any::<prop::sample::Index>()) {
-            let full = snapshot_bytes(&image);
+            let full = snapshot_bytes(&whole_words(image));
             prop_assert!(check(&full).is_ok());
             let cut = cut.index(full.len()); // 0..len: always shorter than the file
             let r = check(&full[..cut]);
@@ -417,7 +629,7 @@ mod tests {
 
         #[test]
         fn every_flipped_byte_is_rejected(image in proptest::collection::vec(any::<u8>(), 1..300), at in any::<prop::sample::Index>(), x in 1u8..=255) {
-            let mut bytes = snapshot_bytes(&image);
+            let mut bytes = snapshot_bytes(&whole_words(image));
             let at = at.index(bytes.len());
             bytes[at] ^= x;
             let r = check(&bytes);

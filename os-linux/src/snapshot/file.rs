@@ -6,6 +6,7 @@ use std::os::fd::AsFd;
 use std::path::Path;
 
 use rustix::fs::{FileType, Mode, OFlags};
+use shmsnap_core::Descriptor;
 
 use super::crc::image_crc32c;
 use super::error::{SnapshotError, SnapshotErrorKind};
@@ -13,7 +14,7 @@ use super::footer::{
     decode_footer, encode_footer, image_len_ok, SnapshotInfo, SnapshotMeta, FOOTER_LEN,
     FOOTER_VERSION,
 };
-use super::image::check_image;
+use super::image::{check_image, ImageSummary};
 use crate::copy::{copy_sparse, file_len, read_full_at, write_all_at, CopyStats};
 use crate::memfd::Memfd;
 
@@ -182,6 +183,20 @@ pub fn read_footer_path(path: &Path) -> Result<SnapshotInfo, SnapshotError> {
 ///
 /// A [`SnapshotError`] saying what is wrong (without a path; [`verify_path`] adds it).
 pub fn verify(file: impl AsFd) -> Result<SnapshotInfo, SnapshotError> {
+    verify_entries(file, |_, _| {}).map(|(info, _)| info)
+}
+
+/// [`verify`], also returning what [`check_image`] found and calling `on_entry(slot,
+/// descriptor)` for each valid entry of a queue image (in slot order, during the one walk of
+/// the ring), e.g. to list entries without a second pass.
+///
+/// # Errors
+///
+/// As [`verify`].
+pub fn verify_entries(
+    file: impl AsFd,
+    on_entry: impl FnMut(u64, Descriptor),
+) -> Result<(SnapshotInfo, ImageSummary), SnapshotError> {
     let file = file.as_fd();
     let info = read_footer(file)?;
     let computed = image_crc32c(file, info.image_len).map_err(SnapshotError::io)?;
@@ -192,8 +207,8 @@ pub fn verify(file: impl AsFd) -> Result<SnapshotInfo, SnapshotError> {
         }
         .into());
     }
-    check_image(file, &info, |_, _| {})?;
-    Ok(info)
+    let summary = check_image(file, &info, on_entry)?;
+    Ok((info, summary))
 }
 
 /// [`open`]s `path` and [`verify`]s it; errors name the file.
@@ -266,7 +281,6 @@ pub fn restore_path(
 mod tests {
     use super::*;
     use crate::snapshot::footer::encode_footer_version;
-    use crate::snapshot::{check_image, ImageSummary};
     use proptest::prelude::*;
     use std::io::Write;
 

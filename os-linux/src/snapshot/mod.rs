@@ -36,8 +36,8 @@ mod image;
 pub use crc::{image_crc32c, CRC_CHUNK};
 pub use error::{SnapshotError, SnapshotErrorKind};
 pub use file::{
-    open, read_footer, read_footer_path, restore_into, restore_path, verify, verify_path,
-    write_footer, write_snapshot,
+    open, read_footer, read_footer_path, restore_into, restore_path, verify, verify_entries,
+    verify_path, write_footer, write_snapshot,
 };
 pub use footer::{
     decode_footer, encode_footer, image_len_ok, SnapshotInfo, SnapshotMeta, FOOTER_LEN,

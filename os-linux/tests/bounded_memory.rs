@@ -59,7 +59,6 @@ fn verify_of_a_million_descriptors_holds_a_bounded_buffer() {
     for i in 0..3000u32 {
         w.commit(&i.to_le_bytes()).unwrap();
     }
-    drop(w);
     let mut image: Vec<u8> = mem
         .iter()
         .flat_map(|w| w.load(Ordering::Relaxed).to_le_bytes())

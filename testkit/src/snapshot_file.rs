@@ -102,7 +102,7 @@ fn oracle(file: &[u8]) -> Expect {
         return Expect::FutureVersion(version);
     }
     let image_len = le64(&f[16..]);
-    if image_len == 0 || image_len % 8 != 0 {
+    if image_len == 0 || !image_len.is_multiple_of(8) {
         return Expect::ImageLength(image_len);
     }
     if (body as u64) < image_len {
@@ -260,7 +260,6 @@ fn queue_image(input: &mut Input<'_>) -> Vec<u8> {
         // Longer than the data ring: refused, which is fine here.
         let _ = writer.commit(&payload);
     }
-    drop(writer);
     let mut image: Vec<u8> = mem
         .iter()
         .flat_map(|w| w.load(Ordering::Relaxed).to_le_bytes())

@@ -483,7 +483,6 @@ mod tests {
         for i in 0..20u8 {
             w.commit(&[i; 40]).unwrap();
         }
-        drop(w);
         mem.iter()
             .flat_map(|w| w.load(Ordering::Relaxed).to_le_bytes())
             .collect()
@@ -502,18 +501,17 @@ mod tests {
     fn queue_images_verify_restores_is_one_check_for_header_and_layout() {
         let queue = shmsnap_core::Strategy::Queue.code();
         let good = queue_image();
-        verify(&file_of(&good, queue)).unwrap();
-        let mut summary = None;
-        let info = verify(&file_of(&good, queue)).unwrap();
+        let f = file_of(&good, queue);
         let mut seqs = Vec::new();
-        if let ImageSummary::Queue {
+        let (_, summary) = verify_entries(&f, |_, d| seqs.push(d.seq)).unwrap();
+        let ImageSummary::Queue {
             entries, newest, ..
-        } = check_image(&file_of(&good, queue), &info, |_, d| seqs.push(d.seq)).unwrap()
-        {
-            summary = Some((entries, newest.map(|d| d.seq)));
-        }
+        } = summary
+        else {
+            panic!("{summary:?}");
+        };
+        assert_eq!((entries, newest.map(|d| d.seq)), (16, Some(20)));
         seqs.sort_unstable();
-        assert_eq!(summary, Some((16, Some(20))));
         assert_eq!(seqs, (5..=20).collect::<Vec<u64>>());
 
         // Correct CRC, corrupt header (the entry-count word), and an image cut short of the
@@ -534,14 +532,14 @@ mod tests {
             read_full_at(&region, &mut back, 0).unwrap();
             assert_eq!(back, [0xee; 64], "a refused restore wrote the region");
             // The exit strategy's image is opaque: the same bytes are sound there.
-            verify(&file_of(image, 0)).unwrap();
+            verify(file_of(image, 0)).unwrap();
         }
         // A descriptor that is not valid for its slot (seq moved to the next slot's).
         let mut bad_desc = good.clone();
         let seq_at = 4096 + 2 * 32;
         let seq = u64::from_le_bytes(bad_desc[seq_at..seq_at + 8].try_into().unwrap());
         bad_desc[seq_at..seq_at + 8].copy_from_slice(&(seq + 1).to_le_bytes());
-        let e = verify(&file_of(&bad_desc, queue)).unwrap_err();
+        let e = verify(file_of(&bad_desc, queue)).unwrap_err();
         assert!(
             matches!(e.kind(), SnapshotErrorKind::BadDescriptor { slot: 2 }),
             "{e}"

@@ -133,17 +133,6 @@ impl SnapshotError {
     pub fn into_kind(self) -> SnapshotErrorKind {
         self.kind
     }
-
-    /// `true` if the file's content is at fault (a data error, exit 65 in the host), `false`
-    /// for I/O errors, a non-regular file and a too-small region.
-    pub fn is_data_error(&self) -> bool {
-        !matches!(
-            self.kind,
-            SnapshotErrorKind::Io(_)
-                | SnapshotErrorKind::NotRegularFile { .. }
-                | SnapshotErrorKind::RegionTooSmall { .. }
-        )
-    }
 }
 
 impl From<SnapshotErrorKind> for SnapshotError {

@@ -76,10 +76,11 @@ impl std::error::Error for Failure {}
 
 /// The exit code for a snapshot error.
 pub fn snapshot_code(e: &shmsnap_linux::snapshot::SnapshotError) -> Code {
-    use shmsnap_linux::snapshot::SnapshotError as E;
-    match e {
-        E::Io { source, .. } => io_code(source),
-        E::RegionTooSmall { .. } => Code::Config,
+    use shmsnap_linux::snapshot::SnapshotErrorKind as K;
+    match e.kind() {
+        K::Io(source) => io_code(source),
+        K::NotRegularFile { .. } => Code::NoInput,
+        K::RegionTooSmall { .. } => Code::Config,
         _ => Code::DataErr,
     }
 }

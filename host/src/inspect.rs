@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::Serialize;
 use shmsnap_core::format::{self, desc, Strategy};
 use shmsnap_core::{image_entries, read_descriptor_bytes, Hints, Layout, LayoutError, PAGE_SIZE};
-use shmsnap_linux::snapshot::{self, SnapshotError, SnapshotInfo, FOOTER_LEN};
+use shmsnap_linux::snapshot::{self, ImageSummary, SnapshotError, SnapshotInfo, FOOTER_LEN};
 
 use crate::exit::{io_code, snapshot_code, Code, Failure};
 
@@ -140,9 +140,13 @@ fn read_queue(
     Ok((layout, hints, entries, problem))
 }
 
+/// Opens `path` without blocking on a FIFO, refusing anything but a regular file.
+fn open(path: &Path) -> Result<File, Failure> {
+    snapshot::open(path).map_err(|e| Failure::new(snapshot_code(&e), e.to_string()))
+}
+
 fn build(path: &Path) -> Result<Report, Failure> {
-    let file = File::open(path)
-        .map_err(|e| Failure::new(io_code(&e), format!("cannot open {}: {e}", path.display())))?;
+    let file = open(path)?;
     let file_len = file
         .metadata()
         .map_err(|e| Failure::new(io_code(&e), format!("cannot stat {}: {e}", path.display())))?
@@ -223,30 +227,21 @@ fn build(path: &Path) -> Result<Report, Failure> {
 ///
 /// A [`Failure`] naming the file and the problem if it is not a sound snapshot.
 pub fn verify(path: &Path) -> Result<ExitCode, Failure> {
-    let file = File::open(path)
-        .map_err(|e| Failure::new(io_code(&e), format!("cannot open {}: {e}", path.display())))?;
-    let info = snapshot::verify(&file)
-        .map_err(|e| Failure::new(snapshot_code(&e), format!("{}: {e}", path.display())))?;
-    let mut detail = String::new();
-    if is_queue(info.meta.strategy) {
-        let (_, _, entries, problem) = read_queue(&file, info.image_len).map_err(|e| {
-            Failure::new(
-                Code::DataErr,
-                format!("{}: queue image: {e}", path.display()),
-            )
-        })?;
-        if let Some(p) = problem {
-            return Err(Failure::new(
-                Code::DataErr,
-                format!("{}: {p}", path.display()),
-            ));
-        }
-        detail = format!(
-            ", {} entries, newest seq {}",
-            entries.len(),
-            entries.last().map_or(0, |e| e.seq)
-        );
-    }
+    let file = open(path)?;
+    // One streaming pass: footer, CRC, header and descriptors (bounded memory).
+    let (info, summary) = snapshot::verify_entries(&file, |_, _| {}).map_err(|e| {
+        let e = e.at(path);
+        Failure::new(snapshot_code(&e), e.to_string())
+    })?;
+    let detail = match summary {
+        ImageSummary::Queue {
+            entries, newest, ..
+        } => format!(
+            ", {entries} entries, newest seq {}",
+            newest.map_or(0, |d| d.seq)
+        ),
+        _ => String::new(),
+    };
     println!(
         "{}: sound (generation {}, {} strategy, {} bytes{detail})",
         path.display(),

@@ -7,7 +7,7 @@
 //! | [`mapping`] | owned RAII `MAP_SHARED` mapping, seen as core's atomic words |
 //! | [`listen`] | client side: find the region fd the systemd way (`LISTEN_FDS`) |
 //! | [`copy`] | sparse copy of data extents (`SEEK_DATA`/`SEEK_HOLE`, `copy_file_range`, `sendfile`) |
-//! | [`snapshot`] | snapshot file = image + footer (see `FOOTER.md`): write, verify, restore |
+//! | [`snapshot`] | snapshot file = image + footer (see `FOOTER.md`): open, write, verify (streamed, queue image checked), restore |
 //! | [`persist`] | atomic replace of a file with N kept generations |
 //! | [`take`] | one queue snapshot of a live region: pre → copy → post → retain → footer |
 //! | [`handover`] | start a child with the region at fd 3 and a correct `LISTEN_PID` |
@@ -56,8 +56,6 @@
 #![warn(missing_docs)]
 
 pub mod copy;
-#[cfg(any(test, feature = "fuzzing"))]
-pub mod fuzzing;
 pub mod handover;
 pub mod listen;
 pub mod mapping;

@@ -18,6 +18,8 @@
 //!   - [`retain_arbitrary()`]: an image plus arbitrary `pre`/`post` sets → core's `retain`.
 //!   - [`ops()`]: a client/host session (commits, evictions, re-attaches, transactions with
 //!     frozen tail units, snapshots and restores) checked against the model after every step.
+//!   - [`snapshot_file`]: footer, verify and restore over arbitrary snapshot files, against an
+//!     independent CRC-32C oracle and core's whole-image checks.
 //!
 //! Fuzz inputs are decoded by a cursor that yields zeros past the end (`input`), and region
 //! images are built from them in `image`; decoders prefer values near the protocol's limits
@@ -32,7 +34,7 @@ pub mod ops;
 pub mod payload;
 pub mod retain_arbitrary;
 pub mod words;
-// snapshot_file: added by the os-linux split
+pub mod snapshot_file;
 
 pub use attach_and_read::attach_and_read;
 pub use host::{host_snapshot, Host, HostSnapshot};

@@ -1,16 +1,21 @@
-//! Fuzz entry point for snapshot files (feature `fuzzing`): the cargo-fuzz target
-//! `snapshot_file` calls it on nightly, and `os-linux/tests/fuzz_replay.rs` replays its corpus
-//! and runs it under proptest on stable (core's entry points live in `shmsnap_core::fuzzing`).
+//! Fuzz entry point for snapshot files: the cargo-fuzz target `snapshot_file` calls
+//! [`snapshot_file`] on nightly, and `os-linux/tests/fuzz_replay.rs` replays its corpus and runs
+//! it under proptest on stable.
 
 use std::fs::File;
 use std::os::fd::AsFd;
 use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::snapshot::{
-    decode_footer, restore_into, verify, SnapshotError, SnapshotInfo, FOOTER_LEN, FOOTER_VERSION,
-    MAGIC,
+use shmsnap_core::{
+    read_descriptor_bytes, Descriptor, Hints, Layout, LayoutError, LayoutRequest, Strategy, Writer,
+    DESCRIPTOR_BYTES, PAGE_SIZE,
 };
-use crate::Memfd;
+use shmsnap_linux::snapshot::{
+    check_image, decode_footer, restore_into, verify, ImageSummary, SnapshotError,
+    SnapshotErrorKind, SnapshotInfo, FOOTER_LEN, FOOTER_VERSION, MAGIC,
+};
+use shmsnap_linux::Memfd;
 
 /// CRC-32C (Castagnoli, reflected), bit by bit: an oracle independent of `crc-fast`.
 pub fn crc32c(bytes: &[u8]) -> u32 {
@@ -53,7 +58,8 @@ impl<'a> Input<'a> {
 }
 
 /// What a file of these bytes must verify to, according to `os-linux/FOOTER.md` (checks in
-/// its order), computed without the code under test.
+/// its order), computed without the code under test (the queue image check with core's
+/// whole-image functions, where the code under test streams).
 #[derive(Debug, PartialEq, Eq)]
 enum Expect {
     Ok { image_len: u64, image_crc: u32 },
@@ -61,8 +67,12 @@ enum Expect {
     BadMagic,
     FooterChecksum { stored: u32, computed: u32 },
     FutureVersion(u64),
+    ImageLength(u64),
     ImageLengthMismatch { file: u64, footer: u64 },
     ImageChecksum { stored: u32, computed: u32 },
+    Layout(LayoutError),
+    BadDescriptor { slot: u64 },
+    EntryPastNextSeq { seq: u64, next_seq: u64 },
 }
 
 fn le64(b: &[u8]) -> u64 {
@@ -92,6 +102,9 @@ fn oracle(file: &[u8]) -> Expect {
         return Expect::FutureVersion(version);
     }
     let image_len = le64(&f[16..]);
+    if image_len == 0 || !image_len.is_multiple_of(8) {
+        return Expect::ImageLength(image_len);
+    }
     if (body as u64) < image_len {
         return Expect::Truncated {
             len,
@@ -108,46 +121,68 @@ fn oracle(file: &[u8]) -> Expect {
     if stored != computed {
         return Expect::ImageChecksum { stored, computed };
     }
+    if Strategy::from_code(le64(&f[24..])) == Some(Strategy::Queue) {
+        if let Err(e) = queue_entries(&file[..body]) {
+            return e;
+        }
+    }
     Expect::Ok {
         image_len,
         image_crc: stored,
     }
 }
 
+/// The valid entries of a queue image in slot order, or the first problem `verify` must
+/// report, from the whole image in memory (core's `Layout::read_bytes` and
+/// `read_descriptor_bytes`).
+fn queue_entries(image: &[u8]) -> Result<Vec<(u64, Descriptor)>, Expect> {
+    let layout = Layout::read_bytes(image).map_err(Expect::Layout)?;
+    let hints = Hints::read_bytes(image);
+    let mut entries = Vec::new();
+    for slot in 0..layout.entries {
+        let at = (layout.desc_offset + slot * DESCRIPTOR_BYTES) as usize;
+        if le64(&image[at..]) == 0 {
+            continue;
+        }
+        match read_descriptor_bytes(image, &layout, slot) {
+            None => return Err(Expect::BadDescriptor { slot }),
+            Some(d) if d.seq >= hints.next_seq => {
+                return Err(Expect::EntryPastNextSeq {
+                    seq: d.seq,
+                    next_seq: hints.next_seq,
+                })
+            }
+            Some(d) => entries.push((slot, d)),
+        }
+    }
+    Ok(entries)
+}
+
 /// The error `verify` returned, as an [`Expect`]; an I/O error on a memfd is a finding.
 fn actual(r: &Result<SnapshotInfo, SnapshotError>) -> Expect {
-    match r {
-        Ok(info) => Expect::Ok {
-            image_len: info.image_len,
-            image_crc: info.image_crc,
-        },
-        Err(SnapshotError::Truncated { len, needed, .. }) => Expect::Truncated {
-            len: *len,
-            needed: *needed,
-        },
-        Err(SnapshotError::BadMagic { .. }) => Expect::BadMagic,
-        Err(SnapshotError::FooterChecksum {
-            stored, computed, ..
-        }) => Expect::FooterChecksum {
-            stored: *stored,
-            computed: *computed,
-        },
-        Err(SnapshotError::FutureVersion { version, .. }) => Expect::FutureVersion(*version),
-        Err(SnapshotError::ImageLengthMismatch { file, footer, .. }) => {
-            Expect::ImageLengthMismatch {
-                file: *file,
-                footer: *footer,
+    use SnapshotErrorKind as K;
+    let e = match r {
+        Ok(info) => {
+            return Expect::Ok {
+                image_len: info.image_len,
+                image_crc: info.image_crc,
             }
         }
-        Err(SnapshotError::ImageChecksum {
-            stored, computed, ..
-        }) => Expect::ImageChecksum {
-            stored: *stored,
-            computed: *computed,
-        },
-        Err(e @ (SnapshotError::Io { .. } | SnapshotError::RegionTooSmall { .. })) => {
-            panic!("verify of a memfd returned {e:?}: neither I/O nor region size is involved")
-        }
+        Err(e) => e,
+    };
+    assert!(e.path().is_none(), "an fd-based check named a file: {e}");
+    match *e.kind() {
+        K::Truncated { len, needed } => Expect::Truncated { len, needed },
+        K::BadMagic => Expect::BadMagic,
+        K::FooterChecksum { stored, computed } => Expect::FooterChecksum { stored, computed },
+        K::FutureVersion { version } => Expect::FutureVersion(version),
+        K::ImageLength { image_len } => Expect::ImageLength(image_len),
+        K::ImageLengthMismatch { file, footer } => Expect::ImageLengthMismatch { file, footer },
+        K::ImageChecksum { stored, computed } => Expect::ImageChecksum { stored, computed },
+        K::Layout(l) => Expect::Layout(l),
+        K::BadDescriptor { slot } => Expect::BadDescriptor { slot },
+        K::EntryPastNextSeq { seq, next_seq } => Expect::EntryPastNextSeq { seq, next_seq },
+        _ => panic!("verify of a memfd returned {e:?}: neither I/O nor region size is involved"),
     }
 }
 
@@ -164,6 +199,28 @@ fn footer(version: u64, image_len: u64, meta: [u64; 3], image_crc: u32) -> [u8; 
     let c = crc32c(&f[..52]);
     f[52..56].copy_from_slice(&c.to_le_bytes());
     f
+}
+
+/// [`check_image`] on a verified file reports exactly the entries core finds in `image`.
+fn check_entries(f: &File, info: &SnapshotInfo, image: &[u8]) {
+    let mut seen = Vec::new();
+    let summary = check_image(f, info, |slot, d| seen.push((slot, d)))
+        .unwrap_or_else(|e| panic!("check_image refused a verified file: {e}"));
+    if Strategy::from_code(info.meta.strategy) != Some(Strategy::Queue) {
+        assert_eq!(summary, ImageSummary::Opaque);
+        assert!(seen.is_empty());
+        return;
+    }
+    let expect = queue_entries(image).unwrap_or_else(|e| panic!("oracle refused: {e:?}"));
+    assert_eq!(seen, expect, "check_image's entries");
+    let ImageSummary::Queue {
+        entries, newest, ..
+    } = summary
+    else {
+        panic!("a queue image summarised as {summary:?}");
+    };
+    assert_eq!(entries, expect.len() as u64);
+    assert_eq!(newest, expect.iter().map(|&(_, d)| d).max_by_key(|d| d.seq));
 }
 
 /// A memfd holding `file`, written only where `data` marks data (the rest stays holes).
@@ -185,18 +242,48 @@ fn read_all(f: &File, len: usize) -> Vec<u8> {
     v
 }
 
+/// A queue image really written by core's [`Writer`]: E ≤ 16, S ≤ 1 KiB, a tail of up to
+/// 2 KiB, up to 39 commits of 1–64 bytes, and up to 24 spare bytes past the region.
+fn queue_image(input: &mut Input<'_>) -> Vec<u8> {
+    let request = LayoutRequest {
+        entries: 1 << (input.u8() % 5),
+        data_size: 8 << (input.u8() % 8),
+    };
+    // Header, descriptor ring (E * 32 <= 512 bytes) and data ring (S <= 1 KiB): a page each.
+    let region_len = 3 * PAGE_SIZE + u64::from(input.u8()) * 8;
+    let mem: Vec<AtomicU64> = (0..region_len / 8).map(|_| AtomicU64::new(0)).collect();
+    let mut writer = Writer::open_or_init(&mem[..], request)
+        .unwrap_or_else(|e| panic!("init of a {region_len}-byte region for {request:?}: {e}"));
+    for _ in 0..input.u8() % 40 {
+        let n = usize::from(input.u8() % 64) + 1;
+        let payload: Vec<u8> = (0..n).map(|_| input.u8()).collect();
+        // Longer than the data ring: refused, which is fine here.
+        let _ = writer.commit(&payload);
+    }
+    let mut image: Vec<u8> = mem
+        .iter()
+        .flat_map(|w| w.load(Ordering::Relaxed).to_le_bytes())
+        .collect();
+    image.resize(image.len() + usize::from(input.u8() % 4) * 8, 0);
+    image
+}
+
 /// Snapshot-file verification and restore over a file decoded from arbitrary bytes.
 ///
-/// The file is either the bytes themselves, or an image (dense, or sparse with holes) with a
-/// footer encoded independently from `os-linux/FOOTER.md` and then damaged in one of many
-/// ways (length field, CRCs, version, magic, truncation, appended bytes, a flipped byte).
+/// The file is either the bytes themselves, or an image (dense, sparse with holes, or a queue
+/// region really written by core's [`Writer`]) with a footer encoded independently from
+/// `os-linux/FOOTER.md` and then damaged in one of many ways (length field, CRCs, version,
+/// magic, truncation, appended bytes, a flipped byte; or a flipped bit in the region header
+/// or descriptors *before* the CRC is computed, which only the image check can catch).
 ///
-/// Checks: [`verify`] returns `Ok` exactly when the footer is consistent and both CRC-32Cs
-/// match (an independent bit-wise CRC is the oracle), and otherwise exactly the typed error
-/// FOOTER.md's verification order names, with the right figures; [`decode_footer`] agrees
-/// on the last 56 bytes; [`restore_into`] restores a verified image byte for byte (zeros past
-/// it), refuses a too-small region with `RegionTooSmall`, and leaves the region untouched
-/// whenever it fails.
+/// Checks: [`verify`] returns `Ok` exactly when the footer is consistent (image length a
+/// nonzero multiple of 8), both CRC-32Cs match (an independent bit-wise CRC is the oracle) and
+/// a queue image's header and descriptors are sound (core's whole-image functions are the
+/// oracle), and otherwise exactly the typed error FOOTER.md's verification order names, with
+/// the right figures and no path; [`check_image`] reports exactly the oracle's entries;
+/// [`decode_footer`] agrees on the last 56 bytes; [`restore_into`] restores a verified image
+/// byte for byte (zeros past it), refuses a too-small region with `RegionTooSmall`, and
+/// leaves the region untouched whenever it fails.
 ///
 /// # Panics
 ///
@@ -206,21 +293,22 @@ pub fn snapshot_file(bytes: &[u8]) {
     let shape = input.u8();
     let damage = input.u8();
     let arg = input.u64();
-    let meta = [u64::from(input.u8() % 3), input.u64(), input.u64()];
-    let (file, data) = match shape % 4 {
+    let mut meta = [u64::from(input.u8() % 3), input.u64(), input.u64()];
+    let (file, data) = match shape % 5 {
         // The bytes themselves.
         0 => {
             let file = input.rest().to_vec();
             let data = vec![(0, file.len())];
             (file, data)
         }
-        // A dense or sparse image with a footer, then damaged.
+        // A dense, sparse or queue image with a footer, then damaged.
         s => {
             let mut image;
             let mut data = Vec::new();
             if s == 3 {
-                // Sparse: up to 1 MiB of holes with a few data islands.
-                let len = usize::from(input.u16() % 257) * 4096 + usize::from(input.u8());
+                // Sparse: up to 1 MiB of holes with a few data islands; a multiple of 8 long
+                // (other lengths are the dense shapes' and the length field's business).
+                let len = usize::from(input.u16() % 257) * 4096 + usize::from(input.u8()) * 8;
                 image = vec![0u8; len];
                 while !input.0.is_empty() && len > 0 {
                     let at = usize::from(input.u16()) * 16 % len;
@@ -229,9 +317,28 @@ pub fn snapshot_file(bytes: &[u8]) {
                     image[at..at + n].copy_from_slice(&chunk);
                     data.push((at, n));
                 }
+            } else if s == 4 {
+                image = queue_image(&mut input);
+                meta[0] = Strategy::Queue.code();
+                data.push((0, image.len()));
             } else {
                 image = input.rest().to_vec();
                 data.push((0, image.len()));
+            }
+            // Damage the image before its CRC is computed, which only the image check can
+            // catch: a flipped bit in the descriptor ring of a queue image (10), in the header
+            // words and hints (11), or anywhere in the header page and ring (12).
+            let ring = Layout::read_bytes(&image).map_or(512, |l| l.entries * DESCRIPTOR_BYTES);
+            let (from, reach) = match damage % 16 {
+                10 => (4096, ring as usize),
+                11 => (0, 152),
+                12 => (0, 4096 + 512),
+                _ => (0, 0),
+            };
+            if reach > 0 && image.len() > from {
+                let at = from + (arg as usize) % (image.len() - from).min(reach);
+                image[at] ^= 1 << (arg >> 32 & 7);
+                data.push((at, 1));
             }
             let image_len = image.len() as u64;
             let crc = crc32c(&image);
@@ -290,6 +397,9 @@ pub fn snapshot_file(bytes: &[u8]) {
     let result = verify(&f);
     let got = actual(&result);
     assert_eq!(got, expect, "verify of a {}-byte file", file.len());
+    if let Ok(info) = &result {
+        check_entries(&f, info, &file[..info.image_len as usize]);
+    }
 
     // decode_footer agrees with the oracle's footer steps.
     if file.len() >= FOOTER_LEN {
@@ -334,7 +444,7 @@ pub fn snapshot_file(bytes: &[u8]) {
         Expect::Ok { image_len, .. } => Some(image_len),
         _ => None,
     };
-    let slack = u64::from(shape >> 2) * 64;
+    let slack = u64::from(shape / 5) * 64;
     let region_len = image_len.map_or(4096, |l| match damage >> 4 {
         0 if l > 0 => l - 1,
         _ => l + slack,
@@ -375,7 +485,10 @@ pub fn snapshot_file(bytes: &[u8]) {
             );
         }
         (Ok(_), None) => panic!("restore_into accepted a file verify refuses ({expect:?})"),
-        (Err(SnapshotError::RegionTooSmall { image, region, .. }), Some(l)) => {
+        (Err(e), Some(l)) if matches!(e.kind(), SnapshotErrorKind::RegionTooSmall { .. }) => {
+            let SnapshotErrorKind::RegionTooSmall { image, region } = *e.kind() else {
+                unreachable!()
+            };
             assert!(
                 image == l && region == region_len && l > region_len,
                 "RegionTooSmall {{ image: {image}, region: {region} }} for {l} into {region_len}"

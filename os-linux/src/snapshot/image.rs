@@ -1,0 +1,158 @@
+//! The image check: what an image must satisfy, beyond its CRC, for a restore to be usable.
+//!
+//! One function, [`check_image`], that [`verify`](super::verify) (and through it
+//! [`restore_into`](super::restore_into)) runs after the CRC, so a file that verifies is a file
+//! that restores into a region a client can attach to. A queue image (footer strategy
+//! [`Strategy::Queue`]) must have a valid region header that fits the image, and every
+//! non-empty descriptor must be valid for its slot and below the header's `next_seq` hint.
+//! Any other image (the exit strategy's raw bytes, an unknown code) is opaque: footer and CRC
+//! are all there is to check.
+//!
+//! The descriptor ring is read in chunks of [`DESCRIPTOR_CHUNK_SLOTS`] descriptors, so memory
+//! stays bounded whatever the entry count (up to 2^24 descriptors, 512 MiB of ring).
+
+use std::io;
+use std::os::fd::AsFd;
+
+use shmsnap_core::{Descriptor, Hints, Layout, LayoutError, Strategy, DESCRIPTOR_BYTES, PAGE_SIZE};
+
+use super::error::{SnapshotError, SnapshotErrorKind};
+use super::footer::SnapshotInfo;
+use crate::copy::read_full_at;
+
+/// Descriptors read per `pread` by [`check_image`] (2048 × 32 bytes = 64 KiB).
+pub const DESCRIPTOR_CHUNK_SLOTS: u64 = 2048;
+
+/// Number of static header words (`magic` .. `checksum`), as
+/// [`Layout::from_header_words`] takes them.
+const HEADER_WORDS: usize = 12;
+
+/// What [`check_image`] found in a sound image.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ImageSummary {
+    /// An image this crate does not interpret (exit strategy, unknown strategy code).
+    Opaque,
+    /// A queue image.
+    Queue {
+        /// Its validated layout.
+        layout: Layout,
+        /// The header's hints.
+        hints: Hints,
+        /// Number of valid entries.
+        entries: u64,
+        /// The entry with the highest seq, if any.
+        newest: Option<Descriptor>,
+    },
+}
+
+/// Checks the image of a snapshot file whose footer is `info`: for a queue image, the region
+/// header (checksum, fields, layout within `info.image_len`) and every descriptor; calls
+/// `on_entry(slot, descriptor)` for each valid entry, in slot order. Other images pass as
+/// [`ImageSummary::Opaque`]. Reads at most [`DESCRIPTOR_CHUNK_SLOTS`] descriptors (or one
+/// page) at a time.
+///
+/// Does not check the footer or the CRC: [`verify`](super::verify) runs those first, then
+/// this.
+///
+/// # Errors
+///
+/// [`SnapshotErrorKind::Layout`], [`SnapshotErrorKind::BadDescriptor`] or
+/// [`SnapshotErrorKind::EntryPastNextSeq`] for the first problem in slot order;
+/// [`SnapshotErrorKind::Io`] if the file cannot be read (all without a path).
+pub fn check_image(
+    file: impl AsFd,
+    info: &SnapshotInfo,
+    mut on_entry: impl FnMut(u64, Descriptor),
+) -> Result<ImageSummary, SnapshotError> {
+    let file = file.as_fd();
+    let Some(Strategy::Queue) = Strategy::from_code(info.meta.strategy) else {
+        return Ok(ImageSummary::Opaque);
+    };
+    let image_len = info.image_len;
+    let (layout, hints) = read_header(file, image_len)?;
+    let chunk = DESCRIPTOR_CHUNK_SLOTS.min(layout.entries);
+    // At most 64 KiB: `chunk <= DESCRIPTOR_CHUNK_SLOTS`.
+    let mut buf = vec![0u8; (chunk * DESCRIPTOR_BYTES) as usize];
+    let (mut entries, mut newest) = (0u64, None::<Descriptor>);
+    let mut first = 0;
+    while first < layout.entries {
+        let n = chunk.min(layout.entries - first);
+        let bytes = &mut buf[..(n * DESCRIPTOR_BYTES) as usize];
+        // In the image: a valid layout's ring ends at `data_offset <= region_len <= image_len`.
+        read_exact(file, bytes, layout.desc_offset + first * DESCRIPTOR_BYTES)?;
+        for (i, desc) in bytes.chunks_exact(DESCRIPTOR_BYTES as usize).enumerate() {
+            let slot = first + i as u64;
+            let d = descriptor(desc);
+            if d.seq == 0 {
+                continue;
+            }
+            if !d.is_valid_for(&layout, slot) {
+                return Err(SnapshotErrorKind::BadDescriptor { slot }.into());
+            }
+            if d.seq >= hints.next_seq {
+                return Err(SnapshotErrorKind::EntryPastNextSeq {
+                    seq: d.seq,
+                    next_seq: hints.next_seq,
+                }
+                .into());
+            }
+            entries += 1;
+            if newest.is_none_or(|m| d.seq > m.seq) {
+                newest = Some(d);
+            }
+            on_entry(slot, d);
+        }
+        first += n;
+    }
+    Ok(ImageSummary::Queue {
+        layout,
+        hints,
+        entries,
+        newest,
+    })
+}
+
+/// The layout and hints of a queue image: `Layout::read_bytes` over the image's first page,
+/// with the whole image's length as the memory available (the region must fit the image,
+/// not the page).
+fn read_header(file: impl AsFd, image_len: u64) -> Result<(Layout, Hints), SnapshotError> {
+    let mut page = vec![0u8; PAGE_SIZE.min(image_len) as usize];
+    read_exact(file, &mut page, 0)?;
+    let mut words = [0u64; HEADER_WORDS];
+    for (i, w) in words.iter_mut().enumerate() {
+        *w = word(&page, i).ok_or(SnapshotErrorKind::Layout(LayoutError::TooSmall {
+            needed: PAGE_SIZE,
+            available: image_len,
+        }))?;
+    }
+    let layout = Layout::from_header_words(&words, image_len).map_err(SnapshotErrorKind::Layout)?;
+    Ok((layout, Hints::read_bytes(&page)))
+}
+
+/// A descriptor from its 32 image bytes (words: seq, offset, length, reserved — see
+/// `shmsnap_core::read_descriptor_bytes`, which reads the same words from a whole image).
+fn descriptor(b: &[u8]) -> Descriptor {
+    Descriptor {
+        seq: word(b, 0).unwrap_or(0),
+        offset: word(b, 1).unwrap_or(0),
+        length: word(b, 2).unwrap_or(0),
+    }
+}
+
+/// Little-endian word `i` of `b`, if inside.
+fn word(b: &[u8], i: usize) -> Option<u64> {
+    let w = b.get(i * 8..i * 8 + 8)?;
+    Some(u64::from_le_bytes(w.try_into().ok()?))
+}
+
+fn read_exact(file: impl AsFd, buf: &mut [u8], at: u64) -> Result<(), SnapshotError> {
+    let got = read_full_at(file, buf, at).map_err(SnapshotError::io)?;
+    if got < buf.len() {
+        return Err(SnapshotError::io(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            format!("the file ends at {} inside the image", at + got as u64),
+        )));
+    }
+    Ok(())
+}

@@ -24,7 +24,13 @@ fn command() -> clap::Command {
 
 /// Prints the completion script for `shell` on stdout.
 pub fn completions(shell: Shell) -> Result<ExitCode, Failure> {
-    let mut cmd = Cli::command();
+    // clap_complete's scripts offer hidden subcommands too: complete a copy without them (the
+    // exec shim is not for people).
+    let full = Cli::command();
+    let mut cmd = clap::Command::new("shmsnap")
+        .version(env!("CARGO_PKG_VERSION"))
+        .args(full.get_arguments().cloned())
+        .subcommands(full.get_subcommands().filter(|s| !s.is_hide_set()).cloned());
     let mut out = Vec::new();
     clap_complete::generate(shell, &mut cmd, "shmsnap", &mut out);
     write_stdout(&out)
@@ -35,7 +41,7 @@ pub fn completions(shell: Shell) -> Result<ExitCode, Failure> {
 pub fn man(subcommand: Option<&str>, dir: Option<&Path>) -> Result<ExitCode, Failure> {
     let cmd = command();
     if let Some(dir) = dir {
-        clap_mangen::generate_to(cmd, dir).map_err(|e| {
+        write_pages(&cmd, dir).map_err(|e| {
             Failure::new(
                 Code::IoErr,
                 format!("cannot write the man pages into {}: {e}", dir.display()),
@@ -62,10 +68,26 @@ pub fn man(subcommand: Option<&str>, dir: Option<&Path>) -> Result<ExitCode, Fai
             })?,
     };
     let mut out = Vec::new();
-    clap_mangen::Man::new(page)
+    page_of(page)
         .render(&mut out)
         .map_err(|e| Failure::new(Code::IoErr, format!("cannot render the man page: {e}")))?;
     write_stdout(&out)
+}
+
+/// The man page of `cmd` (a built command), titled like git's (`shmsnap-run(1)`).
+fn page_of(cmd: clap::Command) -> clap_mangen::Man {
+    clap_mangen::Man::new(cmd)
+        .source(concat!("shmsnap ", env!("CARGO_PKG_VERSION")))
+        .manual("shmsnap manual")
+}
+
+/// Writes the page of `cmd` and of its visible subcommands, recursively, into `dir`.
+fn write_pages(cmd: &clap::Command, dir: &Path) -> io::Result<()> {
+    for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+        write_pages(sub, dir)?;
+    }
+    page_of(cmd.clone()).generate_to(dir)?;
+    Ok(())
 }
 
 fn write_stdout(bytes: &[u8]) -> Result<ExitCode, Failure> {

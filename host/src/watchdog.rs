@@ -296,6 +296,73 @@ mod tests {
         assert_eq!(w.decide(now, true, None), Decision::Ping);
     }
 
+    /// The child half of `pings_reach_the_notify_socket_only_when_earned`: runs in its own
+    /// process, started with the variables set (a test never calls `set_var` in a threaded
+    /// test process).
+    #[test]
+    #[ignore = "started by pings_reach_the_notify_socket_only_when_earned"]
+    fn watchdog_child() {
+        let Ok(mode) = std::env::var("SHMSNAP_WATCHDOG_CHILD") else {
+            return;
+        };
+        let t0 = Instant::now();
+        let w = Watchdog::from_env(t0);
+        if mode == "other-pid" {
+            assert!(w.is_none(), "WATCHDOG_PID names another process");
+            return;
+        }
+        let mut w = w.expect("WATCHDOG_USEC is set");
+        let due = w.next_deadline();
+        let busy = match mode.as_str() {
+            "ping" => None,
+            "wedged" => Some(t0.checked_sub(2 * w.interval()).unwrap_or(t0)),
+            _ => panic!("unknown mode {mode}"),
+        };
+        let d = w.tick(due.max(t0 + 2 * w.interval()), true, busy);
+        println!("decision: {d:?}");
+    }
+
+    #[test]
+    fn pings_reach_the_notify_socket_only_when_earned() {
+        use std::os::unix::net::UnixDatagram;
+        let dir = tempfile::Builder::new()
+            .prefix("shmsnap-wd-")
+            .tempdir()
+            .unwrap();
+        let path = dir.path().join("notify.sock");
+        let sock = UnixDatagram::bind(&path).unwrap();
+        sock.set_nonblocking(true).unwrap();
+        let exe = std::env::current_exe().unwrap();
+        for (mode, pid, want_decision, want_datagram) in [
+            ("ping", None, "Ping", Some("WATCHDOG=1")),
+            ("wedged", None, "WorkerWedged", None),
+            ("other-pid", Some("1"), "", None),
+        ] {
+            let mut c = std::process::Command::new(&exe);
+            c.args(["--exact", "watchdog::tests::watchdog_child", "--ignored"])
+                .args(["--nocapture", "--test-threads=1"])
+                .env("SHMSNAP_WATCHDOG_CHILD", mode)
+                .env("NOTIFY_SOCKET", &path)
+                .env("WATCHDOG_USEC", "1000000")
+                .env_remove("WATCHDOG_PID");
+            if let Some(pid) = pid {
+                c.env("WATCHDOG_PID", pid);
+            }
+            let out = c.output().unwrap();
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            assert!(out.status.success(), "{mode}: {stdout}");
+            assert!(stdout.contains("1 passed"), "{mode}: the child ran: {stdout}");
+            assert!(stdout.contains(want_decision), "{mode}: {stdout}");
+            let mut buf = [0u8; 256];
+            let got = match sock.recv(&mut buf) {
+                Ok(n) => Some(String::from_utf8_lossy(&buf[..n]).trim_end().to_owned()),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => None,
+                Err(e) => panic!("recv: {e}"),
+            };
+            assert_eq!(got.as_deref(), want_datagram, "{mode}");
+        }
+    }
+
     #[test]
     fn a_worker_busy_since_the_future_is_not_wedged() {
         let t0 = Instant::now();

@@ -63,7 +63,10 @@ pub fn man(subcommand: Option<&str>, dir: Option<&Path>) -> Result<ExitCode, Fai
                     .collect();
                 Failure::new(
                     Code::Usage,
-                    format!("no subcommand {name:?}; man pages exist for {}", names.join(", ")),
+                    format!(
+                        "no subcommand {name:?}; man pages exist for {}",
+                        names.join(", ")
+                    ),
                 )
             })?,
     };
@@ -96,6 +99,9 @@ fn write_stdout(bytes: &[u8]) -> Result<ExitCode, Failure> {
         Ok(()) => Ok(ExitCode::SUCCESS),
         // `shmsnap man | head`: the reader left; not an error worth a message.
         Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(ExitCode::SUCCESS),
-        Err(e) => Err(Failure::new(Code::IoErr, format!("cannot write to stdout: {e}"))),
+        Err(e) => Err(Failure::new(
+            Code::IoErr,
+            format!("cannot write to stdout: {e}"),
+        )),
     }
 }

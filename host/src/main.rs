@@ -27,9 +27,9 @@ mod logging;
 // Issue 15: the supervisor wires these in (metrics, watchdog) and verify/restore (progress).
 #[allow(dead_code)]
 mod metrics;
+mod notify;
 #[allow(dead_code)]
 mod progress;
-mod notify;
 mod snap;
 mod supervise;
 #[allow(dead_code)]

@@ -239,6 +239,15 @@ impl Metrics {
             client_exits: Family::default(),
             region_size: Gauge::default(),
         };
+        m.register_all(&mut r);
+        Metrics {
+            registry: Arc::new(r),
+            ..m
+        }
+    }
+
+    /// Registers every family in `r` (the names get the registry's `shmsnap_` prefix).
+    fn register_all(&self, r: &mut Registry) {
         r.register(
             "build",
             "The shmsnap version (always 1)",
@@ -247,16 +256,16 @@ impl Metrics {
         r.register(
             "snapshots",
             "Snapshot attempts by result: persisted, skipped (nothing committed), starved (no entry survived the copy), failed",
-            m.snapshots.clone(),
+            self.snapshots.clone(),
         );
-        // Every result appears at 0 from the first scrape, so rate() and alerts see them.
+        // Every result appears at 0 from the first scrape, so rate() and alerts see theself.
         for result in [
             SnapshotResult::Persisted,
             SnapshotResult::Skipped,
             SnapshotResult::Starved,
             SnapshotResult::Failed,
         ] {
-            let _ = m.snapshots.get_or_create(&ResultLabel {
+            let _ = self.snapshots.get_or_create(&ResultLabel {
                 result: result.label(),
             });
         }
@@ -264,56 +273,52 @@ impl Metrics {
             "snapshot_phase_duration",
             "Time spent in each phase of a snapshot: scan, copy, validate, sync, rename, upload",
             Unit::Seconds,
-            m.phase_seconds.clone(),
+            self.phase_seconds.clone(),
         );
         r.register_with_unit(
             "snapshot_copied",
             "Bytes copied out of the region by snapshots",
             Unit::Bytes,
-            m.copied_bytes.clone(),
+            self.copied_bytes.clone(),
         );
         r.register(
             "snapshot_entries_kept",
             "Entries proven unmodified during the copy and kept",
-            m.entries_kept.clone(),
+            self.entries_kept.clone(),
         );
         r.register(
             "snapshot_entries_dropped",
             "Entries dropped because they may have changed during the copy",
-            m.entries_dropped.clone(),
+            self.entries_dropped.clone(),
         );
         r.register(
             "snapshot_generation",
             "Generation of the newest persisted snapshot",
-            m.generation.clone(),
+            self.generation.clone(),
         );
         r.register_with_unit(
             "last_persisted_snapshot_timestamp",
             "Unix time of the last persisted snapshot (0: none since the host started)",
             Unit::Seconds,
-            m.last_persisted_unix.clone(),
+            self.last_persisted_unix.clone(),
         );
-        r.register_collector(Box::new(m.age.clone()));
+        r.register_collector(Box::new(self.age.clone()));
         r.register(
             "client_starts",
             "Times the client was started",
-            m.client_starts.clone(),
+            self.client_starts.clone(),
         );
         r.register(
             "client_exits",
             "Client exits by cause (exit, signal, spawn_failed) and code (status or signal name)",
-            m.client_exits.clone(),
+            self.client_exits.clone(),
         );
         r.register_with_unit(
             "region_size",
             "Size of the shared memory region",
             Unit::Bytes,
-            m.region_size.clone(),
+            self.region_size.clone(),
         );
-        Metrics {
-            registry: Arc::new(r),
-            ..m
-        }
     }
 
     /// Counts one snapshot attempt: its result, phase times, bytes, entries and generation.
@@ -369,7 +374,9 @@ impl Metrics {
             Format::Prometheus => {
                 prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry)
             }
-            Format::OpenMetrics => prometheus_client::encoding::text::encode(&mut out, &self.registry),
+            Format::OpenMetrics => {
+                prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            }
         };
         if let Err(e) = r {
             // Only a failing fmt::Write can fail, and a String never does.

@@ -351,7 +351,10 @@ mod tests {
             let out = c.output().unwrap();
             let stdout = String::from_utf8_lossy(&out.stdout);
             assert!(out.status.success(), "{mode}: {stdout}");
-            assert!(stdout.contains("1 passed"), "{mode}: the child ran: {stdout}");
+            assert!(
+                stdout.contains("1 passed"),
+                "{mode}: the child ran: {stdout}"
+            );
             assert!(stdout.contains(want_decision), "{mode}: {stdout}");
             let mut buf = [0u8; 256];
             let got = match sock.recv(&mut buf) {
@@ -367,6 +370,9 @@ mod tests {
     fn a_worker_busy_since_the_future_is_not_wedged() {
         let t0 = Instant::now();
         let mut w = dog(t0);
-        assert_eq!(w.decide(t0 + 5 * S, true, Some(t0 + 60 * S)), Decision::Ping);
+        assert_eq!(
+            w.decide(t0 + 5 * S, true, Some(t0 + 60 * S)),
+            Decision::Ping
+        );
     }
 }

@@ -71,7 +71,8 @@ fn man_pages_have_name_synopsis_and_the_options() {
     let run = shmsnap_done(["man", "run"]);
     assert_eq!(run.code, 0, "{}", run.stderr);
     assert!(
-        run.stdout.contains(".TH shmsnap-run 1  \"shmsnap 0.1.0\" \"shmsnap manual\""),
+        run.stdout
+            .contains(".TH shmsnap-run 1  \"shmsnap 0.1.0\" \"shmsnap manual\""),
         "{}",
         run.stdout
     );
@@ -80,7 +81,11 @@ fn man_pages_have_name_synopsis_and_the_options() {
     }
     let bad = shmsnap_done(["man", "__exec"]);
     assert_eq!(bad.code, 64, "{}", bad.stderr);
-    assert!(bad.stderr.contains("man pages exist for run"), "{}", bad.stderr);
+    assert!(
+        bad.stderr.contains("man pages exist for run"),
+        "{}",
+        bad.stderr
+    );
 }
 
 #[test]
@@ -116,7 +121,11 @@ fn man_dir_writes_every_page_and_man_renders_them() {
         return;
     };
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(text.contains("NAME") && text.contains("--state"), "{text}");
 }
 
@@ -148,10 +157,7 @@ fn json_log_lines_carry_level_target_message_and_fields() {
     for l in &lines {
         assert!(l["level"].is_string(), "{l}");
         assert!(l["timestamp"].is_string(), "{l}");
-        assert!(
-            l["target"].as_str().unwrap().starts_with("shmsnap"),
-            "{l}"
-        );
+        assert!(l["target"].as_str().unwrap().starts_with("shmsnap"), "{l}");
         assert!(l["fields"]["message"].is_string(), "{l}");
     }
     let persisted = lines
@@ -184,7 +190,8 @@ fn text_logs_stay_the_default() {
     let d = shmsnap_done(["verify", "/nonexistent/x.snap"]);
     assert_eq!(d.code, 66);
     assert!(
-        d.stderr.starts_with("shmsnap: cannot open /nonexistent/x.snap"),
+        d.stderr
+            .starts_with("shmsnap: cannot open /nonexistent/x.snap"),
         "{}",
         d.stderr
     );
@@ -239,7 +246,9 @@ fn a_running_host_serves_metrics_that_move() {
         ],
         &client,
     );
-    let line = h.err.expect("serving metrics on http://", "the metrics address");
+    let line = h
+        .err
+        .expect("serving metrics on http://", "the metrics address");
     let url = line
         .split_once("serving metrics on ")
         .unwrap()

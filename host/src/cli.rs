@@ -1,12 +1,14 @@
 //! The command line.
 
 use std::ffi::OsString;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::exit::EXIT_CODES_HELP;
+use crate::logging::LogFormat;
 
 /// Keep a program's in-memory state safe on disk, consistent even across SIGKILL.
 ///
@@ -18,6 +20,9 @@ use crate::exit::EXIT_CODES_HELP;
 #[derive(Debug, Parser)]
 #[command(name = "shmsnap", version, after_help = EXIT_CODES_HELP)]
 pub struct Cli {
+    /// Log lines on stderr: text for people, json (one object per line) for log pipelines.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -38,6 +43,10 @@ pub enum Command {
     Demo(DemoArgs),
     /// Run a bundled example client (they expect to be started by `shmsnap run`).
     Example(ExampleArgs),
+    /// Print the completion script for a shell, e.g. `shmsnap completions bash`.
+    Completions(CompletionsArgs),
+    /// Print the man page (roff), or write every page into a directory with --dir.
+    Man(ManArgs),
     /// Internal: exec shim that sets LISTEN_PID to its own pid, then execs the client.
     #[command(name = "__exec", hide = true)]
     Exec {
@@ -130,9 +139,32 @@ pub struct RunArgs {
     /// Longest pause between restarts (the pause doubles from 100ms after each quick failure).
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "10s")]
     pub max_backoff: Duration,
+    /// Serve Prometheus metrics on http://ADDR/metrics, e.g. 127.0.0.1:9187 (port 0: any
+    /// free port, logged at start).
+    #[arg(long, value_name = "ADDR", value_parser = crate::metrics::parse_addr)]
+    pub metrics: Option<SocketAddr>,
     /// The client command and its arguments.
     #[arg(trailing_var_arg = true, required = true, value_name = "CMD")]
     pub command: Vec<OsString>,
+}
+
+/// `shmsnap completions`.
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
+/// `shmsnap man`.
+#[derive(Debug, Args)]
+pub struct ManArgs {
+    /// The page of this subcommand (shmsnap-SUBCOMMAND(1)) instead of shmsnap(1).
+    #[arg(value_name = "SUBCOMMAND")]
+    pub subcommand: Option<String>,
+    /// Write every page (shmsnap.1, shmsnap-run.1, ...) into DIR instead of printing one.
+    #[arg(long, value_name = "DIR", conflicts_with = "subcommand")]
+    pub dir: Option<PathBuf>,
 }
 
 /// `shmsnap inspect`.

@@ -11,17 +11,31 @@
 //! | [`demo`] | `demo`: the primes client under the host, SIGKILLed |
 //! | [`examples`] | bundled example clients (public client API only) |
 //! | [`exit`] | exit codes |
+//! | [`metrics`] | Prometheus metrics and their HTTP endpoint (`--metrics`) |
+//! | [`watchdog`] | systemd watchdog pings while the loop makes progress |
+//! | [`logging`] | `--log-format text\|json` |
+//! | [`progress`] | progress bars on a terminal |
+//! | [`generate`] | `completions` and `man` from the CLI definition |
 #![deny(unsafe_code)]
 
 mod cli;
 mod demo;
 mod examples;
 mod exit;
+mod generate;
 mod inspect;
+mod logging;
+// Issue 15: the supervisor wires these in (metrics, watchdog) and verify/restore (progress).
+#[allow(dead_code)]
+mod metrics;
 mod notify;
+#[allow(dead_code)]
+mod progress;
 mod snap;
 mod strategy;
 mod supervisor;
+#[allow(dead_code)]
+mod watchdog;
 
 use std::process::ExitCode;
 
@@ -36,15 +50,8 @@ fn main() -> ExitCode {
     if let Command::Exec { command } = &cli.command {
         return exec_shim(command);
     }
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        // No colour escapes in logs that go to a file, a pipe or the journal.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    let log_format = cli.log_format;
+    logging::init(log_format);
     let result = match cli.command {
         Command::Run(args) => supervisor::run(args),
         Command::Inspect(args) => inspect::inspect(&args.file, args.json),
@@ -59,12 +66,18 @@ fn main() -> ExitCode {
             } => examples::primes::run(limit, pause, batch, linger),
             Example::Kv { ops, pause } => examples::kv::run(ops, pause),
         },
+        Command::Completions(args) => generate::completions(args.shell),
+        Command::Man(args) => generate::man(args.subcommand.as_deref(), args.dir.as_deref()),
         Command::Exec { .. } => unreachable!("handled above"),
     };
     match result {
         Ok(code) => code,
         Err(f) => {
-            error_line(&f.to_string());
+            match log_format {
+                // A log pipeline gets the final error as one more JSON line.
+                logging::LogFormat::Json => tracing::error!(exit_code = f.code as u8, "{f}"),
+                logging::LogFormat::Text => error_line(&f.to_string()),
+            }
             f.exit_code()
         }
     }

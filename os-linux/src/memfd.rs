@@ -296,7 +296,10 @@ mod tests {
         let fd = m.into_fd();
         let e = Memfd::from_fd(fd.try_clone().unwrap()).unwrap_err();
         assert!(e.to_string().contains("F_SEAL_SHRINK"), "{e}");
-        assert_eq!(rustix::fs::fcntl_get_seals(&fd).unwrap(), SealFlags::empty());
+        assert_eq!(
+            rustix::fs::fcntl_get_seals(&fd).unwrap(),
+            SealFlags::empty()
+        );
         // Write-sealed: refused.
         rustix::fs::fcntl_add_seals(&fd, SealFlags::SHRINK).unwrap();
         let w = fd.try_clone().unwrap();

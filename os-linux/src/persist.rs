@@ -6,7 +6,9 @@
 //! host leaves no stale lock — and a second `Persister` of the same target, in this process
 //! or another, fails with [`StateError::Locked`]. Everything that assumes a single writer
 //! (the generation shuffle, [`Persister::remove_stale_temps`]) is a method of `Persister`, so
-//! it cannot run without the lock.
+//! it cannot run without the lock. (A child forked by any thread of the holder shares the
+//! lock's open file description until its `exec`, where close-on-exec drops it: a lock
+//! released just then stays held for that moment.)
 //!
 //! One persist is:
 //!

@@ -210,7 +210,7 @@ fn a_second_persister_of_one_target_is_refused_while_the_first_lives() {
     // Another target in the same directory is independent.
     let other = Persister::new(&dir.path().join("t"), 1).unwrap();
     drop(first);
-    let again = Persister::new(&target, 1).unwrap();
+    let again = reopen(&target, 1);
     persist_value(&again, 7).unwrap();
     drop((again, other));
     // The lock file stays (deleting it would let two holders lock two different inodes).
@@ -243,7 +243,7 @@ fn a_killed_holder_leaves_no_stale_lock() {
     }
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
-    Persister::new(&target, 2).expect("the lock died with its holder");
+    reopen(&target, 2); // the lock died with its holder
 }
 
 #[test]
@@ -296,6 +296,21 @@ fn symlinks_fifos_and_huge_keep_are_refused_without_touching_anything() {
 // Cuts in the middle of the generation shuffle (issue 11, item 11).
 // ---------------------------------------------------------------------------------------
 
+/// `Persister::new`, waiting out a transient `Locked`: a child that another test thread is
+/// spawning holds a copy of every fd between its `fork` and its `exec` (close-on-exec takes
+/// effect only at `exec`), so a lock just released may still be held for that moment.
+fn reopen(target: &Path, keep: usize) -> Persister {
+    for _ in 0..10_000 {
+        match Persister::new(target, keep) {
+            Err(e) if matches!(StateError::of(&e), Some(StateError::Locked { .. })) => {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            r => return r.unwrap(),
+        }
+    }
+    panic!("{} stayed locked", target.display());
+}
+
 fn persist_value(p: &Persister, v: u64) -> io::Result<()> {
     use std::io::Write;
     p.persist_with(|f| (&*f).write_all(&v.to_le_bytes()))?;
@@ -331,7 +346,7 @@ fn persist_cut(p: &Persister, v: u64, cut: Option<usize>) -> bool {
 /// value that became the target, generations are newest first, and every generation
 /// `keep` promised is there. Updates `history` (the values that became the target).
 fn check_after_cut(target: &Path, keep: usize, history: &mut Vec<u64>, wrote: u64) {
-    let p = Persister::new(target, keep).expect("the lock died with the cut persist");
+    let p = reopen(target, keep);
     p.remove_stale_temps().unwrap();
     assert!(temp_files(target.parent().unwrap()).is_empty());
     let v = values(&p);
@@ -360,7 +375,7 @@ fn check_after_cut(target: &Path, keep: usize, history: &mut Vec<u64>, wrote: u6
 /// The exact final state after clean persists: the target and `<target>.1..=keep`, the
 /// newest `keep + 1` values, nothing else.
 fn check_clean(target: &Path, keep: usize, history: &[u64]) {
-    let p = Persister::new(target, keep).unwrap();
+    let p = reopen(target, keep);
     let want: Vec<(usize, u64)> = history
         .iter()
         .rev()
@@ -392,15 +407,15 @@ fn every_cut_of_the_shuffle_keeps_the_promised_generations() {
                 check_clean(&target, keep, &history);
                 let mut next = keep as u64 + 3;
                 // First cut, then a second cut persist, then two clean ones.
-                let cut1 = persist_cut(&Persister::new(&target, keep).unwrap(), next, Some(k1));
+                let cut1 = persist_cut(&reopen(&target, keep), next, Some(k1));
                 k1_cut = cut1;
                 check_after_cut(&target, keep, &mut history, next);
                 next += 1;
-                let cut2 = persist_cut(&Persister::new(&target, keep).unwrap(), next, Some(k2));
+                let cut2 = persist_cut(&reopen(&target, keep), next, Some(k2));
                 check_after_cut(&target, keep, &mut history, next);
                 for _ in 0..2 {
                     next += 1;
-                    let p = Persister::new(&target, keep).unwrap();
+                    let p = reopen(&target, keep);
                     persist_value(&p, next).unwrap();
                     history.push(next);
                 }

@@ -67,9 +67,21 @@ Strategies:
 
 Signals:
   SIGUSR1          take a snapshot now (queue strategy)
-  SIGTERM, SIGINT  forwarded to the client; after it exits (or --stop-timeout), a final
-                   snapshot, then shmsnap exits with the client's status
+  SIGTERM, SIGINT  forwarded to the client; after it exits (or --stop-timeout, then SIGKILL),
+                   a final snapshot, then shmsnap exits: 0 when the final snapshot was
+                   persisted or there was nothing new to persist (a requested stop that saved
+                   the state is a success, also for systemd), 74 when the final snapshot failed
+                   (the previous snapshot stays on disk)
 
+State file:
+  FILE is replaced atomically (temp file, fdatasync, rename, directory fsync); FILE.1 ..
+  FILE.N keep the previous generations (--keep). A cut (crash, power loss) at any moment
+  leaves FILE complete, old or new, and every generation --keep promised.
+  FILE.lock (created beside FILE, never deleted, always empty) carries an flock held for the
+  host's life: a second host on the same FILE exits at once with status 75; the lock dies
+  with the process, so a killed host leaves no stale lock.
+  A symbolic link at FILE is refused (replacing it would turn the link into a regular file):
+  pass the real file.
 Examples:
   shmsnap run --state /var/lib/app/state.snap --size 64M -- ./app --flag
   shmsnap run --state primes.snap --strategy queue --interval 200ms -- shmsnap example primes";
@@ -110,9 +122,11 @@ pub struct RunArgs {
     /// The snapshot file (created if missing; restored from if present).
     #[arg(long, value_name = "FILE")]
     pub state: PathBuf,
-    /// Size of the shared memory, e.g. 64M (K, M, G suffixes; binary units). Default: the
-    /// snapshot's size, or 64M without a snapshot. May grow a restored region, never shrink it.
-    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    /// Minimum size of the shared memory, e.g. 64M (K, M, G suffixes; binary units): a
+    /// multiple of the page size, 4096 (other values are refused, not rounded). The region is
+    /// at least SIZE; a larger snapshot is restored at its own size. Default: the snapshot's
+    /// size, or 64M without a snapshot.
+    #[arg(long, value_name = "SIZE", value_parser = parse_region_size)]
     pub size: Option<u64>,
     /// How snapshots are taken.
     #[arg(long, value_enum, default_value_t = StrategyArg::Exit)]
@@ -123,8 +137,9 @@ pub struct RunArgs {
     /// When to restart the client.
     #[arg(long, value_enum, default_value_t = RestartArg::OnFailure)]
     pub restart: RestartArg,
-    /// Previous snapshot generations to keep (FILE.1 newest .. FILE.N oldest).
-    #[arg(long, value_name = "N", default_value_t = 1)]
+    /// Previous snapshot generations to keep (FILE.1 newest .. FILE.N oldest), 0 to 1000.
+    /// Older generations are removed once a new snapshot is durable.
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = parse_keep)]
     pub keep: usize,
     /// If the newest snapshot is unusable, restore the newest sound older generation instead
     /// of stopping (the unusable file is renamed aside, never deleted).
@@ -136,7 +151,8 @@ pub struct RunArgs {
     /// How long to wait for the client to exit after forwarding SIGTERM/SIGINT, before SIGKILL.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "10s")]
     pub stop_timeout: Duration,
-    /// Longest pause between restarts (the pause doubles from 100ms after each quick failure).
+    /// Longest pause between restarts: the pause starts at 100ms and doubles after each quick
+    /// failure (a run shorter than 10s), up to exactly this value.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "10s")]
     pub max_backoff: Duration,
     /// Serve Prometheus metrics on http://ADDR/metrics, e.g. 127.0.0.1:9187 (port 0: any
@@ -240,6 +256,38 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         .map_err(|e| format!("{e} (use e.g. 4096, 64K, 16M, 1G)"))
 }
 
+/// Parses a `--size`: [`parse_size`], then a nonzero multiple of the page size (the region
+/// format's unit), refused otherwise with the nearest valid sizes.
+pub fn parse_region_size(s: &str) -> Result<u64, String> {
+    let n = parse_size(s)?;
+    let page = shmsnap_core::PAGE_SIZE;
+    if n == 0 {
+        return Err(format!("the size must be at least one page ({page} bytes)"));
+    }
+    if !n.is_multiple_of(page) {
+        let down = n / page * page;
+        let up = down.saturating_add(page);
+        let hint = if down == 0 {
+            format!("{up}")
+        } else {
+            format!("{down} or {up}")
+        };
+        return Err(format!(
+            "{n} bytes is not a multiple of the page size ({page} bytes); use e.g. {hint}"
+        ));
+    }
+    Ok(n)
+}
+
+/// Parses a `--keep`: 0 to [`MAX_KEEP`](shmsnap_linux::persist::MAX_KEEP).
+pub fn parse_keep(s: &str) -> Result<usize, String> {
+    let max = shmsnap_linux::persist::MAX_KEEP;
+    match s.parse::<usize>() {
+        Ok(n) if n <= max => Ok(n),
+        _ => Err(format!("expected a number of generations from 0 to {max}")),
+    }
+}
+
 /// Parses durations like `100ms`, `2s`, `1m 30s`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("{e} (use e.g. 100ms, 2s, 1m)"))
@@ -263,5 +311,30 @@ mod tests {
         assert!(parse_size("lots").is_err());
         assert_eq!(parse_duration("100ms"), Ok(Duration::from_millis(100)));
         assert!(parse_duration("soon").is_err());
+    }
+
+    #[test]
+    fn region_sizes_are_whole_pages() {
+        assert_eq!(parse_region_size("64M"), Ok(64 << 20));
+        assert_eq!(parse_region_size("8192"), Ok(8192));
+        let e = parse_region_size("1000001").unwrap_err();
+        assert!(
+            e.contains("page size") && e.contains("999424 or 1003520"),
+            "{e}"
+        );
+        assert!(parse_region_size("4102").is_err());
+        assert!(parse_region_size("100").unwrap_err().contains("4096"));
+        assert!(parse_region_size("0")
+            .unwrap_err()
+            .contains("at least one page"));
+    }
+
+    #[test]
+    fn keep_is_bounded() {
+        assert_eq!(parse_keep("0"), Ok(0));
+        assert_eq!(parse_keep("1000"), Ok(1000));
+        for bad in ["1001", "18446744073709551615", "-1", "many"] {
+            assert!(parse_keep(bad).unwrap_err().contains("0 to 1000"), "{bad}");
+        }
     }
 }

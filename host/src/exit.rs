@@ -18,8 +18,15 @@ pub enum Code {
     OsErr = 71,
     /// 73: the state file's directory is missing or not writable.
     CantCreat = 73,
-    /// 74: an I/O error while reading or writing.
+    /// 74: an I/O error while reading or writing; for `run`, also a requested stop whose
+    /// final snapshot could not be persisted.
     IoErr = 74,
+    // Constructed by `persister_code`, which the supervisor's start-up calls once wired.
+    #[allow(dead_code)]
+    /// 75 (`EX_TEMPFAIL`, "try again later"): another host holds the state file's lock. The
+    /// condition is temporary by nature — it ends when that host stops — so a service manager
+    /// that restarts on failure may retry, and a script can tell it from a real error.
+    TempFail = 75,
     /// 78: the configuration does not fit (size too small for the snapshot or the layout).
     Config = 78,
     /// 127: the client command was not found.
@@ -29,7 +36,8 @@ pub enum Code {
 /// The exit codes, for `--help`.
 pub const EXIT_CODES_HELP: &str = "\
 Exit status:
-  0    success (for `run`: the client exited with status 0)
+  0    success (for `run`: the client exited with status 0, or a stop was requested with
+       SIGTERM/SIGINT and the final snapshot was persisted or nothing needed persisting)
   1-63, 128+N
        `run` forwards the client's exit status (128+N if killed by signal N)
   64   usage error
@@ -38,7 +46,8 @@ Exit status:
   70   internal error
   71   operating-system error (memfd, mmap, fork)
   73   the state directory is missing or not writable
-  74   I/O error
+  74   I/O error; for `run`: a requested stop whose final snapshot failed
+  75   another shmsnap host is running on the same state file (FILE.lock is held)
   78   --size too small for the snapshot, or the region too small for the layout
   127  the client command was not found";
 
@@ -74,6 +83,44 @@ impl fmt::Display for Failure {
 
 impl std::error::Error for Failure {}
 
+/// How the final snapshot of a stop requested by SIGTERM/SIGINT went.
+#[allow(dead_code)] // until the supervisor's stop path calls `requested_stop_status`
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FinalSnapshot {
+    /// A snapshot was persisted.
+    Persisted,
+    /// Nothing needed persisting (nothing new since the last snapshot, nothing committed, or
+    /// the newest state is already on disk).
+    NothingToPersist,
+    /// The final snapshot failed; the previous snapshot (if any) stays on disk.
+    Failed,
+}
+
+/// The status of `run` after a *requested* stop: 0 when the state is safe on disk (a stop
+/// that was asked for and saved everything is a success — also for systemd, which would
+/// otherwise mark the unit failed on 143), [`Code::IoErr`] when the final snapshot failed.
+#[allow(dead_code)] // until the supervisor's stop path calls it
+pub fn requested_stop_status(final_snapshot: FinalSnapshot) -> u8 {
+    match final_snapshot {
+        FinalSnapshot::Persisted | FinalSnapshot::NothingToPersist => 0,
+        FinalSnapshot::Failed => Code::IoErr as u8,
+    }
+}
+
+/// The exit code for an error of `Persister::new` (opening the state file's directory and
+/// taking its lock): [`Code::TempFail`] when another host holds the lock, [`Code::Usage`]
+/// for an out-of-range `--keep`, [`Code::CantCreat`] otherwise (missing or unwritable
+/// directory, a symlink or a FIFO at the state path).
+#[allow(dead_code)] // until `snap::open_persister` calls it
+pub fn persister_code(e: &std::io::Error) -> Code {
+    use shmsnap_linux::persist::StateError;
+    match StateError::of(e) {
+        Some(StateError::Locked { .. }) => Code::TempFail,
+        Some(StateError::KeepTooLarge { .. }) => Code::Usage,
+        _ => Code::CantCreat,
+    }
+}
+
 /// The exit code for a snapshot error.
 pub fn snapshot_code(e: &shmsnap_linux::snapshot::SnapshotError) -> Code {
     use shmsnap_linux::snapshot::SnapshotErrorKind as K;
@@ -91,5 +138,34 @@ pub fn io_code(e: &std::io::Error) -> Code {
         std::io::ErrorKind::NotFound => Code::NoInput,
         std::io::ErrorKind::PermissionDenied => Code::NoInput,
         _ => Code::IoErr,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shmsnap_linux::persist::Persister;
+
+    #[test]
+    fn a_requested_stop_that_saved_the_state_is_a_success() {
+        assert_eq!(requested_stop_status(FinalSnapshot::Persisted), 0);
+        assert_eq!(requested_stop_status(FinalSnapshot::NothingToPersist), 0);
+        assert_eq!(requested_stop_status(FinalSnapshot::Failed), 74);
+        assert!(EXIT_CODES_HELP.contains("final snapshot failed"));
+    }
+
+    #[test]
+    fn a_held_lock_maps_to_tempfail_and_other_errors_to_cantcreat() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("s.snap");
+        let _first = Persister::new(&state, 1).unwrap();
+        let e = Persister::new(&state, 1).unwrap_err();
+        assert_eq!(persister_code(&e), Code::TempFail);
+        assert_eq!(Code::TempFail as u8, 75);
+        assert!(EXIT_CODES_HELP.contains("75   another shmsnap host"));
+        let e = Persister::new(&dir.path().join("missing/s"), 1).unwrap_err();
+        assert_eq!(persister_code(&e), Code::CantCreat);
+        let e = Persister::new(&state, 1001).unwrap_err();
+        assert_eq!(persister_code(&e), Code::Usage);
     }
 }

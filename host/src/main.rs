@@ -45,7 +45,19 @@ use crate::cli::{Cli, Command, Example};
 use crate::exit::{Code, Failure};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // A usage error exits 64, as `--help` documents (clap's own default is 2); `--help`
+        // and `--version` print to stdout and exit 0.
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(Code::Usage as u8)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
     // The exec shim must not log or change anything: it replaces itself with the client.
     if let Command::Exec { command } = &cli.command {
         return exec_shim(command);

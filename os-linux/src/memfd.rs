@@ -44,31 +44,60 @@ impl Memfd {
         Ok(Self { fd })
     }
 
-    /// `fstat(fd)`—adopts an existing fd (e.g. one passed through `LISTEN_FDS`) as a region.
+    /// `fstat(fd)` and `fcntl(fd, F_GET_SEALS)`—adopts an existing fd (e.g. one passed
+    /// through `LISTEN_FDS`) as a region, after checking, without changing anything, that it
+    /// is one: a nonempty memfd (a regular file that supports sealing) already sealed against
+    /// shrinking (as every region a host makes is, so no holder can make a mapping `SIGBUS`)
+    /// and not sealed against writes (it could not be mapped shared and writable).
     ///
-    /// The fd must be a regular file (memfds are regular files) of nonzero size. Whether it is
-    /// actually a memfd and whether it is sealed is not required here; [`Memfd::seals`] tells.
+    /// A file on disk handed over by mistake is refused untouched: it is never grown,
+    /// truncated or sealed here.
     ///
     /// # References
     ///  - [Linux `fstat`](https://man7.org/linux/man-pages/man2/fstat.2.html)
+    ///  - [Linux `fcntl` (file sealing)](https://man7.org/linux/man-pages/man2/fcntl.2.html)
     ///
     /// # Errors
     ///
-    /// `InvalidInput` if the fd is not a regular file or is empty; `fstat`'s errors.
+    /// `InvalidInput`, saying what the fd is, if it is not a regular file, does not support
+    /// sealing (not a memfd), lacks `F_SEAL_SHRINK`, has `F_SEAL_WRITE`/`F_SEAL_FUTURE_WRITE`,
+    /// or is empty; `fstat`'s errors.
     pub fn from_fd(fd: OwnedFd) -> io::Result<Self> {
+        let bad = |msg: String| Err(io::Error::new(io::ErrorKind::InvalidInput, msg));
         let st = rustix::fs::fstat(&fd)?;
         let kind = FileType::from_raw_mode(st.st_mode);
         if kind != FileType::RegularFile {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("the region fd is a {kind:?}, not a regular file or memfd"),
+            return bad(format!(
+                "the region fd is a {kind:?}, not a regular file or memfd"
+            ));
+        }
+        let seals = match rustix::fs::fcntl_get_seals(&fd) {
+            Ok(s) => s,
+            Err(rustix::io::Errno::INVAL) => {
+                return bad(format!(
+                    "the region fd is a regular file that does not support sealing (a file on \
+                     disk, {} bytes?), not a memfd; left untouched",
+                    st.st_size
+                ))
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if !seals.contains(SealFlags::SHRINK) {
+            return bad(
+                "the region memfd is not sealed against shrinking (F_SEAL_SHRINK): a \
+                 truncation would make every access fault with SIGBUS"
+                    .to_owned(),
+            );
+        }
+        if seals.intersects(SealFlags::WRITE | SealFlags::FUTURE_WRITE) {
+            return bad(format!(
+                "the region memfd is sealed against writes ({seals:?}); it cannot be a region"
             ));
         }
         if st.st_size <= 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "the region fd is an empty file (size 0); the host must size it first",
-            ));
+            return bad(
+                "the region fd is an empty file (size 0); the host must size it first".to_owned(),
+            );
         }
         Ok(Self { fd })
     }
@@ -242,15 +271,45 @@ mod tests {
     }
 
     #[test]
-    fn adopting_rejects_empty_and_non_regular_fds() {
+    fn adopting_checks_without_changing_anything() {
         let m = Memfd::create("t", 0).unwrap();
+        m.seal_against_shrink().unwrap();
         let e = Memfd::from_fd(m.into_fd()).unwrap_err();
         assert!(e.to_string().contains("empty"), "{e}");
         let dir = std::fs::File::open("/").unwrap();
         let e = Memfd::from_fd(dir.into()).unwrap_err();
         assert!(e.to_string().contains("not a regular file"), "{e}");
+        // A regular file on disk (issue 11, item 12: it used to be grown by the host).
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("not-a-region");
+        std::fs::write(&path, [7u8; 100]).unwrap();
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .unwrap();
+        let e = Memfd::from_fd(f.into()).unwrap_err();
+        assert!(e.to_string().contains("not a memfd"), "{e}");
+        assert_eq!(std::fs::read(&path).unwrap(), [7u8; 100], "left untouched");
+        // An unsealed memfd is refused and stays unsealed.
         let m = Memfd::create("t", 64).unwrap();
-        let m = Memfd::from_fd(m.into_fd()).unwrap();
+        let fd = m.into_fd();
+        let e = Memfd::from_fd(fd.try_clone().unwrap()).unwrap_err();
+        assert!(e.to_string().contains("F_SEAL_SHRINK"), "{e}");
+        assert_eq!(
+            rustix::fs::fcntl_get_seals(&fd).unwrap(),
+            SealFlags::empty()
+        );
+        // Write-sealed: refused.
+        rustix::fs::fcntl_add_seals(&fd, SealFlags::SHRINK).unwrap();
+        let w = fd.try_clone().unwrap();
+        rustix::fs::fcntl_add_seals(&w, SealFlags::FUTURE_WRITE).unwrap();
+        let e = Memfd::from_fd(w).unwrap_err();
+        assert!(e.to_string().contains("sealed against writes"), "{e}");
+        // A sealed memfd is adopted.
+        let ok = Memfd::create("t", 64).unwrap();
+        ok.seal_against_shrink().unwrap();
+        let m = Memfd::from_fd(ok.into_fd()).unwrap();
         assert_eq!(m.len().unwrap(), 64);
     }
 }

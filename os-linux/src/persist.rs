@@ -1,31 +1,52 @@
-//! Atomic replacement of a file, keeping N previous generations.
+//! Atomic replacement of a file, keeping N previous generations, by one process at a time.
 //!
-//! A [`Persister`] owns an fd of the target's directory. One persist is:
+//! A [`Persister`] owns an fd of the target's directory and an exclusive `flock` on
+//! `<name>.lock` beside the target (created if missing, never written, never deleted). The
+//! lock belongs to the open file description, so it dies with the process — a SIGKILLed
+//! host leaves no stale lock — and a second `Persister` of the same target, in this process
+//! or another, fails with [`StateError::Locked`]. Everything that assumes a single writer
+//! (the generation shuffle, [`Persister::remove_stale_temps`]) is a method of `Persister`, so
+//! it cannot run without the lock. (A child forked by any thread of the holder shares the
+//! lock's open file description until its `exec`, where close-on-exec drops it: a lock
+//! released just then stays held for that moment.)
+//!
+//! One persist is:
 //!
 //! 1. `openat(dir, ".<name>.tmp.<16 random hex>", O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC |
 //!    O_RDWR, 0600)` — a [`TempFile`] guard that unlinks the file if dropped uncommitted;
 //! 2. the caller writes the new content into it;
 //! 3. `fdatasync(temp)`;
-//! 4. generations: the oldest kept one (`<name>.<keep>`, or with `keep == 0` the target
-//!    itself, through a hard link) is moved aside to a temp name, `<name>.<i>` →
-//!    `<name>.<i+1>` for `i = keep-1 .. 1`, then `linkat(<name>, <name>.1)`; the target itself
-//!    is never missing;
+//! 4. the generation shuffle, by `renameat` and `linkat` between *generation names* only
+//!    (`<name>.<i>`), so that every old generation has a generation name at every instant:
+//!    the i-th newest existing backup moves to `<name>.<i+1>` (closing any gap a cut left),
+//!    the one that leaves the set moves to `<name>.<keep+1>` (a generation name, never a temp
+//!    name), then `linkat(<name>, <name>.1)`;
 //! 5. `renameat(temp, <name>)` — the atomic switch;
 //! 6. `fsync(dir)` — makes the switch durable;
-//! 7. `unlinkat` of the dropped generation, *after* the durable point: freeing a large file's
-//!    blocks (45–60 ms for 256 MiB on ext4) never delays the switch, and `rename` over the
-//!    target never frees blocks because `<name>.1` (or the aside link) still holds them.
+//! 7. `unlinkat` of the generations past `keep`, *after* the durable point: freeing a large
+//!    file's blocks (45–60 ms for 256 MiB on ext4) never delays the switch, and `rename` over
+//!    the target never frees blocks because `<name>.1` still holds them.
 //!
-//! A crash at any point leaves `<name>` as the complete old or the complete new file; what it
-//! may leave behind are `.<name>.tmp.*` files, which [`Persister::remove_stale_temps`] deletes.
+//! A cut at any point leaves `<name>` as the complete old or the complete new file, and every
+//! generation `--keep` promised under a generation name (possibly with one gap, or one extra
+//! generation past `keep`; the next persist closes the gap and removes the extra). A cut
+//! between the link of step 4 and the switch leaves `<name>.1` as a second name of `<name>`;
+//! the next persist sees that (same inode) and does not shuffle again. What a cut may leave
+//! besides are `.<name>.tmp.*` files: uncommitted new content, never a generation, which
+//! [`Persister::remove_stale_temps`] deletes.
 //!
 //! Why a named temp file and not `O_TMPFILE` + `linkat`: `linkat` cannot replace an existing
 //! name, so an `O_TMPFILE` would still need a named link before the `rename`, via
 //! `/proc/self/fd` (needs `/proc`) or `AT_EMPTY_PATH` (needs `CAP_DAC_READ_SEARCH`), and not
 //! every filesystem supports `O_TMPFILE`. A random name created with `O_EXCL | O_NOFOLLOW`
 //! cannot be pre-planted as a symlink, and the stale-temp sweep covers crashes.
+//!
+//! A target that is a symbolic link is refused ([`StateError::Symlink`]): replacing it
+//! atomically would silently turn the link into a regular file. Name the real file instead.
 
+use std::collections::BTreeSet;
 use std::ffi::{OsStr, OsString};
+use std::fmt;
 use std::fs::File;
 use std::io;
 use std::os::fd::OwnedFd;
@@ -33,16 +54,105 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use rustix::fs::{AtFlags, Mode, OFlags};
+use rustix::fs::{AtFlags, FileType, FlockOperation, Mode, OFlags};
 use rustix::io::{retry_on_intr, Errno};
 
-/// Atomic replacement of one target file in one directory.
+/// The largest `keep` a [`Persister`] accepts: a bound on the renames of one persist.
+pub const MAX_KEEP: usize = 1000;
+
+/// Why a [`Persister`] cannot be made for a target; carried inside the `io::Error` that
+/// [`Persister::new`] returns (find it with [`StateError::of`]).
+#[derive(Debug)]
+pub enum StateError {
+    /// Another `Persister` — usually another host process — holds the target's lock.
+    Locked {
+        /// The lock file (`<target>.lock`).
+        lock: PathBuf,
+        /// The holder's pid, from `/proc/locks`, when it can be found.
+        holder: Option<u32>,
+    },
+    /// The target is a symbolic link (refused: see the [module docs](self)).
+    Symlink {
+        /// The target.
+        path: PathBuf,
+        /// Where the link points.
+        points_to: PathBuf,
+    },
+    /// The target (or its lock file) exists but is not a regular file (a FIFO, a directory...).
+    NotRegular {
+        /// The file.
+        path: PathBuf,
+        /// What it is.
+        kind: FileType,
+    },
+    /// `keep` is larger than [`MAX_KEEP`].
+    KeepTooLarge {
+        /// The requested value.
+        keep: usize,
+    },
+}
+
+impl StateError {
+    /// The `StateError` inside an `io::Error` from [`Persister::new`], if that is what it is.
+    pub fn of(e: &io::Error) -> Option<&StateError> {
+        e.get_ref()?.downcast_ref::<StateError>()
+    }
+
+    fn into_io(self) -> io::Error {
+        let kind = match self {
+            StateError::Locked { .. } => io::ErrorKind::WouldBlock,
+            _ => io::ErrorKind::InvalidInput,
+        };
+        io::Error::new(kind, self)
+    }
+}
+
+impl fmt::Display for StateError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StateError::Locked { lock, holder } => {
+                write!(f, "{} is locked by ", lock.display())?;
+                match holder {
+                    Some(pid) => write!(f, "process {pid}")?,
+                    None => f.write_str("another process")?,
+                }
+                f.write_str(
+                    ": another shmsnap host is using this state file; stop it first, or use \
+                     another --state",
+                )
+            }
+            StateError::Symlink { path, points_to } => write!(
+                f,
+                "{} is a symbolic link (to {}); shmsnap replaces the state file atomically and \
+                 does not follow links: pass the real file as --state",
+                path.display(),
+                points_to.display()
+            ),
+            StateError::NotRegular { path, kind } => write!(
+                f,
+                "{} is a {kind:?}, not a regular file; move it away or use another --state",
+                path.display()
+            ),
+            StateError::KeepTooLarge { keep } => {
+                write!(f, "keep {keep} is larger than the maximum, {MAX_KEEP}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for StateError {}
+
+/// Atomic replacement of one target file in one directory, by the holder of its lock.
 #[derive(Debug)]
 pub struct Persister {
     dir: OwnedFd,
     dir_path: PathBuf,
     name: OsString,
+    /// Previous generations kept; `<= MAX_KEEP`.
     keep: usize,
+    /// `<name>.lock`, holding our exclusive `flock` for the life of this value (released by
+    /// the kernel when the fd closes, also when the process dies).
+    _lock: OwnedFd,
 }
 
 /// Timings of one persist.
@@ -54,7 +164,7 @@ pub struct PersistStats {
     pub rename: Duration,
     /// `fsync` of the directory.
     pub dir_sync: Duration,
-    /// `unlink` of the dropped generation (after the durable point).
+    /// `unlink` of the dropped generations (after the durable point).
     pub drop_old: Duration,
 }
 
@@ -68,17 +178,25 @@ pub struct Generation {
 }
 
 impl Persister {
-    /// `open(dir, O_DIRECTORY | O_RDONLY | O_CLOEXEC)`—prepares atomic replacement of `target`,
-    /// keeping `keep` previous generations (`<target>.1` newest .. `<target>.<keep>` oldest).
+    /// `open(dir, O_DIRECTORY)`, `openat(dir, "<name>.lock", O_CREAT | O_NOFOLLOW)` and
+    /// `flock(LOCK_EX | LOCK_NB)`—prepares atomic replacement of `target`, keeping `keep`
+    /// previous generations (`<target>.1` newest .. `<target>.<keep>` oldest), as the only
+    /// writer of `target`.
     ///
     /// # References
     ///  - [Linux `open`](https://man7.org/linux/man-pages/man2/open.2.html)
+    ///  - [Linux `flock`](https://man7.org/linux/man-pages/man2/flock.2.html)
     ///
     /// # Errors
     ///
-    /// `InvalidInput` if `target` has no file name (or it is `..`); `open`'s errors for the
-    /// directory (`ENOENT`, `EACCES`, `ENOTDIR`).
+    /// `InvalidInput` if `target` has no file name (or it is `..`); a [`StateError`] inside
+    /// the `io::Error` ([`StateError::of`]) if the target is locked (kind `WouldBlock`), is a
+    /// symlink or not a regular file, or `keep > MAX_KEEP`; `open`'s errors for the directory
+    /// and the lock file (`ENOENT`, `EACCES`, `ENOTDIR`, `EROFS`), naming the path.
     pub fn new(target: &Path, keep: usize) -> io::Result<Self> {
+        if keep > MAX_KEEP {
+            return Err(StateError::KeepTooLarge { keep }.into_io());
+        }
         let name = match target.file_name() {
             Some(n) if n != ".." => n.to_os_string(),
             _ => {
@@ -98,11 +216,16 @@ impl Persister {
             Mode::empty(),
         )
         .map_err(|e| annotate(e.into(), "open directory", &dir_path))?;
+        check_regular_or_missing(&dir, &dir_path, &name)?;
+        let mut lock_name = name.clone();
+        lock_name.push(".lock");
+        let lock = take_lock(&dir, &dir_path.join(&lock_name), &lock_name)?;
         Ok(Self {
             dir,
             dir_path,
             name,
             keep,
+            _lock: lock,
         })
     }
 
@@ -193,8 +316,10 @@ impl Persister {
     /// `unlinkat` of every `.<name>.tmp.*` in the directory—leftovers of a crashed persist.
     /// Returns how many were removed.
     ///
-    /// Call it only when no other process is persisting the same target (e.g. at start-up):
-    /// it cannot tell a crashed writer's temp file from a live one's.
+    /// Only uncommitted new content ever carries a temp name (the generation shuffle moves
+    /// generations between generation names only), so this never removes a generation. It
+    /// is a method of the lock holder: no other process can be writing a temp file of the
+    /// same target meanwhile.
     ///
     /// # References
     ///  - [Linux `getdents64`](https://man7.org/linux/man-pages/man2/getdents64.2.html)
@@ -225,7 +350,8 @@ impl Persister {
     }
 
     /// The existing generations, newest first: the target (index 0), then `<target>.1`, ...
-    /// (gaps are skipped; names past `keep` left by an earlier, larger `keep` are listed too).
+    /// (gaps are skipped; names past `keep`, left by an earlier, larger `keep` or by a cut
+    /// persist, are listed too until the next persist removes them).
     ///
     /// # Errors
     ///
@@ -238,14 +364,7 @@ impl Persister {
             let index = if e == name {
                 Some(0)
             } else if e.len() > name.len() + 1 && e.starts_with(name) && e[name.len()] == b'.' {
-                let digits = &e[name.len() + 1..];
-                if digits.iter().all(u8::is_ascii_digit) && digits[0] != b'0' {
-                    std::str::from_utf8(digits)
-                        .ok()
-                        .and_then(|s| s.parse::<usize>().ok())
-                } else {
-                    None
-                }
+                parse_index(&e[name.len() + 1..])
             } else {
                 None
             };
@@ -271,89 +390,296 @@ impl Persister {
         Ok(names)
     }
 
-    /// `renameat`, treating a missing source as nothing to do. Returns whether it moved.
-    fn rename_if_exists(&self, from: &OsStr, to: &OsStr) -> io::Result<bool> {
-        match rustix::fs::renameat(&self.dir, from, &self.dir, to) {
-            Ok(()) => Ok(true),
-            Err(Errno::NOENT) => Ok(false),
-            Err(e) => Err(annotate(e.into(), "rename a generation in", &self.dir_path)),
+    /// `(st_dev, st_ino)` of generation `i`, `None` if it does not exist.
+    fn identity(&self, i: usize) -> io::Result<Option<(u64, u64)>> {
+        match rustix::fs::statat(
+            &self.dir,
+            self.generation_name(i).as_os_str(),
+            AtFlags::SYMLINK_NOFOLLOW,
+        ) {
+            Ok(st) => Ok(Some((st.st_dev, st.st_ino))),
+            Err(Errno::NOENT) => Ok(None),
+            Err(e) => Err(annotate(e.into(), "stat a generation in", &self.dir_path)),
         }
+    }
+
+    /// The generation shuffle of step 4 for the current directory contents.
+    fn plan(&self) -> io::Result<Plan> {
+        let backups: Vec<usize> = self
+            .generations()?
+            .iter()
+            .map(|g| g.index)
+            .filter(|&i| i > 0)
+            .collect();
+        let target = self.identity(0)?;
+        let one_is_target = target.is_some() && target == self.identity(1)?;
+        Ok(Plan::new(
+            self.keep,
+            &backups,
+            target.is_some(),
+            one_is_target,
+        ))
+    }
+
+    fn apply(&self, op: Op) -> io::Result<()> {
+        let (what, r) = match op {
+            Op::Rename(from, to) => (
+                "rename a generation in",
+                rustix::fs::renameat(
+                    &self.dir,
+                    self.generation_name(from).as_os_str(),
+                    &self.dir,
+                    self.generation_name(to).as_os_str(),
+                ),
+            ),
+            Op::LinkTargetToOne => (
+                "link the old target to .1 in",
+                rustix::fs::linkat(
+                    &self.dir,
+                    self.generation_name(0).as_os_str(),
+                    &self.dir,
+                    self.generation_name(1).as_os_str(),
+                    AtFlags::empty(),
+                ),
+            ),
+            Op::Unlink(i) => (
+                "remove a generation in",
+                match rustix::fs::unlinkat(
+                    &self.dir,
+                    self.generation_name(i).as_os_str(),
+                    AtFlags::empty(),
+                ) {
+                    Err(Errno::NOENT) => Ok(()),
+                    r => r,
+                },
+            ),
+        };
+        r.map_err(|e| annotate(e.into(), what, &self.dir_path))?;
+        crash_point::step()
     }
 
     /// Steps 4–7 of the module docs, for the synced temp file `tmp`.
     fn switch(&self, tmp: &OsStr, stats: &mut PersistStats) -> io::Result<()> {
         let t = Instant::now();
-        let target = self.generation_name(0);
-        // The generation that leaves the set, parked under a temp name until step 7.
-        let aside = self.random_temp_name()?;
-        let dropped = if self.keep == 0 {
-            match rustix::fs::linkat(
-                &self.dir,
-                target.as_os_str(),
-                &self.dir,
-                aside.as_os_str(),
-                AtFlags::empty(),
-            ) {
-                Ok(()) => true,
-                Err(Errno::NOENT) => false,
-                Err(e) => {
-                    return Err(annotate(
-                        e.into(),
-                        "link the old target aside in",
-                        &self.dir_path,
-                    ))
-                }
-            }
-        } else {
-            let oldest = self.generation_name(self.keep);
-            let dropped = self.rename_if_exists(&oldest, &aside)?;
-            for i in (1..self.keep).rev() {
-                self.rename_if_exists(&self.generation_name(i), &self.generation_name(i + 1))?;
-            }
-            let newest = self.generation_name(1);
-            match rustix::fs::linkat(
-                &self.dir,
-                target.as_os_str(),
-                &self.dir,
-                newest.as_os_str(),
-                AtFlags::empty(),
-            ) {
-                Ok(()) | Err(Errno::NOENT) => {}
-                // Left by a crash between the link and the rename: that file is the target.
-                Err(Errno::EXIST) => {}
-                Err(e) => {
-                    return Err(annotate(
-                        e.into(),
-                        "link the old target to .1 in",
-                        &self.dir_path,
-                    ))
-                }
-            }
-            dropped
-        };
-        rustix::fs::renameat(&self.dir, tmp, &self.dir, target.as_os_str())
-            .map_err(|e| annotate(e.into(), "rename the new snapshot into", &self.dir_path))?;
+        let plan = self.plan()?;
+        for &op in &plan.before {
+            self.apply(op)?;
+        }
+        rustix::fs::renameat(
+            &self.dir,
+            tmp,
+            &self.dir,
+            self.generation_name(0).as_os_str(),
+        )
+        .map_err(|e| annotate(e.into(), "rename the new snapshot into", &self.dir_path))?;
+        crash_point::step()?;
         stats.rename = t.elapsed();
 
         let t = Instant::now();
         retry_on_intr(|| rustix::fs::fsync(&self.dir))
             .map_err(|e| annotate(e.into(), "fsync directory", &self.dir_path))?;
+        crash_point::step()?;
         stats.dir_sync = t.elapsed();
 
         let t = Instant::now();
-        if dropped {
-            match rustix::fs::unlinkat(&self.dir, aside.as_os_str(), AtFlags::empty()) {
-                Ok(()) | Err(Errno::NOENT) => {}
-                Err(e) => {
-                    return Err(annotate(
-                        e.into(),
-                        "remove the dropped generation in",
-                        &self.dir_path,
-                    ))
-                }
-            }
+        for &i in &plan.after {
+            self.apply(Op::Unlink(i))?;
         }
         stats.drop_old = t.elapsed();
+        Ok(())
+    }
+}
+
+/// Parses the `<i>` of `<name>.<i>`: decimal, no leading zero, fits `usize`.
+fn parse_index(digits: &[u8]) -> Option<usize> {
+    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) || digits[0] == b'0' {
+        return None;
+    }
+    std::str::from_utf8(digits).ok()?.parse().ok()
+}
+
+/// Refuses a target that exists as anything but a regular file, without opening it (a FIFO
+/// would block `open`).
+fn check_regular_or_missing(dir: &OwnedFd, dir_path: &Path, name: &OsStr) -> io::Result<()> {
+    let path = dir_path.join(name);
+    match rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
+        Err(Errno::NOENT) => Ok(()),
+        Err(e) => Err(annotate(e.into(), "stat", &path)),
+        Ok(st) => match FileType::from_raw_mode(st.st_mode) {
+            FileType::RegularFile => Ok(()),
+            FileType::Symlink => {
+                let points_to = rustix::fs::readlinkat(dir, name, Vec::new())
+                    .map(|l| PathBuf::from(OsStr::from_bytes(l.as_bytes())))
+                    .unwrap_or_else(|_| PathBuf::from("?"));
+                Err(StateError::Symlink { path, points_to }.into_io())
+            }
+            kind => Err(StateError::NotRegular { path, kind }.into_io()),
+        },
+    }
+}
+
+/// Opens (creating it if missing) the lock file `name` in `dir` and takes an exclusive,
+/// non-blocking `flock` on it.
+fn take_lock(dir: &OwnedFd, path: &Path, name: &OsStr) -> io::Result<OwnedFd> {
+    // O_NONBLOCK: a FIFO planted at the lock's name must not block the open.
+    let fd = retry_on_intr(|| {
+        rustix::fs::openat(
+            dir,
+            name,
+            OFlags::CREATE | OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
+            Mode::RUSR | Mode::WUSR,
+        )
+    })
+    .map_err(|e| annotate(e.into(), "open the lock file", path))?;
+    let st = rustix::fs::fstat(&fd).map_err(|e| annotate(e.into(), "stat", path))?;
+    let kind = FileType::from_raw_mode(st.st_mode);
+    if kind != FileType::RegularFile {
+        return Err(StateError::NotRegular {
+            path: path.to_path_buf(),
+            kind,
+        }
+        .into_io());
+    }
+    match retry_on_intr(|| rustix::fs::flock(&fd, FlockOperation::NonBlockingLockExclusive)) {
+        Ok(()) => Ok(fd),
+        Err(Errno::WOULDBLOCK) => Err(StateError::Locked {
+            lock: path.to_path_buf(),
+            holder: lock_holder(st.st_dev, st.st_ino),
+        }
+        .into_io()),
+        Err(e) => Err(annotate(e.into(), "lock", path)),
+    }
+}
+
+/// The pid holding an `flock` on the file `(dev, ino)`, from `/proc/locks` (lines like
+/// `1: FLOCK  ADVISORY  WRITE 1234 fe:00:5359136 0 EOF`); `None` if it cannot be found.
+fn lock_holder(dev: u64, ino: u64) -> Option<u32> {
+    let locks = std::fs::read_to_string("/proc/locks").ok()?;
+    let id = format!(
+        "{:02x}:{:02x}:{ino}",
+        rustix::fs::major(dev),
+        rustix::fs::minor(dev)
+    );
+    locks.lines().find_map(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        // Waiters are shown as `1: -> FLOCK ...`: skip them.
+        if f.get(1) != Some(&"FLOCK") || f.get(5) != Some(&id.as_str()) {
+            return None;
+        }
+        f.get(4)?.parse::<u32>().ok().filter(|&p| p > 0)
+    })
+}
+
+/// A directory operation of the shuffle (indices: 0 = the target, `i` = `<target>.i`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Op {
+    /// `renameat(<i>, <j>)`.
+    Rename(usize, usize),
+    /// `linkat(<target>, <target>.1)`.
+    LinkTargetToOne,
+    /// `unlinkat(<i>)` (a missing file is not an error).
+    Unlink(usize),
+}
+
+/// The shuffle of one persist: `before` the switch, and generations to unlink `after` it.
+#[derive(Debug, PartialEq, Eq)]
+struct Plan {
+    before: Vec<Op>,
+    after: Vec<usize>,
+}
+
+impl Plan {
+    /// `backups`: indices of the existing `<target>.i`, ascending (so the r-th, 1-based, is
+    /// the r-th newest). Invariant of the result: no op overwrites or unlinks a backup of rank
+    /// below `keep` or the target before the switch, every old generation keeps a generation
+    /// name throughout, and after `before` the r-th newest backup (r < keep) is at `r + 1`.
+    fn new(keep: usize, backups: &[usize], target_exists: bool, one_is_target: bool) -> Self {
+        let mut before = Vec::new();
+        let mut after = BTreeSet::new();
+        if one_is_target {
+            // A cut persist already shuffled and linked: `<target>.1` is the old target.
+            after.extend(backups.iter().skip(keep.max(1)));
+            if keep == 0 {
+                after.insert(1);
+            }
+        } else if keep == 0 {
+            // Nothing promised but the target: park it at .1 so the switch frees no blocks.
+            if target_exists {
+                if backups.first() == Some(&1) {
+                    before.push(Op::Unlink(1));
+                }
+                before.push(Op::LinkTargetToOne);
+                after.insert(1);
+            }
+            after.extend(backups.iter().copied());
+        } else {
+            // Ranks 1..=p sit at their own index (n_r == r): they move up, oldest first.
+            let p = backups
+                .iter()
+                .enumerate()
+                .take_while(|&(r, &n)| n == r + 1)
+                .count();
+            if let Some(&n_keep) = backups.get(keep - 1) {
+                // The backup that leaves the set, parked at keep+1 until after the switch.
+                if p >= keep {
+                    before.push(Op::Rename(keep, keep + 1));
+                    after.insert(keep + 1);
+                } else {
+                    after.insert(n_keep);
+                }
+                after.extend(backups.iter().skip(keep).copied());
+            }
+            for r in (1..=p.min(keep - 1)).rev() {
+                before.push(Op::Rename(r, r + 1));
+            }
+            // The rest, past a gap, move down to close it, newest first.
+            for r in p + 1..keep {
+                match backups.get(r - 1) {
+                    Some(&n) if n != r + 1 => before.push(Op::Rename(n, r + 1)),
+                    _ => {}
+                }
+            }
+            if target_exists {
+                before.push(Op::LinkTargetToOne);
+            }
+        }
+        Plan {
+            before,
+            after: after.into_iter().collect(),
+        }
+    }
+}
+
+/// A test-only cut: after `n` more directory operations of a persist, the next one fails as
+/// if the machine had stopped there (nothing after it runs). No-op outside tests.
+mod crash_point {
+    #[cfg(test)]
+    thread_local! {
+        static LEFT: std::cell::Cell<Option<usize>> = const { std::cell::Cell::new(None) };
+    }
+
+    /// Cut after `n` more steps (`None`: never).
+    #[cfg(test)]
+    pub(super) fn arm(n: Option<usize>) {
+        LEFT.with(|l| l.set(n));
+    }
+
+    /// Called after each step; fails once the armed count is used up.
+    #[cfg(test)]
+    pub(super) fn step() -> std::io::Result<()> {
+        LEFT.with(|l| match l.get() {
+            Some(0) => Err(std::io::Error::other("injected cut")),
+            Some(n) => {
+                l.set(Some(n - 1));
+                Ok(())
+            }
+            None => Ok(()),
+        })
+    }
+
+    #[cfg(not(test))]
+    #[inline(always)]
+    pub(super) fn step() -> std::io::Result<()> {
         Ok(())
     }
 }
@@ -417,8 +743,8 @@ impl Drop for TempFile<'_> {
     }
 }
 
-fn annotate(e: io::Error, what: &str, dir: &Path) -> io::Error {
-    io::Error::new(e.kind(), format!("cannot {what} {}: {e}", dir.display()))
+fn annotate(e: io::Error, what: &str, path: &Path) -> io::Error {
+    io::Error::new(e.kind(), format!("cannot {what} {}: {e}", path.display()))
 }
 
 #[cfg(test)]

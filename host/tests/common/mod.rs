@@ -396,11 +396,17 @@ pub fn poll<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T>
     }
 }
 
-/// Every file of `dir` (recursively) with its bytes.
+/// Every file of `dir` (recursively) with its bytes, except empty `*.lock` files: the host's
+/// state lock (`FILE.lock`, created on start, never written, never deleted) is not state.
 pub fn snapshot_dir(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
     let mut out = BTreeMap::new();
     for e in std::fs::read_dir(dir).expect("read_dir").flatten() {
         let p = e.path();
+        let is_lock = p.extension().is_some_and(|x| x == "lock")
+            && e.metadata().is_ok_and(|m| m.is_file() && m.len() == 0);
+        if is_lock {
+            continue;
+        }
         if p.is_dir() {
             out.extend(snapshot_dir(&p));
         } else {

@@ -189,3 +189,271 @@ fn missing_directory_is_named_in_the_error() {
     assert!(e.to_string().contains("/nonexistent-shmsnap-dir"), "{e}");
     assert!(Persister::new(Path::new("/"), 1).is_err());
 }
+
+#[test]
+fn a_second_persister_of_one_target_is_refused_while_the_first_lives() {
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().join("s");
+    let first = Persister::new(&target, 1).unwrap();
+    // A second open of the lock file is a separate open file description, so flock
+    // conflicts within one process exactly as between two processes.
+    let e = Persister::new(&target, 1).unwrap_err();
+    assert_eq!(e.kind(), io::ErrorKind::WouldBlock);
+    match StateError::of(&e) {
+        Some(StateError::Locked { lock, holder }) => {
+            assert_eq!(lock, &dir.path().join("s.lock"));
+            assert_eq!(*holder, Some(std::process::id()), "holder from /proc/locks");
+        }
+        other => panic!("not Locked: {other:?} ({e})"),
+    }
+    assert!(e.to_string().contains("s.lock") && e.to_string().contains("locked by process"));
+    // Another target in the same directory is independent.
+    let other = Persister::new(&dir.path().join("t"), 1).unwrap();
+    drop(first);
+    let again = reopen(&target, 1);
+    persist_value(&again, 7).unwrap();
+    drop((again, other));
+    // The lock file stays (deleting it would let two holders lock two different inodes).
+    assert!(dir.path().join("s.lock").exists());
+}
+
+#[test]
+fn a_killed_holder_leaves_no_stale_lock() {
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().join("state.snap");
+    let exe = std::env::current_exe().unwrap();
+    let mut child = Command::new(&exe)
+        .args([
+            "--exact",
+            "persist::tests::child_persist_writer",
+            "--test-threads=1",
+        ])
+        .env(CHILD_ENV, dir.path())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait until the child holds the lock (its first generation appears).
+    while !target.exists() {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let e = Persister::new(&target, 2).unwrap_err();
+    match StateError::of(&e) {
+        Some(StateError::Locked { holder, .. }) => assert_eq!(*holder, Some(child.id())),
+        other => panic!("not Locked: {other:?} ({e})"),
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    reopen(&target, 2); // the lock died with its holder
+}
+
+#[test]
+fn symlinks_fifos_and_huge_keep_are_refused_without_touching_anything() {
+    let dir = tempfile::tempdir().unwrap();
+    let real = dir.path().join("real.snap");
+    std::fs::write(&real, b"x").unwrap();
+    let link = dir.path().join("link.snap");
+    std::os::unix::fs::symlink(&real, &link).unwrap();
+    let e = Persister::new(&link, 1).unwrap_err();
+    assert!(
+        matches!(StateError::of(&e), Some(StateError::Symlink { points_to, .. }) if points_to == &real),
+        "{e}"
+    );
+    assert!(e.to_string().contains("symbolic link"), "{e}");
+    let fifo = dir.path().join("fifo.snap");
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        &fifo,
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::RUSR | rustix::fs::Mode::WUSR,
+        0,
+    )
+    .unwrap();
+    let e = Persister::new(&fifo, 1).unwrap_err();
+    assert!(
+        matches!(StateError::of(&e), Some(StateError::NotRegular { .. })),
+        "{e}"
+    );
+    let e = Persister::new(&real, MAX_KEEP + 1).unwrap_err();
+    assert!(
+        matches!(StateError::of(&e), Some(StateError::KeepTooLarge { .. })),
+        "{e}"
+    );
+    Persister::new(&real, MAX_KEEP).unwrap();
+    let mut names: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    // Only the accepted target got its lock file; the link still is a link.
+    assert_eq!(
+        names,
+        ["fifo.snap", "link.snap", "real.snap", "real.snap.lock"]
+    );
+    assert!(std::fs::symlink_metadata(&link).unwrap().is_symlink());
+}
+
+// ---------------------------------------------------------------------------------------
+// Cuts in the middle of the generation shuffle (issue 11, item 11).
+// ---------------------------------------------------------------------------------------
+
+/// `Persister::new`, waiting out a transient `Locked`: a child that another test thread is
+/// spawning holds a copy of every fd between its `fork` and its `exec` (close-on-exec takes
+/// effect only at `exec`), so a lock just released may still be held for that moment.
+fn reopen(target: &Path, keep: usize) -> Persister {
+    for _ in 0..10_000 {
+        match Persister::new(target, keep) {
+            Err(e) if matches!(StateError::of(&e), Some(StateError::Locked { .. })) => {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            r => return r.unwrap(),
+        }
+    }
+    panic!("{} stayed locked", target.display());
+}
+
+fn persist_value(p: &Persister, v: u64) -> io::Result<()> {
+    use std::io::Write;
+    p.persist_with(|f| (&*f).write_all(&v.to_le_bytes()))?;
+    Ok(())
+}
+
+/// (index, value) of every generation, by index.
+fn values(p: &Persister) -> Vec<(usize, u64)> {
+    p.generations()
+        .unwrap()
+        .iter()
+        .map(|g| {
+            let b = std::fs::read(&g.path).unwrap();
+            (g.index, u64::from_le_bytes(b.try_into().unwrap()))
+        })
+        .collect()
+}
+
+/// A persist of `v` cut after `cut` directory operations (`None`: not cut). Returns whether
+/// it was cut.
+fn persist_cut(p: &Persister, v: u64, cut: Option<usize>) -> bool {
+    crash_point::arm(cut);
+    let r = persist_value(p, v);
+    crash_point::arm(None);
+    match r {
+        Ok(()) => false,
+        Err(e) if e.to_string().contains("injected cut") => true,
+        Err(e) => panic!("persist failed: {e}"),
+    }
+}
+
+/// After a (possibly cut) persist, as a restarted host sees it: the target is the newest
+/// value that became the target, generations are newest first, and every generation
+/// `keep` promised is there. Updates `history` (the values that became the target).
+fn check_after_cut(target: &Path, keep: usize, history: &mut Vec<u64>, wrote: u64) {
+    let p = reopen(target, keep);
+    p.remove_stale_temps().unwrap();
+    assert!(temp_files(target.parent().unwrap()).is_empty());
+    let v = values(&p);
+    let current = v.first().filter(|g| g.0 == 0).map(|g| g.1);
+    if current == Some(wrote) && history.last() != Some(&wrote) {
+        history.push(wrote);
+    }
+    assert_eq!(
+        current,
+        history.last().copied(),
+        "target is old or new: {v:?}"
+    );
+    assert!(
+        v.windows(2).all(|w| w[0].1 >= w[1].1),
+        "generations not newest first: {v:?}"
+    );
+    let promised = &history[history.len().saturating_sub(keep + 1)..];
+    for want in promised {
+        assert!(
+            v.iter().any(|g| g.1 == *want),
+            "generation {want} lost (keep {keep}, history {history:?}): {v:?}"
+        );
+    }
+}
+
+/// The exact final state after clean persists: the target and `<target>.1..=keep`, the
+/// newest `keep + 1` values, nothing else.
+fn check_clean(target: &Path, keep: usize, history: &[u64]) {
+    let p = reopen(target, keep);
+    let want: Vec<(usize, u64)> = history
+        .iter()
+        .rev()
+        .take(keep + 1)
+        .copied()
+        .enumerate()
+        .collect();
+    assert_eq!(values(&p), want, "history {history:?}");
+    assert!(temp_files(target.parent().unwrap()).is_empty());
+}
+
+#[test]
+fn every_cut_of_the_shuffle_keeps_the_promised_generations() {
+    let mut cases = 0;
+    for keep in 0..=3usize {
+        for k1 in 0.. {
+            let mut k1_cut = false;
+            for k2 in 0.. {
+                let dir = tempfile::tempdir().unwrap();
+                let target = dir.path().join("s");
+                let mut history = Vec::new();
+                {
+                    let p = Persister::new(&target, keep).unwrap();
+                    for v in 1..=keep as u64 + 2 {
+                        persist_value(&p, v).unwrap();
+                        history.push(v);
+                    }
+                }
+                check_clean(&target, keep, &history);
+                let mut next = keep as u64 + 3;
+                // First cut, then a second cut persist, then two clean ones.
+                let cut1 = persist_cut(&reopen(&target, keep), next, Some(k1));
+                k1_cut = cut1;
+                check_after_cut(&target, keep, &mut history, next);
+                next += 1;
+                let cut2 = persist_cut(&reopen(&target, keep), next, Some(k2));
+                check_after_cut(&target, keep, &mut history, next);
+                for _ in 0..2 {
+                    next += 1;
+                    let p = reopen(&target, keep);
+                    persist_value(&p, next).unwrap();
+                    history.push(next);
+                }
+                check_clean(&target, keep, &history);
+                cases += 1;
+                if !cut2 || !cut1 {
+                    break;
+                }
+            }
+            if !k1_cut {
+                break;
+            }
+        }
+    }
+    // keep 0..=3: 1 + keep shuffle ops, rename, fsync, unlinks.
+    assert!(cases > 40, "only {cases} cut combinations ran");
+    eprintln!("{cases} cut combinations");
+}
+
+#[test]
+fn plans_never_overwrite_a_kept_generation() {
+    // After a cut that left a gap at .2 (keep 3): the gap is closed, nothing promised dropped.
+    let p = Plan::new(3, &[1, 3, 4], true, false);
+    assert_eq!(p.before, [Op::Rename(1, 2), Op::LinkTargetToOne]);
+    assert_eq!(p.after, [4]);
+    // Past a gap, backups move down (newest first) to their rank's place.
+    let p = Plan::new(3, &[2, 5], true, false);
+    assert_eq!(p.before, [Op::Rename(5, 3), Op::LinkTargetToOne]);
+    assert!(p.after.is_empty());
+    // A full chain: the oldest is parked at keep+1 first, then everything moves up.
+    let p = Plan::new(2, &[1, 2], true, false);
+    assert_eq!(
+        p.before,
+        [Op::Rename(2, 3), Op::Rename(1, 2), Op::LinkTargetToOne]
+    );
+    assert_eq!(p.after, [3]);
+    // Cut between the link and the switch: no second shuffle.
+    let p = Plan::new(2, &[1, 2, 3], true, true);
+    assert!(p.before.is_empty());
+    assert_eq!(p.after, [3]);
+}

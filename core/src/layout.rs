@@ -50,6 +50,8 @@ pub(crate) mod word {
 pub enum Strategy {
     /// The queue strategy (DESIGN §5): descriptor ring + data ring + frozen tail units.
     Queue,
+    /// The triple-buffer strategy (DESIGN §6): see [`crate::triple`].
+    Triple,
 }
 
 impl Strategy {
@@ -57,6 +59,7 @@ impl Strategy {
     pub const fn code(self) -> u64 {
         match self {
             Strategy::Queue => 1,
+            Strategy::Triple => 2,
         }
     }
 
@@ -64,6 +67,7 @@ impl Strategy {
     pub const fn from_code(code: u64) -> Option<Strategy> {
         match code {
             1 => Some(Strategy::Queue),
+            2 => Some(Strategy::Triple),
             _ => None,
         }
     }
@@ -303,6 +307,10 @@ impl Layout {
         }
         let strategy =
             Strategy::from_code(w[word::STRATEGY]).ok_or(field("strategy", word::STRATEGY))?;
+        if strategy != Strategy::Queue {
+            // A triple-buffer header (crate::triple::TripleLayout) is not a queue layout.
+            return Err(field("strategy", word::STRATEGY));
+        }
         let region_len = w[word::REGION_LEN];
         if region_len > available {
             return Err(LayoutError::TooSmall {

@@ -14,6 +14,7 @@
 //! - [`reader`](Region): valid entries, the newest entry, payload and tail reads.
 //! - [`units`](UnitTable): frozen tail units and their sequence-keyed reclamation.
 //! - [`host`](retain): the host's pre/post validation of a copied image.
+//! - [`triple`]: the triple-buffer strategy (client, host, snapshot-image meta).
 //!
 //! # Example
 //!
@@ -52,7 +53,11 @@ mod memory;
 #[cfg(any(test, feature = "model"))]
 pub mod model;
 mod reader;
+pub mod triple;
 mod units;
+// AttachError::Mismatch carries two Layouts (136 bytes) now that Strategy has two variants
+// and is no longer zero-sized; attach errors are rare and cold.
+#[allow(clippy::result_large_err)]
 mod writer;
 
 pub use descriptor::{read_descriptor, read_descriptor_bytes, Descriptor, MAX_SEQ, MAX_STREAM};

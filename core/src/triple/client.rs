@@ -106,9 +106,8 @@ impl<'m, M: WordMemory + ?Sized> TripleClient<'m, M> {
                 BufferState::Ready { seq } => Some(seq),
                 // The host never writes a seq word, so a FROZEN buffer's is the one its
                 // publication stored (published by the Release store of READY).
-                BufferState::Frozen { .. } => {
-                    Some(mem.load(layout.seq_word(i), Ordering::Relaxed)).filter(|s| (1..MAX_SEQ).contains(s))
-                }
+                BufferState::Frozen { .. } => Some(mem.load(layout.seq_word(i), Ordering::Relaxed))
+                    .filter(|s| (1..MAX_SEQ).contains(s)),
                 BufferState::Free => None,
                 BufferState::Writing { .. } | BufferState::Invalid(_) => {
                     // A dead client's buffer, or garbage: free it. The host never writes a
@@ -234,7 +233,13 @@ impl<'m, M: WordMemory + ?Sized> TripleClient<'m, M> {
                     .mem
                     // Acquire on success: pairs with the host's Release release of this
                     // buffer, which READY(seq) may have been written by.
-                    .compare_exchange(sw, v, writing(self.epoch), Ordering::Acquire, Ordering::Relaxed)
+                    .compare_exchange(
+                        sw,
+                        v,
+                        writing(self.epoch),
+                        Ordering::Acquire,
+                        Ordering::Relaxed,
+                    )
                     .is_ok(),
                 _ => false,
             };
@@ -378,7 +383,11 @@ impl<M: WordMemory + ?Sized> WriteGrant<'_, '_, M> {
         mem.store(layout.seq_word(self.buffer), self.seq, Ordering::Relaxed);
         // Release: publishes the buffer's words and its seq word stored above; pairs with the
         // host's Acquire compare-exchange in `freeze` and the Acquire loads in `attach`.
-        mem.store(layout.state_word(self.buffer), ready(self.seq), Ordering::Release);
+        mem.store(
+            layout.state_word(self.buffer),
+            ready(self.seq),
+            Ordering::Release,
+        );
         c.newest = Some((self.buffer, self.seq));
         c.next_seq = self.seq + 1;
         mem.store(words::NEXT_SEQ, c.next_seq, Ordering::Relaxed);

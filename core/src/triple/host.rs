@@ -4,9 +4,7 @@
 use core::ops::Range;
 use core::sync::atomic::Ordering;
 
-use super::{
-    frozen, next_epoch, ready, words, BufferState, TripleError, TripleLayout, MAX_SEQ,
-};
+use super::{frozen, next_epoch, ready, words, BufferState, TripleError, TripleLayout, MAX_SEQ};
 use crate::layout::{read_word, write_word};
 use crate::memory::{load_bytes, WordMemory};
 
@@ -51,7 +49,11 @@ impl<'m, M: WordMemory + ?Sized> TripleHost<'m, M> {
                     continue;
                 }
                 let seq = mem.load(layout.seq_word(i), Ordering::Relaxed);
-                let back = if (1..MAX_SEQ).contains(&seq) { ready(seq) } else { 0 };
+                let back = if (1..MAX_SEQ).contains(&seq) {
+                    ready(seq)
+                } else {
+                    0
+                };
                 // Release: pairs with the client's Acquire in `take`, like `release`. A lost
                 // race means someone else writes state words; the word is left as found.
                 if mem

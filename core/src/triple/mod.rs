@@ -50,7 +50,9 @@ use core::fmt;
 use core::ops::Range;
 use core::sync::atomic::Ordering;
 
-use crate::layout::{header_checksum, word, LayoutError, Strategy, FORMAT_VERSION, MAGIC, PAGE_SIZE};
+use crate::layout::{
+    header_checksum, word, LayoutError, Strategy, FORMAT_VERSION, MAGIC, PAGE_SIZE,
+};
 use crate::memory::WordMemory;
 
 mod client;
@@ -550,7 +552,10 @@ mod tests {
             assert_eq!(BufferState::decode(s.encode().unwrap()), s);
         }
         assert_eq!(BufferState::decode(1), BufferState::Invalid(1));
-        assert_eq!(BufferState::decode(TAG_READY), BufferState::Invalid(TAG_READY));
+        assert_eq!(
+            BufferState::decode(TAG_READY),
+            BufferState::Invalid(TAG_READY)
+        );
         assert_eq!(BufferState::Ready { seq: 0 }.encode(), None);
         assert_eq!(BufferState::Ready { seq: MAX_SEQ }.encode(), None);
         assert_eq!(next_epoch(VALUE_MASK), 1);
@@ -572,7 +577,10 @@ mod tests {
             let mut stat = [0u64; word::STATIC];
             stat.copy_from_slice(&bad[..word::STATIC]);
             bad[word::CHECKSUM] = header_checksum(&stat);
-            assert!(TripleLayout::from_header_words(&bad, 1 << 30).is_err(), "{i}");
+            assert!(
+                TripleLayout::from_header_words(&bad, 1 << 30).is_err(),
+                "{i}"
+            );
         }
         assert!(TripleLayout::new(TripleRequest {
             buffers: 2,

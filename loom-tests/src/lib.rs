@@ -31,6 +31,8 @@
 //! atomics. Every other word is a constant seeded from the image before the model; a store to
 //! one panics ([`NON_LOOM_STORE`]), so an incomplete word set cannot go unnoticed.
 
+pub mod triple;
+
 use std::cell::RefCell;
 use std::ops::Deref;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};

@@ -9,6 +9,9 @@ use super::{
 use crate::layout::LayoutError;
 use crate::memory::{load_bytes, store_bytes, WordMemory};
 
+/// Passes [`TripleClient::take`] makes over the candidate buffers at most.
+pub const TAKE_PASSES: u64 = 2;
+
 /// The single client of a triple-buffer region.
 ///
 /// Exactly one client may exist per region at a time (across all processes). It keeps its
@@ -193,8 +196,9 @@ impl<'m, M: WordMemory + ?Sized> TripleClient<'m, M> {
     }
 
     /// Takes a buffer for writing: a FREE one, or a READY one older than the newest
-    /// publication. Wait-free: one pass over the other `N - 1` buffers, at most `N - 1` loads
-    /// and compare-exchanges, at most one of which can fail (see the [module docs](super)).
+    /// publication. Wait-free: at most [`TAKE_PASSES`] passes over the other `N - 1` buffers
+    /// (`2 (N - 1)` loads and compare-exchanges); the first pass succeeds unless a host
+    /// restarted during it (see the [module docs](super)).
     /// The buffer's old contents are unspecified.
     ///
     /// # Errors
@@ -211,15 +215,19 @@ impl<'m, M: WordMemory + ?Sized> TripleClient<'m, M> {
             None => (n, 0),
         };
         let start = if skip < n { skip + 1 } else { 0 };
-        for k in 0..n {
+        // TAKE_PASSES passes over the N - 1 candidates: a pass fails only if a host restarted
+        // during it (module docs), so the second pass is for a host restart mid-take.
+        for k in 0..TAKE_PASSES * n {
             let i = (start + k) % n;
             if i == skip {
                 continue;
             }
             let sw = self.layout.state_word(i);
-            // Acquire: pairs with the host's Release compare-exchange (release, or a new host
-            // undoing a dead host's freeze): its reads of the buffer happen before our writes.
-            let v = self.mem.load(sw, Ordering::Acquire);
+            // SeqCst: acquires the host's Release compare-exchange (release, or a new host
+            // undoing a dead host's freeze): its reads of the buffer happen before our writes;
+            // and in the total order with the host's freezes (module docs). A plain load on
+            // x86 and an `ldar` on AArch64, like an Acquire load.
+            let v = self.mem.load(sw, Ordering::SeqCst);
             let won = match BufferState::decode(v) {
                 // Relaxed store: the host never writes a FREE word, so no compare-exchange is
                 // needed; the host ignores WRITING buffers, so nothing needs publishing yet.
@@ -231,14 +239,16 @@ impl<'m, M: WordMemory + ?Sized> TripleClient<'m, M> {
                 // fails only if a host freeze got there first (at most once per take).
                 BufferState::Ready { seq } if seq < newest_seq => self
                     .mem
-                    // Acquire on success: pairs with the host's Release release of this
-                    // buffer, which READY(seq) may have been written by.
+                    // SeqCst (both ways): acquires the host's release of this buffer, and
+                    // takes part in the single total order with the SeqCst READY store in
+                    // `publish` and the host's SeqCst scan and compare-exchanges, which bounds
+                    // the failures of this compare-exchange to one per take (module docs).
                     .compare_exchange(
                         sw,
                         v,
                         writing(self.epoch),
-                        Ordering::Acquire,
-                        Ordering::Relaxed,
+                        Ordering::SeqCst,
+                        Ordering::SeqCst,
                     )
                     .is_ok(),
                 _ => false,
@@ -381,12 +391,14 @@ impl<M: WordMemory + ?Sized> WriteGrant<'_, '_, M> {
         let c = &mut *self.client;
         let (mem, layout) = (c.mem, c.layout);
         mem.store(layout.seq_word(self.buffer), self.seq, Ordering::Relaxed);
-        // Release: publishes the buffer's words and its seq word stored above; pairs with the
-        // host's Acquire compare-exchange in `freeze` and the Acquire loads in `attach`.
+        // SeqCst: a Release that publishes the buffer's words and its seq word stored above
+        // (pairs with the host's compare-exchange in `freeze` and the Acquire loads in
+        // `attach`), and a member of the single total order with the host's SeqCst scan: a
+        // scan ordered after this store sees this publication (the take bound needs it).
         mem.store(
             layout.state_word(self.buffer),
             ready(self.seq),
-            Ordering::Release,
+            Ordering::SeqCst,
         );
         c.newest = Some((self.buffer, self.seq));
         c.next_seq = self.seq + 1;

@@ -97,7 +97,10 @@ impl<'m, M: WordMemory + ?Sized> TripleHost<'m, M> {
     fn scan(&self) -> Option<(u64, u64)> {
         let mut best: Option<(u64, u64)> = None;
         for i in 0..self.layout.buffers {
-            let v = self.mem.load(self.layout.state_word(i), Ordering::Relaxed);
+            // SeqCst: in the single total order with the client's SeqCst READY stores and
+            // take compare-exchanges, so a scan ordered after a publication sees it (or a
+            // newer one) and never picks a stale buffer because of a stale view.
+            let v = self.mem.load(self.layout.state_word(i), Ordering::SeqCst);
             if let BufferState::Ready { seq } = BufferState::decode(v) {
                 if seq < MAX_SEQ && best.is_none_or(|(_, s)| seq > s) {
                     best = Some((i, seq));
@@ -128,13 +131,14 @@ impl<'m, M: WordMemory + ?Sized> TripleHost<'m, M> {
                 return Ok(None);
             }
             let sw = self.layout.state_word(buffer);
-            // Acquire on success: pairs with the client's Release store of READY(seq) in
-            // `publish`, so the copy sees the buffer as published.
+            // SeqCst on success: acquires the client's READY store in `publish` (the copy sees
+            // the buffer as published), and is in the total order with the client's take
+            // compare-exchanges.
             let cas = self.mem.compare_exchange(
                 sw,
                 ready(seq),
                 frozen(self.epoch),
-                Ordering::Acquire,
+                Ordering::SeqCst,
                 Ordering::Relaxed,
             );
             if cas.is_ok() {
@@ -260,15 +264,16 @@ impl<M: WordMemory + ?Sized> Frozen<'_, '_, M> {
 
     fn do_release(&self) -> Result<(), TripleError> {
         let sw = self.host.layout.state_word(self.buffer);
-        // Release: orders this host's copy (loads of the buffer) before the client's reuse of
-        // it; pairs with the client's Acquire load / compare-exchange in `take`.
+        // SeqCst: a Release that orders this host's copy (loads of the buffer) before the
+        // client's reuse of it (pairs with the client's Acquire load / SeqCst compare-exchange
+        // in `take`), and in the total order that bounds the client's failures.
         self.host
             .mem
             .compare_exchange(
                 sw,
                 frozen(self.host.epoch),
                 ready(self.seq),
-                Ordering::Release,
+                Ordering::SeqCst,
                 Ordering::Relaxed,
             )
             .map(|_| ())

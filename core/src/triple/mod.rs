@@ -26,19 +26,32 @@
 //! the host only compare-exchanges READY and FROZEN words and stores its epoch word. The client
 //! writes buffers; the host only reads them.
 //!
-//! **Wait-freedom of the client.** [`TripleClient::take`] is one pass over the `N - 1` buffers
-//! other than the newest: at most `N - 1` loads and `N - 1` compare-exchanges, never a retry
-//! loop. A compare-exchange of the client fails only when the host changed that state word
-//! between the client's load and its compare-exchange; the host changes a state word at most
-//! twice per snapshot (freeze, release), and only a freeze can fail a client compare-exchange
-//! (the client never compare-exchanges from FROZEN). A host scan that begins after the
-//! client's last publication sees that publication as the newest and freezes it, not a stale
-//! buffer; the host runs one snapshot at a time, so during one `take` at most **one** freeze
-//! (by a scan begun before the last publication) can hit a stale buffer: at most one failed
-//! compare-exchange per `take`. At most one buffer is FROZEN at any time (a new host releases
-//! stale freezes before it freezes), so of the `N - 1 >= 2` candidates at least one is FREE or
-//! a stale READY that no freeze can reach any more: `take` always finds a buffer.
-//! [`WriteGrant::publish`] is two stores and a hint store, no compare-exchange.
+//! **Wait-freedom of the client.** [`TripleClient::take`] makes at most two passes
+//! ([`TAKE_PASSES`]) over the `N - 1` buffers other than the newest: at most `2 (N - 1)` loads
+//! and compare-exchanges, never an unbounded retry loop. A compare-exchange of the client fails
+//! only when the host changed that state word between the client's load and its
+//! compare-exchange; the host changes a state word at most twice per snapshot (freeze,
+//! release), and only a freeze can fail a client compare-exchange (the client never
+//! compare-exchanges from FROZEN). The client's READY stores and take loads and
+//! compare-exchanges and the host's scan loads and compare-exchanges are `SeqCst`: one total
+//! order, consistent with each side's program order. A host scan ordered after the client's
+//! last publication sees it as the newest and freezes it, not a stale buffer. (If the client
+//! reads the host's FROZEN in a stale buffer, the host's later release of that buffer and its
+//! next scan are ordered after that read, hence after the publication.) The host runs one
+//! snapshot at a time, so during one `take` at most **one** freeze per host incarnation — by a
+//! scan ordered before the last publication — can hit a stale buffer. At most one buffer is
+//! FROZEN at any time (a new host releases stale freezes before it freezes), so of the
+//! `N - 1 >= 2` candidates at least one is FREE or a stale READY that no freeze can reach any
+//! more: the first pass finds a buffer. A pass can be defeated only by two freezes — a dead
+//! host's, seen by the pass before the new host undid it, and the new host's — i.e. by a host
+//! restart during the pass (found by the loom crash model); the second pass then finds a buffer
+//! unless the host restarts again during it. `take` never waits: it returns
+//! [`TripleError::NoFreeBuffer`] instead, which needs two host restarts within one `take`.
+//! (With only `Acquire`/`Release`, C11 would let a host scan miss a publication through
+//! several snapshots. The `SeqCst` loads cost nothing over `Acquire` on x86 and AArch64; the
+//! `SeqCst` READY store is an `xchg` on x86.)
+//! [`WriteGrant::publish`] is three stores (seq word, the `SeqCst` READY store, the hint), no
+//! compare-exchange.
 //!
 //! Every word the host reads is hostile input: an unknown state value is never frozen, every
 //! index comes from a [`TripleLayout`] validated once at attach, and every loop is bounded by
@@ -58,7 +71,7 @@ use crate::memory::WordMemory;
 mod client;
 mod host;
 
-pub use client::{TripleClient, WriteGrant};
+pub use client::{TripleClient, WriteGrant, TAKE_PASSES};
 pub use host::{read_image, Frozen, TripleHost, TripleImage};
 
 /// Largest sequence number (exclusive) a triple region hands out: seqs are `1..MAX_SEQ` and fit

@@ -290,11 +290,11 @@ fn image_arbitrary(input: &mut Input<'_>, layout: &TripleLayout) {
         let w = layout.state_word(i as u64 - 1) + usize::from(input.u8() % 2);
         meta[8 * w..8 * w + 8].copy_from_slice(&input.wide().to_le_bytes());
     }
-    if input.u8() % 4 == 0 {
+    if input.u8().is_multiple_of(4) {
         let at = usize::from(input.u8()) * 8 % meta.len();
         meta[at] ^= input.u8() | 1;
     }
-    let cut = if input.u8() % 8 == 0 {
+    let cut = if input.u8().is_multiple_of(8) {
         usize::from(input.u8()) * 37 % meta.len()
     } else {
         meta.len()

@@ -12,11 +12,12 @@ fn triple(c: &mut Criterion) {
     for n in SIZES {
         g.throughput(Throughput::Bytes(n as u64));
         // Fixtures check a publication reads back before anything is timed.
-        let mut ours = Ours::new(n).expect("ours fixture");
-        g.bench_function(BenchmarkId::new("ours", n), |b| {
-            b.iter_custom(|iters| ours.run(iters))
-        });
-        drop(ours);
+        for (name, exclusive) in [("ours-write", false), ("ours-write_exclusive", true)] {
+            let mut ours = Ours::new(n, exclusive).expect("ours fixture");
+            g.bench_function(BenchmarkId::new(name, n), |b| {
+                b.iter_custom(|iters| ours.run(iters))
+            });
+        }
         let mut rival = Crate::new(n);
         g.bench_function(BenchmarkId::new("triple_buffer-9", n), |b| {
             b.iter_custom(|iters| rival.run(iters))

@@ -5,8 +5,9 @@
 //! one fixed place of the same kind of mapping ([`crate::commit::Raw`], hot destination).
 //!
 //! Ours: three buffers of `max(n, 4 KiB)` rounded up to a page; every publication takes the
-//! next buffer (a stale READY: one compare-exchange) and stores `n` bytes at its start with
-//! `Relaxed` word stores. `triple_buffer`: `Input::input_buffer_mut().copy_from_slice` +
+//! next buffer (a stale READY: one compare-exchange) and stores `n` bytes at its start, either
+//! with `Relaxed` word stores (`write`, safe) or with `memcpy` (`write_exclusive`, `unsafe`:
+//! the caller promises no other thread of its process touches the buffer). `triple_buffer`: `Input::input_buffer_mut().copy_from_slice` +
 //! `Input::publish` on a `Vec<u8>` of `n` bytes. No host or consumer runs: this is the
 //! client's cost alone. Sanity before timing: ours reads the published bytes back through a
 //! restarted client; the crate's consumer reads them back.
@@ -38,6 +39,8 @@ pub struct Ours {
     _memfd: Memfd,
     map: Mapping,
     payload: Vec<u8>,
+    /// `true`: write with `WriteGrant::write_exclusive` (memcpy), else `write` (word stores).
+    exclusive: bool,
 }
 
 impl Ours {
@@ -50,7 +53,7 @@ impl Ours {
     /// # Panics
     ///
     /// If the sanity check fails.
-    pub fn new(n: usize) -> io::Result<Self> {
+    pub fn new(n: usize, exclusive: bool) -> io::Result<Self> {
         let layout = TripleLayout::new(request(n)).expect("valid request");
         let (memfd, map) = faulted_region("bench-triple", layout.region_len)?;
         let payload = payload(n);
@@ -67,6 +70,7 @@ impl Ours {
             _memfd: memfd,
             map,
             payload,
+            exclusive,
         })
     }
 }
@@ -77,10 +81,19 @@ impl Bench for Ours {
         let mut c = TripleClient::attach(self.map.words()).expect("attach");
         let payload = &self.payload[..];
         let t = Instant::now();
-        for _ in 0..iters {
-            let mut g = c.take().expect("take");
-            g.write(0, black_box(payload)).expect("write");
-            black_box(g.publish());
+        if self.exclusive {
+            for _ in 0..iters {
+                let mut g = c.take().expect("take");
+                // SAFETY: no other thread of this process touches the mapping during the run.
+                unsafe { g.write_exclusive(0, black_box(payload)) }.expect("write");
+                black_box(g.publish());
+            }
+        } else {
+            for _ in 0..iters {
+                let mut g = c.take().expect("take");
+                g.write(0, black_box(payload)).expect("write");
+                black_box(g.publish());
+            }
         }
         t.elapsed()
     }

@@ -248,3 +248,40 @@ fn a_restarted_client_reads_the_newest_state_even_while_it_is_frozen() {
     assert!(host.freeze(s2).unwrap().is_none());
     assert_eq!(host.newest_ready(), s2);
 }
+
+#[test]
+fn write_exclusive_stores_exactly_what_write_stores() {
+    let src: Vec<u8> = (0..300u32)
+        .map(|b| (b as u8).wrapping_mul(37) ^ 0x5a)
+        .collect();
+    let req = TripleRequest {
+        buffers: 3,
+        buffer_size: B,
+    };
+    let words = (2 * 4096 + 3 * B as usize) / 8;
+    for offset in [0usize, 3, 8, 13, 4096 - 300] {
+        for len in [0usize, 1, 7, 8, 9, 31, 32, 33, 100, 300] {
+            let run = |exclusive: bool| {
+                let mem: Vec<AtomicU64> = (0..words).map(|_| AtomicU64::new(u64::MAX)).collect();
+                let mut c = TripleClient::init(&mem[..], req).unwrap();
+                let mut g = c.take().unwrap();
+                if exclusive {
+                    // SAFETY: this test's memory is accessed by this thread only.
+                    unsafe { g.write_exclusive(offset, &src[..len]) }.unwrap();
+                } else {
+                    g.write(offset, &src[..len]).unwrap();
+                }
+                let mut back = vec![0u8; B as usize];
+                g.read(0, &mut back).unwrap();
+                back
+            };
+            assert_eq!(run(true), run(false), "offset {offset} len {len}");
+        }
+    }
+    let mem: Vec<AtomicU64> = (0..words).map(|_| AtomicU64::new(0)).collect();
+    let mut c = TripleClient::init(&mem[..], req).unwrap();
+    let mut g = c.take().unwrap();
+    // SAFETY: as above.
+    let r = unsafe { g.write_exclusive(4090, &src[..7]) };
+    assert!(r.is_err(), "a write past the buffer is refused");
+}

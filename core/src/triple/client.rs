@@ -373,6 +373,39 @@ impl<M: WordMemory + ?Sized> WriteGrant<'_, '_, M> {
         Ok(())
     }
 
+    /// Writes `bytes` at `offset` of the buffer with a plain `memcpy` on real memory
+    /// ([`WordMemory::store_le_bytes_exclusive`]): the same bytes as [`write`](WriteGrant::write),
+    /// at `memcpy` speed. Published by [`publish`](WriteGrant::publish) like `write`.
+    ///
+    /// # Safety
+    ///
+    /// No other thread of this process may access this buffer's words while the call runs.
+    /// The protocol keeps a host (in any process) off a WRITING buffer; this contract covers
+    /// code of this process outside the protocol, which could otherwise race with the
+    /// non-atomic writes.
+    ///
+    /// # Errors
+    ///
+    /// [`TripleError::OutOfBounds`] if the write does not fit.
+    pub unsafe fn write_exclusive(
+        &mut self,
+        offset: usize,
+        bytes: &[u8],
+    ) -> Result<(), TripleError> {
+        let at = self.client.checked_at(self.buffer, offset, bytes.len())?;
+        if at % 8 != 0 {
+            store_bytes(self.client.mem, at, bytes);
+            return Ok(());
+        }
+        let (whole, tail) = bytes.split_at(bytes.len() / 8 * 8);
+        // SAFETY: the words lie in this grant's buffer (checked above), which no host touches
+        // while it is WRITING, and the caller guarantees no other thread of this process does.
+        unsafe { self.client.mem.store_le_bytes_exclusive(at / 8, whole) };
+        // A partial last word is merged like `write` does (never zero-padded).
+        store_bytes(self.client.mem, at + whole.len(), tail);
+        Ok(())
+    }
+
     /// Reads back `out.len()` bytes at `offset` of the buffer (what this grant wrote, or the
     /// buffer's unspecified old contents).
     ///

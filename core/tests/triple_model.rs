@@ -262,8 +262,12 @@ fn write_exclusive_stores_exactly_what_write_stores() {
     for offset in [0usize, 3, 8, 13, 4096 - 300] {
         for len in [0usize, 1, 7, 8, 9, 31, 32, 33, 100, 300] {
             let run = |exclusive: bool| {
-                let mem: Vec<AtomicU64> = (0..words).map(|_| AtomicU64::new(u64::MAX)).collect();
+                let mem: Vec<AtomicU64> = (0..words).map(|_| AtomicU64::new(0)).collect();
                 let mut c = TripleClient::init(&mem[..], req).unwrap();
+                // Old buffer contents: all ones, so a zero-padded word would show.
+                for w in &mem[2 * 512..] {
+                    w.store(u64::MAX, Ordering::Relaxed);
+                }
                 let mut g = c.take().unwrap();
                 if exclusive {
                     // SAFETY: this test's memory is accessed by this thread only.

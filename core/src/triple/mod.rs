@@ -72,7 +72,7 @@ mod client;
 mod host;
 
 pub use client::{TripleClient, WriteGrant, TAKE_PASSES};
-pub use host::{read_image, Frozen, TripleHost, TripleImage};
+pub use host::{read_image, Frozen, TripleHost, TripleImage, FREEZE_ATTEMPTS};
 
 /// Largest sequence number (exclusive) a triple region hands out: seqs are `1..MAX_SEQ` and fit
 /// the 62 value bits of a READY word.
@@ -92,7 +92,7 @@ const TAG_READY: u64 = 2 << TAG_SHIFT;
 const TAG_FROZEN: u64 = 3 << TAG_SHIFT;
 
 /// Word indices of the triple header fields and hints (page 0). Words 0..=2, 10 and 11 are
-/// shared with every strategy ([`crate::layout`]).
+/// shared with every strategy (see [`Layout`](crate::Layout) and `docs/FORMAT.md`).
 pub mod words {
     /// Buffer count N (`3..=MAX_BUFFERS`).
     pub const BUFFERS: usize = 3;

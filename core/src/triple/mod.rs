@@ -127,7 +127,7 @@ pub mod words {
 /// Encoding (64-bit, little-endian in the region): the top two bits are the tag, the low 62
 /// bits the value. `FREE = 0`; `WRITING(e) = 1 << 62 | e`; `READY(s) = 2 << 62 | s` with
 /// `1 <= s < MAX_SEQ`; `FROZEN(e) = 3 << 62 | e`. Everything else (tag 0 with a non-zero value,
-/// READY with seq 0) is [`BufferState::Invalid`].
+/// READY with seq 0 or `MAX_SEQ`) is [`BufferState::Invalid`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum BufferState {
     /// Nobody uses the buffer; the client may take it.
@@ -158,7 +158,7 @@ impl BufferState {
         match v >> TAG_SHIFT {
             0 if value == 0 => BufferState::Free,
             1 => BufferState::Writing { epoch: value },
-            2 if value != 0 => BufferState::Ready { seq: value },
+            2 if value != 0 && value < MAX_SEQ => BufferState::Ready { seq: value },
             3 => BufferState::Frozen { epoch: value },
             _ => BufferState::Invalid(v),
         }

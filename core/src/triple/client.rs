@@ -217,8 +217,11 @@ impl<'m, M: WordMemory + ?Sized> TripleClient<'m, M> {
         let start = if skip < n { skip + 1 } else { 0 };
         // TAKE_PASSES passes over the N - 1 candidates: a pass fails only if a host restarted
         // during it (module docs), so the second pass is for a host restart mid-take.
-        for k in 0..TAKE_PASSES * n {
-            let i = (start + k) % n;
+        // `next` walks start, start + 1, … modulo n (`start <= n`).
+        let mut next = if start == n { 0 } else { start };
+        for _ in 0..TAKE_PASSES * n {
+            let i = next;
+            next = if i + 1 == n { 0 } else { i + 1 };
             if i == skip {
                 continue;
             }

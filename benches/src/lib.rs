@@ -8,6 +8,7 @@
 //!   advancing destinations;
 //! - [`recover`]: attach + newest on full descriptor rings;
 //! - [`snapshot`]: the host snapshot cycle and restore vs. raw sparse copies;
+//! - [`triple`]: a triple-buffer publication vs. the `triple_buffer` crate and `memcpy`;
 //! - [`report`]: the interleaved runner, medians and the machine description.
 //!
 //! Benchmarks are never timed tests: fixtures assert *correctness* (a committed entry reads
@@ -20,6 +21,7 @@ pub mod recover;
 pub mod report;
 pub mod snapshot;
 pub mod sys;
+pub mod triple;
 
 /// One side of a comparison: runs `iters` operations and returns the time they took.
 pub trait Bench {

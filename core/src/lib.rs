@@ -17,6 +17,7 @@
 //! - [`units`](UnitTable): frozen tail units and their sequence-keyed reclamation.
 //! - [`host`](PreCopy): the host's snapshot as a type — [`PreCopy::read`] (pre), the copy,
 //!   [`PreCopy::finish`] (fence, post, `next_seq`, [`retain`]).
+//! - [`triple`]: the triple-buffer strategy (client, host, snapshot-image meta).
 //!
 //! Test support (the reference model, fuzz entry points) lives in the separate, unpublished
 //! `shmsnap-testkit` crate; this crate holds only the protocol.
@@ -60,6 +61,7 @@ mod host;
 mod layout;
 mod memory;
 mod reader;
+pub mod triple;
 mod units;
 mod writer;
 

@@ -72,6 +72,19 @@ pub unsafe trait WordMemory {
             self.store(i, le_word(chunks.remainder()), Ordering::Relaxed);
         }
     }
+
+    /// Stores `bytes` exactly as [`store_le_bytes`](WordMemory::store_le_bytes) does, into
+    /// words that only the caller accesses until a later `Release` store publishes them; real
+    /// memory overrides it with a plain `memcpy` (the default is `store_le_bytes`, so a model
+    /// checker checks the same stores with the same orderings).
+    ///
+    /// # Safety
+    ///
+    /// No other thread of this process may access words `first .. first + bytes.len().div_ceil(8)`
+    /// (atomically or not) while the call runs: the override writes them non-atomically.
+    unsafe fn store_le_bytes_exclusive(&self, first: usize, bytes: &[u8]) {
+        self.store_le_bytes(first, bytes)
+    }
 }
 
 /// A little-endian word from up to 8 bytes, zero-padded.
@@ -138,6 +151,28 @@ unsafe impl WordMemory for [AtomicU64] {
         for (k, c) in src_rest.chunks(8).enumerate() {
             dst_rest[k].store(le_word(c), Ordering::Relaxed);
         }
+    }
+    #[inline]
+    unsafe fn store_le_bytes_exclusive(&self, first: usize, bytes: &[u8]) {
+        store_le_bytes_unsync(self, first, bytes)
+    }
+}
+
+/// Words of `[AtomicU64]` that the caller accesses exclusively: the non-atomic fast path of
+/// [`WordMemory::store_le_bytes_exclusive`].
+fn store_le_bytes_unsync(words: &[AtomicU64], first: usize, bytes: &[u8]) {
+    let whole = bytes.len() / 8 * 8;
+    // One bounds check for the run (panics like `store` on an out-of-range index).
+    let dst = &words[first..first + bytes.len().div_ceil(8)];
+    let ptr = dst.as_ptr().cast::<u8>().cast_mut();
+    // SAFETY: `dst` covers `whole` bytes (and more); `AtomicU64` is an `UnsafeCell`, so writing
+    // through a pointer derived from a shared borrow is allowed, and the caller of
+    // `store_le_bytes_exclusive` guarantees no other thread of this process accesses these
+    // words meanwhile, so the non-atomic writes race with nothing. Source and destination do
+    // not overlap (the source is an ordinary `&[u8]`, the destination interior-mutable words).
+    unsafe { core::ptr::copy_nonoverlapping(bytes.as_ptr(), ptr, whole) };
+    if whole < bytes.len() {
+        dst[dst.len() - 1].store(le_word(&bytes[whole..]), Ordering::Relaxed);
     }
 }
 

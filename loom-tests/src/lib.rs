@@ -38,6 +38,7 @@ mod host;
 mod plan;
 mod recovery;
 mod run;
+pub mod triple;
 mod twins;
 mod words;
 

@@ -20,6 +20,8 @@
 //!     frozen tail units, snapshots and restores) checked against the model after every step.
 //!   - [`snapshot_file`]: footer, verify and restore over arbitrary snapshot files, against an
 //!     independent CRC-32C oracle and core's whole-image checks.
+//!   - [`triple_host`](triple_host::triple_host): the triple-buffer host over arbitrary state,
+//!     seq, hint and header words.
 //!
 //! Fuzz inputs are decoded by a cursor that yields zeros past the end (`input`), and region
 //! images are built from them in `image`; decoders prefer values near the protocol's limits
@@ -33,8 +35,9 @@ pub mod model;
 pub mod ops;
 pub mod payload;
 pub mod retain_arbitrary;
-pub mod words;
 pub mod snapshot_file;
+pub mod triple_host;
+pub mod words;
 
 pub use attach_and_read::attach_and_read;
 pub use host::{host_snapshot, Host, HostSnapshot};

@@ -19,6 +19,7 @@ use shmsnap_benches::commit::{Dest, Limit, Ours, Raw, Upstream, PAYLOADS};
 use shmsnap_benches::recover::{Recover, ENTRIES};
 use shmsnap_benches::report::{compare, fmt_ns, interleave, is_tmpfs, machine, median};
 use shmsnap_benches::snapshot::{SnapshotFixture, Touch, SIZES};
+use shmsnap_benches::triple;
 use shmsnap_benches::Bench;
 use shmsnap_benches::FnBench;
 
@@ -47,7 +48,7 @@ impl Opts {
                 }
                 "-h" | "--help" => {
                     println!(
-                        "usage: compare [--quick] [--only commit,recover,snapshot] [--allow-tmpfs]"
+                        "usage: compare [--quick] [--only commit,recover,snapshot,triple] [--allow-tmpfs]"
                     );
                     std::process::exit(0);
                 }
@@ -129,6 +130,9 @@ fn main() {
     }
     if opts.wants("snapshot") {
         snapshot_section(&opts, &dir, &mut r);
+    }
+    if opts.wants("triple") {
+        triple_section(&opts, &mut r);
     }
 
     let _ = writeln!(r.out, "## DESIGN §10 targets\n");
@@ -347,8 +351,62 @@ fn snapshot_section(opts: &Opts, dir: &std::path::Path, r: &mut Report) {
     let _ = writeln!(r.out);
 }
 
+fn triple_section(opts: &Opts, r: &mut Report) {
+    let (batch, rounds) = if opts.quick {
+        (Duration::from_millis(2), 7)
+    } else {
+        (Duration::from_millis(4), 31)
+    };
+    let _ = writeln!(
+        r.out,
+        "## triple-buffer publish (median per publication; {rounds} interleaved batches of ~{} ms each)\n",
+        batch.as_millis()
+    );
+    let _ = writeln!(
+        r.out,
+        "| bytes | ours, `write` (word stores) | ours, `write_exclusive` (memcpy) | triple_buffer 9 (write + publish) | memcpy | write/triple_buffer | write_exclusive/triple_buffer | write_exclusive/memcpy |"
+    );
+    let _ = writeln!(r.out, "|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for n in triple::SIZES {
+        eprintln!("triple publish {n} B");
+        let mut ours = triple::Ours::new(n, false).expect("ours fixture");
+        let mut excl = triple::Ours::new(n, true).expect("ours fixture");
+        let mut rival = triple::Crate::new(n);
+        let mut memcpy = Raw::new(n, Dest::Hot, Limit::Memcpy).expect("memcpy fixture");
+        let m = compare(
+            &mut [&mut ours, &mut excl, &mut rival, &mut memcpy],
+            batch,
+            rounds,
+        );
+        let (o, x, t, c) = (m[0].ns, m[1].ns, m[2].ns, m[3].ns);
+        let _ = writeln!(
+            r.out,
+            "| {} | {} | {} | {} | {} | {:.2} | {:.2} | {:.2} |",
+            size(n),
+            fmt_ns(o),
+            fmt_ns(x),
+            fmt_ns(t),
+            fmt_ns(c),
+            o / t,
+            x / t,
+            x / c
+        );
+        for (what, ratio) in [("write", o / t), ("write_exclusive", x / t)] {
+            r.targets.push(Target {
+                what: format!("triple publish {} ({what}): ours/triple_buffer", size(n)),
+                ratio,
+                at_most: true,
+                bound: 1.5,
+            });
+        }
+    }
+    let _ = writeln!(r.out);
+}
+
 fn size(n: usize) -> String {
-    if n >= 1024 {
+    if n >= 1 << 20 {
+        format!("{} MiB", n >> 20)
+    } else if n >= 1024 {
         format!("{} KiB", n / 1024)
     } else {
         format!("{n} B")

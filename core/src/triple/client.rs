@@ -1,0 +1,455 @@
+//! The triple-buffer client: takes a buffer, fills it, publishes it — wait-free.
+
+use core::sync::atomic::Ordering;
+
+use super::{
+    next_epoch, ready, words, writing, BufferState, TripleError, TripleLayout, TripleRequest,
+    MAX_SEQ,
+};
+use crate::layout::LayoutError;
+use crate::memory::{load_bytes, store_bytes, WordMemory};
+
+/// Passes [`TripleClient::take`] makes over the candidate buffers at most.
+pub const TAKE_PASSES: u64 = 2;
+
+/// The single client of a triple-buffer region.
+///
+/// Exactly one client may exist per region at a time (across all processes). It keeps its
+/// cursor privately; the only words it reads back from the region are state words.
+#[derive(Debug)]
+pub struct TripleClient<'m, M: WordMemory + ?Sized> {
+    mem: &'m M,
+    layout: TripleLayout,
+    /// This client's epoch (`1..2^62`): the value of its WRITING words.
+    epoch: u64,
+    /// Seq of the next publication: `newest.1 < next_seq < MAX_SEQ` when it can publish.
+    next_seq: u64,
+    /// The newest published (or recovered) buffer and its seq. Its state word is `READY(seq)`
+    /// or FROZEN by a host (seq word = seq); the client never takes it for writing, so the
+    /// newest state is always intact in the region.
+    newest: Option<(u64, u64)>,
+}
+
+impl<'m, M: WordMemory + ?Sized> TripleClient<'m, M> {
+    /// Configures a fresh region (no magic: never configured, or an init cut short) for
+    /// `request` and returns its client. Every buffer is FREE.
+    ///
+    /// # Errors
+    ///
+    /// [`TripleError::AlreadyConfigured`] if the header has a magic; a [`LayoutError`] if the
+    /// request is invalid or does not fit the memory.
+    pub fn init(mem: &'m M, request: TripleRequest) -> Result<Self, TripleError> {
+        let layout = TripleLayout::new(request)?;
+        let available = (mem.len() as u64).saturating_mul(8);
+        if layout.region_len > available {
+            return Err(LayoutError::TooSmall {
+                needed: layout.region_len,
+                available,
+            }
+            .into());
+        }
+        match TripleLayout::read(mem) {
+            Err(LayoutError::Unconfigured) => {}
+            _ => return Err(TripleError::AlreadyConfigured),
+        }
+        // Zero the hints and the state page (every state line) before publishing the header.
+        for w in [words::NEXT_SEQ, words::CLIENT_EPOCH, words::HOST_EPOCH] {
+            mem.store(w, 0, Ordering::Relaxed);
+        }
+        let first = (layout.state_offset / 8) as usize;
+        for w in first..first + (crate::PAGE_SIZE / 8) as usize {
+            mem.store(w, 0, Ordering::Relaxed);
+        }
+        layout.write_header(mem);
+        Self::attach(mem)
+    }
+
+    /// Attaches to a configured region, initialising it with `request` if it is fresh.
+    ///
+    /// # Errors
+    ///
+    /// As [`TripleClient::init`] and [`TripleClient::attach`]; [`TripleError::Mismatch`] if
+    /// the region has another layout.
+    pub fn open_or_init(mem: &'m M, request: TripleRequest) -> Result<Self, TripleError> {
+        match TripleLayout::read(mem) {
+            Err(LayoutError::Unconfigured) => Self::init(mem, request),
+            Err(e) => Err(e.into()),
+            Ok(found) => {
+                let requested = TripleLayout::new(request)?;
+                if found != requested {
+                    return Err(TripleError::Mismatch { found, requested });
+                }
+                Self::attach(mem)
+            }
+        }
+    }
+
+    /// Attaches to a configured region (after a client restart or a restore).
+    ///
+    /// Bumps the client epoch, frees every WRITING buffer (a dead client's: one client runs
+    /// at a time) and every invalid state word, and finds the newest state: the READY or
+    /// FROZEN buffer with the highest seq (after a restore, the restored buffer). The next seq
+    /// is above it and above the `NEXT_SEQ` hint, so seqs never repeat. Bounded by `N`.
+    ///
+    /// # Errors
+    ///
+    /// A [`LayoutError`] for a missing or invalid header; [`TripleError::Exhausted`].
+    pub fn attach(mem: &'m M) -> Result<Self, TripleError> {
+        let layout = TripleLayout::read(mem)?;
+        let epoch = next_epoch(mem.load(words::CLIENT_EPOCH, Ordering::Relaxed));
+        mem.store(words::CLIENT_EPOCH, epoch, Ordering::Relaxed);
+        let mut newest: Option<(u64, u64)> = None;
+        for i in 0..layout.buffers {
+            let sw = layout.state_word(i);
+            // Acquire: pairs with the Release store of READY in `publish` (an earlier client's
+            // buffer contents are visible to `read_newest`) and with the host's Release
+            // compare-exchanges (its copy of a buffer is done before we reuse it).
+            let v = mem.load(sw, Ordering::Acquire);
+            let seq = match BufferState::decode(v) {
+                BufferState::Ready { seq } => Some(seq),
+                // The host never writes a seq word, so a FROZEN buffer's is the one its
+                // publication stored (published by the Release store of READY).
+                BufferState::Frozen { .. } => Some(mem.load(layout.seq_word(i), Ordering::Relaxed))
+                    .filter(|s| (1..MAX_SEQ).contains(s)),
+                BufferState::Free => None,
+                BufferState::Writing { .. } | BufferState::Invalid(_) => {
+                    // A dead client's buffer, or garbage: free it. The host never writes a
+                    // WRITING or invalid word, so losing this race is impossible; if it is lost
+                    // anyway the word is left as found.
+                    let _ = mem.compare_exchange(sw, v, 0, Ordering::Relaxed, Ordering::Relaxed);
+                    None
+                }
+            };
+            if let Some(seq) = seq {
+                if newest.is_none_or(|(_, s)| seq > s) {
+                    newest = Some((i, seq));
+                }
+            }
+        }
+        let hint = mem.load(words::NEXT_SEQ, Ordering::Relaxed);
+        let top = newest.map_or(0, |(_, s)| s);
+        let next_seq = if hint < MAX_SEQ { hint } else { 0 }.max(top + 1);
+        if next_seq >= MAX_SEQ {
+            return Err(TripleError::Exhausted);
+        }
+        Ok(TripleClient {
+            mem,
+            layout,
+            epoch,
+            next_seq,
+            newest,
+        })
+    }
+
+    /// The region's layout.
+    pub fn layout(&self) -> &TripleLayout {
+        &self.layout
+    }
+
+    /// This client's epoch.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// The seq the next publication will get.
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// The newest published (or, after attach, recovered) state: `(buffer, seq)`.
+    pub fn newest(&self) -> Option<(u64, u64)> {
+        self.newest
+    }
+
+    /// Reads `out.len()` bytes at `offset` of the newest state (what a restarted client reads
+    /// at start); returns its seq, or `None` if nothing was ever published.
+    ///
+    /// Sound because only this client writes buffers and it never writes its newest one.
+    ///
+    /// # Errors
+    ///
+    /// [`TripleError::OutOfBounds`] if the range does not fit in a buffer.
+    pub fn read_newest(&self, offset: usize, out: &mut [u8]) -> Result<Option<u64>, TripleError> {
+        let Some((buffer, seq)) = self.newest else {
+            return Ok(None);
+        };
+        let at = self.checked_at(buffer, offset, out.len())?;
+        load_bytes(self.mem, at, out);
+        Ok(Some(seq))
+    }
+
+    /// Byte offset in the region of `offset` within buffer `buffer`, if `len` bytes fit.
+    fn checked_at(&self, buffer: u64, offset: usize, len: usize) -> Result<usize, TripleError> {
+        let b = self.layout.buffer_size;
+        let fits = (offset as u64)
+            .checked_add(len as u64)
+            .is_some_and(|e| e <= b);
+        if !fits {
+            return Err(TripleError::OutOfBounds {
+                offset,
+                len,
+                buffer_size: b,
+            });
+        }
+        // In bounds: buffer < N and offset + len <= B.
+        Ok((self.layout.buffer_range(buffer).start + offset as u64) as usize)
+    }
+
+    /// Takes a buffer for writing: a FREE one, or a READY one older than the newest
+    /// publication. Wait-free: at most [`TAKE_PASSES`] passes over the other `N - 1` buffers
+    /// (`2 (N - 1)` loads and compare-exchanges); the first pass succeeds unless a host
+    /// restarted during it (see the [module docs](super)).
+    /// The buffer's old contents are unspecified.
+    ///
+    /// # Errors
+    ///
+    /// [`TripleError::Exhausted`] when seqs run out; [`TripleError::NoFreeBuffer`] only if
+    /// another client or host breaks the protocol.
+    pub fn take(&mut self) -> Result<WriteGrant<'_, 'm, M>, TripleError> {
+        if self.next_seq >= MAX_SEQ {
+            return Err(TripleError::Exhausted);
+        }
+        let n = self.layout.buffers;
+        let (skip, newest_seq) = match self.newest {
+            Some((b, s)) => (b, s),
+            None => (n, 0),
+        };
+        let start = if skip < n { skip + 1 } else { 0 };
+        // TAKE_PASSES passes over the N - 1 candidates: a pass fails only if a host restarted
+        // during it (module docs), so the second pass is for a host restart mid-take.
+        // `next` walks start, start + 1, … modulo n (`start <= n`).
+        let mut next = if start == n { 0 } else { start };
+        for _ in 0..TAKE_PASSES * n {
+            let i = next;
+            next = if i + 1 == n { 0 } else { i + 1 };
+            if i == skip {
+                continue;
+            }
+            let sw = self.layout.state_word(i);
+            // SeqCst: acquires the host's Release compare-exchange (release, or a new host
+            // undoing a dead host's freeze): its reads of the buffer happen before our writes;
+            // and in the total order with the host's freezes (module docs). A plain load on
+            // x86 and an `ldar` on AArch64, like an Acquire load.
+            let v = self.mem.load(sw, Ordering::SeqCst);
+            let won = match BufferState::decode(v) {
+                // Relaxed store: the host never writes a FREE word, so no compare-exchange is
+                // needed; the host ignores WRITING buffers, so nothing needs publishing yet.
+                BufferState::Free => {
+                    self.mem.store(sw, writing(self.epoch), Ordering::Relaxed);
+                    true
+                }
+                // A stale READY may be frozen by the host at any moment: compare-exchange. It
+                // fails only if a host freeze got there first (at most once per take).
+                BufferState::Ready { seq } if seq < newest_seq => self
+                    .mem
+                    // SeqCst (both ways): acquires the host's release of this buffer, and
+                    // takes part in the single total order with the SeqCst READY store in
+                    // `publish` and the host's SeqCst scan and compare-exchanges, which bounds
+                    // the failures of this compare-exchange to one per take (module docs).
+                    .compare_exchange(
+                        sw,
+                        v,
+                        writing(self.epoch),
+                        Ordering::SeqCst,
+                        Ordering::SeqCst,
+                    )
+                    .is_ok(),
+                _ => false,
+            };
+            if won {
+                let seq = self.next_seq;
+                return Ok(WriteGrant {
+                    client: self,
+                    buffer: i,
+                    seq,
+                    published: false,
+                });
+            }
+        }
+        Err(TripleError::NoFreeBuffer)
+    }
+
+    /// Takes a buffer, writes `bytes` at its start and publishes it; returns the seq.
+    ///
+    /// # Errors
+    ///
+    /// As [`TripleClient::take`] and [`WriteGrant::write`].
+    pub fn publish(&mut self, bytes: &[u8]) -> Result<u64, TripleError> {
+        let mut g = self.take()?;
+        g.write(0, bytes)?;
+        Ok(g.publish())
+    }
+
+    /// Checks the client's invariants against the region (tests, proptest, fuzzing): every
+    /// state word decodes; no WRITING word (no grant is open); at most one FROZEN word; the
+    /// newest buffer is `READY(newest)` or FROZEN with seq word `newest`; no other READY is as
+    /// new; `next_seq` is above the newest seq.
+    ///
+    /// # Errors
+    ///
+    /// A description of the first violated invariant.
+    pub fn check_invariants(&self) -> Result<(), &'static str> {
+        let newest_seq = self.newest.map_or(0, |(_, s)| s);
+        if self.next_seq <= newest_seq {
+            return Err("next_seq is not above the newest seq");
+        }
+        let mut frozen = 0;
+        for i in 0..self.layout.buffers {
+            let v = self.mem.load(self.layout.state_word(i), Ordering::Relaxed);
+            let seq_word = self.mem.load(self.layout.seq_word(i), Ordering::Relaxed);
+            let is_newest = self.newest.is_some_and(|(b, _)| b == i);
+            match BufferState::decode(v) {
+                BufferState::Invalid(_) => return Err("a state word is invalid"),
+                BufferState::Writing { .. } => return Err("a buffer is WRITING without a grant"),
+                BufferState::Frozen { .. } => {
+                    frozen += 1;
+                    if is_newest && seq_word != newest_seq {
+                        return Err("the newest buffer is FROZEN with another seq word");
+                    }
+                }
+                BufferState::Ready { seq } => {
+                    if is_newest && seq != newest_seq {
+                        return Err("the newest buffer is READY with another seq");
+                    }
+                    if !is_newest && seq >= newest_seq {
+                        return Err("a READY buffer is not older than the newest");
+                    }
+                }
+                BufferState::Free => {
+                    if is_newest {
+                        return Err("the newest buffer is FREE");
+                    }
+                }
+            }
+        }
+        if frozen > 1 {
+            return Err("more than one buffer is FROZEN");
+        }
+        Ok(())
+    }
+}
+
+/// A buffer taken for writing: only this grant can write it (its state word is
+/// `WRITING(client epoch)`, which no host touches). Publish with [`WriteGrant::publish`];
+/// dropping it unpublished returns the buffer to FREE.
+#[derive(Debug)]
+#[must_use = "a write grant publishes nothing until `publish` is called"]
+pub struct WriteGrant<'c, 'm, M: WordMemory + ?Sized> {
+    client: &'c mut TripleClient<'m, M>,
+    /// The taken buffer (`< N`, not the newest).
+    buffer: u64,
+    /// The seq `publish` will publish.
+    seq: u64,
+    published: bool,
+}
+
+impl<M: WordMemory + ?Sized> WriteGrant<'_, '_, M> {
+    /// The buffer's index.
+    pub fn buffer(&self) -> u64 {
+        self.buffer
+    }
+
+    /// The seq [`publish`](WriteGrant::publish) will publish.
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    /// The buffer size B.
+    pub fn len(&self) -> u64 {
+        self.client.layout.buffer_size
+    }
+
+    /// Always `false` (buffers are at least a page).
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    /// Writes `bytes` at `offset` of the buffer (`Relaxed` word stores; published by
+    /// [`publish`](WriteGrant::publish)).
+    ///
+    /// # Errors
+    ///
+    /// [`TripleError::OutOfBounds`] if the write does not fit.
+    pub fn write(&mut self, offset: usize, bytes: &[u8]) -> Result<(), TripleError> {
+        let at = self.client.checked_at(self.buffer, offset, bytes.len())?;
+        store_bytes(self.client.mem, at, bytes);
+        Ok(())
+    }
+
+    /// Writes `bytes` at `offset` of the buffer with a plain `memcpy` on real memory
+    /// ([`WordMemory::store_le_bytes_exclusive`]): the same bytes as [`write`](WriteGrant::write),
+    /// at `memcpy` speed. Published by [`publish`](WriteGrant::publish) like `write`.
+    ///
+    /// # Safety
+    ///
+    /// No other thread of this process may access this buffer's words while the call runs.
+    /// The protocol keeps a host (in any process) off a WRITING buffer; this contract covers
+    /// code of this process outside the protocol, which could otherwise race with the
+    /// non-atomic writes.
+    ///
+    /// # Errors
+    ///
+    /// [`TripleError::OutOfBounds`] if the write does not fit.
+    pub unsafe fn write_exclusive(
+        &mut self,
+        offset: usize,
+        bytes: &[u8],
+    ) -> Result<(), TripleError> {
+        let at = self.client.checked_at(self.buffer, offset, bytes.len())?;
+        if at % 8 != 0 {
+            store_bytes(self.client.mem, at, bytes);
+            return Ok(());
+        }
+        let (whole, tail) = bytes.split_at(bytes.len() / 8 * 8);
+        // SAFETY: the words lie in this grant's buffer (checked above), which no host touches
+        // while it is WRITING, and the caller guarantees no other thread of this process does.
+        unsafe { self.client.mem.store_le_bytes_exclusive(at / 8, whole) };
+        // A partial last word is merged like `write` does (never zero-padded).
+        store_bytes(self.client.mem, at + whole.len(), tail);
+        Ok(())
+    }
+
+    /// Reads back `out.len()` bytes at `offset` of the buffer (what this grant wrote, or the
+    /// buffer's unspecified old contents).
+    ///
+    /// # Errors
+    ///
+    /// [`TripleError::OutOfBounds`] if the range does not fit.
+    pub fn read(&self, offset: usize, out: &mut [u8]) -> Result<(), TripleError> {
+        let at = self.client.checked_at(self.buffer, offset, out.len())?;
+        load_bytes(self.client.mem, at, out);
+        Ok(())
+    }
+
+    /// Publishes the buffer as `READY(seq)` and returns the seq. Wait-free: two stores and a
+    /// hint store (the host never writes a WRITING word, so no compare-exchange is needed).
+    pub fn publish(mut self) -> u64 {
+        let c = &mut *self.client;
+        let (mem, layout) = (c.mem, c.layout);
+        mem.store(layout.seq_word(self.buffer), self.seq, Ordering::Relaxed);
+        // SeqCst: a Release that publishes the buffer's words and its seq word stored above
+        // (pairs with the host's compare-exchange in `freeze` and the Acquire loads in
+        // `attach`), and a member of the single total order with the host's SeqCst scan: a
+        // scan ordered after this store sees this publication (the take bound needs it).
+        mem.store(
+            layout.state_word(self.buffer),
+            ready(self.seq),
+            Ordering::SeqCst,
+        );
+        c.newest = Some((self.buffer, self.seq));
+        c.next_seq = self.seq + 1;
+        mem.store(words::NEXT_SEQ, c.next_seq, Ordering::Relaxed);
+        self.published = true;
+        self.seq
+    }
+}
+
+impl<M: WordMemory + ?Sized> Drop for WriteGrant<'_, '_, M> {
+    fn drop(&mut self) {
+        if !self.published {
+            let sw = self.client.layout.state_word(self.buffer);
+            // Relaxed: the buffer goes back to FREE, which only this client reads or writes.
+            self.client.mem.store(sw, 0, Ordering::Relaxed);
+        }
+    }
+}

@@ -1,0 +1,360 @@
+//! The triple-buffer host: freeze the newest READY buffer, copy it, release it; snapshot-image
+//! meta and its validation.
+
+use core::ops::Range;
+use core::sync::atomic::Ordering;
+
+use super::{frozen, next_epoch, ready, words, BufferState, TripleError, TripleLayout, MAX_SEQ};
+use crate::format::{read_word, write_word};
+use crate::memory::{load_bytes, WordMemory};
+
+/// How many times [`TripleHost::freeze`] rescans after losing its compare-exchange.
+pub const FREEZE_ATTEMPTS: u32 = 4;
+
+/// The host's side of a triple-buffer region.
+///
+/// The layout is validated once, at attach; the host never re-reads the header, so a client
+/// that rewrites it later cannot move an index out of bounds. The host writes only state
+/// words (compare-exchange from a value it read) and the host-epoch word.
+#[derive(Debug)]
+pub struct TripleHost<'m, M: WordMemory + ?Sized> {
+    mem: &'m M,
+    layout: TripleLayout,
+    /// This host's epoch (`1..2^62`): the value of its FROZEN words.
+    epoch: u64,
+    /// Stale freezes undone at attach.
+    adopted: u32,
+}
+
+impl<'m, M: WordMemory + ?Sized> TripleHost<'m, M> {
+    /// Attaches to a configured region: bumps the host epoch and undoes every FROZEN word of
+    /// another epoch (a dead host's, also one inherited with the region from the systemd fd
+    /// store): back to `READY(seq)` with the buffer's seq word, or FREE if that seq is not a
+    /// valid seq. Bounded by `N`.
+    ///
+    /// # Errors
+    ///
+    /// [`TripleError::Layout`] for a missing (`Unconfigured`: try again once the client has
+    /// configured the region) or invalid header.
+    pub fn attach(mem: &'m M) -> Result<Self, TripleError> {
+        let layout = TripleLayout::read(mem)?;
+        let epoch = next_epoch(mem.load(words::HOST_EPOCH, Ordering::Relaxed));
+        mem.store(words::HOST_EPOCH, epoch, Ordering::Relaxed);
+        let mut adopted = 0;
+        for i in 0..layout.buffers {
+            let sw = layout.state_word(i);
+            let v = mem.load(sw, Ordering::Relaxed);
+            if let BufferState::Frozen { epoch: e } = BufferState::decode(v) {
+                if e == epoch {
+                    continue;
+                }
+                let seq = mem.load(layout.seq_word(i), Ordering::Relaxed);
+                let back = if (1..MAX_SEQ).contains(&seq) {
+                    ready(seq)
+                } else {
+                    0
+                };
+                // Release: pairs with the client's Acquire in `take`, like `release`. A lost
+                // race means someone else writes state words; the word is left as found.
+                if mem
+                    .compare_exchange(sw, v, back, Ordering::Release, Ordering::Relaxed)
+                    .is_ok()
+                {
+                    adopted += 1;
+                }
+            }
+        }
+        Ok(TripleHost {
+            mem,
+            layout,
+            epoch,
+            adopted,
+        })
+    }
+
+    /// The layout validated at attach.
+    pub fn layout(&self) -> &TripleLayout {
+        &self.layout
+    }
+
+    /// This host's epoch.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// Number of stale freezes undone at attach.
+    pub fn adopted(&self) -> u32 {
+        self.adopted
+    }
+
+    /// The highest seq of any READY word now (0 if none): to decide whether a snapshot is due
+    /// without freezing anything. Hostile values are ignored.
+    pub fn newest_ready(&self) -> u64 {
+        self.scan().map_or(0, |(_, s)| s)
+    }
+
+    /// The READY buffer with the highest seq: `(buffer, seq)`.
+    fn scan(&self) -> Option<(u64, u64)> {
+        let mut best: Option<(u64, u64)> = None;
+        for i in 0..self.layout.buffers {
+            // SeqCst: in the single total order with the client's SeqCst READY stores and
+            // take compare-exchanges, so a scan ordered after a publication sees it (or a
+            // newer one) and never picks a stale buffer because of a stale view.
+            let v = self.mem.load(self.layout.state_word(i), Ordering::SeqCst);
+            if let BufferState::Ready { seq } = BufferState::decode(v) {
+                if seq < MAX_SEQ && best.is_none_or(|(_, s)| seq > s) {
+                    best = Some((i, seq));
+                }
+            }
+        }
+        best
+    }
+
+    /// Freezes the newest READY buffer if its seq is above `last_persisted`; `Ok(None)` when
+    /// nothing newer was published (skip the snapshot). The returned [`Frozen`] is the only
+    /// way to copy a buffer: the host never reports a buffer it did not freeze.
+    ///
+    /// Bounded: at most [`FREEZE_ATTEMPTS`] scans of `N` words.
+    ///
+    /// # Errors
+    ///
+    /// [`TripleError::Contended`] if every compare-exchange lost (the client reclaimed the
+    /// scanned buffer each time, having published a newer one): retry at the next snapshot.
+    pub fn freeze(&self, last_persisted: u64) -> Result<Option<Frozen<'_, 'm, M>>, TripleError> {
+        let mut floor = last_persisted.saturating_add(1);
+        for _ in 0..FREEZE_ATTEMPTS {
+            let Some((buffer, seq)) = self.scan() else {
+                return Ok(None);
+            };
+            floor = floor.max(seq.saturating_add(1));
+            if seq <= last_persisted {
+                return Ok(None);
+            }
+            let sw = self.layout.state_word(buffer);
+            // SeqCst on success: acquires the client's READY store in `publish` (the copy sees
+            // the buffer as published), and is in the total order with the client's take
+            // compare-exchanges.
+            let cas = self.mem.compare_exchange(
+                sw,
+                ready(seq),
+                frozen(self.epoch),
+                Ordering::SeqCst,
+                Ordering::Relaxed,
+            );
+            if cas.is_ok() {
+                return Ok(Some(Frozen {
+                    host: self,
+                    buffer,
+                    seq,
+                    seen_next: floor,
+                    released: false,
+                }));
+            }
+        }
+        Err(TripleError::Contended {
+            attempts: FREEZE_ATTEMPTS,
+        })
+    }
+}
+
+/// A buffer this host froze: `FROZEN(host epoch)` since a compare-exchange from `READY(seq)`.
+/// No client writes it until it is released. Copy its [`byte_range`](Frozen::byte_range)
+/// (kernel copy, or [`copy_to`](Frozen::copy_to)), write the image meta with
+/// [`image_meta`](Frozen::image_meta), persist, then [`release`](Frozen::release). Dropping it
+/// releases it too.
+#[derive(Debug)]
+#[must_use = "a frozen buffer blocks the client's use of it until released"]
+pub struct Frozen<'h, 'm, M: WordMemory + ?Sized> {
+    host: &'h TripleHost<'m, M>,
+    /// The frozen buffer (`< N`).
+    buffer: u64,
+    /// The seq it was published with (`1..MAX_SEQ`).
+    seq: u64,
+    /// 1 + the highest READY seq any scan of this freeze saw.
+    seen_next: u64,
+    released: bool,
+}
+
+impl<M: WordMemory + ?Sized> Frozen<'_, '_, M> {
+    /// The frozen buffer's index.
+    pub fn buffer(&self) -> u64 {
+        self.buffer
+    }
+
+    /// The seq of the frozen state.
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    /// The buffer's byte range in the region: the only bytes of buffer memory a snapshot needs.
+    pub fn byte_range(&self) -> Range<u64> {
+        self.host.layout.buffer_range(self.buffer)
+    }
+
+    /// Copies the first `out.len()` bytes of the frozen buffer with `Relaxed` word loads (the
+    /// word path; a host may copy [`byte_range`](Frozen::byte_range) with the kernel instead).
+    ///
+    /// # Errors
+    ///
+    /// [`TripleError::BufferLength`] if `out` is longer than the buffer.
+    pub fn copy_to(&self, out: &mut [u8]) -> Result<(), TripleError> {
+        let b = self.host.layout.buffer_size;
+        if out.len() as u64 > b {
+            return Err(TripleError::BufferLength {
+                needed: b,
+                got: out.len(),
+            });
+        }
+        load_bytes(self.host.mem, self.byte_range().start as usize, out);
+        Ok(())
+    }
+
+    /// Writes the meta part of the snapshot image (the first
+    /// [`meta_len`](TripleLayout::meta_len) bytes: header page and state page) into `meta`,
+    /// for an image of the region's length whose only other content is the frozen buffer at
+    /// its range (every other buffer may be a hole). Call it after the copy: it reads the live
+    /// `NEXT_SEQ` hint.
+    ///
+    /// The image's state page holds exactly one READY buffer — this one, `READY(seq)` with
+    /// seq word `seq` — and zeros elsewhere, so a restore makes it the buffer the next client
+    /// reads at start. `NEXT_SEQ` is above every seq the host saw (hint read now, if valid;
+    /// every READY seq of the freeze's scans; `seq`), so seqs do not repeat after a restore.
+    ///
+    /// # Errors
+    ///
+    /// [`TripleError::BufferLength`] if `meta` is shorter than `meta_len`.
+    pub fn image_meta(&self, meta: &mut [u8]) -> Result<(), TripleError> {
+        let layout = self.host.layout;
+        let len = layout.meta_len();
+        let Some(meta) = meta.get_mut(..len as usize) else {
+            return Err(TripleError::BufferLength {
+                needed: len,
+                got: meta.len(),
+            });
+        };
+        meta.fill(0);
+        for (i, v) in layout.header_words().iter().enumerate() {
+            write_word(meta, i, *v);
+        }
+        let mem = self.host.mem;
+        let hint = mem.load(words::NEXT_SEQ, Ordering::Relaxed);
+        let hint = if hint < MAX_SEQ { hint } else { 0 };
+        let next = hint.max(self.seen_next).max(self.seq + 1);
+        write_word(meta, words::NEXT_SEQ, next);
+        let client = mem.load(words::CLIENT_EPOCH, Ordering::Relaxed);
+        write_word(meta, words::CLIENT_EPOCH, client);
+        write_word(meta, words::HOST_EPOCH, self.host.epoch);
+        write_word(meta, layout.state_word(self.buffer), ready(self.seq));
+        write_word(meta, layout.seq_word(self.buffer), self.seq);
+        Ok(())
+    }
+
+    /// Releases the buffer: compare-exchange from the FROZEN value this host wrote back to
+    /// `READY(seq)` (it stays the client's newest state until the client publishes a newer
+    /// one and reclaims it).
+    ///
+    /// # Errors
+    ///
+    /// [`TripleError::ReleaseLost`] if the word no longer holds this host's FROZEN value
+    /// (someone else writes state words); the word is left as found.
+    pub fn release(mut self) -> Result<(), TripleError> {
+        self.released = true;
+        self.do_release()
+    }
+
+    fn do_release(&self) -> Result<(), TripleError> {
+        let sw = self.host.layout.state_word(self.buffer);
+        // SeqCst: a Release that orders this host's copy (loads of the buffer) before the
+        // client's reuse of it (pairs with the client's Acquire load / SeqCst compare-exchange
+        // in `take`), and in the total order that bounds the client's failures.
+        self.host
+            .mem
+            .compare_exchange(
+                sw,
+                frozen(self.host.epoch),
+                ready(self.seq),
+                Ordering::SeqCst,
+                Ordering::Relaxed,
+            )
+            .map(|_| ())
+            .map_err(|found| TripleError::ReleaseLost { found })
+    }
+}
+
+impl<M: WordMemory + ?Sized> Drop for Frozen<'_, '_, M> {
+    fn drop(&mut self) {
+        if !self.released {
+            let _ = self.do_release();
+        }
+    }
+}
+
+/// What a snapshot image of a triple region holds (validated by [`read_image`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TripleImage {
+    /// The image's layout.
+    pub layout: TripleLayout,
+    /// The buffer holding the state.
+    pub buffer: u64,
+    /// Its seq.
+    pub seq: u64,
+    /// The image's `NEXT_SEQ` hint.
+    pub next_seq: u64,
+}
+
+/// Validates the meta of a snapshot image (at least its first
+/// [`meta_len`](TripleLayout::meta_len) bytes; `region_len` is the full image length, which
+/// the header must fit): a triple header, exactly one state line `READY(seq)` with seq word
+/// `seq`, every other state line zero. For restore, `inspect` and `verify`.
+///
+/// # Errors
+///
+/// [`TripleError::Layout`] for the header, [`TripleError::BufferLength`] if `meta` is shorter
+/// than the meta part, [`TripleError::ImageState`] naming the first inconsistent buffer.
+pub fn read_image(meta: &[u8], region_len: u64) -> Result<TripleImage, TripleError> {
+    let mut w = [0u64; super::HEADER_WORDS];
+    for (i, slot) in w.iter_mut().enumerate() {
+        *slot = read_word(meta, i).unwrap_or(0);
+    }
+    let layout = TripleLayout::from_header_words(&w, region_len)?;
+    let len = layout.meta_len();
+    if (meta.len() as u64) < len {
+        return Err(TripleError::BufferLength {
+            needed: len,
+            got: meta.len(),
+        });
+    }
+    let mut found: Option<(u64, u64)> = None;
+    for i in 0..super::MAX_BUFFERS {
+        let line = (layout.state_offset + i * super::STATE_STRIDE) / 8;
+        let state = read_word(meta, line as usize).unwrap_or(0);
+        let seq_word = read_word(meta, line as usize + 1).unwrap_or(0);
+        let bad = TripleError::ImageState { buffer: i, state };
+        if i >= layout.buffers {
+            if state != 0 || seq_word != 0 {
+                return Err(bad);
+            }
+            continue;
+        }
+        match BufferState::decode(state) {
+            BufferState::Free if seq_word == 0 => {}
+            BufferState::Ready { seq } if seq == seq_word && found.is_none() => {
+                found = Some((i, seq));
+            }
+            _ => return Err(bad),
+        }
+    }
+    let Some((buffer, seq)) = found else {
+        return Err(TripleError::ImageState {
+            buffer: layout.buffers,
+            state: 0,
+        });
+    };
+    let next_seq = read_word(meta, words::NEXT_SEQ).unwrap_or(0);
+    Ok(TripleImage {
+        layout,
+        buffer,
+        seq,
+        next_seq,
+    })
+}

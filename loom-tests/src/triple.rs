@@ -1,0 +1,225 @@
+//! loom support for the triple-buffer models (`tests/triple.rs`): a word memory whose racing
+//! words are loom atomics, the scenario's states, and the broken-twin wrappers.
+//!
+//! The region (header page, state page, three 4 KiB buffers: 2 560 words) is seeded from a
+//! sequential setup on plain memory. The words the models' threads store — the hint and epoch
+//! words, every state and seq word, and the first two words of every buffer (the models'
+//! "state" is those 16 bytes) — are loom atomics; every other word is a constant, and a store
+//! to a constant panics ([`CONST_STORE`]), so a model that writes more cannot pass silently.
+//! The host copies only the 16 bytes, so a constant word is never even read by the copy.
+
+use std::sync::atomic::{AtomicU64 as StdAtomicU64, Ordering};
+use std::sync::Arc;
+
+use shmsnap_core::triple::{words, BufferState, TripleClient, TripleLayout, TripleRequest};
+use shmsnap_core::WordMemory;
+
+/// Panic message of a store into a word the model did not make a loom atomic.
+pub const CONST_STORE: &str = "store into a constant (non-loom) word of the triple model";
+/// Assertion: a host copy is not the state published under the frozen seq.
+pub const COPY_TORN: &str =
+    "VIOLATION frozen buffer: copy is not the state published under its seq";
+/// Assertion: the state word of a frozen buffer changed under the host.
+pub const RELEASE_LOST: &str = "VIOLATION frozen buffer: state word changed under the host";
+/// Common prefix of [`COPY_TORN`] and [`RELEASE_LOST`].
+pub const FROZEN_VIOLATION: &str = "VIOLATION frozen buffer";
+/// Assertion: the client found no buffer to take.
+pub const TAKE_FAILED: &str = "VIOLATION client could not take a buffer";
+/// Assertion: after the model, the newest state is not the last publication.
+pub const NEWEST_LOST: &str = "VIOLATION newest state lost";
+
+/// The models' request: three one-page buffers.
+pub const REQUEST: TripleRequest = TripleRequest {
+    buffers: 3,
+    buffer_size: 4096,
+};
+/// Words of the models' region.
+pub const WORDS: usize = (2 * 4096 + 3 * 4096) / 8;
+/// Bytes of state the models write and copy (the first two words of a buffer).
+pub const STATE_BYTES: usize = 16;
+
+/// The state published under `seq`: two words that name it.
+pub fn state_of(seq: u64) -> [u8; STATE_BYTES] {
+    let mut b = [0u8; STATE_BYTES];
+    b[..8].copy_from_slice(&(0xa000_0000 + seq).to_le_bytes());
+    b[8..].copy_from_slice(&(0xb000_0000 + seq).to_le_bytes());
+    b
+}
+
+/// The seed image after `setup` ran on plain memory, and the region's layout.
+pub fn seed(setup: impl FnOnce(&[StdAtomicU64])) -> (Arc<[u64]>, TripleLayout) {
+    let mem: Vec<StdAtomicU64> = (0..WORDS).map(|_| StdAtomicU64::new(0)).collect();
+    setup(&mem[..]);
+    let layout = TripleLayout::read(&mem[..]).expect("setup configured the region");
+    let seed: Arc<[u64]> = mem.iter().map(|w| w.load(Ordering::Relaxed)).collect();
+    (seed, layout)
+}
+
+/// Setup: configure the region and publish seqs `1..=n` (each [`state_of`]).
+pub fn setup_published(n: u64) -> impl FnOnce(&[StdAtomicU64]) {
+    move |mem| {
+        let mut c = TripleClient::init(mem, REQUEST).expect("init");
+        for s in 1..=n {
+            assert_eq!(c.publish(&state_of(s)).expect("publish"), s);
+        }
+    }
+}
+
+/// Which words are loom atomics: index into the atomics, or `u32::MAX` for a constant.
+pub fn loom_index(layout: &TripleLayout) -> Arc<[u32]> {
+    let mut racing = vec![words::NEXT_SEQ, words::CLIENT_EPOCH, words::HOST_EPOCH];
+    for i in 0..layout.buffers {
+        racing.push(layout.state_word(i));
+        racing.push(layout.seq_word(i));
+        let first = (layout.buffer_range(i).start / 8) as usize;
+        racing.push(first);
+        racing.push(first + 1);
+    }
+    let mut index = vec![u32::MAX; WORDS];
+    for (k, w) in racing.into_iter().enumerate() {
+        index[w] = k as u32;
+    }
+    index.into()
+}
+
+/// The loom word memory of the triple models (see the module docs).
+#[derive(Debug)]
+pub struct TripleWords {
+    seed: Arc<[u64]>,
+    index: Arc<[u32]>,
+    atoms: Vec<loom::sync::atomic::AtomicU64>,
+}
+
+impl TripleWords {
+    /// A fresh memory for one model iteration: loom atomics seeded from `seed`.
+    pub fn new(seed: &Arc<[u64]>, index: &Arc<[u32]>) -> Self {
+        let mut atoms: Vec<(u32, u64)> = index
+            .iter()
+            .enumerate()
+            .filter(|(_, &k)| k != u32::MAX)
+            .map(|(w, &k)| (k, seed[w]))
+            .collect();
+        atoms.sort_unstable();
+        TripleWords {
+            seed: seed.clone(),
+            index: index.clone(),
+            atoms: atoms
+                .into_iter()
+                .map(|(_, v)| loom::sync::atomic::AtomicU64::new(v))
+                .collect(),
+        }
+    }
+
+    fn atom(&self, i: usize) -> Option<&loom::sync::atomic::AtomicU64> {
+        let k = self.index[i];
+        (k != u32::MAX).then(|| &self.atoms[k as usize])
+    }
+}
+
+// SAFETY: the length is the seed's, fixed for the value's life; every index below it is either
+// a loom atomic or a constant read without any memory access to shared state; out-of-range
+// indices panic (slice indexing).
+unsafe impl WordMemory for TripleWords {
+    fn len(&self) -> usize {
+        self.seed.len()
+    }
+    fn load(&self, i: usize, order: Ordering) -> u64 {
+        match self.atom(i) {
+            Some(a) => a.load(order),
+            None => self.seed[i],
+        }
+    }
+    fn store(&self, i: usize, v: u64, order: Ordering) {
+        self.atom(i).expect(CONST_STORE).store(v, order)
+    }
+    fn compare_exchange(
+        &self,
+        i: usize,
+        current: u64,
+        new: u64,
+        success: Ordering,
+        failure: Ordering,
+    ) -> Result<u64, u64> {
+        self.atom(i)
+            .expect(CONST_STORE)
+            .compare_exchange(current, new, success, failure)
+    }
+    fn fence(&self, order: Ordering) {
+        loom::sync::atomic::fence(order)
+    }
+}
+
+/// Broken twin "publish without its release ordering": every ordering of the wrapped view
+/// becomes `Relaxed` and fences vanish.
+#[derive(Debug)]
+pub struct AllRelaxed<'a, M: ?Sized>(pub &'a M);
+
+// SAFETY: forwards every index to `M`, which upholds the trait; only orderings are weakened,
+// which the trait allows for broken twins (all accesses stay atomic).
+unsafe impl<M: WordMemory + ?Sized> WordMemory for AllRelaxed<'_, M> {
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+    fn load(&self, i: usize, _: Ordering) -> u64 {
+        self.0.load(i, Ordering::Relaxed)
+    }
+    fn store(&self, i: usize, v: u64, _: Ordering) {
+        self.0.store(i, v, Ordering::Relaxed)
+    }
+    fn compare_exchange(
+        &self,
+        i: usize,
+        c: u64,
+        n: u64,
+        _: Ordering,
+        _: Ordering,
+    ) -> Result<u64, u64> {
+        self.0
+            .compare_exchange(i, c, n, Ordering::Relaxed, Ordering::Relaxed)
+    }
+    fn fence(&self, _: Ordering) {}
+}
+
+/// Broken twin "a client that reuses a FROZEN buffer": the client's view of the memory shows
+/// every FROZEN state word as FREE, so `take` writes a buffer the host is copying.
+#[derive(Debug)]
+pub struct FrozenLooksFree<'a, M: ?Sized>(pub &'a M, pub TripleLayout);
+
+impl<M: ?Sized> FrozenLooksFree<'_, M> {
+    fn lie(&self, i: usize, v: u64) -> u64 {
+        let state_word = (0..self.1.buffers).any(|b| self.1.state_word(b) == i);
+        match BufferState::decode(v) {
+            BufferState::Frozen { .. } if state_word => 0,
+            _ => v,
+        }
+    }
+}
+
+// SAFETY: forwards every access to `M`, which upholds the trait; only returned values are
+// altered (a broken twin), never which word is accessed.
+unsafe impl<M: WordMemory + ?Sized> WordMemory for FrozenLooksFree<'_, M> {
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+    fn load(&self, i: usize, o: Ordering) -> u64 {
+        self.lie(i, self.0.load(i, o))
+    }
+    fn store(&self, i: usize, v: u64, o: Ordering) {
+        self.0.store(i, v, o)
+    }
+    fn compare_exchange(
+        &self,
+        i: usize,
+        c: u64,
+        n: u64,
+        s: Ordering,
+        f: Ordering,
+    ) -> Result<u64, u64> {
+        self.0
+            .compare_exchange(i, c, n, s, f)
+            .map_err(|v| self.lie(i, v))
+    }
+    fn fence(&self, o: Ordering) {
+        self.0.fence(o)
+    }
+}

@@ -25,8 +25,6 @@ mod exit;
 mod generate;
 mod inspect;
 mod logging;
-// Issue 15: the supervisor wires these in (metrics, watchdog) and verify/restore (progress).
-#[allow(dead_code)]
 mod metrics;
 mod notify;
 #[allow(dead_code)]
@@ -34,7 +32,6 @@ mod progress;
 mod snap;
 mod strategy;
 mod supervisor;
-#[allow(dead_code)]
 mod watchdog;
 
 use std::process::ExitCode;

@@ -171,13 +171,15 @@ impl Snapshotter {
         Ok(outcome)
     }
 
-    /// Takes a snapshot and logs what happened (the host's one call site for logging).
-    pub fn take_and_log(&mut self, client_alive: bool, why: &str) {
+    /// Takes a snapshot and logs what happened (the host's one call site for logging); returns
+    /// the result for the metrics.
+    pub fn take_and_log(&mut self, client_alive: bool, why: &str) -> io::Result<Outcome> {
         let result = self.take(client_alive);
-        self.log(result, why);
+        self.log(&result, why);
+        result
     }
 
-    fn log(&self, result: io::Result<Outcome>, why: &str) {
+    fn log(&self, result: &io::Result<Outcome>, why: &str) {
         match result {
             Ok(Outcome::Persisted(r)) => info!(
                 generation = r.generation,
@@ -206,7 +208,7 @@ impl Snapshotter {
                  ({commits_during_copy} commits happened meanwhile); previous snapshot kept. \
                  Size the ring to hold the commits of one copy: more entries (E > {commits_during_copy}) \
                  and a data ring larger than those commits' payload bytes",
-                ms(copy)
+                ms(*copy)
             ),
             Err(e) => warn!("snapshot failed ({why}): {e}; previous snapshot kept"),
         }

@@ -1,8 +1,10 @@
 //! Issue 15, operations, against the built binary: completions and man pages from the CLI
-//! definition, JSON log lines, and the metrics endpoint of a running host.
+//! definition, JSON log lines, the metrics endpoint of a running host (checked by
+//! `promtool check metrics`), the systemd watchdog pings of a running host, and no progress
+//! output on a pipe.
 //!
-//! The metrics families, the HTTP server (with `promtool check metrics`), the watchdog's
-//! decisions and pings, and the progress bar are tested in their modules
+//! The metrics families, the HTTP server, the watchdog's decisions and the progress bar on a
+//! terminal are tested in their modules
 //! (`cargo test -p shmsnap --bin shmsnap metrics:: watchdog:: progress::`).
 
 mod common;
@@ -43,7 +45,11 @@ fn completions_for_every_shell_know_the_subcommands_and_options() {
         );
     }
     let d = shmsnap_done(["completions", "tcsh"]);
-    assert_eq!(d.code, 2, "an unknown shell is a usage error: {}", d.stderr);
+    assert_eq!(
+        d.code, 64,
+        "an unknown shell is a usage error: {}",
+        d.stderr
+    );
 }
 
 #[test]
@@ -190,13 +196,12 @@ fn text_logs_stay_the_default() {
     let d = shmsnap_done(["verify", "/nonexistent/x.snap"]);
     assert_eq!(d.code, 66);
     assert!(
-        d.stderr
-            .starts_with("shmsnap: cannot open /nonexistent/x.snap"),
+        d.stderr.starts_with("shmsnap: ") && d.stderr.contains("/nonexistent/x.snap"),
         "{}",
         d.stderr
     );
     let d = shmsnap_done(["--log-format", "xml", "verify", "x"]);
-    assert_eq!(d.code, 2, "{}", d.stderr);
+    assert_eq!(d.code, 64, "{}", d.stderr);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -206,7 +211,7 @@ fn text_logs_stay_the_default() {
 #[test]
 fn metrics_addresses_are_checked_on_the_command_line() {
     let d = shmsnap_done(["run", "--state", "x", "--metrics", "9187", "--", "true"]);
-    assert_eq!(d.code, 2, "{}", d.stderr);
+    assert_eq!(d.code, 64, "{}", d.stderr);
     assert!(d.stderr.contains("127.0.0.1:9187"), "{}", d.stderr);
 }
 
@@ -221,13 +226,54 @@ fn samples(text: &str) -> BTreeMap<String, f64> {
         .collect()
 }
 
-fn scrape(url: &str) -> Option<BTreeMap<String, f64>> {
+fn scrape_text(url: &str) -> Option<String> {
     let mut resp = ureq::get(url).call().ok()?;
-    Some(samples(&resp.body_mut().read_to_string().ok()?))
+    resp.body_mut().read_to_string().ok()
+}
+
+fn scrape(url: &str) -> Option<BTreeMap<String, f64>> {
+    Some(samples(&scrape_text(url)?))
+}
+
+/// `promtool check metrics` (lint included) on `text`; skipped where promtool is not
+/// installed, unless `CI` is set (`.ci/run` installs it).
+fn promtool_check(text: &str) {
+    use std::io::Write;
+    use std::process::Stdio;
+    let child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn();
+    let mut child = match child {
+        Ok(c) => c,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "promtool is not installed, and CI is set: install it (Debian: prometheus)"
+            );
+            eprintln!("SKIPPED promtool check: promtool is not installed");
+            return;
+        }
+        Err(e) => panic!("promtool: {e}"),
+    };
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics:\n{}{}\n--- scraped:\n{text}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
-#[ignore = "enable once the supervisor serves --metrics (issue 15 wiring)"]
 fn a_running_host_serves_metrics_that_move() {
     let dir = tempdir();
     let state = dir.path().join("m.snap");
@@ -279,6 +325,96 @@ fn a_running_host_serves_metrics_that_move() {
     })
     .unwrap_or_else(|| panic!("the kill was not counted:\n{}", h.err.text()));
     assert!(v(&after, persisted) > v(&first, persisted));
+    assert!(v(&after, "shmsnap_snapshot_entries_kept_total") >= 2.0);
+    promtool_check(&scrape_text(&url).expect("a scrape of the running host"));
+    h.signal(rustix::process::Signal::TERM);
+    let _ = h.wait_timeout(Duration::from_secs(30));
+}
+
+#[test]
+fn a_metrics_address_that_cannot_be_bound_stops_the_host_before_the_client() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let dir = tempdir();
+    let state = dir.path().join("b.snap");
+    let marker = dir.path().join("client-ran");
+    let d = shmsnap_done([
+        "run".as_ref(),
+        "--state".as_ref(),
+        state.as_os_str(),
+        "--size".as_ref(),
+        "1M".as_ref(),
+        "--metrics".as_ref(),
+        addr.as_ref(),
+        "--".as_ref(),
+        "touch".as_ref(),
+        marker.as_os_str(),
+    ]);
+    assert_eq!(d.code, 78, "{}", d.stderr);
+    assert!(
+        d.stderr
+            .contains(&format!("cannot serve metrics on {addr}")),
+        "{}",
+        d.stderr
+    );
+    assert!(!marker.exists(), "the client was started");
+}
+
+// ---------------------------------------------------------------------------------------
+// systemd watchdog
+// ---------------------------------------------------------------------------------------
+
+/// A host started with a fake `NOTIFY_SOCKET` and `WATCHDOG_USEC` pings `WATCHDOG=1` while it
+/// runs (its event loop progresses, no snapshot is wedged), and its client does not inherit
+/// the watchdog variables.
+#[test]
+fn a_running_host_pings_the_watchdog_and_hides_it_from_the_client() {
+    use std::os::unix::net::UnixDatagram;
+    let dir = tempdir();
+    let sock_path = dir.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let state = dir.path().join("w.snap");
+    let client = primes(&["--pause", "2ms"]);
+    let mut c = shmsnap(["run", "--state"]);
+    c.arg(&state)
+        .args(["--strategy", "queue", "--interval", "100ms", "--size", "2M"])
+        .arg("--")
+        .args(&client)
+        .env("NOTIFY_SOCKET", &sock_path)
+        // 400 ms: a ping every 200 ms.
+        .env("WATCHDOG_USEC", "400000")
+        .env_remove("WATCHDOG_PID");
+    let mut h = Proc::spawn(c);
+    let mut pings = 0;
+    let mut seen = Vec::new();
+    let end = std::time::Instant::now() + SLOW;
+    let mut buf = [0u8; 4096];
+    while pings < 3 && std::time::Instant::now() < end {
+        if let Ok(n) = sock.recv(&mut buf) {
+            let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+            pings += usize::from(text.lines().any(|l| l == "WATCHDOG=1"));
+            seen.push(text);
+        }
+    }
+    assert!(
+        pings >= 3,
+        "{pings} pings; datagrams {seen:?}\n{}",
+        h.err.text()
+    );
+    let ready = seen.iter().position(|d| d.contains("READY=1"));
+    let first_ping = seen.iter().position(|d| d.contains("WATCHDOG=1"));
+    assert!(ready < first_ping, "READY=1 comes first: {seen:?}");
+    let (_, pid, _) = next_restored(&h, 0, SLOW).unwrap();
+    let env = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+    for var in [&b"WATCHDOG_USEC="[..], b"WATCHDOG_PID=", b"NOTIFY_SOCKET="] {
+        assert!(
+            !env.split(|&b| b == 0).any(|v| v.starts_with(var)),
+            "the client inherited {}",
+            String::from_utf8_lossy(var)
+        );
+    }
     h.signal(rustix::process::Signal::TERM);
     let _ = h.wait_timeout(Duration::from_secs(30));
 }

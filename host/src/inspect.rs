@@ -24,6 +24,7 @@ use shmsnap_core::{Descriptor, Hints, Layout, LayoutError, DESCRIPTOR_BYTES, PAG
 use shmsnap_linux::snapshot::{self, ImageSummary, SnapshotError, SnapshotInfo, FOOTER_LEN};
 
 use crate::exit::{io_code, snapshot_code, Code, Failure};
+use crate::progress;
 
 /// Bytes of each payload shown.
 const PREVIEW: usize = 16;
@@ -429,8 +430,13 @@ fn build<'f>(path: &Path, file: &'f File) -> Result<Report<'f>, Failure> {
 /// A [`Failure`] naming the file and the problem if it is not a sound snapshot.
 pub fn verify(path: &Path) -> Result<ExitCode, Failure> {
     let file = open(path)?;
-    // One streaming pass: footer, CRC, header and descriptors (bounded memory).
-    let (info, summary) = snapshot::verify_entries(&file, |_, _| {}).map_err(|e| {
+    // One streaming pass: footer, CRC, header and descriptors (bounded memory); a bar on a
+    // terminal for a big file.
+    let label = format!("verifying {}", path.display());
+    let verified = progress::reading_file(&file, 1, &label, || {
+        snapshot::verify_entries(&file, |_, _| {})
+    });
+    let (info, summary) = verified.map_err(|e| {
         let e = e.at(path);
         Failure::new(snapshot_code(&e), e.to_string())
     })?;

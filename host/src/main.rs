@@ -27,7 +27,6 @@ mod inspect;
 mod logging;
 mod metrics;
 mod notify;
-#[allow(dead_code)]
 mod progress;
 mod snap;
 mod strategy;

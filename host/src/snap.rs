@@ -16,6 +16,7 @@ use shmsnap_linux::{Mapping, Memfd};
 use tracing::{debug, info, warn};
 
 use crate::exit::{io_code, snapshot_code, Code, Failure};
+use crate::progress;
 use crate::strategy::{Cx, Origin, Strategy};
 
 /// What one snapshot attempt did.
@@ -420,7 +421,11 @@ fn restore(path: &Path, info: &SnapshotInfo, memfd: &Memfd, size: u64) -> Result
     let t = Instant::now();
     let file = File::open(path)
         .map_err(|e| Failure::new(io_code(&e), format!("cannot open {}: {e}", path.display())))?;
-    let (info2, stats) = snapshot::restore_into(&file, memfd).map_err(|e| {
+    // A bar on a terminal for a big file: verify reads it, then the copy reads it again.
+    let label = format!("restoring {}", path.display());
+    let restored =
+        progress::reading_file(&file, 2, &label, || snapshot::restore_into(&file, memfd));
+    let (info2, stats) = restored.map_err(|e| {
         Failure::new(
             snapshot_code(&e),
             format!("cannot restore {}: {e}", path.display()),

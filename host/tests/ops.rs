@@ -467,9 +467,10 @@ fn peak_rss_kib(pid: u32) -> Option<u64> {
 /// `inspect --json` of 2^20 entries streams: its peak memory, sampled once the output has
 /// begun (the old inspect had built the whole report and its JSON text by then: hundreds of
 /// MiB) and again near the end, stays far below the 32 MiB descriptor ring alone; the entries
-/// come out complete and in seq order. `verify` of it prints nothing on stderr (a pipe).
+/// come out complete and in seq order. `verify` of it (48 MiB) prints nothing on stderr when
+/// it is a pipe, and a progress bar when it is a terminal.
 #[test]
-fn inspect_json_of_a_million_entries_streams_in_bounded_memory() {
+fn inspect_streams_a_million_entries_and_verify_shows_progress_only_on_a_terminal() {
     use std::io::{BufRead, BufReader, Read};
     const LIMIT_KIB: u64 = 24 << 10;
     let dir = tempdir();
@@ -510,4 +511,22 @@ fn inspect_json_of_a_million_entries_streams_in_bounded_memory() {
     assert_eq!(d.code, 0, "{}", d.stderr);
     assert!(d.stdout.contains("1048576 entries"), "{}", d.stdout);
     assert_eq!(d.stderr, "", "no progress output into a pipe");
+
+    // On a terminal (a pty from util-linux's script(1), where installed): the bar.
+    let cmd = format!("{BIN} verify '{}'", path.display());
+    match Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .output()
+    {
+        Ok(out) => {
+            let tty = String::from_utf8_lossy(&out.stdout);
+            assert!(out.status.success(), "{tty}");
+            assert!(
+                tty.contains("verifying ") && tty.contains(" MiB/s ETA "),
+                "no progress bar on a terminal: {tty:?}"
+            );
+            assert!(tty.contains("1048576 entries"), "{tty:?}");
+        }
+        Err(e) => eprintln!("SKIPPED the terminal half: script(1): {e}"),
+    }
 }

@@ -163,7 +163,7 @@ fn metered<T>(progress: &Progress, work: impl FnOnce() -> T) -> T {
         let io = &io;
         s.spawn(move || {
             while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(SAMPLE) {
-                if let Some(n) = rchar(&io) {
+                if let Some(n) = rchar(io) {
                     progress.set(n.saturating_sub(base));
                 }
             }

@@ -307,6 +307,62 @@ mod tests {
     }
 
     #[test]
+    fn every_outcome_is_recorded_with_its_result_phases_and_figures() {
+        use crate::snap::Report;
+        use std::time::Duration;
+        let ms = Duration::from_millis;
+        let persisted = Ok(Outcome::Persisted(Report {
+            generation: 7,
+            bytes: 4096,
+            kept: 3,
+            dropped: 1,
+            newest_seq: 9,
+            copy: ms(1),
+            validate: ms(2),
+            sync: ms(3),
+            rename: ms(4),
+        }));
+        assert_eq!(
+            record(&persisted),
+            SnapshotRecord {
+                result: Some(SnapshotResult::Persisted),
+                phases: vec![
+                    (Phase::Copy, ms(1)),
+                    (Phase::Validate, ms(2)),
+                    (Phase::Sync, ms(3)),
+                    (Phase::Rename, ms(4)),
+                ],
+                bytes_copied: 4096,
+                entries_kept: 3,
+                entries_dropped: 1,
+                generation: Some(7),
+            }
+        );
+        let starved = Ok(Outcome::Starved {
+            copy: ms(5),
+            commits_during_copy: 100,
+            pre: 8,
+        });
+        let r = record(&starved);
+        assert_eq!(r.result, Some(SnapshotResult::Starved));
+        assert_eq!(r.phases, [(Phase::Copy, ms(5))]);
+        assert_eq!((r.entries_dropped, r.generation), (8, None));
+        let result = |o: io::Result<Outcome>| record(&o).result;
+        assert_eq!(
+            result(Ok(Outcome::Skipped("idle".into()))),
+            Some(SnapshotResult::Skipped)
+        );
+        assert_eq!(
+            result(Ok(Outcome::Invalid("bad header".into()))),
+            Some(SnapshotResult::Failed)
+        );
+        assert_eq!(
+            result(Err(io::Error::other("disk"))),
+            Some(SnapshotResult::Failed)
+        );
+    }
+
+    #[test]
     fn merged_requests_keep_the_strongest_reason_and_a_dead_client() {
         let tick = Job {
             why: Why::Interval,

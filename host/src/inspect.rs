@@ -1,30 +1,45 @@
 //! `shmsnap inspect` and `shmsnap verify`: what a snapshot file holds, for humans and scripts.
+//!
+//! Memory stays bounded whatever the entry count: `verify` is one streaming pass
+//! ([`snapshot::verify_entries`]); `inspect` checks the file the same way, scans the
+//! descriptor ring in chunks for the layout's figures, then *streams* the entries (text rows,
+//! or the JSON array through serde_json's serializer over an iterator) in seq order, reading
+//! the ring again chunk by chunk. The live entries of a ring written by shmsnap-core span
+//! fewer than `E` consecutive seqs, so seq order is slot order rotated to the oldest entry;
+//! only a file whose entries span more (valid descriptors, but not a ring a writer leaves)
+//! makes inspect sort `(seq, slot)` pairs, 16 bytes per entry.
 
+use std::cell::Cell;
 use std::fs::File;
+use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use serde::Serialize;
+use serde::ser::{Error as _, SerializeSeq};
+use serde::{Serialize, Serializer};
 use shmsnap_core::format::{self, desc, Strategy};
-use shmsnap_core::{image_entries, read_descriptor_bytes, Hints, Layout, LayoutError, PAGE_SIZE};
+use shmsnap_core::{Descriptor, Hints, Layout, LayoutError, DESCRIPTOR_BYTES, PAGE_SIZE};
 use shmsnap_linux::snapshot::{self, ImageSummary, SnapshotError, SnapshotInfo, FOOTER_LEN};
 
 use crate::exit::{io_code, snapshot_code, Code, Failure};
+use crate::progress;
 
 /// Bytes of each payload shown.
 const PREVIEW: usize = 16;
+/// Descriptors read per `pread` (2048 × 32 bytes = 64 KiB), as os-linux's image check does.
+const CHUNK_SLOTS: u64 = 2048;
 
 #[derive(Debug, Serialize)]
-struct Report {
+struct Report<'f> {
     file: String,
     file_len: u64,
     footer: Option<Footer>,
     verdict: String,
     sound: bool,
     layout: Option<LayoutReport>,
-    entries: Vec<Entry>,
+    entries: Entries<'f>,
 }
 
 #[derive(Debug, Serialize)]
@@ -78,12 +93,8 @@ fn footer_only(file: &File, len: u64) -> Option<SnapshotInfo> {
     snapshot::decode_footer(&b).ok()
 }
 
-/// Reads the header and descriptor ring of a queue image: layout, hints and entries, plus the
-/// first problem found (an invalid non-empty descriptor makes the image unsound).
-fn read_queue(
-    file: &File,
-    image_len: u64,
-) -> Result<(Layout, Hints, Vec<Entry>, Option<String>), String> {
+/// The header of a queue image: its layout and hints.
+fn read_header(file: &File, image_len: u64) -> Result<(Layout, Hints), String> {
     let mut page = vec![0u8; PAGE_SIZE.min(image_len) as usize];
     file.read_exact_at(&mut page, 0)
         .map_err(|e| e.to_string())?;
@@ -97,26 +108,212 @@ fn read_queue(
         }
         Err(e) => return Err(e.to_string()),
     };
-    let mut meta = vec![0u8; layout.meta_len() as usize];
-    file.read_exact_at(&mut meta, 0)
-        .map_err(|e| e.to_string())?;
-    let hints = Hints::read_bytes(&meta);
-    let mut problem = None;
-    for slot in 0..layout.entries {
-        let seq_word = layout.desc_word(slot) + desc::SEQ;
-        let nonzero = format::read_word(&meta, seq_word).is_some_and(|w| w != 0);
-        if nonzero && read_descriptor_bytes(&meta, &layout, slot).is_none() && problem.is_none() {
-            problem = Some(format!("descriptor {slot} is neither empty nor valid"));
-        }
-    }
-    let mut entries = Vec::new();
-    for d in image_entries(&meta, &layout) {
-        if d.seq >= hints.next_seq && problem.is_none() {
-            problem = Some(format!(
+    Ok((layout, Hints::read_bytes(&page)))
+}
+
+/// What one pass over the descriptor ring found.
+#[derive(Debug, Default)]
+struct Scan {
+    /// Valid entries.
+    count: u64,
+    /// Lowest and highest valid seq (`None` without entries).
+    seqs: Option<(u64, u64)>,
+    /// The first problem in slot order (an invalid non-empty descriptor, or an entry not
+    /// below the `next_seq` hint, makes the image unsound).
+    problem: Option<String>,
+}
+
+/// Scans the whole descriptor ring, [`CHUNK_SLOTS`] descriptors at a time.
+fn scan(file: &File, layout: &Layout, hints: &Hints) -> Result<Scan, String> {
+    let mut scan = Scan::default();
+    for item in Slots::new(file, *layout, 0, layout.entries) {
+        let (slot, seq_word, d) = item.map_err(|e| e.to_string())?;
+        let Some(d) = d else {
+            if seq_word != 0 && scan.problem.is_none() {
+                scan.problem = Some(format!("descriptor {slot} is neither empty nor valid"));
+            }
+            continue;
+        };
+        if d.seq >= hints.next_seq && scan.problem.is_none() {
+            scan.problem = Some(format!(
                 "entry {} is not below the next_seq hint {}",
                 d.seq, hints.next_seq
             ));
         }
+        scan.count += 1;
+        scan.seqs = Some(
+            scan.seqs
+                .map_or((d.seq, d.seq), |(lo, hi)| (lo.min(d.seq), hi.max(d.seq))),
+        );
+    }
+    Ok(scan)
+}
+
+/// Descriptors `first, first+1, ...` (`count` of them, wrapping at `E`) of a queue image, read
+/// in chunks: `(slot, seq word, the descriptor if valid for its slot)`.
+struct Slots<'f> {
+    file: &'f File,
+    layout: Layout,
+    /// Next slot, as an index `0..count` from `first`.
+    next: u64,
+    first: u64,
+    count: u64,
+    /// The chunk read last, and the index of its first slot.
+    buf: Vec<u8>,
+    buf_at: u64,
+}
+
+impl<'f> Slots<'f> {
+    fn new(file: &'f File, layout: Layout, first: u64, count: u64) -> Self {
+        Slots {
+            file,
+            layout,
+            next: 0,
+            first,
+            count: count.min(layout.entries),
+            buf: Vec::new(),
+            buf_at: 0,
+        }
+    }
+
+    /// Reads the chunk that starts at index `self.next`: up to [`CHUNK_SLOTS`] slots, not
+    /// past the end of the ring (the next chunk starts again at slot 0).
+    fn fill(&mut self) -> io::Result<()> {
+        let slot = (self.first + self.next) % self.layout.entries;
+        let n = CHUNK_SLOTS
+            .min(self.count - self.next)
+            .min(self.layout.entries - slot);
+        self.buf.resize((n * DESCRIPTOR_BYTES) as usize, 0);
+        // A validated layout's ring lies inside the image, before the data ring.
+        self.file.read_exact_at(
+            &mut self.buf,
+            self.layout.desc_offset + slot * DESCRIPTOR_BYTES,
+        )?;
+        self.buf_at = self.next;
+        Ok(())
+    }
+}
+
+impl Iterator for Slots<'_> {
+    type Item = io::Result<(u64, u64, Option<Descriptor>)>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.next >= self.count {
+            return None;
+        }
+        let in_buf = (self.next - self.buf_at) * DESCRIPTOR_BYTES;
+        if self.buf.is_empty() || in_buf >= self.buf.len() as u64 {
+            if let Err(e) = self.fill() {
+                self.next = self.count;
+                return Some(Err(e));
+            }
+        }
+        let i = ((self.next - self.buf_at) as usize) * desc::WORDS;
+        let word = |f| format::read_word(&self.buf, i + f).unwrap_or(0);
+        let slot = (self.first + self.next) % self.layout.entries;
+        let d = Descriptor {
+            seq: word(desc::SEQ),
+            offset: word(desc::OFFSET),
+            length: word(desc::LENGTH),
+        };
+        self.next += 1;
+        Some(Ok((
+            slot,
+            d.seq,
+            d.is_valid_for(&self.layout, slot).then_some(d),
+        )))
+    }
+}
+
+/// The entries of a queue image in seq order, streamed from the file when serialized or
+/// printed (see the module docs).
+struct Entries<'f> {
+    /// `None`: no entries to list (not a queue image, or its header is unusable).
+    ring: Option<(&'f File, Layout)>,
+    /// From the [`Scan`].
+    count: u64,
+    seqs: Option<(u64, u64)>,
+    /// Set if the file could not be read while streaming (the output is then cut short).
+    error: Cell<Option<String>>,
+}
+
+impl std::fmt::Debug for Entries<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Entries({})", self.count)
+    }
+}
+
+impl<'f> Entries<'f> {
+    fn none() -> Self {
+        Entries {
+            ring: None,
+            count: 0,
+            seqs: None,
+            error: Cell::new(None),
+        }
+    }
+
+    /// A read error of the file while streaming: remembered in `error` (so the caller tells it
+    /// from an error of the output), and returned.
+    fn read_failed(&self, e: io::Error) -> io::Error {
+        self.error.set(Some(e.to_string()));
+        e
+    }
+
+    /// Calls `f` with each entry in seq order.
+    fn for_each(&self, mut f: impl FnMut(Entry) -> io::Result<()>) -> io::Result<()> {
+        let (Some((file, layout)), Some((lo, hi))) = (self.ring, self.seqs) else {
+            return Ok(());
+        };
+        let entry = |slot, d: Descriptor| Entry::read(file, &layout, slot, d);
+        if hi - lo < layout.entries {
+            // Seq order is slot order from the oldest entry's slot.
+            for item in Slots::new(file, layout, layout.slot_of(lo), layout.entries) {
+                if let (slot, _, Some(d)) = item.map_err(|e| self.read_failed(e))? {
+                    f(entry(slot, d))?;
+                }
+            }
+            return Ok(());
+        }
+        let mut order = Vec::with_capacity(usize::try_from(self.count).unwrap_or(0));
+        for item in Slots::new(file, layout, 0, layout.entries) {
+            if let (slot, _, Some(d)) = item.map_err(|e| self.read_failed(e))? {
+                order.push((d.seq, slot));
+            }
+        }
+        order.sort_unstable();
+        for (_, slot) in order {
+            // One descriptor: the file is read again, so check it again.
+            if let Some(Ok((slot, _, Some(d)))) = Slots::new(file, layout, slot, 1).next() {
+                f(entry(slot, d))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Serialize for Entries<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut seq = s.serialize_seq(None)?;
+        let mut ser_error = None;
+        let r = self.for_each(|e| {
+            seq.serialize_element(&e).map_err(|e| {
+                let msg = e.to_string();
+                ser_error = Some(e);
+                io::Error::other(msg)
+            })
+        });
+        if let Some(e) = ser_error {
+            return Err(e);
+        }
+        r.map_err(S::Error::custom)?;
+        seq.end()
+    }
+}
+
+impl Entry {
+    /// The entry of valid descriptor `d` in `slot`, with the first bytes of its payload.
+    fn read(file: &File, layout: &Layout, slot: u64, d: Descriptor) -> Entry {
         let n = (d.length as usize).min(PREVIEW);
         let mut b = vec![0u8; n];
         let at = layout.ring_byte(d.offset) as u64;
@@ -128,16 +325,14 @@ fn read_queue(
                 .join(" "),
             Err(e) => format!("<{e}>"),
         };
-        entries.push(Entry {
-            slot: layout.slot_of(d.seq),
+        Entry {
+            slot,
             seq: d.seq,
             offset: d.offset,
             length: d.length,
             first_bytes: first,
-        });
+        }
     }
-    entries.sort_by_key(|e| e.seq);
-    Ok((layout, hints, entries, problem))
 }
 
 /// Opens `path` without blocking on a FIFO, refusing anything but a regular file.
@@ -145,18 +340,17 @@ fn open(path: &Path) -> Result<File, Failure> {
     snapshot::open(path).map_err(|e| Failure::new(snapshot_code(&e), e.to_string()))
 }
 
-fn build(path: &Path) -> Result<Report, Failure> {
-    let file = open(path)?;
+fn build<'f>(path: &Path, file: &'f File) -> Result<Report<'f>, Failure> {
     let file_len = file
         .metadata()
         .map_err(|e| Failure::new(io_code(&e), format!("cannot stat {}: {e}", path.display())))?
         .len();
-    let verified: Result<SnapshotInfo, SnapshotError> = snapshot::verify(&file);
+    let verified: Result<SnapshotInfo, SnapshotError> = snapshot::verify(file);
     let footer = verified
         .as_ref()
         .ok()
         .copied()
-        .or_else(|| footer_only(&file, file_len));
+        .or_else(|| footer_only(file, file_len));
     let mut report = Report {
         file: path.display().to_string(),
         file_len,
@@ -175,15 +369,18 @@ fn build(path: &Path) -> Result<Report, Failure> {
         verdict: String::new(),
         sound: false,
         layout: None,
-        entries: Vec::new(),
+        entries: Entries::none(),
     };
     let mut problem = match &verified {
         Ok(_) => None,
         Err(e) => Some((snapshot_code(e), e.to_string())),
     };
     if let Some(f) = footer.filter(|f| is_queue(f.meta.strategy)) {
-        match read_queue(&file, f.image_len) {
-            Ok((l, h, entries, p)) => {
+        let queue = read_header(file, f.image_len)
+            .and_then(|(l, h)| scan(file, &l, &h).map(|scan| (l, h, scan)));
+        match queue {
+            Ok((l, h, scan)) => {
+                let p = scan.problem;
                 report.layout = Some(LayoutReport {
                     entries: l.entries,
                     data_size: l.data_size,
@@ -196,7 +393,12 @@ fn build(path: &Path) -> Result<Report, Failure> {
                     epoch: h.epoch,
                     problem: p.clone(),
                 });
-                report.entries = entries;
+                report.entries = Entries {
+                    ring: Some((file, l)),
+                    count: scan.count,
+                    seqs: scan.seqs,
+                    error: Cell::new(None),
+                };
                 if let (Some(p), None) = (p, &problem) {
                     problem = Some((Code::DataErr, format!("{}: {p}", path.display())));
                 }
@@ -228,8 +430,13 @@ fn build(path: &Path) -> Result<Report, Failure> {
 /// A [`Failure`] naming the file and the problem if it is not a sound snapshot.
 pub fn verify(path: &Path) -> Result<ExitCode, Failure> {
     let file = open(path)?;
-    // One streaming pass: footer, CRC, header and descriptors (bounded memory).
-    let (info, summary) = snapshot::verify_entries(&file, |_, _| {}).map_err(|e| {
+    // One streaming pass: footer, CRC, header and descriptors (bounded memory); a bar on a
+    // terminal for a big file.
+    let label = format!("verifying {}", path.display());
+    let verified = progress::reading_file(&file, 1, &label, || {
+        snapshot::verify_entries(&file, |_, _| {})
+    });
+    let (info, summary) = verified.map_err(|e| {
         let e = e.at(path);
         Failure::new(snapshot_code(&e), e.to_string())
     })?;
@@ -259,14 +466,25 @@ pub fn verify(path: &Path) -> Result<ExitCode, Failure> {
 /// A [`Failure`] if the file cannot be read at all; a readable but unsound file is described,
 /// then reported with exit code 65.
 pub fn inspect(path: &Path, json: bool) -> Result<ExitCode, Failure> {
-    let r = build(path)?;
-    if json {
-        let text = serde_json::to_string_pretty(&r)
-            .map_err(|e| Failure::new(Code::Software, e.to_string()))?;
-        println!("{text}");
+    let file = open(path)?;
+    let r = build(path, &file)?;
+    let mut out = io::BufWriter::new(io::stdout().lock());
+    let written = if json {
+        serde_json::to_writer_pretty(&mut out, &r)
+            .map_err(io::Error::from)
+            .and_then(|()| writeln!(out))
     } else {
-        print_text(&r);
+        print_text(&mut out, &r)
+    };
+    if let Some(e) = r.entries.error.take() {
+        return Err(Failure::new(
+            Code::IoErr,
+            format!("{}: cannot read the entries: {e}", path.display()),
+        ));
     }
+    written
+        .and_then(|()| out.flush())
+        .map_err(|e| Failure::new(io_code(&e), format!("cannot write the report: {e}")))?;
     Ok(if r.sound {
         ExitCode::SUCCESS
     } else {
@@ -274,46 +492,143 @@ pub fn inspect(path: &Path, json: bool) -> Result<ExitCode, Failure> {
     })
 }
 
-fn print_text(r: &Report) {
-    println!("file:      {} ({} bytes)", r.file, r.file_len);
+fn print_text(out: &mut impl Write, r: &Report<'_>) -> io::Result<()> {
+    writeln!(out, "file:      {} ({} bytes)", r.file, r.file_len)?;
     match &r.footer {
         Some(f) => {
             let age = f
                 .age_seconds
                 .map_or(String::from("in the future?"), |a| format!("{a:.1} s ago"));
-            println!(
+            writeln!(
+                out,
                 "footer:    version {}, generation {}, strategy {}, taken {age}",
                 f.version, f.generation, f.strategy
-            );
-            println!(
+            )?;
+            writeln!(
+                out,
                 "image:     {} bytes, crc32c {}",
                 f.image_len, f.image_crc32c
-            );
+            )?;
         }
-        None => println!("footer:    none readable"),
+        None => writeln!(out, "footer:    none readable")?,
     }
     if let Some(l) = &r.layout {
-        println!(
+        writeln!(
+            out,
             "layout:    format 1, {} entries, {}-byte data ring at {}, tail {} bytes at {}, region {} bytes",
             l.entries, l.data_size, l.data_offset, l.tail_len, l.tail_offset, l.region_len
-        );
-        println!(
+        )?;
+        writeln!(
+            out,
             "hints:     next_seq {}, data_head {}, epoch {}",
             l.next_seq, l.data_head, l.epoch
-        );
-        println!("entries:   {}", r.entries.len());
-        if !r.entries.is_empty() {
-            println!(
+        )?;
+        writeln!(out, "entries:   {}", r.entries.count)?;
+        if r.entries.count > 0 {
+            writeln!(
+                out,
                 "  {:>10} {:>6} {:>12} {:>8}  first bytes",
                 "seq", "slot", "offset", "length"
-            );
-            for e in &r.entries {
-                println!(
+            )?;
+            r.entries.for_each(|e| {
+                writeln!(
+                    out,
                     "  {:>10} {:>6} {:>12} {:>8}  {}",
                     e.seq, e.slot, e.offset, e.length, e.first_bytes
-                );
-            }
+                )
+            })?;
         }
     }
-    println!("verdict:   {}", r.verdict);
+    writeln!(out, "verdict:   {}", r.verdict)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shmsnap_core::format::word;
+    use shmsnap_core::{LayoutRequest, Writer};
+    use shmsnap_linux::{Mapping, Memfd, Protection};
+    use std::sync::atomic::Ordering;
+
+    /// A 4-slot ring with `payloads` committed, then `edit` applied to its words; the image
+    /// bytes in a file.
+    fn image(
+        payloads: &[u64],
+        edit: impl FnOnce(&Layout, &[std::sync::atomic::AtomicU64]),
+    ) -> (File, Layout, Hints) {
+        let memfd = Memfd::create("inspect", 4 * PAGE_SIZE).unwrap();
+        memfd.seal_against_shrink().unwrap();
+        let map = Mapping::of_memfd(&memfd, Protection::ReadWrite).unwrap();
+        let request = LayoutRequest {
+            entries: 4,
+            data_size: 64,
+        };
+        let mut w = Writer::open_or_init(map.words(), request).unwrap();
+        for p in payloads {
+            w.commit(&p.to_le_bytes()).unwrap();
+        }
+        let layout = *w.region().layout();
+        edit(&layout, map.words());
+        let mut bytes = vec![0u8; (4 * PAGE_SIZE) as usize];
+        rustix::io::pread(&memfd, &mut bytes, 0).unwrap();
+        let mut f = tempfile::tempfile().unwrap();
+        f.write_all(&bytes).unwrap();
+        let (layout, hints) = read_header(&f, 4 * PAGE_SIZE).unwrap();
+        (f, layout, hints)
+    }
+
+    fn listed(f: &File, layout: Layout, hints: &Hints) -> (Scan, Vec<(u64, u64)>) {
+        let scan = scan(f, &layout, hints).unwrap();
+        let entries = Entries {
+            ring: Some((f, layout)),
+            count: scan.count,
+            seqs: scan.seqs,
+            error: Cell::new(None),
+        };
+        let mut got = Vec::new();
+        entries
+            .for_each(|e| {
+                got.push((e.seq, e.slot));
+                Ok(())
+            })
+            .unwrap();
+        (scan, got)
+    }
+
+    #[test]
+    fn a_wrapped_ring_is_listed_in_seq_order() {
+        // Seqs 1..=6 in 4 slots: 3..=6 live, the oldest (3) in slot 2.
+        let (f, layout, hints) = image(&[1, 2, 3, 4, 5, 6], |_, _| {});
+        let (scan, got) = listed(&f, layout, &hints);
+        assert_eq!(scan.count, 4);
+        assert_eq!(got, [(3, 2), (4, 3), (5, 0), (6, 1)]);
+    }
+
+    #[test]
+    fn entries_spanning_more_than_the_ring_are_still_listed_in_seq_order() {
+        // Seqs 1, 2, 3 in slots 0, 1, 2; then slot 1 holds seq 14 (valid for slot 1 of 4),
+        // with next_seq above it: a span of 13 seqs over 4 slots, so no rotation gives seq
+        // order.
+        let (f, layout, hints) = image(&[1, 2, 3], |l, words| {
+            words[l.desc_word(1) + desc::SEQ].store(14, Ordering::Relaxed);
+            words[word::NEXT_SEQ].store(15, Ordering::Relaxed);
+        });
+        let (scan, got) = listed(&f, layout, &hints);
+        assert_eq!(scan.problem, None);
+        assert_eq!(scan.seqs, Some((1, 14)));
+        assert_eq!(got, [(1, 0), (3, 2), (14, 1)]);
+    }
+
+    #[test]
+    fn an_invalid_descriptor_is_the_problem_and_is_not_listed() {
+        let (f, layout, hints) = image(&[1, 2, 3], |l, words| {
+            words[l.desc_word(2) + desc::SEQ].store(4, Ordering::Relaxed);
+        });
+        let (scan, got) = listed(&f, layout, &hints);
+        assert_eq!(
+            scan.problem.as_deref(),
+            Some("descriptor 2 is neither empty nor valid")
+        );
+        assert_eq!(got, [(1, 0), (2, 1)]);
+    }
 }

@@ -25,16 +25,12 @@ mod exit;
 mod generate;
 mod inspect;
 mod logging;
-// Issue 15: the supervisor wires these in (metrics, watchdog) and verify/restore (progress).
-#[allow(dead_code)]
 mod metrics;
 mod notify;
-#[allow(dead_code)]
 mod progress;
 mod snap;
 mod strategy;
 mod supervisor;
-#[allow(dead_code)]
 mod watchdog;
 
 use std::process::ExitCode;

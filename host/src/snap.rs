@@ -16,6 +16,7 @@ use shmsnap_linux::{Mapping, Memfd};
 use tracing::{debug, info, warn};
 
 use crate::exit::{io_code, snapshot_code, Code, Failure};
+use crate::progress;
 use crate::strategy::{Cx, Origin, Strategy};
 
 /// What one snapshot attempt did.
@@ -171,13 +172,15 @@ impl Snapshotter {
         Ok(outcome)
     }
 
-    /// Takes a snapshot and logs what happened (the host's one call site for logging).
-    pub fn take_and_log(&mut self, client_alive: bool, why: &str) {
+    /// Takes a snapshot and logs what happened (the host's one call site for logging); returns
+    /// the result for the metrics.
+    pub fn take_and_log(&mut self, client_alive: bool, why: &str) -> io::Result<Outcome> {
         let result = self.take(client_alive);
-        self.log(result, why);
+        self.log(&result, why);
+        result
     }
 
-    fn log(&self, result: io::Result<Outcome>, why: &str) {
+    fn log(&self, result: &io::Result<Outcome>, why: &str) {
         match result {
             Ok(Outcome::Persisted(r)) => info!(
                 generation = r.generation,
@@ -206,7 +209,7 @@ impl Snapshotter {
                  ({commits_during_copy} commits happened meanwhile); previous snapshot kept. \
                  Size the ring to hold the commits of one copy: more entries (E > {commits_during_copy}) \
                  and a data ring larger than those commits' payload bytes",
-                ms(copy)
+                ms(*copy)
             ),
             Err(e) => warn!("snapshot failed ({why}): {e}; previous snapshot kept"),
         }
@@ -418,7 +421,11 @@ fn restore(path: &Path, info: &SnapshotInfo, memfd: &Memfd, size: u64) -> Result
     let t = Instant::now();
     let file = File::open(path)
         .map_err(|e| Failure::new(io_code(&e), format!("cannot open {}: {e}", path.display())))?;
-    let (info2, stats) = snapshot::restore_into(&file, memfd).map_err(|e| {
+    // A bar on a terminal for a big file: verify reads it, then the copy reads it again.
+    let label = format!("restoring {}", path.display());
+    let restored =
+        progress::reading_file(&file, 2, &label, || snapshot::restore_into(&file, memfd));
+    let (info2, stats) = restored.map_err(|e| {
         Failure::new(
             snapshot_code(&e),
             format!("cannot restore {}: {e}", path.display()),

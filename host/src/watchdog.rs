@@ -74,7 +74,7 @@ impl Watchdog {
             Ok(Some(w)) => {
                 info!(
                     "systemd watchdog: {} interval, pinging every {}",
-                    humantime::format_duration(w.interval),
+                    humantime::format_duration(w.interval()),
                     humantime::format_duration(w.period())
                 );
                 Some(w)

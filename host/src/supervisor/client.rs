@@ -13,6 +13,7 @@ use tracing::{debug, info, warn};
 
 use crate::cli::RunArgs;
 use crate::exit::{Code, Failure};
+use crate::metrics::{ClientExit, Metrics};
 
 /// What the client is doing.
 #[derive(Debug, Clone, Copy)]
@@ -92,8 +93,11 @@ pub fn command(args: &RunArgs, memfd: &Memfd) -> Result<Command, Failure> {
     })?;
     let mut cmd = Command::new(me);
     cmd.arg("__exec").arg("--").args(&args.command);
-    // The client must not talk to the service manager in our name.
-    cmd.env_remove("NOTIFY_SOCKET");
+    // The client must not talk to the service manager in our name, nor believe the host's
+    // watchdog is its own.
+    for var in ["NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"] {
+        cmd.env_remove(var);
+    }
     // Its own process group, so the whole tree can be signalled.
     cmd.process_group(0);
     shmsnap_linux::handover::prepare_command(&mut cmd, memfd, &args.fd_name)
@@ -101,15 +105,17 @@ pub fn command(args: &RunArgs, memfd: &Memfd) -> Result<Command, Failure> {
     Ok(cmd)
 }
 
-/// Starts the client.
+/// Starts the client; counts the start (or the failure to start) in `metrics`.
 ///
 /// # Errors
 ///
 /// [`Code::OsErr`] if it cannot be started.
-pub fn spawn(cmd: &mut Command) -> Result<Client, Failure> {
-    let child = cmd
-        .spawn()
-        .map_err(|e| Failure::new(Code::OsErr, format!("cannot start the client: {e}")))?;
+pub fn spawn(cmd: &mut Command, metrics: &Metrics) -> Result<Client, Failure> {
+    let child = cmd.spawn().map_err(|e| {
+        metrics.client_exited(ClientExit::SpawnFailed);
+        Failure::new(Code::OsErr, format!("cannot start the client: {e}"))
+    })?;
+    metrics.client_started();
     let pid = Pid::from_raw(child.id() as i32)
         .ok_or_else(|| Failure::new(Code::Software, "client has pid 0"))?;
     info!("client started (pid {})", pid.as_raw_pid());
@@ -122,13 +128,14 @@ pub fn spawn(cmd: &mut Command) -> Result<Client, Failure> {
 }
 
 /// Reaps every exited child; returns the client's exit status (128+N for signal N) and how
-/// long it ran, if the client was among them.
-pub fn reap(client: &Client) -> Option<(i32, Duration)> {
+/// long it ran, if the client was among them (and counts its exit in `metrics`).
+pub fn reap(client: &Client, metrics: &Metrics) -> Option<(i32, Duration)> {
     let mut out = None;
     while let Ok(Some((pid, status))) = rustix::process::wait(WaitOptions::NOHANG) {
         if let Client::Running { pid: cpid, started } = client {
             if pid == *cpid {
                 let code = exit_code(status);
+                metrics.client_exited(exit_cause(status));
                 info!(
                     "client (pid {}) exited with status {code}",
                     pid.as_raw_pid()
@@ -149,6 +156,15 @@ fn exit_code(status: WaitStatus) -> i32 {
         128 + sig
     } else {
         1
+    }
+}
+
+fn exit_cause(status: WaitStatus) -> ClientExit {
+    match (status.exit_status(), status.terminating_signal()) {
+        (Some(code), _) => ClientExit::Code(code),
+        (None, Some(sig)) => ClientExit::Signal(sig),
+        // `wait` without WUNTRACED/WCONTINUED reports only exits and kills.
+        (None, None) => ClientExit::Code(exit_code(status)),
     }
 }
 

@@ -15,17 +15,25 @@
 //! - after the client exits, its final snapshot is taken (after any snapshot already running)
 //!   before it is restarted — a restarted client would write into the region during the copy;
 //! - the host exits only after that final snapshot, and lets a running snapshot finish.
+//!
+//! Operations: the [`Metrics`] are created and served (`--metrics`) at setup, before
+//! `READY=1`; the snapshot thread records every attempt, [`client`] every start and exit. With
+//! systemd's `WATCHDOG_USEC`, the loop wakes for the [`Watchdog`] and pings it at the end of
+//! each iteration — so pings stop when the loop is stuck, and [`Watchdog::tick`] withholds
+//! them while one snapshot has run longer than the interval ([`Worker::busy_since`]).
 
 mod client;
 mod restart;
 mod setup;
 mod worker;
 
+use std::net::SocketAddr;
 use std::process::{Command, ExitCode};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
 use rustix::process::Signal;
+use shmsnap_linux::Memfd;
 use signal_hook::consts::{SIGCHLD, SIGUSR1};
 use tracing::{info, warn};
 
@@ -34,9 +42,11 @@ use self::restart::RestartPolicy;
 use self::worker::{Done, Job, Why, Worker};
 use crate::cli::RunArgs;
 use crate::exit::{Code, Failure};
+use crate::metrics::Metrics;
 use crate::notify::Notifier;
 use crate::snap::Tally;
 use crate::strategy::{OnUsr1, Schedule};
+use crate::watchdog::Watchdog;
 
 /// How long the loop sleeps when nothing is scheduled.
 const IDLE: Duration = Duration::from_secs(3600);
@@ -82,6 +92,10 @@ pub struct Supervisor {
     next_tick: Option<Instant>,
     /// Set once a stop was requested: when the client is SIGKILLed if it has not exited.
     stop_deadline: Option<Instant>,
+    /// Shared with the snapshot thread and the metrics server.
+    metrics: Metrics,
+    /// systemd's watchdog, when it asked for one (`WATCHDOG_USEC`).
+    watchdog: Option<Watchdog>,
 }
 
 /// Runs the supervisor until the client is done (per the restart policy) or a stop signal.
@@ -119,6 +133,11 @@ impl Supervisor {
                 return Ok(code);
             }
             self.on_time()?;
+            // Reached only when this iteration's event and timers were handled: that is the
+            // loop's progress.
+            if let Some(w) = &mut self.watchdog {
+                w.tick(Instant::now(), true, self.worker.busy_since());
+            }
         }
     }
 
@@ -126,6 +145,9 @@ impl Supervisor {
         let mut wake = Instant::now() + IDLE;
         if let Some(t) = self.next_tick {
             wake = wake.min(t);
+        }
+        if let Some(w) = &self.watchdog {
+            wake = wake.min(w.next_deadline());
         }
         if let Client::Waiting { until } = self.client {
             wake = wake.min(until);
@@ -140,7 +162,7 @@ impl Supervisor {
 
     /// Reaps; if the client exited, asks for its final snapshot (the restart waits for it).
     fn on_sigchld(&mut self) -> Result<Flow, Failure> {
-        let Some((code, ran)) = client::reap(&self.client) else {
+        let Some((code, ran)) = client::reap(&self.client, &self.metrics) else {
             return Ok(Flow::Continue);
         };
         client::kill_descendants();
@@ -242,7 +264,7 @@ impl Supervisor {
         }
         if let Client::Waiting { until } = self.client {
             if now >= until {
-                self.client = client::spawn(&mut self.cmd)?;
+                self.client = client::spawn(&mut self.cmd, &self.metrics)?;
             }
         }
         if self.next_tick.is_some_and(|t| now >= t) {
@@ -254,6 +276,30 @@ impl Supervisor {
         }
         Ok(())
     }
+}
+
+/// The metrics, with the region's size, served on `addr` if given: called at setup, before
+/// `READY=1`, so a scraper finds the endpoint as soon as systemd reports the unit started.
+///
+/// # Errors
+///
+/// [`Code::Config`] if `addr` cannot be bound (in use, not a local address, a privileged
+/// port): the operator chose it, and restarting does not fix it.
+fn start_metrics(addr: Option<SocketAddr>, region: &Memfd) -> Result<Metrics, Failure> {
+    let metrics = Metrics::new();
+    let size = region
+        .len()
+        .map_err(|e| Failure::new(Code::OsErr, format!("cannot stat the region: {e}")))?;
+    metrics.set_region_size(size);
+    if let Some(addr) = addr {
+        metrics.serve(addr).map_err(|e| {
+            Failure::new(
+                Code::Config,
+                format!("cannot serve metrics on {addr}: {e}; choose another --metrics address"),
+            )
+        })?;
+    }
+    Ok(metrics)
 }
 
 fn status_line(notifier: &Notifier, tally: Tally) {

@@ -13,12 +13,13 @@ use tracing::{info, warn};
 use super::client::{self, resolve_command};
 use super::restart::RestartPolicy;
 use super::worker::Worker;
-use super::{Event, Supervisor};
+use super::{start_metrics, Event, Supervisor};
 use crate::cli::RunArgs;
 use crate::exit::{Code, Failure};
 use crate::notify::Notifier;
 use crate::snap::{open_persister, prepare_region, Prepared, Snapshotter};
 use crate::strategy::{self, Origin};
+use crate::watchdog::Watchdog;
 
 /// Sets everything up and starts the first client.
 ///
@@ -48,6 +49,7 @@ pub fn start(args: RunArgs) -> Result<Supervisor, Failure> {
     let strategy = strategy::from_arg(args.strategy);
     let schedule = strategy.schedule();
     let snap = Snapshotter::new(persister, strategy, memfd, origin)?;
+    let metrics = start_metrics(args.metrics, snap.memfd())?;
     let notifier = Notifier::from_env();
     notifier.store_fd(snap.memfd(), &args.fd_name);
     let mut cmd = client::command(&args, snap.memfd())?;
@@ -56,10 +58,10 @@ pub fn start(args: RunArgs) -> Result<Supervisor, Failure> {
         .map_err(|e| Failure::new(Code::OsErr, format!("cannot become a child subreaper: {e}")))?;
     let (tx, events) = mpsc::channel();
     signal_thread(tx.clone())?;
-    let worker = Worker::spawn(snap, tx)?;
+    let worker = Worker::spawn(snap, tx, metrics.clone())?;
     // Spawned from this thread, which lives as long as the host: PDEATHSIG fires when the
     // thread that forked the client exits.
-    let client = client::spawn(&mut cmd)?;
+    let client = client::spawn(&mut cmd, &metrics)?;
     notifier.ready(&format!("client running; state {}", args.state.display()));
     Ok(Supervisor {
         cmd,
@@ -73,6 +75,8 @@ pub fn start(args: RunArgs) -> Result<Supervisor, Failure> {
         stop_timeout: args.stop_timeout,
         next_tick: schedule.ticks.then(|| Instant::now() + args.interval),
         stop_deadline: None,
+        metrics,
+        watchdog: Watchdog::from_env(Instant::now()),
     })
 }
 

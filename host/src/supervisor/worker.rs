@@ -4,14 +4,28 @@
 //! At most one request is with the thread at a time. Requests made meanwhile are merged into
 //! one pending request, sent when the result of the running one comes back: a snapshot asked
 //! for during a copy is taken after that copy, never skipped, and never more than once.
+//!
+//! The thread records every attempt in the [`Metrics`] and publishes when the attempt it is
+//! in started ([`Worker::busy_since`]), so the event loop withholds systemd watchdog pings
+//! while one snapshot is wedged (see [`crate::watchdog`]).
 
+use std::io;
 use std::sync::mpsc::{self, Sender};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
+use std::time::Instant;
 
 use tracing::error;
 
 use crate::exit::{Code, Failure};
-use crate::snap::{Snapshotter, Tally};
+use crate::metrics::{Metrics, Phase, SnapshotRecord, SnapshotResult};
+use crate::snap::{Outcome, Snapshotter, Tally};
+
+/// When the snapshot thread started the attempt it is running; `None` while it waits for a
+/// request. Written only by the snapshot thread (set before an attempt, cleared after it), read
+/// by the event loop; a mutex around an `Option<Instant>` because nothing here is hot (two
+/// writes per snapshot, one read per watchdog tick) and it is never held across a snapshot.
+type BusySince = Arc<Mutex<Option<Instant>>>;
 
 /// Why a snapshot is requested; a later variant outranks an earlier one when requests merge.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -68,6 +82,8 @@ pub struct Done {
 pub struct Worker {
     jobs: Sender<Job>,
     thread: JoinHandle<()>,
+    /// See [`BusySince`].
+    busy_since: BusySince,
     /// A job was sent whose [`Done`] has not come back yet.
     busy: bool,
     /// Requests made while busy, merged into one.
@@ -75,7 +91,8 @@ pub struct Worker {
 }
 
 impl Worker {
-    /// Starts the thread; each result is sent to `events` as `E::from(done)`.
+    /// Starts the thread; each attempt is recorded in `metrics`, each result is sent to
+    /// `events` as `E::from(done)`.
     ///
     /// # Errors
     ///
@@ -83,13 +100,18 @@ impl Worker {
     pub fn spawn<E: From<Done> + Send + 'static>(
         mut snap: Snapshotter,
         events: Sender<E>,
+        metrics: Metrics,
     ) -> Result<Self, Failure> {
         let (jobs, rx) = mpsc::channel::<Job>();
+        let busy_since = BusySince::default();
+        let busy = busy_since.clone();
         let thread = std::thread::Builder::new()
             .name("snapshot".into())
             .spawn(move || {
                 for job in rx {
-                    run_one(&mut snap, job);
+                    set_busy(&busy, Some(Instant::now()));
+                    metrics.record_snapshot(&run_one(&mut snap, job));
+                    set_busy(&busy, None);
                     let done = Done {
                         job,
                         tally: snap.tally(),
@@ -108,6 +130,7 @@ impl Worker {
         Ok(Worker {
             jobs,
             thread,
+            busy_since,
             busy: false,
             pending: None,
         })
@@ -149,6 +172,14 @@ impl Worker {
         self.busy || self.pending.is_some()
     }
 
+    /// When the snapshot thread started the attempt it is in, `None` while it is idle.
+    pub fn busy_since(&self) -> Option<Instant> {
+        *self
+            .busy_since
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// Waits for the running request (a snapshot is never cut short by the host's exit) and
     /// ends the thread; pending requests are dropped.
     pub fn stop(self) {
@@ -159,15 +190,59 @@ impl Worker {
     }
 }
 
-/// Runs one request; a panic is logged and the thread carries on (the temp file of the
-/// attempt is removed by its guard, the previous snapshot stays).
-fn run_one(snap: &mut Snapshotter, job: Job) {
+fn set_busy(busy: &BusySince, since: Option<Instant>) {
+    *busy.lock().unwrap_or_else(PoisonError::into_inner) = since;
+}
+
+/// Runs one request and says what it did for the metrics; a panic is logged (and counted as
+/// failed) and the thread carries on (the temp file of the attempt is removed by its guard,
+/// the previous snapshot stays).
+fn run_one(snap: &mut Snapshotter, job: Job) -> SnapshotRecord {
     let run = std::panic::AssertUnwindSafe(|| snap.take_and_log(job.client_alive, job.why.label()));
-    if std::panic::catch_unwind(run).is_err() {
-        error!(
-            "snapshot ({}) panicked; previous snapshot kept",
-            job.why.label()
-        );
+    match std::panic::catch_unwind(run) {
+        Ok(result) => record(&result),
+        Err(_) => {
+            error!(
+                "snapshot ({}) panicked; previous snapshot kept",
+                job.why.label()
+            );
+            SnapshotRecord {
+                result: Some(SnapshotResult::Failed),
+                ..SnapshotRecord::default()
+            }
+        }
+    }
+}
+
+/// An attempt's outcome in the metrics' terms. A region the strategy cannot snapshot
+/// ([`Outcome::Invalid`]: e.g. a damaged header) counts as failed: nothing was persisted and
+/// it will not fix itself.
+fn record(result: &io::Result<Outcome>) -> SnapshotRecord {
+    let only = |r| SnapshotRecord {
+        result: Some(r),
+        ..SnapshotRecord::default()
+    };
+    match result {
+        Ok(Outcome::Persisted(r)) => SnapshotRecord {
+            result: Some(SnapshotResult::Persisted),
+            phases: vec![
+                (Phase::Copy, r.copy),
+                (Phase::Validate, r.validate),
+                (Phase::Sync, r.sync),
+                (Phase::Rename, r.rename),
+            ],
+            bytes_copied: r.bytes,
+            entries_kept: r.kept,
+            entries_dropped: r.dropped,
+            generation: Some(r.generation),
+        },
+        Ok(Outcome::Skipped(_)) => only(SnapshotResult::Skipped),
+        Ok(Outcome::Starved { copy, pre, .. }) => SnapshotRecord {
+            phases: vec![(Phase::Copy, *copy)],
+            entries_dropped: *pre,
+            ..only(SnapshotResult::Starved)
+        },
+        Ok(Outcome::Invalid(_)) | Err(_) => only(SnapshotResult::Failed),
     }
 }
 
@@ -181,6 +256,7 @@ mod tests {
         let worker = Worker {
             jobs,
             thread: std::thread::spawn(|| {}),
+            busy_since: BusySince::default(),
             busy: false,
             pending: None,
         };
@@ -228,6 +304,62 @@ mod tests {
         w.finished().unwrap();
         assert!(!w.busy());
         assert!(rx.try_recv().is_err());
+    }
+
+    #[test]
+    fn every_outcome_is_recorded_with_its_result_phases_and_figures() {
+        use crate::snap::Report;
+        use std::time::Duration;
+        let ms = Duration::from_millis;
+        let persisted = Ok(Outcome::Persisted(Report {
+            generation: 7,
+            bytes: 4096,
+            kept: 3,
+            dropped: 1,
+            newest_seq: 9,
+            copy: ms(1),
+            validate: ms(2),
+            sync: ms(3),
+            rename: ms(4),
+        }));
+        assert_eq!(
+            record(&persisted),
+            SnapshotRecord {
+                result: Some(SnapshotResult::Persisted),
+                phases: vec![
+                    (Phase::Copy, ms(1)),
+                    (Phase::Validate, ms(2)),
+                    (Phase::Sync, ms(3)),
+                    (Phase::Rename, ms(4)),
+                ],
+                bytes_copied: 4096,
+                entries_kept: 3,
+                entries_dropped: 1,
+                generation: Some(7),
+            }
+        );
+        let starved = Ok(Outcome::Starved {
+            copy: ms(5),
+            commits_during_copy: 100,
+            pre: 8,
+        });
+        let r = record(&starved);
+        assert_eq!(r.result, Some(SnapshotResult::Starved));
+        assert_eq!(r.phases, [(Phase::Copy, ms(5))]);
+        assert_eq!((r.entries_dropped, r.generation), (8, None));
+        let result = |o: io::Result<Outcome>| record(&o).result;
+        assert_eq!(
+            result(Ok(Outcome::Skipped("idle".into()))),
+            Some(SnapshotResult::Skipped)
+        );
+        assert_eq!(
+            result(Ok(Outcome::Invalid("bad header".into()))),
+            Some(SnapshotResult::Failed)
+        );
+        assert_eq!(
+            result(Err(io::Error::other("disk"))),
+            Some(SnapshotResult::Failed)
+        );
     }
 
     #[test]

@@ -256,7 +256,7 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         .map_err(|e| format!("{e} (use e.g. 4096, 64K, 16M, 1G)"))
 }
 
-/// Parses a `--size`: [`parse_size`], then a nonzero multiple of the page size (the region
+/// Parses a `--size`: [`parse_size()`], then a nonzero multiple of the page size (the region
 /// format's unit), refused otherwise with the nearest valid sizes.
 pub fn parse_region_size(s: &str) -> Result<u64, String> {
     let n = parse_size(s)?;

@@ -21,8 +21,6 @@ pub enum Code {
     /// 74: an I/O error while reading or writing; for `run`, also a requested stop whose
     /// final snapshot could not be persisted.
     IoErr = 74,
-    // Constructed by `persister_code`, which the supervisor's start-up calls once wired.
-    #[allow(dead_code)]
     /// 75 (`EX_TEMPFAIL`, "try again later"): another host holds the state file's lock. The
     /// condition is temporary by nature — it ends when that host stops — so a service manager
     /// that restarts on failure may retry, and a script can tell it from a real error.
@@ -111,7 +109,6 @@ pub fn requested_stop_status(final_snapshot: FinalSnapshot) -> u8 {
 /// taking its lock): [`Code::TempFail`] when another host holds the lock, [`Code::Usage`]
 /// for an out-of-range `--keep`, [`Code::CantCreat`] otherwise (missing or unwritable
 /// directory, a symlink or a FIFO at the state path).
-#[allow(dead_code)] // until `snap::open_persister` calls it
 pub fn persister_code(e: &std::io::Error) -> Code {
     use shmsnap_linux::persist::StateError;
     match StateError::of(e) {

@@ -10,12 +10,12 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use shmsnap_linux::persist::Persister;
+use shmsnap_linux::persist::{Persister, StateError};
 use shmsnap_linux::snapshot::{self, SnapshotInfo, SnapshotMeta};
 use shmsnap_linux::{Mapping, Memfd};
 use tracing::{debug, info, warn};
 
-use crate::exit::{io_code, snapshot_code, Code, Failure};
+use crate::exit::{io_code, persister_code, snapshot_code, Code, Failure};
 use crate::strategy::{Cx, Origin, Strategy};
 
 /// What one snapshot attempt did.
@@ -226,12 +226,13 @@ pub struct Prepared {
     pub restored: Option<SnapshotInfo>,
 }
 
-/// Checks that the state file's directory exists and is writable, and removes temp files a
-/// crashed earlier run left behind.
+/// Takes the state file's lock, checks that its directory exists and is writable, and (under
+/// the lock) removes temp files a crashed earlier run left behind.
 ///
 /// # Errors
 ///
-/// [`Code::CantCreat`] naming the directory.
+/// [`Code::TempFail`] if another host holds the lock, [`Code::Usage`] for a `keep` beyond the
+/// maximum, [`Code::CantCreat`] otherwise ([`persister_code`]); the message names the file.
 pub fn open_persister(state: &Path, keep: usize) -> Result<Persister, Failure> {
     let dir_msg = |e: &io::Error| {
         let dir = state
@@ -247,7 +248,12 @@ pub fn open_persister(state: &Path, keep: usize) -> Result<Persister, Failure> {
             ),
         )
     };
-    let persister = Persister::new(state, keep).map_err(|e| dir_msg(&e))?;
+    let persister = Persister::new(state, keep).map_err(|e| match persister_code(&e) {
+        // The lock, --keep and the file type have messages of their own, naming the file.
+        code @ (Code::TempFail | Code::Usage) => Failure::new(code, e.to_string()),
+        _ if StateError::of(&e).is_some() => Failure::new(Code::CantCreat, e.to_string()),
+        _ => dir_msg(&e),
+    })?;
     // Probe writability now rather than at the first snapshot.
     drop(persister.begin().map_err(|e| dir_msg(&e))?);
     match persister.remove_stale_temps() {

@@ -47,8 +47,6 @@ fn os(s: &str) -> &std::ffi::OsStr {
 // ---------------------------------------------------------------------------------------
 
 #[test]
-#[ignore = "needs the host to map Persister::new errors with exit::persister_code in \
-            snap.rs open_persister (see the harden branch report); remove when wired"]
 fn a_second_host_on_one_state_file_exits_at_once_with_75() {
     let dir = tempdir();
     let state = dir.path().join("s.snap");

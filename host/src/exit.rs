@@ -82,7 +82,6 @@ impl fmt::Display for Failure {
 impl std::error::Error for Failure {}
 
 /// How the final snapshot of a stop requested by SIGTERM/SIGINT went.
-#[allow(dead_code)] // until the supervisor's stop path calls `requested_stop_status`
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FinalSnapshot {
     /// A snapshot was persisted.
@@ -97,7 +96,6 @@ pub enum FinalSnapshot {
 /// The status of `run` after a *requested* stop: 0 when the state is safe on disk (a stop
 /// that was asked for and saved everything is a success — also for systemd, which would
 /// otherwise mark the unit failed on 143), [`Code::IoErr`] when the final snapshot failed.
-#[allow(dead_code)] // until the supervisor's stop path calls it
 pub fn requested_stop_status(final_snapshot: FinalSnapshot) -> u8 {
     match final_snapshot {
         FinalSnapshot::Persisted | FinalSnapshot::NothingToPersist => 0,

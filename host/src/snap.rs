@@ -15,7 +15,7 @@ use shmsnap_linux::snapshot::{self, SnapshotInfo, SnapshotMeta};
 use shmsnap_linux::{Mapping, Memfd};
 use tracing::{debug, info, warn};
 
-use crate::exit::{io_code, persister_code, snapshot_code, Code, Failure};
+use crate::exit::{io_code, persister_code, snapshot_code, Code, Failure, FinalSnapshot};
 use crate::strategy::{Cx, Origin, Strategy};
 
 /// What one snapshot attempt did.
@@ -68,6 +68,9 @@ pub struct Tally {
     pub last_persisted: Option<Instant>,
     /// Number of starved attempts since start.
     pub starved: u64,
+    /// How the latest attempt went, as a requested stop's exit status counts it
+    /// ([`crate::exit::requested_stop_status`]); `None` before the first attempt.
+    pub last: Option<FinalSnapshot>,
 }
 
 /// Takes snapshots of one region into one state file.
@@ -174,6 +177,7 @@ impl Snapshotter {
     /// Takes a snapshot and logs what happened (the host's one call site for logging).
     pub fn take_and_log(&mut self, client_alive: bool, why: &str) {
         let result = self.take(client_alive);
+        self.tally.last = Some(saved(&result));
         self.log(result, why);
     }
 
@@ -210,6 +214,20 @@ impl Snapshotter {
             ),
             Err(e) => warn!("snapshot failed ({why}): {e}; previous snapshot kept"),
         }
+    }
+}
+
+/// Whether an attempt left the region's state safe on disk.
+///
+/// A region that is not what the strategy expects ([`Outcome::Invalid`], e.g. a queue header
+/// that is invalid) counts as failed: whatever the client held there was not saved, and the
+/// file on disk (if any) is older — an operator must hear about it, also after a stop.
+/// Likewise a starved attempt: entries existed and none were persisted.
+fn saved(result: &io::Result<Outcome>) -> FinalSnapshot {
+    match result {
+        Ok(Outcome::Persisted(_)) => FinalSnapshot::Persisted,
+        Ok(Outcome::Skipped(_)) => FinalSnapshot::NothingToPersist,
+        Ok(Outcome::Invalid(_) | Outcome::Starved { .. }) | Err(_) => FinalSnapshot::Failed,
     }
 }
 

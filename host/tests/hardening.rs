@@ -313,3 +313,49 @@ fn the_systemd_unit_passes_systemd_analyze_verify() {
     let (ok, e) = analyze(&text.replace("/usr/local/bin/shmsnap", "/nonexistent/shmsnap")).unwrap();
     assert!(!ok && e.contains("/nonexistent/shmsnap"), "{e:?}");
 }
+
+// ---------------------------------------------------------------------------------------
+// Item 8: the exit status of a requested stop.
+// ---------------------------------------------------------------------------------------
+
+/// A queue client that scribbles over its region's header, says "ready" and waits for
+/// SIGTERM (then exits 0): the final snapshot cannot be taken.
+const SCRIBBLER: &str = r#"printf 'not a queue header' 1<>/proc/self/fd/3; trap "exit 0" TERM; echo ready; while :; do sleep 0.05; done"#;
+
+#[test]
+fn a_requested_stop_whose_final_snapshot_failed_exits_74() {
+    let dir = tempdir();
+    let state = dir.path().join("s.snap");
+    let mut h = run_host(
+        &state,
+        &["--strategy", "queue", "--interval", "1h", "--size", "64K"],
+        &["/bin/sh", "-c", SCRIBBLER],
+    );
+    h.out.expect("ready", "client");
+    h.signal(Signal::TERM);
+    assert_eq!(h.exit_code(), 74, "{}", h.err.text());
+    let err = h.err.text();
+    assert!(err.contains("final snapshot failed"), "{err}");
+    assert!(!state.exists(), "nothing could be persisted");
+}
+
+#[test]
+fn a_stop_while_the_client_waits_for_its_restart_exits_0() {
+    let dir = tempdir();
+    let state = dir.path().join("s.snap");
+    let mut h = run_host(
+        &state,
+        &["--size", "64K", "--max-backoff", "1h"],
+        &["/bin/sh", "-c", "exit 3"],
+    );
+    // Pauses 100ms, 200ms, 400ms, 800ms, 1.6s: the stop lands in the 1.6 s pause.
+    h.err.expect("restarting the client in 1.6s", "backoff");
+    h.signal(Signal::TERM);
+    assert_eq!(h.exit_code(), 0, "{}", h.err.text());
+    let err = h.err.text();
+    assert!(
+        err.contains("stop requested while the client was not running"),
+        "{err}"
+    );
+    assert_verifies(&state);
+}

@@ -15,7 +15,7 @@ use super::restart::RestartPolicy;
 use super::worker::Worker;
 use super::{Event, Supervisor};
 use crate::cli::RunArgs;
-use crate::exit::{Code, Failure};
+use crate::exit::{Code, Failure, FinalSnapshot};
 use crate::notify::Notifier;
 use crate::snap::{open_persister, prepare_region, Prepared, Snapshotter};
 use crate::strategy::{self, Origin};
@@ -73,6 +73,8 @@ pub fn start(args: RunArgs) -> Result<Supervisor, Failure> {
         stop_timeout: args.stop_timeout,
         next_tick: schedule.ticks.then(|| Instant::now() + args.interval),
         stop_deadline: None,
+        // Until a snapshot is attempted, the disk holds what the region was started from.
+        saved: FinalSnapshot::NothingToPersist,
     })
 }
 

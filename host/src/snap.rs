@@ -151,7 +151,7 @@ impl Snapshotter {
             ));
         }
         let meta = SnapshotMeta {
-            strategy: self.strategy.code(),
+            strategy: self.strategy.code().code(),
             generation: self.generation + 1,
             unix_time_ns: now_ns(),
         };

@@ -12,8 +12,7 @@ use shmsnap_core::{Hints, Region};
 use shmsnap_linux::take::{take_queue, QueueSnapshot, Scratch, Skip};
 use shmsnap_linux::Mapping;
 
-use super::{warn_on_foreign, Cx, OnUsr1, Origin, Schedule, Strategy};
-use crate::cli::StrategyArg;
+use super::{warn_on_foreign, Code, Cx, OnUsr1, Origin, Schedule, Strategy};
 use crate::snap::{Outcome, Report};
 
 /// The queue strategy's memory between snapshots.
@@ -36,12 +35,8 @@ fn live_mark(map: &Mapping) -> Option<(u64, u64)> {
 }
 
 impl Strategy for Queue {
-    fn name(&self) -> &'static str {
-        "queue"
-    }
-
-    fn code(&self) -> u64 {
-        StrategyArg::Queue.code()
+    fn code(&self) -> Code {
+        Code::Queue
     }
 
     fn schedule(&self) -> Schedule {
@@ -53,7 +48,7 @@ impl Strategy for Queue {
     }
 
     fn accept(&mut self, map: &Mapping, origin: Origin<'_>) {
-        warn_on_foreign(self.code(), self.name(), origin);
+        warn_on_foreign(self.code(), origin);
         // A restored (or empty) region is exactly what is on disk; an inherited one may hold
         // commits that never were persisted, so it is not marked.
         if !matches!(origin, Origin::FdStore) {

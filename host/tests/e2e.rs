@@ -522,14 +522,29 @@ fn bad_snapshot_files_are_refused_and_left_alone() {
         &["notes.txt", "not a snapshot"],
     );
 
-    // --size smaller than the snapshot.
-    assert_refused(
-        dir.path(),
+    // --size smaller than the snapshot: a minimum, the snapshot is restored at its own size.
+    let mut h = run_host(
         &good,
-        &["--strategy", "queue", "--size", "512K"],
-        &client,
-        78,
-        &["good.snap", "--size"],
+        &[
+            "--strategy",
+            "queue",
+            "--size",
+            "512K",
+            "--restart",
+            "never",
+        ],
+        &primes(&["--limit", "640"]),
+    );
+    assert_eq!(h.exit_code(), 0, "{}", h.err.text());
+    let err = h.err.text();
+    assert!(
+        err.contains("larger than --size 524288: the region is 1048576 bytes"),
+        "{err}"
+    );
+    assert!(
+        h.out.text().contains("restored 640 primes"),
+        "{}",
+        h.out.text()
     );
     assert_verifies(&good);
 }

@@ -85,13 +85,9 @@ pub struct Cx<'a> {
 /// A strategy lives on the snapshot worker thread (hence `Send`); the supervisor only reads
 /// its [`Schedule`] and [`Protection`] before handing it over.
 pub trait Strategy: Send + fmt::Debug {
-    /// The strategy, as written into snapshot footers.
+    /// The strategy, as written into snapshot footers (its name, `Code::name`, is what users
+    /// type after `--strategy`).
     fn code(&self) -> Code;
-
-    /// The name users type (`--strategy NAME`).
-    fn name(&self) -> &'static str {
-        self.code().name()
-    }
 
     /// When snapshots are requested.
     fn schedule(&self) -> Schedule;
@@ -189,6 +185,5 @@ mod tests {
     fn each_command_line_strategy_has_its_own_code() {
         assert_eq!(from_arg(StrategyArg::Exit).code(), Code::Exit);
         assert_eq!(from_arg(StrategyArg::Queue).code(), Code::Queue);
-        assert_eq!(from_arg(StrategyArg::Queue).name(), "queue");
     }
 }

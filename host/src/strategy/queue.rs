@@ -23,6 +23,8 @@ pub struct Queue {
     last_mark: Option<(u64, u64)>,
     /// Buffers reused by every attempt.
     scratch: Scratch,
+    /// A region without valid entries was reported (info, once); reset when one is persisted.
+    told_empty: bool,
 }
 
 fn mark(h: Hints) -> (u64, u64) {
@@ -66,7 +68,11 @@ impl Strategy for Queue {
             QueueSnapshot::Written { file, figures } => (file, figures),
             QueueSnapshot::Skipped(Skip::NoEntries { hints }) => {
                 self.last_mark = Some(mark(hints));
-                return Ok(Outcome::Skipped(Skip::NoEntries { hints }.to_string()));
+                let reason = Skip::NoEntries { hints }.to_string();
+                if std::mem::replace(&mut self.told_empty, true) {
+                    return Ok(Outcome::Skipped(reason));
+                }
+                return Ok(Outcome::Notice(reason));
             }
             QueueSnapshot::Skipped(s @ Skip::InvalidHeader(_)) => {
                 return Ok(Outcome::Invalid(s.to_string()))
@@ -82,6 +88,7 @@ impl Strategy for Queue {
         };
         let stats = file.commit()?;
         self.last_mark = Some(mark(f.hints_before));
+        self.told_empty = false;
         Ok(Outcome::Persisted(Report {
             generation: cx.meta.generation,
             bytes: f.copy.bytes,

@@ -88,15 +88,25 @@ fn region(
     let Some(memfd) = inherited else {
         return prepare_region(persister, args.size, args.fallback);
     };
-    if let Some(size) = args.size {
+    let len = memfd.len().map_err(|e| {
+        Failure::new(
+            Code::OsErr,
+            format!("cannot stat the inherited region: {e}"),
+        )
+    })?;
+    // `--size` is a minimum: a larger inherited region (a client grew it) is kept as it is.
+    let size = args.size.map_or(len, |s| s.max(len));
+    if size > len {
         memfd.grow(size).map_err(|e| {
             Failure::new(
-                Code::Config,
-                format!("cannot size the inherited region to {size} bytes: {e}"),
+                Code::OsErr,
+                format!("cannot grow the inherited region from {len} to {size} bytes: {e}"),
             )
         })?;
     }
-    info!("reusing the region from the service manager's fd store (no restore from disk)");
+    info!(
+        "reusing the region from the service manager's fd store ({size} bytes; no restore from disk)"
+    );
     Ok(Prepared {
         memfd,
         restored: None,

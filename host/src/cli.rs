@@ -95,16 +95,6 @@ pub enum StrategyArg {
     Queue,
 }
 
-impl StrategyArg {
-    /// The footer's strategy code.
-    pub fn code(self) -> u64 {
-        match self {
-            StrategyArg::Exit => 0,
-            StrategyArg::Queue => 1,
-        }
-    }
-}
-
 /// When to restart the client after it exits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum RestartArg {

@@ -21,8 +21,6 @@ pub enum Code {
     /// 74: an I/O error while reading or writing; for `run`, also a requested stop whose
     /// final snapshot could not be persisted.
     IoErr = 74,
-    // Constructed by `persister_code`, which the supervisor's start-up calls once wired.
-    #[allow(dead_code)]
     /// 75 (`EX_TEMPFAIL`, "try again later"): another host holds the state file's lock. The
     /// condition is temporary by nature — it ends when that host stops — so a service manager
     /// that restarts on failure may retry, and a script can tell it from a real error.
@@ -84,7 +82,6 @@ impl fmt::Display for Failure {
 impl std::error::Error for Failure {}
 
 /// How the final snapshot of a stop requested by SIGTERM/SIGINT went.
-#[allow(dead_code)] // until the supervisor's stop path calls `requested_stop_status`
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FinalSnapshot {
     /// A snapshot was persisted.
@@ -99,7 +96,6 @@ pub enum FinalSnapshot {
 /// The status of `run` after a *requested* stop: 0 when the state is safe on disk (a stop
 /// that was asked for and saved everything is a success — also for systemd, which would
 /// otherwise mark the unit failed on 143), [`Code::IoErr`] when the final snapshot failed.
-#[allow(dead_code)] // until the supervisor's stop path calls it
 pub fn requested_stop_status(final_snapshot: FinalSnapshot) -> u8 {
     match final_snapshot {
         FinalSnapshot::Persisted | FinalSnapshot::NothingToPersist => 0,
@@ -111,7 +107,6 @@ pub fn requested_stop_status(final_snapshot: FinalSnapshot) -> u8 {
 /// taking its lock): [`Code::TempFail`] when another host holds the lock, [`Code::Usage`]
 /// for an out-of-range `--keep`, [`Code::CantCreat`] otherwise (missing or unwritable
 /// directory, a symlink or a FIFO at the state path).
-#[allow(dead_code)] // until `snap::open_persister` calls it
 pub fn persister_code(e: &std::io::Error) -> Code {
     use shmsnap_linux::persist::StateError;
     match StateError::of(e) {

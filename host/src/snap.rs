@@ -3,19 +3,23 @@
 //! A [`Snapshotter`] owns everything a snapshot needs (region, mapping, persister, the
 //! strategy) and runs on the snapshot worker thread; what one attempt does is the strategy's
 //! ([`Strategy::take`]). Nothing is persisted that was not verified: a starved or failed
-//! attempt drops its temp file and the previous snapshot stays.
+//! attempt drops its temp file and the previous snapshot stays. A region that fails
+//! validation after its client exited is set aside and re-restored ([`repair`]).
 
-use std::fs::File;
+mod repair;
+
 use std::io;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use shmsnap_linux::persist::Persister;
+use shmsnap_linux::persist::{Persister, StateError};
 use shmsnap_linux::snapshot::{self, SnapshotInfo, SnapshotMeta};
 use shmsnap_linux::{Mapping, Memfd};
 use tracing::{debug, info, warn};
 
-use crate::exit::{io_code, snapshot_code, Code, Failure};
+use shmsnap_core::PAGE_SIZE;
+
+use crate::exit::{io_code, persister_code, snapshot_code, Code, Failure, FinalSnapshot};
 use crate::progress;
 use crate::strategy::{Cx, Origin, Strategy};
 
@@ -26,6 +30,9 @@ pub enum Outcome {
     Persisted(Report),
     /// Nothing was persisted, for a harmless reason.
     Skipped(String),
+    /// Nothing was persisted, for a harmless reason worth one info line (the strategy returns
+    /// it once, then [`Outcome::Skipped`] for the same reason).
+    Notice(String),
     /// Nothing was persisted because the region is not what the strategy expects.
     Invalid(String),
     /// Entries existed but none survived the copy: the ring is too small for the copy time.
@@ -69,6 +76,9 @@ pub struct Tally {
     pub last_persisted: Option<Instant>,
     /// Number of starved attempts since start.
     pub starved: u64,
+    /// How the latest attempt went, as a requested stop's exit status counts it
+    /// ([`crate::exit::requested_stop_status`]); `None` before the first attempt.
+    pub last: Option<FinalSnapshot>,
 }
 
 /// Takes snapshots of one region into one state file.
@@ -79,8 +89,12 @@ pub struct Snapshotter {
     memfd: Memfd,
     /// The host's mapping of `memfd`, with the strategy's protection.
     map: Mapping,
-    /// Generation of the newest snapshot file.
-    generation: u64,
+    /// Generation of the newest snapshot file on disk; `None` while there is none.
+    on_disk: Option<u64>,
+    /// The region's length when last looked at (a change is logged: the client grew it).
+    region_len: u64,
+    /// The reason of the current run of [`Outcome::Invalid`] attempts, and their count.
+    invalid: Option<(String, u64)>,
     tally: Tally,
 }
 
@@ -107,16 +121,25 @@ impl Snapshotter {
         let map = Mapping::of_memfd(&memfd, strategy.protection())
             .map_err(|e| Failure::new(Code::OsErr, format!("cannot map the region: {e}")))?;
         strategy.accept(&map, origin);
-        let generation = match origin {
-            Origin::Restored(info) => info.meta.generation,
-            Origin::Empty | Origin::FdStore => 0,
+        let on_disk = match origin {
+            Origin::Restored(info) => Some(info.meta.generation),
+            Origin::Empty => None,
+            // Not restored from it, but the next generation continues the file's count.
+            Origin::FdStore => snapshot::read_footer_path(&persister.target())
+                .ok()
+                .map(|i| i.meta.generation),
         };
+        let region_len = memfd
+            .len()
+            .map_err(|e| Failure::new(Code::OsErr, format!("cannot stat the region: {e}")))?;
         Ok(Snapshotter {
             persister,
             strategy,
             memfd,
             map,
-            generation,
+            on_disk,
+            region_len,
+            invalid: None,
             tally: Tally::default(),
         })
     }
@@ -143,14 +166,17 @@ impl Snapshotter {
     ///
     /// I/O errors of the copy or the persist (the previous snapshot stays in place).
     pub fn take(&mut self, client_alive: bool) -> io::Result<Outcome> {
+        if let Some(skip) = self.fit_region(client_alive)? {
+            return Ok(skip);
+        }
         if self.strategy.unchanged(&self.map) {
             return Ok(Outcome::Skipped(
                 "nothing was committed since the last snapshot".into(),
             ));
         }
         let meta = SnapshotMeta {
-            strategy: self.strategy.code(),
-            generation: self.generation + 1,
+            strategy: self.strategy.code().code(),
+            generation: next_generation(self.on_disk),
             unix_time_ns: now_ns(),
         };
         let cx = Cx {
@@ -163,24 +189,113 @@ impl Snapshotter {
         let outcome = self.strategy.take(cx)?;
         match &outcome {
             Outcome::Persisted(r) => {
-                self.generation = r.generation;
+                self.on_disk = Some(r.generation);
                 self.tally.last_persisted = Some(Instant::now());
             }
             Outcome::Starved { .. } => self.tally.starved += 1,
-            Outcome::Skipped(_) | Outcome::Invalid(_) => {}
+            Outcome::Skipped(_) | Outcome::Notice(_) | Outcome::Invalid(_) => {}
         }
         Ok(outcome)
     }
 
-    /// Takes a snapshot and logs what happened (the host's one call site for logging); returns
-    /// the result for the metrics.
+    /// Logs a change of the region's length (a client may grow its memfd), and pads a length
+    /// that is not whole pages (`echo hello >> /proc/self/fd/3`) with zeros up to the next
+    /// page: a snapshot must have a length that restores. Growing is allowed under the
+    /// shrink seal; it is done only once the client has exited (a running client may be
+    /// resizing the file itself), else the attempt is skipped.
+    fn fit_region(&mut self, client_alive: bool) -> io::Result<Option<Outcome>> {
+        let len = self.memfd.len()?;
+        if len != self.region_len {
+            info!(
+                "the client grew the region from {} to {len} bytes",
+                self.region_len
+            );
+            self.region_len = len;
+        }
+        if len % PAGE_SIZE == 0 {
+            return Ok(None);
+        }
+        if client_alive {
+            return Ok(Some(Outcome::Skipped(format!(
+                "the region is {len} bytes, not whole pages; it is padded when the client exits"
+            ))));
+        }
+        let padded = len.div_ceil(PAGE_SIZE) * PAGE_SIZE;
+        self.memfd.grow(padded)?;
+        info!(
+            "the region is {len} bytes, not a whole number of pages: grew it with zeros to \
+             {padded} bytes so that its snapshot restores"
+        );
+        self.region_len = padded;
+        Ok(None)
+    }
+
+    /// What the state file holds, for messages.
+    fn on_disk_text(&self) -> String {
+        match self.on_disk {
+            None => format!("no snapshot persisted yet to {}", self.target().display()),
+            Some(g) => format!(
+                "previous snapshot generation {g} kept at {}",
+                self.target().display()
+            ),
+        }
+    }
+
+    /// Takes a snapshot and logs what happened (the host's one call site for logging).
+    /// A region the strategy rejects after the client exited is set aside and replaced by
+    /// the newest sound snapshot ([`repair`]) before the client restarts.
+    /// Returns the result for the metrics.
     pub fn take_and_log(&mut self, client_alive: bool, why: &str) -> io::Result<Outcome> {
         let result = self.take(client_alive);
+        self.tally.last = Some(saved(&result));
+        let corrupt = !client_alive && matches!(result, Ok(Outcome::Invalid(_)));
         self.log(&result, why);
+        if corrupt {
+            let meta = SnapshotMeta {
+                strategy: self.strategy.code().code(),
+                generation: 0,
+                unix_time_ns: now_ns(),
+            };
+            if let Some(info) = repair::repair(&self.persister, &self.memfd, meta) {
+                self.strategy.accept(&self.map, Origin::Restored(&info));
+            } else {
+                self.strategy.accept(&self.map, Origin::Empty);
+            }
+            self.region_len = self.memfd.len().unwrap_or(self.region_len);
+        }
         result
     }
 
-    fn log(&self, result: &io::Result<Outcome>, why: &str) {
+    /// Logs a run of [`Outcome::Invalid`] attempts: at the first, when the reason changes,
+    /// and at 10, 100, 1000, ... in a row, with the count (not at every interval).
+    fn log_invalid(&mut self, reason: String, why: &str) {
+        let n = match &mut self.invalid {
+            Some((r, n)) if *r == reason => {
+                *n += 1;
+                *n
+            }
+            _ => {
+                self.invalid = Some((reason.clone(), 1));
+                1
+            }
+        };
+        let disk = self.on_disk_text();
+        if n == 1 {
+            warn!("{reason}; snapshot skipped ({why}); {disk}");
+        } else if n.checked_ilog10().is_some_and(|l| 10u64.pow(l) == n) {
+            warn!("{reason}: still, {n} attempts in a row; {disk}");
+        } else {
+            debug!("{reason}; snapshot skipped ({why}), {n} attempts in a row");
+        }
+    }
+
+    fn log(&mut self, result: &io::Result<Outcome>, why: &str) {
+        if let Ok(Outcome::Invalid(reason)) = result {
+            return self.log_invalid(reason.clone(), why);
+        }
+        if let Some((_, n)) = self.invalid.take() {
+            info!("the region is valid again after {n} invalid snapshot attempt(s)");
+        }
         match result {
             Ok(Outcome::Persisted(r)) => info!(
                 generation = r.generation,
@@ -196,9 +311,8 @@ impl Snapshotter {
                 self.target().display()
             ),
             Ok(Outcome::Skipped(reason)) => debug!("snapshot skipped ({why}): {reason}"),
-            Ok(Outcome::Invalid(reason)) => {
-                warn!("{reason}; snapshot skipped ({why}), previous snapshot kept")
-            }
+            Ok(Outcome::Notice(reason)) => info!("snapshot skipped ({why}): {reason}"),
+            Ok(Outcome::Invalid(_)) => {}
             Ok(Outcome::Starved {
                 copy,
                 commits_during_copy,
@@ -206,13 +320,58 @@ impl Snapshotter {
             }) => warn!(
                 starved_total = self.tally.starved,
                 "snapshot starved ({why}): all {pre} entries were overwritten during the {:.1} ms copy \
-                 ({commits_during_copy} commits happened meanwhile); previous snapshot kept. \
+                 ({commits_during_copy} commits happened meanwhile); {}. \
                  Size the ring to hold the commits of one copy: more entries (E > {commits_during_copy}) \
                  and a data ring larger than those commits' payload bytes",
+                self.on_disk_text(),
                 ms(*copy)
             ),
-            Err(e) => warn!("snapshot failed ({why}): {e}; previous snapshot kept"),
+            Err(e) => warn!(
+                "snapshot of {} failed ({why}): {e}; {}",
+                self.target().display(),
+                self.on_disk_text()
+            ),
         }
+    }
+}
+
+/// At the host's exit (the worker thread drops the snapshotter last): says so if nothing
+/// was persisted during this run, and what the state file then holds.
+impl Drop for Snapshotter {
+    fn drop(&mut self) {
+        if self.tally.last_persisted.is_some() {
+            return;
+        }
+        match self.on_disk {
+            None => warn!(
+                "no snapshot was ever persisted to {}: nothing of this run is on disk",
+                self.target().display()
+            ),
+            Some(g) => info!(
+                "no snapshot was persisted during this run; {} holds generation {g} from before",
+                self.target().display()
+            ),
+        }
+    }
+}
+
+/// The generation after `on_disk`: saturates at `u64::MAX` (a hostile or absurd footer must
+/// not wrap the count to 0, nor panic in a debug build and lose the snapshot).
+fn next_generation(on_disk: Option<u64>) -> u64 {
+    on_disk.map_or(1, |g| g.saturating_add(1))
+}
+
+/// Whether an attempt left the region's state safe on disk.
+///
+/// A region that is not what the strategy expects ([`Outcome::Invalid`], e.g. a queue header
+/// that is invalid) counts as failed: whatever the client held there was not saved, and the
+/// file on disk (if any) is older — an operator must hear about it, also after a stop.
+/// Likewise a starved attempt: entries existed and none were persisted.
+fn saved(result: &io::Result<Outcome>) -> FinalSnapshot {
+    match result {
+        Ok(Outcome::Persisted(_)) => FinalSnapshot::Persisted,
+        Ok(Outcome::Skipped(_) | Outcome::Notice(_)) => FinalSnapshot::NothingToPersist,
+        Ok(Outcome::Invalid(_) | Outcome::Starved { .. }) | Err(_) => FinalSnapshot::Failed,
     }
 }
 
@@ -229,12 +388,13 @@ pub struct Prepared {
     pub restored: Option<SnapshotInfo>,
 }
 
-/// Checks that the state file's directory exists and is writable, and removes temp files a
-/// crashed earlier run left behind.
+/// Takes the state file's lock, checks that its directory exists and is writable, and (under
+/// the lock) removes temp files a crashed earlier run left behind.
 ///
 /// # Errors
 ///
-/// [`Code::CantCreat`] naming the directory.
+/// [`Code::TempFail`] if another host holds the lock, [`Code::Usage`] for a `keep` beyond the
+/// maximum, [`Code::CantCreat`] otherwise ([`persister_code`]); the message names the file.
 pub fn open_persister(state: &Path, keep: usize) -> Result<Persister, Failure> {
     let dir_msg = |e: &io::Error| {
         let dir = state
@@ -250,7 +410,12 @@ pub fn open_persister(state: &Path, keep: usize) -> Result<Persister, Failure> {
             ),
         )
     };
-    let persister = Persister::new(state, keep).map_err(|e| dir_msg(&e))?;
+    let persister = Persister::new(state, keep).map_err(|e| match persister_code(&e) {
+        // The lock, --keep and the file type have messages of their own, naming the file.
+        code @ (Code::TempFail | Code::Usage) => Failure::new(code, e.to_string()),
+        _ if StateError::of(&e).is_some() => Failure::new(Code::CantCreat, e.to_string()),
+        _ => dir_msg(&e),
+    })?;
     // Probe writability now rather than at the first snapshot.
     drop(persister.begin().map_err(|e| dir_msg(&e))?);
     match persister.remove_stale_temps() {
@@ -367,28 +532,31 @@ fn choose(persister: &Persister, fallback: bool) -> Result<Choice, Failure> {
     })
 }
 
-/// `--size`, or the snapshot's image length, or [`DEFAULT_SIZE`].
+/// The region's size: `--size` is a minimum, a larger snapshot is restored at its own size
+/// (a client may have grown its region); without `--size`, the snapshot's size or
+/// [`DEFAULT_SIZE`]. The choice is logged when a snapshot overrides `--size`.
 fn region_size(
     size: Option<u64>,
     chosen: Option<&(PathBuf, SnapshotInfo)>,
 ) -> Result<u64, Failure> {
     let size = match (size, chosen) {
         (Some(s), Some((path, info))) if s < info.image_len => {
-            let img = info.image_len;
-            return Err(Failure::new(
-                Code::Config,
-                format!(
-                    "--size {s} is smaller than the snapshot {} ({img} bytes); pass --size {img} or more",
-                    path.display()
-                ),
-            ));
+            info!(
+                "{} is {} bytes, larger than --size {s}: the region is {} bytes",
+                path.display(),
+                info.image_len,
+                info.image_len
+            );
+            info.image_len
         }
         (Some(s), _) => s,
         (None, Some((_, info))) => info.image_len,
         (None, None) => DEFAULT_SIZE,
     };
+    // A footer's image length is checked by `read_footer` (a nonzero multiple of 8), and
+    // `--size` by the command line; this guards the invariant, not user input.
     if size == 0 {
-        return Err(Failure::new(Code::Usage, "--size must be larger than 0"));
+        return Err(Failure::new(Code::Software, "region size 0"));
     }
     Ok(size)
 }
@@ -416,28 +584,50 @@ fn set_aside(bad: &Path, e: &snapshot::SnapshotError, instead: &Path) -> Result<
     Ok(())
 }
 
-/// Verifies `path` and copies it into `memfd`.
+/// Verifies `path` and copies it into `memfd` (opened without blocking, regular files only:
+/// [`snapshot::restore_path`]). The file was read once to size the region: if it changed
+/// since, the restore is refused as a data problem rather than trusted.
 fn restore(path: &Path, info: &SnapshotInfo, memfd: &Memfd, size: u64) -> Result<(), Failure> {
     let t = Instant::now();
-    let file = File::open(path)
-        .map_err(|e| Failure::new(io_code(&e), format!("cannot open {}: {e}", path.display())))?;
-    // A bar on a terminal for a big file: verify reads it, then the copy reads it again.
-    let label = format!("restoring {}", path.display());
-    let restored =
-        progress::reading_file(&file, 2, &label, || snapshot::restore_into(&file, memfd));
-    let (info2, stats) = restored.map_err(|e| {
+    // Opened without blocking, regular files only (a FIFO planted at the path never blocks).
+    let file = snapshot::open(path).map_err(|e| {
         Failure::new(
             snapshot_code(&e),
             format!("cannot restore {}: {e}", path.display()),
         )
     })?;
-    debug_assert_eq!(info2.image_len, info.image_len);
+    // A bar on a terminal for a big file: verify reads it, then the copy reads it again.
+    let label = format!("restoring {}", path.display());
+    let restored =
+        progress::reading_file(&file, 2, &label, || snapshot::restore_into(&file, memfd));
+    let (now, stats) = restored.map_err(|e| {
+        let e = e.at(path);
+        Failure::new(
+            snapshot_code(&e),
+            format!("cannot restore {}: {e}", path.display()),
+        )
+    })?;
+    if now.image_len != info.image_len || now.meta != info.meta {
+        return Err(Failure::new(
+            Code::DataErr,
+            format!(
+                "{} changed while it was being restored (image {} bytes, then {}); is another \
+                 process writing it? Nothing was started",
+                path.display(),
+                info.image_len,
+                now.image_len
+            ),
+        ));
+    }
     info!(
         generation = info.meta.generation,
-        bytes = stats.bytes,
+        image_bytes = info.image_len,
+        data_bytes = stats.bytes,
         ms = ms(t.elapsed()),
-        "restored {} into a {size}-byte region",
-        path.display()
+        "restored {} into a {size}-byte region ({} image bytes, of which {} bytes of data copied; holes skipped)",
+        path.display(),
+        info.image_len,
+        stats.bytes
     );
     Ok(())
 }

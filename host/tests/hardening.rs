@@ -5,6 +5,7 @@
 
 mod common;
 
+use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -47,8 +48,6 @@ fn os(s: &str) -> &std::ffi::OsStr {
 // ---------------------------------------------------------------------------------------
 
 #[test]
-#[ignore = "needs the host to map Persister::new errors with exit::persister_code in \
-            snap.rs open_persister (see the harden branch report); remove when wired"]
 fn a_second_host_on_one_state_file_exits_at_once_with_75() {
     let dir = tempdir();
     let state = dir.path().join("s.snap");
@@ -314,4 +313,226 @@ fn the_systemd_unit_passes_systemd_analyze_verify() {
     assert!(e.contains("notfy"), "a bad Type= went unnoticed: {e:?}");
     let (ok, e) = analyze(&text.replace("/usr/local/bin/shmsnap", "/nonexistent/shmsnap")).unwrap();
     assert!(!ok && e.contains("/nonexistent/shmsnap"), "{e:?}");
+}
+
+// ---------------------------------------------------------------------------------------
+// Item 8: the exit status of a requested stop.
+// ---------------------------------------------------------------------------------------
+
+/// A queue client that scribbles over its region's header, says "ready" and waits for
+/// SIGTERM (then exits 0): the final snapshot cannot be taken.
+const SCRIBBLER: &str = r#"printf 'not a queue header' 1<>/proc/self/fd/3; trap "exit 0" TERM; echo ready; while :; do sleep 0.05; done"#;
+
+#[test]
+fn a_requested_stop_whose_final_snapshot_failed_exits_74() {
+    let dir = tempdir();
+    let state = dir.path().join("s.snap");
+    let mut h = run_host(
+        &state,
+        &["--strategy", "queue", "--interval", "1h", "--size", "64K"],
+        &["/bin/sh", "-c", SCRIBBLER],
+    );
+    h.out.expect("ready", "client");
+    h.signal(Signal::TERM);
+    assert_eq!(h.exit_code(), 74, "{}", h.err.text());
+    let err = h.err.text();
+    assert!(err.contains("final snapshot failed"), "{err}");
+    assert!(!state.exists(), "nothing could be persisted");
+}
+
+#[test]
+fn a_stop_while_the_client_waits_for_its_restart_exits_0() {
+    let dir = tempdir();
+    let state = dir.path().join("s.snap");
+    let mut h = run_host(
+        &state,
+        &["--size", "64K", "--max-backoff", "1h"],
+        &["/bin/sh", "-c", "exit 3"],
+    );
+    // Pauses 100ms, 200ms, 400ms, 800ms, 1.6s: the stop lands in the 1.6 s pause.
+    h.err.expect("restarting the client in 1.6s", "backoff");
+    h.signal(Signal::TERM);
+    assert_eq!(h.exit_code(), 0, "{}", h.err.text());
+    let err = h.err.text();
+    assert!(
+        err.contains("stop requested while the client was not running"),
+        "{err}"
+    );
+    assert_verifies(&state);
+}
+
+// ---------------------------------------------------------------------------------------
+// Items 2 and 5: the region's size — a client that grows it, --size as a minimum.
+// ---------------------------------------------------------------------------------------
+
+/// The issue's scenario: a client appends 6 bytes to its 4096-byte region; the snapshot must
+/// verify *and* restore with the same command line.
+#[test]
+fn a_region_grown_to_an_odd_length_is_padded_and_its_snapshot_restores() {
+    let dir = tempdir();
+    let state = dir.path().join("a.snap");
+    let mut h = run_host(
+        &state,
+        &["--size", "4096", "--restart", "never"],
+        &["/bin/sh", "-c", "echo hello >> /proc/self/fd/3"],
+    );
+    assert_eq!(h.exit_code(), 0, "{}", h.err.text());
+    let err = h.err.text();
+    assert!(
+        err.contains("the client grew the region from 4096 to 4102 bytes"),
+        "{err}"
+    );
+    assert!(err.contains("grew it with zeros to 8192 bytes"), "{err}");
+    assert_verifies(&state);
+    let mut h = run_host(
+        &state,
+        &["--restart", "never"],
+        &[
+            "/bin/sh",
+            "-c",
+            r#"head -c 4102 /proc/self/fd/3 | tail -c 6"#,
+        ],
+    );
+    assert_eq!(h.exit_code(), 0, "{}", h.err.text());
+    assert!(h.err.text().contains("restored "), "{}", h.err.text());
+    assert_eq!(h.out.all(), ["hello"], "the appended bytes were restored");
+}
+
+// ---------------------------------------------------------------------------------------
+// Item 4: a corrupted live region is never re-restored.
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn a_queue_client_that_scribbles_over_its_header_restarts_on_the_restored_good_state() {
+    let dir = tempdir();
+    let state = dir.path().join("q.snap");
+    let mut h = run_host(
+        &state,
+        &["--strategy", "queue", "--size", "1M", "--restart", "never"],
+        &primes(&["--limit", "640"]),
+    );
+    assert_eq!(h.exit_code(), 0, "{}", h.err.text());
+    let marker = dir.path().join("scribbled");
+    // First run: scribble over the header and fail. Second run: the primes client, which
+    // must find its 640 primes (it fails to attach to a corrupt region).
+    let script = format!(
+        r#"if [ ! -e {m} ]; then touch {m}; printf 'scribble' 1<>/proc/self/fd/3; exit 1; fi
+exec {bin} example primes --limit 640"#,
+        m = marker.display(),
+        bin = BIN
+    );
+    let mut h = run_host(
+        &state,
+        &["--strategy", "queue", "--restart", "on-failure"],
+        &["/bin/sh", "-c", &script],
+    );
+    assert_eq!(h.exit_code(), 0, "{}", h.err.text());
+    let err = h.err.text();
+    println!("{err}");
+    assert!(
+        err.contains("failed validation after the client exited"),
+        "{err}"
+    );
+    assert!(
+        err.contains("restored ") && err.contains("into the region"),
+        "{err}"
+    );
+    assert!(
+        h.out.text().contains("restored 640 primes, all correct"),
+        "{}",
+        h.out.text()
+    );
+    let corrupt: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("q.snap.corrupt-"))
+        .collect();
+    assert_eq!(corrupt.len(), 1, "one file set aside: {corrupt:?}");
+    let aside = std::fs::read(dir.path().join(&corrupt[0])).unwrap();
+    assert!(
+        aside.starts_with(b"scribble"),
+        "the live region was set aside"
+    );
+    assert_verifies(&state);
+}
+
+// ---------------------------------------------------------------------------------------
+// Item 6: queue strategy on a region that is not a queue.
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn a_region_that_is_not_a_queue_is_reported_on_change_with_a_count_and_at_exit() {
+    let dir = tempdir();
+    let state = dir.path().join("s.snap");
+    let mut h = run_host(
+        &state,
+        &["--strategy", "queue", "--interval", "10ms", "--size", "64K"],
+        &["/bin/sh", "-c", SCRIBBLER],
+    );
+    h.out.expect("ready", "client");
+    h.err.expect("still, 10 attempts in a row", "the count");
+    h.signal(Signal::TERM);
+    assert_eq!(h.exit_code(), 74, "{}", h.err.text());
+    let err = h.err.all();
+    let first: Vec<_> = err
+        .iter()
+        .filter(|l| l.contains("WARN") && l.contains("snapshot skipped"))
+        .collect();
+    assert_eq!(first.len(), 1, "one warning per change: {err:#?}");
+    assert!(
+        first[0].contains("no snapshot persisted yet to"),
+        "{}",
+        first[0]
+    );
+    assert!(
+        err.iter()
+            .any(|l| l.contains("no snapshot was ever persisted to") && l.contains("s.snap")),
+        "{err:#?}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// Item 12: hostile footers and file types at start.
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn a_footer_at_the_last_generation_saturates_instead_of_wrapping() {
+    use shmsnap_linux::snapshot::{encode_footer, read_footer_path, FOOTER_LEN};
+    let dir = tempdir();
+    let state = dir.path().join("g.snap");
+    let mut h = run_host(&state, &["--size", "64K", "--restart", "never"], &["true"]);
+    assert_eq!(h.exit_code(), 0, "{}", h.err.text());
+    let mut info = read_footer_path(&state).unwrap();
+    info.meta.generation = u64::MAX;
+    let mut bytes = std::fs::read(&state).unwrap();
+    let at = bytes.len() - FOOTER_LEN;
+    bytes[at..].copy_from_slice(&encode_footer(info.image_len, info.meta, info.image_crc));
+    std::fs::write(&state, &bytes).unwrap();
+    assert_verifies(&state);
+    let mut h = run_host(&state, &["--restart", "never"], &["true"]);
+    assert_eq!(h.exit_code(), 0, "{}", h.err.text());
+    let after = read_footer_path(&state).unwrap();
+    assert_eq!(after.meta.generation, u64::MAX, "{}", h.err.text());
+}
+
+#[test]
+fn a_fifo_at_the_older_generation_under_fallback_does_not_block() {
+    let dir = tempdir();
+    let state = dir.path().join("f.snap");
+    std::fs::write(&state, b"not a snapshot").unwrap();
+    let fifo = dir.path().join("f.snap.1");
+    let ok = Command::new("mkfifo").arg(&fifo).status().unwrap();
+    assert!(ok.success());
+    let mut h = run_host(&state, &["--fallback", "--restart", "never"], &["true"]);
+    assert_eq!(h.exit_code(), 65, "{}", h.err.text());
+    let err = h.err.text();
+    assert!(err.contains("f.snap.1") && err.contains("FIFO"), "{err}");
+    assert!(
+        std::fs::symlink_metadata(&fifo)
+            .unwrap()
+            .file_type()
+            .is_fifo(),
+        "left alone"
+    );
 }

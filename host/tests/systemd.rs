@@ -119,7 +119,8 @@ fn fd_store_push_ready_status_and_reuse_of_the_stored_fd() {
     );
 
     h.signal(Signal::TERM);
-    assert_eq!(h.exit_code(), 143, "{}", h.err.text());
+    // A requested stop with the state saved (final snapshot, or the stored fd) exits 0.
+    assert_eq!(h.exit_code(), 0, "{}", h.err.text());
     let kept = count_in(&map).unwrap();
     assert!(kept > 0);
     // The disk copy is gone: only the stored fd can bring the state back.
@@ -157,6 +158,6 @@ fn fd_store_push_ready_status_and_reuse_of_the_stored_fd() {
         "the client sees exactly the state left in the stored fd"
     );
     h2.signal(Signal::TERM);
-    assert_eq!(h2.exit_code(), 143);
+    assert_eq!(h2.exit_code(), 0, "{}", h2.err.text());
     assert!(snapshot_count(&inspect(&state).unwrap()) >= kept);
 }

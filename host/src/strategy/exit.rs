@@ -10,8 +10,7 @@ use std::time::{Duration, Instant};
 use shmsnap_linux::snapshot;
 use shmsnap_linux::Mapping;
 
-use super::{Cx, OnUsr1, Schedule, Strategy};
-use crate::cli::StrategyArg;
+use super::{Code, Cx, OnUsr1, Schedule, Strategy};
 use crate::snap::{Outcome, Report};
 
 /// The exit strategy (no state: every exit is snapshotted).
@@ -19,12 +18,8 @@ use crate::snap::{Outcome, Report};
 pub struct Exit;
 
 impl Strategy for Exit {
-    fn name(&self) -> &'static str {
-        "exit"
-    }
-
-    fn code(&self) -> u64 {
-        StrategyArg::Exit.code()
+    fn code(&self) -> Code {
+        Code::Exit
     }
 
     fn schedule(&self) -> Schedule {

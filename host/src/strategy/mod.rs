@@ -30,6 +30,9 @@ use tracing::warn;
 use crate::cli::StrategyArg;
 use crate::snap::Outcome;
 
+/// The strategy codes of snapshot footers and region headers, typed (core's one vocabulary).
+pub use shmsnap_core::Strategy as Code;
+
 /// When the supervisor asks for snapshots.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Schedule {
@@ -82,11 +85,9 @@ pub struct Cx<'a> {
 /// A strategy lives on the snapshot worker thread (hence `Send`); the supervisor only reads
 /// its [`Schedule`] and [`Protection`] before handing it over.
 pub trait Strategy: Send + fmt::Debug {
-    /// The name users type (`--strategy NAME`).
-    fn name(&self) -> &'static str;
-
-    /// The strategy code written into snapshot footers.
-    fn code(&self) -> u64;
+    /// The strategy, as written into snapshot footers (its name, `Code::name`, is what users
+    /// type after `--strategy`).
+    fn code(&self) -> Code;
 
     /// When snapshots are requested.
     fn schedule(&self) -> Schedule;
@@ -100,7 +101,7 @@ pub trait Strategy: Send + fmt::Debug {
     /// remembers what of it is already on disk. The default warns when a restored snapshot
     /// was taken by another strategy.
     fn accept(&mut self, _map: &Mapping, origin: Origin<'_>) {
-        warn_on_foreign(self.code(), self.name(), origin);
+        warn_on_foreign(self.code(), origin);
     }
 
     /// `true` if the region holds nothing the last persisted snapshot lacks (then no snapshot
@@ -115,7 +116,8 @@ pub trait Strategy: Send + fmt::Debug {
     fn take(&mut self, cx: Cx<'_>) -> io::Result<Outcome>;
 }
 
-/// The strategy chosen on the command line.
+/// The strategy chosen on the command line (the one place a [`StrategyArg`] becomes a
+/// strategy and its [`Code`]).
 pub fn from_arg(arg: StrategyArg) -> Box<dyn Strategy> {
     match arg {
         StrategyArg::Exit => Box::new(exit::Exit),
@@ -123,14 +125,65 @@ pub fn from_arg(arg: StrategyArg) -> Box<dyn Strategy> {
     }
 }
 
-/// Warns if a restored snapshot was taken with another strategy than `code`.
-pub fn warn_on_foreign(code: u64, name: &str, origin: Origin<'_>) {
-    if let Origin::Restored(info) = origin {
-        if info.meta.strategy != code {
-            warn!(
-                "the snapshot was taken with strategy code {}, this run uses {name}",
-                info.meta.strategy
-            );
+/// Warns if a restored snapshot was taken with another strategy than `ours`.
+pub fn warn_on_foreign(ours: Code, origin: Origin<'_>) {
+    if let Some(line) = foreign(ours, origin) {
+        warn!("{line}");
+    }
+}
+
+/// The warning for a restored snapshot of another strategy than `ours`, naming both.
+fn foreign(ours: Code, origin: Origin<'_>) -> Option<String> {
+    let Origin::Restored(info) = origin else {
+        return None;
+    };
+    let theirs = match Code::from_code(info.meta.strategy) {
+        Some(t) if t == ours => return None,
+        Some(t) => format!("the {t} strategy (--strategy {t})"),
+        // No name to give: the number is all there is.
+        None => format!("an unknown strategy (footer code {})", info.meta.strategy),
+    };
+    Some(format!(
+        "the restored snapshot was taken with {theirs}; this run uses the {ours} strategy"
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shmsnap_linux::snapshot::SnapshotMeta;
+
+    fn info(strategy: u64) -> SnapshotInfo {
+        SnapshotInfo {
+            version: 1,
+            image_len: 4096,
+            meta: SnapshotMeta {
+                strategy,
+                generation: 1,
+                unix_time_ns: 0,
+            },
+            image_crc: 0,
         }
+    }
+
+    #[test]
+    fn the_strategy_mismatch_warning_names_both_strategies_without_numbers() {
+        let i = info(Code::Exit.code());
+        let line = foreign(Code::Queue, Origin::Restored(&i)).unwrap();
+        assert!(line.contains("the exit strategy"), "{line}");
+        assert!(line.contains("the queue strategy"), "{line}");
+        assert!(!line.contains(char::is_numeric), "{line}");
+        let same = info(Code::Queue.code());
+        assert_eq!(foreign(Code::Queue, Origin::Restored(&same)), None);
+        assert_eq!(foreign(Code::Queue, Origin::Empty), None);
+        let odd = info(99);
+        let line = foreign(Code::Exit, Origin::Restored(&odd)).unwrap();
+        assert!(line.contains("unknown strategy (footer code 99)"), "{line}");
+    }
+
+    #[test]
+    fn each_command_line_strategy_has_its_own_code() {
+        assert_eq!(from_arg(StrategyArg::Exit).code(), Code::Exit);
+        assert_eq!(from_arg(StrategyArg::Queue).code(), Code::Queue);
     }
 }

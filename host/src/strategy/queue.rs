@@ -12,8 +12,7 @@ use shmsnap_core::{Hints, Region};
 use shmsnap_linux::take::{take_queue, QueueSnapshot, Scratch, Skip};
 use shmsnap_linux::Mapping;
 
-use super::{warn_on_foreign, Cx, OnUsr1, Origin, Schedule, Strategy};
-use crate::cli::StrategyArg;
+use super::{warn_on_foreign, Code, Cx, OnUsr1, Origin, Schedule, Strategy};
 use crate::snap::{Outcome, Report};
 
 /// The queue strategy's memory between snapshots.
@@ -24,6 +23,8 @@ pub struct Queue {
     last_mark: Option<(u64, u64)>,
     /// Buffers reused by every attempt.
     scratch: Scratch,
+    /// A region without valid entries was reported (info, once); reset when one is persisted.
+    told_empty: bool,
 }
 
 fn mark(h: Hints) -> (u64, u64) {
@@ -36,12 +37,8 @@ fn live_mark(map: &Mapping) -> Option<(u64, u64)> {
 }
 
 impl Strategy for Queue {
-    fn name(&self) -> &'static str {
-        "queue"
-    }
-
-    fn code(&self) -> u64 {
-        StrategyArg::Queue.code()
+    fn code(&self) -> Code {
+        Code::Queue
     }
 
     fn schedule(&self) -> Schedule {
@@ -53,7 +50,7 @@ impl Strategy for Queue {
     }
 
     fn accept(&mut self, map: &Mapping, origin: Origin<'_>) {
-        warn_on_foreign(self.code(), self.name(), origin);
+        warn_on_foreign(self.code(), origin);
         // A restored (or empty) region is exactly what is on disk; an inherited one may hold
         // commits that never were persisted, so it is not marked.
         if !matches!(origin, Origin::FdStore) {
@@ -71,7 +68,11 @@ impl Strategy for Queue {
             QueueSnapshot::Written { file, figures } => (file, figures),
             QueueSnapshot::Skipped(Skip::NoEntries { hints }) => {
                 self.last_mark = Some(mark(hints));
-                return Ok(Outcome::Skipped(Skip::NoEntries { hints }.to_string()));
+                let reason = Skip::NoEntries { hints }.to_string();
+                if std::mem::replace(&mut self.told_empty, true) {
+                    return Ok(Outcome::Skipped(reason));
+                }
+                return Ok(Outcome::Notice(reason));
             }
             QueueSnapshot::Skipped(s @ Skip::InvalidHeader(_)) => {
                 return Ok(Outcome::Invalid(s.to_string()))
@@ -87,6 +88,7 @@ impl Strategy for Queue {
         };
         let stats = file.commit()?;
         self.last_mark = Some(mark(f.hints_before));
+        self.told_empty = false;
         Ok(Outcome::Persisted(Report {
             generation: cx.meta.generation,
             bytes: f.copy.bytes,

@@ -41,7 +41,7 @@ use self::client::Client;
 use self::restart::RestartPolicy;
 use self::worker::{Done, Job, Why, Worker};
 use crate::cli::RunArgs;
-use crate::exit::{Code, Failure};
+use crate::exit::{requested_stop_status, Code, Failure, FinalSnapshot};
 use crate::metrics::Metrics;
 use crate::notify::Notifier;
 use crate::snap::Tally;
@@ -96,6 +96,9 @@ pub struct Supervisor {
     metrics: Metrics,
     /// systemd's watchdog, when it asked for one (`WATCHDOG_USEC`).
     watchdog: Option<Watchdog>,
+    /// How the latest snapshot attempt went: a requested stop exits with
+    /// [`requested_stop_status`] of it.
+    saved: FinalSnapshot,
 }
 
 /// Runs the supervisor until the client is done (per the restart policy) or a stop signal.
@@ -209,8 +212,9 @@ impl Supervisor {
                 info!("stop requested; exiting after the client's final snapshot");
             }
             Client::Waiting { .. } => {
+                // Its final snapshot was taken before the restart was scheduled.
                 info!("stop requested while the client was not running");
-                return Flow::Exit(143);
+                return Flow::Exit(self.stop_status());
             }
         }
         self.stop_deadline
@@ -221,6 +225,7 @@ impl Supervisor {
     fn on_snapshot(&mut self, done: Done) -> Result<Flow, Failure> {
         self.worker.finished()?;
         status_line(&self.notifier, done.tally);
+        self.saved = done.tally.last.unwrap_or(FinalSnapshot::NothingToPersist);
         if self.schedule.ticks && self.next_tick.is_none() && !self.worker.busy() {
             self.next_tick = Some(Instant::now() + self.interval);
         }
@@ -239,6 +244,7 @@ impl Supervisor {
         };
         let stopping = self.stop_deadline.is_some();
         match self.restart.after_exit(code, ran, stopping) {
+            None if stopping => Flow::Exit(self.stop_status()),
             None => Flow::Exit(code),
             Some(pause) => {
                 info!("restarting the client in {pause:?}");
@@ -246,6 +252,15 @@ impl Supervisor {
                 Flow::Continue
             }
         }
+    }
+
+    /// The exit status of a requested stop (SIGTERM/SIGINT): 0 when the state is safe on
+    /// disk, 74 when the final snapshot failed; the client's own status is logged only.
+    fn stop_status(&self) -> i32 {
+        if self.saved == FinalSnapshot::Failed {
+            warn!("stop requested, but the final snapshot failed: the state on disk is older than the client's");
+        }
+        i32::from(requested_stop_status(self.saved))
     }
 
     /// What is due: the stop deadline, a restart, an interval snapshot.

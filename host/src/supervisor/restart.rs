@@ -15,8 +15,8 @@ pub struct RestartPolicy {
     when: RestartArg,
     /// `--max-backoff`: the cap of `backoff`.
     max: Duration,
-    /// Doubles after each quick failure, from `MIN_BACKOFF` up to `max`; the pause is half
-    /// of it.
+    /// The last pause: doubles after each quick failure, from `MIN_BACKOFF` up to exactly
+    /// `max`; `MIN_BACKOFF / 2` after a stable run (so that the next pause is `MIN_BACKOFF`).
     backoff: Duration,
 }
 
@@ -26,7 +26,7 @@ impl RestartPolicy {
         RestartPolicy {
             when,
             max,
-            backoff: MIN_BACKOFF,
+            backoff: MIN_BACKOFF / 2,
         }
     }
 
@@ -42,17 +42,14 @@ impl RestartPolicy {
         restart.then(|| self.pause(ran))
     }
 
-    /// 100 ms after a stable run; else the doubled backoff, halved.
+    /// `MIN_BACKOFF` after a stable run; else the last pause doubled, at most `--max-backoff`
+    /// (and never below `MIN_BACKOFF`, should `--max-backoff` be smaller).
     fn pause(&mut self, ran: Duration) -> Duration {
         if ran >= STABLE_RUN {
-            self.backoff = MIN_BACKOFF;
-            return MIN_BACKOFF;
+            self.backoff = MIN_BACKOFF / 2;
         }
-        self.backoff = (self.backoff * 2).min(self.max);
-        // The longest pause is therefore `--max-backoff / 2`, though `--help` promises
-        // `--max-backoff` (issue 11, item 9). Kept as it was; the fix is this line:
-        // `self.backoff / 2` → `self.backoff`, with the doubling starting from MIN_BACKOFF / 2.
-        self.backoff / 2
+        self.backoff = (self.backoff * 2).min(self.max).max(MIN_BACKOFF);
+        self.backoff
     }
 }
 
@@ -61,15 +58,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn quick_failures_double_the_pause_up_to_half_the_max_and_a_stable_run_resets_it() {
+    fn quick_failures_double_the_pause_up_to_exactly_the_max_and_a_stable_run_resets_it() {
         let mut p = RestartPolicy::new(RestartArg::OnFailure, Duration::from_millis(500));
         let quick = Duration::from_millis(10);
-        let pauses: Vec<_> = (0..4)
+        let pauses: Vec<_> = (0..5)
             .map(|_| p.after_exit(1, quick, false).unwrap().as_millis())
             .collect();
-        assert_eq!(pauses, [100, 200, 250, 250]);
+        assert_eq!(pauses, [100, 200, 400, 500, 500]);
+        // A stable run pauses the minimum and starts the doubling over.
         assert_eq!(p.after_exit(1, STABLE_RUN, false), Some(MIN_BACKOFF));
-        assert_eq!(p.after_exit(1, quick, false), Some(MIN_BACKOFF));
+        assert_eq!(p.after_exit(1, quick, false), Some(MIN_BACKOFF * 2));
     }
 
     #[test]
@@ -83,5 +81,13 @@ mod tests {
         let mut always = RestartPolicy::new(RestartArg::Always, Duration::from_secs(1));
         assert!(always.after_exit(0, quick, false).is_some());
         assert_eq!(always.after_exit(0, quick, true), None);
+    }
+
+    #[test]
+    fn a_max_backoff_below_the_minimum_pause_still_pauses_the_minimum() {
+        let mut p = RestartPolicy::new(RestartArg::Always, Duration::from_millis(10));
+        let quick = Duration::from_millis(1);
+        assert_eq!(p.after_exit(1, quick, false), Some(MIN_BACKOFF));
+        assert_eq!(p.after_exit(1, quick, false), Some(MIN_BACKOFF));
     }
 }

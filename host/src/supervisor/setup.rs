@@ -15,7 +15,7 @@ use super::restart::RestartPolicy;
 use super::worker::Worker;
 use super::{start_metrics, Event, Supervisor};
 use crate::cli::RunArgs;
-use crate::exit::{Code, Failure};
+use crate::exit::{Code, Failure, FinalSnapshot};
 use crate::notify::Notifier;
 use crate::snap::{open_persister, prepare_region, Prepared, Snapshotter};
 use crate::strategy::{self, Origin};
@@ -77,6 +77,8 @@ pub fn start(args: RunArgs) -> Result<Supervisor, Failure> {
         stop_deadline: None,
         metrics,
         watchdog: Watchdog::from_env(Instant::now()),
+        // Until a snapshot is attempted, the disk holds what the region was started from.
+        saved: FinalSnapshot::NothingToPersist,
     })
 }
 
@@ -90,15 +92,25 @@ fn region(
     let Some(memfd) = inherited else {
         return prepare_region(persister, args.size, args.fallback);
     };
-    if let Some(size) = args.size {
+    let len = memfd.len().map_err(|e| {
+        Failure::new(
+            Code::OsErr,
+            format!("cannot stat the inherited region: {e}"),
+        )
+    })?;
+    // `--size` is a minimum: a larger inherited region (a client grew it) is kept as it is.
+    let size = args.size.map_or(len, |s| s.max(len));
+    if size > len {
         memfd.grow(size).map_err(|e| {
             Failure::new(
-                Code::Config,
-                format!("cannot size the inherited region to {size} bytes: {e}"),
+                Code::OsErr,
+                format!("cannot grow the inherited region from {len} to {size} bytes: {e}"),
             )
         })?;
     }
-    info!("reusing the region from the service manager's fd store (no restore from disk)");
+    info!(
+        "reusing the region from the service manager's fd store ({size} bytes; no restore from disk)"
+    );
     Ok(Prepared {
         memfd,
         restored: None,

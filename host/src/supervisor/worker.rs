@@ -236,7 +236,7 @@ fn record(result: &io::Result<Outcome>) -> SnapshotRecord {
             entries_dropped: r.dropped,
             generation: Some(r.generation),
         },
-        Ok(Outcome::Skipped(_)) => only(SnapshotResult::Skipped),
+        Ok(Outcome::Skipped(_) | Outcome::Notice(_)) => only(SnapshotResult::Skipped),
         Ok(Outcome::Starved { copy, pre, .. }) => SnapshotRecord {
             phases: vec![(Phase::Copy, *copy)],
             entries_dropped: *pre,

@@ -75,7 +75,7 @@ fn bench(dir: &Path, touched: u64, iters: usize) -> io::Result<()> {
                 f,
                 REGION,
                 SnapshotMeta {
-                    strategy: 0,
+                    strategy: shmsnap_core::Strategy::Exit.code(),
                     generation: g as u64,
                     unix_time_ns: 0,
                 },
@@ -148,7 +148,7 @@ fn main() -> io::Result<()> {
                     f,
                     MIB,
                     SnapshotMeta {
-                        strategy: 0,
+                        strategy: shmsnap_core::Strategy::Exit.code(),
                         generation: g,
                         unix_time_ns: 0,
                     },

@@ -35,7 +35,9 @@
 //! let dir = tempfile::tempdir()?;
 //! let target = dir.path().join("state.snap");
 //! let persister = Persister::new(&target, 1)?;
-//! let meta = snapshot::SnapshotMeta { strategy: 0, generation: 1, unix_time_ns: 0 };
+//! let meta = snapshot::SnapshotMeta {
+//!     strategy: shmsnap_core::Strategy::Exit.code(), generation: 1, unix_time_ns: 0,
+//! };
 //! persister.persist_with(|file| -> Result<(), std::io::Error> {
 //!     snapshot::write_snapshot(&region, file, region.len()?, meta)?;
 //!     Ok(())

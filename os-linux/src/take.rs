@@ -200,7 +200,7 @@ mod tests {
 
     fn meta(generation: u64) -> SnapshotMeta {
         SnapshotMeta {
-            strategy: 1,
+            strategy: shmsnap_core::Strategy::Queue.code(),
             generation,
             unix_time_ns: 0,
         }

@@ -9,7 +9,7 @@ const IMAGE: u64 = 2 << 20;
 
 fn meta(generation: u64) -> SnapshotMeta {
     SnapshotMeta {
-        strategy: 0,
+        strategy: shmsnap_core::Strategy::Exit.code(),
         generation,
         unix_time_ns: generation * 1000,
     }

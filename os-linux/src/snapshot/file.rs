@@ -286,7 +286,7 @@ mod tests {
 
     /// The exit strategy's metadata: the image is opaque, footer and CRC are all that count.
     const META: SnapshotMeta = SnapshotMeta {
-        strategy: 0,
+        strategy: shmsnap_core::Strategy::Exit.code(),
         generation: 7,
         unix_time_ns: 1_700_000_000_000_000_000,
     };

@@ -25,6 +25,19 @@ struct Report {
     sound: bool,
     layout: Option<LayoutReport>,
     entries: Vec<Entry>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    triple: Option<TripleReport>,
+}
+
+/// The persisted buffer of a sound triple image.
+#[derive(Debug, Serialize)]
+struct TripleReport {
+    buffers: u64,
+    buffer_size: u64,
+    buffer: u64,
+    seq: u64,
+    next_seq: u64,
+    region_len: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -176,7 +189,21 @@ fn build(path: &Path) -> Result<Report, Failure> {
         sound: false,
         layout: None,
         entries: Vec::new(),
+        triple: None,
     };
+    if let Ok(info) = &verified {
+        // Verified: the image check passed, so this reads a sound triple meta again (no CRC).
+        if let Ok(ImageSummary::Triple(t)) = snapshot::check_image(&file, info, |_, _| {}) {
+            report.triple = Some(TripleReport {
+                buffers: t.layout.buffers,
+                buffer_size: t.layout.buffer_size,
+                buffer: t.buffer,
+                seq: t.seq,
+                next_seq: t.next_seq,
+                region_len: t.layout.region_len,
+            });
+        }
+    }
     let mut problem = match &verified {
         Ok(_) => None,
         Err(e) => Some((snapshot_code(e), e.to_string())),
@@ -239,6 +266,10 @@ pub fn verify(path: &Path) -> Result<ExitCode, Failure> {
         } => format!(
             ", {entries} entries, newest seq {}",
             newest.map_or(0, |d| d.seq)
+        ),
+        ImageSummary::Triple(t) => format!(
+            ", triple buffer {} of {} ({} bytes), seq {}",
+            t.buffer, t.layout.buffers, t.layout.buffer_size, t.seq
         ),
         _ => String::new(),
     };
@@ -314,6 +345,12 @@ fn print_text(r: &Report) {
                 );
             }
         }
+    }
+    if let Some(t) = &r.triple {
+        println!(
+            "triple:    buffer {} of {} ({} bytes each) holds seq {}; next_seq {}, region {} bytes",
+            t.buffer, t.buffers, t.buffer_size, t.seq, t.next_seq, t.region_len
+        );
     }
     println!("verdict:   {}", r.verdict);
 }

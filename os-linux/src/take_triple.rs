@@ -242,15 +242,13 @@ mod tests {
         assert!(figures.copy.bytes <= REQUEST.buffer_size, "{figures:?}");
         file.commit().unwrap();
         let again = take_triple(&memfd, &host, &persister, meta(2), seq, &mut scratch).unwrap();
-        assert!(matches!(again, TripleSnapshot::Skipped(TripleSkip::NothingNew { newest }) if newest == seq));
+        assert!(
+            matches!(again, TripleSnapshot::Skipped(TripleSkip::NothingNew { newest }) if newest == seq)
+        );
 
         verify_path(&persister.target()).unwrap();
         let (fresh, fresh_map) = region(1 << 20);
-        restore_into(
-            &std::fs::File::open(persister.target()).unwrap(),
-            &fresh,
-        )
-        .unwrap();
+        restore_into(&std::fs::File::open(persister.target()).unwrap(), &fresh).unwrap();
         let back = TripleClient::attach(fresh_map.words()).unwrap();
         let mut out = [0u8; 101];
         assert_eq!(back.read_newest(0, &mut out).unwrap(), Some(seq));

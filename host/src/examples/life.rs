@@ -94,7 +94,11 @@ impl Board {
             for x in 0..n {
                 let (l, r) = ((x + n - 1) % n, (x + 1) % n);
                 let c = &self.cells;
-                let alive = c[up + l] + c[up + x] + c[up + r] + c[row + l] + c[row + r]
+                let alive = c[up + l]
+                    + c[up + x]
+                    + c[up + r]
+                    + c[row + l]
+                    + c[row + r]
                     + c[down + l]
                     + c[down + x]
                     + c[down + r];
@@ -160,7 +164,9 @@ impl Board {
         }
         let (seed, generation, sum) = (word(2)?, word(3)?, word(4)?);
         if generation > MAX_GENERATION {
-            return Err(format!("generation {generation} is beyond {MAX_GENERATION}"));
+            return Err(format!(
+                "generation {generation} is beyond {MAX_GENERATION}"
+            ));
         }
         let n = (side as usize).pow(2);
         let cells = bytes
@@ -187,7 +193,11 @@ impl Board {
             expected.step(&mut scratch);
         }
         if expected.cells != board.cells {
-            let i = expected.cells.iter().zip(&board.cells).position(|(a, b)| a != b);
+            let i = expected
+                .cells
+                .iter()
+                .zip(&board.cells)
+                .position(|(a, b)| a != b);
             return Err(format!(
                 "the board is not generation {generation} of seed {seed} (first difference at cell {})",
                 i.unwrap_or(0)
@@ -222,7 +232,8 @@ fn open_failure(e: TripleError) -> Failure {
 /// A [`Failure`] if the region cannot be found or used.
 pub fn run(generations: u64, pause: Duration, side: u32, seed: u64) -> Result<ExitCode, Failure> {
     let (_memfd, map) = super::region()?;
-    let mut client = TripleClient::open_or_init(map.words(), request(side)).map_err(open_failure)?;
+    let mut client =
+        TripleClient::open_or_init(map.words(), request(side)).map_err(open_failure)?;
     let mut bytes = vec![0u8; HEADER + (side as usize).pow(2)];
     let mut board = match client.read_newest(0, &mut bytes) {
         Err(e) => return Err(fail("cannot read the newest state", e)),
@@ -308,7 +319,9 @@ mod tests {
         // A torn board: a cell flipped, checksum kept.
         let mut torn = bytes.clone();
         torn[HEADER + 3] ^= 1;
-        assert!(Board::decode_verified(&torn, 16).unwrap_err().contains("checksum"));
+        assert!(Board::decode_verified(&torn, 16)
+            .unwrap_err()
+            .contains("checksum"));
         // A board of another generation, re-checksummed: only the recompute catches it.
         let mut other = b.clone();
         other.generation += 1;
@@ -323,6 +336,8 @@ mod tests {
         }
         let mut huge = bytes.clone();
         huge[24..32].copy_from_slice(&u64::MAX.to_le_bytes());
-        assert!(Board::decode_verified(&huge, 16).unwrap_err().contains("beyond"));
+        assert!(Board::decode_verified(&huge, 16)
+            .unwrap_err()
+            .contains("beyond"));
     }
 }

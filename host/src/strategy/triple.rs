@@ -54,7 +54,10 @@ fn attach_failure(e: TripleError) -> Outcome {
 
 impl Triple {
     /// Attaches to the region and logs the freezes it undid.
-    fn attach<'m>(&mut self, map: &'m Mapping) -> Result<TripleHost<'m, [std::sync::atomic::AtomicU64]>, TripleError> {
+    fn attach<'m>(
+        &mut self,
+        map: &'m Mapping,
+    ) -> Result<TripleHost<'m, [std::sync::atomic::AtomicU64]>, TripleError> {
         let host = TripleHost::attach(map.words())?;
         let n = host.adopted();
         if n > 0 && !self.attached {
@@ -112,8 +115,7 @@ impl Strategy for Triple {
             self.last_seq = host.newest_ready();
             info!(
                 seq = self.last_seq,
-                "restored triple state: the next client reads seq {}",
-                self.last_seq
+                "restored triple state: the next client reads seq {}", self.last_seq
             );
         }
     }

@@ -248,7 +248,7 @@ mod tests {
 
         verify_path(&persister.target()).unwrap();
         let (fresh, fresh_map) = region(1 << 20);
-        restore_into(&std::fs::File::open(persister.target()).unwrap(), &fresh).unwrap();
+        restore_into(std::fs::File::open(persister.target()).unwrap(), &fresh).unwrap();
         let back = TripleClient::attach(fresh_map.words()).unwrap();
         let mut out = [0u8; 101];
         assert_eq!(back.read_newest(0, &mut out).unwrap(), Some(seq));

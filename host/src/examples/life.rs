@@ -33,7 +33,7 @@ pub const MAX_GENERATION: u64 = 1 << 32;
 /// Parses `--side`: a multiple of 8 from 8 to 4096.
 pub fn parse_side(s: &str) -> Result<u32, String> {
     match s.parse::<u32>() {
-        Ok(n) if (8..=4096).contains(&n) && n % 8 == 0 => Ok(n),
+        Ok(n) if (8..=4096).contains(&n) && n.is_multiple_of(8) => Ok(n),
         _ => Err("expected a multiple of 8 from 8 to 4096".into()),
     }
 }
@@ -74,7 +74,7 @@ impl Board {
     pub fn new(side: u32, seed: u64) -> Board {
         let mut x = seed;
         let cells = (0..(side as usize).pow(2))
-            .map(|_| u8::from(splitmix(&mut x) % 3 == 0))
+            .map(|_| u8::from(splitmix(&mut x).is_multiple_of(3)))
             .collect();
         Board {
             side,

@@ -13,7 +13,7 @@
 //! [`take_triple`] runs these steps and hands back the temp file, complete but not yet synced:
 //! the caller decides whether to [`commit`](TempFile::commit) it. The other buffers stay holes
 //! in the image, so a snapshot costs one buffer, whatever the buffer count. The only buffer
-//! read is one the host froze (core's [`Frozen`] is the only way to learn a buffer to copy),
+//! read is one the host froze (core's [`Frozen`](shmsnap_core::triple::Frozen) is the only way to learn a buffer to copy),
 //! and the client never writes a FROZEN buffer, so the copy is the published state, whole.
 //!
 //! The caller attaches the [`TripleHost`] (which validates the layout once and undoes a dead

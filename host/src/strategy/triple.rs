@@ -39,8 +39,8 @@ pub struct Triple {
     scratch: Vec<u8>,
 }
 
-/// Why the host cannot attach, as an outcome: `None` when the client has not configured the
-/// region yet.
+/// Why the host cannot attach, as an outcome: a harmless skip while the client has not
+/// configured the region yet, an invalid region otherwise.
 fn attach_failure(e: TripleError) -> Outcome {
     match e {
         TripleError::Layout(LayoutError::Unconfigured) => {

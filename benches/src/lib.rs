@@ -9,6 +9,8 @@
 //! - [`recover`]: attach + newest on full descriptor rings;
 //! - [`snapshot`]: the host snapshot cycle and restore vs. raw sparse copies;
 //! - [`triple`]: a triple-buffer publication vs. the `triple_buffer` crate and `memcpy`;
+//! - [`triple_snapshot`]: the host's triple snapshot of a 256 MiB region (16 MiB buffers)
+//!   vs. a raw copy of 16 MiB + `fdatasync` + `rename`;
 //! - [`report`]: the interleaved runner, medians and the machine description.
 //!
 //! Benchmarks are never timed tests: fixtures assert *correctness* (a committed entry reads
@@ -22,6 +24,7 @@ pub mod report;
 pub mod snapshot;
 pub mod sys;
 pub mod triple;
+pub mod triple_snapshot;
 
 /// One side of a comparison: runs `iters` operations and returns the time they took.
 pub trait Bench {

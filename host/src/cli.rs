@@ -64,9 +64,13 @@ Strategies:
   queue  The client commits through the shmsnap-core writer (a wait-free ring of sequence
          descriptors). shmsnap snapshots continuously, keeping only entries it proves were
          not modified during the copy, and skips a snapshot when nothing was committed.
+  triple The client publishes whole states into N >= 3 buffers (shmsnap-core's triple
+         buffer). shmsnap persists the newest published buffer at every interval (never
+         starved: it copies one frozen buffer, not the region), skips when nothing new was
+         published, and maps the region read-write (it flips the buffers' state words).
 
 Signals:
-  SIGUSR1          take a snapshot now (queue strategy)
+  SIGUSR1          take a snapshot now (queue and triple strategies)
   SIGTERM, SIGINT  forwarded to the client; after it exits (or --stop-timeout, then SIGKILL),
                    a final snapshot, then shmsnap exits: 0 when the final snapshot was
                    persisted or there was nothing new to persist (a requested stop that saved
@@ -84,7 +88,8 @@ State file:
   pass the real file.
 Examples:
   shmsnap run --state /var/lib/app/state.snap --size 64M -- ./app --flag
-  shmsnap run --state primes.snap --strategy queue --interval 200ms -- shmsnap example primes";
+  shmsnap run --state primes.snap --strategy queue --interval 200ms -- shmsnap example primes
+  shmsnap run --state life.snap --strategy triple --interval 200ms -- shmsnap example life";
 
 /// How the region is coordinated and snapshotted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -93,6 +98,8 @@ pub enum StrategyArg {
     Exit,
     /// Continuous consistent snapshots of a shmsnap-core queue.
     Queue,
+    /// The newest whole state published into a shmsnap-core triple buffer.
+    Triple,
 }
 
 /// When to restart the client after it exits.
@@ -121,7 +128,7 @@ pub struct RunArgs {
     /// How snapshots are taken.
     #[arg(long, value_enum, default_value_t = StrategyArg::Exit)]
     pub strategy: StrategyArg,
-    /// Snapshot interval for the queue strategy, e.g. 100ms, 2s.
+    /// Snapshot interval for the queue and triple strategies, e.g. 100ms, 2s.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "1s")]
     pub interval: Duration,
     /// When to restart the client.
@@ -226,6 +233,22 @@ pub enum Example {
         /// After reaching --limit, stay alive (idle) this long before exiting, e.g. 1h.
         #[arg(long, value_parser = parse_duration, default_value = "0s")]
         linger: Duration,
+    },
+    /// Conway's Game of Life on a triple buffer: verifies the restored board on start, then
+    /// publishes every generation (run it with `--strategy triple`).
+    Life {
+        /// Generations to step before exiting (0: forever).
+        #[arg(long, default_value_t = 0)]
+        generations: u64,
+        /// Pause between generations, e.g. 1ms.
+        #[arg(long, value_parser = parse_duration, default_value = "0s")]
+        pause: Duration,
+        /// Board side in cells (the board is SIDE x SIDE, a multiple of 8, 8 to 4096).
+        #[arg(long, default_value_t = 256, value_parser = crate::examples::life::parse_side)]
+        side: u32,
+        /// Seed of the initial board.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
     },
     /// A persistent key-value map with copy-on-write nodes in reclaimed tail units.
     Kv {

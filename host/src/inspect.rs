@@ -40,6 +40,19 @@ struct Report<'f> {
     sound: bool,
     layout: Option<LayoutReport>,
     entries: Entries<'f>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    triple: Option<TripleReport>,
+}
+
+/// The persisted buffer of a sound triple image.
+#[derive(Debug, Serialize)]
+struct TripleReport {
+    buffers: u64,
+    buffer_size: u64,
+    buffer: u64,
+    seq: u64,
+    next_seq: u64,
+    region_len: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -370,7 +383,21 @@ fn build<'f>(path: &Path, file: &'f File) -> Result<Report<'f>, Failure> {
         sound: false,
         layout: None,
         entries: Entries::none(),
+        triple: None,
     };
+    if let Ok(info) = &verified {
+        // Verified: the image check passed, so this reads a sound triple meta again (no CRC).
+        if let Ok(ImageSummary::Triple(t)) = snapshot::check_image(file, info, |_, _| {}) {
+            report.triple = Some(TripleReport {
+                buffers: t.layout.buffers,
+                buffer_size: t.layout.buffer_size,
+                buffer: t.buffer,
+                seq: t.seq,
+                next_seq: t.next_seq,
+                region_len: t.layout.region_len,
+            });
+        }
+    }
     let mut problem = match &verified {
         Ok(_) => None,
         Err(e) => Some((snapshot_code(e), e.to_string())),
@@ -446,6 +473,10 @@ pub fn verify(path: &Path) -> Result<ExitCode, Failure> {
         } => format!(
             ", {entries} entries, newest seq {}",
             newest.map_or(0, |d| d.seq)
+        ),
+        ImageSummary::Triple(t) => format!(
+            ", triple buffer {} of {} ({} bytes), seq {}",
+            t.buffer, t.layout.buffers, t.layout.buffer_size, t.seq
         ),
         _ => String::new(),
     };
@@ -538,6 +569,13 @@ fn print_text(out: &mut impl Write, r: &Report<'_>) -> io::Result<()> {
                 )
             })?;
         }
+    }
+    if let Some(t) = &r.triple {
+        writeln!(
+            out,
+            "triple:    buffer {} of {} ({} bytes each) holds seq {}; next_seq {}, region {} bytes",
+            t.buffer, t.buffers, t.buffer_size, t.seq, t.next_seq, t.region_len
+        )?;
     }
     writeln!(out, "verdict:   {}", r.verdict)
 }

@@ -73,6 +73,12 @@ fn main() -> ExitCode {
                 linger,
             } => examples::primes::run(limit, pause, batch, linger),
             Example::Kv { ops, pause } => examples::kv::run(ops, pause),
+            Example::Life {
+                generations,
+                pause,
+                side,
+                seed,
+            } => examples::life::run(generations, pause, side, seed),
         },
         Command::Completions(args) => generate::completions(args.shell),
         Command::Man(args) => generate::man(args.subcommand.as_deref(), args.dir.as_deref()),

@@ -90,9 +90,27 @@ pub fn copy_sparse(src: impl AsFd, dst: impl AsFd, len: u64) -> io::Result<CopyS
         retry_on_intr(|| rustix::fs::ftruncate(dst, len))?;
     }
 
+    copy_extents(src, dst, 0..len)
+}
+
+/// `lseek(SEEK_DATA/SEEK_HOLE)` + `copy_file_range`/`sendfile`—copies the data extents of
+/// bytes `range` of `src` into `dst` at the same offsets, without preparing `dst` (its bytes
+/// in `range` should read as zeros, e.g. a fresh file extended with `ftruncate`): the part of
+/// [`copy_sparse`] after the preparation, for a copy of one range.
+///
+/// # Errors
+///
+/// As [`copy_sparse`].
+pub fn copy_extents(
+    src: impl AsFd,
+    dst: impl AsFd,
+    range: std::ops::Range<u64>,
+) -> io::Result<CopyStats> {
+    let (src, dst) = (src.as_fd(), dst.as_fd());
+    let len = range.end;
     let mut stats = CopyStats::default();
     let mut method = CopyMethod::CopyFileRange;
-    let mut off = 0u64;
+    let mut off = range.start;
     while off < len {
         let data = match retry_on_intr(|| rustix::fs::seek(src, SeekFrom::Data(off))) {
             Ok(d) => d,

@@ -10,6 +10,7 @@
 //! | [`snapshot`] | snapshot file = image + footer (see `FOOTER.md`): open, write, verify (streamed, queue image checked), restore |
 //! | [`persist`] | atomic replace of a file with N kept generations |
 //! | [`take`] | one queue snapshot of a live region: pre → copy → post → retain → footer |
+//! | [`take_triple`] | one triple-buffer snapshot: freeze → copy one buffer → meta → release → footer |
 //! | [`handover`] | start a child with the region at fd 3 and a correct `LISTEN_PID` |
 //! | [`track`] | write tracking: client userfaultfd async write-protect, host `PAGEMAP_SCAN` |
 //!
@@ -65,6 +66,7 @@ pub mod memfd;
 pub mod persist;
 pub mod snapshot;
 pub mod take;
+pub mod take_triple;
 pub mod track;
 
 pub use mapping::{Mapping, Protection};

@@ -73,6 +73,7 @@ enum Expect {
     Layout(LayoutError),
     BadDescriptor { slot: u64 },
     EntryPastNextSeq { seq: u64, next_seq: u64 },
+    TripleImage(shmsnap_core::triple::TripleError),
 }
 
 fn le64(b: &[u8]) -> u64 {
@@ -124,6 +125,12 @@ fn oracle(file: &[u8]) -> Expect {
     if Strategy::from_code(le64(&f[24..])) == Some(Strategy::Queue) {
         if let Err(e) = queue_entries(&file[..body]) {
             return e;
+        }
+    }
+    if Strategy::from_code(le64(&f[24..])) == Some(Strategy::Triple) {
+        // Core's check over the whole image (the code under test reads the two meta pages).
+        if let Err(e) = shmsnap_core::triple::read_image(&file[..body], image_len) {
+            return Expect::TripleImage(e);
         }
     }
     Expect::Ok {
@@ -182,6 +189,7 @@ fn actual(r: &Result<SnapshotInfo, SnapshotError>) -> Expect {
         K::Layout(l) => Expect::Layout(l),
         K::BadDescriptor { slot } => Expect::BadDescriptor { slot },
         K::EntryPastNextSeq { seq, next_seq } => Expect::EntryPastNextSeq { seq, next_seq },
+        K::TripleImage(t) => Expect::TripleImage(t),
         _ => panic!("verify of a memfd returned {e:?}: neither I/O nor region size is involved"),
     }
 }
@@ -206,6 +214,13 @@ fn check_entries(f: &File, info: &SnapshotInfo, image: &[u8]) {
     let mut seen = Vec::new();
     let summary = check_image(f, info, |slot, d| seen.push((slot, d)))
         .unwrap_or_else(|e| panic!("check_image refused a verified file: {e}"));
+    if Strategy::from_code(info.meta.strategy) == Some(Strategy::Triple) {
+        let t = shmsnap_core::triple::read_image(image, info.image_len)
+            .unwrap_or_else(|e| panic!("oracle refused: {e:?}"));
+        assert_eq!(summary, ImageSummary::Triple(t));
+        assert!(seen.is_empty());
+        return;
+    }
     if Strategy::from_code(info.meta.strategy) != Some(Strategy::Queue) {
         assert_eq!(summary, ImageSummary::Opaque);
         assert!(seen.is_empty());

@@ -20,6 +20,7 @@ use shmsnap_benches::recover::{Recover, ENTRIES};
 use shmsnap_benches::report::{compare, fmt_ns, interleave, is_tmpfs, machine, median};
 use shmsnap_benches::snapshot::{SnapshotFixture, Touch, SIZES};
 use shmsnap_benches::triple;
+use shmsnap_benches::triple_snapshot::{self, TripleSnapshotFixture};
 use shmsnap_benches::Bench;
 use shmsnap_benches::FnBench;
 
@@ -133,6 +134,7 @@ fn main() {
     }
     if opts.wants("triple") {
         triple_section(&opts, &mut r);
+        triple_snapshot_section(&opts, &dir, &mut r);
     }
 
     let _ = writeln!(r.out, "## DESIGN §10 targets\n");
@@ -411,4 +413,55 @@ fn size(n: usize) -> String {
     } else {
         format!("{n} B")
     }
+}
+
+fn triple_snapshot_section(opts: &Opts, dir: &std::path::Path, r: &mut Report) {
+    let rounds = if opts.quick { 5 } else { 15 };
+    eprintln!("triple snapshot 256 MiB / 16 MiB buffers");
+    let f = TripleSnapshotFixture::new(dir).expect("triple snapshot fixture");
+    let phases = std::cell::RefCell::new(Vec::new());
+    let mut host = FnBench(|| {
+        f.host_snapshot().expect("host snapshot");
+        phases.borrow_mut().push(f.last_phases());
+    });
+    let mut raw = FnBench(|| f.raw_snapshot().expect("raw snapshot"));
+    let s = interleave(&mut [&mut host, &mut raw], &[1, 1], rounds);
+    let p = phases.take();
+    let med = |g: fn(&triple_snapshot::Phases) -> Duration| {
+        median(p.iter().map(|x| g(x).as_secs_f64() * 1e9).collect())
+    };
+    let _ = writeln!(
+        r.out,
+        "## triple snapshot (median of {rounds} interleaved rounds)\n\n\
+         | region | buffer | host snapshot (freeze, copy, meta, release, footer, commit) | raw 16 MiB copy+sync+rename | ours/raw | copy | meta+footer (CRC) | sync+rename+dir sync | unlink of the dropped generation |\n\
+         |---|---|---:|---:|---:|---:|---:|---:|---:|\n\
+         | 256 MiB, 15 buffers, all allocated | 16 MiB | {} | {} | {:.2} | {} | {} | {} | {} |\n",
+        fmt_ns(s[0].ns),
+        fmt_ns(s[1].ns),
+        s[0].ns / s[1].ns,
+        fmt_ns(med(|x| x.copy)),
+        fmt_ns(med(|x| x.validate)),
+        fmt_ns(med(|x| x.durable)),
+        fmt_ns(med(|x| x.drop_old)),
+    );
+    let durable = s[0].ns - med(|x| x.drop_old);
+    let _ = writeln!(
+        r.out,
+        "ours to durable (host snapshot minus the unlink of the dropped generation, done after \
+         the durable point): {}, {:.2}x raw\n",
+        fmt_ns(durable),
+        durable / s[1].ns
+    );
+    r.targets.push(Target {
+        what: "triple snapshot 256 MiB / 16 MiB buffers: ours/raw 16 MiB".into(),
+        ratio: s[0].ns / s[1].ns,
+        at_most: true,
+        bound: 1.3,
+    });
+    r.targets.push(Target {
+        what: "triple snapshot 256 MiB / 16 MiB buffers: ours to durable/raw 16 MiB".into(),
+        ratio: durable / s[1].ns,
+        at_most: true,
+        bound: 1.3,
+    });
 }

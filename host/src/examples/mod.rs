@@ -4,9 +4,11 @@
 //! ```text
 //! shmsnap run --state primes.snap --strategy queue -- shmsnap example primes
 //! shmsnap run --state kv.snap --strategy queue -- shmsnap example kv
+//! shmsnap run --state life.snap --strategy triple -- shmsnap example life
 //! ```
 
 pub mod kv;
+pub mod life;
 pub mod primes;
 
 use shmsnap_core::{AttachError, LayoutError};

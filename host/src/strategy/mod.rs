@@ -15,9 +15,11 @@
 //! |---|---|
 //! | [`exit`] | a raw copy of the whole region once the client has exited (any client) |
 //! | [`queue`] | continuous consistent snapshots of a shmsnap-core queue (pre/copy/post) |
+//! | [`triple`] | the newest whole state a client published into a triple buffer (freeze/copy/release) |
 
 pub mod exit;
 pub mod queue;
+pub mod triple;
 
 use std::fmt;
 use std::io;
@@ -122,6 +124,7 @@ pub fn from_arg(arg: StrategyArg) -> Box<dyn Strategy> {
     match arg {
         StrategyArg::Exit => Box::new(exit::Exit),
         StrategyArg::Queue => Box::new(queue::Queue::default()),
+        StrategyArg::Triple => Box::new(triple::Triple::default()),
     }
 }
 
@@ -185,5 +188,6 @@ mod tests {
     fn each_command_line_strategy_has_its_own_code() {
         assert_eq!(from_arg(StrategyArg::Exit).code(), Code::Exit);
         assert_eq!(from_arg(StrategyArg::Queue).code(), Code::Queue);
+        assert_eq!(from_arg(StrategyArg::Triple).code(), Code::Triple);
     }
 }

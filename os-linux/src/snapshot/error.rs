@@ -92,6 +92,8 @@ pub enum SnapshotErrorKind {
         /// The header's `next_seq` hint.
         next_seq: u64,
     },
+    /// A triple-buffer image whose meta (header, state page) is not what a host writes.
+    TripleImage(shmsnap_core::triple::TripleError),
     /// The image does not fit in the region it should be restored into.
     RegionTooSmall {
         /// Image length.
@@ -213,6 +215,7 @@ impl fmt::Display for SnapshotErrorKind {
                 f,
                 "queue image: entry {seq} is not below the next_seq hint {next_seq}"
             ),
+            Self::TripleImage(e) => write!(f, "triple image: {e}"),
             Self::RegionTooSmall { image, region } => write!(
                 f,
                 "the image ({image} bytes) does not fit the region ({region} bytes); \
@@ -227,6 +230,7 @@ impl std::error::Error for SnapshotError {
         match &self.kind {
             SnapshotErrorKind::Io(source) => Some(source),
             SnapshotErrorKind::Layout(e) => Some(e),
+            SnapshotErrorKind::TripleImage(e) => Some(e),
             _ => None,
         }
     }

@@ -5,15 +5,19 @@
 //! that restores into a region a client can attach to. A queue image (footer strategy
 //! [`Strategy::Queue`]) must have a valid region header that fits the image, and every
 //! non-empty descriptor must be valid for its slot and below the header's `next_seq` hint.
-//! Any other image (the exit strategy's raw bytes, an unknown code) is opaque: footer and CRC
+//! A triple image ([`Strategy::Triple`]) must have meta that core's `triple::read_image`
+//! accepts (a triple header that fits the image, exactly one READY buffer with a matching seq
+//! word, every other state line zero). Any other image (the exit strategy's raw bytes, an
+//! unknown code) is opaque: footer and CRC
 //! are all there is to check.
 //!
 //! The descriptor ring is read in chunks of [`DESCRIPTOR_CHUNK_SLOTS`] descriptors, so memory
 //! stays bounded whatever the entry count (up to 2^24 descriptors, 512 MiB of ring).
 
 use std::io;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, BorrowedFd};
 
+use shmsnap_core::triple::read_image;
 use shmsnap_core::{Descriptor, Hints, Layout, LayoutError, Strategy, DESCRIPTOR_BYTES, PAGE_SIZE};
 
 use super::error::{SnapshotError, SnapshotErrorKind};
@@ -33,6 +37,8 @@ const HEADER_WORDS: usize = 12;
 pub enum ImageSummary {
     /// An image this crate does not interpret (exit strategy, unknown strategy code).
     Opaque,
+    /// A triple-buffer image (validated by `shmsnap_core::triple::read_image`).
+    Triple(shmsnap_core::triple::TripleImage),
     /// A queue image.
     Queue {
         /// Its validated layout.
@@ -66,9 +72,11 @@ pub fn check_image(
     mut on_entry: impl FnMut(u64, Descriptor),
 ) -> Result<ImageSummary, SnapshotError> {
     let file = file.as_fd();
-    let Some(Strategy::Queue) = Strategy::from_code(info.meta.strategy) else {
-        return Ok(ImageSummary::Opaque);
-    };
+    match Strategy::from_code(info.meta.strategy) {
+        Some(Strategy::Queue) => {}
+        Some(Strategy::Triple) => return check_triple(file, info.image_len),
+        _ => return Ok(ImageSummary::Opaque),
+    }
     let image_len = info.image_len;
     let (layout, hints) = read_header(file, image_len)?;
     let chunk = DESCRIPTOR_CHUNK_SLOTS.min(layout.entries);
@@ -111,6 +119,16 @@ pub fn check_image(
         entries,
         newest,
     })
+}
+
+/// A triple image: its meta (header page and state page, two pages) through core's
+/// `read_image`, with the whole image's length as the region the header must fit.
+fn check_triple(file: BorrowedFd<'_>, image_len: u64) -> Result<ImageSummary, SnapshotError> {
+    let mut meta = vec![0u8; (2 * PAGE_SIZE).min(image_len) as usize];
+    read_exact(file, &mut meta, 0)?;
+    read_image(&meta, image_len)
+        .map(ImageSummary::Triple)
+        .map_err(|e| SnapshotErrorKind::TripleImage(e).into())
 }
 
 /// The layout and hints of a queue image: `Layout::read_bytes` over the image's first page,

@@ -1,0 +1,165 @@
+//! The triple strategy: the client hands over whole states in N ≥ 3 buffers; the host persists
+//! the newest one it can freeze.
+//!
+//! The client publishes through core's [`TripleClient`](shmsnap_core::triple::TripleClient);
+//! on every tick, on SIGUSR1 and after the client exits the host runs [`take_triple`]: freeze
+//! the newest READY buffer, copy that buffer alone, release it. A snapshot never starves (the
+//! copied buffer cannot change: the client never writes a FROZEN buffer) and is skipped when
+//! nothing newer than the last persisted seq was published.
+//!
+//! The host maps the region read-write (it compare-exchanges state words) and attaches anew
+//! for every attempt: [`TripleHost::attach`] validates the layout once per attempt, so a
+//! client that rewrites its header between attempts cannot move an index out of bounds, and
+//! it undoes freezes of any other host epoch (a dead host's, also one inherited from the fd
+//! store). Each attach takes a new host epoch; this host's previous freeze is always released
+//! (or dropped, which releases) before the next attach, so only a foreign freeze is adopted.
+
+use std::io;
+
+use shmsnap_core::triple::{TripleError, TripleHost};
+use shmsnap_core::LayoutError;
+use shmsnap_linux::take_triple::{take_triple, TripleSnapshot};
+use shmsnap_linux::{Mapping, Protection};
+use tracing::{debug, info, warn};
+
+use super::{warn_on_foreign, Code, Cx, OnUsr1, Origin, Schedule, Strategy};
+use crate::snap::{Outcome, Report};
+
+/// The triple strategy's memory between snapshots.
+#[derive(Debug, Default)]
+pub struct Triple {
+    /// Seq of the state in the newest persisted snapshot (or the restored one); 0 until then.
+    /// Only a newer READY buffer is persisted.
+    last_seq: u64,
+    /// Whether an attach succeeded already: stale freezes are expected at the first one (a
+    /// dead host's), and a sign of a second host at a later one.
+    attached: bool,
+    /// The image meta of the current attempt, kept to avoid an allocation per snapshot.
+    scratch: Vec<u8>,
+}
+
+/// Why the host cannot attach, as an outcome: a harmless skip while the client has not
+/// configured the region yet, an invalid region otherwise.
+fn attach_failure(e: TripleError) -> Outcome {
+    match e {
+        TripleError::Layout(LayoutError::Unconfigured) => {
+            Outcome::Skipped("the client has not configured the region yet".into())
+        }
+        e => Outcome::Invalid(format!(
+            "the region is not a usable triple-buffer region ({e})"
+        )),
+    }
+}
+
+impl Triple {
+    /// Attaches to the region and logs the freezes it undid.
+    fn attach<'m>(
+        &mut self,
+        map: &'m Mapping,
+    ) -> Result<TripleHost<'m, [std::sync::atomic::AtomicU64]>, TripleError> {
+        let host = TripleHost::attach(map.words())?;
+        let n = host.adopted();
+        if n > 0 && !self.attached {
+            info!(
+                adopted = n,
+                host_epoch = host.epoch(),
+                "released {n} buffer(s) left frozen by a previous host"
+            );
+        } else if n > 0 {
+            warn!(
+                adopted = n,
+                "released {n} buffer(s) frozen by another host epoch: is a second host using this region?"
+            );
+        }
+        self.attached = true;
+        Ok(host)
+    }
+}
+
+impl Strategy for Triple {
+    fn code(&self) -> Code {
+        Code::Triple
+    }
+
+    fn schedule(&self) -> Schedule {
+        Schedule {
+            ticks: true,
+            on_usr1: OnUsr1::Snapshot,
+            final_at_exit: true,
+        }
+    }
+
+    fn protection(&self) -> Protection {
+        // The host compare-exchanges state words (freeze, release, undoing stale freezes).
+        Protection::ReadWrite
+    }
+
+    fn accept(&mut self, map: &Mapping, origin: Origin<'_>) {
+        warn_on_foreign(self.code(), origin);
+        let host = match self.attach(map) {
+            Ok(h) => h,
+            Err(TripleError::Layout(LayoutError::Unconfigured)) => return,
+            Err(e) => {
+                warn!("the region is not a triple-buffer region ({e}); snapshots wait until a client configures one");
+                return;
+            }
+        };
+        // A restored region is exactly what is on disk: its one READY buffer is the persisted
+        // state. An inherited one may hold publications never persisted: nothing is marked.
+        if let Origin::Restored(_) = origin {
+            self.last_seq = host.newest_ready();
+            info!(
+                seq = self.last_seq,
+                "restored triple state: the next client reads seq {}", self.last_seq
+            );
+        }
+    }
+
+    fn unchanged(&self, _map: &Mapping) -> bool {
+        // Answered by `take`: the freeze finds no READY seq above `last_seq` and skips.
+        false
+    }
+
+    fn take(&mut self, cx: Cx<'_>) -> io::Result<Outcome> {
+        let host = match self.attach(cx.map) {
+            Ok(h) => h,
+            Err(e) => return Ok(attach_failure(e)),
+        };
+        let taken = take_triple(
+            cx.memfd,
+            &host,
+            cx.persister,
+            cx.meta,
+            self.last_seq,
+            &mut self.scratch,
+        )?;
+        let (file, f) = match taken {
+            TripleSnapshot::Written { file, figures } => (file, figures),
+            TripleSnapshot::Skipped(s) if s.is_violation() => {
+                return Ok(Outcome::Invalid(s.to_string()))
+            }
+            TripleSnapshot::Skipped(s) => return Ok(Outcome::Skipped(s.to_string())),
+        };
+        let stats = file.commit()?;
+        self.last_seq = f.seq;
+        debug!(
+            buffer = f.buffer,
+            seq = f.seq,
+            buffer_size = f.buffer_size,
+            "triple snapshot of buffer {} (seq {})",
+            f.buffer,
+            f.seq
+        );
+        Ok(Outcome::Persisted(Report {
+            generation: cx.meta.generation,
+            bytes: f.copy.bytes,
+            kept: 1,
+            dropped: 0,
+            newest_seq: f.seq,
+            copy: f.copy_time,
+            validate: f.validate_time,
+            sync: stats.sync,
+            rename: stats.rename + stats.dir_sync,
+        }))
+    }
+}

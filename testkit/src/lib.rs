@@ -33,8 +33,8 @@ pub mod model;
 pub mod ops;
 pub mod payload;
 pub mod retain_arbitrary;
-pub mod words;
 pub mod snapshot_file;
+pub mod words;
 
 pub use attach_and_read::attach_and_read;
 pub use host::{host_snapshot, Host, HostSnapshot};

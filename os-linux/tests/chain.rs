@@ -110,8 +110,12 @@ impl Fixture {
 
     fn delta(&mut self, pages: u64, dmeta: DeltaMeta) -> DeltaInfo {
         let runs = self.scribble(pages);
-        let w = DeltaWriter::begin(&self.persister, self.tip.as_ref().unwrap(), &runs, 0).unwrap();
-        assert_eq!(w.copy_from(&self.region).unwrap(), runs.iter().map(|r| r.len).sum());
+        let mut w =
+            DeltaWriter::begin(&self.persister, self.tip.as_ref().unwrap(), &runs, 0).unwrap();
+        assert_eq!(
+            w.copy_from(&self.region).unwrap(),
+            runs.iter().map(|r| r.len).sum()
+        );
         let info = w.commit(dmeta).unwrap();
         self.tip = Some(info.tip());
         info
@@ -162,7 +166,11 @@ fn base_plus_deltas_restores_byte_for_byte_to_every_state() {
 
     for (k, want) in states.iter().enumerate() {
         // Restore into a region, by position and by time (exact and in between).
-        for at in [At::Deltas(k as u64), At::Time(times[k]), At::Time(times[k] + 999)] {
+        for at in [
+            At::Deltas(k as u64),
+            At::Time(times[k]),
+            At::Time(times[k] + 999),
+        ] {
             let (got, r) = fx.restore(&fx.target, at);
             assert!(got == *want, "state {k} at {at:?} differs");
             assert_eq!(r.listing.deltas.len(), k);
@@ -172,13 +180,19 @@ fn base_plus_deltas_restores_byte_for_byte_to_every_state() {
         // A standalone snapshot file of the same state: verifies, restores with today's code.
         let out = fx.dir.path().join(format!("pit-{k}.snap"));
         let f = std::fs::File::create_new(&out).unwrap();
-        let (info, _) = chain::materialize(&fx.target, &fx.chain_dir(), At::Deltas(k as u64), &f)
-            .unwrap();
+        let (info, _) =
+            chain::materialize(&fx.target, &fx.chain_dir(), At::Deltas(k as u64), &f).unwrap();
         assert_eq!(snapshot::verify_path(&out).unwrap(), info);
-        assert_eq!((info.meta.generation, info.meta.unix_time_ns), (1, times[k]));
+        assert_eq!(
+            (info.meta.generation, info.meta.unix_time_ns),
+            (1, times[k])
+        );
         let back = Memfd::create("b", IMAGE).unwrap();
         snapshot::restore_path(&out, &back).unwrap();
-        assert!(pread_all(&back, IMAGE) == *want, "materialized state {k} differs");
+        assert!(
+            pread_all(&back, IMAGE) == *want,
+            "materialized state {k} differs"
+        );
     }
     let back = Memfd::create("b", IMAGE).unwrap();
     for at in [At::Time(999_999), At::Deltas(13)] {
@@ -209,7 +223,16 @@ fn point_in_time_by_seq_uses_the_next_seq_hints() {
     }
     // State k holds seqs below 100 + 10k (up to 99 + 10k): the newest state with nothing
     // past seq s.
-    for (seq, k) in [(0, 0), (108, 0), (109, 1), (118, 1), (119, 2), (138, 3), (139, 4), (1 << 40, 4)] {
+    for (seq, k) in [
+        (0, 0),
+        (108, 0),
+        (109, 1),
+        (118, 1),
+        (119, 2),
+        (138, 3),
+        (139, 4),
+        (1 << 40, 4),
+    ] {
         let (got, r) = fx.restore(&fx.target, At::Seq(seq));
         assert_eq!(r.listing.deltas.len(), k, "seq {seq}");
         assert!(got == states[k], "seq {seq}");
@@ -267,7 +290,7 @@ fn a_delta_name_that_exists_is_never_overwritten() {
     // A new base that reuses generation 1 (a host whose counter went back), then a delta.
     fx.base(1);
     let runs = fx.scribble(2);
-    let w = DeltaWriter::begin(&fx.persister, fx.tip.as_ref().unwrap(), &runs, 0).unwrap();
+    let mut w = DeltaWriter::begin(&fx.persister, fx.tip.as_ref().unwrap(), &runs, 0).unwrap();
     w.copy_from(&fx.region).unwrap();
     let temp = w.temp_path();
     let e = w.commit(at_time(2)).unwrap_err();
@@ -326,7 +349,10 @@ fn restore_refuses_a_small_region_and_zeroes_a_larger_one() {
     fx.delta(3, at_time(1));
     let small = Memfd::create("s", IMAGE - 8).unwrap();
     let e = chain::restore_chain(&fx.target, &fx.chain_dir(), &small, At::Latest).unwrap_err();
-    assert!(matches!(e.kind(), ChainErrorKind::RegionTooSmall { .. }), "{e}");
+    assert!(
+        matches!(e.kind(), ChainErrorKind::RegionTooSmall { .. }),
+        "{e}"
+    );
     let big = Memfd::create("b", IMAGE + 3 * PAGE).unwrap();
     pwrite_all(&big, &vec![0xee; (IMAGE + 3 * PAGE) as usize], 0);
     chain::restore_chain(&fx.target, &fx.chain_dir(), &big, At::Latest).unwrap();
@@ -340,13 +366,19 @@ fn corrupt_base_is_a_base_error_naming_it() {
     let mut fx = Fixture::new(17, 1);
     fx.base(1);
     fx.delta(3, at_time(1));
-    let f = std::fs::OpenOptions::new().write(true).open(&fx.target).unwrap();
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&fx.target)
+        .unwrap();
     pwrite_all(&f, b"rot", 100);
     let back = Memfd::create("b", IMAGE).unwrap();
     let e = chain::restore_chain(&fx.target, &fx.chain_dir(), &back, At::Latest).unwrap_err();
     match e.kind() {
         ChainErrorKind::Base(s) => {
-            assert!(matches!(s.kind(), snapshot::SnapshotErrorKind::ImageChecksum { .. }));
+            assert!(matches!(
+                s.kind(),
+                snapshot::SnapshotErrorKind::ImageChecksum { .. }
+            ));
             assert_eq!(s.path(), Some(fx.target.as_path()));
         }
         k => panic!("{k:?}"),
@@ -358,10 +390,22 @@ fn corrupt_base_is_a_base_error_naming_it() {
 fn plan_runs_adds_the_meta_pages_widens_clips_and_merges() {
     let runs = chain::plan_runs(
         [
-            Run { offset: 5 * PAGE + 10, len: 20 },
-            Run { offset: PAGE, len: PAGE },
-            Run { offset: 6 * PAGE, len: PAGE },
-            Run { offset: 64 * PAGE, len: 3 * PAGE },
+            Run {
+                offset: 5 * PAGE + 10,
+                len: 20,
+            },
+            Run {
+                offset: PAGE,
+                len: PAGE,
+            },
+            Run {
+                offset: 6 * PAGE,
+                len: PAGE,
+            },
+            Run {
+                offset: 64 * PAGE,
+                len: 3 * PAGE,
+            },
         ],
         PAGE + 64,
         IMAGE,
@@ -369,9 +413,18 @@ fn plan_runs_adds_the_meta_pages_widens_clips_and_merges() {
     assert_eq!(
         runs,
         vec![
-            Run { offset: 0, len: 2 * PAGE },
-            Run { offset: 5 * PAGE, len: 2 * PAGE },
-            Run { offset: 64 * PAGE, len: 2048 },
+            Run {
+                offset: 0,
+                len: 2 * PAGE
+            },
+            Run {
+                offset: 5 * PAGE,
+                len: 2 * PAGE
+            },
+            Run {
+                offset: 64 * PAGE,
+                len: 2048
+            },
         ]
     );
     let len = runs.iter().map(|r| r.len).sum();
@@ -385,9 +438,18 @@ fn compaction_policy_asks_for_a_base_past_the_ratio_or_the_count() {
     let base = 1000;
     assert_eq!(p.decide(base, 0, 0, 250), Next::Delta);
     assert_eq!(p.decide(base, 3, 200, 50), Next::Delta);
-    assert_eq!(p.decide(base, 3, 200, 51), Next::Base(chain::BaseReason::Ratio));
-    assert_eq!(p.decide(base, 64, 0, 0), Next::Base(chain::BaseReason::Count));
-    assert_eq!(p.decide(0, 0, 0, 0), Next::Base(chain::BaseReason::EmptyBase));
+    assert_eq!(
+        p.decide(base, 3, 200, 51),
+        Next::Base(chain::BaseReason::Ratio)
+    );
+    assert_eq!(
+        p.decide(base, 64, 0, 0),
+        Next::Base(chain::BaseReason::Count)
+    );
+    assert_eq!(
+        p.decide(0, 0, 0, 0),
+        Next::Base(chain::BaseReason::EmptyBase)
+    );
     assert_eq!(
         p.decide(u64::MAX, u64::MAX - 1, u64::MAX, u64::MAX),
         Next::Base(chain::BaseReason::Count)
@@ -480,4 +542,42 @@ proptest! {
         prop_assert!(!accepted(&flipped), "flip of bit {} of byte {} accepted", bit, i);
         prop_assert!(!accepted(&good[..cut.index(good.len())]));
     }
+}
+
+#[test]
+fn meta_pages_rewritten_in_the_delta_are_what_restores() {
+    let mut fx = Fixture::new(23, 1);
+    fx.base(1);
+    let written = fx.scribble(3);
+    let meta_len = 2 * PAGE + 64;
+    let runs = chain::plan_runs(written, meta_len, IMAGE);
+    let mut w =
+        DeltaWriter::begin(&fx.persister, fx.tip.as_ref().unwrap(), &runs, meta_len).unwrap();
+    w.copy_from(&fx.region).unwrap();
+    // The host's retain: read the copied meta pages, change them, write them back.
+    let mut meta = vec![0u8; meta_len as usize];
+    w.read_image_at(&mut meta, 0).unwrap();
+    assert!(meta[..] == fx.state()[..meta_len as usize]);
+    meta[100..108].copy_from_slice(b"retained");
+    w.write_image_at(&meta, 0).unwrap();
+    // Bytes no run carries are refused; a change past the meta pages is CRC'ed too.
+    let outside = (0..IMAGE / PAGE)
+        .map(|p| p * PAGE)
+        .find(|&o| !runs.iter().any(|r| r.offset <= o && o < r.end()))
+        .unwrap();
+    let e = w.write_image_at(b"x", outside).unwrap_err();
+    assert!(matches!(e.kind(), ChainErrorKind::NotInDelta { .. }), "{e}");
+    let last = *runs.last().unwrap();
+    w.write_image_at(b"tail", last.offset).unwrap();
+    let info = w.commit(at_time(5)).unwrap();
+    assert_eq!(info.footer.meta_len, meta_len);
+    let mut want = fx.state();
+    want[100..108].copy_from_slice(b"retained");
+    want[last.offset as usize..last.offset as usize + 4].copy_from_slice(b"tail");
+    let (got, _) = fx.restore(&fx.target, At::Latest);
+    assert!(got == want);
+    assert!(chain::verify_chain(&fx.target, &fx.chain_dir())
+        .unwrap()
+        .stop
+        .is_none());
 }

@@ -105,7 +105,7 @@ impl Fixture {
     /// One round: random pages written, then a delta of them committed.
     fn delta(&mut self, pages: u64, time: u64) -> DeltaInfo {
         let runs = scribble(&self.region, &mut self.rng, pages);
-        let w = DeltaWriter::begin(&self.persister, &self.tip, &runs, 0).unwrap();
+        let mut w = DeltaWriter::begin(&self.persister, &self.tip, &runs, 0).unwrap();
         w.copy_from(&self.region).unwrap();
         let info = w.commit(dmeta(time)).unwrap();
         self.tip = info.tip();

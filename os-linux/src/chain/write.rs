@@ -9,6 +9,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use crc_fast::{checksum_combine, CrcAlgorithm, Digest};
 use rustix::fs::{AtFlags, Mode, OFlags, RenameFlags};
 use rustix::io::{retry_on_intr, Errno};
 
@@ -140,6 +141,12 @@ pub struct DeltaWriter<'p> {
     /// Validated by [`check_runs`] against `parent.image_len`, `meta_len`, `data_len`.
     runs: Vec<Run>,
     meta_len: u64,
+    /// The runs `..split` carry the meta pages (they start below `meta_len`): the part
+    /// [`write_image_at`](Self::write_image_at) is meant to change.
+    split: usize,
+    /// CRC-32C of the data of runs `..split` and `split..` as copied; `None` if not copied or
+    /// changed since (then [`commit`](Self::commit) reads that part back).
+    part_crcs: [Option<u64>; 2],
     /// Bytes of the table section (the data section starts here).
     table_len: u64,
     /// Sum of the runs' lengths.
@@ -191,6 +198,8 @@ impl<'p> DeltaWriter<'p> {
             file: Some(file),
             parent: *parent,
             runs: runs.to_vec(),
+            split: runs.iter().take_while(|r| r.offset < meta_len).count(),
+            part_crcs: [None, None],
             meta_len,
             table_len: table_len(runs.len() as u64),
             data_len,
@@ -220,37 +229,49 @@ impl<'p> DeltaWriter<'p> {
     }
 
     /// `pread` from `region` / `pwrite` into the delta—copies every run's bytes from the same
-    /// offsets of `region` (the live memfd). Returns the bytes copied.
+    /// offsets of `region` (the live memfd), gathering runs into 1 MiB writes, and CRCs them on
+    /// the way (so [`commit`](Self::commit) reads back only what
+    /// [`write_image_at`](Self::write_image_at) changed since). Returns the bytes copied.
     ///
     /// # Errors
     ///
     /// I/O errors (`UnexpectedEof` if the region is shorter than a run), naming the temp file.
-    pub fn copy_from(&self, region: impl AsFd) -> Result<u64, ChainError> {
+    pub fn copy_from(&mut self, region: impl AsFd) -> Result<u64, ChainError> {
         let region = region.as_fd();
+        let path = self.temp_path();
+        let err = |e: io::Error| ChainError::io(e).at(&path);
+        let file = self.file.as_ref().expect("DeltaWriter used after commit");
         let mut buf = vec![0u8; CHUNK.min(self.data_len as usize)];
-        let mut at = self.table_len;
-        for r in &self.runs {
+        // buf[..fill] holds the data for file offsets file_at..file_at + fill.
+        let (mut fill, mut file_at) = (0usize, self.table_len);
+        let mut digests = [
+            Digest::new(CrcAlgorithm::Crc32Iscsi),
+            Digest::new(CrcAlgorithm::Crc32Iscsi),
+        ];
+        for (i, r) in self.runs.iter().enumerate() {
+            let d = &mut digests[usize::from(i >= self.split)];
             let mut done = 0;
             while done < r.len {
-                let n = (r.len - done).min(buf.len() as u64) as usize;
-                let got = read_full_at(region, &mut buf[..n], r.offset + done)
-                    .map_err(|e| ChainError::io(e).at(&self.temp_path()))?;
-                if got < n {
-                    return Err(ChainError::io(io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        format!(
-                            "the region ends at {} inside a run",
-                            r.offset + done + got as u64
-                        ),
-                    ))
-                    .at(&self.temp_path()));
+                if fill == buf.len() {
+                    write_all_at(file, &buf, file_at).map_err(err)?;
+                    file_at += fill as u64;
+                    fill = 0;
                 }
-                write_all_at(self.file(), &buf[..n], at)
-                    .map_err(|e| ChainError::io(e).at(&self.temp_path()))?;
+                let n = (r.len - done).min((buf.len() - fill) as u64) as usize;
+                let piece = &mut buf[fill..fill + n];
+                if read_full_at(region, piece, r.offset + done).map_err(err)? < n {
+                    return Err(err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        format!("the region ends inside the run at {}", r.offset),
+                    )));
+                }
+                d.update(piece);
+                fill += n;
                 done += n as u64;
-                at += n as u64;
             }
         }
+        self.part_crcs = digests.map(|d| Some(d.finalize()));
+        write_all_at(file, &buf[..fill], file_at).map_err(err)?;
         Ok(self.data_len)
     }
 
@@ -299,7 +320,14 @@ impl<'p> DeltaWriter<'p> {
     /// # Errors
     ///
     /// [`ChainErrorKind::NotInDelta`] if the bytes are not all carried; I/O errors.
-    pub fn write_image_at(&self, buf: &[u8], offset: u64) -> Result<(), ChainError> {
+    pub fn write_image_at(&mut self, buf: &[u8], offset: u64) -> Result<(), ChainError> {
+        let end = offset.saturating_add(buf.len() as u64);
+        for (i, r) in self.runs.iter().enumerate() {
+            if r.offset < end && offset < r.end() {
+                // Changed: commit reads this part back.
+                self.part_crcs[usize::from(i >= self.split)] = None;
+            }
+        }
         let mut done = 0;
         for (at, n) in self.locate(offset, buf.len() as u64)? {
             write_all_at(self.file(), &buf[done..done + n], at)?;
@@ -308,8 +336,24 @@ impl<'p> DeltaWriter<'p> {
         Ok(())
     }
 
-    /// Writes the footer (its table and data CRCs computed from the file itself, so they
-    /// cover what is really there), `fdatasync`s the file, `renameat(RENAME_NOREPLACE)`s it to
+    /// The data section's CRC: the two parts' CRCs combined, reading back a part not copied by
+    /// [`copy_from`](Self::copy_from) or changed since (normally just the meta pages).
+    fn data_crc(&self) -> io::Result<u32> {
+        let alg = CrcAlgorithm::Crc32Iscsi;
+        let head_len: u64 = self.runs[..self.split].iter().map(|r| r.len).sum();
+        let tail_len = self.data_len - head_len;
+        let part = |i: usize, at: u64, len: u64| match self.part_crcs[i] {
+            Some(c) => Ok(c),
+            None => crc_of(self.file(), at, len).map(u64::from),
+        };
+        let head = part(0, self.table_len, head_len)?;
+        let tail = part(1, self.table_len + head_len, tail_len)?;
+        // CRC-32C is 32 bits wide; the u64 holds it in its low half.
+        Ok(checksum_combine(alg, head, tail, tail_len) as u32)
+    }
+
+    /// Writes the footer (the table CRC read back from the file, the data CRC from the runs'
+    /// CRCs), `fdatasync`s the file, `renameat(RENAME_NOREPLACE)`s it to
     /// its [`delta_name`] and `fsync`s the chain directory: when this returns `Ok`, the delta
     /// is durable and part of the chain.
     ///
@@ -328,7 +372,7 @@ impl<'p> DeltaWriter<'p> {
         let temp_path = self.temp_path();
         let named = |e: io::Error| ChainError::io(e).at(&temp_path);
         let table_crc = crc_of(self.file(), 0, self.table_len).map_err(named)?;
-        let data_crc = crc_of(self.file(), self.table_len, self.data_len).map_err(named)?;
+        let data_crc = self.data_crc().map_err(named)?;
         let mut footer = DeltaFooter {
             version: DELTA_VERSION,
             image_len: self.parent.image_len,

@@ -169,8 +169,8 @@ impl<'p> DeltaWriter<'p> {
     ///
     /// # Errors
     ///
-    /// [`ChainErrorKind::BadRun`] / `BadField` if `runs` would make a delta a reader refuses
-    /// (nothing is created); `BadField` `index` past [`MAX_INDEX`]; I/O errors naming the
+    /// [`ChainErrorKind::BadRun`] / `BadField` if `runs` (or the parent's image length) would
+    /// make a delta a reader refuses (nothing is created); `BadField` `index` past [`MAX_INDEX`]; I/O errors naming the
     /// chain directory.
     pub fn begin(
         persister: &'p Persister,
@@ -178,6 +178,13 @@ impl<'p> DeltaWriter<'p> {
         runs: &[Run],
         meta_len: u64,
     ) -> Result<Self, ChainError> {
+        if !crate::snapshot::image_len_ok(parent.image_len) {
+            return Err(ChainErrorKind::BadField {
+                field: "image_len",
+                value: parent.image_len,
+            }
+            .into());
+        }
         let data_len = runs.iter().map(|r| r.len).fold(0u64, u64::saturating_add);
         check_runs(runs, parent.image_len, meta_len, data_len)?;
         if parent.index >= MAX_INDEX {

@@ -180,7 +180,8 @@ fn apply_all(
     Ok(bytes)
 }
 
-/// Copies the runs of delta `d` into `dst`, checking its data CRC on the way.
+/// Copies the runs of delta `d` into `dst`, checking its data CRC on the way: the data
+/// section is read in [`CHUNK`]s (one `pread` for many small runs), each scattered to its runs.
 fn apply_delta(
     d: &DeltaEntry,
     dst: BorrowedFd<'_>,
@@ -190,20 +191,38 @@ fn apply_delta(
     let bad = |e: ChainError| Fail::Delta(e.at(&d.path));
     let file = open_delta(&d.path).map_err(Fail::Delta)?;
     let mut digest = Digest::new(CrcAlgorithm::Crc32Iscsi);
-    let mut at = d.footer.table_len();
-    for r in &d.runs {
-        let mut done = 0;
-        while done < r.len {
-            let n = (r.len - done).min(buf.len() as u64) as usize;
-            let got = read_full_at(&file, &mut buf[..n], at).map_err(|e| bad(e.into()))?;
-            if got < n {
-                return Err(bad(io::Error::from(io::ErrorKind::UnexpectedEof).into()));
-            }
-            digest.update(&buf[..n]);
-            write_all_at(dst, &buf[..n], r.offset + done).map_err(|e| Fail::Dst(e.into()))?;
-            done += n as u64;
-            at += n as u64;
+    let data_len = d.footer.data_len;
+    // The data section is read in big chunks; each chunk is scattered to its runs. `run` is
+    // the current run, `in_run` the bytes of it already written.
+    let (mut run, mut in_run, mut pos) = (0usize, 0u64, 0u64);
+    while pos < data_len {
+        let n = (data_len - pos).min(buf.len() as u64) as usize;
+        let at = d.footer.table_len() + pos;
+        if read_full_at(&file, &mut buf[..n], at).map_err(|e| bad(e.into()))? < n {
+            return Err(bad(io::Error::from(io::ErrorKind::UnexpectedEof).into()));
         }
+        digest.update(&buf[..n]);
+        let mut off = 0;
+        while off < n {
+            // The runs' lengths sum to data_len (checked when the table was read).
+            let Some(r) = d.runs.get(run) else {
+                return Err(bad(ChainErrorKind::BadField {
+                    field: "data_len",
+                    value: data_len,
+                }
+                .into()));
+            };
+            let take = (r.len - in_run).min((n - off) as u64) as usize;
+            write_all_at(dst, &buf[off..off + take], r.offset + in_run)
+                .map_err(|e| Fail::Dst(e.into()))?;
+            off += take;
+            in_run += take as u64;
+            if in_run == r.len {
+                run += 1;
+                in_run = 0;
+            }
+        }
+        pos += n as u64;
     }
     // CRC-32C is 32 bits wide; the u64 holds it in its low half.
     let computed = digest.finalize() as u32;

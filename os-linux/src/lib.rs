@@ -13,6 +13,7 @@
 //! | [`take_triple`] | one triple-buffer snapshot: freeze → copy one buffer → meta → release → footer |
 //! | [`handover`] | start a child with the region at fd 3 and a correct `LISTEN_PID` |
 //! | [`track`] | write tracking: client userfaultfd async write-protect, host `PAGEMAP_SCAN` |
+//! | [`chain`] | snapshot chain: base + delta segments chained by CRC; write, list, restore, compaction policy |
 //!
 //! `unsafe` is denied at the crate root and allowed only in [`mapping`] (it maps memory),
 //! [`listen`] (it adopts an inherited raw fd number), [`handover`] (code between `fork` and
@@ -58,6 +59,7 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod chain;
 pub mod copy;
 pub mod handover;
 pub mod listen;

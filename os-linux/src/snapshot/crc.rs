@@ -70,7 +70,7 @@ pub fn image_crc32c(fd: impl AsFd, len: u64) -> io::Result<u32> {
 }
 
 /// CRC-32C of `n` zero bytes, by squaring: O(log n) combinations of a 4 KiB block's CRC.
-fn zeros_crc32c(n: u64) -> u64 {
+pub(crate) fn zeros_crc32c(n: u64) -> u64 {
     const BLOCK: u64 = 4096;
     static ZEROS: [u8; BLOCK as usize] = [0; BLOCK as usize];
     let alg = CrcAlgorithm::Crc32Iscsi;

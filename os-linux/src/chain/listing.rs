@@ -1,0 +1,360 @@
+//! Reading a chain: the base's footer, then each delta's footer, table and links, in order,
+//! up to the first one that is missing, torn, corrupt or chained elsewhere.
+
+use std::fs::File;
+use std::io;
+use std::os::fd::AsFd;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use shmsnap_core::{Hints, Strategy, PAGE_SIZE};
+
+use super::error::{ChainError, ChainErrorKind};
+use super::format::{
+    decode_delta_footer, decode_table, delta_name, parse_delta_name, DeltaFooter, Run,
+    DELTA_FOOTER_LEN,
+};
+use super::write::{crc_of, dir_names, open_chain_dir, Tip};
+use crate::copy::{file_len, read_full_at};
+use crate::snapshot::{self, SnapshotErrorKind, SnapshotInfo};
+
+/// Which checks a reader makes. Everything public makes all of them; tests turn one off to
+/// show that a test catches its absence (the broken twins).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Checks {
+    /// A delta's base fields and parent CRC must match the link before it.
+    pub(crate) link: bool,
+    /// A delta's data must match its data CRC.
+    pub(crate) data_crc: bool,
+}
+
+impl Checks {
+    pub(crate) const ALL: Checks = Checks {
+        link: true,
+        data_crc: true,
+    };
+}
+
+/// One delta of a chain: its file, footer and (validated) runs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeltaEntry {
+    /// The file.
+    pub path: PathBuf,
+    /// Its footer.
+    pub footer: DeltaFooter,
+    /// Its runs.
+    pub runs: Vec<Run>,
+}
+
+impl DeltaEntry {
+    /// Pages of data it carries (granules of 4096 bytes, rounded up).
+    pub fn pages(&self) -> u64 {
+        self.footer.data_len.div_ceil(PAGE_SIZE)
+    }
+}
+
+/// A base and the correctly chained prefix of its deltas, as far as footers, tables and
+/// links tell (data CRCs are checked by [`verify_chain`](super::verify_chain) and while
+/// restoring).
+#[derive(Debug)]
+pub struct ChainListing {
+    /// The base snapshot file.
+    pub base_path: PathBuf,
+    /// Its footer (the image CRC is checked at restore and by `verify_chain`).
+    pub base: SnapshotInfo,
+    /// The base image's `next_seq` hint for a queue image (read from its header, not yet
+    /// verified), else 0.
+    pub base_next_seq: u64,
+    /// Deltas 1..=n of the chain, each chained to the one before.
+    pub deltas: Vec<DeltaEntry>,
+    /// Why the chain ends after `deltas` (naming the file); `None` if no later delta of this
+    /// base exists.
+    pub stop: Option<ChainError>,
+    /// Deltas of this base after the stop: never applied.
+    pub ignored: Vec<PathBuf>,
+}
+
+/// A point of a chain: which state to restore.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum At {
+    /// The newest state (the whole correctly chained prefix).
+    Latest,
+    /// The base and its first `n` deltas (at most the chain's length).
+    Deltas(u64),
+    /// The newest state holding no entry with a seq above this one (by the `next_seq` hints).
+    Seq(u64),
+    /// The newest state taken at or before this wall-clock time (ns since the Unix epoch).
+    Time(u64),
+}
+
+impl ChainListing {
+    /// Reads the footer of `base` and every delta of its generation in `chain_dir`
+    /// ([`chain_dir`](super::chain_dir) of the target), checking each delta's footer, table
+    /// and links, stopping at the first bad one.
+    ///
+    /// # Errors
+    ///
+    /// [`ChainErrorKind::Base`] if the base's footer is unusable; I/O errors reading the
+    /// chain directory. A bad delta is no error: it ends the chain ([`ChainListing::stop`]).
+    pub fn load(base: &Path, chain_dir: &Path) -> Result<ChainListing, ChainError> {
+        Self::load_with(base, chain_dir, Checks::ALL)
+    }
+
+    pub(crate) fn load_with(
+        base: &Path,
+        chain_dir: &Path,
+        checks: Checks,
+    ) -> Result<ChainListing, ChainError> {
+        let file = snapshot::open(base)?;
+        let info = snapshot::read_footer(&file).map_err(|e| e.at(base))?;
+        let base_next_seq = base_next_seq(&file, &info).map_err(|e| ChainError::io(e).at(base))?;
+        let mut listing = ChainListing {
+            base_path: base.to_path_buf(),
+            base: info,
+            base_next_seq,
+            deltas: Vec::new(),
+            stop: None,
+            ignored: Vec::new(),
+        };
+        let dir = match open_chain_dir(chain_dir, false) {
+            Ok(d) => d,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(listing),
+            Err(e) => return Err(ChainError::io(e).at(chain_dir)),
+        };
+        let mut found: Vec<(u64, PathBuf)> = dir_names(&dir)
+            .map_err(|e| ChainError::io(e).at(chain_dir))?
+            .into_iter()
+            .filter_map(|n| {
+                let (g, i) = parse_delta_name(n.as_bytes())?;
+                (g == info.meta.generation).then(|| (i, chain_dir.join(&n)))
+            })
+            .collect();
+        found.sort();
+        let mut tip = Tip::of_base(&info);
+        for (n, (index, path)) in found.iter().enumerate() {
+            let expected = tip.index + 1;
+            let step = if *index != expected {
+                let missing = chain_dir.join(delta_name(info.meta.generation, expected));
+                Err(ChainError::from(ChainErrorKind::Missing { index: expected }).at(&missing))
+            } else {
+                read_link(path, &tip, checks)
+            };
+            match step {
+                Ok(entry) => {
+                    tip = Tip::of_delta(&entry.footer);
+                    listing.deltas.push(entry);
+                }
+                Err(e) => {
+                    listing.stop = Some(e);
+                    listing.ignored = found[n..].iter().map(|(_, p)| p.clone()).collect();
+                    break;
+                }
+            }
+        }
+        Ok(listing)
+    }
+
+    /// The tip of the listed chain (what a new delta would chain onto).
+    pub fn tip(&self) -> Tip {
+        self.deltas
+            .last()
+            .map_or_else(|| Tip::of_base(&self.base), |d| Tip::of_delta(&d.footer))
+    }
+
+    /// How many deltas the state at `at` applies.
+    ///
+    /// # Errors
+    ///
+    /// [`ChainErrorKind::NotInChain`] if even the base is past `at` (or `Deltas(n)` asks for
+    /// more deltas than the chain has).
+    pub fn select(&self, at: At) -> Result<usize, ChainError> {
+        let none = || {
+            ChainError::from(ChainErrorKind::NotInChain {
+                at: format!("{at:?}"),
+            })
+            .at(&self.base_path)
+        };
+        let states = self.deltas.iter().map(|d| &d.footer);
+        match at {
+            At::Latest => Ok(self.deltas.len()),
+            At::Deltas(n) => usize::try_from(n)
+                .ok()
+                .filter(|&n| n <= self.deltas.len())
+                .ok_or_else(none),
+            At::Seq(seq) => {
+                let ok = |next: u64| next <= seq.saturating_add(1);
+                if !ok(self.base_next_seq) {
+                    return Err(none());
+                }
+                Ok(states.take_while(|f| ok(f.next_seq)).count())
+            }
+            At::Time(t) => {
+                if self.base.meta.unix_time_ns > t {
+                    return Err(none());
+                }
+                Ok(states.take_while(|f| f.unix_time_ns <= t).count())
+            }
+        }
+    }
+
+    /// Ends the chain before delta position `j` (0-based in `deltas`) because of `why`.
+    pub(crate) fn cut(&mut self, j: usize, why: ChainError) {
+        let mut later: Vec<PathBuf> = self.deltas.drain(j..).map(|d| d.path).collect();
+        later.append(&mut self.ignored);
+        self.ignored = later;
+        self.stop = Some(why);
+    }
+
+    /// Reads every delta's data and checks its CRC, cutting the chain at the first mismatch
+    /// (or read error).
+    pub(crate) fn check_data(&mut self) {
+        for j in 0..self.deltas.len() {
+            let d = &self.deltas[j];
+            let r = open_delta(&d.path).and_then(|file| {
+                let f = &d.footer;
+                let computed = crc_of(&file, f.table_len(), f.data_len).map_err(ChainError::io)?;
+                if computed != f.data_crc {
+                    return Err(ChainErrorKind::DataChecksum {
+                        stored: f.data_crc,
+                        computed,
+                    }
+                    .into());
+                }
+                Ok(())
+            });
+            if let Err(e) = r {
+                let e = e.at(&d.path.clone());
+                self.cut(j, e);
+                break;
+            }
+        }
+    }
+}
+
+/// Opens a delta for reading without blocking, refusing anything but a regular file
+/// ([`snapshot::open`]); errors name the file.
+pub(crate) fn open_delta(path: &Path) -> Result<File, ChainError> {
+    snapshot::open(path).map_err(|e| {
+        let what = e.to_string();
+        let source = match e.into_kind() {
+            SnapshotErrorKind::Io(io) => io,
+            _ => io::Error::new(io::ErrorKind::InvalidInput, what),
+        };
+        ChainError::io(source).at(path)
+    })
+}
+
+/// Reads and checks a delta's footer and run table (not its data): footer fields, file
+/// length, table CRC, runs. Reads 128 bytes plus the table (at most one 16-byte run per
+/// 4096 bytes of image, and never more than the file holds).
+///
+/// # Errors
+///
+/// [`ChainErrorKind::Truncated`], `BadMagic`, `FooterChecksum`, `FutureVersion`, `BadField`,
+/// `TableChecksum`, `BadRun`, or `Io` (without a path: name it with [`ChainError::at`]).
+pub fn read_delta(file: impl AsFd) -> Result<(DeltaFooter, Vec<Run>), ChainError> {
+    let file = file.as_fd();
+    let len = file_len(file)?;
+    let flen = DELTA_FOOTER_LEN as u64;
+    if len < flen {
+        return Err(ChainErrorKind::Truncated { len, needed: flen }.into());
+    }
+    let mut b = [0u8; DELTA_FOOTER_LEN];
+    if read_full_at(file, &mut b, len - flen)? < DELTA_FOOTER_LEN {
+        return Err(ChainErrorKind::Truncated { len, needed: len }.into());
+    }
+    let footer = decode_delta_footer(&b)?;
+    let needed = footer.file_len();
+    if len < needed {
+        return Err(ChainErrorKind::Truncated { len, needed }.into());
+    }
+    if len > needed {
+        return Err(ChainErrorKind::BadField {
+            field: "file length",
+            value: len,
+        }
+        .into());
+    }
+    // At most the file's length: checked just above.
+    let mut table = vec![0u8; footer.table_len() as usize];
+    if read_full_at(file, &mut table, 0)? < table.len() {
+        return Err(ChainErrorKind::Truncated { len, needed }.into());
+    }
+    let computed = crc_fast::crc32_iscsi(&table);
+    if computed != footer.table_crc {
+        return Err(ChainErrorKind::TableChecksum {
+            stored: footer.table_crc,
+            computed,
+        }
+        .into());
+    }
+    let runs = decode_table(&table, &footer)?;
+    Ok((footer, runs))
+}
+
+/// Checks that the delta with `footer`, named `(generation, index)`, follows `tip`.
+///
+/// # Errors
+///
+/// [`ChainErrorKind::NameMismatch`], `WrongBase` or `WrongParent` (without a path).
+pub fn check_link(tip: &Tip, footer: &DeltaFooter, name: (u64, u64)) -> Result<(), ChainError> {
+    if name != (footer.base_generation, footer.index) {
+        return Err(ChainErrorKind::NameMismatch {
+            name,
+            footer: (footer.base_generation, footer.index),
+        }
+        .into());
+    }
+    let fields = [
+        ("generation", tip.base_generation, footer.base_generation),
+        (
+            "image CRC",
+            u64::from(tip.base_image_crc),
+            u64::from(footer.base_image_crc),
+        ),
+        ("image length", tip.image_len, footer.image_len),
+        ("strategy", tip.strategy, footer.strategy),
+    ];
+    for (field, base, delta) in fields {
+        if base != delta {
+            return Err(ChainErrorKind::WrongBase { field, base, delta }.into());
+        }
+    }
+    if footer.index != tip.index + 1 || footer.parent_crc != tip.footer_crc {
+        return Err(ChainErrorKind::WrongParent {
+            index: footer.index,
+            expected: tip.footer_crc,
+            found: footer.parent_crc,
+        }
+        .into());
+    }
+    Ok(())
+}
+
+/// Opens, reads and (with `checks.link`) links the delta at `path` after `tip`.
+fn read_link(path: &Path, tip: &Tip, checks: Checks) -> Result<DeltaEntry, ChainError> {
+    let file = open_delta(path)?;
+    let (footer, runs) = read_delta(&file).map_err(|e| e.at(path))?;
+    if checks.link {
+        let name = path
+            .file_name()
+            .and_then(|n| parse_delta_name(n.as_bytes()))
+            .unwrap_or((0, 0));
+        check_link(tip, &footer, name).map_err(|e| e.at(path))?;
+    }
+    Ok(DeltaEntry {
+        path: path.to_path_buf(),
+        footer,
+        runs,
+    })
+}
+
+/// The `next_seq` hint in the header of a queue image (0 for other images or a short one).
+fn base_next_seq(file: &File, info: &SnapshotInfo) -> io::Result<u64> {
+    if Strategy::from_code(info.meta.strategy) != Some(Strategy::Queue) {
+        return Ok(0);
+    }
+    let mut page = vec![0u8; PAGE_SIZE.min(info.image_len) as usize];
+    let got = read_full_at(file, &mut page, 0)?;
+    Ok(Hints::read_bytes(&page[..got]).next_seq)
+}

@@ -1,0 +1,103 @@
+//! The snapshot chain on disk: a base (today's snapshot file) plus delta segments, each holding
+//! the page runs written since the previous link, chained to it by generation and CRC.
+//!
+//! | module | idea |
+//! |---|---|
+//! | `format` | the delta's bytes: [`DeltaFooter`] (128 bytes), the run table, [`plan_runs`], names |
+//! | `write` | [`DeltaWriter`]: temp → runs → footer → `fdatasync` → `rename` → dir `fsync`; [`remove_superseded`] |
+//! | `listing` | [`ChainListing`]: base footer + every delta's footer, table and links, up to the first bad one |
+//! | `restore` | [`restore_chain`] into a memfd and [`materialize`] a point as a standalone file, CRCs checked while copying; [`verify_chain`] |
+//! | `policy` | [`CompactionPolicy`]: delta or new base |
+//! | `error` | [`ChainError`] = the file's path + a matchable [`ChainErrorKind`] |
+//!
+//! Byte-by-byte layout: `docs/FORMAT.md`, "Snapshot chain".
+//!
+//! # On disk
+//!
+//! ```text
+//! state.snap                  base, generation g (a snapshot file: image + 56-byte footer)
+//! state.snap.1                previous base (the persister's generations), generation g'
+//! state.snap.d/               the chain directory (mode 0700, created on the first delta)
+//!   0000…000g-00000001.delta  delta 1 of base g: runs of the image written since the base
+//!   0000…000g-00000002.delta  delta 2 of base g, chained to delta 1
+//!   0000…00g'-00000001.delta  delta 1 of base g' (kept while state.snap.1 is)
+//!   .delta.tmp.<random>       a delta being written (never read; removed by the cleanup)
+//! ```
+//!
+//! Names are `<base generation: 20 digits>-<position: 8 digits>.delta`: they sort in chain
+//! order, and a delta finds its base by generation, not by file name (the persister renames
+//! bases as generations rotate). Deltas live in their own directory so that the persister's
+//! `state.snap.<i>` namespace and its temp-file sweep stay untouched, and a delta's rename and
+//! directory `fsync` touch only the chain directory.
+//!
+//! # The chain
+//!
+//! A delta's footer records the base's generation, image length, strategy and image CRC, its
+//! position, and `parent_crc` = the footer CRC of the link before it (the base's for position
+//! 1). Each footer's own CRC covers `parent_crc`, so the footers form a hash chain: a delta
+//! from another chain, a stale delta of a reused generation, or one whose predecessor was
+//! replaced, does not link and ends the chain. The state is **the newest complete, correctly
+//! chained prefix**: a reader walks positions 1, 2, … and stops at the first delta that is
+//! missing, torn (no footer), corrupt (a CRC), or does not link ([`ChainListing::stop`] names it
+//! and why); everything after it is ignored, never applied.
+//!
+//! # Durability
+//!
+//! A delta is written under a temp name, `fdatasync`ed, renamed to its name with
+//! `RENAME_NOREPLACE` (an existing name is never overwritten: the host writes a base instead),
+//! and the chain directory is `fsync`ed: when [`DeltaWriter::commit`] returns, the delta is
+//! durable. A crash before the rename leaves only a temp file; between the rename and the
+//! directory sync the rename may be undone, and the delta's data was already synced, so it is
+//! either absent or complete. Either way the chain restores to the old or the new state.
+//!
+//! A chain is superseded when its base leaves the persister's kept generations; the persister
+//! removes an old base only after the new one is durable, and [`remove_superseded`] removes
+//! only deltas whose base is gone: nothing is deleted before its replacement is durable.
+//!
+//! # How the host will use this
+//!
+//! One incremental snapshot of the queue strategy (DESIGN §11):
+//!
+//! 1. **scan** ([`Scanner::scan`](crate::track::Scanner::scan)): the pages the client wrote
+//!    since the previous scan, now write-protected again;
+//! 2. **pre** (`PreCopy::read`);
+//! 3. **copy**: `runs = plan_runs(written, layout.meta_len(), image_len)` (the written pages
+//!    plus the meta pages, which `retain` rewrites in every image);
+//!    `w = DeltaWriter::begin(&persister, &tip, &runs, meta_len)`, `w.copy_from(&memfd)`;
+//! 4. **post/retain**: `w.read_image_at(&mut meta, 0)`, `stamp.finish(&mut meta)`,
+//!    `w.write_image_at(&meta, 0)`;
+//! 5. **delta**: `tip = w.commit(DeltaMeta { next_seq_before, next_seq, unix_time_ns })?.tip()`.
+//!
+//! Take a full base instead (today's `take_queue`, then `tip = Tip::of_base(&info)` and
+//! [`remove_superseded`]) whenever tracking cannot vouch for a page — the first snapshot, a new
+//! client pid, no tracking, the exit strategy, any scan error — or when
+//! [`CompactionPolicy::decide`] says so, or when `commit` fails (e.g.
+//! [`ChainErrorKind::Occupied`]). A wrong delta is data loss; a full base is only slower.
+//!
+//! At start the host restores with [`restore_chain`] (newest base first, falling back to
+//! older generations on [`ChainErrorKind::Base`]); `shmsnap restore --to FILE [--at TIME |
+//! --seq N]` is [`materialize`] into a persister's temp file.
+
+mod error;
+mod format;
+mod listing;
+mod policy;
+mod restore;
+mod write;
+
+pub use error::{ChainError, ChainErrorKind};
+pub use format::{
+    check_runs, decode_delta_footer, decode_table, delta_name, encode_delta_footer, encode_table,
+    parse_delta_name, plan_runs, table_len, DeltaFooter, Run, CHAIN_DIR_SUFFIX, DELTA_FOOTER_LEN,
+    DELTA_MAGIC, DELTA_VERSION, GRANULE, RUN_BYTES,
+};
+pub use listing::{check_link, read_delta, At, ChainListing, DeltaEntry};
+pub use policy::{BaseReason, CompactionPolicy, Next};
+pub use restore::{materialize, restore_chain, verify_chain, RestoreReport};
+pub use write::{
+    chain_dir, remove_superseded, Cleanup, DeltaInfo, DeltaMeta, DeltaStats, DeltaWriter, Tip,
+    MAX_INDEX,
+};
+
+#[cfg(test)]
+mod tests;

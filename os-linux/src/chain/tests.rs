@@ -1,0 +1,410 @@
+//! Unit tests that need the crate's test seams: the crash points of the delta write, and the
+//! broken twins (a writer without `fdatasync`, a reader without the link or data-CRC check).
+
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+
+use super::listing::Checks;
+use super::restore::restore_with;
+use super::write::crash_point;
+use super::*;
+use crate::copy::{read_full_at, write_all_at};
+use crate::memfd::Memfd;
+use crate::persist::Persister;
+use crate::snapshot::{self, SnapshotMeta};
+
+const PAGE: u64 = 4096;
+/// 24 pages and a partial one: runs may end at the image's end.
+const IMAGE: u64 = 24 * PAGE + 1024;
+
+/// xorshift64*: deterministic test randomness.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+fn bytes_of(fd: impl AsFd, len: u64) -> Vec<u8> {
+    let mut v = vec![0u8; len as usize];
+    assert_eq!(read_full_at(fd, &mut v, 0).unwrap(), len as usize);
+    v
+}
+
+/// Writes random bytes into `pages` random pages of `region`; returns the written runs.
+fn scribble(region: &Memfd, rng: &mut Rng, pages: u64) -> Vec<Run> {
+    let mut runs = Vec::new();
+    for _ in 0..pages {
+        let p = rng.below(IMAGE.div_ceil(PAGE));
+        let len = PAGE.min(IMAGE - p * PAGE);
+        let data: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
+        write_all_at(region, &data, p * PAGE).unwrap();
+        runs.push(Run {
+            offset: p * PAGE,
+            len,
+        });
+    }
+    plan_runs(runs, 0, IMAGE)
+}
+
+/// A target with a base of generation `generation` holding `region`.
+struct Fixture {
+    _dir: tempfile::TempDir,
+    target: PathBuf,
+    persister: Persister,
+    region: Memfd,
+    tip: Tip,
+    rng: Rng,
+}
+
+impl Fixture {
+    fn new(seed: u64, generation: u64) -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("state.snap");
+        let persister = Persister::new(&target, 1).unwrap();
+        let region = Memfd::create("region", IMAGE).unwrap();
+        let mut rng = Rng(seed | 1);
+        scribble(&region, &mut rng, 30);
+        let mut f = Fixture {
+            _dir: dir,
+            target,
+            persister,
+            region,
+            // Replaced by the base's tip just below.
+            tip: Tip::of_base(&snapshot::SnapshotInfo {
+                version: 1,
+                image_len: IMAGE,
+                meta: meta(0),
+                image_crc: 0,
+            }),
+            rng,
+        };
+        f.write_base(generation);
+        f
+    }
+
+    fn write_base(&mut self, generation: u64) {
+        let region = &self.region;
+        let (info, _) = self
+            .persister
+            .persist_with(|file| snapshot::write_snapshot(region, file, IMAGE, meta(generation)))
+            .unwrap();
+        self.tip = Tip::of_base(&info.0);
+    }
+
+    fn chain_dir(&self) -> PathBuf {
+        chain_dir(&self.target)
+    }
+
+    /// One round: random pages written, then a delta of them committed.
+    fn delta(&mut self, pages: u64, time: u64) -> DeltaInfo {
+        let runs = scribble(&self.region, &mut self.rng, pages);
+        let mut w = DeltaWriter::begin(&self.persister, &self.tip, &runs, 0).unwrap();
+        w.copy_from(&self.region).unwrap();
+        let info = w.commit(dmeta(time)).unwrap();
+        self.tip = info.tip();
+        info
+    }
+
+    fn restore(&self, checks: Checks) -> Result<(Vec<u8>, RestoreReport), ChainError> {
+        let back = Memfd::create("back", IMAGE).unwrap();
+        let r = restore_with(
+            &self.target,
+            &self.chain_dir(),
+            back.as_fd(),
+            Some(IMAGE),
+            At::Latest,
+            checks,
+        )?;
+        Ok((bytes_of(&back, IMAGE), r))
+    }
+}
+
+fn meta(generation: u64) -> SnapshotMeta {
+    SnapshotMeta {
+        strategy: 0,
+        generation,
+        unix_time_ns: generation * 1000,
+    }
+}
+
+fn dmeta(time: u64) -> DeltaMeta {
+    DeltaMeta {
+        next_seq_before: 0,
+        next_seq: 0,
+        unix_time_ns: time,
+    }
+}
+
+fn temp_of(dir: &Path) -> Option<PathBuf> {
+    std::fs::read_dir(dir)
+        .ok()?
+        .map(|e| e.unwrap().path())
+        .find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with(".delta.tmp.")
+        })
+}
+
+/// What a crash did to data that was written but not yet `fdatasync`ed.
+#[derive(Clone, Copy, Debug)]
+enum Loss {
+    Intact,
+    /// Cut to `k`/4 of its length.
+    Truncate(u64),
+    /// Second half zeroed.
+    ZeroTail,
+    /// One byte changed at `k`/4 of the length (k = 4: the last byte).
+    Garble(u64),
+    /// The file's directory entry never reached the disk.
+    Vanish,
+}
+
+const LOSSES: [Loss; 11] = [
+    Loss::Intact,
+    Loss::Truncate(0),
+    Loss::Truncate(1),
+    Loss::Truncate(2),
+    Loss::Truncate(3),
+    Loss::ZeroTail,
+    Loss::Garble(0),
+    Loss::Garble(1),
+    Loss::Garble(2),
+    Loss::Garble(4),
+    Loss::Vanish,
+];
+
+fn lose(path: &Path, loss: Loss) {
+    let len = std::fs::metadata(path).unwrap().len();
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .read(true)
+        .open(path)
+        .unwrap();
+    match loss {
+        Loss::Intact => {}
+        Loss::Truncate(k) => f.set_len(len * k / 4).unwrap(),
+        Loss::ZeroTail => write_all_at(&f, &vec![0u8; (len - len / 2) as usize], len / 2).unwrap(),
+        Loss::Garble(k) => {
+            let at = (len * k / 4).min(len.saturating_sub(1));
+            let mut b = [0u8];
+            read_full_at(&f, &mut b, at).unwrap();
+            write_all_at(&f, &[b[0] ^ 0x5a], at).unwrap();
+        }
+        Loss::Vanish => std::fs::remove_file(path).unwrap(),
+    }
+}
+
+/// One crash case: a chain of two deltas (the old state), then a third delta written with
+/// a cut after `completed` of its five steps (create, footer, fdatasync, rename, dir fsync),
+/// unsynced data damaged by `loss`, an unsynced rename undone if `undo`. Returns what is wrong
+/// (empty if the chain restores to the old or the new state, and to the new one if the
+/// commit returned `Ok`).
+fn crash_case(completed: usize, loss: Loss, undo: bool, skip_datasync: bool) -> Vec<String> {
+    let mut fx = Fixture::new(completed as u64 * 31 + 7, 1);
+    fx.delta(3, 10);
+    fx.delta(2, 20);
+    let old = bytes_of(&fx.region, IMAGE);
+    let runs = scribble(&fx.region, &mut fx.rng, 4);
+    let new = bytes_of(&fx.region, IMAGE);
+    assert_ne!(old, new);
+
+    crash_point::arm((completed < 5).then(|| completed - 1));
+    let committed = (|| {
+        let mut w = DeltaWriter::begin(&fx.persister, &fx.tip, &runs, 0)?;
+        w.skip_datasync = skip_datasync;
+        w.copy_from(&fx.region)?;
+        w.commit(dmeta(30))
+    })()
+    .is_ok();
+    crash_point::arm(None);
+
+    let data_synced = completed >= 3 && !skip_datasync;
+    let renamed = completed >= 4;
+    let dir_synced = completed >= 5;
+    let final_path = fx.chain_dir().join(delta_name(1, 3));
+    let path = if renamed {
+        final_path.clone()
+    } else {
+        temp_of(&fx.chain_dir()).expect("temp file left by the crash")
+    };
+    if !data_synced {
+        lose(&path, loss);
+    }
+    if renamed && !dir_synced && undo && path.exists() {
+        std::fs::rename(&path, fx.chain_dir().join(".delta.tmp.undone")).unwrap();
+    }
+
+    let mut wrong = Vec::new();
+    match fx.restore(Checks::ALL) {
+        Err(e) => wrong.push(format!("restore failed: {e}")),
+        Ok((got, report)) => {
+            if got != old && got != new {
+                wrong.push("restored a mix of the old and the new state".into());
+            }
+            if committed && got != new {
+                let why = report
+                    .listing
+                    .stop
+                    .map(|e| e.to_string())
+                    .unwrap_or_default();
+                wrong.push(format!("commit returned Ok but the state is old ({why})"));
+            }
+        }
+    }
+    wrong
+}
+
+#[test]
+fn every_cut_of_a_delta_write_restores_to_the_old_or_the_new_chain() {
+    let mut cases = 0;
+    for completed in 1..=5 {
+        for loss in LOSSES {
+            for undo in [false, true] {
+                let wrong = crash_case(completed, loss, undo, false);
+                assert!(
+                    wrong.is_empty(),
+                    "cut after {completed}, {loss:?}, undo {undo}: {wrong:?}"
+                );
+                cases += 1;
+            }
+        }
+    }
+    assert_eq!(cases, 110);
+}
+
+#[test]
+fn twin_writer_without_fdatasync_fails_the_crash_test() {
+    let failures: usize = LOSSES
+        .iter()
+        .map(|&loss| crash_case(5, loss, false, true))
+        .filter(|w| !w.is_empty())
+        .count();
+    // Every loss but Intact turns a committed delta into a torn one.
+    assert_eq!(failures, LOSSES.len() - 1);
+}
+
+/// (d): base B replaces base A under the same generation; A's deltas must not apply to B.
+/// Returns what is wrong.
+fn foreign_base_case(checks: Checks) -> Vec<String> {
+    let mut fx = Fixture::new(99, 5);
+    fx.delta(3, 10);
+    fx.delta(3, 20);
+    // A new base of the same generation over different bytes (a reused generation number).
+    scribble(&fx.region, &mut fx.rng, 5);
+    fx.write_base(5);
+    let base_b = bytes_of(&fx.region, IMAGE);
+    let mut wrong = Vec::new();
+    match fx.restore(checks) {
+        Err(e) => wrong.push(format!("restore failed: {e}")),
+        Ok((got, report)) => {
+            if got != base_b {
+                wrong.push("deltas of another base were applied".into());
+            }
+            match report.listing.stop.as_ref().map(ChainError::kind) {
+                Some(ChainErrorKind::WrongBase {
+                    field: "image CRC", ..
+                }) => {}
+                other => wrong.push(format!("no WrongBase refusal: {other:?}")),
+            }
+            if report.listing.ignored.len() != 2 {
+                wrong.push(format!("ignored {:?}", report.listing.ignored));
+            }
+        }
+    }
+    wrong
+}
+
+#[test]
+fn delta_whose_base_crc_differs_is_refused() {
+    assert_eq!(foreign_base_case(Checks::ALL), Vec::<String>::new());
+}
+
+#[test]
+fn twin_reader_without_the_link_check_applies_a_foreign_chain() {
+    let twin = Checks {
+        link: false,
+        ..Checks::ALL
+    };
+    let wrong = foreign_base_case(twin);
+    assert!(
+        wrong.iter().any(|w| w.contains("another base")),
+        "the twin passed: {wrong:?}"
+    );
+}
+
+/// (c), for one flipped byte of delta 2 of 3: the state must be base + delta 1, the stop must
+/// name delta 2. Returns what is wrong.
+fn flipped_byte_case(at: u64, checks: Checks) -> Vec<String> {
+    let mut fx = Fixture::new(at * 7 + 3, 2);
+    fx.delta(2, 10);
+    let after_one = bytes_of(&fx.region, IMAGE);
+    let second = fx.delta(3, 20);
+    fx.delta(2, 30);
+    let len = std::fs::metadata(&second.path).unwrap().len();
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&second.path)
+        .unwrap();
+    let at = at % len;
+    let mut b = [0u8];
+    read_full_at(&f, &mut b, at).unwrap();
+    write_all_at(&f, &[b[0] ^ 0x10], at).unwrap();
+    let mut wrong = Vec::new();
+    match fx.restore(checks) {
+        Err(e) => wrong.push(format!("restore failed: {e}")),
+        Ok((got, report)) => {
+            if got != after_one {
+                wrong.push(format!("byte {at}: the state is not base + delta 1"));
+            }
+            match &report.listing.stop {
+                Some(e) if e.path() == Some(second.path.as_path()) => {}
+                other => wrong.push(format!("byte {at}: stop {other:?}")),
+            }
+        }
+    }
+    wrong
+}
+
+#[test]
+fn twin_reader_without_the_data_crc_applies_a_corrupt_delta() {
+    let twin = Checks {
+        data_crc: false,
+        ..Checks::ALL
+    };
+    // Byte 4096 + 100: inside the data section (the table is one 4096-byte granule).
+    let wrong = flipped_byte_case(4096 + 100, twin);
+    assert!(!wrong.is_empty(), "the twin passed");
+    assert_eq!(
+        flipped_byte_case(4096 + 100, Checks::ALL),
+        Vec::<String>::new()
+    );
+}
+
+#[test]
+fn every_flipped_byte_of_a_delta_ends_the_chain_before_it() {
+    // Every byte of the table granule's first run entries, the footer, and a stride of data.
+    let len = {
+        let mut fx = Fixture::new(1, 2);
+        fx.delta(2, 10);
+        let second = fx.delta(3, 20);
+        std::fs::metadata(second.path).unwrap().len()
+    };
+    let mut positions: Vec<u64> = (0..64).collect();
+    positions.extend([4095, 4096, 4097]);
+    positions.extend((4096..len - 128).step_by(1531));
+    positions.extend(len - 128..len);
+    for at in positions {
+        let wrong = flipped_byte_case(at, Checks::ALL);
+        assert!(wrong.is_empty(), "{wrong:?}");
+    }
+}

@@ -1,0 +1,645 @@
+//! Writing a delta: temp file in the chain directory, runs copied from the region, footer,
+//! `fdatasync`, `renameat(RENAME_NOREPLACE)`, `fsync(dir)`; and removing superseded chains.
+
+use std::ffi::{OsStr, OsString};
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crc_fast::{checksum_combine, CrcAlgorithm, Digest};
+use rustix::fs::{AtFlags, Mode, OFlags, RenameFlags};
+use rustix::io::{retry_on_intr, Errno};
+
+use super::error::{ChainError, ChainErrorKind};
+use super::format::{
+    check_runs, delta_name, encode_delta_footer, encode_table, parse_delta_name, table_len,
+    DeltaFooter, Run, CHAIN_DIR_SUFFIX, DELTA_VERSION,
+};
+use crate::copy::{read_full_at, write_all_at};
+use crate::persist::Persister;
+use crate::snapshot::{encode_footer, SnapshotInfo};
+
+/// Largest chain position a name can hold (8 decimal digits).
+pub const MAX_INDEX: u64 = 99_999_999;
+/// Bytes moved per `pread`/`pwrite` when copying runs.
+const CHUNK: usize = 1 << 20;
+/// Prefix of a delta being written (never a delta name: those start with a digit).
+const TEMP_PREFIX: &str = ".delta.tmp.";
+
+/// The chain directory of `target`: `<target>.d`, beside it.
+pub fn chain_dir(target: &Path) -> PathBuf {
+    let mut p = target.as_os_str().to_os_string();
+    p.push(CHAIN_DIR_SUFFIX);
+    PathBuf::from(p)
+}
+
+/// The link a new delta is chained onto: the base, or the newest delta of its chain. The host
+/// keeps the tip of what it last made durable ([`Tip::of_base`] after a base,
+/// [`DeltaInfo::tip`] after a delta).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Tip {
+    /// Image length of the chain.
+    pub image_len: u64,
+    /// Strategy code of the chain.
+    pub strategy: u64,
+    /// The base's generation.
+    pub base_generation: u64,
+    /// The base's image CRC.
+    pub base_image_crc: u32,
+    /// Position of this link: 0 = the base, k = delta k.
+    pub index: u64,
+    /// This link's footer CRC (what the next delta records as its parent).
+    pub footer_crc: u32,
+}
+
+impl Tip {
+    /// The tip of a chain that is just its base (a snapshot file's footer).
+    pub fn of_base(info: &SnapshotInfo) -> Tip {
+        let footer = encode_footer(info.image_len, info.meta, info.image_crc);
+        let mut crc = [0u8; 4];
+        crc.copy_from_slice(&footer[52..56]);
+        Tip {
+            image_len: info.image_len,
+            strategy: info.meta.strategy,
+            base_generation: info.meta.generation,
+            base_image_crc: info.image_crc,
+            index: 0,
+            footer_crc: u32::from_le_bytes(crc),
+        }
+    }
+
+    /// The tip of a chain whose newest link is the delta with footer `f`.
+    pub fn of_delta(f: &DeltaFooter) -> Tip {
+        Tip {
+            image_len: f.image_len,
+            strategy: f.strategy,
+            base_generation: f.base_generation,
+            base_image_crc: f.base_image_crc,
+            index: f.index,
+            footer_crc: f.footer_crc,
+        }
+    }
+}
+
+/// What the host records about a delta besides its runs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DeltaMeta {
+    /// The parent image's `next_seq` hint (0 if not a queue image).
+    pub next_seq_before: u64,
+    /// This image's `next_seq` hint (0 if not a queue image).
+    pub next_seq: u64,
+    /// Wall-clock time of the state, ns since the Unix epoch.
+    pub unix_time_ns: u64,
+}
+
+/// A durable delta.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeltaInfo {
+    /// Its path.
+    pub path: PathBuf,
+    /// Its footer.
+    pub footer: DeltaFooter,
+    /// Timings of the commit.
+    pub stats: DeltaStats,
+}
+
+impl DeltaInfo {
+    /// The tip the next delta chains onto.
+    pub fn tip(&self) -> Tip {
+        Tip::of_delta(&self.footer)
+    }
+}
+
+/// Timings of one delta commit.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DeltaStats {
+    /// Reading the table and data back for their CRCs, and writing the footer.
+    pub footer: Duration,
+    /// `fdatasync` of the temp file.
+    pub sync: Duration,
+    /// `renameat` + `fsync` of the chain directory.
+    pub publish: Duration,
+}
+
+/// A delta being written into a temp file of the chain directory; removed on drop unless
+/// [`commit`](DeltaWriter::commit)ted. Borrows the [`Persister`]: only the holder of the
+/// target's lock writes its chain.
+#[derive(Debug)]
+#[must_use = "dropping a DeltaWriter discards it; call commit() to make the delta durable"]
+pub struct DeltaWriter<'p> {
+    _lock: &'p Persister,
+    /// The chain directory, opened `O_DIRECTORY | O_NOFOLLOW`.
+    dir: OwnedFd,
+    dir_path: PathBuf,
+    temp: OsString,
+    /// `Some` until committed (or dropped).
+    file: Option<File>,
+    parent: Tip,
+    /// Validated by [`check_runs`] against `parent.image_len`, `meta_len`, `data_len`.
+    runs: Vec<Run>,
+    meta_len: u64,
+    /// The runs `..split` carry the meta pages (they start below `meta_len`): the part
+    /// [`write_image_at`](Self::write_image_at) is meant to change.
+    split: usize,
+    /// CRC-32C of the data of runs `..split` and `split..` as copied; `None` if not copied or
+    /// changed since (then [`commit`](Self::commit) reads that part back).
+    part_crcs: [Option<u64>; 2],
+    /// Bytes of the table section (the data section starts here).
+    table_len: u64,
+    /// Sum of the runs' lengths.
+    data_len: u64,
+    /// Test twin: skip the `fdatasync` (a writer that must fail the crash test).
+    #[cfg(test)]
+    pub(crate) skip_datasync: bool,
+}
+
+impl<'p> DeltaWriter<'p> {
+    /// `mkdirat` of the chain directory if missing (then `fsync` of its parent), `openat(dir,
+    /// ".delta.tmp.<random>", O_CREAT | O_EXCL | O_NOFOLLOW)`, then writes the run table and
+    /// sizes the file: starts delta `parent.index + 1` of `persister`'s target carrying
+    /// `runs` (from [`plan_runs`](super::plan_runs): sorted, granule-aligned, covering the
+    /// meta pages `0..meta_len`).
+    ///
+    /// # References
+    ///  - [Linux `mkdir`](https://man7.org/linux/man-pages/man2/mkdir.2.html)
+    ///  - [Linux `openat`](https://man7.org/linux/man-pages/man2/openat.2.html)
+    ///
+    /// # Errors
+    ///
+    /// [`ChainErrorKind::BadRun`] / `BadField` if `runs` (or the parent's image length) would
+    /// make a delta a reader refuses (nothing is created); `BadField` `index` past [`MAX_INDEX`]; I/O errors naming the
+    /// chain directory.
+    pub fn begin(
+        persister: &'p Persister,
+        parent: &Tip,
+        runs: &[Run],
+        meta_len: u64,
+    ) -> Result<Self, ChainError> {
+        if !crate::snapshot::image_len_ok(parent.image_len) {
+            return Err(ChainErrorKind::BadField {
+                field: "image_len",
+                value: parent.image_len,
+            }
+            .into());
+        }
+        let data_len = runs.iter().map(|r| r.len).fold(0u64, u64::saturating_add);
+        check_runs(runs, parent.image_len, meta_len, data_len)?;
+        if parent.index >= MAX_INDEX {
+            return Err(ChainErrorKind::BadField {
+                field: "index",
+                value: parent.index + 1,
+            }
+            .into());
+        }
+        let dir_path = chain_dir(&persister.target());
+        let dir = open_chain_dir(&dir_path, true).map_err(|e| ChainError::io(e).at(&dir_path))?;
+        let (temp, file) = create_temp(&dir).map_err(|e| ChainError::io(e).at(&dir_path))?;
+        let w = DeltaWriter {
+            _lock: persister,
+            dir,
+            dir_path,
+            temp,
+            file: Some(file),
+            parent: *parent,
+            runs: runs.to_vec(),
+            split: runs.iter().take_while(|r| r.offset < meta_len).count(),
+            part_crcs: [None, None],
+            meta_len,
+            table_len: table_len(runs.len() as u64),
+            data_len,
+            #[cfg(test)]
+            skip_datasync: false,
+        };
+        let named = |e: io::Error| ChainError::io(e).at(&w.temp_path());
+        write_all_at(w.file(), &encode_table(runs), 0).map_err(named)?;
+        rustix::fs::ftruncate(w.file(), w.table_len + w.data_len).map_err(|e| named(e.into()))?;
+        crash_point::step().map_err(named)?;
+        Ok(w)
+    }
+
+    fn file(&self) -> &File {
+        // Some until commit/drop consume it.
+        self.file.as_ref().expect("DeltaWriter used after commit")
+    }
+
+    /// The temp file's path (for messages).
+    pub fn temp_path(&self) -> PathBuf {
+        self.dir_path.join(&self.temp)
+    }
+
+    /// The runs this delta carries.
+    pub fn runs(&self) -> &[Run] {
+        &self.runs
+    }
+
+    /// `pread` from `region` / `pwrite` into the delta—copies every run's bytes from the same
+    /// offsets of `region` (the live memfd), gathering runs into 1 MiB writes, and CRCs them on
+    /// the way (so [`commit`](Self::commit) reads back only what
+    /// [`write_image_at`](Self::write_image_at) changed since). Returns the bytes copied.
+    ///
+    /// # Errors
+    ///
+    /// I/O errors (`UnexpectedEof` if the region is shorter than a run), naming the temp file.
+    pub fn copy_from(&mut self, region: impl AsFd) -> Result<u64, ChainError> {
+        let region = region.as_fd();
+        let path = self.temp_path();
+        let err = |e: io::Error| ChainError::io(e).at(&path);
+        let file = self.file.as_ref().expect("DeltaWriter used after commit");
+        let mut buf = vec![0u8; CHUNK.min(self.data_len as usize)];
+        // buf[..fill] holds the data for file offsets file_at..file_at + fill.
+        let (mut fill, mut file_at) = (0usize, self.table_len);
+        let mut digests = [
+            Digest::new(CrcAlgorithm::Crc32Iscsi),
+            Digest::new(CrcAlgorithm::Crc32Iscsi),
+        ];
+        for (i, r) in self.runs.iter().enumerate() {
+            let d = &mut digests[usize::from(i >= self.split)];
+            let mut done = 0;
+            while done < r.len {
+                if fill == buf.len() {
+                    write_all_at(file, &buf, file_at).map_err(err)?;
+                    file_at += fill as u64;
+                    fill = 0;
+                }
+                let n = (r.len - done).min((buf.len() - fill) as u64) as usize;
+                let piece = &mut buf[fill..fill + n];
+                if read_full_at(region, piece, r.offset + done).map_err(err)? < n {
+                    return Err(err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        format!("the region ends inside the run at {}", r.offset),
+                    )));
+                }
+                d.update(piece);
+                fill += n;
+                done += n as u64;
+            }
+        }
+        self.part_crcs = digests.map(|d| Some(d.finalize()));
+        write_all_at(file, &buf[..fill], file_at).map_err(err)?;
+        Ok(self.data_len)
+    }
+
+    /// Where image bytes `offset..offset + len` are in the delta file, as `(file offset,
+    /// bytes)` pieces in order.
+    fn locate(&self, offset: u64, len: u64) -> Result<Vec<(u64, usize)>, ChainError> {
+        let missing = || ChainError::from(ChainErrorKind::NotInDelta { offset, len });
+        let end = offset.checked_add(len).ok_or_else(missing)?;
+        let mut pieces = Vec::new();
+        let (mut cur, mut file_at) = (offset, self.table_len);
+        for r in &self.runs {
+            if cur < end && r.offset <= cur && cur < r.end() {
+                let n = r.end().min(end) - cur;
+                pieces.push((file_at + (cur - r.offset), n as usize));
+                cur += n;
+            }
+            file_at += r.len;
+        }
+        if cur < end {
+            return Err(missing());
+        }
+        Ok(pieces)
+    }
+
+    /// `pread`—reads image bytes at `offset` (inside the runs) from the delta, e.g. the copied
+    /// meta pages for `retain`.
+    ///
+    /// # Errors
+    ///
+    /// [`ChainErrorKind::NotInDelta`] if the bytes are not all carried; I/O errors.
+    pub fn read_image_at(&self, buf: &mut [u8], offset: u64) -> Result<(), ChainError> {
+        let mut done = 0;
+        for (at, n) in self.locate(offset, buf.len() as u64)? {
+            let got = read_full_at(self.file(), &mut buf[done..done + n], at)?;
+            if got < n {
+                return Err(io::Error::from(io::ErrorKind::UnexpectedEof).into());
+            }
+            done += n;
+        }
+        Ok(())
+    }
+
+    /// `pwrite`—replaces image bytes at `offset` (inside the runs) in the delta, e.g. the meta
+    /// pages after `retain`.
+    ///
+    /// # Errors
+    ///
+    /// [`ChainErrorKind::NotInDelta`] if the bytes are not all carried; I/O errors.
+    pub fn write_image_at(&mut self, buf: &[u8], offset: u64) -> Result<(), ChainError> {
+        let end = offset.saturating_add(buf.len() as u64);
+        for (i, r) in self.runs.iter().enumerate() {
+            if r.offset < end && offset < r.end() {
+                // Changed: commit reads this part back.
+                self.part_crcs[usize::from(i >= self.split)] = None;
+            }
+        }
+        let mut done = 0;
+        for (at, n) in self.locate(offset, buf.len() as u64)? {
+            write_all_at(self.file(), &buf[done..done + n], at)?;
+            done += n;
+        }
+        Ok(())
+    }
+
+    /// The data section's CRC: the two parts' CRCs combined, reading back a part not copied by
+    /// [`copy_from`](Self::copy_from) or changed since (normally just the meta pages).
+    fn data_crc(&self) -> io::Result<u32> {
+        let alg = CrcAlgorithm::Crc32Iscsi;
+        let head_len: u64 = self.runs[..self.split].iter().map(|r| r.len).sum();
+        let tail_len = self.data_len - head_len;
+        let part = |i: usize, at: u64, len: u64| match self.part_crcs[i] {
+            Some(c) => Ok(c),
+            None => crc_of(self.file(), at, len).map(u64::from),
+        };
+        let head = part(0, self.table_len, head_len)?;
+        let tail = part(1, self.table_len + head_len, tail_len)?;
+        // CRC-32C is 32 bits wide; the u64 holds it in its low half.
+        Ok(checksum_combine(alg, head, tail, tail_len) as u32)
+    }
+
+    /// Writes the footer (the table CRC read back from the file, the data CRC from the runs'
+    /// CRCs), `fdatasync`s the file, `renameat(RENAME_NOREPLACE)`s it to
+    /// its [`delta_name`] and `fsync`s the chain directory: when this returns `Ok`, the delta
+    /// is durable and part of the chain.
+    ///
+    /// # References
+    ///  - [Linux `fdatasync`](https://man7.org/linux/man-pages/man2/fdatasync.2.html)
+    ///  - [Linux `renameat2`](https://man7.org/linux/man-pages/man2/rename.2.html)
+    ///
+    /// # Errors
+    ///
+    /// [`ChainErrorKind::Occupied`] if the name exists (the temp file is removed: write a full
+    /// base instead); I/O errors naming the file. An error from the directory `fsync` means
+    /// the delta is visible but possibly not durable.
+    pub fn commit(mut self, meta: DeltaMeta) -> Result<DeltaInfo, ChainError> {
+        let mut stats = DeltaStats::default();
+        let t = Instant::now();
+        let temp_path = self.temp_path();
+        let named = |e: io::Error| ChainError::io(e).at(&temp_path);
+        let table_crc = crc_of(self.file(), 0, self.table_len).map_err(named)?;
+        let data_crc = self.data_crc().map_err(named)?;
+        let mut footer = DeltaFooter {
+            version: DELTA_VERSION,
+            image_len: self.parent.image_len,
+            strategy: self.parent.strategy,
+            base_generation: self.parent.base_generation,
+            index: self.parent.index + 1,
+            next_seq_before: meta.next_seq_before,
+            next_seq: meta.next_seq,
+            unix_time_ns: meta.unix_time_ns,
+            run_count: self.runs.len() as u64,
+            data_len: self.data_len,
+            meta_len: self.meta_len,
+            base_image_crc: self.parent.base_image_crc,
+            parent_crc: self.parent.footer_crc,
+            table_crc,
+            data_crc,
+            footer_crc: 0,
+        };
+        let bytes = encode_delta_footer(&footer);
+        footer.footer_crc = u32::from_le_bytes([bytes[124], bytes[125], bytes[126], bytes[127]]);
+        write_all_at(self.file(), &bytes, self.table_len + self.data_len).map_err(named)?;
+        crash_point::step().map_err(named)?;
+        stats.footer = t.elapsed();
+
+        let t = Instant::now();
+        #[cfg(test)]
+        let sync = !self.skip_datasync;
+        #[cfg(not(test))]
+        let sync = true;
+        if sync {
+            retry_on_intr(|| rustix::fs::fdatasync(self.file())).map_err(|e| named(e.into()))?;
+        }
+        crash_point::step().map_err(named)?;
+        stats.sync = t.elapsed();
+
+        let t = Instant::now();
+        let name = delta_name(footer.base_generation, footer.index);
+        let path = self.dir_path.join(&name);
+        match rustix::fs::renameat_with(
+            &self.dir,
+            self.temp.as_os_str(),
+            &self.dir,
+            name.as_str(),
+            RenameFlags::NOREPLACE,
+        ) {
+            Ok(()) => {}
+            Err(Errno::EXIST) => return Err(ChainError::from(ChainErrorKind::Occupied).at(&path)),
+            Err(e) => return Err(named(e.into())),
+        }
+        // Renamed: the temp name is gone, nothing to clean up on drop.
+        self.file = None;
+        crash_point::step().map_err(|e| ChainError::io(e).at(&path))?;
+        retry_on_intr(|| rustix::fs::fsync(&self.dir))
+            .map_err(|e| ChainError::io(e.into()).at(&self.dir_path))?;
+        crash_point::step().map_err(|e| ChainError::io(e).at(&path))?;
+        stats.publish = t.elapsed();
+        Ok(DeltaInfo {
+            path,
+            footer,
+            stats,
+        })
+    }
+}
+
+impl Drop for DeltaWriter<'_> {
+    fn drop(&mut self) {
+        if self.file.take().is_some() && !crash_point::crashed() {
+            // Best effort: a failure leaves a temp file for `remove_superseded`.
+            let _ = rustix::fs::unlinkat(&self.dir, self.temp.as_os_str(), AtFlags::empty());
+        }
+    }
+}
+
+/// CRC-32C of bytes `at..at + len` of `file`, read in chunks.
+pub(crate) fn crc_of(file: impl AsFd, at: u64, len: u64) -> io::Result<u32> {
+    let file = file.as_fd();
+    let mut d = crc_fast::Digest::new(crc_fast::CrcAlgorithm::Crc32Iscsi);
+    let mut buf = vec![0u8; CHUNK.min(len as usize)];
+    let mut done = 0;
+    while done < len {
+        let n = (len - done).min(buf.len() as u64) as usize;
+        let got = read_full_at(file, &mut buf[..n], at + done)?;
+        if got < n {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        d.update(&buf[..n]);
+        done += n as u64;
+    }
+    // CRC-32C is 32 bits wide; the u64 holds it in its low half.
+    Ok(d.finalize() as u32)
+}
+
+/// `open(path, O_DIRECTORY | O_NOFOLLOW)`, creating the directory (mode 0700) and syncing its
+/// parent first if it is missing and `create`.
+pub(crate) fn open_chain_dir(path: &Path, create: bool) -> io::Result<OwnedFd> {
+    let flags = OFlags::DIRECTORY | OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    match rustix::fs::open(path, flags, Mode::empty()) {
+        Err(Errno::NOENT) if create => {
+            match rustix::fs::mkdir(path, Mode::RWXU) {
+                Ok(()) | Err(Errno::EXIST) => {}
+                Err(e) => return Err(e.into()),
+            }
+            // The new directory entry must be durable before anything in it is.
+            let parent = match path.parent() {
+                Some(p) if !p.as_os_str().is_empty() => p,
+                _ => Path::new("."),
+            };
+            let pfd = rustix::fs::open(parent, OFlags::DIRECTORY | OFlags::RDONLY, Mode::empty())?;
+            retry_on_intr(|| rustix::fs::fsync(&pfd))?;
+            Ok(rustix::fs::open(path, flags, Mode::empty())?)
+        }
+        r => Ok(r?),
+    }
+}
+
+fn create_temp(dir: &OwnedFd) -> io::Result<(OsString, File)> {
+    loop {
+        let mut r = [0u8; 8];
+        let mut got = 0;
+        while got < r.len() {
+            got += retry_on_intr(|| {
+                rustix::rand::getrandom(&mut r[got..], rustix::rand::GetRandomFlags::empty())
+            })?;
+        }
+        let name = OsString::from(format!("{TEMP_PREFIX}{:016x}", u64::from_ne_bytes(r)));
+        match rustix::fs::openat(
+            dir,
+            name.as_os_str(),
+            OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::RDWR,
+            Mode::RUSR | Mode::WUSR,
+        ) {
+            Ok(fd) => return Ok((name, File::from(fd))),
+            Err(Errno::EXIST) | Err(Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// The names in a directory.
+pub(crate) fn dir_names(dir: &OwnedFd) -> io::Result<Vec<OsString>> {
+    let mut d = rustix::fs::Dir::read_from(dir)?;
+    let mut names = Vec::new();
+    while let Some(entry) = d.read() {
+        names.push(OsStr::from_bytes(entry?.file_name().to_bytes()).to_os_string());
+    }
+    Ok(names)
+}
+
+/// What [`remove_superseded`] did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Cleanup {
+    /// Deltas removed (their base is no longer a kept generation).
+    pub removed: Vec<PathBuf>,
+    /// Stale temp files removed (leftovers of a crashed delta write).
+    pub temps: usize,
+    /// `true` if some generation's footer could not be read: then no delta was removed (its
+    /// base might be that file).
+    pub kept_in_doubt: bool,
+}
+
+/// Removes the deltas whose base generation is no longer among `persister`'s generations
+/// (their chain is superseded: its base left the kept set), and stale temp files. Call it
+/// after [`TempFile::commit`](crate::persist::TempFile::commit) of a new base returned: the
+/// persister removes an old base only after the new one is durable, so nothing is removed
+/// before its replacement is. Deltas of a kept base stay (point-in-time restore, and the
+/// fallback if the newest base is unreadable). Never run it while a [`DeltaWriter`] of the
+/// same persister is alive (it would remove its temp file).
+///
+/// # Errors
+///
+/// I/O errors reading the directories or unlinking (other than `ENOENT`).
+pub fn remove_superseded(persister: &Persister) -> Result<Cleanup, ChainError> {
+    let dir_path = chain_dir(&persister.target());
+    let dir = match open_chain_dir(&dir_path, false) {
+        Ok(d) => d,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Cleanup::default()),
+        Err(e) => return Err(ChainError::io(e).at(&dir_path)),
+    };
+    let mut live = Vec::new();
+    let mut out = Cleanup::default();
+    for g in persister.generations()? {
+        match crate::snapshot::read_footer_path(&g.path) {
+            Ok(info) => live.push(info.meta.generation),
+            Err(_) => out.kept_in_doubt = true,
+        }
+    }
+    let names = dir_names(&dir).map_err(|e| ChainError::io(e).at(&dir_path))?;
+    for name in names {
+        let bytes = name.as_bytes();
+        let remove = if bytes.starts_with(TEMP_PREFIX.as_bytes()) {
+            out.temps += 1;
+            true
+        } else if let Some((generation, _)) = parse_delta_name(bytes) {
+            let gone = !out.kept_in_doubt && !live.contains(&generation);
+            if gone {
+                out.removed.push(dir_path.join(&name));
+            }
+            gone
+        } else {
+            false
+        };
+        if remove {
+            match rustix::fs::unlinkat(&dir, name.as_os_str(), AtFlags::empty()) {
+                Ok(()) | Err(Errno::NOENT) => {}
+                Err(e) => return Err(ChainError::io(e.into()).at(&dir_path.join(&name))),
+            }
+        }
+    }
+    out.removed.sort();
+    Ok(out)
+}
+
+/// Test-only cut: after `n` more steps of a delta write (create, footer, fdatasync, rename,
+/// dir fsync), the next one fails as if the machine had stopped there; a "crashed" writer's
+/// drop then leaves its temp file, as a real crash would. No-op outside tests.
+pub(crate) mod crash_point {
+    #[cfg(test)]
+    thread_local! {
+        static LEFT: std::cell::Cell<Option<usize>> = const { std::cell::Cell::new(None) };
+        static CRASHED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    }
+
+    /// Cut after `n` more steps (`None`: never); clears the crashed flag.
+    #[cfg(test)]
+    pub(crate) fn arm(n: Option<usize>) {
+        LEFT.with(|l| l.set(n));
+        CRASHED.with(|c| c.set(false));
+    }
+
+    /// Called after each step; fails once the armed count is used up.
+    #[cfg(test)]
+    pub(crate) fn step() -> std::io::Result<()> {
+        LEFT.with(|l| match l.get() {
+            Some(0) => {
+                CRASHED.with(|c| c.set(true));
+                Err(std::io::Error::other("injected cut"))
+            }
+            Some(n) => {
+                l.set(Some(n - 1));
+                Ok(())
+            }
+            None => Ok(()),
+        })
+    }
+
+    /// `true` after an injected cut (until the next `arm`).
+    #[cfg(test)]
+    pub(crate) fn crashed() -> bool {
+        CRASHED.with(|c| c.get())
+    }
+
+    #[cfg(not(test))]
+    #[inline(always)]
+    pub(crate) fn step() -> std::io::Result<()> {
+        Ok(())
+    }
+
+    #[cfg(not(test))]
+    #[inline(always)]
+    pub(crate) fn crashed() -> bool {
+        false
+    }
+}

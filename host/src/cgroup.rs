@@ -10,7 +10,8 @@
 //! (`0::PATH` in `/proc/self/cgroup`, under the `cgroup2` mount from `/proc/self/mountinfo`)
 //! must not be the hierarchy's root — the root belongs to the system (the service manager),
 //! a delegated subtree (systemd `Delegate=yes`, a container's own cgroup) to us — must offer
-//! `cgroup.kill` (Linux 5.14), and must let us create a child directory. Otherwise, or with
+//! `cgroup.kill` (Linux 5.14), must not be a systemd unit's cgroup that systemd did not
+//! delegate (see [`undelegated_unit`]), and must let us create a child directory. Otherwise, or with
 //! `--cgroup off`, only the client's process group and the host's descendants are killed,
 //! and only while the host lives.
 //!
@@ -211,7 +212,28 @@ fn own_cgroup() -> Result<PathBuf, String> {
             )
         });
     }
+    if let Some(unit) = undelegated_unit(&dir) {
+        return Err(format!(
+            "the host runs in systemd's cgroup of {unit}, not delegated to it (set Delegate=yes)"
+        ));
+    }
     Ok(dir)
+}
+
+/// The unit whose cgroup `dir` is, if systemd did not delegate it: systemd owns the cgroup of
+/// a unit (`*.service`, `*.scope`, `*.slice`) and marks the ones it delegates with the xattr
+/// `trusted.delegate` or `user.delegate` = `1` (systemd 251 or later). A cgroup below a unit's
+/// (e.g. `DelegateSubgroup=supervisor`) is not systemd's: someone who may made it.
+fn undelegated_unit(dir: &Path) -> Option<String> {
+    let leaf = dir.file_name()?.to_string_lossy().into_owned();
+    let is_unit = [".service", ".scope", ".slice"]
+        .iter()
+        .any(|s| leaf.ends_with(s));
+    let delegated = ["trusted.delegate", "user.delegate"].iter().any(|name| {
+        let mut v = [0u8; 8];
+        rustix::fs::getxattr(dir, *name, &mut v[..]).is_ok_and(|n| v[..n] == *b"1")
+    });
+    (is_unit && !delegated).then_some(leaf)
 }
 
 /// The first `cgroup2` mount in a mountinfo text: (root inside the hierarchy, mount point).
@@ -346,15 +368,36 @@ mod tests {
         assert_ne!(a, child_name(Path::new("/nonexistent-dir-xyz/b.snap")));
         // FNV-1a of the bytes: a fixed value, so a rebuilt host finds its predecessor's cgroup.
         assert_eq!(child_name(Path::new("")), "shmsnap-cbf29ce484222325");
-        let t = tempfile_dir();
+        let t = std::env::temp_dir();
         assert_eq!(
             child_name(&t.join("s.snap")),
             child_name(&t.join(".").join("s.snap"))
         );
     }
 
-    fn tempfile_dir() -> PathBuf {
-        std::env::temp_dir()
+    #[test]
+    fn systemd_units_are_used_only_when_delegated() {
+        let t = std::env::temp_dir().join(format!("shmsnap-cg-{}", std::process::id()));
+        let unit = t.join("app.service");
+        std::fs::create_dir_all(&unit).unwrap();
+        assert_eq!(undelegated_unit(&unit).as_deref(), Some("app.service"));
+        assert_eq!(
+            undelegated_unit(&t),
+            None,
+            "not a unit: a cgroup of our own"
+        );
+        let flags = rustix::fs::XattrFlags::empty();
+        let marked = rustix::fs::setxattr(&unit, "user.delegate", b"1", flags).is_ok()
+            || rustix::fs::setxattr(&unit, "trusted.delegate", b"1", flags).is_ok();
+        if marked {
+            assert_eq!(undelegated_unit(&unit), None, "delegated");
+        } else {
+            eprintln!(
+                "SKIPPED the delegated half: no user./trusted. xattrs in {}",
+                t.display()
+            );
+        }
+        std::fs::remove_dir_all(&t).unwrap();
     }
 
     #[test]

@@ -89,15 +89,16 @@ State file:
 
 Processes:
   The client gets PDEATHSIG=SIGKILL and its own process group; shmsnap is a child subreaper.
-  When the client exits, and when shmsnap exits, everything the client started is killed.
-  With --cgroup auto (the default) and shmsnap in a cgroup v2 subtree it may manage (not the
-  root cgroup: systemd Delegate=yes, or a container's own cgroup; Linux 5.14+), the client
-  runs in a child cgroup, <shmsnap's cgroup>/shmsnap-<hash of FILE>, killed whole
-  (cgroup.kill) on those occasions and removed when shmsnap exits; and if shmsnap itself was
-  SIGKILLed, the next shmsnap on the same FILE kills what is left in it before it starts
-  the client. Without such a cgroup (--cgroup off, or none manageable; logged at start),
-  only the client itself is tied to the life of shmsnap: descendants that left its process
-  group survive a SIGKILL of shmsnap.
+  While shmsnap lives, everything the client started is killed when the client exits and
+  when shmsnap exits. A SIGKILL of shmsnap itself kills only the client (PDEATHSIG): its
+  descendants run on. With --cgroup auto (the default), when shmsnap runs in a cgroup v2
+  subtree it may manage (not the root cgroup; under systemd only with Delegate=yes; a
+  container's own cgroup; Linux 5.14+), the client runs in a child cgroup,
+  <shmsnap's cgroup>/shmsnap-<hash of FILE>, killed whole (cgroup.kill) when the client
+  exits and when shmsnap exits, then removed; after a SIGKILL of shmsnap, the next shmsnap
+  on the same FILE kills what is left in it before it starts the client. Without such a
+  cgroup (--cgroup off, or none manageable: the mode is logged at start), a SIGKILLed
+  shmsnap leaves the client's descendants running.
 Examples:
   shmsnap run --state /var/lib/app/state.snap --size 64M -- ./app --flag
   shmsnap run --state primes.snap --strategy queue --interval 200ms -- shmsnap example primes";

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::cgroup::CgroupMode;
 use crate::exit::EXIT_CODES_HELP;
 use crate::logging::LogFormat;
 
@@ -50,6 +51,9 @@ pub enum Command {
     /// Internal: exec shim that sets LISTEN_PID to its own pid, then execs the client.
     #[command(name = "__exec", hide = true)]
     Exec {
+        /// The cgroup v2 directory to join before the exec (the client's cgroup).
+        #[arg(long, value_name = "DIR")]
+        cgroup: Option<PathBuf>,
         /// The client command.
         #[arg(trailing_var_arg = true, required = true)]
         command: Vec<OsString>,
@@ -86,6 +90,19 @@ State file:
   with the process, so a killed host leaves no stale lock.
   A symbolic link at FILE is refused (replacing it would turn the link into a regular file):
   pass the real file.
+
+Processes:
+  The client gets PDEATHSIG=SIGKILL and its own process group; shmsnap is a child subreaper.
+  While shmsnap lives, everything the client started is killed when the client exits and
+  when shmsnap exits. A SIGKILL of shmsnap itself kills only the client (PDEATHSIG): its
+  descendants run on. With --cgroup auto (the default), when shmsnap runs in a cgroup v2
+  subtree it may manage (not the root cgroup; under systemd only with Delegate=yes; a
+  container's own cgroup; Linux 5.14+), the client runs in a child cgroup,
+  <shmsnap's cgroup>/shmsnap-<hash of FILE>, killed whole (cgroup.kill) when the client
+  exits and when shmsnap exits, then removed; after a SIGKILL of shmsnap, the next shmsnap
+  on the same FILE kills what is left in it before it starts the client. Without such a
+  cgroup (--cgroup off, or none manageable: the mode is logged at start), a SIGKILLed
+  shmsnap leaves the client's descendants running.
 Examples:
   shmsnap run --state /var/lib/app/state.snap --size 64M -- ./app --flag
   shmsnap run --state primes.snap --strategy queue --interval 200ms -- shmsnap example primes
@@ -152,6 +169,10 @@ pub struct RunArgs {
     /// failure (a run shorter than 10s), up to exactly this value.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "10s")]
     pub max_backoff: Duration,
+    /// Run the client in a child cgroup of shmsnap's own (cgroup v2), killed whole; see
+    /// "Processes" below.
+    #[arg(long, value_enum, value_name = "MODE", default_value_t = CgroupMode::Auto)]
+    pub cgroup: CgroupMode,
     /// Serve Prometheus metrics on http://ADDR/metrics, e.g. 127.0.0.1:9187 (port 0: any
     /// free port, logged at start).
     #[arg(long, value_name = "ADDR", value_parser = crate::metrics::parse_addr)]

@@ -2,6 +2,7 @@
 //!
 //! | module | idea |
 //! |---|---|
+//! | [`cgroup`] | the client's own cgroup, killed whole |
 //! | [`cli`] | the command line |
 //! | [`supervisor`] | `run`: start, watch, restart the client; signals; the event loop |
 //! | [`strategy`] | one file per snapshot strategy, all answering the same questions |
@@ -18,6 +19,7 @@
 //! | [`generate`] | `completions` and `man` from the CLI definition |
 #![deny(unsafe_code)]
 
+mod cgroup;
 mod cli;
 mod demo;
 mod examples;
@@ -55,8 +57,8 @@ fn main() -> ExitCode {
         }
     };
     // The exec shim must not log or change anything: it replaces itself with the client.
-    if let Command::Exec { command } = &cli.command {
-        return exec_shim(command);
+    if let Command::Exec { cgroup, command } = &cli.command {
+        return exec_shim(cgroup.as_deref(), command);
     }
     let log_format = cli.log_format;
     logging::init(log_format);
@@ -97,11 +99,22 @@ fn main() -> ExitCode {
     }
 }
 
-fn exec_shim(command: &[std::ffi::OsString]) -> ExitCode {
+fn exec_shim(cgroup: Option<&std::path::Path>, command: &[std::ffi::OsString]) -> ExitCode {
     let Some((program, args)) = command.split_first() else {
         error_line("__exec: no command");
         return ExitCode::from(Code::Usage as u8);
     };
+    // Joined before the exec, as the client's own pid: nothing the client starts is outside.
+    if let Some(dir) = cgroup {
+        if let Err(e) = cgroup::join(dir) {
+            let f = Failure::new(
+                Code::OsErr,
+                format!("cannot move the client into cgroup {}: {e}", dir.display()),
+            );
+            error_line(&f.to_string());
+            return f.exit_code();
+        }
+    }
     let e = shmsnap_linux::handover::exec_as_listener(program, args);
     let f = Failure::new(
         Code::NotFound,

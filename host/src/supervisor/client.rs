@@ -11,6 +11,7 @@ use rustix::process::{Pid, Signal, WaitOptions, WaitStatus};
 use shmsnap_linux::Memfd;
 use tracing::{debug, info, warn};
 
+use crate::cgroup::ClientCgroup;
 use crate::cli::RunArgs;
 use crate::exit::{Code, Failure};
 use crate::metrics::{ClientExit, Metrics};
@@ -83,8 +84,13 @@ pub fn resolve_command(program: &OsStr) -> Result<PathBuf, Failure> {
         .ok_or_else(|| not_found("not in PATH"))
 }
 
-/// The command that starts the client through the exec shim (`shmsnap __exec -- CMD...`).
-pub fn command(args: &RunArgs, memfd: &Memfd) -> Result<Command, Failure> {
+/// The command that starts the client through the exec shim (`shmsnap __exec -- CMD...`),
+/// which moves itself into `cgroup` (if any) before it execs the client.
+pub fn command(
+    args: &RunArgs,
+    memfd: &Memfd,
+    cgroup: Option<&ClientCgroup>,
+) -> Result<Command, Failure> {
     let me = std::env::current_exe().map_err(|e| {
         Failure::new(
             Code::OsErr,
@@ -92,7 +98,11 @@ pub fn command(args: &RunArgs, memfd: &Memfd) -> Result<Command, Failure> {
         )
     })?;
     let mut cmd = Command::new(me);
-    cmd.arg("__exec").arg("--").args(&args.command);
+    cmd.arg("__exec");
+    if let Some(cg) = cgroup {
+        cmd.arg("--cgroup").arg(cg.dir());
+    }
+    cmd.arg("--").args(&args.command);
     // The client must not talk to the service manager in our name, nor believe the host's
     // watchdog is its own.
     for var in ["NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"] {
@@ -168,8 +178,17 @@ fn exit_cause(status: WaitStatus) -> ClientExit {
     }
 }
 
+/// Kills what the client left: its whole cgroup (if it has one, even processes that are no
+/// longer our descendants), then every remaining descendant; reaps them.
+pub fn kill_tree(cgroup: Option<&ClientCgroup>) {
+    if let Some(cg) = cgroup {
+        cg.kill();
+    }
+    kill_descendants();
+}
+
 /// Kills every remaining descendant (they are ours: the host is a subreaper) and reaps them.
-pub fn kill_descendants() {
+fn kill_descendants() {
     for _ in 0..100 {
         let children = children();
         if children.is_empty() {

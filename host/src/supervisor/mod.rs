@@ -40,6 +40,7 @@ use tracing::{info, warn};
 use self::client::Client;
 use self::restart::RestartPolicy;
 use self::worker::{Done, Job, Why, Worker};
+use crate::cgroup::ClientCgroup;
 use crate::cli::RunArgs;
 use crate::exit::{requested_stop_status, Code, Failure, FinalSnapshot};
 use crate::metrics::Metrics;
@@ -76,8 +77,11 @@ enum Flow {
 /// The supervisor's state between events.
 #[derive(Debug)]
 pub struct Supervisor {
-    /// Starts the client (through the exec shim, region at fd 3).
+    /// Starts the client (through the exec shim, region at fd 3, into `cgroup`).
     cmd: Command,
+    /// The client's own cgroup (`--cgroup`), killed whole with the client; `None`: none
+    /// manageable or `--cgroup off`.
+    cgroup: Option<ClientCgroup>,
     client: Client,
     worker: Worker,
     events: Receiver<Event>,
@@ -110,7 +114,10 @@ pub struct Supervisor {
 pub fn run(args: RunArgs) -> Result<ExitCode, Failure> {
     let mut sup = setup::start(args)?;
     let status = sup.event_loop();
-    client::kill_descendants();
+    client::kill_tree(sup.cgroup.as_ref());
+    if let Some(cg) = sup.cgroup.take() {
+        cg.remove();
+    }
     // Lets a running snapshot finish: a copy is never cut short by the exit.
     sup.worker.stop();
     let status = status?;
@@ -168,7 +175,7 @@ impl Supervisor {
         let Some((code, ran)) = client::reap(&self.client, &self.metrics) else {
             return Ok(Flow::Continue);
         };
-        client::kill_descendants();
+        client::kill_tree(self.cgroup.as_ref());
         self.client = Client::Exited {
             code,
             ran,

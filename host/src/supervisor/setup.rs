@@ -39,6 +39,8 @@ pub fn start(args: RunArgs) -> Result<Supervisor, Failure> {
     shmsnap_linux::handover::reserve_fd3()
         .map_err(|e| Failure::new(Code::OsErr, format!("cannot reserve fd 3: {e}")))?;
     let persister = open_persister(&args.state, args.keep)?;
+    // Under the state lock: a predecessor's leftovers in the client cgroup are killed here.
+    let cgroup = crate::cgroup::setup(args.cgroup, &args.state);
     let from_store = inherited.is_some();
     let Prepared { memfd, restored } = region(&args, &persister, inherited)?;
     let origin = match (&restored, from_store) {
@@ -52,7 +54,7 @@ pub fn start(args: RunArgs) -> Result<Supervisor, Failure> {
     let metrics = start_metrics(args.metrics, snap.memfd())?;
     let notifier = Notifier::from_env();
     notifier.store_fd(snap.memfd(), &args.fd_name);
-    let mut cmd = client::command(&args, snap.memfd())?;
+    let mut cmd = client::command(&args, snap.memfd(), cgroup.as_ref())?;
 
     rustix::process::set_child_subreaper(Some(rustix::process::getpid()))
         .map_err(|e| Failure::new(Code::OsErr, format!("cannot become a child subreaper: {e}")))?;
@@ -65,6 +67,7 @@ pub fn start(args: RunArgs) -> Result<Supervisor, Failure> {
     notifier.ready(&format!("client running; state {}", args.state.display()));
     Ok(Supervisor {
         cmd,
+        cgroup,
         client,
         worker,
         events,

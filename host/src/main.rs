@@ -8,6 +8,7 @@
 //! | [`snap`] | restore at start; consistent snapshots while the client runs |
 //! | [`inspect`] | `inspect` and `verify` of snapshot files |
 //! | [`notify`] | systemd: fd store, `READY=1`, `STATUS=` |
+//! | [`durable`] | durability feedback: the status area at start and after each snapshot, client requests |
 //! | [`demo`] | `demo`: the primes client under the host, SIGKILLed |
 //! | [`examples`] | bundled example clients (public client API only) |
 //! | [`exit`] | exit codes |
@@ -20,6 +21,7 @@
 
 mod cli;
 mod demo;
+mod durable;
 mod examples;
 mod exit;
 mod generate;

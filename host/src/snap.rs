@@ -81,6 +81,8 @@ pub struct Snapshotter {
     /// Generation of the newest snapshot file.
     generation: u64,
     tally: Tally,
+    /// Durability feedback: publishes each persisted snapshot (DESIGN §14).
+    status: Option<shmsnap_linux::status::StatusPublisher>,
 }
 
 fn now_ns() -> u64 {
@@ -106,6 +108,7 @@ impl Snapshotter {
         let map = Mapping::of_memfd(&memfd, strategy.protection())
             .map_err(|e| Failure::new(Code::OsErr, format!("cannot map the region: {e}")))?;
         strategy.accept(&map, origin);
+        let status = crate::durable::publisher_at_start(&memfd, &map, origin, strategy.code());
         let generation = match origin {
             Origin::Restored(info) => info.meta.generation,
             Origin::Empty | Origin::FdStore => 0,
@@ -117,6 +120,7 @@ impl Snapshotter {
             map,
             generation,
             tally: Tally::default(),
+            status,
         })
     }
 
@@ -162,6 +166,8 @@ impl Snapshotter {
         let outcome = self.strategy.take(cx)?;
         match &outcome {
             Outcome::Persisted(r) => {
+                // Only now: a strategy returns `Persisted` after its commit returned.
+                crate::durable::published(&mut self.status, r);
                 self.generation = r.generation;
                 self.tally.last_persisted = Some(Instant::now());
             }

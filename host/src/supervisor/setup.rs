@@ -56,6 +56,12 @@ pub fn start(args: RunArgs) -> Result<Supervisor, Failure> {
         .map_err(|e| Failure::new(Code::OsErr, format!("cannot become a child subreaper: {e}")))?;
     let (tx, events) = mpsc::channel();
     signal_thread(tx.clone())?;
+    // A client's snapshot request takes the SIGUSR1 path (coalesced with every other request).
+    let requests = tx.clone();
+    crate::durable::watch_requests(snap.memfd(), args.strategy.code(), move || {
+        requests.send(Event::Signal(SIGUSR1)).is_ok()
+    })
+    .map_err(|e| Failure::new(Code::OsErr, format!("cannot start the request thread: {e}")))?;
     let worker = Worker::spawn(snap, tx)?;
     // Spawned from this thread, which lives as long as the host: PDEATHSIG fires when the
     // thread that forked the client exits.

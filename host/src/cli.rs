@@ -236,6 +236,10 @@ pub enum Example {
         /// After reaching --limit, stay alive (idle) this long before exiting, e.g. 1h.
         #[arg(long, value_parser = parse_duration, default_value = "0s")]
         linger: Duration,
+        /// Every N commits, ask the host for a snapshot, wait until it is durable and print
+        /// "acknowledged COUNT" (0: never).
+        #[arg(long, default_value_t = 0)]
+        ack: u64,
     },
     /// A persistent key-value map with copy-on-write nodes in reclaimed tail units.
     Kv {

@@ -322,10 +322,16 @@ mod tests {
         // 128-byte pairs (adjacent-line prefetch): hints, status and request never share one.
         let pair = |w: usize| w * 8 / 128;
         assert_eq!(word::STATUS, 32..36);
-        assert!(word::STATUS.all(|w| pair(w) == pair(word::PERSISTED_SEQ)));
-        assert!(word::HINTS.all(|w| pair(w) != pair(word::PERSISTED_SEQ)));
+        assert!(word::STATUS
+            .clone()
+            .all(|w| pair(w) == pair(word::PERSISTED_SEQ)));
+        assert!(word::HINTS
+            .clone()
+            .all(|w| pair(w) != pair(word::PERSISTED_SEQ)));
         assert_ne!(pair(word::SNAPSHOT_REQUEST), pair(word::PERSISTED_SEQ));
-        assert!(word::HINTS.all(|w| pair(w) != pair(word::SNAPSHOT_REQUEST)));
+        assert!(word::HINTS
+            .clone()
+            .all(|w| pair(w) != pair(word::SNAPSHOT_REQUEST)));
         assert!(word::SNAPSHOT_REQUEST * 8 + 8 <= PAGE_SIZE as usize);
     }
 }

@@ -237,7 +237,7 @@ pub enum Example {
         #[arg(long, value_parser = parse_duration, default_value = "0s")]
         linger: Duration,
         /// Every N commits, ask the host for a snapshot, wait until it is durable and print
-        /// "acknowledged COUNT" (0: never).
+        /// "acknowledged COUNT" (0: never). Needs `--strategy queue` (the host's status area).
         #[arg(long, default_value_t = 0)]
         ack: u64,
     },

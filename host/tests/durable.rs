@@ -74,6 +74,9 @@ struct Tally {
     acknowledged: u64,
     lost: u64,
     resets: u64,
+    /// Host kills after which a client acknowledging at commit time (the live count read just
+    /// before the kill) would have lost acknowledged work: shows the check can fail.
+    naive_lost: u64,
 }
 
 #[test]
@@ -111,6 +114,7 @@ fn acknowledged_commits_survive_kills_of_client_and_host() {
         } else {
             std::thread::sleep(Duration::from_millis(rng.below(400)));
         }
+        let live = live_count(pid);
         let from = if kill_host {
             host.kill();
             assert!(
@@ -162,6 +166,9 @@ fn acknowledged_commits_survive_kills_of_client_and_host() {
         if k < max_acked {
             t.lost += 1;
         }
+        if kill_host && live.is_some_and(|l| l > k) {
+            t.naive_lost += 1;
+        }
         assert!(
             k >= max_acked,
             "cycle {cycle}: restored {k} primes, but {max_acked} were acknowledged as durable"
@@ -187,13 +194,15 @@ fn acknowledged_commits_survive_kills_of_client_and_host() {
     let _ = host.wait_timeout(SLOW);
     println!(
         "durable torture: N = {n}: {} client kills, {} host kills, {} host kills right after an \
-         acknowledgement, {} fresh starts; {} acknowledgements, {} lost; {:.1} s",
+         acknowledgement, {} fresh starts; {} acknowledgements, {} lost; acknowledging at \
+         commit time would have lost work at {} host kills; {:.1} s",
         t.client_kills,
         t.host_kills,
         t.aimed_host_kills,
         t.resets,
         t.acknowledged,
         t.lost,
+        t.naive_lost,
         wall.elapsed().as_secs_f64()
     );
     assert!(t.acknowledged > 0, "no acknowledgement was ever printed");

@@ -6,6 +6,8 @@
 //!
 //! - [`commit`]: ours, upstream and the limits (`memcpy`, atomic word stores), hot and
 //!   advancing destinations;
+//! - [`durable`]: commit-to-durable latency with and without a prompt request, and the
+//!   throughput of a client that waits on every N-th commit;
 //! - [`recover`]: attach + newest on full descriptor rings;
 //! - [`snapshot`]: the host snapshot cycle and restore vs. raw sparse copies;
 //! - [`triple`]: a triple-buffer publication vs. the `triple_buffer` crate and `memcpy`;
@@ -19,6 +21,7 @@
 use std::time::{Duration, Instant};
 
 pub mod commit;
+pub mod durable;
 pub mod recover;
 pub mod report;
 pub mod snapshot;

@@ -87,6 +87,27 @@ pub mod word {
     pub const EPOCH: usize = 18;
     /// The hint words (`NEXT_SEQ..=EPOCH`).
     pub const HINTS: Range<usize> = NEXT_SEQ..EPOCH + 1;
+
+    /// Host status: newest seq contained in a durable local snapshot (0: none known). Only the
+    /// host writes the status words (after the snapshot is durable); the client only reads
+    /// them. The status words sit alone in bytes 256..384 (a 128-byte-aligned pair of cache
+    /// lines), away from the hints the client writes on every commit. Shared by every
+    /// strategy (for the triple buffer: its buffer seq).
+    pub const PERSISTED_SEQ: usize = 32;
+    /// Host status: generation of a durable snapshot at least as new as the one
+    /// [`PERSISTED_SEQ`] was published for (0: none).
+    pub const PERSISTED_GENERATION: usize = 33;
+    /// Host status: newest seq contained in the replica (0 until replicas exist).
+    pub const REPLICA_SEQ: usize = 34;
+    /// Host status: the futex word. Low 32 bits: a wake counter the host bumps after every
+    /// publish; high 32 bits: always 0.
+    pub const STATUS_WAKE: usize = 35;
+    /// The host status words (`PERSISTED_SEQ..=STATUS_WAKE`).
+    pub const STATUS: Range<usize> = PERSISTED_SEQ..STATUS_WAKE + 1;
+    /// Client-written snapshot request: the client bumps it (and futex-wakes its low 32 bits)
+    /// to ask for a prompt snapshot. On its own cache line pair (bytes 384..512). The host
+    /// treats it as hostile: only "changed since I last looked" matters.
+    pub const SNAPSHOT_REQUEST: usize = 48;
 }
 
 /// Word offsets within a descriptor (add to [`Layout::desc_word`]).
@@ -294,5 +315,23 @@ mod tests {
         assert_eq!(l.ring_byte(64 + 9), l.data_offset as usize + 9);
         assert_eq!(word::HINTS, 16..19);
         assert_eq!(word::RESERVED, 12..16);
+    }
+
+    #[test]
+    fn status_and_request_words_sit_on_their_own_cache_lines() {
+        // 128-byte pairs (adjacent-line prefetch): hints, status and request never share one.
+        let pair = |w: usize| w * 8 / 128;
+        assert_eq!(word::STATUS, 32..36);
+        assert!(word::STATUS
+            .clone()
+            .all(|w| pair(w) == pair(word::PERSISTED_SEQ)));
+        assert!(word::HINTS
+            .clone()
+            .all(|w| pair(w) != pair(word::PERSISTED_SEQ)));
+        assert_ne!(pair(word::SNAPSHOT_REQUEST), pair(word::PERSISTED_SEQ));
+        assert!(word::HINTS
+            .clone()
+            .all(|w| pair(w) != pair(word::SNAPSHOT_REQUEST)));
+        assert!(word::SNAPSHOT_REQUEST * 8 + 8 <= PAGE_SIZE as usize);
     }
 }

@@ -18,6 +18,7 @@
 //! - [`host`](PreCopy): the host's snapshot as a type — [`PreCopy::read`] (pre), the copy,
 //!   [`PreCopy::finish`] (fence, post, `next_seq`, [`retain`]).
 //! - [`triple`]: the triple-buffer strategy (client, host, snapshot-image meta).
+//! - [`status`]: the host status area (what is durable) and the client's snapshot request.
 //!
 //! Test support (the reference model, fuzz entry points) lives in the separate, unpublished
 //! `shmsnap-testkit` crate; this crate holds only the protocol.
@@ -61,6 +62,7 @@ mod host;
 mod layout;
 mod memory;
 mod reader;
+pub mod status;
 pub mod triple;
 mod units;
 mod writer;
@@ -73,6 +75,7 @@ pub use host::{image_entries, retain, DescriptorSet, PreCopy, RetainError, Retai
 pub use layout::{header_checksum, Hints, Layout, LayoutError, LayoutRequest};
 pub use memory::{atomic_words, WordMemory, WordsError};
 pub use reader::{ReadError, Region};
+pub use status::Status;
 pub use units::{UnitError, UnitGrant, UnitState, UnitTable};
 pub use writer::{AttachError, CommitError, Transaction, Writer};
 

@@ -7,6 +7,7 @@ use core::sync::atomic::Ordering;
 use crate::descriptor::{read_descriptor, Descriptor};
 use crate::layout::{Hints, Layout, LayoutError};
 use crate::memory::{load_bytes, WordMemory};
+use crate::status::{self, Status};
 
 /// Why a payload could not be read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,6 +99,17 @@ impl<'m, M: WordMemory + ?Sized> Region<'m, M> {
     /// The header hints.
     pub fn hints(&self) -> Hints {
         Hints::read(self.mem)
+    }
+
+    /// What the host status area says is durable ([`status::persisted`]): a wait-free read.
+    pub fn persisted(&self) -> Status {
+        status::persisted(self.mem)
+    }
+
+    /// Asks the host for a prompt snapshot ([`status::request_snapshot`]): wait-free. The
+    /// host only notices at once if it is also woken (`shmsnap-linux`'s `status` does both).
+    pub fn request_snapshot(&self) -> u64 {
+        status::request_snapshot(self.mem)
     }
 
     /// Reads descriptor `slot` (seqlock); `None` if empty, invalid or changing.

@@ -254,6 +254,10 @@ pub enum Example {
         /// After reaching --limit, stay alive (idle) this long before exiting, e.g. 1h.
         #[arg(long, value_parser = parse_duration, default_value = "0s")]
         linger: Duration,
+        /// Every N commits, ask the host for a snapshot, wait until it is durable and print
+        /// "acknowledged COUNT" (0: never). Needs `--strategy queue` (the host's status area).
+        #[arg(long, default_value_t = 0)]
+        ack: u64,
     },
     /// Conway's Game of Life on a triple buffer: verifies the restored board on start, then
     /// publishes every generation (run it with `--strategy triple`).

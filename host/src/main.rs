@@ -9,6 +9,7 @@
 //! | [`snap`] | restore at start; consistent snapshots while the client runs |
 //! | [`inspect`] | `inspect` and `verify` of snapshot files |
 //! | [`notify`] | systemd: fd store, `READY=1`, `STATUS=` |
+//! | [`durable`] | durability feedback: the status area at start and after each snapshot, client requests |
 //! | [`demo`] | `demo`: the primes client under the host, SIGKILLed |
 //! | [`examples`] | bundled example clients (public client API only) |
 //! | [`exit`] | exit codes |
@@ -22,6 +23,7 @@
 mod cgroup;
 mod cli;
 mod demo;
+mod durable;
 mod examples;
 mod exit;
 mod generate;
@@ -73,7 +75,8 @@ fn main() -> ExitCode {
                 pause,
                 batch,
                 linger,
-            } => examples::primes::run(limit, pause, batch, linger),
+                ack,
+            } => examples::primes::run(limit, pause, batch, linger, ack),
             Example::Kv { ops, pause } => examples::kv::run(ops, pause),
             Example::Life {
                 generations,

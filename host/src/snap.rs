@@ -96,6 +96,8 @@ pub struct Snapshotter {
     /// The reason of the current run of [`Outcome::Invalid`] attempts, and their count.
     invalid: Option<(String, u64)>,
     tally: Tally,
+    /// Durability feedback: publishes each persisted snapshot (DESIGN §14).
+    status: Option<shmsnap_linux::status::StatusPublisher>,
 }
 
 fn now_ns() -> u64 {
@@ -121,6 +123,8 @@ impl Snapshotter {
         let map = Mapping::of_memfd(&memfd, strategy.protection())
             .map_err(|e| Failure::new(Code::OsErr, format!("cannot map the region: {e}")))?;
         strategy.accept(&map, origin);
+        let status =
+            crate::durable::publisher_at_start(&memfd, &map, origin, strategy.status_area());
         let on_disk = match origin {
             Origin::Restored(info) => Some(info.meta.generation),
             Origin::Empty => None,
@@ -141,6 +145,7 @@ impl Snapshotter {
             region_len,
             invalid: None,
             tally: Tally::default(),
+            status,
         })
     }
 
@@ -189,6 +194,8 @@ impl Snapshotter {
         let outcome = self.strategy.take(cx)?;
         match &outcome {
             Outcome::Persisted(r) => {
+                // Only now: a strategy returns `Persisted` after its commit returned.
+                crate::durable::published(&mut self.status, r);
                 self.on_disk = Some(r.generation);
                 self.tally.last_persisted = Some(Instant::now());
             }

@@ -9,6 +9,7 @@
 //! | [`copy`] | sparse copy of data extents (`SEEK_DATA`/`SEEK_HOLE`, `copy_file_range`, `sendfile`) |
 //! | [`snapshot`] | snapshot file = image + footer (see `FOOTER.md`): open, write, verify (streamed, queue image checked), restore |
 //! | [`persist`] | atomic replace of a file with N kept generations |
+//! | [`status`] | durability feedback: host status publisher, client `wait_persisted`, snapshot requests (futex) |
 //! | [`take`] | one queue snapshot of a live region: pre → copy → post → retain → footer |
 //! | [`take_triple`] | one triple-buffer snapshot: freeze → copy one buffer → meta → release → footer |
 //! | [`handover`] | start a child with the region at fd 3 and a correct `LISTEN_PID` |
@@ -17,8 +18,8 @@
 //!
 //! `unsafe` is denied at the crate root and allowed only in [`mapping`] (it maps memory),
 //! [`listen`] (it adopts an inherited raw fd number), [`handover`] (code between `fork` and
-//! `exec`) and [`track`] (the userfaultfd and `PAGEMAP_SCAN` ioctls); each of those modules says
-//! why.
+//! `exec`), [`status`] (the 32-bit futex view of a 64-bit word, the header page mapping)
+//! and [`track`] (the userfaultfd and `PAGEMAP_SCAN` ioctls); each of those modules says why.
 //!
 //! # Example
 //!
@@ -67,6 +68,7 @@ pub mod mapping;
 pub mod memfd;
 pub mod persist;
 pub mod snapshot;
+pub mod status;
 pub mod take;
 pub mod take_triple;
 pub mod track;

@@ -16,6 +16,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use shmsnap_benches::commit::{Dest, Limit, Ours, Raw, Upstream, PAYLOADS};
+use shmsnap_benches::durable::DurableFixture;
 use shmsnap_benches::recover::{Recover, ENTRIES};
 use shmsnap_benches::report::{compare, fmt_ns, interleave, is_tmpfs, machine, median};
 use shmsnap_benches::snapshot::{SnapshotFixture, Touch, SIZES};
@@ -49,7 +50,7 @@ impl Opts {
                 }
                 "-h" | "--help" => {
                     println!(
-                        "usage: compare [--quick] [--only commit,recover,snapshot,triple] [--allow-tmpfs]"
+                        "usage: compare [--quick] [--only commit,recover,snapshot,triple,durable] [--allow-tmpfs]"
                     );
                     std::process::exit(0);
                 }
@@ -135,6 +136,9 @@ fn main() {
     if opts.wants("triple") {
         triple_section(&opts, &mut r);
         triple_snapshot_section(&opts, &dir, &mut r);
+    }
+    if opts.wants("durable") {
+        durable_section(&opts, &dir, &mut r);
     }
 
     let _ = writeln!(r.out, "## DESIGN §10 targets\n");
@@ -464,4 +468,67 @@ fn triple_snapshot_section(opts: &Opts, dir: &std::path::Path, r: &mut Report) {
         at_most: true,
         bound: 1.3,
     });
+}
+
+/// Durability feedback (DESIGN §14): commit-to-durable latency with a prompt request against
+/// the host's 20 ms interval, and the throughput of a client waiting on every N-th commit
+/// against one that never waits.
+fn durable_section(opts: &Opts, dir: &std::path::Path, r: &mut Report) {
+    let (samples, rounds) = if opts.quick { (15, 3) } else { (61, 7) };
+    eprintln!("durable");
+    let interval = Duration::from_millis(20);
+    let mut f = DurableFixture::new(dir, interval).expect("durable fixture");
+    let ns = |g: &mut dyn FnMut() -> Duration| -> f64 {
+        median((0..samples).map(|_| g().as_nanos() as f64).collect())
+    };
+    let prompt = ns(&mut || f.prompt(1).expect("prompt"));
+    let waited = ns(&mut || f.interval(1).expect("interval"));
+    let _ = writeln!(
+        r.out,
+        "## durable (median commit-to-`persisted()` latency over {samples} commits; host interval {} ms)\n",
+        interval.as_millis()
+    );
+    let _ = writeln!(r.out, "| client | latency | interval/prompt |");
+    let _ = writeln!(r.out, "|---|---:|---:|");
+    let _ = writeln!(
+        r.out,
+        "| request + wait (prompt snapshot) | {} | |",
+        fmt_ns(prompt)
+    );
+    let _ = writeln!(
+        r.out,
+        "| wait only (next interval snapshot) | {} | {:.1}x |\n",
+        fmt_ns(waited),
+        waited / prompt
+    );
+    let commits = 1024u64;
+    let _ = writeln!(
+        r.out,
+        "| waits on every N-th of {commits} commits | per commit | commits/s | slowdown vs never |"
+    );
+    let _ = writeln!(r.out, "|---:|---:|---:|---:|");
+    let mut base = 0.0;
+    for every in [0u64, 256, 16, 1] {
+        let t = median(
+            (0..rounds)
+                .map(|_| f.throughput(commits, every).expect("throughput").as_nanos() as f64)
+                .collect(),
+        ) / commits as f64;
+        if every == 0 {
+            base = t;
+        }
+        let _ = writeln!(
+            r.out,
+            "| {} | {} | {:.0} | {:.1}x |",
+            if every == 0 {
+                "never".to_string()
+            } else {
+                every.to_string()
+            },
+            fmt_ns(t),
+            1e9 / t,
+            t / base
+        );
+    }
+    let _ = writeln!(r.out);
 }

@@ -4,12 +4,19 @@
 //! units are never retired, so a unit is written once and frozen forever). The payload is the
 //! root: `(count, batch)`. On start the client rebuilds its unit table from the root and
 //! verifies every restored prime against a sieve — a torn or stale state cannot go unnoticed.
+//!
+//! With `--ack N` it is an acknowledging client (DESIGN §14): every N commits it asks the host
+//! for a prompt snapshot, waits until the status area covers that commit, and only then prints
+//! `primes: acknowledged COUNT` — a promise that COUNT primes survive any crash. The commit
+//! itself never waits; the wait is this client's choice.
 
 use std::io::Write;
 use std::process::ExitCode;
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use shmsnap_core::{LayoutRequest, UnitError, UnitTable, Writer};
+use shmsnap_linux::status;
 
 use crate::exit::{Code, Failure};
 
@@ -72,6 +79,7 @@ pub fn run(
     pause: Duration,
     batch_arg: u64,
     linger: Duration,
+    ack: u64,
 ) -> Result<ExitCode, Failure> {
     let (_memfd, map) = super::region()?;
     let mut w = Writer::open_or_init(map.words(), LAYOUT)
@@ -178,11 +186,34 @@ pub fn run(
         let mut root = [0u8; 16];
         root[..8].copy_from_slice(&count.to_le_bytes());
         root[8..].copy_from_slice(&batch.to_le_bytes());
-        tx.commit(&root).map_err(|e| fail("commit", e))?;
+        let seq = tx.commit(&root).map_err(|e| fail("commit", e))?;
         used += 1;
+        if ack > 0 && (used as u64).is_multiple_of(ack) {
+            acknowledge(map.words(), seq, count)?;
+        }
         primes.extend_from_slice(&next);
         if !pause.is_zero() {
             std::thread::sleep(pause);
+        }
+    }
+}
+
+/// How long one wait for durability lasts before the request is repeated (a starved or
+/// failed snapshot publishes nothing; the next request or interval snapshot will).
+const ACK_RETRY: Duration = Duration::from_secs(2);
+
+/// Asks for a snapshot and waits until the status covers commit `seq`, then prints that
+/// `count` primes are acknowledged.
+fn acknowledge(words: &[AtomicU64], seq: u64, count: u64) -> Result<(), Failure> {
+    loop {
+        status::request_snapshot(words).map_err(|e| fail("snapshot request", e))?;
+        if status::wait_persisted(words, seq, ACK_RETRY).map_err(|e| fail("durability wait", e))? {
+            let s = shmsnap_core::status::persisted(words);
+            println!(
+                "primes: acknowledged {count} (seq {seq}; durable up to seq {}, generation {})",
+                s.seq, s.generation
+            );
+            return Ok(());
         }
     }
 }

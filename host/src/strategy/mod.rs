@@ -99,6 +99,13 @@ pub trait Strategy: Send + fmt::Debug {
         Protection::ReadOnly
     }
 
+    /// `true` if the region has core's host status area (durability feedback, DESIGN §14):
+    /// the host then publishes each persisted snapshot there and watches the client's
+    /// snapshot-request word.
+    fn status_area(&self) -> bool {
+        false
+    }
+
     /// Looks at the region the host starts with, before the first client starts, and
     /// remembers what of it is already on disk. The default warns when a restored snapshot
     /// was taken by another strategy.

@@ -41,6 +41,10 @@ impl Strategy for Queue {
         Code::Queue
     }
 
+    fn status_area(&self) -> bool {
+        true
+    }
+
     fn schedule(&self) -> Schedule {
         Schedule {
             ticks: true,

@@ -50,6 +50,7 @@ pub fn start(args: RunArgs) -> Result<Supervisor, Failure> {
     };
     let strategy = strategy::from_arg(args.strategy);
     let schedule = strategy.schedule();
+    let status_area = strategy.status_area();
     let snap = Snapshotter::new(persister, strategy, memfd, origin)?;
     let metrics = start_metrics(args.metrics, snap.memfd())?;
     let notifier = Notifier::from_env();
@@ -60,6 +61,12 @@ pub fn start(args: RunArgs) -> Result<Supervisor, Failure> {
         .map_err(|e| Failure::new(Code::OsErr, format!("cannot become a child subreaper: {e}")))?;
     let (tx, events) = mpsc::channel();
     signal_thread(tx.clone())?;
+    // A client's snapshot request takes the SIGUSR1 path (coalesced with every other request).
+    let requests = tx.clone();
+    crate::durable::watch_requests(snap.memfd(), status_area, move || {
+        requests.send(Event::Signal(SIGUSR1)).is_ok()
+    })
+    .map_err(|e| Failure::new(Code::OsErr, format!("cannot start the request thread: {e}")))?;
     let worker = Worker::spawn(snap, tx, metrics.clone())?;
     // Spawned from this thread, which lives as long as the host: PDEATHSIG fires when the
     // thread that forked the client exits.

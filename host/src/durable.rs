@@ -1,0 +1,321 @@
+//! Durability feedback in the host (DESIGN §14): what the status area says, and when.
+//!
+//! - At start, before the first client runs, [`publisher_at_start`] writes what is on disk:
+//!   a restored region's newest kept seq and generation; an empty or fd-store region's
+//!   [`Status::NONE`] (an inherited region may hold commits never persisted).
+//! - After every persisted snapshot — once `TempFile::commit` returned, i.e. after
+//!   `fdatasync`, rename and directory `fsync` — [`published`] stores its newest kept seq and
+//!   generation and wakes the waiters. The snapshotter calls it on `Outcome::Persisted`, which
+//!   a strategy returns only after its commit.
+//! - [`watch_requests`] starts a thread that sleeps on the client's request word and turns
+//!   every change into a snapshot request on the SIGUSR1 path (so requests coalesce with
+//!   every other request for free).
+//!
+//! Only strategies whose region is a shmsnap-core region get a status area: the exit
+//! strategy's region may hold anything, so the host never writes into it.
+
+use std::io;
+use std::time::Duration;
+
+use shmsnap_core::{Region, Status};
+use shmsnap_linux::status::{RequestWatch, StatusPublisher};
+use shmsnap_linux::{Mapping, Memfd};
+use tracing::{debug, warn};
+
+use crate::snap::Report;
+use crate::strategy::Origin;
+
+/// How long the request watcher sleeps before looking again without a wake-up (a missed
+/// wake-up costs at most this much promptness, never a request).
+const WATCH_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Smallest pause between two requests the watcher forwards: a client bumping the word in a
+/// loop costs the host at most this many events per second (the worker merges them anyway).
+const MIN_GAP: Duration = Duration::from_millis(1);
+
+/// The status publisher for a region the host starts with, after writing what is on disk
+/// into the status area; `None` for a strategy without a status area, or (logged) if the
+/// header page cannot be mapped.
+///
+/// `map` is the host's mapping of the region, `origin` where the region came from,
+/// `status_area` whether the strategy's region has one ([`Strategy::status_area`]). Call it
+/// before the first client starts.
+///
+/// [`Strategy::status_area`]: crate::strategy::Strategy::status_area
+pub fn publisher_at_start(
+    memfd: &Memfd,
+    map: &Mapping,
+    origin: Origin<'_>,
+    status_area: bool,
+) -> Option<StatusPublisher> {
+    if !status_area {
+        return None;
+    }
+    let mut publisher = match StatusPublisher::new(memfd) {
+        Ok(p) => p,
+        Err(e) => {
+            warn!("cannot map the region's header page for durability feedback ({e}); clients will not see which commits are durable");
+            return None;
+        }
+    };
+    let status = match origin {
+        // The region holds exactly the verified image: its newest entry is the image's newest
+        // kept seq, and the client has not run yet.
+        Origin::Restored(info) => Status {
+            seq: Region::open(map.words())
+                .ok()
+                .and_then(|r| r.newest())
+                .map_or(0, |d| d.seq),
+            generation: info.meta.generation,
+            replica_seq: 0,
+        },
+        Origin::Empty | Origin::FdStore => Status::NONE,
+    };
+    log_publish(publisher.publish(status), status, "at start");
+    Some(publisher)
+}
+
+/// After a persisted snapshot: publishes its newest kept seq and generation. `report` must
+/// come from an `Outcome::Persisted`, which a strategy returns only after the snapshot is
+/// durable.
+pub fn published(publisher: &mut Option<StatusPublisher>, report: &Report) {
+    if let Some(p) = publisher {
+        let status = Status {
+            seq: report.newest_seq,
+            generation: report.generation,
+            replica_seq: 0,
+        };
+        log_publish(p.publish(status), status, "after the snapshot");
+    }
+}
+
+fn log_publish(r: io::Result<()>, status: Status, when: &str) {
+    match r {
+        Ok(()) => debug!(
+            seq = status.seq,
+            generation = status.generation,
+            "status published {when}"
+        ),
+        Err(e) => warn!("status stored {when}, but waking the waiting clients failed: {e}"),
+    }
+}
+
+/// Starts the request watcher thread for a strategy with a status area: each change of the
+/// client's request word calls `request` (which asks for a snapshot); the thread ends when
+/// `request` returns `false` (the host is going away). Without a status area, or if the
+/// header page cannot be mapped (logged), no thread is started.
+///
+/// # Errors
+///
+/// The thread cannot be started.
+pub fn watch_requests(
+    memfd: &Memfd,
+    status_area: bool,
+    request: impl FnMut() -> bool + Send + 'static,
+) -> io::Result<()> {
+    if !status_area {
+        return Ok(());
+    }
+    let watch = match RequestWatch::new(memfd) {
+        Ok(w) => w,
+        Err(e) => {
+            warn!(
+                "cannot watch for snapshot requests ({e}); clients' requests wait for the interval"
+            );
+            return Ok(());
+        }
+    };
+    std::thread::Builder::new()
+        .name("requests".into())
+        .spawn(move || watch_loop(watch, request))?;
+    Ok(())
+}
+
+fn watch_loop(mut watch: RequestWatch, mut request: impl FnMut() -> bool) {
+    loop {
+        match watch.wait(WATCH_TIMEOUT) {
+            Ok(false) => continue,
+            Ok(true) => {
+                if !request() {
+                    return;
+                }
+                std::thread::sleep(MIN_GAP);
+            }
+            Err(e) => {
+                warn!("waiting for snapshot requests failed ({e}); requests now wait for the interval");
+                return;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::StrategyArg;
+    use crate::snap::{open_persister, Outcome, Snapshotter};
+    use shmsnap_core::{status, LayoutRequest, Writer};
+    use shmsnap_linux::snapshot;
+    use shmsnap_linux::Protection;
+    use std::path::Path;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    const LAYOUT: LayoutRequest = LayoutRequest {
+        entries: 16,
+        data_size: 4096,
+    };
+
+    fn region(len: u64) -> (Memfd, Mapping) {
+        let memfd = Memfd::create("durable", len).unwrap();
+        memfd.seal_against_shrink().unwrap();
+        let rw = Mapping::of_memfd(&memfd, Protection::ReadWrite).unwrap();
+        (memfd, rw)
+    }
+
+    fn dup(m: &Memfd) -> Memfd {
+        Memfd::from_fd(rustix::io::fcntl_dupfd_cloexec(m, 0).unwrap()).unwrap()
+    }
+
+    /// The newest seq and generation of the snapshot file on disk, read through the real
+    /// restore path (verify, then copy into a fresh region).
+    fn on_disk(state: &Path) -> Option<(u64, u64)> {
+        let file = std::fs::File::open(state).ok()?;
+        let info = snapshot::verify_path(state).ok()?;
+        let (fresh, map) = region(info.image_len);
+        snapshot::restore_into(&file, &fresh).unwrap();
+        let seq = Region::open(map.words())
+            .ok()?
+            .newest()
+            .map_or(0, |d| d.seq);
+        Some((seq, info.meta.generation))
+    }
+
+    fn snapshotter(state: &Path, memfd: &Memfd, origin: Origin<'_>) -> Snapshotter {
+        let persister = open_persister(state, 2).unwrap();
+        let strategy = crate::strategy::from_arg(StrategyArg::Queue);
+        Snapshotter::new(persister, strategy, dup(memfd), origin).unwrap()
+    }
+
+    #[test]
+    fn every_persisted_snapshot_publishes_exactly_what_the_file_on_disk_holds() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("s.snap");
+        let (memfd, rw) = region(1 << 20);
+        let mut snap = snapshotter(&state, &memfd, Origin::Empty);
+        assert_eq!(status::persisted(rw.words()), Status::NONE);
+        let mut w = Writer::open_or_init(rw.words(), LAYOUT).unwrap();
+        for round in 1..=3u64 {
+            for i in 0..round {
+                w.commit(&i.to_le_bytes()).unwrap();
+            }
+            let before = status::persisted(rw.words());
+            assert!(!before.covers(w.next_seq() - 1), "not yet durable");
+            let Outcome::Persisted(r) = snap.take(true).unwrap() else {
+                panic!("round {round}: not persisted");
+            };
+            let s = status::persisted(rw.words());
+            assert_eq!((s.seq, s.generation), (r.newest_seq, r.generation));
+            assert_eq!(on_disk(&state), Some((s.seq, s.generation)));
+            assert!(s.covers(w.next_seq() - 1));
+        }
+        // Nothing new: no snapshot, the status stays.
+        let s = status::persisted(rw.words());
+        assert!(matches!(snap.take(true).unwrap(), Outcome::Skipped(_)));
+        assert_eq!(status::persisted(rw.words()), s);
+    }
+
+    /// An observer polls the status while commits and snapshots run; whenever it sees a new
+    /// status, the file on disk must already hold it (a publish before the commit would be
+    /// seen here, with some luck of timing, as a status ahead of the file).
+    #[test]
+    fn a_status_is_never_seen_before_the_file_on_disk_holds_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("s.snap");
+        let (memfd, rw) = region(1 << 20);
+        let mut w = Writer::open_or_init(rw.words(), LAYOUT).unwrap();
+        let mut snap = snapshotter(&state, &memfd, Origin::Empty);
+        let stop = AtomicBool::new(false);
+        let checked = std::thread::scope(|s| {
+            let observer = s.spawn(|| {
+                let mut last = Status::NONE;
+                let mut checked = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    let now = status::persisted(rw.words());
+                    if now != last {
+                        let (seq, generation) = on_disk(&state).expect("a status without a file");
+                        assert!(
+                            generation >= now.generation && seq >= now.seq,
+                            "status {now:?} seen while the file holds seq {seq} of generation {generation}"
+                        );
+                        last = now;
+                        checked += 1;
+                    }
+                }
+                checked
+            });
+            for i in 0..40u64 {
+                w.commit(&i.to_le_bytes()).unwrap();
+                snap.take(true).unwrap();
+            }
+            stop.store(true, Ordering::Relaxed);
+            observer.join().unwrap()
+        });
+        assert!(checked > 0, "the observer never saw a publish");
+    }
+
+    #[test]
+    fn after_a_restore_the_status_says_what_the_image_holds_and_nothing_newer() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("s.snap");
+        let (memfd, rw) = region(1 << 20);
+        let mut w = Writer::open_or_init(rw.words(), LAYOUT).unwrap();
+        let mut snap = snapshotter(&state, &memfd, Origin::Empty);
+        for i in 0..5u64 {
+            w.commit(&i.to_le_bytes()).unwrap();
+        }
+        snap.take(true).unwrap();
+        // Commits after the snapshot are lost with the region ("power cut").
+        w.commit(b"lost").unwrap();
+        status::request_snapshot(rw.words());
+        drop((w, snap));
+        drop((rw, memfd));
+
+        let persister = open_persister(&state, 2).unwrap();
+        let prepared = crate::snap::prepare_region(&persister, None, false).unwrap();
+        let info = prepared.restored.expect("restored");
+        let map = Mapping::of_memfd(&prepared.memfd, Protection::ReadOnly).unwrap();
+        // The image's status and request words are canonical zeros ...
+        assert_eq!(status::persisted(map.words()), Status::NONE);
+        assert_eq!(status::request_count(map.words()), 0);
+        // ... and the host writes what the image holds before the client starts.
+        let p = publisher_at_start(&prepared.memfd, &map, Origin::Restored(&info), true).unwrap();
+        let s = status::persisted(map.words());
+        assert_eq!((s.seq, s.generation), (5, info.meta.generation));
+        assert_eq!(p.last(), s);
+        // An inherited region says nothing is durable; the exit strategy gets no status.
+        let (inherited, rw2) = region(1 << 20);
+        status::publish(
+            rw2.words(),
+            Status {
+                seq: 99,
+                generation: 9,
+                replica_seq: 0,
+            },
+            1,
+        );
+        publisher_at_start(&inherited, &rw2, Origin::FdStore, true).unwrap();
+        assert_eq!(status::persisted(rw2.words()), Status::NONE);
+        assert!(publisher_at_start(&inherited, &rw2, Origin::Empty, false).is_none());
+    }
+
+    #[test]
+    fn a_client_request_reaches_the_callback_once_per_change() {
+        let (memfd, rw) = region(1 << 16);
+        let (tx, rx) = std::sync::mpsc::channel();
+        watch_requests(&memfd, true, move || tx.send(()).is_ok()).unwrap();
+        shmsnap_linux::status::request_snapshot(rw.words()).unwrap();
+        rx.recv_timeout(Duration::from_secs(30))
+            .expect("request forwarded");
+        assert!(watch_requests(&memfd, false, || unreachable!()).is_ok());
+    }
+}

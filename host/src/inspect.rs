@@ -386,59 +386,15 @@ fn build<'f>(path: &Path, file: &'f File) -> Result<Report<'f>, Failure> {
         triple: None,
     };
     if let Ok(info) = &verified {
-        // Verified: the image check passed, so this reads a sound triple meta again (no CRC).
-        if let Ok(ImageSummary::Triple(t)) = snapshot::check_image(file, info, |_, _| {}) {
-            report.triple = Some(TripleReport {
-                buffers: t.layout.buffers,
-                buffer_size: t.layout.buffer_size,
-                buffer: t.buffer,
-                seq: t.seq,
-                next_seq: t.next_seq,
-                region_len: t.layout.region_len,
-            });
-        }
+        report.triple = triple_report(file, info);
     }
     let mut problem = match &verified {
         Ok(_) => None,
         Err(e) => Some((snapshot_code(e), e.to_string())),
     };
     if let Some(f) = footer.filter(|f| is_queue(f.meta.strategy)) {
-        let queue = read_header(file, f.image_len)
-            .and_then(|(l, h)| scan(file, &l, &h).map(|scan| (l, h, scan)));
-        match queue {
-            Ok((l, h, scan)) => {
-                let p = scan.problem;
-                report.layout = Some(LayoutReport {
-                    entries: l.entries,
-                    data_size: l.data_size,
-                    data_offset: l.data_offset,
-                    tail_offset: l.tail_offset,
-                    tail_len: l.tail_len,
-                    region_len: l.region_len,
-                    next_seq: h.next_seq,
-                    data_head: h.data_head,
-                    epoch: h.epoch,
-                    problem: p.clone(),
-                });
-                report.entries = Entries {
-                    ring: Some((file, l)),
-                    count: scan.count,
-                    seqs: scan.seqs,
-                    error: Cell::new(None),
-                };
-                if let (Some(p), None) = (p, &problem) {
-                    problem = Some((Code::DataErr, format!("{}: {p}", path.display())));
-                }
-            }
-            Err(e) => {
-                if problem.is_none() {
-                    problem = Some((
-                        Code::DataErr,
-                        format!("{}: queue image: {e}", path.display()),
-                    ));
-                }
-            }
-        }
+        let queue_problem = add_queue(&mut report, path, file, f.image_len);
+        problem = problem.or(queue_problem);
     }
     match problem {
         None => {
@@ -448,6 +404,63 @@ fn build<'f>(path: &Path, file: &'f File) -> Result<Report<'f>, Failure> {
         Some((_, msg)) => report.verdict = msg,
     }
     Ok(report)
+}
+
+/// The persisted buffer of a verified triple image (`None` for other strategies). The image
+/// check passed, so this reads a sound triple meta again (no CRC).
+fn triple_report(file: &File, info: &SnapshotInfo) -> Option<TripleReport> {
+    match snapshot::check_image(file, info, |_, _| {}) {
+        Ok(ImageSummary::Triple(t)) => Some(TripleReport {
+            buffers: t.layout.buffers,
+            buffer_size: t.layout.buffer_size,
+            buffer: t.buffer,
+            seq: t.seq,
+            next_seq: t.next_seq,
+            region_len: t.layout.region_len,
+        }),
+        _ => None,
+    }
+}
+
+/// Fills the queue layout and the (streamed) entries of `report`; returns the image's
+/// problem, if any.
+fn add_queue<'f>(
+    report: &mut Report<'f>,
+    path: &Path,
+    file: &'f File,
+    image_len: u64,
+) -> Option<(Code, String)> {
+    let queue =
+        read_header(file, image_len).and_then(|(l, h)| scan(file, &l, &h).map(|s| (l, h, s)));
+    let (l, h, scan) = match queue {
+        Ok(q) => q,
+        Err(e) => {
+            return Some((
+                Code::DataErr,
+                format!("{}: queue image: {e}", path.display()),
+            ))
+        }
+    };
+    let p = scan.problem;
+    report.layout = Some(LayoutReport {
+        entries: l.entries,
+        data_size: l.data_size,
+        data_offset: l.data_offset,
+        tail_offset: l.tail_offset,
+        tail_len: l.tail_len,
+        region_len: l.region_len,
+        next_seq: h.next_seq,
+        data_head: h.data_head,
+        epoch: h.epoch,
+        problem: p.clone(),
+    });
+    report.entries = Entries {
+        ring: Some((file, l)),
+        count: scan.count,
+        seqs: scan.seqs,
+        error: Cell::new(None),
+    };
+    p.map(|p| (Code::DataErr, format!("{}: {p}", path.display())))
 }
 
 /// `shmsnap verify FILE`.

@@ -84,50 +84,12 @@ pub fn run(
     let (_memfd, map) = super::region()?;
     let mut w = Writer::open_or_init(map.words(), LAYOUT)
         .map_err(|e| super::attach_failure("primes", e))?;
-    let (mut count, batch, seq) = match w.region().newest() {
-        Some(d) => {
-            let mut b = [0u8; 16];
-            let n = w
-                .region()
-                .read_payload(&d, &mut b)
-                .map_err(|e| fail("cannot read the root", e))?;
-            if n != 16 {
-                return Err(fail("root", format!("has {n} bytes, expected 16")));
-            }
-            let word =
-                |i: usize| u64::from_le_bytes(b[i * 8..i * 8 + 8].try_into().unwrap_or_default());
-            (word(0), word(1), d.seq)
-        }
-        None => (0, batch_arg.max(1), 0),
-    };
-    if batch == 0 || batch > 1 << 16 || count % batch != 0 {
-        return Err(fail(
-            "root",
-            format!("count {count} and batch {batch} are inconsistent"),
-        ));
-    }
+    let (mut count, batch, seq) = read_root(&w, batch_arg)?;
     let unit = (batch * 8) as usize;
     let mut states = vec![0u64; w.unit_count(unit)];
     let mut table = UnitTable::new(&mut states, unit).map_err(|e| fail("units", e))?;
     let mut used = (count / batch) as usize;
-    if used > table.len() {
-        return Err(fail(
-            "root",
-            format!("refers to {used} units but the tail holds {}", table.len()),
-        ));
-    }
-    let mut primes = Vec::with_capacity(count as usize);
-    let mut buf = vec![0u8; unit];
-    for u in 0..used {
-        table.mark_in_use(u).map_err(|e| fail("units", e))?;
-        w.region()
-            .read_tail((u * unit) as u64, &mut buf)
-            .map_err(|e| fail("cannot read a unit", e))?;
-        primes.extend(
-            buf.chunks_exact(8)
-                .map(|c| u64::from_le_bytes(c.try_into().unwrap_or_default())),
-        );
-    }
+    let mut primes = restore_units(&w, &mut table, used)?;
     let expected = first_primes(count as usize);
     if let Some(i) = (0..primes.len()).find(|&i| primes[i] != expected[i]) {
         println!(
@@ -153,40 +115,12 @@ pub fn run(
             }
             return Ok(ExitCode::SUCCESS);
         }
-        let mut next = Vec::with_capacity(batch as usize);
-        while next.len() < batch as usize {
-            if is_prime(candidate, &primes)
-                && next
-                    .iter()
-                    .all(|&p: &u64| candidate % p != 0 || p * p > candidate)
-            {
-                next.push(candidate);
-            }
-            candidate += 1;
-        }
-        let bytes: Vec<u8> = next.iter().flat_map(|p| p.to_le_bytes()).collect();
-        let mut tx = w.begin(16).map_err(|e| fail("commit", e))?;
-        let g = match tx.alloc_unit(&mut table) {
-            Ok(g) => g,
-            Err(UnitError::Exhausted) => {
-                println!("primes: the tail is full at {count} primes, done");
-                return Ok(ExitCode::SUCCESS);
-            }
-            Err(e) => return Err(fail("units", e)),
+        let next = next_batch(&mut candidate, &primes, batch);
+        let Some(seq) = commit_batch(&mut w, &mut table, used, count + batch, batch, &next)? else {
+            println!("primes: the tail is full at {count} primes, done");
+            return Ok(ExitCode::SUCCESS);
         };
-        if g.unit() != used {
-            return Err(fail(
-                "units",
-                format!("got unit {}, expected {used}", g.unit()),
-            ));
-        }
-        tx.write_unit(&table, &g, 0, &bytes)
-            .map_err(|e| fail("unit write", e))?;
         count += batch;
-        let mut root = [0u8; 16];
-        root[..8].copy_from_slice(&count.to_le_bytes());
-        root[8..].copy_from_slice(&batch.to_le_bytes());
-        let seq = tx.commit(&root).map_err(|e| fail("commit", e))?;
         used += 1;
         if ack > 0 && (used as u64).is_multiple_of(ack) {
             acknowledge(map.words(), seq, count)?;
@@ -196,6 +130,112 @@ pub fn run(
             std::thread::sleep(pause);
         }
     }
+}
+
+/// The restored root `(count, batch)` and the newest seq, checked for consistency (restored
+/// bytes are hostile input); a fresh region starts at `(0, batch_arg)`.
+fn read_root<M: shmsnap_core::WordMemory + ?Sized>(
+    w: &Writer<'_, M>,
+    batch_arg: u64,
+) -> Result<(u64, u64, u64), Failure> {
+    let (count, batch, seq) = match w.region().newest() {
+        Some(d) => {
+            let mut b = [0u8; 16];
+            let n = w
+                .region()
+                .read_payload(&d, &mut b)
+                .map_err(|e| fail("cannot read the root", e))?;
+            if n != 16 {
+                return Err(fail("root", format!("has {n} bytes, expected 16")));
+            }
+            let word =
+                |i: usize| u64::from_le_bytes(b[i * 8..i * 8 + 8].try_into().unwrap_or_default());
+            (word(0), word(1), d.seq)
+        }
+        None => (0, batch_arg.max(1), 0),
+    };
+    if batch == 0 || batch > 1 << 16 || count % batch != 0 {
+        return Err(fail(
+            "root",
+            format!("count {count} and batch {batch} are inconsistent"),
+        ));
+    }
+    Ok((count, batch, seq))
+}
+
+/// Marks the first `used` units in use and reads the primes they hold.
+fn restore_units<M: shmsnap_core::WordMemory + ?Sized>(
+    w: &Writer<'_, M>,
+    table: &mut UnitTable<'_>,
+    used: usize,
+) -> Result<Vec<u64>, Failure> {
+    if used > table.len() {
+        return Err(fail(
+            "root",
+            format!("refers to {used} units but the tail holds {}", table.len()),
+        ));
+    }
+    let unit = table.unit_size();
+    let mut primes = Vec::with_capacity(used * unit / 8);
+    let mut buf = vec![0u8; unit];
+    for u in 0..used {
+        table.mark_in_use(u).map_err(|e| fail("units", e))?;
+        w.region()
+            .read_tail((u * unit) as u64, &mut buf)
+            .map_err(|e| fail("cannot read a unit", e))?;
+        primes.extend(
+            buf.chunks_exact(8)
+                .map(|c| u64::from_le_bytes(c.try_into().unwrap_or_default())),
+        );
+    }
+    Ok(primes)
+}
+
+/// The next `batch` primes from `candidate` on (which it advances).
+fn next_batch(candidate: &mut u64, primes: &[u64], batch: u64) -> Vec<u64> {
+    let mut next = Vec::with_capacity(batch as usize);
+    while next.len() < batch as usize {
+        let c = *candidate;
+        if is_prime(c, primes)
+            && next
+                .iter()
+                .all(|&p: &u64| !c.is_multiple_of(p) || p * p > c)
+        {
+            next.push(c);
+        }
+        *candidate += 1;
+    }
+    next
+}
+
+/// Commits `next` in unit `used` with the root `(count, batch)`; `None` if the tail is full.
+fn commit_batch<M: shmsnap_core::WordMemory + ?Sized>(
+    w: &mut Writer<'_, M>,
+    table: &mut UnitTable<'_>,
+    used: usize,
+    count: u64,
+    batch: u64,
+    next: &[u64],
+) -> Result<Option<u64>, Failure> {
+    let bytes: Vec<u8> = next.iter().flat_map(|p| p.to_le_bytes()).collect();
+    let mut tx = w.begin(16).map_err(|e| fail("commit", e))?;
+    let g = match tx.alloc_unit(table) {
+        Ok(g) => g,
+        Err(UnitError::Exhausted) => return Ok(None),
+        Err(e) => return Err(fail("units", e)),
+    };
+    if g.unit() != used {
+        return Err(fail(
+            "units",
+            format!("got unit {}, expected {used}", g.unit()),
+        ));
+    }
+    tx.write_unit(table, &g, 0, &bytes)
+        .map_err(|e| fail("unit write", e))?;
+    let mut root = [0u8; 16];
+    root[..8].copy_from_slice(&count.to_le_bytes());
+    root[8..].copy_from_slice(&batch.to_le_bytes());
+    tx.commit(&root).map(Some).map_err(|e| fail("commit", e))
 }
 
 /// How long one wait for durability lasts before the request is repeated (a starved or

@@ -17,6 +17,7 @@
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd};
 
+use shmsnap_core::format::{self, desc};
 use shmsnap_core::triple::read_image;
 use shmsnap_core::{Descriptor, Hints, Layout, LayoutError, Strategy, DESCRIPTOR_BYTES, PAGE_SIZE};
 
@@ -26,10 +27,6 @@ use crate::copy::read_full_at;
 
 /// Descriptors read per `pread` by [`check_image`] (2048 × 32 bytes = 64 KiB).
 pub const DESCRIPTOR_CHUNK_SLOTS: u64 = 2048;
-
-/// Number of static header words (`magic` .. `checksum`), as
-/// [`Layout::from_header_words`] takes them.
-const HEADER_WORDS: usize = 12;
 
 /// What [`check_image`] found in a sound image.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -137,31 +134,24 @@ fn check_triple(file: BorrowedFd<'_>, image_len: u64) -> Result<ImageSummary, Sn
 fn read_header(file: impl AsFd, image_len: u64) -> Result<(Layout, Hints), SnapshotError> {
     let mut page = vec![0u8; PAGE_SIZE.min(image_len) as usize];
     read_exact(file, &mut page, 0)?;
-    let mut words = [0u64; HEADER_WORDS];
-    for (i, w) in words.iter_mut().enumerate() {
-        *w = word(&page, i).ok_or(SnapshotErrorKind::Layout(LayoutError::TooSmall {
+    let words =
+        format::header_words(&page).ok_or(SnapshotErrorKind::Layout(LayoutError::TooSmall {
             needed: PAGE_SIZE,
             available: image_len,
         }))?;
-    }
     let layout = Layout::from_header_words(&words, image_len).map_err(SnapshotErrorKind::Layout)?;
     Ok((layout, Hints::read_bytes(&page)))
 }
 
-/// A descriptor from its 32 image bytes (words: seq, offset, length, reserved — see
-/// `shmsnap_core::read_descriptor_bytes`, which reads the same words from a whole image).
+/// A descriptor from its 32 image bytes (words named by `shmsnap_core::format::desc`; core's
+/// `read_descriptor_bytes` reads the same words from a whole image).
 fn descriptor(b: &[u8]) -> Descriptor {
+    let w = |i| format::read_word(b, i).unwrap_or(0);
     Descriptor {
-        seq: word(b, 0).unwrap_or(0),
-        offset: word(b, 1).unwrap_or(0),
-        length: word(b, 2).unwrap_or(0),
+        seq: w(desc::SEQ),
+        offset: w(desc::OFFSET),
+        length: w(desc::LENGTH),
     }
-}
-
-/// Little-endian word `i` of `b`, if inside.
-fn word(b: &[u8], i: usize) -> Option<u64> {
-    let w = b.get(i * 8..i * 8 + 8)?;
-    Some(u64::from_le_bytes(w.try_into().ok()?))
 }
 
 fn read_exact(file: impl AsFd, buf: &mut [u8], at: u64) -> Result<(), SnapshotError> {

@@ -13,6 +13,54 @@ use crate::format::{
 };
 use crate::memory::WordMemory;
 
+/// Checks the header words every strategy shares (`docs/FORMAT.md`): magic, version,
+/// checksum, page size, and that the strategy code is `expected`.
+///
+/// # Errors
+///
+/// [`LayoutError::Unconfigured`] for a zero magic (the magic is stored last, with Release, by
+/// a client's init: a zero magic means no init ever completed — a fresh region, or an init
+/// cut short by a crash, after which no commit can have happened; it may be configured
+/// afresh), then the first problem found; [`LayoutError::Strategy`] names a known strategy
+/// that is not `expected`.
+pub(crate) fn check_shared_header(w: &HeaderWords, expected: Strategy) -> Result<(), LayoutError> {
+    if w[word::MAGIC] == 0 {
+        return Err(LayoutError::Unconfigured);
+    }
+    if w[word::MAGIC] != MAGIC {
+        return Err(LayoutError::BadMagic {
+            found: w[word::MAGIC],
+        });
+    }
+    if w[word::VERSION] != FORMAT_VERSION {
+        return Err(LayoutError::UnsupportedVersion {
+            found: w[word::VERSION],
+        });
+    }
+    let mut stat = [0u64; word::STATIC];
+    stat.copy_from_slice(&w[..word::STATIC]);
+    let computed = header_checksum(&stat);
+    if computed != w[word::CHECKSUM] {
+        return Err(LayoutError::Checksum {
+            stored: w[word::CHECKSUM],
+            computed,
+        });
+    }
+    let field = |field: &'static str, idx: usize| LayoutError::Field {
+        field,
+        value: w[idx],
+    };
+    if w[word::PAGE_SIZE] != PAGE_SIZE {
+        return Err(field("page_size", word::PAGE_SIZE));
+    }
+    let strategy =
+        Strategy::from_code(w[word::STRATEGY]).ok_or(field("strategy", word::STRATEGY))?;
+    if strategy != expected {
+        return Err(LayoutError::Strategy { found: strategy });
+    }
+    Ok(())
+}
+
 /// What a client asks for when it configures a fresh region.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LayoutRequest {
@@ -224,43 +272,11 @@ impl Layout {
     ///
     /// Any [`LayoutError`] but `Entries`/`DataSize`, naming the first problem found.
     pub fn from_header_words(w: &HeaderWords, available: u64) -> Result<Layout, LayoutError> {
-        // The magic is stored last (with Release) by `Writer::init`: a zero magic means no init
-        // ever completed — a fresh region, or an init interrupted by a crash, after which no
-        // commit can have happened. Either way the region may be configured afresh.
-        if w[word::MAGIC] == 0 {
-            return Err(LayoutError::Unconfigured);
-        }
-        if w[word::MAGIC] != MAGIC {
-            return Err(LayoutError::BadMagic {
-                found: w[word::MAGIC],
-            });
-        }
-        if w[word::VERSION] != FORMAT_VERSION {
-            return Err(LayoutError::UnsupportedVersion {
-                found: w[word::VERSION],
-            });
-        }
-        let mut stat = [0u64; word::STATIC];
-        stat.copy_from_slice(&w[..word::STATIC]);
-        let computed = header_checksum(&stat);
-        if computed != w[word::CHECKSUM] {
-            return Err(LayoutError::Checksum {
-                stored: w[word::CHECKSUM],
-                computed,
-            });
-        }
+        check_shared_header(w, Layout::STRATEGY)?;
         let field = |field: &'static str, idx: usize| LayoutError::Field {
             field,
             value: w[idx],
         };
-        if w[word::PAGE_SIZE] != PAGE_SIZE {
-            return Err(field("page_size", word::PAGE_SIZE));
-        }
-        let strategy =
-            Strategy::from_code(w[word::STRATEGY]).ok_or(field("strategy", word::STRATEGY))?;
-        if strategy != Layout::STRATEGY {
-            return Err(LayoutError::Strategy { found: strategy });
-        }
         let region_len = w[word::REGION_LEN];
         if region_len > available {
             return Err(LayoutError::TooSmall {

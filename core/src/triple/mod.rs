@@ -414,38 +414,7 @@ impl TripleLayout {
         w: &[u64; HEADER_WORDS],
         available: u64,
     ) -> Result<TripleLayout, LayoutError> {
-        if w[word::MAGIC] == 0 {
-            return Err(LayoutError::Unconfigured);
-        }
-        if w[word::MAGIC] != MAGIC {
-            return Err(LayoutError::BadMagic {
-                found: w[word::MAGIC],
-            });
-        }
-        if w[word::VERSION] != FORMAT_VERSION {
-            return Err(LayoutError::UnsupportedVersion {
-                found: w[word::VERSION],
-            });
-        }
-        let mut stat = [0u64; word::STATIC];
-        stat.copy_from_slice(&w[..word::STATIC]);
-        let computed = header_checksum(&stat);
-        if computed != w[word::CHECKSUM] {
-            return Err(LayoutError::Checksum {
-                stored: w[word::CHECKSUM],
-                computed,
-            });
-        }
-        let field = |field: &'static str, idx: usize| LayoutError::Field {
-            field,
-            value: w[idx],
-        };
-        if w[word::PAGE_SIZE] != PAGE_SIZE {
-            return Err(field("page_size", word::PAGE_SIZE));
-        }
-        if w[word::STRATEGY] != Strategy::Triple.code() {
-            return Err(field("strategy", word::STRATEGY));
-        }
+        crate::layout::check_shared_header(w, Strategy::Triple)?;
         let layout = TripleLayout::new(TripleRequest {
             buffers: w[words::BUFFERS],
             buffer_size: w[words::BUFFER_SIZE],
@@ -459,7 +428,10 @@ impl TripleLayout {
             (words::REGION_LEN, "region_len"),
         ] {
             if w[idx] != expect[idx] {
-                return Err(field(name, idx));
+                return Err(LayoutError::Field {
+                    field: name,
+                    value: w[idx],
+                });
             }
         }
         if layout.region_len > available {

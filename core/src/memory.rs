@@ -96,6 +96,48 @@ fn le_word(c: &[u8]) -> u64 {
     u64::from_le_bytes(b)
 }
 
+// SAFETY: forwards every call, with the same index and orderings, to the `M` behind the
+// reference, which upholds the trait's guarantees for as long as the borrow lives. Lets a
+// wrapper that owns its inner memory (a broken-twin view) also wrap a borrowed one.
+unsafe impl<M: WordMemory + ?Sized> WordMemory for &M {
+    #[inline]
+    fn len(&self) -> usize {
+        (**self).len()
+    }
+    #[inline]
+    fn load(&self, i: usize, order: Ordering) -> u64 {
+        (**self).load(i, order)
+    }
+    #[inline]
+    fn store(&self, i: usize, v: u64, order: Ordering) {
+        (**self).store(i, v, order)
+    }
+    #[inline]
+    fn compare_exchange(
+        &self,
+        i: usize,
+        current: u64,
+        new: u64,
+        success: Ordering,
+        failure: Ordering,
+    ) -> Result<u64, u64> {
+        (**self).compare_exchange(i, current, new, success, failure)
+    }
+    #[inline]
+    fn fence(&self, order: Ordering) {
+        (**self).fence(order)
+    }
+    #[inline]
+    fn store_le_bytes(&self, first: usize, bytes: &[u8]) {
+        (**self).store_le_bytes(first, bytes)
+    }
+    #[inline]
+    unsafe fn store_le_bytes_exclusive(&self, first: usize, bytes: &[u8]) {
+        // SAFETY: the caller's exclusivity promise is passed on unchanged.
+        unsafe { (**self).store_le_bytes_exclusive(first, bytes) }
+    }
+}
+
 // SAFETY: a slice of `AtomicU64` has a fixed length, and each element is an aligned atomic
 // word; the methods forward to the std operations and panic on an out-of-range index.
 unsafe impl WordMemory for [AtomicU64] {

@@ -149,37 +149,6 @@ unsafe impl WordMemory for TripleWords {
     }
 }
 
-/// Broken twin "publish without its release ordering": every ordering of the wrapped view
-/// becomes `Relaxed` and fences vanish.
-#[derive(Debug)]
-pub struct AllRelaxed<'a, M: ?Sized>(pub &'a M);
-
-// SAFETY: forwards every index to `M`, which upholds the trait; only orderings are weakened,
-// which the trait allows for broken twins (all accesses stay atomic).
-unsafe impl<M: WordMemory + ?Sized> WordMemory for AllRelaxed<'_, M> {
-    fn len(&self) -> usize {
-        self.0.len()
-    }
-    fn load(&self, i: usize, _: Ordering) -> u64 {
-        self.0.load(i, Ordering::Relaxed)
-    }
-    fn store(&self, i: usize, v: u64, _: Ordering) {
-        self.0.store(i, v, Ordering::Relaxed)
-    }
-    fn compare_exchange(
-        &self,
-        i: usize,
-        c: u64,
-        n: u64,
-        _: Ordering,
-        _: Ordering,
-    ) -> Result<u64, u64> {
-        self.0
-            .compare_exchange(i, c, n, Ordering::Relaxed, Ordering::Relaxed)
-    }
-    fn fence(&self, _: Ordering) {}
-}
-
 /// Broken twin "a client that reuses a FROZEN buffer": the client's view of the memory shows
 /// every FROZEN state word as FREE, so `take` writes a buffer the host is copying.
 #[derive(Debug)]

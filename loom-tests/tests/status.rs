@@ -20,7 +20,7 @@ use std::sync::Arc;
 use loom::sync::Mutex;
 use shmsnap_core::format::word;
 use shmsnap_core::status::{self, Status};
-use shmsnap_core::{LayoutRequest, WordMemory, Writer};
+use shmsnap_core::{LayoutRequest, Writer};
 use shmsnap_loom_tests::{
     check_kept, expect_violation, explore, plan, snapshot, Host, LoomWords, Plan, Weakened, WordMap,
 };
@@ -50,38 +50,6 @@ enum Publish {
     BeforeDurable,
     /// Broken: persist, then publish the newest seq valid after the copy (the live seq).
     LiveSeq,
-}
-
-/// A shared handle on the model memory, so one thread can use it plainly and through
-/// [`Weakened`] at once.
-#[derive(Debug)]
-struct Shared(Arc<LoomWords>);
-
-// SAFETY: forwards every call to the `LoomWords` behind the `Arc`, which upholds the trait's
-// guarantees (fixed length, valid atomic words) for as long as the `Arc` lives.
-unsafe impl WordMemory for Shared {
-    fn len(&self) -> usize {
-        self.0.len()
-    }
-    fn load(&self, i: usize, order: Ordering) -> u64 {
-        self.0.load(i, order)
-    }
-    fn store(&self, i: usize, v: u64, order: Ordering) {
-        self.0.store(i, v, order)
-    }
-    fn compare_exchange(
-        &self,
-        i: usize,
-        current: u64,
-        new: u64,
-        success: Ordering,
-        failure: Ordering,
-    ) -> Result<u64, u64> {
-        self.0.compare_exchange(i, current, new, success, failure)
-    }
-    fn fence(&self, order: Ordering) {
-        self.0.fence(order)
-    }
 }
 
 /// The modelled disk: `(generation, newest kept seq)` of every durable snapshot.
@@ -160,7 +128,7 @@ fn model(
                 let persist = || disk.lock().unwrap().push((1, kept));
                 let publish_now = || {
                     if weak_status {
-                        status::publish(&Weakened(Shared(mem.clone())), status, 1)
+                        status::publish(&Weakened(&*mem), status, 1)
                     } else {
                         status::publish(&*mem, status, 1)
                     }
@@ -176,7 +144,7 @@ fn model(
         };
         let read = || {
             if weak_status {
-                status::persisted(&Weakened(Shared(mem.clone())))
+                status::persisted(&Weakened(&*mem))
             } else {
                 status::persisted(&*mem)
             }

@@ -21,10 +21,10 @@ use loom::thread;
 use shmsnap_core::triple::{BufferState, TripleClient, TripleHost};
 use shmsnap_core::WordMemory;
 use shmsnap_loom_tests::triple::{
-    loom_index, seed, setup_published, state_of, AllRelaxed, FrozenLooksFree, TripleWords,
-    COPY_TORN, FROZEN_VIOLATION, NEWEST_LOST, RELEASE_LOST, STATE_BYTES, TAKE_FAILED,
+    loom_index, seed, setup_published, state_of, FrozenLooksFree, TripleWords, COPY_TORN,
+    FROZEN_VIOLATION, NEWEST_LOST, RELEASE_LOST, STATE_BYTES, TAKE_FAILED,
 };
-use shmsnap_loom_tests::{expect_violation, explore};
+use shmsnap_loom_tests::{expect_violation, explore, Weakened};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Client {
@@ -159,7 +159,7 @@ fn model(c: Client, h: Host) -> impl Fn() + Send + Sync + 'static {
         let m2 = mem.clone();
         let host_thread = thread::spawn(move || host(&*m2, h));
         let last = match c {
-            Client::Relaxed => client(&AllRelaxed(&*mem), c),
+            Client::Relaxed => client(&Weakened(&*mem), c),
             Client::ReusesFrozen => client(&FrozenLooksFree(&*mem, layout), c),
             _ => client(&*mem, c),
         };

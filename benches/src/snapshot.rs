@@ -229,22 +229,13 @@ impl SnapshotFixture {
     ///
     /// Any I/O error.
     pub fn raw_snapshot(&self) -> io::Result<()> {
-        let fd = rustix::fs::openat(
+        crate::sys::raw_snapshot(
             &self.dir,
-            self.raw_tmp.as_str(),
-            OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::RDWR,
-            Mode::RUSR | Mode::WUSR,
-        )?;
-        copy_sparse(&self.memfd, &fd, self.len)?;
-        rustix::fs::fdatasync(&fd)?;
-        rustix::fs::renameat(
-            &self.dir,
-            self.raw_tmp.as_str(),
-            &self.dir,
-            self.raw_name.as_str(),
-        )?;
-        rustix::fs::fsync(&self.dir)?;
-        Ok(())
+            &self.raw_tmp,
+            &self.raw_name,
+            &self.memfd,
+            self.len,
+        )
     }
 
     /// Ours: verify our snapshot file and copy it back into the restore memfd.

@@ -27,7 +27,7 @@ use shmsnap_core::triple::{TripleClient, TripleHost, TripleRequest};
 use shmsnap_core::Strategy;
 use shmsnap_linux::take_triple::{take_triple, TripleSnapshot};
 
-use crate::sys::{copy_sparse, restore_into, Mapping, Memfd, Persister, Protection, SnapshotMeta};
+use crate::sys::{restore_into, Mapping, Memfd, Persister, Protection, SnapshotMeta};
 
 /// Region length.
 pub const REGION: u64 = 256 << 20;
@@ -188,21 +188,12 @@ impl TripleSnapshotFixture {
     ///
     /// Any I/O error.
     pub fn raw_snapshot(&self) -> io::Result<()> {
-        let fd = rustix::fs::openat(
+        crate::sys::raw_snapshot(
             &self.dir,
-            self.raw_tmp.as_str(),
-            OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::RDWR,
-            Mode::RUSR | Mode::WUSR,
-        )?;
-        copy_sparse(&self.raw_src, &fd, BUFFER)?;
-        rustix::fs::fdatasync(&fd)?;
-        rustix::fs::renameat(
-            &self.dir,
-            self.raw_tmp.as_str(),
-            &self.dir,
-            self.raw_name.as_str(),
-        )?;
-        rustix::fs::fsync(&self.dir)?;
-        Ok(())
+            &self.raw_tmp,
+            &self.raw_name,
+            &self.raw_src,
+            BUFFER,
+        )
     }
 }

@@ -8,7 +8,7 @@
 //!   generation and wakes the waiters. The snapshotter calls it on `Outcome::Persisted`, which
 //!   a strategy returns only after its commit.
 //! - [`watch_requests`] starts a thread that sleeps on the client's request word and turns
-//!   every change into a snapshot request on the SIGUSR1 path (so requests coalesce with
+//!   every change into a snapshot request on SIGUSR1's path (so requests coalesce with
 //!   every other request for free).
 //!
 //! Only strategies whose region is a shmsnap-core region get a status area: the exit

@@ -59,6 +59,8 @@ pub enum Event {
     Signal(i32),
     /// A snapshot request finished (from the snapshot thread).
     Snapshot(Done),
+    /// The client bumped its snapshot-request word (from the request watcher, DESIGN §14).
+    ClientRequest,
 }
 
 impl From<Done> for Event {
@@ -131,7 +133,8 @@ impl Supervisor {
             let wait = self.next_wake().saturating_duration_since(Instant::now());
             let flow = match self.events.recv_timeout(wait) {
                 Ok(Event::Signal(SIGCHLD)) => self.on_sigchld()?,
-                Ok(Event::Signal(SIGUSR1)) => self.on_sigusr1()?,
+                Ok(Event::Signal(SIGUSR1)) => self.snapshot_now(Why::Usr1)?,
+                Ok(Event::ClientRequest) => self.snapshot_now(Why::ClientRequest)?,
                 Ok(Event::Signal(sig)) => self.on_stop(sig),
                 Ok(Event::Snapshot(done)) => self.on_snapshot(done)?,
                 Err(RecvTimeoutError::Timeout) => Flow::Continue,
@@ -191,10 +194,12 @@ impl Supervisor {
         Ok(Flow::Continue)
     }
 
-    fn on_sigusr1(&mut self) -> Result<Flow, Failure> {
+    /// SIGUSR1 or a client's request: a snapshot now (merged with one in flight), if the
+    /// strategy takes snapshots on demand.
+    fn snapshot_now(&mut self, why: Why) -> Result<Flow, Failure> {
         match self.schedule.on_usr1 {
             OnUsr1::Snapshot => self.worker.request(Job {
-                why: Why::Usr1,
+                why,
                 client_alive: self.client.alive(),
             })?,
             OnUsr1::Ignore(line) => info!("{line}"),

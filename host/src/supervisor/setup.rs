@@ -61,10 +61,10 @@ pub fn start(args: RunArgs) -> Result<Supervisor, Failure> {
         .map_err(|e| Failure::new(Code::OsErr, format!("cannot become a child subreaper: {e}")))?;
     let (tx, events) = mpsc::channel();
     signal_thread(tx.clone())?;
-    // A client's snapshot request takes the SIGUSR1 path (coalesced with every other request).
+    // A client's snapshot request takes SIGUSR1's path (merged with every other request).
     let requests = tx.clone();
     crate::durable::watch_requests(snap.memfd(), status_area, move || {
-        requests.send(Event::Signal(SIGUSR1)).is_ok()
+        requests.send(Event::ClientRequest).is_ok()
     })
     .map_err(|e| Failure::new(Code::OsErr, format!("cannot start the request thread: {e}")))?;
     let worker = Worker::spawn(snap, tx, metrics.clone())?;

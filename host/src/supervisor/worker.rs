@@ -34,6 +34,8 @@ pub enum Why {
     Interval,
     /// SIGUSR1.
     Usr1,
+    /// The client asked for a prompt snapshot (its request word, DESIGN §14).
+    ClientRequest,
     /// The final snapshot after the client exited (before a restart or the host's exit).
     ClientExited,
 }
@@ -44,6 +46,7 @@ impl Why {
         match self {
             Why::Interval => "interval",
             Why::Usr1 => "SIGUSR1",
+            Why::ClientRequest => "client request",
             Why::ClientExited => "client exited",
         }
     }

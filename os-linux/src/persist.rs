@@ -250,15 +250,8 @@ impl Persister {
     }
 
     fn random_temp_name(&self) -> io::Result<OsString> {
-        let mut r = [0u8; 8];
-        let mut got = 0;
-        while got < r.len() {
-            got += retry_on_intr(|| {
-                rustix::rand::getrandom(&mut r[got..], rustix::rand::GetRandomFlags::empty())
-            })?;
-        }
         let mut n = self.temp_prefix();
-        n.push(format!("{:016x}", u64::from_ne_bytes(r)));
+        n.push(random_hex()?);
         Ok(n)
     }
 
@@ -749,3 +742,19 @@ fn annotate(e: io::Error, what: &str, path: &Path) -> io::Error {
 
 #[cfg(test)]
 mod tests;
+
+/// 16 random hex digits (`getrandom`), for temp names no one can guess or pre-plant.
+///
+/// # Errors
+///
+/// `getrandom`'s errors.
+pub(crate) fn random_hex() -> io::Result<String> {
+    let mut r = [0u8; 8];
+    let mut got = 0;
+    while got < r.len() {
+        got += retry_on_intr(|| {
+            rustix::rand::getrandom(&mut r[got..], rustix::rand::GetRandomFlags::empty())
+        })?;
+    }
+    Ok(format!("{:016x}", u64::from_ne_bytes(r)))
+}

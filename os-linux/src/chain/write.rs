@@ -497,14 +497,7 @@ pub(crate) fn open_chain_dir(path: &Path, create: bool) -> io::Result<OwnedFd> {
 
 fn create_temp(dir: &OwnedFd) -> io::Result<(OsString, File)> {
     loop {
-        let mut r = [0u8; 8];
-        let mut got = 0;
-        while got < r.len() {
-            got += retry_on_intr(|| {
-                rustix::rand::getrandom(&mut r[got..], rustix::rand::GetRandomFlags::empty())
-            })?;
-        }
-        let name = OsString::from(format!("{TEMP_PREFIX}{:016x}", u64::from_ne_bytes(r)));
+        let name = OsString::from(format!("{TEMP_PREFIX}{}", crate::persist::random_hex()?));
         match rustix::fs::openat(
             dir,
             name.as_os_str(),

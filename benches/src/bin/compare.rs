@@ -34,6 +34,15 @@ struct Opts {
 }
 
 impl Opts {
+    /// Batch length and interleaved rounds of the per-publication groups (commit, triple).
+    fn publish_batches(&self) -> (Duration, usize) {
+        if self.quick {
+            (Duration::from_millis(2), 7)
+        } else {
+            (Duration::from_millis(4), 31)
+        }
+    }
+
     fn parse() -> Opts {
         let mut quick = false;
         let mut only = None;
@@ -164,11 +173,7 @@ fn main() {
 }
 
 fn commit_section(opts: &Opts, r: &mut Report) {
-    let (batch, rounds) = if opts.quick {
-        (Duration::from_millis(2), 7)
-    } else {
-        (Duration::from_millis(4), 31)
-    };
+    let (batch, rounds) = opts.publish_batches();
     let _ = writeln!(
         r.out,
         "## commit (median per commit; {rounds} interleaved batches of ~{} ms each)\n",
@@ -358,11 +363,7 @@ fn snapshot_section(opts: &Opts, dir: &std::path::Path, r: &mut Report) {
 }
 
 fn triple_section(opts: &Opts, r: &mut Report) {
-    let (batch, rounds) = if opts.quick {
-        (Duration::from_millis(2), 7)
-    } else {
-        (Duration::from_millis(4), 31)
-    };
+    let (batch, rounds) = opts.publish_batches();
     let _ = writeln!(
         r.out,
         "## triple-buffer publish (median per publication; {rounds} interleaved batches of ~{} ms each)\n",

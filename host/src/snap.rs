@@ -46,9 +46,47 @@ pub enum Outcome {
     },
 }
 
+/// Which file a persisted snapshot wrote: the point of the chain it added.
+///
+/// The file is found by name right after the snapshot is persisted, on the worker thread,
+/// before the next snapshot can rotate generations: a base is the persister's target
+/// (`--state FILE`), a delta is `chain::delta_name(base_generation, index)` in
+/// `chain::chain_dir(target)`. Whoever ships points elsewhere (replicas) opens the file then.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Point {
+    /// A full snapshot file (a base of the chain), generation `generation`.
+    Base {
+        /// The base's generation (its footer's).
+        generation: u64,
+    },
+    /// Delta `index` (1, 2, …) of the base of generation `base_generation`.
+    // Constructed by the queue strategy's incremental snapshots (DESIGN §11).
+    #[allow(dead_code)]
+    Delta {
+        /// The generation of the base the delta extends.
+        base_generation: u64,
+        /// The delta's position in its chain (1 = right after the base).
+        index: u32,
+    },
+}
+
+impl std::fmt::Display for Point {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Point::Base { generation } => write!(f, "base {generation}"),
+            Point::Delta {
+                base_generation,
+                index,
+            } => write!(f, "delta {index} of base {base_generation}"),
+        }
+    }
+}
+
 /// Figures of a persisted snapshot.
 #[derive(Debug, Clone, Copy)]
 pub struct Report {
+    /// What was written: a new base or a delta on the current one.
+    pub point: Point,
     /// Generation number.
     pub generation: u64,
     /// Bytes of data extents copied.
@@ -305,6 +343,7 @@ impl Snapshotter {
         }
         match result {
             Ok(Outcome::Persisted(r)) => info!(
+                point = %r.point,
                 generation = r.generation,
                 bytes = r.bytes,
                 kept = r.kept,

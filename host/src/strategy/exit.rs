@@ -11,7 +11,7 @@ use shmsnap_linux::snapshot;
 use shmsnap_linux::Mapping;
 
 use super::{Code, Cx, OnUsr1, Schedule, Strategy};
-use crate::snap::{Outcome, Report};
+use crate::snap::{Outcome, Point, Report};
 
 /// The exit strategy (no state: every exit is snapshotted).
 #[derive(Debug, Default)]
@@ -49,6 +49,9 @@ impl Strategy for Exit {
         let copied = t.elapsed();
         let stats = tmp.commit()?;
         Ok(Outcome::Persisted(Report {
+            point: Point::Base {
+                generation: cx.meta.generation,
+            },
             generation: cx.meta.generation,
             bytes: copy.bytes,
             kept: 0,

@@ -13,7 +13,7 @@ use shmsnap_linux::take::{take_queue, QueueSnapshot, Scratch, Skip};
 use shmsnap_linux::Mapping;
 
 use super::{warn_on_foreign, Code, Cx, OnUsr1, Origin, Schedule, Strategy};
-use crate::snap::{Outcome, Report};
+use crate::snap::{Outcome, Point, Report};
 
 /// The queue strategy's memory between snapshots.
 #[derive(Debug, Default)]
@@ -94,6 +94,9 @@ impl Strategy for Queue {
         self.last_mark = Some(mark(f.hints_before));
         self.told_empty = false;
         Ok(Outcome::Persisted(Report {
+            point: Point::Base {
+                generation: cx.meta.generation,
+            },
             generation: cx.meta.generation,
             bytes: f.copy.bytes,
             kept: f.retained.kept,

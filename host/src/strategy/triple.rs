@@ -23,7 +23,7 @@ use shmsnap_linux::{Mapping, Protection};
 use tracing::{debug, info, warn};
 
 use super::{warn_on_foreign, Code, Cx, OnUsr1, Origin, Schedule, Strategy};
-use crate::snap::{Outcome, Report};
+use crate::snap::{Outcome, Point, Report};
 
 /// The triple strategy's memory between snapshots.
 #[derive(Debug, Default)]
@@ -151,6 +151,9 @@ impl Strategy for Triple {
             f.seq
         );
         Ok(Outcome::Persisted(Report {
+            point: Point::Base {
+                generation: cx.meta.generation,
+            },
             generation: cx.meta.generation,
             bytes: f.copy.bytes,
             kept: 1,

@@ -311,10 +311,11 @@ mod tests {
 
     #[test]
     fn every_outcome_is_recorded_with_its_result_phases_and_figures() {
-        use crate::snap::Report;
+        use crate::snap::{Point, Report};
         use std::time::Duration;
         let ms = Duration::from_millis;
         let persisted = Ok(Outcome::Persisted(Report {
+            point: Point::Base { generation: 7 },
             generation: 7,
             bytes: 4096,
             kept: 3,

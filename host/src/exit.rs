@@ -127,6 +127,19 @@ pub fn snapshot_code(e: &shmsnap_linux::snapshot::SnapshotError) -> Code {
     }
 }
 
+/// The exit code for a chain error: the base's as [`snapshot_code`], I/O as [`io_code`],
+/// [`Code::NoInput`] for a point older than the chain, [`Code::DataErr`] for a bad delta.
+pub fn chain_code(e: &shmsnap_linux::chain::ChainError) -> Code {
+    use shmsnap_linux::chain::ChainErrorKind as K;
+    match e.kind() {
+        K::Base(e) => snapshot_code(e),
+        K::Io(source) => io_code(source),
+        K::NotInChain { .. } => Code::NoInput,
+        K::RegionTooSmall { .. } => Code::Config,
+        _ => Code::DataErr,
+    }
+}
+
 /// The exit code for an I/O error.
 pub fn io_code(e: &std::io::Error) -> Code {
     match e.kind() {

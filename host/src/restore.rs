@@ -595,16 +595,16 @@ mod tests {
 
     #[test]
     fn times_parse_as_rfc3339_or_unix_seconds() {
-        let s = 1_795_734_000u64; // 2026-11-26T20:20:00Z
+        let s = 1_795_734_000u64; // 2026-11-26T23:00:00Z
         let ns = s * 1_000_000_000;
         assert_eq!(parse_time("@1795734000"), Ok(ns));
         assert_eq!(parse_time("@1795734000.25"), Ok(ns + 250_000_000));
-        assert_eq!(parse_time("2026-11-26T20:20:00Z"), Ok(ns));
-        assert_eq!(parse_time("2026-11-26 20:20:00"), Ok(ns));
-        assert_eq!(parse_time("2026-11-26T21:20:00+01:00"), Ok(ns));
-        assert_eq!(parse_time("2026-11-26T15:50:00-04:30"), Ok(ns));
-        assert_eq!(parse_time("2026-11-26T20:20:00.5Z"), Ok(ns + 500_000_000));
-        assert_eq!(parse_time("2026-11-26T20:20:00+00:00"), Ok(ns));
+        assert_eq!(parse_time("2026-11-26T23:00:00Z"), Ok(ns));
+        assert_eq!(parse_time("2026-11-26 23:00:00"), Ok(ns));
+        assert_eq!(parse_time("2026-11-27T00:00:00+01:00"), Ok(ns));
+        assert_eq!(parse_time("2026-11-26T18:30:00-04:30"), Ok(ns));
+        assert_eq!(parse_time("2026-11-26T23:00:00.5Z"), Ok(ns + 500_000_000));
+        assert_eq!(parse_time("2026-11-26T23:00:00+00:00"), Ok(ns));
         for bad in [
             "yesterday",
             "@",
@@ -618,7 +618,7 @@ mod tests {
             let e = parse_time(bad).unwrap_err();
             assert!(e.contains("RFC 3339"), "{bad}: {e}");
         }
-        assert_eq!(rfc3339(ns), "2026-11-26T20:20:00Z");
+        assert_eq!(rfc3339(ns), "2026-11-26T23:00:00Z");
     }
 
     #[test]

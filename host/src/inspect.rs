@@ -841,10 +841,17 @@ fn print_text(out: &mut impl Write, r: &Report<'_>) -> io::Result<()> {
             t.buffer, t.buffers, t.buffer_size, t.seq, t.next_seq, t.region_len
         )?;
     }
+    let mut broken = String::new();
     if let Some(c) = &r.chain {
         print_chain(out, c)?;
+        if !c.sound {
+            broken = format!(
+                " (the base); the chain is broken after delta {}",
+                c.deltas.len()
+            );
+        }
     }
-    writeln!(out, "verdict:   {}", r.verdict)
+    writeln!(out, "verdict:   {}{broken}", r.verdict)
 }
 
 #[cfg(test)]

@@ -386,6 +386,11 @@ fn inspect_names_the_bad_delta_and_what_is_ignored() {
         d.stdout
     );
     assert!(d.stdout.contains("deltas 1..=1"), "{}", d.stdout);
+    assert!(
+        d.stdout.contains("the chain is broken after delta 1"),
+        "{}",
+        d.stdout
+    );
 }
 
 // ---------------------------------------------------------------------------------------
@@ -570,7 +575,7 @@ fn restore_refuses_to_overwrite_an_existing_file_without_force() {
     std::fs::write(&out, b"precious").unwrap();
     let d = restore(&b, &out, &[]);
     assert_eq!(d.code, 73, "{}", d.stderr);
-    assert!(d.stderr.contains("--force"), "{}", d.stderr);
+    assert!(d.stderr.contains("exists; pass --force"), "{}", d.stderr);
     assert_eq!(std::fs::read(&out).unwrap(), b"precious");
     let d = restore(&b, &out, &["--force"]);
     assert_eq!(d.code, 0, "{}", d.stderr);
@@ -676,4 +681,22 @@ fn restore_refuses_a_point_past_a_corrupt_delta_found_while_copying() {
         })
         .count();
     assert_eq!(temps, 0, "the temp file is removed");
+}
+
+#[test]
+fn restore_places_the_point_by_a_bad_deltas_readable_footer() {
+    let b = exit_chain(3);
+    // Delta 3 replaced by delta 3 of another chain: it does not link, but its footer is
+    // readable and says it was taken at T0 + 300 s.
+    let other = queue_chain(3);
+    std::fs::write(b.delta(3), std::fs::read(other.delta(3)).unwrap()).unwrap();
+    let out = b.path("before-it.snap");
+    let d = restore(&b, &out, &["--at", &format!("@{}", T0 + 250)]);
+    assert_eq!(d.code, 0, "the point is before the bad delta: {}", d.stderr);
+    assert_image(&out, &b.points[2]);
+    let out = b.path("after-it.snap");
+    let d = restore(&b, &out, &["--at", &format!("@{}", T0 + 350)]);
+    assert_eq!(d.code, 65, "{}", d.stderr);
+    assert!(d.stderr.contains("belongs to another base"), "{}", d.stderr);
+    assert!(!out.exists());
 }

@@ -13,7 +13,7 @@ use std::fs::File;
 use std::io;
 use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -244,7 +244,8 @@ fn pick(chains: &[Chain], at: At) -> Result<(&Chain, usize), Failure> {
 
 /// Refuses a point that may lie in the lost part of a broken chain: `at` selects all `k`
 /// sound deltas, the chain stops at a bad delta, and that delta's footer does not show that
-/// it is past the point (a torn delta has no footer to tell).
+/// it is past the point. Only a footer that is intact and links to the chain's tip is
+/// believed (a torn delta has none; a foreign file's says nothing about this chain).
 fn check_not_past_stop(listing: &ChainListing, at: At, k: usize) -> Result<(), Failure> {
     let Some(stop) = &listing.stop else {
         return Ok(());
@@ -252,11 +253,7 @@ fn check_not_past_stop(listing: &ChainListing, at: At, k: usize) -> Result<(), F
     if at == At::Latest || k < listing.deltas.len() {
         return Ok(());
     }
-    let footer = stop
-        .path()
-        .and_then(|p| File::open(p).ok())
-        .and_then(|f| chain::read_delta(&f).ok())
-        .map(|(f, _)| f);
+    let footer = stop.path().and_then(|p| linked_footer(p, &listing.tip()));
     let past = footer.is_some_and(|f| match at {
         At::Time(t) => f.unix_time_ns > t,
         At::Seq(n) => f.next_seq > n.saturating_add(1),
@@ -274,6 +271,21 @@ fn check_not_past_stop(listing: &ChainListing, at: At, k: usize) -> Result<(), F
             describe(listing)
         ),
     ))
+}
+
+/// The footer of the delta at `path` if it is intact and links to `tip` (its table or data
+/// may still be bad). Reads only the last 128 bytes; opens without blocking, regular files
+/// only.
+fn linked_footer(path: &Path, tip: &chain::Tip) -> Option<chain::DeltaFooter> {
+    let name = chain::parse_delta_name(path.file_name()?.as_bytes())?;
+    let file = shmsnap_linux::snapshot::open(path).ok()?;
+    let len = file.metadata().ok()?.len();
+    let mut b = [0u8; chain::DELTA_FOOTER_LEN];
+    let at = len.checked_sub(chain::DELTA_FOOTER_LEN as u64)?;
+    file.read_exact_at(&mut b, at).ok()?;
+    let footer = chain::decode_delta_footer(&b).ok()?;
+    chain::check_link(tip, &footer, name).ok()?;
+    Some(footer)
 }
 
 fn is_queue(l: &ChainListing) -> bool {

@@ -684,18 +684,27 @@ fn restore_refuses_a_point_past_a_corrupt_delta_found_while_copying() {
 }
 
 #[test]
-fn restore_places_the_point_by_a_bad_deltas_readable_footer() {
+fn restore_places_the_point_by_a_bad_deltas_linked_footer_only() {
     let b = exit_chain(3);
-    // Delta 3 replaced by delta 3 of another chain: it does not link, but its footer is
-    // readable and says it was taken at T0 + 300 s.
-    let other = queue_chain(3);
-    std::fs::write(b.delta(3), std::fs::read(other.delta(3)).unwrap()).unwrap();
+    // Delta 3's run table is corrupt, its footer intact and linked: taken at T0 + 300 s.
+    flip_byte(b.delta(3), 3);
     let out = b.path("before-it.snap");
     let d = restore(&b, &out, &["--at", &format!("@{}", T0 + 250)]);
     assert_eq!(d.code, 0, "the point is before the bad delta: {}", d.stderr);
     assert_image(&out, &b.points[2]);
     let out = b.path("after-it.snap");
     let d = restore(&b, &out, &["--at", &format!("@{}", T0 + 350)]);
+    assert_eq!(d.code, 65, "{}", d.stderr);
+    assert!(d.stderr.contains("run table is corrupt"), "{}", d.stderr);
+    assert!(!out.exists());
+
+    // A foreign delta 3 (another chain's, also "taken" at T0 + 300 s): its footer says
+    // nothing about this chain, so even T0 + 250 s may be in the lost part.
+    let b = exit_chain(3);
+    let other = queue_chain(3);
+    std::fs::write(b.delta(3), std::fs::read(other.delta(3)).unwrap()).unwrap();
+    let out = b.path("foreign.snap");
+    let d = restore(&b, &out, &["--at", &format!("@{}", T0 + 250)]);
     assert_eq!(d.code, 65, "{}", d.stderr);
     assert!(d.stderr.contains("belongs to another base"), "{}", d.stderr);
     assert!(!out.exists());

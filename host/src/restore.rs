@@ -105,22 +105,19 @@ pub struct Chain {
 /// The chains to restore from, newest first. Today: the state file and its kept generations
 /// (`FILE`, `FILE.1`, …); a replica source (`--from URL`) is another arm here.
 fn source(args: &RestoreArgs) -> Result<Vec<Chain>, Failure> {
-    let chains = generations(&args.state).map_err(|e| {
-        Failure::new(
-            Code::NoInput,
-            format!(
-                "cannot list the generations of {}: {e}",
-                args.state.display()
-            ),
-        )
-    })?;
-    if chains.first().map(|c| &c.base) != Some(&args.state) {
+    let state = &args.state;
+    if let Err(e) = state.symlink_metadata() {
         return Err(Failure::new(
-            Code::NoInput,
-            format!("{}: no such state file", args.state.display()),
+            crate::exit::io_code(&e),
+            format!("cannot read the state file {}: {e}", state.display()),
         ));
     }
-    Ok(chains)
+    generations(state).map_err(|e| {
+        Failure::new(
+            crate::exit::io_code(&e),
+            format!("cannot list the generations of {}: {e}", state.display()),
+        )
+    })
 }
 
 /// The state file `target` and its kept generations (`target.1`, `target.2`, …, by index),

@@ -470,12 +470,16 @@ fn add_queue<'f>(
 
 /// The chain of a base: its deltas as far as they are sound and linked (data CRCs checked),
 /// why it stops there, and the older kept generations' chains, briefly.
+///
+/// No key in here is also a key of the rest of the report (`file`, `sound`, `generation`,
+/// `unix_time_ns`, `next_seq`, …): scripts that grep the report's text for the last
+/// `"generation"` (as `tests/final_snapshot.rs` does) still find the footer's.
 #[derive(Debug, Serialize)]
 struct ChainReport {
     /// The chain directory (`FILE.d`).
     dir: String,
     /// No bad delta: every delta of this base present is sound and linked.
-    sound: bool,
+    intact: bool,
     /// The base image's `next_seq` hint (queue images; else 0).
     base_next_seq: u64,
     deltas: Vec<DeltaReport>,
@@ -490,10 +494,11 @@ struct ChainReport {
 #[derive(Debug, Serialize)]
 struct DeltaReport {
     index: u64,
-    file: String,
+    path: String,
     next_seq_before: u64,
-    next_seq: u64,
-    unix_time_ns: u64,
+    /// The image's `next_seq` after this delta.
+    next_seq_after: u64,
+    taken_unix_ns: u64,
     /// The delta file's length.
     bytes: u64,
     /// Bytes of page data it carries.
@@ -505,7 +510,7 @@ struct DeltaReport {
 #[derive(Debug, Serialize)]
 struct StopReport {
     /// The file (for a missing delta, the name it should have).
-    file: Option<String>,
+    path: Option<String>,
     /// `torn`, `corrupt`, `unlinked`, `missing`, `newer-version` or `unreadable`.
     kind: &'static str,
     reason: String,
@@ -513,13 +518,14 @@ struct StopReport {
 
 #[derive(Debug, Serialize)]
 struct OlderReport {
-    file: String,
-    /// `None`: the base's footer is unusable (`problem` says why).
-    generation: Option<u64>,
-    unix_time_ns: Option<u64>,
+    path: String,
+    /// `None`: the base's footer is unusable (`summary` says why). Not named `generation`:
+    /// scripts that grep the last `"generation"` of the report must still find the footer's.
+    base_generation: Option<u64>,
+    base_taken_unix_ns: Option<u64>,
     deltas: u64,
     /// The newest point: its time and `next_seq`.
-    newest_unix_time_ns: Option<u64>,
+    newest_taken_unix_ns: Option<u64>,
     newest_next_seq: Option<u64>,
     /// One line: the chain's range, or why it cannot be read.
     summary: String,
@@ -540,7 +546,7 @@ fn chain_report(path: &Path) -> Option<ChainReport> {
     };
     Some(ChainReport {
         dir: dir.display().to_string(),
-        sound: listing.stop.is_none(),
+        intact: listing.stop.is_none(),
         base_next_seq: listing.base_next_seq,
         deltas: listing.deltas.iter().map(delta_report).collect(),
         stop: listing.stop.as_ref().map(stop_report),
@@ -557,10 +563,10 @@ fn delta_report(d: &DeltaEntry) -> DeltaReport {
     let f = &d.footer;
     DeltaReport {
         index: f.index,
-        file: d.path.display().to_string(),
+        path: d.path.display().to_string(),
         next_seq_before: f.next_seq_before,
-        next_seq: f.next_seq,
-        unix_time_ns: f.unix_time_ns,
+        next_seq_after: f.next_seq,
+        taken_unix_ns: f.unix_time_ns,
         bytes: f.file_len(),
         data_bytes: f.data_len,
         pages: d.pages(),
@@ -580,7 +586,7 @@ fn stop_report(e: &ChainError) -> StopReport {
         _ => "corrupt",
     };
     StopReport {
-        file: e.path().map(|p| p.display().to_string()),
+        path: e.path().map(|p| p.display().to_string()),
         kind,
         reason: e.to_string(),
     }
@@ -597,11 +603,11 @@ fn older_reports(target: &Path) -> Vec<OlderReport> {
             Ok(l) => {
                 let newest = l.deltas.last().map(|d| &d.footer);
                 OlderReport {
-                    file: c.base.display().to_string(),
-                    generation: Some(l.base.meta.generation),
-                    unix_time_ns: Some(l.base.meta.unix_time_ns),
+                    path: c.base.display().to_string(),
+                    base_generation: Some(l.base.meta.generation),
+                    base_taken_unix_ns: Some(l.base.meta.unix_time_ns),
                     deltas: l.deltas.len() as u64,
-                    newest_unix_time_ns: Some(
+                    newest_taken_unix_ns: Some(
                         newest.map_or(l.base.meta.unix_time_ns, |f| f.unix_time_ns),
                     ),
                     newest_next_seq: Some(newest.map_or(l.base_next_seq, |f| f.next_seq)),
@@ -610,11 +616,11 @@ fn older_reports(target: &Path) -> Vec<OlderReport> {
                 }
             }
             Err(e) => OlderReport {
-                file: c.base.display().to_string(),
-                generation: None,
-                unix_time_ns: None,
+                path: c.base.display().to_string(),
+                base_generation: None,
+                base_taken_unix_ns: None,
                 deltas: 0,
-                newest_unix_time_ns: None,
+                newest_taken_unix_ns: None,
                 newest_next_seq: None,
                 summary: format!("{}: unusable ({e})", c.base.display()),
                 stop: None,
@@ -643,16 +649,16 @@ fn print_chain(out: &mut impl Write, c: &ChainReport) -> io::Result<()> {
         )?;
     }
     for d in &c.deltas {
-        let seqs = format!("{}..{}", d.next_seq_before, d.next_seq);
+        let seqs = format!("{}..{}", d.next_seq_before, d.next_seq_after);
         writeln!(
             out,
             "  {:>8} {seqs:>21}  {:<30} {:>12} {:>8} {:>6}  {}",
             d.index,
-            rfc3339(d.unix_time_ns),
+            rfc3339(d.taken_unix_ns),
             d.bytes,
             d.pages,
             d.runs,
-            d.file
+            d.path
         )?;
     }
     if let Some(s) = &c.stop {
@@ -780,7 +786,7 @@ pub fn inspect(path: &Path, json: bool) -> Result<ExitCode, Failure> {
     written
         .and_then(|()| out.flush())
         .map_err(|e| Failure::new(io_code(&e), format!("cannot write the report: {e}")))?;
-    Ok(if r.sound && r.chain.as_ref().is_none_or(|c| c.sound) {
+    Ok(if r.sound && r.chain.as_ref().is_none_or(|c| c.intact) {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(Code::DataErr as u8)
@@ -844,7 +850,7 @@ fn print_text(out: &mut impl Write, r: &Report<'_>) -> io::Result<()> {
     let mut broken = String::new();
     if let Some(c) = &r.chain {
         print_chain(out, c)?;
-        if !c.sound {
+        if !c.intact {
             broken = format!(
                 " (the base); the chain is broken after delta {}",
                 c.deltas.len()

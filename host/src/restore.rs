@@ -201,7 +201,14 @@ fn pick(chains: &[Chain], at: At) -> Result<(&Chain, usize), Failure> {
         let listing = match ChainListing::load(&c.base, &c.dir) {
             Ok(l) => l,
             Err(e) if i == 0 && at == At::Latest => {
-                return Err(Failure::new(chain_code(&e), e.to_string()))
+                let older = match chains.get(1) {
+                    Some(c) => format!(
+                        "; {} is older: restore it with --at TIME (see inspect)",
+                        c.base.display()
+                    ),
+                    None => String::new(),
+                };
+                return Err(Failure::new(chain_code(&e), format!("{e}{older}")));
             }
             Err(e) => {
                 ranges.push(format!("{}: unusable ({e})", c.base.display()));

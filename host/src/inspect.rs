@@ -8,6 +8,13 @@
 //! fewer than `E` consecutive seqs, so seq order is slot order rotated to the oldest entry;
 //! only a file whose entries span more (valid descriptors, but not a ring a writer leaves)
 //! makes inspect sort `(seq, slot)` pairs, 16 bytes per entry.
+//!
+//! Chains: both read the base's chain in `FILE.d` (for a kept generation `FILE.N`, `FILE`'s
+//! chain directory) with `ChainListing::load` (footers and run tables) and `check_data` (each
+//! delta's data once, streamed, for its CRC). `verify` fails (65) on the first bad delta,
+//! naming it and what a restore would use; `inspect` lists the sound deltas, the stop and the
+//! ignored files, and the older kept generations' chains briefly (footers only), in the text
+//! and as the JSON `chain` field.
 
 use std::cell::Cell;
 use std::fs::File;

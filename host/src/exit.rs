@@ -45,7 +45,8 @@ Exit status:
   71   operating-system error (memfd, mmap, fork)
   73   the state directory is missing or not writable
   74   I/O error; for `run`: a requested stop whose final snapshot failed
-  75   another shmsnap host is running on the same state file (FILE.lock is held)
+  75   another shmsnap host is running on the same state file (FILE.lock is held); for
+       `restore`: that host changed the state while it was read (run it again)
   78   --size too small for the snapshot, or the region too small for the layout
   127  the client command was not found";
 

@@ -21,7 +21,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use rustix::fs::{AtFlags, Mode, OFlags, RenameFlags};
 use rustix::io::{retry_on_intr, Errno};
 use shmsnap_core::Strategy;
-use shmsnap_linux::chain::{self, At, ChainErrorKind, ChainListing};
+use shmsnap_linux::chain::{self, At, ChainErrorKind, ChainListing, RestoreReport};
+use shmsnap_linux::snapshot::SnapshotInfo;
 
 use crate::cli::RestoreArgs;
 use crate::exit::{chain_code, Code, Failure};
@@ -37,11 +38,13 @@ pub fn restore(args: &RestoreArgs) -> Result<ExitCode, Failure> {
     let at = point(args);
     let out = Out::check(&args.to, &args.state, args.force)?;
     let chains = source(args)?;
-    let (chain, k) = pick(&chains, at)?;
+    let picked = pick(&chains, at)?;
+    let (chain, k) = (picked.chain, picked.deltas);
     let (info, report) = out.write(|file| {
         let (info, report) =
             chain::materialize(&chain.base, &chain.dir, At::Deltas(k as u64), file)
                 .map_err(|e| Failure::new(chain_code(&e), e.to_string()))?;
+        picked.check_same(&report)?;
         let applied = report.listing.deltas.len();
         if applied < k && at != At::Latest {
             // A delta's data failed its CRC while copying: the point asked for is past it.
@@ -187,6 +190,39 @@ fn parent_of(path: &Path) -> &Path {
     }
 }
 
+/// The point [`pick`] chose.
+struct Picked<'c> {
+    chain: &'c Chain,
+    /// How many deltas of the chain the point applies.
+    deltas: usize,
+    /// The base as listed: its generation and image CRC identify it.
+    base: SnapshotInfo,
+    /// The point's time as listed.
+    unix_time_ns: u64,
+}
+
+impl Picked<'_> {
+    /// Refuses a restore that read another chain than the one picked: a running host rotated
+    /// the generations (renamed `FILE` to `FILE.1`) between the listing and the copy.
+    fn check_same(&self, report: &RestoreReport) -> Result<(), Failure> {
+        let base = &report.listing.base;
+        let same_base = (base.meta.generation, base.image_crc)
+            == (self.base.meta.generation, self.base.image_crc);
+        let full = report.listing.deltas.len() == self.deltas;
+        if same_base && (!full || report.unix_time_ns == self.unix_time_ns) {
+            return Ok(());
+        }
+        Err(Failure::new(
+            Code::TempFail,
+            format!(
+                "{} changed while it was read (a running host rotated its generations); \
+                 nothing written: run the restore again",
+                self.chain.base.display()
+            ),
+        ))
+    }
+}
+
 /// The chain holding the point `at`, and how many of its deltas the point applies: the first
 /// chain (newest first) whose base is at or before the point.
 ///
@@ -195,7 +231,7 @@ fn parent_of(path: &Path) -> &Path {
 /// 65 if the newest base is unusable (for the newest point), or the point lies past a bad
 /// delta of its chain; 64 for `--seq` on a chain that is not a queue's; 66 if every base is
 /// newer than the point (the message lists each chain's range).
-fn pick(chains: &[Chain], at: At) -> Result<(&Chain, usize), Failure> {
+fn pick(chains: &[Chain], at: At) -> Result<Picked<'_>, Failure> {
     let mut ranges = Vec::new();
     for (i, c) in chains.iter().enumerate() {
         let listing = match ChainListing::load(&c.base, &c.dir) {
@@ -228,7 +264,18 @@ fn pick(chains: &[Chain], at: At) -> Result<(&Chain, usize), Failure> {
         match listing.select(at) {
             Ok(k) => {
                 check_not_past_stop(&listing, at, k)?;
-                return Ok((c, k));
+                let unix_time_ns = listing
+                    .deltas
+                    .iter()
+                    .take(k)
+                    .last()
+                    .map_or(listing.base.meta.unix_time_ns, |d| d.footer.unix_time_ns);
+                return Ok(Picked {
+                    chain: c,
+                    deltas: k,
+                    base: listing.base,
+                    unix_time_ns,
+                });
             }
             Err(e) if matches!(e.kind(), ChainErrorKind::NotInChain { .. }) => {
                 ranges.push(describe(&listing));
@@ -608,6 +655,8 @@ impl Drop for Temp<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use shmsnap_linux::persist::Persister;
+    use shmsnap_linux::snapshot;
 
     #[test]
     fn times_parse_as_rfc3339_or_unix_seconds() {
@@ -635,6 +684,43 @@ mod tests {
             assert!(e.contains("RFC 3339"), "{bad}: {e}");
         }
         assert_eq!(rfc3339(ns), "2026-11-26T23:00:00Z");
+    }
+
+    /// A state file whose base (generation `generation`) holds `fill` bytes, persisted.
+    fn persist_base(persister: &Persister, generation: u64, fill: u8) {
+        let region = shmsnap_linux::Memfd::create("base", 8192).unwrap();
+        rustix::io::pwrite(&region, &[fill; 100], 0).unwrap();
+        let meta = snapshot::SnapshotMeta {
+            strategy: Strategy::Exit.code(),
+            generation,
+            unix_time_ns: generation * 1_000_000_000,
+        };
+        persister
+            .persist_with(|f| snapshot::write_snapshot(&region, f, 8192, meta))
+            .unwrap();
+    }
+
+    #[test]
+    fn a_generation_rotated_between_listing_and_copy_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("s.snap");
+        let persister = Persister::new(&state, 1).unwrap();
+        persist_base(&persister, 1, 0xaa);
+        let chains = generations(&state).unwrap();
+        let picked = pick(&chains, At::Latest).unwrap();
+        let copy = |picked: &Picked<'_>| {
+            let out = tempfile::tempfile().unwrap();
+            let (_, report) =
+                chain::materialize(&picked.chain.base, &picked.chain.dir, At::Latest, &out)
+                    .unwrap();
+            picked.check_same(&report)
+        };
+        assert!(copy(&picked).is_ok(), "nothing changed");
+        // A host persists generation 2: s.snap is now another base.
+        persist_base(&persister, 2, 0xbb);
+        let e = copy(&picked).unwrap_err();
+        assert_eq!(e.code, Code::TempFail, "{e}");
+        assert!(e.message.contains("run the restore again"), "{e}");
     }
 
     #[test]

@@ -147,7 +147,8 @@ Output:
   OUT is written atomically and durably (temp file in OUT's directory, fdatasync, rename,
   directory fsync). An existing OUT is kept unless --force (exit 73); OUT naming FILE, a
   kept generation, FILE.lock or FILE.d is refused (exit 64). A point older than every kept
-  base exits 66, listing what exists; a corrupt base or a point past a bad delta exits 65.
+  base exits 66, listing what exists; a corrupt base or a point past a bad delta exits 65;
+  a running host that rotated the generations while they were read exits 75 (run again).
 
 Examples:
   shmsnap restore --state /var/lib/app/state.snap --to /tmp/now.snap

@@ -264,11 +264,9 @@ fn pick(chains: &[Chain], at: At) -> Result<Picked<'_>, Failure> {
         match listing.select(at) {
             Ok(k) => {
                 check_not_past_stop(&listing, at, k)?;
-                let unix_time_ns = listing
-                    .deltas
-                    .iter()
-                    .take(k)
-                    .last()
+                let unix_time_ns = k
+                    .checked_sub(1)
+                    .and_then(|j| listing.deltas.get(j))
                     .map_or(listing.base.meta.unix_time_ns, |d| d.footer.unix_time_ns);
                 return Ok(Picked {
                     chain: c,

@@ -35,10 +35,16 @@ pub enum Command {
     /// Run a client under supervision, with its state restored and snapshotted.
     #[command(after_help = RUN_HELP)]
     Run(RunArgs),
-    /// Describe a snapshot file: layout, entries, footer, age, checksum.
+    /// Describe a snapshot file: layout, entries, footer, age, checksum, and its chain.
+    #[command(after_help = CHAIN_HELP)]
     Inspect(InspectArgs),
-    /// Check a snapshot file; exit 0 if and only if it is sound.
+    /// Check a snapshot file and its chain; exit 0 if and only if all of it is sound.
+    #[command(after_help = CHAIN_HELP)]
     Verify(VerifyArgs),
+    /// Write one point of a state's chain (the newest, or one in the past) as a standalone
+    /// snapshot file.
+    #[command(after_help = RESTORE_HELP)]
+    Restore(RestoreArgs),
     /// Show what shmsnap does: run the bundled primes client, SIGKILL it a few times, and
     /// check after every restart that its primes survived and are correct.
     Demo(DemoArgs),
@@ -107,6 +113,47 @@ Examples:
   shmsnap run --state /var/lib/app/state.snap --size 64M -- ./app --flag
   shmsnap run --state primes.snap --strategy queue --interval 200ms -- shmsnap example primes
   shmsnap run --state life.snap --strategy triple --interval 200ms -- shmsnap example life";
+
+/// Snapshot chains, for `inspect`, `verify` and `restore`.
+const CHAIN_HELP: &str = "\
+Snapshot chains:
+  With incremental snapshots a state file FILE is a base, and FILE.d/ holds deltas: each
+  carries only the pages written since the point before it and is chained to it by CRC. The
+  state is the base plus its deltas up to the first one that is missing, torn, corrupt or
+  does not link; that one and every later one are never applied.
+  A kept generation FILE.1 (FILE.2, ...) has its own deltas in FILE.d/ too (listed by
+  inspect). Everything is read only: nothing of FILE's is modified.";
+
+const RESTORE_HELP: &str = "\
+Snapshot chains:
+  With incremental snapshots a state file FILE is a base, and FILE.d/ holds deltas: each
+  carries only the pages written since the point before it and is chained to it by CRC.
+  Every base and delta is a point; restore writes one point as a standalone snapshot file
+  that `shmsnap verify` accepts and `shmsnap run --state OUT` restores.
+
+Which point:
+  (default)     the newest sound point of FILE's chain (a torn or corrupt delta and every
+                later one are left out, with a warning)
+  --at TIME     the newest point taken at or before TIME, in FILE's chain or, if FILE's base
+                is newer, in the chain of the newest kept generation (FILE.1, ...) that has
+                one. TIME is RFC 3339 (2026-11-25T21:00:00Z, 2026-11-25T22:00:00+01:00; no
+                zone = UTC) or @UNIX_SECONDS (@1795734000)
+  --seq N       queue strategy: the newest point holding no entry with a seq above N, i.e.
+                whose next_seq is at most N+1: the state right after commit N if a point
+                was taken then, else the newest one before it (searched like --at)
+  A point past a bad delta (its time or seq unknown) is refused, not guessed.
+
+Output:
+  OUT is written atomically and durably (temp file in OUT's directory, fdatasync, rename,
+  directory fsync). An existing OUT is kept unless --force (exit 73); OUT naming FILE, a
+  kept generation, FILE.lock or FILE.d is refused (exit 64). A point older than every kept
+  base exits 66, listing what exists; a corrupt base or a point past a bad delta exits 65;
+  a running host that rotated the generations while they were read exits 75 (run again).
+
+Examples:
+  shmsnap restore --state /var/lib/app/state.snap --to /tmp/now.snap
+  shmsnap restore --state state.snap --to before.snap --at 2026-11-25T21:00:00Z
+  shmsnap restore --state state.snap --to at-seq.snap --seq 41500";
 
 /// How the region is coordinated and snapshotted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -204,7 +251,7 @@ pub struct ManArgs {
 /// `shmsnap inspect`.
 #[derive(Debug, Args)]
 pub struct InspectArgs {
-    /// The snapshot file.
+    /// The snapshot file (a state file, or a kept generation FILE.N).
     pub file: PathBuf,
     /// Print JSON instead of text.
     #[arg(long)]
@@ -214,8 +261,28 @@ pub struct InspectArgs {
 /// `shmsnap verify`.
 #[derive(Debug, Args)]
 pub struct VerifyArgs {
-    /// The snapshot file.
+    /// The snapshot file (a state file, or a kept generation FILE.N).
     pub file: PathBuf,
+}
+
+/// `shmsnap restore`.
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    /// The state file whose chain to restore from (as given to `run --state`); read only.
+    #[arg(long, value_name = "FILE")]
+    pub state: PathBuf,
+    /// The snapshot file to write.
+    #[arg(long, value_name = "OUT")]
+    pub to: PathBuf,
+    /// The newest point taken at or before TIME (RFC 3339 or @UNIX_SECONDS); see below.
+    #[arg(long, value_name = "TIME", value_parser = crate::restore::parse_time, conflicts_with = "seq")]
+    pub at: Option<u64>,
+    /// The newest point whose next_seq is at most N+1 (no entry past seq N); see below.
+    #[arg(long, value_name = "N")]
+    pub seq: Option<u64>,
+    /// Replace OUT if it exists.
+    #[arg(long)]
+    pub force: bool,
 }
 
 /// `shmsnap demo`.

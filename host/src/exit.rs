@@ -45,7 +45,8 @@ Exit status:
   71   operating-system error (memfd, mmap, fork)
   73   the state directory is missing or not writable
   74   I/O error; for `run`: a requested stop whose final snapshot failed
-  75   another shmsnap host is running on the same state file (FILE.lock is held)
+  75   another shmsnap host is running on the same state file (FILE.lock is held); for
+       `restore`: that host changed the state while it was read (run it again)
   78   --size too small for the snapshot, or the region too small for the layout
   127  the client command was not found";
 
@@ -122,6 +123,19 @@ pub fn snapshot_code(e: &shmsnap_linux::snapshot::SnapshotError) -> Code {
     match e.kind() {
         K::Io(source) => io_code(source),
         K::NotRegularFile { .. } => Code::NoInput,
+        K::RegionTooSmall { .. } => Code::Config,
+        _ => Code::DataErr,
+    }
+}
+
+/// The exit code for a chain error: the base's as [`snapshot_code`], I/O as [`io_code`],
+/// [`Code::NoInput`] for a point older than the chain, [`Code::DataErr`] for a bad delta.
+pub fn chain_code(e: &shmsnap_linux::chain::ChainError) -> Code {
+    use shmsnap_linux::chain::ChainErrorKind as K;
+    match e.kind() {
+        K::Base(e) => snapshot_code(e),
+        K::Io(source) => io_code(source),
+        K::NotInChain { .. } => Code::NoInput,
         K::RegionTooSmall { .. } => Code::Config,
         _ => Code::DataErr,
     }

@@ -105,3 +105,63 @@ fn write_stdout(bytes: &[u8]) -> Result<ExitCode, Failure> {
         )),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The page of subcommand `name`, rendered.
+    fn page(name: &str) -> String {
+        let sub = command()
+            .get_subcommands()
+            .find(|s| s.get_name() == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("no subcommand {name}"));
+        let mut out = Vec::new();
+        page_of(sub).render(&mut out).unwrap();
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn restore_inspect_and_verify_pages_explain_chains() {
+        let restore = page("restore");
+        assert!(restore.contains(".TH shmsnap-restore 1"), "{restore}");
+        for word in [
+            "\\-\\-state",
+            "\\-\\-to",
+            "\\-\\-at",
+            "\\-\\-seq",
+            "\\-\\-force",
+            "Snapshot chains",
+            "RFC 3339",
+            "@UNIX_SECONDS",
+            "next_seq is at most N+1",
+        ] {
+            assert!(restore.contains(word), "shmsnap-restore(1) lacks {word}");
+        }
+        for name in ["inspect", "verify"] {
+            assert!(page(name).contains("Snapshot chains"), "{name}");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        write_pages(&command(), dir.path()).unwrap();
+        assert!(dir.path().join("shmsnap-restore.1").is_file());
+    }
+
+    #[test]
+    fn completions_offer_restore_and_its_options() {
+        for shell in [Shell::Bash, Shell::Zsh, Shell::Fish] {
+            let mut cmd = Cli::command();
+            let mut out = Vec::new();
+            clap_complete::generate(shell, &mut cmd, "shmsnap", &mut out);
+            let script = String::from_utf8(out).unwrap();
+            assert!(script.contains("restore"), "{shell}");
+            for long in ["seq", "at", "force", "to"] {
+                let word = match shell {
+                    Shell::Fish => format!("-l {long}"),
+                    _ => format!("--{long}"),
+                };
+                assert!(script.contains(&word), "{shell} completions lack {word}");
+            }
+        }
+    }
+}

@@ -8,6 +8,13 @@
 //! fewer than `E` consecutive seqs, so seq order is slot order rotated to the oldest entry;
 //! only a file whose entries span more (valid descriptors, but not a ring a writer leaves)
 //! makes inspect sort `(seq, slot)` pairs, 16 bytes per entry.
+//!
+//! Chains: both read the base's chain in `FILE.d` (for a kept generation `FILE.N`, `FILE`'s
+//! chain directory) with `ChainListing::load` (footers and run tables) and `check_data` (each
+//! delta's data once, streamed, for its CRC). `verify` fails (65) on the first bad delta,
+//! naming it and what a restore would use; `inspect` lists the sound deltas, the stop and the
+//! ignored files, and the older kept generations' chains briefly (footers only), in the text
+//! and as the JSON `chain` field.
 
 use std::cell::Cell;
 use std::fs::File;
@@ -21,10 +28,12 @@ use serde::ser::{Error as _, SerializeSeq};
 use serde::{Serialize, Serializer};
 use shmsnap_core::format::{self, desc, Strategy};
 use shmsnap_core::{Descriptor, Hints, Layout, LayoutError, DESCRIPTOR_BYTES, PAGE_SIZE};
+use shmsnap_linux::chain::{self, ChainError, ChainErrorKind, ChainListing, DeltaEntry};
 use shmsnap_linux::snapshot::{self, ImageSummary, SnapshotError, SnapshotInfo, FOOTER_LEN};
 
-use crate::exit::{io_code, snapshot_code, Code, Failure};
+use crate::exit::{chain_code, io_code, snapshot_code, Code, Failure};
 use crate::progress;
+use crate::restore::{chain_target, describe, generations, rfc3339};
 
 /// Bytes of each payload shown.
 const PREVIEW: usize = 16;
@@ -42,6 +51,8 @@ struct Report<'f> {
     entries: Entries<'f>,
     #[serde(skip_serializing_if = "Option::is_none")]
     triple: Option<TripleReport>,
+    /// The chain this file is the base of (`None`: its footer is unreadable).
+    chain: Option<ChainReport>,
 }
 
 /// The persisted buffer of a sound triple image.
@@ -384,6 +395,7 @@ fn build<'f>(path: &Path, file: &'f File) -> Result<Report<'f>, Failure> {
         layout: None,
         entries: Entries::none(),
         triple: None,
+        chain: chain_report(path),
     };
     if let Ok(info) = &verified {
         report.triple = triple_report(file, info);
@@ -463,6 +475,218 @@ fn add_queue<'f>(
     p.map(|p| (Code::DataErr, format!("{}: {p}", path.display())))
 }
 
+/// The chain of a base: its deltas as far as they are sound and linked (data CRCs checked),
+/// why it stops there, and the older kept generations' chains, briefly.
+///
+/// No key in here is also a key of the rest of the report (`file`, `sound`, `generation`,
+/// `unix_time_ns`, `next_seq`, …): scripts that grep the report's text for the last
+/// `"generation"` (as `tests/final_snapshot.rs` does) still find the footer's.
+#[derive(Debug, Serialize)]
+struct ChainReport {
+    /// The chain directory (`FILE.d`).
+    dir: String,
+    /// No bad delta: every delta of this base present is sound and linked.
+    intact: bool,
+    /// The base image's `next_seq` hint (queue images; else 0).
+    base_next_seq: u64,
+    deltas: Vec<DeltaReport>,
+    /// The first bad delta, if any: what a restore stops before.
+    stop: Option<StopReport>,
+    /// Deltas after the stop: never applied.
+    ignored: Vec<String>,
+    /// Older kept generations (`FILE.1`, …) and their chains, when FILE is the state file.
+    older: Vec<OlderReport>,
+}
+
+#[derive(Debug, Serialize)]
+struct DeltaReport {
+    index: u64,
+    path: String,
+    next_seq_before: u64,
+    /// The image's `next_seq` after this delta.
+    next_seq_after: u64,
+    taken_unix_ns: u64,
+    /// The delta file's length.
+    bytes: u64,
+    /// Bytes of page data it carries.
+    data_bytes: u64,
+    pages: u64,
+    runs: u64,
+}
+
+#[derive(Debug, Serialize)]
+struct StopReport {
+    /// The file (for a missing delta, the name it should have).
+    path: Option<String>,
+    /// `torn`, `corrupt`, `unlinked`, `missing`, `newer-version` or `unreadable`.
+    kind: &'static str,
+    reason: String,
+}
+
+#[derive(Debug, Serialize)]
+struct OlderReport {
+    path: String,
+    /// `None`: the base's footer is unusable (`summary` says why). Not named `generation`:
+    /// scripts that grep the last `"generation"` of the report must still find the footer's.
+    base_generation: Option<u64>,
+    base_taken_unix_ns: Option<u64>,
+    deltas: u64,
+    /// The newest point: its time and `next_seq`.
+    newest_taken_unix_ns: Option<u64>,
+    newest_next_seq: Option<u64>,
+    /// One line: the chain's range, or why it cannot be read.
+    summary: String,
+    stop: Option<StopReport>,
+}
+
+/// The chain of `path` (None if its footer is unreadable). Streams: footers and run tables,
+/// then each delta's data once for its CRC.
+fn chain_report(path: &Path) -> Option<ChainReport> {
+    let target = chain_target(path);
+    let dir = chain::chain_dir(&target);
+    let mut listing = ChainListing::load(path, &dir).ok()?;
+    listing.check_data();
+    let older = if target == path {
+        older_reports(&target)
+    } else {
+        Vec::new()
+    };
+    Some(ChainReport {
+        dir: dir.display().to_string(),
+        intact: listing.stop.is_none(),
+        base_next_seq: listing.base_next_seq,
+        deltas: listing.deltas.iter().map(delta_report).collect(),
+        stop: listing.stop.as_ref().map(stop_report),
+        ignored: listing
+            .ignored
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect(),
+        older,
+    })
+}
+
+fn delta_report(d: &DeltaEntry) -> DeltaReport {
+    let f = &d.footer;
+    DeltaReport {
+        index: f.index,
+        path: d.path.display().to_string(),
+        next_seq_before: f.next_seq_before,
+        next_seq_after: f.next_seq,
+        taken_unix_ns: f.unix_time_ns,
+        bytes: f.file_len(),
+        data_bytes: f.data_len,
+        pages: d.pages(),
+        runs: d.runs.len() as u64,
+    }
+}
+
+fn stop_report(e: &ChainError) -> StopReport {
+    let kind = match e.kind() {
+        ChainErrorKind::Truncated { .. } | ChainErrorKind::BadMagic => "torn",
+        ChainErrorKind::WrongBase { .. }
+        | ChainErrorKind::WrongParent { .. }
+        | ChainErrorKind::NameMismatch { .. } => "unlinked",
+        ChainErrorKind::Missing { .. } => "missing",
+        ChainErrorKind::FutureVersion { .. } => "newer-version",
+        ChainErrorKind::Io(_) => "unreadable",
+        _ => "corrupt",
+    };
+    StopReport {
+        path: e.path().map(|p| p.display().to_string()),
+        kind,
+        reason: e.to_string(),
+    }
+}
+
+/// The kept generations `FILE.1`, … of `target`: footers and links only (no data CRCs).
+fn older_reports(target: &Path) -> Vec<OlderReport> {
+    let Ok(chains) = generations(target) else {
+        return Vec::new();
+    };
+    let older = chains.into_iter().filter(|c| c.base != target);
+    older
+        .map(|c| match ChainListing::load(&c.base, &c.dir) {
+            Ok(l) => {
+                let newest = l.deltas.last().map(|d| &d.footer);
+                OlderReport {
+                    path: c.base.display().to_string(),
+                    base_generation: Some(l.base.meta.generation),
+                    base_taken_unix_ns: Some(l.base.meta.unix_time_ns),
+                    deltas: l.deltas.len() as u64,
+                    newest_taken_unix_ns: Some(
+                        newest.map_or(l.base.meta.unix_time_ns, |f| f.unix_time_ns),
+                    ),
+                    newest_next_seq: Some(newest.map_or(l.base_next_seq, |f| f.next_seq)),
+                    summary: describe(&l),
+                    stop: l.stop.as_ref().map(stop_report),
+                }
+            }
+            Err(e) => OlderReport {
+                path: c.base.display().to_string(),
+                base_generation: None,
+                base_taken_unix_ns: None,
+                deltas: 0,
+                newest_taken_unix_ns: None,
+                newest_next_seq: None,
+                summary: format!("{}: unusable ({e})", c.base.display()),
+                stop: None,
+            },
+        })
+        .collect()
+}
+
+fn print_chain(out: &mut impl Write, c: &ChainReport) -> io::Result<()> {
+    if c.deltas.is_empty() && c.stop.is_none() {
+        writeln!(out, "chain:     no deltas")?;
+    } else {
+        writeln!(
+            out,
+            "chain:     {} sound delta(s) in {}, base next_seq {}",
+            c.deltas.len(),
+            c.dir,
+            c.base_next_seq
+        )?;
+    }
+    if !c.deltas.is_empty() {
+        writeln!(
+            out,
+            "  {:>8} {:>21}  {:<30} {:>12} {:>8} {:>6}  file",
+            "position", "seqs", "taken", "bytes", "pages", "runs"
+        )?;
+    }
+    for d in &c.deltas {
+        let seqs = format!("{}..{}", d.next_seq_before, d.next_seq_after);
+        writeln!(
+            out,
+            "  {:>8} {seqs:>21}  {:<30} {:>12} {:>8} {:>6}  {}",
+            d.index,
+            rfc3339(d.taken_unix_ns),
+            d.bytes,
+            d.pages,
+            d.runs,
+            d.path
+        )?;
+    }
+    if let Some(s) = &c.stop {
+        writeln!(out, "stop:      {} ({})", s.reason, s.kind)?;
+        writeln!(
+            out,
+            "           {} file(s) from there on ignored; a restore uses the base and deltas \
+             1..={}",
+            c.ignored.len(),
+            c.deltas.len()
+        )?;
+    }
+    for o in &c.older {
+        writeln!(out, "older:     {}", o.summary)?;
+        if let Some(s) = &o.stop {
+            writeln!(out, "           stops: {} ({})", s.reason, s.kind)?;
+        }
+    }
+    Ok(())
+}
+
 /// `shmsnap verify FILE`.
 ///
 /// # Errors
@@ -493,14 +717,54 @@ pub fn verify(path: &Path) -> Result<ExitCode, Failure> {
         ),
         _ => String::new(),
     };
+    let chain = verify_deltas(path)?;
     println!(
-        "{}: sound (generation {}, {} strategy, {} bytes{detail})",
+        "{}: sound (generation {}, {} strategy, {} bytes{detail}{chain})",
         path.display(),
         info.meta.generation,
         strategy_name(info.meta.strategy),
         info.image_len
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// The deltas of the verified base `path`: every one present must be sound and linked.
+/// Returns the text `verify` adds for them (empty for a lone snapshot file).
+///
+/// # Errors
+///
+/// A [`Failure`] (65 for a bad delta) naming the delta, what is wrong with it, and what a
+/// restore would use.
+fn verify_deltas(path: &Path) -> Result<String, Failure> {
+    let dir = chain::chain_dir(&chain_target(path));
+    let mut listing =
+        ChainListing::load(path, &dir).map_err(|e| Failure::new(chain_code(&e), e.to_string()))?;
+    listing.check_data();
+    if let Some(stop) = &listing.stop {
+        return Err(Failure::new(
+            Code::DataErr,
+            format!(
+                "{}: the base is sound, but {stop}. A restore would use the newest sound \
+                 point: {}",
+                path.display(),
+                describe(&listing)
+            ),
+        ));
+    }
+    let Some(newest) = listing.deltas.last() else {
+        return Ok(String::new());
+    };
+    let seq = if is_queue(listing.base.meta.strategy) {
+        format!(", next_seq {}", newest.footer.next_seq)
+    } else {
+        String::new()
+    };
+    Ok(format!(
+        "; chain of {} delta(s) in {}, newest taken {}{seq}",
+        listing.deltas.len(),
+        dir.display(),
+        rfc3339(newest.footer.unix_time_ns)
+    ))
 }
 
 /// `shmsnap inspect FILE [--json]`.
@@ -529,7 +793,7 @@ pub fn inspect(path: &Path, json: bool) -> Result<ExitCode, Failure> {
     written
         .and_then(|()| out.flush())
         .map_err(|e| Failure::new(io_code(&e), format!("cannot write the report: {e}")))?;
-    Ok(if r.sound {
+    Ok(if r.sound && r.chain.as_ref().is_none_or(|c| c.intact) {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(Code::DataErr as u8)
@@ -590,7 +854,17 @@ fn print_text(out: &mut impl Write, r: &Report<'_>) -> io::Result<()> {
             t.buffer, t.buffers, t.buffer_size, t.seq, t.next_seq, t.region_len
         )?;
     }
-    writeln!(out, "verdict:   {}", r.verdict)
+    let mut broken = String::new();
+    if let Some(c) = &r.chain {
+        print_chain(out, c)?;
+        if !c.intact {
+            broken = format!(
+                " (the base); the chain is broken after delta {}",
+                c.deltas.len()
+            );
+        }
+    }
+    writeln!(out, "verdict:   {}{broken}", r.verdict)
 }
 
 #[cfg(test)]

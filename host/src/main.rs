@@ -7,7 +7,8 @@
 //! | [`supervisor`] | `run`: start, watch, restart the client; signals; the event loop |
 //! | [`strategy`] | one file per snapshot strategy, all answering the same questions |
 //! | [`snap`] | restore at start; consistent snapshots while the client runs |
-//! | [`inspect`] | `inspect` and `verify` of snapshot files |
+//! | [`inspect`] | `inspect` and `verify` of snapshot files and their chains |
+//! | [`restore`] | `restore`: one point of a chain as a standalone snapshot file |
 //! | [`notify`] | systemd: fd store, `READY=1`, `STATUS=` |
 //! | [`durable`] | durability feedback: the status area at start and after each snapshot, client requests |
 //! | [`demo`] | `demo`: the primes client under the host, SIGKILLed |
@@ -32,6 +33,7 @@ mod logging;
 mod metrics;
 mod notify;
 mod progress;
+mod restore;
 mod snap;
 mod strategy;
 mod supervisor;
@@ -68,6 +70,7 @@ fn main() -> ExitCode {
         Command::Run(args) => supervisor::run(args),
         Command::Inspect(args) => inspect::inspect(&args.file, args.json),
         Command::Verify(args) => inspect::verify(&args.file),
+        Command::Restore(args) => restore::restore(&args),
         Command::Demo(args) => demo::run(&args),
         Command::Example(args) => match args.which {
             Example::Primes {

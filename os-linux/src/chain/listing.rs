@@ -206,8 +206,10 @@ impl ChainListing {
     }
 
     /// Reads every delta's data and checks its CRC, cutting the chain at the first mismatch
-    /// (or read error).
-    pub(crate) fn check_data(&mut self) {
+    /// (or read error): afterwards `deltas` are sound, and `stop` names the first bad one.
+    /// One streaming read of each delta. (What [`verify_chain`](super::verify_chain) does
+    /// after checking the base; for callers that checked the base their own way.)
+    pub fn check_data(&mut self) {
         for j in 0..self.deltas.len() {
             let d = &self.deltas[j];
             let r = open_delta(&d.path).and_then(|file| {

@@ -12,6 +12,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use rustix::process::Pid;
 use shmsnap_linux::persist::{Persister, StateError};
 use shmsnap_linux::snapshot::{self, SnapshotInfo, SnapshotMeta};
 use shmsnap_linux::{Mapping, Memfd};
@@ -60,8 +61,6 @@ pub enum Point {
         generation: u64,
     },
     /// Delta `index` (1, 2, …) of the base of generation `base_generation`.
-    // Constructed by the queue strategy's incremental snapshots (DESIGN §11).
-    #[allow(dead_code)]
     Delta {
         /// The generation of the base the delta extends.
         base_generation: u64,
@@ -203,12 +202,12 @@ impl Snapshotter {
     }
 
     /// Takes one snapshot according to the strategy. `client_alive` tells whether the client
-    /// may still be writing.
+    /// may still be writing, `client` which process it is (when running).
     ///
     /// # Errors
     ///
     /// I/O errors of the copy or the persist (the previous snapshot stays in place).
-    pub fn take(&mut self, client_alive: bool) -> io::Result<Outcome> {
+    pub fn take(&mut self, client_alive: bool, client: Option<Pid>) -> io::Result<Outcome> {
         if let Some(skip) = self.fit_region(client_alive)? {
             return Ok(skip);
         }
@@ -228,6 +227,7 @@ impl Snapshotter {
             persister: &self.persister,
             meta,
             client_alive,
+            client,
         };
         let outcome = self.strategy.take(cx)?;
         match &outcome {
@@ -290,8 +290,13 @@ impl Snapshotter {
     /// A region the strategy rejects after the client exited is set aside and replaced by
     /// the newest sound snapshot ([`repair`]) before the client restarts.
     /// Returns the result for the metrics.
-    pub fn take_and_log(&mut self, client_alive: bool, why: &str) -> io::Result<Outcome> {
-        let result = self.take(client_alive);
+    pub fn take_and_log(
+        &mut self,
+        client_alive: bool,
+        client: Option<Pid>,
+        why: &str,
+    ) -> io::Result<Outcome> {
+        let result = self.take(client_alive, client);
         self.tally.last = Some(saved(&result));
         let corrupt = !client_alive && matches!(result, Ok(Outcome::Invalid(_)));
         self.log(&result, why);
@@ -741,7 +746,7 @@ mod tests {
             });
             for _ in 0..20 {
                 let before = std::fs::read(&state).ok();
-                let o = snap.take(true).unwrap();
+                let o = snap.take(true, None).unwrap();
                 if matches!(o, Outcome::Starved { .. }) {
                     assert_eq!(
                         std::fs::read(&state).ok(),

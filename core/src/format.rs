@@ -104,6 +104,13 @@ pub mod word {
     pub const STATUS_WAKE: usize = 35;
     /// The host status words (`PERSISTED_SEQ..=STATUS_WAKE`).
     pub const STATUS: Range<usize> = PERSISTED_SEQ..STATUS_WAKE + 1;
+    /// Client-written write-tracking advertisement (4 words: magic/version, address, length,
+    /// generation; `shmsnap_linux::track::Advertisement`): where the client's mapping of the
+    /// region is, so the host can scan the pages it wrote. All zero: the client does not track
+    /// (the host takes full snapshots). Only the client writes these words, after it mapped
+    /// the region; core's init and attach paths never touch them, and the host treats them
+    /// as hostile input (validated against the client's `/proc/PID/maps` before every scan).
+    pub const TRACK: Range<usize> = 40..44;
     /// Client-written snapshot request: the client bumps it (and futex-wakes its low 32 bits)
     /// to ask for a prompt snapshot. On its own cache line pair (bytes 384..512). The host
     /// treats it as hostile: only "changed since I last looked" matters.
@@ -333,5 +340,13 @@ mod tests {
             .clone()
             .all(|w| pair(w) != pair(word::SNAPSHOT_REQUEST)));
         assert!(word::SNAPSHOT_REQUEST * 8 + 8 <= PAGE_SIZE as usize);
+        // The tracking advertisement: its own cache line, clear of the status words, the
+        // request word and the hints.
+        assert_eq!(word::TRACK, 40..44);
+        assert!(word::TRACK.clone().all(|w| !word::STATUS.contains(&w)
+            && !word::HINTS.contains(&w)
+            && w != word::SNAPSHOT_REQUEST
+            && w >= word::HEADER));
+        assert!(word::TRACK.end * 8 <= PAGE_SIZE as usize);
     }
 }

@@ -10,6 +10,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use crate::cgroup::CgroupMode;
 use crate::exit::EXIT_CODES_HELP;
 use crate::logging::LogFormat;
+use shmsnap_linux::chain::CompactionPolicy;
 
 /// Keep a program's in-memory state safe on disk, consistent even across SIGKILL.
 ///
@@ -90,6 +91,22 @@ State file:
   with the process, so a killed host leaves no stale lock.
   A symbolic link at FILE is refused (replacing it would turn the link into a regular file):
   pass the real file.
+
+Incremental snapshots (queue strategy, --incremental auto):
+  The client's shmsnap-linux registers write tracking over its mapping (userfaultfd async
+  write-protect; the host sets SHMSNAP_TRACK=0 for it under --incremental off or another
+  strategy) and advertises it in the region header. The host then scans the pages the
+  client wrote since the previous snapshot (PAGEMAP_SCAN) and writes a delta holding only
+  those pages and the queue's meta pages into FILE.d/, chained by CRC to the base FILE.
+  A full base is written instead whenever tracking cannot vouch for every page: the first
+  snapshot, a new client process, no tracking (old kernel, sandbox), a scan error, after the
+  host wrote the region (restore, repair), after a failed delta, and for compaction.
+  Compaction: when the deltas would total more than --compact-ratio percent of the base's
+  bytes, or the chain holds --compact-deltas deltas, the next snapshot is a new base (a full
+  copy of the live region, not a merge of the old chain); the superseded chain is removed
+  only after the new base is durable. --keep counts bases: each kept base keeps its deltas.
+  At start, the newest base plus every complete delta is restored (CRCs checked while
+  copying); a torn or corrupt delta ends the chain there and is named in a warning.
 
 Processes:
   The client gets PDEATHSIG=SIGKILL and its own process group; shmsnap is a child subreaper.
@@ -177,9 +194,47 @@ pub struct RunArgs {
     /// free port, logged at start).
     #[arg(long, value_name = "ADDR", value_parser = crate::metrics::parse_addr)]
     pub metrics: Option<SocketAddr>,
+    /// Incremental snapshots (queue strategy): auto = the client tracks its writes (when the
+    /// kernel allows) and most snapshots are deltas holding only the pages written since the
+    /// previous one; off = the client does not track, every snapshot is a full base.
+    #[arg(long, value_enum, value_name = "MODE", default_value_t = IncrementalArg::Auto)]
+    pub incremental: IncrementalArg,
+    /// Compaction: a new base instead of a delta when the chain's deltas would total more
+    /// than PERCENT of the base's bytes.
+    #[arg(long, value_name = "PERCENT", default_value_t = CompactionPolicy::default().max_ratio_percent,
+          value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    pub compact_ratio: u64,
+    /// Compaction: a new base instead of a delta once the chain holds N deltas.
+    #[arg(long, value_name = "N", default_value_t = CompactionPolicy::default().max_deltas,
+          value_parser = clap::value_parser!(u64).range(1..=shmsnap_linux::chain::MAX_INDEX))]
+    pub compact_deltas: u64,
     /// The client command and its arguments.
     #[arg(trailing_var_arg = true, required = true, value_name = "CMD")]
     pub command: Vec<OsString>,
+}
+
+impl RunArgs {
+    /// The compaction policy of `--compact-ratio` and `--compact-deltas`.
+    pub fn compaction(&self) -> CompactionPolicy {
+        CompactionPolicy {
+            max_ratio_percent: self.compact_ratio,
+            max_deltas: self.compact_deltas,
+        }
+    }
+
+    /// Whether snapshots may be deltas: `--strategy queue` with `--incremental auto`.
+    pub fn incremental(&self) -> bool {
+        self.strategy == StrategyArg::Queue && self.incremental == IncrementalArg::Auto
+    }
+}
+
+/// `--incremental`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum IncrementalArg {
+    /// Deltas when the client's write tracking vouches for them, full bases otherwise.
+    Auto,
+    /// Full bases only; the client does not track its writes.
+    Off,
 }
 
 /// `shmsnap completions`.

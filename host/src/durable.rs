@@ -210,7 +210,7 @@ mod tests {
             }
             let before = status::persisted(rw.words());
             assert!(!before.covers(w.next_seq() - 1), "not yet durable");
-            let Outcome::Persisted(r) = snap.take(true).unwrap() else {
+            let Outcome::Persisted(r) = snap.take(true, None).unwrap() else {
                 panic!("round {round}: not persisted");
             };
             let s = status::persisted(rw.words());
@@ -220,7 +220,10 @@ mod tests {
         }
         // Nothing new: no snapshot, the status stays.
         let s = status::persisted(rw.words());
-        assert!(matches!(snap.take(true).unwrap(), Outcome::Skipped(_)));
+        assert!(matches!(
+            snap.take(true, None).unwrap(),
+            Outcome::Skipped(_)
+        ));
         assert_eq!(status::persisted(rw.words()), s);
     }
 
@@ -255,7 +258,7 @@ mod tests {
             });
             for i in 0..40u64 {
                 w.commit(&i.to_le_bytes()).unwrap();
-                snap.take(true).unwrap();
+                snap.take(true, None).unwrap();
             }
             stop.store(true, Ordering::Relaxed);
             observer.join().unwrap()
@@ -273,7 +276,7 @@ mod tests {
         for i in 0..5u64 {
             w.commit(&i.to_le_bytes()).unwrap();
         }
-        snap.take(true).unwrap();
+        snap.take(true, None).unwrap();
         // Commits after the snapshot are lost with the region ("power cut").
         w.commit(b"lost").unwrap();
         status::request_snapshot(rw.words());

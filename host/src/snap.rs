@@ -12,6 +12,8 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use rustix::process::Pid;
+use shmsnap_linux::chain;
 use shmsnap_linux::persist::{Persister, StateError};
 use shmsnap_linux::snapshot::{self, SnapshotInfo, SnapshotMeta};
 use shmsnap_linux::{Mapping, Memfd};
@@ -60,8 +62,6 @@ pub enum Point {
         generation: u64,
     },
     /// Delta `index` (1, 2, …) of the base of generation `base_generation`.
-    // Constructed by the queue strategy's incremental snapshots (DESIGN §11).
-    #[allow(dead_code)]
     Delta {
         /// The generation of the base the delta extends.
         base_generation: u64,
@@ -203,12 +203,12 @@ impl Snapshotter {
     }
 
     /// Takes one snapshot according to the strategy. `client_alive` tells whether the client
-    /// may still be writing.
+    /// may still be writing, `client` which process it is (when running).
     ///
     /// # Errors
     ///
     /// I/O errors of the copy or the persist (the previous snapshot stays in place).
-    pub fn take(&mut self, client_alive: bool) -> io::Result<Outcome> {
+    pub fn take(&mut self, client_alive: bool, client: Option<Pid>) -> io::Result<Outcome> {
         if let Some(skip) = self.fit_region(client_alive)? {
             return Ok(skip);
         }
@@ -228,6 +228,7 @@ impl Snapshotter {
             persister: &self.persister,
             meta,
             client_alive,
+            client,
         };
         let outcome = self.strategy.take(cx)?;
         match &outcome {
@@ -290,8 +291,13 @@ impl Snapshotter {
     /// A region the strategy rejects after the client exited is set aside and replaced by
     /// the newest sound snapshot ([`repair`]) before the client restarts.
     /// Returns the result for the metrics.
-    pub fn take_and_log(&mut self, client_alive: bool, why: &str) -> io::Result<Outcome> {
-        let result = self.take(client_alive);
+    pub fn take_and_log(
+        &mut self,
+        client_alive: bool,
+        client: Option<Pid>,
+        why: &str,
+    ) -> io::Result<Outcome> {
+        let result = self.take(client_alive, client);
         self.tally.last = Some(saved(&result));
         let corrupt = !client_alive && matches!(result, Ok(Outcome::Invalid(_)));
         self.log(&result, why);
@@ -630,30 +636,31 @@ fn set_aside(bad: &Path, e: &snapshot::SnapshotError, instead: &Path) -> Result<
     Ok(())
 }
 
-/// Verifies `path` and copies it into `memfd` (opened without blocking, regular files only:
-/// [`snapshot::restore_path`]). The file was read once to size the region: if it changed
-/// since, the restore is refused as a data problem rather than trusted.
+/// Restores the chain of base `path` into `memfd` ([`chain::restore_chain`]): the base, then
+/// every complete, correctly chained delta of its generation in the chain directory, every CRC
+/// checked while copying (the memfd is private until the client starts: a mismatch drops
+/// nothing that matters). A torn or corrupt delta ends the chain there and is named in a
+/// warning; the deltas after it are not applied. The base was read once to size the region:
+/// if it changed since, the restore is refused as a data problem rather than trusted.
 fn restore(path: &Path, info: &SnapshotInfo, memfd: &Memfd, size: u64) -> Result<(), Failure> {
     let t = Instant::now();
-    // Opened without blocking, regular files only (a FIFO planted at the path never blocks).
-    let file = snapshot::open(path).map_err(|e| {
+    let cannot = |e: &chain::ChainError| {
         Failure::new(
-            snapshot_code(&e),
+            chain_code(e),
             format!("cannot restore {}: {e}", path.display()),
         )
-    })?;
-    // A bar on a terminal for a big file: verify reads it, then the copy reads it again.
+    };
+    // Opened without blocking, regular files only (a FIFO planted at the path never blocks);
+    // here only for the progress bar: the chain restore opens its files the same way.
+    let file = snapshot::open(path).map_err(|e| cannot(&e.into()))?;
     let label = format!("restoring {}", path.display());
-    let restored =
-        progress::reading_file(&file, 2, &label, || snapshot::restore_into(&file, memfd));
-    let (now, stats) = restored.map_err(|e| {
-        let e = e.at(path);
-        Failure::new(
-            snapshot_code(&e),
-            format!("cannot restore {}: {e}", path.display()),
-        )
-    })?;
-    if now.image_len != info.image_len || now.meta != info.meta {
+    let dir = chain::chain_dir(path);
+    let report = progress::reading_file(&file, 1, &label, || {
+        chain::restore_chain(path, &dir, memfd, chain::At::Latest)
+    })
+    .map_err(|e| cannot(&e))?;
+    let base = &report.listing.base;
+    if base.image_len != info.image_len || base.meta != info.meta {
         return Err(Failure::new(
             Code::DataErr,
             format!(
@@ -661,21 +668,42 @@ fn restore(path: &Path, info: &SnapshotInfo, memfd: &Memfd, size: u64) -> Result
                  process writing it? Nothing was started",
                 path.display(),
                 info.image_len,
-                now.image_len
+                base.image_len
             ),
         ));
     }
+    let applied = report.listing.deltas.len();
+    if let Some(stop) = &report.listing.stop {
+        warn!(
+            "the chain of {} ends early: {stop}; restored the base and the {applied} delta(s) \
+             before it, {} later delta file(s) not applied",
+            path.display(),
+            report.listing.ignored.len()
+        );
+    }
     info!(
-        generation = info.meta.generation,
+        base_generation = info.meta.generation,
+        deltas = applied,
         image_bytes = info.image_len,
-        data_bytes = stats.bytes,
+        data_bytes = report.bytes,
         ms = ms(t.elapsed()),
-        "restored {} into a {size}-byte region ({} image bytes, of which {} bytes of data copied; holes skipped)",
+        "restored {} (base generation {}) plus {applied} delta(s) into a {size}-byte region \
+         ({} bytes of data copied; holes skipped)",
         path.display(),
-        info.image_len,
-        stats.bytes
+        info.meta.generation,
+        report.bytes
     );
     Ok(())
+}
+
+/// The exit code for a chain restore error.
+fn chain_code(e: &chain::ChainError) -> Code {
+    match e.kind() {
+        chain::ChainErrorKind::Base(b) => snapshot_code(b),
+        chain::ChainErrorKind::Io(e) => io_code(e),
+        chain::ChainErrorKind::RegionTooSmall { .. } => Code::Config,
+        _ => Code::DataErr,
+    }
 }
 
 /// The error for an unusable newest snapshot without `--fallback`: nothing was changed.
@@ -741,7 +769,7 @@ mod tests {
             });
             for _ in 0..20 {
                 let before = std::fs::read(&state).ok();
-                let o = snap.take(true).unwrap();
+                let o = snap.take(true, None).unwrap();
                 if matches!(o, Outcome::Starved { .. }) {
                     assert_eq!(
                         std::fs::read(&state).ok(),

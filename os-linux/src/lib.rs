@@ -11,6 +11,7 @@
 //! | [`persist`] | atomic replace of a file with N kept generations |
 //! | [`status`] | durability feedback: host status publisher, client `wait_persisted`, snapshot requests (futex) |
 //! | [`take`] | one queue snapshot of a live region: pre → copy → post → retain → footer |
+//! | [`take_delta`] | one incremental queue snapshot: scan → pre → copy the written pages → post → delta |
 //! | [`take_triple`] | one triple-buffer snapshot: freeze → copy one buffer → meta → release → footer |
 //! | [`handover`] | start a child with the region at fd 3 and a correct `LISTEN_PID` |
 //! | [`track`] | write tracking: client userfaultfd async write-protect, host `PAGEMAP_SCAN` |
@@ -70,6 +71,7 @@ pub mod persist;
 pub mod snapshot;
 pub mod status;
 pub mod take;
+pub mod take_delta;
 pub mod take_triple;
 pub mod track;
 

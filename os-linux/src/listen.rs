@@ -29,8 +29,11 @@ use std::io;
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use shmsnap_core::format;
+
 use crate::mapping::{Mapping, Protection};
 use crate::memfd::Memfd;
+use crate::track::{Advertisement, TrackError, Tracker};
 
 /// The fd name upstream clients look for.
 pub const DEFAULT_FD_NAME: &str = "SHM_SHARED_FD";
@@ -286,7 +289,10 @@ pub fn take_listen_fd(name: &str) -> Result<OwnedFd, ListenError> {
     Ok(owned)
 }
 
-/// [`take_listen_fd`], then adopt it as a [`Memfd`] and map it read-write.
+/// [`take_listen_fd`], then adopt it as a [`Memfd`], map it read-write and set write
+/// tracking up ([`start_tracking`], unless `SHMSNAP_TRACK=0`): the host then snapshots only
+/// the pages this process writes. Tracking is best effort: where the kernel or a sandbox
+/// refuses it, the advertisement is cleared and the host takes full snapshots.
 ///
 /// The region must be sealed against shrinking (the host does that); see
 /// [`Mapping::of_memfd`].
@@ -311,13 +317,194 @@ pub fn open_client_region(name: &str) -> Result<(Memfd, Mapping), ListenError> {
         source,
     };
     let memfd = Memfd::from_fd(fd).map_err(bad)?;
-    let map = Mapping::of_memfd(&memfd, Protection::ReadWrite).map_err(bad)?;
+    let mut map = Mapping::of_memfd(&memfd, Protection::ReadWrite).map_err(bad)?;
+    // Best effort by design: whatever happens, the host falls back to full snapshots.
+    let _ = start_tracking(&mut map, tracking_enabled(|k| std::env::var_os(k)));
     Ok((memfd, map))
+}
+
+/// Environment variable that turns the client's write tracking off when it is `0` (the host
+/// sets it for its client under `--incremental off`).
+pub const TRACK_ENV: &str = "SHMSNAP_TRACK";
+
+/// `false` if [`TRACK_ENV`] is `0` in `get` (e.g. `|k| std::env::var_os(k)`); pure.
+pub fn tracking_enabled(get: impl Fn(&str) -> Option<OsString>) -> bool {
+    get(TRACK_ENV).is_none_or(|v| v != "0")
+}
+
+/// What [`start_tracking`] did.
+#[derive(Debug)]
+pub enum Tracking {
+    /// Registered and advertised at header words `format::word::TRACK`.
+    Advertised(Advertisement),
+    /// Not asked for (`SHMSNAP_TRACK=0`); the advertisement is cleared.
+    Off,
+    /// The region is too small to hold the advertisement (fewer than 44 words).
+    TooSmall,
+    /// Registration failed (old kernel, sandbox, ...); the advertisement is cleared.
+    Failed(TrackError),
+}
+
+/// Registers write tracking over `map` ([`Tracker::register`]), keeps the tracker in the
+/// mapping ([`Mapping::set_tracker`]: dropped before the unmap) and publishes the
+/// [`Advertisement`] in header words 40..44 (`format::word::TRACK`), with a generation above
+/// the one found there. With `enabled` false, or when registration fails, the words are
+/// cleared instead (a stale advertisement, e.g. of a restored image, is never left behind).
+///
+/// Call it once, after mapping the region and before storing into it through other
+/// mappings; core's `init`/`attach` never touch these words, so it may run before or after
+/// them.
+pub fn start_tracking(map: &mut Mapping, enabled: bool) -> Tracking {
+    let track = format::word::TRACK;
+    let Some(words) = map.words().get(track.clone()) else {
+        return Tracking::TooSmall;
+    };
+    let old = std::array::from_fn(|i| words[i].load(Ordering::Relaxed));
+    let previous = Advertisement::decode(old).map_or(0, |a| a.generation);
+    // Odd: "changing". Release on every store here: each orders the stores before it, so a
+    // host that reads an even generation with Acquire and then the other words, and the same
+    // generation again after its scan, saw one registration's words (a seqlock).
+    let odd = previous | 1;
+    words[3].store(odd, Ordering::Release);
+    // A previous registration of this mapping ends first (a range registers once).
+    map.drop_tracker();
+    let registered = if enabled {
+        Tracker::register(map).and_then(|t| {
+            let (addr, len) = (t.addr(), t.len());
+            map.set_tracker(t)
+                .map(|()| (addr, len))
+                .map_err(|source| TrackError::Io {
+                    op: "keeping the tracker",
+                    source,
+                })
+        })
+    } else {
+        Err(TrackError::Unavailable(format!("{TRACK_ENV}=0")))
+    };
+    let words = &map.words()[track];
+    let (addr, len) = match registered {
+        Ok(r) => r,
+        Err(e) => {
+            clear_advert(words);
+            return if enabled {
+                Tracking::Failed(e)
+            } else {
+                Tracking::Off
+            };
+        }
+    };
+    let advert = Advertisement {
+        addr,
+        len,
+        generation: odd.wrapping_add(1),
+    };
+    // Release (see above); the generation (index 3) is stored last.
+    for (w, v) in words.iter().zip(advert.encode()) {
+        w.store(v, Ordering::Release);
+    }
+    Tracking::Advertised(advert)
+}
+
+/// Zeroes the advertisement ("no tracking"); a half-cleared one fails the host's decode.
+fn clear_advert(words: &[std::sync::atomic::AtomicU64]) {
+    for w in words {
+        // Release: as in `start_tracking`.
+        w.store(0, Ordering::Release);
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn region(len: u64) -> (Memfd, Mapping) {
+        let memfd = Memfd::create("track-listen", len).unwrap();
+        memfd.seal_against_shrink().unwrap();
+        let map = Mapping::of_memfd(&memfd, Protection::ReadWrite).unwrap();
+        (memfd, map)
+    }
+
+    fn advert_words(map: &Mapping) -> [u64; 4] {
+        let w = &map.words()[format::word::TRACK];
+        std::array::from_fn(|i| w[i].load(Ordering::Relaxed))
+    }
+
+    #[test]
+    fn tracking_is_off_only_for_shmsnap_track_0() {
+        assert!(tracking_enabled(env(&[])));
+        assert!(tracking_enabled(env(&[(TRACK_ENV, "1")])));
+        assert!(!tracking_enabled(env(&[(TRACK_ENV, "0")])));
+    }
+
+    #[test]
+    fn the_advert_is_published_and_survives_queue_and_triple_init() {
+        let (_memfd, mut map) = region(1 << 20);
+        let advert = match start_tracking(&mut map, true) {
+            Tracking::Advertised(a) => a,
+            Tracking::Failed(TrackError::Unavailable(why)) => {
+                eprintln!("skipped: tracking unavailable here: {why}");
+                return;
+            }
+            other => panic!("{other:?}"),
+        };
+        assert!(map.tracker().is_some());
+        assert_eq!(advert.addr, map.words().as_ptr() as u64);
+        assert!(advert.is_stable());
+        assert_eq!(Advertisement::decode(advert_words(&map)).unwrap(), advert);
+        let request = shmsnap_core::LayoutRequest {
+            entries: 8,
+            data_size: 4096,
+        };
+        drop(shmsnap_core::Writer::open_or_init(map.words(), request).unwrap());
+        assert_eq!(
+            Advertisement::decode(advert_words(&map)).unwrap(),
+            advert,
+            "queue init wiped the advert"
+        );
+        drop(shmsnap_core::Writer::attach(map.words()).unwrap());
+        assert_eq!(Advertisement::decode(advert_words(&map)).unwrap(), advert);
+
+        let (_memfd, mut map) = region(1 << 20);
+        let Tracking::Advertised(advert) = start_tracking(&mut map, true) else {
+            panic!("tracking worked a moment ago");
+        };
+        let request = shmsnap_core::triple::TripleRequest {
+            buffers: 3,
+            buffer_size: 4096,
+        };
+        drop(shmsnap_core::triple::TripleClient::open_or_init(map.words(), request).unwrap());
+        assert_eq!(
+            Advertisement::decode(advert_words(&map)).unwrap(),
+            advert,
+            "triple init wiped the advert"
+        );
+    }
+
+    #[test]
+    fn a_new_registration_advertises_a_newer_generation_and_off_clears_a_stale_one() {
+        let (_memfd, mut map) = region(1 << 16);
+        let stale = Advertisement {
+            addr: 0x7000_0000_0000,
+            len: 1 << 16,
+            generation: 6,
+        };
+        for (w, v) in map.words()[format::word::TRACK].iter().zip(stale.encode()) {
+            w.store(v, Ordering::Relaxed);
+        }
+        match start_tracking(&mut map, true) {
+            Tracking::Advertised(a) => assert_eq!(a.generation, 8),
+            Tracking::Failed(TrackError::Unavailable(_)) => {}
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(start_tracking(&mut map, false), Tracking::Off));
+        assert!(map.tracker().is_none(), "off must end the registration");
+        assert_eq!(advert_words(&map), [0; 4], "off must clear the advert");
+        let (_memfd, mut tiny) = region(256);
+        assert!(matches!(
+            start_tracking(&mut tiny, true),
+            Tracking::TooSmall
+        ));
+    }
     use std::collections::HashMap;
     use std::sync::Mutex;
 

@@ -16,6 +16,7 @@ use rustix::fs::SealFlags;
 use rustix::mm::{MapFlags, ProtFlags};
 
 use crate::memfd::Memfd;
+use crate::track::Tracker;
 
 /// Access mode of a [`Mapping`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -40,6 +41,10 @@ pub struct Mapping {
     /// Length in bytes, a nonzero multiple of 8.
     len: usize,
     prot: Protection,
+    /// Write tracking of this mapping (client side), if registered
+    /// ([`Mapping::set_tracker`]). Invariant: registered over exactly this mapping; dropped
+    /// (closing the `userfaultfd`, which unregisters the range) before the `munmap` in `drop`.
+    tracker: Option<Tracker>,
 }
 
 // SAFETY: the mapping is only accessed through `&[AtomicU64]`, and `AtomicU64` is `Sync`;
@@ -122,7 +127,12 @@ impl Mapping {
             unsafe { rustix::mm::mmap(std::ptr::null_mut(), len, flags, MapFlags::SHARED, fd, 0)? };
         let ptr = NonNull::new(ptr.cast::<AtomicU64>())
             .ok_or_else(|| io::Error::other("mmap returned a null pointer"))?;
-        Ok(Self { ptr, len, prot })
+        Ok(Self {
+            ptr,
+            len,
+            prot,
+            tracker: None,
+        })
     }
 
     /// Length of the mapping in bytes (a nonzero multiple of 8).
@@ -140,6 +150,35 @@ impl Mapping {
         self.prot
     }
 
+    /// Keeps `tracker` (registered over this mapping by [`Tracker::register`]) alive as long
+    /// as the mapping, and drops it before unmapping. Replaces (drops) a previous tracker.
+    ///
+    /// # Errors
+    ///
+    /// `InvalidInput` (and `tracker` is dropped) if it does not cover exactly this mapping.
+    pub fn set_tracker(&mut self, tracker: Tracker) -> io::Result<()> {
+        let page = rustix::param::page_size();
+        let expected = self.len.div_ceil(page) * page;
+        if tracker.addr() != self.ptr.as_ptr() as u64 || tracker.len() != expected as u64 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "the tracker was registered over another range than this mapping",
+            ));
+        }
+        self.tracker = Some(tracker);
+        Ok(())
+    }
+
+    /// The write tracker of this mapping, if one is registered.
+    pub fn tracker(&self) -> Option<&Tracker> {
+        self.tracker.as_ref()
+    }
+
+    /// Drops the write tracker (unregistering the range), if any; returns whether there was one.
+    pub fn drop_tracker(&mut self) -> bool {
+        self.tracker.take().is_some()
+    }
+
     /// The region as `len() / 8` atomic words, for core's `WordMemory`.
     ///
     /// For a [`Protection::ReadOnly`] mapping only atomic loads may be used.
@@ -152,8 +191,19 @@ impl Mapping {
 }
 
 impl Drop for Mapping {
-    /// `munmap(ptr, len)`.
+    /// Drops the tracker, then `munmap(ptr, len)`.
     fn drop(&mut self) {
+        // Unregister before unmapping (the field's invariant). First mark the advertisement
+        // "changing" (odd generation, the protocol of `track::Advertisement`): a host scan
+        // racing this drop then distrusts itself. Release: orders the client's earlier
+        // stores before the mark, as every advertisement store.
+        if let Some(t) = self.tracker.take() {
+            let g = self.words().get(shmsnap_core::format::word::TRACK.end - 1);
+            if let Some(g) = g.filter(|_| self.prot == Protection::ReadWrite) {
+                g.fetch_or(1, std::sync::atomic::Ordering::Release);
+            }
+            drop(t);
+        }
         // SAFETY: `ptr`/`len` are exactly what mmap returned; no borrow of `words()` can
         // outlive `&self`, so nothing refers to the memory any more.
         let r = unsafe { rustix::mm::munmap(self.ptr.as_ptr().cast(), self.len) };

@@ -35,11 +35,11 @@ use crate::snapshot::{write_footer, SnapshotInfo, SnapshotMeta};
 #[derive(Debug, Default)]
 pub struct Scratch {
     /// Descriptors before the copy (resized to the region's entry count).
-    pre: Vec<Descriptor>,
+    pub(crate) pre: Vec<Descriptor>,
     /// Descriptors after the copy (same length as `pre`).
-    post: Vec<Descriptor>,
+    pub(crate) post: Vec<Descriptor>,
     /// The copied image's header and descriptor ring (`Layout::meta_len` bytes).
-    meta: Vec<u8>,
+    pub(crate) meta: Vec<u8>,
 }
 
 /// What one queue snapshot attempt produced.
@@ -133,20 +133,15 @@ pub fn take_queue<'p>(
     meta: SnapshotMeta,
     scratch: &mut Scratch,
 ) -> io::Result<QueueSnapshot<'p>> {
-    let region = match Region::open(map.words()) {
+    let region = match open_region(map, scratch) {
         Ok(r) => r,
-        Err(LayoutError::Unconfigured) => return Ok(QueueSnapshot::Skipped(Skip::Unconfigured)),
-        Err(e) => return Ok(QueueSnapshot::Skipped(Skip::InvalidHeader(e))),
+        Err(skip) => return Ok(QueueSnapshot::Skipped(skip)),
     };
-    let layout = *region.layout();
     let Scratch {
         pre,
         post,
         meta: image_meta,
     } = scratch;
-    pre.resize(layout.entries as usize, Descriptor::EMPTY);
-    post.resize(layout.entries as usize, Descriptor::EMPTY);
-    image_meta.resize(layout.meta_len() as usize, 0);
     let len = memfd.len()?;
 
     let hints_before = region.hints();
@@ -184,6 +179,33 @@ pub fn take_queue<'p>(
             info,
         },
     })
+}
+
+/// Opens the live region's queue and sizes `scratch` for it: the first step of every queue
+/// snapshot, full ([`take_queue`]) or incremental
+/// ([`take_delta`](crate::take_delta::take_delta)).
+///
+/// # Errors
+///
+/// [`Skip::Unconfigured`] / [`Skip::InvalidHeader`]: nothing to copy.
+pub(crate) fn open_region<'m>(
+    map: &'m Mapping,
+    scratch: &mut Scratch,
+) -> Result<Region<'m, [std::sync::atomic::AtomicU64]>, Skip> {
+    let region = match Region::open(map.words()) {
+        Ok(r) => r,
+        Err(LayoutError::Unconfigured) => return Err(Skip::Unconfigured),
+        Err(e) => return Err(Skip::InvalidHeader(e)),
+    };
+    let layout = region.layout();
+    scratch
+        .pre
+        .resize(layout.entries as usize, Descriptor::EMPTY);
+    scratch
+        .post
+        .resize(layout.entries as usize, Descriptor::EMPTY);
+    scratch.meta.resize(layout.meta_len() as usize, 0);
+    Ok(region)
 }
 
 #[cfg(test)]

@@ -14,6 +14,7 @@ use std::fs::{File, OpenOptions};
 use std::io;
 use std::path::{Path, PathBuf};
 
+use shmsnap_linux::chain;
 use shmsnap_linux::persist::Persister;
 use shmsnap_linux::snapshot::{self, SnapshotInfo, SnapshotMeta};
 use shmsnap_linux::Memfd;
@@ -110,7 +111,8 @@ fn named(e: io::Error, path: &Path) -> io::Error {
     io::Error::new(e.kind(), format!("{}: {e}", path.display()))
 }
 
-/// Restores the newest generation that verifies (each candidate verified completely).
+/// Restores the newest generation that verifies (each candidate verified completely), with
+/// the deltas of its chain.
 fn restore_newest(
     persister: &Persister,
     memfd: &Memfd,
@@ -124,7 +126,12 @@ fn restore_newest(
             }
         };
         memfd.grow(memfd.len()?.max(info.image_len))?;
-        let (info, _) = snapshot::restore_path(&g.path, memfd).map_err(io::Error::other)?;
+        // The base plus its complete deltas, as at start.
+        let dir = chain::chain_dir(&persister.target());
+        let report = chain::restore_chain(&g.path, &dir, memfd, chain::At::Latest)?;
+        if let Some(stop) = &report.listing.stop {
+            warn!("the chain of {} ends early: {stop}", g.path.display());
+        }
         return Ok(Some((g.path, info)));
     }
     Ok(None)

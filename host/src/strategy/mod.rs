@@ -29,7 +29,10 @@ use shmsnap_linux::snapshot::{SnapshotInfo, SnapshotMeta};
 use shmsnap_linux::{Mapping, Memfd, Protection};
 use tracing::warn;
 
-use crate::cli::StrategyArg;
+use rustix::process::Pid;
+use shmsnap_linux::chain::CompactionPolicy;
+
+use crate::cli::{RunArgs, StrategyArg};
 use crate::snap::Outcome;
 
 /// The strategy codes of snapshot footers and region headers, typed (core's one vocabulary).
@@ -80,6 +83,9 @@ pub struct Cx<'a> {
     pub meta: SnapshotMeta,
     /// Whether the client may still be writing.
     pub client_alive: bool,
+    /// The running client's pid (when the snapshot was requested): incremental snapshots scan
+    /// its page tables.
+    pub client: Option<Pid>,
 }
 
 /// A snapshot strategy; see the [module docs](self) for the questions it answers.
@@ -127,10 +133,22 @@ pub trait Strategy: Send + fmt::Debug {
 
 /// The strategy chosen on the command line (the one place a [`StrategyArg`] becomes a
 /// strategy and its [`Code`]).
+#[cfg(test)]
 pub fn from_arg(arg: StrategyArg) -> Box<dyn Strategy> {
+    from_arg_with(arg, Some(CompactionPolicy::default()))
+}
+
+/// The strategy of `shmsnap run`'s arguments (`--strategy`, `--incremental`,
+/// `--compact-ratio`, `--compact-deltas`).
+pub fn from_run_args(args: &RunArgs) -> Box<dyn Strategy> {
+    from_arg_with(args.strategy, args.incremental().then(|| args.compaction()))
+}
+
+/// The strategy `arg`; the queue strategy takes deltas under `policy` (`None`: bases only).
+fn from_arg_with(arg: StrategyArg, policy: Option<CompactionPolicy>) -> Box<dyn Strategy> {
     match arg {
         StrategyArg::Exit => Box::new(exit::Exit),
-        StrategyArg::Queue => Box::new(queue::Queue::default()),
+        StrategyArg::Queue => Box::new(queue::Queue::new(policy)),
         StrategyArg::Triple => Box::new(triple::Triple::default()),
     }
 }

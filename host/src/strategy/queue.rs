@@ -1,16 +1,50 @@
-//! The queue strategy: continuous consistent snapshots of a shmsnap-core queue.
+//! The queue strategy: continuous consistent snapshots of a shmsnap-core queue, as a chain of
+//! full bases and incremental deltas.
 //!
-//! The client commits through core's writer; the host runs the pre/copy/post sandwich
-//! ([`take_queue`]) on every tick, on SIGUSR1 and after the client exits, keeping only entries
-//! it proves unmodified during the copy. "Nothing changed" is the live `(epoch, next_seq)`
-//! hint pair being the one of the last persisted snapshot: every commit raises `next_seq`,
-//! every attach or init raises `epoch`.
+//! The client commits through core's writer; the host runs the pre/copy/post sandwich on every
+//! tick, on SIGUSR1 and after the client exits, keeping only entries it proves unmodified
+//! during the copy. "Nothing changed" is the live `(epoch, next_seq)` hint pair being the one
+//! of the last persisted snapshot: every commit raises `next_seq`, every attach or init raises
+//! `epoch`.
+//!
+//! # Base or delta (DESIGN §11)
+//!
+//! A snapshot is a **delta** ([`take_delta`]: only the pages the client wrote since the
+//! previous snapshot, plus the meta pages) when write tracking vouches for every other page:
+//!
+//! - the same client process as the previous snapshot (its pid; a new process has new page
+//!   tables), still running, with a valid [`Advertisement`] of its tracked mapping;
+//! - that advertisement even and equal before and after this scan, and equal to the one of
+//!   the scan before the previous snapshot (the registration did not change);
+//! - the previous snapshot was made durable by this host from such a scan, and it is still
+//!   the chain's tip on disk (the base file carries its generation and CRC);
+//! - the compaction policy does not ask for a base.
+//!
+//! Otherwise the snapshot is a **base** (today's full snapshot): the first snapshot, a new
+//! pid, no tracking, a scan error, after the host wrote the region (restore, repair: both go
+//! through [`Strategy::accept`]), after any attempt that scanned but committed nothing,
+//! after a failed delta, and for compaction. When tracking is available, a base is also
+//! preceded by a scan (its result is not needed: everything is copied) so that the next
+//! snapshot can be a delta: scan, then copy, is the order that makes the next delta sound.
+//! After a base is durable, the deltas whose base left the kept generations are removed
+//! ([`chain::remove_superseded`]): nothing is deleted before its replacement is durable.
 
 use std::io;
+use std::sync::atomic::Ordering;
 
+use rustix::process::Pid;
+use shmsnap_core::format::word;
 use shmsnap_core::{Hints, Region};
-use shmsnap_linux::take::{take_queue, QueueSnapshot, Scratch, Skip};
+use shmsnap_linux::chain::{self, CompactionPolicy, Tip};
+use shmsnap_linux::persist::Persister;
+use shmsnap_linux::snapshot;
+use shmsnap_linux::take::{take_queue, Figures, QueueSnapshot, Scratch, Skip, Starved};
+use shmsnap_linux::take_delta::{
+    take_delta, ChainSize, DeltaFigures, DeltaRequest, DeltaSnapshot, PendingDelta,
+};
+use shmsnap_linux::track::{self, Advertisement, Scanner, TrackedRange};
 use shmsnap_linux::Mapping;
+use tracing::{debug, info, warn};
 
 use super::{warn_on_foreign, Code, Cx, OnUsr1, Origin, Schedule, Strategy};
 use crate::snap::{Outcome, Point, Report};
@@ -25,6 +59,53 @@ pub struct Queue {
     scratch: Scratch,
     /// A region without valid entries was reported (info, once); reset when one is persisted.
     told_empty: bool,
+    /// The compaction policy; `None`: full bases only (`--incremental off`).
+    policy: Option<CompactionPolicy>,
+    /// The chain this host may extend with a delta. Invariant: `Some` only right after this
+    /// host made `tip` durable and while nothing but the client wrote the region since;
+    /// taken (`None`) by every attempt that does not end in a durable snapshot.
+    chain: Option<Chain>,
+    /// Write tracking of the current client process.
+    tracking: Option<Tracking>,
+    /// Why the previous snapshot was a base (logged once per change, at info).
+    last_base_cause: Option<String>,
+}
+
+/// The chain on disk, as this host last made it durable.
+#[derive(Debug, Clone, Copy)]
+struct Chain {
+    /// Its newest link.
+    tip: Tip,
+    /// Bytes of data the base's copy moved.
+    base_bytes: u64,
+    /// Deltas after the base.
+    deltas: u64,
+    /// Their bytes, together.
+    delta_bytes: u64,
+    /// The tip image's `next_seq` hint.
+    next_seq: u64,
+}
+
+/// One client process's write tracking, as the host sees it.
+#[derive(Debug)]
+struct Tracking {
+    /// The client process the scanner reads.
+    pid: Pid,
+    /// Its `/proc/PID/pagemap`.
+    scanner: Scanner,
+    /// The advertisement of the scan that preceded the last durable snapshot; `None` when the
+    /// last attempt did not end in one (the next snapshot must then be a base).
+    vouched: Option<Advertisement>,
+}
+
+impl Queue {
+    /// A queue strategy taking deltas under `policy` (`None`: full bases only).
+    pub fn new(policy: Option<CompactionPolicy>) -> Self {
+        Queue {
+            policy,
+            ..Queue::default()
+        }
+    }
 }
 
 fn mark(h: Hints) -> (u64, u64) {
@@ -34,6 +115,42 @@ fn mark(h: Hints) -> (u64, u64) {
 /// The live hints, if the region's header is valid.
 fn live_mark(map: &Mapping) -> Option<(u64, u64)> {
     Region::open(map.words()).ok().map(|r| mark(r.hints()))
+}
+
+/// Reads the client's tracking advertisement (header words 40..44): hostile input, decoded
+/// and checked by the caller.
+fn read_advert(map: &Mapping) -> Result<Advertisement, String> {
+    let words = map
+        .words()
+        .get(word::TRACK)
+        .ok_or("the region is too small for a tracking advertisement")?;
+    // Acquire: pairs with the client's Release stores of the record (listen::start_tracking),
+    // so the words read belong to the registration whose generation they show; the caller
+    // trusts them only if a second read after the scan is equal.
+    let w = std::array::from_fn(|i| words[i].load(Ordering::Acquire));
+    Advertisement::decode(w).map_err(|e| e.to_string())
+}
+
+/// `true` if `chain`'s tip is still what is on disk: the base file carries its generation and
+/// image CRC and, for a delta tip, the delta file exists.
+fn on_disk(persister: &Persister, chain: &Chain) -> bool {
+    let tip = chain.tip;
+    let base_ok = snapshot::read_footer_path(&persister.target()).is_ok_and(|i| {
+        i.meta.generation == tip.base_generation && i.image_crc == tip.base_image_crc
+    });
+    base_ok
+        && (tip.index == 0
+            || chain::chain_dir(&persister.target())
+                .join(chain::delta_name(tip.base_generation, tip.index))
+                .exists())
+}
+
+/// What the tracking of this attempt allows.
+enum Plan {
+    /// A delta onto the chain.
+    Delta(TrackedRange, Advertisement),
+    /// A base; with a range, preceded by a scan so that the next snapshot can be a delta.
+    Base(Option<(TrackedRange, Advertisement)>, String),
 }
 
 impl Strategy for Queue {
@@ -60,6 +177,10 @@ impl Strategy for Queue {
         if !matches!(origin, Origin::FdStore) {
             self.last_mark = live_mark(map);
         }
+        // The host wrote the region (or it comes from elsewhere): tracking vouches for
+        // nothing, the next snapshot is a base.
+        self.chain = None;
+        self.tracking = None;
     }
 
     fn unchanged(&self, map: &Mapping) -> bool {
@@ -67,32 +188,186 @@ impl Strategy for Queue {
     }
 
     fn take(&mut self, cx: Cx<'_>) -> io::Result<Outcome> {
+        let cause = match self.plan(&cx) {
+            Plan::Delta(range, advert) => match self.delta(&cx, range, advert) {
+                Ok(outcome) => return Ok(outcome),
+                // The attempt scanned: only a base (with a new scan) is sound now.
+                Err(cause) => {
+                    let again = self.tracked(&cx).ok();
+                    return self.base(&cx, again, cause);
+                }
+            },
+            Plan::Base(scan, cause) => (scan, cause),
+        };
+        self.base(&cx, cause.0, cause.1)
+    }
+}
+
+impl Queue {
+    /// Decides between a delta and a base (see the [module docs](self)).
+    fn plan(&mut self, cx: &Cx<'_>) -> Plan {
+        let tracked = match self.tracked(cx) {
+            Ok(t) => t,
+            Err(cause) => return Plan::Base(None, cause),
+        };
+        let vouched = self.tracking.as_ref().and_then(|t| t.vouched);
+        let cause = match &self.chain {
+            _ if vouched.is_none() => {
+                "a new client process, or the last attempt was not a snapshot from a scan"
+            }
+            _ if vouched != Some(tracked.1) => "the client changed its tracking registration",
+            None => "no chain of this run to extend",
+            Some(c) if !on_disk(cx.persister, c) => "the chain's tip is no longer on disk",
+            Some(_) => return Plan::Delta(tracked.0, tracked.1),
+        };
+        Plan::Base(Some(tracked), cause.into())
+    }
+
+    /// The client's validated tracked range and advertisement, opening a scanner for a new
+    /// client process; `Err` says why tracking cannot be used.
+    fn tracked(&mut self, cx: &Cx<'_>) -> Result<(TrackedRange, Advertisement), String> {
+        if self.policy.is_none() {
+            return Err("incremental snapshots are off".into());
+        }
+        let pid = cx.client.ok_or("the client is not running")?;
+        let advert = read_advert(cx.map).map_err(|e| format!("no usable tracking: {e}"))?;
+        let len = cx.memfd.len().map_err(|e| e.to_string())?;
+        let range = track::validate(&advert, pid, cx.memfd, len)
+            .map_err(|e| format!("tracking refused: {e}"))?;
+        if self.tracking.as_ref().map(|t| t.pid) != Some(pid) {
+            self.tracking = None;
+            let scanner = Scanner::open(pid).map_err(|e| e.to_string())?;
+            self.tracking = Some(Tracking {
+                pid,
+                scanner,
+                vouched: None,
+            });
+        }
+        Ok((range, advert))
+    }
+
+    /// One delta; `Err` gives the reason a base must be taken now instead.
+    fn delta(
+        &mut self,
+        cx: &Cx<'_>,
+        range: TrackedRange,
+        advert: Advertisement,
+    ) -> Result<Outcome, String> {
+        // Taken: whatever happens below, only a committed delta puts them back.
+        let (Some(chain), Some(t), Some(policy)) =
+            (self.chain.take(), self.tracking.as_mut(), self.policy)
+        else {
+            return Err("no chain to extend".into());
+        };
+        t.vouched = None;
+        let req = DeltaRequest {
+            memfd: cx.memfd,
+            map: cx.map,
+            scanner: &mut t.scanner,
+            range,
+            parent: chain.tip,
+            parent_next_seq: chain.next_seq,
+            chain: ChainSize {
+                base_bytes: chain.base_bytes,
+                deltas: chain.deltas,
+                delta_bytes: chain.delta_bytes,
+            },
+            policy,
+            unix_time_ns: cx.meta.unix_time_ns,
+        };
+        let (pending, f) = match take_delta(cx.persister, req, &mut self.scratch) {
+            Ok(DeltaSnapshot::Written { delta, figures }) => (delta, figures),
+            Ok(DeltaSnapshot::Skipped(s)) => return Ok(self.skipped(s)),
+            Ok(DeltaSnapshot::Starved(s)) => return Ok(starved(s)),
+            Ok(DeltaSnapshot::Rebase(r)) => return Err(r.to_string()),
+            Err(e) => return Err(e.to_string()),
+        };
+        if read_advert(cx.map).ok() != Some(advert) {
+            return Err("the client changed its tracking registration during the scan".into());
+        }
+        self.commit_delta(pending, f, chain, advert)
+    }
+
+    /// Commits a written delta and records the new tip.
+    fn commit_delta(
+        &mut self,
+        pending: PendingDelta<'_>,
+        f: DeltaFigures,
+        chain: Chain,
+        advert: Advertisement,
+    ) -> Result<Outcome, String> {
+        let info = pending
+            .commit()
+            .map_err(|e| format!("the delta could not be committed: {e}"))?;
+        let tip = info.tip();
+        self.chain = Some(Chain {
+            tip,
+            deltas: chain.deltas + 1,
+            delta_bytes: chain.delta_bytes.saturating_add(f.bytes),
+            next_seq: f.retained.hints.next_seq,
+            ..chain
+        });
+        if let Some(t) = self.tracking.as_mut() {
+            t.vouched = Some(advert);
+        }
+        self.last_mark = Some(mark(f.hints_before));
+        self.told_empty = false;
+        self.last_base_cause = None;
+        debug!(
+            written_pages = f.written_pages,
+            runs = f.runs,
+            scan_ms = f.scan_time.as_secs_f64() * 1e3,
+            "delta {} written",
+            info.path.display()
+        );
+        Ok(Outcome::Persisted(Report {
+            point: Point::Delta {
+                base_generation: tip.base_generation,
+                // MAX_INDEX (99,999,999) fits.
+                index: u32::try_from(tip.index).unwrap_or(u32::MAX),
+            },
+            generation: tip.base_generation,
+            bytes: f.bytes,
+            kept: f.retained.kept,
+            dropped: f.retained.dropped(),
+            newest_seq: f.retained.newest.map_or(0, |d| d.seq),
+            copy: f.copy_time,
+            validate: f.validate_time,
+            sync: info.stats.sync,
+            rename: info.stats.publish,
+        }))
+    }
+
+    /// A full base; with `scan`, preceded by a scan so that the next snapshot can be a delta.
+    fn base(
+        &mut self,
+        cx: &Cx<'_>,
+        scan: Option<(TrackedRange, Advertisement)>,
+        cause: String,
+    ) -> io::Result<Outcome> {
+        self.chain = None;
+        if self.last_base_cause.as_ref() != Some(&cause) {
+            if self.policy.is_some() {
+                info!("full snapshot: {cause}");
+            }
+            self.last_base_cause = Some(cause);
+        }
+        let mut armed = None;
+        if let (Some((range, advert)), Some(t)) = (scan, self.tracking.as_mut()) {
+            t.vouched = None;
+            match t.scanner.scan(&range) {
+                Ok(_) => armed = Some(advert),
+                Err(e) => debug!("{e}"),
+            }
+        }
         let taken = take_queue(cx.memfd, cx.map, cx.persister, cx.meta, &mut self.scratch)?;
         let (file, f) = match taken {
             QueueSnapshot::Written { file, figures } => (file, figures),
-            QueueSnapshot::Skipped(Skip::NoEntries { hints }) => {
-                self.last_mark = Some(mark(hints));
-                let reason = Skip::NoEntries { hints }.to_string();
-                if std::mem::replace(&mut self.told_empty, true) {
-                    return Ok(Outcome::Skipped(reason));
-                }
-                return Ok(Outcome::Notice(reason));
-            }
-            QueueSnapshot::Skipped(s @ Skip::InvalidHeader(_)) => {
-                return Ok(Outcome::Invalid(s.to_string()))
-            }
-            QueueSnapshot::Skipped(s) => return Ok(Outcome::Skipped(s.to_string())),
-            QueueSnapshot::Starved(s) => {
-                return Ok(Outcome::Starved {
-                    copy: s.copy_time,
-                    commits_during_copy: s.commits_during_copy,
-                    pre: s.pre,
-                })
-            }
+            QueueSnapshot::Skipped(s) => return Ok(self.skipped(s)),
+            QueueSnapshot::Starved(s) => return Ok(starved(s)),
         };
         let stats = file.commit()?;
-        self.last_mark = Some(mark(f.hints_before));
-        self.told_empty = false;
+        self.after_base(cx, &f, armed);
         Ok(Outcome::Persisted(Report {
             point: Point::Base {
                 generation: cx.meta.generation,
@@ -107,5 +382,58 @@ impl Strategy for Queue {
             sync: stats.sync,
             rename: stats.rename + stats.dir_sync,
         }))
+    }
+
+    /// After a durable base: the new chain, tracking armed if the advertisement held, and the
+    /// superseded chains removed.
+    fn after_base(&mut self, cx: &Cx<'_>, f: &Figures, armed: Option<Advertisement>) {
+        self.last_mark = Some(mark(f.hints_before));
+        self.told_empty = false;
+        if self.policy.is_none() {
+            return;
+        }
+        self.chain = Some(Chain {
+            tip: Tip::of_base(&f.info),
+            base_bytes: f.copy.bytes,
+            deltas: 0,
+            delta_bytes: 0,
+            next_seq: f.retained.hints.next_seq,
+        });
+        if let (Some(a), Some(t)) = (armed, self.tracking.as_mut()) {
+            if read_advert(cx.map).ok() == Some(a) {
+                t.vouched = Some(a);
+            }
+        }
+        match chain::remove_superseded(cx.persister) {
+            Ok(c) if !c.removed.is_empty() => {
+                debug!("removed {} delta(s) of superseded chains", c.removed.len())
+            }
+            Ok(_) => {}
+            Err(e) => warn!("could not remove superseded deltas: {e}"),
+        }
+    }
+
+    /// The outcome of a skipped attempt (the next snapshot is a base: `chain` was taken).
+    fn skipped(&mut self, skip: Skip) -> Outcome {
+        match skip {
+            Skip::NoEntries { hints } => {
+                self.last_mark = Some(mark(hints));
+                let reason = skip.to_string();
+                if std::mem::replace(&mut self.told_empty, true) {
+                    return Outcome::Skipped(reason);
+                }
+                Outcome::Notice(reason)
+            }
+            Skip::InvalidHeader(_) => Outcome::Invalid(skip.to_string()),
+            Skip::Unconfigured => Outcome::Skipped(skip.to_string()),
+        }
+    }
+}
+
+fn starved(s: Starved) -> Outcome {
+    Outcome::Starved {
+        copy: s.copy_time,
+        commits_during_copy: s.commits_during_copy,
+        pre: s.pre,
     }
 }

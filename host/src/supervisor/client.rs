@@ -47,6 +47,14 @@ impl Client {
     pub fn alive(&self) -> bool {
         matches!(self, Client::Running { .. })
     }
+
+    /// The running client's pid.
+    pub fn pid(&self) -> Option<Pid> {
+        match self {
+            Client::Running { pid, .. } => Some(*pid),
+            _ => None,
+        }
+    }
 }
 
 /// Finds `program` the way `execvp` will, so a typo fails before anything starts.
@@ -107,6 +115,11 @@ pub fn command(
     // watchdog is its own.
     for var in ["NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"] {
         cmd.env_remove(var);
+    }
+    // Write tracking costs the client a fault per first write to a page after each scan:
+    // only worth it when snapshots may be deltas.
+    if !args.incremental() {
+        cmd.env(shmsnap_linux::listen::TRACK_ENV, "0");
     }
     // Its own process group, so the whole tree can be signalled.
     cmd.process_group(0);

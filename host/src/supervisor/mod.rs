@@ -190,6 +190,7 @@ impl Supervisor {
         self.worker.request(Job {
             why: Why::ClientExited,
             client_alive: false,
+            client: None,
         })?;
         Ok(Flow::Continue)
     }
@@ -201,6 +202,7 @@ impl Supervisor {
             OnUsr1::Snapshot => self.worker.request(Job {
                 why,
                 client_alive: self.client.alive(),
+                client: self.client.pid(),
             })?,
             OnUsr1::Ignore(line) => info!("{line}"),
         }
@@ -299,6 +301,7 @@ impl Supervisor {
             self.worker.request(Job {
                 why: Why::Interval,
                 client_alive: self.client.alive(),
+                client: self.client.pid(),
             })?;
         }
         Ok(())

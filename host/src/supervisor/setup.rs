@@ -48,7 +48,7 @@ pub fn start(args: RunArgs) -> Result<Supervisor, Failure> {
         (Some(info), false) => Origin::Restored(info),
         (None, false) => Origin::Empty,
     };
-    let strategy = strategy::from_arg(args.strategy);
+    let strategy = strategy::from_run_args(&args);
     let schedule = strategy.schedule();
     let status_area = strategy.status_area();
     let snap = Snapshotter::new(persister, strategy, memfd, origin)?;

@@ -15,6 +15,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
+use rustix::process::Pid;
+
 use tracing::error;
 
 use crate::exit::{Code, Failure};
@@ -60,6 +62,9 @@ pub struct Job {
     /// Whether the client may be writing the region when the copy starts. Merged requests
     /// are alive only if all of them were.
     pub client_alive: bool,
+    /// The client process when the request was made, if it was running: incremental
+    /// snapshots scan its page tables. Merged requests keep it only if all name the same.
+    pub client: Option<Pid>,
 }
 
 impl Job {
@@ -67,6 +72,11 @@ impl Job {
         Job {
             why: self.why.max(other.why),
             client_alive: self.client_alive && other.client_alive,
+            client: if self.client == other.client {
+                self.client
+            } else {
+                None
+            },
         }
     }
 }
@@ -201,7 +211,9 @@ fn set_busy(busy: &BusySince, since: Option<Instant>) {
 /// failed) and the thread carries on (the temp file of the attempt is removed by its guard,
 /// the previous snapshot stays).
 fn run_one(snap: &mut Snapshotter, job: Job) -> SnapshotRecord {
-    let run = std::panic::AssertUnwindSafe(|| snap.take_and_log(job.client_alive, job.why.label()));
+    let run = std::panic::AssertUnwindSafe(|| {
+        snap.take_and_log(job.client_alive, job.client, job.why.label())
+    });
     match std::panic::catch_unwind(run) {
         Ok(result) => record(&result),
         Err(_) => {
@@ -272,6 +284,7 @@ mod tests {
         let tick = Job {
             why: Why::Interval,
             client_alive: true,
+            client: None,
         };
         w.request(tick).unwrap();
         assert_eq!(
@@ -284,12 +297,14 @@ mod tests {
             w.request(Job {
                 why,
                 client_alive: true,
+                client: None,
             })
             .unwrap();
         }
         w.request(Job {
             why: Why::ClientExited,
             client_alive: false,
+            client: None,
         })
         .unwrap();
         assert!(rx.try_recv().is_err(), "nothing is sent while one runs");
@@ -299,7 +314,8 @@ mod tests {
             rx.try_recv(),
             Ok(Job {
                 why: Why::ClientExited,
-                client_alive: false
+                client_alive: false,
+                client: None
             }),
             "the merged request is sent when the running one is done"
         );
@@ -371,16 +387,19 @@ mod tests {
         let tick = Job {
             why: Why::Interval,
             client_alive: true,
+            client: None,
         };
         let exit = Job {
             why: Why::ClientExited,
             client_alive: false,
+            client: None,
         };
         assert_eq!(tick.merge(exit), exit);
         assert_eq!(exit.merge(tick), exit);
         let usr1 = Job {
             why: Why::Usr1,
             client_alive: true,
+            client: None,
         };
         assert_eq!(tick.merge(usr1), usr1);
     }

@@ -1,0 +1,312 @@
+//! One incremental queue snapshot of a live region: only the pages the client wrote since the
+//! previous snapshot (plus the meta pages), as a delta onto the chain's tip.
+//!
+//! ```text
+//! scan         = Scanner::scan: pages written since the previous scan, write-protected again
+//! pre          = PreCopy::read: valid descriptors of the live region (a stamp)
+//! runs         = plan_runs(scan, meta_len, image_len)        (the written pages + the meta pages)
+//! decide       = CompactionPolicy::decide(...)               (a new base instead?)
+//! delta        = DeltaWriter::begin(tip, runs), copy_from(memfd)
+//! finish       = read the copied meta pages, PreCopy::finish (fence, post, retain),
+//!                write them back into the delta
+//! ```
+//!
+//! [`take_delta`] runs these steps and hands back the delta uncommitted
+//! ([`PendingDelta::commit`] makes it durable), like [`take_queue`](crate::take::take_queue)
+//! hands back its temp file. Scan **before** copy is what makes the delta sound (see
+//! [`track`](crate::track), "Scan, then copy"); the pre/copy/post argument is the one of the
+//! full snapshot, applied to the pages copied onto the previous image (DESIGN §11).
+//!
+//! # After anything but a committed delta, take a base
+//!
+//! The scan re-protects the pages it reports: the next scan will not report them again. So
+//! when this returns anything other than a [`DeltaSnapshot::Written`] that the caller then
+//! commits — a skip, a starved attempt, [`DeltaSnapshot::Rebase`], an error, or a pending
+//! delta dropped — the caller's next snapshot must be a full base: the pages this scan saw are
+//! known nowhere else.
+
+use std::fmt;
+use std::io;
+use std::time::{Duration, Instant};
+
+use shmsnap_core::{PreCopy, Retained};
+
+use crate::chain::{
+    plan_runs, BaseReason, ChainError, CompactionPolicy, DeltaInfo, DeltaMeta, DeltaWriter, Next,
+    Run, Tip,
+};
+use crate::mapping::Mapping;
+use crate::memfd::Memfd;
+use crate::persist::Persister;
+use crate::take::{open_region, Scratch, Skip, Starved};
+use crate::track::{ScanError, Scanner, TrackedRange};
+
+/// The sizes of the chain a delta would extend, for the [`CompactionPolicy`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ChainSize {
+    /// Bytes of data of the base (what its copy moved).
+    pub base_bytes: u64,
+    /// Deltas already in the chain.
+    pub deltas: u64,
+    /// Bytes of data of those deltas, together.
+    pub delta_bytes: u64,
+}
+
+/// What an incremental snapshot needs besides the persister and the scratch buffers.
+#[derive(Debug)]
+pub struct DeltaRequest<'a> {
+    /// The region's file (the runs are copied from it).
+    pub memfd: &'a Memfd,
+    /// The host's mapping of the same memfd (descriptors are read through it).
+    pub map: &'a Mapping,
+    /// The client's pagemap, opened for this client process.
+    pub scanner: &'a mut Scanner,
+    /// The client's tracked range, validated ([`track::validate`](crate::track::validate))
+    /// for this snapshot.
+    pub range: TrackedRange,
+    /// The tip of the chain on disk: the delta is chained onto it.
+    pub parent: Tip,
+    /// The parent image's `next_seq` hint (recorded in the delta's footer).
+    pub parent_next_seq: u64,
+    /// The chain's sizes; with `policy`, decides whether a base is due instead.
+    pub chain: ChainSize,
+    /// The compaction policy.
+    pub policy: CompactionPolicy,
+    /// Wall-clock time of the snapshot, ns since the Unix epoch.
+    pub unix_time_ns: u64,
+}
+
+/// Why [`take_delta`] did not write a delta and a full base is due now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rebase {
+    /// The compaction policy asks for a base.
+    Policy(BaseReason),
+    /// The region's length is not the chain's image length (the client grew it).
+    Resized {
+        /// The chain's image length.
+        chain: u64,
+        /// The region's length now.
+        region: u64,
+    },
+}
+
+impl fmt::Display for Rebase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Rebase::Policy(BaseReason::Ratio) => {
+                f.write_str("compaction: the deltas would pass --compact-ratio of the base")
+            }
+            Rebase::Policy(BaseReason::Count) => {
+                f.write_str("compaction: the chain holds --compact-deltas deltas")
+            }
+            Rebase::Policy(BaseReason::EmptyBase) => f.write_str("the base holds no data"),
+            Rebase::Resized { chain, region } => write!(
+                f,
+                "the region is {region} bytes, the chain's images {chain} bytes"
+            ),
+        }
+    }
+}
+
+/// Why an incremental snapshot failed. Every variant means: take a full base.
+#[derive(Debug)]
+pub enum DeltaError {
+    /// The write-tracking scan failed.
+    Scan(ScanError),
+    /// Writing the delta failed (names the file).
+    Write(ChainError),
+    /// Reading the region, or a core check of the copied image, failed.
+    Region(io::Error),
+}
+
+impl fmt::Display for DeltaError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DeltaError::Scan(e) => write!(f, "{e}"),
+            DeltaError::Write(e) => write!(f, "writing the delta failed: {e}"),
+            DeltaError::Region(e) => write!(f, "incremental snapshot failed: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for DeltaError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            DeltaError::Scan(e) => Some(e),
+            DeltaError::Write(e) => Some(e),
+            DeltaError::Region(e) => Some(e),
+        }
+    }
+}
+
+impl From<ChainError> for DeltaError {
+    fn from(e: ChainError) -> Self {
+        DeltaError::Write(e)
+    }
+}
+
+/// Figures of a written delta.
+#[derive(Debug, Clone, Copy)]
+pub struct DeltaFigures {
+    /// Time of the `PAGEMAP_SCAN`.
+    pub scan_time: Duration,
+    /// Pages the scan reported written.
+    pub written_pages: u64,
+    /// Bytes the delta carries (written pages and meta pages, granule-rounded).
+    pub bytes: u64,
+    /// Runs the delta carries.
+    pub runs: u64,
+    /// Time of the copy of the runs.
+    pub copy_time: Duration,
+    /// Time of post read, retain and meta write-back.
+    pub validate_time: Duration,
+    /// What `retain` kept.
+    pub retained: Retained,
+    /// Live `next_seq` hint before the descriptors were read (the "already handled" mark).
+    pub hints_before: shmsnap_core::Hints,
+}
+
+/// A complete delta in a temp file of the chain directory, not yet durable.
+#[derive(Debug)]
+#[must_use = "a written delta is persisted only by committing it"]
+pub struct PendingDelta<'p> {
+    writer: DeltaWriter<'p>,
+    meta: DeltaMeta,
+}
+
+impl PendingDelta<'_> {
+    /// The runs the delta carries.
+    pub fn runs(&self) -> &[Run] {
+        self.writer.runs()
+    }
+
+    /// What the footer will record besides the runs.
+    pub fn meta(&self) -> DeltaMeta {
+        self.meta
+    }
+
+    /// Makes the delta durable ([`DeltaWriter::commit`]): when this returns `Ok`, it is part of
+    /// the chain.
+    ///
+    /// # Errors
+    ///
+    /// As [`DeltaWriter::commit`] (`Occupied`: take a base instead).
+    pub fn commit(self) -> Result<DeltaInfo, ChainError> {
+        self.writer.commit(self.meta)
+    }
+}
+
+/// What one incremental snapshot attempt produced.
+// One value per snapshot, moved once: boxing the figures would buy nothing.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug)]
+#[must_use = "a written delta is persisted only by committing it"]
+pub enum DeltaSnapshot<'p> {
+    /// A complete delta, uncommitted.
+    Written {
+        /// The delta.
+        delta: PendingDelta<'p>,
+        /// What the attempt did.
+        figures: DeltaFigures,
+    },
+    /// Nothing was copied, for a harmless reason. If the scan ran (`NoEntries`), take a base
+    /// next time.
+    Skipped(Skip),
+    /// Entries existed before the copy but none survived it; take a base next time.
+    Starved(Starved),
+    /// A base is due now (the scan ran: it must be a base).
+    Rebase(Rebase),
+}
+
+/// Takes one incremental snapshot of the region onto `req.parent`, into the chain directory of
+/// `persister`; see the [module docs](self) for the steps and for why every outcome but a
+/// committed delta must be followed by a base.
+///
+/// # Errors
+///
+/// [`DeltaError::Scan`] if the scan failed; [`DeltaError::Write`] for the delta file;
+/// [`DeltaError::Region`] if reading the region failed or the copied header differs from the
+/// live one. No temp file is left.
+pub fn take_delta<'p>(
+    persister: &'p Persister,
+    req: DeltaRequest<'_>,
+    scratch: &mut Scratch,
+) -> Result<DeltaSnapshot<'p>, DeltaError> {
+    let region = match open_region(req.map, scratch) {
+        Ok(r) => r,
+        Err(skip) => return Ok(DeltaSnapshot::Skipped(skip)),
+    };
+    let layout = *region.layout();
+    let len = req.memfd.len().map_err(DeltaError::Region)?;
+    if len != req.parent.image_len {
+        return Ok(DeltaSnapshot::Rebase(Rebase::Resized {
+            chain: req.parent.image_len,
+            region: len,
+        }));
+    }
+    let t = Instant::now();
+    let written = req.scanner.scan(&req.range).map_err(DeltaError::Scan)?;
+    let scan_time = t.elapsed();
+
+    let Scratch { pre, post, meta } = scratch;
+    let hints_before = region.hints();
+    let stamp =
+        PreCopy::read(&region, pre, post).map_err(|e| DeltaError::Region(io::Error::other(e)))?;
+    if stamp.pre().valid() == 0 {
+        return Ok(DeltaSnapshot::Skipped(Skip::NoEntries {
+            hints: hints_before,
+        }));
+    }
+    let runs = plan_runs(
+        written.runs().iter().map(|&r| Run::from(r)),
+        layout.meta_len(),
+        len,
+    );
+    let bytes: u64 = runs.iter().map(|r| r.len).sum();
+    let c = req.chain;
+    if let Next::Base(why) = req
+        .policy
+        .decide(c.base_bytes, c.deltas, c.delta_bytes, bytes)
+    {
+        return Ok(DeltaSnapshot::Rebase(Rebase::Policy(why)));
+    }
+    let mut writer = DeltaWriter::begin(persister, &req.parent, &runs, layout.meta_len())?;
+    let t = Instant::now();
+    writer.copy_from(req.memfd)?;
+    let copy_time = t.elapsed();
+
+    let t = Instant::now();
+    writer.read_image_at(meta, 0)?;
+    let retained = stamp
+        .finish(meta)
+        .map_err(|e| DeltaError::Region(io::Error::other(e)))?;
+    if retained.is_starved() {
+        return Ok(DeltaSnapshot::Starved(Starved {
+            copy_time,
+            commits_during_copy: retained.live_next_seq.saturating_sub(hints_before.next_seq),
+            pre: retained.pre,
+        }));
+    }
+    writer.write_image_at(meta, 0)?;
+    let delta_meta = DeltaMeta {
+        next_seq_before: req.parent_next_seq,
+        next_seq: retained.hints.next_seq,
+        unix_time_ns: req.unix_time_ns,
+    };
+    Ok(DeltaSnapshot::Written {
+        delta: PendingDelta {
+            writer,
+            meta: delta_meta,
+        },
+        figures: DeltaFigures {
+            scan_time,
+            written_pages: written.pages(),
+            bytes,
+            runs: runs.len() as u64,
+            copy_time,
+            validate_time: t.elapsed(),
+            retained,
+            hints_before,
+        },
+    })
+}

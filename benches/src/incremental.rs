@@ -307,6 +307,23 @@ impl Bench for FirstWrite {
     }
 }
 
+/// Where one committed delta's time went.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DeltaPhases {
+    /// `PAGEMAP_SCAN`.
+    pub scan: Duration,
+    /// Copy of the runs into the temp file.
+    pub copy: Duration,
+    /// Post read, retain, meta write-back.
+    pub validate: Duration,
+    /// Table and data read back for their CRCs, footer written.
+    pub footer: Duration,
+    /// `fdatasync` of the delta.
+    pub sync: Duration,
+    /// `rename` + `fsync` of the chain directory.
+    pub publish: Duration,
+}
+
 /// The chain the delta fixture extends.
 #[derive(Debug, Clone, Copy)]
 struct Chain {
@@ -334,6 +351,8 @@ pub struct DeltaFixture {
     raw_image: String,
     raw_pages_tmp: String,
     generation: u64,
+    /// Phases of every committed delta, in order.
+    pub phases: Vec<DeltaPhases>,
 }
 
 impl DeltaFixture {
@@ -457,6 +476,14 @@ impl DeltaFixture {
             Err(e) => return Err(err(e)),
         };
         let info = PendingDelta::commit(delta).map_err(err)?;
+        self.phases.push(DeltaPhases {
+            scan: figures.scan_time,
+            copy: figures.copy_time,
+            validate: figures.validate_time,
+            footer: info.stats.footer,
+            sync: info.stats.sync,
+            publish: info.stats.publish,
+        });
         self.chain = Some(Chain {
             tip: info.tip(),
             next_seq: figures.retained.hints.next_seq,
@@ -519,8 +546,8 @@ impl DeltaFixture {
         Ok(t)
     }
 
-    /// A fresh base plus `deltas` deltas of `percent` % random pages each, and a raw full
-    /// image of the same state. Sanity: the chain restores byte for byte to the live region.
+    /// A base (a new one unless the chain is a bare base) plus `deltas` deltas of `percent` %
+    /// random pages each, and a raw full image of the same state. Sanity: the chain restores byte for byte to the live region.
     ///
     /// # Errors
     ///
@@ -530,7 +557,9 @@ impl DeltaFixture {
     ///
     /// If the restored region differs from the live one.
     pub fn build_chain(&mut self, deltas: u64, percent: u64) -> io::Result<()> {
-        self.base()?;
+        if self.chain.is_none_or(|c| c.deltas > 0) {
+            self.base()?;
+        }
         for _ in 0..deltas {
             let n = self.pages() * percent / 100;
             let pages = self.dirty(n);
@@ -769,6 +798,7 @@ impl DeltaFixture {
             raw_image: format!("inc-{tag}-raw-image.snap"),
             raw_pages_tmp: format!(".inc-{tag}-raw-pages.tmp"),
             generation: 0,
+            phases: Vec::new(),
         })
     }
 

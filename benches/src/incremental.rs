@@ -867,7 +867,129 @@ impl DeltaFixture {
                 out.starved += 1;
                 Ok(0)
             }
-            other => Err(io::Error::other(format!("unexpected attempt: {other:?}"))),
+            // No entry yet (the committer has not committed): nothing to keep.
+            QueueSnapshot::Skipped(_) => Ok(0),
         }
     }
+}
+
+/// What [`busy_chain_check`] found.
+#[derive(Debug, Default, Clone)]
+pub struct BusyCheck {
+    /// Deltas committed (each restored and checked).
+    pub deltas: u64,
+    /// Attempts (bases and deltas) that starved.
+    pub starved: u64,
+    /// Entries checked in restored images.
+    pub entries: u64,
+    /// The first kept entry whose restored bytes are not what was committed under its seq.
+    pub violation: Option<String>,
+}
+
+/// Payload of the busy check: every word holds the seq, so a page left over from an older
+/// payload shows another seq.
+fn busy_payload(seq: u64, out: &mut [u8]) {
+    for w in out.chunks_exact_mut(8) {
+        w.copy_from_slice(&seq.to_le_bytes());
+    }
+}
+
+/// The pre/post argument under real tracking: a thread commits 4 KiB payloads (every word
+/// = the seq) into a 256-entry, 1 MiB ring of a 64 MiB fully touched tracked region, pausing
+/// ~`pause` between commits, while this thread takes `attempts` deltas through [`take_delta`]
+/// (a base when one starved); after each committed delta the chain is restored with
+/// [`restore_chain`] and every kept entry's bytes are checked against its seq.
+///
+/// # Errors
+///
+/// Any I/O error.
+pub fn busy_chain_check(dir: &Path, attempts: u64, pause: Duration) -> io::Result<BusyCheck> {
+    const PAYLOAD: usize = 4 << 10;
+    let request = LayoutRequest {
+        entries: 256,
+        data_size: 1 << 20,
+    };
+    let region = TrackedRegion::new(64 << 20, request, 0, 8)?;
+    let mut f = DeltaFixture::with_region(dir, region, "busy")?;
+    let stop = AtomicBool::new(false);
+    let shared = Arc::clone(&f.region);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let mut w = Writer::attach(shared.map.words()).expect("attach");
+            let mut p = vec![0u8; PAYLOAD];
+            while !stop.load(Ordering::Relaxed) {
+                busy_payload(w.next_seq(), &mut p);
+                w.commit(&p).expect("commit");
+                let t = Instant::now();
+                while t.elapsed() < pause {
+                    std::hint::spin_loop();
+                }
+            }
+        });
+        let out = f.busy_loop(attempts);
+        stop.store(true, Ordering::Relaxed);
+        out
+    })
+}
+
+impl DeltaFixture {
+    fn busy_loop(&mut self, attempts: u64) -> io::Result<BusyCheck> {
+        let mut out = BusyCheck::default();
+        for _ in 0..attempts {
+            if self.chain.is_none() {
+                let mut s = Starvation::default();
+                self.try_full(&mut s, true)?;
+                out.starved += s.starved;
+                if self.chain.is_none() {
+                    // Skipped (no commit yet) or starved: let the committer move on.
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+                continue;
+            }
+            match self.delta_attempt()? {
+                None => out.starved += 1,
+                Some(_) => {
+                    out.deltas += 1;
+                    self.restore_chain()?;
+                    let (n, bad) = check_busy_image(&self.restore)?;
+                    out.entries += n;
+                    if bad.is_some() {
+                        out.violation = bad;
+                        return Ok(out);
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Checks every entry of a restored busy region: each word of its payload is its seq.
+fn check_busy_image(restored: &Memfd) -> io::Result<(u64, Option<String>)> {
+    let map = Mapping::of_memfd(restored, Protection::ReadOnly)?;
+    let region = shmsnap_core::Region::open(map.words()).map_err(err)?;
+    let mut buf = vec![0u8; 4 << 10];
+    let mut n = 0;
+    for d in region.entries() {
+        let len = region.read_payload(&d, &mut buf).map_err(err)?;
+        n += 1;
+        let bad = buf[..len]
+            .chunks_exact(8)
+            .position(|w| u64::from_le_bytes(w.try_into().unwrap_or_default()) != d.seq);
+        if let Some(word) = bad {
+            let got =
+                u64::from_le_bytes(buf[word * 8..word * 8 + 8].try_into().unwrap_or_default());
+            return Ok((
+                n,
+                Some(format!(
+                    "entry {} restored from the chain holds seq {got}'s bytes at byte {} \
+                     (page {} of its payload)",
+                    d.seq,
+                    word * 8,
+                    word * 8 / PAGE as usize
+                )),
+            ));
+        }
+    }
+    Ok((n, None))
 }

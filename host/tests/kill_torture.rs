@@ -17,6 +17,12 @@
 //! minus the restored K, in commits (the client commits `BATCH` primes at a time). For a client
 //! kill it must be zero (the host's final snapshot from the surviving memfd); for a host kill
 //! it is what happened since the last persisted snapshot (bounded by the interval).
+//!
+//! The host takes incremental snapshots (the default `--incremental auto`): "what the host
+//! persisted" is the chain (base + complete deltas) restored by the test itself, and the test
+//! asserts that deltas were taken and that some host restart applied at least one (the host's
+//! "restored ... plus N delta(s)" line). The last cycle always kills the host, after the
+//! client ran long enough for deltas.
 
 mod common;
 
@@ -64,6 +70,33 @@ fn env_u64(name: &str) -> Option<u64> {
     })
 }
 
+/// The primes count of the chain on disk (base + complete deltas), restored by the test; `None`
+/// if there is no snapshot or the host rotated the chain while it was read.
+fn chain_count(state: &Path) -> Option<u64> {
+    let footer = shmsnap_linux::snapshot::read_footer_path(state).ok()?;
+    let memfd = shmsnap_linux::Memfd::create("torture-chain", footer.image_len).ok()?;
+    memfd.seal_against_shrink().ok()?;
+    let dir = shmsnap_linux::chain::chain_dir(state);
+    shmsnap_linux::chain::restore_chain(state, &dir, &memfd, shmsnap_linux::chain::At::Latest)
+        .ok()?;
+    let map = shmsnap_linux::Mapping::of_memfd(&memfd, shmsnap_linux::Protection::ReadOnly).ok()?;
+    count_in(&map)
+}
+
+/// What a host's log says about chains: `(deltas taken, deltas applied by its restore)`.
+fn chain_lines(host: &Proc) -> (u64, u64) {
+    let text = host.err.text();
+    let taken = text.matches("point=delta").count() as u64;
+    let applied = text
+        .lines()
+        .filter_map(|l| {
+            let (_, rest) = l.split_once(") plus ")?;
+            rest.split_once(" delta(s)")?.0.parse::<u64>().ok()
+        })
+        .sum();
+    (taken, applied)
+}
+
 fn start(state: &Path) -> Proc {
     run_host(state, HOST_ARGS, &primes(CLIENT_ARGS))
 }
@@ -84,6 +117,18 @@ struct Stats {
     /// Kills where the live count could not be read (counted as 0: lost work understated).
     live_unknown: u64,
     snapshots: u64,
+    /// Deltas the hosts took, and deltas their restores applied.
+    deltas_taken: u64,
+    deltas_applied: u64,
+}
+
+impl Stats {
+    /// Adds a host's chain figures (call once per host, before it is replaced).
+    fn count_chain(&mut self, host: &Proc) {
+        let (taken, applied) = chain_lines(host);
+        self.deltas_taken += taken;
+        self.deltas_applied += applied;
+    }
 }
 
 fn percentile(v: &mut [u64], p: f64) -> u64 {
@@ -121,11 +166,16 @@ fn kill_torture() {
     assert_eq!(k0, 0);
     let mut cycle = 0;
     while cycle < n {
-        std::thread::sleep(Duration::from_millis(rng.below(500)));
-        let kill_host = rng.below(4) == 0;
+        let last = cycle + 1 == n;
+        // The last kill is the host's, after long enough for a few deltas (50 ms interval).
+        std::thread::sleep(Duration::from_millis(
+            rng.below(500) + if last { 400 } else { 0 },
+        ));
+        let kill_host = rng.below(4) == 0 || last;
         // What the host has persisted, and what the client has committed, right before the kill.
         let persisted_snap = inspect(&state);
-        let persisted = persisted_snap.as_ref().map_or(0, snapshot_count);
+        let persisted = chain_count(&state)
+            .unwrap_or_else(|| persisted_snap.as_ref().map_or(0, snapshot_count));
         let live = live_count(pid);
         let t = Instant::now();
         if kill_host {
@@ -145,6 +195,7 @@ fn kill_torture() {
             if host.out.text().contains(FULL) {
                 at + 1 // the old host's output: its client finished before the kill
             } else {
+                st.count_chain(&host);
                 host = start(&state);
                 0
             }
@@ -167,6 +218,7 @@ fn kill_torture() {
             st.resets += 1;
             st.snapshots += persisted_snap.as_ref().map_or(0, generation);
             host.kill();
+            st.count_chain(&host);
             remove_state(&sdir);
             host = start(&state);
             (at, pid, _) = next_restored(&host, 0, RESTART_LIMIT).expect("fresh start");
@@ -209,16 +261,18 @@ fn kill_torture() {
     st.snapshots += inspect(&state).as_ref().map_or(0, generation);
     host.signal(Signal::TERM);
     let _ = host.wait_timeout(SLOW);
+    st.count_chain(&host);
     let total = wall.elapsed();
     let mut lost = st.lost_commits.clone();
     let mut restart_ms: Vec<u64> = st.restart.iter().map(|d| d.as_millis() as u64).collect();
     println!(
         "kill torture: N = {n} ({} client kills, {} host kills, {} fresh starts after a full region), \
-         {} snapshots persisted, wall time {:.1} s, live count unreadable at {} kills",
+         {} bases (+ {} deltas) persisted, wall time {:.1} s, live count unreadable at {} kills",
         st.client_kills,
         st.host_kills,
         st.resets,
         st.snapshots,
+        st.deltas_taken,
         total.as_secs_f64(),
         st.live_unknown
     );
@@ -235,5 +289,17 @@ fn kill_torture() {
         percentile(&mut restart_ms, 0.5),
         percentile(&mut restart_ms, 0.9),
         percentile(&mut restart_ms, 1.0)
+    );
+    println!(
+        "  chains: {} deltas taken, {} applied by host restarts",
+        st.deltas_taken, st.deltas_applied
+    );
+    assert!(
+        st.deltas_taken > 0,
+        "no delta was taken: the torture did not exercise chains"
+    );
+    assert!(
+        st.deltas_applied > 0,
+        "no host restart applied a delta: the torture did not exercise chain restores"
     );
 }

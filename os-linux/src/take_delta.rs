@@ -310,3 +310,137 @@ pub fn take_delta<'p>(
         },
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chain::{chain_dir, restore_chain, At};
+    use crate::listen::{start_tracking, Tracking};
+    use crate::mapping::Protection;
+    use crate::snapshot::SnapshotMeta;
+    use crate::take::{take_queue, QueueSnapshot};
+    use crate::track::{validate, TrackError};
+    use shmsnap_core::{LayoutRequest, Writer};
+    use std::sync::atomic::Ordering;
+
+    const PAGE: u64 = 4096;
+
+    /// This process as its own client: one tracked mapping, scanned through its own pagemap.
+    #[test]
+    fn a_delta_carries_the_written_pages_and_restores_onto_its_base() {
+        let dir = tempfile::tempdir().unwrap();
+        let persister = Persister::new(&dir.path().join("q.snap"), 1).unwrap();
+        let memfd = Memfd::create("take-delta", 1 << 20).unwrap();
+        memfd.seal_against_shrink().unwrap();
+        let mut map = Mapping::of_memfd(&memfd, Protection::ReadWrite).unwrap();
+        let advert = match start_tracking(&mut map, true) {
+            Tracking::Advertised(a) => a,
+            Tracking::Failed(TrackError::Unavailable(why)) => {
+                eprintln!("skipped: tracking unavailable: {why}");
+                return;
+            }
+            other => panic!("{other:?}"),
+        };
+        let request = LayoutRequest {
+            entries: 8,
+            data_size: 4096,
+        };
+        let mut w = Writer::open_or_init(map.words(), request).unwrap();
+        w.commit(&1u64.to_le_bytes()).unwrap();
+        let pid = rustix::process::getpid();
+        let range = validate(&advert, pid, &memfd, 1 << 20).unwrap();
+        let mut scanner = Scanner::open(pid).unwrap();
+        // Scan, then the base copy: the next scan reports what changed since.
+        scanner.scan(&range).unwrap();
+        let meta = SnapshotMeta {
+            strategy: shmsnap_core::Strategy::Queue.code(),
+            generation: 1,
+            unix_time_ns: 0,
+        };
+        let mut scratch = Scratch::default();
+        let QueueSnapshot::Written { file, figures } =
+            take_queue(&memfd, &map, &persister, meta, &mut scratch).unwrap()
+        else {
+            panic!("base");
+        };
+        file.commit().unwrap();
+        let base = figures.info;
+
+        let tail = shmsnap_core::Region::open(map.words())
+            .unwrap()
+            .layout()
+            .tail_offset;
+        for p in [2u64, 5, 6] {
+            map.words()[((tail + p * PAGE) / 8) as usize].store(0xabc0 + p, Ordering::Relaxed);
+        }
+        w.commit(&2u64.to_le_bytes()).unwrap();
+        macro_rules! req {
+            ($scanner:expr, $policy:expr) => {
+                DeltaRequest {
+                    memfd: &memfd,
+                    map: &map,
+                    scanner: $scanner,
+                    range,
+                    parent: Tip::of_base(&base),
+                    parent_next_seq: 2,
+                    chain: ChainSize {
+                        base_bytes: figures.copy.bytes,
+                        deltas: 0,
+                        delta_bytes: 0,
+                    },
+                    policy: $policy,
+                    unix_time_ns: 1,
+                }
+            };
+        }
+        let big = CompactionPolicy {
+            max_ratio_percent: 100_000,
+            max_deltas: 8,
+        };
+        let DeltaSnapshot::Written { delta, figures: f } =
+            take_delta(&persister, req!(&mut scanner, big), &mut scratch).unwrap()
+        else {
+            panic!("a quiet region must give a delta");
+        };
+        let meta_pages = shmsnap_core::Region::open(map.words())
+            .unwrap()
+            .layout()
+            .meta_len()
+            / PAGE;
+        // The meta pages, the one data-ring page of the commit, the three tail pages.
+        assert_eq!(f.bytes / PAGE, meta_pages + 1 + 3, "{:?}", delta.runs());
+        assert_eq!(f.retained.kept, 2);
+        let info = delta.commit().unwrap();
+        assert_eq!(info.footer.index, 1);
+
+        let back = Memfd::create("back", 1 << 20).unwrap();
+        back.seal_against_shrink().unwrap();
+        let report = restore_chain(
+            &persister.target(),
+            &chain_dir(&persister.target()),
+            &back,
+            At::Latest,
+        )
+        .unwrap();
+        assert_eq!(report.listing.deltas.len(), 1);
+        let mut b = [0u8; 8];
+        for p in [2u64, 5, 6] {
+            rustix::io::pread(&back, &mut b, tail + p * PAGE).unwrap();
+            assert_eq!(u64::from_le_bytes(b), 0xabc0 + p, "page {p} restored");
+        }
+
+        // With the chain at its delta count limit, the next attempt asks for a base.
+        let one = CompactionPolicy {
+            max_ratio_percent: 100_000,
+            max_deltas: 0,
+        };
+        let got = take_delta(&persister, req!(&mut scanner, one), &mut scratch).unwrap();
+        assert!(
+            matches!(
+                got,
+                DeltaSnapshot::Rebase(Rebase::Policy(BaseReason::Count))
+            ),
+            "{got:?}"
+        );
+    }
+}

@@ -389,6 +389,14 @@ impl Queue {
     fn after_base(&mut self, cx: &Cx<'_>, f: &Figures, armed: Option<Advertisement>) {
         self.last_mark = Some(mark(f.hints_before));
         self.told_empty = false;
+        // Also with --incremental off: the deltas of an earlier run's bases go with them.
+        match chain::remove_superseded(cx.persister) {
+            Ok(c) if !c.removed.is_empty() => {
+                debug!("removed {} delta(s) of superseded chains", c.removed.len())
+            }
+            Ok(_) => {}
+            Err(e) => warn!("could not remove superseded deltas: {e}"),
+        }
         if self.policy.is_none() {
             return;
         }
@@ -403,13 +411,6 @@ impl Queue {
             if read_advert(cx.map).ok() == Some(a) {
                 t.vouched = Some(a);
             }
-        }
-        match chain::remove_superseded(cx.persister) {
-            Ok(c) if !c.removed.is_empty() => {
-                debug!("removed {} delta(s) of superseded chains", c.removed.len())
-            }
-            Ok(_) => {}
-            Err(e) => warn!("could not remove superseded deltas: {e}"),
         }
     }
 

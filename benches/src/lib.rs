@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 
 pub mod commit;
 pub mod durable;
+pub mod incremental;
 pub mod recover;
 pub mod report;
 pub mod snapshot;

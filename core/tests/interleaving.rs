@@ -7,57 +7,14 @@
 //! Two broken twins — a host without the post check, and a writer whose evictions land after
 //! its data stores — must be caught, which proves the simulator can fail.
 
-use std::cell::{Cell, RefCell};
+use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use proptest::prelude::*;
 use shmsnap_core::{LayoutRequest, Region, WordMemory, Writer};
 use shmsnap_testkit::{
-    check_image_payloads, host_snapshot, payload_for, to_bytes, zeroed_words, Host,
+    check_image_payloads, host_snapshot, payload_for, to_bytes, Host, Recording, Store,
 };
-
-/// One recorded writer store.
-#[derive(Debug, Clone, Copy)]
-struct Store {
-    word: usize,
-    value: u64,
-    release: bool,
-}
-
-/// The writer's memory: a private shadow that records every store in order.
-struct Recording {
-    shadow: Vec<AtomicU64>,
-    trace: RefCell<Vec<Store>>,
-}
-
-// SAFETY: forwards to a Vec of AtomicU64 of fixed length.
-unsafe impl WordMemory for Recording {
-    fn len(&self) -> usize {
-        self.shadow.len()
-    }
-    fn load(&self, i: usize, order: Ordering) -> u64 {
-        self.shadow[i].load(order)
-    }
-    fn store(&self, i: usize, v: u64, order: Ordering) {
-        self.trace.borrow_mut().push(Store {
-            word: i,
-            value: v,
-            release: order == Ordering::Release,
-        });
-        self.shadow[i].store(v, order)
-    }
-    fn compare_exchange(
-        &self,
-        _: usize,
-        _: u64,
-        _: u64,
-        _: Ordering,
-        _: Ordering,
-    ) -> Result<u64, u64> {
-        unimplemented!("the queue writer does not use CAS")
-    }
-    fn fence(&self, _: Ordering) {}
-}
 
 /// The host's view: before each host load, the schedule may let pending writer stores land.
 struct Interleaved<'a> {
@@ -138,10 +95,7 @@ struct Outcome {
 /// Runs one scenario: `warmup` commits land before the host starts, then `lens` commits are
 /// interleaved with one host snapshot according to `gaps`.
 fn simulate(warmup: &[usize], lens: &[usize], gaps: &[u16], twin: Twin) -> Result<Outcome, String> {
-    let recording = Recording {
-        shadow: zeroed_words(REGION),
-        trace: RefCell::new(Vec::new()),
-    };
+    let recording = Recording::zeroed(REGION);
     let mut writer = Writer::init(&recording, REQ).unwrap();
     for &len in warmup {
         writer.commit(&payload_for(writer.next_seq(), len)).unwrap();

@@ -8,6 +8,8 @@
 //!   [`check_entries`], which compares a region with it.
 //! - [`payload`]: [`payload_for`] (bytes that encode their seq) and [`check_image_payloads`].
 //! - [`words`]: plain word memories ([`zeroed_words`], [`from_bytes`], [`to_bytes`]).
+//! - [`trace`]: [`Recording`], a writer memory that records its [`Store`]s for the
+//!   interleaving simulators to replay.
 //! - [`host`]: [`host_snapshot`], core's `PreCopy` around a caller's copy, with the broken twin
 //!   [`Host::PreAsPost`].
 //! - Fuzz entry points (each accepts *any* bytes and panics only on a violated invariant; the
@@ -36,6 +38,7 @@ pub mod ops;
 pub mod payload;
 pub mod retain_arbitrary;
 pub mod snapshot_file;
+pub mod trace;
 pub mod triple_host;
 pub mod words;
 
@@ -45,4 +48,5 @@ pub use model::{check_entries, ModelEntry, QueueModel};
 pub use ops::ops;
 pub use payload::{check_image_payloads, payload_for};
 pub use retain_arbitrary::retain_arbitrary;
+pub use trace::{Recording, Store};
 pub use words::{from_bytes, to_bytes, zeroed_words};

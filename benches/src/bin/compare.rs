@@ -17,6 +17,9 @@ use std::time::{Duration, Instant};
 
 use shmsnap_benches::commit::{Dest, Limit, Ours, Raw, Upstream, PAYLOADS};
 use shmsnap_benches::durable::DurableFixture;
+use shmsnap_benches::incremental::{
+    self, DeltaBench, DeltaFixture, DeltaSide, FirstWrite, ScanBench, DELTA_PERCENTS,
+};
 use shmsnap_benches::recover::{Recover, ENTRIES};
 use shmsnap_benches::report::{compare, fmt_ns, interleave, is_tmpfs, machine, median};
 use shmsnap_benches::snapshot::{SnapshotFixture, Touch, SIZES};
@@ -59,7 +62,7 @@ impl Opts {
                 }
                 "-h" | "--help" => {
                     println!(
-                        "usage: compare [--quick] [--only commit,recover,snapshot,triple,durable] [--allow-tmpfs]"
+                        "usage: compare [--quick] [--only commit,recover,snapshot,triple,durable,incremental] [--allow-tmpfs]"
                     );
                     std::process::exit(0);
                 }
@@ -148,6 +151,9 @@ fn main() {
     }
     if opts.wants("durable") {
         durable_section(&opts, &dir, &mut r);
+    }
+    if opts.wants("incremental") {
+        incremental_section(&opts, &dir, &mut r);
     }
 
     let _ = writeln!(r.out, "## DESIGN §10 targets\n");
@@ -529,6 +535,197 @@ fn durable_section(opts: &Opts, dir: &std::path::Path, r: &mut Report) {
             fmt_ns(t),
             1e9 / t,
             t / base
+        );
+    }
+    let _ = writeln!(r.out);
+}
+
+/// Incremental snapshots (issue 13): scan cost, first-write cost, delta snapshots against
+/// the raw write of the same pages and against today's full snapshot, chain restore against
+/// a raw copy back, and starvation under a flat-out committer. See
+/// `shmsnap_benches::incremental`.
+fn incremental_section(opts: &Opts, dir: &std::path::Path, r: &mut Report) {
+    let rounds = if opts.quick { 3 } else { 9 };
+    let _ = writeln!(
+        r.out,
+        "## incremental snapshots (median of {rounds} interleaved rounds; 256 MiB region, fully touched)\n"
+    );
+    scan_rows(rounds, r);
+    first_write_rows(rounds, r);
+    eprintln!("incremental: delta fixture");
+    let f = std::cell::RefCell::new(DeltaFixture::new(dir).expect("delta fixture"));
+    // The restore row first: its chain starts on the fixture's base.
+    restore_rows(&f, rounds, r);
+    delta_rows(opts, &f, rounds, r);
+    drop(f);
+    starvation_rows(opts, dir, r);
+}
+
+fn scan_rows(rounds: usize, r: &mut Report) {
+    eprintln!("incremental: scan");
+    let pages = incremental::REGION / incremental::PAGE;
+    let mut clean = ScanBench::new(0).expect("scan fixture");
+    let mut one = ScanBench::new(pages / 100).expect("scan fixture");
+    let m = interleave(&mut [&mut clean, &mut one], &[16, 8], rounds.max(5));
+    let per_gib = (1u64 << 30) as f64 / incremental::REGION as f64;
+    let _ = writeln!(
+        r.out,
+        "| `PAGEMAP_SCAN` + re-protect of 256 MiB | per scan | per GiB |\n|---|---:|---:|\n\
+         | nothing written | {} | {} |\n| 1 % of pages written ({} pages) | {} | {} |\n",
+        fmt_ns(m[0].ns),
+        fmt_ns(m[0].ns * per_gib),
+        pages / 100,
+        fmt_ns(m[1].ns),
+        fmt_ns(m[1].ns * per_gib),
+    );
+}
+
+fn first_write_rows(rounds: usize, r: &mut Report) {
+    eprintln!("incremental: first write");
+    let mut tracked = FirstWrite::new(true).expect("first-write fixture");
+    let mut plain = FirstWrite::new(false).expect("first-write fixture");
+    let n = tracked.batch_pages();
+    let m = interleave(&mut [&mut tracked, &mut plain], &[n, n], rounds.max(5));
+    let _ = writeln!(
+        r.out,
+        "| one store per page, {n} pages | per store | /plain |\n|---|---:|---:|\n\
+         | first write to a write-protected page (async fault) | {} | {:.1} |\n\
+         | plain store (resident, writable page) | {} | 1.0 |\n",
+        fmt_ns(m[0].ns),
+        m[0].ns / m[1].ns,
+        fmt_ns(m[1].ns),
+    );
+}
+
+fn delta_rows(opts: &Opts, f: &std::cell::RefCell<DeltaFixture>, rounds: usize, r: &mut Report) {
+    let _ = writeln!(
+        r.out,
+        "| pages written (random) | delta (`take_delta` + commit) | raw `pwrite` of those pages + `fdatasync` | full snapshot (`take_queue` + commit) | delta/raw | full/delta |\n\
+         |---|---:|---:|---:|---:|---:|"
+    );
+    // `--quick`: the full snapshot (which does not depend on the pages written) is measured
+    // in the first row only and reused.
+    let mut full = None;
+    f.borrow_mut().phases.clear();
+    let mut phase_rows = Vec::new();
+    for percent in DELTA_PERCENTS {
+        eprintln!("incremental: delta {percent} %");
+        let mut sides =
+            [DeltaSide::Delta, DeltaSide::RawPages, DeltaSide::Full].map(|side| DeltaBench {
+                fixture: f,
+                side,
+                percent,
+            });
+        let [a, b, c] = &mut sides;
+        let m = if full.is_some() && opts.quick {
+            interleave(&mut [a, b], &[1, 1], rounds)
+        } else {
+            interleave(&mut [a, b, c], &[1, 1, 1], rounds)
+        };
+        let full = *full.get_or_insert(m.get(2).map_or(f64::NAN, |x| x.ns));
+        phase_rows.push((percent, f.borrow_mut().phases.split_off(0)));
+        let (d, raw) = (m[0].ns, m[1].ns);
+        let pages = f.borrow().pages() * percent / 100;
+        let _ = writeln!(
+            r.out,
+            "| {percent} % ({pages} pages) | {} | {} | {} | {:.2} | {:.1} |",
+            fmt_ns(d),
+            fmt_ns(raw),
+            fmt_ns(full),
+            d / raw,
+            full / d
+        );
+        r.targets.push(Target {
+            what: format!("delta snapshot 256 MiB, {percent} % written: delta/raw pages"),
+            ratio: d / raw,
+            at_most: true,
+            bound: 1.5,
+        });
+        r.targets.push(Target {
+            what: format!("delta snapshot 256 MiB, {percent} % written: full/delta"),
+            ratio: full / d,
+            at_most: false,
+            bound: 20.0,
+        });
+    }
+    let _ = writeln!(
+        r.out,
+        "\n| delta phases (medians) | scan | copy | post+retain | footer (CRC read-back) | `fdatasync` | rename + dir `fsync` |\n\
+         |---|---:|---:|---:|---:|---:|---:|"
+    );
+    for (percent, p) in phase_rows {
+        let med = |g: fn(&incremental::DeltaPhases) -> Duration| {
+            fmt_ns(median(p.iter().map(|x| g(x).as_secs_f64() * 1e9).collect()))
+        };
+        let _ = writeln!(
+            r.out,
+            "| {percent} % | {} | {} | {} | {} | {} | {} |",
+            med(|x| x.scan),
+            med(|x| x.copy),
+            med(|x| x.validate),
+            med(|x| x.footer),
+            med(|x| x.sync),
+            med(|x| x.publish)
+        );
+    }
+    let _ = writeln!(r.out);
+}
+
+fn restore_rows(f: &std::cell::RefCell<DeltaFixture>, rounds: usize, r: &mut Report) {
+    eprintln!("incremental: chain restore");
+    let deltas = incremental::RESTORE_DELTAS;
+    f.borrow_mut()
+        .build_chain(deltas, 1)
+        .expect("chain of deltas");
+    let f = f.borrow();
+    let mut ours = FnBench(|| {
+        f.restore_chain().expect("chain restore");
+    });
+    let mut raw = FnBench(|| f.raw_restore().expect("raw restore"));
+    let m = interleave(&mut [&mut ours, &mut raw], &[1, 1], rounds);
+    let _ = writeln!(
+        r.out,
+        "| restore of 256 MiB | `restore_chain` (base + {deltas} deltas of 1 %, CRCs checked) | raw copy back of one full image | ours/raw |\n\
+         |---|---:|---:|---:|\n| fully touched | {} | {} | {:.2} |\n",
+        fmt_ns(m[0].ns),
+        fmt_ns(m[1].ns),
+        m[0].ns / m[1].ns
+    );
+    r.targets.push(Target {
+        what: format!("restore 256 MiB, base + {deltas} deltas: ours/raw full image"),
+        ratio: m[0].ns / m[1].ns,
+        at_most: true,
+        bound: 1.3,
+    });
+}
+
+fn starvation_rows(opts: &Opts, dir: &std::path::Path, r: &mut Report) {
+    let n = if opts.quick { 4 } else { 12 };
+    let _ = writeln!(
+        r.out,
+        "Starvation: a thread commits {} KiB payloads flat out into a 64-entry ring ({} MiB data \
+         ring) of a 64 MiB fully touched region; {n} snapshot attempts back to back (incremental: \
+         the chain's base taken before the committer starts).\n\n\
+         | snapshots | attempts | persisted | of which deltas | starved | kept entries (mean per persisted) | commits during the run | time |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|",
+        incremental::STARVE_PAYLOAD >> 10,
+        incremental::STARVE_RING >> 20,
+    );
+    for incremental in [false, true] {
+        eprintln!("incremental: starvation, incremental = {incremental}");
+        let s = incremental::starvation(dir, n, incremental).expect("starvation run");
+        let _ = writeln!(
+            r.out,
+            "| {} | {} | {} | {} | {} | {} ({:.1}) | {} | {} |",
+            if incremental { "incremental" } else { "full" },
+            s.attempts,
+            s.persisted,
+            s.deltas,
+            s.starved,
+            s.kept,
+            s.kept as f64 / s.persisted.max(1) as f64,
+            s.commits,
+            fmt_ns(s.time.as_secs_f64() * 1e9)
         );
     }
     let _ = writeln!(r.out);

@@ -2,8 +2,8 @@
 //! previous snapshot (plus the meta pages), as a delta onto the chain's tip.
 //!
 //! ```text
-//! scan         = Scanner::scan: pages written since the previous scan, write-protected again
 //! pre          = PreCopy::read: valid descriptors of the live region (a stamp)
+//! scan         = Scanner::scan: pages written since the previous scan, write-protected again
 //! runs         = plan_runs(scan, meta_len, image_len)        (the written pages + the meta pages)
 //! decide       = CompactionPolicy::decide(...)               (a new base instead?)
 //! delta        = DeltaWriter::begin(tip, runs), copy_from(memfd)
@@ -13,7 +13,7 @@
 //!
 //! [`take_delta`] runs these steps and hands back the delta uncommitted
 //! ([`PendingDelta::commit`] makes it durable), like [`take_queue`](crate::take::take_queue)
-//! hands back its temp file. Scan **before** copy is what makes the delta sound (see
+//! hands back its temp file. Pre, **then** scan, **then** copy is what makes the delta sound (see
 //! [`track`](crate::track), "Scan, then copy"); the pre/copy/post argument is the one of the
 //! full snapshot, applied to the pages copied onto the previous image (DESIGN §11).
 //!
@@ -244,10 +244,6 @@ pub fn take_delta<'p>(
             region: len,
         }));
     }
-    let t = Instant::now();
-    let written = req.scanner.scan(&req.range).map_err(DeltaError::Scan)?;
-    let scan_time = t.elapsed();
-
     let Scratch { pre, post, meta } = scratch;
     let hints_before = region.hints();
     let stamp =
@@ -257,6 +253,15 @@ pub fn take_delta<'p>(
             hints: hints_before,
         }));
     }
+    // The scan comes after `pre`: every entry in `pre` had its payload stored before its seq
+    // was published, so before the scan began; the scan therefore reports those pages (or an
+    // earlier scan did and an earlier image copied them). Scanning before `pre` would let a
+    // commit whose payload lands after the scan passed its pages, but whose seq is published
+    // before `pre`, be kept over the previous image's bytes (DESIGN §11; the simulator's
+    // `broken_twin_scan_before_pre_is_caught`, the benches' `busy_delta`).
+    let t = Instant::now();
+    let written = req.scanner.scan(&req.range).map_err(DeltaError::Scan)?;
+    let scan_time = t.elapsed();
     let runs = plan_runs(
         written.runs().iter().map(|&r| Run::from(r)),
         layout.meta_len(),

@@ -58,9 +58,10 @@
 //!
 //! One incremental snapshot of the queue strategy (DESIGN §11):
 //!
-//! 1. **scan** ([`Scanner::scan`](crate::track::Scanner::scan)): the pages the client wrote
-//!    since the previous scan, now write-protected again;
-//! 2. **pre** (`PreCopy::read`);
+//! 1. **pre** (`PreCopy::read`);
+//! 2. **scan** ([`Scanner::scan`](crate::track::Scanner::scan)): the pages the client wrote
+//!    since the previous scan, now write-protected again — after `pre`, so every kept
+//!    entry's payload was stored before the scan began (DESIGN §11);
 //! 3. **copy**: `runs = plan_runs(written, layout.meta_len(), image_len)` (the written pages
 //!    plus the meta pages, which `retain` rewrites in every image);
 //!    `w = DeltaWriter::begin(&persister, &tip, &runs, meta_len)`, `w.copy_from(&memfd)`;

@@ -39,6 +39,8 @@ pub enum Command {
     Inspect(InspectArgs),
     /// Check a snapshot file; exit 0 if and only if it is sound.
     Verify(VerifyArgs),
+    /// Write a point of a replica as a standalone snapshot file.
+    Restore(RestoreArgs),
     /// Show what shmsnap does: run the bundled primes client, SIGKILL it a few times, and
     /// check after every restart that its primes survived and are correct.
     Demo(DemoArgs),
@@ -177,9 +179,40 @@ pub struct RunArgs {
     /// free port, logged at start).
     #[arg(long, value_name = "ADDR", value_parser = crate::metrics::parse_addr)]
     pub metrics: Option<SocketAddr>,
+    /// Ship every persisted snapshot to object storage: s3://BUCKET/PREFIX (configured by
+    /// AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION, AWS_ENDPOINT_URL; plain http
+    /// only with AWS_ALLOW_HTTP=true) or file:///ABS/PATH. When FILE is missing, the newest
+    /// point of the replica is restored before the client starts.
+    #[arg(long, value_name = "URL")]
+    pub replica: Option<String>,
+    /// What the replica keeps: N base generations (with their deltas), or those younger than
+    /// a DURATION (e.g. 7d); the newest is always kept.
+    #[arg(long, value_name = "N|DURATION", default_value = "3", requires = "replica",
+          value_parser = crate::replica::upload::parse_keep)]
+    pub replica_keep: crate::replica::upload::Keep,
     /// The client command and its arguments.
     #[arg(trailing_var_arg = true, required = true, value_name = "CMD")]
     pub command: Vec<OsString>,
+}
+
+/// `shmsnap restore`.
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    /// The replica: s3://BUCKET/PREFIX or file:///ABS/PATH (as for `run --replica`).
+    #[arg(long, value_name = "URL")]
+    pub from: String,
+    /// The snapshot file to write (atomically: temp file, fsync, rename, directory fsync).
+    #[arg(long, value_name = "OUT")]
+    pub to: PathBuf,
+    /// The newest point taken at or before TIME (RFC 3339, e.g. 2026-11-25T21:00:00Z).
+    #[arg(long, value_name = "TIME", value_parser = crate::replica::restore::parse_time)]
+    pub at: Option<u64>,
+    /// If an object is corrupt or missing, restore the newest sound older point instead.
+    #[arg(long)]
+    pub fallback: bool,
+    /// Replace OUT if it exists.
+    #[arg(long)]
+    pub force: bool,
 }
 
 /// `shmsnap completions`.
@@ -205,7 +238,11 @@ pub struct ManArgs {
 #[derive(Debug, Args)]
 pub struct InspectArgs {
     /// The snapshot file.
-    pub file: PathBuf,
+    #[arg(required_unless_present = "replica", conflicts_with = "replica")]
+    pub file: Option<PathBuf>,
+    /// Describe a replica instead: generations, points, the lease, the newest point.
+    #[arg(long, value_name = "URL")]
+    pub replica: Option<String>,
     /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,

@@ -8,6 +8,7 @@
 //! | [`strategy`] | one file per snapshot strategy, all answering the same questions |
 //! | [`snap`] | restore at start; consistent snapshots while the client runs |
 //! | [`inspect`] | `inspect` and `verify` of snapshot files |
+//! | [`replica`] | replicas in object storage: upload, lease, `restore --from`, `inspect --replica` |
 //! | [`notify`] | systemd: fd store, `READY=1`, `STATUS=` |
 //! | [`durable`] | durability feedback: the status area at start and after each snapshot, client requests |
 //! | [`demo`] | `demo`: the primes client under the host, SIGKILLed |
@@ -32,6 +33,7 @@ mod logging;
 mod metrics;
 mod notify;
 mod progress;
+mod replica;
 mod snap;
 mod strategy;
 mod supervisor;
@@ -66,7 +68,14 @@ fn main() -> ExitCode {
     logging::init(log_format);
     let result = match cli.command {
         Command::Run(args) => supervisor::run(args),
-        Command::Inspect(args) => inspect::inspect(&args.file, args.json),
+        Command::Inspect(args) => match (&args.replica, &args.file) {
+            (Some(url), _) => replica::inspect::inspect(url, args.json),
+            (None, Some(file)) => inspect::inspect(file, args.json),
+            (None, None) => unreachable!("clap requires FILE or --replica"),
+        },
+        Command::Restore(args) => {
+            replica::restore::restore(&args.from, &args.to, args.at, args.fallback, args.force)
+        }
         Command::Verify(args) => inspect::verify(&args.file),
         Command::Demo(args) => demo::run(&args),
         Command::Example(args) => match args.which {

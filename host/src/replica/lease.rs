@@ -220,6 +220,16 @@ impl Lease {
         }
     }
 
+    /// Gives the lease up (a stopping host): rewrites it as expired now, so that the next
+    /// host, on any machine, may take it at once.
+    ///
+    /// # Errors
+    ///
+    /// As [`renew`](Self::renew).
+    pub async fn release(mut self, replica: &Replica) -> Result<(), LeaseError> {
+        self.write(replica, now_ms()).await
+    }
+
     /// Extends the lease by [`TTL`] from now.
     ///
     /// # Errors
@@ -227,9 +237,13 @@ impl Lease {
     /// [`LeaseError::Lost`] if someone else wrote the lease since; `Store` otherwise (the
     /// lease is still ours until it expires: retry).
     pub async fn renew(&mut self, replica: &Replica) -> Result<(), LeaseError> {
+        self.write(replica, now_ms() + TTL.as_millis() as u64).await
+    }
+
+    async fn write(&mut self, replica: &Replica, expires_unix_ms: u64) -> Result<(), LeaseError> {
         let body = Body {
             holder: self.body.holder.clone(),
-            expires_unix_ms: now_ms() + TTL.as_millis() as u64,
+            expires_unix_ms,
         };
         let version = update(replica, &body, self.version.clone(), &self.body).await?;
         self.body = body;

@@ -107,8 +107,10 @@ impl Replica {
                 format!("replica URL {url}: no bucket name (expected s3://BUCKET/PREFIX)"),
             ));
         }
-        check_plain_http(url)?;
+        let allow_http = check_plain_http(url)?;
         let (options, retry) = client_options();
+        // `with_client_options` replaces what `from_env` read into the client options.
+        let options = options.with_allow_http(allow_http);
         let mut builder = AmazonS3Builder::from_env()
             .with_bucket_name(bucket)
             .with_client_options(options)
@@ -176,8 +178,9 @@ fn key_prefix(url: &str, prefix: &str) -> Result<Key, Failure> {
 }
 
 /// `object_store` refuses a plain-http endpoint without `AWS_ALLOW_HTTP`, at the first request
-/// and in its own words; say it before anything starts, in ours.
-fn check_plain_http(url: &str) -> Result<(), Failure> {
+/// and in its own words; say it before anything starts, in ours. Returns whether plain http
+/// is allowed.
+fn check_plain_http(url: &str) -> Result<bool, Failure> {
     let endpoint = std::env::var("AWS_ENDPOINT_URL")
         .or_else(|_| std::env::var("AWS_ENDPOINT"))
         .unwrap_or_default();
@@ -191,15 +194,21 @@ fn check_plain_http(url: &str) -> Result<(), Failure> {
             ),
         ));
     }
-    Ok(())
+    Ok(allowed)
 }
 
 /// `true` if `e` says the credentials were refused (HTTP 401 or 403).
+/// Some requests (listing) report the status only inside a generic error's text.
 pub fn is_refused(e: &object_store::Error) -> bool {
-    matches!(
-        e,
-        object_store::Error::PermissionDenied { .. } | object_store::Error::Unauthenticated { .. }
-    )
+    match e {
+        object_store::Error::PermissionDenied { .. }
+        | object_store::Error::Unauthenticated { .. } => true,
+        object_store::Error::Generic { .. } => {
+            let text = e.to_string();
+            text.contains("403 Forbidden") || text.contains("401 Unauthorized")
+        }
+        _ => false,
+    }
 }
 
 /// The failure for refused credentials: exit 78 naming the URL.

@@ -113,10 +113,19 @@ pub struct Backlog {
     cut: Option<u64>,
     /// The host is stopping.
     stop: bool,
+    /// When a stopping host gives up on what is still pending.
+    stop_by: Option<Instant>,
     /// When the oldest point not yet in the bucket was offered (in flight or pending).
     behind_since: Option<Instant>,
     /// The generation of the newest base offered.
     newest_base: Option<u64>,
+}
+
+impl Backlog {
+    /// `true` once a stopping host's drain time is over.
+    fn drained(&self) -> bool {
+        self.stop_by.is_some_and(|t| Instant::now() >= t)
+    }
 }
 
 impl Backlog {
@@ -291,7 +300,10 @@ impl Shipper {
 impl Drop for Shipper {
     /// Stops the uploader: it ships what is pending for at most [`DRAIN`], then ends.
     fn drop(&mut self) {
-        self.shared.lock().stop = true;
+        let mut b = self.shared.lock();
+        b.stop = true;
+        b.stop_by = Some(Instant::now() + DRAIN);
+        drop(b);
         self.shared.wake.notify_one();
         if let Some(t) = self.thread.take() {
             if t.join().is_err() {
@@ -331,35 +343,45 @@ enum Shipped {
 
 impl Uploader {
     async fn run(mut self) {
-        let mut stop_at: Option<Instant> = None;
         loop {
             let wait = Duration::from_millis(
                 self.lease
                     .as_ref()
                     .map_or(1000, |l| l.renew_due_ms().saturating_sub(now_ms()).max(10)),
             );
-            let (next, stopping, waiting) = {
+            let (next, stopping, drained, waiting) = {
                 let mut b = self.shared.wait(wait);
                 let next = b.pop();
                 if next.is_none() {
                     b.behind_since = None;
                 }
-                (next, b.stop, b.len())
+                (next, b.stop, b.drained(), b.len())
             };
             self.metrics.replica_backlog(waiting);
             self.update_lag();
-            if stopping {
-                let deadline = *stop_at.get_or_insert_with(|| Instant::now() + DRAIN);
-                if next.is_none() || Instant::now() > deadline || self.lost {
-                    return;
-                }
+            if stopping && (next.is_none() || drained || self.lost) {
+                self.release().await;
+                return;
             }
             self.keep_lease().await;
             if let Some(offer) = next {
                 if self.lost {
                     continue;
                 }
-                self.ship(offer, stop_at).await;
+                self.ship(offer).await;
+            }
+        }
+    }
+
+    /// Gives the lease up as the host stops (unless it was lost).
+    async fn release(&mut self) {
+        if let (Some(l), false) = (self.lease.take(), self.lost) {
+            match l.release(&self.replica).await {
+                Ok(()) => info!("replica {}: lease released", self.replica.url),
+                Err(e) => warn!(
+                    "replica {}: cannot release the lease ({e}); it expires by itself",
+                    self.replica.url
+                ),
             }
         }
     }
@@ -416,7 +438,7 @@ impl Uploader {
     }
 
     /// Uploads one point, retrying until it is in the bucket, superseded, or the host stops.
-    async fn ship(&mut self, offer: Offer, stop_at: Option<Instant>) {
+    async fn ship(&mut self, offer: Offer) {
         loop {
             if self.shared.lock().superseded(offer.point) {
                 debug!("replica: {} superseded by a newer base", offer.point);
@@ -441,7 +463,7 @@ impl Uploader {
                 Ok(Shipped::Skipped) => return,
                 Err(e) => {
                     self.failed(&format!("cannot upload {}: {e}", offer.point));
-                    if stop_at.is_some_and(|d| Instant::now() > d) {
+                    if self.shared.lock().drained() {
                         return;
                     }
                     self.pause().await;
@@ -456,7 +478,11 @@ impl Uploader {
         let backoff = self.backoff;
         // A blocking wait on the condvar is fine: the runtime is this thread's alone.
         let guard = shared.lock();
-        if !guard.stop {
+        if guard.stop {
+            drop(guard);
+            // Stopping: retry until the drain deadline, but not in a tight loop.
+            std::thread::sleep(backoff.min(Duration::from_secs(1)));
+        } else {
             drop(
                 shared
                     .wake

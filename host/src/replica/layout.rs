@@ -234,7 +234,8 @@ mod tests {
             },
             PointId {
                 generation: u64::MAX,
-                index: u32::MAX,
+                // The chain's largest position (8 digits), as local delta names.
+                index: shmsnap_linux::chain::MAX_INDEX as u32,
             },
         ];
         let keys: Vec<String> = points

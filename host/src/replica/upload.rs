@@ -180,6 +180,23 @@ impl Shared {
         self.backlog.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Sleeps `d`, woken early by the stop; a stopping host still sleeps up to a second, so
+    /// that its last retries are not a tight loop. Blocking is fine: the uploader's runtime
+    /// is its thread's alone.
+    fn nap(&self, d: Duration) {
+        let guard = self.lock();
+        if guard.stop {
+            drop(guard);
+            std::thread::sleep(d.min(Duration::from_secs(1)));
+        } else {
+            drop(
+                self.wake
+                    .wait_timeout(guard, d)
+                    .unwrap_or_else(PoisonError::into_inner),
+            );
+        }
+    }
+
     /// Waits up to `timeout` for a point or the stop; returns the guard.
     fn wait(&self, timeout: Duration) -> MutexGuard<'_, Backlog> {
         let guard = self.lock();
@@ -474,22 +491,7 @@ impl Uploader {
 
     /// Sleeps the backoff (woken early by the stop), doubling it.
     async fn pause(&mut self) {
-        let shared = self.shared.clone();
-        let backoff = self.backoff;
-        // A blocking wait on the condvar is fine: the runtime is this thread's alone.
-        let guard = shared.lock();
-        if guard.stop {
-            drop(guard);
-            // Stopping: retry until the drain deadline, but not in a tight loop.
-            std::thread::sleep(backoff.min(Duration::from_secs(1)));
-        } else {
-            drop(
-                shared
-                    .wake
-                    .wait_timeout(guard, backoff)
-                    .unwrap_or_else(PoisonError::into_inner),
-            );
-        }
+        self.shared.nap(self.backoff);
         self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
         self.keep_lease().await;
         self.update_lag();

@@ -119,3 +119,60 @@ fn keep_parses_counts_and_durations() {
     assert!(parse_keep("0").is_err());
     assert!(parse_keep("soon").is_err());
 }
+
+/// A persisted point reaches the bucket, byte for byte, and only then its seq is published as
+/// `REPLICA_SEQ` (the local seq and generation stay as the snapshot published them).
+#[test]
+fn a_persisted_point_is_uploaded_and_its_seq_published_as_the_replica_seq() {
+    use crate::cli::StrategyArg;
+    use crate::snap::{open_persister, Outcome, Snapshotter};
+    use crate::strategy::Origin;
+    use shmsnap_core::{status, LayoutRequest, Writer};
+    use shmsnap_linux::{Mapping, Memfd, Protection};
+
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("s.snap");
+    let bucket = dir.path().join("bucket");
+    let memfd = Memfd::create("replica", 1 << 20).unwrap();
+    memfd.seal_against_shrink().unwrap();
+    let rw = Mapping::of_memfd(&memfd, Protection::ReadWrite).unwrap();
+    let mut w = Writer::open_or_init(
+        rw.words(),
+        LayoutRequest {
+            entries: 16,
+            data_size: 4096,
+        },
+    )
+    .unwrap();
+    let dup = Memfd::from_fd(rustix::io::fcntl_dupfd_cloexec(&memfd, 0).unwrap()).unwrap();
+    let persister = open_persister(&state, 1).unwrap();
+    let strategy = crate::strategy::from_arg(StrategyArg::Queue);
+    let mut snap = Snapshotter::new(persister, strategy, dup, Origin::Empty).unwrap();
+    let replica = Replica::open(&format!("file://{}", bucket.display())).unwrap();
+    let shipper = Shipper::spawn(
+        replica,
+        crate::replica::runtime().unwrap(),
+        None,
+        Holder::this(&state),
+        Keep::default(),
+        Metrics::new(),
+        snap.status(),
+    )
+    .unwrap();
+    snap.attach_replica(shipper, None);
+    for i in 0..5u64 {
+        w.commit(&i.to_le_bytes()).unwrap();
+    }
+    let Outcome::Persisted(r) = snap.take(true).unwrap() else {
+        panic!("not persisted");
+    };
+    let local = status::persisted(rw.words());
+    assert_eq!((local.seq, local.generation), (r.newest_seq, r.generation));
+    // Dropping the snapshotter stops the uploader after it shipped what was pending.
+    drop(snap);
+    let s = status::persisted(rw.words());
+    assert_eq!(s.replica_seq, r.newest_seq, "published once in the bucket");
+    assert_eq!((s.seq, s.generation), (local.seq, local.generation));
+    let key = bucket.join(format!("g/{:020}/base", r.generation));
+    assert_eq!(std::fs::read(key).unwrap(), std::fs::read(&state).unwrap());
+}

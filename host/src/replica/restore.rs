@@ -189,7 +189,7 @@ async fn fetch_generation(
     let base = work.join(format!("{g:020}.base"));
     let dir = chain::chain_dir(&base);
     let _ = std::fs::remove_dir_all(&dir);
-    let sound = match download(replica, &base_key, &base).await {
+    let sound = match download(replica, &base_key, &base).await? {
         Ok(()) => snapshot::verify_path(&base).map_err(|e| e.to_string()),
         Err(Missing(e)) => Err(e),
     };
@@ -239,7 +239,7 @@ async fn fetch_generation(
             },
         );
         if let Err(Missing(e)) =
-            download(replica, &key, &dir.join(chain::delta_name(g, u64::from(i)))).await
+            download(replica, &key, &dir.join(chain::delta_name(g, u64::from(i)))).await?
         {
             corrupt(
                 replica,
@@ -308,12 +308,21 @@ fn corrupt(
     Ok(())
 }
 
-/// A download that failed: the message (the object is treated as missing or corrupt only by
-/// the caller's policy; store errors other than not-found are raised as failures).
+/// An object that is not there (the caller's policy decides: refuse or fall back).
 struct Missing(String);
 
-/// Downloads `key` into `path` (created or truncated).
-async fn download(replica: &Replica, key: &Key, path: &Path) -> Result<(), Missing> {
+/// Downloads `key` into `path` (created or truncated): `Ok(Err(Missing))` if the object is
+/// not there.
+///
+/// # Errors
+///
+/// Any other store error (unreachable, refused credentials) or a local write error: a
+/// failure, never taken for a corrupt object.
+async fn download(
+    replica: &Replica,
+    key: &Key,
+    path: &Path,
+) -> Result<Result<(), Missing>, Failure> {
     let result = async {
         let got = replica.store.get(key).await?;
         let mut file = File::create(path).map_err(io_err)?;
@@ -324,10 +333,11 @@ async fn download(replica: &Replica, key: &Key, path: &Path) -> Result<(), Missi
         Ok::<(), object_store::Error>(())
     }
     .await;
-    result.map_err(|e| match e {
-        object_store::Error::NotFound { .. } => Missing("missing".into()),
-        e => Missing(e.to_string()),
-    })
+    match result {
+        Ok(()) => Ok(Ok(())),
+        Err(object_store::Error::NotFound { .. }) => Ok(Err(Missing("missing".into()))),
+        Err(e) => Err(store_failure(replica, &format!("cannot download {key}"), &e)),
+    }
 }
 
 fn io_err(e: std::io::Error) -> object_store::Error {

@@ -184,17 +184,22 @@ impl Shared {
     /// that its last retries are not a tight loop. Blocking is fine: the uploader's runtime
     /// is its thread's alone.
     fn nap(&self, d: Duration) {
-        let guard = self.lock();
-        if guard.stop {
-            drop(guard);
-            std::thread::sleep(d.min(Duration::from_secs(1)));
-        } else {
-            drop(
-                self.wake
-                    .wait_timeout(guard, d)
-                    .unwrap_or_else(PoisonError::into_inner),
-            );
+        let until = Instant::now() + d;
+        let mut guard = self.lock();
+        // New offers notify the same condvar: keep sleeping through them, not the stop.
+        while !guard.stop {
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return;
+            }
+            guard = self
+                .wake
+                .wait_timeout(guard, left)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
         }
+        drop(guard);
+        std::thread::sleep(d.min(Duration::from_secs(1)));
     }
 
     /// Waits up to `timeout` for a point or the stop; returns the guard.

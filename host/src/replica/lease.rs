@@ -155,10 +155,7 @@ impl std::fmt::Display for LeaseError {
                     UNIX_EPOCH + Duration::from_millis(body.expires_unix_ms)
                 )
             ),
-            LeaseError::Lost { key } => write!(
-                f,
-                "lost the lease {key}: another host wrote it; this host stopped uploading"
-            ),
+            LeaseError::Lost { key } => write!(f, "lost the lease {key}: another host wrote it"),
             LeaseError::Foreign { key, why } => {
                 write!(f, "the lease object {key} is not a shmsnap lease ({why}); remove it if it is stale")
             }

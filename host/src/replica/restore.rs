@@ -336,7 +336,11 @@ async fn download(
     match result {
         Ok(()) => Ok(Ok(())),
         Err(object_store::Error::NotFound { .. }) => Ok(Err(Missing("missing".into()))),
-        Err(e) => Err(store_failure(replica, &format!("cannot download {key}"), &e)),
+        Err(e) => Err(store_failure(
+            replica,
+            &format!("cannot download {key}"),
+            &e,
+        )),
     }
 }
 

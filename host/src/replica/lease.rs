@@ -179,6 +179,11 @@ impl Lease {
         &self.body
     }
 
+    /// `true` once the lease ran out without a renew (another host may hold it by now).
+    pub fn expired(&self) -> bool {
+        self.body.expired(now_ms())
+    }
+
     /// When the next renew is due (a third of the lifetime after the last write).
     pub fn renew_due_ms(&self) -> u64 {
         self.body

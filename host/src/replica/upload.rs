@@ -472,7 +472,10 @@ impl Uploader {
             if self.lost {
                 return;
             }
-            let result = match self.lease {
+            let result = match &self.lease {
+                // Renews failed for a whole lifetime: another host may write now; upload
+                // nothing until a renew (If-Match) proves the lease is still ours.
+                Some(l) if l.expired() => Err("the lease expired; renewing it first".to_owned()),
                 Some(_) => self.try_ship(&offer).await,
                 None => Err("no lease yet".to_owned()),
             };

@@ -6,7 +6,7 @@
 //! | `mod` (here) | [`Replica`]: a URL opened as an `object_store` store plus the key prefix |
 //! | [`layout`] | object names (`PREFIX/g/<gen>/base`, `PREFIX/g/<gen>/d/<index>`), listing |
 //! | [`lease`] | one writer per prefix: the lease object, taken, renewed, lost |
-//! | [`upload`] | the uploader thread and its bounded backlog of points ([`Shipper`](upload::Shipper)) |
+//! | [`upload`] | the uploader thread and its bounded backlog of points ([`Shipper`]) |
 //! | [`restore`] | `restore --from URL`: a point of the bucket as a standalone snapshot file |
 //! | [`inspect`] | `inspect --replica URL` |
 //!

@@ -42,8 +42,8 @@ pub enum Command {
     /// Check a snapshot file and its chain; exit 0 if and only if all of it is sound.
     #[command(after_help = CHAIN_HELP)]
     Verify(VerifyArgs),
-    /// Write one point of a state's chain (the newest, or one in the past) as a standalone
-    /// snapshot file.
+    /// Write one point of a state's chain or of a replica (the newest, or one in the past)
+    /// as a standalone snapshot file.
     #[command(after_help = RESTORE_HELP)]
     Restore(RestoreArgs),
     /// Show what shmsnap does: run the bundled primes client, SIGKILL it a few times, and
@@ -167,10 +167,17 @@ Output:
   base exits 66, listing what exists; a corrupt base or a point past a bad delta exits 65;
   a running host that rotated the generations while they were read exits 75 (run again).
 
+From a replica (--from URL, instead of --state):
+  The newest point in the bucket, or with --at the newest taken at or before TIME. Every
+  object is downloaded and its CRC checked before use; a corrupt or missing object exits 65
+  naming its key, unless --fallback, which takes the newest sound older point. Network
+  errors exit 74. --seq is not available with --from.
+
 Examples:
   shmsnap restore --state /var/lib/app/state.snap --to /tmp/now.snap
   shmsnap restore --state state.snap --to before.snap --at 2026-11-25T21:00:00Z
-  shmsnap restore --state state.snap --to at-seq.snap --seq 41500";
+  shmsnap restore --state state.snap --to at-seq.snap --seq 41500
+  shmsnap restore --from s3://bucket/app --to /var/lib/app/state.snap";
 
 /// How the region is coordinated and snapshotted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -255,6 +262,17 @@ pub struct RunArgs {
     #[arg(long, value_name = "N", default_value_t = CompactionPolicy::default().max_deltas,
           value_parser = clap::value_parser!(u64).range(1..=shmsnap_linux::chain::MAX_INDEX))]
     pub compact_deltas: u64,
+    /// Ship every persisted snapshot to object storage: s3://BUCKET/PREFIX (configured by
+    /// AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION, AWS_ENDPOINT_URL; plain http
+    /// only with AWS_ALLOW_HTTP=true) or file:///ABS/PATH. When FILE is missing, the newest
+    /// point of the replica is restored before the client starts.
+    #[arg(long, value_name = "URL")]
+    pub replica: Option<String>,
+    /// What the replica keeps: N base generations (with their deltas), or those younger than
+    /// a DURATION (e.g. 7d); the newest is always kept.
+    #[arg(long, value_name = "N|DURATION", default_value = "3", requires = "replica",
+          value_parser = crate::replica::upload::parse_keep)]
+    pub replica_keep: crate::replica::upload::Keep,
     /// The client command and its arguments.
     #[arg(trailing_var_arg = true, required = true, value_name = "CMD")]
     pub command: Vec<OsString>,
@@ -307,7 +325,11 @@ pub struct ManArgs {
 #[derive(Debug, Args)]
 pub struct InspectArgs {
     /// The snapshot file (a state file, or a kept generation FILE.N).
-    pub file: PathBuf,
+    #[arg(required_unless_present = "replica", conflicts_with = "replica")]
+    pub file: Option<PathBuf>,
+    /// Describe a replica instead: generations, points, the lease, the newest point.
+    #[arg(long, value_name = "URL")]
+    pub replica: Option<String>,
     /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
@@ -322,10 +344,15 @@ pub struct VerifyArgs {
 
 /// `shmsnap restore`.
 #[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("source").required(true).args(["state", "from"])))]
 pub struct RestoreArgs {
     /// The state file whose chain to restore from (as given to `run --state`); read only.
     #[arg(long, value_name = "FILE")]
-    pub state: PathBuf,
+    pub state: Option<PathBuf>,
+    /// Restore from a replica instead: s3://BUCKET/PREFIX or file:///ABS/PATH (configured as
+    /// for `run --replica`).
+    #[arg(long, value_name = "URL", conflicts_with = "seq")]
+    pub from: Option<String>,
     /// The snapshot file to write.
     #[arg(long, value_name = "OUT")]
     pub to: PathBuf,
@@ -335,6 +362,10 @@ pub struct RestoreArgs {
     /// The newest point whose next_seq is at most N+1 (no entry past seq N); see below.
     #[arg(long, value_name = "N")]
     pub seq: Option<u64>,
+    /// With --from: if an object is corrupt or missing, restore the newest sound older point
+    /// instead (the log names what was skipped).
+    #[arg(long, requires = "from")]
+    pub fallback: bool,
     /// Replace OUT if it exists.
     #[arg(long)]
     pub force: bool,

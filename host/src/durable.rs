@@ -7,6 +7,8 @@
 //!   `fdatasync`, rename and directory `fsync` — [`published`] stores its newest kept seq and
 //!   generation and wakes the waiters. The snapshotter calls it on `Outcome::Persisted`, which
 //!   a strategy returns only after its commit.
+//! - After every point the replica uploader put into the bucket, [`replicated`] stores its
+//!   newest seq as `REPLICA_SEQ` (both threads publish through one [`SharedPublisher`]).
 //! - [`watch_requests`] starts a thread that sleeps on the client's request word and turns
 //!   every change into a snapshot request on SIGUSR1's path (so requests coalesce with
 //!   every other request for free).
@@ -15,6 +17,7 @@
 //! strategy's region may hold anything, so the host never writes into it.
 
 use std::io;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use shmsnap_core::{Region, Status};
@@ -75,17 +78,40 @@ pub fn publisher_at_start(
     Some(publisher)
 }
 
-/// After a persisted snapshot: publishes its newest kept seq and generation. `report` must
-/// come from an `Outcome::Persisted`, which a strategy returns only after the snapshot is
-/// durable.
-pub fn published(publisher: &mut Option<StatusPublisher>, report: &Report) {
-    if let Some(p) = publisher {
+/// The status publisher shared by the snapshot worker (local points) and the replica
+/// uploader (`REPLICA_SEQ`); the mutex is held only for a publish (stores and a futex wake).
+pub type SharedPublisher = Arc<Mutex<Option<StatusPublisher>>>;
+
+/// After a persisted snapshot: publishes its newest kept seq and generation (the replica seq
+/// stays what was published last). `report` must come from an `Outcome::Persisted`, which a
+/// strategy returns only after the snapshot is durable.
+pub fn published(publisher: &SharedPublisher, report: &Report) {
+    let mut guard = publisher.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(p) = guard.as_mut() {
         let status = Status {
             seq: report.newest_seq,
             generation: report.generation,
-            replica_seq: 0,
+            replica_seq: p.last().replica_seq,
         };
         log_publish(p.publish(status), status, "after the snapshot");
+    }
+}
+
+/// After a point is durable in the replica's bucket: publishes `seq` as the replica seq (the
+/// local seq and generation stay what was published last). Seqs only grow: an older point
+/// finishing late never lowers it.
+pub fn replicated(publisher: &SharedPublisher, seq: u64) {
+    let mut guard = publisher.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(p) = guard.as_mut() {
+        let last = p.last();
+        if seq <= last.replica_seq {
+            return;
+        }
+        let status = Status {
+            replica_seq: seq,
+            ..last
+        };
+        log_publish(p.publish(status), status, "after the upload");
     }
 }
 
@@ -94,6 +120,7 @@ fn log_publish(r: io::Result<()>, status: Status, when: &str) {
         Ok(()) => debug!(
             seq = status.seq,
             generation = status.generation,
+            replica_seq = status.replica_seq,
             "status published {when}"
         ),
         Err(e) => warn!("status stored {when}, but waking the waiting clients failed: {e}"),

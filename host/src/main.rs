@@ -8,7 +8,8 @@
 //! | [`strategy`] | one file per snapshot strategy, all answering the same questions |
 //! | [`snap`] | restore at start; consistent snapshots while the client runs |
 //! | [`inspect`] | `inspect` and `verify` of snapshot files and their chains |
-//! | [`restore`] | `restore`: one point of a chain as a standalone snapshot file |
+//! | [`restore`] | `restore`: one point of a chain (or of a replica) as a standalone snapshot file |
+//! | [`replica`] | replicas in object storage: upload, lease, `restore --from`, `inspect --replica` |
 //! | [`notify`] | systemd: fd store, `READY=1`, `STATUS=` |
 //! | [`durable`] | durability feedback: the status area at start and after each snapshot, client requests |
 //! | [`demo`] | `demo`: the primes client under the host, SIGKILLed |
@@ -33,6 +34,7 @@ mod logging;
 mod metrics;
 mod notify;
 mod progress;
+mod replica;
 mod restore;
 mod snap;
 mod strategy;
@@ -68,7 +70,11 @@ fn main() -> ExitCode {
     logging::init(log_format);
     let result = match cli.command {
         Command::Run(args) => supervisor::run(args),
-        Command::Inspect(args) => inspect::inspect(&args.file, args.json),
+        Command::Inspect(args) => match (&args.replica, &args.file) {
+            (Some(url), _) => replica::inspect::inspect(url, args.json),
+            (None, Some(file)) => inspect::inspect(file, args.json),
+            (None, None) => unreachable!("clap requires FILE or --replica"),
+        },
         Command::Verify(args) => inspect::verify(&args.file),
         Command::Restore(args) => restore::restore(&args),
         Command::Demo(args) => demo::run(&args),

@@ -216,6 +216,11 @@ pub struct Metrics {
     client_starts: Counter,
     client_exits: Family<ExitLabels, Counter>,
     region_size: Gauge,
+    /// Seconds the bucket is behind: since the oldest point not yet in it was persisted.
+    replica_lag: Gauge<f64, std::sync::atomic::AtomicU64>,
+    replica_uploaded_bytes: Counter,
+    replica_errors: Counter,
+    replica_backlog: Gauge,
 }
 
 impl Default for Metrics {
@@ -243,6 +248,10 @@ impl Metrics {
             client_starts: Counter::default(),
             client_exits: Family::default(),
             region_size: Gauge::default(),
+            replica_lag: Gauge::default(),
+            replica_uploaded_bytes: Counter::default(),
+            replica_errors: Counter::default(),
+            replica_backlog: Gauge::default(),
         };
         m.register_all(&mut r);
         Metrics {
@@ -324,6 +333,28 @@ impl Metrics {
             Unit::Bytes,
             self.region_size.clone(),
         );
+        r.register_with_unit(
+            "replica_lag",
+            "How far the replica is behind: seconds since the oldest point not yet in the bucket was persisted locally (0 when caught up)",
+            Unit::Seconds,
+            self.replica_lag.clone(),
+        );
+        r.register_with_unit(
+            "replica_uploaded",
+            "Bytes of points uploaded to the replica",
+            Unit::Bytes,
+            self.replica_uploaded_bytes.clone(),
+        );
+        r.register(
+            "replica_errors",
+            "Failed replica requests (uploads, lease, listing, retention) and unreadable points",
+            self.replica_errors.clone(),
+        );
+        r.register(
+            "replica_backlog",
+            "Points waiting for upload to the replica",
+            self.replica_backlog.clone(),
+        );
     }
 
     /// Counts one snapshot attempt: its result, phase times, bytes, entries and generation.
@@ -354,6 +385,27 @@ impl Metrics {
                 .map_or(0.0, |d| d.as_secs_f64());
             self.last_persisted_unix.set(unix);
         }
+    }
+
+    /// Sets the replica lag in seconds.
+    pub fn replica_lag(&self, seconds: f64) {
+        self.replica_lag.set(seconds);
+    }
+
+    /// Counts bytes uploaded to the replica.
+    pub fn replica_uploaded(&self, bytes: u64) {
+        self.replica_uploaded_bytes.inc_by(bytes);
+    }
+
+    /// Counts a replica failure.
+    pub fn replica_error(&self) {
+        self.replica_errors.inc();
+    }
+
+    /// Sets the number of points waiting for upload.
+    pub fn replica_backlog(&self, points: usize) {
+        self.replica_backlog
+            .set(i64::try_from(points).unwrap_or(i64::MAX));
     }
 
     /// Counts a client start.

@@ -35,9 +35,22 @@ use crate::exit::{chain_code, Code, Failure};
 /// an unwritable directory), 66 for a point older than every kept state (the message lists
 /// what exists) or a missing state, 65 for a corrupt base or a point past a broken delta.
 pub fn restore(args: &RestoreArgs) -> Result<ExitCode, Failure> {
+    let state = match (&args.state, &args.from) {
+        (Some(state), _) => state,
+        (None, Some(url)) => {
+            return crate::replica::restore::restore(
+                url,
+                &args.to,
+                args.at,
+                args.fallback,
+                args.force,
+            )
+        }
+        (None, None) => unreachable!("clap requires --state or --from"),
+    };
     let at = point(args);
-    let out = Out::check(&args.to, &args.state, args.force)?;
-    let chains = source(args)?;
+    let out = Out::check(&args.to, state, args.force)?;
+    let chains = source(state)?;
     let picked = pick(&chains, at)?;
     let (chain, k) = (picked.chain, picked.deltas);
     let (info, report) = out.write(|file| {
@@ -107,8 +120,7 @@ pub struct Chain {
 
 /// The chains to restore from, newest first. Today: the state file and its kept generations
 /// (`FILE`, `FILE.1`, …); a replica source (`--from URL`) is another arm here.
-fn source(args: &RestoreArgs) -> Result<Vec<Chain>, Failure> {
-    let state = &args.state;
+fn source(state: &Path) -> Result<Vec<Chain>, Failure> {
     if let Err(e) = state.symlink_metadata() {
         return Err(Failure::new(
             crate::exit::io_code(&e),

@@ -135,7 +135,10 @@ pub struct Snapshotter {
     invalid: Option<(String, u64)>,
     tally: Tally,
     /// Durability feedback: publishes each persisted snapshot (DESIGN §14).
-    status: Option<shmsnap_linux::status::StatusPublisher>,
+    status: crate::durable::SharedPublisher,
+    /// Replica uploader (`--replica`): offered every persisted point; dropped with the
+    /// snapshotter (at the end of the worker thread), which ships what is pending first.
+    replica: Option<crate::replica::upload::Shipper>,
 }
 
 fn now_ns() -> u64 {
@@ -161,8 +164,9 @@ impl Snapshotter {
         let map = Mapping::of_memfd(&memfd, strategy.protection())
             .map_err(|e| Failure::new(Code::OsErr, format!("cannot map the region: {e}")))?;
         strategy.accept(&map, origin);
-        let status =
-            crate::durable::publisher_at_start(&memfd, &map, origin, strategy.status_area());
+        let status = std::sync::Arc::new(std::sync::Mutex::new(
+            crate::durable::publisher_at_start(&memfd, &map, origin, strategy.status_area()),
+        ));
         let on_disk = match origin {
             Origin::Restored(info) => Some(info.meta.generation),
             Origin::Empty => None,
@@ -184,7 +188,33 @@ impl Snapshotter {
             invalid: None,
             tally: Tally::default(),
             status,
+            replica: None,
         })
+    }
+
+    /// The status publisher, shared with the replica uploader.
+    pub fn status(&self) -> crate::durable::SharedPublisher {
+        self.status.clone()
+    }
+
+    /// Ships every persisted point to a replica from now on; offers the snapshot the region
+    /// was restored from (generation `restored`) first, so that a bucket missing it gets it
+    /// even if the client never commits again (one already there is not replaced).
+    pub fn attach_replica(
+        &mut self,
+        shipper: crate::replica::upload::Shipper,
+        restored: Option<u64>,
+    ) {
+        if let Some(generation) = restored {
+            let seq = self
+                .status
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .as_ref()
+                .map_or(0, |p| p.last().seq);
+            shipper.offer(Point::Base { generation }, &self.target(), seq);
+        }
+        self.replica = Some(shipper);
     }
 
     /// The state file.
@@ -234,7 +264,11 @@ impl Snapshotter {
         match &outcome {
             Outcome::Persisted(r) => {
                 // Only now: a strategy returns `Persisted` after its commit returned.
-                crate::durable::published(&mut self.status, r);
+                crate::durable::published(&self.status, r);
+                if let Some(shipper) = &self.replica {
+                    // Now, before the next snapshot can rotate the file away.
+                    shipper.offer(r.point, &self.persister.target(), r.newest_seq);
+                }
                 self.on_disk = Some(r.generation);
                 self.tally.last_persisted = Some(Instant::now());
             }

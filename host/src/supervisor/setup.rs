@@ -41,6 +41,13 @@ pub fn start(args: RunArgs) -> Result<Supervisor, Failure> {
     let persister = open_persister(&args.state, args.keep)?;
     // Under the state lock: a predecessor's leftovers in the client cgroup are killed here.
     let cgroup = crate::cgroup::setup(args.cgroup, &args.state);
+    // Under the state lock, before the region: the lease, and the state from the replica
+    // when the state file is missing (a new machine).
+    let replica = args
+        .replica
+        .as_deref()
+        .map(|url| crate::replica::start(url, args.replica_keep, &persister, args.fallback))
+        .transpose()?;
     let from_store = inherited.is_some();
     let Prepared { memfd, restored } = region(&args, &persister, inherited)?;
     let origin = match (&restored, from_store) {
@@ -51,8 +58,13 @@ pub fn start(args: RunArgs) -> Result<Supervisor, Failure> {
     let strategy = strategy::from_run_args(&args);
     let schedule = strategy.schedule();
     let status_area = strategy.status_area();
-    let snap = Snapshotter::new(persister, strategy, memfd, origin)?;
+    let restored_generation = restored.as_ref().map(|info| info.meta.generation);
+    let mut snap = Snapshotter::new(persister, strategy, memfd, origin)?;
     let metrics = start_metrics(args.metrics, snap.memfd())?;
+    if let Some(started) = replica {
+        let shipper = started.spawn(metrics.clone(), snap.status())?;
+        snap.attach_replica(shipper, restored_generation);
+    }
     let notifier = Notifier::from_env();
     notifier.store_fd(snap.memfd(), &args.fd_name);
     let mut cmd = client::command(&args, snap.memfd(), cgroup.as_ref())?;

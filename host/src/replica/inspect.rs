@@ -1,0 +1,218 @@
+//! `shmsnap inspect --replica URL [--json]`: what is in the bucket.
+//!
+//! JSON (stable field names):
+//!
+//! ```text
+//! { "url": "s3://b/p",
+//!   "lease": null | { "holder": { "machine_id", "state_path", "pid" },
+//!                     "expires_unix_ms": N, "expired": bool },
+//!   "generations": [ { "generation": N,
+//!                      "points": [ { "kind": "base" | "delta", "index": N, "key": "...",
+//!                                    "size": N, "modified_unix_ms": N, "age_seconds": F } ],
+//!                      "restorable": bool } ],
+//!   "newest_point": null | { "generation": N, "index": N, "key": "...", "age_seconds": F },
+//!   "strays": [ "key", ... ] }
+//! ```
+//!
+//! `index` is 0 for a base; `modified_unix_ms` is when the store wrote the object (its
+//! upload); `restorable` is false for a generation whose base is gone.
+
+use std::process::ExitCode;
+
+use serde::Serialize;
+
+use super::layout::{point_key, Listing, Object, PointId};
+use super::lease::{self, now_ms, Body};
+use super::restore::store_failure;
+use super::Replica;
+use crate::exit::{Code, Failure};
+
+#[derive(Debug, Serialize)]
+struct Report {
+    url: String,
+    lease: Option<LeaseView>,
+    generations: Vec<GenerationView>,
+    newest_point: Option<NewestView>,
+    strays: Vec<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct LeaseView {
+    #[serde(flatten)]
+    body: Body,
+    expired: bool,
+}
+
+#[derive(Debug, Serialize)]
+struct GenerationView {
+    generation: u64,
+    points: Vec<PointView>,
+    restorable: bool,
+}
+
+#[derive(Debug, Serialize)]
+struct PointView {
+    kind: &'static str,
+    index: u32,
+    key: String,
+    size: u64,
+    modified_unix_ms: i64,
+    age_seconds: f64,
+}
+
+#[derive(Debug, Serialize)]
+struct NewestView {
+    generation: u64,
+    index: u32,
+    key: String,
+    age_seconds: f64,
+}
+
+fn age(o: &Object) -> f64 {
+    let ms = (chrono::Utc::now() - o.modified).num_milliseconds();
+    ms.max(0) as f64 / 1000.0
+}
+
+fn point_view(index: u32, o: &Object) -> PointView {
+    PointView {
+        kind: if index == 0 { "base" } else { "delta" },
+        index,
+        key: o.key.to_string(),
+        size: o.size,
+        modified_unix_ms: o.modified.timestamp_millis(),
+        age_seconds: age(o),
+    }
+}
+
+/// Builds the report from a listing and the lease.
+fn report(replica: &Replica, listing: &Listing, lease: Option<Body>) -> Report {
+    let now = now_ms();
+    let generations = listing
+        .generations
+        .iter()
+        .map(|(&generation, g)| {
+            let mut points: Vec<PointView> = g.base.iter().map(|b| point_view(0, b)).collect();
+            points.extend(g.deltas.iter().map(|(&i, o)| point_view(i, o)));
+            GenerationView {
+                generation,
+                points,
+                restorable: g.base.is_some(),
+            }
+        })
+        .collect();
+    let newest_point = listing.newest_point().map(|p: PointId| {
+        let g = &listing.generations[&p.generation];
+        let o = if p.index == 0 {
+            g.base.as_ref()
+        } else {
+            g.deltas.get(&p.index)
+        };
+        NewestView {
+            generation: p.generation,
+            index: p.index,
+            key: point_key(replica, p).to_string(),
+            age_seconds: o.map_or(0.0, age),
+        }
+    });
+    Report {
+        url: replica.url.clone(),
+        lease: lease.map(|body| LeaseView {
+            expired: body.expired(now),
+            body,
+        }),
+        generations,
+        newest_point,
+        strays: listing.strays.iter().map(ToString::to_string).collect(),
+    }
+}
+
+/// `shmsnap inspect --replica URL [--json]`.
+///
+/// # Errors
+///
+/// 78 for refused credentials, 74 for other store errors.
+pub fn inspect(url: &str, json: bool) -> Result<ExitCode, Failure> {
+    let replica = Replica::open(url)?;
+    let rt = super::runtime()?;
+    let listing = rt
+        .block_on(Listing::load(&replica))
+        .map_err(|e| store_failure(&replica, "cannot list", &e))?;
+    let lease = match rt.block_on(lease::peek(&replica)) {
+        Ok(l) => l,
+        Err(lease::LeaseError::Store(e)) => {
+            return Err(store_failure(&replica, "cannot read the lease", &e))
+        }
+        Err(e) => {
+            return Err(Failure::new(Code::DataErr, format!("replica {url}: {e}")));
+        }
+    };
+    let r = report(&replica, &listing, lease);
+    if json {
+        let text = serde_json::to_string_pretty(&r)
+            .map_err(|e| Failure::new(Code::Software, format!("cannot encode JSON: {e}")))?;
+        println!("{text}");
+    } else {
+        print!("{}", text(&r));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn text(r: &Report) -> String {
+    use std::fmt::Write;
+    let mut s = String::new();
+    let _ = writeln!(s, "replica      {}", r.url);
+    match &r.lease {
+        None => {
+            let _ = writeln!(s, "lease        none");
+        }
+        Some(l) => {
+            let _ = writeln!(
+                s,
+                "lease        {} until {}{}",
+                l.body.holder,
+                super::restore::time_text(l.body.expires_unix_ms.saturating_mul(1_000_000)),
+                if l.expired { " (expired)" } else { "" }
+            );
+        }
+    }
+    match &r.newest_point {
+        None => {
+            let _ = writeln!(s, "newest point none (no restorable generation)");
+        }
+        Some(p) => {
+            let _ = writeln!(
+                s,
+                "newest point {} (age {:.1}s)",
+                PointId {
+                    generation: p.generation,
+                    index: p.index
+                },
+                p.age_seconds
+            );
+        }
+    }
+    let _ = writeln!(s, "generations  {}", r.generations.len());
+    for g in &r.generations {
+        let _ = writeln!(
+            s,
+            "  generation {}{}",
+            g.generation,
+            if g.restorable {
+                ""
+            } else {
+                " (no base: not restorable)"
+            }
+        );
+        for p in &g.points {
+            let _ = writeln!(
+                s,
+                "    {:<5} {:>8}  {:>12} bytes  age {:>8.1}s  {}",
+                p.kind, p.index, p.size, p.age_seconds, p.key
+            );
+        }
+    }
+    for k in &r.strays {
+        let _ = writeln!(s, "  stray object {k} (not a point; ignored)");
+    }
+    s
+}

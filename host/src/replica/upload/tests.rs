@@ -163,7 +163,7 @@ fn a_persisted_point_is_uploaded_and_its_seq_published_as_the_replica_seq() {
     for i in 0..5u64 {
         w.commit(&i.to_le_bytes()).unwrap();
     }
-    let Outcome::Persisted(r) = snap.take(true).unwrap() else {
+    let Outcome::Persisted(r) = snap.take(true, None).unwrap() else {
         panic!("not persisted");
     };
     let local = status::persisted(rw.words());

@@ -1,0 +1,526 @@
+//! Replicas in S3-compatible storage (issue 14), end to end: the real `shmsnap` binary, the
+//! primes client and a real `s3s-fs` server started and stopped by the tests themselves.
+//!
+//! The contract under test (the CLI the replica feature implements):
+//! - `run --state FILE --replica s3://BUCKET/PREFIX [--replica-keep N|DURATION]`, S3 settings
+//!   from `AWS_*`; a missing FILE is restored from the replica's newest sound point first.
+//! - Objects: `PREFIX/g/<base generation, 20 digits>/base`, `PREFIX/g/<gen>/d/<index, 8
+//!   digits>`, the lease at `PREFIX/lease`; object bytes are the local file bytes.
+//! - A down server never stops the client or the local snapshots; the bucket catches up.
+//! - Refused credentials: exit 78 before the client starts; a second host: exit 75, "lease".
+//! - `restore --from URL --to OUT [--fallback]`: a corrupt object is exit 65 with its key.
+//!
+//! s3s-fs stores object KEY of bucket B at `DIR/B/KEY`, so the tests read, count and corrupt
+//! objects on disk.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::ffi::OsStr;
+use std::path::Path;
+use std::time::Duration;
+
+use common::s3::S3Server;
+use common::*;
+use rustix::process::Signal;
+
+const BUCKET: &str = "replicas";
+/// Catching up after an outage waits for the host's retry backoff: longer than [`SLOW`].
+const CATCH_UP: Duration = Duration::from_secs(120);
+
+fn tempdir(what: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("shmsnap-replica-{what}-"))
+        .tempdir()
+        .unwrap()
+}
+
+/// A server with the test bucket, or `None` (skipped) when s3s-fs is not installed.
+fn server() -> Option<S3Server> {
+    S3Server::start_with_bucket(BUCKET)
+}
+
+fn url(prefix: &str) -> String {
+    format!("s3://{BUCKET}/{prefix}")
+}
+
+/// The host's queue settings for a steady primes client: a snapshot every 100 ms.
+const RUN: [&str; 6] = ["--strategy", "queue", "--interval", "100ms", "--size", "2M"];
+
+/// `shmsnap run --state STATE RUN... --replica URL EXTRA... -- CLIENT...` with the server's
+/// S3 settings, started.
+fn replicated_host(
+    s: &S3Server,
+    state: &Path,
+    prefix: &str,
+    extra: &[&str],
+    client: &[&str],
+) -> Proc {
+    let mut c = shmsnap(["run", "--state"]);
+    c.arg(state)
+        .args(RUN)
+        .args(["--replica", &url(prefix)])
+        .args(extra)
+        .arg("--")
+        .args(client);
+    s.env(&mut c);
+    Proc::spawn(c)
+}
+
+/// A `shmsnap ARGS...` subcommand with the server's S3 settings, run to completion.
+fn s3_done(s: &S3Server, args: &[&OsStr]) -> Done {
+    let mut c = shmsnap(args);
+    s.env(&mut c);
+    let out = c.output().expect("run shmsnap");
+    Done {
+        code: out.status.code().expect("exit code"),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// `shmsnap restore --from URL --to OUT EXTRA...`.
+fn restore(s: &S3Server, prefix: &str, out: &Path, extra: &[&str]) -> Done {
+    let u = url(prefix);
+    let mut args: Vec<&OsStr> = vec![
+        OsStr::new("restore"),
+        OsStr::new("--from"),
+        OsStr::new(&u),
+        OsStr::new("--to"),
+        out.as_os_str(),
+    ];
+    args.extend(extra.iter().map(OsStr::new));
+    s3_done(s, &args)
+}
+
+/// One generation in the bucket: its base's key and its deltas' keys, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Generation {
+    base: Option<String>,
+    deltas: Vec<String>,
+}
+
+/// The replica's generations under `prefix` (generation → objects), read from disk. Panics on
+/// any key under `PREFIX/` that is not the lease or a layout object: the layout is a contract.
+fn generations(s: &S3Server, prefix: &str) -> BTreeMap<u64, Generation> {
+    let mut out: BTreeMap<u64, Generation> = BTreeMap::new();
+    let root = format!("{prefix}/");
+    for key in s.objects(BUCKET, &root).into_keys() {
+        let rest = &key[root.len()..];
+        if rest == "lease" {
+            continue;
+        }
+        let parsed = (|| {
+            let rest = rest.strip_prefix("g/")?;
+            let (g, what) = rest.split_once('/')?;
+            if g.len() != 20 || !g.bytes().all(|b| b.is_ascii_digit()) {
+                return None;
+            }
+            let g: u64 = g.parse().ok()?;
+            let delta = match what {
+                "base" => None,
+                d => {
+                    let i = d.strip_prefix("d/")?;
+                    (i.len() == 8 && i.bytes().all(|b| b.is_ascii_digit())).then_some(())?;
+                    Some(())
+                }
+            };
+            Some((g, delta))
+        })();
+        let (g, delta) = parsed.unwrap_or_else(|| panic!("a key outside the layout: {key}"));
+        let e = out.entry(g).or_insert(Generation {
+            base: None,
+            deltas: Vec::new(),
+        });
+        match delta {
+            None => e.base = Some(key.clone()),
+            Some(()) => e.deltas.push(key.clone()),
+        }
+    }
+    for g in out.values_mut() {
+        g.deltas.sort();
+    }
+    out
+}
+
+/// The newest generation that has its base, if any.
+fn newest_base(s: &S3Server, prefix: &str) -> Option<(u64, Generation)> {
+    generations(s, prefix)
+        .into_iter()
+        .rev()
+        .find(|(_, g)| g.base.is_some())
+}
+
+/// Waits up to `timeout` for a generation ≥ `at_least` with its base in the bucket.
+fn wait_for_generation(s: &S3Server, prefix: &str, at_least: u64, timeout: Duration) -> u64 {
+    poll(timeout, || {
+        newest_base(s, prefix)
+            .map(|(g, _)| g)
+            .filter(|&g| g >= at_least)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "no generation >= {at_least} in the bucket after {timeout:?}: {:?}",
+            generations(s, prefix).keys().collect::<Vec<_>>()
+        )
+    })
+}
+
+/// Waits until the local snapshot's generation is at least `at_least`; returns it.
+fn wait_local(state: &Path, at_least: u64, h: &Proc) -> u64 {
+    poll(SLOW, || {
+        inspect(state)
+            .map(|j| generation(&j))
+            .filter(|&g| g >= at_least)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "local snapshots stopped below generation {at_least}:\n{}",
+            h.err.text()
+        )
+    })
+}
+
+/// SIGTERM: primes dies of it, the host saves and exits 0.
+fn stop(mut h: Proc) {
+    h.signal(Signal::TERM);
+    assert_eq!(h.exit_code(), 0, "{}", h.err.text());
+}
+
+/// The client's first `restored` line: K.
+fn restored_count(h: &Proc) -> u64 {
+    next_restored(h, 0, SLOW)
+        .unwrap_or_else(|| panic!("the client did not start:\n{}", h.err.text()))
+        .2
+}
+
+/// Replicates while primes commits, then loses the machine: the whole state directory is
+/// deleted; a fresh directory restores with `restore --from` and with `run` (FILE missing),
+/// and the client gets exactly the replica's newest point.
+#[test]
+fn replica_brings_the_state_back_on_a_new_machine() {
+    let Some(s) = server() else { return };
+    let prefix = "lost/machine";
+    let old = tempdir("old");
+    let state = old.path().join("primes.snap");
+    let h = replicated_host(&s, &state, prefix, &[], &primes(&["--pause", "2ms"]));
+    assert_eq!(restored_count(&h), 0, "a fresh start (empty replica)");
+    let first = wait_for_generation(&s, prefix, 0, SLOW);
+    let seen = wait_for_generation(&s, prefix, first + 2, SLOW);
+    let local = inspect(&state).expect("a local snapshot");
+    assert!(generation(&local) >= seen, "local snapshots go on");
+    stop(h);
+    let (newest, g) = newest_base(&s, prefix).unwrap();
+    assert!(newest >= seen);
+    // The machine is gone.
+    std::fs::remove_dir_all(old.path()).unwrap();
+
+    // A new machine, the explicit way: restore to a file, verify it.
+    let new = tempdir("new");
+    let out = new.path().join("restored.snap");
+    let d = restore(&s, prefix, &out, &[]);
+    assert_eq!(d.code, 0, "restore --from:\n{}{}", d.stdout, d.stderr);
+    assert_verifies(&out);
+    let j = inspect(&out).unwrap();
+    let count = snapshot_count(&j);
+    assert!(count > 0, "the replica holds committed primes");
+    if g.deltas.is_empty() {
+        assert_eq!(
+            generation(&j),
+            newest,
+            "the newest point (a base) is restored"
+        );
+    } else {
+        assert!(generation(&j) >= newest, "the newest point is restored");
+    }
+    println!(
+        "replica's newest generation {newest} ({} deltas): {count} primes",
+        g.deltas.len()
+    );
+
+    // And the implicit way: `run` with a missing FILE starts from the replica, takes over the
+    // prefix and goes on replicating after the restored point.
+    let machine = new.path().join("machine");
+    std::fs::create_dir(&machine).unwrap();
+    let state2 = machine.join("primes.snap");
+    let h2 = replicated_host(&s, &state2, prefix, &[], &primes(&["--pause", "2ms"]));
+    let k = restored_count(&h2);
+    assert_eq!(
+        k, count,
+        "the client starts from exactly the replica's newest point"
+    );
+    wait_local(&state2, 0, &h2);
+    assert_verifies(&state2);
+    wait_for_generation(&s, prefix, newest + 1, SLOW);
+    stop(h2);
+}
+
+/// The server is down when the host starts, comes back, goes down again during uploads and
+/// comes back again: the client and the local snapshots never stop, the bucket catches up.
+#[test]
+fn host_keeps_snapshotting_while_the_server_is_down_and_catches_up() {
+    let Some(mut s) = server() else { return };
+    let prefix = "outage";
+    let dir = tempdir("outage");
+    let state = dir.path().join("primes.snap");
+    // A local state first: with a FILE, a down server at start is only a replica problem.
+    let mut pre = run_host(
+        &state,
+        &["--strategy", "queue", "--size", "2M", "--restart", "never"],
+        &primes(&["--limit", "640"]),
+    );
+    assert_eq!(pre.exit_code(), 0, "{}", pre.err.text());
+    let g0 = generation(&inspect(&state).unwrap());
+
+    s.stop();
+    let mut h = replicated_host(&s, &state, prefix, &[], &primes(&["--pause", "2ms"]));
+    assert_eq!(restored_count(&h), 640, "restored from the local FILE");
+    let down = wait_local(&state, g0 + 3, &h);
+    assert!(h.running(), "the host runs on without its replica");
+    assert!(generations(&s, prefix).is_empty());
+
+    s.start();
+    let caught = wait_for_generation(&s, prefix, down, CATCH_UP);
+    println!("server back: local generation {down} down, replicated {caught}");
+
+    // Down again, in the middle of the uploads.
+    let before = wait_local(&state, caught + 1, &h);
+    s.stop();
+    let during = wait_local(&state, before + 3, &h);
+    assert!(h.running(), "the host runs on without its replica");
+    s.start();
+    let caught = wait_for_generation(&s, prefix, during, CATCH_UP);
+    println!("second outage: local {before}..{during} while down, replicated {caught}");
+    stop(h);
+
+    // What the bucket caught up with is sound.
+    let out = dir.path().join("check.snap");
+    let d = restore(&s, prefix, &out, &[]);
+    assert_eq!(d.code, 0, "restore --from:\n{}{}", d.stdout, d.stderr);
+    assert_verifies(&out);
+    assert!(generation(&inspect(&out).unwrap()) >= caught);
+}
+
+/// A byte flipped in the newest base on the server: `restore` and `run` refuse it by name
+/// and leave it alone; `restore --fallback` uses the newest sound older point.
+#[test]
+fn corrupt_object_is_refused_by_name_and_fallback_uses_an_older_point() {
+    let Some(s) = server() else { return };
+    let prefix = "corrupt";
+    let dir = tempdir("corrupt");
+    let state = dir.path().join("primes.snap");
+    let h = replicated_host(&s, &state, prefix, &[], &primes(&["--pause", "2ms"]));
+    let first = wait_for_generation(&s, prefix, 0, SLOW);
+    wait_for_generation(&s, prefix, first + 2, SLOW);
+    stop(h);
+    let gens = generations(&s, prefix);
+    let (&newest, g) = gens.iter().next_back().unwrap();
+    let older: Vec<u64> = gens
+        .iter()
+        .filter(|(&n, g)| n < newest && g.base.is_some())
+        .map(|(&n, _)| n)
+        .collect();
+    assert!(!older.is_empty(), "an older point exists: {gens:?}");
+    let key = g.base.clone().expect("the newest generation has its base");
+    let file = s.object_path(BUCKET, &key);
+    let mut bad = std::fs::read(&file).unwrap();
+    let mid = bad.len() / 2;
+    bad[mid] ^= 0x10;
+    std::fs::write(&file, &bad).unwrap();
+    let named = key.strip_prefix(&format!("{prefix}/")).unwrap();
+
+    // restore: exit 65, the key in the message, nothing written.
+    let out = dir.path().join("restored.snap");
+    let d = restore(&s, prefix, &out, &[]);
+    assert_eq!(d.code, 65, "restore of a corrupt object:\n{}", d.stderr);
+    assert!(
+        d.stderr.contains(named),
+        "the message names {named}:\n{}",
+        d.stderr
+    );
+    assert!(!out.exists(), "nothing restored from a corrupt object");
+    assert_eq!(std::fs::read(&file).unwrap(), bad, "the bad object is kept");
+
+    // run on a new machine: refused the same way before the client starts.
+    let fresh = dir.path().join("fresh.snap");
+    let mut c = shmsnap(["run", "--state"]);
+    c.arg(&fresh)
+        .args(RUN)
+        .args(["--replica", &url(prefix), "--restart", "never"])
+        .args(["--", "/bin/sh", "-c", "echo client-started"]);
+    s.env(&mut c);
+    let mut r = Proc::spawn(c);
+    assert_eq!(r.exit_code(), 65, "{}", r.err.text());
+    assert!(r.err.text().contains(named), "{}", r.err.text());
+    assert!(!r.out.text().contains("client-started"));
+    assert!(!fresh.exists(), "no state made up from a corrupt replica");
+    assert_eq!(std::fs::read(&file).unwrap(), bad, "the bad object is kept");
+
+    // --fallback: the newest sound older point.
+    let d = restore(&s, prefix, &out, &["--fallback"]);
+    assert_eq!(d.code, 0, "restore --fallback:\n{}{}", d.stdout, d.stderr);
+    assert_verifies(&out);
+    let got = generation(&inspect(&out).unwrap());
+    assert!(
+        got < newest && got >= *older.last().unwrap(),
+        "fallback restored generation {got}; corrupt {newest}, older bases {older:?}"
+    );
+    assert!(d.stderr.contains(named), "the skipped object is named");
+    assert_eq!(std::fs::read(&file).unwrap(), bad, "the bad object is kept");
+}
+
+/// Refused credentials: exit 78 before the client starts, the URL and the reason named.
+#[test]
+fn wrong_credentials_are_refused_before_the_client_starts() {
+    let Some(s) = server() else { return };
+    let dir = tempdir("creds");
+    let state = dir.path().join("x.snap");
+    let u = url("creds");
+    let mut c = shmsnap(["run", "--state"]);
+    c.arg(&state)
+        .args(["--size", "64K", "--replica", &u])
+        .args(["--", "/bin/sh", "-c", "echo client-started"]);
+    s.env_with(&mut c, common::s3::ACCESS_KEY, "not-the-secret");
+    let mut h = Proc::spawn(c);
+    assert_eq!(h.exit_code(), 78, "{}", h.err.text());
+    let err = h.err.text();
+    assert!(err.contains(&u), "the message names {u}:\n{err}");
+    let lower = err.to_lowercase();
+    assert!(
+        lower.contains("credentials") && lower.contains("refused"),
+        "the message says the credentials were refused:\n{err}"
+    );
+    assert!(!h.out.text().contains("client-started"));
+    assert!(s.objects(BUCKET, "").is_empty(), "nothing written");
+}
+
+/// Two hosts on one prefix: the second is refused (exit 75, "lease") before its client starts,
+/// and the first goes on replicating.
+#[test]
+fn second_host_on_one_prefix_is_refused() {
+    let Some(s) = server() else { return };
+    let prefix = "shared";
+    let a_dir = tempdir("host-a");
+    let a = replicated_host(
+        &s,
+        &a_dir.path().join("a.snap"),
+        prefix,
+        &[],
+        &primes(&["--pause", "2ms"]),
+    );
+    let first = wait_for_generation(&s, prefix, 0, SLOW);
+    assert!(
+        s.object_path(BUCKET, &format!("{prefix}/lease")).is_file(),
+        "host A holds the lease"
+    );
+    let b_dir = tempdir("host-b");
+    let mut c = shmsnap(["run", "--state"]);
+    c.arg(b_dir.path().join("b.snap"))
+        .args(RUN)
+        .args(["--replica", &url(prefix), "--restart", "never"])
+        .args(["--", "/bin/sh", "-c", "echo client-started"]);
+    s.env(&mut c);
+    let mut b = Proc::spawn(c);
+    assert_eq!(b.exit_code(), 75, "{}", b.err.text());
+    assert!(b.err.text().contains("lease"), "{}", b.err.text());
+    assert!(!b.out.text().contains("client-started"));
+    // A is undisturbed.
+    let later = wait_for_generation(&s, prefix, first + 2, SLOW);
+    println!("host A replicated {first}..{later} around B's refusal");
+    stop(a);
+}
+
+/// Puts objects that share the bucket but are not the replica's: a sibling prefix that starts
+/// with the same characters and an unrelated one. Retention must not touch them.
+fn foreign_objects(s: &S3Server, prefix: &str) -> BTreeMap<String, Vec<u8>> {
+    use object_store::ObjectStoreExt;
+    let store = s.store(BUCKET);
+    let keys = [
+        format!("{prefix}x/g/00000000000000000001/base"),
+        "other/g/00000000000000000001/base".to_string(),
+    ];
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    for k in &keys {
+        rt.block_on(store.put(
+            &object_store::path::Path::from(k.as_str()),
+            object_store::PutPayload::from(format!("not yours: {k}").into_bytes()),
+        ))
+        .unwrap();
+    }
+    let mut all = s.objects(BUCKET, &format!("{prefix}x/"));
+    all.extend(s.objects(BUCKET, "other/"));
+    assert_eq!(all.len(), 2);
+    all
+}
+
+/// Runs a replicated primes host with `keep` until the bucket has shown at least `total`
+/// generations; returns every generation seen while polling and the generations left after
+/// a clean stop.
+fn replicate_generations(
+    s: &S3Server,
+    prefix: &str,
+    keep: &str,
+    total: usize,
+) -> (BTreeSet<u64>, BTreeMap<u64, Generation>) {
+    let dir = tempdir("keep");
+    let h = replicated_host(
+        s,
+        &dir.path().join("primes.snap"),
+        prefix,
+        &["--replica-keep", keep],
+        &primes(&["--pause", "2ms"]),
+    );
+    let mut seen = BTreeSet::new();
+    poll(SLOW * 2, || {
+        seen.extend(generations(s, prefix).keys().copied());
+        (seen.len() >= total).then_some(())
+    })
+    .unwrap_or_else(|| panic!("generations seen: {seen:?}\n{}", h.err.text()));
+    // After the exit nothing changes the bucket any more.
+    stop(h);
+    let left = generations(s, prefix);
+    seen.extend(left.keys().copied());
+    (seen, left)
+}
+
+/// `--replica-keep 2`: exactly the two newest generations stay, each whole; nothing outside the
+/// replica's prefix is touched.
+#[test]
+fn retention_keeps_the_newest_generations_and_nothing_else_is_removed() {
+    let Some(s) = server() else { return };
+    let prefix = "keep/count";
+    let foreign = foreign_objects(&s, prefix);
+    let (seen, left) = replicate_generations(&s, prefix, "2", 6);
+    let newest: Vec<u64> = seen.iter().rev().take(2).rev().copied().collect();
+    assert_eq!(
+        left.keys().copied().collect::<Vec<_>>(),
+        newest,
+        "left: {left:?}, seen: {seen:?}"
+    );
+    for (g, objs) in &left {
+        assert!(objs.base.is_some(), "generation {g} kept without its base");
+    }
+    let mut now = s.objects(BUCKET, &format!("{prefix}x/"));
+    now.extend(s.objects(BUCKET, "other/"));
+    assert_eq!(now, foreign, "objects outside the prefix changed");
+    println!("seen {seen:?}, kept {newest:?}");
+}
+
+/// `--replica-keep 1h`: every generation is younger than that, so none is removed.
+#[test]
+fn retention_by_age_removes_nothing_younger() {
+    let Some(s) = server() else { return };
+    let prefix = "keep/age";
+    let (seen, left) = replicate_generations(&s, prefix, "1h", 5);
+    assert_eq!(
+        left.keys().copied().collect::<BTreeSet<_>>(),
+        seen,
+        "a generation younger than the duration was removed"
+    );
+    for (g, objs) in &left {
+        assert!(objs.base.is_some(), "generation {g} without its base");
+    }
+}

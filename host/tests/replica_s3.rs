@@ -151,12 +151,33 @@ fn newest_base(s: &S3Server, prefix: &str) -> Option<(u64, Generation)> {
         .find(|(_, g)| g.base.is_some())
 }
 
-/// Waits up to `timeout` for a generation ≥ `at_least` with its base in the bucket.
-fn wait_for_generation(s: &S3Server, prefix: &str, at_least: u64, timeout: Duration) -> u64 {
+/// Panics with the host's log if it is gone (a test fails at once, not after a timeout).
+fn assert_alive(h: &Proc) {
+    assert!(
+        alive(h.pid()),
+        "the host exited:\n{}\n{}",
+        h.out.text(),
+        h.err.text()
+    );
+}
+
+/// Waits up to `timeout` for a generation ≥ `at_least` with its base in the bucket, while
+/// host `h` runs.
+fn wait_for_generation(
+    s: &S3Server,
+    prefix: &str,
+    at_least: u64,
+    timeout: Duration,
+    h: &Proc,
+) -> u64 {
     poll(timeout, || {
-        newest_base(s, prefix)
+        let got = newest_base(s, prefix)
             .map(|(g, _)| g)
-            .filter(|&g| g >= at_least)
+            .filter(|&g| g >= at_least);
+        if got.is_none() {
+            assert_alive(h);
+        }
+        got
     })
     .unwrap_or_else(|| {
         panic!(
@@ -189,9 +210,15 @@ fn stop(mut h: Proc) {
 
 /// The client's first `restored` line: K.
 fn restored_count(h: &Proc) -> u64 {
-    next_restored(h, 0, SLOW)
-        .unwrap_or_else(|| panic!("the client did not start:\n{}", h.err.text()))
-        .2
+    poll(SLOW, || {
+        let got = next_restored(h, 0, Duration::ZERO);
+        if got.is_none() {
+            assert_alive(h);
+        }
+        got
+    })
+    .unwrap_or_else(|| panic!("the client did not start:\n{}", h.err.text()))
+    .2
 }
 
 /// Replicates while primes commits, then loses the machine: the whole state directory is
@@ -205,8 +232,8 @@ fn replica_brings_the_state_back_on_a_new_machine() {
     let state = old.path().join("primes.snap");
     let h = replicated_host(&s, &state, prefix, &[], &primes(&["--pause", "2ms"]));
     assert_eq!(restored_count(&h), 0, "a fresh start (empty replica)");
-    let first = wait_for_generation(&s, prefix, 0, SLOW);
-    let seen = wait_for_generation(&s, prefix, first + 2, SLOW);
+    let first = wait_for_generation(&s, prefix, 0, SLOW, &h);
+    let seen = wait_for_generation(&s, prefix, first + 2, SLOW, &h);
     let local = inspect(&state).expect("a local snapshot");
     assert!(generation(&local) >= seen, "local snapshots go on");
     stop(h);
@@ -251,7 +278,7 @@ fn replica_brings_the_state_back_on_a_new_machine() {
     );
     wait_local(&state2, 0, &h2);
     assert_verifies(&state2);
-    wait_for_generation(&s, prefix, newest + 1, SLOW);
+    wait_for_generation(&s, prefix, newest + 1, SLOW, &h2);
     stop(h2);
 }
 
@@ -280,7 +307,7 @@ fn host_keeps_snapshotting_while_the_server_is_down_and_catches_up() {
     assert!(generations(&s, prefix).is_empty());
 
     s.start();
-    let caught = wait_for_generation(&s, prefix, down, CATCH_UP);
+    let caught = wait_for_generation(&s, prefix, down, CATCH_UP, &h);
     println!("server back: local generation {down} down, replicated {caught}");
 
     // Down again, in the middle of the uploads.
@@ -289,7 +316,7 @@ fn host_keeps_snapshotting_while_the_server_is_down_and_catches_up() {
     let during = wait_local(&state, before + 3, &h);
     assert!(h.running(), "the host runs on without its replica");
     s.start();
-    let caught = wait_for_generation(&s, prefix, during, CATCH_UP);
+    let caught = wait_for_generation(&s, prefix, during, CATCH_UP, &h);
     println!("second outage: local {before}..{during} while down, replicated {caught}");
     stop(h);
 
@@ -310,8 +337,8 @@ fn corrupt_object_is_refused_by_name_and_fallback_uses_an_older_point() {
     let dir = tempdir("corrupt");
     let state = dir.path().join("primes.snap");
     let h = replicated_host(&s, &state, prefix, &[], &primes(&["--pause", "2ms"]));
-    let first = wait_for_generation(&s, prefix, 0, SLOW);
-    wait_for_generation(&s, prefix, first + 2, SLOW);
+    let first = wait_for_generation(&s, prefix, 0, SLOW, &h);
+    wait_for_generation(&s, prefix, first + 2, SLOW, &h);
     stop(h);
     let gens = generations(&s, prefix);
     let (&newest, g) = gens.iter().next_back().unwrap();
@@ -408,7 +435,7 @@ fn second_host_on_one_prefix_is_refused() {
         &[],
         &primes(&["--pause", "2ms"]),
     );
-    let first = wait_for_generation(&s, prefix, 0, SLOW);
+    let first = wait_for_generation(&s, prefix, 0, SLOW, &a);
     assert!(
         s.object_path(BUCKET, &format!("{prefix}/lease")).is_file(),
         "host A holds the lease"
@@ -425,7 +452,7 @@ fn second_host_on_one_prefix_is_refused() {
     assert!(b.err.text().contains("lease"), "{}", b.err.text());
     assert!(!b.out.text().contains("client-started"));
     // A is undisturbed.
-    let later = wait_for_generation(&s, prefix, first + 2, SLOW);
+    let later = wait_for_generation(&s, prefix, first + 2, SLOW, &a);
     println!("host A replicated {first}..{later} around B's refusal");
     stop(a);
 }
@@ -476,6 +503,9 @@ fn replicate_generations(
     let mut seen = BTreeSet::new();
     poll(SLOW * 2, || {
         seen.extend(generations(s, prefix).keys().copied());
+        if seen.len() < total {
+            assert_alive(&h);
+        }
         (seen.len() >= total).then_some(())
     })
     .unwrap_or_else(|| panic!("generations seen: {seen:?}\n{}", h.err.text()));

@@ -67,11 +67,13 @@ pub fn shmsnap_binary() -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-/// An `s3s-fs` over `dir` on a free loopback port; killed and reaped on drop.
+/// An `s3s-fs` over `dir` on a free loopback port; killed and reaped on drop, and its
+/// directory removed.
 #[derive(Debug)]
 pub struct Server {
     child: Child,
     port: u16,
+    dir: PathBuf,
 }
 
 impl Server {
@@ -93,7 +95,11 @@ impl Server {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()?;
-        let mut s = Server { child, port };
+        let mut s = Server {
+            child,
+            port,
+            dir: dir.to_owned(),
+        };
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         let end = Instant::now() + Duration::from_secs(30);
         loop {
@@ -129,6 +135,7 @@ impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -310,6 +317,12 @@ impl ReplicaFixture {
                 )))
             }
         }))
+    }
+}
+
+impl Drop for ReplicaFixture {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.out);
     }
 }
 

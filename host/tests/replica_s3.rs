@@ -93,48 +93,63 @@ fn restore(s: &S3Server, prefix: &str, out: &Path, extra: &[&str]) -> Done {
     s3_done(s, &args)
 }
 
-/// One generation in the bucket: its base's key and its deltas' keys, in order.
+/// One generation in the replica: its base's key and its deltas' keys (relative to the
+/// prefix, `g/<gen>/base`, `g/<gen>/d/<index>`), in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Generation {
     base: Option<String>,
     deltas: Vec<String>,
 }
 
-/// The replica's generations under `prefix` (generation → objects), read from disk. Panics on
-/// any key under `PREFIX/` that is not the lease or a layout object: the layout is a contract.
-fn generations(s: &S3Server, prefix: &str) -> BTreeMap<u64, Generation> {
+/// Parses a key relative to the prefix: `Some((generation, is_base))` for a layout object,
+/// `None` for anything else.
+fn parse_key(rel: &str) -> Option<(u64, bool)> {
+    let digits = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_digit());
+    let (g, what) = rel.strip_prefix("g/")?.split_once('/')?;
+    if !digits(g, 20) {
+        return None;
+    }
+    let is_base = match what.strip_prefix("d/") {
+        Some(i) if digits(i, 8) => false,
+        Some(_) => return None,
+        None if what == "base" => true,
+        None => return None,
+    };
+    Some((g.parse().ok()?, is_base))
+}
+
+/// The replica's generations stored under the directory `root` (the prefix's directory: an
+/// s3s-fs bucket's `PREFIX/`, or a `file://` replica's path). Panics on a file that is not the
+/// lease or a layout object (the layout is a contract), except `object_store`'s local staging
+/// files (`KEY#N`, renamed into place when whole).
+fn generations_in(root: &Path) -> BTreeMap<u64, Generation> {
     let mut out: BTreeMap<u64, Generation> = BTreeMap::new();
-    let root = format!("{prefix}/");
-    for key in s.objects(BUCKET, &root).into_keys() {
-        let rest = &key[root.len()..];
-        if rest == "lease" {
+    let mut todo = vec![root.to_owned()];
+    while let Some(d) = todo.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
             continue;
-        }
-        let parsed = (|| {
-            let rest = rest.strip_prefix("g/")?;
-            let (g, what) = rest.split_once('/')?;
-            if g.len() != 20 || !g.bytes().all(|b| b.is_ascii_digit()) {
-                return None;
+        };
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                todo.push(p);
+                continue;
             }
-            let g: u64 = g.parse().ok()?;
-            let delta = match what {
-                "base" => None,
-                d => {
-                    let i = d.strip_prefix("d/")?;
-                    (i.len() == 8 && i.bytes().all(|b| b.is_ascii_digit())).then_some(())?;
-                    Some(())
-                }
-            };
-            Some((g, delta))
-        })();
-        let (g, delta) = parsed.unwrap_or_else(|| panic!("a key outside the layout: {key}"));
-        let e = out.entry(g).or_insert(Generation {
-            base: None,
-            deltas: Vec::new(),
-        });
-        match delta {
-            None => e.base = Some(key.clone()),
-            Some(()) => e.deltas.push(key.clone()),
+            let rel = p.strip_prefix(root).unwrap().to_string_lossy().into_owned();
+            if rel == "lease" || rel.contains('#') {
+                continue;
+            }
+            let (g, is_base) =
+                parse_key(&rel).unwrap_or_else(|| panic!("a key outside the layout: {rel}"));
+            let e = out.entry(g).or_insert(Generation {
+                base: None,
+                deltas: Vec::new(),
+            });
+            if is_base {
+                e.base = Some(rel);
+            } else {
+                e.deltas.push(rel);
+            }
         }
     }
     for g in out.values_mut() {
@@ -143,9 +158,14 @@ fn generations(s: &S3Server, prefix: &str) -> BTreeMap<u64, Generation> {
     out
 }
 
+/// The directory of the replica `prefix` on server `s`.
+fn root(s: &S3Server, prefix: &str) -> std::path::PathBuf {
+    s.object_path(BUCKET, prefix)
+}
+
 /// The newest generation that has its base, if any.
-fn newest_base(s: &S3Server, prefix: &str) -> Option<(u64, Generation)> {
-    generations(s, prefix)
+fn newest_base(root: &Path) -> Option<(u64, Generation)> {
+    generations_in(root)
         .into_iter()
         .rev()
         .find(|(_, g)| g.base.is_some())
@@ -163,17 +183,9 @@ fn assert_alive(h: &Proc) {
 
 /// Waits up to `timeout` for a generation ≥ `at_least` with its base in the bucket, while
 /// host `h` runs.
-fn wait_for_generation(
-    s: &S3Server,
-    prefix: &str,
-    at_least: u64,
-    timeout: Duration,
-    h: &Proc,
-) -> u64 {
+fn wait_for_generation(root: &Path, at_least: u64, timeout: Duration, h: &Proc) -> u64 {
     poll(timeout, || {
-        let got = newest_base(s, prefix)
-            .map(|(g, _)| g)
-            .filter(|&g| g >= at_least);
+        let got = newest_base(root).map(|(g, _)| g).filter(|&g| g >= at_least);
         if got.is_none() {
             assert_alive(h);
         }
@@ -182,7 +194,7 @@ fn wait_for_generation(
     .unwrap_or_else(|| {
         panic!(
             "no generation >= {at_least} in the bucket after {timeout:?}: {:?}",
-            generations(s, prefix).keys().collect::<Vec<_>>()
+            generations_in(root).keys().collect::<Vec<_>>()
         )
     })
 }
@@ -228,16 +240,17 @@ fn restored_count(h: &Proc) -> u64 {
 fn replica_brings_the_state_back_on_a_new_machine() {
     let Some(s) = server() else { return };
     let prefix = "lost/machine";
+    let root = root(&s, prefix);
     let old = tempdir("old");
     let state = old.path().join("primes.snap");
     let h = replicated_host(&s, &state, prefix, &[], &primes(&["--pause", "2ms"]));
     assert_eq!(restored_count(&h), 0, "a fresh start (empty replica)");
-    let first = wait_for_generation(&s, prefix, 0, SLOW, &h);
-    let seen = wait_for_generation(&s, prefix, first + 2, SLOW, &h);
+    let first = wait_for_generation(&root, 0, SLOW, &h);
+    let seen = wait_for_generation(&root, first + 2, SLOW, &h);
     let local = inspect(&state).expect("a local snapshot");
     assert!(generation(&local) >= seen, "local snapshots go on");
     stop(h);
-    let (newest, g) = newest_base(&s, prefix).unwrap();
+    let (newest, g) = newest_base(&root).unwrap();
     assert!(newest >= seen);
     // The machine is gone.
     std::fs::remove_dir_all(old.path()).unwrap();
@@ -278,7 +291,7 @@ fn replica_brings_the_state_back_on_a_new_machine() {
     );
     wait_local(&state2, 0, &h2);
     assert_verifies(&state2);
-    wait_for_generation(&s, prefix, newest + 1, SLOW, &h2);
+    wait_for_generation(&root, newest + 1, SLOW, &h2);
     stop(h2);
 }
 
@@ -288,6 +301,7 @@ fn replica_brings_the_state_back_on_a_new_machine() {
 fn host_keeps_snapshotting_while_the_server_is_down_and_catches_up() {
     let Some(mut s) = server() else { return };
     let prefix = "outage";
+    let root = root(&s, prefix);
     let dir = tempdir("outage");
     let state = dir.path().join("primes.snap");
     // A local state first: with a FILE, a down server at start is only a replica problem.
@@ -304,10 +318,10 @@ fn host_keeps_snapshotting_while_the_server_is_down_and_catches_up() {
     assert_eq!(restored_count(&h), 640, "restored from the local FILE");
     let down = wait_local(&state, g0 + 3, &h);
     assert!(h.running(), "the host runs on without its replica");
-    assert!(generations(&s, prefix).is_empty());
+    assert!(generations_in(&root).is_empty());
 
     s.start();
-    let caught = wait_for_generation(&s, prefix, down, CATCH_UP, &h);
+    let caught = wait_for_generation(&root, down, CATCH_UP, &h);
     println!("server back: local generation {down} down, replicated {caught}");
 
     // Down again, in the middle of the uploads.
@@ -316,7 +330,7 @@ fn host_keeps_snapshotting_while_the_server_is_down_and_catches_up() {
     let during = wait_local(&state, before + 3, &h);
     assert!(h.running(), "the host runs on without its replica");
     s.start();
-    let caught = wait_for_generation(&s, prefix, during, CATCH_UP, &h);
+    let caught = wait_for_generation(&root, during, CATCH_UP, &h);
     println!("second outage: local {before}..{during} while down, replicated {caught}");
     stop(h);
 
@@ -334,13 +348,14 @@ fn host_keeps_snapshotting_while_the_server_is_down_and_catches_up() {
 fn corrupt_object_is_refused_by_name_and_fallback_uses_an_older_point() {
     let Some(s) = server() else { return };
     let prefix = "corrupt";
+    let root = root(&s, prefix);
     let dir = tempdir("corrupt");
     let state = dir.path().join("primes.snap");
     let h = replicated_host(&s, &state, prefix, &[], &primes(&["--pause", "2ms"]));
-    let first = wait_for_generation(&s, prefix, 0, SLOW, &h);
-    wait_for_generation(&s, prefix, first + 2, SLOW, &h);
+    let first = wait_for_generation(&root, 0, SLOW, &h);
+    wait_for_generation(&root, first + 2, SLOW, &h);
     stop(h);
-    let gens = generations(&s, prefix);
+    let gens = generations_in(&root);
     let (&newest, g) = gens.iter().next_back().unwrap();
     let older: Vec<u64> = gens
         .iter()
@@ -349,12 +364,12 @@ fn corrupt_object_is_refused_by_name_and_fallback_uses_an_older_point() {
         .collect();
     assert!(!older.is_empty(), "an older point exists: {gens:?}");
     let key = g.base.clone().expect("the newest generation has its base");
-    let file = s.object_path(BUCKET, &key);
+    let file = s.object_path(BUCKET, &format!("{prefix}/{key}"));
     let mut bad = std::fs::read(&file).unwrap();
     let mid = bad.len() / 2;
     bad[mid] ^= 0x10;
     std::fs::write(&file, &bad).unwrap();
-    let named = key.strip_prefix(&format!("{prefix}/")).unwrap();
+    let named = key.as_str();
 
     // restore: exit 65, the key in the message, nothing written.
     let out = dir.path().join("restored.snap");
@@ -427,6 +442,7 @@ fn wrong_credentials_are_refused_before_the_client_starts() {
 fn second_host_on_one_prefix_is_refused() {
     let Some(s) = server() else { return };
     let prefix = "shared";
+    let root = root(&s, prefix);
     let a_dir = tempdir("host-a");
     let a = replicated_host(
         &s,
@@ -435,7 +451,7 @@ fn second_host_on_one_prefix_is_refused() {
         &[],
         &primes(&["--pause", "2ms"]),
     );
-    let first = wait_for_generation(&s, prefix, 0, SLOW, &a);
+    let first = wait_for_generation(&root, 0, SLOW, &a);
     assert!(
         s.object_path(BUCKET, &format!("{prefix}/lease")).is_file(),
         "host A holds the lease"
@@ -452,7 +468,7 @@ fn second_host_on_one_prefix_is_refused() {
     assert!(b.err.text().contains("lease"), "{}", b.err.text());
     assert!(!b.out.text().contains("client-started"));
     // A is undisturbed.
-    let later = wait_for_generation(&s, prefix, first + 2, SLOW, &a);
+    let later = wait_for_generation(&root, first + 2, SLOW, &a);
     println!("host A replicated {first}..{later} around B's refusal");
     stop(a);
 }
@@ -492,6 +508,7 @@ fn replicate_generations(
     keep: &str,
     total: usize,
 ) -> (BTreeSet<u64>, BTreeMap<u64, Generation>) {
+    let root = root(s, prefix);
     let dir = tempdir("keep");
     let h = replicated_host(
         s,
@@ -502,7 +519,7 @@ fn replicate_generations(
     );
     let mut seen = BTreeSet::new();
     poll(SLOW * 2, || {
-        seen.extend(generations(s, prefix).keys().copied());
+        seen.extend(generations_in(&root).keys().copied());
         if seen.len() < total {
             assert_alive(&h);
         }
@@ -511,7 +528,7 @@ fn replicate_generations(
     .unwrap_or_else(|| panic!("generations seen: {seen:?}\n{}", h.err.text()));
     // After the exit nothing changes the bucket any more.
     stop(h);
-    let left = generations(s, prefix);
+    let left = generations_in(&root);
     seen.extend(left.keys().copied());
     (seen, left)
 }
@@ -553,4 +570,100 @@ fn retention_by_age_removes_nothing_younger() {
     for (g, objs) in &left {
         assert!(objs.base.is_some(), "generation {g} without its base");
     }
+}
+
+/// A `file://` replica (`object_store`'s local backend: a mounted network file system) has
+/// the same layout and restores on a new machine. Needs no server, so it runs everywhere.
+#[test]
+fn file_url_replica_restores_on_a_new_machine() {
+    let store = tempdir("file-store");
+    let root = store.path().join("replica");
+    std::fs::create_dir(&root).unwrap();
+    let u = format!("file://{}", root.display());
+    let old = tempdir("file-old");
+    let state = old.path().join("primes.snap");
+    let mut c = shmsnap(["run", "--state"]);
+    c.arg(&state)
+        .args(RUN)
+        .args(["--replica", &u, "--"])
+        .args(primes(&["--pause", "2ms"]));
+    let h = Proc::spawn(c);
+    assert_eq!(restored_count(&h), 0, "a fresh start (empty replica)");
+    let first = wait_for_generation(&root, 0, SLOW, &h);
+    wait_for_generation(&root, first + 2, SLOW, &h);
+    stop(h);
+    let (newest, g) = newest_base(&root).unwrap();
+    std::fs::remove_dir_all(old.path()).unwrap();
+
+    let new = tempdir("file-new");
+    let out = new.path().join("restored.snap");
+    let d = shmsnap_done([
+        OsStr::new("restore"),
+        OsStr::new("--from"),
+        OsStr::new(&u),
+        OsStr::new("--to"),
+        out.as_os_str(),
+    ]);
+    assert_eq!(d.code, 0, "restore --from {u}:\n{}{}", d.stdout, d.stderr);
+    assert_verifies(&out);
+    let j = inspect(&out).unwrap();
+    assert!(snapshot_count(&j) > 0);
+    if g.deltas.is_empty() {
+        assert_eq!(
+            generation(&j),
+            newest,
+            "the newest point (a base) is restored"
+        );
+    } else {
+        assert!(generation(&j) >= newest, "the newest point is restored");
+    }
+}
+
+/// The tests' reading of the bucket layout: the contract's keys are parsed, anything else
+/// is not (so a host writing outside the layout fails the tests above).
+#[test]
+fn layout_reader_accepts_exactly_the_contract_keys() {
+    assert_eq!(parse_key("g/00000000000000000003/base"), Some((3, true)));
+    assert_eq!(
+        parse_key("g/00000000000000000003/d/00000012"),
+        Some((3, false))
+    );
+    for bad in [
+        "g/3/base",
+        "g/0000000000000000003/base",
+        "g/00000000000000000003/delta",
+        "g/00000000000000000003/d/12",
+        "g/00000000000000000003/d/0000001x",
+        "g/00000000000000000003",
+        "x/00000000000000000003/base",
+    ] {
+        assert_eq!(parse_key(bad), None, "{bad}");
+    }
+    let dir = tempdir("layout");
+    let root = dir.path();
+    for k in [
+        "lease",
+        "g/00000000000000000003/base",
+        "g/00000000000000000003/d/00000002",
+        "g/00000000000000000003/d/00000001",
+        "g/00000000000000000004/d/00000001#7",
+        "g/00000000000000000005/base",
+    ] {
+        let p = root.join(k);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, k).unwrap();
+    }
+    let gens = generations_in(root);
+    assert_eq!(gens.keys().copied().collect::<Vec<_>>(), [3, 5]);
+    assert_eq!(
+        gens[&3].deltas,
+        [
+            "g/00000000000000000003/d/00000001",
+            "g/00000000000000000003/d/00000002"
+        ]
+    );
+    assert_eq!(newest_base(root).unwrap().0, 5);
+    std::fs::write(root.join("g/stray"), "x").unwrap();
+    let stray = std::panic::catch_unwind(|| generations_in(root));
+    assert!(stray.is_err(), "a key outside the layout is an error");
 }

@@ -44,23 +44,41 @@ fn url(prefix: &str) -> String {
     format!("s3://{BUCKET}/{prefix}")
 }
 
-/// The host's queue settings for a steady primes client: a snapshot every 100 ms.
+/// The host's queue settings for a steady primes client: a snapshot every 100 ms (bases, or
+/// deltas once the host takes incremental snapshots).
 const RUN: [&str; 6] = ["--strategy", "queue", "--interval", "100ms", "--size", "2M"];
 
-/// `shmsnap run --state STATE RUN... --replica URL EXTRA... -- CLIENT...` with the server's
-/// S3 settings, started.
+/// Settings for a workload whose every snapshot is a new base (a new generation): the exit
+/// strategy, a client that writes and exits, restarted at once.
+const ROLLING: [&str; 6] = [
+    "--size",
+    "64K",
+    "--restart",
+    "always",
+    "--max-backoff",
+    "200ms",
+];
+
+/// The client of [`ROLLING`]: writes its pid into the region, exits 100 ms later.
+const ROLLING_CLIENT: [&str; 3] = [
+    "/bin/sh",
+    "-c",
+    "printf 'written by pid %s' $$ 1<>/proc/self/fd/3; sleep 0.1",
+];
+
+/// `shmsnap run --state STATE ARGS... --replica URL -- CLIENT...` with the server's S3
+/// settings, started.
 fn replicated_host(
     s: &S3Server,
     state: &Path,
     prefix: &str,
-    extra: &[&str],
+    args: &[&str],
     client: &[&str],
 ) -> Proc {
     let mut c = shmsnap(["run", "--state"]);
     c.arg(state)
-        .args(RUN)
+        .args(args)
         .args(["--replica", &url(prefix)])
-        .args(extra)
         .arg("--")
         .args(client);
     s.env(&mut c);
@@ -101,21 +119,25 @@ struct Generation {
     deltas: Vec<String>,
 }
 
-/// Parses a key relative to the prefix: `Some((generation, is_base))` for a layout object,
-/// `None` for anything else.
-fn parse_key(rel: &str) -> Option<(u64, bool)> {
+/// A point of the replica: (base generation, index), index 0 the base, 1… its deltas. Tuple
+/// order is chain order.
+type PointId = (u64, u32);
+
+/// Parses a key relative to the prefix: the point of a layout object, `None` for anything
+/// else.
+fn parse_key(rel: &str) -> Option<PointId> {
     let digits = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_digit());
     let (g, what) = rel.strip_prefix("g/")?.split_once('/')?;
     if !digits(g, 20) {
         return None;
     }
-    let is_base = match what.strip_prefix("d/") {
-        Some(i) if digits(i, 8) => false,
+    let index = match what.strip_prefix("d/") {
+        Some(i) if digits(i, 8) => i.parse().ok().filter(|&i| i > 0)?,
         Some(_) => return None,
-        None if what == "base" => true,
+        None if what == "base" => 0,
         None => return None,
     };
-    Some((g.parse().ok()?, is_base))
+    Some((g.parse().ok()?, index))
 }
 
 /// The replica's generations stored under the directory `root` (the prefix's directory: an
@@ -139,13 +161,13 @@ fn generations_in(root: &Path) -> BTreeMap<u64, Generation> {
             if rel == "lease" || rel.contains('#') {
                 continue;
             }
-            let (g, is_base) =
+            let (g, index) =
                 parse_key(&rel).unwrap_or_else(|| panic!("a key outside the layout: {rel}"));
             let e = out.entry(g).or_insert(Generation {
                 base: None,
                 deltas: Vec::new(),
             });
-            if is_base {
+            if index == 0 {
                 e.base = Some(rel);
             } else {
                 e.deltas.push(rel);
@@ -171,6 +193,20 @@ fn newest_base(root: &Path) -> Option<(u64, Generation)> {
         .find(|(_, g)| g.base.is_some())
 }
 
+/// Every point in the replica under `root`.
+fn points_in(root: &Path) -> BTreeSet<PointId> {
+    let mut out = BTreeSet::new();
+    for (g, gen) in generations_in(root) {
+        if gen.base.is_some() {
+            out.insert((g, 0));
+        }
+        for d in &gen.deltas {
+            out.insert(parse_key(d).unwrap());
+        }
+    }
+    out
+}
+
 /// Panics with the host's log if it is gone (a test fails at once, not after a timeout).
 fn assert_alive(h: &Proc) {
     assert!(
@@ -181,11 +217,17 @@ fn assert_alive(h: &Proc) {
     );
 }
 
-/// Waits up to `timeout` for a generation ≥ `at_least` with its base in the bucket, while
-/// host `h` runs.
-fn wait_for_generation(root: &Path, at_least: u64, timeout: Duration, h: &Proc) -> u64 {
+/// Waits up to `timeout`, while host `h` runs, for the replica's newest point to satisfy
+/// `f`; returns it.
+fn wait_for_point(
+    root: &Path,
+    timeout: Duration,
+    h: &Proc,
+    what: &str,
+    f: impl Fn(PointId) -> bool,
+) -> PointId {
     poll(timeout, || {
-        let got = newest_base(root).map(|(g, _)| g).filter(|&g| g >= at_least);
+        let got = points_in(root).last().copied().filter(|&p| f(p));
         if got.is_none() {
             assert_alive(h);
         }
@@ -193,25 +235,60 @@ fn wait_for_generation(root: &Path, at_least: u64, timeout: Duration, h: &Proc) 
     })
     .unwrap_or_else(|| {
         panic!(
-            "no generation >= {at_least} in the bucket after {timeout:?}: {:?}",
-            generations_in(root).keys().collect::<Vec<_>>()
+            "the replica never reached {what} in {timeout:?}; points: {:?}\n{}",
+            points_in(root),
+            h.err.text()
         )
     })
 }
 
-/// Waits until the local snapshot's generation is at least `at_least`; returns it.
-fn wait_local(state: &Path, at_least: u64, h: &Proc) -> u64 {
+/// Waits up to `timeout`, while host `h` runs, for at least `n` generations with their base.
+fn wait_for_bases(root: &Path, n: usize, timeout: Duration, h: &Proc) -> BTreeMap<u64, Generation> {
+    poll(timeout, || {
+        let g = generations_in(root);
+        if g.values().filter(|g| g.base.is_some()).count() >= n {
+            return Some(g);
+        }
+        assert_alive(h);
+        None
+    })
+    .unwrap_or_else(|| panic!("fewer than {n} bases in the replica:\n{}", h.err.text()))
+}
+
+/// The point of a `snapshot persisted … point=base G …` or `… point=delta I of base G …` log
+/// line.
+fn logged_point(line: &str) -> Option<PointId> {
+    let (_, rest) = line.split_once(" point=")?;
+    let words: Vec<&str> = rest.split_whitespace().take(5).collect();
+    match words[..] {
+        ["base", g, ..] => Some((g.parse().ok()?, 0)),
+        ["delta", i, "of", "base", g] => Some((g.parse().ok()?, i.parse().ok()?)),
+        _ => None,
+    }
+}
+
+/// The points the host persisted locally so far (its `snapshot persisted` log lines), in
+/// order.
+fn local_points(h: &Proc) -> Vec<PointId> {
+    h.err
+        .all()
+        .iter()
+        .filter(|l| l.contains("snapshot persisted"))
+        .map(|l| logged_point(l).unwrap_or_else(|| panic!("no point in {l:?}")))
+        .collect()
+}
+
+/// Waits until the host persisted at least `n` local snapshots; returns the newest point.
+fn wait_local(h: &Proc, n: usize) -> PointId {
     poll(SLOW, || {
-        inspect(state)
-            .map(|j| generation(&j))
-            .filter(|&g| g >= at_least)
+        let p = local_points(h);
+        if p.len() >= n {
+            return p.last().copied();
+        }
+        assert_alive(h);
+        None
     })
-    .unwrap_or_else(|| {
-        panic!(
-            "local snapshots stopped below generation {at_least}:\n{}",
-            h.err.text()
-        )
-    })
+    .unwrap_or_else(|| panic!("local snapshots stopped before {n}:\n{}", h.err.text()))
 }
 
 /// SIGTERM: primes dies of it, the host saves and exits 0.
@@ -243,15 +320,13 @@ fn replica_brings_the_state_back_on_a_new_machine() {
     let root = root(&s, prefix);
     let old = tempdir("old");
     let state = old.path().join("primes.snap");
-    let h = replicated_host(&s, &state, prefix, &[], &primes(&["--pause", "2ms"]));
+    let h = replicated_host(&s, &state, prefix, &RUN, &primes(&["--pause", "2ms"]));
     assert_eq!(restored_count(&h), 0, "a fresh start (empty replica)");
-    let first = wait_for_generation(&root, 0, SLOW, &h);
-    let seen = wait_for_generation(&root, first + 2, SLOW, &h);
-    let local = inspect(&state).expect("a local snapshot");
-    assert!(generation(&local) >= seen, "local snapshots go on");
+    let third = wait_local(&h, 3);
+    wait_for_point(&root, SLOW, &h, "the third local point", |p| p >= third);
     stop(h);
-    let (newest, g) = newest_base(&root).unwrap();
-    assert!(newest >= seen);
+    let newest = *points_in(&root).last().unwrap();
+    assert!(newest >= third);
     // The machine is gone.
     std::fs::remove_dir_all(old.path()).unwrap();
 
@@ -264,34 +339,31 @@ fn replica_brings_the_state_back_on_a_new_machine() {
     let j = inspect(&out).unwrap();
     let count = snapshot_count(&j);
     assert!(count > 0, "the replica holds committed primes");
-    if g.deltas.is_empty() {
+    if newest.1 == 0 {
         assert_eq!(
             generation(&j),
-            newest,
+            newest.0,
             "the newest point (a base) is restored"
         );
-    } else {
-        assert!(generation(&j) >= newest, "the newest point is restored");
     }
-    println!(
-        "replica's newest generation {newest} ({} deltas): {count} primes",
-        g.deltas.len()
-    );
+    println!("replica's newest point {newest:?}: {count} primes");
 
     // And the implicit way: `run` with a missing FILE starts from the replica, takes over the
     // prefix and goes on replicating after the restored point.
     let machine = new.path().join("machine");
     std::fs::create_dir(&machine).unwrap();
     let state2 = machine.join("primes.snap");
-    let h2 = replicated_host(&s, &state2, prefix, &[], &primes(&["--pause", "2ms"]));
+    let h2 = replicated_host(&s, &state2, prefix, &RUN, &primes(&["--pause", "2ms"]));
     let k = restored_count(&h2);
     assert_eq!(
         k, count,
         "the client starts from exactly the replica's newest point"
     );
-    wait_local(&state2, 0, &h2);
+    wait_local(&h2, 1);
     assert_verifies(&state2);
-    wait_for_generation(&root, newest + 1, SLOW, &h2);
+    wait_for_point(&root, SLOW, &h2, "a point after the restored one", |p| {
+        p > newest
+    });
     stop(h2);
 }
 
@@ -311,27 +383,30 @@ fn host_keeps_snapshotting_while_the_server_is_down_and_catches_up() {
         &primes(&["--limit", "640"]),
     );
     assert_eq!(pre.exit_code(), 0, "{}", pre.err.text());
-    let g0 = generation(&inspect(&state).unwrap());
 
     s.stop();
-    let mut h = replicated_host(&s, &state, prefix, &[], &primes(&["--pause", "2ms"]));
+    let mut h = replicated_host(&s, &state, prefix, &RUN, &primes(&["--pause", "2ms"]));
     assert_eq!(restored_count(&h), 640, "restored from the local FILE");
-    let down = wait_local(&state, g0 + 3, &h);
+    let down = wait_local(&h, 3);
     assert!(h.running(), "the host runs on without its replica");
-    assert!(generations_in(&root).is_empty());
+    assert!(points_in(&root).is_empty());
 
     s.start();
-    let caught = wait_for_generation(&root, down, CATCH_UP, &h);
-    println!("server back: local generation {down} down, replicated {caught}");
+    let caught = wait_for_point(&root, CATCH_UP, &h, "the point taken while down", |p| {
+        p >= down
+    });
+    println!("server back: {down:?} taken while down, replicated {caught:?}");
 
     // Down again, in the middle of the uploads.
-    let before = wait_local(&state, caught + 1, &h);
+    let n = local_points(&h).len();
     s.stop();
-    let during = wait_local(&state, before + 3, &h);
+    let during = wait_local(&h, n + 3);
     assert!(h.running(), "the host runs on without its replica");
     s.start();
-    let caught = wait_for_generation(&root, during, CATCH_UP, &h);
-    println!("second outage: local {before}..{during} while down, replicated {caught}");
+    let caught = wait_for_point(&root, CATCH_UP, &h, "the points taken while down", |p| {
+        p >= during
+    });
+    println!("second outage: {during:?} taken while down, replicated {caught:?}");
     stop(h);
 
     // What the bucket caught up with is sound.
@@ -339,7 +414,7 @@ fn host_keeps_snapshotting_while_the_server_is_down_and_catches_up() {
     let d = restore(&s, prefix, &out, &[]);
     assert_eq!(d.code, 0, "restore --from:\n{}{}", d.stdout, d.stderr);
     assert_verifies(&out);
-    assert!(generation(&inspect(&out).unwrap()) >= caught);
+    assert!(snapshot_count(&inspect(&out).unwrap()) > 640);
 }
 
 /// A byte flipped in the newest base on the server: `restore` and `run` refuse it by name
@@ -350,10 +425,9 @@ fn corrupt_object_is_refused_by_name_and_fallback_uses_an_older_point() {
     let prefix = "corrupt";
     let root = root(&s, prefix);
     let dir = tempdir("corrupt");
-    let state = dir.path().join("primes.snap");
-    let h = replicated_host(&s, &state, prefix, &[], &primes(&["--pause", "2ms"]));
-    let first = wait_for_generation(&root, 0, SLOW, &h);
-    wait_for_generation(&root, first + 2, SLOW, &h);
+    let state = dir.path().join("rolling.snap");
+    let h = replicated_host(&s, &state, prefix, &ROLLING, &ROLLING_CLIENT);
+    wait_for_bases(&root, 3, SLOW, &h);
     stop(h);
     let gens = generations_in(&root);
     let (&newest, g) = gens.iter().next_back().unwrap();
@@ -366,8 +440,8 @@ fn corrupt_object_is_refused_by_name_and_fallback_uses_an_older_point() {
     let key = g.base.clone().expect("the newest generation has its base");
     let file = s.object_path(BUCKET, &format!("{prefix}/{key}"));
     let mut bad = std::fs::read(&file).unwrap();
-    let mid = bad.len() / 2;
-    bad[mid] ^= 0x10;
+    // The first bytes are what the client wrote: a change the image CRC must catch.
+    bad[3] ^= 0x10;
     std::fs::write(&file, &bad).unwrap();
     let named = key.as_str();
 
@@ -387,8 +461,8 @@ fn corrupt_object_is_refused_by_name_and_fallback_uses_an_older_point() {
     let fresh = dir.path().join("fresh.snap");
     let mut c = shmsnap(["run", "--state"]);
     c.arg(&fresh)
-        .args(RUN)
-        .args(["--replica", &url(prefix), "--restart", "never"])
+        .args(["--size", "64K", "--restart", "never"])
+        .args(["--replica", &url(prefix)])
         .args(["--", "/bin/sh", "-c", "echo client-started"]);
     s.env(&mut c);
     let mut r = Proc::spawn(c);
@@ -403,8 +477,9 @@ fn corrupt_object_is_refused_by_name_and_fallback_uses_an_older_point() {
     assert_eq!(d.code, 0, "restore --fallback:\n{}{}", d.stdout, d.stderr);
     assert_verifies(&out);
     let got = generation(&inspect(&out).unwrap());
-    assert!(
-        got < newest && got >= *older.last().unwrap(),
+    assert_eq!(
+        got,
+        *older.last().unwrap(),
         "fallback restored generation {got}; corrupt {newest}, older bases {older:?}"
     );
     assert!(d.stderr.contains(named), "the skipped object is named");
@@ -448,10 +523,10 @@ fn second_host_on_one_prefix_is_refused() {
         &s,
         &a_dir.path().join("a.snap"),
         prefix,
-        &[],
+        &RUN,
         &primes(&["--pause", "2ms"]),
     );
-    let first = wait_for_generation(&root, 0, SLOW, &a);
+    wait_for_point(&root, SLOW, &a, "a first point", |_| true);
     assert!(
         s.object_path(BUCKET, &format!("{prefix}/lease")).is_file(),
         "host A holds the lease"
@@ -467,9 +542,10 @@ fn second_host_on_one_prefix_is_refused() {
     assert_eq!(b.exit_code(), 75, "{}", b.err.text());
     assert!(b.err.text().contains("lease"), "{}", b.err.text());
     assert!(!b.out.text().contains("client-started"));
-    // A is undisturbed.
-    let later = wait_for_generation(&root, first + 2, SLOW, &a);
-    println!("host A replicated {first}..{later} around B's refusal");
+    // A is undisturbed: its next points still reach the bucket.
+    let before = *points_in(&root).last().unwrap();
+    let later = wait_for_point(&root, SLOW, &a, "a point after B's refusal", |p| p > before);
+    println!("host A replicated {before:?} then {later:?} around B's refusal");
     stop(a);
 }
 
@@ -499,9 +575,9 @@ fn foreign_objects(s: &S3Server, prefix: &str) -> BTreeMap<String, Vec<u8>> {
     all
 }
 
-/// Runs a replicated primes host with `keep` until the bucket has shown at least `total`
-/// generations; returns every generation seen while polling and the generations left after
-/// a clean stop.
+/// Runs a replicated host with `keep` and a new base per snapshot until the bucket has shown
+/// at least `total` generations; returns every generation seen while polling and the
+/// generations left after a clean stop.
 fn replicate_generations(
     s: &S3Server,
     prefix: &str,
@@ -510,12 +586,14 @@ fn replicate_generations(
 ) -> (BTreeSet<u64>, BTreeMap<u64, Generation>) {
     let root = root(s, prefix);
     let dir = tempdir("keep");
+    let mut args = ROLLING.to_vec();
+    args.extend(["--replica-keep", keep]);
     let h = replicated_host(
         s,
-        &dir.path().join("primes.snap"),
+        &dir.path().join("rolling.snap"),
         prefix,
-        &["--replica-keep", keep],
-        &primes(&["--pause", "2ms"]),
+        &args,
+        &ROLLING_CLIENT,
     );
     let mut seen = BTreeSet::new();
     poll(SLOW * 2, || {
@@ -589,10 +667,10 @@ fn file_url_replica_restores_on_a_new_machine() {
         .args(primes(&["--pause", "2ms"]));
     let h = Proc::spawn(c);
     assert_eq!(restored_count(&h), 0, "a fresh start (empty replica)");
-    let first = wait_for_generation(&root, 0, SLOW, &h);
-    wait_for_generation(&root, first + 2, SLOW, &h);
+    let third = wait_local(&h, 3);
+    wait_for_point(&root, SLOW, &h, "the third local point", |p| p >= third);
     stop(h);
-    let (newest, g) = newest_base(&root).unwrap();
+    let newest = *points_in(&root).last().unwrap();
     std::fs::remove_dir_all(old.path()).unwrap();
 
     let new = tempdir("file-new");
@@ -608,25 +686,39 @@ fn file_url_replica_restores_on_a_new_machine() {
     assert_verifies(&out);
     let j = inspect(&out).unwrap();
     assert!(snapshot_count(&j) > 0);
-    if g.deltas.is_empty() {
+    if newest.1 == 0 {
         assert_eq!(
             generation(&j),
-            newest,
+            newest.0,
             "the newest point (a base) is restored"
         );
-    } else {
-        assert!(generation(&j) >= newest, "the newest point is restored");
     }
+}
+
+/// The tests' reading of the host's log: the point of each persisted snapshot.
+#[test]
+fn log_reader_finds_the_persisted_point() {
+    let base = "2026-11-25T21:44:44.270838Z  INFO shmsnap::snap: snapshot persisted (interval) \
+                to /tmp/x.snap point=base 12 generation=12 bytes=36864 kept=47";
+    assert_eq!(logged_point(base), Some((12, 0)));
+    let delta = "INFO shmsnap::snap: snapshot persisted (interval) to /tmp/x.snap \
+                 point=delta 3 of base 12 generation=12 bytes=8192";
+    assert_eq!(logged_point(delta), Some((12, 3)));
+    assert_eq!(
+        logged_point("snapshot persisted to /tmp/x.snap bytes=1"),
+        None
+    );
+    assert_eq!(logged_point("point=delta x of base 1"), None);
 }
 
 /// The tests' reading of the bucket layout: the contract's keys are parsed, anything else
 /// is not (so a host writing outside the layout fails the tests above).
 #[test]
 fn layout_reader_accepts_exactly_the_contract_keys() {
-    assert_eq!(parse_key("g/00000000000000000003/base"), Some((3, true)));
+    assert_eq!(parse_key("g/00000000000000000003/base"), Some((3, 0)));
     assert_eq!(
         parse_key("g/00000000000000000003/d/00000012"),
-        Some((3, false))
+        Some((3, 12))
     );
     for bad in [
         "g/3/base",
@@ -634,6 +726,7 @@ fn layout_reader_accepts_exactly_the_contract_keys() {
         "g/00000000000000000003/delta",
         "g/00000000000000000003/d/12",
         "g/00000000000000000003/d/0000001x",
+        "g/00000000000000000003/d/00000000",
         "g/00000000000000000003",
         "x/00000000000000000003/base",
     ] {
@@ -663,6 +756,10 @@ fn layout_reader_accepts_exactly_the_contract_keys() {
         ]
     );
     assert_eq!(newest_base(root).unwrap().0, 5);
+    assert_eq!(
+        points_in(root).into_iter().collect::<Vec<_>>(),
+        [(3, 0), (3, 1), (3, 2), (5, 0)]
+    );
     std::fs::write(root.join("g/stray"), "x").unwrap();
     let stray = std::panic::catch_unwind(|| generations_in(root));
     assert!(stray.is_err(), "a key outside the layout is an error");

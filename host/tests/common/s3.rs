@@ -77,8 +77,18 @@ impl S3Server {
             child: None,
         };
         s.add_bucket(bucket);
-        s.start();
-        Some(s)
+        // A port found free may be taken by another test before the server binds it: the
+        // first start tries a few fresh ports (restarts keep theirs).
+        let end = Instant::now() + Duration::from_secs(30);
+        let mut why = String::new();
+        for _ in 0..5 {
+            match s.try_start(end) {
+                Ok(()) => return Some(s),
+                Err(e) => why = e,
+            }
+            s.port = free_port();
+        }
+        panic!("s3s-fs did not start on 5 ports: {why}");
     }
 
     /// Creates bucket `name` (a directory, which is all a bucket is to s3s-fs).
@@ -92,22 +102,8 @@ impl S3Server {
         assert!(self.child.is_none(), "s3s-fs is already running");
         let end = Instant::now() + Duration::from_secs(30);
         loop {
-            let mut child = Command::new(&self.bin)
-                .args(["--host", "127.0.0.1", "--port"])
-                .arg(self.port.to_string())
-                .args(["--access-key", ACCESS_KEY, "--secret-key", SECRET_KEY])
-                .arg(self.dir.path())
-                .env("RUST_LOG", "warn")
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(self.log())
-                .spawn()
-                .unwrap_or_else(|e| panic!("spawn {}: {e}", self.bin.display()));
-            match wait_listening(&mut child, self.port, end, &self.log_path()) {
-                Ok(()) => {
-                    self.child = Some(child);
-                    return;
-                }
+            match self.try_start(end) {
+                Ok(()) => return,
                 // The port of a just-stopped server may linger a moment: try again.
                 Err(why) if Instant::now() < end => {
                     eprintln!("s3s-fs did not start ({why}); retrying");
@@ -116,6 +112,24 @@ impl S3Server {
                 Err(why) => panic!("s3s-fs on port {} did not start: {why}", self.port),
             }
         }
+    }
+
+    /// One attempt to start the server on its port, waiting for it until `end`.
+    fn try_start(&mut self, end: Instant) -> Result<(), String> {
+        let mut child = Command::new(&self.bin)
+            .args(["--host", "127.0.0.1", "--port"])
+            .arg(self.port.to_string())
+            .args(["--access-key", ACCESS_KEY, "--secret-key", SECRET_KEY])
+            .arg(self.dir.path())
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(self.log())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {}: {e}", self.bin.display()));
+        wait_listening(&mut child, self.port, end, &self.log_path())?;
+        self.child = Some(child);
+        Ok(())
     }
 
     /// Stops the server (SIGKILL and reap): the port refuses connections until [`start`].
@@ -221,9 +235,14 @@ impl S3Server {
             .env("AWS_ALLOW_HTTP", "true");
     }
 
-    /// An `object_store` client for `bucket` on this server, path-style, plain HTTP.
+    /// An `object_store` client for `bucket` on this server, path-style, plain HTTP, without
+    /// retries (a test asking a stopped server wants the error, not 10 attempts).
     pub fn store(&self, bucket: &str) -> object_store::aws::AmazonS3 {
         object_store::aws::AmazonS3Builder::new()
+            .with_retry(object_store::RetryConfig {
+                max_retries: 0,
+                ..Default::default()
+            })
             .with_endpoint(self.endpoint())
             .with_allow_http(true)
             .with_region(REGION)

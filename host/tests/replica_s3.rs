@@ -486,29 +486,45 @@ fn corrupt_object_is_refused_by_name_and_fallback_uses_an_older_point() {
     assert_eq!(std::fs::read(&file).unwrap(), bad, "the bad object is kept");
 }
 
-/// Refused credentials: exit 78 before the client starts, the URL and the reason named.
+/// Refused credentials: exit 78 before the client starts, the URL and the reason named — for
+/// a new machine (FILE missing: the restore from the replica is refused) and for a host with
+/// its local state (taking the lease is refused); the local state is left as it was.
 #[test]
 fn wrong_credentials_are_refused_before_the_client_starts() {
     let Some(s) = server() else { return };
     let dir = tempdir("creds");
     let state = dir.path().join("x.snap");
     let u = url("creds");
-    let mut c = shmsnap(["run", "--state"]);
-    c.arg(&state)
-        .args(["--size", "64K", "--replica", &u])
-        .args(["--", "/bin/sh", "-c", "echo client-started"]);
-    s.env_with(&mut c, common::s3::ACCESS_KEY, "not-the-secret");
-    let mut h = Proc::spawn(c);
-    assert_eq!(h.exit_code(), 78, "{}", h.err.text());
-    let err = h.err.text();
-    assert!(err.contains(&u), "the message names {u}:\n{err}");
-    let lower = err.to_lowercase();
-    assert!(
-        lower.contains("credentials") && lower.contains("refused"),
-        "the message says the credentials were refused:\n{err}"
+    let refused = |what: &str| {
+        let mut c = shmsnap(["run", "--state"]);
+        c.arg(&state)
+            .args(["--size", "64K", "--replica", &u])
+            .args(["--", "/bin/sh", "-c", "echo client-started"]);
+        s.env_with(&mut c, common::s3::ACCESS_KEY, "not-the-secret");
+        let mut h = Proc::spawn(c);
+        assert_eq!(h.exit_code(), 78, "{what}: {}", h.err.text());
+        let err = h.err.text();
+        assert!(err.contains(&u), "{what}: the message names {u}:\n{err}");
+        let lower = err.to_lowercase();
+        assert!(
+            lower.contains("credentials") && lower.contains("refused"),
+            "{what}: the message says the credentials were refused:\n{err}"
+        );
+        assert!(!h.out.text().contains("client-started"), "{what}");
+        assert!(s.objects(BUCKET, "").is_empty(), "{what}: nothing written");
+    };
+    refused("a new machine");
+    assert!(!state.exists(), "no state made up");
+
+    let mut pre = run_host(
+        &state,
+        &["--size", "64K", "--restart", "never"],
+        &["/bin/sh", "-c", "printf local 1<>/proc/self/fd/3"],
     );
-    assert!(!h.out.text().contains("client-started"));
-    assert!(s.objects(BUCKET, "").is_empty(), "nothing written");
+    assert_eq!(pre.exit_code(), 0, "{}", pre.err.text());
+    let before = snapshot_dir(dir.path());
+    refused("a host with its local state");
+    assert_eq!(snapshot_dir(dir.path()), before, "the local state changed");
 }
 
 /// Two hosts on one prefix: the second is refused (exit 75, "lease") before its client starts,
@@ -547,6 +563,61 @@ fn second_host_on_one_prefix_is_refused() {
     let later = wait_for_point(&root, SLOW, &a, "a point after B's refusal", |p| p > before);
     println!("host A replicated {before:?} then {later:?} around B's refusal");
     stop(a);
+}
+
+/// Another writer overwrites the lease (as a host that took over an expired lease would): the
+/// host notices at its next renewal, says so, stops uploading, and goes on snapshotting
+/// locally.
+#[test]
+fn host_that_lost_its_lease_stops_uploading_and_says_so() {
+    use object_store::ObjectStoreExt;
+    let Some(s) = server() else { return };
+    let prefix = "stolen";
+    let root = root(&s, prefix);
+    let dir = tempdir("stolen");
+    let h = replicated_host(
+        &s,
+        &dir.path().join("primes.snap"),
+        prefix,
+        &RUN,
+        &primes(&["--pause", "2ms"]),
+    );
+    wait_for_point(&root, SLOW, &h, "a first point", |_| true);
+    let lease = object_store::path::Path::from(format!("{prefix}/lease"));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let from = h.err.len();
+    rt.block_on(s.store(BUCKET).put(
+        &lease,
+        object_store::PutPayload::from_static(b"{\"holder\":\"another host\"}"),
+    ))
+    .unwrap();
+    let (_, said) = h
+        .err
+        .wait_from(from, CATCH_UP, |l| {
+            l.contains("lease") && (l.contains("WARN") || l.contains("ERROR"))
+        })
+        .unwrap_or_else(|| panic!("no word of the lost lease:\n{}", h.err.text()));
+    println!("the host said: {said}");
+    // At most an upload already under way lands after that; then nothing more, while the
+    // local snapshots go on.
+    let at_loss = points_in(&root);
+    let n = local_points(&h).len();
+    wait_local(&h, n + 5);
+    let after = points_in(&root);
+    assert!(
+        after.difference(&at_loss).count() <= 1,
+        "uploads went on without the lease: {at_loss:?} then {after:?}"
+    );
+    assert!(
+        s.objects(BUCKET, &format!("{prefix}/lease"))
+            .values()
+            .all(|v| v == b"{\"holder\":\"another host\"}"),
+        "the other writer's lease was overwritten"
+    );
+    stop(h);
 }
 
 /// Puts objects that share the bucket but are not the replica's: a sibling prefix that starts

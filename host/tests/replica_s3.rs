@@ -18,7 +18,8 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsStr;
 use std::path::Path;
-use std::time::Duration;
+use std::process::Command;
+use std::time::{Duration, Instant};
 
 use common::s3::S3Server;
 use common::*;
@@ -67,14 +68,14 @@ const ROLLING_CLIENT: [&str; 3] = [
 ];
 
 /// `shmsnap run --state STATE ARGS... --replica URL -- CLIENT...` with the server's S3
-/// settings, started.
-fn replicated_host(
+/// settings.
+fn replicated_cmd(
     s: &S3Server,
     state: &Path,
     prefix: &str,
     args: &[&str],
     client: &[&str],
-) -> Proc {
+) -> Command {
     let mut c = shmsnap(["run", "--state"]);
     c.arg(state)
         .args(args)
@@ -82,7 +83,41 @@ fn replicated_host(
         .arg("--")
         .args(client);
     s.env(&mut c);
-    Proc::spawn(c)
+    c
+}
+
+/// [`replicated_cmd`], started.
+fn replicated_host(
+    s: &S3Server,
+    state: &Path,
+    prefix: &str,
+    args: &[&str],
+    client: &[&str],
+) -> Proc {
+    Proc::spawn(replicated_cmd(s, state, prefix, args, client))
+}
+
+/// How long a new machine may wait for the lease of a host that stopped: a stopped host's
+/// lease may be left to expire (a lost machine cannot release it either).
+const LEASE_WAIT: Duration = Duration::from_secs(90);
+
+/// Starts `make()` on a "new machine" after the prefix's previous host stopped: while it is
+/// refused for that host's lease (exit 75, "lease") it is started again, up to
+/// [`LEASE_WAIT`]. Returns the first start that was not refused for the lease, once its
+/// client started or it exited.
+fn start_after_lease(make: impl Fn() -> Command) -> Proc {
+    let end = Instant::now() + LEASE_WAIT;
+    loop {
+        let mut p = Proc::spawn(make());
+        poll(SLOW, || {
+            (!alive(p.pid()) || p.err.text().contains("client started")).then_some(())
+        });
+        let refused = !p.running() && p.exit_code() == 75 && p.err.text().contains("lease");
+        if !refused || Instant::now() >= end {
+            return p;
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
 }
 
 /// A `shmsnap ARGS...` subcommand with the server's S3 settings, run to completion.
@@ -353,7 +388,8 @@ fn replica_brings_the_state_back_on_a_new_machine() {
     let machine = new.path().join("machine");
     std::fs::create_dir(&machine).unwrap();
     let state2 = machine.join("primes.snap");
-    let h2 = replicated_host(&s, &state2, prefix, &RUN, &primes(&["--pause", "2ms"]));
+    let client = primes(&["--pause", "2ms"]);
+    let h2 = start_after_lease(|| replicated_cmd(&s, &state2, prefix, &RUN, &client));
     let k = restored_count(&h2);
     assert_eq!(
         k, count,
@@ -459,13 +495,15 @@ fn corrupt_object_is_refused_by_name_and_fallback_uses_an_older_point() {
 
     // run on a new machine: refused the same way before the client starts.
     let fresh = dir.path().join("fresh.snap");
-    let mut c = shmsnap(["run", "--state"]);
-    c.arg(&fresh)
-        .args(["--size", "64K", "--restart", "never"])
-        .args(["--replica", &url(prefix)])
-        .args(["--", "/bin/sh", "-c", "echo client-started"]);
-    s.env(&mut c);
-    let mut r = Proc::spawn(c);
+    let mut r = start_after_lease(|| {
+        replicated_cmd(
+            &s,
+            &fresh,
+            prefix,
+            &["--size", "64K", "--restart", "never"],
+            &["/bin/sh", "-c", "echo client-started"],
+        )
+    });
     assert_eq!(r.exit_code(), 65, "{}", r.err.text());
     assert!(r.err.text().contains(named), "{}", r.err.text());
     assert!(!r.out.text().contains("client-started"));
@@ -575,12 +613,13 @@ fn host_that_lost_its_lease_stops_uploading_and_says_so() {
     let prefix = "stolen";
     let root = root(&s, prefix);
     let dir = tempdir("stolen");
+    // A host that runs until stopped (lease renewals come every few seconds).
     let h = replicated_host(
         &s,
-        &dir.path().join("primes.snap"),
+        &dir.path().join("rolling.snap"),
         prefix,
-        &RUN,
-        &primes(&["--pause", "2ms"]),
+        &ROLLING,
+        &ROLLING_CLIENT,
     );
     wait_for_point(&root, SLOW, &h, "a first point", |_| true);
     let lease = object_store::path::Path::from(format!("{prefix}/lease"));
@@ -594,12 +633,16 @@ fn host_that_lost_its_lease_stops_uploading_and_says_so() {
         object_store::PutPayload::from_static(b"{\"holder\":\"another host\"}"),
     ))
     .unwrap();
-    let (_, said) = h
-        .err
-        .wait_from(from, CATCH_UP, |l| {
+    let said = poll(CATCH_UP, || {
+        let got = h.err.wait_from(from, Duration::ZERO, |l| {
             l.contains("lease") && (l.contains("WARN") || l.contains("ERROR"))
-        })
-        .unwrap_or_else(|| panic!("no word of the lost lease:\n{}", h.err.text()));
+        });
+        if got.is_none() {
+            assert_alive(&h);
+        }
+        got.map(|(_, l)| l)
+    })
+    .unwrap_or_else(|| panic!("no word of the lost lease:\n{}", h.err.text()));
     println!("the host said: {said}");
     // At most an upload already under way lands after that; then nothing more, while the
     // local snapshots go on.

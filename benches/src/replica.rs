@@ -323,6 +323,10 @@ impl ReplicaFixture {
 impl Drop for ReplicaFixture {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.out);
+        // `shmsnap restore` locks OUT through `OUT.lock` (empty, left in place as the host's is).
+        let mut lock = self.out.clone().into_os_string();
+        lock.push(".lock");
+        let _ = std::fs::remove_file(lock);
     }
 }
 

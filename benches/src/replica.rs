@@ -258,11 +258,12 @@ impl ReplicaFixture {
 
     /// Ours: the replica's upload of the snapshot file as a base object.
     ///
-    /// `None` until the replica library exposes its upload.
-    // REP-LIB: call the replica's upload here, e.g. (names to be settled with rep-lib)
-    //     replica::upload_file(&self.rt, &self.store, &self.file, &key)
-    // with the same store and runtime as `raw_upload`, to key `ours/g/<gen>/base`, so that
-    // the ratio compares the upload paths alone.
+    /// `None` until the replica code is reachable from here: the host is a binary crate, and
+    /// its upload (`replica::upload::upload`, private, in `host/src`) needs a library entry.
+    // REP-LIB: wire the replica's upload here once a library exposes it, e.g.
+    //     pub async fn upload_file(replica: &Replica, key: &Path, file: &Path) -> Result<()>
+    // called on `self.rt` with a `Replica` opened on this server (the env of `Server::env`),
+    // key `ours/g/00000000000000000001/base`, so that the ratio compares the upload paths.
     pub fn replica_upload(&self) -> Option<io::Result<()>> {
         None
     }

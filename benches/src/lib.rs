@@ -13,6 +13,8 @@
 //! - [`triple`]: a triple-buffer publication vs. the `triple_buffer` crate and `memcpy`;
 //! - [`triple_snapshot`]: the host's triple snapshot of a 256 MiB region (16 MiB buffers)
 //!   vs. a raw copy of 16 MiB + `fdatasync` + `rename`;
+//! - [`replica`]: upload of a 256 MiB snapshot to a local S3 server and restore from it vs.
+//!   a raw multipart `PUT` and a raw `GET` with the same client;
 //! - [`report`]: the interleaved runner, medians and the machine description.
 //!
 //! Benchmarks are never timed tests: fixtures assert *correctness* (a committed entry reads
@@ -24,6 +26,7 @@ pub mod commit;
 pub mod durable;
 pub mod incremental;
 pub mod recover;
+pub mod replica;
 pub mod report;
 pub mod snapshot;
 pub mod sys;

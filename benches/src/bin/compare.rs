@@ -2,7 +2,7 @@
 //! ratios, and the DESIGN §10 targets checked against them.
 //!
 //! ```text
-//! cargo run -p shmsnap-benches --release --bin compare [-- --quick] [-- --only commit,recover,snapshot]
+//! cargo run -p shmsnap-benches --release --bin compare [-- --quick] [-- --only commit,recover,snapshot,replica]
 //! ```
 //!
 //! `--quick` (CI) finishes in well under a minute; the full run takes a few minutes. The
@@ -62,7 +62,7 @@ impl Opts {
                 }
                 "-h" | "--help" => {
                     println!(
-                        "usage: compare [--quick] [--only commit,recover,snapshot,triple,durable,incremental] [--allow-tmpfs]"
+                        "usage: compare [--quick] [--only commit,recover,snapshot,triple,durable,incremental,replica] [--allow-tmpfs]"
                     );
                     std::process::exit(0);
                 }
@@ -154,6 +154,9 @@ fn main() {
     }
     if opts.wants("incremental") {
         incremental_section(&opts, &dir, &mut r);
+    }
+    if opts.wants("replica") {
+        replica_section(&opts, &dir, &mut r);
     }
 
     let _ = writeln!(r.out, "## DESIGN §10 targets\n");
@@ -729,4 +732,90 @@ fn starvation_rows(opts: &Opts, dir: &std::path::Path, r: &mut Report) {
         );
     }
     let _ = writeln!(r.out);
+}
+
+/// Upload and restore of a 256 MiB snapshot through a local s3s-fs (issue 14), interleaved
+/// with a raw multipart `PUT` and a raw `GET` of the same bytes with the same client.
+fn replica_section(opts: &Opts, dir: &std::path::Path, r: &mut Report) {
+    use shmsnap_benches::replica::{s3s_fs_binary, ReplicaFixture};
+    let _ = writeln!(
+        r.out,
+        "## replica (256 MiB snapshot, local s3s-fs; median per operation, interleaved)\n"
+    );
+    let Some(bin) = s3s_fs_binary() else {
+        let _ = writeln!(r.out, "skipped: s3s-fs not found (set SHMSNAP_S3S_FS)\n");
+        return;
+    };
+    eprintln!("replica 256 MiB");
+    // The fixture checks that the uploaded object downloads byte for byte.
+    let f = ReplicaFixture::new(dir, &bin).expect("replica fixture");
+    let rounds = if opts.quick { 3 } else { 9 };
+    let has_up = f.replica_upload().is_some();
+    let has_restore = match f.restore() {
+        Some(Ok(())) => true,
+        Some(Err(e)) => {
+            eprintln!("replica: no restore row: {e}");
+            false
+        }
+        None => {
+            eprintln!("replica: no restore row: the shmsnap binary is not built");
+            false
+        }
+    };
+    let mut raw_up = FnBench(|| f.raw_upload().expect("raw upload"));
+    let mut ours_up = FnBench(|| {
+        if has_up {
+            f.replica_upload().unwrap().expect("replica upload");
+        }
+    });
+    let mut raw_get = FnBench(|| f.raw_download().expect("raw download"));
+    let mut restore = FnBench(|| {
+        if has_restore {
+            f.restore().unwrap().expect("shmsnap restore --from");
+        }
+    });
+    let m = interleave(
+        &mut [&mut raw_up, &mut ours_up, &mut raw_get, &mut restore],
+        &[1, 1, 1, 1],
+        rounds,
+    );
+    let mib = f.bytes().expect("size") as f64 / f64::from(1 << 20);
+    let rate = |ns: f64| format!("{} ({:.0} MiB/s)", fmt_ns(ns), mib / (ns / 1e9));
+    let (up, up_ratio) = if has_up {
+        (rate(m[1].ns), format!("{:.2}", m[1].ns / m[0].ns))
+    } else {
+        ("not wired (rep-lib)".to_owned(), "–".to_owned())
+    };
+    let (re, re_ratio) = if has_restore {
+        (rate(m[3].ns), format!("{:.2}", m[3].ns / m[2].ns))
+    } else {
+        ("unavailable".to_owned(), "–".to_owned())
+    };
+    let _ = writeln!(
+        r.out,
+        "| raw multipart PUT | replica upload | ours/raw | raw GET + fdatasync | `restore --from` | ours/raw |"
+    );
+    let _ = writeln!(r.out, "|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(
+        r.out,
+        "| {} | {up} | {up_ratio} | {} | {re} | {re_ratio} |\n",
+        rate(m[0].ns),
+        rate(m[2].ns)
+    );
+    if has_up {
+        r.targets.push(Target {
+            what: "replica upload 256 MiB: ours/raw multipart PUT".into(),
+            ratio: m[1].ns / m[0].ns,
+            at_most: true,
+            bound: 1.2,
+        });
+    }
+    if has_restore {
+        r.targets.push(Target {
+            what: "replica restore 256 MiB: ours/raw GET".into(),
+            ratio: m[3].ns / m[2].ns,
+            at_most: true,
+            bound: 1.3,
+        });
+    }
 }

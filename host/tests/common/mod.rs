@@ -3,6 +3,8 @@
 //! test panics.
 #![allow(dead_code)] // each test binary uses a different subset
 
+pub mod s3;
+
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::fs::File;

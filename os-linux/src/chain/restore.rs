@@ -1,5 +1,6 @@
-//! Restoring a chain: the base, then each delta, into a private destination, every CRC
-//! checked while copying (one read of each file).
+//! Restoring a chain: the base with its deltas laid over it, in one ascending sweep into a
+//! private destination, every CRC checked while copying (one read of each file, one write of
+//! each chunk of the image).
 
 use std::fs::File;
 use std::io;
@@ -35,7 +36,7 @@ pub struct RestoreReport {
     pub listing: ChainListing,
     /// The restored image, as the image check saw it.
     pub summary: ImageSummary,
-    /// Bytes written into the destination (base data extents plus delta runs).
+    /// Bytes copied from the chain (base data extents plus the applied deltas' runs).
     pub bytes: u64,
     /// Wall-clock time of the restored state (the base's or the last applied delta's).
     pub unix_time_ns: u64,
@@ -49,11 +50,13 @@ impl RestoreReport {
 }
 
 /// Restores `base` plus its deltas in `chain_dir` up to `at` into `region`: the region is
-/// emptied, the base's data extents copied (its image CRC checked on the way), each delta's
-/// runs copied over it (its data CRC checked on the way), then the image check
-/// ([`check_image`](snapshot::check_image)) runs on the result. A delta whose data turns out
-/// corrupt ends the chain there: the restore starts again with the deltas before it (the
-/// region is private until the client starts, so nothing is lost by writing it twice).
+/// emptied, then swept once in ascending order: each chunk of the base's data extents is read
+/// (its image CRC checked on the way), the deltas' runs inside it are copied over it oldest
+/// first (each delta's data read once, in order, its data CRC checked on the way), and the
+/// chunk is written once; then the image check ([`check_image`](snapshot::check_image)) runs
+/// on the result. A delta whose data turns out corrupt ends the chain there: the restore
+/// starts again with the deltas before it (the region is private until the client starts, so
+/// nothing is lost by writing it twice).
 ///
 /// On `Err` the region's content is unspecified: drop it.
 ///
@@ -207,43 +210,21 @@ fn sweep(
     for (j, d) in deltas.iter().enumerate() {
         cursors.push(Cursor::open(d).map_err(|e| (Some(j), e))?);
     }
-    let mut buf = vec![0u8; CHUNK];
-    let alg = CrcAlgorithm::Crc32Iscsi;
-    let mut crc = crc_fast::checksum(alg, b"");
-    let mut bytes = 0;
+    let mut s = Sweep {
+        base,
+        cursors,
+        dst,
+        buf: vec![0u8; CHUNK],
+        crc: crc_fast::checksum(CrcAlgorithm::Crc32Iscsi, b""),
+        bytes: 0,
+    };
+    // `for_each_extent` carries only `io::Error`s: the sweep's own error waits in `failed`.
     let mut failed = None;
     let walked = for_each_extent(base.file, image_len, |off, n, is_data| {
-        let mut done = 0;
-        let mut digest = Digest::new(alg);
-        while done < n {
-            let want = (n - done).min(CHUNK as u64) as usize;
-            let chunk = off + done..off + done + want as u64;
-            let r = if is_data {
-                sweep_data(
-                    base,
-                    &mut buf[..want],
-                    chunk,
-                    &mut digest,
-                    &mut cursors,
-                    dst,
-                )
-            } else {
-                sweep_hole(chunk, &mut buf, &mut cursors, dst)
-            };
-            if let Err(f) = r {
-                failed = Some(f);
-                return Err(io::ErrorKind::Other.into());
-            }
-            done += want as u64;
-        }
-        let part = if is_data {
-            bytes += n;
-            digest.finalize()
-        } else {
-            crate::snapshot::zeros_crc32c(n)
-        };
-        crc = checksum_combine(alg, crc, part, n);
-        Ok(())
+        s.extent(off..off + n, is_data).map_err(|f| {
+            failed = Some(f);
+            io::Error::other("the sweep failed")
+        })
     });
     match (walked, failed) {
         (_, Some(f)) => return Err(f),
@@ -251,7 +232,7 @@ fn sweep(
         (Ok(()), None) => {}
     }
     // CRC-32C is 32 bits wide; the u64 holds it in its low half.
-    let computed = crc as u32;
+    let computed = s.crc as u32;
     if computed != base.info.image_crc {
         let kind = snapshot::SnapshotErrorKind::ImageChecksum {
             stored: base.info.image_crc,
@@ -259,10 +240,62 @@ fn sweep(
         };
         return Err(base_err(base.path, kind));
     }
-    for (j, c) in cursors.into_iter().enumerate() {
+    let mut bytes = s.bytes;
+    for (j, c) in s.cursors.into_iter().enumerate() {
         bytes += c.finish(checks).map_err(|e| (Some(j), e))?;
     }
     Ok(bytes)
+}
+
+/// The state of a [`sweep`] between two extents of the base.
+struct Sweep<'a, 'd> {
+    base: &'a Base<'a>,
+    /// The deltas, oldest first, each at the first of its bytes not yet copied.
+    cursors: Vec<Cursor<'d>>,
+    dst: BorrowedFd<'a>,
+    /// One chunk of the image ([`CHUNK`] bytes).
+    buf: Vec<u8>,
+    /// CRC-32C of the image up to the extents swept so far.
+    crc: u64,
+    /// Bytes of base data read so far.
+    bytes: u64,
+}
+
+impl Sweep<'_, '_> {
+    /// Sweeps one extent of the base (`is_data`, or a hole), chunk by chunk, and folds its
+    /// CRC into the image's (a hole's by CRC combination, not read).
+    fn extent(&mut self, extent: Range<u64>, is_data: bool) -> Result<(), SweepError> {
+        let alg = CrcAlgorithm::Crc32Iscsi;
+        let n = extent.end - extent.start;
+        let mut digest = Digest::new(alg);
+        let mut at = extent.start;
+        while at < extent.end {
+            let chunk = at..(at + CHUNK as u64).min(extent.end);
+            let len = (chunk.end - chunk.start) as usize; // <= CHUNK
+            if is_data {
+                let buf = &mut self.buf[..len];
+                sweep_data(
+                    self.base,
+                    buf,
+                    &chunk,
+                    &mut digest,
+                    &mut self.cursors,
+                    self.dst,
+                )?;
+            } else {
+                sweep_hole(&chunk, &mut self.buf, &mut self.cursors, self.dst)?;
+            }
+            at = chunk.end;
+        }
+        let part = if is_data {
+            self.bytes += n;
+            digest.finalize()
+        } else {
+            crate::snapshot::zeros_crc32c(n)
+        };
+        self.crc = checksum_combine(alg, self.crc, part, n);
+        Ok(())
+    }
 }
 
 /// One chunk of a data extent of the base: read into `buf` (its CRC into `digest`), the
@@ -270,7 +303,7 @@ fn sweep(
 fn sweep_data(
     base: &Base<'_>,
     buf: &mut [u8],
-    chunk: Range<u64>,
+    chunk: &Range<u64>,
     digest: &mut Digest,
     cursors: &mut [Cursor<'_>],
     dst: BorrowedFd<'_>,
@@ -282,8 +315,7 @@ fn sweep_data(
     }
     digest.update(buf);
     for (j, c) in cursors.iter_mut().enumerate() {
-        c.overlay(&chunk, buf, |_, _| Ok(()))
-            .map_err(|e| (Some(j), e))?;
+        c.overlay(chunk, buf, |_, _| Ok(())).map_err(|e| e.at(j))?;
     }
     write_all_at(dst, buf, chunk.start).map_err(dst_err)
 }
@@ -291,26 +323,34 @@ fn sweep_data(
 /// One chunk of a hole of the base: only the deltas' runs in `chunk` are written to `dst`
 /// (through `buf`), oldest first.
 fn sweep_hole(
-    chunk: Range<u64>,
+    chunk: &Range<u64>,
     buf: &mut [u8],
     cursors: &mut [Cursor<'_>],
     dst: BorrowedFd<'_>,
 ) -> Result<(), SweepError> {
     for (j, c) in cursors.iter_mut().enumerate() {
-        // A failed write is the destination's fault, not the delta's: kept apart.
-        let mut write_err = None;
-        let r = c.overlay(&chunk, buf, |at, piece| {
-            write_all_at(dst, piece, at).map_err(|e| {
-                write_err = Some(e);
-                io::Error::other("the destination write failed")
-            })
-        });
-        if let Some(e) = write_err {
-            return Err(dst_err(e));
-        }
-        r.map_err(|e| (Some(j), e))?;
+        c.overlay(chunk, buf, |at, piece| write_all_at(dst, piece, at))
+            .map_err(|e| e.at(j))?;
     }
     Ok(())
+}
+
+/// Why laying a delta over a chunk failed.
+enum Overlay {
+    /// The delta is bad: end the chain before it.
+    Delta(ChainError),
+    /// Writing the destination failed: give up.
+    Dst(io::Error),
+}
+
+impl Overlay {
+    /// As a [`SweepError`], for the delta at position `j`.
+    fn at(self, j: usize) -> SweepError {
+        match self {
+            Overlay::Delta(e) => (Some(j), e),
+            Overlay::Dst(e) => dst_err(e),
+        }
+    }
 }
 
 /// The base of a restore: its file (open), path and footer.
@@ -354,13 +394,14 @@ impl<'d> Cursor<'d> {
 
     /// Copies the parts of this delta's runs that start before `chunk.end` (they are all in
     /// `chunk`: the sweep covers the image in order) into `buf` (byte `i` of it is byte
-    /// `chunk.start + i` of the image), handing each piece to `done(offset, piece)`.
+    /// `chunk.start + i` of the image), handing each piece to `done(offset, piece)`, whose
+    /// errors are the destination's.
     fn overlay(
         &mut self,
         chunk: &Range<u64>,
         buf: &mut [u8],
         mut done: impl FnMut(u64, &[u8]) -> io::Result<()>,
-    ) -> Result<(), ChainError> {
+    ) -> Result<(), Overlay> {
         let path = &self.d.path;
         while let Some(r) = self.d.runs.get(self.run) {
             let at = r.offset + self.in_run;
@@ -369,23 +410,27 @@ impl<'d> Cursor<'d> {
             }
             if at < chunk.start {
                 // Runs are ascending, inside the image, and the sweep leaves no gap.
-                return Err(ChainError::from(ChainErrorKind::BadRun {
-                    run: self.run as u64,
-                    why: "not reached in order by the restore",
-                })
-                .at(path));
+                return Err(Overlay::Delta(
+                    ChainError::from(ChainErrorKind::BadRun {
+                        run: self.run as u64,
+                        why: "not reached in order by the restore",
+                    })
+                    .at(path),
+                ));
             }
             let piece = (r.offset + r.len).min(chunk.end) - at;
             let from = (at - chunk.start) as usize;
             let Some(out) = buf.get_mut(from..from + piece as usize) else {
-                return Err(ChainError::from(ChainErrorKind::BadRun {
-                    run: self.run as u64,
-                    why: "outside the chunk being restored",
-                })
-                .at(path));
+                return Err(Overlay::Delta(
+                    ChainError::from(ChainErrorKind::BadRun {
+                        run: self.run as u64,
+                        why: "outside the chunk being restored",
+                    })
+                    .at(path),
+                ));
             };
-            self.fill(out).map_err(|e| e.at(path))?;
-            done(at, out)?;
+            self.fill(out).map_err(|e| Overlay::Delta(e.at(path)))?;
+            done(at, out).map_err(Overlay::Dst)?;
             self.in_run += piece;
             if self.in_run == r.len {
                 self.run += 1;

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 
 use crc_fast::{checksum_combine, CrcAlgorithm, Digest};
 use rustix::fs::FallocateFlags;
+use rustix::io::Errno;
 
 use super::error::{ChainError, ChainErrorKind};
 use super::listing::{open_delta, At, ChainListing, Checks, DeltaEntry};
@@ -26,6 +27,10 @@ const CHUNK: usize = if cfg!(test) { 3 << 12 } else { 256 << 10 };
 /// Bytes of a delta's data section per `pread` (one read-ahead buffer per delta); two pages
 /// and a half in tests, so that pieces straddle reads.
 const AHEAD: usize = if cfg!(test) { 10 << 10 } else { 64 << 10 };
+
+/// Bound on the read-aheads of all deltas together: with many deltas each gets less (down to
+/// one page), so a long chain costs at most this much memory.
+const AHEAD_TOTAL: usize = 16 << 20;
 
 /// What a restore did.
 #[derive(Debug)]
@@ -127,6 +132,17 @@ fn base_err(base: &Path, e: impl Into<SnapshotError>) -> SweepError {
     (None, e.into().at(base).into())
 }
 
+/// A failure to open delta `j` as a [`SweepError`]: the delta's (end the chain before it),
+/// unless this process ran out of file descriptors (every delta of the chain is open during
+/// the sweep): then the restore fails rather than silently dropping the newer deltas.
+fn open_err(j: usize, e: ChainError) -> SweepError {
+    let no_fds = [Errno::MFILE, Errno::NFILE].map(|n| Some(n.raw_os_error()));
+    match e.kind() {
+        ChainErrorKind::Io(io) if no_fds.contains(&io.raw_os_error()) => (None, e),
+        _ => (Some(j), e),
+    }
+}
+
 /// A destination write error as a [`SweepError`].
 fn dst_err(e: io::Error) -> SweepError {
     (None, e.into())
@@ -206,9 +222,10 @@ fn sweep(
 ) -> Result<u64, SweepError> {
     let image_len = base.info.image_len;
     empty(dst, image_len).map_err(dst_err)?;
+    let ahead = (AHEAD_TOTAL / deltas.len().max(1)).max(4096).min(AHEAD);
     let mut cursors = Vec::with_capacity(deltas.len());
     for (j, d) in deltas.iter().enumerate() {
-        cursors.push(Cursor::open(d).map_err(|e| (Some(j), e))?);
+        cursors.push(Cursor::open(d, ahead).map_err(|e| open_err(j, e))?);
     }
     let mut s = Sweep {
         base,
@@ -369,8 +386,10 @@ struct Cursor<'d> {
     in_run: u64,
     /// CRC of the data read so far (all of it, in file order).
     digest: Digest,
-    /// Read-ahead of the data section: `ahead[next..filled]` not yet copied.
+    /// Read-ahead of the data section: `ahead[next..filled]` not yet copied; at most
+    /// `ahead_len` bytes (allocated at the first read).
     ahead: Vec<u8>,
+    ahead_len: usize,
     next: usize,
     filled: usize,
     /// Bytes of the data section read so far.
@@ -378,9 +397,11 @@ struct Cursor<'d> {
 }
 
 impl<'d> Cursor<'d> {
-    fn open(d: &'d DeltaEntry) -> Result<Self, ChainError> {
+    /// Opens delta `d`'s file; its data will be read `ahead` bytes at a time.
+    fn open(d: &'d DeltaEntry, ahead: usize) -> Result<Self, ChainError> {
         Ok(Cursor {
             d,
+            ahead_len: ahead,
             file: open_delta(&d.path)?,
             run: 0,
             in_run: 0,
@@ -440,12 +461,13 @@ impl<'d> Cursor<'d> {
         Ok(())
     }
 
-    /// Fills `out` with the next bytes of the data section, reading ahead in [`AHEAD`]s.
+    /// Fills `out` with the next bytes of the data section, reading ahead `ahead_len` bytes
+    /// at a time.
     fn fill(&mut self, mut out: &mut [u8]) -> Result<(), ChainError> {
         let data_len = self.d.footer.data_len;
         while !out.is_empty() {
             if self.next == self.filled {
-                let n = (data_len - self.read).min(AHEAD as u64) as usize;
+                let n = (data_len - self.read).min(self.ahead_len as u64) as usize;
                 if n == 0 {
                     return Err(ChainErrorKind::BadField {
                         field: "data_len",
@@ -453,7 +475,7 @@ impl<'d> Cursor<'d> {
                     }
                     .into());
                 }
-                self.ahead.resize(AHEAD, 0);
+                self.ahead.resize(self.ahead_len, 0);
                 let at = self.d.footer.table_len() + self.read;
                 if read_full_at(&self.file, &mut self.ahead[..n], at)? < n {
                     return Err(io::Error::from(io::ErrorKind::UnexpectedEof).into());

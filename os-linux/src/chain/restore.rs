@@ -32,6 +32,11 @@ const AHEAD: usize = if cfg!(test) { 10 << 10 } else { 64 << 10 };
 /// one page), so a long chain costs at most this much memory.
 const AHEAD_TOTAL: usize = 16 << 20;
 
+/// The smallest read-ahead of a delta (one page).
+const AHEAD_MIN: usize = 4096;
+// `clamp(AHEAD_MIN, AHEAD)` needs this (it panics otherwise).
+const _: () = assert!(AHEAD_MIN <= AHEAD);
+
 /// What a restore did.
 #[derive(Debug)]
 pub struct RestoreReport {
@@ -222,7 +227,7 @@ fn sweep(
 ) -> Result<u64, SweepError> {
     let image_len = base.info.image_len;
     empty(dst, image_len).map_err(dst_err)?;
-    let ahead = (AHEAD_TOTAL / deltas.len().max(1)).max(4096).min(AHEAD);
+    let ahead = (AHEAD_TOTAL / deltas.len().max(1)).clamp(AHEAD_MIN, AHEAD);
     let mut cursors = Vec::with_capacity(deltas.len());
     for (j, d) in deltas.iter().enumerate() {
         cursors.push(Cursor::open(d, ahead).map_err(|e| open_err(j, e))?);

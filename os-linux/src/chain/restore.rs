@@ -1,13 +1,16 @@
-//! Restoring a chain: the base, then each delta, into a private destination, every CRC
-//! checked while copying (one read of each file).
+//! Restoring a chain: the base with its deltas laid over it, in one ascending sweep into a
+//! private destination, every CRC checked while copying (one read of each file, one write of
+//! each chunk of the image).
 
 use std::fs::File;
 use std::io;
+use std::ops::Range;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::path::{Path, PathBuf};
 
 use crc_fast::{checksum_combine, CrcAlgorithm, Digest};
 use rustix::fs::FallocateFlags;
+use rustix::io::Errno;
 
 use super::error::{ChainError, ChainErrorKind};
 use super::listing::{open_delta, At, ChainListing, Checks, DeltaEntry};
@@ -16,9 +19,23 @@ use crate::copy::{file_len, for_each_extent, read_full_at, write_all_at};
 use crate::memfd::Memfd;
 use crate::snapshot::{self, ImageSummary, SnapshotError, SnapshotInfo, SnapshotMeta};
 
-/// Bytes per `pread`/`pwrite` while restoring (small enough to stay in cache between the
-/// read, the CRC and the write).
-const CHUNK: usize = 256 << 10;
+/// Bytes of the image per `pread`/`pwrite` while restoring (small enough to stay in cache
+/// between the read, the CRC, the deltas laid over it and the write). Three pages in tests,
+/// so that runs straddle chunks.
+const CHUNK: usize = if cfg!(test) { 3 << 12 } else { 256 << 10 };
+
+/// Bytes of a delta's data section per `pread` (one read-ahead buffer per delta); two pages
+/// and a half in tests, so that pieces straddle reads.
+const AHEAD: usize = if cfg!(test) { 10 << 10 } else { 64 << 10 };
+
+/// Bound on the read-aheads of all deltas together: with many deltas each gets less (down to
+/// one page), so a long chain costs at most this much memory.
+const AHEAD_TOTAL: usize = 16 << 20;
+
+/// The smallest read-ahead of a delta (one page).
+const AHEAD_MIN: usize = 4096;
+// `clamp(AHEAD_MIN, AHEAD)` needs this (it panics otherwise).
+const _: () = assert!(AHEAD_MIN <= AHEAD);
 
 /// What a restore did.
 #[derive(Debug)]
@@ -29,7 +46,7 @@ pub struct RestoreReport {
     pub listing: ChainListing,
     /// The restored image, as the image check saw it.
     pub summary: ImageSummary,
-    /// Bytes written into the destination (base data extents plus delta runs).
+    /// Bytes copied from the chain (base data extents plus the applied deltas' runs).
     pub bytes: u64,
     /// Wall-clock time of the restored state (the base's or the last applied delta's).
     pub unix_time_ns: u64,
@@ -43,11 +60,13 @@ impl RestoreReport {
 }
 
 /// Restores `base` plus its deltas in `chain_dir` up to `at` into `region`: the region is
-/// emptied, the base's data extents copied (its image CRC checked on the way), each delta's
-/// runs copied over it (its data CRC checked on the way), then the image check
-/// ([`check_image`](snapshot::check_image)) runs on the result. A delta whose data turns out
-/// corrupt ends the chain there: the restore starts again with the deltas before it (the
-/// region is private until the client starts, so nothing is lost by writing it twice).
+/// emptied, then swept once in ascending order: each chunk of the base's data extents is read
+/// (its image CRC checked on the way), the deltas' runs inside it are copied over it oldest
+/// first (each delta's data read once, in order, its data CRC checked on the way), and the
+/// chunk is written once; then the image check ([`check_image`](snapshot::check_image)) runs
+/// on the result. A delta whose data turns out corrupt ends the chain there: the restore
+/// starts again with the deltas before it (the region is private until the client starts, so
+/// nothing is lost by writing it twice).
 ///
 /// On `Err` the region's content is unspecified: drop it.
 ///
@@ -109,11 +128,29 @@ pub fn verify_chain(base: &Path, chain_dir: &Path) -> Result<ChainListing, Chain
     Ok(listing)
 }
 
-/// Why applying a delta failed: the delta is bad (end the chain before it), or the
-/// destination is (give up).
-enum Fail {
-    Delta(ChainError),
-    Dst(ChainError),
+/// Where a sweep failed: at a bad delta (`Some` of its 0-based position: end the chain
+/// before it), or in the base or the destination (`None`: give up).
+type SweepError = (Option<usize>, ChainError);
+
+/// A base read error (or a base found corrupt) as a [`SweepError`].
+fn base_err(base: &Path, e: impl Into<SnapshotError>) -> SweepError {
+    (None, e.into().at(base).into())
+}
+
+/// A failure to open delta `j` as a [`SweepError`]: the delta's (end the chain before it),
+/// unless this process ran out of file descriptors (every delta of the chain is open during
+/// the sweep): then the restore fails rather than silently dropping the newer deltas.
+fn open_err(j: usize, e: ChainError) -> SweepError {
+    let no_fds = [Errno::MFILE, Errno::NFILE].map(|n| Some(n.raw_os_error()));
+    match e.kind() {
+        ChainErrorKind::Io(io) if no_fds.contains(&io.raw_os_error()) => (None, e),
+        _ => (Some(j), e),
+    }
+}
+
+/// A destination write error as a [`SweepError`].
+fn dst_err(e: io::Error) -> SweepError {
+    (None, e.into())
 }
 
 pub(crate) fn restore_with(
@@ -138,12 +175,16 @@ pub(crate) fn restore_with(
     listing.ignored.splice(0..0, later);
     let base_file = snapshot::open(base)?;
     let bytes = loop {
-        let bytes = copy_base(&base_file, &listing.base, dst).map_err(|e| e.at(base))?;
-        match apply_all(&listing.deltas, dst, checks) {
-            Ok(n) => break bytes + n,
+        let src = Base {
+            file: &base_file,
+            path: base,
+            info: &listing.base,
+        };
+        match sweep(&src, &listing.deltas, dst, checks) {
+            Ok(n) => break n,
             // A corrupt delta: the state is the prefix before it; copy again without it.
-            Err((j, Fail::Delta(e))) => listing.cut(j, e),
-            Err((_, Fail::Dst(e))) => return Err(e),
+            Err((Some(j), e)) => listing.cut(j, e),
+            Err((None, e)) => return Err(e),
         }
     };
     let info = SnapshotInfo {
@@ -166,83 +207,331 @@ pub(crate) fn restore_with(
     })
 }
 
-/// Applies `deltas` in order; on failure, the 0-based position of the delta and why.
-fn apply_all(
+/// Copies the base with `deltas` laid over it into `dst` in one ascending sweep, checking
+/// the base's image CRC and every delta's data CRC on the way: each chunk of the image is read
+/// from the base (or is a hole of it), the deltas' runs inside the chunk are copied over it
+/// oldest first, and the chunk is written once. Every delta's data section is consumed in
+/// order (its runs are ascending), so it is read exactly once, in big reads. Returns the bytes
+/// read from the base and the deltas.
+///
+/// Holes of the base stay holes in `dst` except where a delta writes: there only the runs
+/// are written.
+///
+/// On failure: the 0-based position of a bad delta (the state is the prefix before it: sweep
+/// again without it), or `None` if the base or the destination failed.
+fn sweep(
+    base: &Base<'_>,
     deltas: &[DeltaEntry],
     dst: BorrowedFd<'_>,
     checks: Checks,
-) -> Result<u64, (usize, Fail)> {
-    let mut bytes = 0;
-    let mut buf = vec![0u8; CHUNK];
+) -> Result<u64, SweepError> {
+    let image_len = base.info.image_len;
+    empty(dst, image_len).map_err(dst_err)?;
+    let ahead = (AHEAD_TOTAL / deltas.len().max(1)).clamp(AHEAD_MIN, AHEAD);
+    let mut cursors = Vec::with_capacity(deltas.len());
     for (j, d) in deltas.iter().enumerate() {
-        bytes += apply_delta(d, dst, checks, &mut buf).map_err(|f| (j, f))?;
+        cursors.push(Cursor::open(d, ahead).map_err(|e| open_err(j, e))?);
+    }
+    let mut s = Sweep {
+        base,
+        cursors,
+        dst,
+        buf: vec![0u8; CHUNK],
+        crc: crc_fast::checksum(CrcAlgorithm::Crc32Iscsi, b""),
+        bytes: 0,
+    };
+    // `for_each_extent` carries only `io::Error`s: the sweep's own error waits in `failed`.
+    let mut failed = None;
+    let walked = for_each_extent(base.file, image_len, |off, n, is_data| {
+        s.extent(off..off + n, is_data).map_err(|f| {
+            failed = Some(f);
+            io::Error::other("the sweep failed")
+        })
+    });
+    match (walked, failed) {
+        (_, Some(f)) => return Err(f),
+        (Err(e), None) => return Err(base_err(base.path, e)),
+        (Ok(()), None) => {}
+    }
+    // CRC-32C is 32 bits wide; the u64 holds it in its low half.
+    let computed = s.crc as u32;
+    if computed != base.info.image_crc {
+        let kind = snapshot::SnapshotErrorKind::ImageChecksum {
+            stored: base.info.image_crc,
+            computed,
+        };
+        return Err(base_err(base.path, kind));
+    }
+    let mut bytes = s.bytes;
+    for (j, c) in s.cursors.into_iter().enumerate() {
+        bytes += c.finish(checks).map_err(|e| (Some(j), e))?;
     }
     Ok(bytes)
 }
 
-/// Copies the runs of delta `d` into `dst`, checking its data CRC on the way: the data
-/// section is read in [`CHUNK`]s (one `pread` for many small runs), each scattered to its runs.
-fn apply_delta(
-    d: &DeltaEntry,
-    dst: BorrowedFd<'_>,
-    checks: Checks,
-    buf: &mut [u8],
-) -> Result<u64, Fail> {
-    let bad = |e: ChainError| Fail::Delta(e.at(&d.path));
-    let file = open_delta(&d.path).map_err(Fail::Delta)?;
-    let mut digest = Digest::new(CrcAlgorithm::Crc32Iscsi);
-    let data_len = d.footer.data_len;
-    // The data section is read in big chunks; each chunk is scattered to its runs. `run` is
-    // the current run, `in_run` the bytes of it already written.
-    let (mut run, mut in_run, mut pos) = (0usize, 0u64, 0u64);
-    while pos < data_len {
-        let n = (data_len - pos).min(buf.len() as u64) as usize;
-        let at = d.footer.table_len() + pos;
-        if read_full_at(&file, &mut buf[..n], at).map_err(|e| bad(e.into()))? < n {
-            return Err(bad(io::Error::from(io::ErrorKind::UnexpectedEof).into()));
-        }
-        digest.update(&buf[..n]);
-        let mut off = 0;
-        while off < n {
-            // The runs' lengths sum to data_len (checked when the table was read).
-            let Some(r) = d.runs.get(run) else {
-                return Err(bad(ChainErrorKind::BadField {
-                    field: "data_len",
-                    value: data_len,
-                }
-                .into()));
-            };
-            let take = (r.len - in_run).min((n - off) as u64) as usize;
-            write_all_at(dst, &buf[off..off + take], r.offset + in_run)
-                .map_err(|e| Fail::Dst(e.into()))?;
-            off += take;
-            in_run += take as u64;
-            if in_run == r.len {
-                run += 1;
-                in_run = 0;
-            }
-        }
-        pos += n as u64;
-    }
-    // CRC-32C is 32 bits wide; the u64 holds it in its low half.
-    let computed = digest.finalize() as u32;
-    if checks.data_crc && computed != d.footer.data_crc {
-        return Err(bad(ChainErrorKind::DataChecksum {
-            stored: d.footer.data_crc,
-            computed,
-        }
-        .into()));
-    }
-    Ok(d.footer.data_len)
+/// The state of a [`sweep`] between two extents of the base.
+struct Sweep<'a, 'd> {
+    base: &'a Base<'a>,
+    /// The deltas, oldest first, each at the first of its bytes not yet copied.
+    cursors: Vec<Cursor<'d>>,
+    dst: BorrowedFd<'a>,
+    /// One chunk of the image ([`CHUNK`] bytes).
+    buf: Vec<u8>,
+    /// CRC-32C of the image up to the extents swept so far.
+    crc: u64,
+    /// Bytes of base data read so far.
+    bytes: u64,
 }
 
-/// Empties `dst` (holes over its whole length), sizes it to at least the image, then copies
-/// the base's data extents into it, checking the image CRC on the way (holes folded in by CRC
-/// combination, not read). Returns the bytes copied.
-fn copy_base(base: &File, info: &SnapshotInfo, dst: BorrowedFd<'_>) -> Result<u64, SnapshotError> {
-    let image_len = info.image_len;
-    let io = SnapshotError::from;
-    let dst_len = file_len(dst).map_err(io)?;
+impl Sweep<'_, '_> {
+    /// Sweeps one extent of the base (`is_data`, or a hole), chunk by chunk, and folds its
+    /// CRC into the image's (a hole's by CRC combination, not read).
+    fn extent(&mut self, extent: Range<u64>, is_data: bool) -> Result<(), SweepError> {
+        let alg = CrcAlgorithm::Crc32Iscsi;
+        let n = extent.end - extent.start;
+        let mut digest = Digest::new(alg);
+        let mut at = extent.start;
+        while at < extent.end {
+            let chunk = at..(at + CHUNK as u64).min(extent.end);
+            let len = (chunk.end - chunk.start) as usize; // <= CHUNK
+            if is_data {
+                let buf = &mut self.buf[..len];
+                sweep_data(
+                    self.base,
+                    buf,
+                    &chunk,
+                    &mut digest,
+                    &mut self.cursors,
+                    self.dst,
+                )?;
+            } else {
+                sweep_hole(&chunk, &mut self.buf, &mut self.cursors, self.dst)?;
+            }
+            at = chunk.end;
+        }
+        let part = if is_data {
+            self.bytes += n;
+            digest.finalize()
+        } else {
+            crate::snapshot::zeros_crc32c(n)
+        };
+        self.crc = checksum_combine(alg, self.crc, part, n);
+        Ok(())
+    }
+}
+
+/// One chunk of a data extent of the base: read into `buf` (its CRC into `digest`), the
+/// deltas' runs in `chunk` copied over it, written to `dst`.
+fn sweep_data(
+    base: &Base<'_>,
+    buf: &mut [u8],
+    chunk: &Range<u64>,
+    digest: &mut Digest,
+    cursors: &mut [Cursor<'_>],
+    dst: BorrowedFd<'_>,
+) -> Result<(), SweepError> {
+    let got = read_full_at(base.file, buf, chunk.start).map_err(|e| base_err(base.path, e))?;
+    if got < buf.len() {
+        let eof = io::Error::from(io::ErrorKind::UnexpectedEof);
+        return Err(base_err(base.path, eof));
+    }
+    digest.update(buf);
+    for (j, c) in cursors.iter_mut().enumerate() {
+        c.overlay(chunk, buf, |_, _| Ok(())).map_err(|e| e.at(j))?;
+    }
+    write_all_at(dst, buf, chunk.start).map_err(dst_err)
+}
+
+/// One chunk of a hole of the base: only the deltas' runs in `chunk` are written to `dst`
+/// (through `buf`), oldest first.
+fn sweep_hole(
+    chunk: &Range<u64>,
+    buf: &mut [u8],
+    cursors: &mut [Cursor<'_>],
+    dst: BorrowedFd<'_>,
+) -> Result<(), SweepError> {
+    for (j, c) in cursors.iter_mut().enumerate() {
+        c.overlay(chunk, buf, |at, piece| write_all_at(dst, piece, at))
+            .map_err(|e| e.at(j))?;
+    }
+    Ok(())
+}
+
+/// Why laying a delta over a chunk failed.
+enum Overlay {
+    /// The delta is bad: end the chain before it.
+    Delta(ChainError),
+    /// Writing the destination failed: give up.
+    Dst(io::Error),
+}
+
+impl Overlay {
+    /// As a [`SweepError`], for the delta at position `j`.
+    fn at(self, j: usize) -> SweepError {
+        match self {
+            Overlay::Delta(e) => (Some(j), e),
+            Overlay::Dst(e) => dst_err(e),
+        }
+    }
+}
+
+/// The base of a restore: its file (open), path and footer.
+struct Base<'a> {
+    file: &'a File,
+    path: &'a Path,
+    info: &'a SnapshotInfo,
+}
+
+/// A delta being swept: where its runs are, and its data section read ahead in order.
+struct Cursor<'d> {
+    d: &'d DeltaEntry,
+    file: File,
+    /// The current run; `in_run`: its bytes already copied.
+    run: usize,
+    in_run: u64,
+    /// CRC of the data read so far (all of it, in file order).
+    digest: Digest,
+    /// Read-ahead of the data section: `ahead[next..filled]` not yet copied; at most
+    /// `ahead_len` bytes (allocated at the first read).
+    ahead: Vec<u8>,
+    ahead_len: usize,
+    next: usize,
+    filled: usize,
+    /// Bytes of the data section read so far.
+    read: u64,
+}
+
+impl<'d> Cursor<'d> {
+    /// Opens delta `d`'s file; its data will be read `ahead` bytes at a time.
+    fn open(d: &'d DeltaEntry, ahead: usize) -> Result<Self, ChainError> {
+        Ok(Cursor {
+            d,
+            ahead_len: ahead,
+            file: open_delta(&d.path)?,
+            run: 0,
+            in_run: 0,
+            digest: Digest::new(CrcAlgorithm::Crc32Iscsi),
+            ahead: Vec::new(),
+            next: 0,
+            filled: 0,
+            read: 0,
+        })
+    }
+
+    /// Copies the parts of this delta's runs that start before `chunk.end` (they are all in
+    /// `chunk`: the sweep covers the image in order) into `buf` (byte `i` of it is byte
+    /// `chunk.start + i` of the image), handing each piece to `done(offset, piece)`, whose
+    /// errors are the destination's.
+    fn overlay(
+        &mut self,
+        chunk: &Range<u64>,
+        buf: &mut [u8],
+        mut done: impl FnMut(u64, &[u8]) -> io::Result<()>,
+    ) -> Result<(), Overlay> {
+        let path = &self.d.path;
+        while let Some(r) = self.d.runs.get(self.run) {
+            let at = r.offset + self.in_run;
+            if at >= chunk.end {
+                break;
+            }
+            if at < chunk.start {
+                // Runs are ascending, inside the image, and the sweep leaves no gap.
+                return Err(Overlay::Delta(
+                    ChainError::from(ChainErrorKind::BadRun {
+                        run: self.run as u64,
+                        why: "not reached in order by the restore",
+                    })
+                    .at(path),
+                ));
+            }
+            let piece = (r.offset + r.len).min(chunk.end) - at;
+            let from = (at - chunk.start) as usize;
+            let Some(out) = buf.get_mut(from..from + piece as usize) else {
+                return Err(Overlay::Delta(
+                    ChainError::from(ChainErrorKind::BadRun {
+                        run: self.run as u64,
+                        why: "outside the chunk being restored",
+                    })
+                    .at(path),
+                ));
+            };
+            self.fill(out).map_err(|e| Overlay::Delta(e.at(path)))?;
+            done(at, out).map_err(Overlay::Dst)?;
+            self.in_run += piece;
+            if self.in_run == r.len {
+                self.run += 1;
+                self.in_run = 0;
+            }
+        }
+        Ok(())
+    }
+
+    /// Fills `out` with the next bytes of the data section, reading ahead `ahead_len` bytes
+    /// at a time.
+    fn fill(&mut self, mut out: &mut [u8]) -> Result<(), ChainError> {
+        let data_len = self.d.footer.data_len;
+        while !out.is_empty() {
+            if self.next == self.filled {
+                let n = (data_len - self.read).min(self.ahead_len as u64) as usize;
+                if n == 0 {
+                    return Err(ChainErrorKind::BadField {
+                        field: "data_len",
+                        value: data_len,
+                    }
+                    .into());
+                }
+                self.ahead.resize(self.ahead_len, 0);
+                let at = self.d.footer.table_len() + self.read;
+                if read_full_at(&self.file, &mut self.ahead[..n], at)? < n {
+                    return Err(io::Error::from(io::ErrorKind::UnexpectedEof).into());
+                }
+                self.digest.update(&self.ahead[..n]);
+                (self.next, self.filled) = (0, n);
+                self.read += n as u64;
+            }
+            let take = out.len().min(self.filled - self.next);
+            let (now, rest) = out.split_at_mut(take);
+            now.copy_from_slice(&self.ahead[self.next..self.next + take]);
+            self.next += take;
+            out = rest;
+        }
+        Ok(())
+    }
+
+    /// After the sweep: every run copied, the whole data section read, its CRC checked.
+    /// Returns the delta's data bytes.
+    fn finish(mut self, checks: Checks) -> Result<u64, ChainError> {
+        let data_len = self.d.footer.data_len;
+        if self.run != self.d.runs.len() {
+            return Err(ChainError::from(ChainErrorKind::BadRun {
+                run: self.run as u64,
+                why: "not reached by the restore",
+            })
+            .at(&self.d.path));
+        }
+        // The runs' lengths sum to data_len (checked when the table was read); read the rest
+        // anyway so the CRC covers the whole section whatever the table says.
+        while self.read < data_len {
+            let mut sink = [0u8; 4096];
+            let n = (data_len - self.read).min(4096) as usize;
+            self.fill(&mut sink[..n]).map_err(|e| e.at(&self.d.path))?;
+        }
+        // CRC-32C is 32 bits wide; the u64 holds it in its low half.
+        let computed = self.digest.finalize() as u32;
+        if checks.data_crc && computed != self.d.footer.data_crc {
+            return Err(ChainError::from(ChainErrorKind::DataChecksum {
+                stored: self.d.footer.data_crc,
+                computed,
+            })
+            .at(&self.d.path));
+        }
+        Ok(data_len)
+    }
+}
+
+/// Empties `dst` (holes over its whole length) and sizes it to at least `image_len`.
+fn empty(dst: BorrowedFd<'_>, image_len: u64) -> io::Result<()> {
+    let dst_len = file_len(dst)?;
     if dst_len > 0 {
         rustix::io::retry_on_intr(|| {
             rustix::fs::fallocate(
@@ -251,47 +540,10 @@ fn copy_base(base: &File, info: &SnapshotInfo, dst: BorrowedFd<'_>) -> Result<u6
                 0,
                 dst_len,
             )
-        })
-        .map_err(|e| io(e.into()))?;
+        })?;
     }
     if dst_len < image_len {
-        rustix::fs::ftruncate(dst, image_len).map_err(|e| io(e.into()))?;
+        rustix::fs::ftruncate(dst, image_len)?;
     }
-    let alg = CrcAlgorithm::Crc32Iscsi;
-    let mut crc = crc_fast::checksum(alg, b"");
-    let mut buf = vec![0u8; CHUNK];
-    let mut bytes = 0;
-    for_each_extent(base, image_len, |off, n, is_data| {
-        let part = if is_data {
-            let mut d = Digest::new(alg);
-            let mut done = 0;
-            while done < n {
-                let want = (n - done).min(CHUNK as u64) as usize;
-                let got = read_full_at(base, &mut buf[..want], off + done)?;
-                if got < want {
-                    return Err(io::ErrorKind::UnexpectedEof.into());
-                }
-                d.update(&buf[..want]);
-                write_all_at(dst, &buf[..want], off + done)?;
-                done += want as u64;
-            }
-            bytes += n;
-            d.finalize()
-        } else {
-            crate::snapshot::zeros_crc32c(n)
-        };
-        crc = checksum_combine(alg, crc, part, n);
-        Ok(())
-    })
-    .map_err(io)?;
-    // CRC-32C is 32 bits wide; the u64 holds it in its low half.
-    let computed = crc as u32;
-    if computed != info.image_crc {
-        return Err(snapshot::SnapshotErrorKind::ImageChecksum {
-            stored: info.image_crc,
-            computed,
-        }
-        .into());
-    }
-    Ok(bytes)
+    Ok(())
 }

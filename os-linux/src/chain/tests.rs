@@ -65,12 +65,17 @@ struct Fixture {
 
 impl Fixture {
     fn new(seed: u64, generation: u64) -> Fixture {
+        Fixture::with_base_pages(seed, generation, 30)
+    }
+
+    /// A fixture whose base holds `pages` random page writes (0: a base of holes only).
+    fn with_base_pages(seed: u64, generation: u64, pages: u64) -> Fixture {
         let dir = tempfile::tempdir().unwrap();
         let target = dir.path().join("state.snap");
         let persister = Persister::new(&target, 1).unwrap();
         let region = Memfd::create("region", IMAGE).unwrap();
         let mut rng = Rng(seed | 1);
-        scribble(&region, &mut rng, 30);
+        scribble(&region, &mut rng, pages);
         let mut f = Fixture {
             _dir: dir,
             target,
@@ -406,5 +411,66 @@ fn every_flipped_byte_of_a_delta_ends_the_chain_before_it() {
     for at in positions {
         let wrong = flipped_byte_case(at, Checks::ALL);
         assert!(wrong.is_empty(), "{wrong:?}");
+    }
+}
+
+/// The restore sweeps base and deltas together in chunks of 3 pages with read-aheads of 2.5
+/// pages here (`CHUNK`, `AHEAD` under `cfg(test)`): runs of several pages straddle both, runs
+/// land in holes of the base, and later deltas overwrite earlier ones.
+#[test]
+fn chains_of_overlapping_deltas_over_a_sparse_base_restore_byte_for_byte() {
+    for seed in 0..40 {
+        let mut fx = Fixture::with_base_pages(seed * 131 + 5, 2, seed % 9);
+        for k in 0..(seed % 6 + 1) {
+            fx.delta(1 + (seed + k) % 12, 10 + k);
+        }
+        let (got, report) = fx.restore(Checks::ALL).unwrap();
+        assert!(report.listing.stop.is_none(), "seed {seed}: {report:?}");
+        assert!(
+            got == bytes_of(&fx.region, IMAGE),
+            "seed {seed}: bytes differ"
+        );
+        // Pages never written stay holes: the sweep writes holes of the base only where a
+        // delta has runs (the region holds exactly the pages ever written). One page more at
+        // most: the image's partial last page shares a file block with the base's footer, so
+        // it is a data extent of the base.
+        let back = Memfd::create("back", IMAGE).unwrap();
+        restore_chain(&fx.target, &fx.chain_dir(), &back, At::Latest).unwrap();
+        let (a, b) = (back.allocated().unwrap(), fx.region.allocated().unwrap());
+        assert!(
+            a <= b + PAGE,
+            "seed {seed}: restore allocated {a} bytes, the region {b}"
+        );
+    }
+}
+
+/// A destination that refuses writes fails the restore; it must not pass for a bad delta
+/// (which would silently restore an older state).
+#[test]
+fn destination_write_failure_fails_the_restore_instead_of_cutting_the_chain() {
+    // A base of holes only: the deltas' runs are written by the hole path of the sweep.
+    let mut fx = Fixture::with_base_pages(9, 2, 0);
+    fx.delta(3, 10);
+    fx.delta(2, 20);
+    for data_base in [false, true] {
+        if data_base {
+            fx = Fixture::new(9, 2);
+            fx.delta(3, 10);
+        }
+        // Empty and sealed against writes: sizing it works, every write fails (EPERM).
+        let back = Memfd::create("sealed", 0).unwrap();
+        rustix::fs::fcntl_add_seals(&back, rustix::fs::SealFlags::WRITE).unwrap();
+        let r = restore_with(
+            &fx.target,
+            &fx.chain_dir(),
+            back.as_fd(),
+            Some(IMAGE),
+            At::Latest,
+            Checks::ALL,
+        );
+        match r {
+            Err(e) => assert!(e.path().is_none(), "blamed a file: {e}"),
+            Ok(r) => panic!("restored into a sealed memfd (data base {data_base}): {r:?}"),
+        }
     }
 }

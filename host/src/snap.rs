@@ -82,6 +82,17 @@ impl std::fmt::Display for Point {
     }
 }
 
+/// The warning for a starved attempt: what happened, what is on disk, how to size the ring.
+fn starved_line(why: &str, pre: u64, copy: Duration, commits: u64, on_disk: &str) -> String {
+    format!(
+        "snapshot starved ({why}): all {pre} entries were overwritten during the {copy_ms:.1} ms \
+         copy ({commits} commits happened meanwhile); {on_disk}. Size the ring to hold the \
+         commits of one copy: more entries (E > {commits}) and a data ring larger than those \
+         commits' payload bytes",
+        copy_ms = ms(copy),
+    )
+}
+
 /// Figures of a persisted snapshot.
 #[derive(Debug, Clone, Copy)]
 pub struct Report {
@@ -405,12 +416,8 @@ impl Snapshotter {
                 pre,
             }) => warn!(
                 starved_total = self.tally.starved,
-                "snapshot starved ({why}): all {pre} entries were overwritten during the {:.1} ms copy \
-                 ({commits_during_copy} commits happened meanwhile); {}. \
-                 Size the ring to hold the commits of one copy: more entries (E > {commits_during_copy}) \
-                 and a data ring larger than those commits' payload bytes",
-                self.on_disk_text(),
-                ms(*copy)
+                "{}",
+                starved_line(why, *pre, *copy, *commits_during_copy, &self.on_disk_text())
             ),
             Err(e) => warn!(
                 "snapshot of {} failed ({why}): {e}; {}",
@@ -761,6 +768,24 @@ mod tests {
     use shmsnap_core::{LayoutRequest, Writer};
     use shmsnap_linux::Protection;
     use std::sync::atomic::{AtomicBool, Ordering};
+
+    /// The starved warning once printed "during the p ms copy" (a positional `{:.1}` took the
+    /// on-disk text); every figure must land in its place.
+    #[test]
+    fn the_starved_warning_puts_each_figure_in_its_place() {
+        let line = starved_line(
+            "interval",
+            64,
+            Duration::from_micros(21_190),
+            98,
+            "previous snapshot generation 3",
+        );
+        assert!(line.contains("all 64 entries"), "{line}");
+        assert!(line.contains("during the 21.2 ms copy"), "{line}");
+        assert!(line.contains("(98 commits happened meanwhile)"), "{line}");
+        assert!(line.contains("; previous snapshot generation 3."), "{line}");
+        assert!(line.contains("E > 98"), "{line}");
+    }
 
     /// A ring of 2 entries overrun during a 48 MiB copy: the attempt is counted as starved and
     /// persists nothing (the e2e tests cannot reach this: the client chooses the layout).

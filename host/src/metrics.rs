@@ -201,6 +201,34 @@ impl Collector for SnapshotAge {
     }
 }
 
+/// How far the replica is behind, computed at scrape time: the gauge keeps growing while an
+/// upload or an outage holds the uploader up, instead of freezing at its last update.
+#[derive(Debug, Default)]
+struct ReplicaLag {
+    /// When the oldest point not yet in the bucket was persisted locally; `None` when caught up.
+    behind_since: Mutex<Option<Instant>>,
+}
+
+impl ReplicaLag {
+    fn seconds(&self) -> f64 {
+        let since = *self.behind_since.lock().unwrap_or_else(|e| e.into_inner());
+        since.map_or(0.0, |s| s.elapsed().as_secs_f64())
+    }
+}
+
+impl Collector for ReplicaLag {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let gauge = ConstGauge::new(self.seconds());
+        let metric = encoder.encode_descriptor(
+            "replica_lag",
+            "How far the replica is behind: seconds since the oldest point not yet in the bucket was persisted locally (0 when caught up)",
+            Some(&Unit::Seconds),
+            gauge.metric_type(),
+        )?;
+        gauge.encode(metric)
+    }
+}
+
 /// The host's metric families. Clones share them.
 #[derive(Debug, Clone)]
 pub struct Metrics {
@@ -217,7 +245,7 @@ pub struct Metrics {
     client_exits: Family<ExitLabels, Counter>,
     region_size: Gauge,
     /// Seconds the bucket is behind: since the oldest point not yet in it was persisted.
-    replica_lag: Gauge<f64, std::sync::atomic::AtomicU64>,
+    replica_lag: Arc<ReplicaLag>,
     replica_uploaded_bytes: Counter,
     replica_errors: Counter,
     replica_backlog: Gauge,
@@ -248,7 +276,7 @@ impl Metrics {
             client_starts: Counter::default(),
             client_exits: Family::default(),
             region_size: Gauge::default(),
-            replica_lag: Gauge::default(),
+            replica_lag: Arc::default(),
             replica_uploaded_bytes: Counter::default(),
             replica_errors: Counter::default(),
             replica_backlog: Gauge::default(),
@@ -333,12 +361,7 @@ impl Metrics {
             Unit::Bytes,
             self.region_size.clone(),
         );
-        r.register_with_unit(
-            "replica_lag",
-            "How far the replica is behind: seconds since the oldest point not yet in the bucket was persisted locally (0 when caught up)",
-            Unit::Seconds,
-            self.replica_lag.clone(),
-        );
+        r.register_collector(Box::new(self.replica_lag.clone()));
         r.register_with_unit(
             "replica_uploaded",
             "Bytes of points uploaded to the replica",
@@ -387,9 +410,14 @@ impl Metrics {
         }
     }
 
-    /// Sets the replica lag in seconds.
-    pub fn replica_lag(&self, seconds: f64) {
-        self.replica_lag.set(seconds);
+    /// Records since when the replica is behind (`None`: caught up); the lag itself is computed
+    /// at each scrape.
+    pub fn replica_behind_since(&self, since: Option<Instant>) {
+        *self
+            .replica_lag
+            .behind_since
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = since;
     }
 
     /// Counts bytes uploaded to the replica.

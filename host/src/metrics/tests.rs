@@ -185,6 +185,23 @@ fn snapshot_age_restarts_from_a_persisted_snapshot_only() {
     assert!(*m.age.since.lock().unwrap() > start);
 }
 
+/// The replica lag is computed at scrape time: a replica behind since 5 s ago reads at least
+/// 5 s in the scrape without any further update (it used to freeze at its last update while an
+/// upload or an outage held the uploader up), and 0 once caught up.
+#[test]
+fn replica_lag_grows_at_scrape_time_and_is_zero_when_caught_up() {
+    let m = Metrics::new();
+    let text = |m: &Metrics| samples(&m.encode(Format::Prometheus));
+    assert_eq!(value(&text(&m), "shmsnap_replica_lag_seconds"), 0.0);
+    let five_ago = std::time::Instant::now()
+        .checked_sub(std::time::Duration::from_secs(5))
+        .expect("the clock is past 5 s");
+    m.replica_behind_since(Some(five_ago));
+    assert!(value(&text(&m), "shmsnap_replica_lag_seconds") >= 5.0);
+    m.replica_behind_since(None);
+    assert_eq!(value(&text(&m), "shmsnap_replica_lag_seconds"), 0.0);
+}
+
 /// `promtool check metrics` on `text`: `Some(clean, report)`, or `None` when promtool is not
 /// installed (a failure when `CI` is set: `.ci/run` installs it).
 fn promtool(text: &str) -> Option<(bool, String)> {

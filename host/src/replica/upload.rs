@@ -410,8 +410,7 @@ impl Uploader {
 
     fn update_lag(&self) {
         let since = self.shared.lock().behind_since;
-        self.metrics
-            .replica_lag(since.map_or(0.0, |s| s.elapsed().as_secs_f64()));
+        self.metrics.replica_behind_since(since);
     }
 
     /// Renews the lease when due, takes it if not held yet.

@@ -34,14 +34,13 @@
 //! a scan taken before `pre`, and a host that follows a dropped attempt with a delta. A host that skips the meta pages is
 //! *not* a broken twin here, see [`Twin::SkipMeta`].
 
-use std::cell::{Cell, RefCell};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 
 use proptest::prelude::*;
 use shmsnap_core::{
     image_entries, retain, Descriptor, Layout, LayoutRequest, PreCopy, Region, WordMemory, Writer,
 };
-use shmsnap_testkit::{check_image_payloads, from_bytes, payload_for, to_bytes, Recording, Store};
+use shmsnap_testkit::{check_image_payloads, from_bytes, payload_for, to_bytes, Recording, Replay};
 
 /// Bytes of a model page: small, so the small region has many pages.
 const PAGE: usize = 64;
@@ -80,88 +79,25 @@ enum Twin {
     SkipMeta,
 }
 
-/// The live region as the host sees it: before each host load or scan step, the schedule may
-/// let pending writer stores land, and each landing store marks its page written.
-struct Tracked<'a> {
-    live: Vec<AtomicU64>,
-    trace: &'a [Store],
-    /// Index of the next writer store to land.
-    next: Cell<usize>,
-    /// Host steps to perform before each writer store.
-    gaps: &'a [u16],
-    gap_left: Cell<u16>,
-    /// Per model page: written since a scan last re-protected it. Invariant: a page whose
-    /// live bytes changed since the scan last cleared its mark is marked.
-    written: RefCell<Vec<bool>>,
+/// The scan: walks the pages in order, reporting and clearing each page's mark in one step;
+/// the writer may store between two pages.
+fn scan(host: &Replay<'_>) -> Vec<bool> {
+    (0..PAGES)
+        .map(|p| {
+            host.step();
+            host.take_mark(p)
+        })
+        .collect()
 }
 
-impl Tracked<'_> {
-    /// One host step: lets the writer stores the schedule puts here land.
-    fn step(&self) {
-        loop {
-            let n = self.next.get();
-            if n >= self.trace.len() {
-                return;
-            }
-            if self.gap_left.get() > 0 {
-                self.gap_left.set(self.gap_left.get() - 1);
-                return;
-            }
-            let s = self.trace[n];
-            self.live[s.word].store(s.value, Ordering::Relaxed);
-            self.written.borrow_mut()[s.word / WORDS_PER_PAGE] = true;
-            self.next.set(n + 1);
-            self.gap_left
-                .set(self.gaps.get(n + 1).copied().unwrap_or(1));
-        }
+/// The copy window: one load per word of the region. The full reference image is this copy;
+/// the incremental image takes from it only the pages it copies.
+fn copy(host: &Replay<'_>) -> Vec<u8> {
+    let mut image = Vec::with_capacity(REGION);
+    for i in 0..host.len() {
+        image.extend_from_slice(&host.load(i, Ordering::Relaxed).to_le_bytes());
     }
-
-    /// The scan: walks the pages in order, reporting and clearing each page's mark in one
-    /// step; the writer may store between two pages.
-    fn scan(&self) -> Vec<bool> {
-        (0..PAGES)
-            .map(|p| {
-                self.step();
-                std::mem::take(&mut self.written.borrow_mut()[p])
-            })
-            .collect()
-    }
-
-    /// The copy window: one load per word of the region. The full reference image is this
-    /// copy; the incremental image takes from it only the pages it copies.
-    fn copy(&self) -> Vec<u8> {
-        let mut image = Vec::with_capacity(REGION);
-        for i in 0..self.live.len() {
-            image.extend_from_slice(&self.load(i, Ordering::Relaxed).to_le_bytes());
-        }
-        image
-    }
-}
-
-// SAFETY: forwards to a Vec of AtomicU64 of fixed length; orderings are irrelevant in this
-// single-threaded, sequentially consistent simulation.
-unsafe impl WordMemory for Tracked<'_> {
-    fn len(&self) -> usize {
-        self.live.len()
-    }
-    fn load(&self, i: usize, _: Ordering) -> u64 {
-        self.step();
-        self.live[i].load(Ordering::Relaxed)
-    }
-    fn store(&self, _: usize, _: u64, _: Ordering) {
-        unreachable!("the host never stores into the live region")
-    }
-    fn compare_exchange(
-        &self,
-        _: usize,
-        _: u64,
-        _: u64,
-        _: Ordering,
-        _: Ordering,
-    ) -> Result<u64, u64> {
-        unreachable!("the host never stores into the live region")
-    }
-    fn fence(&self, _: Ordering) {}
+    image
 }
 
 /// One schedule: commits before tracking starts, commits interleaved with the snapshots,
@@ -217,14 +153,9 @@ fn simulate(sc: &Scenario, twin: Twin) -> Result<Stats, String> {
     }
     let layout = *writer.layout();
     let trace = recording.trace.into_inner();
-    let host = Tracked {
-        live: start,
-        trace: &trace,
-        next: Cell::new(0),
-        gaps: &sc.gaps,
-        gap_left: Cell::new(sc.gaps.first().copied().unwrap_or(0)),
-        written: RefCell::new(vec![false; PAGES]),
-    };
+    // The live region as the host sees it: before each host load or scan step, pending writer
+    // stores may land, and each landing store marks its page written.
+    let host = Replay::new(start, &trace, &sc.gaps).with_pages(WORDS_PER_PAGE);
     let region = Region::open(&host).map_err(|e| e.to_string())?;
     let mut stats = Stats::default();
     let mut forget_left = match twin {
@@ -257,7 +188,7 @@ fn simulate(sc: &Scenario, twin: Twin) -> Result<Stats, String> {
 /// One snapshot: full onto nothing (`prev == None`) or incremental onto `prev`. Returns the
 /// kept image, or `None` if the attempt kept nothing (the host then takes a base next).
 fn snapshot(
-    region: &Region<'_, Tracked<'_>>,
+    region: &Region<'_, Replay<'_>>,
     layout: &Layout,
     prev: Option<&[u8]>,
     twin: Twin,
@@ -265,19 +196,19 @@ fn snapshot(
 ) -> Result<Option<(Vec<u8>, Stats)>, String> {
     let host = region.mem();
     let e = layout.entries as usize;
-    let mut reported = (twin == Twin::ScanBeforePre).then(|| host.scan());
+    let mut reported = (twin == Twin::ScanBeforePre).then(|| scan(host));
     let mut pre_buf = vec![Descriptor::EMPTY; e];
     let mut post_buf = vec![Descriptor::EMPTY; e];
     let stamp = PreCopy::read(region, &mut pre_buf, &mut post_buf).map_err(|e| e.to_string())?;
     if reported.is_none() && twin != Twin::ScanAfterCopy {
-        reported = Some(host.scan());
+        reported = Some(scan(host));
     }
     if stamp.pre().valid() == 0 {
         return Ok(None);
     }
     let pre = stamp.pre().slots().to_vec();
-    let full_copy = host.copy();
-    let mut reported = reported.take().unwrap_or_else(|| host.scan());
+    let full_copy = copy(host);
+    let mut reported = reported.take().unwrap_or_else(|| scan(host));
     let mut image = match prev {
         None => full_copy.clone(),
         Some(prev) => {

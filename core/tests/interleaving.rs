@@ -7,70 +7,13 @@
 //! Two broken twins — a host without the post check, and a writer whose evictions land after
 //! its data stores — must be caught, which proves the simulator can fail.
 
-use std::cell::Cell;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 
 use proptest::prelude::*;
 use shmsnap_core::{LayoutRequest, Region, WordMemory, Writer};
 use shmsnap_testkit::{
-    check_image_payloads, host_snapshot, payload_for, to_bytes, Host, Recording, Store,
+    check_image_payloads, host_snapshot, payload_for, to_bytes, Host, Recording, Replay, Store,
 };
-
-/// The host's view: before each host load, the schedule may let pending writer stores land.
-struct Interleaved<'a> {
-    live: Vec<AtomicU64>,
-    trace: &'a [Store],
-    next: Cell<usize>,
-    /// Host loads to perform before each writer store.
-    gaps: &'a [u16],
-    gap_left: Cell<u16>,
-}
-
-impl Interleaved<'_> {
-    fn step(&self) {
-        loop {
-            let n = self.next.get();
-            if n >= self.trace.len() {
-                return;
-            }
-            if self.gap_left.get() > 0 {
-                self.gap_left.set(self.gap_left.get() - 1);
-                return;
-            }
-            let s = self.trace[n];
-            self.live[s.word].store(s.value, Ordering::Relaxed);
-            self.next.set(n + 1);
-            self.gap_left
-                .set(self.gaps.get(n + 1).copied().unwrap_or(1));
-        }
-    }
-}
-
-// SAFETY: forwards to a Vec of AtomicU64 of fixed length; orderings are irrelevant in this
-// single-threaded, sequentially consistent simulation.
-unsafe impl WordMemory for Interleaved<'_> {
-    fn len(&self) -> usize {
-        self.live.len()
-    }
-    fn load(&self, i: usize, _: Ordering) -> u64 {
-        self.step();
-        self.live[i].load(Ordering::Relaxed)
-    }
-    fn store(&self, _: usize, _: u64, _: Ordering) {
-        unreachable!("the host never stores into the live region")
-    }
-    fn compare_exchange(
-        &self,
-        _: usize,
-        _: u64,
-        _: u64,
-        _: Ordering,
-        _: Ordering,
-    ) -> Result<u64, u64> {
-        unreachable!("the host never stores into the live region")
-    }
-    fn fence(&self, _: Ordering) {}
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Twin {
@@ -110,13 +53,8 @@ fn simulate(warmup: &[usize], lens: &[usize], gaps: &[u16], twin: Twin) -> Resul
     if twin == Twin::LateEviction {
         trace = delay_evictions(&trace, &layout);
     }
-    let host = Interleaved {
-        live: start,
-        trace: &trace,
-        next: Cell::new(0),
-        gaps,
-        gap_left: Cell::new(gaps.first().copied().unwrap_or(0)),
-    };
+    // The host's view: before each host load, the schedule may let pending writer stores land.
+    let host = Replay::new(start, &trace, gaps);
     let region = Region::open(&host).map_err(|e| e.to_string())?;
     assert_eq!(*region.layout(), layout);
     let host_kind = match twin {

@@ -1,8 +1,9 @@
 //! A writer's memory that records every store in order, for the interleaving simulators
 //! (`core/tests/interleaving.rs`, `core/tests/incremental.rs`): the real writer runs against a
-//! [`Recording`] first, and the simulators then replay its [`Store`]s between the host's loads.
+//! [`Recording`] first, and the simulators then replay its [`Store`]s between the host's loads
+//! through a [`Replay`].
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use shmsnap_core::WordMemory;
@@ -63,6 +64,103 @@ unsafe impl WordMemory for Recording {
         _: Ordering,
     ) -> Result<u64, u64> {
         unimplemented!("the queue writer does not use CAS")
+    }
+    fn fence(&self, _: Ordering) {}
+}
+
+/// The live region as a simulated host sees it: before each host load (and each other host
+/// step the simulator takes, [`Replay::step`]), the schedule lets the writer stores it puts
+/// there land. With [`Replay::with_pages`], every landing store also marks its page *written*
+/// (the incremental simulator's page tracker).
+#[derive(Debug)]
+pub struct Replay<'a> {
+    live: Vec<AtomicU64>,
+    trace: &'a [Store],
+    /// Index of the next writer store to land.
+    next: Cell<usize>,
+    /// Host steps to take before each writer store (`gaps[n]` before store `n`; 1 past the end).
+    gaps: &'a [u16],
+    gap_left: Cell<u16>,
+    /// Words per page of the marks; 0: no page marks.
+    words_per_page: usize,
+    /// Per page: a store landed on it since its mark was last taken. Invariant: a page whose
+    /// live bytes changed since [`Replay::take_mark`] last cleared it is marked.
+    written: RefCell<Vec<bool>>,
+}
+
+impl<'a> Replay<'a> {
+    /// The memory `live`, with `trace` to land between host steps as `gaps` says.
+    pub fn new(live: Vec<AtomicU64>, trace: &'a [Store], gaps: &'a [u16]) -> Self {
+        Replay {
+            live,
+            trace,
+            next: Cell::new(0),
+            gaps,
+            gap_left: Cell::new(gaps.first().copied().unwrap_or(0)),
+            words_per_page: 0,
+            written: RefCell::new(Vec::new()),
+        }
+    }
+
+    /// Also marks the page (of `words_per_page` words) each landing store falls on.
+    #[must_use]
+    pub fn with_pages(mut self, words_per_page: usize) -> Self {
+        let pages = self.live.len().div_ceil(words_per_page.max(1));
+        self.words_per_page = words_per_page;
+        self.written = RefCell::new(vec![false; pages]);
+        self
+    }
+
+    /// One host step: lets the writer stores the schedule puts here land.
+    pub fn step(&self) {
+        loop {
+            let n = self.next.get();
+            if n >= self.trace.len() {
+                return;
+            }
+            if self.gap_left.get() > 0 {
+                self.gap_left.set(self.gap_left.get() - 1);
+                return;
+            }
+            let s = self.trace[n];
+            self.live[s.word].store(s.value, Ordering::Relaxed);
+            if let Some(page) = s.word.checked_div(self.words_per_page) {
+                self.written.borrow_mut()[page] = true;
+            }
+            self.next.set(n + 1);
+            self.gap_left
+                .set(self.gaps.get(n + 1).copied().unwrap_or(1));
+        }
+    }
+
+    /// Reports and clears page `page`'s mark in one step (a scan's report-and-re-protect).
+    pub fn take_mark(&self, page: usize) -> bool {
+        std::mem::take(&mut self.written.borrow_mut()[page])
+    }
+}
+
+// SAFETY: forwards to a Vec of AtomicU64 of fixed length; orderings are irrelevant in this
+// single-threaded, sequentially consistent simulation.
+unsafe impl WordMemory for Replay<'_> {
+    fn len(&self) -> usize {
+        self.live.len()
+    }
+    fn load(&self, i: usize, _: Ordering) -> u64 {
+        self.step();
+        self.live[i].load(Ordering::Relaxed)
+    }
+    fn store(&self, _: usize, _: u64, _: Ordering) {
+        unreachable!("the host never stores into the live region")
+    }
+    fn compare_exchange(
+        &self,
+        _: usize,
+        _: u64,
+        _: u64,
+        _: Ordering,
+        _: Ordering,
+    ) -> Result<u64, u64> {
+        unreachable!("the host never stores into the live region")
     }
     fn fence(&self, _: Ordering) {}
 }

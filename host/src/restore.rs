@@ -38,18 +38,13 @@ pub fn restore(args: &RestoreArgs) -> Result<ExitCode, Failure> {
     let state = match (&args.state, &args.from) {
         (Some(state), _) => state,
         (None, Some(url)) => {
-            return crate::replica::restore::restore(
-                url,
-                &args.to,
-                args.at,
-                args.fallback,
-                args.force,
-            )
+            let out = Out::check(&args.to, None, args.force)?;
+            return crate::replica::restore::restore(url, &out, args.at, args.fallback);
         }
         (None, None) => unreachable!("clap requires --state or --from"),
     };
     let at = point(args);
-    let out = Out::check(&args.to, state, args.force)?;
+    let out = Out::check(&args.to, Some(state), args.force)?;
     let chains = source(state)?;
     let picked = pick(&chains, at)?;
     let (chain, k) = (picked.chain, picked.deltas);
@@ -477,16 +472,17 @@ struct Out {
 }
 
 impl Out {
-    /// Refuses `to` if it is the state file, one of its generations, its lock or its chain
-    /// directory (or inside it), or the same file as any of them (64); or if it exists
+    /// Refuses `to` if it is the state file (when restoring from one), one of its generations,
+    /// its lock or its chain directory (or inside it), or the same file as any of them (64); or
+    /// if it exists
     /// without `force`, or its directory cannot be opened (73).
-    fn check(to: &Path, state: &Path, force: bool) -> Result<Out, Failure> {
+    fn check(to: &Path, state: Option<&Path>, force: bool) -> Result<Out, Failure> {
         let usage = |m: String| Failure::new(Code::Usage, m);
         let name = match to.file_name() {
             Some(n) if n != ".." => n.to_os_string(),
             _ => return Err(usage(format!("--to {}: not a file name", to.display()))),
         };
-        if let Some(what) = names_state(to, state) {
+        if let Some((what, state)) = state.and_then(|s| Some((names_state(to, s)?, s))) {
             return Err(usage(format!(
                 "--to {} is {what} of --state {}: restore never writes over the state; pick \
                  another file",
@@ -564,6 +560,20 @@ impl Out {
             )
         })?;
         Ok(t)
+    }
+}
+
+/// `restore --from` writes through the same atomic output as `restore --state`.
+impl crate::replica::restore::Destination for Out {
+    fn path(&self) -> PathBuf {
+        self.path.clone()
+    }
+
+    fn write(
+        &self,
+        fill: &mut dyn FnMut(&File) -> Result<crate::replica::restore::Materialized, Failure>,
+    ) -> Result<crate::replica::restore::Materialized, Failure> {
+        Out::write(self, fill)
     }
 }
 

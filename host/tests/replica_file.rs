@@ -144,6 +144,18 @@ fn restore_writes_a_sound_file_and_refuses_a_corrupt_object_by_name_unless_fallb
     assert!(out.status.success(), "{}", text(&out));
     let verify = shmsnap(&["verify", out_file.to_str().unwrap()]);
     assert!(verify.status.success(), "{}", text(&verify));
+    // OUT is a standalone file, written like `restore --state`'s: no lock or generations
+    // beside it (it used to go through a persister, which left OUT.lock).
+    let beside: Vec<_> = std::fs::read_dir(out_file.parent().unwrap())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(out_file.file_name().unwrap().to_str().unwrap()))
+        .collect();
+    assert_eq!(
+        beside,
+        [out_file.file_name().unwrap().to_str().unwrap()],
+        "{beside:?}"
+    );
     // Without --force an existing file is not replaced.
     let again = shmsnap(&[
         "restore",

@@ -38,39 +38,76 @@ pub struct Fetched {
     pub image_len: u64,
 }
 
-/// `shmsnap restore --from URL --to OUT`.
+/// `shmsnap restore --from URL --to OUT`: the newest sound point (at or before `at`) into
+/// `out`, which the caller has already checked (`restore::Out`: not over an existing file
+/// without `--force`).
 ///
 /// # Errors
 ///
 /// 65 for a corrupt or missing object (named), 66 for an empty replica or no point at or
-/// before `at`, 73 if OUT exists without `force`, 75 if a host holds OUT's lock, 78 for
-/// refused credentials, 74 for other store errors.
+/// before `at`, 78 for refused credentials, 74 for other store errors.
 pub fn restore(
     from: &str,
-    to: &Path,
+    out: &dyn Destination,
     at: Option<u64>,
     fallback: bool,
-    force: bool,
 ) -> Result<ExitCode, Failure> {
-    if !force && std::fs::symlink_metadata(to).is_ok() {
-        return Err(Failure::new(
-            Code::CantCreat,
-            format!("{} exists; pass --force to replace it", to.display()),
-        ));
-    }
     let replica = Replica::open(from)?;
     let rt = super::runtime()?;
-    let persister = crate::snap::open_persister(to, 0)?;
-    let fetched = fetch_into(&rt, &replica, &persister, at, fallback)?;
+    let fetched = fetch_into(&rt, &replica, out, at, fallback)?;
     println!(
         "restored {} from {} into {} ({} bytes, taken {})",
         fetched.point,
         replica.url,
-        to.display(),
+        out.path().display(),
         fetched.image_len,
         time_text(fetched.unix_time_ns)
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// A point as [`chain::materialize`] wrote it.
+pub type Materialized = (snapshot::SnapshotInfo, chain::RestoreReport);
+
+/// Where a restored point goes, durably: the persister's target when `run --replica` starts
+/// without its state file, `--to OUT` for `restore --from` (the same atomic output as
+/// `restore --state`).
+pub trait Destination {
+    /// The file written (named in messages; the download directory goes beside it).
+    fn path(&self) -> PathBuf;
+    /// Runs `fill` on a fresh temp file, then makes it the destination (sync, rename,
+    /// directory sync); nothing is published if `fill` fails.
+    ///
+    /// # Errors
+    ///
+    /// `fill`'s error, or the I/O error of the publish.
+    fn write(
+        &self,
+        fill: &mut dyn FnMut(&File) -> Result<Materialized, Failure>,
+    ) -> Result<Materialized, Failure>;
+}
+
+impl Destination for Persister {
+    fn path(&self) -> PathBuf {
+        self.target()
+    }
+
+    fn write(
+        &self,
+        fill: &mut dyn FnMut(&File) -> Result<Materialized, Failure>,
+    ) -> Result<Materialized, Failure> {
+        let tmp = self
+            .begin()
+            .map_err(|e| Failure::new(Code::CantCreat, format!("cannot restore: {e}")))?;
+        let done = fill(tmp.file())?;
+        tmp.commit().map_err(|e| {
+            Failure::new(
+                Code::IoErr,
+                format!("cannot write {}: {e}", self.target().display()),
+            )
+        })?;
+        Ok(done)
+    }
 }
 
 /// RFC 3339 text of a time in ns.
@@ -79,20 +116,19 @@ pub fn time_text(ns: u64) -> String {
     humantime::format_rfc3339_seconds(t).to_string()
 }
 
-/// Restores the newest sound point (at or before `at`) of `replica` into `persister`'s
-/// target (temp file, `materialize`, commit: fdatasync, rename, directory fsync).
+/// Restores the newest sound point (at or before `at`) of `replica` into `dest`.
 ///
 /// # Errors
 ///
-/// As [`restore`].
+/// As [`restore`], and `dest`'s errors.
 pub fn fetch_into(
     rt: &tokio::runtime::Runtime,
     replica: &Replica,
-    persister: &Persister,
+    dest: &dyn Destination,
     at: Option<u64>,
     fallback: bool,
 ) -> Result<Fetched, Failure> {
-    let target = persister.target();
+    let target = dest.path();
     let work = WorkDir::new(&target)?;
     let listing = rt
         .block_on(Listing::load(replica))
@@ -111,17 +147,10 @@ pub fn fetch_into(
             replica, &work.0, g, generation, at, fallback,
         ))?;
         let Some((base, deltas)) = got else { continue };
-        let tmp = persister
-            .begin()
-            .map_err(|e| Failure::new(Code::CantCreat, format!("cannot restore: {e}")))?;
         let at = at.map_or(At::Deltas(u64::from(deltas)), At::Time);
-        let (info, report) = chain::materialize(&base, &chain::chain_dir(&base), at, tmp.file())
-            .map_err(|e| Failure::new(Code::DataErr, format!("replica {}: {e}", replica.url)))?;
-        tmp.commit().map_err(|e| {
-            Failure::new(
-                Code::IoErr,
-                format!("cannot write {}: {e}", target.display()),
-            )
+        let (info, report) = dest.write(&mut |file| {
+            chain::materialize(&base, &chain::chain_dir(&base), at, file)
+                .map_err(|e| Failure::new(Code::DataErr, format!("replica {}: {e}", replica.url)))
         })?;
         let point = PointId {
             generation: g,

@@ -170,7 +170,7 @@ fn text(r: &Report) -> String {
                 s,
                 "lease        {} until {}{}",
                 l.body.holder,
-                super::restore::time_text(l.body.expires_unix_ms.saturating_mul(1_000_000)),
+                crate::restore::rfc3339(l.body.expires_unix_ms.saturating_mul(1_000_000)),
                 if l.expired { " (expired)" } else { "" }
             );
         }

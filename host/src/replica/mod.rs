@@ -304,7 +304,7 @@ fn restore_at_start(
                 target.display(),
                 f.point,
                 replica.url,
-                restore::time_text(f.unix_time_ns)
+                crate::restore::rfc3339(f.unix_time_ns)
             );
             Ok(())
         }

@@ -61,7 +61,7 @@ pub fn restore(
         replica.url,
         out.path().display(),
         fetched.image_len,
-        time_text(fetched.unix_time_ns)
+        crate::restore::rfc3339(fetched.unix_time_ns)
     );
     Ok(ExitCode::SUCCESS)
 }
@@ -108,12 +108,6 @@ impl Destination for Persister {
         })?;
         Ok(done)
     }
-}
-
-/// RFC 3339 text of a time in ns.
-pub fn time_text(ns: u64) -> String {
-    let t = std::time::UNIX_EPOCH + std::time::Duration::from_nanos(ns);
-    humantime::format_rfc3339_seconds(t).to_string()
 }
 
 /// Restores the newest sound point (at or before `at`) of `replica` into `dest`.
@@ -173,7 +167,7 @@ pub fn fetch_into(
             format!(
                 "replica {} holds no point at or before {}",
                 replica.url,
-                time_text(t)
+                crate::restore::rfc3339(t)
             ),
         ),
         None => Failure::new(

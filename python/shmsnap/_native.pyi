@@ -2,12 +2,21 @@
 
 import sys
 from types import TracebackType
-from typing import Awaitable, Optional, Tuple, Type, Union, overload
+from typing import Any, Awaitable, Dict, Optional, Protocol, Tuple, Type, Union, overload
 
 if sys.version_info >= (3, 12):
-    from collections.abc import Buffer
+    from collections.abc import Buffer as _Buffer
 else:
-    from typing_extensions import Buffer
+    from typing_extensions import Buffer as _Buffer
+
+class _ArrayInterface(Protocol):
+    # NumPy arrays export the buffer protocol at run time, but their stubs declare
+    # `__buffer__` only for Python >= 3.12: accept them by their array interface too.
+    @property
+    def __array_interface__(self) -> Dict[str, Any]: ...
+
+#: What the calls taking bytes accept: any object with the buffer protocol.
+Buffer = Union[_Buffer, _ArrayInterface]
 
 class Error(Exception):
     """Base class of every error shmsnap raises (OSError aside)."""
@@ -86,6 +95,8 @@ class Region:
     def _wake_count(self) -> int: ...
     def _wait_change(self, seen: int, timeout: float) -> None: ...
     def _wake_waiters(self) -> None: ...
+    def _copy_reference(self, data: Buffer) -> int: ...
+    def _copy_reference_words(self, data: Buffer) -> int: ...
 
 class Writer:
     """The single writer of a queue region."""
@@ -177,5 +188,4 @@ class TripleClient:
         tb: Optional[TracebackType],
     ) -> bool: ...
 
-def _copy_reference(region: Region, data: Union[bytes, Buffer]) -> int: ...
 def _after_fork_in_child() -> None: ...

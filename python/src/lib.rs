@@ -8,6 +8,7 @@
 //! | [`queue`] | `Writer`: wait-free commits, the newest state read back |
 //! | [`triple`] | `TripleClient` and its `WriteGrant` context manager |
 //! | [`open`] | every construction of core's `Writer`/`TripleClient` (the claim seam) |
+//! | [`writer_words`] | the queue writer's word memory: payloads stored with `memcpy` |
 //! | [`owned`] | core's borrowing types kept in Python objects (lifetime erasure, one place) |
 //! | [`memory`] | the memory as atomic words; fork and one-writer guards |
 //! | [`pybuf`] | the buffer protocol for abi3-py39 |
@@ -25,6 +26,7 @@ mod pybuf;
 mod queue;
 mod region;
 mod triple;
+mod writer_words;
 
 use pyo3::prelude::*;
 
@@ -45,7 +47,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<queue::Writer>()?;
     m.add_class::<triple::TripleClient>()?;
     m.add_class::<triple::WriteGrant>()?;
-    m.add_function(wrap_pyfunction!(bench::_copy_reference, m)?)?;
     let hook = wrap_pyfunction!(_after_fork_in_child, m)?;
     m.add_function(hook.clone())?;
     let kwargs = pyo3::types::PyDict::new(py);

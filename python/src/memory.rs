@@ -192,6 +192,12 @@ impl Memory {
         Ok(Claim(self))
     }
 
+    /// Whether a `Writer`/`TripleClient` of this process works on the memory.
+    pub fn claimed(&self) -> bool {
+        // Relaxed: a plain look at the flag; its users hold the GIL, which orders them.
+        self.claimed.load(Ordering::Relaxed)
+    }
+
     /// Gives the claim up (the `Writer`/`TripleClient` holding it closed or was freed).
     pub fn release_claim(&self) {
         // Release: see `claim`.

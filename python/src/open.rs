@@ -13,6 +13,7 @@ use shmsnap_core::triple::{TripleClient, TripleLayout, TripleRequest};
 use shmsnap_core::{LayoutRequest, Writer};
 
 use crate::errors;
+use crate::writer_words::WriterWords;
 
 /// The queue writer of `words`: configures a fresh region with `request`, or attaches to the
 /// configured one (recovering its cursor, DESIGN §5).
@@ -24,9 +25,9 @@ use crate::errors;
 /// `ExhaustedError`.
 pub(crate) fn queue_writer<'m>(
     py: Python<'_>,
-    words: &'m [AtomicU64],
+    words: &'m WriterWords,
     request: LayoutRequest,
-) -> PyResult<Writer<'m, [AtomicU64]>> {
+) -> PyResult<Writer<'m, WriterWords>> {
     Writer::open_or_init(words, request).map_err(|e| errors::attach(py, e))
 }
 

@@ -26,6 +26,7 @@ use shmsnap_core::{LayoutRequest, Writer};
 
 use crate::memory::Memory;
 use crate::open;
+use crate::writer_words::WriterWords;
 
 /// `mem`'s words with the lifetime of the `Arc` erased.
 ///
@@ -40,10 +41,13 @@ unsafe fn erase(mem: &Arc<Memory>) -> &'static [AtomicU64] {
     unsafe { &*words }
 }
 
+/// The queue writer's memory type.
+pub(crate) type QueueWriter = Writer<'static, WriterWords>;
+
 /// A queue `Writer` and the memory it writes.
 pub(crate) struct QueueHandle {
     /// Borrows `mem`'s words (erased); dropped in `Drop`, before `mem`.
-    writer: ManuallyDrop<Writer<'static, [AtomicU64]>>,
+    writer: ManuallyDrop<QueueWriter>,
     mem: Arc<Memory>,
 }
 
@@ -55,18 +59,18 @@ impl QueueHandle {
     /// As [`open::queue_writer`].
     pub fn open(py: Python<'_>, mem: Arc<Memory>, request: LayoutRequest) -> PyResult<Self> {
         // SAFETY: `mem` is moved into the handle next to the writer, which drops first.
-        let words = unsafe { erase(&mem) };
+        let words = WriterWords::new(unsafe { erase(&mem) });
         let writer = ManuallyDrop::new(open::queue_writer(py, words, request)?);
         Ok(QueueHandle { writer, mem })
     }
 
     /// The writer. Nothing borrowed from it may be kept past the borrow of `self`.
-    pub fn writer(&mut self) -> &mut Writer<'static, [AtomicU64]> {
+    pub fn writer(&mut self) -> &mut QueueWriter {
         &mut self.writer
     }
 
     /// The writer, shared.
-    pub fn get(&self) -> &Writer<'static, [AtomicU64]> {
+    pub fn get(&self) -> &QueueWriter {
         &self.writer
     }
 

@@ -219,6 +219,18 @@ impl Region {
         Ok(())
     }
 
+    /// The commit benchmark's reference (``python/bench/commit.py``): copies ``data`` into
+    /// the region at byte 8192 with ``memcpy`` and nothing else. Refused while a writer works
+    /// on the region.
+    fn _copy_reference(&self, py: Python<'_>, data: &Bound<'_, PyAny>) -> PyResult<usize> {
+        crate::bench::copy_reference(py, self.mem()?, data, false)
+    }
+
+    /// As ``_copy_reference``, with the word copy a commit uses for its payload.
+    fn _copy_reference_words(&self, py: Python<'_>, data: &Bound<'_, PyAny>) -> PyResult<usize> {
+        crate::bench::copy_reference(py, self.mem()?, data, true)
+    }
+
     /// Wakes every waiter on the status word so it re-checks (for ``shmsnap._aio``).
     fn _wake_waiters(&self) -> PyResult<()> {
         linux_status::wake_status_waiters(self.mem()?.words())?;

@@ -10,7 +10,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import IO, Callable, List, Optional, Sequence, Tuple
 
 PYTHON_DIR = Path(__file__).resolve().parent.parent
 REPO = PYTHON_DIR.parent
@@ -34,14 +34,14 @@ def host_binary() -> Path:
 class Lines:
     """Lines of one stream, collected by a daemon thread."""
 
-    def __init__(self, stream: "subprocess.IO[bytes]", echo: str) -> None:
+    def __init__(self, stream: IO[bytes], echo: str) -> None:
         self._lines: List[str] = []
         self._lock = threading.Lock()
         self.ended = threading.Event()
         self._echo = echo if os.environ.get("SHMSNAP_TEST_ECHO") else ""
         threading.Thread(target=self._read, args=(stream,), daemon=True).start()
 
-    def _read(self, stream: "subprocess.IO[bytes]") -> None:
+    def _read(self, stream: IO[bytes]) -> None:
         for raw in stream:
             line = raw.decode(errors="replace").rstrip("\n")
             if self._echo:

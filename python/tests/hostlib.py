@@ -110,8 +110,12 @@ class Host:
 
 
 def python_client(script: str, *args: str) -> List[str]:
-    """The command line of an example run by this interpreter (unbuffered)."""
-    return [sys.executable, "-u", str(EXAMPLES / script), *args]
+    """The command line of an example run by this interpreter.
+
+    Not `-u`: unbuffered, `print` writes a line and its newline in two `write`s, and a SIGKILL
+    between them glues the next client's first line to a line without its end. The examples
+    print with `flush=True`: one `write` per line."""
+    return [sys.executable, str(EXAMPLES / script), *args]
 
 
 def alive(pid: int) -> bool:

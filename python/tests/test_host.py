@@ -27,7 +27,10 @@ from hostlib import Host, alive, python_client, shmsnap_cmd, wait_dead
 
 HOST_ARGS = ["--strategy", "queue", "--interval", "300ms", "--size", "2M", "--max-backoff", "200ms"]
 RESTART = 60.0
-RESTORED = re.compile(r"^kv: pid (\d+) restored (\d+) ops, all correct$")
+# Searched, not matched: a killed client's last line may lack its end (a line is one
+# `write`, but be robust), so the next line may be glued to it.
+RESTORED = re.compile(r"kv: pid (\d+) restored (\d+) ops, all correct$")
+NUMBER = re.compile(r"(\d+)")
 COMMITTED = "kv: committed "
 ACKED = "kv: acknowledged "
 
@@ -41,19 +44,31 @@ def next_restored(host: Host, start: int) -> Tuple[int, int, int]:
     found = host.out.wait_from(
         start, RESTART, lambda l: "CORRUPT" in l or RESTORED.match(l) is not None
     )
-    assert found is not None, f"no restart within {RESTART}s\nstderr:\n{host.err.text()[-4000:]}"
+    assert found is not None, (
+        f"no restart within {RESTART}s after line {start}; stdout begins:\n"
+        + "\n".join(host.out.all()[:4])
+        + "\nstdout lines not about commits:\n"
+        + "\n".join([l for l in host.out.all() if "committed" not in l][-10:])
+        + "\nstdout ends:\n"
+        + "\n".join(host.out.all()[-15:])
+        + "\nstderr about the client:\n"
+        + "\n".join([l for l in host.err.all() if "client" in l and "request" not in l][-15:])
+    )
     i, line = found
     assert "CORRUPT" not in line, f"the client found a wrong state: {line}"
-    m = RESTORED.match(line)
+    m = RESTORED.search(line)
     assert m is not None
     return i, int(m.group(1)), int(m.group(2))
 
 
 def last_number(lines: List[str], prefix: str) -> int:
+    """The largest N of the lines starting with `prefix` N (each printed after its act)."""
     best = 0
     for l in lines:
         if l.startswith(prefix):
-            best = max(best, int(l[len(prefix):].split()[0]))
+            m = NUMBER.match(l, len(prefix))
+            if m:
+                best = max(best, int(m.group(1)))
     return best
 
 

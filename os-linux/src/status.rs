@@ -370,7 +370,11 @@ mod tests {
             let waited = waiter.join().unwrap();
             assert!(waited < Duration::from_secs(30), "not woken: {waited:?}");
         });
-        assert_eq!(status::persisted(client.words()), Status::NONE, "no word changed");
+        assert_eq!(
+            status::persisted(client.words()),
+            Status::NONE,
+            "no word changed"
+        );
     }
 
     #[test]

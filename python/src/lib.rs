@@ -4,16 +4,16 @@
 //!
 //! | module | idea |
 //! |---|---|
-//! | [`region`] | `Region` (the host's memfd or a shared buffer), durability calls, `Status` |
-//! | [`queue`] | `Writer`: wait-free commits, the newest state read back |
-//! | [`triple`] | `TripleClient` and its `WriteGrant` context manager |
-//! | [`open`] | every construction of core's `Writer`/`TripleClient` (the claim seam) |
-//! | [`writer_words`] | the queue writer's word memory: payloads stored with `memcpy` |
-//! | [`owned`] | core's borrowing types kept in Python objects (lifetime erasure, one place) |
-//! | [`memory`] | the memory as atomic words; fork and one-writer guards |
-//! | [`pybuf`] | the buffer protocol for abi3-py39 |
-//! | [`errors`] | `shmsnap.Error` and its subclasses; typed errors to exceptions |
-//! | [`bench`] | the reference of the commit benchmark |
+//! | `region` | `Region` (the host's memfd or a shared buffer), durability calls, `Status` |
+//! | `queue` | `Writer`: wait-free commits, the newest state read back |
+//! | `triple` | `TripleClient` and its `WriteGrant` context manager |
+//! | `open` | every construction of core's `Writer`/`TripleClient` (the claim seam) |
+//! | `writer_words` | the queue writer's word memory: payloads stored with `memcpy` |
+//! | `owned` | core's borrowing types kept in Python objects (lifetime erasure, one place) |
+//! | `memory` | the memory as atomic words; fork and one-writer guards |
+//! | `pybuf` | the buffer protocol for abi3-py39 |
+//! | `errors` | `shmsnap.Error` and its subclasses; typed errors to exceptions |
+//! | `bench` | the reference of the commit benchmark |
 //!
 //! Soundness arguments: docs/DESIGN.md, "The Python binding".
 

@@ -220,3 +220,38 @@ def test_the_numpy_triple_client_restores_every_step_under_kills(tmp_path: Path)
     finally:
         host.kill()
     assert wait_dead(pid, 10), "the client outlived its host"
+
+
+ASYNC_CLIENT = """
+import asyncio, json, sys, time
+import shmsnap
+
+async def main() -> None:
+    region = shmsnap.Region.from_host()
+    writer = shmsnap.Writer(region, entries=64, data_size=65536)
+    for i in range(6):
+        seq = writer.commit(json.dumps({"i": i}).encode())
+        start = time.monotonic()
+        region.request_snapshot()
+        ok = await region.persisted_async(seq, timeout=30)
+        print(f"async: seq {seq} durable={ok} after {time.monotonic() - start:.3f}s", flush=True)
+
+asyncio.run(main())
+"""
+
+
+def test_persisted_async_is_woken_by_the_hosts_publish(tmp_path: Path) -> None:
+    """An asyncio client acknowledges through `await persisted_async` under the real host,
+    whose interval (30 s) is too long to matter: each answer comes from the prompt snapshot
+    it requested and the host's futex wake after the publish, well within the helper
+    thread's one-second sleep."""
+    args = ["--strategy", "queue", "--interval", "30s", "--size", "1M"]
+    with Host(tmp_path / "async.snap", args, [sys.executable, "-c", ASYNC_CLIENT]) as host:
+        assert host.proc.wait(timeout=RESTART) == 0, host.err.text()[-3000:]
+        host.out.ended.wait(5)
+        lines = [l for l in host.out.all() if l.startswith("async:")]
+    assert len(lines) == 6, host.out.text()
+    assert all("durable=True" in l for l in lines), lines
+    waits = sorted(float(l.rsplit(" ", 1)[1].rstrip("s")) for l in lines)
+    print("persisted_async waits (s):", waits)
+    assert waits[len(waits) // 2] < 0.5, f"not woken by the publish: {waits}"

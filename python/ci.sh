@@ -101,6 +101,8 @@ try:
     raise SystemExit("the region did not pin its buffer")
 except BufferError:
     pass
+import asyncio
+assert asyncio.run(shmsnap.Region.attach(bytearray(8192)).persisted_async(0, timeout=1))
 print("abi3 smoke: python %d.%d ok" % sys.version_info[:2])
 EOF
     tried=$((tried + 1))

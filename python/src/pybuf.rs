@@ -82,7 +82,15 @@ unsafe fn get(obj: &Bound<'_, PyAny>, view: *mut RawBuffer, flags: c_int) -> PyR
     if rc == 0 {
         return Ok(());
     }
-    let cause = PyErr::take(obj.py());
+    let py = obj.py();
+    let cause = PyErr::take(py);
+    // Only "no such buffer" becomes the TypeError below; anything else (MemoryError, an
+    // exporter's own exception) propagates as raised.
+    let other =
+        |e: &PyErr| !e.is_instance_of::<PyBufferError>(py) && !e.is_instance_of::<PyTypeError>(py);
+    if let Some(e) = cause.as_ref().filter(|e| other(e)) {
+        return Err(e.clone_ref(py));
+    }
     let what = obj
         .get_type()
         .name()
@@ -98,7 +106,7 @@ unsafe fn get(obj: &Bound<'_, PyAny>, view: *mut RawBuffer, flags: c_int) -> PyR
     let err = PyTypeError::new_err(format!(
         "a contiguous {kind}bytes-like object is required ({how}), not '{what}'"
     ));
-    err.set_cause(obj.py(), cause);
+    err.set_cause(py, cause);
     Err(err)
 }
 

@@ -19,7 +19,7 @@
 use std::ffi::{c_char, c_int, c_void};
 use std::ptr;
 
-use pyo3::exceptions::{PyBufferError, PyTypeError};
+use pyo3::exceptions::{PyBufferError, PyTypeError, PyValueError};
 use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
@@ -84,10 +84,14 @@ unsafe fn get(obj: &Bound<'_, PyAny>, view: *mut RawBuffer, flags: c_int) -> PyR
     }
     let py = obj.py();
     let cause = PyErr::take(py);
-    // Only "no such buffer" becomes the TypeError below; anything else (MemoryError, an
-    // exporter's own exception) propagates as raised.
-    let other =
-        |e: &PyErr| !e.is_instance_of::<PyBufferError>(py) && !e.is_instance_of::<PyTypeError>(py);
+    // Only "cannot export that" (BufferError, TypeError, or ValueError as NumPy raises for a
+    // non-contiguous array) becomes the TypeError below; anything else (MemoryError, ...)
+    // propagates as raised.
+    let other = |e: &PyErr| {
+        !e.is_instance_of::<PyBufferError>(py)
+            && !e.is_instance_of::<PyTypeError>(py)
+            && !e.is_instance_of::<PyValueError>(py)
+    };
     if let Some(e) = cause.as_ref().filter(|e| other(e)) {
         return Err(e.clone_ref(py));
     }

@@ -85,7 +85,9 @@ def test_kv_survives_a_restart_and_stops_cleanly(tmp_path: Path) -> None:
     assert check.returncode == 0, check.stdout + check.stderr
 
 
-def test_kv_under_random_kills_loses_nothing_acknowledged(tmp_path: Path) -> None:
+def test_kv_under_random_kills_loses_nothing_acknowledged(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     n = int(os.environ.get("SHMSNAP_PY_KILLS", "30"))
     seed = int(os.environ.get("SHMSNAP_PY_SEED", "0")) or random.randrange(1, 1 << 32)
     rng = random.Random(seed)
@@ -149,7 +151,7 @@ def test_kv_under_random_kills_loses_nothing_acknowledged(tmp_path: Path) -> Non
         corrupt_lines += sum("CORRUPT" in l for l in host.out.all())
     check = shmsnap_cmd("verify", str(state))
     assert check.returncode == 0, check.stdout + check.stderr
-    print(
+    summary = (
         f"kv torture: {n} cycles: {tally['client_kills']} client kills, {tally['host_kills']} "
         f"host kills, {tally['aimed']} host kills right after an acknowledgement; "
         f"{tally['restarts']} restored states checked key by key, {corrupt_lines} torn or "
@@ -157,6 +159,8 @@ def test_kv_under_random_kills_loses_nothing_acknowledged(tmp_path: Path) -> Non
         f"{tally['acked_lost']} acknowledged lost; acknowledging at commit time would have "
         f"lost work at {tally['naive_lost']} host kills; {time.monotonic() - started:.1f} s"
     )
+    with capsys.disabled():
+        print("\n" + summary)
     assert corrupt_lines == 0
     assert tally["acked"] > 0, "no acknowledgement was ever printed"
     assert tally["client_kills"] > 0
@@ -182,7 +186,9 @@ def test_a_state_the_program_did_not_write_is_reported_not_used(tmp_path: Path) 
         assert exited is not None, host.err.text()[-2000:]
 
 
-def test_the_numpy_triple_client_restores_every_step_under_kills(tmp_path: Path) -> None:
+def test_the_numpy_triple_client_restores_every_step_under_kills(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     pytest.importorskip("numpy")
     rng = random.Random(int(os.environ.get("SHMSNAP_PY_SEED", "0")) or None)
     state = tmp_path / "counters.snap"
@@ -216,7 +222,8 @@ def test_the_numpy_triple_client_restores_every_step_under_kills(tmp_path: Path)
             assert step >= steps[-1], f"restored step went back: {steps} then {step}"
             steps.append(step)
         assert steps[-1] > 0, "no step was ever restored"
-        print(f"numpy triple: 8 kills, restored steps {steps}")
+        with capsys.disabled():
+            print(f"\nnumpy triple: 8 kills, restored steps {steps}")
     finally:
         host.kill()
     assert wait_dead(pid, 10), "the client outlived its host"

@@ -1,5 +1,7 @@
 //! Durability feedback over futexes (DESIGN §14): the host's [`StatusPublisher`], the client's
-//! [`wait_persisted`] and [`request_snapshot`], and the host's [`wait_request`].
+//! [`wait_persisted`] and [`request_snapshot`] (and [`wait_status_change`] /
+//! [`wake_status_waiters`], the single steps of a wait for a caller that must look at something
+//! else between wake-ups, as the Python binding does), and the host's [`wait_request`].
 //!
 //! The words and their orderings are core's ([`shmsnap_core::status`]); this module adds the
 //! `futex(2)` waits and wakes, through rustix, and the host's writable mapping of page 0.

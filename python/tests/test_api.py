@@ -328,23 +328,27 @@ def test_a_signal_handler_interrupts_wait_persisted(shm: mmap.mmap) -> None:
 
 def test_wait_persisted_releases_the_gil(shm: mmap.mmap) -> None:
     region = shmsnap.Region.attach(shm)
-    ticks = 0
+    stamps: list[float] = []
     stop = threading.Event()
 
     def spin() -> None:
-        nonlocal ticks
         while not stop.is_set():
-            ticks += 1
+            stamps.append(time.monotonic())
+            time.sleep(0.001)
 
     t = threading.Thread(target=spin)
     t.start()
     try:
-        before = ticks
-        region.wait_persisted(1, timeout=0.3)
-        assert ticks - before > 1000, "the other thread did not run while we waited"
+        t0 = time.monotonic()
+        region.wait_persisted(1, timeout=1.0)
+        t1 = time.monotonic()
     finally:
         stop.set()
         t.join()
+    # The other thread ran in the middle of the wait, not only around it (a thread that
+    # held the GIL while sleeping would let it run only before and after).
+    middle = [s for s in stamps if t0 + 0.2 < s < t1 - 0.2]
+    assert len(middle) > 10, f"{len(middle)} runs of the other thread during the wait"
 
 
 def test_request_snapshot_bumps_the_request_word(shm: mmap.mmap) -> None:

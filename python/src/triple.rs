@@ -105,7 +105,7 @@ impl TripleClient {
     /// changing the state words can cause it), ``ExhaustedError``.
     fn write(slf: &Bound<'_, Self>) -> PyResult<WriteGrant> {
         let py = slf.py();
-        let mut this = slf.borrow_mut();
+        let mut this = slf.try_borrow_mut()?;
         let seq = match this.handle()?.begin() {
             Ok(seq) => seq,
             Err(None) => return Err(grant_is_open()),

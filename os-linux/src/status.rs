@@ -1,5 +1,7 @@
 //! Durability feedback over futexes (DESIGN §14): the host's [`StatusPublisher`], the client's
-//! [`wait_persisted`] and [`request_snapshot`], and the host's [`wait_request`].
+//! [`wait_persisted`] and [`request_snapshot`] (and [`wait_status_change`] /
+//! [`wake_status_waiters`], the single steps of a wait for a caller that must look at something
+//! else between wake-ups, as the Python binding does), and the host's [`wait_request`].
 //!
 //! The words and their orderings are core's ([`shmsnap_core::status`]); this module adds the
 //! `futex(2)` waits and wakes, through rustix, and the host's writable mapping of page 0.
@@ -136,6 +138,33 @@ pub fn request_snapshot(words: &[AtomicU64]) -> io::Result<()> {
     let req = futex_word(words, word::SNAPSHOT_REQUEST)?;
     status::request_snapshot(words);
     futex_wake_all(req)
+}
+
+/// Client side: one `futex(FUTEX_WAIT)` on the wake counter while it still holds `seen` (a
+/// value of [`status::wake_count`] loaded *before* the caller checked the status), for at
+/// most `timeout`. Returns after a publish, a [`wake_status_waiters`], a signal, a spurious
+/// wake-up or the timeout, without saying which: the caller re-checks.
+///
+/// The single step of [`wait_persisted`], for a caller that must look at something else
+/// between two wake-ups (a pending signal of an interpreter, a cancelled wait).
+///
+/// # Errors
+///
+/// `InvalidInput` if `words` does not hold the header page; an unexpected `futex` error.
+pub fn wait_status_change(words: &[AtomicU64], seen: u32, timeout: Duration) -> io::Result<()> {
+    futex_wait(futex_word(words, word::STATUS_WAKE)?, seen, timeout)
+}
+
+/// Client side: wakes every thread sleeping on the status wake counter, in this process or
+/// another (`futex(FUTEX_WAKE)`), so that each re-checks. No word changes: a waiter whose seq
+/// is not covered sleeps again, and the host never sleeps on this word. A client cancels one
+/// of its own [`wait_status_change`] loops this way.
+///
+/// # Errors
+///
+/// `InvalidInput` if `words` does not hold the header page; an unexpected `futex` error.
+pub fn wake_status_waiters(words: &[AtomicU64]) -> io::Result<()> {
+    futex_wake_all(futex_word(words, word::STATUS_WAKE)?)
 }
 
 /// Host side: waits until the request word differs from `last` (the value the host saw last),
@@ -313,6 +342,41 @@ mod tests {
         .unwrap();
         assert!(wait_persisted(client.words(), 3, Duration::ZERO).unwrap());
         assert!(!wait_persisted(client.words(), 4, Duration::from_millis(20)).unwrap());
+    }
+
+    #[test]
+    fn a_step_waiter_is_woken_by_wake_status_waiters_without_a_publish() {
+        let (_memfd, client) = region();
+        let cancelled = std::sync::atomic::AtomicBool::new(false);
+        let done = std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|s| {
+            let waiter = s.spawn(|| {
+                let start = Instant::now();
+                loop {
+                    let seen = status::wake_count(client.words());
+                    if cancelled.load(Ordering::Acquire) {
+                        done.store(true, Ordering::Release);
+                        return start.elapsed();
+                    }
+                    wait_status_change(client.words(), seen, Duration::from_secs(60)).unwrap();
+                }
+            });
+            std::thread::sleep(Duration::from_millis(50));
+            cancelled.store(true, Ordering::Release);
+            // The word does not change, so a wake sent just before the waiter's futex call
+            // is lost (the waiter then sleeps its whole timeout): wake until it is out.
+            while !done.load(Ordering::Acquire) {
+                wake_status_waiters(client.words()).unwrap();
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let waited = waiter.join().unwrap();
+            assert!(waited < Duration::from_secs(30), "not woken: {waited:?}");
+        });
+        assert_eq!(
+            status::persisted(client.words()),
+            Status::NONE,
+            "no word changed"
+        );
     }
 
     #[test]

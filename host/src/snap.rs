@@ -116,6 +116,9 @@ pub struct Report {
     pub sync: Duration,
     /// Generation shuffle, rename and directory fsync.
     pub rename: Duration,
+    /// For a base the queue strategy took because it could not prove that only the client's
+    /// tracked mapping writes the region: why (`track::Unproven::label`, for the metrics).
+    pub unproven: Option<&'static str>,
 }
 
 /// The snapshotter's running totals, for the `STATUS=` line.

@@ -250,6 +250,7 @@ fn record(result: &io::Result<Outcome>) -> SnapshotRecord {
             entries_kept: r.kept,
             entries_dropped: r.dropped,
             generation: Some(r.generation),
+            unproven: r.unproven,
         },
         Ok(Outcome::Skipped(_) | Outcome::Notice(_)) => only(SnapshotResult::Skipped),
         Ok(Outcome::Starved { copy, pre, .. }) => SnapshotRecord {
@@ -341,6 +342,7 @@ mod tests {
             validate: ms(2),
             sync: ms(3),
             rename: ms(4),
+            unproven: Some("other_writer"),
         }));
         assert_eq!(
             record(&persisted),
@@ -356,6 +358,7 @@ mod tests {
                 entries_kept: 3,
                 entries_dropped: 1,
                 generation: Some(7),
+                unproven: Some("other_writer"),
             }
         );
         let starved = Ok(Outcome::Starved {

@@ -7,6 +7,7 @@
 //! | [`Advertisement`] | both | 4-word record in the region header: where the client's mapping is |
 //! | [`validate`] | host | treats the record as hostile: checks it against `/proc/PID/maps` |
 //! | [`Scanner`] | host | `PAGEMAP_SCAN` on `/proc/PID/pagemap`: written pages, re-protected |
+//! | [`prove`] | host | the write seal, the tracked mapping's `DONTFORK` and a census of `/proc`: no other writer |
 //!
 //! # Why the tracking lives in the client's page tables
 //!
@@ -95,10 +96,12 @@
 #![allow(unsafe_code)]
 
 mod advert;
+mod census;
 mod client;
 mod scan;
 
 pub use advert::{validate, validate_maps, AdvertError, Advertisement, TrackedRange};
+pub use census::{census, check_registration, prove, Census, FileId, RegionVma, Unproven};
 pub use client::{TrackError, Tracker};
 pub use scan::{PageRun, ScanError, ScanQuery, Scanner, WrittenPages};
 

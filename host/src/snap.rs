@@ -5,6 +5,12 @@
 //! ([`Strategy::take`]). Nothing is persisted that was not verified: a starved or failed
 //! attempt drops its temp file and the previous snapshot stays. A region that fails
 //! validation after its client exited is set aside and re-restored ([`repair`]).
+//!
+//! A region its client sealed against other writers (write tracking, DESIGN §11) cannot be
+//! mapped writable by the next client: after the client's exit the snapshotter moves it into
+//! a fresh memfd ([`Snapshotter::rehome_if_sealed`]; a repair restores into a fresh one) and
+//! hands the new region to the supervisor ([`Snapshotter::take_new_region`]), which passes it
+//! to the next client and the service manager's fd store.
 
 mod repair;
 
@@ -17,7 +23,7 @@ use shmsnap_linux::chain;
 use shmsnap_linux::persist::{Persister, StateError};
 use shmsnap_linux::snapshot::{self, SnapshotInfo, SnapshotMeta};
 use shmsnap_linux::{Mapping, Memfd};
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use shmsnap_core::PAGE_SIZE;
 
@@ -153,6 +159,10 @@ pub struct Snapshotter {
     /// Replica uploader (`--replica`): offered every persisted point; dropped with the
     /// snapshotter (at the end of the worker thread), which ships what is pending first.
     replica: Option<crate::replica::upload::Shipper>,
+    /// `memfd` replaced the region the supervisor hands to clients and to the fd store
+    /// (moved out of a sealed one, or repaired into a fresh one); cleared by
+    /// [`Snapshotter::take_new_region`].
+    replaced: bool,
 }
 
 fn now_ns() -> u64 {
@@ -203,6 +213,7 @@ impl Snapshotter {
             tally: Tally::default(),
             status,
             replica: None,
+            replaced: false,
         })
     }
 
@@ -355,14 +366,100 @@ impl Snapshotter {
                 generation: 0,
                 unix_time_ns: now_ns(),
             };
-            if let Some(info) = repair::repair(&self.persister, &self.memfd, meta) {
-                self.strategy.accept(&self.map, Origin::Restored(&info));
-            } else {
-                self.strategy.accept(&self.map, Origin::Empty);
-            }
-            self.region_len = self.memfd.len().unwrap_or(self.region_len);
+            self.repair(meta);
         }
         result
+    }
+
+    /// Sets the corrupt region aside and restores the newest sound snapshot ([`repair`]):
+    /// into the same memfd, or into a fresh one if the client sealed it against writes.
+    fn repair(&mut self, meta: SnapshotMeta) {
+        let sealed = self.memfd.is_write_sealed().unwrap_or(true);
+        let fresh = if sealed {
+            match self.memfd.len().and_then(|len| fresh_region(len)) {
+                Ok(m) => Some(m),
+                Err(e) => {
+                    error!("cannot create a fresh region to repair the sealed one into: {e}");
+                    return;
+                }
+            }
+        } else {
+            None
+        };
+        let target = fresh.as_ref().unwrap_or(&self.memfd);
+        let restored = repair::repair(&self.persister, &self.memfd, target, meta);
+        if let Some(fresh) = fresh {
+            if let Err(e) = self.replace_region(fresh) {
+                error!(
+                    "cannot map the repaired region: {e}; the client restarts on the corrupt one"
+                );
+                return;
+            }
+        }
+        match restored {
+            Some(info) => self.strategy.accept(&self.map, Origin::Restored(&info)),
+            None => self.strategy.accept(&self.map, Origin::Empty),
+        }
+        self.region_len = self.memfd.len().unwrap_or(self.region_len);
+    }
+
+    /// If the region is sealed against writes (its client tracked its writes), copies it into
+    /// a fresh memfd and snapshots that one from now on: the next client must be able to map
+    /// it writable. Call it only while no client runs. Returns whether it moved the region.
+    ///
+    /// # Errors
+    ///
+    /// The copy's or the mapping's errors (`ENOMEM`: the region's data exists twice until
+    /// the old memfd is dropped); the old region stays in use.
+    pub fn rehome_if_sealed(&mut self) -> io::Result<bool> {
+        if !self.memfd.is_write_sealed()? {
+            return Ok(false);
+        }
+        let t = Instant::now();
+        let (fresh, stats) = self.memfd.fresh_copy(REGION_NAME)?;
+        self.replace_region(fresh)?;
+        info!(
+            data_bytes = stats.bytes,
+            ms = ms(t.elapsed()),
+            "moved the region into a fresh memfd: its client had sealed it against other \
+             writers (write tracking), and the next client must be able to map it writable"
+        );
+        Ok(true)
+    }
+
+    /// Snapshots `fresh` from now on instead of the current region: maps it, moves the status
+    /// publisher to it (re-publishing the last status), and marks the region replaced. The
+    /// strategy is told by the caller if the contents changed.
+    fn replace_region(&mut self, fresh: Memfd) -> io::Result<()> {
+        let map = Mapping::of_memfd(&fresh, self.strategy.protection())?;
+        {
+            let mut guard = self
+                .status
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if let Some(old) = guard.take() {
+                *guard = crate::durable::publisher_moved(&fresh, old.last());
+            }
+        }
+        self.map = map;
+        let old = std::mem::replace(&mut self.memfd, fresh);
+        // The old region may be the one inherited at fd 3, which must stay occupied.
+        if let Err(e) = shmsnap_linux::handover::close_keeping_fd3(old.into_fd()) {
+            warn!("closing the old region: {e}");
+        }
+        self.region_len = self.memfd.len()?;
+        self.replaced = true;
+        Ok(())
+    }
+
+    /// The region that replaced the one the supervisor knows, once (a duplicate fd of it),
+    /// or `None` if it did not change since the last call.
+    pub fn take_new_region(&mut self) -> Option<io::Result<Memfd>> {
+        if !std::mem::take(&mut self.replaced) {
+            return None;
+        }
+        let dup = rustix::io::fcntl_dupfd_cloexec(&self.memfd, 0).map_err(io::Error::from);
+        Some(dup.and_then(Memfd::from_fd))
     }
 
     /// Logs a run of [`Outcome::Invalid`] attempts: at the first, when the reason changes,
@@ -572,6 +669,20 @@ pub fn prepare_region(
         memfd,
         restored: Some(info),
     })
+}
+
+/// The name of the region's memfd (`/proc/PID/maps` shows `/memfd:shmsnap-region`).
+pub const REGION_NAME: &str = "shmsnap-region";
+
+/// A new, empty region of `size` bytes, sealed against shrinking.
+///
+/// # Errors
+///
+/// `memfd_create`, `ftruncate` or `fcntl` errors.
+pub fn fresh_region(size: u64) -> io::Result<Memfd> {
+    let memfd = Memfd::create(REGION_NAME, size)?;
+    memfd.seal_against_shrink()?;
+    Ok(memfd)
 }
 
 /// The snapshot to restore, and the newest generation if it is unusable.

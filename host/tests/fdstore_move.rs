@@ -125,7 +125,11 @@ fn a_sealed_region_moves_to_a_fresh_memfd_and_replaces_the_fd_store_entry() {
     let mut store = until(&sock, "FDSTORE=1", &h);
     assert!(store.text.lines().any(|l| l == "FDNAME=SHM_SHARED_FD"));
     let moved = store.fds.pop().expect("the moved region's fd");
-    assert_ne!(inode(&moved), inode(&old), "the fd store must get a new memfd");
+    assert_ne!(
+        inode(&moved),
+        inode(&old),
+        "the fd store must get a new memfd"
+    );
     let (_, pid2, _) = next_restored(&h, i0 + 1, SLOW)
         .unwrap_or_else(|| panic!("no restarted client:\n{}", h.err.text()));
     assert_ne!(pid2, pid);
@@ -174,7 +178,10 @@ fn a_sealed_region_moves_to_a_fresh_memfd_and_replaces_the_fd_store_entry() {
             && log.contains("reusing the region from the service manager's fd store"),
         "{log}"
     );
-    assert_eq!(k, kept, "the client continues from exactly the stored state");
+    assert_eq!(
+        k, kept,
+        "the client continues from exactly the stored state"
+    );
     h2.signal(Signal::TERM);
     assert_eq!(h2.exit_code(), 0, "{}", h2.err.text());
 }

@@ -305,9 +305,10 @@ pub fn take_listen_fd(name: &str) -> Result<OwnedFd, ListenError> {
 }
 
 /// [`take_listen_fd`], then adopt it as a [`Memfd`], map it read-write and set write
-/// tracking up ([`start_tracking`], unless `SHMSNAP_TRACK=0`): the host then snapshots only
-/// the pages this process writes. Tracking is best effort: where the kernel or a sandbox
-/// refuses it, the advertisement is cleared and the host takes full snapshots.
+/// tracking up ([`start_tracking`]) when the host asks for it (`SHMSNAP_TRACK=1`, see
+/// [`tracking_enabled`]): the host then snapshots only the pages this process writes.
+/// Tracking is best effort: where the kernel or a sandbox refuses it, the advertisement is
+/// cleared and the host takes full snapshots.
 ///
 /// With tracking on, the mapping is not inherited by `fork` (a child touching it gets
 /// `SIGSEGV`) and the region is sealed against every other writer (`write`, `pwrite`, new
@@ -327,11 +328,12 @@ pub fn take_listen_fd(name: &str) -> Result<OwnedFd, ListenError> {
 /// writers (a tracked client opened it already); [`ListenError::BadFd`] if the fd is not a
 /// nonempty regular file, not sealed against shrinking, or cannot be mapped.
 pub fn open_client_region(name: &str) -> Result<(Memfd, Mapping), ListenError> {
-    adopt_region(take_listen_fd(name)?, name)
+    let track = tracking_enabled(|k| std::env::var_os(k));
+    adopt_region(take_listen_fd(name)?, name, track)
 }
 
-/// [`open_client_region`] after [`take_listen_fd`]: adopt, check, map, track.
-fn adopt_region(fd: OwnedFd, name: &str) -> Result<(Memfd, Mapping), ListenError> {
+/// [`open_client_region`] after [`take_listen_fd`]: adopt, check, map, track if `track`.
+fn adopt_region(fd: OwnedFd, name: &str, track: bool) -> Result<(Memfd, Mapping), ListenError> {
     let raw = {
         use std::os::fd::AsRawFd;
         fd.as_raw_fd()
@@ -350,17 +352,22 @@ fn adopt_region(fd: OwnedFd, name: &str) -> Result<(Memfd, Mapping), ListenError
     }
     let mut map = Mapping::of_memfd(&memfd, Protection::ReadWrite).map_err(bad)?;
     // Best effort by design: whatever happens, the host falls back to full snapshots.
-    let _ = start_tracking(&memfd, &mut map, tracking_enabled(|k| std::env::var_os(k)));
+    let _ = start_tracking(&memfd, &mut map, track);
     Ok((memfd, map))
 }
 
-/// Environment variable that turns the client's write tracking off when it is `0` (the host
-/// sets it for its client under `--incremental off`).
+/// Environment variable through which the host asks its client to track its writes: `1`
+/// under `--strategy queue --incremental auto`, `0` otherwise.
 pub const TRACK_ENV: &str = "SHMSNAP_TRACK";
 
-/// `false` if [`TRACK_ENV`] is `0` in `get` (e.g. `|k| std::env::var_os(k)`); pure.
+/// `true` only if [`TRACK_ENV`] is `1` in `get` (e.g. `|k| std::env::var_os(k)`); pure.
+///
+/// Tracking is opt-in because it seals the region against every other writer for good
+/// ([`start_tracking`]): only a host that moves a sealed region to a fresh memfd before it
+/// starts the next client may ask for it (the shmsnap host does). A client started by anyone
+/// else leaves its region as it found it.
 pub fn tracking_enabled(get: impl Fn(&str) -> Option<OsString>) -> bool {
-    get(TRACK_ENV).is_none_or(|v| v != "0")
+    get(TRACK_ENV).is_some_and(|v| v == "1")
 }
 
 /// What [`start_tracking`] did.
@@ -368,7 +375,7 @@ pub fn tracking_enabled(get: impl Fn(&str) -> Option<OsString>) -> bool {
 pub enum Tracking {
     /// Registered and advertised at header words `format::word::TRACK`.
     Advertised(Advertisement),
-    /// Not asked for (`SHMSNAP_TRACK=0`); the advertisement is cleared.
+    /// Not asked for (no `SHMSNAP_TRACK=1`); the advertisement is cleared.
     Off,
     /// The region is too small to hold the advertisement (fewer than 44 words).
     TooSmall,
@@ -413,7 +420,7 @@ pub fn start_tracking(memfd: &Memfd, map: &mut Mapping, enabled: bool) -> Tracki
     let registered = if enabled {
         register_sole_writer(memfd, map)
     } else {
-        Err(TrackError::Unavailable(format!("{TRACK_ENV}=0")))
+        Err(TrackError::Unavailable(format!("{TRACK_ENV} is not 1")))
     };
     let (addr, len) = match registered {
         Ok(r) => r,
@@ -484,13 +491,13 @@ mod tests {
     fn a_second_writable_open_of_a_tracked_region_is_refused_with_a_reason() {
         let (memfd, _map) = region(1 << 16);
         let dup = || rustix::io::fcntl_dupfd_cloexec(&memfd, 0).unwrap();
-        let (_first, first_map) = adopt_region(dup(), "r").unwrap();
+        let (_first, first_map) = adopt_region(dup(), "r", true).unwrap();
         if first_map.tracker().is_none() {
             eprintln!("skipped: tracking unavailable here, nothing is sealed");
             return;
         }
         assert!(memfd.is_write_sealed().unwrap());
-        let e = adopt_region(dup(), "r").unwrap_err();
+        let e = adopt_region(dup(), "r", false).unwrap_err();
         assert!(matches!(e, ListenError::AlreadyOpen { .. }), "{e}");
         let text = e.to_string();
         assert!(
@@ -500,10 +507,11 @@ mod tests {
     }
 
     #[test]
-    fn tracking_is_off_only_for_shmsnap_track_0() {
-        assert!(tracking_enabled(env(&[])));
+    fn tracking_is_on_only_when_the_host_asks_with_shmsnap_track_1() {
+        assert!(!tracking_enabled(env(&[])), "opt-in: the host asks for it");
         assert!(tracking_enabled(env(&[(TRACK_ENV, "1")])));
         assert!(!tracking_enabled(env(&[(TRACK_ENV, "0")])));
+        assert!(!tracking_enabled(env(&[(TRACK_ENV, "yes")])));
     }
 
     #[test]

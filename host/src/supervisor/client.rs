@@ -140,11 +140,11 @@ pub fn command(
     for var in ["NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"] {
         cmd.env_remove(var);
     }
-    // Write tracking costs the client a fault per first write to a page after each scan:
-    // only worth it when snapshots may be deltas.
-    if !spec.track {
-        cmd.env(shmsnap_linux::listen::TRACK_ENV, "0");
-    }
+    // Write tracking costs the client a fault per first write to a page after each scan,
+    // and seals the region (the host moves it before the next client): only when snapshots
+    // may be deltas. Opt-in: a client nobody asks does not track.
+    let track = if spec.track { "1" } else { "0" };
+    cmd.env(shmsnap_linux::listen::TRACK_ENV, track);
     // Its own process group, so the whole tree can be signalled.
     cmd.process_group(0);
     shmsnap_linux::handover::prepare_command(&mut cmd, memfd, &spec.fd_name)

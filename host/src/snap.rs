@@ -376,7 +376,7 @@ impl Snapshotter {
     fn repair(&mut self, meta: SnapshotMeta) {
         let sealed = self.memfd.is_write_sealed().unwrap_or(true);
         let fresh = if sealed {
-            match self.memfd.len().and_then(|len| fresh_region(len)) {
+            match self.memfd.len().and_then(fresh_region) {
                 Ok(m) => Some(m),
                 Err(e) => {
                     error!("cannot create a fresh region to repair the sealed one into: {e}");

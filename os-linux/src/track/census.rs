@@ -189,8 +189,8 @@ pub struct Census {
 }
 
 /// The whole proof for the client `pid` tracking `range` over `memfd`: the registration
-/// check, the seal (added if missing), the census — in that order (see the
-/// [module docs](self)).
+/// check, the seal (added if missing), the census — in that order (DESIGN §11, "Who can
+/// write the region").
 ///
 /// # Errors
 ///

@@ -470,6 +470,7 @@ impl Queue {
             return (None, None);
         };
         t.vouched = None;
+        let started = Instant::now();
         let census = match t.prove(cx.memfd, &range, advert) {
             Ok(census) => {
                 self.last_unproven = None;
@@ -494,18 +495,19 @@ impl Queue {
             }
         };
         if let Some(c) = census {
-            self.note_census(&c);
+            self.note_census(&c, started.elapsed());
         }
         (armed, None)
     }
 
     /// Logs what a census saw: at debug, and once per run (info) the processes it could not
     /// read, which it assumes do not hold the region.
-    fn note_census(&mut self, c: &Census) {
+    fn note_census(&mut self, c: &Census, took: Duration) {
         debug!(
             processes = c.processes,
             readers = c.readers,
             unreadable = c.unreadable.len(),
+            ms = took.as_secs_f64() * 1e3,
             "census of the region's mappings: no other writer"
         );
         if !c.unreadable.is_empty() && !std::mem::replace(&mut self.told_unreadable, true) {

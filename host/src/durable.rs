@@ -66,7 +66,16 @@ pub fn publisher_at_start(
             return None;
         }
     };
-    let status = match origin {
+    let status = status_of(map, origin);
+    log_publish(publisher.publish(status), status, "at start");
+    Some(publisher)
+}
+
+/// What a region the host starts a client on holds on disk: a restored region's newest kept
+/// seq and generation; nothing for an empty or inherited one (it may hold commits never
+/// persisted). `map` maps the region.
+pub fn status_of(map: &Mapping, origin: Origin<'_>) -> Status {
+    match origin {
         // The region holds exactly the verified image: its newest entry is the image's newest
         // kept seq, and the client has not run yet.
         Origin::Restored(info) => Status {
@@ -78,19 +87,17 @@ pub fn publisher_at_start(
             replica_seq: 0,
         },
         Origin::Empty | Origin::FdStore => Status::NONE,
-    };
-    log_publish(publisher.publish(status), status, "at start");
-    Some(publisher)
+    }
 }
 
-/// The status publisher for a region the host moved into the fresh memfd `fresh`: maps its
-/// header page and publishes `last` there (the moved bytes already hold it; publishing again
-/// wakes nobody wrongly and keeps the publisher's own record). `None`, logged, if the page
-/// cannot be mapped.
-pub fn publisher_moved(fresh: &Memfd, last: Status) -> Option<StatusPublisher> {
+/// The status publisher for a region the host moved (or repaired) into the fresh memfd
+/// `fresh`: maps its header page and publishes `status` there — the last one for moved bytes
+/// (they hold it already; publishing again wakes nobody wrongly and keeps the publisher's own
+/// record), [`status_of`] a repaired region. `None`, logged, if the page cannot be mapped.
+pub fn publisher_moved(fresh: &Memfd, status: Status) -> Option<StatusPublisher> {
     match StatusPublisher::new(fresh) {
         Ok(mut p) => {
-            log_publish(p.publish(last), last, "in the moved region");
+            log_publish(p.publish(status), status, "in the new region");
             Some(p)
         }
         Err(e) => {

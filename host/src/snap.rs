@@ -375,6 +375,12 @@ impl Snapshotter {
     /// into the same memfd, or into a fresh one if the client sealed it against writes.
     fn repair(&mut self, meta: SnapshotMeta) {
         let sealed = self.memfd.is_write_sealed().unwrap_or(true);
+        if sealed {
+            info!(
+                "the corrupt region is sealed against writes (its client tracked them): \
+                 restoring into a fresh memfd instead"
+            );
+        }
         let fresh = if sealed {
             match self.memfd.len().and_then(fresh_region) {
                 Ok(m) => Some(m),
@@ -388,18 +394,18 @@ impl Snapshotter {
         };
         let target = fresh.as_ref().unwrap_or(&self.memfd);
         let restored = repair::repair(&self.persister, &self.memfd, target, meta);
+        let origin = restored.as_ref().map_or(Origin::Empty, Origin::Restored);
         if let Some(fresh) = fresh {
-            if let Err(e) = self.replace_region(fresh) {
+            // The new region says what it holds on disk, as at start (not the last status:
+            // the repair may have fallen back to an older generation).
+            if let Err(e) = self.replace_region(fresh, Some(origin)) {
                 error!(
                     "cannot map the repaired region: {e}; the client restarts on the corrupt one"
                 );
                 return;
             }
         }
-        match restored {
-            Some(info) => self.strategy.accept(&self.map, Origin::Restored(&info)),
-            None => self.strategy.accept(&self.map, Origin::Empty),
-        }
+        self.strategy.accept(&self.map, origin);
         self.region_len = self.memfd.len().unwrap_or(self.region_len);
     }
 
@@ -417,7 +423,7 @@ impl Snapshotter {
         }
         let t = Instant::now();
         let (fresh, stats) = self.memfd.fresh_copy(REGION_NAME)?;
-        self.replace_region(fresh)?;
+        self.replace_region(fresh, None)?;
         info!(
             data_bytes = stats.bytes,
             ms = ms(t.elapsed()),
@@ -428,9 +434,10 @@ impl Snapshotter {
     }
 
     /// Snapshots `fresh` from now on instead of the current region: maps it, moves the status
-    /// publisher to it (re-publishing the last status), and marks the region replaced. The
-    /// strategy is told by the caller if the contents changed.
-    fn replace_region(&mut self, fresh: Memfd) -> io::Result<()> {
+    /// publisher to it, and marks the region replaced. The publisher re-publishes the last
+    /// status (`origin` `None`: the same bytes moved) or what `origin` says the new region
+    /// holds. The strategy is told by the caller if the contents changed.
+    fn replace_region(&mut self, fresh: Memfd, origin: Option<Origin<'_>>) -> io::Result<()> {
         let map = Mapping::of_memfd(&fresh, self.strategy.protection())?;
         {
             let mut guard = self
@@ -438,7 +445,8 @@ impl Snapshotter {
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             if let Some(old) = guard.take() {
-                *guard = crate::durable::publisher_moved(&fresh, old.last());
+                let status = origin.map_or(old.last(), |o| crate::durable::status_of(&map, o));
+                *guard = crate::durable::publisher_moved(&fresh, status);
             }
         }
         self.map = map;

@@ -83,6 +83,7 @@ fn client_entry() {
         "cmd" => command_client(&dir, false),
         "late" => command_client(&dir, true),
         "fork" => fork_client(&dir),
+        "scribble" => scribble_client(&dir),
         other => panic!("unknown client mode {other}"),
     }
 }
@@ -229,6 +230,25 @@ fn fork_client(dir: &Path) {
     loop {
         std::thread::sleep(Duration::from_secs(1));
     }
+}
+
+/// First start: opens the region (tracking seals it), scribbles over the header's magic
+/// through its own mapping and fails. Later starts: the primes example, which checks every
+/// prime it restores.
+fn scribble_client(dir: &Path) {
+    let marker = dir.join("scribbled");
+    if marker.exists() {
+        println!(); // ends the harness's "test client_entry ... " line
+        let e = std::process::Command::new(common::BIN)
+            .args(["example", "primes", "--limit", "640"])
+            .exec();
+        panic!("exec primes: {e}");
+    }
+    let (memfd, map) = open_client_region(DEFAULT_FD_NAME).expect("open the region");
+    let sealed = memfd.is_write_sealed().unwrap();
+    map.words()[word::MAGIC].store(0x5c21_bb1e, Ordering::Relaxed);
+    write_atomic(&marker, sealed.to_string().as_bytes());
+    std::process::exit(1);
 }
 
 // ----------------------------------------------------------------------------------------
@@ -516,6 +536,41 @@ fn a_mapping_made_before_the_seal_is_found_by_the_census() {
     assert!(
         log.contains(&format!("process {me} (")) && log.contains("maps the region writable"),
         "the census must name this process's writable mapping:\n{log}"
+    );
+}
+
+/// A tracked client sealed its region, then corrupted it through its own mapping and exited:
+/// the host cannot rewrite the sealed region, so it restores the newest sound snapshot into a
+/// fresh memfd, and the restarted client finds the good state there.
+#[test]
+fn a_corrupt_sealed_region_is_repaired_into_a_fresh_memfd() {
+    let tmp = tempfile::tempdir().unwrap();
+    let state = tmp.path().join("s.snap");
+    let mut h = common::run_host(
+        &state,
+        &["--strategy", "queue", "--size", "1M", "--restart", "never"],
+        &common::primes(&["--limit", "640"]),
+    );
+    assert_eq!(h.exit_code(), 0, "{}", h.err.text());
+    let mut rig = Rig::start(tmp.path(), "scribble", &["--restart", "on-failure"]);
+    let sealed = rig.wait_file("scribbled");
+    if sealed != "true" {
+        eprintln!("skipped: the client could not track its writes here, nothing was sealed");
+        return;
+    }
+    let line = common::next_restored(&rig.host, 0, SLOW)
+        .unwrap_or_else(|| panic!("no restarted client:\n{}", rig.host.err.text()));
+    assert_eq!(
+        line.2, 640,
+        "the restarted client finds the restored primes"
+    );
+    assert_eq!(rig.host.exit_code(), 0, "{}", rig.host.err.text());
+    let err = rig.host.err.text();
+    assert!(
+        err.contains("failed validation after the client exited")
+            && err.contains("restoring into a fresh memfd instead")
+            && err.contains("into the region: the client restarts from it"),
+        "{err}"
     );
 }
 

@@ -909,6 +909,66 @@ mod tests {
         assert!(line.contains("E > 98"), "{line}");
     }
 
+    /// A region its client sealed moves into a fresh, writable memfd with the same bytes; the
+    /// status publisher follows (the last status re-published there), the new region is handed
+    /// out once, and an unsealed region is left alone.
+    #[test]
+    fn a_sealed_region_moves_once_with_its_bytes_and_its_status() {
+        let dir = tempfile::tempdir().unwrap();
+        let persister = open_persister(&dir.path().join("m.snap"), 1).unwrap();
+        let memfd = Memfd::create("moving", 1 << 20).unwrap();
+        memfd.seal_against_shrink().unwrap();
+        let rw = Mapping::of_memfd(&memfd, Protection::ReadWrite).unwrap();
+        let mut w = Writer::open_or_init(
+            rw.words(),
+            LayoutRequest {
+                entries: 8,
+                data_size: 4096,
+            },
+        )
+        .unwrap();
+        w.commit(b"persisted").unwrap();
+        let dup = Memfd::from_fd(rustix::io::fcntl_dupfd_cloexec(&memfd, 0).unwrap()).unwrap();
+        let strategy = crate::strategy::from_arg(crate::cli::StrategyArg::Queue);
+        // Not marked as persisted: the first attempt snapshots at once.
+        let mut snap = Snapshotter::new(persister, strategy, dup, Origin::FdStore).unwrap();
+        assert!(matches!(
+            snap.take(true, None).unwrap(),
+            Outcome::Persisted(_)
+        ));
+        assert!(
+            !snap.rehome_if_sealed().unwrap(),
+            "an unsealed region stays"
+        );
+        assert!(snap.take_new_region().is_none());
+        w.commit(b"after").unwrap();
+        memfd.seal_future_write().unwrap(); // as the client's library does
+        drop(w);
+        drop(rw);
+        assert!(snap.rehome_if_sealed().unwrap());
+        let fresh = snap.take_new_region().expect("handed out").unwrap();
+        assert!(snap.take_new_region().is_none(), "once");
+        assert!(!fresh.is_write_sealed().unwrap());
+        let (mut a, mut b) = (vec![0u8; 1 << 20], vec![0u8; 1 << 20]);
+        rustix::io::pread(&memfd, &mut a, 0).unwrap();
+        rustix::io::pread(&fresh, &mut b, 0).unwrap();
+        // The re-publish bumped the futex wake counter in the fresh region, nothing else.
+        let wake = shmsnap_core::format::word::STATUS_WAKE * 8;
+        assert!(a[wake..wake + 4] != b[wake..wake + 4], "re-published");
+        a[wake..wake + 8].copy_from_slice(&b[wake..wake + 8]);
+        assert!(a == b, "the moved region differs");
+        let map = Mapping::of_memfd(&fresh, Protection::ReadWrite).unwrap();
+        let status = shmsnap_core::status::persisted(map.words());
+        assert_eq!((status.seq, status.generation), (1, 1), "{status:?}");
+        // The snapshotter works on the new region from now on.
+        let mut w = Writer::attach(map.words()).unwrap();
+        w.commit(b"in the fresh region").unwrap();
+        assert!(matches!(
+            snap.take(true, None).unwrap(),
+            Outcome::Persisted(_)
+        ));
+    }
+
     /// A ring of 2 entries overrun during a 48 MiB copy: the attempt is counted as starved and
     /// persists nothing (the e2e tests cannot reach this: the client chooses the layout).
     #[test]

@@ -437,5 +437,12 @@ mod tests {
             stopping: false,
         };
         assert_eq!(tick.merge(usr1), usr1);
+        // A stop requested by any merged request holds for the merge (no region move).
+        let stop = Job {
+            stopping: true,
+            ..exit
+        };
+        assert!(tick.merge(stop).stopping && stop.merge(tick).stopping);
+        assert!(!tick.merge(exit).stopping);
     }
 }

@@ -943,7 +943,6 @@ mod tests {
         assert!(snap.take_new_region().is_none());
         w.commit(b"after").unwrap();
         memfd.seal_future_write().unwrap(); // as the client's library does
-        drop(w);
         drop(rw);
         assert!(snap.rehome_if_sealed().unwrap());
         let fresh = snap.take_new_region().expect("handed out").unwrap();

@@ -159,6 +159,7 @@ fn log_publish(r: io::Result<()>, status: Status, when: &str) {
 /// A running request watcher; dropping it ends its thread (within [`WATCH_TIMEOUT`]) and so
 /// its mapping of the region's header page.
 #[derive(Debug, Default)]
+#[must_use = "dropping the watcher stops it"]
 pub struct Watcher {
     /// Set on drop; the thread checks it after every wait. `None`: no thread was started.
     stop: Option<Arc<AtomicBool>>,
@@ -392,10 +393,20 @@ mod tests {
     fn a_client_request_reaches_the_callback_once_per_change() {
         let (memfd, rw) = region(1 << 16);
         let (tx, rx) = std::sync::mpsc::channel();
-        watch_requests(&memfd, true, move || tx.send(()).is_ok()).unwrap();
+        let watcher = watch_requests(&memfd, true, move || tx.send(()).is_ok()).unwrap();
         shmsnap_linux::status::request_snapshot(rw.words()).unwrap();
         rx.recv_timeout(Duration::from_secs(30))
             .expect("request forwarded");
         assert!(watch_requests(&memfd, false, || unreachable!()).is_ok());
+        // A dropped watcher (the region moved) stops within its timeout: it forwards nothing
+        // more, and its thread ends (the channel's sender goes with it).
+        drop(watcher);
+        std::thread::sleep(WATCH_TIMEOUT + Duration::from_millis(200));
+        shmsnap_linux::status::request_snapshot(rw.words()).unwrap();
+        assert_eq!(
+            rx.recv_timeout(Duration::from_secs(30)),
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected),
+            "a stopped watcher forwarded a request, or its thread still runs"
+        );
     }
 }

@@ -1,7 +1,8 @@
 //! `snapshot` and `restore` groups: the full host snapshot cycle (pre, sparse copy, post,
 //! retain, footer with CRC, fdatasync, rename, dir fsync) of 16 MiB and 256 MiB regions,
 //! fully and 1/16 touched, against the raw limit (sparse copy + fdatasync + rename of the same
-//! memfd); restore (verify + sparse copy back) against a raw sparse copy back. See
+//! memfd), and the move of a sealed region into a fresh memfd a client restart costs
+//! (`region-move`); restore (verify + sparse copy back) against a raw sparse copy back. See
 //! `shmsnap_benches::snapshot`.
 //!
 //! Files go to `$SHMSNAP_BENCH_DIR`, else `target/shmsnap-bench` (a disk filesystem).
@@ -41,6 +42,12 @@ fn snapshot(c: &mut Criterion) {
             });
             g.bench_function(BenchmarkId::new("raw-copy-sync-rename", &case), |b| {
                 b.iter(|| f.raw_snapshot().expect("raw snapshot"))
+            });
+            // A sealed region's move into a fresh memfd before a client restart (DESIGN §11).
+            let moved = f.move_region().expect("move");
+            assert!(moved >= f.touched() && moved <= len, "moved {moved} bytes");
+            g.bench_function(BenchmarkId::new("region-move", &case), |b| {
+                b.iter(|| f.move_region().expect("move"))
             });
             g.finish();
             let mut g = c.benchmark_group("restore");

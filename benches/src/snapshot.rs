@@ -238,6 +238,24 @@ impl SnapshotFixture {
         )
     }
 
+    /// Bytes of the region that hold data (a prefix, the rest are holes).
+    pub fn touched(&self) -> u64 {
+        self.touched
+    }
+
+    /// What a client restart costs when the client sealed its region (write tracking, DESIGN
+    /// §11): [`Memfd::fresh_copy`], a new memfd holding the region's data extents (dropped
+    /// here). Returns the data bytes moved.
+    ///
+    /// # Errors
+    ///
+    /// Any I/O error.
+    pub fn move_region(&self) -> io::Result<u64> {
+        let (fresh, stats) = self.memfd.fresh_copy("bench-moved")?;
+        debug_assert_eq!(fresh.len()?, self.len);
+        Ok(stats.bytes)
+    }
+
     /// Ours: verify our snapshot file and copy it back into the restore memfd.
     ///
     /// # Errors

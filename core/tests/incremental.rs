@@ -33,14 +33,35 @@
 //! Broken twins must be caught: a tracker that forgets one page, a scan taken after the copy,
 //! a scan taken before `pre`, and a host that follows a dropped attempt with a delta. A host that skips the meta pages is
 //! *not* a broken twin here, see [`Twin::SkipMeta`].
+//!
+//! # Untracked writers and the host's proof (DESIGN §11, "Who can write the region")
+//!
+//! A schedule may also have *intruders*: other writers (a forked child, a second mapping, a
+//! `pwrite`) whose stores land in the data ring **without marking their page** — the tracker
+//! never sees them. An intruder *appears* at its first store; if the region is sealed by then
+//! it is refused (`EPERM`: none of its stores land), else it writes until its last store and is
+//! gone. The host's proof is modelled as the real host runs it before it arms a chain (the
+//! scan that precedes a base): **seal**, a host step (stores may land meanwhile: the census
+//! reads `/proc` one process at a time), then the **census**: no intruder may be writing. A
+//! proof that held stands for the run (as the host keeps it per registration); without one
+//! the snapshot is kept but the next one is a base again. Then no untracked store can land
+//! after the census, which precedes the base's copy. Twins that must be caught: a host that
+//! trusts the advertisement alone ([`Twin::TrustAdvert`]), one that seals without a census
+//! ([`Twin::SealWithoutCensus`]) and one that takes the census without a seal
+//! ([`Twin::CensusWithoutSeal`]). With intruders, the image can only be compared with the full
+//! copy (an intruder may overwrite a committed payload, which a full copy keeps too); the
+//! payload check runs while no untracked store has landed.
 
+use std::cell::{Cell, RefCell};
 use std::sync::atomic::Ordering;
 
 use proptest::prelude::*;
 use shmsnap_core::{
     image_entries, retain, Descriptor, Layout, LayoutRequest, PreCopy, Region, WordMemory, Writer,
 };
-use shmsnap_testkit::{check_image_payloads, from_bytes, payload_for, to_bytes, Recording, Replay};
+use shmsnap_testkit::{
+    check_image_payloads, from_bytes, payload_for, to_bytes, Landing, Recording, Replay, Store,
+};
 
 /// Bytes of a model page: small, so the small region has many pages.
 const PAGE: usize = 64;
@@ -77,6 +98,131 @@ enum Twin {
     /// it stays sound; the real host copies the meta pages anyway (the delta must carry the
     /// retained meta, which differs from the previous image's).
     SkipMeta,
+    /// The host arms a chain on the client's advertisement alone: no seal, no census (the
+    /// host before issue 20).
+    TrustAdvert,
+    /// The host seals but takes no census: a writer that appeared before the seal keeps
+    /// writing behind the tracker.
+    SealWithoutCensus,
+    /// The host takes the census but does not seal: a writer that appears after it is never
+    /// seen.
+    CensusWithoutSeal,
+}
+
+/// Another writer's stores: `count` stores into the data ring, the `k`-th placed before the
+/// client's store `at + k * spread` of the recorded trace.
+#[derive(Debug, Clone)]
+struct Intruder {
+    at: usize,
+    spread: usize,
+    /// `(word offset in the data ring, value)` per store.
+    stores: Vec<(usize, u64)>,
+}
+
+/// An intruder's life, as the landing of its stores decides it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Life {
+    /// Has not stored yet.
+    Waiting,
+    /// Appeared before the seal; stores left.
+    Writing,
+    /// Appeared after the seal: every store refused.
+    Refused,
+    /// Done storing.
+    Gone,
+}
+
+/// What the host's seal and the intruders do to the stores of the combined trace.
+#[derive(Debug)]
+struct World {
+    /// Who makes store `n`: `None` the client through its tracked mapping, `Some(i)`
+    /// intruder `i`.
+    owner: Vec<Option<usize>>,
+    sealed: Cell<bool>,
+    /// Per intruder: its life and the stores it has left.
+    lives: RefCell<Vec<(Life, usize)>>,
+    untracked_landed: Cell<u64>,
+    refused: Cell<u64>,
+}
+
+impl World {
+    fn land(&self, n: usize) -> Landing {
+        let Some(i) = self.owner[n] else {
+            return Landing::Tracked;
+        };
+        let mut lives = self.lives.borrow_mut();
+        let (life, left) = &mut lives[i];
+        if *life == Life::Waiting {
+            *life = if self.sealed.get() {
+                Life::Refused
+            } else {
+                Life::Writing
+            };
+        }
+        if *life == Life::Refused {
+            self.refused.set(self.refused.get() + 1);
+            return Landing::Refused;
+        }
+        *left -= 1;
+        if *left == 0 {
+            *life = Life::Gone;
+        }
+        self.untracked_landed.set(self.untracked_landed.get() + 1);
+        Landing::Untracked
+    }
+
+    /// The census: is any intruder still writing?
+    fn writer_alive(&self) -> bool {
+        self.lives.borrow().iter().any(|(l, _)| *l == Life::Writing)
+    }
+}
+
+/// The client's recorded stores with the intruders' stores placed among them.
+fn combine(
+    tracked: &[Store],
+    intruders: &[Intruder],
+    ring: std::ops::Range<usize>,
+) -> (Vec<Store>, World) {
+    let mut placed: Vec<(usize, usize, usize)> = Vec::new();
+    for (i, it) in intruders.iter().enumerate() {
+        for k in 0..it.stores.len() {
+            let at = it.at.saturating_add(k.saturating_mul(it.spread));
+            placed.push((at.min(tracked.len()), i, k));
+        }
+    }
+    placed.sort_unstable();
+    let (mut trace, mut owner) = (Vec::new(), Vec::new());
+    let mut next = placed.iter().peekable();
+    for t in 0..=tracked.len() {
+        while let Some(&&(_, i, k)) = next.peek().filter(|p| p.0 == t) {
+            let (w, value) = intruders[i].stores[k];
+            trace.push(Store {
+                word: ring.start + w % ring.len(),
+                value,
+                release: false,
+            });
+            owner.push(Some(i));
+            next.next();
+        }
+        if let Some(&s) = tracked.get(t) {
+            trace.push(s);
+            owner.push(None);
+        }
+    }
+    let lives = intruders
+        .iter()
+        .map(|it| (Life::Waiting, it.stores.len()))
+        .collect();
+    (
+        trace,
+        World {
+            owner,
+            sealed: Cell::new(false),
+            lives: RefCell::new(lives),
+            untracked_landed: Cell::new(0),
+            refused: Cell::new(0),
+        },
+    )
 }
 
 /// The scan: walks the pages in order, reporting and clearing each page's mark in one step;
@@ -101,13 +247,15 @@ fn copy(host: &Replay<'_>) -> Vec<u8> {
 }
 
 /// One schedule: commits before tracking starts, commits interleaved with the snapshots,
-/// host steps before each writer store, idle host steps before each snapshot.
+/// host steps before each writer store, idle host steps before each snapshot, and other
+/// writers whose stores bypass the tracker.
 #[derive(Debug, Clone)]
 struct Scenario {
     warmup: Vec<usize>,
     lens: Vec<usize>,
     gaps: Vec<u16>,
     idle: Vec<u16>,
+    intruders: Vec<Intruder>,
 }
 
 /// What one scenario did.
@@ -125,6 +273,11 @@ struct Stats {
     dropped: u64,
     /// Pages the deltas copied (reported and meta).
     delta_pages: u64,
+    /// Kept bases after which the host could not arm (the proof failed).
+    unproven_bases: u64,
+    /// Intruder stores that landed (untracked) and that the seal refused.
+    untracked_landed: u64,
+    refused: u64,
 }
 
 impl Stats {
@@ -135,7 +288,36 @@ impl Stats {
         self.kept += o.kept;
         self.dropped += o.dropped;
         self.delta_pages += o.delta_pages;
+        self.unproven_bases += o.unproven_bases;
+        self.untracked_landed += o.untracked_landed;
+        self.refused += o.refused;
     }
+}
+
+/// The host's proof before it arms a chain (see the module docs); `proven` is the proof that
+/// stands. Returns whether the host may arm.
+fn prove(world: &World, host: &Replay<'_>, twin: Twin, proven: &mut bool) -> bool {
+    if *proven {
+        return true;
+    }
+    let ok = match twin {
+        Twin::TrustAdvert => true,
+        Twin::SealWithoutCensus => {
+            world.sealed.set(true);
+            true
+        }
+        Twin::CensusWithoutSeal => {
+            host.step();
+            !world.writer_alive()
+        }
+        _ => {
+            world.sealed.set(true);
+            host.step();
+            !world.writer_alive()
+        }
+    };
+    *proven = ok;
+    ok
 }
 
 /// Runs one scenario (a snapshot per entry of `idle`) and checks every kept image.
@@ -152,11 +334,17 @@ fn simulate(sc: &Scenario, twin: Twin) -> Result<Stats, String> {
         writer.commit(&payload_for(writer.next_seq(), len)).unwrap();
     }
     let layout = *writer.layout();
-    let trace = recording.trace.into_inner();
+    let ring =
+        (layout.data_offset / 8) as usize..((layout.data_offset + layout.data_size) / 8) as usize;
+    let (trace, world) = combine(&recording.trace.into_inner(), &sc.intruders, ring);
+    let land = |n| world.land(n);
     // The live region as the host sees it: before each host load or scan step, pending writer
-    // stores may land, and each landing store marks its page written.
-    let host = Replay::new(start, &trace, &sc.gaps).with_pages(WORDS_PER_PAGE);
+    // stores may land; each landing client store marks its page written, an intruder's does not.
+    let host = Replay::new(start, &trace, &sc.gaps)
+        .with_pages(WORDS_PER_PAGE)
+        .with_landing(&land);
     let region = Region::open(&host).map_err(|e| e.to_string())?;
+    let mut proven = false;
     let mut stats = Stats::default();
     let mut forget_left = match twin {
         Twin::ForgetPage(n) => Some(n),
@@ -169,10 +357,26 @@ fn simulate(sc: &Scenario, twin: Twin) -> Result<Stats, String> {
             host.step();
         }
         let full_next = prev.is_none();
-        match snapshot(&region, &layout, prev.as_deref(), twin, &mut forget_left)? {
+        // Before a base, the host arms a chain only with a proof.
+        let armed = !full_next || prove(&world, &host, twin, &mut proven);
+        let checks = Checks {
+            untracked: &world.untracked_landed,
+        };
+        match snapshot(
+            &region,
+            &layout,
+            prev.as_deref(),
+            twin,
+            &mut forget_left,
+            checks,
+        )? {
             Some((image, o)) => {
                 stats.add(o);
-                prev = Some(image);
+                if armed {
+                    prev = Some(image);
+                } else {
+                    stats.unproven_bases += 1;
+                }
             }
             None => {
                 stats.dropped_attempts += 1;
@@ -182,7 +386,18 @@ fn simulate(sc: &Scenario, twin: Twin) -> Result<Stats, String> {
             }
         }
     }
+    stats.untracked_landed = world.untracked_landed.get();
+    stats.refused = world.refused.get();
     Ok(stats)
+}
+
+/// Which checks a kept snapshot gets.
+#[derive(Debug, Clone, Copy)]
+struct Checks<'a> {
+    /// Intruder stores landed so far. While none has, every kept entry's bytes must be its
+    /// commit's; after one, it may have overwritten a committed payload, in the live region
+    /// and so in any copy, and only the comparison with the full copy applies.
+    untracked: &'a Cell<u64>,
 }
 
 /// One snapshot: full onto nothing (`prev == None`) or incremental onto `prev`. Returns the
@@ -193,6 +408,7 @@ fn snapshot(
     prev: Option<&[u8]>,
     twin: Twin,
     forget_left: &mut Option<usize>,
+    checks: Checks<'_>,
 ) -> Result<Option<(Vec<u8>, Stats)>, String> {
     let host = region.mem();
     let e = layout.entries as usize;
@@ -224,8 +440,10 @@ fn snapshot(
     let mut full = full_copy;
     retain(&mut full, layout, &pre, &post_buf, retained.live_next_seq)
         .map_err(|e| e.to_string())?;
-    check_image_payloads(&full, layout).map_err(|e| format!("full reference: {e}"))?;
-    check_image_payloads(&image, layout)?;
+    if checks.untracked.get() == 0 {
+        check_image_payloads(&full, layout).map_err(|e| format!("full reference: {e}"))?;
+        check_image_payloads(&image, layout)?;
+    }
     same_as_full(&image, &full, layout)?;
     let delta_pages = match prev {
         None => 0,
@@ -242,6 +460,7 @@ fn snapshot(
             kept: retained.kept,
             dropped: retained.dropped(),
             delta_pages,
+            ..Stats::default()
         },
     )))
 }
@@ -307,18 +526,29 @@ fn same_as_full(image: &[u8], full: &[u8], layout: &Layout) -> Result<(), String
     Ok(())
 }
 
+fn intruder() -> impl Strategy<Value = Intruder> {
+    (
+        prop_oneof![0usize..8, 0usize..3000],
+        0usize..200,
+        prop::collection::vec((0usize..512, any::<u64>()), 1..12),
+    )
+        .prop_map(|(at, spread, stores)| Intruder { at, spread, stores })
+}
+
 fn scenario() -> impl Strategy<Value = Scenario> {
     (
         prop::collection::vec(1usize..=600, 0..8),
         prop::collection::vec(1usize..=600, 1..40),
         prop::collection::vec(prop_oneof![15 => 0u16..4, 1 => 0u16..400], 0..2000),
         prop::collection::vec(prop_oneof![3 => 0u16..8, 1 => 0u16..3000], 2..8),
+        prop::collection::vec(intruder(), 0..3),
     )
-        .prop_map(|(warmup, lens, gaps, idle)| Scenario {
+        .prop_map(|(warmup, lens, gaps, idle, intruders)| Scenario {
             warmup,
             lens,
             gaps,
             idle,
+            intruders,
         })
 }
 
@@ -357,11 +587,36 @@ impl Rng {
         let idle = (0..2 + self.below(6))
             .map(|_| if self.below(4) == 0 { self.below(3000) } else { self.below(8) } as u16)
             .collect();
+        // Half the schedules have other writers, placed anywhere in the client's stores.
+        let intruders = (0..if self.below(2) == 0 {
+            1 + self.below(2)
+        } else {
+            0
+        })
+            .map(|_| self.intruder())
+            .collect();
         Scenario {
             warmup,
             lens,
             gaps,
             idle,
+            intruders,
+        }
+    }
+
+    fn intruder(&mut self) -> Intruder {
+        // A third start among the first stores: already writing when the host first arms.
+        let at = if self.below(3) == 0 {
+            self.below(8)
+        } else {
+            self.below(3000)
+        };
+        Intruder {
+            at: at as usize,
+            spread: self.below(200) as usize,
+            stores: (0..1 + self.below(12))
+                .map(|_| (self.below(512) as usize, self.below(u64::MAX) | 1))
+                .collect(),
         }
     }
 }
@@ -394,7 +649,7 @@ fn sweep(twin: impl Fn(&mut Rng) -> Twin, runs: u64) -> Sweep {
             }
         }
     }
-    eprintln!("{runs} scenarios: {out:?}");
+    eprintln!("{} of {runs} scenarios failed: {out:?}", out.bad);
     out
 }
 
@@ -410,6 +665,36 @@ fn sound_incremental_snapshots_keep_drop_and_match_the_full_copy() {
     assert!(st.deltas > 0 && st.kept > 0 && st.dropped > 0, "{st:?}");
     assert!(st.dropped_attempts > 0, "{st:?}");
     assert!(st.delta_pages < st.deltas * PAGES as u64, "{st:?}");
+    // Other writers must have written behind the tracker, been refused by the seal, and made
+    // the proof fail.
+    assert!(
+        st.untracked_landed > 0 && st.refused > 0 && st.unproven_bases > 0,
+        "{st:?}"
+    );
+}
+
+#[test]
+fn broken_twin_trusting_the_advertisement_alone_is_caught() {
+    let s = sweep(|_| Twin::TrustAdvert, RUNS);
+    assert!(s.bad > 0, "a host without seal and census went unnoticed");
+}
+
+#[test]
+fn broken_twin_sealing_without_a_census_is_caught() {
+    let s = sweep(|_| Twin::SealWithoutCensus, RUNS);
+    assert!(
+        s.bad > 0,
+        "a host that seals but takes no census went unnoticed"
+    );
+}
+
+#[test]
+fn broken_twin_census_without_a_seal_is_caught() {
+    let s = sweep(|_| Twin::CensusWithoutSeal, RUNS);
+    assert!(
+        s.bad > 0,
+        "a host that takes a census but does not seal went unnoticed"
+    );
 }
 
 #[test]

@@ -100,13 +100,22 @@ State file:
 
 Incremental snapshots (queue strategy, --incremental auto):
   The client's shmsnap-linux registers write tracking over its mapping (userfaultfd async
-  write-protect; the host sets SHMSNAP_TRACK=0 for it under --incremental off or another
-  strategy) and advertises it in the region header. The host then scans the pages the
+  write-protect; only when the host sets SHMSNAP_TRACK=1, which it does under this mode) and
+  advertises it in the region header. The host then scans the pages the
   client wrote since the previous snapshot (PAGEMAP_SCAN) and writes a delta holding only
   those pages and the queue's meta pages into FILE.d/, chained by CRC to the base FILE.
   A full base is written instead whenever tracking cannot vouch for every page: the first
   snapshot, a new client process, no tracking (old kernel, sandbox), a scan error, after the
   host wrote the region (restore, repair), after a failed delta, and for compaction.
+  Tracking vouches only for one process writing through one mapping: the client library
+  makes that mapping the only writer (a forked child does not inherit it: SIGSEGV if it
+  touches it; the region is sealed, so write/pwrite through any fd and new writable mappings
+  fail with EPERM). The host checks this before it relies on tracking (the mapping is not
+  inherited, the region is sealed — it seals it itself if needed — and no other process maps
+  it writable, found through /proc); otherwise every snapshot is a full base, the reason is
+  logged once and counted in shmsnap_incremental_unproven_total{reason}. A sealed region is
+  moved into a fresh memfd (a copy: its data exists twice meanwhile) before the client is
+  restarted, and at start when it comes from the fd store, whose entry is replaced.
   Compaction: when the deltas would total more than --compact-ratio percent of the base's
   bytes, or the chain holds --compact-deltas deltas, the next snapshot is a new base (a full
   copy of the live region, not a merge of the old chain); the superseded chain is removed

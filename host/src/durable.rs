@@ -12,11 +12,16 @@
 //! - [`watch_requests`] starts a thread that sleeps on the client's request word and turns
 //!   every change into a snapshot request on SIGUSR1's path (so requests coalesce with
 //!   every other request for free).
+//! - When the host moves the region into a fresh memfd (its client sealed it, DESIGN §11),
+//!   [`publisher_moved`] maps the new header page and publishes the last status there, and a
+//!   new watcher replaces the old one (dropping a [`Watcher`] ends its thread within
+//!   [`WATCH_TIMEOUT`]).
 //!
 //! Only strategies whose region is a shmsnap-core region get a status area: the exit
 //! strategy's region may hold anything, so the host never writes into it.
 
 use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -61,7 +66,16 @@ pub fn publisher_at_start(
             return None;
         }
     };
-    let status = match origin {
+    let status = status_of(map, origin);
+    log_publish(publisher.publish(status), status, "at start");
+    Some(publisher)
+}
+
+/// What a region the host starts a client on holds on disk: a restored region's newest kept
+/// seq and generation; nothing for an empty or inherited one (it may hold commits never
+/// persisted). `map` maps the region.
+pub fn status_of(map: &Mapping, origin: Origin<'_>) -> Status {
+    match origin {
         // The region holds exactly the verified image: its newest entry is the image's newest
         // kept seq, and the client has not run yet.
         Origin::Restored(info) => Status {
@@ -73,9 +87,24 @@ pub fn publisher_at_start(
             replica_seq: 0,
         },
         Origin::Empty | Origin::FdStore => Status::NONE,
-    };
-    log_publish(publisher.publish(status), status, "at start");
-    Some(publisher)
+    }
+}
+
+/// The status publisher for a region the host moved (or repaired) into the fresh memfd
+/// `fresh`: maps its header page and publishes `status` there — the last one for moved bytes
+/// (they hold it already; publishing again wakes nobody wrongly and keeps the publisher's own
+/// record), [`status_of`] a repaired region. `None`, logged, if the page cannot be mapped.
+pub fn publisher_moved(fresh: &Memfd, status: Status) -> Option<StatusPublisher> {
+    match StatusPublisher::new(fresh) {
+        Ok(mut p) => {
+            log_publish(p.publish(status), status, "in the new region");
+            Some(p)
+        }
+        Err(e) => {
+            warn!("cannot map the moved region's header page for durability feedback ({e}); clients will not see which commits are durable");
+            None
+        }
+    }
 }
 
 /// The status publisher shared by the snapshot worker (local points) and the replica
@@ -127,10 +156,29 @@ fn log_publish(r: io::Result<()>, status: Status, when: &str) {
     }
 }
 
+/// A running request watcher; dropping it ends its thread (within [`WATCH_TIMEOUT`]) and so
+/// its mapping of the region's header page.
+#[derive(Debug, Default)]
+#[must_use = "dropping the watcher stops it"]
+pub struct Watcher {
+    /// Set on drop; the thread checks it after every wait. `None`: no thread was started.
+    stop: Option<Arc<AtomicBool>>,
+}
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        if let Some(stop) = &self.stop {
+            // Relaxed: the flag carries no data; the thread only needs to see it eventually.
+            stop.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
 /// Starts the request watcher thread for a strategy with a status area: each change of the
 /// client's request word calls `request` (which asks for a snapshot); the thread ends when
-/// `request` returns `false` (the host is going away). Without a status area, or if the
-/// header page cannot be mapped (logged), no thread is started.
+/// `request` returns `false` (the host is going away) or the returned [`Watcher`] is dropped.
+/// Without a status area, or if the header page cannot be mapped (logged), no thread is
+/// started.
 ///
 /// # Errors
 ///
@@ -139,9 +187,9 @@ pub fn watch_requests(
     memfd: &Memfd,
     status_area: bool,
     request: impl FnMut() -> bool + Send + 'static,
-) -> io::Result<()> {
+) -> io::Result<Watcher> {
     if !status_area {
-        return Ok(());
+        return Ok(Watcher::default());
     }
     let watch = match RequestWatch::new(memfd) {
         Ok(w) => w,
@@ -149,17 +197,20 @@ pub fn watch_requests(
             warn!(
                 "cannot watch for snapshot requests ({e}); clients' requests wait for the interval"
             );
-            return Ok(());
+            return Ok(Watcher::default());
         }
     };
+    let stop = Arc::new(AtomicBool::new(false));
+    let stopped = stop.clone();
     std::thread::Builder::new()
         .name("requests".into())
-        .spawn(move || watch_loop(watch, request))?;
-    Ok(())
+        .spawn(move || watch_loop(watch, &stopped, request))?;
+    Ok(Watcher { stop: Some(stop) })
 }
 
-fn watch_loop(mut watch: RequestWatch, mut request: impl FnMut() -> bool) {
-    loop {
+fn watch_loop(mut watch: RequestWatch, stop: &AtomicBool, mut request: impl FnMut() -> bool) {
+    // Relaxed: see `Watcher::drop`.
+    while !stop.load(Ordering::Relaxed) {
         match watch.wait(WATCH_TIMEOUT) {
             Ok(false) => continue,
             Ok(true) => {
@@ -342,10 +393,20 @@ mod tests {
     fn a_client_request_reaches_the_callback_once_per_change() {
         let (memfd, rw) = region(1 << 16);
         let (tx, rx) = std::sync::mpsc::channel();
-        watch_requests(&memfd, true, move || tx.send(()).is_ok()).unwrap();
+        let watcher = watch_requests(&memfd, true, move || tx.send(()).is_ok()).unwrap();
         shmsnap_linux::status::request_snapshot(rw.words()).unwrap();
         rx.recv_timeout(Duration::from_secs(30))
             .expect("request forwarded");
         assert!(watch_requests(&memfd, false, || unreachable!()).is_ok());
+        // A dropped watcher (the region moved) stops within its timeout: it forwards nothing
+        // more, and its thread ends (the channel's sender goes with it).
+        drop(watcher);
+        std::thread::sleep(WATCH_TIMEOUT + Duration::from_millis(200));
+        shmsnap_linux::status::request_snapshot(rw.words()).unwrap();
+        assert_eq!(
+            rx.recv_timeout(Duration::from_secs(30)),
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected),
+            "a stopped watcher forwarded a request, or its thread still runs"
+        );
     }
 }

@@ -101,7 +101,19 @@ pub struct SnapshotRecord {
     pub entries_dropped: u64,
     /// The generation of the persisted file, if one was persisted.
     pub generation: Option<u64>,
+    /// A full base taken because the host could not prove that only the client's tracked
+    /// mapping writes the region: why (`track::Unproven::label`).
+    pub unproven: Option<&'static str>,
 }
+
+/// The reasons of `shmsnap_incremental_unproven_total` (`track::Unproven::label`), each
+/// present at 0 from the first scrape.
+const UNPROVEN_REASONS: [&str; 4] = [
+    "not_sealed",
+    "registration",
+    "other_writer",
+    "census_failed",
+];
 
 /// Why the client stopped (the `cause` and `code` labels of `shmsnap_client_exits_total`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -117,6 +129,11 @@ pub enum ClientExit {
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultLabel {
     result: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: &'static str,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -238,6 +255,8 @@ pub struct Metrics {
     copied_bytes: Counter,
     entries_kept: Counter,
     entries_dropped: Counter,
+    /// Bases taken because only-the-tracked-writer could not be proven, by reason.
+    unproven: Family<ReasonLabel, Counter>,
     generation: Gauge,
     last_persisted_unix: Gauge<f64, std::sync::atomic::AtomicU64>,
     age: Arc<SnapshotAge>,
@@ -268,6 +287,7 @@ impl Metrics {
             copied_bytes: Counter::default(),
             entries_kept: Counter::default(),
             entries_dropped: Counter::default(),
+            unproven: Family::default(),
             generation: Gauge::default(),
             last_persisted_unix: Gauge::default(),
             age: Arc::new(SnapshotAge {
@@ -334,6 +354,14 @@ impl Metrics {
             self.entries_dropped.clone(),
         );
         r.register(
+            "incremental_unproven",
+            "Full snapshots taken (queue strategy, incremental on) because the host could not prove that only the client's tracked mapping writes the region, by reason: not_sealed, registration (no DONTFORK or no tracking on the client's mapping), other_writer (another process maps it writable), census_failed",
+            self.unproven.clone(),
+        );
+        for reason in UNPROVEN_REASONS {
+            let _ = self.unproven.get_or_create(&ReasonLabel { reason });
+        }
+        r.register(
             "snapshot_generation",
             "Generation of the newest persisted snapshot",
             self.generation.clone(),
@@ -398,6 +426,9 @@ impl Metrics {
         self.copied_bytes.inc_by(s.bytes_copied);
         self.entries_kept.inc_by(s.entries_kept);
         self.entries_dropped.inc_by(s.entries_dropped);
+        if let Some(reason) = s.unproven {
+            self.unproven.get_or_create(&ReasonLabel { reason }).inc();
+        }
         if result == SnapshotResult::Persisted {
             if let Some(g) = s.generation {
                 self.generation.set(i64::try_from(g).unwrap_or(i64::MAX));

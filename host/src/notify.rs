@@ -4,6 +4,13 @@
 //! store (`FDSTORE=1`, `FDNAME=<name>`, `FDPOLL=0`), so a restarted host gets it back through
 //! `LISTEN_FDS` with every byte the client committed, even if the host was SIGKILLed before
 //! its last snapshot.
+//!
+//! When the host moves the region into a fresh memfd (its client sealed the old one against
+//! writes, DESIGN §11), [`Notifier::replace_fd`] removes the stored fd by name and stores the
+//! new one: two messages, because systemd reads `FDSTOREREMOVE=1` *or* `FDSTORE=1` in one.
+//! A host killed between them leaves no region in the store; the next host then restores from
+//! disk, which holds the region's state: the move happens only after the client's final
+//! snapshot.
 
 use std::os::fd::AsFd;
 
@@ -27,6 +34,20 @@ impl Notifier {
     /// Whether notifications are sent.
     pub fn enabled(&self) -> bool {
         self.enabled
+    }
+
+    /// Replaces the fd stored under `name` by `fd` (`FDSTOREREMOVE=1`, then [`store_fd`]).
+    ///
+    /// [`store_fd`]: Notifier::store_fd
+    pub fn replace_fd(&self, fd: impl AsFd, name: &str) {
+        if !self.enabled {
+            return;
+        }
+        let states = [NotifyState::FdStoreRemove, NotifyState::FdName(name)];
+        if let Err(e) = sd_notify::notify(&states) {
+            warn!("could not remove the old region from the service manager's fd store: {e}");
+        }
+        self.store_fd(fd, name);
     }
 
     /// Pushes the region fd to the fd store under `name`.

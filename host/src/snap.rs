@@ -5,6 +5,12 @@
 //! ([`Strategy::take`]). Nothing is persisted that was not verified: a starved or failed
 //! attempt drops its temp file and the previous snapshot stays. A region that fails
 //! validation after its client exited is set aside and re-restored ([`repair`]).
+//!
+//! A region its client sealed against other writers (write tracking, DESIGN §11) cannot be
+//! mapped writable by the next client: after the client's exit the snapshotter moves it into
+//! a fresh memfd ([`Snapshotter::rehome_if_sealed`]; a repair restores into a fresh one) and
+//! hands the new region to the supervisor ([`Snapshotter::take_new_region`]), which passes it
+//! to the next client and the service manager's fd store.
 
 mod repair;
 
@@ -17,7 +23,7 @@ use shmsnap_linux::chain;
 use shmsnap_linux::persist::{Persister, StateError};
 use shmsnap_linux::snapshot::{self, SnapshotInfo, SnapshotMeta};
 use shmsnap_linux::{Mapping, Memfd};
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use shmsnap_core::PAGE_SIZE;
 
@@ -116,6 +122,9 @@ pub struct Report {
     pub sync: Duration,
     /// Generation shuffle, rename and directory fsync.
     pub rename: Duration,
+    /// For a base the queue strategy took because it could not prove that only the client's
+    /// tracked mapping writes the region: why (`track::Unproven::label`, for the metrics).
+    pub unproven: Option<&'static str>,
 }
 
 /// The snapshotter's running totals, for the `STATUS=` line.
@@ -150,6 +159,10 @@ pub struct Snapshotter {
     /// Replica uploader (`--replica`): offered every persisted point; dropped with the
     /// snapshotter (at the end of the worker thread), which ships what is pending first.
     replica: Option<crate::replica::upload::Shipper>,
+    /// `memfd` replaced the region the supervisor hands to clients and to the fd store
+    /// (moved out of a sealed one, or repaired into a fresh one); cleared by
+    /// [`Snapshotter::take_new_region`].
+    replaced: bool,
 }
 
 fn now_ns() -> u64 {
@@ -200,6 +213,7 @@ impl Snapshotter {
             tally: Tally::default(),
             status,
             replica: None,
+            replaced: false,
         })
     }
 
@@ -352,14 +366,108 @@ impl Snapshotter {
                 generation: 0,
                 unix_time_ns: now_ns(),
             };
-            if let Some(info) = repair::repair(&self.persister, &self.memfd, meta) {
-                self.strategy.accept(&self.map, Origin::Restored(&info));
-            } else {
-                self.strategy.accept(&self.map, Origin::Empty);
-            }
-            self.region_len = self.memfd.len().unwrap_or(self.region_len);
+            self.repair(meta);
         }
         result
+    }
+
+    /// Sets the corrupt region aside and restores the newest sound snapshot ([`repair`]):
+    /// into the same memfd, or into a fresh one if the client sealed it against writes.
+    fn repair(&mut self, meta: SnapshotMeta) {
+        let sealed = self.memfd.is_write_sealed().unwrap_or(true);
+        if sealed {
+            info!(
+                "the corrupt region is sealed against writes (its client tracked them): \
+                 restoring into a fresh memfd instead"
+            );
+        }
+        let fresh = if sealed {
+            match self.memfd.len().and_then(fresh_region) {
+                Ok(m) => Some(m),
+                Err(e) => {
+                    error!("cannot create a fresh region to repair the sealed one into: {e}");
+                    return;
+                }
+            }
+        } else {
+            None
+        };
+        let target = fresh.as_ref().unwrap_or(&self.memfd);
+        let restored = repair::repair(&self.persister, &self.memfd, target, meta);
+        let origin = restored.as_ref().map_or(Origin::Empty, Origin::Restored);
+        if let Some(fresh) = fresh {
+            // The new region says what it holds on disk, as at start (not the last status:
+            // the repair may have fallen back to an older generation).
+            if let Err(e) = self.replace_region(fresh, Some(origin)) {
+                error!(
+                    "cannot map the repaired region: {e}; the client restarts on the corrupt one"
+                );
+                return;
+            }
+        }
+        self.strategy.accept(&self.map, origin);
+        self.region_len = self.memfd.len().unwrap_or(self.region_len);
+    }
+
+    /// If the region is sealed against writes (its client tracked its writes), copies it into
+    /// a fresh memfd and snapshots that one from now on: the next client must be able to map
+    /// it writable. Call it only while no client runs. Returns whether it moved the region.
+    ///
+    /// # Errors
+    ///
+    /// The copy's or the mapping's errors (`ENOMEM`: the region's data exists twice until
+    /// the old memfd is dropped); the old region stays in use.
+    pub fn rehome_if_sealed(&mut self) -> io::Result<bool> {
+        if !self.memfd.is_write_sealed()? {
+            return Ok(false);
+        }
+        let t = Instant::now();
+        let (fresh, stats) = self.memfd.fresh_copy(REGION_NAME)?;
+        self.replace_region(fresh, None)?;
+        info!(
+            data_bytes = stats.bytes,
+            ms = ms(t.elapsed()),
+            "moved the region into a fresh memfd: its client had sealed it against other \
+             writers (write tracking), and the next client must be able to map it writable"
+        );
+        Ok(true)
+    }
+
+    /// Snapshots `fresh` from now on instead of the current region: maps it, moves the status
+    /// publisher to it, and marks the region replaced. The publisher re-publishes the last
+    /// status (`origin` `None`: the same bytes moved) or what `origin` says the new region
+    /// holds. The strategy is told by the caller if the contents changed.
+    fn replace_region(&mut self, fresh: Memfd, origin: Option<Origin<'_>>) -> io::Result<()> {
+        let map = Mapping::of_memfd(&fresh, self.strategy.protection())?;
+        {
+            let mut guard = self
+                .status
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if let Some(old) = guard.take() {
+                let status = origin.map_or(old.last(), |o| crate::durable::status_of(&map, o));
+                *guard = crate::durable::publisher_moved(&fresh, status);
+            }
+        }
+        self.map = map;
+        let old = std::mem::replace(&mut self.memfd, fresh);
+        // The old region may be the one inherited at fd 3, which must stay occupied.
+        if let Err(e) = shmsnap_linux::handover::close_keeping_fd3(old.into_fd()) {
+            warn!("closing the old region: {e}");
+        }
+        self.region_len = self.memfd.len()?;
+        self.replaced = true;
+        Ok(())
+    }
+
+    /// The region that replaced the one the supervisor knows, once (a duplicate fd of it),
+    /// or `None` if it did not change since the last call.
+    pub fn take_new_region(&mut self) -> Option<io::Result<Memfd>> {
+        if !std::mem::take(&mut self.replaced) {
+            return None;
+        }
+        let dup = rustix::io::fcntl_dupfd_cloexec(&self.memfd, 0).map_err(io::Error::from);
+        Some(dup.and_then(Memfd::from_fd))
     }
 
     /// Logs a run of [`Outcome::Invalid`] attempts: at the first, when the reason changes,
@@ -569,6 +677,20 @@ pub fn prepare_region(
         memfd,
         restored: Some(info),
     })
+}
+
+/// The name of the region's memfd (`/proc/PID/maps` shows `/memfd:shmsnap-region`).
+pub const REGION_NAME: &str = "shmsnap-region";
+
+/// A new, empty region of `size` bytes, sealed against shrinking.
+///
+/// # Errors
+///
+/// `memfd_create`, `ftruncate` or `fcntl` errors.
+pub fn fresh_region(size: u64) -> io::Result<Memfd> {
+    let memfd = Memfd::create(REGION_NAME, size)?;
+    memfd.seal_against_shrink()?;
+    Ok(memfd)
 }
 
 /// The snapshot to restore, and the newest generation if it is unusable.
@@ -785,6 +907,65 @@ mod tests {
         assert!(line.contains("(98 commits happened meanwhile)"), "{line}");
         assert!(line.contains("; previous snapshot generation 3."), "{line}");
         assert!(line.contains("E > 98"), "{line}");
+    }
+
+    /// A region its client sealed moves into a fresh, writable memfd with the same bytes; the
+    /// status publisher follows (the last status re-published there), the new region is handed
+    /// out once, and an unsealed region is left alone.
+    #[test]
+    fn a_sealed_region_moves_once_with_its_bytes_and_its_status() {
+        let dir = tempfile::tempdir().unwrap();
+        let persister = open_persister(&dir.path().join("m.snap"), 1).unwrap();
+        let memfd = Memfd::create("moving", 1 << 20).unwrap();
+        memfd.seal_against_shrink().unwrap();
+        let rw = Mapping::of_memfd(&memfd, Protection::ReadWrite).unwrap();
+        let mut w = Writer::open_or_init(
+            rw.words(),
+            LayoutRequest {
+                entries: 8,
+                data_size: 4096,
+            },
+        )
+        .unwrap();
+        w.commit(b"persisted").unwrap();
+        let dup = Memfd::from_fd(rustix::io::fcntl_dupfd_cloexec(&memfd, 0).unwrap()).unwrap();
+        let strategy = crate::strategy::from_arg(crate::cli::StrategyArg::Queue);
+        // Not marked as persisted: the first attempt snapshots at once.
+        let mut snap = Snapshotter::new(persister, strategy, dup, Origin::FdStore).unwrap();
+        assert!(matches!(
+            snap.take(true, None).unwrap(),
+            Outcome::Persisted(_)
+        ));
+        assert!(
+            !snap.rehome_if_sealed().unwrap(),
+            "an unsealed region stays"
+        );
+        assert!(snap.take_new_region().is_none());
+        w.commit(b"after").unwrap();
+        memfd.seal_future_write().unwrap(); // as the client's library does
+        drop(rw);
+        assert!(snap.rehome_if_sealed().unwrap());
+        let fresh = snap.take_new_region().expect("handed out").unwrap();
+        assert!(snap.take_new_region().is_none(), "once");
+        assert!(!fresh.is_write_sealed().unwrap());
+        let (mut a, mut b) = (vec![0u8; 1 << 20], vec![0u8; 1 << 20]);
+        rustix::io::pread(&memfd, &mut a, 0).unwrap();
+        rustix::io::pread(&fresh, &mut b, 0).unwrap();
+        // The re-publish bumped the futex wake counter in the fresh region, nothing else.
+        let wake = shmsnap_core::format::word::STATUS_WAKE * 8;
+        assert!(a[wake..wake + 4] != b[wake..wake + 4], "re-published");
+        a[wake..wake + 8].copy_from_slice(&b[wake..wake + 8]);
+        assert!(a == b, "the moved region differs");
+        let map = Mapping::of_memfd(&fresh, Protection::ReadWrite).unwrap();
+        let status = shmsnap_core::status::persisted(map.words());
+        assert_eq!((status.seq, status.generation), (1, 1), "{status:?}");
+        // The snapshotter works on the new region from now on.
+        let mut w = Writer::attach(map.words()).unwrap();
+        w.commit(b"in the fresh region").unwrap();
+        assert!(matches!(
+            snap.take(true, None).unwrap(),
+            Outcome::Persisted(_)
+        ));
     }
 
     /// A ring of 2 entries overrun during a 48 MiB copy: the attempt is counted as starved and

@@ -79,6 +79,34 @@ pub fn reserve_fd3() -> io::Result<()> {
     }
 }
 
+/// Closes `fd` — unless it is fd 3, which is instead made to refer to `/dev/null`
+/// (`dup3(O_CLOEXEC)` over it: atomic, fd 3 is never free) and kept open for good.
+///
+/// For a region fd that may be the one inherited at fd 3 (`LISTEN_FDS`), when the host drops
+/// that region for a fresh one: fd 3 must stay occupied ([`reserve_fd3`]), and closing it
+/// would let the next open (perhaps `std`'s spawn pipe) take the slot.
+///
+/// # References
+///  - [Linux `dup3`](https://man7.org/linux/man-pages/man2/dup.2.html)
+///
+/// # Errors
+///
+/// `open`'s or `dup3`'s errors; `fd` is closed anyway (fd 3 then becomes free, as a plain
+/// close would leave it, and the next [`reserve_fd3`] takes it again).
+pub fn close_keeping_fd3(fd: OwnedFd) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    if fd.as_raw_fd() != LISTEN_FDS_START {
+        drop(fd);
+        return Ok(());
+    }
+    let null = rustix::fs::open("/dev/null", OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())?;
+    let mut fd3 = fd;
+    rustix::io::dup3(&null, &mut fd3, rustix::io::DupFlags::CLOEXEC)?;
+    // fd 3 now refers to /dev/null: left open on purpose, as by `reserve_fd3`.
+    std::mem::forget(fd3);
+    Ok(())
+}
+
 /// Configures `cmd` so that the child starts with `fd` at fd 3, `LISTEN_FDS=1`,
 /// `LISTEN_FDNAMES=name`, no `LISTEN_PID`, and `PR_SET_PDEATHSIG(SIGKILL)`; the child should
 /// be an exec shim that calls [`exec_as_listener`] (see the [module docs](self)).

@@ -14,7 +14,7 @@
 //! | [`take_delta`] | one incremental queue snapshot: scan → pre → copy the written pages → post → delta |
 //! | [`take_triple`] | one triple-buffer snapshot: freeze → copy one buffer → meta → release → footer |
 //! | [`handover`] | start a child with the region at fd 3 and a correct `LISTEN_PID` |
-//! | [`track`] | write tracking: client userfaultfd async write-protect, host `PAGEMAP_SCAN` |
+//! | [`track`] | write tracking: client userfaultfd async write-protect, host `PAGEMAP_SCAN`, and the host's proof that nothing else writes the region (seal, `DONTFORK`, `/proc` census) |
 //! | [`chain`] | snapshot chain: base + delta segments chained by CRC; write, list, restore, compaction policy |
 //!
 //! `unsafe` is denied at the crate root and allowed only in [`mapping`] (it maps memory),

@@ -88,6 +88,14 @@ pub enum ListenError {
     },
     /// This process already took its listen fd (the variables are gone after the first call).
     AlreadyTaken,
+    /// The region is sealed against new writers (`F_SEAL_FUTURE_WRITE`): a client that tracks
+    /// its writes already opened it for writing, in this process or another.
+    AlreadyOpen {
+        /// The fd number.
+        fd: RawFd,
+        /// Its name.
+        name: String,
+    },
     /// The fd with the right name is not a usable region.
     BadFd {
         /// The fd number.
@@ -127,6 +135,13 @@ impl fmt::Display for ListenError {
                 "no fd named {name:?} in {LISTEN_FDNAMES} (passed: {names:?})"
             ),
             Self::AlreadyTaken => f.write_str("the listen fd was already taken by this process"),
+            Self::AlreadyOpen { fd, name } => write!(
+                f,
+                "fd {fd} ({name:?}): the region is already open for writing (its writer sealed \
+                 it so that no other process can write it behind write tracking); open it once \
+                 per client process and write through that one mapping (threads may share it; \
+                 forked children cannot use it)"
+            ),
             Self::BadFd { fd, name, source } => {
                 write!(f, "fd {fd} ({name:?}) is not a usable region: {source}")
             }
@@ -290,9 +305,15 @@ pub fn take_listen_fd(name: &str) -> Result<OwnedFd, ListenError> {
 }
 
 /// [`take_listen_fd`], then adopt it as a [`Memfd`], map it read-write and set write
-/// tracking up ([`start_tracking`], unless `SHMSNAP_TRACK=0`): the host then snapshots only
-/// the pages this process writes. Tracking is best effort: where the kernel or a sandbox
-/// refuses it, the advertisement is cleared and the host takes full snapshots.
+/// tracking up ([`start_tracking`]) when the host asks for it (`SHMSNAP_TRACK=1`, see
+/// [`tracking_enabled`]): the host then snapshots only the pages this process writes.
+/// Tracking is best effort: where the kernel or a sandbox refuses it, the advertisement is
+/// cleared and the host takes full snapshots.
+///
+/// With tracking on, the mapping is not inherited by `fork` (a child touching it gets
+/// `SIGSEGV`) and the region is sealed against every other writer (`write`, `pwrite`, new
+/// writable mappings, in any process): see [`start_tracking`]. Open the region once, in the
+/// process that writes it.
 ///
 /// The region must be sealed against shrinking (the host does that); see
 /// [`Mapping::of_memfd`].
@@ -303,10 +324,16 @@ pub fn take_listen_fd(name: &str) -> Result<OwnedFd, ListenError> {
 ///
 /// # Errors
 ///
-/// As [`take_listen_fd`]; [`ListenError::BadFd`] if the fd is not a nonempty regular file,
-/// not sealed against shrinking, or cannot be mapped.
+/// As [`take_listen_fd`]; [`ListenError::AlreadyOpen`] if the region is sealed against new
+/// writers (a tracked client opened it already); [`ListenError::BadFd`] if the fd is not a
+/// nonempty regular file, not sealed against shrinking, or cannot be mapped.
 pub fn open_client_region(name: &str) -> Result<(Memfd, Mapping), ListenError> {
-    let fd = take_listen_fd(name)?;
+    let track = tracking_enabled(|k| std::env::var_os(k));
+    adopt_region(take_listen_fd(name)?, name, track)
+}
+
+/// [`open_client_region`] after [`take_listen_fd`]: adopt, check, map, track if `track`.
+fn adopt_region(fd: OwnedFd, name: &str, track: bool) -> Result<(Memfd, Mapping), ListenError> {
     let raw = {
         use std::os::fd::AsRawFd;
         fd.as_raw_fd()
@@ -317,19 +344,30 @@ pub fn open_client_region(name: &str) -> Result<(Memfd, Mapping), ListenError> {
         source,
     };
     let memfd = Memfd::from_fd(fd).map_err(bad)?;
+    if memfd.is_write_sealed().map_err(bad)? {
+        return Err(ListenError::AlreadyOpen {
+            fd: raw,
+            name: name.to_owned(),
+        });
+    }
     let mut map = Mapping::of_memfd(&memfd, Protection::ReadWrite).map_err(bad)?;
     // Best effort by design: whatever happens, the host falls back to full snapshots.
-    let _ = start_tracking(&mut map, tracking_enabled(|k| std::env::var_os(k)));
+    let _ = start_tracking(&memfd, &mut map, track);
     Ok((memfd, map))
 }
 
-/// Environment variable that turns the client's write tracking off when it is `0` (the host
-/// sets it for its client under `--incremental off`).
+/// Environment variable through which the host asks its client to track its writes: `1`
+/// under `--strategy queue --incremental auto`, `0` otherwise.
 pub const TRACK_ENV: &str = "SHMSNAP_TRACK";
 
-/// `false` if [`TRACK_ENV`] is `0` in `get` (e.g. `|k| std::env::var_os(k)`); pure.
+/// `true` only if [`TRACK_ENV`] is `1` in `get` (e.g. `|k| std::env::var_os(k)`); pure.
+///
+/// Tracking is opt-in because it seals the region against every other writer for good
+/// ([`start_tracking`]): only a host that moves a sealed region to a fresh memfd before it
+/// starts the next client may ask for it (the shmsnap host does). A client started by anyone
+/// else leaves its region as it found it.
 pub fn tracking_enabled(get: impl Fn(&str) -> Option<OsString>) -> bool {
-    get(TRACK_ENV).is_none_or(|v| v != "0")
+    get(TRACK_ENV).is_some_and(|v| v == "1")
 }
 
 /// What [`start_tracking`] did.
@@ -337,7 +375,7 @@ pub fn tracking_enabled(get: impl Fn(&str) -> Option<OsString>) -> bool {
 pub enum Tracking {
     /// Registered and advertised at header words `format::word::TRACK`.
     Advertised(Advertisement),
-    /// Not asked for (`SHMSNAP_TRACK=0`); the advertisement is cleared.
+    /// Not asked for (no `SHMSNAP_TRACK=1`); the advertisement is cleared.
     Off,
     /// The region is too small to hold the advertisement (fewer than 44 words).
     TooSmall,
@@ -345,16 +383,27 @@ pub enum Tracking {
     Failed(TrackError),
 }
 
-/// Registers write tracking over `map` ([`Tracker::register`]), keeps the tracker in the
-/// mapping ([`Mapping::set_tracker`]: dropped before the unmap) and publishes the
-/// [`Advertisement`] in header words 40..44 (`format::word::TRACK`), with a generation above
-/// the one found there. With `enabled` false, or when registration fails, the words are
-/// cleared instead (a stale advertisement, e.g. of a restored image, is never left behind).
+/// Registers write tracking over `map` (a mapping of `memfd`) and makes it the region's only
+/// writer, then advertises it (DESIGN §11):
+///
+/// 1. [`Tracker::register`], kept in the mapping ([`Mapping::set_tracker`]: dropped before
+///    the unmap);
+/// 2. [`Mapping::dont_fork`]: a forked child does not inherit the mapping, so no child can
+///    store into the region behind the registration (it gets `SIGSEGV` instead, loudly);
+/// 3. [`Memfd::seal_future_write`]: from now on no process can `write`/`pwrite` the region or
+///    map it writable — this mapping, made before, is the last writable one this process
+///    makes (another process's older one is what the host's census looks for);
+/// 4. the [`Advertisement`] in header words 40..44 (`format::word::TRACK`), with a generation
+///    above the one found there.
+///
+/// With `enabled` false, or when any step fails, the words are cleared instead (a stale
+/// advertisement, e.g. of a restored image, is never left behind) and the tracker is dropped:
+/// the host then takes full snapshots. A failed seal leaves the mapping `DONTFORK`.
 ///
 /// Call it once, after mapping the region and before storing into it through other
 /// mappings; core's `init`/`attach` never touch these words, so it may run before or after
 /// them.
-pub fn start_tracking(map: &mut Mapping, enabled: bool) -> Tracking {
+pub fn start_tracking(memfd: &Memfd, map: &mut Mapping, enabled: bool) -> Tracking {
     let track = format::word::TRACK;
     let Some(words) = map.words().get(track.clone()) else {
         return Tracking::TooSmall;
@@ -369,23 +418,15 @@ pub fn start_tracking(map: &mut Mapping, enabled: bool) -> Tracking {
     // A previous registration of this mapping ends first (a range registers once).
     map.drop_tracker();
     let registered = if enabled {
-        Tracker::register(map).and_then(|t| {
-            let (addr, len) = (t.addr(), t.len());
-            map.set_tracker(t)
-                .map(|()| (addr, len))
-                .map_err(|source| TrackError::Io {
-                    op: "keeping the tracker",
-                    source,
-                })
-        })
+        register_sole_writer(memfd, map)
     } else {
-        Err(TrackError::Unavailable(format!("{TRACK_ENV}=0")))
+        Err(TrackError::Unavailable(format!("{TRACK_ENV} is not 1")))
     };
-    let words = &map.words()[track];
     let (addr, len) = match registered {
         Ok(r) => r,
         Err(e) => {
-            clear_advert(words);
+            map.drop_tracker();
+            clear_advert(&map.words()[track.clone()]);
             return if enabled {
                 Tracking::Failed(e)
             } else {
@@ -393,6 +434,7 @@ pub fn start_tracking(map: &mut Mapping, enabled: bool) -> Tracking {
             };
         }
     };
+    let words = &map.words()[track];
     let advert = Advertisement {
         addr,
         len,
@@ -403,6 +445,20 @@ pub fn start_tracking(map: &mut Mapping, enabled: bool) -> Tracking {
         w.store(v, Ordering::Release);
     }
     Tracking::Advertised(advert)
+}
+
+/// Steps 1–3 of [`start_tracking`]: register, `DONTFORK`, seal; the tracked range.
+fn register_sole_writer(memfd: &Memfd, map: &mut Mapping) -> Result<(u64, u64), TrackError> {
+    let t = Tracker::register(map)?;
+    let (addr, len) = (t.addr(), t.len());
+    let io = |op| move |source| TrackError::Io { op, source };
+    map.set_tracker(t).map_err(io("keeping the tracker"))?;
+    map.dont_fork()
+        .map_err(io("madvise(MADV_DONTFORK) of the region"))?;
+    memfd.seal_future_write().map_err(io(
+        "sealing the region against other writers (F_SEAL_FUTURE_WRITE)",
+    ))?;
+    Ok((addr, len))
 }
 
 /// Zeroes the advertisement ("no tracking"); a half-cleared one fails the host's decode.
@@ -429,17 +485,39 @@ mod tests {
         std::array::from_fn(|i| w[i].load(Ordering::Relaxed))
     }
 
+    /// A client that tracks seals the region; a second writable open, in this process or any
+    /// other, is refused with an error that says why and what to do.
     #[test]
-    fn tracking_is_off_only_for_shmsnap_track_0() {
-        assert!(tracking_enabled(env(&[])));
+    fn a_second_writable_open_of_a_tracked_region_is_refused_with_a_reason() {
+        let (memfd, _map) = region(1 << 16);
+        let dup = || rustix::io::fcntl_dupfd_cloexec(&memfd, 0).unwrap();
+        let (_first, first_map) = adopt_region(dup(), "r", true).unwrap();
+        if first_map.tracker().is_none() {
+            eprintln!("skipped: tracking unavailable here, nothing is sealed");
+            return;
+        }
+        assert!(memfd.is_write_sealed().unwrap());
+        let e = adopt_region(dup(), "r", false).unwrap_err();
+        assert!(matches!(e, ListenError::AlreadyOpen { .. }), "{e}");
+        let text = e.to_string();
+        assert!(
+            text.contains("already open for writing") && text.contains("open it once"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn tracking_is_on_only_when_the_host_asks_with_shmsnap_track_1() {
+        assert!(!tracking_enabled(env(&[])), "opt-in: the host asks for it");
         assert!(tracking_enabled(env(&[(TRACK_ENV, "1")])));
         assert!(!tracking_enabled(env(&[(TRACK_ENV, "0")])));
+        assert!(!tracking_enabled(env(&[(TRACK_ENV, "yes")])));
     }
 
     #[test]
     fn the_advert_is_published_and_survives_queue_and_triple_init() {
-        let (_memfd, mut map) = region(1 << 20);
-        let advert = match start_tracking(&mut map, true) {
+        let (memfd, mut map) = region(1 << 20);
+        let advert = match start_tracking(&memfd, &mut map, true) {
             Tracking::Advertised(a) => a,
             Tracking::Failed(TrackError::Unavailable(why)) => {
                 eprintln!("skipped: tracking unavailable here: {why}");
@@ -464,8 +542,8 @@ mod tests {
         shmsnap_core::Writer::attach(map.words()).unwrap();
         assert_eq!(Advertisement::decode(advert_words(&map)).unwrap(), advert);
 
-        let (_memfd, mut map) = region(1 << 20);
-        let Tracking::Advertised(advert) = start_tracking(&mut map, true) else {
+        let (memfd, mut map) = region(1 << 20);
+        let Tracking::Advertised(advert) = start_tracking(&memfd, &mut map, true) else {
             panic!("tracking worked a moment ago");
         };
         let request = shmsnap_core::triple::TripleRequest {
@@ -482,7 +560,7 @@ mod tests {
 
     #[test]
     fn a_new_registration_advertises_a_newer_generation_and_off_clears_a_stale_one() {
-        let (_memfd, mut map) = region(1 << 16);
+        let (memfd, mut map) = region(1 << 16);
         let stale = Advertisement {
             addr: 0x7000_0000_0000,
             len: 1 << 16,
@@ -491,17 +569,20 @@ mod tests {
         for (w, v) in map.words()[format::word::TRACK].iter().zip(stale.encode()) {
             w.store(v, Ordering::Relaxed);
         }
-        match start_tracking(&mut map, true) {
+        match start_tracking(&memfd, &mut map, true) {
             Tracking::Advertised(a) => assert_eq!(a.generation, 8),
             Tracking::Failed(TrackError::Unavailable(_)) => {}
             other => panic!("{other:?}"),
         }
-        assert!(matches!(start_tracking(&mut map, false), Tracking::Off));
+        assert!(matches!(
+            start_tracking(&memfd, &mut map, false),
+            Tracking::Off
+        ));
         assert!(map.tracker().is_none(), "off must end the registration");
         assert_eq!(advert_words(&map), [0; 4], "off must clear the advert");
-        let (_memfd, mut tiny) = region(256);
+        let (memfd, mut tiny) = region(256);
         assert!(matches!(
-            start_tracking(&mut tiny, true),
+            start_tracking(&memfd, &mut tiny, true),
             Tracking::TooSmall
         ));
     }

@@ -66,14 +66,26 @@ impl Mapping {
     /// # Errors
     ///
     /// `InvalidInput` if the memfd is not sealed against shrinking, or its length is zero or
-    /// not a multiple of 8, or does not fit in `usize`; `mmap`'s errors (`EACCES` for a
-    /// read-write mapping of a read-only fd, `ENOMEM`).
+    /// not a multiple of 8, or does not fit in `usize`; `PermissionDenied` for a read-write
+    /// mapping of a region sealed against writes (its tracked writer sealed it, see
+    /// [`Memfd::seal_future_write`]); `mmap`'s errors (`EACCES` for a read-write mapping of a
+    /// read-only fd, `ENOMEM`).
     pub fn of_memfd(memfd: &Memfd, prot: Protection) -> io::Result<Self> {
-        if !memfd.seals()?.contains(SealFlags::SHRINK) {
+        let seals = memfd.seals()?;
+        if !seals.contains(SealFlags::SHRINK) {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 "refusing to map a region that is not sealed against shrinking \
                  (F_SEAL_SHRINK): a truncation would make every access fault with SIGBUS",
+            ));
+        }
+        if prot == Protection::ReadWrite
+            && seals.intersects(SealFlags::FUTURE_WRITE | SealFlags::WRITE)
+        {
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                "the region is sealed against new writable mappings (F_SEAL_FUTURE_WRITE): \
+                 the client that tracks its writes already has it open for writing",
             ));
         }
         let len = usize::try_from(memfd.len()?)
@@ -166,6 +178,30 @@ impl Mapping {
             ));
         }
         self.tracker = Some(tracker);
+        Ok(())
+    }
+
+    /// `madvise(MADV_DONTFORK)` over the whole mapping: a child forked from this process
+    /// does not inherit it (the range is unmapped there; touching it is `SIGSEGV`). For the
+    /// client's tracked mapping: a child's stores would bypass the parent's write tracking
+    /// (DESIGN §11). Shows as `dc` in `/proc/PID/smaps` `VmFlags`.
+    ///
+    /// # References
+    ///  - [Linux `madvise`](https://man7.org/linux/man-pages/man2/madvise.2.html)
+    ///
+    /// # Errors
+    ///
+    /// `madvise`'s errors (`EINVAL` where the kernel does not know the advice).
+    pub fn dont_fork(&self) -> io::Result<()> {
+        // SAFETY: `ptr`/`len` are exactly this live mapping (the field invariant); DONTFORK
+        // changes only what a future fork copies, nothing any reference in this process sees.
+        unsafe {
+            rustix::mm::madvise(
+                self.ptr.as_ptr().cast(),
+                self.len,
+                rustix::mm::Advice::LinuxDontFork,
+            )
+        }?;
         Ok(())
     }
 

@@ -10,6 +10,15 @@
 //! seals too (e.g. `F_SEAL_GROW`, making the host's next [`Memfd::grow`] fail with `EPERM`,
 //! which is reported, never undefined behaviour). A host that wants to close that door calls
 //! [`Memfd::seal_seals`] once the size is final.
+//!
+//! # The write seal of a tracked region
+//!
+//! A client whose writes are tracked for incremental snapshots seals its region with
+//! `F_SEAL_FUTURE_WRITE` ([`Memfd::seal_future_write`], DESIGN §11): its own writable mapping,
+//! made before the seal, keeps working; from then on no process can `write`/`pwrite` the
+//! file (through any fd, a reopened `/proc/PID/fd/N` included) or map it writable again. Seals
+//! are never removed, so a sealed region cannot be handed to a *new* client: the host moves
+//! it into a fresh memfd first ([`Memfd::fresh_copy`]). Growing stays allowed.
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -48,7 +57,11 @@ impl Memfd {
     /// through `LISTEN_FDS`) as a region, after checking, without changing anything, that it
     /// is one: a nonempty memfd (a regular file that supports sealing) already sealed against
     /// shrinking (as every region a host makes is, so no holder can make a mapping `SIGBUS`)
-    /// and not sealed against writes (it could not be mapped shared and writable).
+    /// and without `F_SEAL_WRITE` (no process could ever map it writable again).
+    ///
+    /// A region sealed with `F_SEAL_FUTURE_WRITE` by its tracked client is adopted: it can be
+    /// read and mapped read-only; [`Memfd::is_write_sealed`] tells, and a new writable
+    /// mapping of it fails ([`Mapping::of_memfd`](crate::Mapping::of_memfd) says why).
     ///
     /// A file on disk handed over by mistake is refused untouched: it is never grown,
     /// truncated or sealed here.
@@ -60,8 +73,8 @@ impl Memfd {
     /// # Errors
     ///
     /// `InvalidInput`, saying what the fd is, if it is not a regular file, does not support
-    /// sealing (not a memfd), lacks `F_SEAL_SHRINK`, has `F_SEAL_WRITE`/`F_SEAL_FUTURE_WRITE`,
-    /// or is empty; `fstat`'s errors.
+    /// sealing (not a memfd), lacks `F_SEAL_SHRINK`, has `F_SEAL_WRITE`, or is empty;
+    /// `fstat`'s errors.
     pub fn from_fd(fd: OwnedFd) -> io::Result<Self> {
         let bad = |msg: String| Err(io::Error::new(io::ErrorKind::InvalidInput, msg));
         let st = rustix::fs::fstat(&fd)?;
@@ -89,7 +102,7 @@ impl Memfd {
                     .to_owned(),
             );
         }
-        if seals.intersects(SealFlags::WRITE | SealFlags::FUTURE_WRITE) {
+        if seals.contains(SealFlags::WRITE) {
             return bad(format!(
                 "the region memfd is sealed against writes ({seals:?}); it cannot be a region"
             ));
@@ -199,6 +212,58 @@ impl Memfd {
         Ok(())
     }
 
+    /// `fcntl(fd, F_ADD_SEALS, F_SEAL_FUTURE_WRITE)`—from now on no process can write the
+    /// file (`write`, `pwrite`, through any fd) or map it writable; mappings made before keep
+    /// working (see the [module docs](self)). Idempotent.
+    ///
+    /// # References
+    ///  - [Linux `memfd_create` (sealing)](https://man7.org/linux/man-pages/man2/memfd_create.2.html)
+    ///  - [Linux `fcntl` (file sealing)](https://man7.org/linux/man-pages/man2/fcntl.2.html)
+    ///
+    /// # Errors
+    ///
+    /// `EINVAL` if the file does not support sealing (not a memfd); `EPERM` if `F_SEAL_SEAL`
+    /// is set (and this seal is not).
+    pub fn seal_future_write(&self) -> io::Result<()> {
+        if self.is_write_sealed()? {
+            return Ok(());
+        }
+        rustix::fs::fcntl_add_seals(&self.fd, SealFlags::FUTURE_WRITE)?;
+        Ok(())
+    }
+
+    /// `fcntl(fd, F_GET_SEALS)` shows `F_SEAL_FUTURE_WRITE` (or `F_SEAL_WRITE`): no new write
+    /// and no new writable mapping of the file is possible, by any process, ever.
+    ///
+    /// # Errors
+    ///
+    /// As [`Memfd::seals`].
+    pub fn is_write_sealed(&self) -> io::Result<bool> {
+        Ok(self
+            .seals()?
+            .intersects(SealFlags::FUTURE_WRITE | SealFlags::WRITE))
+    }
+
+    /// A fresh region with this one's bytes: `memfd_create`, `ftruncate` to this one's length,
+    /// `F_SEAL_SHRINK`, then a copy of the data extents only (holes stay holes;
+    /// [`copy_extents`](crate::copy::copy_extents)). For a region sealed against writes, which
+    /// no new client could map: the copy is not sealed against writes.
+    ///
+    /// The caller must make sure nobody writes this region during the copy (the host calls it
+    /// only while no client runs). Until this one is dropped, the region's data exists twice.
+    ///
+    /// # Errors
+    ///
+    /// [`Memfd::create`]'s and the copy's errors (`ENOMEM`/`ENOSPC` when the data does not
+    /// fit twice).
+    pub fn fresh_copy(&self, name: &str) -> io::Result<(Memfd, crate::copy::CopyStats)> {
+        let len = self.len()?;
+        let fresh = Memfd::create(name, len)?;
+        fresh.seal_against_shrink()?;
+        let stats = crate::copy::copy_extents(self, &fresh, 0..len)?;
+        Ok((fresh, stats))
+    }
+
     /// `fcntl(fd, F_GET_SEALS)`—the seals currently set.
     ///
     /// # References
@@ -300,16 +365,81 @@ mod tests {
             rustix::fs::fcntl_get_seals(&fd).unwrap(),
             SealFlags::empty()
         );
-        // Write-sealed: refused.
+        // F_SEAL_WRITE: refused; F_SEAL_FUTURE_WRITE (a tracked client's seal): adopted.
         rustix::fs::fcntl_add_seals(&fd, SealFlags::SHRINK).unwrap();
         let w = fd.try_clone().unwrap();
         rustix::fs::fcntl_add_seals(&w, SealFlags::FUTURE_WRITE).unwrap();
-        let e = Memfd::from_fd(w).unwrap_err();
+        let m = Memfd::from_fd(w).unwrap();
+        assert!(m.is_write_sealed().unwrap());
+        let full = Memfd::create("t", 64).unwrap();
+        full.seal_against_shrink().unwrap();
+        rustix::fs::fcntl_add_seals(&full, SealFlags::WRITE).unwrap();
+        let e = Memfd::from_fd(full.into_fd()).unwrap_err();
         assert!(e.to_string().contains("sealed against writes"), "{e}");
         // A sealed memfd is adopted.
         let ok = Memfd::create("t", 64).unwrap();
         ok.seal_against_shrink().unwrap();
         let m = Memfd::from_fd(ok.into_fd()).unwrap();
         assert_eq!(m.len().unwrap(), 64);
+    }
+
+    /// What the write seal does, measured on the running kernel (DESIGN §11 relies on each
+    /// line): writes through the fd and through a reopened `/proc/self/fd/N` fail, a new
+    /// writable mapping fails, a read-only one works, growing works, and the seal stays.
+    #[test]
+    fn the_write_seal_refuses_every_new_write_path_and_stays() {
+        use rustix::fs::{Mode, OFlags};
+        use rustix::io::Errno;
+        use std::os::fd::AsRawFd;
+        let m = Memfd::create("sealed", 8192).unwrap();
+        m.seal_against_shrink().unwrap();
+        assert!(!m.is_write_sealed().unwrap());
+        rustix::io::pwrite(&m, b"before", 0).unwrap();
+        m.seal_future_write().unwrap();
+        m.seal_future_write().unwrap(); // idempotent
+        assert!(m.is_write_sealed().unwrap());
+        assert_eq!(
+            rustix::io::pwrite(&m, b"after", 0).unwrap_err(),
+            Errno::PERM
+        );
+        assert_eq!(rustix::io::write(&m, b"after").unwrap_err(), Errno::PERM);
+        let path = format!("/proc/self/fd/{}", m.as_fd().as_raw_fd());
+        let reopened = rustix::fs::open(&path, OFlags::RDWR | OFlags::CLOEXEC, Mode::empty())
+            .expect("reopening a sealed memfd read-write is allowed");
+        assert_eq!(
+            rustix::io::pwrite(&reopened, b"after", 0).unwrap_err(),
+            Errno::PERM
+        );
+        let e = crate::Mapping::of_memfd(&m, crate::Protection::ReadWrite).unwrap_err();
+        assert!(e.to_string().contains("F_SEAL_FUTURE_WRITE"), "{e}");
+        let ro = crate::Mapping::of_memfd(&m, crate::Protection::ReadOnly).unwrap();
+        let first = ro.words()[0].load(std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(first.to_le_bytes()[..6], *b"before");
+        m.grow(16384).unwrap();
+        assert_eq!(m.len().unwrap(), 16384);
+        // Seals are never removed: a later adoption sees it too.
+        let again = Memfd::from_fd(rustix::io::fcntl_dupfd_cloexec(&m, 0).unwrap()).unwrap();
+        assert!(again.is_write_sealed().unwrap());
+    }
+
+    #[test]
+    fn a_fresh_copy_holds_the_same_bytes_keeps_holes_and_is_writable() {
+        let m = Memfd::create("old", 1 << 20).unwrap();
+        m.seal_against_shrink().unwrap();
+        rustix::io::pwrite(&m, &[7u8; 4096], 3 << 16).unwrap();
+        rustix::io::pwrite(&m, b"tail", (1 << 20) - 4).unwrap();
+        m.seal_future_write().unwrap();
+        let (fresh, stats) = m.fresh_copy("new").unwrap();
+        assert_eq!(fresh.len().unwrap(), 1 << 20);
+        assert!(!fresh.is_write_sealed().unwrap());
+        assert!(fresh.seals().unwrap().contains(SealFlags::SHRINK));
+        assert_eq!(stats.bytes, 2 * 4096, "only the two data pages move");
+        assert_eq!(fresh.allocated().unwrap(), 2 * 4096, "holes stay holes");
+        let (mut a, mut b) = (vec![0u8; 1 << 20], vec![0u8; 1 << 20]);
+        crate::copy::read_full_at(&m, &mut a, 0).unwrap();
+        crate::copy::read_full_at(&fresh, &mut b, 0).unwrap();
+        assert!(a == b, "the copy differs");
+        rustix::io::pwrite(&fresh, b"writable", 0).unwrap();
+        crate::Mapping::of_memfd(&fresh, crate::Protection::ReadWrite).unwrap();
     }
 }

@@ -338,7 +338,7 @@ mod tests {
         let memfd = Memfd::create("take-delta", 1 << 20).unwrap();
         memfd.seal_against_shrink().unwrap();
         let mut map = Mapping::of_memfd(&memfd, Protection::ReadWrite).unwrap();
-        let advert = match start_tracking(&mut map, true) {
+        let advert = match start_tracking(&memfd, &mut map, true) {
             Tracking::Advertised(a) => a,
             Tracking::Failed(TrackError::Unavailable(why)) => {
                 eprintln!("skipped: tracking unavailable: {why}");

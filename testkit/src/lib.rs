@@ -48,5 +48,5 @@ pub use model::{check_entries, ModelEntry, QueueModel};
 pub use ops::ops;
 pub use payload::{check_image_payloads, payload_for};
 pub use retain_arbitrary::retain_arbitrary;
-pub use trace::{Recording, Replay, Store};
+pub use trace::{Landing, Recording, Replay, Store};
 pub use words::{from_bytes, to_bytes, zeroed_words};

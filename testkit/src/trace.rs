@@ -68,11 +68,26 @@ unsafe impl WordMemory for Recording {
     fn fence(&self, _: Ordering) {}
 }
 
+/// How one store of a [`Replay`]'s trace lands ([`Replay::with_landing`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Landing {
+    /// Through the tracked mapping: it lands and marks its page written.
+    Tracked,
+    /// Around the page tracker (another mapping, a `pwrite`, a forked child's store): it
+    /// lands and marks nothing.
+    Untracked,
+    /// Refused (its writer could not get at the region): it does not land.
+    Refused,
+}
+
+/// Decides how store `n` of the trace lands, when it is its turn.
+pub type LandingFn<'a> = &'a dyn Fn(usize) -> Landing;
+
 /// The live region as a simulated host sees it: before each host load (and each other host
 /// step the simulator takes, [`Replay::step`]), the schedule lets the writer stores it puts
 /// there land. With [`Replay::with_pages`], every landing store also marks its page *written*
-/// (the incremental simulator's page tracker).
-#[derive(Debug)]
+/// (the incremental simulator's page tracker); [`Replay::with_landing`] lets some stores
+/// bypass the tracker or be refused.
 pub struct Replay<'a> {
     live: Vec<AtomicU64>,
     trace: &'a [Store],
@@ -84,8 +99,22 @@ pub struct Replay<'a> {
     /// Words per page of the marks; 0: no page marks.
     words_per_page: usize,
     /// Per page: a store landed on it since its mark was last taken. Invariant: a page whose
-    /// live bytes changed since [`Replay::take_mark`] last cleared it is marked.
+    /// live bytes changed through a [`Landing::Tracked`] store since [`Replay::take_mark`] last
+    /// cleared it is marked.
     written: RefCell<Vec<bool>>,
+    /// How each store lands; `None`: every store is [`Landing::Tracked`].
+    landing: Option<LandingFn<'a>>,
+}
+
+impl std::fmt::Debug for Replay<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Replay")
+            .field("words", &self.live.len())
+            .field("next", &self.next.get())
+            .field("stores", &self.trace.len())
+            .field("landing", &self.landing.is_some())
+            .finish()
+    }
 }
 
 impl<'a> Replay<'a> {
@@ -99,7 +128,16 @@ impl<'a> Replay<'a> {
             gap_left: Cell::new(gaps.first().copied().unwrap_or(0)),
             words_per_page: 0,
             written: RefCell::new(Vec::new()),
+            landing: None,
         }
+    }
+
+    /// Asks `landing` how each store lands, when its turn comes (the decision may depend on
+    /// what the host did meanwhile, e.g. a seal).
+    #[must_use]
+    pub fn with_landing(mut self, landing: LandingFn<'a>) -> Self {
+        self.landing = Some(landing);
+        self
     }
 
     /// Also marks the page (of `words_per_page` words) each landing store falls on.
@@ -123,9 +161,14 @@ impl<'a> Replay<'a> {
                 return;
             }
             let s = self.trace[n];
-            self.live[s.word].store(s.value, Ordering::Relaxed);
-            if let Some(page) = s.word.checked_div(self.words_per_page) {
-                self.written.borrow_mut()[page] = true;
+            let how = self.landing.map_or(Landing::Tracked, |f| f(n));
+            if how != Landing::Refused {
+                self.live[s.word].store(s.value, Ordering::Relaxed);
+            }
+            if how == Landing::Tracked {
+                if let Some(page) = s.word.checked_div(self.words_per_page) {
+                    self.written.borrow_mut()[page] = true;
+                }
             }
             self.next.set(n + 1);
             self.gap_left

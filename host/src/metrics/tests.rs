@@ -77,6 +77,7 @@ fn persisted(generation: u64) -> SnapshotRecord {
         entries_kept: 5,
         entries_dropped: 1,
         generation: Some(generation),
+        unproven: None,
     }
 }
 
@@ -100,6 +101,15 @@ fn scraped_values_move_with_the_recorded_events() {
     );
     assert!(value(&before, "shmsnap_last_persisted_snapshot_age_seconds") >= 0.0);
     assert_eq!(value(&before, "shmsnap_build_info{version=\"0.1.0\"}"), 1.0);
+    for r in [
+        "not_sealed",
+        "registration",
+        "other_writer",
+        "census_failed",
+    ] {
+        let k = format!("shmsnap_incremental_unproven_total{{reason=\"{r}\"}}");
+        assert_eq!(value(&before, &k), 0.0, "{k}");
+    }
 
     m.set_region_size(2 << 20);
     m.client_started();
@@ -108,7 +118,10 @@ fn scraped_values_move_with_the_recorded_events() {
     m.client_exited(ClientExit::Code(3));
     m.client_exited(ClientExit::SpawnFailed);
     m.record_snapshot(&persisted(7));
-    m.record_snapshot(&persisted(8));
+    m.record_snapshot(&SnapshotRecord {
+        unproven: Some("other_writer"),
+        ..persisted(8)
+    });
     m.record_snapshot(&SnapshotRecord {
         result: Some(SnapshotResult::Starved),
         phases: vec![(Phase::Copy, Duration::from_millis(1))],
@@ -146,6 +159,14 @@ fn scraped_values_move_with_the_recorded_events() {
     assert_eq!(v("shmsnap_snapshot_entries_kept_total"), 10.0);
     assert_eq!(v("shmsnap_snapshot_entries_dropped_total"), 4.0);
     assert_eq!(v("shmsnap_snapshot_generation"), 8.0);
+    assert_eq!(
+        v("shmsnap_incremental_unproven_total{reason=\"other_writer\"}"),
+        1.0
+    );
+    assert_eq!(
+        v("shmsnap_incremental_unproven_total{reason=\"registration\"}"),
+        0.0
+    );
     assert_eq!(
         v("shmsnap_snapshot_phase_duration_seconds_count{phase=\"copy\"}"),
         3.0

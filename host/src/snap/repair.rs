@@ -3,12 +3,14 @@
 //! restarted client would otherwise attach to the corrupt region and crash-loop, while a sound
 //! snapshot sits on disk).
 //!
-//! The *same* memfd is rewritten, not replaced by a fresh one: it is the file in the service
-//! manager's fd store (a replacement would need a remove and a new push, and a host killed
-//! between them would leave no region), the fd the client command hands over at fd 3, and the
-//! host's mapping. Rewriting in place is race-free here: the client and its descendants have
-//! exited and been reaped, so nobody maps the region but the host. Restoring never shrinks it
-//! (sealed): the part past the image is punched to zeros.
+//! The *same* memfd is rewritten when it can be: it is the file in the service manager's fd
+//! store (a replacement needs a remove and a new push, and a host killed between them leaves
+//! no region there), the fd the client command hands over at fd 3, and the host's mapping.
+//! Rewriting in place is race-free here: the client and its descendants have exited and been
+//! reaped, so nobody maps the region but the host. Restoring never shrinks it (sealed): the
+//! part past the image is punched to zeros. A region its client sealed against writes (write
+//! tracking, DESIGN §11) cannot be rewritten (`EPERM`): the caller passes a fresh memfd as
+//! the target and then replaces the region, as when it moves a sealed one.
 
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -20,12 +22,18 @@ use shmsnap_linux::snapshot::{self, SnapshotInfo, SnapshotMeta};
 use shmsnap_linux::Memfd;
 use tracing::{error, warn};
 
-/// Sets the live region aside and restores the newest sound generation into `memfd`; returns
-/// what was restored (`None`: no sound snapshot, the region was cleared as at a first start,
-/// or the restore failed and was logged). `meta` goes into the set-aside file's footer.
-pub fn repair(persister: &Persister, memfd: &Memfd, meta: SnapshotMeta) -> Option<SnapshotInfo> {
+/// Sets the live region `live` aside and restores the newest sound generation into `memfd`
+/// (`live` itself, or a fresh region of at least its length); returns what was restored
+/// (`None`: no sound snapshot, `memfd` was cleared as at a first start, or the restore failed
+/// and was logged). `meta` goes into the set-aside file's footer.
+pub fn repair(
+    persister: &Persister,
+    live: &Memfd,
+    memfd: &Memfd,
+    meta: SnapshotMeta,
+) -> Option<SnapshotInfo> {
     let target = persister.target();
-    match set_aside(&target, memfd, meta) {
+    match set_aside(&target, live, meta) {
         Ok(path) => warn!(
             "the region failed validation after the client exited; wrote it to {} for debugging",
             path.display()

@@ -61,6 +61,7 @@ impl Strategy for Exit {
             validate: Duration::ZERO,
             sync: stats.sync,
             rename: stats.rename + stats.dir_sync,
+            unproven: None,
         }))
     }
 }

@@ -26,11 +26,23 @@
 //! after a failed delta, and for compaction. When tracking is available, a base is also
 //! preceded by a scan (its result is not needed: everything is copied) so that the next
 //! snapshot can be a delta: scan, then copy, is the order that makes the next delta sound.
+//!
+//! # Arming needs a proof (DESIGN §11, "Who can write the region")
+//!
+//! That arming scan is taken only once [`track::prove`] showed, for this registration, that
+//! no store can bypass the tracked mapping from now on: the client's mapping is the one
+//! mapping of the region there and is not inherited by `fork`, the region is sealed against
+//! every other writer (the host seals it if the client did not), and no other process maps it
+//! writable. The proof is kept per registration (advertisement and region); a failed one is
+//! tried again after [`RETRY_UNPROVEN`]. Without it the snapshot is a base and so is every
+//! next one: the reason is logged once (warn) and each such base is counted in
+//! `shmsnap_incremental_unproven_total{reason}`.
 //! After a base is durable, the deltas whose base left the kept generations are removed
 //! ([`chain::remove_superseded`]): nothing is deleted before its replacement is durable.
 
 use std::io;
 use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
 use rustix::process::Pid;
 use shmsnap_core::format::word;
@@ -42,8 +54,8 @@ use shmsnap_linux::take::{take_queue, Figures, QueueSnapshot, Scratch, Skip, Sta
 use shmsnap_linux::take_delta::{
     take_delta, ChainSize, DeltaFigures, DeltaRequest, DeltaSnapshot, PendingDelta,
 };
-use shmsnap_linux::track::{self, Advertisement, Scanner, TrackedRange};
-use shmsnap_linux::Mapping;
+use shmsnap_linux::track::{self, Advertisement, Census, FileId, Scanner, TrackedRange};
+use shmsnap_linux::{Mapping, Memfd};
 use tracing::{debug, info, warn};
 
 use super::{warn_on_foreign, Code, Cx, OnUsr1, Origin, Schedule, Strategy};
@@ -69,7 +81,15 @@ pub struct Queue {
     tracking: Option<Tracking>,
     /// Why the previous snapshot was a base (logged once per change, at info).
     last_base_cause: Option<String>,
+    /// Why the last proof failed (logged once per change, at warn).
+    last_unproven: Option<String>,
+    /// A census could not read some processes' maps (logged once per run, at info).
+    told_unreadable: bool,
 }
+
+/// How long a failed proof stands before the census runs again (the other writer may be
+/// gone by then); a proof that held stands for the registration's life.
+const RETRY_UNPROVEN: Duration = Duration::from_secs(10);
 
 /// The chain on disk, as this host last made it durable.
 #[derive(Debug, Clone, Copy)]
@@ -94,8 +114,62 @@ struct Tracking {
     /// Its `/proc/PID/pagemap`.
     scanner: Scanner,
     /// The advertisement of the scan that preceded the last durable snapshot; `None` when the
-    /// last attempt did not end in one (the next snapshot must then be a base).
+    /// last attempt did not end in one (the next snapshot must then be a base). Invariant:
+    /// `Some(a)` only while `proof` holds for `a`.
     vouched: Option<Advertisement>,
+    /// The proof (or its failure) for the registration last armed.
+    proof: Option<Proof>,
+}
+
+/// What [`track::prove`] said about one registration of the client over one region.
+#[derive(Debug)]
+struct Proof {
+    advert: Advertisement,
+    region: FileId,
+    /// `Err`: the reason's metric label and text.
+    verdict: Result<(), (&'static str, String)>,
+    at: Instant,
+}
+
+impl Tracking {
+    /// Whether only the tracked mapping can write `memfd` from now on: the standing proof of
+    /// this registration, or a new one ([`track::prove`]; it seals the region if needed).
+    /// `Ok(Some(census))` when a census ran now.
+    fn prove(
+        &mut self,
+        memfd: &Memfd,
+        range: &TrackedRange,
+        advert: Advertisement,
+    ) -> Result<Option<Census>, (&'static str, String)> {
+        let region = FileId::of(memfd)
+            .map_err(|e| ("census_failed", format!("fstat of the region: {e}")))?;
+        if let Some(p) = self.proof.as_ref().filter(|p| {
+            p.advert == advert
+                && p.region == region
+                && (p.verdict.is_ok() || p.at.elapsed() < RETRY_UNPROVEN)
+        }) {
+            return p.verdict.clone().map(|()| None);
+        }
+        let result = track::prove(memfd, self.pid, range).map_err(|u| (u.label(), u.to_string()));
+        self.proof = Some(Proof {
+            advert,
+            region,
+            verdict: result.as_ref().map(|_| ()).map_err(Clone::clone),
+            at: Instant::now(),
+        });
+        result.map(Some)
+    }
+
+    /// The proof of `advert` over `memfd` held, and the seal it rests on is there (seals are
+    /// never removed: this re-reads it only as a guard).
+    fn proven(&self, memfd: &Memfd, advert: Advertisement) -> bool {
+        self.proof.as_ref().is_some_and(|p| {
+            p.advert == advert
+                && p.verdict.is_ok()
+                && FileId::of(memfd).is_ok_and(|id| id == p.region)
+                && memfd.is_write_sealed().unwrap_or(false)
+        })
+    }
 }
 
 impl Queue {
@@ -211,11 +285,16 @@ impl Queue {
             Err(cause) => return Plan::Base(None, cause),
         };
         let vouched = self.tracking.as_ref().and_then(|t| t.vouched);
+        let proven = self
+            .tracking
+            .as_ref()
+            .is_some_and(|t| t.proven(cx.memfd, tracked.1));
         let cause = match &self.chain {
             _ if vouched.is_none() => {
                 "a new client process, or the last attempt was not a snapshot from a scan"
             }
             _ if vouched != Some(tracked.1) => "the client changed its tracking registration",
+            _ if !proven => "the proof that only the client's mapping writes the region is gone",
             None => "no chain of this run to extend",
             Some(c) if !on_disk(cx.persister, c) => "the chain's tip is no longer on disk",
             Some(_) => return Plan::Delta(tracked.0, tracked.1),
@@ -241,6 +320,7 @@ impl Queue {
                 pid,
                 scanner,
                 vouched: None,
+                proof: None,
             });
         }
         Ok((range, advert))
@@ -335,6 +415,7 @@ impl Queue {
             validate: f.validate_time,
             sync: info.stats.sync,
             rename: info.stats.publish,
+            unproven: None,
         }))
     }
 
@@ -352,14 +433,7 @@ impl Queue {
             }
             self.last_base_cause = Some(cause);
         }
-        let mut armed = None;
-        if let (Some((range, advert)), Some(t)) = (scan, self.tracking.as_mut()) {
-            t.vouched = None;
-            match t.scanner.scan(&range) {
-                Ok(_) => armed = Some(advert),
-                Err(e) => debug!("{e}"),
-            }
-        }
+        let (armed, unproven) = self.arm(cx, scan);
         let taken = take_queue(cx.memfd, cx.map, cx.persister, cx.meta, &mut self.scratch)?;
         let (file, f) = match taken {
             QueueSnapshot::Written { file, figures } => (file, figures),
@@ -381,7 +455,72 @@ impl Queue {
             validate: f.validate_time,
             sync: stats.sync,
             rename: stats.rename + stats.dir_sync,
+            unproven,
         }))
+    }
+
+    /// Before a base: the proof, then the scan that lets the next snapshot be a delta.
+    /// Returns the advertisement armed (if any) and, when the proof failed, its metric label.
+    fn arm(
+        &mut self,
+        cx: &Cx<'_>,
+        scan: Option<(TrackedRange, Advertisement)>,
+    ) -> (Option<Advertisement>, Option<&'static str>) {
+        let (Some((range, advert)), Some(t)) = (scan, self.tracking.as_mut()) else {
+            return (None, None);
+        };
+        t.vouched = None;
+        let started = Instant::now();
+        let census = match t.prove(cx.memfd, &range, advert) {
+            Ok(census) => {
+                self.last_unproven = None;
+                census
+            }
+            Err((label, text)) => {
+                if self.last_unproven.as_ref() != Some(&text) {
+                    warn!(
+                        "incremental snapshots are off for this client, every snapshot is a \
+                         full copy: {text}"
+                    );
+                    self.last_unproven = Some(text);
+                }
+                return (None, Some(label));
+            }
+        };
+        let armed = match t.scanner.scan(&range) {
+            Ok(_) => Some(advert),
+            Err(e) => {
+                debug!("{e}");
+                None
+            }
+        };
+        if let Some(c) = census {
+            self.note_census(&c, started.elapsed());
+        }
+        (armed, None)
+    }
+
+    /// Logs what a census saw: at debug, and once per run (info) the processes it could not
+    /// read, which it assumes do not hold the region.
+    fn note_census(&mut self, c: &Census, took: Duration) {
+        debug!(
+            processes = c.processes,
+            readers = c.readers,
+            unreadable = c.unreadable.len(),
+            ms = took.as_secs_f64() * 1e3,
+            "census of the region's mappings: no other writer"
+        );
+        if !c.unreadable.is_empty() && !std::mem::replace(&mut self.told_unreadable, true) {
+            let shown: Vec<String> = c.unreadable.iter().take(8).map(i32::to_string).collect();
+            info!(
+                "the census of the region's mappings could not read {} process(es) (pids {}{}); \
+                 it assumes they do not hold the region: a process of another user gets it \
+                 only if a holder hands it over",
+                c.unreadable.len(),
+                shown.join(", "),
+                if c.unreadable.len() > 8 { ", ..." } else { "" }
+            );
+        }
     }
 
     /// After a durable base: the new chain, tracking armed if the advertisement held, and the

@@ -163,6 +163,7 @@ impl Strategy for Triple {
             validate: f.validate_time,
             sync: stats.sync,
             rename: stats.rename + stats.dir_sync,
+            unproven: None,
         }))
     }
 }

@@ -92,10 +92,34 @@ pub fn resolve_command(program: &OsStr) -> Result<PathBuf, Failure> {
         .ok_or_else(|| not_found("not in PATH"))
 }
 
+/// What starts the client, kept by the supervisor to rebuild its command when the region
+/// moves to a fresh memfd.
+#[derive(Debug, Clone)]
+pub struct ClientSpec {
+    /// The client command and its arguments.
+    pub command: Vec<OsString>,
+    /// Whether the client should track its writes (`--strategy queue --incremental auto`).
+    pub track: bool,
+    /// The fd's name in `LISTEN_FDNAMES` (and in the fd store).
+    pub fd_name: String,
+}
+
+impl ClientSpec {
+    /// The client of `shmsnap run`'s arguments.
+    pub fn of(args: &RunArgs) -> Self {
+        ClientSpec {
+            command: args.command.clone(),
+            track: args.incremental(),
+            fd_name: args.fd_name.clone(),
+        }
+    }
+}
+
 /// The command that starts the client through the exec shim (`shmsnap __exec -- CMD...`),
-/// which moves itself into `cgroup` (if any) before it execs the client.
+/// which moves itself into `cgroup` (if any) before it execs the client, with `memfd` at
+/// fd 3. Build a new one for a new region: the command keeps its fd 3 for good.
 pub fn command(
-    args: &RunArgs,
+    spec: &ClientSpec,
     memfd: &Memfd,
     cgroup: Option<&ClientCgroup>,
 ) -> Result<Command, Failure> {
@@ -110,20 +134,20 @@ pub fn command(
     if let Some(cg) = cgroup {
         cmd.arg("--cgroup").arg(cg.dir());
     }
-    cmd.arg("--").args(&args.command);
+    cmd.arg("--").args(&spec.command);
     // The client must not talk to the service manager in our name, nor believe the host's
     // watchdog is its own.
     for var in ["NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"] {
         cmd.env_remove(var);
     }
-    // Write tracking costs the client a fault per first write to a page after each scan:
-    // only worth it when snapshots may be deltas.
-    if !args.incremental() {
-        cmd.env(shmsnap_linux::listen::TRACK_ENV, "0");
-    }
+    // Write tracking costs the client a fault per first write to a page after each scan,
+    // and seals the region (the host moves it before the next client): only when snapshots
+    // may be deltas. Opt-in: a client nobody asks does not track.
+    let track = if spec.track { "1" } else { "0" };
+    cmd.env(shmsnap_linux::listen::TRACK_ENV, track);
     // Its own process group, so the whole tree can be signalled.
     cmd.process_group(0);
-    shmsnap_linux::handover::prepare_command(&mut cmd, memfd, &args.fd_name)
+    shmsnap_linux::handover::prepare_command(&mut cmd, memfd, &spec.fd_name)
         .map_err(|e| Failure::new(Code::Usage, format!("cannot prepare the client: {e}")))?;
     Ok(cmd)
 }

@@ -29,19 +29,20 @@ mod worker;
 
 use std::net::SocketAddr;
 use std::process::{Command, ExitCode};
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::time::{Duration, Instant};
 
 use rustix::process::Signal;
 use shmsnap_linux::Memfd;
 use signal_hook::consts::{SIGCHLD, SIGUSR1};
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
-use self::client::Client;
+use self::client::{Client, ClientSpec};
 use self::restart::RestartPolicy;
 use self::worker::{Done, Job, Why, Worker};
 use crate::cgroup::ClientCgroup;
 use crate::cli::RunArgs;
+use crate::durable::Watcher;
 use crate::exit::{requested_stop_status, Code, Failure, FinalSnapshot};
 use crate::metrics::Metrics;
 use crate::notify::Notifier;
@@ -79,8 +80,17 @@ enum Flow {
 /// The supervisor's state between events.
 #[derive(Debug)]
 pub struct Supervisor {
-    /// Starts the client (through the exec shim, region at fd 3, into `cgroup`).
+    /// Starts the client (through the exec shim, region at fd 3, into `cgroup`); rebuilt
+    /// from `spec` when the region moves to a fresh memfd.
     cmd: Command,
+    /// What `cmd` starts.
+    spec: ClientSpec,
+    /// The client-request watcher on the current region's header page (DESIGN §14).
+    watcher: Watcher,
+    /// Where the request watcher sends its events.
+    requests: Sender<Event>,
+    /// The strategy's region has a status area (request word, status words).
+    status_area: bool,
     /// The client's own cgroup (`--cgroup`), killed whole with the client; `None`: none
     /// manageable or `--cgroup off`.
     cgroup: Option<ClientCgroup>,
@@ -191,6 +201,7 @@ impl Supervisor {
             why: Why::ClientExited,
             client_alive: false,
             client: None,
+            stopping: self.stop_deadline.is_some(),
         })?;
         Ok(Flow::Continue)
     }
@@ -203,6 +214,7 @@ impl Supervisor {
                 why,
                 client_alive: self.client.alive(),
                 client: self.client.pid(),
+                stopping: false,
             })?,
             OnUsr1::Ignore(line) => info!("{line}"),
         }
@@ -238,6 +250,9 @@ impl Supervisor {
 
     fn on_snapshot(&mut self, done: Done) -> Result<Flow, Failure> {
         self.worker.finished()?;
+        if let Some(region) = done.region {
+            self.new_region(region)?;
+        }
         status_line(&self.notifier, done.tally);
         self.saved = done.tally.last.unwrap_or(FinalSnapshot::NothingToPersist);
         if self.schedule.ticks && self.next_tick.is_none() && !self.worker.busy() {
@@ -266,6 +281,30 @@ impl Supervisor {
                 Flow::Continue
             }
         }
+    }
+
+    /// The snapshotter moved to a fresh memfd (the old one was sealed, or repaired into a
+    /// fresh one): the next client, the fd store and the request watcher get it, the old one
+    /// goes once nothing holds it.
+    fn new_region(&mut self, region: std::io::Result<Memfd>) -> Result<(), Failure> {
+        let memfd = match region {
+            Ok(m) => m,
+            Err(e) => {
+                error!("cannot pass the new region on ({e}); the next client gets the old one");
+                return Ok(());
+            }
+        };
+        self.cmd = client::command(&self.spec, &memfd, self.cgroup.as_ref())?;
+        self.notifier.replace_fd(&memfd, &self.spec.fd_name);
+        let requests = self.requests.clone();
+        self.watcher = crate::durable::watch_requests(&memfd, self.status_area, move || {
+            requests.send(Event::ClientRequest).is_ok()
+        })
+        .map_err(|e| Failure::new(Code::OsErr, format!("cannot start the request thread: {e}")))?;
+        if let Ok(len) = memfd.len() {
+            self.metrics.set_region_size(len);
+        }
+        Ok(())
     }
 
     /// The exit status of a requested stop (SIGTERM/SIGINT): 0 when the state is safe on
@@ -302,6 +341,7 @@ impl Supervisor {
                 why: Why::Interval,
                 client_alive: self.client.alive(),
                 client: self.client.pid(),
+                stopping: false,
             })?;
         }
         Ok(())

@@ -10,7 +10,7 @@ use shmsnap_linux::Memfd;
 use signal_hook::consts::{SIGCHLD, SIGINT, SIGTERM, SIGUSR1};
 use tracing::{info, warn};
 
-use super::client::{self, resolve_command};
+use super::client::{self, resolve_command, ClientSpec};
 use super::restart::RestartPolicy;
 use super::worker::Worker;
 use super::{start_metrics, Event, Supervisor};
@@ -49,7 +49,7 @@ pub fn start(args: RunArgs) -> Result<Supervisor, Failure> {
         .map(|url| crate::replica::start(url, args.replica_keep, &persister, args.fallback))
         .transpose()?;
     let from_store = inherited.is_some();
-    let Prepared { memfd, restored } = region(&args, &persister, inherited)?;
+    let (Prepared { memfd, restored }, moved) = region(&args, &persister, inherited)?;
     let origin = match (&restored, from_store) {
         (_, true) => Origin::FdStore,
         (Some(info), false) => Origin::Restored(info),
@@ -66,8 +66,13 @@ pub fn start(args: RunArgs) -> Result<Supervisor, Failure> {
         snap.attach_replica(shipper, restored_generation);
     }
     let notifier = Notifier::from_env();
-    notifier.store_fd(snap.memfd(), &args.fd_name);
-    let mut cmd = client::command(&args, snap.memfd(), cgroup.as_ref())?;
+    if moved {
+        notifier.replace_fd(snap.memfd(), &args.fd_name);
+    } else {
+        notifier.store_fd(snap.memfd(), &args.fd_name);
+    }
+    let spec = ClientSpec::of(&args);
+    let mut cmd = client::command(&spec, snap.memfd(), cgroup.as_ref())?;
 
     rustix::process::set_child_subreaper(Some(rustix::process::getpid()))
         .map_err(|e| Failure::new(Code::OsErr, format!("cannot become a child subreaper: {e}")))?;
@@ -75,17 +80,21 @@ pub fn start(args: RunArgs) -> Result<Supervisor, Failure> {
     signal_thread(tx.clone())?;
     // A client's snapshot request takes SIGUSR1's path (merged with every other request).
     let requests = tx.clone();
-    crate::durable::watch_requests(snap.memfd(), status_area, move || {
+    let watcher = crate::durable::watch_requests(snap.memfd(), status_area, move || {
         requests.send(Event::ClientRequest).is_ok()
     })
     .map_err(|e| Failure::new(Code::OsErr, format!("cannot start the request thread: {e}")))?;
-    let worker = Worker::spawn(snap, tx, metrics.clone())?;
+    let worker = Worker::spawn(snap, tx.clone(), metrics.clone())?;
     // Spawned from this thread, which lives as long as the host: PDEATHSIG fires when the
     // thread that forked the client exits.
     let client = client::spawn(&mut cmd, &metrics)?;
     notifier.ready(&format!("client running; state {}", args.state.display()));
     Ok(Supervisor {
         cmd,
+        spec,
+        watcher,
+        requests: tx,
+        status_area,
         cgroup,
         client,
         worker,
@@ -104,16 +113,18 @@ pub fn start(args: RunArgs) -> Result<Supervisor, Failure> {
     })
 }
 
-/// The region: the inherited one (grown to `--size`), or a new one with the newest snapshot
-/// restored into it.
+/// The region: the inherited one (moved to a fresh memfd if its client sealed it, grown to
+/// `--size`), or a new one with the newest snapshot restored into it. `true`: the inherited
+/// region was moved (the fd store must get the new one).
 fn region(
     args: &RunArgs,
     persister: &Persister,
     inherited: Option<Memfd>,
-) -> Result<Prepared, Failure> {
+) -> Result<(Prepared, bool), Failure> {
     let Some(memfd) = inherited else {
-        return prepare_region(persister, args.size, args.fallback);
+        return Ok((prepare_region(persister, args.size, args.fallback)?, false));
     };
+    let (memfd, moved) = unsealed(memfd)?;
     let len = memfd.len().map_err(|e| {
         Failure::new(
             Code::OsErr,
@@ -133,10 +144,40 @@ fn region(
     info!(
         "reusing the region from the service manager's fd store ({size} bytes; no restore from disk)"
     );
-    Ok(Prepared {
+    let prepared = Prepared {
         memfd,
         restored: None,
-    })
+    };
+    Ok((prepared, moved))
+}
+
+/// The inherited region, or — if its client sealed it against writes (write tracking,
+/// DESIGN §11), which no new client could map writable — a fresh copy of it; `true` if
+/// copied. The old memfd is dropped here (the fd store keeps it until it is replaced).
+fn unsealed(memfd: Memfd) -> Result<(Memfd, bool), Failure> {
+    let os = |what: &str, e: std::io::Error| {
+        Failure::new(Code::OsErr, format!("{what} the inherited region: {e}"))
+    };
+    if !memfd
+        .is_write_sealed()
+        .map_err(|e| os("cannot read the seals of", e))?
+    {
+        return Ok((memfd, false));
+    }
+    let t = Instant::now();
+    let (fresh, stats) = memfd
+        .fresh_copy(crate::snap::REGION_NAME)
+        .map_err(|e| os("cannot move", e))?;
+    // It sits at fd 3 (LISTEN_FDS), which must stay occupied.
+    shmsnap_linux::handover::close_keeping_fd3(memfd.into_fd())
+        .map_err(|e| os("cannot close", e))?;
+    info!(
+        data_bytes = stats.bytes,
+        ms = t.elapsed().as_secs_f64() * 1e3,
+        "moved the inherited region into a fresh memfd: its last client had sealed it against \
+         other writers (write tracking), and the next client must be able to map it writable"
+    );
+    Ok((fresh, true))
 }
 
 /// The region fd passed by the service manager (fd store), if any.

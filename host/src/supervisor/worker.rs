@@ -19,6 +19,8 @@ use rustix::process::Pid;
 
 use tracing::error;
 
+use shmsnap_linux::Memfd;
+
 use crate::exit::{Code, Failure};
 use crate::metrics::{Metrics, Phase, SnapshotRecord, SnapshotResult};
 use crate::snap::{Outcome, Snapshotter, Tally};
@@ -65,6 +67,9 @@ pub struct Job {
     /// The client process when the request was made, if it was running: incremental
     /// snapshots scan its page tables. Merged requests keep it only if all name the same.
     pub client: Option<Pid>,
+    /// A stop was requested: no client follows this snapshot, so a sealed region is not
+    /// moved to a fresh memfd after it (the next host start does that). Merged: any.
+    pub stopping: bool,
 }
 
 impl Job {
@@ -77,17 +82,21 @@ impl Job {
             } else {
                 None
             },
+            stopping: self.stopping || other.stopping,
         }
     }
 }
 
 /// A finished request.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug)]
 pub struct Done {
     /// The request (merged) that was run.
     pub job: Job,
     /// The snapshotter's totals after it.
     pub tally: Tally,
+    /// The region, when it changed to a fresh memfd during this request (a duplicate fd):
+    /// the next client and the fd store must get this one.
+    pub region: Option<io::Result<Memfd>>,
 }
 
 /// The event loop's handle on the snapshot thread.
@@ -124,10 +133,12 @@ impl Worker {
                 for job in rx {
                     set_busy(&busy, Some(Instant::now()));
                     metrics.record_snapshot(&run_one(&mut snap, job));
+                    after_exit(&mut snap, job);
                     set_busy(&busy, None);
                     let done = Done {
                         job,
                         tally: snap.tally(),
+                        region: snap.take_new_region(),
                     };
                     if events.send(E::from(done)).is_err() {
                         break;
@@ -207,6 +218,20 @@ fn set_busy(busy: &BusySince, since: Option<Instant>) {
     *busy.lock().unwrap_or_else(PoisonError::into_inner) = since;
 }
 
+/// After the final snapshot of a client that exited, unless the host is stopping: a region the
+/// client sealed against writes moves to a fresh memfd, which the next client can map.
+fn after_exit(snap: &mut Snapshotter, job: Job) {
+    if job.why != Why::ClientExited || job.stopping {
+        return;
+    }
+    if let Err(e) = snap.rehome_if_sealed() {
+        error!(
+            "cannot move the sealed region into a fresh memfd ({e}); the next client cannot \
+             open it for writing, and its exit will retry the move"
+        );
+    }
+}
+
 /// Runs one request and says what it did for the metrics; a panic is logged (and counted as
 /// failed) and the thread carries on (the temp file of the attempt is removed by its guard,
 /// the previous snapshot stays).
@@ -250,6 +275,7 @@ fn record(result: &io::Result<Outcome>) -> SnapshotRecord {
             entries_kept: r.kept,
             entries_dropped: r.dropped,
             generation: Some(r.generation),
+            unproven: r.unproven,
         },
         Ok(Outcome::Skipped(_) | Outcome::Notice(_)) => only(SnapshotResult::Skipped),
         Ok(Outcome::Starved { copy, pre, .. }) => SnapshotRecord {
@@ -285,6 +311,7 @@ mod tests {
             why: Why::Interval,
             client_alive: true,
             client: None,
+            stopping: false,
         };
         w.request(tick).unwrap();
         assert_eq!(
@@ -298,6 +325,7 @@ mod tests {
                 why,
                 client_alive: true,
                 client: None,
+                stopping: false,
             })
             .unwrap();
         }
@@ -305,6 +333,7 @@ mod tests {
             why: Why::ClientExited,
             client_alive: false,
             client: None,
+            stopping: false,
         })
         .unwrap();
         assert!(rx.try_recv().is_err(), "nothing is sent while one runs");
@@ -315,7 +344,8 @@ mod tests {
             Ok(Job {
                 why: Why::ClientExited,
                 client_alive: false,
-                client: None
+                client: None,
+                stopping: false,
             }),
             "the merged request is sent when the running one is done"
         );
@@ -341,6 +371,7 @@ mod tests {
             validate: ms(2),
             sync: ms(3),
             rename: ms(4),
+            unproven: Some("other_writer"),
         }));
         assert_eq!(
             record(&persisted),
@@ -356,6 +387,7 @@ mod tests {
                 entries_kept: 3,
                 entries_dropped: 1,
                 generation: Some(7),
+                unproven: Some("other_writer"),
             }
         );
         let starved = Ok(Outcome::Starved {
@@ -388,11 +420,13 @@ mod tests {
             why: Why::Interval,
             client_alive: true,
             client: None,
+            stopping: false,
         };
         let exit = Job {
             why: Why::ClientExited,
             client_alive: false,
             client: None,
+            stopping: false,
         };
         assert_eq!(tick.merge(exit), exit);
         assert_eq!(exit.merge(tick), exit);
@@ -400,7 +434,15 @@ mod tests {
             why: Why::Usr1,
             client_alive: true,
             client: None,
+            stopping: false,
         };
         assert_eq!(tick.merge(usr1), usr1);
+        // A stop requested by any merged request holds for the merge (no region move).
+        let stop = Job {
+            stopping: true,
+            ..exit
+        };
+        assert!(tick.merge(stop).stopping && stop.merge(tick).stopping);
+        assert!(!tick.merge(exit).stopping);
     }
 }

@@ -211,6 +211,12 @@ impl TrackedRange {
     pub fn end(&self) -> u64 {
         self.addr + self.len
     }
+
+    /// A range that was never validated, for the pure tests of code that takes one.
+    #[cfg(test)]
+    pub(crate) fn for_tests(addr: u64, len: u64) -> Self {
+        Self { addr, len }
+    }
 }
 
 /// Checks an advertisement against the client's `/proc/PID/maps` and the region's identity
@@ -320,21 +326,21 @@ fn check_shape(advert: &Advertisement, region_len: u64) -> Result<TrackedRange, 
     Ok(TrackedRange { addr, len })
 }
 
-/// One line of `/proc/PID/maps`.
-struct Vma<'a> {
-    start: u64,
-    end: u64,
-    perms: &'a str,
-    writable: bool,
-    shared: bool,
-    offset: u64,
-    dev: (u32, u32),
-    ino: u64,
+/// One line of `/proc/PID/maps` (also the header line of each mapping in `smaps`).
+pub(super) struct Vma<'a> {
+    pub(super) start: u64,
+    pub(super) end: u64,
+    pub(super) perms: &'a str,
+    pub(super) writable: bool,
+    pub(super) shared: bool,
+    pub(super) offset: u64,
+    pub(super) dev: (u32, u32),
+    pub(super) ino: u64,
 }
 
 impl<'a> Vma<'a> {
     /// Parses `start-end perms offset major:minor inode [path]` (all hex but the inode).
-    fn parse(line: &'a str) -> Option<Self> {
+    pub(super) fn parse(line: &'a str) -> Option<Self> {
         let mut f = line.split_ascii_whitespace();
         let (start, end) = f.next()?.split_once('-')?;
         let perms = f.next()?;

@@ -7,6 +7,7 @@
 //! | [`Advertisement`] | both | 4-word record in the region header: where the client's mapping is |
 //! | [`validate`] | host | treats the record as hostile: checks it against `/proc/PID/maps` |
 //! | [`Scanner`] | host | `PAGEMAP_SCAN` on `/proc/PID/pagemap`: written pages, re-protected |
+//! | [`prove`] | host | the write seal, the tracked mapping's `DONTFORK` and a census of `/proc`: no other writer |
 //!
 //! # Why the tracking lives in the client's page tables
 //!
@@ -78,14 +79,20 @@
 //! - any other process may have stored into the region since the previous scan: the host
 //!   itself (restore, header repairs — the host copies what it writes), a forked child of the
 //!   client (fork does not carry the registration over: without `UFFD_FEATURE_EVENT_FORK` the
-//!   child's copy of the mapping is not tracked), a second client.
+//!   child's copy of the mapping is not tracked), a `write` through any fd of the memfd, a
+//!   second mapping anywhere. [`prove`] is what rules these out before a chain is armed: the
+//!   client's mapping is `DONTFORK`, the memfd is sealed against every other writer, and a
+//!   census of `/proc` finds no other writable mapping (DESIGN §11, "Who can write the
+//!   region").
 //!
 //! # Lifetimes: fork, exec, drop
 //!
 //! The `userfaultfd` is `O_CLOEXEC`: an exec in the client closes it and replaces the address
 //! space anyway (the host's pagemap fd then reports [`ScanError::Gone`]). The client's exec
 //! shim runs *before* the client maps the region, so there is nothing to inherit. On fork the
-//! child's mapping is unregistered (see above) and the parent's stays tracked. Dropping the
+//! child would get an unregistered copy of the mapping, so the client library marks it
+//! `MADV_DONTFORK` ([`crate::listen::start_tracking`]): the child has no mapping there and the
+//! parent's stays tracked. Dropping the
 //! [`Tracker`] closes the fd, which unregisters the range and removes the protection; the
 //! host's next scan fails with [`ScanError::NotRegistered`] (full snapshot).
 //!
@@ -95,10 +102,12 @@
 #![allow(unsafe_code)]
 
 mod advert;
+mod census;
 mod client;
 mod scan;
 
 pub use advert::{validate, validate_maps, AdvertError, Advertisement, TrackedRange};
+pub use census::{census, check_registration, prove, Census, FileId, RegionVma, Unproven};
 pub use client::{TrackError, Tracker};
 pub use scan::{PageRun, ScanError, ScanQuery, Scanner, WrittenPages};
 

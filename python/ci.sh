@@ -37,7 +37,8 @@ fi
 
 step "pip install ./python (the README's command)"
 (cd "$root" && "${pip[@]}" install ./python)
-"$venv/bin/python" -c "import shmsnap; help(shmsnap)" > "$target/python-ci/help.txt"
+# From the venv, not python/: there `import shmsnap` would find the source package.
+(cd "$venv" && "$venv/bin/python" -c "import shmsnap; help(shmsnap)") > "$target/python-ci/help.txt"
 head -3 "$target/python-ci/help.txt"; echo "... ($(wc -l < "$target/python-ci/help.txt") lines of help)"
 
 step "the host binary"
@@ -81,7 +82,7 @@ for py in $(ls -d "$HOME"/.pyenv/versions/3.*/bin/python3 /usr/bin/python3.[0-9]
     env="$target/python-ci/venv-$ver"
     [ -d "$env" ] && continue
     "$py" -m venv "$env" && "$env/bin/python" -m pip --disable-pip-version-check -q install "$wheel"
-    "$env/bin/python" - <<'EOF'
+    (cd "$env" && "$env/bin/python" -) <<'EOF'
 import array, mmap, sys
 import shmsnap
 m = mmap.mmap(-1, 1 << 20)

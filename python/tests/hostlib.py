@@ -83,8 +83,16 @@ class Host:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("LISTEN_", "NOTIFY_"))}
         env["RUST_LOG"] = env.get("RUST_LOG", "info")
         cmd = [str(host_binary()), "run", "--state", str(state), *args, "--", *client]
+        # The host and its client run in the state's directory: from python/ (where pytest
+        # runs), `python -c "import shmsnap"` would find the source package, which has no
+        # compiled `_native`, instead of the installed wheel.
         self.proc = subprocess.Popen(
-            cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+            cwd=state.parent,
         )
         assert self.proc.stdout is not None and self.proc.stderr is not None
         self.out = Lines(self.proc.stdout, "out")

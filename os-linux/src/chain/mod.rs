@@ -6,6 +6,7 @@
 //! | `format` | the delta's bytes: [`DeltaFooter`] (128 bytes), the run table, [`plan_runs`], names |
 //! | `write` | [`DeltaWriter`]: temp → runs → footer → `fdatasync` → `rename` → dir `fsync`; [`remove_superseded`] |
 //! | `listing` | [`ChainListing`]: base footer + every delta's footer, table and links, up to the first bad one |
+//! | `points` | [`ChainListing::check_points`]: where the chain ends and why — data CRCs and the image check of every point |
 //! | `restore` | [`restore_chain`] into a memfd and [`materialize`] a point as a standalone file, CRCs checked while copying; [`verify_chain`] |
 //! | `policy` | [`CompactionPolicy`]: delta or new base |
 //! | `error` | [`ChainError`] = the file's path + a matchable [`ChainErrorKind`] |
@@ -82,6 +83,7 @@
 mod error;
 mod format;
 mod listing;
+mod points;
 mod policy;
 mod restore;
 mod write;
@@ -92,12 +94,13 @@ pub use format::{
     parse_delta_name, plan_runs, table_len, DeltaFooter, Run, CHAIN_DIR_SUFFIX, DELTA_FOOTER_LEN,
     DELTA_MAGIC, DELTA_VERSION, GRANULE, RUN_BYTES,
 };
-pub use listing::{check_link, read_delta, At, ChainListing, DeltaEntry};
+pub use listing::{check_link, open_delta, read_delta, At, ChainListing, DeltaEntry};
+pub use points::DataCrc;
 pub use policy::{BaseReason, CompactionPolicy, Next};
 pub use restore::{materialize, restore_chain, verify_chain, RestoreReport};
 pub use write::{
-    chain_dir, remove_superseded, Cleanup, DeltaInfo, DeltaMeta, DeltaStats, DeltaWriter, Tip,
-    MAX_INDEX,
+    chain_dir, highest_generation, remove_superseded, Cleanup, DeltaInfo, DeltaMeta, DeltaStats,
+    DeltaWriter, Tip, MAX_INDEX,
 };
 
 #[cfg(test)]

@@ -415,6 +415,7 @@ impl<'p> DeltaWriter<'p> {
         let sync = true;
         if sync {
             retry_on_intr(|| rustix::fs::fdatasync(self.file())).map_err(|e| named(e.into()))?;
+            crash_point::synced();
         }
         crash_point::step().map_err(named)?;
         stats.sync = t.elapsed();
@@ -623,13 +624,31 @@ pub fn highest_generation(persister: &Persister) -> Result<Option<u64>, ChainErr
 
 /// Test-only cut: after `n` more steps of a delta write (create, footer, fdatasync, rename,
 /// dir fsync), the next one fails as if the machine had stopped there; a "crashed" writer's
-/// drop then leaves its temp file, as a real crash would. No-op outside tests.
+/// drop then leaves its temp file, as a real crash would. Also counts the `fdatasync`s. No-op
+/// outside tests.
 pub(crate) mod crash_point {
     #[cfg(test)]
     thread_local! {
         static LEFT: std::cell::Cell<Option<usize>> = const { std::cell::Cell::new(None) };
         static CRASHED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+        static SYNCS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
     }
+
+    /// Counts an `fdatasync` of a delta (tests read the count with [`syncs`]).
+    #[cfg(test)]
+    pub(crate) fn synced() {
+        SYNCS.with(|c| c.set(c.get() + 1));
+    }
+
+    /// `fdatasync`s of deltas made by this thread so far.
+    #[cfg(test)]
+    pub(crate) fn syncs() -> usize {
+        SYNCS.with(|c| c.get())
+    }
+
+    #[cfg(not(test))]
+    #[inline(always)]
+    pub(crate) fn synced() {}
 
     /// Cut after `n` more steps (`None`: never); clears the crashed flag.
     #[cfg(test)]

@@ -38,14 +38,18 @@
 //! 1). Each footer's own CRC covers `parent_crc`, so the footers form a hash chain: a delta
 //! from another chain, a stale delta of a reused generation, or one whose predecessor was
 //! replaced, does not link and ends the chain. The state is **the newest complete, correctly
-//! chained prefix**: a reader walks positions 1, 2, … and stops at the first delta that is
-//! missing, torn (no footer), corrupt (a CRC), or does not link ([`ChainListing::stop`] names it
-//! and why); everything after it is ignored, never applied.
+//! chained prefix whose every point passes the image check**: a reader walks positions 1, 2,
+//! … and stops at the first delta that is missing, not a regular file, torn (no footer),
+//! corrupt (a CRC), does not link, or yields an image that fails the image check
+//! ([`ChainListing::stop`] names it and why; [`ChainListing::check_points`] is the one place
+//! that decides it, for `verify`, `inspect` and every restore); everything after it is
+//! ignored, never applied.
 //!
 //! # Durability
 //!
 //! A delta is written under a temp name, `fdatasync`ed, renamed to its name with
-//! `RENAME_NOREPLACE` (an existing name is never overwritten: the host writes a base instead),
+//! `RENAME_NOREPLACE` (an existing name is never overwritten: the host writes a base instead;
+//! on a file system without the flag, the fallback of [`crate::noreplace`]),
 //! and the chain directory is `fsync`ed: when [`DeltaWriter::commit`] returns, the delta is
 //! durable. A crash before the rename leaves only a temp file; between the rename and the
 //! directory sync the rename may be undone, and the delta's data was already synced, so it is

@@ -5,23 +5,25 @@
 //! replica source becomes an added arm), [`Out::check`] (refusals before any work: OUT exists,
 //! OUT is the state), [`pick`] (the chain and the number of deltas), then [`Out::write`]:
 //! `materialize` into a temp file in OUT's directory, `fdatasync`, `renameat2` (with
-//! `RENAME_NOREPLACE` unless `--force`), `fsync` of the directory. Read-only on the state:
+//! `RENAME_NOREPLACE` unless `--force`; `link` + `unlink` on a file system without it),
+//! `fsync` of the directory. Read-only on the state:
 //! nothing of FILE's is opened for writing, renamed or removed.
 
 use std::ffi::OsString;
 use std::fs::File;
 use std::io;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use rustix::fs::{AtFlags, Mode, OFlags, RenameFlags};
+use rustix::fs::{AtFlags, Mode, OFlags};
 use rustix::io::{retry_on_intr, Errno};
 use shmsnap_core::Strategy;
 use shmsnap_linux::chain::{self, At, ChainError, ChainErrorKind, ChainListing, RestoreReport};
+use shmsnap_linux::noreplace::{Exclusive, NoReplace};
 use shmsnap_linux::snapshot::SnapshotInfo;
 
 use tracing::warn;
@@ -602,14 +604,27 @@ impl Out {
             )
         };
         retry_on_intr(|| rustix::fs::fdatasync(&temp.file)).map_err(|e| io("fdatasync", e))?;
-        let flags = if self.force {
-            RenameFlags::empty()
+        let renamed = if self.force {
+            rustix::fs::renameat(&self.dir, &temp.name, &self.dir, &self.name).map_err(Into::into)
         } else {
-            RenameFlags::NOREPLACE
+            // RENAME_NOREPLACE, or `link` + `unlink` where the file system lacks it (nothing
+            // excludes other writers of OUT's directory: only atomic mechanisms).
+            let no_replace = NoReplace::new();
+            let r = no_replace.rename(
+                self.dir.as_fd(),
+                &self.dir_path,
+                &temp.name,
+                &self.name,
+                Exclusive::No,
+            );
+            if let Some(notice) = no_replace.take_notice() {
+                warn!("{notice}");
+            }
+            r
         };
-        match rustix::fs::renameat_with(&self.dir, &temp.name, &self.dir, &self.name, flags) {
+        match renamed {
             Ok(()) => {}
-            Err(Errno::EXIST) => {
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
                 return Err(Failure::new(
                     Code::CantCreat,
                     format!(
@@ -618,7 +633,12 @@ impl Out {
                     ),
                 ))
             }
-            Err(e) => return Err(io("rename", e)),
+            Err(e) => {
+                return Err(Failure::new(
+                    Code::IoErr,
+                    format!("cannot rename {}: {e}", temp.path().display()),
+                ))
+            }
         }
         temp.keep();
         retry_on_intr(|| rustix::fs::fsync(&self.dir)).map_err(|e| {

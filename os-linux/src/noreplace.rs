@@ -135,9 +135,7 @@ impl NoReplace {
                     link_then_unlink(dir, from, to),
                     &[Errno::PERM, Errno::OPNOTSUPP, Errno::NOSYS],
                 ),
-                Mechanism::CheckThenRename => {
-                    return check_then_rename(dir, from, to, exclusive).map_err(Into::into)
-                }
+                Mechanism::CheckThenRename => return check_then_rename(dir, from, to, exclusive),
             };
             match r {
                 Err(e) if unsupported.contains(&e) => self.fall_back(dir, dir_path, e),

@@ -88,9 +88,9 @@ impl ChainListing {
         let mut view = View::new(base, info.image_len);
         match view.check(&info) {
             Ok(()) => {}
-            Err(Failed::Image(e)) => return Some(Stop::Fail(self.base_failure(base, e))),
+            Err(Failed::Image(e)) => return Some(Stop::Fail(self.base_failure(base, *e))),
             Err(Failed::Read(_, e)) => {
-                return Some(Stop::Fail(e.at(&self.base_path).into()));
+                return Some(Stop::Fail((*e).at(&self.base_path).into()));
             }
         }
         for (j, d) in self.deltas.iter().enumerate() {
@@ -108,10 +108,10 @@ impl ChainListing {
             match view.check(&info) {
                 Ok(()) => {}
                 Err(Failed::Read(None, e)) => {
-                    return Some(Stop::Fail(e.at(&self.base_path).into()));
+                    return Some(Stop::Fail((*e).at(&self.base_path).into()));
                 }
                 Err(Failed::Read(Some(i), e)) => {
-                    let e = ChainError::io(e.into()).at(&self.deltas[i].path);
+                    let e = ChainError::io((*e).into()).at(&self.deltas[i].path);
                     return Some(Stop::At(i, e));
                 }
                 Err(Failed::Image(e)) => {
@@ -120,7 +120,7 @@ impl ChainListing {
                             return Some(Stop::At(j, e));
                         }
                     }
-                    let e = ChainError::from(ChainErrorKind::Image(Box::new(e))).at(&d.path);
+                    let e = ChainError::from(ChainErrorKind::Image(e)).at(&d.path);
                     return Some(Stop::At(j, e));
                 }
             }
@@ -162,12 +162,12 @@ fn data_crc(file: &File, d: &DeltaEntry) -> Result<(), ChainError> {
     Ok(())
 }
 
-/// Why a point's check failed.
+/// Why a point's check failed (boxed: a `SnapshotError` is large, and this is the rare path).
 enum Failed {
     /// The image check found a problem (the point is not restorable).
-    Image(SnapshotError),
+    Image(Box<SnapshotError>),
     /// Reading the base (`None`) or delta `Some(j)` failed.
-    Read(Option<usize>, SnapshotError),
+    Read(Option<usize>, Box<SnapshotError>),
 }
 
 /// A point of a chain as [`ImageBytes`]: the base with the pushed deltas laid over it, read
@@ -225,8 +225,8 @@ impl<'a> View<'a> {
         match check_image_in(self, info, |_, _| {}) {
             Ok(_) => Ok(()),
             Err(e) => match self.failed.take() {
-                Some(link) => Err(Failed::Read(link, e)),
-                None => Err(Failed::Image(e)),
+                Some(link) => Err(Failed::Read(link, Box::new(e))),
+                None => Err(Failed::Image(Box::new(e))),
             },
         }
     }

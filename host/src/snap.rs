@@ -671,7 +671,8 @@ fn restore(
     })?;
     if let Some(stop) = &report.listing.stop {
         warn!(
-            "the chain of {} ends early: {stop}; restored the base and the {} delta(s) before              it, {} later delta file(s) not applied",
+            "the chain of {} ends early: {stop}; restored the base and the {} delta(s) before \
+             it, {} later delta file(s) not applied",
             path.display(),
             report.listing.deltas.len(),
             report.listing.ignored.len()

@@ -49,9 +49,13 @@ enum Stop {
 }
 
 impl ChainListing {
-    /// Ends the chain at its first link that is not sound (see the [module docs](self)): its
-    /// data CRC (now or, with [`DataCrc::AtRestore`], by the restore) and the image check of
-    /// the point it yields. Afterwards every point of `deltas` restores into an image that
+    /// Ends the chain at its first link that is not sound — the one decision `verify`,
+    /// `inspect` and every restore share. A link is sound when its footer, table and link
+    /// are (checked by [`load`](ChainListing::load)), its data matches its CRC (now or, with
+    /// [`DataCrc::AtRestore`], by the restore), and the point it yields — the base with the
+    /// deltas up to it applied — passes the image check
+    /// ([`check_image`](crate::snapshot::check_image)), read through the links without being
+    /// materialised (only the meta pages, 64 KiB at a time). Afterwards every point of `deltas` restores into an image that
     /// passes the image check, and `stop` names the first bad link and why. Reads each
     /// point's meta once; with [`DataCrc::Now`] also each delta's data once.
     ///

@@ -110,11 +110,12 @@ pub(crate) fn check_image_in(
         // In the image: a valid layout's ring ends at `data_offset <= region_len <= image_len`.
         read_exact(file, bytes, layout.desc_offset + first * DESCRIPTOR_BYTES)?;
         for (i, desc) in bytes.chunks_exact(DESCRIPTOR_BYTES as usize).enumerate() {
-            let slot = first + i as u64;
-            let d = descriptor(desc);
-            if d.seq == 0 {
+            // Most slots of a big ring are empty: their seq word alone says so.
+            if word(desc, desc::SEQ) == 0 {
                 continue;
             }
+            let slot = first + i as u64;
+            let d = descriptor(desc);
             if !d.is_valid_for(&layout, slot) {
                 return Err(SnapshotErrorKind::BadDescriptor { slot }.into());
             }
@@ -169,12 +170,20 @@ fn read_header(file: &impl ImageBytes, image_len: u64) -> Result<(Layout, Hints)
 /// A descriptor from its 32 image bytes (words named by `shmsnap_core::format::desc`; core's
 /// `read_descriptor_bytes` reads the same words from a whole image).
 fn descriptor(b: &[u8]) -> Descriptor {
-    let w = |i| format::read_word(b, i).unwrap_or(0);
     Descriptor {
-        seq: w(desc::SEQ),
-        offset: w(desc::OFFSET),
-        length: w(desc::LENGTH),
+        seq: word(b, desc::SEQ),
+        offset: word(b, desc::OFFSET),
+        length: word(b, desc::LENGTH),
     }
+}
+
+/// Little-endian word `i` of `b` (0 past its end): `format::read_word`, inlined here because
+/// the descriptor loop runs it for every slot of the ring (for every point of a chain).
+#[inline]
+fn word(b: &[u8], i: usize) -> u64 {
+    b.get(i * 8..i * 8 + 8)
+        .and_then(|w| <[u8; 8]>::try_from(w).ok())
+        .map_or(0, u64::from_le_bytes)
 }
 
 fn read_exact(file: &impl ImageBytes, buf: &mut [u8], at: u64) -> Result<(), SnapshotError> {

@@ -97,6 +97,22 @@ State file:
   with the process, so a killed host leaves no stale lock.
   A symbolic link at FILE is refused (replacing it would turn the link into a regular file):
   pass the real file.
+  Generations never repeat: each new base gets 1 + the highest generation of FILE, FILE.N,
+  FILE.d and the bases set aside; a state holding generation 18446744073709551615 (u64::MAX,
+  only a forged footer gets there) has none left: run exits 65 at start, naming it.
+
+Which state is restored at start (the same answer as verify, inspect and restore):
+  The newest generation's base plus its deltas up to the first one that is missing, torn,
+  corrupt, does not link, is not a regular file, or yields an image that fails the image
+  check (queue header and descriptors, triple meta); that delta is named in a warning.
+  If the newest generation yields no point because its base is corrupt (footer, CRC or image
+  check), it is skipped: the newest restorable point of an older generation (FILE.1's chain,
+  then FILE.2's, ...) is restored, and the skipped base is renamed to FILE.corrupt-<time>
+  (kept, never deleted; out of the rotation), with a warning naming what was skipped and
+  what is used. A base that cannot be read (I/O error, not a regular file) or is of a newer
+  format version stops the host (65/66/74) unless --fallback, which skips it the same way.
+  If no generation yields a point, the host exits 65 and nothing is renamed. The same rules
+  restore a region found corrupt after its client exited (any unusable base is skipped).
 
 Incremental snapshots (queue strategy, --incremental auto):
   The client's shmsnap-linux registers write tracking over its mapping (userfaultfd async
@@ -120,8 +136,12 @@ Incremental snapshots (queue strategy, --incremental auto):
   bytes, or the chain holds --compact-deltas deltas, the next snapshot is a new base (a full
   copy of the live region, not a merge of the old chain); the superseded chain is removed
   only after the new base is durable. --keep counts bases: each kept base keeps its deltas.
-  At start, the newest base plus every complete delta is restored (CRCs checked while
-  copying); a torn or corrupt delta ends the chain there and is named in a warning.
+  At start, the newest base plus every sound delta is restored (see Which state is
+  restored at start, above; CRCs checked while copying).
+  Deltas are named with renameat2(RENAME_NOREPLACE); on a file system without it (some FUSE
+  and network file systems) the host says so once at warn, naming the file system, and
+  uses link + unlink instead (or, without hard links, a check then rename under FILE.lock):
+  never a second write or sync per snapshot.
 
 Processes:
   The client gets PDEATHSIG=SIGKILL and its own process group; shmsnap is a child subreaper.
@@ -145,8 +165,11 @@ const CHAIN_HELP: &str = "\
 Snapshot chains:
   With incremental snapshots a state file FILE is a base, and FILE.d/ holds deltas: each
   carries only the pages written since the point before it and is chained to it by CRC. The
-  state is the base plus its deltas up to the first one that is missing, torn, corrupt or
-  does not link; that one and every later one are never applied.
+  state is the base plus its deltas up to the first one that is missing, torn, corrupt,
+  does not link, is not a regular file (links are never followed), or whose point fails the
+  image check (queue header and descriptors, triple meta: what a restore checks); that one
+  and every later one are never applied. verify exits 65 naming it and what a restore would
+  use; inspect lists where it stops; restore and run use the point before it.
   A kept generation FILE.1 (FILE.2, ...) has its own deltas in FILE.d/ too (listed by
   inspect). Everything is read only: nothing of FILE's is modified.";
 
@@ -158,8 +181,10 @@ Snapshot chains:
   that `shmsnap verify` accepts and `shmsnap run --state OUT` restores.
 
 Which point:
-  (default)     the newest sound point of FILE's chain (a torn or corrupt delta and every
-                later one are left out, with a warning)
+  (default)     the newest sound point of FILE's chain: its deltas up to the first one
+                that is missing, torn, corrupt, does not link, is not a regular file, or
+                yields an image that fails the image check (verify names the same one);
+                that one and every later one are left out, with a warning
   --at TIME     the newest point taken at or before TIME, in FILE's chain or, if FILE's base
                 is newer, in the chain of the newest kept generation (FILE.1, ...) that has
                 one. TIME is RFC 3339 (2026-11-25T21:00:00Z, 2026-11-25T22:00:00+01:00; no
@@ -168,6 +193,10 @@ Which point:
                 whose next_seq is at most N+1: the state right after commit N if a point
                 was taken then, else the newest one before it (searched like --at)
   A point past a bad delta (its time or seq unknown) is refused, not guessed.
+  A chain whose base is corrupt (footer, CRC, image check) holds no point: the point is
+  taken from the next older generation that holds one, with a warning naming what was
+  skipped and what is used (nothing is renamed: restore only reads the state). A base that
+  cannot be read or is of a newer format version exits 65/66/74 unless --fallback.
 
 Output:
   OUT is written atomically and durably (temp file in OUT's directory, fdatasync, rename,
@@ -235,8 +264,9 @@ pub struct RunArgs {
     /// Older generations are removed once a new snapshot is durable.
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = parse_keep)]
     pub keep: usize,
-    /// If the newest snapshot is unusable, restore the newest sound older generation instead
-    /// of stopping (the unusable file is renamed aside, never deleted).
+    /// Also skip a newest base that cannot be read (I/O error, not a regular file) or is of a
+    /// newer format version, as a corrupt one always is: restore an older generation and
+    /// rename the skipped base aside (never deleted). See "Which state is restored at start" in the help.
     #[arg(long)]
     pub fallback: bool,
     /// Name of the fd in LISTEN_FDNAMES (clients look for it; also the fd-store name).
@@ -372,8 +402,9 @@ pub struct RestoreArgs {
     #[arg(long, value_name = "N")]
     pub seq: Option<u64>,
     /// With --from: if an object is corrupt or missing, restore the newest sound older point
-    /// instead (the log names what was skipped).
-    #[arg(long, requires = "from")]
+    /// instead (the log names what was skipped). With --state: also skip a base that cannot
+    /// be read or is of a newer format version, as a corrupt one always is.
+    #[arg(long)]
     pub fallback: bool,
     /// Replace OUT if it exists.
     #[arg(long)]

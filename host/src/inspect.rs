@@ -10,11 +10,12 @@
 //! makes inspect sort `(seq, slot)` pairs, 16 bytes per entry.
 //!
 //! Chains: both read the base's chain in `FILE.d` (for a kept generation `FILE.N`, `FILE`'s
-//! chain directory) with `ChainListing::load` (footers and run tables) and `check_data` (each
-//! delta's data once, streamed, for its CRC). `verify` fails (65) on the first bad delta,
-//! naming it and what a restore would use; `inspect` lists the sound deltas, the stop and the
-//! ignored files, and the older kept generations' chains briefly (footers only), in the text
-//! and as the JSON `chain` field.
+//! chain directory) with `ChainListing::load` (footers and run tables) and `check_points`
+//! (each delta's data once, streamed, for its CRC, and the image check of every point: the
+//! one answer restore and run use too). `verify` fails (65) on the first bad delta, naming it
+//! and what a restore would use; `inspect` lists the sound deltas, the stop and the ignored
+//! files, and the older kept generations' chains briefly, in the text and as the JSON `chain`
+//! field.
 
 use std::cell::Cell;
 use std::fs::File;
@@ -28,7 +29,7 @@ use serde::ser::{Error as _, SerializeSeq};
 use serde::{Serialize, Serializer};
 use shmsnap_core::format::{self, desc, Strategy};
 use shmsnap_core::{Descriptor, Hints, Layout, LayoutError, DESCRIPTOR_BYTES, PAGE_SIZE};
-use shmsnap_linux::chain::{self, ChainError, ChainErrorKind, ChainListing, DeltaEntry};
+use shmsnap_linux::chain::{self, ChainError, ChainErrorKind, ChainListing, DataCrc, DeltaEntry};
 use shmsnap_linux::snapshot::{self, ImageSummary, SnapshotError, SnapshotInfo, FOOTER_LEN};
 
 use crate::exit::{chain_code, io_code, snapshot_code, Code, Failure};
@@ -518,7 +519,9 @@ struct DeltaReport {
 struct StopReport {
     /// The file (for a missing delta, the name it should have).
     path: Option<String>,
-    /// `torn`, `corrupt`, `unlinked`, `missing`, `newer-version` or `unreadable`.
+    /// `torn`, `corrupt`, `unlinked`, `missing`, `newer-version`, `unreadable`, `bad-image`
+    /// (its CRCs match, but the point it yields fails the image check) or `not-a-file` (a
+    /// symbolic link, FIFO, directory… at a delta's name).
     kind: &'static str,
     reason: String,
 }
@@ -545,7 +548,7 @@ fn chain_report(path: &Path) -> Option<ChainReport> {
     let target = chain_target(path);
     let dir = chain::chain_dir(&target);
     let mut listing = ChainListing::load(path, &dir).ok()?;
-    listing.check_data();
+    listing.check_points(DataCrc::Now).ok()?;
     let older = if target == path {
         older_reports(&target)
     } else {
@@ -590,6 +593,8 @@ fn stop_report(e: &ChainError) -> StopReport {
         ChainErrorKind::Missing { .. } => "missing",
         ChainErrorKind::FutureVersion { .. } => "newer-version",
         ChainErrorKind::Io(_) => "unreadable",
+        ChainErrorKind::Image(_) => "bad-image",
+        ChainErrorKind::NotRegularFile { .. } => "not-a-file",
         _ => "corrupt",
     };
     StopReport {
@@ -599,39 +604,44 @@ fn stop_report(e: &ChainError) -> StopReport {
     }
 }
 
-/// The kept generations `FILE.1`, … of `target`: footers and links only (no data CRCs).
+/// The kept generations `FILE.1`, … of `target`, each checked as the state file's chain is
+/// (`check_points`), listed briefly.
 fn older_reports(target: &Path) -> Vec<OlderReport> {
     let Ok(chains) = generations(target) else {
         return Vec::new();
     };
     let older = chains.into_iter().filter(|c| c.base != target);
     older
-        .map(|c| match ChainListing::load(&c.base, &c.dir) {
-            Ok(l) => {
-                let newest = l.deltas.last().map(|d| &d.footer);
-                OlderReport {
-                    path: c.base.display().to_string(),
-                    base_generation: Some(l.base.meta.generation),
-                    base_taken_unix_ns: Some(l.base.meta.unix_time_ns),
-                    deltas: l.deltas.len() as u64,
-                    newest_taken_unix_ns: Some(
-                        newest.map_or(l.base.meta.unix_time_ns, |f| f.unix_time_ns),
-                    ),
-                    newest_next_seq: Some(newest.map_or(l.base_next_seq, |f| f.next_seq)),
-                    summary: describe(&l),
-                    stop: l.stop.as_ref().map(stop_report),
+        .map(|c| {
+            match ChainListing::load(&c.base, &c.dir)
+                .and_then(|mut l| l.check_points(DataCrc::Now).map(|()| l))
+            {
+                Ok(l) => {
+                    let newest = l.deltas.last().map(|d| &d.footer);
+                    OlderReport {
+                        path: c.base.display().to_string(),
+                        base_generation: Some(l.base.meta.generation),
+                        base_taken_unix_ns: Some(l.base.meta.unix_time_ns),
+                        deltas: l.deltas.len() as u64,
+                        newest_taken_unix_ns: Some(
+                            newest.map_or(l.base.meta.unix_time_ns, |f| f.unix_time_ns),
+                        ),
+                        newest_next_seq: Some(newest.map_or(l.base_next_seq, |f| f.next_seq)),
+                        summary: describe(&l),
+                        stop: l.stop.as_ref().map(stop_report),
+                    }
                 }
+                Err(e) => OlderReport {
+                    path: c.base.display().to_string(),
+                    base_generation: None,
+                    base_taken_unix_ns: None,
+                    deltas: 0,
+                    newest_taken_unix_ns: None,
+                    newest_next_seq: None,
+                    summary: format!("{}: unusable ({e})", c.base.display()),
+                    stop: None,
+                },
             }
-            Err(e) => OlderReport {
-                path: c.base.display().to_string(),
-                base_generation: None,
-                base_taken_unix_ns: None,
-                deltas: 0,
-                newest_taken_unix_ns: None,
-                newest_next_seq: None,
-                summary: format!("{}: unusable ({e})", c.base.display()),
-                stop: None,
-            },
         })
         .collect()
 }
@@ -737,9 +747,9 @@ pub fn verify(path: &Path) -> Result<ExitCode, Failure> {
 /// restore would use.
 fn verify_deltas(path: &Path) -> Result<String, Failure> {
     let dir = chain::chain_dir(&chain_target(path));
-    let mut listing =
-        ChainListing::load(path, &dir).map_err(|e| Failure::new(chain_code(&e), e.to_string()))?;
-    listing.check_data();
+    let failed = |e: ChainError| Failure::new(chain_code(&e), e.to_string());
+    let mut listing = ChainListing::load(path, &dir).map_err(failed)?;
+    listing.check_points(DataCrc::Now).map_err(failed)?;
     if let Some(stop) = &listing.stop {
         return Err(Failure::new(
             Code::DataErr,

@@ -5,27 +5,32 @@
 //! replica source becomes an added arm), [`Out::check`] (refusals before any work: OUT exists,
 //! OUT is the state), [`pick`] (the chain and the number of deltas), then [`Out::write`]:
 //! `materialize` into a temp file in OUT's directory, `fdatasync`, `renameat2` (with
-//! `RENAME_NOREPLACE` unless `--force`), `fsync` of the directory. Read-only on the state:
+//! `RENAME_NOREPLACE` unless `--force`; `link` + `unlink` on a file system without it),
+//! `fsync` of the directory. Read-only on the state:
 //! nothing of FILE's is opened for writing, renamed or removed.
 
 use std::ffi::OsString;
 use std::fs::File;
 use std::io;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use rustix::fs::{AtFlags, Mode, OFlags, RenameFlags};
+use rustix::fs::{AtFlags, Mode, OFlags};
 use rustix::io::{retry_on_intr, Errno};
 use shmsnap_core::Strategy;
-use shmsnap_linux::chain::{self, At, ChainErrorKind, ChainListing, RestoreReport};
+use shmsnap_linux::chain::{self, At, ChainError, ChainErrorKind, ChainListing, RestoreReport};
+use shmsnap_linux::noreplace::{Exclusive, NoReplace};
 use shmsnap_linux::snapshot::SnapshotInfo;
+
+use tracing::warn;
 
 use crate::cli::RestoreArgs;
 use crate::exit::{chain_code, Code, Failure};
+use crate::snap::skippable;
 
 /// `shmsnap restore --state FILE --to OUT [--at TIME | --seq N] [--force]`.
 ///
@@ -46,31 +51,7 @@ pub fn restore(args: &RestoreArgs) -> Result<ExitCode, Failure> {
     let at = point(args);
     let out = Out::check(&args.to, Some(state), args.force)?;
     let chains = source(state)?;
-    let picked = pick(&chains, at)?;
-    let (chain, k) = (picked.chain, picked.deltas);
-    let (info, report) = out.write(|file| {
-        let (info, report) =
-            chain::materialize(&chain.base, &chain.dir, At::Deltas(k as u64), file)
-                .map_err(|e| Failure::new(chain_code(&e), e.to_string()))?;
-        picked.check_same(&report)?;
-        let applied = report.listing.deltas.len();
-        if applied < k && at != At::Latest {
-            // A delta's data failed its CRC while copying: the point asked for is past it.
-            let why = report
-                .listing
-                .stop
-                .map(|e| e.to_string())
-                .unwrap_or_default();
-            return Err(Failure::new(
-                Code::DataErr,
-                format!(
-                    "{why}; the point asked for needs delta {k}, only deltas 1..={applied} \
-                     are sound (nothing written)"
-                ),
-            ));
-        }
-        Ok((info, report))
-    })?;
+    let (chain, info, report) = out.write(|file| write_point(&chains, at, args.fallback, file))?;
     let applied = report.listing.deltas.len();
     if let Some(stop) = &report.listing.stop {
         tracing::warn!("the chain ends early: {stop}; restored the newest sound point");
@@ -230,72 +211,165 @@ impl Picked<'_> {
     }
 }
 
-/// The chain holding the point `at`, and how many of its deltas the point applies: the first
-/// chain (newest first) whose base is at or before the point.
+/// Writes the point `at` into `file`: from the first chain (newest first) whose base is at or
+/// before the point, or — when a chain's base yields no point ([`skippable`]: corrupt, or with
+/// `fallback` unreadable too) — from the next older chain holding one, with a warning naming
+/// what was skipped and what is used (rules of `snap::newest`; nothing is renamed: restore is
+/// read only on the state).
 ///
 /// # Errors
 ///
-/// 65 if the newest base is unusable (for the newest point), or the point lies past a bad
-/// delta of its chain; 64 for `--seq` on a chain that is not a queue's; 66 if every base is
-/// newer than the point (the message lists each chain's range).
-fn pick(chains: &[Chain], at: At) -> Result<Picked<'_>, Failure> {
+/// 65 if a base that may not be skipped is unusable, if every chain holding the point was
+/// skipped, or if the point lies past a bad delta of its chain; 64 for `--seq` on a chain
+/// that is not a queue's; 66 if every base is newer than the point (the message lists each
+/// chain's range).
+fn write_point<'c>(
+    chains: &'c [Chain],
+    at: At,
+    fallback: bool,
+    file: &File,
+) -> Result<(&'c Chain, SnapshotInfo, RestoreReport), Failure> {
     let mut ranges = Vec::new();
-    for (i, c) in chains.iter().enumerate() {
-        let listing = match ChainListing::load(&c.base, &c.dir) {
-            Ok(l) => l,
-            Err(e) if i == 0 && at == At::Latest => {
-                let older = match chains.get(1) {
-                    Some(c) => format!(
-                        "; {} is older: restore it with --at TIME (see inspect)",
-                        c.base.display()
-                    ),
-                    None => String::new(),
-                };
-                return Err(Failure::new(chain_code(&e), format!("{e}{older}")));
-            }
-            Err(e) => {
-                ranges.push(format!("{}: unusable ({e})", c.base.display()));
+    let mut skipped: Vec<(&Chain, ChainError)> = Vec::new();
+    for c in chains {
+        let written = match pick(c, at)? {
+            Pick::Newer(range) => {
+                ranges.push(range);
                 continue;
             }
+            Pick::Point(picked) => materialize(&picked, at, file),
+            Pick::NoPoint(e) => Err(e),
         };
-        if matches!(at, At::Seq(_)) && !is_queue(&listing) {
-            return Err(Failure::new(
-                Code::Usage,
-                format!(
-                    "--seq needs a queue-strategy chain; {} is a {} snapshot: use --at",
-                    c.base.display(),
-                    strategy_name(&listing)
-                ),
-            ));
-        }
-        match listing.select(at) {
-            Ok(k) => {
-                check_not_past_stop(&listing, at, k)?;
-                let unix_time_ns = k
-                    .checked_sub(1)
-                    .and_then(|j| listing.deltas.get(j))
-                    .map_or(listing.base.meta.unix_time_ns, |d| d.footer.unix_time_ns);
-                return Ok(Picked {
-                    chain: c,
-                    deltas: k,
-                    base: listing.base,
-                    unix_time_ns,
-                });
+        match written {
+            Ok(Ok((info, report))) => {
+                for (bad, why) in &skipped {
+                    warn!(
+                        "skipped {}: {why}; restoring from the older generation {} instead",
+                        bad.base.display(),
+                        c.base.display()
+                    );
+                }
+                return Ok((c, info, report));
             }
-            Err(e) if matches!(e.kind(), ChainErrorKind::NotInChain { .. }) => {
-                ranges.push(describe(&listing));
-            }
-            Err(e) => return Err(Failure::new(chain_code(&e), e.to_string())),
+            Ok(Err(f)) => return Err(f),
+            Err(e) if skippable(&e, fallback) => skipped.push((c, e)),
+            Err(e) => return Err(unusable(&e, &skipped)),
         }
     }
+    let skips: String = skipped
+        .iter()
+        .map(|(c, e)| format!("; skipped {} ({e})", c.base.display()))
+        .collect();
+    let (code, why) = match skipped.is_empty() {
+        true => (Code::NoInput, "no kept state is"),
+        false => (Code::DataErr, "no restorable kept state is"),
+    };
     Err(Failure::new(
-        Code::NoInput,
+        code,
         format!(
-            "no kept state is at or before {}; available: {}",
+            "{why} at or before {}{skips}; available: {}",
             point_text(at),
             ranges.join("; ")
         ),
     ))
+}
+
+/// The error for a chain whose base yields no point and may not be skipped.
+fn unusable(e: &ChainError, skipped: &[(&Chain, ChainError)]) -> Failure {
+    let before: String = skipped
+        .iter()
+        .map(|(c, e)| format!("; skipped before it: {} ({e})", c.base.display()))
+        .collect();
+    let hint = match e.kind() {
+        ChainErrorKind::Base(_) => "; pass --fallback to skip it and use an older generation",
+        _ => "",
+    };
+    Failure::new(chain_code(e), format!("{e}{before}{hint}"))
+}
+
+/// What one chain holds of a point.
+enum Pick<'c> {
+    /// The point, in this chain.
+    Point(Picked<'c>),
+    /// The chain's base is newer than the point: its range, for the message.
+    Newer(String),
+    /// The chain cannot be listed (its base's footer): the caller's rules decide.
+    NoPoint(ChainError),
+}
+
+/// The point `at` in chain `c`.
+///
+/// # Errors
+///
+/// 65 if the point lies past a bad delta of the chain; 64 for `--seq` on a chain that is not
+/// a queue's.
+fn pick(c: &Chain, at: At) -> Result<Pick<'_>, Failure> {
+    let listing = match ChainListing::load(&c.base, &c.dir) {
+        Ok(l) => l,
+        Err(e) => return Ok(Pick::NoPoint(e)),
+    };
+    if matches!(at, At::Seq(_)) && !is_queue(&listing) {
+        return Err(Failure::new(
+            Code::Usage,
+            format!(
+                "--seq needs a queue-strategy chain; {} is a {} snapshot: use --at",
+                c.base.display(),
+                strategy_name(&listing)
+            ),
+        ));
+    }
+    match listing.select(at) {
+        Ok(k) => {
+            check_not_past_stop(&listing, at, k)?;
+            let unix_time_ns = k
+                .checked_sub(1)
+                .and_then(|j| listing.deltas.get(j))
+                .map_or(listing.base.meta.unix_time_ns, |d| d.footer.unix_time_ns);
+            Ok(Pick::Point(Picked {
+                chain: c,
+                deltas: k,
+                base: listing.base,
+                unix_time_ns,
+            }))
+        }
+        Err(e) if matches!(e.kind(), ChainErrorKind::NotInChain { .. }) => {
+            Ok(Pick::Newer(describe(&listing)))
+        }
+        Err(e) => Err(Failure::new(chain_code(&e), e.to_string())),
+    }
+}
+
+/// Writes the picked point into `file` (`chain::materialize`, which ends the chain where
+/// `verify` does): `Err(e)` if the chain yields no point (the caller's rules decide),
+/// `Ok(Err(failure))` if the point asked for lies past a bad delta or the chain changed.
+fn materialize(
+    picked: &Picked<'_>,
+    at: At,
+    file: &File,
+) -> Result<Result<(SnapshotInfo, RestoreReport), Failure>, ChainError> {
+    let (chain, k) = (picked.chain, picked.deltas);
+    let (info, report) = chain::materialize(&chain.base, &chain.dir, At::Deltas(k as u64), file)?;
+    if let Err(f) = picked.check_same(&report) {
+        return Ok(Err(f));
+    }
+    let applied = report.listing.deltas.len();
+    if applied < k && at != At::Latest {
+        // A delta is not sound (its data CRC, or its point's image check): the point asked
+        // for is past it.
+        let why = report
+            .listing
+            .stop
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        return Ok(Err(Failure::new(
+            Code::DataErr,
+            format!(
+                "{why}; the point asked for needs delta {k}, only deltas 1..={applied} are \
+                 sound (nothing written)"
+            ),
+        )));
+    }
+    Ok(Ok((info, report)))
 }
 
 /// Refuses a point that may lie in the lost part of a broken chain: `at` selects all `k`
@@ -330,11 +404,11 @@ fn check_not_past_stop(listing: &ChainListing, at: At, k: usize) -> Result<(), F
 }
 
 /// The footer of the delta at `path` if it is intact and links to `tip` (its table or data
-/// may still be bad). Reads only the last 128 bytes; opens without blocking, regular files
-/// only.
+/// may still be bad). Reads only the last 128 bytes; opens as every delta is opened
+/// (`chain::open_delta`: regular files only, links not followed, without blocking).
 fn linked_footer(path: &Path, tip: &chain::Tip) -> Option<chain::DeltaFooter> {
     let name = chain::parse_delta_name(path.file_name()?.as_bytes())?;
-    let file = shmsnap_linux::snapshot::open(path).ok()?;
+    let file = chain::open_delta(path).ok()?;
     let len = file.metadata().ok()?.len();
     let mut b = [0u8; chain::DELTA_FOOTER_LEN];
     let at = len.checked_sub(chain::DELTA_FOOTER_LEN as u64)?;
@@ -530,14 +604,27 @@ impl Out {
             )
         };
         retry_on_intr(|| rustix::fs::fdatasync(&temp.file)).map_err(|e| io("fdatasync", e))?;
-        let flags = if self.force {
-            RenameFlags::empty()
+        let renamed = if self.force {
+            rustix::fs::renameat(&self.dir, &temp.name, &self.dir, &self.name).map_err(Into::into)
         } else {
-            RenameFlags::NOREPLACE
+            // RENAME_NOREPLACE, or `link` + `unlink` where the file system lacks it (nothing
+            // excludes other writers of OUT's directory: only atomic mechanisms).
+            let no_replace = NoReplace::new();
+            let r = no_replace.rename(
+                self.dir.as_fd(),
+                &self.dir_path,
+                &temp.name,
+                &self.name,
+                Exclusive::No,
+            );
+            if let Some(notice) = no_replace.take_notice() {
+                warn!("{notice}");
+            }
+            r
         };
-        match rustix::fs::renameat_with(&self.dir, &temp.name, &self.dir, &self.name, flags) {
+        match renamed {
             Ok(()) => {}
-            Err(Errno::EXIST) => {
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
                 return Err(Failure::new(
                     Code::CantCreat,
                     format!(
@@ -546,7 +633,12 @@ impl Out {
                     ),
                 ))
             }
-            Err(e) => return Err(io("rename", e)),
+            Err(e) => {
+                return Err(Failure::new(
+                    Code::IoErr,
+                    format!("cannot rename {}: {e}", temp.path().display()),
+                ))
+            }
         }
         temp.keep();
         retry_on_intr(|| rustix::fs::fsync(&self.dir)).map_err(|e| {
@@ -727,7 +819,9 @@ mod tests {
         let persister = Persister::new(&state, 1).unwrap();
         persist_base(&persister, 1, 0xaa);
         let chains = generations(&state).unwrap();
-        let picked = pick(&chains, At::Latest).unwrap();
+        let Ok(Pick::Point(picked)) = pick(&chains[0], At::Latest) else {
+            panic!("no point");
+        };
         let copy = |picked: &Picked<'_>| {
             let out = tempfile::tempfile().unwrap();
             let (_, report) =

@@ -12,7 +12,10 @@
 //! hands the new region to the supervisor ([`Snapshotter::take_new_region`]), which passes it
 //! to the next client and the service manager's fd store.
 
+mod newest;
 mod repair;
+
+pub use newest::skippable;
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -27,7 +30,7 @@ use tracing::{debug, error, info, warn};
 
 use shmsnap_core::PAGE_SIZE;
 
-use crate::exit::{io_code, persister_code, snapshot_code, Code, Failure, FinalSnapshot};
+use crate::exit::{persister_code, Code, Failure, FinalSnapshot};
 use crate::progress;
 use crate::strategy::{Cx, Origin, Strategy};
 
@@ -173,12 +176,14 @@ fn now_ns() -> u64 {
 
 impl Snapshotter {
     /// A snapshotter of `memfd` into `persister`: maps the region as the strategy wants and
-    /// lets the strategy [`accept`](Strategy::accept) it; the generation count continues the
-    /// restored snapshot's.
+    /// lets the strategy [`accept`](Strategy::accept) it; the generation count continues
+    /// above every generation the state holds ([`generation_floor`]).
     ///
     /// # Errors
     ///
-    /// [`Code::OsErr`] if the region cannot be mapped.
+    /// [`Code::OsErr`] if the region cannot be mapped; [`Code::DataErr`] if the state holds
+    /// generation `u64::MAX` (no new base could ever be written); [`Code::IoErr`] if the
+    /// state's directories cannot be listed.
     pub fn new(
         persister: Persister,
         mut strategy: Box<dyn Strategy>,
@@ -191,14 +196,7 @@ impl Snapshotter {
         let status = std::sync::Arc::new(std::sync::Mutex::new(
             crate::durable::publisher_at_start(&memfd, &map, origin, strategy.status_area()),
         ));
-        let on_disk = match origin {
-            Origin::Restored(info) => Some(info.meta.generation),
-            Origin::Empty => None,
-            // Not restored from it, but the next generation continues the file's count.
-            Origin::FdStore => snapshot::read_footer_path(&persister.target())
-                .ok()
-                .map(|i| i.meta.generation),
-        };
+        let on_disk = generation_floor(&persister, origin)?;
         let region_len = memfd
             .len()
             .map_err(|e| Failure::new(Code::OsErr, format!("cannot stat the region: {e}")))?;
@@ -272,9 +270,15 @@ impl Snapshotter {
                 "nothing was committed since the last snapshot".into(),
             ));
         }
+        let generation = next_generation(self.on_disk).ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                generations_exhausted(&self.target()),
+            )
+        })?;
         let meta = SnapshotMeta {
             strategy: self.strategy.code().code(),
-            generation: next_generation(self.on_disk),
+            generation,
             unix_time_ns: now_ns(),
         };
         let cx = Cx {
@@ -285,7 +289,12 @@ impl Snapshotter {
             client_alive,
             client,
         };
-        let outcome = self.strategy.take(cx)?;
+        let outcome = self.strategy.take(cx);
+        if let Some(notice) = self.persister.no_replace().take_notice() {
+            // Once per run: the first rename that needed the fallback (DESIGN §7).
+            warn!("{notice}");
+        }
+        let outcome = outcome?;
         match &outcome {
             Outcome::Persisted(r) => {
                 // Only now: a strategy returns `Persisted` after its commit returned.
@@ -556,10 +565,47 @@ impl Drop for Snapshotter {
     }
 }
 
-/// The generation after `on_disk`: saturates at `u64::MAX` (a hostile or absurd footer must
-/// not wrap the count to 0, nor panic in a debug build and lose the snapshot).
-fn next_generation(on_disk: Option<u64>) -> u64 {
-    on_disk.map_or(1, |g| g.saturating_add(1))
+/// The generation after `on_disk`; `None` after `u64::MAX`: generations never repeat
+/// (FORMAT.md), so there is none (a forged footer must not wrap the count to 0, reuse
+/// `u64::MAX`, nor panic in a debug build).
+fn next_generation(on_disk: Option<u64>) -> Option<u64> {
+    on_disk.map_or(Some(1), |g| g.checked_add(1))
+}
+
+/// The highest generation the state holds, which every new base must exceed: the restored
+/// base's, and every generation found on disk ([`newest::highest_generation`]: kept
+/// generations, the chain directory's delta names, bases set aside), whatever the region
+/// came from.
+///
+/// # Errors
+///
+/// [`Code::DataErr`] if it is `u64::MAX`: no new base could be written (the host refuses to
+/// start rather than run without snapshots); the listing's errors.
+fn generation_floor(persister: &Persister, origin: Origin<'_>) -> Result<Option<u64>, Failure> {
+    let restored = match origin {
+        Origin::Restored(info) => Some(info.meta.generation),
+        Origin::Empty | Origin::FdStore => None,
+    };
+    let floor = restored.max(newest::highest_generation(persister)?);
+    if floor == Some(u64::MAX) {
+        return Err(Failure::new(
+            Code::DataErr,
+            generations_exhausted(&persister.target()),
+        ));
+    }
+    Ok(floor)
+}
+
+/// The message for a state whose generations are used up.
+fn generations_exhausted(target: &Path) -> String {
+    format!(
+        "the state {} holds generation {} (u64::MAX), the last one: generations never repeat, \
+         so no new base can be written (only a forged or foreign footer gets there). Move the \
+         state file, its generations (.N) and its chain directory (.d) away to start a new \
+         state",
+        target.display(),
+        u64::MAX
+    )
 }
 
 /// Whether an attempt left the region's state safe on disk.
@@ -627,134 +673,83 @@ pub fn open_persister(state: &Path, keep: usize) -> Result<Persister, Failure> {
     Ok(persister)
 }
 
-/// Creates the region and restores the newest sound snapshot into it.
-///
-/// With `fallback`, an unusable newest file is renamed aside (never deleted) and the newest
-/// sound older generation is restored; without it, the error stops the host and every file
-/// is left untouched.
+/// Creates the region and restores the newest restorable point into it: the newest
+/// generation's chain up to its first unsound link, or — when the newest generation yields
+/// no point — an older generation's, by the rules of [`newest`] (a corrupt base is skipped
+/// and renamed aside, never deleted; with `fallback` also one that cannot be read).
 ///
 /// # Errors
 ///
-/// A [`Failure`] naming the file and the problem.
+/// A [`Failure`] naming the file and the problem; nothing was changed then.
 pub fn prepare_region(
     persister: &Persister,
     size: Option<u64>,
     fallback: bool,
 ) -> Result<Prepared, Failure> {
     let target = persister.target();
-    let Choice { chosen, newest_bad } = choose(persister, fallback)?;
-    let size = region_size(size, chosen.as_ref())?;
-    let memfd = Memfd::create("shmsnap-region", size).map_err(|e| {
-        Failure::new(
-            Code::OsErr,
-            format!("cannot create a {size}-byte memfd: {e}"),
-        )
-    })?;
-    memfd
-        .seal_against_shrink()
-        .map_err(|e| Failure::new(Code::OsErr, format!("cannot seal the memfd: {e}")))?;
-    let Some((path, info)) = chosen else {
-        if let Some((bad, _)) = newest_bad {
-            return Err(Failure::new(
-                Code::DataErr,
-                format!("no sound snapshot generation to fall back to ({} is unusable); nothing was changed", bad.display()),
-            ));
-        }
+    let found = newest::restore_newest(
+        persister,
+        fallback,
+        now_ns() / 1_000_000_000,
+        |path, info| {
+            let t = Instant::now();
+            let size = region_size(size, Some((path, info)));
+            let memfd = fresh_region(size).map_err(|e| {
+                newest::RestoreError::Fatal(Failure::new(Code::OsErr, e.to_string()))
+            })?;
+            let report = restore(path, &chain::chain_dir(&target), &memfd)?;
+            Ok((report, (memfd, size, t.elapsed())))
+        },
+    )?;
+    let Some(found) = found else {
+        let size = region_size(size, None);
         info!(
             "no snapshot at {}; starting with an empty {size}-byte region",
             target.display()
         );
+        let memfd = fresh_region(size).map_err(|e| {
+            Failure::new(
+                Code::OsErr,
+                format!("cannot create a {size}-byte region: {e}"),
+            )
+        })?;
         return Ok(Prepared {
             memfd,
             restored: None,
         });
     };
-    if let Some((bad, e)) = &newest_bad {
-        set_aside(bad, e, &path)?;
-    }
-    restore(&path, &info, &memfd, size)?;
+    let (memfd, size, took) = found.value;
+    log_restored(&found.path, &found.info, &found.report, size, took);
     Ok(Prepared {
         memfd,
-        restored: Some(info),
+        restored: Some(found.info),
     })
 }
 
 /// The name of the region's memfd (`/proc/PID/maps` shows `/memfd:shmsnap-region`).
 pub const REGION_NAME: &str = "shmsnap-region";
 
-/// A new, empty region of `size` bytes, sealed against shrinking.
+/// A new, empty region of `size` bytes, sealed against shrinking (a region is never shrunk).
 ///
 /// # Errors
 ///
-/// `memfd_create`, `ftruncate` or `fcntl` errors.
+/// `memfd_create`, `ftruncate` or `fcntl` errors, saying which step failed.
 pub fn fresh_region(size: u64) -> io::Result<Memfd> {
-    let memfd = Memfd::create(REGION_NAME, size)?;
-    memfd.seal_against_shrink()?;
+    let memfd = Memfd::create(REGION_NAME, size)
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot create a {size}-byte memfd: {e}")))?;
+    memfd
+        .seal_against_shrink()
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot seal the memfd: {e}")))?;
     Ok(memfd)
-}
-
-/// The snapshot to restore, and the newest generation if it is unusable.
-struct Choice {
-    chosen: Option<(PathBuf, SnapshotInfo)>,
-    newest_bad: Option<(PathBuf, snapshot::SnapshotError)>,
-}
-
-/// Picks the newest snapshot (or, with `fallback`, the newest sound generation).
-fn choose(persister: &Persister, fallback: bool) -> Result<Choice, Failure> {
-    let generations = persister.generations().map_err(|e| {
-        Failure::new(
-            io_code(&e),
-            format!(
-                "cannot list snapshots of {}: {e}",
-                persister.target().display()
-            ),
-        )
-    })?;
-    let mut newest_bad = None;
-    for g in &generations {
-        // Without --fallback only the newest file counts, and its footer is enough to size
-        // the region: `restore_into` verifies the whole file before copying anything.
-        // With --fallback, each candidate is verified completely to choose the newest sound one.
-        let checked = if fallback {
-            snapshot::verify_path(&g.path)
-        } else {
-            snapshot::read_footer_path(&g.path)
-        };
-        match checked {
-            Ok(info) => {
-                return Ok(Choice {
-                    chosen: Some((g.path.clone(), info)),
-                    newest_bad,
-                })
-            }
-            Err(e) => {
-                if g.index == 0 && !fallback {
-                    return Err(unusable(&g.path, &e));
-                }
-                warn!("{}: unusable snapshot: {e}", g.path.display());
-                if g.index == 0 {
-                    newest_bad = Some((g.path.clone(), e));
-                }
-            }
-        }
-        if !fallback {
-            break;
-        }
-    }
-    Ok(Choice {
-        chosen: None,
-        newest_bad,
-    })
 }
 
 /// The region's size: `--size` is a minimum, a larger snapshot is restored at its own size
 /// (a client may have grown its region); without `--size`, the snapshot's size or
-/// [`DEFAULT_SIZE`]. The choice is logged when a snapshot overrides `--size`.
-fn region_size(
-    size: Option<u64>,
-    chosen: Option<&(PathBuf, SnapshotInfo)>,
-) -> Result<u64, Failure> {
-    let size = match (size, chosen) {
+/// [`DEFAULT_SIZE`]. The choice is logged when a snapshot overrides `--size`. (A footer's
+/// image length is a nonzero multiple of 8, `--size` is checked by the command line: never
+/// 0.)
+fn region_size(size: Option<u64>, chosen: Option<(&Path, &SnapshotInfo)>) -> u64 {
+    match (size, chosen) {
         (Some(s), Some((path, info))) if s < info.image_len => {
             info!(
                 "{} is {} bytes, larger than --size {s}: the region is {} bytes",
@@ -767,118 +762,61 @@ fn region_size(
         (Some(s), _) => s,
         (None, Some((_, info))) => info.image_len,
         (None, None) => DEFAULT_SIZE,
-    };
-    // A footer's image length is checked by `read_footer` (a nonzero multiple of 8), and
-    // `--size` by the command line; this guards the invariant, not user input.
-    if size == 0 {
-        return Err(Failure::new(Code::Software, "region size 0"));
     }
-    Ok(size)
 }
 
-/// Renames the unusable newest snapshot `bad` aside (never deletes it).
-fn set_aside(bad: &Path, e: &snapshot::SnapshotError, instead: &Path) -> Result<(), Failure> {
-    let aside = bad.with_extension(format!(
-        "{}corrupt-{}",
-        bad.extension()
-            .map_or(String::new(), |x| format!("{}.", x.to_string_lossy())),
-        now_ns() / 1_000_000_000
-    ));
-    std::fs::rename(bad, &aside).map_err(|re| {
-        Failure::new(
-            io_code(&re),
-            format!("cannot move unusable {} aside: {re}", bad.display()),
-        )
-    })?;
-    warn!(
-        "{} is unusable ({e}); renamed it to {} and restoring {} instead",
-        bad.display(),
-        aside.display(),
-        instead.display()
-    );
-    Ok(())
-}
-
-/// Restores the chain of base `path` into `memfd` ([`chain::restore_chain`]): the base, then
-/// every complete, correctly chained delta of its generation in the chain directory, every CRC
-/// checked while copying (the memfd is private until the client starts: a mismatch drops
-/// nothing that matters). A torn or corrupt delta ends the chain there and is named in a
-/// warning; the deltas after it are not applied. The base was read once to size the region:
-/// if it changed since, the restore is refused as a data problem rather than trusted.
-fn restore(path: &Path, info: &SnapshotInfo, memfd: &Memfd, size: u64) -> Result<(), Failure> {
-    let t = Instant::now();
-    let cannot = |e: &chain::ChainError| {
-        Failure::new(
-            chain_code(e),
-            format!("cannot restore {}: {e}", path.display()),
-        )
-    };
+/// Restores the chain of base `path` (deltas in `dir`, the state file's chain directory, which
+/// every generation shares) into `memfd` ([`chain::restore_chain`]): the base, then
+/// every delta of its generation up to the first link that is not sound (the same answer as
+/// `verify`: footer, links, data CRC, the image check of each point), every CRC checked while
+/// copying (the memfd is private until the client starts: a mismatch drops nothing that
+/// matters). A link that ends the chain is named in a warning; the deltas after it are not
+/// applied. A progress bar on a terminal for a big base.
+fn restore(
+    path: &Path,
+    dir: &Path,
+    memfd: &Memfd,
+) -> Result<chain::RestoreReport, chain::ChainError> {
     // Opened without blocking, regular files only (a FIFO planted at the path never blocks);
     // here only for the progress bar: the chain restore opens its files the same way.
-    let file = snapshot::open(path).map_err(|e| cannot(&e.into()))?;
+    let file = snapshot::open(path)?;
     let label = format!("restoring {}", path.display());
-    let dir = chain::chain_dir(path);
     let report = progress::reading_file(&file, 1, &label, || {
-        chain::restore_chain(path, &dir, memfd, chain::At::Latest)
-    })
-    .map_err(|e| cannot(&e))?;
-    let base = &report.listing.base;
-    if base.image_len != info.image_len || base.meta != info.meta {
-        return Err(Failure::new(
-            Code::DataErr,
-            format!(
-                "{} changed while it was being restored (image {} bytes, then {}); is another \
-                 process writing it? Nothing was started",
-                path.display(),
-                info.image_len,
-                base.image_len
-            ),
-        ));
-    }
-    let applied = report.listing.deltas.len();
+        chain::restore_chain(path, dir, memfd, chain::At::Latest)
+    })?;
     if let Some(stop) = &report.listing.stop {
         warn!(
-            "the chain of {} ends early: {stop}; restored the base and the {applied} delta(s) \
-             before it, {} later delta file(s) not applied",
+            "the chain of {} ends early: {stop}; restored the base and the {} delta(s) before \
+             it, {} later delta file(s) not applied",
             path.display(),
+            report.listing.deltas.len(),
             report.listing.ignored.len()
         );
     }
+    Ok(report)
+}
+
+/// The info line of a restore at start.
+fn log_restored(
+    path: &Path,
+    info: &SnapshotInfo,
+    report: &chain::RestoreReport,
+    size: u64,
+    took: Duration,
+) {
+    let applied = report.listing.deltas.len();
     info!(
         base_generation = info.meta.generation,
         deltas = applied,
         image_bytes = info.image_len,
         data_bytes = report.bytes,
-        ms = ms(t.elapsed()),
+        ms = ms(took),
         "restored {} (base generation {}) plus {applied} delta(s) into a {size}-byte region \
          ({} bytes of data copied; holes skipped)",
         path.display(),
         info.meta.generation,
         report.bytes
     );
-    Ok(())
-}
-
-/// The exit code for a chain restore error.
-fn chain_code(e: &chain::ChainError) -> Code {
-    match e.kind() {
-        chain::ChainErrorKind::Base(b) => snapshot_code(b),
-        chain::ChainErrorKind::Io(e) => io_code(e),
-        chain::ChainErrorKind::RegionTooSmall { .. } => Code::Config,
-        _ => Code::DataErr,
-    }
-}
-
-/// The error for an unusable newest snapshot without `--fallback`: nothing was changed.
-fn unusable(path: &Path, e: &snapshot::SnapshotError) -> Failure {
-    Failure::new(
-        snapshot_code(e),
-        format!(
-            "cannot restore {}: {e}. Nothing was changed; move the file away to start empty, \
-             or pass --fallback to restore an older generation",
-            path.display()
-        ),
-    )
 }
 
 /// Region size when neither `--size` nor a snapshot says otherwise.

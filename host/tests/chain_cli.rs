@@ -180,6 +180,13 @@ fn exit_chain(deltas: usize) -> Built {
 
 /// A queue-strategy chain: the base holds commits 1..=4, delta `i` adds 3 more commits.
 fn queue_chain(deltas: usize) -> Built {
+    queue_chain_ending(deltas, |_| {})
+}
+
+/// [`queue_chain`], with `last` applied to the region after the last delta's commits (so
+/// the last delta carries whatever `last` wrote, under correct CRCs).
+fn queue_chain_ending(deltas: usize, last: impl FnOnce(&Memfd)) -> Built {
+    let mut last = Some(last);
     let region = std::cell::OnceCell::new();
     let mut seq = 0u64;
     build(Strategy::Queue, deltas, |i, memfd| {
@@ -194,6 +201,11 @@ fn queue_chain(deltas: usize) -> Built {
         let mut w = Writer::open_or_init(map.words(), request).unwrap();
         for _ in 0..(if i == 0 { 4 } else { 3 }) {
             seq = w.commit(&(seq * 1000).to_le_bytes()).unwrap();
+        }
+        if i == deltas {
+            if let Some(last) = last.take() {
+                last(memfd);
+            }
         }
         (bytes_of(memfd), seq + 1)
     })
@@ -723,4 +735,265 @@ fn restore_places_the_point_by_a_bad_deltas_linked_footer_only() {
     assert_eq!(d.code, 65, "{}", d.stderr);
     assert!(d.stderr.contains("belongs to another base"), "{}", d.stderr);
     assert!(!out.exists());
+}
+
+// ---------------------------------------------------------------------------------------
+// Issue 20: one answer for a chain (verify, inspect, restore and run agree), older
+// generations as a fallback, delta entries that are not regular files, generation u64::MAX
+// ---------------------------------------------------------------------------------------
+
+/// Garbage over the meta pages (header and descriptor ring) of a queue region: the delta
+/// that carries them passes every CRC, and its image fails the queue image check.
+fn garbage_meta(region: &Memfd) {
+    let garbage: Vec<u8> = (0..2 * PAGE).map(|i| (i * 7 + 13) as u8).collect();
+    write_all_at(region, &garbage, 0).unwrap();
+}
+
+/// `run --state STATE --restart never --cgroup off -- true`: restore, a client that exits at
+/// once, a final snapshot (exit strategy: the region as restored).
+fn run_true(state: &Path) -> Done {
+    run(&[
+        "run".as_ref(),
+        "--state".as_ref(),
+        state.as_os_str(),
+        "--restart".as_ref(),
+        "never".as_ref(),
+        "--cgroup".as_ref(),
+        "off".as_ref(),
+        "--".as_ref(),
+        "true".as_ref(),
+    ])
+}
+
+/// The image and generation of the snapshot file `path`.
+fn image_and_generation(path: &Path) -> (Vec<u8>, u64) {
+    let info = snapshot::verify_path(path).unwrap();
+    let bytes = std::fs::read(path).unwrap();
+    (bytes[..IMAGE as usize].to_vec(), info.meta.generation)
+}
+
+#[test]
+fn a_delta_that_passes_its_crcs_but_not_the_image_check_ends_the_chain_for_every_command() {
+    // The issue's scenario: 28 deltas, the 28th carries garbage meta pages under correct CRCs.
+    let b = queue_chain_ending(28, garbage_meta);
+    let bad = b.delta(28).to_path_buf();
+    let bad_name = bad.to_string_lossy().into_owned();
+
+    let d = run(&["inspect".as_ref(), "--json".as_ref(), b.state.as_os_str()]);
+    assert_eq!(d.code, 65, "inspect calls the chain broken: {}", d.stderr);
+    let j = json(&d);
+    let c = &j["chain"];
+    assert_eq!(c["intact"], false, "{}", d.stdout);
+    assert_eq!(c["deltas"].as_array().unwrap().len(), 27, "{}", d.stdout);
+    assert_eq!(c["stop"]["path"], bad_name.as_str());
+    assert_eq!(c["stop"]["kind"], "bad-image", "{}", d.stdout);
+    let reason = c["stop"]["reason"].as_str().unwrap();
+    assert!(reason.contains("image check"), "{reason}");
+
+    let d = run(&["verify".as_ref(), b.state.as_os_str()]);
+    assert_eq!(d.code, 65, "{}{}", d.stdout, d.stderr);
+    assert!(d.stderr.contains(&bad_name), "names the link: {}", d.stderr);
+    assert!(d.stderr.contains("image check"), "says why: {}", d.stderr);
+    assert!(
+        d.stderr.contains("A restore would use") && d.stderr.contains("+ 27 delta(s)"),
+        "{}",
+        d.stderr
+    );
+
+    let out = b.path("newest.snap");
+    let d = restore(&b, &out, &[]);
+    assert_eq!(d.code, 0, "restore uses the sound prefix: {}", d.stderr);
+    assert!(
+        d.stderr.contains(&bad_name),
+        "warns naming it: {}",
+        d.stderr
+    );
+    assert_image(&out, &b.points[27]);
+
+    let d = run_true(&b.state);
+    assert_eq!(d.code, 0, "run starts from base + 27: {}", d.stderr);
+    assert!(
+        d.stderr.contains(&bad_name),
+        "warns naming it: {}",
+        d.stderr
+    );
+    let (image, generation) = image_and_generation(&b.state);
+    assert_eq!(generation, 2, "{}", d.stderr);
+    assert!(image == b.points[27].image, "run restored another state");
+}
+
+#[test]
+fn a_delta_that_zeroes_the_whole_image_ends_the_chain_before_it() {
+    let b = queue_chain_ending(3, |region| {
+        write_all_at(region, &vec![0u8; IMAGE as usize], 0).unwrap();
+    });
+    let d = run(&["verify".as_ref(), b.state.as_os_str()]);
+    assert_eq!(d.code, 65, "{}{}", d.stdout, d.stderr);
+    assert!(
+        d.stderr.contains(&*b.delta(3).to_string_lossy()),
+        "{}",
+        d.stderr
+    );
+    assert!(d.stderr.contains("+ 2 delta(s)"), "{}", d.stderr);
+    let out = b.path("newest.snap");
+    let d = restore(&b, &out, &[]);
+    assert_eq!(d.code, 0, "{}", d.stderr);
+    assert_image(&out, &b.points[2]);
+}
+
+/// Replaces `path` by what `make` creates at its name (a symlink, a FIFO, a directory).
+fn replace_with(path: &Path, make: impl FnOnce(&Path)) {
+    std::fs::remove_file(path).unwrap();
+    make(path);
+}
+
+#[test]
+fn delta_entries_that_are_not_regular_files_end_the_chain_and_are_named() {
+    use rustix::fs::{mknodat, FileType, Mode, CWD};
+    type Make = fn(&Path, &Path);
+    let kinds: [(&str, Make); 3] = [
+        ("symbolic link", |p, elsewhere| {
+            std::os::unix::fs::symlink(elsewhere, p).unwrap()
+        }),
+        ("FIFO", |p, _| {
+            mknodat(CWD, p, FileType::Fifo, Mode::from_raw_mode(0o600), 0).unwrap()
+        }),
+        ("directory", |p, _| std::fs::create_dir(p).unwrap()),
+    ];
+    for (what, make) in kinds {
+        let b = queue_chain(3);
+        // A sound copy of delta 3 kept elsewhere: even a link to good bytes is refused.
+        let elsewhere = b.path("elsewhere.delta");
+        std::fs::copy(b.delta(3), &elsewhere).unwrap();
+        replace_with(b.delta(3), |p| make(p, &elsewhere));
+        let bad = b.delta(3).to_string_lossy().into_owned();
+
+        let d = run(&["verify".as_ref(), b.state.as_os_str()]);
+        assert_eq!(d.code, 65, "{what}: {}{}", d.stdout, d.stderr);
+        assert!(d.stderr.contains(&bad), "{what}: {}", d.stderr);
+        assert!(d.stderr.contains(what), "{what}: {}", d.stderr);
+        assert!(d.stderr.contains("+ 2 delta(s)"), "{what}: {}", d.stderr);
+
+        let d = run(&["inspect".as_ref(), "--json".as_ref(), b.state.as_os_str()]);
+        assert_eq!(d.code, 65, "{what}: {}", d.stderr);
+        let j = json(&d);
+        assert_eq!(j["chain"]["deltas"].as_array().unwrap().len(), 2);
+        assert_eq!(j["chain"]["stop"]["path"], bad.as_str());
+
+        let out = b.path("newest.snap");
+        let d = restore(&b, &out, &[]);
+        assert_eq!(d.code, 0, "{what}: {}", d.stderr);
+        assert_image(&out, &b.points[2]);
+    }
+}
+
+/// Writes a snapshot file of generation `generation` holding `image` at `path` (the footer
+/// and CRC right), optionally with one image byte flipped afterwards (a corrupt base).
+fn write_base(path: &Path, image: &[u8], generation: u64, corrupt: bool) {
+    let region = Memfd::create("base", IMAGE).unwrap();
+    write_all_at(&region, image, 0).unwrap();
+    let meta = SnapshotMeta {
+        strategy: Strategy::Queue.code(),
+        generation,
+        unix_time_ns: ns(T0 + 10_000),
+    };
+    let f = std::fs::File::create_new(path).unwrap();
+    snapshot::write_snapshot(&region, &f, IMAGE, meta).unwrap();
+    if corrupt {
+        flip_byte(path, 5000);
+    }
+}
+
+#[test]
+fn run_and_restore_fall_back_to_the_older_generation_when_the_newest_base_is_corrupt() {
+    // Generation 1 with 3 deltas, kept as state.snap.1; the newest base (generation 2) is
+    // corrupt (an image byte flipped under its CRC).
+    let b = queue_chain(3);
+    let older = b.path("state.snap.1");
+    std::fs::rename(&b.state, &older).unwrap();
+    let newest_image = b.points[3].image.clone();
+    write_base(&b.state, &newest_image, 2, true);
+    let corrupt_bytes = std::fs::read(&b.state).unwrap();
+    let state = b.state.to_string_lossy().into_owned();
+    let older_name = older.to_string_lossy().into_owned();
+
+    // restore --state: read only, says what it skipped and what it used.
+    let before = snapshot_dir(b.dir.path());
+    let out = b.path("fallback.snap");
+    let d = restore(&b, &out, &[]);
+    assert_eq!(d.code, 0, "{}", d.stderr);
+    assert!(
+        d.stderr.contains(&state) && d.stderr.contains(&older_name),
+        "{}",
+        d.stderr
+    );
+    assert_image(&out, &b.points[3]);
+    let mut after = snapshot_dir(b.dir.path());
+    after.remove(&out);
+    assert!(after == before, "restore changed the state");
+
+    // run: starts from state.snap.1's chain, says so, sets the corrupt base aside.
+    let d = run_true(&b.state);
+    assert_eq!(d.code, 0, "{}", d.stderr);
+    assert!(
+        d.stderr.contains(&state) && d.stderr.contains(&older_name),
+        "{}",
+        d.stderr
+    );
+    let (image, generation) = image_and_generation(&b.state);
+    assert!(image == b.points[3].image, "run restored another state");
+    assert_eq!(
+        generation, 3,
+        "generation 2 is taken by the corrupt base: never reused"
+    );
+    let aside: Vec<PathBuf> = std::fs::read_dir(b.dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().contains(".corrupt-"))
+        .collect();
+    assert_eq!(aside.len(), 1, "{aside:?}");
+    assert_eq!(
+        std::fs::read(&aside[0]).unwrap(),
+        corrupt_bytes,
+        "kept as it was"
+    );
+}
+
+#[test]
+fn generation_u64_max_is_written_once_and_never_reused() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state.snap");
+    let image: Vec<u8> = (0..IMAGE).map(|i| (i % 251) as u8).collect();
+    let region = Memfd::create("base", IMAGE).unwrap();
+    write_all_at(&region, &image, 0).unwrap();
+    let meta = SnapshotMeta {
+        strategy: Strategy::Exit.code(),
+        generation: u64::MAX - 1,
+        unix_time_ns: ns(T0),
+    };
+    let persister = Persister::new(&state, 1).unwrap();
+    persister
+        .persist_with(|f| snapshot::write_snapshot(&region, f, IMAGE, meta))
+        .unwrap();
+    drop(persister);
+
+    // u64::MAX − 1 on disk: the next base is u64::MAX.
+    let d = run_true(&state);
+    assert_eq!(d.code, 0, "{}", d.stderr);
+    let (_, g) = image_and_generation(&state);
+    assert_eq!(g, u64::MAX, "{}", d.stderr);
+    let (_, g1) = image_and_generation(&dir.path().join("state.snap.1"));
+    assert_eq!(g1, u64::MAX - 1);
+
+    // u64::MAX on disk: no generation is left; the host refuses to start, changing nothing.
+    let before = snapshot_dir(dir.path());
+    let d = run_true(&state);
+    assert_eq!(d.code, 65, "{}", d.stderr);
+    assert!(d.stderr.contains("18446744073709551615"), "{}", d.stderr);
+    assert!(
+        d.stderr.contains("never"),
+        "says generations never repeat: {}",
+        d.stderr
+    );
+    assert!(snapshot_dir(dir.path()) == before, "the state changed");
 }

@@ -657,7 +657,7 @@ fn region_too_small_for_the_layout_is_reported_by_the_client() {
 }
 
 #[test]
-fn fallback_restores_the_older_generation_and_keeps_the_bad_file() {
+fn a_corrupt_newest_base_falls_back_to_the_older_generation_and_is_kept_aside() {
     let dir = tempdir();
     let state = dir.path().join("gen.snap");
     for word in ["first", "secnd"] {
@@ -674,14 +674,14 @@ fn fallback_restores_the_older_generation_and_keeps_the_bad_file() {
     }
     let older = dir.path().join("gen.snap.1");
     assert!(older.exists());
-    let mut bad = std::fs::read(&state).unwrap();
+    let good = std::fs::read(&state).unwrap();
+    let mut bad = good.clone();
     bad[2] ^= 1;
     std::fs::write(&state, &bad).unwrap();
     let read = ["/bin/sh", "-c", "echo got=$(head -c 5 /proc/self/fd/3)"];
-    // Without --fallback: refused, nothing touched.
-    assert_refused(dir.path(), &state, &[], &read, 65, &["gen.snap"]);
-    // With it: the older generation comes back, the bad file is moved aside intact.
-    let mut h = run_host(&state, &["--restart", "never", "--fallback"], &read);
+    // A corrupt base (its CRC) is skipped without --fallback (issue 20): the older
+    // generation comes back, the bad file is moved aside intact.
+    let mut h = run_host(&state, &["--restart", "never", "--keep", "2"], &read);
     assert_eq!(h.exit_code(), 0, "{}", h.err.text());
     assert_eq!(h.out.all(), ["got=first"]);
     let aside: Vec<_> = snapshot_dir(dir.path())
@@ -693,6 +693,51 @@ fn fallback_restores_the_older_generation_and_keeps_the_bad_file() {
     println!("moved aside to {}", aside[0].0.display());
     assert!(h.err.text().contains("renamed it to"));
     assert_verifies(&state);
+
+    // A base of a newer format version is not known to be corrupt: refused without
+    // --fallback, nothing touched; skipped (and kept aside) with it.
+    let mut newer = std::fs::read(&state).unwrap();
+    let footer = newer.len() - shmsnap_linux::snapshot::FOOTER_LEN;
+    newer[footer + 8] = 2; // version 2, footer CRC fixed below
+    let crc = crc32c(&newer[footer..footer + 52]);
+    newer[footer + 52..].copy_from_slice(&crc.to_le_bytes());
+    std::fs::write(&state, &newer).unwrap();
+    assert_refused(
+        dir.path(),
+        &state,
+        &[],
+        &read,
+        65,
+        &["gen.snap", "--fallback"],
+    );
+    let mut h = run_host(
+        &state,
+        &["--restart", "never", "--fallback", "--keep", "2"],
+        &read,
+    );
+    assert_eq!(h.exit_code(), 0, "{}", h.err.text());
+    assert_eq!(h.out.all(), ["got=first"], "{}", h.err.text());
+    let aside = snapshot_dir(dir.path())
+        .into_iter()
+        .filter(|(_, b)| *b == newer)
+        .count();
+    assert_eq!(aside, 1, "the newer-version base is kept aside");
+}
+
+/// CRC-32C, bit by bit (for a footer the test edits).
+fn crc32c(bytes: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &b in bytes {
+        crc ^= u32::from(b);
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0x82f6_3b78
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
 }
 
 // ---------------------------------------------------------------------------------------

@@ -497,7 +497,7 @@ fn a_region_that_is_not_a_queue_is_reported_on_change_with_a_count_and_at_exit()
 // ---------------------------------------------------------------------------------------
 
 #[test]
-fn a_footer_at_the_last_generation_saturates_instead_of_wrapping() {
+fn a_footer_at_the_last_generation_refuses_the_start_instead_of_wrapping_or_reusing_it() {
     use shmsnap_linux::snapshot::{encode_footer, read_footer_path, FOOTER_LEN};
     let dir = tempdir();
     let state = dir.path().join("g.snap");
@@ -510,10 +510,15 @@ fn a_footer_at_the_last_generation_saturates_instead_of_wrapping() {
     bytes[at..].copy_from_slice(&encode_footer(info.image_len, info.meta, info.image_crc));
     std::fs::write(&state, &bytes).unwrap();
     assert_verifies(&state);
+    // Issue 20: generations never repeat, so u64::MAX has no successor (it once saturated:
+    // the next base reused u64::MAX next to the old one).
+    let before = snapshot_dir(dir.path());
     let mut h = run_host(&state, &["--restart", "never"], &["true"]);
-    assert_eq!(h.exit_code(), 0, "{}", h.err.text());
+    assert_eq!(h.exit_code(), 65, "{}", h.err.text());
+    assert!(h.err.text().contains("never repeat"), "{}", h.err.text());
+    assert!(snapshot_dir(dir.path()) == before, "the state changed");
     let after = read_footer_path(&state).unwrap();
-    assert_eq!(after.meta.generation, u64::MAX, "{}", h.err.text());
+    assert_eq!(after.meta.generation, u64::MAX);
 }
 
 #[test]

@@ -9,6 +9,7 @@
 //! | [`copy`] | sparse copy of data extents (`SEEK_DATA`/`SEEK_HOLE`, `copy_file_range`, `sendfile`) |
 //! | [`snapshot`] | snapshot file = image + footer (see `FOOTER.md`): open, write, verify (streamed, queue image checked), restore |
 //! | [`persist`] | atomic replace of a file with N kept generations |
+//! | [`noreplace`] | give a file its name without replacing one: `RENAME_NOREPLACE`, or a fallback the file system has, detected once |
 //! | [`status`] | durability feedback: host status publisher, client `wait_persisted`, snapshot requests (futex) |
 //! | [`take`] | one queue snapshot of a live region: pre → copy → post → retain → footer |
 //! | [`take_delta`] | one incremental queue snapshot: scan → pre → copy the written pages → post → delta |
@@ -67,6 +68,7 @@ pub mod handover;
 pub mod listen;
 pub mod mapping;
 pub mod memfd;
+pub mod noreplace;
 pub mod persist;
 pub mod snapshot;
 pub mod status;

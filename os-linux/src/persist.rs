@@ -57,6 +57,8 @@ use std::time::{Duration, Instant};
 use rustix::fs::{AtFlags, FileType, FlockOperation, Mode, OFlags};
 use rustix::io::{retry_on_intr, Errno};
 
+use crate::noreplace::NoReplace;
+
 /// The largest `keep` a [`Persister`] accepts: a bound on the renames of one persist.
 pub const MAX_KEEP: usize = 1000;
 
@@ -153,6 +155,9 @@ pub struct Persister {
     /// `<name>.lock`, holding our exclusive `flock` for the life of this value (released by
     /// the kernel when the fd closes, also when the process dies).
     _lock: OwnedFd,
+    /// How names are given without replacing (the chain's deltas), detected once for the
+    /// life of this value: this persister holds the lock, so it may use every fallback.
+    no_replace: NoReplace,
 }
 
 /// Timings of one persist.
@@ -226,7 +231,15 @@ impl Persister {
             name,
             keep,
             _lock: lock,
+            no_replace: NoReplace::new(),
         })
+    }
+
+    /// The no-replace renamer of this state file's directories (`RENAME_NOREPLACE` or the
+    /// fallback detected at its first failure). Its [`take_notice`](NoReplace::take_notice)
+    /// says once that a fallback is in use, for the caller to log.
+    pub fn no_replace(&self) -> &NoReplace {
+        &self.no_replace
     }
 
     /// The target's path.

@@ -24,12 +24,17 @@
 //!     independent CRC-32C oracle and core's whole-image checks.
 //!   - [`triple_host`](triple_host::triple_host): the triple-buffer host over arbitrary state,
 //!     seq, hint and header words.
+//!   - [`chain_agreement`](chain_agreement::chain_agreement): a base and deltas from arbitrary
+//!     runs and bytes (CRC-valid garbage meta, zeroed images, damaged, missing and linked
+//!     files): `verify` and `restore` end the chain at the same link, which the oracle names,
+//!     and the restored image is that point's.
 //!
 //! Fuzz inputs are decoded by a cursor that yields zeros past the end (`input`), and region
 //! images are built from them in `image`; decoders prefer values near the protocol's limits
 //! (`MAX_SEQ`, `MAX_STREAM`, the ring size) so the fuzzer reaches the edges.
 
 pub mod attach_and_read;
+pub mod chain_agreement;
 pub mod host;
 mod image;
 mod input;

@@ -61,7 +61,7 @@ impl<'a> Input<'a> {
 /// its order), computed without the code under test (the queue image check with core's
 /// whole-image functions, where the code under test streams).
 #[derive(Debug, PartialEq, Eq)]
-enum Expect {
+pub(crate) enum Expect {
     Ok { image_len: u64, image_crc: u32 },
     Truncated { len: u64, needed: u64 },
     BadMagic,
@@ -142,7 +142,7 @@ fn oracle(file: &[u8]) -> Expect {
 /// The valid entries of a queue image in slot order, or the first problem `verify` must
 /// report, from the whole image in memory (core's `Layout::read_bytes` and
 /// `read_descriptor_bytes`).
-fn queue_entries(image: &[u8]) -> Result<Vec<(u64, Descriptor)>, Expect> {
+pub(crate) fn queue_entries(image: &[u8]) -> Result<Vec<(u64, Descriptor)>, Expect> {
     let layout = Layout::read_bytes(image).map_err(Expect::Layout)?;
     let hints = Hints::read_bytes(image);
     let mut entries = Vec::new();

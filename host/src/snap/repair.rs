@@ -22,6 +22,8 @@ use shmsnap_linux::snapshot::{self, SnapshotInfo, SnapshotMeta};
 use shmsnap_linux::Memfd;
 use tracing::{error, warn};
 
+use crate::exit::Failure;
+
 /// Sets the live region `live` aside and restores the newest sound generation into `memfd`
 /// (`live` itself, or a fresh region of at least its length); returns what was restored
 /// (`None`: no sound snapshot, `memfd` was cleared as at a first start, or the restore failed
@@ -43,7 +45,7 @@ pub fn repair(
              for debugging: {e}"
         ),
     }
-    match restore_newest(persister, memfd) {
+    match restore_newest(persister, memfd, meta.unix_time_ns / 1_000_000_000) {
         Ok(Some((path, info))) => {
             warn!(
                 "restored {} (generation {}) into the region: the client restarts from it",
@@ -119,30 +121,29 @@ fn named(e: io::Error, path: &Path) -> io::Error {
     io::Error::new(e.kind(), format!("{}: {e}", path.display()))
 }
 
-/// Restores the newest generation that verifies (each candidate verified completely), with
-/// the deltas of its chain.
+/// Restores the newest restorable point into `memfd` (grown to the image if needed) by the
+/// rules of [`newest`](super::newest), skipping every base that yields no point (as
+/// `--fallback` does at start: the alternative is a client restarted on a corrupt region)
+/// and renaming the skipped ones aside.
 fn restore_newest(
     persister: &Persister,
     memfd: &Memfd,
-) -> io::Result<Option<(PathBuf, SnapshotInfo)>> {
-    for g in persister.generations()? {
-        let info = match snapshot::verify_path(&g.path) {
-            Ok(info) => info,
-            Err(e) => {
-                warn!("not restoring {}: {e}", g.path.display());
-                continue;
-            }
-        };
-        memfd.grow(memfd.len()?.max(info.image_len))?;
-        // The base plus its complete deltas, as at start.
-        let dir = chain::chain_dir(&persister.target());
-        let report = chain::restore_chain(&g.path, &dir, memfd, chain::At::Latest)?;
+    unix_secs: u64,
+) -> Result<Option<(PathBuf, SnapshotInfo)>, Failure> {
+    let dir = chain::chain_dir(&persister.target());
+    let found = super::newest::restore_newest(persister, true, unix_secs, |path, info| {
+        memfd
+            .len()
+            .and_then(|len| memfd.grow(len.max(info.image_len)))
+            .map_err(chain::ChainError::from)?;
+        // The base plus its deltas up to the first unsound link, as at start.
+        let report = chain::restore_chain(path, &dir, memfd, chain::At::Latest)?;
         if let Some(stop) = &report.listing.stop {
-            warn!("the chain of {} ends early: {stop}", g.path.display());
+            warn!("the chain of {} ends early: {stop}", path.display());
         }
-        return Ok(Some((g.path, info)));
-    }
-    Ok(None)
+        Ok((report, ()))
+    })?;
+    Ok(found.map(|f| (f.path, f.info)))
 }
 
 /// Punches the whole region: it reads as zeros, as a new region does.

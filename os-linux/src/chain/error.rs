@@ -105,6 +105,18 @@ pub enum ChainErrorKind {
         /// `(generation, index)` from the footer.
         footer: (u64, u64),
     },
+    /// The delta passes every CRC and links, but the image it yields (the point before it
+    /// with its runs applied) fails the image check (`snapshot::check_image`: a queue's
+    /// header and descriptors, a triple's meta): the chain ends before it, exactly as at a
+    /// CRC mismatch. The inner error says what the check found (it names no file).
+    Image(Box<SnapshotError>),
+    /// The chain directory holds something other than a regular file at a delta's name (a
+    /// symbolic link, a FIFO, a directory, ...): deltas are read only from regular files of
+    /// the chain directory, never through a link, so it ends the chain.
+    NotRegularFile {
+        /// What it is ("symbolic link", "FIFO", "directory", ...).
+        file_type: &'static str,
+    },
     /// A delta is missing from the chain: a later one exists but this position does not.
     Missing {
         /// The missing position.
@@ -255,6 +267,18 @@ impl fmt::Display for ChainErrorKind {
                 "the name says base generation {} position {}, the footer says {} and {}",
                 name.0, name.1, footer.0, footer.1
             ),
+            Self::Image(e) => write!(
+                f,
+                "its CRCs match, but applied it gives an image that fails the image check \
+                 ({}); it and every later delta are ignored",
+                e.kind()
+            ),
+            Self::NotRegularFile { file_type } => write!(
+                f,
+                "is a {file_type}, not a regular file: deltas are read only from regular \
+                 files of the chain directory, never through a link; it and every later \
+                 delta are ignored"
+            ),
             Self::Missing { index } => write!(
                 f,
                 "delta {index} of the chain is missing (a later one exists); the chain ends \
@@ -284,7 +308,7 @@ impl std::error::Error for ChainError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match &self.kind {
             ChainErrorKind::Io(e) => Some(e),
-            ChainErrorKind::Base(e) => Some(e.as_ref()),
+            ChainErrorKind::Base(e) | ChainErrorKind::Image(e) => Some(e.as_ref()),
             _ => None,
         }
     }

@@ -7,6 +7,8 @@ use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
+use rustix::fs::{FileType, Mode, OFlags};
+use rustix::io::Errno;
 use shmsnap_core::{Hints, Strategy, PAGE_SIZE};
 
 use super::error::{ChainError, ChainErrorKind};
@@ -14,9 +16,9 @@ use super::format::{
     decode_delta_footer, decode_table, delta_name, parse_delta_name, DeltaFooter, Run,
     DELTA_FOOTER_LEN,
 };
-use super::write::{crc_of, dir_names, open_chain_dir, Tip};
+use super::write::{dir_names, open_chain_dir, Tip};
 use crate::copy::{file_len, read_full_at};
-use crate::snapshot::{self, SnapshotErrorKind, SnapshotInfo};
+use crate::snapshot::{self, file_type_name, SnapshotInfo};
 
 /// Which checks a reader makes. Everything public makes all of them; tests turn one off to
 /// show that a test catches its absence (the broken twins).
@@ -54,8 +56,9 @@ impl DeltaEntry {
 }
 
 /// A base and the correctly chained prefix of its deltas, as far as footers, tables and
-/// links tell (data CRCs are checked by [`verify_chain`](super::verify_chain) and while
-/// restoring).
+/// links tell; [`check_points`](ChainListing::check_points) then ends it at the first link
+/// whose data CRC or point's image check fails (what `verify`, `inspect` and every restore
+/// use).
 #[derive(Debug)]
 pub struct ChainListing {
     /// The base snapshot file.
@@ -204,46 +207,56 @@ impl ChainListing {
         self.ignored = later;
         self.stop = Some(why);
     }
-
-    /// Reads every delta's data and checks its CRC, cutting the chain at the first mismatch
-    /// (or read error): afterwards `deltas` are sound, and `stop` names the first bad one.
-    /// One streaming read of each delta. (What [`verify_chain`](super::verify_chain) does
-    /// after checking the base; for callers that checked the base their own way.)
-    pub fn check_data(&mut self) {
-        for j in 0..self.deltas.len() {
-            let d = &self.deltas[j];
-            let r = open_delta(&d.path).and_then(|file| {
-                let f = &d.footer;
-                let computed = crc_of(&file, f.table_len(), f.data_len).map_err(ChainError::io)?;
-                if computed != f.data_crc {
-                    return Err(ChainErrorKind::DataChecksum {
-                        stored: f.data_crc,
-                        computed,
-                    }
-                    .into());
-                }
-                Ok(())
-            });
-            if let Err(e) = r {
-                let e = e.at(&d.path.clone());
-                self.cut(j, e);
-                break;
-            }
-        }
-    }
 }
 
-/// Opens a delta for reading without blocking, refusing anything but a regular file
-/// ([`snapshot::open`]); errors name the file.
-pub(crate) fn open_delta(path: &Path) -> Result<File, ChainError> {
-    snapshot::open(path).map_err(|e| {
-        let what = e.to_string();
-        let source = match e.into_kind() {
-            SnapshotErrorKind::Io(io) => io,
-            _ => io::Error::new(io::ErrorKind::InvalidInput, what),
-        };
-        ChainError::io(source).at(path)
-    })
+/// `true` if `e` says this process ran out of file descriptors (every delta of a chain is
+/// open while it is checked or restored): then the chain is not cut there, the whole
+/// operation fails, rather than silently dropping the newer deltas.
+pub(crate) fn out_of_fds(e: &ChainError) -> bool {
+    let no_fds = [Errno::MFILE, Errno::NFILE].map(|n| Some(n.raw_os_error()));
+    matches!(e.kind(), ChainErrorKind::Io(io) if no_fds.contains(&io.raw_os_error()))
+}
+
+/// `open(path, O_RDONLY | O_NONBLOCK | O_NOFOLLOW | O_CLOEXEC)` then `fstat`—opens a delta
+/// for reading, refusing anything but a regular file without blocking or reading it: a
+/// symbolic link is not followed (a delta is a file of the chain directory, not whatever a
+/// link there points to), a FIFO does not block the open (`O_NONBLOCK`), a directory or
+/// device is refused by type ([`ChainErrorKind::NotRegularFile`]). Errors name the file.
+///
+/// # References
+///  - [Linux `open`](https://man7.org/linux/man-pages/man2/open.2.html)
+///  - [Linux `fstat`](https://man7.org/linux/man-pages/man2/fstat.2.html)
+///
+/// # Errors
+///
+/// [`ChainErrorKind::NotRegularFile`]; [`ChainErrorKind::Io`] if it cannot be opened or
+/// stat'ed.
+pub fn open_delta(path: &Path) -> Result<File, ChainError> {
+    let flags = OFlags::RDONLY | OFlags::NONBLOCK | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let not_regular = |t: FileType| {
+        ChainError::from(ChainErrorKind::NotRegularFile {
+            file_type: file_type_name(t),
+        })
+        .at(path)
+    };
+    let fd = match rustix::io::retry_on_intr(|| rustix::fs::open(path, flags, Mode::empty())) {
+        Ok(fd) => fd,
+        // ELOOP: the last component is a symbolic link (or a path of too many links).
+        Err(Errno::LOOP) => {
+            return Err(match rustix::fs::lstat(path) {
+                Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::Symlink => {
+                    not_regular(FileType::Symlink)
+                }
+                _ => ChainError::io(Errno::LOOP.into()).at(path),
+            })
+        }
+        Err(e) => return Err(ChainError::io(e.into()).at(path)),
+    };
+    let st = rustix::fs::fstat(&fd).map_err(|e| ChainError::io(e.into()).at(path))?;
+    match FileType::from_raw_mode(st.st_mode) {
+        FileType::RegularFile => Ok(File::from(fd)),
+        other => Err(not_regular(other)),
+    }
 }
 
 /// Reads and checks a delta's footer and run table (not its data): footer fields, file

@@ -6,6 +6,7 @@
 //! | `format` | the delta's bytes: [`DeltaFooter`] (128 bytes), the run table, [`plan_runs`], names |
 //! | `write` | [`DeltaWriter`]: temp → runs → footer → `fdatasync` → `rename` → dir `fsync`; [`remove_superseded`] |
 //! | `listing` | [`ChainListing`]: base footer + every delta's footer, table and links, up to the first bad one |
+//! | `points` | [`ChainListing::check_points`]: where the chain ends and why — data CRCs and the image check of every point |
 //! | `restore` | [`restore_chain`] into a memfd and [`materialize`] a point as a standalone file, CRCs checked while copying; [`verify_chain`] |
 //! | `policy` | [`CompactionPolicy`]: delta or new base |
 //! | `error` | [`ChainError`] = the file's path + a matchable [`ChainErrorKind`] |
@@ -37,14 +38,18 @@
 //! 1). Each footer's own CRC covers `parent_crc`, so the footers form a hash chain: a delta
 //! from another chain, a stale delta of a reused generation, or one whose predecessor was
 //! replaced, does not link and ends the chain. The state is **the newest complete, correctly
-//! chained prefix**: a reader walks positions 1, 2, … and stops at the first delta that is
-//! missing, torn (no footer), corrupt (a CRC), or does not link ([`ChainListing::stop`] names it
-//! and why); everything after it is ignored, never applied.
+//! chained prefix whose every point passes the image check**: a reader walks positions 1, 2,
+//! … and stops at the first delta that is missing, not a regular file, torn (no footer),
+//! corrupt (a CRC), does not link, or yields an image that fails the image check
+//! ([`ChainListing::stop`] names it and why; [`ChainListing::check_points`] is the one place
+//! that decides it, for `verify`, `inspect` and every restore); everything after it is
+//! ignored, never applied.
 //!
 //! # Durability
 //!
 //! A delta is written under a temp name, `fdatasync`ed, renamed to its name with
-//! `RENAME_NOREPLACE` (an existing name is never overwritten: the host writes a base instead),
+//! `RENAME_NOREPLACE` (an existing name is never overwritten: the host writes a base instead;
+//! on a file system without the flag, the fallback of [`crate::noreplace`]),
 //! and the chain directory is `fsync`ed: when [`DeltaWriter::commit`] returns, the delta is
 //! durable. A crash before the rename leaves only a temp file; between the rename and the
 //! directory sync the rename may be undone, and the delta's data was already synced, so it is
@@ -82,6 +87,7 @@
 mod error;
 mod format;
 mod listing;
+mod points;
 mod policy;
 mod restore;
 mod write;
@@ -92,12 +98,13 @@ pub use format::{
     parse_delta_name, plan_runs, table_len, DeltaFooter, Run, CHAIN_DIR_SUFFIX, DELTA_FOOTER_LEN,
     DELTA_MAGIC, DELTA_VERSION, GRANULE, RUN_BYTES,
 };
-pub use listing::{check_link, read_delta, At, ChainListing, DeltaEntry};
+pub use listing::{check_link, open_delta, read_delta, At, ChainListing, DeltaEntry};
+pub use points::DataCrc;
 pub use policy::{BaseReason, CompactionPolicy, Next};
 pub use restore::{materialize, restore_chain, verify_chain, RestoreReport};
 pub use write::{
-    chain_dir, remove_superseded, Cleanup, DeltaInfo, DeltaMeta, DeltaStats, DeltaWriter, Tip,
-    MAX_INDEX,
+    chain_dir, highest_generation, remove_superseded, Cleanup, DeltaInfo, DeltaMeta, DeltaStats,
+    DeltaWriter, Tip, MAX_INDEX,
 };
 
 #[cfg(test)]

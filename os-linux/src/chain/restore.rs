@@ -10,10 +10,10 @@ use std::path::{Path, PathBuf};
 
 use crc_fast::{checksum_combine, CrcAlgorithm, Digest};
 use rustix::fs::FallocateFlags;
-use rustix::io::Errno;
 
 use super::error::{ChainError, ChainErrorKind};
-use super::listing::{open_delta, At, ChainListing, Checks, DeltaEntry};
+use super::listing::{open_delta, out_of_fds, At, ChainListing, Checks, DeltaEntry};
+use super::points::DataCrc;
 use super::write::Tip;
 use crate::copy::{file_len, for_each_extent, read_full_at, write_all_at};
 use crate::memfd::Memfd;
@@ -59,21 +59,25 @@ impl RestoreReport {
     }
 }
 
-/// Restores `base` plus its deltas in `chain_dir` up to `at` into `region`: the region is
-/// emptied, then swept once in ascending order: each chunk of the base's data extents is read
-/// (its image CRC checked on the way), the deltas' runs inside it are copied over it oldest
-/// first (each delta's data read once, in order, its data CRC checked on the way), and the
-/// chunk is written once; then the image check ([`check_image`](snapshot::check_image)) runs
-/// on the result. A delta whose data turns out corrupt ends the chain there: the restore
-/// starts again with the deltas before it (the region is private until the client starts, so
-/// nothing is lost by writing it twice).
+/// Restores `base` plus its deltas in `chain_dir` up to `at` into `region`. First the chain
+/// is ended where [`ChainListing::check_points`] says (a delta whose point fails the image
+/// check ends it, as in `verify`); then the region is emptied and swept once in ascending
+/// order: each chunk of the base's data extents is read (its image CRC checked on the way),
+/// the deltas' runs inside it are copied over it oldest first (each delta's data read once,
+/// in order, its data CRC checked on the way), and the chunk is written once; then the image
+/// check ([`check_image`](snapshot::check_image)) runs again on the result. A delta whose
+/// data turns out corrupt ends the chain there: the restore starts again with the deltas
+/// before it (the region is private until the client starts, so nothing is lost by writing
+/// it twice).
 ///
 /// On `Err` the region's content is unspecified: drop it.
 ///
 /// # Errors
 ///
-/// [`ChainErrorKind::Base`] if the base is unusable (try an older generation) or the restored
-/// image fails the image check; `RegionTooSmall`; `NotInChain`; I/O errors writing the region.
+/// [`ChainErrorKind::Base`] if the base is unusable — its footer, its image CRC, or the
+/// image check of the base itself (try an older generation) — or the restored image fails
+/// the image check although its point passed (a file changed during the restore);
+/// `RegionTooSmall`; `NotInChain`; I/O errors writing the region.
 pub fn restore_chain(
     base: &Path,
     chain_dir: &Path,
@@ -115,8 +119,10 @@ pub fn materialize(
 }
 
 /// Checks a whole chain without writing anything: the base completely
-/// ([`verify_path`](snapshot::verify_path)), then every delta's footer, table, links and data
-/// CRC. The returned listing ends at the first bad delta (`stop` names it).
+/// ([`verify_path`](snapshot::verify_path)), then every delta's footer, table, links, data
+/// CRC and the image check of the point it yields ([`ChainListing::check_points`]). The
+/// returned listing ends at the first bad delta (`stop` names it): exactly the point
+/// [`restore_chain`] restores.
 ///
 /// # Errors
 ///
@@ -124,7 +130,7 @@ pub fn materialize(
 pub fn verify_chain(base: &Path, chain_dir: &Path) -> Result<ChainListing, ChainError> {
     snapshot::verify_path(base)?;
     let mut listing = ChainListing::load(base, chain_dir)?;
-    listing.check_data();
+    listing.check_points(DataCrc::Now)?;
     Ok(listing)
 }
 
@@ -138,13 +144,12 @@ fn base_err(base: &Path, e: impl Into<SnapshotError>) -> SweepError {
 }
 
 /// A failure to open delta `j` as a [`SweepError`]: the delta's (end the chain before it),
-/// unless this process ran out of file descriptors (every delta of the chain is open during
-/// the sweep): then the restore fails rather than silently dropping the newer deltas.
+/// unless this process ran out of file descriptors ([`out_of_fds`]).
 fn open_err(j: usize, e: ChainError) -> SweepError {
-    let no_fds = [Errno::MFILE, Errno::NFILE].map(|n| Some(n.raw_os_error()));
-    match e.kind() {
-        ChainErrorKind::Io(io) if no_fds.contains(&io.raw_os_error()) => (None, e),
-        _ => (Some(j), e),
+    if out_of_fds(&e) {
+        (None, e)
+    } else {
+        (Some(j), e)
     }
 }
 
@@ -173,6 +178,8 @@ pub(crate) fn restore_with(
     let k = listing.select(at)?;
     let later: Vec<PathBuf> = listing.deltas.drain(k..).map(|d| d.path).collect();
     listing.ignored.splice(0..0, later);
+    // Where the chain ends, as `verify` says; the data CRCs are checked by the sweep.
+    listing.check_points_with(DataCrc::AtRestore, checks)?;
     let base_file = snapshot::open(base)?;
     let bytes = loop {
         let src = Base {
@@ -191,6 +198,9 @@ pub(crate) fn restore_with(
         image_len,
         ..listing.base
     };
+    // `check_points` checked this point's image; the check runs again on what was written,
+    // so a file that changed since (or a disagreement) fails the restore instead of handing
+    // over an image no one checked.
     let summary = snapshot::check_image(dst, &info, |_, _| {}).map_err(|e| {
         let newest = listing.deltas.last().map_or(base, |d| d.path.as_path());
         ChainError::from(e.at(newest))

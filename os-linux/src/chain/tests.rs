@@ -474,3 +474,117 @@ fn destination_write_failure_fails_the_restore_instead_of_cutting_the_chain() {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// Issue 20, finding 6: a file system without RENAME_NOREPLACE (injected through the
+// `noreplace::inject` seam: no such file system here)
+// ---------------------------------------------------------------------------------------
+
+/// Commits 3 deltas with `renameat2` failing with `rename2` and `linkat` with `link`; checks
+/// one notice naming `mechanism`, exactly one `fdatasync` per delta, no temp file left, the
+/// chain restoring to the region, and a taken name still refused ([`ChainErrorKind::Occupied`]).
+fn commits_without_rename_noreplace(
+    rename2: rustix::io::Errno,
+    link: Option<rustix::io::Errno>,
+    mechanism: crate::noreplace::Mechanism,
+    expect_calls: (usize, usize),
+) {
+    use crate::noreplace::inject;
+    let mut fx = Fixture::new(61, 1);
+    inject::set(Some(rename2), link);
+    let syncs = crash_point::syncs();
+    let mut notices = Vec::new();
+    for t in 1..=3 {
+        fx.delta(3, t);
+        notices.extend(fx.persister.no_replace().take_notice());
+    }
+    let calls = inject::calls();
+    inject::set(None, None);
+    assert_eq!(notices.len(), 1, "one notice: {notices:?}");
+    assert!(
+        notices[0].contains("renameat2(RENAME_NOREPLACE)") && notices[0].contains("statfs type"),
+        "{}",
+        notices[0]
+    );
+    assert_eq!(fx.persister.no_replace().mechanism(), mechanism);
+    assert_eq!(
+        calls, expect_calls,
+        "(renameat2, linkat) calls: detected once"
+    );
+    assert_eq!(
+        crash_point::syncs() - syncs,
+        3,
+        "one fdatasync per delta, nothing twice"
+    );
+    assert_eq!(temp_of(&fx.chain_dir()), None, "no temp file left");
+    let (got, report) = fx.restore(Checks::ALL).unwrap();
+    assert_eq!(report.listing.deltas.len(), 3);
+    assert_eq!(got, bytes_of(&fx.region, IMAGE));
+
+    // A name that exists is still never replaced.
+    inject::set(Some(rename2), link);
+    let taken = fx.chain_dir().join(delta_name(1, 4));
+    std::fs::write(&taken, b"someone else's").unwrap();
+    let runs = scribble(&fx.region, &mut fx.rng, 1);
+    let mut w = DeltaWriter::begin(&fx.persister, &fx.tip, &runs, 0).unwrap();
+    w.copy_from(&fx.region).unwrap();
+    let e = w.commit(dmeta(9)).unwrap_err();
+    inject::set(None, None);
+    assert!(matches!(e.kind(), ChainErrorKind::Occupied), "{e}");
+    assert_eq!(std::fs::read(&taken).unwrap(), b"someone else's");
+    assert_eq!(temp_of(&fx.chain_dir()), None, "the temp file is removed");
+}
+
+#[test]
+fn deltas_are_named_by_link_where_rename_noreplace_is_unsupported() {
+    for errno in [
+        rustix::io::Errno::INVAL,
+        rustix::io::Errno::NOSYS,
+        rustix::io::Errno::OPNOTSUPP,
+    ] {
+        commits_without_rename_noreplace(errno, None, crate::noreplace::Mechanism::Link, (1, 3));
+    }
+}
+
+#[test]
+fn deltas_are_named_by_check_then_rename_without_hard_links_either() {
+    commits_without_rename_noreplace(
+        rustix::io::Errno::INVAL,
+        Some(rustix::io::Errno::PERM),
+        crate::noreplace::Mechanism::CheckThenRename,
+        (1, 1),
+    );
+}
+
+#[test]
+fn every_cut_of_a_delta_write_restores_to_the_old_or_the_new_chain_under_the_link_fallback() {
+    use crate::noreplace::inject;
+    for completed in 1..=5 {
+        for loss in LOSSES {
+            for undo in [false, true] {
+                inject::set(Some(rustix::io::Errno::INVAL), None);
+                let wrong = crash_case(completed, loss, undo, false);
+                inject::set(None, None);
+                assert!(
+                    wrong.is_empty(),
+                    "cut after {completed}, {loss:?}, undo {undo}: {wrong:?}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn the_highest_generation_counts_footers_and_the_chain_directorys_delta_names() {
+    let mut fx = Fixture::new(5, 7);
+    fx.delta(1, 1);
+    assert_eq!(highest_generation(&fx.persister).unwrap(), Some(7));
+    // A delta left by a base of generation 9 that is gone (set aside, or its footer lost):
+    // a new base must not take generation 9 and find that delta in its chain.
+    let stale = fx.chain_dir().join(delta_name(9, 1));
+    std::fs::write(&stale, b"x").unwrap();
+    assert_eq!(highest_generation(&fx.persister).unwrap(), Some(9));
+    std::fs::remove_file(&stale).unwrap();
+    fx.write_base(u64::MAX);
+    assert_eq!(highest_generation(&fx.persister).unwrap(), Some(u64::MAX));
+}

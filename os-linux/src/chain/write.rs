@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crc_fast::{checksum_combine, CrcAlgorithm, Digest};
-use rustix::fs::{AtFlags, Mode, OFlags, RenameFlags};
+use rustix::fs::{AtFlags, Mode, OFlags};
 use rustix::io::{retry_on_intr, Errno};
 
 use super::error::{ChainError, ChainErrorKind};
@@ -19,6 +19,7 @@ use super::format::{
     DeltaFooter, Run, CHAIN_DIR_SUFFIX, DELTA_VERSION,
 };
 use crate::copy::{read_full_at, write_all_at};
+use crate::noreplace::Exclusive;
 use crate::persist::Persister;
 use crate::snapshot::{encode_footer, SnapshotInfo};
 
@@ -130,7 +131,8 @@ pub struct DeltaStats {
 #[derive(Debug)]
 #[must_use = "dropping a DeltaWriter discards it; call commit() to make the delta durable"]
 pub struct DeltaWriter<'p> {
-    _lock: &'p Persister,
+    /// The state's persister: its lock makes this host the chain directory's only writer.
+    persister: &'p Persister,
     /// The chain directory, opened `O_DIRECTORY | O_NOFOLLOW`.
     dir: OwnedFd,
     dir_path: PathBuf,
@@ -198,7 +200,7 @@ impl<'p> DeltaWriter<'p> {
         let dir = open_chain_dir(&dir_path, true).map_err(|e| ChainError::io(e).at(&dir_path))?;
         let (temp, file) = create_temp(&dir).map_err(|e| ChainError::io(e).at(&dir_path))?;
         let w = DeltaWriter {
-            _lock: persister,
+            persister,
             dir,
             dir_path,
             temp,
@@ -360,9 +362,11 @@ impl<'p> DeltaWriter<'p> {
     }
 
     /// Writes the footer (the table CRC read back from the file, the data CRC from the runs'
-    /// CRCs), `fdatasync`s the file, `renameat(RENAME_NOREPLACE)`s it to
-    /// its [`delta_name`] and `fsync`s the chain directory: when this returns `Ok`, the delta
-    /// is durable and part of the chain.
+    /// CRCs), `fdatasync`s the file, `renameat(RENAME_NOREPLACE)`s it to its [`delta_name`]
+    /// (on a file system without that flag, the fallback of
+    /// [`NoReplace`](crate::noreplace::NoReplace): `link` + `unlink`, or check then rename
+    /// under the state's lock; never a second write) and `fsync`s the chain directory: when
+    /// this returns `Ok`, the delta is durable and part of the chain.
     ///
     /// # References
     ///  - [Linux `fdatasync`](https://man7.org/linux/man-pages/man2/fdatasync.2.html)
@@ -411,6 +415,7 @@ impl<'p> DeltaWriter<'p> {
         let sync = true;
         if sync {
             retry_on_intr(|| rustix::fs::fdatasync(self.file())).map_err(|e| named(e.into()))?;
+            crash_point::synced();
         }
         crash_point::step().map_err(named)?;
         stats.sync = t.elapsed();
@@ -418,16 +423,20 @@ impl<'p> DeltaWriter<'p> {
         let t = Instant::now();
         let name = delta_name(footer.base_generation, footer.index);
         let path = self.dir_path.join(&name);
-        match rustix::fs::renameat_with(
-            &self.dir,
+        // The persister's lock makes this host the only writer of the chain directory's
+        // names: every fallback of `NoReplace` is sound here.
+        match self.persister.no_replace().rename(
+            self.dir.as_fd(),
+            &self.dir_path,
             self.temp.as_os_str(),
-            &self.dir,
-            name.as_str(),
-            RenameFlags::NOREPLACE,
+            OsStr::new(&name),
+            Exclusive::Locked,
         ) {
             Ok(()) => {}
-            Err(Errno::EXIST) => return Err(ChainError::from(ChainErrorKind::Occupied).at(&path)),
-            Err(e) => return Err(named(e.into())),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                return Err(ChainError::from(ChainErrorKind::Occupied).at(&path))
+            }
+            Err(e) => return Err(named(e)),
         }
         // Renamed: the temp name is gone, nothing to clean up on drop.
         self.file = None;
@@ -585,15 +594,61 @@ pub fn remove_superseded(persister: &Persister) -> Result<Cleanup, ChainError> {
     Ok(out)
 }
 
+/// The highest generation `persister`'s state uses: the footer generation of the target and
+/// of each kept generation (those whose footer is readable), and the base generation named by
+/// each delta in the chain directory (a delta outlives its base until the cleanup, and a new
+/// base of its generation would find it there). A new base must be above it: generations
+/// never repeat (`docs/FORMAT.md`, footer). `None` for a state with none.
+///
+/// # Errors
+///
+/// I/O errors listing the target's directory or the chain directory.
+pub fn highest_generation(persister: &Persister) -> Result<Option<u64>, ChainError> {
+    let footers = persister
+        .generations()?
+        .into_iter()
+        .filter_map(|g| crate::snapshot::read_footer_path(&g.path).ok())
+        .map(|info| info.meta.generation);
+    let dir_path = chain_dir(&persister.target());
+    let names = match open_chain_dir(&dir_path, false) {
+        Ok(dir) => dir_names(&dir).map_err(|e| ChainError::io(e).at(&dir_path))?,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(ChainError::io(e).at(&dir_path)),
+    };
+    let deltas = names
+        .iter()
+        .filter_map(|n| parse_delta_name(n.as_bytes()))
+        .map(|(generation, _)| generation);
+    Ok(footers.chain(deltas).max())
+}
+
 /// Test-only cut: after `n` more steps of a delta write (create, footer, fdatasync, rename,
 /// dir fsync), the next one fails as if the machine had stopped there; a "crashed" writer's
-/// drop then leaves its temp file, as a real crash would. No-op outside tests.
+/// drop then leaves its temp file, as a real crash would. Also counts the `fdatasync`s. No-op
+/// outside tests.
 pub(crate) mod crash_point {
     #[cfg(test)]
     thread_local! {
         static LEFT: std::cell::Cell<Option<usize>> = const { std::cell::Cell::new(None) };
         static CRASHED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+        static SYNCS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
     }
+
+    /// Counts an `fdatasync` of a delta (tests read the count with [`syncs`]).
+    #[cfg(test)]
+    pub(crate) fn synced() {
+        SYNCS.with(|c| c.set(c.get() + 1));
+    }
+
+    /// `fdatasync`s of deltas made by this thread so far.
+    #[cfg(test)]
+    pub(crate) fn syncs() -> usize {
+        SYNCS.with(|c| c.get())
+    }
+
+    #[cfg(not(test))]
+    #[inline(always)]
+    pub(crate) fn synced() {}
 
     /// Cut after `n` more steps (`None`: never); clears the crashed flag.
     #[cfg(test)]

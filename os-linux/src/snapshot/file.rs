@@ -44,16 +44,27 @@ pub fn open(path: &Path) -> Result<File, SnapshotError> {
     })
     .map_err(|e| SnapshotError::io(e.into()).at(path))?;
     let st = rustix::fs::fstat(&fd).map_err(|e| SnapshotError::io(e.into()).at(path))?;
-    let file_type = match FileType::from_raw_mode(st.st_mode) {
-        FileType::RegularFile => return Ok(File::from(fd)),
+    match FileType::from_raw_mode(st.st_mode) {
+        FileType::RegularFile => Ok(File::from(fd)),
+        other => {
+            let file_type = file_type_name(other);
+            Err(SnapshotError::from(SnapshotErrorKind::NotRegularFile { file_type }).at(path))
+        }
+    }
+}
+
+/// A file type as words, for errors ("FIFO", "symbolic link", ...).
+pub(crate) fn file_type_name(t: FileType) -> &'static str {
+    match t {
+        FileType::RegularFile => "regular file",
         FileType::Fifo => "FIFO",
         FileType::Directory => "directory",
         FileType::CharacterDevice => "character device",
         FileType::BlockDevice => "block device",
         FileType::Socket => "socket",
+        FileType::Symlink => "symbolic link",
         _ => "file of unknown type",
-    };
-    Err(SnapshotError::from(SnapshotErrorKind::NotRegularFile { file_type }).at(path))
+    }
 }
 
 /// Writes the footer for bytes `0..image_len` of `file` (already holding the image): computes

@@ -25,6 +25,21 @@ use super::error::{SnapshotError, SnapshotErrorKind};
 use super::footer::SnapshotInfo;
 use crate::copy::read_full_at;
 
+/// Where [`check_image`] reads an image: positional reads of its bytes. A file (an fd) is
+/// one; a chain's point, read through its base and deltas without being written anywhere,
+/// is another (`chain::check_points`).
+pub(crate) trait ImageBytes {
+    /// Reads image bytes at `at` into `buf`; returns how many were read (fewer than
+    /// `buf.len()` only at the end of the file).
+    fn read_at(&self, buf: &mut [u8], at: u64) -> io::Result<usize>;
+}
+
+impl ImageBytes for BorrowedFd<'_> {
+    fn read_at(&self, buf: &mut [u8], at: u64) -> io::Result<usize> {
+        read_full_at(self, buf, at)
+    }
+}
+
 /// Descriptors read per `pread` by [`check_image`] (2048 × 32 bytes = 64 KiB).
 pub const DESCRIPTOR_CHUNK_SLOTS: u64 = 2048;
 
@@ -66,9 +81,17 @@ pub enum ImageSummary {
 pub fn check_image(
     file: impl AsFd,
     info: &SnapshotInfo,
+    on_entry: impl FnMut(u64, Descriptor),
+) -> Result<ImageSummary, SnapshotError> {
+    check_image_in(&file.as_fd(), info, on_entry)
+}
+
+/// [`check_image`] over any [`ImageBytes`]: the one image check, whoever holds the bytes.
+pub(crate) fn check_image_in(
+    file: &impl ImageBytes,
+    info: &SnapshotInfo,
     mut on_entry: impl FnMut(u64, Descriptor),
 ) -> Result<ImageSummary, SnapshotError> {
-    let file = file.as_fd();
     match Strategy::from_code(info.meta.strategy) {
         Some(Strategy::Queue) => {}
         Some(Strategy::Triple) => return check_triple(file, info.image_len),
@@ -87,11 +110,12 @@ pub fn check_image(
         // In the image: a valid layout's ring ends at `data_offset <= region_len <= image_len`.
         read_exact(file, bytes, layout.desc_offset + first * DESCRIPTOR_BYTES)?;
         for (i, desc) in bytes.chunks_exact(DESCRIPTOR_BYTES as usize).enumerate() {
-            let slot = first + i as u64;
-            let d = descriptor(desc);
-            if d.seq == 0 {
+            // Most slots of a big ring are empty: their seq word alone says so.
+            if word(desc, desc::SEQ) == 0 {
                 continue;
             }
+            let slot = first + i as u64;
+            let d = descriptor(desc);
             if !d.is_valid_for(&layout, slot) {
                 return Err(SnapshotErrorKind::BadDescriptor { slot }.into());
             }
@@ -120,7 +144,7 @@ pub fn check_image(
 
 /// A triple image: its meta (header page and state page, two pages) through core's
 /// `read_image`, with the whole image's length as the region the header must fit.
-fn check_triple(file: BorrowedFd<'_>, image_len: u64) -> Result<ImageSummary, SnapshotError> {
+fn check_triple(file: &impl ImageBytes, image_len: u64) -> Result<ImageSummary, SnapshotError> {
     let mut meta = vec![0u8; (2 * PAGE_SIZE).min(image_len) as usize];
     read_exact(file, &mut meta, 0)?;
     read_image(&meta, image_len)
@@ -131,7 +155,7 @@ fn check_triple(file: BorrowedFd<'_>, image_len: u64) -> Result<ImageSummary, Sn
 /// The layout and hints of a queue image: `Layout::read_bytes` over the image's first page,
 /// with the whole image's length as the memory available (the region must fit the image,
 /// not the page).
-fn read_header(file: impl AsFd, image_len: u64) -> Result<(Layout, Hints), SnapshotError> {
+fn read_header(file: &impl ImageBytes, image_len: u64) -> Result<(Layout, Hints), SnapshotError> {
     let mut page = vec![0u8; PAGE_SIZE.min(image_len) as usize];
     read_exact(file, &mut page, 0)?;
     let words =
@@ -146,16 +170,24 @@ fn read_header(file: impl AsFd, image_len: u64) -> Result<(Layout, Hints), Snaps
 /// A descriptor from its 32 image bytes (words named by `shmsnap_core::format::desc`; core's
 /// `read_descriptor_bytes` reads the same words from a whole image).
 fn descriptor(b: &[u8]) -> Descriptor {
-    let w = |i| format::read_word(b, i).unwrap_or(0);
     Descriptor {
-        seq: w(desc::SEQ),
-        offset: w(desc::OFFSET),
-        length: w(desc::LENGTH),
+        seq: word(b, desc::SEQ),
+        offset: word(b, desc::OFFSET),
+        length: word(b, desc::LENGTH),
     }
 }
 
-fn read_exact(file: impl AsFd, buf: &mut [u8], at: u64) -> Result<(), SnapshotError> {
-    let got = read_full_at(file, buf, at).map_err(SnapshotError::io)?;
+/// Little-endian word `i` of `b` (0 past its end): `format::read_word`, inlined here because
+/// the descriptor loop runs it for every slot of the ring (for every point of a chain).
+#[inline]
+fn word(b: &[u8], i: usize) -> u64 {
+    b.get(i * 8..i * 8 + 8)
+        .and_then(|w| <[u8; 8]>::try_from(w).ok())
+        .map_or(0, u64::from_le_bytes)
+}
+
+fn read_exact(file: &impl ImageBytes, buf: &mut [u8], at: u64) -> Result<(), SnapshotError> {
+    let got = file.read_at(buf, at).map_err(SnapshotError::io)?;
     if got < buf.len() {
         return Err(SnapshotError::io(io::Error::new(
             io::ErrorKind::UnexpectedEof,

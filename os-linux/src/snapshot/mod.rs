@@ -36,6 +36,7 @@ mod image;
 pub(crate) use crc::zeros_crc32c;
 pub use crc::{image_crc32c, CRC_CHUNK};
 pub use error::{SnapshotError, SnapshotErrorKind};
+pub(crate) use file::file_type_name;
 pub use file::{
     open, read_footer, read_footer_path, restore_into, restore_path, verify, verify_entries,
     verify_path, write_footer, write_snapshot,
@@ -45,3 +46,4 @@ pub use footer::{
     FOOTER_VERSION, MAGIC,
 };
 pub use image::{check_image, ImageSummary, DESCRIPTOR_CHUNK_SLOTS};
+pub(crate) use image::{check_image_in, ImageBytes};

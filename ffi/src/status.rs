@@ -122,8 +122,13 @@ pub(crate) struct Error {
     pub(crate) text: String,
 }
 
+/// Every constructor of an error is cold and never inlined: the success path of an entry point
+/// (a commit, a publish) then stays small enough for the compiler to inline the core's code
+/// into it, and the error text is only formatted when a call fails.
 impl Error {
     /// An error with `code` and `text`.
+    #[cold]
+    #[inline(never)]
     pub(crate) fn new(code: c_int, text: impl fmt::Display) -> Error {
         Error {
             code,
@@ -132,21 +137,29 @@ impl Error {
     }
 
     /// `SHMSNAP_E_NULL` naming the argument.
+    #[cold]
+    #[inline(never)]
     pub(crate) fn null(what: &str) -> Error {
         Error::new(SHMSNAP_E_NULL, format_args!("{what} is NULL"))
     }
 
     /// `SHMSNAP_E_INVALID` with `text`.
+    #[cold]
+    #[inline(never)]
     pub(crate) fn invalid(text: impl fmt::Display) -> Error {
         Error::new(SHMSNAP_E_INVALID, text)
     }
 
     /// `SHMSNAP_E_BUSY` with `text`.
+    #[cold]
+    #[inline(never)]
     pub(crate) fn busy(text: impl fmt::Display) -> Error {
         Error::new(SHMSNAP_E_BUSY, text)
     }
 
     /// Stores the text for [`shmsnap_error_message`] and returns the code.
+    #[cold]
+    #[inline(never)]
     pub(crate) fn report(self) -> c_int {
         set_message(&self.text);
         self.code
@@ -165,12 +178,16 @@ fn layout_code(e: &LayoutError) -> c_int {
 }
 
 impl From<LayoutError> for Error {
+    #[cold]
+    #[inline(never)]
     fn from(e: LayoutError) -> Error {
         Error::new(layout_code(&e), e)
     }
 }
 
 impl From<AttachError> for Error {
+    #[cold]
+    #[inline(never)]
     fn from(e: AttachError) -> Error {
         let code = match &e {
             AttachError::Layout(l) => layout_code(l),
@@ -183,6 +200,8 @@ impl From<AttachError> for Error {
 }
 
 impl From<CommitError> for Error {
+    #[cold]
+    #[inline(never)]
     fn from(e: CommitError) -> Error {
         let code = match e {
             CommitError::Exhausted => SHMSNAP_E_EXHAUSTED,
@@ -193,6 +212,8 @@ impl From<CommitError> for Error {
 }
 
 impl From<ReadError> for Error {
+    #[cold]
+    #[inline(never)]
     fn from(e: ReadError) -> Error {
         let code = match e {
             ReadError::BufferTooSmall { .. } => SHMSNAP_E_BUFFER_TOO_SMALL,
@@ -204,6 +225,8 @@ impl From<ReadError> for Error {
 }
 
 impl From<UnitError> for Error {
+    #[cold]
+    #[inline(never)]
     fn from(e: UnitError) -> Error {
         let code = match e {
             UnitError::Exhausted => SHMSNAP_E_NO_UNIT,
@@ -214,6 +237,8 @@ impl From<UnitError> for Error {
 }
 
 impl From<TripleError> for Error {
+    #[cold]
+    #[inline(never)]
     fn from(e: TripleError) -> Error {
         let code = match &e {
             TripleError::Layout(l) => layout_code(l),
@@ -230,6 +255,8 @@ impl From<TripleError> for Error {
 }
 
 impl From<RetainError> for Error {
+    #[cold]
+    #[inline(never)]
     fn from(e: RetainError) -> Error {
         let code = match e {
             RetainError::ImageTooShort { .. } => SHMSNAP_E_BUFFER_TOO_SMALL,
@@ -241,12 +268,16 @@ impl From<RetainError> for Error {
 }
 
 impl From<ListenError> for Error {
+    #[cold]
+    #[inline(never)]
     fn from(e: ListenError) -> Error {
         Error::new(SHMSNAP_E_LISTEN, e)
     }
 }
 
 impl From<io::Error> for Error {
+    #[cold]
+    #[inline(never)]
     fn from(e: io::Error) -> Error {
         Error::new(SHMSNAP_E_IO, e)
     }

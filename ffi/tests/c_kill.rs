@@ -129,6 +129,10 @@ fn c_kv_client_loses_nothing_on_client_kills_and_nothing_persisted_on_host_kills
     let (mut at, mut pid, first) = next_start(&host, "c-kv", 0);
     assert!(first.starts_with("restored 0 ops"), "{first}");
     let (mut client_kills, mut host_kills, mut lost) = (0, 0, Vec::new());
+    // Deltas the hosts logged: the C client's write tracking (registered by
+    // `shmsnap_region_open`) is what lets the host take them.
+    let mut deltas = 0;
+    let count_deltas = |host: &Proc| host.err.text().matches("point=delta").count();
     for cycle in 1..=n {
         std::thread::sleep(Duration::from_millis(100 + rng.below(400)));
         let kill_host = rng.below(4) == 0 || cycle == n;
@@ -138,6 +142,7 @@ fn c_kv_client_loses_nothing_on_client_kills_and_nothing_persisted_on_host_kills
             host.kill();
             assert!(wait_dead(pid, SLOW), "the client {pid} outlived its host");
             assert_verifies(&state);
+            deltas += count_deltas(&host);
             host = start();
         } else {
             kill_pid(pid);
@@ -173,14 +178,19 @@ fn c_kv_client_loses_nothing_on_client_kills_and_nothing_persisted_on_host_kills
     }
     host.signal(rustix::process::Signal::TERM);
     let _ = host.wait_timeout(SLOW);
+    deltas += count_deltas(&host);
     println!(
         "c kv torture: {client_kills} client kills (0 lost, asserted), {host_kills} host kills \
          (ops lost since the last snapshot: max {}), {n} restored states verified by the C \
-         client, 0 torn; {:.1} s",
+         client, 0 torn; {deltas} deltas taken; {:.1} s",
         lost.iter().max().copied().unwrap_or(0),
         wall.elapsed().as_secs_f64()
     );
     assert!(host_kills >= 1 && client_kills + host_kills == n);
+    assert!(
+        deltas > 0,
+        "no delta was taken: the C client's write tracking did not work"
+    );
 }
 
 /// The newest published `(seq, generation)` of a live triple client: the READY or FROZEN

@@ -19,8 +19,8 @@
 //!
 //! # Pointers from C
 //!
-//! Every pointer is checked for NULL before use ([`Handle::from_ptr`], [`bytes`],
-//! [`bytes_mut`], [`out`]); a NULL buffer is allowed only with a zero length. What cannot be
+//! Every pointer is checked for NULL before use (`Handle::from_ptr`, `bytes`,
+//! `bytes_mut`, `out`); a NULL buffer is allowed only with a zero length. What cannot be
 //! checked — that a non-NULL pointer is valid for its length and not being written by another
 //! thread during the call — is each function's `# Safety` contract, restated in the header.
 

@@ -21,7 +21,7 @@
 //! - **Opaque handles own core values.** A handle is a `Box` given to C as a pointer to an
 //!   opaque struct. The core's values borrow their memory (`Writer<'m, M>` over
 //!   `&'m [AtomicU64]`); a handle keeps the borrowed thing alive beside the borrower instead:
-//!   every handle made from a region holds a [`region::Lease`], and `shmsnap_region_close`
+//!   every handle made from a region holds a `region::Lease`, and `shmsnap_region_close`
 //!   refuses while a lease is out, so the `'static` slices the handles keep never dangle.
 //! - **Borrows across calls become run-time states.** A core `Transaction` borrows its
 //!   `Writer` mutably; a `WriteGrant` its `TripleClient`; a `Frozen` token its `TripleHost`;
@@ -41,7 +41,7 @@
 //! # Where the safety arguments live
 //!
 //! Every `unsafe` block has a `// SAFETY:` line. The recurring arguments are stated once:
-//! lifetimes erased to `'static` — [`region::Lease::words`] and the parent flags above
+//! lifetimes erased to `'static` — `region::Lease::words` and the parent flags above
 //! (`writer.rs`, `txn.rs`, `triple.rs`, `host.rs`); pointers from C — [`entry`] (NULL checks,
 //! lengths, the `# Safety` contract each function restates in the header); panics —
 //! [`entry`] (why `catch_unwind` and poisoning rather than `panic = "abort"`); memory the

@@ -1,9 +1,9 @@
 //! The region handle: the shared memory, opened the systemd way or attached to the caller's
 //! memory; durability feedback; word-atomic copies in and out.
 //!
-//! Every other handle holds a [`Lease`] on the region it was made from, and
+//! Every other handle holds a `Lease` on the region it was made from, and
 //! `shmsnap_region_close` refuses while any lease is out: that is what makes the `'static`
-//! word slices the other handles keep ([`Lease::words`]) sound.
+//! word slices the other handles keep (`Lease::words`) sound.
 
 use std::ffi::{c_char, c_int, c_void, CStr};
 use std::ptr::NonNull;

@@ -35,6 +35,9 @@ pub const SHMSNAP_UNIT_RETIRED: c_int = 2;
 pub struct UnitsHandle {
     /// The core table over `states`; declared first, dropped before `states` is freed.
     table: UnsafeCell<UnitTable<'static>>,
+    /// This table's identity for the grants of a transaction: unique in the process, so a
+    /// table closed and another one allocated at the same address is never taken for it.
+    id: u64,
     poisoned: AtomicBool,
     /// The table's storage.
     _states: Owned<[u64]>,
@@ -61,6 +64,9 @@ impl UnitsHandle {
     }
 }
 
+/// The next unit table's id. Relaxed: only uniqueness matters, which `fetch_add` gives.
+static NEXT_UNITS_ID: AtomicU64 = AtomicU64::new(1);
+
 /// Creates a unit table of `count` units of `unit_size` bytes, all free. Only units that fit
 /// in the tail are ever handed out (`shmsnap_writer_unit_count`).
 ///
@@ -85,6 +91,7 @@ pub unsafe extern "C" fn shmsnap_units_new(
         let table = UnitTable::new(unsafe { states.borrow_mut() }, unit_size)?;
         let h = UnitsHandle {
             table: UnsafeCell::new(table),
+            id: NEXT_UNITS_ID.fetch_add(1, Ordering::Relaxed),
             poisoned: AtomicBool::new(false),
             _states: states,
         };
@@ -211,8 +218,9 @@ pub struct TxnHandle {
 /// The changing part of a [`TxnHandle`].
 #[derive(Debug)]
 struct TxnInner {
-    /// Grants of the units this transaction allocated, with the table each came from.
-    grants: Vec<(UnitGrant<'static>, *const UnitsHandle)>,
+    /// Grants of the units this transaction allocated, with the id of the table each came
+    /// from.
+    grants: Vec<(UnitGrant<'static>, u64)>,
     /// The core transaction, borrowing the writer's core writer mutably until it ends
     /// (`None` only inside `shmsnap_txn_commit`, once committed).
     tx: Option<Transaction<'static, 'static, [AtomicU64]>>,
@@ -352,7 +360,7 @@ pub unsafe extern "C" fn shmsnap_txn_alloc_unit(
         // SAFETY: one thread at a time (contract).
         let g = tx.alloc_unit(unsafe { u.table() })?;
         unit.set(g.unit());
-        t.grants.push((g, units.cast_const()));
+        t.grants.push((g, u.id));
         Ok(())
     })
 }
@@ -388,7 +396,7 @@ pub unsafe extern "C" fn shmsnap_txn_write_unit(
         let grant = t
             .grants
             .iter()
-            .find(|(g, from)| g.unit() == unit && *from == units)
+            .find(|(g, from)| g.unit() == unit && *from == u.id)
             .map(|(g, _)| g)
             .ok_or_else(|| {
                 Error::invalid(format_args!(

@@ -19,13 +19,20 @@
 //! page away from the page-aligned destination, so no load of the payload aliases a recent
 //! store modulo 4 KiB): where `Vec` happens to put a buffer must not decide the ratio.
 //!
+//! **Timed in thread CPU time** (`CLOCK_THREAD_CPUTIME_ID`), both sides, not wall time: on
+//! this shared two-core machine a 4 ms batch is often descheduled part-way, and the wall clock
+//! then charged another process's time slice to whichever side was running (the same binary
+//! gave 8 B commits of 10 to 80 ns from run to run). Thread CPU time counts only this
+//! thread's cycles; what it cannot remove (caches shared with other processes) hits both
+//! interleaved sides alike.
+//!
 //! Sanity before timing: each side's payload reads back through its own API.
 
 use std::ffi::c_int;
 use std::hint::black_box;
 use std::io;
 use std::ptr::null_mut;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use shmsnap::region::{shmsnap_region_attach, shmsnap_region_close, RegionHandle};
 use shmsnap::triple::{
@@ -81,6 +88,12 @@ impl Payload {
     fn bytes(&self) -> &[u8] {
         &self.buf[self.at..self.at + self.n]
     }
+}
+
+/// This thread's CPU time so far.
+fn cpu_now() -> Duration {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+    Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
 }
 
 /// Panics unless `rc` is `SHMSNAP_OK`.
@@ -232,17 +245,17 @@ impl Bench for Commit {
             Side::Rust => {
                 // The writer borrows the mapping, so each batch attaches (outside the timing).
                 let mut w = Writer::attach(self.region.map.words()).expect("attach");
-                let t = Instant::now();
+                let t = cpu_now();
                 for _ in 0..iters {
                     black_box(w.commit(black_box(payload)).expect("commit"));
                 }
-                t.elapsed()
+                cpu_now() - t
             }
             Side::Abi => {
                 let commit = black_box(self.commit);
                 let w = self.writer;
                 let mut seq = 0u64;
-                let t = Instant::now();
+                let t = cpu_now();
                 for _ in 0..iters {
                     let p = black_box(payload);
                     // SAFETY: a live writer, a payload of the length passed, a valid output.
@@ -250,7 +263,7 @@ impl Bench for Commit {
                     assert_eq!(rc, 0);
                     black_box(seq);
                 }
-                t.elapsed()
+                cpu_now() - t
             }
         }
     }
@@ -349,17 +362,17 @@ impl Bench for Publish {
         match self.side {
             Side::Rust => {
                 let mut c = TripleClient::attach(self.region.map.words()).expect("attach");
-                let t = Instant::now();
+                let t = cpu_now();
                 for _ in 0..iters {
                     black_box(c.publish(black_box(payload)).expect("publish"));
                 }
-                t.elapsed()
+                cpu_now() - t
             }
             Side::Abi => {
                 let publish = black_box(self.publish);
                 let c = self.client;
                 let mut seq = 0u64;
-                let t = Instant::now();
+                let t = cpu_now();
                 for _ in 0..iters {
                     let p = black_box(payload);
                     // SAFETY: a live client, a payload of the length passed, a valid output.
@@ -367,7 +380,7 @@ impl Bench for Publish {
                     assert_eq!(rc, 0);
                     black_box(seq);
                 }
-                t.elapsed()
+                cpu_now() - t
             }
         }
     }

@@ -8,7 +8,7 @@ use std::cell::UnsafeCell;
 use std::ffi::{c_int, c_void};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use shmsnap_core::{CommitError, Descriptor, LayoutRequest, Region, Writer};
+use shmsnap_core::{Descriptor, LayoutRequest, Region, Writer};
 
 use crate::construct::{self, Claim};
 use crate::entry::{self, bytes, bytes_mut, handle_out, out, put, Handle};
@@ -209,19 +209,11 @@ pub unsafe extern "C" fn shmsnap_writer_commit(
         let payload = unsafe { bytes(payload.cast(), len, "payload") }?;
         // SAFETY: no concurrent writing call (contract); an open transaction is refused.
         let w = unsafe { h.writer_mut() }?;
-        let s = commit(w, payload)?;
+        let s = w.commit(payload)?;
         // SAFETY: NULL or valid for a write (contract).
         unsafe { put(seq, s) };
         Ok(())
     })
-}
-
-/// The core commit, kept out of line: compiled on its own, the compiler inlines `begin` and
-/// the transaction's `commit` into it, as it does for a Rust client (measured: the ABI's
-/// commit is then one call more than the Rust API's, not three).
-#[inline(never)]
-fn commit(w: &mut Writer<'static, [AtomicU64]>, payload: &[u8]) -> Result<u64, CommitError> {
-    w.commit(payload)
 }
 
 /// Stores the seq the next commit will get in `*seq`.

@@ -3,7 +3,7 @@
 //! `libshmsnap.a` / `libshmsnap.so`, with the header `ffi/include/shmsnap.h` generated from
 //! this crate by `cbindgen` (`ffi/cbindgen.toml`; CI regenerates it and fails if the
 //! committed header differs). The header's comments are the reference documentation; this
-//! crate's docs say how it maps onto the core (docs/DESIGN.md §15).
+//! crate's docs say how it maps onto the core (docs/DESIGN.md §16).
 //!
 //! | module | idea |
 //! |---|---|

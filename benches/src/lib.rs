@@ -4,6 +4,7 @@
 //! The fixtures live here so the criterion benches (`benches/*.rs`) and the one-run report
 //! (`src/bin/compare.rs`) measure exactly the same code:
 //!
+//! - [`abi`]: a commit and a triple publication through the C ABI vs. the Rust API directly;
 //! - [`commit`]: ours, upstream and the limits (`memcpy`, atomic word stores), hot and
 //!   advancing destinations;
 //! - [`durable`]: commit-to-durable latency with and without a prompt request, and the
@@ -22,6 +23,7 @@
 
 use std::time::{Duration, Instant};
 
+pub mod abi;
 pub mod commit;
 pub mod durable;
 pub mod incremental;

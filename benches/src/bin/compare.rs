@@ -15,6 +15,7 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use shmsnap_benches::abi::{self, Side};
 use shmsnap_benches::commit::{Dest, Limit, Ours, Raw, Upstream, PAYLOADS};
 use shmsnap_benches::durable::DurableFixture;
 use shmsnap_benches::incremental::{
@@ -62,7 +63,7 @@ impl Opts {
                 }
                 "-h" | "--help" => {
                     println!(
-                        "usage: compare [--quick] [--only commit,recover,snapshot,triple,durable,incremental,replica] [--allow-tmpfs]"
+                        "usage: compare [--quick] [--only commit,abi,recover,snapshot,triple,durable,incremental,replica] [--allow-tmpfs]"
                     );
                     std::process::exit(0);
                 }
@@ -138,6 +139,9 @@ fn main() {
 
     if opts.wants("commit") {
         commit_section(&opts, &mut r);
+    }
+    if opts.wants("abi") {
+        abi_section(&opts, &mut r);
     }
     if opts.wants("recover") {
         recover_section(&opts, &mut r);
@@ -244,6 +248,62 @@ fn commit_section(opts: &Opts, r: &mut Report) {
         }
     }
     let _ = writeln!(r.out);
+}
+
+/// The C ABI against the Rust API (issue 23): a commit and a triple publication, each side in
+/// its own region of the same layout, interleaved.
+fn abi_section(opts: &Opts, r: &mut Report) {
+    let (batch, rounds) = opts.publish_batches();
+    let _ = writeln!(
+        r.out,
+        "## C ABI vs Rust API (median per operation; {rounds} interleaved batches of ~{} ms each; the ABI called through opaque function pointers)\n",
+        batch.as_millis()
+    );
+    let _ = writeln!(r.out, "| operation | Rust API | C ABI | ABI/Rust |");
+    let _ = writeln!(r.out, "|---|---:|---:|---:|");
+    for n in abi::COMMIT_SIZES {
+        eprintln!("abi commit {n} B");
+        let mut rust = abi::Commit::new(n, Side::Rust).expect("rust commit fixture");
+        let mut ffi = abi::Commit::new(n, Side::Abi).expect("abi commit fixture");
+        let m = compare(&mut [&mut rust, &mut ffi], batch, rounds);
+        let ratio = m[1].ns / m[0].ns;
+        let _ = writeln!(
+            r.out,
+            "| commit {} hot (`Writer::commit` / `shmsnap_writer_commit`) | {} | {} | {ratio:.2} |",
+            size(n),
+            fmt_ns(m[0].ns),
+            fmt_ns(m[1].ns)
+        );
+        if n >= 64 {
+            r.targets.push(Target {
+                what: format!("commit {} through the C ABI: ABI/Rust", size(n)),
+                ratio,
+                at_most: true,
+                bound: 1.1,
+            });
+        }
+    }
+    eprintln!("abi publish {} B", abi::PUBLISH_SIZE);
+    let mut rust = abi::Publish::new(Side::Rust).expect("rust publish fixture");
+    let mut ffi = abi::Publish::new(Side::Abi).expect("abi publish fixture");
+    let m = compare(&mut [&mut rust, &mut ffi], batch, rounds);
+    let ratio = m[1].ns / m[0].ns;
+    let _ = writeln!(
+        r.out,
+        "| triple publish {} (`TripleClient::publish` / `shmsnap_triple_publish`) | {} | {} | {ratio:.2} |\n",
+        size(abi::PUBLISH_SIZE),
+        fmt_ns(m[0].ns),
+        fmt_ns(m[1].ns)
+    );
+    r.targets.push(Target {
+        what: format!(
+            "triple publish {} through the C ABI: ABI/Rust",
+            size(abi::PUBLISH_SIZE)
+        ),
+        ratio,
+        at_most: true,
+        bound: 1.1,
+    });
 }
 
 fn recover_section(opts: &Opts, r: &mut Report) {

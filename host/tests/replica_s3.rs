@@ -1,5 +1,6 @@
 //! Replicas in S3-compatible storage (issue 14), end to end: the real `shmsnap` binary, the
-//! primes client and a real `s3s-fs` server started and stopped by the tests themselves.
+//! primes client and a real S3 server (s3s-fs, in the test process) started and stopped by the
+//! tests themselves.
 //!
 //! The contract under test (the CLI the replica feature implements):
 //! - `run --state FILE --replica s3://BUCKET/PREFIX [--replica-keep N|DURATION]`, S3 settings
@@ -36,8 +37,8 @@ fn tempdir(what: &str) -> tempfile::TempDir {
         .unwrap()
 }
 
-/// A server with the test bucket, or `None` (skipped) when s3s-fs is not installed.
-fn server() -> Option<S3Server> {
+/// A server with the test bucket.
+fn server() -> S3Server {
     S3Server::start_with_bucket(BUCKET)
 }
 
@@ -350,7 +351,7 @@ fn restored_count(h: &Proc) -> u64 {
 /// and the client gets exactly the replica's newest point.
 #[test]
 fn replica_brings_the_state_back_on_a_new_machine() {
-    let Some(s) = server() else { return };
+    let s = server();
     let prefix = "lost/machine";
     let root = root(&s, prefix);
     let old = tempdir("old");
@@ -407,7 +408,7 @@ fn replica_brings_the_state_back_on_a_new_machine() {
 /// comes back again: the client and the local snapshots never stop, the bucket catches up.
 #[test]
 fn host_keeps_snapshotting_while_the_server_is_down_and_catches_up() {
-    let Some(mut s) = server() else { return };
+    let mut s = server();
     let prefix = "outage";
     let root = root(&s, prefix);
     let dir = tempdir("outage");
@@ -457,7 +458,7 @@ fn host_keeps_snapshotting_while_the_server_is_down_and_catches_up() {
 /// and leave it alone; `restore --fallback` uses the newest sound older point.
 #[test]
 fn corrupt_object_is_refused_by_name_and_fallback_uses_an_older_point() {
-    let Some(s) = server() else { return };
+    let s = server();
     let prefix = "corrupt";
     let root = root(&s, prefix);
     let dir = tempdir("corrupt");
@@ -529,7 +530,7 @@ fn corrupt_object_is_refused_by_name_and_fallback_uses_an_older_point() {
 /// its local state (taking the lease is refused); the local state is left as it was.
 #[test]
 fn wrong_credentials_are_refused_before_the_client_starts() {
-    let Some(s) = server() else { return };
+    let s = server();
     let dir = tempdir("creds");
     let state = dir.path().join("x.snap");
     let u = url("creds");
@@ -569,7 +570,7 @@ fn wrong_credentials_are_refused_before_the_client_starts() {
 /// and the first goes on replicating.
 #[test]
 fn second_host_on_one_prefix_is_refused() {
-    let Some(s) = server() else { return };
+    let s = server();
     let prefix = "shared";
     let root = root(&s, prefix);
     let a_dir = tempdir("host-a");
@@ -609,7 +610,7 @@ fn second_host_on_one_prefix_is_refused() {
 #[test]
 fn host_that_lost_its_lease_stops_uploading_and_says_so() {
     use object_store::ObjectStoreExt;
-    let Some(s) = server() else { return };
+    let s = server();
     let prefix = "stolen";
     let root = root(&s, prefix);
     let dir = tempdir("stolen");
@@ -729,7 +730,7 @@ fn replicate_generations(
 /// replica's prefix is touched.
 #[test]
 fn retention_keeps_the_newest_generations_and_nothing_else_is_removed() {
-    let Some(s) = server() else { return };
+    let s = server();
     let prefix = "keep/count";
     let foreign = foreign_objects(&s, prefix);
     let (seen, left) = replicate_generations(&s, prefix, "2", 6);
@@ -751,7 +752,7 @@ fn retention_keeps_the_newest_generations_and_nothing_else_is_removed() {
 /// `--replica-keep 1h`: every generation is younger than that, so none is removed.
 #[test]
 fn retention_by_age_removes_nothing_younger() {
-    let Some(s) = server() else { return };
+    let s = server();
     let prefix = "keep/age";
     let (seen, left) = replicate_generations(&s, prefix, "1h", 5);
     assert_eq!(

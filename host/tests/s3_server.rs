@@ -27,9 +27,7 @@ fn update(v: UpdateVersion) -> PutOptions {
 
 #[tokio::test]
 async fn create_only_put_of_an_existing_key_is_refused() {
-    let Some(server) = S3Server::start_with_bucket(BUCKET) else {
-        return;
-    };
+    let server = S3Server::start_with_bucket(BUCKET);
     let store = server.store(BUCKET);
     let key = ObjPath::from("p/lease");
     let first = store
@@ -51,9 +49,7 @@ async fn create_only_put_of_an_existing_key_is_refused() {
 
 #[tokio::test]
 async fn update_with_a_stale_etag_is_refused_and_with_the_current_one_accepted() {
-    let Some(server) = S3Server::start_with_bucket(BUCKET) else {
-        return;
-    };
+    let server = S3Server::start_with_bucket(BUCKET);
     let store = server.store(BUCKET);
     let key = ObjPath::from("p/lease");
     let v1 = store
@@ -100,9 +96,7 @@ async fn update_with_a_stale_etag_is_refused_and_with_the_current_one_accepted()
 
 #[tokio::test]
 async fn multipart_upload_arrives_whole() {
-    let Some(server) = S3Server::start_with_bucket(BUCKET) else {
-        return;
-    };
+    let server = S3Server::start_with_bucket(BUCKET);
     let store = server.store(BUCKET);
     let key = ObjPath::from("p/g/00000000000000000001/base");
     // Three parts: two of the 5 MiB minimum, one short tail; every byte distinct per position.
@@ -141,9 +135,7 @@ async fn multipart_upload_arrives_whole() {
 /// mask corruption: the replica's own CRC check is what the corruption tests exercise).
 #[tokio::test]
 async fn fixture_restarts_on_its_port_and_serves_bytes_changed_on_disk() {
-    let Some(mut server) = S3Server::start_with_bucket(BUCKET) else {
-        return;
-    };
+    let mut server = S3Server::start_with_bucket(BUCKET);
     let store = server.store(BUCKET);
     let key = ObjPath::from("p/g/00000000000000000007/base");
     store

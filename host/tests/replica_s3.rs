@@ -194,7 +194,9 @@ fn generations_in(root: &Path) -> BTreeMap<u64, Generation> {
                 continue;
             }
             let rel = p.strip_prefix(root).unwrap().to_string_lossy().into_owned();
-            if rel == "lease" || rel.contains('#') {
+            // The lease; `object_store`'s local staging files; the store probe's object,
+            // there for a moment while a host starts.
+            if rel == "lease" || rel.contains('#') || rel.starts_with(".probe/") {
                 continue;
             }
             let (g, index) =
@@ -878,4 +880,463 @@ fn layout_reader_accepts_exactly_the_contract_keys() {
     std::fs::write(root.join("g/stray"), "x").unwrap();
     let stray = std::panic::catch_unwind(|| generations_in(root));
     assert!(stray.is_err(), "a key outside the layout is an error");
+}
+
+// ---- Issue 21: replicas that stay current -------------------------------------------------
+
+use common::proxy::{Action, Proxy, Request};
+
+/// [`replicated_cmd`] with the host talking to `endpoint` (a proxy in front of `s`).
+fn cmd_via(endpoint: &str, state: &Path, prefix: &str, args: &[&str], client: &[&str]) -> Command {
+    let mut c = shmsnap(["run", "--state"]);
+    c.arg(state)
+        .args(args)
+        .args(["--replica", &url(prefix)])
+        .arg("--")
+        .args(client);
+    common::s3::env_for(
+        &mut c,
+        endpoint,
+        common::s3::ACCESS_KEY,
+        common::s3::SECRET_KEY,
+    );
+    c
+}
+
+/// [`ROLLING`] with the metrics served on a free port.
+const ROLLING_METRICS: [&str; 8] = [
+    "--size",
+    "64K",
+    "--restart",
+    "always",
+    "--max-backoff",
+    "200ms",
+    "--metrics",
+    "127.0.0.1:0",
+];
+
+/// The metrics URL the host logged.
+fn metrics_url(h: &Proc) -> String {
+    let line = h
+        .err
+        .expect("serving metrics on http://", "the metrics address");
+    let (_, rest) = line.split_once("serving metrics on ").unwrap();
+    rest.split_whitespace().next().unwrap().to_owned()
+}
+
+/// One scrape: sample name (with labels) → value.
+fn scrape(url: &str) -> BTreeMap<String, f64> {
+    let mut resp = ureq::get(url).call().expect("scrape");
+    let text = resp.body_mut().read_to_string().expect("scrape body");
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .filter_map(|l| {
+            let (k, v) = l.rsplit_once(' ')?;
+            Some((k.to_owned(), v.parse().ok()?))
+        })
+        .collect()
+}
+
+/// The lease object's body on the server, parsed.
+fn lease_body(s: &S3Server, prefix: &str) -> Option<serde_json::Value> {
+    let bytes = std::fs::read(s.object_path(BUCKET, &format!("{prefix}/lease"))).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+/// Waits while `h` runs until the bucket holds `n` more generations than `before` (each with
+/// its base); panics with the log if not within `timeout`.
+fn wait_new_bases(root: &Path, before: &BTreeSet<u64>, n: usize, timeout: Duration, h: &Proc) {
+    poll(timeout, || {
+        let now: BTreeSet<u64> = generations_in(root)
+            .into_iter()
+            .filter(|(_, g)| g.base.is_some())
+            .map(|(g, _)| g)
+            .collect();
+        if now.difference(before).count() >= n {
+            return Some(());
+        }
+        assert_alive(h);
+        None
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "replication stopped: fewer than {n} new bases in {timeout:?} (had {before:?}, now \
+             {:?})\n{}",
+            generations_in(root).keys().collect::<Vec<_>>(),
+            h.err.text()
+        )
+    });
+}
+
+/// Finding 1: the answer to a lease renewal is lost after the server applied it (the proxy
+/// forwards the first conditional lease write and drops its answer). The host reads the
+/// lease back, finds its own run, and goes on replicating; it never says the lease is lost.
+#[test]
+fn a_lease_renewal_whose_answer_is_lost_does_not_stop_replication() {
+    let s = server();
+    let prefix = "lost-answer";
+    let root = root(&s, prefix);
+    let mut dropped = false;
+    let proxy = Proxy::start(s.port(), move |r: &Request| {
+        if !dropped && r.is_lease_write() && r.header("if-match").is_some() {
+            dropped = true;
+            return Action::DropAnswer;
+        }
+        Action::Forward
+    });
+    let dir = tempdir("lost-answer");
+    let h = Proc::spawn(cmd_via(
+        &proxy.endpoint(),
+        &dir.path().join("rolling.snap"),
+        prefix,
+        &ROLLING,
+        &ROLLING_CLIENT,
+    ));
+    poll(Duration::from_secs(40), || {
+        proxy
+            .seen()
+            .iter()
+            .any(|(_, a)| *a == Action::DropAnswer)
+            .then_some(())
+    })
+    .unwrap_or_else(|| panic!("no renewal was made:\n{}", h.err.text()));
+    let before: BTreeSet<u64> = generations_in(&root).keys().copied().collect();
+    // Past the next renewals (every 10 s): the uploads go on.
+    wait_new_bases(&root, &before, 3, Duration::from_secs(25), &h);
+    std::thread::sleep(Duration::from_secs(12));
+    let later: BTreeSet<u64> = generations_in(&root).keys().copied().collect();
+    wait_new_bases(&root, &later, 2, Duration::from_secs(20), &h);
+    let err = h.err.text();
+    assert!(!err.contains("lost the lease"), "{err}");
+    assert!(!err.contains("stopped:"), "{err}");
+    let body = lease_body(&s, prefix).expect("the lease");
+    assert_eq!(
+        body["holder"]["pid"].as_u64(),
+        Some(h.pid() as u64),
+        "{body}"
+    );
+    stop(h);
+}
+
+/// Finding 2: the prefix is wiped while the host runs (lease and points). The host creates
+/// the lease again and puts a restorable chain back; at no moment does the bucket hold a
+/// delta without its base.
+#[test]
+fn a_wiped_prefix_gets_its_lease_and_a_restorable_chain_back() {
+    let s = server();
+    let prefix = "wiped";
+    let root = root(&s, prefix);
+    let dir = tempdir("wiped");
+    let state = dir.path().join("primes.snap");
+    let h = replicated_host(&s, &state, prefix, &RUN, &primes(&["--pause", "2ms"]));
+    wait_local(&h, 3);
+    wait_for_point(&root, SLOW, &h, "a first point", |_| true);
+    let wiped = s.wipe(BUCKET, &format!("{prefix}/"));
+    assert!(wiped >= 2, "the lease and a point were wiped ({wiped})");
+    let from = h.err.len();
+    poll(Duration::from_secs(60), || {
+        for (g, gen) in generations_in(&root) {
+            assert!(
+                gen.deltas.is_empty() || gen.base.is_some(),
+                "generation {g} has deltas without its base: {gen:?}"
+            );
+        }
+        let lease = lease_body(&s, prefix)?;
+        let restorable = newest_base(&root).is_some();
+        (restorable && lease["holder"]["pid"].as_u64() == Some(h.pid() as u64)).then_some(())
+    })
+    .unwrap_or_else(|| panic!("no lease and base after the wipe:\n{}", h.err.text()));
+    let out = dir.path().join("after-wipe.snap");
+    let d = restore(&s, prefix, &out, &[]);
+    assert_eq!(
+        d.code, 0,
+        "restore after the wipe:\n{}{}",
+        d.stdout, d.stderr
+    );
+    assert_verifies(&out);
+    let said = h.err.all()[from..].join("\n");
+    assert!(said.contains("lease") && said.contains("gone"), "{said}");
+    stop(h);
+}
+
+/// Finding 2: only the lease object is deleted. It is created again (create-only) by the
+/// same run, and uploads go on.
+#[test]
+fn a_deleted_lease_object_is_created_again_and_uploads_go_on() {
+    use object_store::ObjectStoreExt;
+    let s = server();
+    let prefix = "lease-deleted";
+    let root = root(&s, prefix);
+    let dir = tempdir("lease-deleted");
+    let h = replicated_host(
+        &s,
+        &dir.path().join("rolling.snap"),
+        prefix,
+        &ROLLING,
+        &ROLLING_CLIENT,
+    );
+    wait_for_point(&root, SLOW, &h, "a first point", |_| true);
+    let run = lease_body(&s, prefix).unwrap()["holder"]["run_id"].clone();
+    assert!(
+        run.as_str().is_some_and(|r| r.len() == 32),
+        "a run id: {run}"
+    );
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let lease = object_store::path::Path::from(format!("{prefix}/lease"));
+    rt.block_on(s.store(BUCKET).delete(&lease)).unwrap();
+    poll(Duration::from_secs(30), || {
+        lease_body(&s, prefix).filter(|b| b["holder"]["run_id"] == run)
+    })
+    .unwrap_or_else(|| panic!("the lease was not created again:\n{}", h.err.text()));
+    let before: BTreeSet<u64> = generations_in(&root).keys().copied().collect();
+    wait_new_bases(&root, &before, 3, Duration::from_secs(30), &h);
+    assert!(!h.err.text().contains("lost the lease"), "{}", h.err.text());
+    stop(h);
+}
+
+/// Finding 3: a store that ignores `If-None-Match` / `If-Match` is refused before the client
+/// starts (exit 78, the behaviour named), and the probe leaves nothing behind.
+#[test]
+fn a_store_without_conditional_writes_is_refused_at_start() {
+    let s = server();
+    s.ignore_conditions(true);
+    let prefix = "unconditional";
+    let dir = tempdir("unconditional");
+    let mut c = replicated_cmd(
+        &s,
+        &dir.path().join("x.snap"),
+        prefix,
+        &["--size", "64K", "--restart", "never"],
+        &["/bin/sh", "-c", "echo client-started"],
+    );
+    c.stdin(std::process::Stdio::null());
+    let mut h = Proc::spawn(c);
+    assert_eq!(h.exit_code(), 78, "{}", h.err.text());
+    let err = h.err.text();
+    assert!(err.contains("If-None-Match"), "names the behaviour: {err}");
+    assert!(err.contains(&url(prefix)), "names the replica: {err}");
+    assert!(!h.out.text().contains("client-started"));
+    assert!(
+        s.objects(BUCKET, prefix).is_empty(),
+        "the probe left objects: {:?}",
+        s.objects(BUCKET, prefix).keys().collect::<Vec<_>>()
+    );
+}
+
+/// Finding 4: while uploads are stopped (another host wrote the lease), the lag grows at
+/// every scrape and the state gauge says `stopped`; before that it says `uploading`.
+#[test]
+fn metrics_show_a_replica_that_stopped_uploading() {
+    use object_store::ObjectStoreExt;
+    let s = server();
+    let prefix = "metrics";
+    let root = root(&s, prefix);
+    let dir = tempdir("metrics");
+    let h = replicated_host(
+        &s,
+        &dir.path().join("rolling.snap"),
+        prefix,
+        &ROLLING_METRICS,
+        &ROLLING_CLIENT,
+    );
+    wait_for_point(&root, SLOW, &h, "a first point", |_| true);
+    let m = metrics_url(&h);
+    let first = scrape(&m);
+    assert_eq!(
+        first.get("shmsnap_replica_state{state=\"uploading\"}"),
+        Some(&1.0),
+        "{first:?}"
+    );
+    assert_eq!(
+        first.get("shmsnap_replica_state{state=\"stopped\"}"),
+        Some(&0.0)
+    );
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let other = br#"{"holder":{"machine_id":"elsewhere","state_path":"/x","pid":1,"run_id":"ffff"},"expires_unix_ms":99999999999999}"#;
+    rt.block_on(s.store(BUCKET).put(
+        &object_store::path::Path::from(format!("{prefix}/lease")),
+        object_store::PutPayload::from_static(other),
+    ))
+    .unwrap();
+    let stopped = poll(Duration::from_secs(30), || {
+        let m = scrape(&m);
+        (m.get("shmsnap_replica_state{state=\"stopped\"}") == Some(&1.0)).then_some(m)
+    })
+    .unwrap_or_else(|| panic!("the state never said stopped:\n{}", h.err.text()));
+    assert_eq!(
+        stopped.get("shmsnap_replica_state{state=\"uploading\"}"),
+        Some(&0.0)
+    );
+    // Local snapshots go on; the lag grows past them.
+    let n = local_points(&h).len();
+    wait_local(&h, n + 3);
+    std::thread::sleep(Duration::from_secs(3));
+    let lag = scrape(&m)["shmsnap_replica_lag_seconds"];
+    assert!(
+        lag >= 3.0,
+        "lag {lag} while uploads are stopped\n{}",
+        h.err.text()
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    let lag2 = scrape(&m)["shmsnap_replica_lag_seconds"];
+    assert!(lag2 > lag, "the lag grows: {lag} then {lag2}");
+    stop(h);
+}
+
+/// Finding 7: a network black hole (requests never answered) is reported within seconds,
+/// well before the 30 s lease would run out — not after a 60 s request timeout.
+#[test]
+fn a_network_black_hole_is_reported_well_before_the_lease_expires() {
+    let s = server();
+    let prefix = "black-hole";
+    let root = root(&s, prefix);
+    let proxy = Proxy::start(s.port(), |_: &Request| Action::Forward);
+    let dir = tempdir("black-hole");
+    let h = Proc::spawn(cmd_via(
+        &proxy.endpoint(),
+        &dir.path().join("rolling.snap"),
+        prefix,
+        &ROLLING,
+        &ROLLING_CLIENT,
+    ));
+    wait_for_point(&root, SLOW, &h, "a first point", |_| true);
+    let from = h.err.len();
+    proxy.set_rule(|_: &Request| Action::Hang);
+    let t0 = Instant::now();
+    let (_, line) = h
+        .err
+        .wait_from(from, Duration::from_secs(25), |l| {
+            l.contains("WARN") && l.contains("lease")
+        })
+        .unwrap_or_else(|| panic!("no warning of the black hole:\n{}", h.err.text()));
+    let took = t0.elapsed();
+    println!("warned after {took:?}: {line}");
+    assert!(took < Duration::from_secs(20), "warned after {took:?}");
+    proxy.set_rule(|_: &Request| Action::Forward);
+    let mut h = h;
+    h.signal(Signal::TERM);
+    let done = h.wait_timeout(Duration::from_secs(90));
+    assert_eq!(done.and_then(|s| s.code()), Some(0), "{}", h.err.text());
+}
+
+/// Finding 7: a misspelled bucket is refused before the client starts, exit 78, naming it
+/// (not "unreachable").
+#[test]
+fn a_missing_bucket_is_refused_at_start_naming_it() {
+    let s = server();
+    let dir = tempdir("no-bucket");
+    let mut c = shmsnap(["run", "--state"]);
+    c.arg(dir.path().join("x.snap"))
+        .args(["--size", "64K", "--restart", "never"])
+        .args(["--replica", "s3://no-such-bucket/p"])
+        .args(["--", "/bin/sh", "-c", "echo client-started"]);
+    s.env(&mut c);
+    let mut h = Proc::spawn(c);
+    assert_eq!(h.exit_code(), 78, "{}", h.err.text());
+    let err = h.err.text();
+    assert!(
+        err.contains("no-such-bucket") && err.contains("does not exist"),
+        "{err}"
+    );
+    assert!(!h.out.text().contains("client-started"));
+}
+
+/// Finding 7: a new machine (no state file) whose replica cannot be read does not start the
+/// client empty: exit 75, the reason said.
+#[test]
+fn a_new_machine_does_not_start_empty_when_the_replica_cannot_be_read() {
+    let mut s = server();
+    s.stop();
+    let dir = tempdir("unreadable");
+    let state = dir.path().join("x.snap");
+    let mut h = Proc::spawn(replicated_cmd(
+        &s,
+        &state,
+        "unreadable",
+        &["--size", "64K", "--restart", "never"],
+        &["/bin/sh", "-c", "echo client-started"],
+    ));
+    assert_eq!(h.exit_code(), 75, "{}", h.err.text());
+    assert!(
+        h.err.text().contains("not starting the client empty"),
+        "{}",
+        h.err.text()
+    );
+    assert!(!h.out.text().contains("client-started"));
+    assert!(!state.exists(), "no state made up");
+}
+
+/// Findings 5 and 7: a 256 MiB base goes up as a multipart upload slowed down by the proxy
+/// (each part held 4 s: longer than the lease's 30 s in all); the lease is renewed all along,
+/// by its own thread, and stays this run's.
+#[test]
+fn renewals_go_on_during_a_long_upload() {
+    let s = server();
+    let prefix = "long-upload";
+    let root = root(&s, prefix);
+    let proxy = Proxy::start(s.port(), |r: &Request| {
+        if r.method == "PUT" && r.target.contains("partNumber=") {
+            return Action::Delay(Duration::from_secs(4));
+        }
+        Action::Forward
+    });
+    let dir = tempdir("long-upload");
+    // The first client fills the region and exits (the exit strategy's one snapshot); the
+    // next one only waits, so the host stays up while the base goes up.
+    let marker = dir.path().join("filled");
+    let script = format!(
+        "if [ -e {m} ]; then exec sleep 600; fi; head -c 268435456 /dev/urandom >&3; touch {m}",
+        m = marker.display()
+    );
+    let h = Proc::spawn(cmd_via(
+        &proxy.endpoint(),
+        &dir.path().join("big.snap"),
+        prefix,
+        &[
+            "--strategy",
+            "exit",
+            "--size",
+            "256M",
+            "--restart",
+            "always",
+        ],
+        &["/bin/sh", "-c", &script],
+    ));
+    wait_for_point(
+        &root,
+        Duration::from_secs(240),
+        &h,
+        "the 256 MiB base",
+        |_| true,
+    );
+    let seen = proxy.seen();
+    let parts: Vec<usize> = (0..seen.len())
+        .filter(|&i| seen[i].0.target.contains("partNumber="))
+        .collect();
+    assert!(
+        parts.len() >= 8,
+        "a multipart upload: {} parts",
+        parts.len()
+    );
+    let renewals = seen[parts[0]..*parts.last().unwrap()]
+        .iter()
+        .filter(|(r, _)| r.is_lease_write())
+        .count();
+    assert!(
+        renewals >= 2,
+        "{renewals} lease renewals during the upload\n{}",
+        h.err.text()
+    );
+    let err = h.err.text();
+    assert!(
+        !err.contains("lost the lease") && !err.contains("not surely held"),
+        "{err}"
+    );
+    stop(h);
 }

@@ -406,12 +406,25 @@ impl std::fmt::Debug for Store {
     }
 }
 
+impl Store {
+    /// S3 answers 404 `NoSuchBucket` for a bucket that does not exist; s3s-fs would create
+    /// its directory on a put.
+    fn bucket(&self, bucket: &str) -> S3Result<()> {
+        if self.root.join(bucket).is_dir() {
+            Ok(())
+        } else {
+            Err(s3s::s3_error!(NoSuchBucket))
+        }
+    }
+}
+
 #[async_trait::async_trait]
 impl S3 for Store {
     async fn put_object(
         &self,
         mut req: S3Request<PutObjectInput>,
     ) -> S3Result<S3Response<PutObjectOutput>> {
+        self.bucket(&req.input.bucket)?;
         if self.ignore_conditions.load(Ordering::Relaxed) {
             req.input.if_match = None;
             req.input.if_none_match = None;
@@ -423,6 +436,7 @@ impl S3 for Store {
         &self,
         req: S3Request<GetObjectInput>,
     ) -> S3Result<S3Response<GetObjectOutput>> {
+        self.bucket(&req.input.bucket)?;
         self.fs.get_object(req).await
     }
 
@@ -430,6 +444,7 @@ impl S3 for Store {
         &self,
         req: S3Request<HeadObjectInput>,
     ) -> S3Result<S3Response<HeadObjectOutput>> {
+        self.bucket(&req.input.bucket)?;
         self.fs.head_object(req).await
     }
 
@@ -444,6 +459,7 @@ impl S3 for Store {
         &self,
         req: S3Request<DeleteObjectInput>,
     ) -> S3Result<S3Response<DeleteObjectOutput>> {
+        self.bucket(&req.input.bucket)?;
         self.fs.delete_object(req).await
     }
 
@@ -465,6 +481,7 @@ impl S3 for Store {
         &self,
         req: S3Request<ListObjectsV2Input>,
     ) -> S3Result<S3Response<ListObjectsV2Output>> {
+        self.bucket(&req.input.bucket)?;
         self.fs.list_objects_v2(req).await
     }
 
@@ -472,6 +489,7 @@ impl S3 for Store {
         &self,
         req: S3Request<CreateMultipartUploadInput>,
     ) -> S3Result<S3Response<CreateMultipartUploadOutput>> {
+        self.bucket(&req.input.bucket)?;
         self.fs.create_multipart_upload(req).await
     }
 

@@ -1076,24 +1076,25 @@ fn a_deleted_lease_object_is_created_again_and_uploads_go_on() {
         &ROLLING_CLIENT,
     );
     wait_for_point(&root, SLOW, &h, "a first point", |_| true);
-    let run = lease_body(&s, prefix).unwrap()["holder"]["run_id"].clone();
-    assert!(
-        run.as_str().is_some_and(|r| r.len() == 32),
-        "a run id: {run}"
-    );
+    let pid = Some(h.pid() as u64);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
     let lease = object_store::path::Path::from(format!("{prefix}/lease"));
     rt.block_on(s.store(BUCKET).delete(&lease)).unwrap();
-    poll(Duration::from_secs(30), || {
-        lease_body(&s, prefix).filter(|b| b["holder"]["run_id"] == run)
+    let body = poll(Duration::from_secs(30), || {
+        lease_body(&s, prefix).filter(|b| b["holder"]["pid"].as_u64() == pid)
     })
     .unwrap_or_else(|| panic!("the lease was not created again:\n{}", h.err.text()));
     let before: BTreeSet<u64> = generations_in(&root).keys().copied().collect();
     wait_new_bases(&root, &before, 3, Duration::from_secs(30), &h);
     assert!(!h.err.text().contains("lost the lease"), "{}", h.err.text());
+    let run = &body["holder"]["run_id"];
+    assert!(
+        run.as_str().is_some_and(|r| r.len() == 32),
+        "a run id: {run}"
+    );
     stop(h);
 }
 
@@ -1145,15 +1146,6 @@ fn metrics_show_a_replica_that_stopped_uploading() {
     wait_for_point(&root, SLOW, &h, "a first point", |_| true);
     let m = metrics_url(&h);
     let first = scrape(&m);
-    assert_eq!(
-        first.get("shmsnap_replica_state{state=\"uploading\"}"),
-        Some(&1.0),
-        "{first:?}"
-    );
-    assert_eq!(
-        first.get("shmsnap_replica_state{state=\"stopped\"}"),
-        Some(&0.0)
-    );
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -1164,16 +1156,11 @@ fn metrics_show_a_replica_that_stopped_uploading() {
         object_store::PutPayload::from_static(other),
     ))
     .unwrap();
-    let stopped = poll(Duration::from_secs(30), || {
-        let m = scrape(&m);
-        (m.get("shmsnap_replica_state{state=\"stopped\"}") == Some(&1.0)).then_some(m)
-    })
-    .unwrap_or_else(|| panic!("the state never said stopped:\n{}", h.err.text()));
-    assert_eq!(
-        stopped.get("shmsnap_replica_state{state=\"uploading\"}"),
-        Some(&0.0)
-    );
-    // Local snapshots go on; the lag grows past them.
+    // The next renewal (within 10 s) finds it and says so; local snapshots go on, and the
+    // lag grows past them.
+    h.err
+        .wait_from(0, Duration::from_secs(30), |l| l.contains("lost the lease"))
+        .unwrap_or_else(|| panic!("no word of the lost lease:\n{}", h.err.text()));
     let n = local_points(&h).len();
     wait_local(&h, n + 3);
     std::thread::sleep(Duration::from_secs(3));
@@ -1186,6 +1173,17 @@ fn metrics_show_a_replica_that_stopped_uploading() {
     std::thread::sleep(Duration::from_secs(1));
     let lag2 = scrape(&m)["shmsnap_replica_lag_seconds"];
     assert!(lag2 > lag, "the lag grows: {lag} then {lag2}");
+    // The state gauge: uploading before, stopped now (one series 1, the others 0).
+    let state = |m: &BTreeMap<String, f64>, s: &str| {
+        m.get(&format!("shmsnap_replica_state{{state=\"{s}\"}}"))
+            .copied()
+    };
+    assert_eq!(state(&first, "uploading"), Some(1.0), "{first:?}");
+    assert_eq!(state(&first, "stopped"), Some(0.0));
+    let now = scrape(&m);
+    assert_eq!(state(&now, "stopped"), Some(1.0), "{}", h.err.text());
+    assert_eq!(state(&now, "uploading"), Some(0.0));
+    assert_eq!(state(&now, "waiting"), Some(0.0));
     stop(h);
 }
 
@@ -1339,4 +1337,253 @@ fn renewals_go_on_during_a_long_upload() {
         "{err}"
     );
     stop(h);
+}
+
+/// Finding 6: a base object carries only the data (a packed run table), not the region: a
+/// 64 MiB region holding a few bytes goes up as a few KiB, and restores byte for byte.
+#[test]
+fn a_base_object_is_as_large_as_its_data_not_the_region() {
+    let s = server();
+    let prefix = "sparse";
+    let root = root(&s, prefix);
+    let dir = tempdir("sparse");
+    let state = dir.path().join("rolling.snap");
+    let mut args = ROLLING.to_vec();
+    args[1] = "64M";
+    let h = replicated_host(&s, &state, prefix, &args, &ROLLING_CLIENT);
+    let gens = wait_for_bases(&root, 2, SLOW, &h);
+    stop(h);
+    for (g, gen) in &gens {
+        let Some(key) = &gen.base else { continue };
+        let size = std::fs::metadata(root.join(key)).unwrap().len();
+        assert!(
+            size < 64 << 10,
+            "generation {g}: a {size}-byte object for a 64 MiB region holding a few bytes"
+        );
+    }
+    let out = dir.path().join("restored.snap");
+    let d = restore(&s, prefix, &out, &[]);
+    assert_eq!(d.code, 0, "{}{}", d.stdout, d.stderr);
+    assert_verifies(&out);
+    assert_eq!(std::fs::metadata(&out).unwrap().len(), (64 << 20) + 56);
+    let text = String::from_utf8_lossy(&std::fs::read(&out).unwrap()[..64]).into_owned();
+    assert!(
+        text.contains("written by pid"),
+        "the client's bytes: {text:?}"
+    );
+}
+
+/// Finding 6: a bucket written before base objects were packed (each base the snapshot file
+/// byte for byte) still restores.
+#[test]
+fn a_bucket_written_by_the_previous_version_still_restores() {
+    use object_store::ObjectStoreExt;
+    let s = server();
+    let dir = tempdir("old-format");
+    let state = dir.path().join("primes.snap");
+    let mut pre = run_host(
+        &state,
+        &["--strategy", "queue", "--size", "2M", "--restart", "never"],
+        &primes(&["--limit", "640"]),
+    );
+    assert_eq!(pre.exit_code(), 0, "{}", pre.err.text());
+    let g = generation(&inspect(&state).unwrap());
+    let bytes = std::fs::read(&state).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(s.store(BUCKET).put(
+        &object_store::path::Path::from(format!("old/g/{g:020}/base")),
+        object_store::PutPayload::from(bytes.clone()),
+    ))
+    .unwrap();
+    let out = dir.path().join("restored.snap");
+    let d = restore(&s, "old", &out, &[]);
+    assert_eq!(d.code, 0, "{}{}", d.stdout, d.stderr);
+    assert_eq!(
+        std::fs::read(&out).unwrap(),
+        bytes,
+        "restored byte for byte"
+    );
+    assert_eq!(snapshot_count(&inspect(&out).unwrap()), 640);
+}
+
+/// Finding 5: a host killed in the middle of a multipart upload leaves an incomplete upload;
+/// the next start (once the upload is old enough) aborts it.
+#[test]
+fn an_incomplete_multipart_upload_of_a_killed_host_is_aborted_at_the_next_start() {
+    let s = server();
+    let prefix = "killed-upload";
+    let proxy = Proxy::start(s.port(), |r: &Request| {
+        if r.method == "PUT" && r.target.contains("partNumber=") {
+            return Action::Delay(Duration::from_secs(2));
+        }
+        Action::Forward
+    });
+    let dir = tempdir("killed-upload");
+    let state = dir.path().join("big.snap");
+    let marker = dir.path().join("filled");
+    let script = format!(
+        "if [ -e {m} ]; then exec sleep 600; fi; head -c 67108864 /dev/urandom >&3; touch {m}",
+        m = marker.display()
+    );
+    let mut h = Proc::spawn(cmd_via(
+        &proxy.endpoint(),
+        &state,
+        prefix,
+        &["--strategy", "exit", "--size", "64M", "--restart", "always"],
+        &["/bin/sh", "-c", &script],
+    ));
+    poll(Duration::from_secs(60), || {
+        proxy
+            .seen()
+            .iter()
+            .any(|(r, _)| r.target.contains("partNumber="))
+            .then_some(())
+    })
+    .unwrap_or_else(|| panic!("no multipart upload started:\n{}", h.err.text()));
+    h.kill();
+    let left = poll(SLOW, || {
+        let u = s.incomplete_uploads(BUCKET);
+        (!u.is_empty()).then_some(u)
+    })
+    .expect("the killed host left an incomplete upload");
+    assert!(
+        left.iter().all(|k| k.starts_with(&format!("{prefix}/g/"))),
+        "{left:?}"
+    );
+    drop(proxy);
+    // Killed: its lease is left to expire; the same machine and state file take it at once.
+    s.backdate_uploads(Duration::from_secs(3600));
+    let h2 = replicated_host(
+        &s,
+        &state,
+        prefix,
+        &["--strategy", "exit", "--size", "64M"],
+        &["/bin/sh", "-c", "exec sleep 600"],
+    );
+    poll(SLOW, || {
+        s.incomplete_uploads(BUCKET).is_empty().then_some(())
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "not aborted: {:?}\n{}",
+            s.incomplete_uploads(BUCKET),
+            h2.err.text()
+        )
+    });
+    h2.err.expect(
+        "aborted 1 incomplete multipart upload",
+        "the abort is logged",
+    );
+    h2.err.expect("client started", "the client starts");
+    stop(h2);
+}
+
+/// Finding 5: a multipart upload whose completion fails is aborted at once (no parts left
+/// billed), and the point goes up at a later attempt.
+#[test]
+fn a_failed_multipart_upload_is_aborted() {
+    let s = server();
+    let prefix = "failed-upload";
+    let root = root(&s, prefix);
+    // Every completion fails for a while (object_store retries a 500 twice itself).
+    let mut failed = 0;
+    let proxy = Proxy::start(s.port(), move |r: &Request| {
+        if failed < 3 && r.method == "POST" && r.target.contains("uploadId=") {
+            failed += 1;
+            return Action::Fail500;
+        }
+        Action::Forward
+    });
+    let dir = tempdir("failed-upload");
+    let marker = dir.path().join("filled");
+    let script = format!(
+        "if [ -e {m} ]; then exec sleep 600; fi; head -c 41943040 /dev/urandom >&3; touch {m}",
+        m = marker.display()
+    );
+    let h = Proc::spawn(cmd_via(
+        &proxy.endpoint(),
+        &dir.path().join("big.snap"),
+        prefix,
+        &["--strategy", "exit", "--size", "40M", "--restart", "always"],
+        &["/bin/sh", "-c", &script],
+    ));
+    wait_for_point(&root, Duration::from_secs(120), &h, "the base", |_| true);
+    let seen = proxy.seen();
+    assert!(
+        seen.iter().any(|(_, a)| *a == Action::Fail500),
+        "the completion failed once"
+    );
+    assert!(
+        seen.iter()
+            .any(|(r, _)| r.method == "DELETE" && r.target.contains("uploadId=")),
+        "the failed upload was aborted"
+    );
+    assert!(
+        s.incomplete_uploads(BUCKET).is_empty(),
+        "{:?}",
+        s.incomplete_uploads(BUCKET)
+    );
+    stop(h);
+}
+
+/// Finding 7: `inspect --replica --verify` downloads and checks every point; a delta object
+/// overwritten with garbage is listed as bad (exit 65), the points before it as sound.
+#[test]
+fn inspect_verify_lists_a_garbage_delta_as_bad() {
+    let s = server();
+    let prefix = "inspect-verify";
+    let root = root(&s, prefix);
+    let dir = tempdir("inspect-verify");
+    let h = replicated_host(
+        &s,
+        &dir.path().join("primes.snap"),
+        prefix,
+        &RUN,
+        &primes(&["--pause", "2ms"]),
+    );
+    let p = wait_for_point(&root, SLOW, &h, "a second delta", |p| p.1 >= 2);
+    stop(h);
+    let key = format!("g/{:020}/d/{:08}", p.0, 2);
+    let file = root.join(&key);
+    let garbage: Vec<u8> = (0..std::fs::metadata(&file).unwrap().len())
+        .map(|i| (i * 7919 % 253) as u8)
+        .collect();
+    std::fs::write(&file, garbage).unwrap();
+    let u = url(prefix);
+    let d = s3_done(
+        &s,
+        &[
+            OsStr::new("inspect"),
+            OsStr::new("--replica"),
+            OsStr::new(&u),
+            OsStr::new("--verify"),
+            OsStr::new("--json"),
+        ],
+    );
+    assert_eq!(d.code, 65, "{}{}", d.stdout, d.stderr);
+    let v: serde_json::Value = serde_json::from_str(&d.stdout).expect("the JSON report");
+    let gen = v["generations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["generation"].as_u64() == Some(p.0))
+        .unwrap();
+    let mark = |i: u64| {
+        gen["points"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|q| q["index"].as_u64() == Some(i))
+            .unwrap()["verified"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    assert_eq!(mark(0), "sound");
+    assert_eq!(mark(1), "sound");
+    assert!(mark(2).starts_with("bad"), "{}", mark(2));
+    assert!(d.stderr.contains("bad point"), "{}", d.stderr);
 }

@@ -16,6 +16,7 @@
 //! | [`handover`] | start a child with the region at fd 3 and a correct `LISTEN_PID` |
 //! | [`track`] | write tracking: client userfaultfd async write-protect, host `PAGEMAP_SCAN` |
 //! | [`chain`] | snapshot chain: base + delta segments chained by CRC; write, list, restore, compaction policy |
+//! | [`packed`] | a snapshot file's data extents with a run table (a replica's base object) and back |
 //!
 //! `unsafe` is denied at the crate root and allowed only in [`mapping`] (it maps memory),
 //! [`listen`] (it adopts an inherited raw fd number), [`handover`] (code between `fork` and
@@ -67,6 +68,7 @@ pub mod handover;
 pub mod listen;
 pub mod mapping;
 pub mod memfd;
+pub mod packed;
 pub mod persist;
 pub mod snapshot;
 pub mod status;

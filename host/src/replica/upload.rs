@@ -38,7 +38,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use object_store::{ObjectStoreExt, PutPayload};
-use shmsnap_linux::chain;
+use shmsnap_linux::{chain, packed};
 use tracing::{debug, error, info, warn};
 
 use super::keeper::{Keeper, LeaseState};
@@ -662,9 +662,11 @@ impl Uploader {
             Err(object_store::Error::NotFound { .. }) => {}
             Err(e) => return Err(e.to_string()),
         }
-        upload(&self.replica, &key, offer, &self.lease)
+        let bytes = upload(&self.replica, &key, offer, &self.lease)
             .await
             .map_err(|e| e.to_string())?;
+        self.metrics.replica_uploaded(bytes);
+        debug!("replica: {key} uploaded ({bytes} bytes)");
         Ok(Shipped::Done)
     }
 
@@ -673,7 +675,6 @@ impl Uploader {
         let p = offer.point;
         self.shipped = Some(p);
         self.bucket_newest = Some(self.bucket_newest.unwrap_or(0).max(p.generation));
-        self.metrics.replica_uploaded(offer.len);
         crate::durable::replicated(&self.status, offer.seq);
         let behind = {
             let mut b = self.shared.lock();
@@ -683,7 +684,6 @@ impl Uploader {
         self.metrics.replica_behind_since(behind);
         self.metrics
             .replica_state(ReplicaState::Uploading, "points reach the bucket");
-        debug!("replica: {p} uploaded ({} bytes)", offer.len);
         if p.index == 0 {
             if let Err(e) = retain(&self.replica, self.keep, p.generation).await {
                 self.failed(&format!("retention skipped: {e}"));
@@ -700,33 +700,35 @@ async fn drained(shared: &Shared) {
     }
 }
 
-/// Puts the offer's bytes at `key`: one PUT up to [`PART`], else a multipart upload (the
-/// object appears only when it completes). A multipart upload is aborted on every error, and
+/// Puts the offer's object at `key` (a base packed, a delta as is; returns its size): one PUT
+/// up to [`PART`], else a multipart upload (the object appears only when it completes). A multipart upload is aborted on every error, and
 /// each part waits for the lease to be surely held.
 async fn upload(
     replica: &Replica,
     key: &object_store::path::Path,
     offer: &Offer,
     lease: &LeaseState,
-) -> object_store::Result<()> {
-    if offer.len <= PART as u64 {
-        let bytes = read_at(&offer.file, 0, offer.len as usize)?;
+) -> object_store::Result<u64> {
+    let body = Body::of(offer)?;
+    let len = body.len();
+    if len <= PART as u64 {
+        let bytes = body.read(0, len as usize)?;
         replica.store.put(key, PutPayload::from(bytes)).await?;
-        return Ok(());
+        return Ok(len);
     }
     let mut up = replica.store.put_multipart(key).await?;
     let result = async {
         let mut inflight = futures_util::stream::FuturesOrdered::new();
         let mut at = 0;
-        while at < offer.len {
+        while at < len {
             if lease.valid_for() < LEASE_MARGIN {
                 return Err(object_store::Error::Generic {
                     store: "replica",
                     source: "the lease is not surely held: upload abandoned".into(),
                 });
             }
-            let n = (offer.len - at).min(PART as u64) as usize;
-            let chunk = read_at(&offer.file, at, n)?;
+            let n = (len - at).min(PART as u64) as usize;
+            let chunk = body.read(at, n)?;
             inflight.push_back(up.put_part(PutPayload::from(chunk)));
             if inflight.len() >= 2 {
                 futures_util::StreamExt::next(&mut inflight)
@@ -757,17 +759,48 @@ async fn upload(
         }
         return Err(e);
     }
-    Ok(())
+    Ok(len)
 }
 
-fn read_at(file: &File, at: u64, n: usize) -> object_store::Result<Vec<u8>> {
-    let mut buf = vec![0; n];
-    file.read_exact_at(&mut buf, at)
-        .map_err(|e| object_store::Error::Generic {
-            store: "local file",
-            source: Box::new(e),
-        })?;
-    Ok(buf)
+/// An object's bytes: a base packed ([`shmsnap_linux::packed`]: its data extents and a run
+/// table, so that its size follows the data), a delta as its file.
+enum Body<'a> {
+    Raw(&'a File, u64),
+    Packed(&'a File, packed::Plan),
+}
+
+fn local_err(e: std::io::Error) -> object_store::Error {
+    object_store::Error::Generic {
+        store: "local file",
+        source: Box::new(e),
+    }
+}
+
+impl<'a> Body<'a> {
+    fn of(offer: &'a Offer) -> object_store::Result<Body<'a>> {
+        if offer.point.index > 0 {
+            return Ok(Body::Raw(&offer.file, offer.len));
+        }
+        let plan = packed::Plan::of(&*offer.file).map_err(local_err)?;
+        Ok(Body::Packed(&offer.file, plan))
+    }
+
+    fn len(&self) -> u64 {
+        match self {
+            Body::Raw(_, len) => *len,
+            Body::Packed(_, plan) => plan.len(),
+        }
+    }
+
+    fn read(&self, at: u64, n: usize) -> object_store::Result<Vec<u8>> {
+        let mut buf = vec![0; n];
+        match self {
+            Body::Raw(file, _) => file.read_exact_at(&mut buf, at),
+            Body::Packed(file, plan) => plan.read_at(file, at, &mut buf),
+        }
+        .map_err(local_err)?;
+        Ok(buf)
+    }
 }
 
 /// Deletes the generations `keep` no longer covers, never `newest` (the base just uploaded)

@@ -55,8 +55,13 @@ pub use lag::Lag;
 /// Points waiting for the uploader, at most.
 pub const MAX_PENDING: usize = 16;
 
-/// Objects up to this size are one PUT; larger ones a multipart upload of parts this size.
+/// Parts of a multipart upload are this size.
 const PART: usize = 16 << 20;
+
+/// Objects up to this size are one PUT (S3 takes up to 5 GiB in one; this bounds the memory
+/// of one upload), larger ones a multipart upload of [`PART`]-byte parts. Above `PART`, so
+/// that a base of 16 MiB of data (plus its run table) is still one request.
+const SINGLE_PUT_MAX: u64 = 32 << 20;
 
 /// First pause after a failed request; doubles up to [`MAX_BACKOFF`].
 const MIN_BACKOFF: Duration = Duration::from_millis(200);
@@ -701,7 +706,7 @@ async fn drained(shared: &Shared) {
 }
 
 /// Puts the offer's object at `key` (a base packed, a delta as is; returns its size): one PUT
-/// up to [`PART`], else a multipart upload (the object appears only when it completes). A multipart upload is aborted on every error, and
+/// up to [`SINGLE_PUT_MAX`], else a multipart upload (the object appears only when it completes). A multipart upload is aborted on every error, and
 /// each part waits for the lease to be surely held.
 async fn upload(
     replica: &Replica,
@@ -711,7 +716,7 @@ async fn upload(
 ) -> object_store::Result<u64> {
     let body = Body::of(offer)?;
     let len = body.len();
-    if len <= PART as u64 {
+    if len <= SINGLE_PUT_MAX {
         let bytes = body.read(0, len as usize)?;
         replica.store.put(key, PutPayload::from(bytes)).await?;
         return Ok(len);

@@ -1591,3 +1591,22 @@ fn inspect_verify_lists_a_garbage_delta_as_bad() {
     assert!(mark(2).starts_with("bad"), "{}", mark(2));
     assert!(d.stderr.contains("bad point"), "{}", d.stderr);
 }
+
+/// The README's alert rules (docs/prometheus/) fire on a replica whose uploads stopped and
+/// stay quiet on a healthy one: `promtool test rules` on the rules and their tests.
+#[test]
+#[ignore = "needs promtool (Debian: prometheus); .ci/run installs it and runs the ignored replica tests"]
+fn the_readme_alert_fires_on_a_stopped_replica() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/prometheus");
+    let out = Command::new("promtool")
+        .args(["test", "rules", "shmsnap-replica.rules.test.yml"])
+        .current_dir(&dir)
+        .output()
+        .expect("promtool (Debian: prometheus)");
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

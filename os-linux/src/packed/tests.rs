@@ -69,13 +69,13 @@ fn a_packed_base_is_as_large_as_its_data_and_unpacks_byte_for_byte() {
     );
     let (plan, obj) = packed_bytes(&src);
     let data = plan.data_len();
-    assert!(data >= 8192 + 900_000 + 4096 && data < 2 * MIB, "{data}");
+    assert!((8192 + 900_000 + 4096..2 * MIB).contains(&data), "{data}");
     assert!(
         (obj.len() as u64) <= data + 4096 + 120,
         "object {} bytes for {data} bytes of data",
         obj.len()
     );
-    assert!(is_packed(File::open(dir.path().join("s.snap")).unwrap()).unwrap() == false);
+    assert!(!is_packed(File::open(dir.path().join("s.snap")).unwrap()).unwrap());
     let out = unpack_bytes(dir.path(), &obj).unwrap();
     assert!(is_packed(File::open(dir.path().join("obj")).unwrap()).unwrap());
     assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&src).unwrap());

@@ -165,7 +165,7 @@ fn main() {
     for t in &r.targets {
         let _ = writeln!(
             r.out,
-            "| {} | {:.2}x | {} {:.1}x | {} |",
+            "| {} | {:.2}x | {} {}x | {} |",
             t.what,
             t.ratio,
             if t.at_most { "≤" } else { "≥" },

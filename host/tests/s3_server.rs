@@ -160,3 +160,58 @@ async fn fixture_restarts_on_its_port_and_serves_bytes_changed_on_disk() {
     let listed = server.objects(BUCKET, "p/");
     assert_eq!(listed.keys().collect::<Vec<_>>(), [key.as_ref()]);
 }
+
+/// The fixture's two additions to s3s-fs are what the tests take them for: with
+/// `ignore_conditions` a create-only put replaces an existing object and a stale `If-Match` is
+/// accepted (a store without conditional writes); incomplete multipart uploads are listed
+/// (with their age) until completed or aborted; a missing bucket answers 404.
+#[tokio::test]
+async fn fixture_can_ignore_conditions_lists_incomplete_uploads_and_refuses_missing_buckets() {
+    let server = S3Server::start_with_bucket(BUCKET);
+    let store = server.store(BUCKET);
+    let key = ObjPath::from("p/lease");
+    let v1 = store
+        .put_opts(&key, PutPayload::from_static(b"a"), create())
+        .await
+        .unwrap();
+    server.ignore_conditions(true);
+    store
+        .put_opts(&key, PutPayload::from_static(b"b"), create())
+        .await
+        .expect("a create-only put over an existing key, accepted");
+    let stale = UpdateVersion {
+        e_tag: v1.e_tag,
+        version: None,
+    };
+    store
+        .put_opts(&key, PutPayload::from_static(b"c"), update(stale))
+        .await
+        .expect("a stale If-Match, accepted");
+    server.ignore_conditions(false);
+    assert!(store
+        .put_opts(&key, PutPayload::from_static(b"d"), create())
+        .await
+        .is_err());
+
+    let mut up = store
+        .put_multipart(&ObjPath::from("p/g/x/base"))
+        .await
+        .unwrap();
+    up.put_part(PutPayload::from(vec![1u8; 5 << 20]))
+        .await
+        .unwrap();
+    assert_eq!(server.incomplete_uploads(BUCKET), ["p/g/x/base"]);
+    server.backdate_uploads(std::time::Duration::from_secs(3600));
+    assert_eq!(server.incomplete_uploads(BUCKET), ["p/g/x/base"]);
+    up.abort().await.unwrap();
+    assert!(server.incomplete_uploads(BUCKET).is_empty());
+
+    let missing = server.store("no-such-bucket");
+    let r = missing
+        .put(&ObjPath::from("k"), PutPayload::from_static(b"x"))
+        .await;
+    assert!(
+        matches!(r, Err(object_store::Error::NotFound { .. })),
+        "{r:?}"
+    );
+}

@@ -1243,6 +1243,20 @@ fn a_missing_bucket_is_refused_at_start_naming_it() {
         "{err}"
     );
     assert!(!h.out.text().contains("client-started"));
+    // restore --from says the same.
+    let out = dir.path().join("out.snap");
+    let d = s3_done(
+        &s,
+        &[
+            OsStr::new("restore"),
+            OsStr::new("--from"),
+            OsStr::new("s3://no-such-bucket/p"),
+            OsStr::new("--to"),
+            out.as_os_str(),
+        ],
+    );
+    assert_eq!(d.code, 78, "{}", d.stderr);
+    assert!(d.stderr.contains("does not exist"), "{}", d.stderr);
 }
 
 /// Finding 7: a new machine (no state file) whose replica cannot be read does not start the

@@ -402,10 +402,19 @@ fn io_err(e: std::io::Error) -> object_store::Error {
     }
 }
 
-/// A store error as a failure: 78 for refused credentials, else 74.
+/// A store error as a failure: 78 for refused credentials or a missing bucket, else 74.
 pub fn store_failure(replica: &Replica, what: &str, e: &object_store::Error) -> Failure {
     if is_refused(e) {
         return refused(&replica.url, e);
+    }
+    if e.to_string().contains("NoSuchBucket") {
+        return Failure::new(
+            Code::Config,
+            format!(
+                "replica {}: the bucket does not exist (check its name): {e}",
+                replica.url
+            ),
+        );
     }
     Failure::new(Code::IoErr, format!("replica {}: {what}: {e}", replica.url))
 }

@@ -624,7 +624,7 @@ impl Uploader {
         let Some(base) = self.newest_base.clone() else {
             return Ok(false);
         };
-        if base.point.generation != upto.generation {
+        if base.point.generation != upto.generation || !self.base_is_ours(&base).await? {
             return Ok(false);
         }
         let mut points = vec![(*base).clone_handle()];
@@ -652,6 +652,28 @@ impl Uploader {
         );
         self.shipped = Some(upto);
         Ok(true)
+    }
+
+    /// `true` if the bucket has no object at `base`'s key, or one of the size this host would
+    /// upload. Another size is another history's base (a host that started empty next to
+    /// it), or this base as an older version uploaded it (byte for byte): deltas are not
+    /// chained onto it, the chain waits for the next base (logged).
+    async fn base_is_ours(&self, base: &Offer) -> Result<bool, String> {
+        let key = point_key(&self.replica, base.point);
+        let size = match self.replica.store.head(&key).await {
+            Ok(m) => m.size,
+            Err(object_store::Error::NotFound { .. }) => return Ok(true),
+            Err(e) => return Err(e.to_string()),
+        };
+        let ours = Body::of(base).map_err(|e| e.to_string())?.len();
+        if size != ours {
+            warn!(
+                "replica {}: {key} exists with {size} bytes, not the {ours} of this host's \
+                 {}: not chaining deltas onto it; waiting for the next base",
+                self.replica.url, base.point
+            );
+        }
+        Ok(size == ours)
     }
 
     /// Puts `offer` under its key unless an object is there already (never replaced).

@@ -1,33 +1,33 @@
-//! `replica` group: a 256 MiB snapshot file to a local `s3s-fs` and back — the raw multipart
-//! upload and the raw download (the references), the replica's upload (once wired) and
-//! `shmsnap restore --from`. See `shmsnap_benches::replica`. Skipped without s3s-fs.
+//! `replica` group: a 256 MiB snapshot file to an in-process S3 server and back — the raw
+//! multipart upload and the raw download (the references), the replica's packed upload of a
+//! full and of a sparse base, and `shmsnap restore --from`. See `shmsnap_benches::replica`.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use shmsnap_benches::replica::{s3s_fs_binary, ReplicaFixture};
+use shmsnap_benches::replica::ReplicaFixture;
 
 fn replica(c: &mut Criterion) {
-    let Some(bin) = s3s_fs_binary() else {
-        eprintln!("replica: skipped: s3s-fs not found (set SHMSNAP_S3S_FS)");
-        return;
-    };
     let dir = std::env::var_os("SHMSNAP_BENCH_DIR").map_or_else(
         || std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/shmsnap-bench"),
         std::path::PathBuf::from,
     );
     std::fs::create_dir_all(&dir).expect("bench directory");
     // The fixture checks that the uploaded object downloads byte for byte.
-    let f = ReplicaFixture::new(&dir, &bin).expect("replica fixture");
+    let f = ReplicaFixture::new(&dir).expect("replica fixture");
     let mut g = c.benchmark_group("replica");
     g.sample_size(10);
     g.throughput(Throughput::Bytes(f.bytes().expect("size")));
     g.bench_function("raw multipart upload", |b| {
         b.iter(|| f.raw_upload().expect("raw upload"))
     });
-    if f.replica_upload().is_some() {
-        g.bench_function("replica upload", |b| {
-            b.iter(|| f.replica_upload().unwrap().expect("replica upload"))
-        });
-    }
+    g.bench_function("replica upload", |b| {
+        b.iter(|| f.replica_upload().expect("replica upload"))
+    });
+    g.bench_function("replica upload, 16 MiB of data in 256 MiB", |b| {
+        b.iter(|| f.sparse_upload().expect("sparse upload"))
+    });
+    g.bench_function("raw PUT of 16 MiB", |b| {
+        b.iter(|| f.raw_put_16m().expect("raw put"))
+    });
     g.bench_function("raw download", |b| {
         b.iter(|| f.raw_download().expect("raw download"))
     });

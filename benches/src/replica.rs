@@ -1,37 +1,45 @@
-//! Fixtures of the `replica` group (issue 14): a real snapshot file of a 256 MiB region
-//! (the [`SnapshotFixture`] of the snapshot group, fully touched) against a local `s3s-fs`.
+//! Fixtures of the `replica` group (issues 14, 21): real snapshot files of a 256 MiB region
+//! (the [`SnapshotFixture`] of the snapshot group) against an S3 server started inside this
+//! process (s3s-fs behind s3s, as the host's tests use; no binary to install).
 //!
-//! - **raw upload** (the reference): `object_store`'s `put_multipart` of the file's bytes
-//!   through [`WriteMultipart`] in [`PART`]-byte parts, at most [`CONCURRENCY`] in flight —
-//!   the same client and runtime the replica's uploads use.
-//! - **replica upload** (ours): the host's upload of the same file as a base object.
-//!   *Not wired yet*: see [`ReplicaFixture::replica_upload`].
-//! - **restore** (ours): `shmsnap restore --from s3://… --to OUT` (download, footer and CRC
-//!   check, rename into place), the real binary in a child process, vs. **raw download**: a
-//!   `GET` of the same object streamed into a file, `fdatasync`, no check.
+//! - **raw upload** (the reference): `object_store`'s `put_multipart` of the fully touched
+//!   file's bytes through [`WriteMultipart`] in [`PART`]-byte parts, at most [`CONCURRENCY`] in
+//!   flight — the same client and runtime the replica's uploads use.
+//! - **replica upload** (ours): the same file as the replica uploads a base: packed
+//!   ([`shmsnap_linux::packed::Plan`]: data extents and a run table) and put with the host's
+//!   rule (one `PUT` up to [`SINGLE_PUT_MAX`], else parts of [`PART`], two in flight). The
+//!   host's uploader is in the binary crate; this is its packing (the library) and its
+//!   requests, without its thread and lease plumbing.
+//! - **sparse upload** (ours): a 256 MiB region holding 16 MiB of data (`Touch::Sixteenth`),
+//!   uploaded as above, vs. **raw 16 MiB PUT**: one `PUT` of 16 MiB from memory.
+//! - **restore** (ours): `shmsnap restore --from s3://… --to OUT` (download, unpack, footer
+//!   and CRC check, rename into place), the real binary in a child process, vs. **raw
+//!   download**: a `GET` of the same object streamed into a file, `fdatasync`, no check.
 //!
-//! The server is `s3s-fs` from `SHMSNAP_S3S_FS`, else `PATH` ([`s3s_fs_binary`]); without it
-//! the group is skipped. Its data directory lives in the bench directory (a real disk).
+//! The server's data directory lives in the bench directory (a real disk).
 
 use std::fs::File;
 use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures::StreamExt;
 use object_store::aws::{AmazonS3, AmazonS3Builder};
 use object_store::path::Path as ObjPath;
-use object_store::{ObjectStoreExt, WriteMultipart};
+use object_store::{ObjectStoreExt, PutPayload, WriteMultipart};
+use shmsnap_linux::packed::Plan;
 
 use crate::snapshot::{SnapshotFixture, Touch};
 
 /// The region (and so the snapshot file) size of the group.
 pub const SNAPSHOT_LEN: u64 = 256 << 20;
-/// Part size of the raw multipart reference.
+/// Part size of multipart uploads (the host's).
 pub const PART: usize = 16 << 20;
+/// Objects up to this size are one `PUT` (the host's rule).
+pub const SINGLE_PUT_MAX: u64 = 32 << 20;
 /// Parts in flight at most, for the raw reference.
 pub const CONCURRENCY: usize = 4;
 /// The bucket of the fixture server.
@@ -41,16 +49,13 @@ pub const PREFIX: &str = "replica";
 const ACCESS_KEY: &str = "shmsnap-bench-key";
 const SECRET_KEY: &str = "shmsnap-bench-secret";
 const REGION: &str = "us-east-1";
+/// Where the raw reference upload goes.
+const RAW_KEY: &str = "raw/base";
 
-/// The `s3s-fs` binary: `SHMSNAP_S3S_FS`, else the first `s3s-fs` on `PATH`.
-pub fn s3s_fs_binary() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("SHMSNAP_S3S_FS") {
-        return Some(PathBuf::from(p)).filter(|p| p.is_file());
-    }
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|d| d.join("s3s-fs"))
-        .find(|p| p.is_file())
+fn sub(dir: &Path, name: &str) -> io::Result<PathBuf> {
+    let d = dir.join(name);
+    std::fs::create_dir_all(&d)?;
+    Ok(d)
 }
 
 /// The `shmsnap` binary the restore rows run: `SHMSNAP_BIN`, else next to this executable
@@ -67,53 +72,85 @@ pub fn shmsnap_binary() -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-/// An `s3s-fs` over `dir` on a free loopback port; killed and reaped on drop, and its
-/// directory removed.
+/// An S3 server (s3s-fs over `dir`, served by s3s and hyper-util) on a free loopback port,
+/// on its own thread and runtime; stopped on drop, and its directory removed.
 #[derive(Debug)]
 pub struct Server {
-    child: Child,
     port: u16,
     dir: PathBuf,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Server {
-    /// Starts `bin` over `dir` (emptied first) with one bucket, [`BUCKET`].
+    /// Starts a server over `dir` (emptied first) with one bucket, [`BUCKET`].
     ///
     /// # Errors
     ///
-    /// Spawn errors; `Other` if the server exits or does not listen within 30 s.
-    pub fn start(bin: &Path, dir: &Path) -> io::Result<Server> {
+    /// I/O errors; `Other` if the server does not bind.
+    pub fn start(dir: &Path) -> io::Result<Server> {
         let _ = std::fs::remove_dir_all(dir);
         std::fs::create_dir_all(dir.join(BUCKET))?;
-        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        let child = Command::new(bin)
-            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
-            .args(["--access-key", ACCESS_KEY, "--secret-key", SECRET_KEY])
-            .arg(dir)
-            .env("RUST_LOG", "error")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()?;
-        let mut s = Server {
-            child,
+        let fs = s3s_fs::FileSystem::new(dir).map_err(|e| io::Error::other(format!("{e:?}")))?;
+        let service = {
+            let mut b = s3s::service::S3ServiceBuilder::new(fs);
+            b.set_auth(s3s::auth::SimpleAuth::from_single(ACCESS_KEY, SECRET_KEY));
+            b.build()
+        };
+        let (bound_tx, bound_rx) = std::sync::mpsc::channel();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .expect("server runtime");
+            rt.block_on(async move {
+                let listener = match tokio::net::TcpListener::bind(SocketAddr::from((
+                    [127, 0, 0, 1],
+                    0,
+                )))
+                .await
+                {
+                    Ok(l) => l,
+                    Err(e) => {
+                        let _ = bound_tx.send(Err(e));
+                        return;
+                    }
+                };
+                let _ = bound_tx.send(listener.local_addr().map(|a| a.port()));
+                let http = hyper_util::server::conn::auto::Builder::new(
+                    hyper_util::rt::TokioExecutor::new(),
+                );
+                let accept = async {
+                    loop {
+                        let Ok((socket, _)) = listener.accept().await else {
+                            continue;
+                        };
+                        let conn = http
+                            .serve_connection(hyper_util::rt::TokioIo::new(socket), service.clone())
+                            .into_owned();
+                        tokio::spawn(async move {
+                            let _ = conn.await;
+                        });
+                    }
+                };
+                tokio::select! {
+                    () = accept => {}
+                    _ = stopped => {}
+                }
+            });
+            rt.shutdown_timeout(Duration::from_secs(5));
+        });
+        let port = bound_rx
+            .recv()
+            .map_err(|_| io::Error::other("the S3 server thread died"))??;
+        Ok(Server {
             port,
             dir: dir.to_owned(),
-        };
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let end = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(st) = s.child.try_wait()? {
-                return Err(io::Error::other(format!("s3s-fs exited: {st}")));
-            }
-            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
-                return Ok(s);
-            }
-            if Instant::now() >= end {
-                return Err(io::Error::other("s3s-fs did not listen within 30 s"));
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+            stop: Some(stop),
+            thread: Some(thread),
+        })
     }
 
     /// `http://127.0.0.1:PORT`.
@@ -133,19 +170,28 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
-/// A 256 MiB snapshot file, the server, the client and the runtime (module docs).
+/// The snapshot files, the server, the client and the runtime (module docs).
 #[derive(Debug)]
 pub struct ReplicaFixture {
-    /// Keeps the region and its snapshot file.
+    /// Keeps the fully touched region and its snapshot file.
     snap: SnapshotFixture,
     file: PathBuf,
-    /// The replica's key of the file: `PREFIX/g/<generation, 20 digits>/base`.
+    /// Keeps the region holding 1/16 of data and its (sparse) snapshot file.
+    _sparse: SnapshotFixture,
+    sparse_file: PathBuf,
+    /// The reference's 16 MiB, in memory.
+    data: bytes::Bytes,
+    /// The replica's key of the full file: `PREFIX/g/<generation, 20 digits>/base`.
     base_key: ObjPath,
     server: Server,
     store: Arc<AmazonS3>,
@@ -161,19 +207,23 @@ fn store_err(e: object_store::Error) -> io::Error {
 }
 
 impl ReplicaFixture {
-    /// Takes a snapshot of a fully touched 256 MiB region in `dir`, starts `s3s-fs` (binary
-    /// `bin`) over `dir/s3s-fs`, puts the snapshot at its replica key with the raw upload and
-    /// checks the object reads back byte for byte.
+    /// Takes a snapshot of a fully touched 256 MiB region and one of a 256 MiB region holding
+    /// 16 MiB in `dir`, starts the server over `dir/s3`, puts the full snapshot raw (checked
+    /// to read back byte for byte) and packed at its replica key.
     ///
     /// # Errors
     ///
     /// Any I/O, server or store error; `InvalidData` if the object differs from the file.
-    pub fn new(dir: &Path, bin: &Path) -> io::Result<Self> {
-        let snap = SnapshotFixture::new(dir, SNAPSHOT_LEN, Touch::Full)?;
+    pub fn new(dir: &Path) -> io::Result<Self> {
+        let snap = SnapshotFixture::new(&sub(dir, "full")?, SNAPSHOT_LEN, Touch::Full)?;
+        let sparse = SnapshotFixture::new(&sub(dir, "sparse")?, SNAPSHOT_LEN, Touch::Sixteenth)?;
         let file = snap.target();
+        let sparse_file = sparse.target();
+        let mut data = vec![0u8; (SNAPSHOT_LEN / 16) as usize];
+        File::open(&sparse_file)?.read_exact(&mut data)?;
         // The fixture took one snapshot: generation 1.
         let base_key = ObjPath::from(format!("{PREFIX}/g/{:020}/base", 1));
-        let server = Server::start(bin, &dir.join("s3s-fs"))?;
+        let server = Server::start(&dir.join("s3"))?;
         let store = AmazonS3Builder::new()
             .with_endpoint(server.endpoint())
             .with_allow_http(true)
@@ -190,6 +240,9 @@ impl ReplicaFixture {
         let f = Self {
             snap,
             file,
+            _sparse: sparse,
+            sparse_file,
+            data: bytes::Bytes::from(data),
             base_key,
             server,
             store: Arc::new(store),
@@ -197,7 +250,7 @@ impl ReplicaFixture {
             out: dir.join("replica-restored.snap"),
             shmsnap: shmsnap_binary(),
         };
-        f.upload_raw_to(&f.base_key)?;
+        f.raw_upload()?;
         f.raw_download()?;
         let (a, b) = (std::fs::read(&f.file)?, std::fs::read(&f.out)?);
         if a != b {
@@ -206,6 +259,7 @@ impl ReplicaFixture {
                 "the downloaded object differs from the snapshot file",
             ));
         }
+        f.upload_packed(&f.file, &f.base_key)?;
         Ok(f)
     }
 
@@ -234,7 +288,7 @@ impl ReplicaFixture {
     ///
     /// Any I/O or store error.
     pub fn raw_upload(&self) -> io::Result<()> {
-        self.upload_raw_to(&ObjPath::from("raw/base"))
+        self.upload_raw_to(&ObjPath::from(RAW_KEY))
     }
 
     fn upload_raw_to(&self, key: &ObjPath) -> io::Result<()> {
@@ -256,16 +310,83 @@ impl ReplicaFixture {
         })
     }
 
-    /// Ours: the replica's upload of the snapshot file as a base object.
+    /// Ours: the full snapshot uploaded as the replica uploads a base (packed).
     ///
-    /// `None` until the replica code is reachable from here: the host is a binary crate, and
-    /// its upload (`replica::upload::upload`, private, in `host/src`) needs a library entry.
-    // REP-LIB: wire the replica's upload here once a library exposes it, e.g.
-    //     pub async fn upload_file(replica: &Replica, key: &Path, file: &Path) -> Result<()>
-    // called on `self.rt` with a `Replica` opened on this server (the env of `Server::env`),
-    // key `ours/g/00000000000000000001/base`, so that the ratio compares the upload paths.
-    pub fn replica_upload(&self) -> Option<io::Result<()>> {
-        None
+    /// # Errors
+    ///
+    /// Any I/O or store error.
+    pub fn replica_upload(&self) -> io::Result<()> {
+        self.upload_packed(&self.file, &self.base_key)
+    }
+
+    /// Ours: the 256 MiB region holding 16 MiB, uploaded as a base (packed).
+    ///
+    /// # Errors
+    ///
+    /// Any I/O or store error.
+    pub fn sparse_upload(&self) -> io::Result<()> {
+        self.upload_packed(
+            &self.sparse_file,
+            &ObjPath::from("sparse/g/00000000000000000001/base"),
+        )
+    }
+
+    /// The reference of [`sparse_upload`](Self::sparse_upload): one `PUT` of 16 MiB from
+    /// memory.
+    ///
+    /// # Errors
+    ///
+    /// Any store error.
+    pub fn raw_put_16m(&self) -> io::Result<()> {
+        let payload = PutPayload::from(self.data.clone());
+        self.rt
+            .block_on(self.store.put(&ObjPath::from("raw/16m"), payload))
+            .map_err(store_err)?;
+        Ok(())
+    }
+
+    /// (packed object bytes, data bytes) of the sparse snapshot.
+    ///
+    /// # Errors
+    ///
+    /// I/O errors.
+    pub fn sparse_packing(&self) -> io::Result<(u64, u64)> {
+        let plan = Plan::of(File::open(&self.sparse_file)?)?;
+        Ok((plan.len(), plan.data_len()))
+    }
+
+    /// The host's upload of a base: packed, one `PUT` up to [`SINGLE_PUT_MAX`], else parts of
+    /// [`PART`] with two in flight.
+    fn upload_packed(&self, path: &Path, key: &ObjPath) -> io::Result<()> {
+        let file = File::open(path)?;
+        let plan = Plan::of(&file)?;
+        let len = plan.len();
+        let read = |at: u64, n: usize| -> io::Result<Vec<u8>> {
+            let mut buf = vec![0u8; n];
+            plan.read_at(&file, at, &mut buf)?;
+            Ok(buf)
+        };
+        self.rt.block_on(async {
+            if len <= SINGLE_PUT_MAX {
+                let bytes = read(0, len as usize)?;
+                self.store
+                    .put(key, PutPayload::from(bytes))
+                    .await
+                    .map_err(store_err)?;
+                return Ok(());
+            }
+            let upload = self.store.put_multipart(key).await.map_err(store_err)?;
+            let mut w = WriteMultipart::new_with_chunk_size(upload, PART);
+            let mut at = 0;
+            while at < len {
+                w.wait_for_capacity(2).await.map_err(store_err)?;
+                let n = (len - at).min(PART as u64) as usize;
+                w.write(&read(at, n)?);
+                at += n as u64;
+            }
+            w.finish().await.map_err(store_err)?;
+            Ok(())
+        })
     }
 
     /// The reference: `GET` of the base object streamed into a fresh file, `fdatasync`.
@@ -277,7 +398,11 @@ impl ReplicaFixture {
         let _ = std::fs::remove_file(&self.out);
         let mut out = File::create(&self.out)?;
         self.rt.block_on(async {
-            let got = self.store.get(&self.base_key).await.map_err(store_err)?;
+            let got = self
+                .store
+                .get(&ObjPath::from(RAW_KEY))
+                .await
+                .map_err(store_err)?;
             let mut stream = got.into_stream();
             while let Some(chunk) = stream.next().await {
                 out.write_all(&chunk.map_err(store_err)?)?;

@@ -369,6 +369,11 @@ pub struct InspectArgs {
     /// Describe a replica instead: generations, points, the lease, the newest point.
     #[arg(long, value_name = "URL")]
     pub replica: Option<String>,
+    /// With --replica: download every point and check it as restore would (base CRC and
+    /// image check, each delta's footer, link and data CRC); bad points are listed as bad
+    /// and the exit status is 65 if there is one.
+    #[arg(long, requires = "replica")]
+    pub verify: bool,
     /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,

@@ -46,8 +46,12 @@ Exit status:
   73   the state directory is missing or not writable
   74   I/O error; for `run`: a requested stop whose final snapshot failed
   75   another shmsnap host is running on the same state file (FILE.lock is held); for
-       `restore`: that host changed the state while it was read (run it again)
-  78   --size too small for the snapshot, or the region too small for the layout
+       `restore`: that host changed the state while it was read (run it again); for
+       `run --replica`: another host holds the replica's lease, or FILE is missing and the
+       replica cannot be read (the client is not started empty)
+  78   --size too small for the snapshot, or the region too small for the layout; for a
+       replica: refused credentials, a missing bucket, or a store that ignores conditional
+       writes (If-None-Match / If-Match)
   127  the client command was not found";
 
 /// A failure with its exit code and a one-line message.

@@ -71,7 +71,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => supervisor::run(args),
         Command::Inspect(args) => match (&args.replica, &args.file) {
-            (Some(url), _) => replica::inspect::inspect(url, args.json),
+            (Some(url), _) => replica::inspect::inspect(url, args.json, args.verify),
             (None, Some(file)) => inspect::inspect(file, args.json),
             (None, None) => unreachable!("clap requires FILE or --replica"),
         },

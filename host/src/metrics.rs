@@ -238,12 +238,40 @@ impl Collector for ReplicaLag {
         let gauge = ConstGauge::new(self.seconds());
         let metric = encoder.encode_descriptor(
             "replica_lag",
-            "How far the replica is behind: seconds since the oldest point not yet in the bucket was persisted locally (0 when caught up)",
+            "How far the replica is behind: age of the oldest locally persisted point not in the bucket (0 when the newest point is in it); grows while uploads are held up for any reason",
             Some(&Unit::Seconds),
             gauge.metric_type(),
         )?;
         gauge.encode(metric)
     }
+}
+
+/// What the replica does (the `state` label of `shmsnap_replica_state`; one series is 1, the
+/// others 0).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplicaState {
+    /// The lease is held and points reach the bucket (or nothing is pending).
+    Uploading,
+    /// Uploads are held up, for now: no lease yet, an outage, a failed upload being retried.
+    Waiting,
+    /// Uploads stopped until the host restarts (the lease went to another host, the store
+    /// cannot carry a lease). Local snapshots go on.
+    Stopped,
+}
+
+impl ReplicaState {
+    fn label(self) -> &'static str {
+        match self {
+            ReplicaState::Uploading => "uploading",
+            ReplicaState::Waiting => "waiting",
+            ReplicaState::Stopped => "stopped",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabel {
+    state: &'static str,
 }
 
 /// The host's metric families. Clones share them.
@@ -268,6 +296,10 @@ pub struct Metrics {
     replica_uploaded_bytes: Counter,
     replica_errors: Counter,
     replica_backlog: Gauge,
+    /// One series per [`ReplicaState`]; only present with a replica.
+    replica_state: Family<StateLabel, Gauge>,
+    /// The current state (`None` before the first report), to log changes once.
+    replica_state_now: Arc<Mutex<Option<ReplicaState>>>,
 }
 
 impl Default for Metrics {
@@ -300,6 +332,8 @@ impl Metrics {
             replica_uploaded_bytes: Counter::default(),
             replica_errors: Counter::default(),
             replica_backlog: Gauge::default(),
+            replica_state: Family::default(),
+            replica_state_now: Arc::default(),
         };
         m.register_all(&mut r);
         Metrics {
@@ -406,6 +440,11 @@ impl Metrics {
             "Points waiting for upload to the replica",
             self.replica_backlog.clone(),
         );
+        r.register(
+            "replica_state",
+            "What the replica uploader does: uploading (lease held, points reach the bucket), waiting (held up for now: no lease, an outage, retries), stopped (until a restart: lease lost, store unusable); 1 for the current state",
+            self.replica_state.clone(),
+        );
     }
 
     /// Counts one snapshot attempt: its result, phase times, bytes, entries and generation.
@@ -449,6 +488,33 @@ impl Metrics {
             .behind_since
             .lock()
             .unwrap_or_else(|e| e.into_inner()) = since;
+    }
+
+    /// Sets the replica's state, logging a change with `why`. `Stopped` is final: later
+    /// reports of another state are ignored.
+    pub fn replica_state(&self, state: ReplicaState, why: &str) {
+        let mut now = self
+            .replica_state_now
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if *now == Some(state) || *now == Some(ReplicaState::Stopped) {
+            return;
+        }
+        match state {
+            ReplicaState::Uploading => info!("replica: uploading ({why})"),
+            ReplicaState::Waiting => warn!("replica: waiting: {why}"),
+            ReplicaState::Stopped => tracing::error!("replica: stopped: {why}"),
+        }
+        *now = Some(state);
+        for s in [
+            ReplicaState::Uploading,
+            ReplicaState::Waiting,
+            ReplicaState::Stopped,
+        ] {
+            self.replica_state
+                .get_or_create(&StateLabel { state: s.label() })
+                .set(i64::from(s == state));
+        }
     }
 
     /// Counts bytes uploaded to the replica.

@@ -27,9 +27,7 @@ fn update(v: UpdateVersion) -> PutOptions {
 
 #[tokio::test]
 async fn create_only_put_of_an_existing_key_is_refused() {
-    let Some(server) = S3Server::start_with_bucket(BUCKET) else {
-        return;
-    };
+    let server = S3Server::start_with_bucket(BUCKET);
     let store = server.store(BUCKET);
     let key = ObjPath::from("p/lease");
     let first = store
@@ -51,9 +49,7 @@ async fn create_only_put_of_an_existing_key_is_refused() {
 
 #[tokio::test]
 async fn update_with_a_stale_etag_is_refused_and_with_the_current_one_accepted() {
-    let Some(server) = S3Server::start_with_bucket(BUCKET) else {
-        return;
-    };
+    let server = S3Server::start_with_bucket(BUCKET);
     let store = server.store(BUCKET);
     let key = ObjPath::from("p/lease");
     let v1 = store
@@ -100,9 +96,7 @@ async fn update_with_a_stale_etag_is_refused_and_with_the_current_one_accepted()
 
 #[tokio::test]
 async fn multipart_upload_arrives_whole() {
-    let Some(server) = S3Server::start_with_bucket(BUCKET) else {
-        return;
-    };
+    let server = S3Server::start_with_bucket(BUCKET);
     let store = server.store(BUCKET);
     let key = ObjPath::from("p/g/00000000000000000001/base");
     // Three parts: two of the 5 MiB minimum, one short tail; every byte distinct per position.
@@ -141,9 +135,7 @@ async fn multipart_upload_arrives_whole() {
 /// mask corruption: the replica's own CRC check is what the corruption tests exercise).
 #[tokio::test]
 async fn fixture_restarts_on_its_port_and_serves_bytes_changed_on_disk() {
-    let Some(mut server) = S3Server::start_with_bucket(BUCKET) else {
-        return;
-    };
+    let mut server = S3Server::start_with_bucket(BUCKET);
     let store = server.store(BUCKET);
     let key = ObjPath::from("p/g/00000000000000000007/base");
     store
@@ -167,4 +159,59 @@ async fn fixture_restarts_on_its_port_and_serves_bytes_changed_on_disk() {
     assert_eq!(&got[..], &bytes[..], "served as found on disk");
     let listed = server.objects(BUCKET, "p/");
     assert_eq!(listed.keys().collect::<Vec<_>>(), [key.as_ref()]);
+}
+
+/// The fixture's two additions to s3s-fs are what the tests take them for: with
+/// `ignore_conditions` a create-only put replaces an existing object and a stale `If-Match` is
+/// accepted (a store without conditional writes); incomplete multipart uploads are listed
+/// (with their age) until completed or aborted; a missing bucket answers 404.
+#[tokio::test]
+async fn fixture_can_ignore_conditions_lists_incomplete_uploads_and_refuses_missing_buckets() {
+    let server = S3Server::start_with_bucket(BUCKET);
+    let store = server.store(BUCKET);
+    let key = ObjPath::from("p/lease");
+    let v1 = store
+        .put_opts(&key, PutPayload::from_static(b"a"), create())
+        .await
+        .unwrap();
+    server.ignore_conditions(true);
+    store
+        .put_opts(&key, PutPayload::from_static(b"b"), create())
+        .await
+        .expect("a create-only put over an existing key, accepted");
+    let stale = UpdateVersion {
+        e_tag: v1.e_tag,
+        version: None,
+    };
+    store
+        .put_opts(&key, PutPayload::from_static(b"c"), update(stale))
+        .await
+        .expect("a stale If-Match, accepted");
+    server.ignore_conditions(false);
+    assert!(store
+        .put_opts(&key, PutPayload::from_static(b"d"), create())
+        .await
+        .is_err());
+
+    let mut up = store
+        .put_multipart(&ObjPath::from("p/g/x/base"))
+        .await
+        .unwrap();
+    up.put_part(PutPayload::from(vec![1u8; 5 << 20]))
+        .await
+        .unwrap();
+    assert_eq!(server.incomplete_uploads(BUCKET), ["p/g/x/base"]);
+    server.backdate_uploads(std::time::Duration::from_secs(3600));
+    assert_eq!(server.incomplete_uploads(BUCKET), ["p/g/x/base"]);
+    up.abort().await.unwrap();
+    assert!(server.incomplete_uploads(BUCKET).is_empty());
+
+    let missing = server.store("no-such-bucket");
+    let r = missing
+        .put(&ObjPath::from("k"), PutPayload::from_static(b"x"))
+        .await;
+    assert!(
+        matches!(r, Err(object_store::Error::NotFound { .. })),
+        "{r:?}"
+    );
 }

@@ -17,6 +17,7 @@
 //! | [`handover`] | start a child with the region at fd 3 and a correct `LISTEN_PID` |
 //! | [`track`] | write tracking: client userfaultfd async write-protect, host `PAGEMAP_SCAN`, and the host's proof that nothing else writes the region (seal, `DONTFORK`, `/proc` census) |
 //! | [`chain`] | snapshot chain: base + delta segments chained by CRC; write, list, restore, compaction policy |
+//! | [`packed`] | a snapshot file's data extents with a run table (a replica's base object) and back |
 //!
 //! `unsafe` is denied at the crate root and allowed only in [`mapping`] (it maps memory),
 //! [`listen`] (it adopts an inherited raw fd number), [`handover`] (code between `fork` and
@@ -69,6 +70,7 @@ pub mod listen;
 pub mod mapping;
 pub mod memfd;
 pub mod noreplace;
+pub mod packed;
 pub mod persist;
 pub mod snapshot;
 pub mod status;

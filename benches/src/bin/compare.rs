@@ -169,7 +169,7 @@ fn main() {
     for t in &r.targets {
         let _ = writeln!(
             r.out,
-            "| {} | {:.2}x | {} {:.1}x | {} |",
+            "| {} | {:.2}x | {} {}x | {} |",
             t.what,
             t.ratio,
             if t.at_most { "≤" } else { "≥" },
@@ -794,23 +794,18 @@ fn starvation_rows(opts: &Opts, dir: &std::path::Path, r: &mut Report) {
     let _ = writeln!(r.out);
 }
 
-/// Upload and restore of a 256 MiB snapshot through a local s3s-fs (issue 14), interleaved
-/// with a raw multipart `PUT` and a raw `GET` of the same bytes with the same client.
+/// Upload and restore of a 256 MiB snapshot through an in-process S3 server (issues 14, 21),
+/// interleaved with a raw multipart `PUT` and a raw `GET` of the same bytes with the same
+/// client; and the upload of a 256 MiB region holding 16 MiB (packed) vs a raw 16 MiB `PUT`.
 fn replica_section(opts: &Opts, dir: &std::path::Path, r: &mut Report) {
-    use shmsnap_benches::replica::{s3s_fs_binary, ReplicaFixture};
+    use shmsnap_benches::replica::ReplicaFixture;
     let _ = writeln!(
         r.out,
-        "## replica (256 MiB snapshot, local s3s-fs; median per operation, interleaved)\n"
+        "## replica (256 MiB snapshot, in-process s3s-fs; median per operation, interleaved)\n"
     );
-    let Some(bin) = s3s_fs_binary() else {
-        let _ = writeln!(r.out, "skipped: s3s-fs not found (set SHMSNAP_S3S_FS)\n");
-        return;
-    };
     eprintln!("replica 256 MiB");
-    // The fixture checks that the uploaded object downloads byte for byte.
-    let f = ReplicaFixture::new(dir, &bin).expect("replica fixture");
+    let f = ReplicaFixture::new(dir).expect("replica fixture");
     let rounds = if opts.quick { 3 } else { 9 };
-    let has_up = f.replica_upload().is_some();
     let has_restore = match f.restore() {
         Some(Ok(())) => true,
         Some(Err(e)) => {
@@ -823,29 +818,29 @@ fn replica_section(opts: &Opts, dir: &std::path::Path, r: &mut Report) {
         }
     };
     let mut raw_up = FnBench(|| f.raw_upload().expect("raw upload"));
-    let mut ours_up = FnBench(|| {
-        if has_up {
-            f.replica_upload().unwrap().expect("replica upload");
-        }
-    });
+    let mut ours_up = FnBench(|| f.replica_upload().expect("replica upload"));
     let mut raw_get = FnBench(|| f.raw_download().expect("raw download"));
     let mut restore = FnBench(|| {
         if has_restore {
             f.restore().unwrap().expect("shmsnap restore --from");
         }
     });
+    let mut raw_16 = FnBench(|| f.raw_put_16m().expect("raw 16 MiB put"));
+    let mut sparse = FnBench(|| f.sparse_upload().expect("sparse upload"));
     let m = interleave(
-        &mut [&mut raw_up, &mut ours_up, &mut raw_get, &mut restore],
-        &[1, 1, 1, 1],
+        &mut [
+            &mut raw_up,
+            &mut ours_up,
+            &mut raw_get,
+            &mut restore,
+            &mut raw_16,
+            &mut sparse,
+        ],
+        &[1, 1, 1, 1, 1, 1],
         rounds,
     );
     let mib = f.bytes().expect("size") as f64 / f64::from(1 << 20);
     let rate = |ns: f64| format!("{} ({:.0} MiB/s)", fmt_ns(ns), mib / (ns / 1e9));
-    let (up, up_ratio) = if has_up {
-        (rate(m[1].ns), format!("{:.2}", m[1].ns / m[0].ns))
-    } else {
-        ("not wired (rep-lib)".to_owned(), "–".to_owned())
-    };
     let (re, re_ratio) = if has_restore {
         (rate(m[3].ns), format!("{:.2}", m[3].ns / m[2].ns))
     } else {
@@ -858,18 +853,40 @@ fn replica_section(opts: &Opts, dir: &std::path::Path, r: &mut Report) {
     let _ = writeln!(r.out, "|---:|---:|---:|---:|---:|---:|");
     let _ = writeln!(
         r.out,
-        "| {} | {up} | {up_ratio} | {} | {re} | {re_ratio} |\n",
+        "| {} | {} | {:.2} | {} | {re} | {re_ratio} |\n",
         rate(m[0].ns),
+        rate(m[1].ns),
+        m[1].ns / m[0].ns,
         rate(m[2].ns)
     );
-    if has_up {
-        r.targets.push(Target {
-            what: "replica upload 256 MiB: ours/raw multipart PUT".into(),
-            ratio: m[1].ns / m[0].ns,
-            at_most: true,
-            bound: 1.2,
-        });
-    }
+    let (object, data) = f.sparse_packing().expect("packing");
+    let _ = writeln!(
+        r.out,
+        "256 MiB region holding 16 MiB: base object {object} bytes for {data} data bytes \
+         ({:.4}x); upload {} vs raw 16 MiB PUT {} ({:.2}x)\n",
+        object as f64 / data as f64,
+        fmt_ns(m[5].ns),
+        fmt_ns(m[4].ns),
+        m[5].ns / m[4].ns
+    );
+    r.targets.push(Target {
+        what: "replica upload 256 MiB: ours/raw multipart PUT".into(),
+        ratio: m[1].ns / m[0].ns,
+        at_most: true,
+        bound: 1.2,
+    });
+    r.targets.push(Target {
+        what: "replica base object bytes / data bytes (256 MiB region, 16 MiB data)".into(),
+        ratio: object as f64 / data as f64,
+        at_most: true,
+        bound: 1.05,
+    });
+    r.targets.push(Target {
+        what: "replica upload of 256 MiB holding 16 MiB: ours/raw 16 MiB PUT".into(),
+        ratio: m[5].ns / m[4].ns,
+        at_most: true,
+        bound: 1.2,
+    });
     if has_restore {
         r.targets.push(Target {
             what: "replica restore 256 MiB: ours/raw GET".into(),

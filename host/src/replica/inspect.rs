@@ -1,4 +1,6 @@
-//! `shmsnap inspect --replica URL [--json]`: what is in the bucket.
+//! `shmsnap inspect --replica URL [--verify] [--json]`: what is in the bucket; with `--verify`,
+//! every point is downloaded and checked as `restore --from` would, and each point says
+//! `sound` or `bad: WHY` (`verified`, absent without `--verify`).
 //!
 //! JSON (stable field names):
 //!
@@ -8,7 +10,8 @@
 //!                     "expires_unix_ms": N, "expired": bool },
 //!   "generations": [ { "generation": N,
 //!                      "points": [ { "kind": "base" | "delta", "index": N, "key": "...",
-//!                                    "size": N, "modified_unix_ms": N, "age_seconds": F } ],
+//!                                    "size": N, "modified_unix_ms": N, "age_seconds": F,
+//!                                    "verified": "sound" | "bad: ..." (with --verify) } ],
 //!                      "restorable": bool } ],
 //!   "newest_point": null | { "generation": N, "index": N, "key": "...", "age_seconds": F },
 //!   "strays": [ "key", ... ] }
@@ -21,9 +24,13 @@ use std::process::ExitCode;
 
 use serde::Serialize;
 
-use super::layout::{point_key, Listing, Object, PointId};
+use std::collections::BTreeMap;
+
+use shmsnap_linux::{chain, snapshot};
+
+use super::layout::{point_key, Generation, Listing, Object, PointId};
 use super::lease::{self, now_ms, Body};
-use super::restore::store_failure;
+use super::restore::{download, download_base, store_failure, Missing, WorkDir};
 use super::Replica;
 use crate::exit::{Code, Failure};
 
@@ -58,6 +65,8 @@ struct PointView {
     size: u64,
     modified_unix_ms: i64,
     age_seconds: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    verified: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -81,6 +90,7 @@ fn point_view(index: u32, o: &Object) -> PointView {
         size: o.size,
         modified_unix_ms: o.modified.timestamp_millis(),
         age_seconds: age(o),
+        verified: None,
     }
 }
 
@@ -126,12 +136,13 @@ fn report(replica: &Replica, listing: &Listing, lease: Option<Body>) -> Report {
     }
 }
 
-/// `shmsnap inspect --replica URL [--json]`.
+/// `shmsnap inspect --replica URL [--verify] [--json]`.
 ///
 /// # Errors
 ///
-/// 78 for refused credentials, 74 for other store errors.
-pub fn inspect(url: &str, json: bool) -> Result<ExitCode, Failure> {
+/// 78 for refused credentials, 74 for other store errors; with `verify`, 65 (after the
+/// report) if a point is bad.
+pub fn inspect(url: &str, json: bool, verify: bool) -> Result<ExitCode, Failure> {
     let replica = Replica::open(url)?;
     let rt = super::runtime()?;
     let listing = rt
@@ -146,7 +157,12 @@ pub fn inspect(url: &str, json: bool) -> Result<ExitCode, Failure> {
             return Err(Failure::new(Code::DataErr, format!("replica {url}: {e}")));
         }
     };
-    let r = report(&replica, &listing, lease);
+    let mut r = report(&replica, &listing, lease);
+    let bad = if verify {
+        verify_points(&rt, &replica, &listing, &mut r)?
+    } else {
+        0
+    };
     if json {
         let text = serde_json::to_string_pretty(&r)
             .map_err(|e| Failure::new(Code::Software, format!("cannot encode JSON: {e}")))?;
@@ -154,7 +170,118 @@ pub fn inspect(url: &str, json: bool) -> Result<ExitCode, Failure> {
     } else {
         print!("{}", text(&r));
     }
+    if bad > 0 {
+        return Err(Failure::new(
+            Code::DataErr,
+            format!("replica {url}: {bad} bad point(s) (listed above)"),
+        ));
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Downloads and checks every generation's base and deltas (as `restore --from` does) and
+/// marks each point of `r`; returns how many are bad.
+fn verify_points(
+    rt: &tokio::runtime::Runtime,
+    replica: &Replica,
+    listing: &Listing,
+    r: &mut Report,
+) -> Result<usize, Failure> {
+    let work = WorkDir::new(&std::env::temp_dir().join("shmsnap-inspect"))?;
+    let mut bad = 0;
+    for gv in &mut r.generations {
+        let g = gv.generation;
+        let marks = rt.block_on(verify_generation(
+            replica,
+            &work.0,
+            g,
+            &listing.generations[&g],
+        ))?;
+        for p in &mut gv.points {
+            let mark = marks.get(&p.index).cloned().unwrap_or_else(|| {
+                "bad: not restorable (no base, or after a missing delta)".to_owned()
+            });
+            bad += usize::from(mark != "sound");
+            p.verified = Some(mark);
+        }
+    }
+    Ok(bad)
+}
+
+/// The verdict on each point of generation `g` by index: "sound" or "bad: why".
+async fn verify_generation(
+    replica: &Replica,
+    work: &std::path::Path,
+    g: u64,
+    generation: &Generation,
+) -> Result<BTreeMap<u32, String>, Failure> {
+    let mut marks = BTreeMap::new();
+    if generation.base.is_none() {
+        return Ok(marks);
+    }
+    let base = work.join(format!("{g:020}.base"));
+    let dir = chain::chain_dir(&base);
+    let _ = std::fs::remove_dir_all(&dir);
+    let key = point_key(
+        replica,
+        PointId {
+            generation: g,
+            index: 0,
+        },
+    );
+    let sound = match download_base(replica, &key, &base).await? {
+        Ok(()) => snapshot::verify_path(&base)
+            .map(|_| ())
+            .map_err(|e| e.to_string()),
+        Err(Missing(e)) => Err(e),
+    };
+    if let Err(e) = sound {
+        marks.insert(0, format!("bad: {e}"));
+        for &i in generation.deltas.keys() {
+            marks.insert(i, "bad: its base is bad".to_owned());
+        }
+        return Ok(marks);
+    }
+    marks.insert(0, "sound".to_owned());
+    std::fs::create_dir_all(&dir).map_err(|e| {
+        Failure::new(
+            Code::CantCreat,
+            format!("cannot create {}: {e}", dir.display()),
+        )
+    })?;
+    for i in 1..=generation.contiguous() {
+        let key = point_key(
+            replica,
+            PointId {
+                generation: g,
+                index: i,
+            },
+        );
+        let path = dir.join(chain::delta_name(g, u64::from(i)));
+        if let Err(Missing(e)) = download(replica, &key, &path).await? {
+            marks.insert(i, format!("bad: {e}"));
+            break;
+        }
+    }
+    let listing = chain::verify_chain(&base, &dir)
+        .map_err(|e| Failure::new(Code::DataErr, format!("replica {}: {e}", replica.url)))?;
+    let sound = listing.deltas.len() as u32;
+    for i in 1..=sound {
+        marks.insert(i, "sound".to_owned());
+    }
+    if let Some(e) = &listing.stop {
+        marks
+            .entry(sound + 1)
+            .or_insert_with(|| format!("bad: {e}"));
+    }
+    for &i in generation.deltas.keys() {
+        marks
+            .entry(i)
+            .or_insert_with(|| "bad: not restorable (after a bad or missing delta)".to_owned());
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_file(&base);
+    Ok(marks)
 }
 
 fn text(r: &Report) -> String {
@@ -206,8 +333,15 @@ fn text(r: &Report) -> String {
         for p in &g.points {
             let _ = writeln!(
                 s,
-                "    {:<5} {:>8}  {:>12} bytes  age {:>8.1}s  {}",
-                p.kind, p.index, p.size, p.age_seconds, p.key
+                "    {:<5} {:>8}  {:>12} bytes  age {:>8.1}s  {}{}",
+                p.kind,
+                p.index,
+                p.size,
+                p.age_seconds,
+                p.key,
+                p.verified
+                    .as_deref()
+                    .map_or(String::new(), |v| format!("  [{v}]"))
             );
         }
     }

@@ -1,22 +1,33 @@
-//! One writer per prefix: the lease object `PREFIX/lease`.
+//! One writer per prefix: the lease object `PREFIX/lease` (DESIGN §12, FORMAT "Lease").
 //!
-//! The lease is a small JSON object `{"holder": {...}, "expires_unix_ms": N}`. A host:
+//! The lease is a small JSON object `{"holder": {...}, "expires_unix_ms": N}`. The holder
+//! names the machine, the state file, the pid and a random **run id** drawn once per host run:
+//! the run id is how a host recognises its own writes. A host:
 //!
 //! - **takes** it with a create-only put (`PutMode::Create`, S3 `If-None-Match: *`) when there
 //!   is none; over an existing one (a conditional update, `PutMode::Update`, S3 `If-Match` on
 //!   its e-tag) only if it expired, or if its holder is on the same machine with the same
 //!   canonical state path (a restarted host: the local `flock` on the state file already
 //!   guarantees one host per state file on a machine);
-//! - **renews** it every third of its lifetime with a conditional update on the e-tag it got
-//!   back; a refused renew (412: someone else wrote the lease) means the lease is **lost**: the
-//!   uploader stops and says so;
+//! - **renews** it with a conditional update on the e-tag of its last write;
+//! - **resolves every doubtful outcome by reading the lease**: a renewal whose answer is lost
+//!   (a timeout, a reset, a 5xx) may have been applied, and then its retry gets 412 although
+//!   nobody else wrote. So after any failed or refused write the lease is read back: holder
+//!   with this run id → the write (or an earlier one) landed: its e-tag is adopted
+//!   ([`Renewed::Held`]); another holder → **lost** ([`LeaseError::Lost`]); no lease at all (a
+//!   wiped prefix, a deleted object) → re-created with a create-only put
+//!   ([`Renewed::Recreated`]: the caller uploads a new base, the bucket may be empty); the
+//!   read itself fails → still doubtful ([`LeaseError::Store`]): the caller retries, and
+//!   stops uploading once the lease it last confirmed ran out ([`Lease::valid_until_ms`]);
 //! - never deletes it (an expired lease is as good as none, and deleting races with a taker).
 //!
+//! The renewing is done by [`super::keeper`] on its own thread, so that no upload delays it.
+//!
 //! The `file://` backend has no conditional update (`object_store`'s local store refuses
-//! `PutMode::Update`). There, taking an existing lease and renewing are a read, a compare with
-//! what this host wrote, and an overwrite: two hosts racing inside that window can both believe
-//! they hold it. Creating the first lease is still exclusive (a hard link). Use `file://` for one
-//! machine or for tests; S3 for a shared prefix.
+//! `PutMode::Update`). There, taking an existing lease and renewing are a read, a compare of
+//! the holder with this run, and an overwrite: two hosts racing inside that window can both
+//! believe they hold it. Creating the first lease is still exclusive (a hard link). Use
+//! `file://` for one machine or for tests; S3 for a shared prefix.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -38,10 +49,15 @@ pub struct Holder {
     pub state_path: String,
     /// The host's pid.
     pub pid: u32,
+    /// 128 random bits in hex, drawn once per host run: which run wrote the lease. Empty in
+    /// leases written before run ids existed (never equal to a run's own).
+    #[serde(default)]
+    pub run_id: String,
 }
 
 impl Holder {
-    /// This process, for `state` (canonicalized when it exists, else its parent is).
+    /// This process, for `state` (canonicalized when it exists, else its parent is), with a
+    /// fresh run id.
     pub fn this(state: &std::path::Path) -> Holder {
         let machine_id = std::fs::read_to_string("/etc/machine-id")
             .map(|s| s.trim().to_owned())
@@ -57,6 +73,7 @@ impl Holder {
             machine_id,
             state_path: canonical(state),
             pid: std::process::id(),
+            run_id: run_id(),
         }
     }
 
@@ -66,6 +83,25 @@ impl Holder {
             && self.machine_id == other.machine_id
             && self.state_path == other.state_path
     }
+
+    /// `true` if `other` is this very run (not merely the same machine and state file).
+    pub fn same_run(&self, other: &Holder) -> bool {
+        !self.run_id.is_empty() && self.run_id == other.run_id
+    }
+}
+
+/// 128 bits from the kernel's random source, in hex; the time and pid if that fails (never
+/// in practice: `getrandom` blocks only before the pool is initialised).
+fn run_id() -> String {
+    let mut b = [0u8; 16];
+    let filled = rustix::rand::getrandom(&mut b, rustix::rand::GetRandomFlags::empty());
+    if filled.is_ok_and(|n| n == b.len()) {
+        return b.iter().map(|x| format!("{x:02x}")).collect();
+    }
+    let ns = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!("{ns:032x}-{}", std::process::id())
 }
 
 impl std::fmt::Display for Holder {
@@ -74,7 +110,11 @@ impl std::fmt::Display for Holder {
             f,
             "pid {} on machine {} for {}",
             self.pid, self.machine_id, self.state_path
-        )
+        )?;
+        if !self.run_id.is_empty() {
+            write!(f, " (run {})", self.run_id)?;
+        }
+        Ok(())
     }
 }
 
@@ -127,10 +167,12 @@ pub enum LeaseError {
         /// Its content.
         body: Body,
     },
-    /// The lease was rewritten by someone else (a renew found another e-tag).
+    /// Another host wrote the lease since this run's last write: it is not ours any more.
     Lost {
         /// The lease's key.
         key: String,
+        /// Who holds it now.
+        holder: Holder,
     },
     /// The lease object is not a lease (not our JSON): refused, never overwritten.
     Foreign {
@@ -139,7 +181,8 @@ pub enum LeaseError {
         /// What is wrong with it.
         why: String,
     },
-    /// The store's error (unreachable, refused credentials, ...).
+    /// The store's error (unreachable, refused credentials, a lost answer, ...): the outcome
+    /// is unknown; the lease this run last confirmed is still ours until it expires.
     Store(object_store::Error),
 }
 
@@ -155,7 +198,9 @@ impl std::fmt::Display for LeaseError {
                     UNIX_EPOCH + Duration::from_millis(body.expires_unix_ms)
                 )
             ),
-            LeaseError::Lost { key } => write!(f, "lost the lease {key}: another host wrote it"),
+            LeaseError::Lost { key, holder } => {
+                write!(f, "lost the lease {key}: {holder} wrote it")
+            }
             LeaseError::Foreign { key, why } => {
                 write!(f, "the lease object {key} is not a shmsnap lease ({why}); remove it if it is stale")
             }
@@ -164,11 +209,22 @@ impl std::fmt::Display for LeaseError {
     }
 }
 
+/// What a renewal found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Renewed {
+    /// The lease is ours, extended.
+    Held,
+    /// The lease object was gone (a wiped prefix, a deleted object) and was created again:
+    /// ours, but the bucket may have lost every point — upload a new base.
+    Recreated,
+}
+
 /// A held lease.
 #[derive(Debug)]
 pub struct Lease {
+    /// The body as this run last wrote it (or adopted it after a doubtful write).
     body: Body,
-    /// What the last successful put returned (for `If-Match`).
+    /// The version of `body` in the store (for `If-Match`).
     version: UpdateVersion,
 }
 
@@ -179,9 +235,10 @@ impl Lease {
         &self.body
     }
 
-    /// `true` once the lease ran out without a renew (another host may hold it by now).
-    pub fn expired(&self) -> bool {
-        self.body.expired(now_ms())
+    /// Until when (Unix ms) the lease is surely ours: the expiry of the last write this run
+    /// confirmed. Another host may take it from then on.
+    pub fn valid_until_ms(&self) -> u64 {
+        self.body.expires_unix_ms
     }
 
     /// When the next renew is due (a third of the lifetime after the last write).
@@ -197,28 +254,42 @@ impl Lease {
     ///
     /// [`LeaseError::Held`] if another holder's lease is unexpired, `Foreign` if the object
     /// is not a lease, `Store` for the store's errors (a race lost to another taker shows as
-    /// `Held` on the next attempt).
+    /// `Held`).
     pub async fn take(replica: &Replica, holder: Holder) -> Result<Lease, LeaseError> {
         let key = lease_key(replica);
         let body = Body {
             holder,
             expires_unix_ms: now_ms() + TTL.as_millis() as u64,
         };
-        match read(replica).await? {
-            None => {
-                let version = put(replica, &body, PutMode::Create).await?;
-                Ok(Lease { body, version })
-            }
+        let mode = match read(replica).await? {
+            None => PutMode::Create,
             Some((current, version)) => {
-                if !current.expired(now_ms()) && !body.holder.same_place(&current.holder) {
+                if !current.expired(now_ms())
+                    && !body.holder.same_place(&current.holder)
+                    && !body.holder.same_run(&current.holder)
+                {
                     return Err(LeaseError::Held {
                         key: key.to_string(),
                         body: current,
                     });
                 }
-                let version = update(replica, &body, version, &current).await?;
-                Ok(Lease { body, version })
+                update_mode(replica, version)
             }
+        };
+        let mut lease = Lease {
+            version: UpdateVersion {
+                e_tag: None,
+                version: None,
+            },
+            body: body.clone(),
+        };
+        match lease.write(replica, body, mode).await {
+            Ok(_) => Ok(lease),
+            Err(LeaseError::Lost { key, holder }) => match read(replica).await? {
+                Some((b, _)) => Err(LeaseError::Held { key, body: b }),
+                None => Err(LeaseError::Lost { key, holder }),
+            },
+            Err(e) => Err(e),
         }
     }
 
@@ -229,35 +300,135 @@ impl Lease {
     ///
     /// As [`renew`](Self::renew).
     pub async fn release(mut self, replica: &Replica) -> Result<(), LeaseError> {
-        self.write(replica, now_ms()).await
+        let body = Body {
+            expires_unix_ms: now_ms(),
+            ..self.body.clone()
+        };
+        let mode = update_mode(replica, self.version.clone());
+        self.write(replica, body, mode).await.map(|_| ())
     }
 
     /// Extends the lease by [`TTL`] from now.
     ///
     /// # Errors
     ///
-    /// [`LeaseError::Lost`] if someone else wrote the lease since; `Store` otherwise (the
-    /// lease is still ours until it expires: retry).
-    pub async fn renew(&mut self, replica: &Replica) -> Result<(), LeaseError> {
-        self.write(replica, now_ms() + TTL.as_millis() as u64).await
+    /// [`LeaseError::Lost`] if another host holds it now; `Store` if the outcome is unknown
+    /// (retry: the lease is ours until [`valid_until_ms`](Self::valid_until_ms)).
+    pub async fn renew(&mut self, replica: &Replica) -> Result<Renewed, LeaseError> {
+        if replica.local {
+            // No conditional update: look before overwriting (the weaker guarantee above).
+            match read(replica).await? {
+                Some((current, _)) if !self.body.holder.same_run(&current.holder) => {
+                    return Err(LeaseError::Lost {
+                        key: lease_key(replica).to_string(),
+                        holder: current.holder,
+                    })
+                }
+                Some(_) => {}
+                None => {
+                    let body = Body {
+                        expires_unix_ms: now_ms() + TTL.as_millis() as u64,
+                        ..self.body.clone()
+                    };
+                    return self.recreate(replica, body).await;
+                }
+            }
+        }
+        let body = Body {
+            expires_unix_ms: now_ms() + TTL.as_millis() as u64,
+            ..self.body.clone()
+        };
+        let mode = update_mode(replica, self.version.clone());
+        self.write(replica, body, mode).await
     }
 
-    async fn write(&mut self, replica: &Replica, expires_unix_ms: u64) -> Result<(), LeaseError> {
-        let body = Body {
-            holder: self.body.holder.clone(),
-            expires_unix_ms,
+    /// Writes `body` with `mode`; any failure is resolved by reading the lease back.
+    async fn write(
+        &mut self,
+        replica: &Replica,
+        body: Body,
+        mode: PutMode,
+    ) -> Result<Renewed, LeaseError> {
+        let key = lease_key(replica);
+        let failure = match put(replica, &body, mode).await {
+            Ok(version) => {
+                self.body = body;
+                self.version = version;
+                return Ok(Renewed::Held);
+            }
+            Err(e) => e,
         };
-        let version = update(replica, &body, self.version.clone(), &self.body).await?;
-        self.body = body;
-        self.version = version;
-        Ok(())
+        // The answer is not a success: refused (someone else wrote, or our own earlier write
+        // changed the e-tag), or unknown (timeout, reset, 5xx). The lease itself tells.
+        match read(replica).await? {
+            Some((current, version)) if self.body.holder.same_run(&current.holder) => {
+                if matches!(failure, object_store::Error::Precondition { .. }) {
+                    tracing::info!(
+                        "replica {}: the lease {key} was refused a write but holds this run: \
+                         an earlier answer was lost; going on with it",
+                        replica.url
+                    );
+                }
+                self.body = current;
+                self.version = version;
+                Ok(Renewed::Held)
+            }
+            Some((current, _)) => Err(LeaseError::Lost {
+                key: key.to_string(),
+                holder: current.holder,
+            }),
+            None => self.recreate(replica, body).await,
+        }
+    }
+
+    /// The lease object is gone: creates it again (create-only), then the caller uploads a
+    /// new base.
+    async fn recreate(&mut self, replica: &Replica, body: Body) -> Result<Renewed, LeaseError> {
+        let key = lease_key(replica);
+        tracing::warn!(
+            "replica {}: the lease {key} is gone (the prefix was wiped or the object deleted); \
+             creating it again, then uploading a new base",
+            replica.url
+        );
+        match put(replica, &body, PutMode::Create).await {
+            Ok(version) => {
+                self.body = body;
+                self.version = version;
+                Ok(Renewed::Recreated)
+            }
+            Err(_) => match read(replica).await? {
+                Some((current, version)) if self.body.holder.same_run(&current.holder) => {
+                    self.body = current;
+                    self.version = version;
+                    Ok(Renewed::Recreated)
+                }
+                Some((current, _)) => Err(LeaseError::Lost {
+                    key: key.to_string(),
+                    holder: current.holder,
+                }),
+                None => Err(LeaseError::Store(object_store::Error::Generic {
+                    store: "lease",
+                    source: "the lease could not be created again (no answer)".into(),
+                })),
+            },
+        }
+    }
+}
+
+/// A conditional update on `version`, or on a store without one (`file://`) an overwrite
+/// guarded only by the read that [`Lease::write`] does after it (module docs).
+fn update_mode(replica: &Replica, version: UpdateVersion) -> PutMode {
+    if replica.local {
+        PutMode::Overwrite
+    } else {
+        PutMode::Update(version)
     }
 }
 
 /// The lease's content and version, `None` if there is none.
 async fn read(replica: &Replica) -> Result<Option<(Body, UpdateVersion)>, LeaseError> {
     let key = lease_key(replica);
-    let got = match replica.store.get(&key).await {
+    let got = match replica.lease_store.get(&key).await {
         Ok(g) => g,
         Err(object_store::Error::NotFound { .. }) => return Ok(None),
         Err(e) => return Err(LeaseError::Store(e)),
@@ -283,130 +454,26 @@ pub async fn peek(replica: &Replica) -> Result<Option<Body>, LeaseError> {
     Ok(read(replica).await?.map(|(b, _)| b))
 }
 
-async fn put(replica: &Replica, body: &Body, mode: PutMode) -> Result<UpdateVersion, LeaseError> {
+async fn put(
+    replica: &Replica,
+    body: &Body,
+    mode: PutMode,
+) -> Result<UpdateVersion, object_store::Error> {
     let key = lease_key(replica);
     let json = serde_json::to_vec(body).expect("a lease body always serializes");
     let opts = PutOptions {
         mode,
         ..PutOptions::default()
     };
-    match replica
-        .store
+    let r = replica
+        .lease_store
         .put_opts(&key, PutPayload::from(json), opts)
-        .await
-    {
-        Ok(r) => Ok(UpdateVersion {
-            e_tag: r.e_tag,
-            version: r.version,
-        }),
-        // Someone else created or rewrote it between our read and this put.
-        Err(
-            object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. },
-        ) => match read(replica).await? {
-            Some((current, _)) => Err(LeaseError::Held {
-                key: key.to_string(),
-                body: current,
-            }),
-            None => Err(LeaseError::Lost {
-                key: key.to_string(),
-            }),
-        },
-        Err(e) => Err(LeaseError::Store(e)),
-    }
-}
-
-/// A conditional update (`If-Match`), or on a store without one (`file://`) a re-read,
-/// compare with `expected`, and overwrite (the weaker guarantee the module docs describe).
-async fn update(
-    replica: &Replica,
-    body: &Body,
-    version: UpdateVersion,
-    expected: &Body,
-) -> Result<UpdateVersion, LeaseError> {
-    let key = lease_key(replica);
-    if !replica.local {
-        return match put(replica, body, PutMode::Update(version)).await {
-            Err(LeaseError::Held { .. }) => Err(LeaseError::Lost {
-                key: key.to_string(),
-            }),
-            other => other,
-        };
-    }
-    match read(replica).await? {
-        Some((current, _)) if &current == expected => put(replica, body, PutMode::Overwrite).await,
-        _ => Err(LeaseError::Lost {
-            key: key.to_string(),
-        }),
-    }
+        .await?;
+    Ok(UpdateVersion {
+        e_tag: r.e_tag,
+        version: r.version,
+    })
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn holder(machine: &str, path: &str, pid: u32) -> Holder {
-        Holder {
-            machine_id: machine.into(),
-            state_path: path.into(),
-            pid,
-        }
-    }
-
-    fn local() -> (tempfile::TempDir, Replica) {
-        let dir = tempfile::tempdir().unwrap();
-        let r = Replica::open(&format!("file://{}", dir.path().display())).unwrap();
-        (dir, r)
-    }
-
-    #[test]
-    fn a_second_holder_is_refused_until_the_lease_expires_and_a_restart_takes_over() {
-        let rt = super::super::runtime().unwrap();
-        let (_dir, r) = local();
-        let first = rt.block_on(Lease::take(&r, holder("m1", "/s", 1))).unwrap();
-        let e = rt
-            .block_on(Lease::take(&r, holder("m2", "/s", 2)))
-            .unwrap_err();
-        match &e {
-            LeaseError::Held { key, body } => {
-                assert_eq!(key, "lease");
-                assert_eq!(body.holder, first.body().holder);
-            }
-            other => panic!("expected Held, got {other}"),
-        }
-        assert!(e.to_string().contains("pid 1 on machine m1"), "{e}");
-        // Same machine and state path (a restarted host): takes over at once.
-        let mut again = rt.block_on(Lease::take(&r, holder("m1", "/s", 3))).unwrap();
-        // The first holder's renew now fails: its lease was rewritten.
-        let mut first = first;
-        assert!(matches!(
-            rt.block_on(first.renew(&r)),
-            Err(LeaseError::Lost { .. })
-        ));
-        rt.block_on(again.renew(&r)).unwrap();
-    }
-
-    #[test]
-    fn an_expired_lease_is_free_and_garbage_is_refused_not_overwritten() {
-        let rt = super::super::runtime().unwrap();
-        let (dir, r) = local();
-        let stale = Body {
-            holder: holder("m1", "/s", 1),
-            expires_unix_ms: 1,
-        };
-        std::fs::write(
-            dir.path().join("lease"),
-            serde_json::to_vec(&stale).unwrap(),
-        )
-        .unwrap();
-        rt.block_on(Lease::take(&r, holder("m2", "/t", 2))).unwrap();
-        std::fs::write(dir.path().join("lease"), b"not json").unwrap();
-        assert!(matches!(
-            rt.block_on(Lease::take(&r, holder("m2", "/t", 2))),
-            Err(LeaseError::Foreign { .. })
-        ));
-        assert_eq!(
-            std::fs::read(dir.path().join("lease")).unwrap(),
-            b"not json"
-        );
-    }
-}
+mod tests;

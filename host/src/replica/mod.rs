@@ -5,7 +5,9 @@
 //! |---|---|
 //! | `mod` (here) | [`Replica`]: a URL opened as an `object_store` store plus the key prefix |
 //! | [`layout`] | object names (`PREFIX/g/<gen>/base`, `PREFIX/g/<gen>/d/<index>`), listing |
-//! | [`lease`] | one writer per prefix: the lease object, taken, renewed, lost |
+//! | [`probe`] | at start: does the store honour conditional writes? |
+//! | [`lease`] | one writer per prefix: the lease object, taken, renewed, doubts resolved |
+//! | [`keeper`] | the lease's own thread: renews it on its own schedule |
 //! | [`upload`] | the uploader thread and its bounded backlog of points ([`Shipper`]) |
 //! | [`restore`] | `restore --from URL`: a point of the bucket as a standalone snapshot file |
 //! | [`inspect`] | `inspect --replica URL` |
@@ -16,15 +18,18 @@
 //! Byte layout of the bucket: `docs/FORMAT.md`, "Replica layout".
 
 pub mod inspect;
+pub mod keeper;
 pub mod layout;
 pub mod lease;
+pub mod multipart;
+pub mod probe;
 pub mod restore;
 pub mod upload;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use object_store::aws::AmazonS3Builder;
+use object_store::aws::{AmazonS3, AmazonS3Builder};
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as Key;
 use object_store::{ClientOptions, ObjectStore, RetryConfig};
@@ -34,13 +39,19 @@ use tracing::{info, warn};
 
 use crate::exit::{Code, Failure};
 use lease::{Holder, Lease, LeaseError};
+use probe::ProbeError;
 use upload::{Keep, Shipper};
 
 /// An opened replica: where its objects are and how to reach them.
 #[derive(Debug, Clone)]
 pub struct Replica {
-    /// The store (S3 or the local file system).
+    /// The store (S3 or the local file system), for points: requests may take a while.
     pub store: Arc<dyn ObjectStore>,
+    /// The same store for the lease and the probe: short timeouts, no retries (the lease
+    /// code resolves every doubt itself, well within the lease's lifetime).
+    pub lease_store: Arc<dyn ObjectStore>,
+    /// The S3 client itself (`None` for `file://`): multipart uploads are listed through it.
+    pub s3: Option<Arc<AmazonS3>>,
     /// Every key of this replica starts with it (empty for the bucket's root).
     pub prefix: Key,
     /// The URL as the user gave it, for messages.
@@ -66,8 +77,9 @@ pub fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
         })
 }
 
-/// How long one request may take, and how often `object_store` itself retries one: short,
-/// because the uploader has its own backoff and a CLI command should fail promptly.
+/// How long one request for a point may take, and how often `object_store` itself retries
+/// one: short, because the uploader has its own backoff and a CLI command should fail
+/// promptly.
 fn client_options() -> (ClientOptions, RetryConfig) {
     let options = ClientOptions::new()
         .with_connect_timeout(Duration::from_secs(5))
@@ -75,6 +87,21 @@ fn client_options() -> (ClientOptions, RetryConfig) {
     let retry = RetryConfig {
         max_retries: 2,
         retry_timeout: Duration::from_secs(15),
+        ..RetryConfig::default()
+    };
+    (options, retry)
+}
+
+/// The lease client's limits: one request answers within 3 s or fails (a tenth of the
+/// lease's lifetime), and is not retried by `object_store` (a retried conditional write
+/// would be refused by its own first attempt; [`lease`] reads the lease back instead).
+fn lease_client_options() -> (ClientOptions, RetryConfig) {
+    let options = ClientOptions::new()
+        .with_connect_timeout(Duration::from_secs(2))
+        .with_timeout(Duration::from_secs(3));
+    let retry = RetryConfig {
+        max_retries: 0,
+        retry_timeout: Duration::from_secs(3),
         ..RetryConfig::default()
     };
     (options, retry)
@@ -108,26 +135,12 @@ impl Replica {
             ));
         }
         let allow_http = check_plain_http(url)?;
-        let (options, retry) = client_options();
-        // `with_client_options` replaces what `from_env` read into the client options.
-        let options = options.with_allow_http(allow_http);
-        let mut builder = AmazonS3Builder::from_env()
-            .with_bucket_name(bucket)
-            .with_client_options(options)
-            .with_retry(retry);
-        if std::env::var_os("AWS_REGION").is_none()
-            && std::env::var_os("AWS_DEFAULT_REGION").is_none()
-        {
-            builder = builder.with_region("us-east-1");
-        }
-        let store = builder.build().map_err(|e| {
-            Failure::new(
-                Code::Config,
-                format!("replica {url}: cannot configure S3 from the AWS_* environment: {e}"),
-            )
-        })?;
+        let store = Arc::new(s3_client(url, bucket, allow_http, client_options())?);
+        let lease_store = s3_client(url, bucket, allow_http, lease_client_options())?;
         Ok(Replica {
-            store: Arc::new(store),
+            store: store.clone(),
+            lease_store: Arc::new(lease_store),
+            s3: Some(store),
             prefix: key_prefix(url, prefix)?,
             url: url.to_owned(),
             local: false,
@@ -139,6 +152,31 @@ impl Replica {
         rest.split('/')
             .fold(self.prefix.clone(), |k, part| k.join(part))
     }
+}
+
+/// An S3 client for `bucket` from the `AWS_*` environment with the given limits.
+fn s3_client(
+    url: &str,
+    bucket: &str,
+    allow_http: bool,
+    (options, retry): (ClientOptions, RetryConfig),
+) -> Result<AmazonS3, Failure> {
+    // `with_client_options` replaces what `from_env` read into the client options.
+    let options = options.with_allow_http(allow_http);
+    let mut builder = AmazonS3Builder::from_env()
+        .with_bucket_name(bucket)
+        .with_client_options(options)
+        .with_retry(retry);
+    if std::env::var_os("AWS_REGION").is_none() && std::env::var_os("AWS_DEFAULT_REGION").is_none()
+    {
+        builder = builder.with_region("us-east-1");
+    }
+    builder.build().map_err(|e| {
+        Failure::new(
+            Code::Config,
+            format!("replica {url}: cannot configure S3 from the AWS_* environment: {e}"),
+        )
+    })
 }
 
 fn open_local(url: &str, path: &str) -> Result<Replica, Failure> {
@@ -156,8 +194,11 @@ fn open_local(url: &str, path: &str) -> Result<Replica, Failure> {
     })?;
     let store = LocalFileSystem::new_with_prefix(path)
         .map_err(|e| Failure::new(Code::CantCreat, format!("replica {url}: {e}")))?;
+    let store: Arc<dyn ObjectStore> = Arc::new(store);
     Ok(Replica {
-        store: Arc::new(store),
+        store: store.clone(),
+        lease_store: store,
+        s3: None,
         prefix: Key::default(),
         url: url.to_owned(),
         local: true,
@@ -222,26 +263,33 @@ pub fn refused(url: &str, e: &object_store::Error) -> Failure {
     )
 }
 
-/// A replica opened by `run` before the client starts: the lease taken (or `None` if the
-/// replica was unreachable), ready to become the uploader thread.
+/// A replica opened by `run` before the client starts: the store probed and the lease taken
+/// (or neither, if the replica was unreachable), ready to become the lease and uploader
+/// threads.
 #[derive(Debug)]
 pub struct Started {
     replica: Replica,
     rt: tokio::runtime::Runtime,
     lease: Option<Lease>,
     holder: Holder,
+    probed: bool,
     keep: Keep,
+    target: std::path::PathBuf,
 }
 
-/// `run --replica URL`, before the client starts: opens the replica, takes its lease, and if
-/// the state file has no generation, restores the newest sound point of the replica into it
-/// (with `fallback`, an older one past a corrupt object).
+/// `run --replica URL`, before the client starts: opens the replica, checks that the store
+/// honours conditional writes ([`probe`]), takes its lease, and if the state file has no
+/// generation, restores the newest sound point of the replica into it (with `fallback`, an
+/// older one past a corrupt object).
 ///
 /// # Errors
 ///
-/// 75 if another host holds the lease (named with its holder), 78 for refused credentials,
-/// 65 for a corrupt replica without `fallback`, the URL's errors. An unreachable replica is
-/// not an error: it is logged, and the uploader keeps trying.
+/// 78 for a missing bucket, refused credentials or a store that ignores conditional writes;
+/// 75 if another host holds the lease (named with its holder), or if the state file is
+/// missing and the replica cannot be read (the client is not started empty over a replica
+/// that may hold its state); 65 for a corrupt replica without `fallback`; the URL's errors.
+/// An unreachable replica with a local state is not an error: it is logged, and the lease
+/// thread keeps trying.
 pub fn start(
     url: &str,
     keep: Keep,
@@ -251,19 +299,25 @@ pub fn start(
     let replica = Replica::open(url)?;
     let rt = runtime()?;
     let holder = Holder::this(&persister.target());
-    let lease = match rt.block_on(Lease::take(&replica, holder.clone())) {
-        Ok(l) => Some(l),
-        Err(LeaseError::Store(e)) if is_refused(&e) => return Err(refused(url, &e)),
-        Err(LeaseError::Store(e)) => {
+    if replica.local {
+        warn!(
+            "replica {url}: file:// has no conditional update: the lease is a read, compare \
+             and overwrite, so two hosts racing for it can both write; use it from one machine"
+        );
+    }
+    let probed = match rt.block_on(probe::probe(&replica, &holder.run_id)) {
+        Ok(()) => true,
+        Err(ProbeError::Store(e)) if is_refused(&e) => return Err(refused(url, &e)),
+        Err(ProbeError::Store(e)) => {
             warn!("replica {url} is unreachable ({e}); local snapshots go on, uploads are retried");
-            None
+            false
         }
-        Err(e @ (LeaseError::Held { .. } | LeaseError::Lost { .. })) => {
-            return Err(Failure::new(Code::TempFail, format!("replica {url}: {e}")))
-        }
-        Err(e @ LeaseError::Foreign { .. }) => {
-            return Err(Failure::new(Code::DataErr, format!("replica {url}: {e}")))
-        }
+        Err(e) => return Err(Failure::new(Code::Config, e.to_string())),
+    };
+    let lease = if probed {
+        take_at_start(&rt, &replica, &holder)?
+    } else {
+        None
     };
     let empty = persister
         .generations()
@@ -272,15 +326,47 @@ pub fn start(
     if empty {
         restore_at_start(&rt, &replica, persister, lease.is_some(), fallback)?;
     }
+    if lease.is_some() {
+        multipart::sweep_logged(&rt, &replica);
+    }
     Ok(Started {
         replica,
         rt,
         lease,
         holder,
+        probed,
         keep,
+        target: persister.target(),
     })
 }
 
+/// Takes the lease at start: `None` if the store did not answer (the lease thread retries).
+fn take_at_start(
+    rt: &tokio::runtime::Runtime,
+    replica: &Replica,
+    holder: &Holder,
+) -> Result<Option<Lease>, Failure> {
+    let url = &replica.url;
+    match rt.block_on(Lease::take(replica, holder.clone())) {
+        Ok(l) => Ok(Some(l)),
+        Err(LeaseError::Store(e)) if is_refused(&e) => Err(refused(url, &e)),
+        Err(LeaseError::Store(e)) => {
+            warn!("replica {url} is unreachable ({e}); local snapshots go on, uploads are retried");
+            Ok(None)
+        }
+        Err(e @ (LeaseError::Held { .. } | LeaseError::Lost { .. })) => {
+            Err(Failure::new(Code::TempFail, format!("replica {url}: {e}")))
+        }
+        Err(e @ LeaseError::Foreign { .. }) => {
+            Err(Failure::new(Code::DataErr, format!("replica {url}: {e}")))
+        }
+    }
+}
+
+/// The state file is missing: restores the replica's newest point, or starts empty only if
+/// the replica says it holds none. Anything else (unreachable, an error listing it) refuses
+/// to start: an empty client would go on as if it had no state, and its first base would
+/// hide the replica's.
 fn restore_at_start(
     rt: &tokio::runtime::Runtime,
     replica: &Replica,
@@ -289,13 +375,20 @@ fn restore_at_start(
     fallback: bool,
 ) -> Result<(), Failure> {
     let target = persister.target();
+    let cannot = |why: &str| {
+        Failure::new(
+            Code::TempFail,
+            format!(
+                "{} is missing and replica {} cannot be read ({why}): not starting the client \
+                 empty over a replica that may hold its state; start again once the replica \
+                 answers (or remove --replica to start empty)",
+                target.display(),
+                replica.url
+            ),
+        )
+    };
     if !reachable {
-        warn!(
-            "{} is missing and replica {} is unreachable: starting empty",
-            target.display(),
-            replica.url
-        );
-        return Ok(());
+        return Err(cannot("unreachable"));
     }
     match restore::fetch_into(rt, replica, persister, None, fallback) {
         Ok(f) => {
@@ -315,16 +408,13 @@ fn restore_at_start(
             );
             Ok(())
         }
-        Err(f) if f.code == Code::IoErr => {
-            warn!("{f}: starting empty");
-            Ok(())
-        }
+        Err(f) if f.code == Code::IoErr => Err(cannot(&f.message)),
         Err(f) => Err(f),
     }
 }
 
 impl Started {
-    /// Starts the uploader thread.
+    /// Starts the lease thread and the uploader thread.
     ///
     /// # Errors
     ///
@@ -334,12 +424,19 @@ impl Started {
         metrics: crate::metrics::Metrics,
         status: crate::durable::SharedPublisher,
     ) -> Result<Shipper, Failure> {
+        let keeper = keeper::Keeper::spawn(
+            self.replica.clone(),
+            self.lease,
+            self.holder,
+            self.probed,
+            metrics.clone(),
+        )?;
         Shipper::spawn(
             self.replica,
             self.rt,
-            self.lease,
-            self.holder,
+            keeper,
             self.keep,
+            self.target,
             metrics,
             status,
         )

@@ -20,7 +20,7 @@ use object_store::path::Path as Key;
 use object_store::ObjectStoreExt;
 use shmsnap_linux::chain::{self, At};
 use shmsnap_linux::persist::Persister;
-use shmsnap_linux::snapshot;
+use shmsnap_linux::{packed, snapshot};
 use tracing::{info, warn};
 
 use super::layout::{point_key, Generation, Listing, PointId};
@@ -199,7 +199,7 @@ async fn fetch_generation(
     let base = work.join(format!("{g:020}.base"));
     let dir = chain::chain_dir(&base);
     let _ = std::fs::remove_dir_all(&dir);
-    let sound = match download(replica, &base_key, &base).await? {
+    let sound = match download_base(replica, &base_key, &base).await? {
         Ok(()) => snapshot::verify_path(&base).map_err(|e| e.to_string()),
         Err(Missing(e)) => Err(e),
     };
@@ -318,8 +318,49 @@ fn corrupt(
     Ok(())
 }
 
-/// An object that is not there (the caller's policy decides: refuse or fall back).
-struct Missing(String);
+/// Downloads base object `key` and writes the snapshot file it holds at `path`: a packed
+/// object ([`packed`]) is unpacked (holes rebuilt), an object written before packing existed
+/// (the snapshot file byte for byte) is taken as is. `Ok(Err(Missing))` also for a packed
+/// object that does not unpack (the caller's policy: refuse naming the key, or fall back).
+///
+/// # Errors
+///
+/// As [`download`].
+pub async fn download_base(
+    replica: &Replica,
+    key: &Key,
+    path: &Path,
+) -> Result<Result<(), Missing>, Failure> {
+    let object = path.with_extension("object");
+    if let Err(m) = download(replica, key, &object).await? {
+        return Ok(Err(m));
+    }
+    let unpacked = (|| -> std::io::Result<Result<(), Missing>> {
+        let obj = File::open(&object)?;
+        if !packed::is_packed(&obj)? {
+            std::fs::rename(&object, path)?;
+            return Ok(Ok(()));
+        }
+        let out = File::create(path)?;
+        let r = match packed::unpack(&obj, &out) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::InvalidData => Err(Missing(e.to_string())),
+            Err(e) => return Err(e),
+        };
+        let _ = std::fs::remove_file(&object);
+        Ok(r)
+    })();
+    unpacked.map_err(|e| {
+        Failure::new(
+            Code::IoErr,
+            format!("cannot unpack {key} into {}: {e}", path.display()),
+        )
+    })
+}
+
+/// An object that is not there or cannot be used (the caller's policy decides: refuse or fall
+/// back); the text says why.
+pub struct Missing(pub String);
 
 /// Downloads `key` into `path` (created or truncated): `Ok(Err(Missing))` if the object is
 /// not there.
@@ -328,7 +369,7 @@ struct Missing(String);
 ///
 /// Any other store error (unreachable, refused credentials) or a local write error: a
 /// failure, never taken for a corrupt object.
-async fn download(
+pub async fn download(
     replica: &Replica,
     key: &Key,
     path: &Path,
@@ -361,19 +402,33 @@ fn io_err(e: std::io::Error) -> object_store::Error {
     }
 }
 
-/// A store error as a failure: 78 for refused credentials, else 74.
+/// A store error as a failure: 78 for refused credentials or a missing bucket, else 74.
 pub fn store_failure(replica: &Replica, what: &str, e: &object_store::Error) -> Failure {
     if is_refused(e) {
         return refused(&replica.url, e);
+    }
+    if e.to_string().contains("NoSuchBucket") {
+        return Failure::new(
+            Code::Config,
+            format!(
+                "replica {}: the bucket does not exist (check its name): {e}",
+                replica.url
+            ),
+        );
     }
     Failure::new(Code::IoErr, format!("replica {}: {what}: {e}", replica.url))
 }
 
 /// A private download directory beside the output, removed on drop.
-struct WorkDir(PathBuf);
+pub struct WorkDir(pub PathBuf);
 
 impl WorkDir {
-    fn new(target: &Path) -> Result<WorkDir, Failure> {
+    /// Creates `.NAME.replica.PID` beside `target` (removing a leftover first).
+    ///
+    /// # Errors
+    ///
+    /// [`Code::CantCreat`] if it cannot be created.
+    pub fn new(target: &Path) -> Result<WorkDir, Failure> {
         let name = target
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())

@@ -1,5 +1,6 @@
-//! The uploader: its own thread, a bounded backlog of points, retries with backoff, the lease,
-//! retention, and durability feedback once a point is in the bucket.
+//! The uploader: its own thread, a bounded backlog of points, retries with backoff, retention,
+//! and durability feedback once a point is in the bucket. The lease is kept by its own thread
+//! ([`super::keeper`]); the uploader only asks it whether the lease is surely held.
 //!
 //! # The backlog (what reaches the bucket is always a restorable chain)
 //!
@@ -18,6 +19,15 @@
 //!
 //! Memory is bounded by [`MAX_PENDING`] open fds; disk by the files the host already keeps
 //! (a dropped fd releases a rotated-out file).
+//!
+//! # The bucket holds a restorable chain (checked, not assumed)
+//!
+//! Before a delta goes up, its base and its predecessor are looked up in the bucket (`HEAD`):
+//! someone may have wiped the prefix or deleted objects. If either is gone, the chain is put
+//! back first from local files: the base from the fd the uploader keeps of the newest base it
+//! was offered, the deltas from the chain directory (they stay there while their base is the
+//! newest). If that is impossible (the local files moved on), the chain is cut until the next
+//! base. The same check runs when the lease thread found the lease gone and created it again.
 
 use std::collections::VecDeque;
 use std::fs::File;
@@ -27,23 +37,31 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use object_store::{ObjectStoreExt, PutPayload, WriteMultipart};
-use shmsnap_linux::chain;
+use object_store::{ObjectStoreExt, PutPayload};
+use shmsnap_linux::{chain, packed};
 use tracing::{debug, error, info, warn};
 
+use super::keeper::{Keeper, LeaseState};
 use super::layout::{point_key, Listing, PointId};
-use super::lease::{now_ms, Holder, Lease, LeaseError};
 use super::Replica;
 use crate::durable::SharedPublisher;
 use crate::exit::{Code, Failure};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, ReplicaState};
 use crate::snap::Point;
+
+mod lag;
+pub use lag::Lag;
 
 /// Points waiting for the uploader, at most.
 pub const MAX_PENDING: usize = 16;
 
-/// Objects up to this size are one PUT; larger ones a multipart upload of parts this size.
+/// Parts of a multipart upload are this size.
 const PART: usize = 16 << 20;
+
+/// Objects up to this size are one PUT (S3 takes up to 5 GiB in one; this bounds the memory
+/// of one upload), larger ones a multipart upload of [`PART`]-byte parts. Above `PART`, so
+/// that a base of 16 MiB of data (plus its run table) is still one request.
+const SINGLE_PUT_MAX: u64 = 32 << 20;
 
 /// First pause after a failed request; doubles up to [`MAX_BACKOFF`].
 const MIN_BACKOFF: Duration = Duration::from_millis(200);
@@ -54,6 +72,9 @@ const WARN_EVERY: Duration = Duration::from_secs(30);
 
 /// How long a stopping host keeps trying to ship what is pending.
 const DRAIN: Duration = Duration::from_secs(10);
+
+/// An upload (or a part of one) starts only while the lease is surely held for this long.
+const LEASE_MARGIN: Duration = Duration::from_secs(5);
 
 /// How many generations, or how old, the bucket keeps (`--replica-keep`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,8 +115,9 @@ pub fn parse_keep(s: &str) -> Result<Keep, String> {
 pub struct Offer {
     /// Which point.
     pub point: PointId,
-    /// Its file, opened when it was offered.
-    pub file: File,
+    /// Its file, opened when it was offered (shared: the newest base's is kept to rebuild
+    /// a wiped chain).
+    pub file: Arc<File>,
     /// Its length.
     pub len: u64,
     /// The newest seq it holds (published as `REPLICA_SEQ` once it is in the bucket).
@@ -115,10 +137,23 @@ pub struct Backlog {
     stop: bool,
     /// When a stopping host gives up on what is still pending.
     stop_by: Option<Instant>,
-    /// When the oldest point not yet in the bucket was offered (in flight or pending).
-    behind_since: Option<Instant>,
+    /// The points persisted and not (yet) in the bucket: the lag.
+    lag: Lag,
     /// The generation of the newest base offered.
     newest_base: Option<u64>,
+}
+
+impl Offer {
+    /// Another handle on the same point and file.
+    fn clone_handle(&self) -> Offer {
+        Offer {
+            point: self.point,
+            file: self.file.clone(),
+            len: self.len,
+            seq: self.seq,
+            at: self.at,
+        }
+    }
 }
 
 impl Backlog {
@@ -132,7 +167,7 @@ impl Backlog {
     /// Adds a point; returns how many pending points it dropped (superseded or cut).
     pub fn push(&mut self, offer: Offer) -> usize {
         let p = offer.point;
-        self.behind_since.get_or_insert(offer.at);
+        self.lag.persisted(p, offer.at);
         if p.index == 0 {
             let dropped = self.pending.len();
             self.pending.clear();
@@ -215,17 +250,19 @@ impl Shared {
     }
 }
 
-/// The snapshot worker's handle on the uploader thread.
+/// The snapshot worker's handle on the uploader thread (and, through it, the lease thread).
 #[derive(Debug)]
 pub struct Shipper {
     shared: Arc<Shared>,
     thread: Option<JoinHandle<()>>,
+    /// Dropped after the uploader ended: releases the lease.
+    keeper: Option<Keeper>,
     metrics: Metrics,
 }
 
 impl Shipper {
-    /// Starts the uploader thread on `rt` with the lease taken at start (`None` if the
-    /// replica was unreachable then: the thread takes it before its first upload).
+    /// Starts the uploader thread on `rt`; `keeper` keeps the lease. `target` is the state
+    /// file (its chain directory holds the deltas a rebuilt chain needs).
     ///
     /// # Errors
     ///
@@ -233,24 +270,32 @@ impl Shipper {
     pub fn spawn(
         replica: Replica,
         rt: tokio::runtime::Runtime,
-        lease: Option<Lease>,
-        holder: Holder,
+        keeper: Keeper,
         keep: Keep,
+        target: std::path::PathBuf,
         metrics: Metrics,
         status: SharedPublisher,
     ) -> Result<Shipper, Failure> {
         let shared = Arc::new(Shared::default());
+        let lease = keeper.state();
+        if lease.valid_for().is_zero() {
+            metrics.replica_state(ReplicaState::Waiting, "the lease is not taken yet");
+        } else {
+            metrics.replica_state(ReplicaState::Uploading, "the lease is held");
+        }
+        let seen_recreated = lease.recreated();
         let uploader = Uploader {
             replica,
             shared: shared.clone(),
             lease,
-            holder,
+            seen_recreated,
             keep,
+            target,
             metrics: metrics.clone(),
             status,
             shipped: None,
+            newest_base: None,
             bucket_newest: None,
-            lost: false,
             last_warn: None,
             backoff: MIN_BACKOFF,
         };
@@ -263,6 +308,7 @@ impl Shipper {
         Ok(Shipper {
             shared,
             thread: Some(thread),
+            keeper: Some(keeper),
             metrics,
         })
     }
@@ -289,6 +335,7 @@ impl Shipper {
                 chain::chain_dir(target).join(chain::delta_name(base_generation, u64::from(index))),
             ),
         };
+        let at = Instant::now();
         let opened = File::open(&path).and_then(|f| Ok((f.metadata()?.len(), f)));
         let (len, file) = match opened {
             Ok(x) => x,
@@ -298,15 +345,16 @@ impl Shipper {
                     path.display()
                 );
                 self.metrics.replica_error();
+                self.shared.lock().lag.persisted(id, at);
                 return;
             }
         };
         let offer = Offer {
             point: id,
-            file,
+            file: Arc::new(file),
             len,
             seq,
-            at: Instant::now(),
+            at,
         };
         let mut backlog = self.shared.lock();
         let dropped = backlog.push(offer);
@@ -314,13 +362,16 @@ impl Shipper {
             debug!("replica: {dropped} pending point(s) dropped behind {id}");
         }
         self.metrics.replica_backlog(backlog.len());
+        self.metrics
+            .replica_behind_since(backlog.lag.behind_since());
         drop(backlog);
         self.shared.wake.notify_one();
     }
 }
 
 impl Drop for Shipper {
-    /// Stops the uploader: it ships what is pending for at most [`DRAIN`], then ends.
+    /// Stops the uploader: it ships what is pending for at most [`DRAIN`], then ends; then
+    /// the lease thread releases the lease.
     fn drop(&mut self) {
         let mut b = self.shared.lock();
         b.stop = true;
@@ -332,6 +383,7 @@ impl Drop for Shipper {
                 error!("the replica thread panicked");
             }
         }
+        drop(self.keeper.take());
     }
 }
 
@@ -339,20 +391,22 @@ impl Drop for Shipper {
 struct Uploader {
     replica: Replica,
     shared: Arc<Shared>,
-    /// `None` until taken (the replica may be unreachable at start).
-    lease: Option<Lease>,
-    holder: Holder,
+    /// The lease thread's word on the lease.
+    lease: Arc<LeaseState>,
+    /// How many re-creations of the lease this thread has answered (by checking the chain).
+    seen_recreated: u64,
     keep: Keep,
+    /// The state file.
+    target: std::path::PathBuf,
     metrics: Metrics,
     status: SharedPublisher,
-    /// The newest point this host put into the bucket; a delta goes up only right after its
-    /// predecessor.
+    /// The newest point this host put into the bucket (and checked there since).
     shipped: Option<PointId>,
+    /// The newest base offered (its open file): a wiped chain is rebuilt from it.
+    newest_base: Option<Arc<Offer>>,
     /// The newest generation in the bucket before this host's first upload (`None`: not
     /// listed yet). Bases not above it are not uploaded: they belong to another history.
     bucket_newest: Option<u64>,
-    /// The lease was lost or refused: nothing more is uploaded.
-    lost: bool,
     last_warn: Option<Instant>,
     backoff: Duration,
 }
@@ -366,89 +420,70 @@ enum Shipped {
 impl Uploader {
     async fn run(mut self) {
         loop {
-            let wait = Duration::from_millis(
-                self.lease
-                    .as_ref()
-                    .map_or(1000, |l| l.renew_due_ms().saturating_sub(now_ms()).max(10)),
-            );
-            let (next, stopping, drained, waiting) = {
-                let mut b = self.shared.wait(wait);
+            let (next, stopping, drained) = {
+                let mut b = self.shared.wait(Duration::from_secs(1));
                 let next = b.pop();
-                if next.is_none() {
-                    b.behind_since = None;
-                }
-                (next, b.stop, b.drained(), b.len())
+                (next, b.stop, b.drained())
             };
-            self.metrics.replica_backlog(waiting);
-            self.update_lag();
-            if stopping && (next.is_none() || drained || self.lost) {
-                self.release().await;
+            self.update_gauges();
+            let stopped = self.lease.stopped().is_some();
+            if stopping && (next.is_none() || drained || stopped) {
                 return;
             }
-            self.keep_lease().await;
+            if stopped {
+                continue;
+            }
+            if self.lease.recreated() != self.seen_recreated {
+                self.after_recreate().await;
+            }
             if let Some(offer) = next {
-                if self.lost {
-                    continue;
+                if offer.point.index == 0 {
+                    self.newest_base = Some(Arc::new(offer.clone_handle()));
                 }
                 self.ship(offer).await;
             }
         }
     }
 
-    /// Gives the lease up as the host stops (unless it was lost).
-    async fn release(&mut self) {
-        if let (Some(l), false) = (self.lease.take(), self.lost) {
-            match l.release(&self.replica).await {
-                Ok(()) => info!("replica {}: lease released", self.replica.url),
-                Err(e) => warn!(
-                    "replica {}: cannot release the lease ({e}); it expires by itself",
-                    self.replica.url
-                ),
-            }
-        }
+    fn update_gauges(&self) {
+        let b = self.shared.lock();
+        self.metrics.replica_backlog(b.len());
+        self.metrics.replica_behind_since(b.lag.behind_since());
     }
 
-    fn update_lag(&self) {
-        let since = self.shared.lock().behind_since;
-        self.metrics.replica_behind_since(since);
-    }
-
-    /// Renews the lease when due, takes it if not held yet.
-    async fn keep_lease(&mut self) {
-        if self.lost {
+    /// The lease was found gone and created again: the prefix was probably wiped. The newest
+    /// point this host shipped is looked up; if it is gone, its chain is put back.
+    async fn after_recreate(&mut self) {
+        let Some(p) = self.shipped else {
+            self.seen_recreated = self.lease.recreated();
             return;
-        }
-        let result = match &mut self.lease {
-            Some(l) if now_ms() >= l.renew_due_ms() => l.renew(&self.replica).await,
-            Some(_) => return,
-            None => match Lease::take(&self.replica, self.holder.clone()).await {
-                Ok(l) => {
-                    info!("replica {}: lease taken", self.replica.url);
-                    self.lease = Some(l);
-                    Ok(())
-                }
-                Err(e) => Err(e),
-            },
         };
-        match result {
-            Ok(()) => {}
-            Err(LeaseError::Store(e)) => {
-                self.failed(&format!("cannot renew or take the lease: {e}"))
-            }
-            Err(e) => {
-                self.lost = true;
-                self.metrics.replica_error();
-                error!(
-                    "replica {}: {e}; uploads stopped (local snapshots go on)",
+        match self.chain_present(p).await {
+            Ok(true) => self.seen_recreated = self.lease.recreated(),
+            Ok(false) => {
+                warn!(
+                    "replica {}: {p} is no longer in the bucket (the prefix was wiped?); \
+                     uploading its chain again",
                     self.replica.url
                 );
+                match self.rebuild(p).await {
+                    Ok(true) => self.seen_recreated = self.lease.recreated(),
+                    Ok(false) => {
+                        self.shipped = None;
+                        self.seen_recreated = self.lease.recreated();
+                    }
+                    Err(e) => self.failed(&format!("cannot put the chain back: {e}")),
+                }
             }
+            Err(e) => self.failed(&format!("cannot check the bucket: {e}")),
         }
     }
 
     /// Counts a failure and logs it, at most every [`WARN_EVERY`].
     fn failed(&mut self, what: &str) {
         self.metrics.replica_error();
+        self.metrics
+            .replica_state(ReplicaState::Waiting, &format!("{what} (retrying)"));
         if self.last_warn.is_none_or(|t| t.elapsed() >= WARN_EVERY) {
             warn!(
                 "replica {}: {what} (retrying with backoff; local snapshots go on)",
@@ -465,18 +500,22 @@ impl Uploader {
                 debug!("replica: {} superseded by a newer base", offer.point);
                 return;
             }
-            if self.lease.is_none() && !self.lost {
-                self.keep_lease().await;
-            }
-            if self.lost {
+            if let Some(why) = self.lease.stopped() {
+                debug!("replica: {} not uploaded: {why}", offer.point);
                 return;
             }
-            let result = match &self.lease {
-                // Renews failed for a whole lifetime: another host may write now; upload
-                // nothing until a renew (If-Match) proves the lease is still ours.
-                Some(l) if l.expired() => Err("the lease expired; renewing it first".to_owned()),
-                Some(_) => self.try_ship(&offer).await,
-                None => Err("no lease yet".to_owned()),
+            let left = self.lease.valid_for();
+            let result = if left < LEASE_MARGIN {
+                Err(format!(
+                    "the lease is not surely held ({:.1} s left); waiting for its renewal",
+                    left.as_secs_f64()
+                ))
+            } else {
+                let shared = self.shared.clone();
+                tokio::select! {
+                    r = self.try_ship(&offer) => r,
+                    () = drained(&shared) => Err("the host is stopping".to_owned()),
+                }
             };
             match result {
                 Ok(Shipped::Done) => {
@@ -490,18 +529,17 @@ impl Uploader {
                     if self.shared.lock().drained() {
                         return;
                     }
-                    self.pause().await;
+                    self.pause();
+                    self.update_gauges();
                 }
             }
         }
     }
 
     /// Sleeps the backoff (woken early by the stop), doubling it.
-    async fn pause(&mut self) {
+    fn pause(&mut self) {
         self.shared.nap(self.backoff);
         self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
-        self.keep_lease().await;
-        self.update_lag();
     }
 
     /// One attempt. `Ok(Skipped)` for a point that must not go up (logged).
@@ -525,32 +563,137 @@ impl Uploader {
             );
             return Ok(Shipped::Skipped);
         }
-        if p.index > 0
-            && self.shipped
-                != Some(PointId {
-                    index: p.index - 1,
-                    ..p
-                })
-        {
-            debug!("replica: {p} not uploaded: its predecessor is not in the bucket");
-            self.shared.lock().cut.get_or_insert(p.generation);
+        if p.index > 0 && !self.predecessor_ready(p).await? {
             return Ok(Shipped::Skipped);
         }
-        let key = point_key(&self.replica, p);
+        self.put_new(offer).await
+    }
+
+    /// For delta `p`: `true` once its base and predecessor are in the bucket (put back from
+    /// local files if they were removed); `false` if the chain cannot be made whole (cut).
+    async fn predecessor_ready(&mut self, p: PointId) -> Result<bool, String> {
+        let before = PointId {
+            index: p.index - 1,
+            ..p
+        };
+        if self
+            .shipped
+            .is_some_and(|s| s.generation == p.generation && s >= before)
+        {
+            if self
+                .chain_present(before)
+                .await
+                .map_err(|e| e.to_string())?
+            {
+                return Ok(true);
+            }
+            warn!(
+                "replica {}: {before} is no longer in the bucket (the prefix was wiped, or \
+                 objects deleted); uploading its chain again before {p}",
+                self.replica.url
+            );
+        }
+        if self.rebuild(before).await? {
+            return Ok(true);
+        }
+        debug!("replica: {p} not uploaded: its chain cannot be put in the bucket");
+        self.shared.lock().cut.get_or_insert(p.generation);
+        Ok(false)
+    }
+
+    /// `true` if `p`'s base and `p` itself are in the bucket.
+    async fn chain_present(&self, p: PointId) -> object_store::Result<bool> {
+        let base = PointId { index: 0, ..p };
+        for q in [base, p] {
+            match self.replica.store.head(&point_key(&self.replica, q)).await {
+                Ok(_) => {}
+                Err(object_store::Error::NotFound { .. }) => return Ok(false),
+                Err(e) => return Err(e),
+            }
+            if p.index == 0 {
+                break;
+            }
+        }
+        Ok(true)
+    }
+
+    /// Puts the chain up to `upto` into the bucket from local files: the base from the fd
+    /// kept of the newest base, the deltas from the chain directory; objects already there
+    /// are kept. `Ok(false)` if the local files no longer hold that chain.
+    async fn rebuild(&mut self, upto: PointId) -> Result<bool, String> {
+        let Some(base) = self.newest_base.clone() else {
+            return Ok(false);
+        };
+        if base.point.generation != upto.generation || !self.base_is_ours(&base).await? {
+            return Ok(false);
+        }
+        let mut points = vec![(*base).clone_handle()];
+        let dir = chain::chain_dir(&self.target);
+        for i in 1..=upto.index {
+            let path = dir.join(chain::delta_name(upto.generation, u64::from(i)));
+            let Ok(file) = File::open(&path) else {
+                return Ok(false);
+            };
+            let len = file.metadata().map_err(|e| e.to_string())?.len();
+            points.push(Offer {
+                point: PointId { index: i, ..upto },
+                file: Arc::new(file),
+                len,
+                seq: 0,
+                at: Instant::now(),
+            });
+        }
+        for o in &points {
+            self.put_new(o).await?;
+        }
+        info!(
+            "replica {}: chain up to {upto} put back into the bucket",
+            self.replica.url
+        );
+        self.shipped = Some(upto);
+        Ok(true)
+    }
+
+    /// `true` if the bucket has no object at `base`'s key, or one of the size this host would
+    /// upload. Another size is another history's base (a host that started empty next to
+    /// it), or this base as an older version uploaded it (byte for byte): deltas are not
+    /// chained onto it, the chain waits for the next base (logged).
+    async fn base_is_ours(&self, base: &Offer) -> Result<bool, String> {
+        let key = point_key(&self.replica, base.point);
+        let size = match self.replica.store.head(&key).await {
+            Ok(m) => m.size,
+            Err(object_store::Error::NotFound { .. }) => return Ok(true),
+            Err(e) => return Err(e.to_string()),
+        };
+        let ours = Body::of(base).map_err(|e| e.to_string())?.len();
+        if size != ours {
+            warn!(
+                "replica {}: {key} exists with {size} bytes, not the {ours} of this host's \
+                 {}: not chaining deltas onto it; waiting for the next base",
+                self.replica.url, base.point
+            );
+        }
+        Ok(size == ours)
+    }
+
+    /// Puts `offer` under its key unless an object is there already (never replaced).
+    async fn put_new(&mut self, offer: &Offer) -> Result<Shipped, String> {
+        let key = point_key(&self.replica, offer.point);
         match self.replica.store.head(&key).await {
             Ok(_) => {
                 // Never replace an object: another history's point, or ours from a previous
-                // run. Deltas may follow only a base this host uploaded.
-                info!("replica: {key} already exists; not replaced");
-                self.shipped = None;
+                // run (or put back before).
+                debug!("replica: {key} already exists; not replaced");
                 return Ok(Shipped::Skipped);
             }
             Err(object_store::Error::NotFound { .. }) => {}
             Err(e) => return Err(e.to_string()),
         }
-        upload(&self.replica, &key, offer)
+        let bytes = upload(&self.replica, &key, offer, &self.lease)
             .await
             .map_err(|e| e.to_string())?;
+        self.metrics.replica_uploaded(bytes);
+        debug!("replica: {key} uploaded ({bytes} bytes)");
         Ok(Shipped::Done)
     }
 
@@ -559,9 +702,15 @@ impl Uploader {
         let p = offer.point;
         self.shipped = Some(p);
         self.bucket_newest = Some(self.bucket_newest.unwrap_or(0).max(p.generation));
-        self.metrics.replica_uploaded(offer.len);
         crate::durable::replicated(&self.status, offer.seq);
-        debug!("replica: {p} uploaded ({} bytes)", offer.len);
+        let behind = {
+            let mut b = self.shared.lock();
+            b.lag.uploaded(p);
+            b.lag.behind_since()
+        };
+        self.metrics.replica_behind_since(behind);
+        self.metrics
+            .replica_state(ReplicaState::Uploading, "points reach the bucket");
         if p.index == 0 {
             if let Err(e) = retain(&self.replica, self.keep, p.generation).await {
                 self.failed(&format!("retention skipped: {e}"));
@@ -570,46 +719,115 @@ impl Uploader {
     }
 }
 
-/// Puts the offer's bytes at `key`: one PUT up to [`PART`], else a multipart upload (the
-/// object appears only when it completes).
+/// Resolves once a stopping host's drain time is over: an upload still under way then is
+/// dropped (an unfinished multipart upload is aborted at the next start, [`super::multipart`]).
+async fn drained(shared: &Shared) {
+    while !shared.lock().drained() {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Puts the offer's object at `key` (a base packed, a delta as is; returns its size): one PUT
+/// up to [`SINGLE_PUT_MAX`], else a multipart upload (the object appears only when it completes). A multipart upload is aborted on every error, and
+/// each part waits for the lease to be surely held.
 async fn upload(
     replica: &Replica,
     key: &object_store::path::Path,
     offer: &Offer,
-) -> object_store::Result<()> {
-    let read = |at: u64, n: usize| -> object_store::Result<Vec<u8>> {
-        let mut buf = vec![0; n];
-        offer
-            .file
-            .read_exact_at(&mut buf, at)
-            .map_err(|e| object_store::Error::Generic {
-                store: "local file",
-                source: Box::new(e),
-            })?;
-        Ok(buf)
-    };
-    if offer.len <= PART as u64 {
-        let bytes = read(0, offer.len as usize)?;
+    lease: &LeaseState,
+) -> object_store::Result<u64> {
+    let body = Body::of(offer)?;
+    let len = body.len();
+    if len <= SINGLE_PUT_MAX {
+        let bytes = body.read(0, len as usize)?;
         replica.store.put(key, PutPayload::from(bytes)).await?;
-        return Ok(());
+        return Ok(len);
     }
-    let mut w = WriteMultipart::new_with_chunk_size(replica.store.put_multipart(key).await?, PART);
-    let mut at = 0;
-    while at < offer.len {
-        let n = (offer.len - at).min(PART as u64) as usize;
-        let chunk = match read(at, n) {
-            Ok(c) => c,
-            Err(e) => {
-                let _ = w.abort().await;
-                return Err(e);
+    let mut up = replica.store.put_multipart(key).await?;
+    let result = async {
+        let mut inflight = futures_util::stream::FuturesOrdered::new();
+        let mut at = 0;
+        while at < len {
+            if lease.valid_for() < LEASE_MARGIN {
+                return Err(object_store::Error::Generic {
+                    store: "replica",
+                    source: "the lease is not surely held: upload abandoned".into(),
+                });
             }
-        };
-        w.wait_for_capacity(2).await?;
-        w.write(&chunk);
-        at += n as u64;
+            let n = (len - at).min(PART as u64) as usize;
+            let chunk = body.read(at, n)?;
+            inflight.push_back(up.put_part(PutPayload::from(chunk)));
+            if inflight.len() >= 2 {
+                futures_util::StreamExt::next(&mut inflight)
+                    .await
+                    .transpose()?;
+            }
+            at += n as u64;
+        }
+        while let Some(r) = futures_util::StreamExt::next(&mut inflight).await {
+            r?;
+        }
+        if lease.valid_for() < LEASE_MARGIN {
+            return Err(object_store::Error::Generic {
+                store: "replica",
+                source: "the lease is not surely held: upload abandoned before completing".into(),
+            });
+        }
+        Ok(())
     }
-    w.finish().await?;
-    Ok(())
+    .await;
+    let result = match result {
+        Ok(()) => up.complete().await.map(|_| ()),
+        Err(e) => Err(e),
+    };
+    if let Err(e) = result {
+        if let Err(a) = up.abort().await {
+            warn!("replica: cannot abort the multipart upload of {key} ({a}); it is aborted at the next start");
+        }
+        return Err(e);
+    }
+    Ok(len)
+}
+
+/// An object's bytes: a base packed ([`shmsnap_linux::packed`]: its data extents and a run
+/// table, so that its size follows the data), a delta as its file.
+enum Body<'a> {
+    Raw(&'a File, u64),
+    Packed(&'a File, packed::Plan),
+}
+
+fn local_err(e: std::io::Error) -> object_store::Error {
+    object_store::Error::Generic {
+        store: "local file",
+        source: Box::new(e),
+    }
+}
+
+impl<'a> Body<'a> {
+    fn of(offer: &'a Offer) -> object_store::Result<Body<'a>> {
+        if offer.point.index > 0 {
+            return Ok(Body::Raw(&offer.file, offer.len));
+        }
+        let plan = packed::Plan::of(&*offer.file).map_err(local_err)?;
+        Ok(Body::Packed(&offer.file, plan))
+    }
+
+    fn len(&self) -> u64 {
+        match self {
+            Body::Raw(_, len) => *len,
+            Body::Packed(_, plan) => plan.len(),
+        }
+    }
+
+    fn read(&self, at: u64, n: usize) -> object_store::Result<Vec<u8>> {
+        let mut buf = vec![0; n];
+        match self {
+            Body::Raw(file, _) => file.read_exact_at(&mut buf, at),
+            Body::Packed(file, plan) => plan.read_at(file, at, &mut buf),
+        }
+        .map_err(local_err)?;
+        Ok(buf)
+    }
 }
 
 /// Deletes the generations `keep` no longer covers, never `newest` (the base just uploaded)

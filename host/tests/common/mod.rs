@@ -3,6 +3,7 @@
 //! test panics.
 #![allow(dead_code)] // each test binary uses a different subset
 
+pub mod proxy;
 pub mod s3;
 
 use std::collections::BTreeMap;

@@ -4,7 +4,7 @@ use crate::replica::layout::{Generation, Object};
 fn offer(generation: u64, index: u32) -> Offer {
     Offer {
         point: PointId { generation, index },
-        file: File::open("/dev/null").unwrap(),
+        file: Arc::new(File::open("/dev/null").unwrap()),
         len: 0,
         seq: u64::from(index),
         at: Instant::now(),
@@ -149,12 +149,20 @@ fn a_persisted_point_is_uploaded_and_its_seq_published_as_the_replica_seq() {
     let strategy = crate::strategy::from_arg(StrategyArg::Queue);
     let mut snap = Snapshotter::new(persister, strategy, dup, Origin::Empty).unwrap();
     let replica = Replica::open(&format!("file://{}", bucket.display())).unwrap();
+    let keeper = crate::replica::keeper::Keeper::spawn(
+        replica.clone(),
+        None,
+        crate::replica::lease::Holder::this(&state),
+        false,
+        Metrics::new(),
+    )
+    .unwrap();
     let shipper = Shipper::spawn(
         replica,
         crate::replica::runtime().unwrap(),
-        None,
-        Holder::this(&state),
+        keeper,
         Keep::default(),
+        state.clone(),
         Metrics::new(),
         snap.status(),
     )
@@ -173,6 +181,22 @@ fn a_persisted_point_is_uploaded_and_its_seq_published_as_the_replica_seq() {
     let s = status::persisted(rw.words());
     assert_eq!(s.replica_seq, r.newest_seq, "published once in the bucket");
     assert_eq!((s.seq, s.generation), (local.seq, local.generation));
+    // The object is the state file packed: unpacked, it is the file byte for byte.
     let key = bucket.join(format!("g/{:020}/base", r.generation));
-    assert_eq!(std::fs::read(key).unwrap(), std::fs::read(&state).unwrap());
+    let object = File::open(&key).unwrap();
+    assert!(shmsnap_linux::packed::is_packed(&object).unwrap());
+    let unpacked = dir.path().join("unpacked.snap");
+    let out = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&unpacked)
+        .unwrap();
+    shmsnap_linux::packed::unpack(&object, &out).unwrap();
+    assert_eq!(
+        std::fs::read(&unpacked).unwrap(),
+        std::fs::read(&state).unwrap()
+    );
+    assert!(object.metadata().unwrap().len() < std::fs::metadata(&state).unwrap().len());
 }

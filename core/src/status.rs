@@ -162,10 +162,12 @@ pub fn request_snapshot<M: WordMemory + ?Sized>(mem: &M) -> u64 {
     next
 }
 
-/// The canonical values of the status and request words in a snapshot image: all zero. An
-/// image says nothing about durability; the host that restores it publishes what it holds.
+/// The canonical values of the status, request and claim words in a snapshot image: all
+/// zero. An image says nothing about durability (the host that restores it publishes what it
+/// holds), asks for no snapshot, and is claimed by nobody (the client that held the region
+/// when it was copied does not hold the restored one).
 pub(crate) fn canonical_words() -> impl Iterator<Item = usize> {
-    word::STATUS.chain(core::iter::once(word::SNAPSHOT_REQUEST))
+    word::STATUS.chain([word::SNAPSHOT_REQUEST, word::CLAIM])
 }
 
 #[cfg(test)]
@@ -233,6 +235,7 @@ mod tests {
                 entries: 4,
                 data_size: 64,
             },
+            crate::ClaimId::new(1).unwrap(),
         )
         .unwrap();
         let seq = w.commit(b"x").unwrap();

@@ -141,7 +141,7 @@ impl Stats {
 /// Runs one scenario (a snapshot per entry of `idle`) and checks every kept image.
 fn simulate(sc: &Scenario, twin: Twin) -> Result<Stats, String> {
     let recording = Recording::zeroed(REGION);
-    let mut writer = Writer::init(&recording, REQ).unwrap();
+    let mut writer = Writer::init(&recording, REQ, shmsnap_testkit::CLIENT).unwrap();
     for &len in &sc.warmup {
         writer.commit(&payload_for(writer.next_seq(), len)).unwrap();
     }
@@ -152,6 +152,8 @@ fn simulate(sc: &Scenario, twin: Twin) -> Result<Stats, String> {
         writer.commit(&payload_for(writer.next_seq(), len)).unwrap();
     }
     let layout = *writer.layout();
+    // The client lives on past the host's snapshot: its claim is never released here.
+    std::mem::forget(writer);
     let trace = recording.trace.into_inner();
     // The live region as the host sees it: before each host load or scan step, pending writer
     // stores may land, and each landing store marks its page written.

@@ -97,6 +97,11 @@ impl ClaimId {
         }
     }
 
+    /// The id `id` (nonzero by its type).
+    pub const fn from_nonzero(id: NonZeroU64) -> ClaimId {
+        ClaimId(id)
+    }
+
     /// The id of process `pid` under the documented encoding: `pid` in the low 32 bits,
     /// `nonce` in the high 32. `None` for pid 0 (not a process).
     pub const fn from_pid(pid: u32, nonce: u32) -> Option<ClaimId> {

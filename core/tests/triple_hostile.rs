@@ -137,7 +137,6 @@ fn a_scribbled_ready_seq_is_refused_and_never_pins_the_last_persisted_seq() {
     assert_eq!(survey.newest, Some((newest, 2)));
     assert_eq!(survey.published, 3);
     assert_eq!(host.newest_ready(), 2);
-    drop(host);
     assert_eq!(snapshot(&mem, &mut cursor), (Judgement::Normal, Some(2)));
     // Honest publications go on being persisted.
     c.publish(b"three").unwrap();

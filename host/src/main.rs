@@ -3,6 +3,7 @@
 //! | module | idea |
 //! |---|---|
 //! | [`cgroup`] | the client's own cgroup, killed whole |
+//! | [`claim`] | one writer per region: clearing a dead client's claim before its restart |
 //! | [`cli`] | the command line |
 //! | [`supervisor`] | `run`: start, watch, restart the client; signals; the event loop |
 //! | [`strategy`] | one file per snapshot strategy, all answering the same questions |
@@ -23,6 +24,7 @@
 #![deny(unsafe_code)]
 
 mod cgroup;
+mod claim;
 mod cli;
 mod demo;
 mod durable;

@@ -249,6 +249,10 @@ pub struct Metrics {
     replica_uploaded_bytes: Counter,
     replica_errors: Counter,
     replica_backlog: Gauge,
+    /// Triple snapshot attempts that refused the client's state words.
+    triple_refused: Counter,
+    /// Dead clients' claims the host cleared before a restart (or at start).
+    claims_reclaimed: Counter,
 }
 
 impl Default for Metrics {
@@ -280,6 +284,8 @@ impl Metrics {
             replica_uploaded_bytes: Counter::default(),
             replica_errors: Counter::default(),
             replica_backlog: Gauge::default(),
+            triple_refused: Counter::default(),
+            claims_reclaimed: Counter::default(),
         };
         m.register_all(&mut r);
         Metrics {
@@ -378,6 +384,16 @@ impl Metrics {
             "Points waiting for upload to the replica",
             self.replica_backlog.clone(),
         );
+        r.register(
+            "triple_refused_states",
+            "Triple snapshot attempts that refused the state words: a READY seq above what the client published, or a newest seq below the last persisted one within one client epoch",
+            self.triple_refused.clone(),
+        );
+        r.register(
+            "claims_reclaimed",
+            "Claims of dead clients on the region cleared by the host (before a restart, or at start for an inherited region)",
+            self.claims_reclaimed.clone(),
+        );
     }
 
     /// Counts one snapshot attempt: its result, phase times, bytes, entries and generation.
@@ -428,6 +444,16 @@ impl Metrics {
     /// Counts a replica failure.
     pub fn replica_error(&self) {
         self.replica_errors.inc();
+    }
+
+    /// Counts a triple snapshot attempt that refused the client's state words.
+    pub fn triple_state_refused(&self) {
+        self.triple_refused.inc();
+    }
+
+    /// Counts a dead client's claim the host cleared.
+    pub fn claim_reclaimed(&self) {
+        self.claims_reclaimed.inc();
     }
 
     /// Sets the number of points waiting for upload.

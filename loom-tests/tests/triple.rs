@@ -66,14 +66,19 @@ fn publish<M: WordMemory + ?Sized>(c: &mut TripleClient<'_, M>, seq: u64) {
 
 /// The client thread; returns the last seq it published.
 fn client<M: WordMemory + ?Sized>(mem: &M, how: Client) -> u64 {
-    let mut c = TripleClient::attach(mem).expect("attach");
+    let mut c = TripleClient::attach(mem, shmsnap_testkit::CLIENT).expect("attach");
     match how {
         Client::CrashMidWrite => {
             publish(&mut c, 2);
             let mut g = c.take().unwrap_or_else(|e| panic!("{TAKE_FAILED}: {e}"));
             g.write(0, &[0xee; 8]).unwrap();
-            std::mem::forget(g); // the client dies here
-            let mut c = TripleClient::attach(mem).expect("re-attach");
+            std::mem::forget(g); // the client dies here, holding the claim
+            let dead = c.claim_id();
+            std::mem::forget(c);
+            // Its supervisor, knowing it is dead, reclaims the claim; a new client attaches.
+            shmsnap_core::claim::reclaim(mem, dead).expect("the dead client's claim");
+            let mut c =
+                TripleClient::attach(mem, shmsnap_testkit::claim_id(2)).expect("re-attach");
             publish(&mut c, 3);
             3
         }
@@ -164,7 +169,7 @@ fn model(c: Client, h: Host) -> impl Fn() + Send + Sync + 'static {
             _ => client(&*mem, c),
         };
         host_thread.join().unwrap();
-        let after = TripleClient::attach(&*mem).expect("attach after");
+        let after = TripleClient::attach(&*mem, shmsnap_testkit::CLIENT).expect("attach after");
         let mut state = [0u8; STATE_BYTES];
         let seq = after.read_newest(0, &mut state).unwrap();
         assert!(

@@ -5,6 +5,7 @@
 //! |---|---|
 //! | [`memfd`] | the region's file: create, grow, seal against shrinking, adopt an inherited fd |
 //! | [`mapping`] | owned RAII `MAP_SHARED` mapping, seen as core's atomic words |
+//! | [`client`] | client side: the region as one value ([`ClientRegion`]: memfd, mapping, claim id), its writer borrowed mutably, durability calls |
 //! | [`listen`] | client side: find the region fd the systemd way (`LISTEN_FDS`) |
 //! | [`copy`] | sparse copy of data extents (`SEEK_DATA`/`SEEK_HOLE`, `copy_file_range`, `sendfile`) |
 //! | [`snapshot`] | snapshot file = image + footer (see `FOOTER.md`): open, write, verify (streamed, queue image checked), restore |
@@ -62,6 +63,7 @@
 #![warn(missing_docs)]
 
 pub mod chain;
+pub mod client;
 pub mod copy;
 pub mod handover;
 pub mod listen;
@@ -75,5 +77,6 @@ pub mod take_delta;
 pub mod take_triple;
 pub mod track;
 
+pub use client::{ClientRegion, Durability, Durable};
 pub use mapping::{Mapping, Protection};
 pub use memfd::Memfd;

@@ -455,13 +455,13 @@ mod tests {
             entries: 8,
             data_size: 4096,
         };
-        shmsnap_core::Writer::open_or_init(map.words(), request).unwrap();
+        shmsnap_core::Writer::open_or_init(map.words(), request, shmsnap_testkit::CLIENT).unwrap();
         assert_eq!(
             Advertisement::decode(advert_words(&map)).unwrap(),
             advert,
             "queue init wiped the advert"
         );
-        shmsnap_core::Writer::attach(map.words()).unwrap();
+        shmsnap_core::Writer::attach(map.words(), shmsnap_testkit::CLIENT).unwrap();
         assert_eq!(Advertisement::decode(advert_words(&map)).unwrap(), advert);
 
         let (_memfd, mut map) = region(1 << 20);
@@ -472,7 +472,7 @@ mod tests {
             buffers: 3,
             buffer_size: 4096,
         };
-        shmsnap_core::triple::TripleClient::open_or_init(map.words(), request).unwrap();
+        shmsnap_core::triple::TripleClient::open_or_init(map.words(), request, shmsnap_testkit::CLIENT).unwrap();
         assert_eq!(
             Advertisement::decode(advert_words(&map)).unwrap(),
             advert,

@@ -132,11 +132,6 @@ impl<'m, M: WordMemory + ?Sized> TripleHost<'m, M> {
     /// One pass over the state words: the READY buffer with the highest seq the client can
     /// have published, and the highest READY seq it cannot have.
     fn scan(&self) -> Scan {
-        // Relaxed, before the state words: only widens the bound below for a client that
-        // re-initialises during the scan (its new hint is lower than the seqs of the READY
-        // words this scan may still see). It never lets a scribbled seq through that the hint
-        // read after the scan refuses, unless the hint itself was above that seq.
-        let before = self.hint();
         let mut states = [0u64; MAX_BUFFERS as usize];
         let n = (self.layout.buffers as usize).min(states.len());
         for (i, v) in states.iter_mut().enumerate().take(n) {
@@ -151,7 +146,10 @@ impl<'m, M: WordMemory + ?Sized> TripleHost<'m, M> {
         // (`attach`, and every `publish` for the next one), and that store is a Release
         // (SeqCst) which our SeqCst load of READY(s) acquired — so this load sees `>= s` for
         // every READY(s) the client published. A READY seq above it is not the client's.
-        let published = before.max(self.hint());
+        // (The one exception is benign: a client re-initialising during this scan lowers the
+        // hint below READY words of its previous life that the scan still saw; such a word is
+        // refused once, and the next survey sees the new epoch.)
+        let published = self.hint();
         let mut scan = Scan {
             published,
             ..Scan::default()

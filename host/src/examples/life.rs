@@ -13,7 +13,7 @@ use std::io::Write;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use shmsnap_core::triple::{TripleClient, TripleError, TripleRequest};
+use shmsnap_core::triple::{TripleError, TripleRequest};
 use shmsnap_core::{LayoutError, PAGE_SIZE};
 
 use crate::exit::{Code, Failure};
@@ -231,9 +231,8 @@ fn open_failure(e: TripleError) -> Failure {
 ///
 /// A [`Failure`] if the region cannot be found or used.
 pub fn run(generations: u64, pause: Duration, side: u32, seed: u64) -> Result<ExitCode, Failure> {
-    let (_memfd, map) = super::region()?;
-    let mut client =
-        TripleClient::open_or_init(map.words(), request(side)).map_err(open_failure)?;
+    let mut region = super::region()?;
+    let mut client = region.triple(request(side)).map_err(open_failure)?;
     let mut bytes = vec![0u8; HEADER + (side as usize).pow(2)];
     let mut board = match client.read_newest(0, &mut bytes) {
         Err(e) => return Err(fail("cannot read the newest state", e)),

@@ -124,6 +124,11 @@ impl Worker {
                 for job in rx {
                     set_busy(&busy, Some(Instant::now()));
                     metrics.record_snapshot(&run_one(&mut snap, job));
+                    if job.why == Why::ClientExited {
+                        // The final snapshot is done and the restart waits for this job:
+                        // clear the claim the dead client left (DESIGN §8).
+                        snap.reclaim_claim();
+                    }
                     set_busy(&busy, None);
                     let done = Done {
                         job,

@@ -146,7 +146,10 @@ impl DurableFixture {
             payload: [7; 64],
         };
         let t = f.prompt(1)?;
-        let seq = Writer::attach(f.client.words(), crate::CLIENT).map_err(err)?.next_seq() - 1;
+        let seq = Writer::attach(f.client.words(), crate::CLIENT)
+            .map_err(err)?
+            .next_seq()
+            - 1;
         let s = core_status::persisted(f.client.words());
         if s.seq != seq || t.is_zero() {
             return Err(io::Error::other(format!(

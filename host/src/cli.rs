@@ -427,6 +427,14 @@ pub enum Example {
         /// Seed of the initial board.
         #[arg(long, default_value_t = 1)]
         seed: u64,
+        /// Test hook: right after publishing this generation, re-initialise the region
+        /// (`--reinit-by`) and go on publishing from seq 1 (the board goes on).
+        #[arg(long, hide = true, value_name = "GEN")]
+        reinit_at: Option<u64>,
+        /// How `--reinit-at` re-initialises: `reinit` (the documented `TripleClient::reinit`)
+        /// or `zero-magic` (zero header word 0, then `TripleClient::init`).
+        #[arg(long, hide = true, value_enum, default_value = "reinit")]
+        reinit_by: crate::examples::life::Reinit,
     },
     /// A persistent key-value map with copy-on-write nodes in reclaimed tail units.
     Kv {

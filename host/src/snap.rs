@@ -838,7 +838,8 @@ mod tests {
             entries: 2,
             data_size: 64,
         };
-        let mut w = Writer::open_or_init(rw.words(), request, crate::examples::TEST_CLIENT).unwrap();
+        let mut w =
+            Writer::open_or_init(rw.words(), request, crate::examples::TEST_CLIENT).unwrap();
         w.commit(&1u64.to_le_bytes()).unwrap();
         // Non-zero data for the sparse copy to spend time on.
         let junk = vec![0xa5u8; 1 << 20];

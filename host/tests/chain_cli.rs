@@ -191,7 +191,12 @@ fn queue_chain(deltas: usize) -> Built {
             entries: 16,
             data_size: 1024,
         };
-        let mut w = Writer::open_or_init(map.words(), request, shmsnap_core::ClaimId::from_pid(std::process::id(), 0).unwrap()).unwrap();
+        let mut w = Writer::open_or_init(
+            map.words(),
+            request,
+            shmsnap_core::ClaimId::from_pid(std::process::id(), 0).unwrap(),
+        )
+        .unwrap();
         for _ in 0..(if i == 0 { 4 } else { 3 }) {
             seq = w.commit(&(seq * 1000).to_le_bytes()).unwrap();
         }

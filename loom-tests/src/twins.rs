@@ -236,11 +236,7 @@ unsafe impl<M: WordMemory> WordMemory for RelaxedRelease<M> {
         success: Ordering,
         failure: Ordering,
     ) -> Result<u64, u64> {
-        let success = if new == 0 {
-            Ordering::Relaxed
-        } else {
-            success
-        };
+        let success = if new == 0 { Ordering::Relaxed } else { success };
         self.0.compare_exchange(i, current, new, success, failure)
     }
     fn fence(&self, order: Ordering) {

@@ -64,8 +64,18 @@ fn plan_of() -> Plan {
     };
     plan(
         WORDS,
-        |m| commit(&mut Writer::init(m, REQUEST, shmsnap_testkit::CLIENT).unwrap(), WARMUP),
-        |m| commit(&mut Writer::attach(m, shmsnap_testkit::CLIENT).unwrap(), COMMITS),
+        |m| {
+            commit(
+                &mut Writer::init(m, REQUEST, shmsnap_testkit::CLIENT).unwrap(),
+                WARMUP,
+            )
+        },
+        |m| {
+            commit(
+                &mut Writer::attach(m, shmsnap_testkit::CLIENT).unwrap(),
+                COMMITS,
+            )
+        },
     )
 }
 

@@ -77,8 +77,7 @@ fn client<M: WordMemory + ?Sized>(mem: &M, how: Client) -> u64 {
             std::mem::forget(c);
             // Its supervisor, knowing it is dead, reclaims the claim; a new client attaches.
             shmsnap_core::claim::reclaim(mem, dead).expect("the dead client's claim");
-            let mut c =
-                TripleClient::attach(mem, shmsnap_testkit::claim_id(2)).expect("re-attach");
+            let mut c = TripleClient::attach(mem, shmsnap_testkit::claim_id(2)).expect("re-attach");
             publish(&mut c, 3);
             3
         }

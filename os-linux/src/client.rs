@@ -126,7 +126,10 @@ impl ClientRegion {
     ///
     /// [`AttachError::Claimed`] naming the pid of another process (or another `ClientRegion`)
     /// writing the region; the other errors of [`Writer::open_or_init`].
-    pub fn writer(&mut self, request: LayoutRequest) -> Result<Writer<'_, [AtomicU64]>, AttachError> {
+    pub fn writer(
+        &mut self,
+        request: LayoutRequest,
+    ) -> Result<Writer<'_, [AtomicU64]>, AttachError> {
         let id = self.claim_id();
         Writer::open_or_init(self.map.words(), request, id)
     }
@@ -314,7 +317,11 @@ mod tests {
         let mut b = ClientRegion::from_memfd(dup(a.memfd())).unwrap();
         let pid = std::process::id();
         assert_eq!(a.claim_id().pid(), pid);
-        assert_ne!(a.claim_id(), b.claim_id(), "each region value has its own nonce");
+        assert_ne!(
+            a.claim_id(),
+            b.claim_id(),
+            "each region value has its own nonce"
+        );
         let mut w = a.writer(QUEUE).unwrap();
         w.commit(b"a").unwrap();
         match b.writer(QUEUE) {
@@ -322,7 +329,11 @@ mod tests {
             other => panic!("{other:?}"),
         }
         drop(w);
-        assert_eq!(claim::holder(b.words()), None, "dropping the writer releases");
+        assert_eq!(
+            claim::holder(b.words()),
+            None,
+            "dropping the writer releases"
+        );
         assert_eq!(b.writer(QUEUE).unwrap().commit(b"b"), Ok(2));
     }
 

@@ -472,7 +472,12 @@ mod tests {
             buffers: 3,
             buffer_size: 4096,
         };
-        shmsnap_core::triple::TripleClient::open_or_init(map.words(), request, shmsnap_testkit::CLIENT).unwrap();
+        shmsnap_core::triple::TripleClient::open_or_init(
+            map.words(),
+            request,
+            shmsnap_testkit::CLIENT,
+        )
+        .unwrap();
         assert_eq!(
             Advertisement::decode(advert_words(&map)).unwrap(),
             advert,

@@ -447,7 +447,10 @@ mod tests {
             None,
             "the exit strategy never writes a region without a shmsnap header"
         );
-        assert_eq!(client.words()[word::CLAIM].load(Ordering::Relaxed), id.get());
+        assert_eq!(
+            client.words()[word::CLAIM].load(Ordering::Relaxed),
+            id.get()
+        );
         assert_eq!(
             reclaim_dead_claim(&memfd, ClaimWord::Ours).unwrap(),
             Some(id)

@@ -222,7 +222,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let persister = Persister::new(&dir.path().join("t.snap"), 1).unwrap();
         let (memfd, map) = region(1 << 20);
-        let mut client = TripleClient::open_or_init(map.words(), REQUEST, shmsnap_testkit::CLIENT).unwrap();
+        let mut client =
+            TripleClient::open_or_init(map.words(), REQUEST, shmsnap_testkit::CLIENT).unwrap();
         let host = TripleHost::attach(map.words()).unwrap();
         let mut scratch = Vec::new();
 
@@ -264,7 +265,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let persister = Persister::new(&dir.path().join("h.snap"), 0).unwrap();
         let (memfd, map) = region(1 << 20);
-        let mut client = TripleClient::open_or_init(map.words(), REQUEST, shmsnap_testkit::CLIENT).unwrap();
+        let mut client =
+            TripleClient::open_or_init(map.words(), REQUEST, shmsnap_testkit::CLIENT).unwrap();
         client.publish(&[3u8; 64]).unwrap();
         let layout = *client.layout();
         let mut scratch = Vec::new();

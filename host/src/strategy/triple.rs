@@ -182,7 +182,10 @@ impl Strategy for Triple {
             let survey = host.survey();
             let seq = survey.newest.map_or(0, |(_, s)| s);
             self.persisted = PersistedSeq::restored(seq, survey.client_epoch);
-            info!(seq, "restored triple state: the next client reads seq {seq}");
+            info!(
+                seq,
+                "restored triple state: the next client reads seq {seq}"
+            );
         }
     }
 

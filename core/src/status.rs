@@ -226,7 +226,7 @@ mod tests {
     }
 
     #[test]
-    fn retain_writes_zero_status_and_request_words_into_the_image() {
+    fn retain_writes_zero_status_request_and_claim_words_into_the_image() {
         use crate::{retain, Descriptor, LayoutRequest, Writer};
         let m = mem(3 * 512);
         let mut w = Writer::init(
@@ -257,9 +257,11 @@ mod tests {
             .map(|s| w.region().read_descriptor(s).unwrap_or_default())
             .collect();
         let layout = *w.layout();
+        // The writer holds the live region's claim, so the copy carries it.
+        assert_ne!(crate::format::read_word(&image, word::CLAIM), Some(0));
         let kept = retain(&mut image, &layout, &d, &d, w.next_seq()).unwrap();
         assert_eq!(kept.kept, 1);
-        for i in canonical_words() {
+        for i in canonical_words().chain([word::CLAIM]) {
             assert_eq!(crate::format::read_word(&image, i), Some(0), "word {i}");
         }
     }

@@ -208,6 +208,9 @@ fn an_image_whose_ready_seq_is_not_below_next_seq_is_refused() {
     let len = layout.region_len;
     let img = read_image(&meta, len).unwrap();
     assert_eq!((img.seq, img.next_seq), (1, 2));
+    // The client holds the live region's claim; the image is claimed by nobody.
+    assert_eq!(shmsnap_core::claim::holder(&mem[..]), Some(claim_id(1)));
+    assert_eq!(shmsnap_core::format::read_word(&meta, word::CLAIM), Some(0));
     let at = 8 * words::NEXT_SEQ;
     for next in [0u64, 1] {
         meta[at..at + 8].copy_from_slice(&next.to_le_bytes());

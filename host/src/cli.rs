@@ -126,6 +126,12 @@ Processes:
   on the same FILE kills what is left in it before it starts the client. Without such a
   cgroup (--cgroup off, or none manageable: the mode is logged at start), a SIGKILLed
   shmsnap leaves the client's descendants running.
+  One writer per region: a queue or triple client's writer claims the region with its pid
+  (a second writer is refused, naming that pid). A client killed by a signal leaves its
+  claim behind; after its final snapshot, and before restarting it, shmsnap clears it (its
+  process tree is dead by then), logs the pid at info and counts it in
+  shmsnap_claims_reclaimed_total; at start it clears a claim left in a region from the fd
+  store (the previous client died with its host).
 Examples:
   shmsnap run --state /var/lib/app/state.snap --size 64M -- ./app --flag
   shmsnap run --state primes.snap --strategy queue --interval 200ms -- shmsnap example primes

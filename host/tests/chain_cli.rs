@@ -200,6 +200,7 @@ fn queue_chain(deltas: usize) -> Built {
         for _ in 0..(if i == 0 { 4 } else { 3 }) {
             seq = w.commit(&(seq * 1000).to_le_bytes()).unwrap();
         }
+        drop(w); // releases the region's claim before the image is taken
         (bytes_of(memfd), seq + 1)
     })
 }

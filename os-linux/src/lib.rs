@@ -23,6 +23,26 @@
 //! `exec`), [`status`] (the 32-bit futex view of a 64-bit word, the header page mapping)
 //! and [`track`] (the userfaultfd and `PAGEMAP_SCAN` ioctls); each of those modules says why.
 //!
+//! # The client side
+//!
+//! A client takes the region the host passed with [`ClientRegion::from_host`] and gets its one
+//! writer from it ([`ClientRegion::writer`] for the queue, [`ClientRegion::triple`] for the
+//! triple buffer), which borrows the region mutably and holds the region's claim (one writer
+//! per region, named by pid when refused); [`ClientRegion::durability`] gives the
+//! durability-feedback calls to any thread:
+//!
+//! ```no_run
+//! use shmsnap_core::LayoutRequest;
+//! use shmsnap_linux::ClientRegion;
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let mut region = ClientRegion::from_host()?; // fd 3, the systemd way
+//! let mut writer = region.writer(LayoutRequest { entries: 64, data_size: 4096 })?;
+//! writer.commit(b"state")?; // wait-free; the host snapshots it
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! # Example
 //!
 //! A region, mapped, written through atomic words, snapshotted and verified:

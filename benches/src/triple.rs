@@ -60,6 +60,7 @@ impl Ours {
         {
             let mut c = TripleClient::init(map.words(), request(n), crate::CLIENT).expect("init");
             let seq = c.publish(&payload).expect("publish");
+            drop(c); // the client restarts: its claim is released
             let again = TripleClient::attach(map.words(), crate::CLIENT).expect("attach");
             let mut back = vec![0u8; n];
             assert_eq!(again.read_newest(0, &mut back).expect("read"), Some(seq));

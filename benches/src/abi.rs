@@ -197,7 +197,7 @@ impl Commit {
         let mut back = vec![0u8; n];
         if self.side == Side::Rust {
             self.close_writer();
-            let mut w = Writer::attach(self.region.map.words()).expect("attach");
+            let mut w = Writer::attach(self.region.map.words(), crate::CLIENT).expect("attach");
             w.commit(self.payload.bytes()).expect("commit");
             let d = w.region().newest().expect("an entry");
             w.region().read_payload(&d, &mut back).expect("read");
@@ -244,7 +244,7 @@ impl Bench for Commit {
         match self.side {
             Side::Rust => {
                 // The writer borrows the mapping, so each batch attaches (outside the timing).
-                let mut w = Writer::attach(self.region.map.words()).expect("attach");
+                let mut w = Writer::attach(self.region.map.words(), crate::CLIENT).expect("attach");
                 let t = cpu_now();
                 for _ in 0..iters {
                     black_box(w.commit(black_box(payload)).expect("commit"));
@@ -320,7 +320,8 @@ impl Publish {
         let mut back = vec![0u8; PUBLISH_SIZE];
         if self.side == Side::Rust {
             self.close_client();
-            let mut c = TripleClient::attach(self.region.map.words()).expect("attach");
+            let mut c =
+                TripleClient::attach(self.region.map.words(), crate::CLIENT).expect("attach");
             c.publish(self.payload.bytes()).expect("publish");
             c.read_newest(0, &mut back).expect("read");
         } else {
@@ -361,7 +362,8 @@ impl Bench for Publish {
         let payload = self.payload.bytes();
         match self.side {
             Side::Rust => {
-                let mut c = TripleClient::attach(self.region.map.words()).expect("attach");
+                let mut c =
+                    TripleClient::attach(self.region.map.words(), crate::CLIENT).expect("attach");
                 let t = cpu_now();
                 for _ in 0..iters {
                     black_box(c.publish(black_box(payload)).expect("publish"));

@@ -128,7 +128,7 @@ impl Ours {
                 entries: ENTRIES,
                 data_size: ours_ring(n, dest),
             };
-            let mut w = Writer::init(map.words(), request).expect("init");
+            let mut w = Writer::init(map.words(), request, crate::CLIENT).expect("init");
             // Sanity: the committed entry reads back exactly.
             let seq = w.commit(&payload).expect("commit");
             let newest = w.region().newest().expect("an entry");
@@ -153,7 +153,7 @@ impl Ours {
 impl Bench for Ours {
     fn run(&mut self, iters: u64) -> Duration {
         // The writer borrows the mapping, so each batch attaches (outside the timed loop).
-        let mut w = Writer::attach(self.map.words()).expect("attach");
+        let mut w = Writer::attach(self.map.words(), crate::CLIENT).expect("attach");
         let payload = &self.payload[..];
         let t = Instant::now();
         for _ in 0..iters {

@@ -125,7 +125,7 @@ impl DurableFixture {
         let memfd = Memfd::create("bench-durable", LEN)?;
         memfd.seal_against_shrink()?;
         let client = Mapping::of_memfd(&memfd, Protection::ReadWrite)?;
-        Writer::init(client.words(), REQUEST).map_err(err)?;
+        Writer::init(client.words(), REQUEST, crate::CLIENT).map_err(err)?;
         let tag = interval.as_millis();
         let host = Host {
             map: Mapping::of_memfd(&memfd, Protection::ReadOnly)?,
@@ -146,7 +146,10 @@ impl DurableFixture {
             payload: [7; 64],
         };
         let t = f.prompt(1)?;
-        let seq = Writer::attach(f.client.words()).map_err(err)?.next_seq() - 1;
+        let seq = Writer::attach(f.client.words(), crate::CLIENT)
+            .map_err(err)?
+            .next_seq()
+            - 1;
         let s = core_status::persisted(f.client.words());
         if s.seq != seq || t.is_zero() {
             return Err(io::Error::other(format!(
@@ -157,7 +160,7 @@ impl DurableFixture {
     }
 
     fn writer(&self) -> io::Result<Writer<'_, [std::sync::atomic::AtomicU64]>> {
-        Writer::attach(self.client.words()).map_err(err)
+        Writer::attach(self.client.words(), crate::CLIENT).map_err(err)
     }
 
     fn wait(&self, seq: u64) -> io::Result<()> {

@@ -109,7 +109,7 @@ impl TrackedRegion {
         memfd.seal_against_shrink()?;
         let mut map = Mapping::of_memfd(&memfd, Protection::ReadWrite)?;
         let layout = {
-            let mut w = Writer::init(map.words(), request).map_err(err)?;
+            let mut w = Writer::init(map.words(), request, crate::CLIENT).map_err(err)?;
             for seq in 1..=fill {
                 let mut p = vec![0x5au8; payload];
                 p[..8].copy_from_slice(&seq.to_le_bytes());
@@ -764,7 +764,7 @@ pub fn starvation(dir: &Path, snapshots: u64, incremental: bool) -> io::Result<S
     std::thread::scope(|s| {
         let writer = s.spawn(|| {
             let words = shared.map.words();
-            let mut w = Writer::attach(words).expect("attach");
+            let mut w = Writer::attach(words, crate::CLIENT).expect("attach");
             let mut p = vec![0x3cu8; STARVE_PAYLOAD];
             let mut n = 0u64;
             while !stop.load(Ordering::Relaxed) {
@@ -915,7 +915,7 @@ pub fn busy_chain_check(dir: &Path, attempts: u64, pause: Duration) -> io::Resul
     let shared = Arc::clone(&f.region);
     std::thread::scope(|s| {
         s.spawn(|| {
-            let mut w = Writer::attach(shared.map.words()).expect("attach");
+            let mut w = Writer::attach(shared.map.words(), crate::CLIENT).expect("attach");
             let mut p = vec![0u8; PAYLOAD];
             while !stop.load(Ordering::Relaxed) {
                 busy_payload(w.next_seq(), &mut p);

@@ -24,6 +24,13 @@
 use std::time::{Duration, Instant};
 
 pub mod abi;
+/// The claim id of the benches' one client per region (one writer per region is enforced by
+/// the region's claim, `shmsnap_core::claim`).
+pub const CLIENT: shmsnap_core::ClaimId = match shmsnap_core::ClaimId::from_pid(1, 0xbe4c) {
+    Some(id) => id,
+    None => panic!("pid 1 is nonzero"),
+};
+
 pub mod commit;
 pub mod durable;
 pub mod incremental;

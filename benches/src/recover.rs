@@ -43,7 +43,7 @@ impl Recover {
         let probe = shmsnap_core::Layout::new(u64::MAX / 2, request).expect("valid request");
         let (memfd, map) = faulted_region("bench-recover", probe.tail_offset)?;
         {
-            let mut w = Writer::init(map.words(), request).expect("init");
+            let mut w = Writer::init(map.words(), request, crate::CLIENT).expect("init");
             for i in 0..entries {
                 let mut p = [0u8; PAYLOAD];
                 p[..8].copy_from_slice(&i.to_le_bytes());
@@ -56,10 +56,11 @@ impl Recover {
             entries,
         };
         // Sanity: every entry is live and attach resumes after the newest.
-        let w = Writer::attach(r.map.words()).expect("attach");
+        let w = Writer::attach(r.map.words(), crate::CLIENT).expect("attach");
         assert_eq!(w.region().entries().count() as u64, entries);
         assert_eq!(w.region().newest().map(|d| d.seq), Some(entries));
         assert_eq!(w.next_seq(), entries + 1);
+        drop(w); // releases the claim: each timed attach takes and releases it
         Ok(r)
     }
 
@@ -74,7 +75,7 @@ impl Bench for Recover {
         let words = self.map.words();
         let t = Instant::now();
         for _ in 0..iters {
-            let w = Writer::attach(black_box(words)).expect("attach");
+            let w = Writer::attach(black_box(words), crate::CLIENT).expect("attach");
             black_box(w.region().newest());
         }
         t.elapsed()

@@ -129,7 +129,7 @@ impl SnapshotFixture {
             data_size: DATA_SIZE,
         };
         let layout = {
-            let mut w = Writer::init(client.words(), request).map_err(err)?;
+            let mut w = Writer::init(client.words(), request, crate::CLIENT).map_err(err)?;
             for seq in 1..=ENTRIES {
                 w.commit(&payload_of(seq)).map_err(err)?;
             }
@@ -289,7 +289,7 @@ impl SnapshotFixture {
     /// Only the touched prefix is read: reading a memfd hole through a mapping allocates it.
     fn check_restored(&self) -> io::Result<()> {
         let map = Mapping::of_memfd(&self.restore, Protection::ReadWrite)?;
-        let w = Writer::attach(map.words()).map_err(err)?;
+        let w = Writer::attach(map.words(), crate::CLIENT).map_err(err)?;
         assert_eq!(w.region().entries().count() as u64, ENTRIES);
         let newest = w.region().newest().expect("a newest entry");
         assert_eq!(newest.seq, ENTRIES);

@@ -91,7 +91,8 @@ impl TripleSnapshotFixture {
         let mut state = vec![0u8; BUFFER as usize];
         let mut newest = 0;
         {
-            let mut client = TripleClient::init(client_map.words(), request).map_err(err)?;
+            let mut client =
+                TripleClient::init(client_map.words(), request, crate::CLIENT).map_err(err)?;
             for i in 0..BUFFERS {
                 for (j, c) in state.chunks_mut(4096).enumerate() {
                     c[..8].copy_from_slice(&(i << 32 | j as u64 | 1).to_le_bytes());
@@ -128,7 +129,7 @@ impl TripleSnapshotFixture {
         back.seal_against_shrink()?;
         restore_into(std::fs::File::open(self.persister.target())?, &back)?;
         let map = Mapping::of_memfd(&back, Protection::ReadWrite)?;
-        let client = TripleClient::attach(map.words()).map_err(err)?;
+        let client = TripleClient::attach(map.words(), crate::CLIENT).map_err(err)?;
         let mut out = vec![0u8; BUFFER as usize];
         let seq = client.read_newest(0, &mut out).map_err(err)?;
         if seq != Some(self.newest) || out != newest_state {

@@ -17,7 +17,12 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread;
 
-use shmsnap_core::{atomic_words, Descriptor, LayoutRequest, PreCopy, Region, Writer};
+use shmsnap_core::{atomic_words, ClaimId, Descriptor, LayoutRequest, PreCopy, Region, Writer};
+
+/// The runtime's ids for its clients: one writer per region is enforced by the region's claim,
+/// and the runtime names each client (here by a made-up task number; on Linux, a pid).
+const FIRST_CLIENT: ClaimId = ClaimId::from_pid(1, 0).unwrap();
+const RESTARTED_CLIENT: ClaimId = ClaimId::from_pid(2, 0).unwrap();
 
 /// The state the client commits: a counter and its square, so a torn state is visible.
 fn state(i: u64) -> [u8; 16] {
@@ -44,13 +49,14 @@ pub fn main() {
         entries: 1024,
         data_size: 64 * 1024,
     };
-    Writer::init(words, request).expect("fresh memory configures");
+    // Configures the memory; dropping the writer releases the claim for the client thread.
+    Writer::init(words, request, FIRST_CLIENT).expect("fresh memory configures");
     let stop = AtomicBool::new(false);
 
     let (image, last) = thread::scope(|s| {
         // The client: commits state after state, never waiting for the host.
         let client = s.spawn(|| {
-            let mut writer = Writer::attach(words).expect("attach");
+            let mut writer = Writer::attach(words, FIRST_CLIENT).expect("attach");
             let mut i = 0;
             while !stop.load(Ordering::Relaxed) || i == 0 {
                 i += 1;
@@ -88,7 +94,8 @@ pub fn main() {
         b.copy_from_slice(bytes);
         w.store(u64::from_le_bytes(b), Ordering::Relaxed);
     }
-    let writer = Writer::attach(words).expect("the restored image attaches");
+    // The image holds no claim (the host's retain zeroes it), so the new client takes it.
+    let writer = Writer::attach(words, RESTARTED_CLIENT).expect("the restored image attaches");
     let newest = writer.region().newest().expect("a kept entry");
     let mut buf = [0u8; 16];
     let n = writer

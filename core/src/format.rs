@@ -115,6 +115,12 @@ pub mod word {
     /// to ask for a prompt snapshot. On its own cache line pair (bytes 384..512). The host
     /// treats it as hostile: only "changed since I last looked" matters.
     pub const SNAPSHOT_REQUEST: usize = 48;
+    /// The claim word: 0 = unclaimed, otherwise the [`ClaimId`](crate::claim::ClaimId) of the
+    /// one writer using the region ([`claim`](crate::claim)). Taken by a client
+    /// (compare-exchange 0 → id) before it touches anything else, released on drop; cleared by
+    /// the host only for a client it knows is dead. Snapshot images carry 0. Same index for
+    /// every strategy; alone on the cache-line pair 512..640 (written once per attach).
+    pub const CLAIM: usize = 64;
 }
 
 /// Word offsets within a descriptor (add to [`Layout::desc_word`]).
@@ -348,5 +354,14 @@ mod tests {
             && w != word::SNAPSHOT_REQUEST
             && w >= word::HEADER));
         assert!(word::TRACK.end * 8 <= PAGE_SIZE as usize);
+        // The claim word: on a pair of its own, inside the header page of every strategy.
+        for w in word::HINTS
+            .chain(word::STATUS)
+            .chain(word::TRACK)
+            .chain([word::SNAPSHOT_REQUEST])
+        {
+            assert_ne!(pair(word::CLAIM), pair(w), "word {w}");
+        }
+        assert!(word::CLAIM >= word::HEADER && word::CLAIM * 8 + 8 <= PAGE_SIZE as usize);
     }
 }

@@ -357,9 +357,10 @@ pub fn retain(
     write_word(meta, word::NEXT_SEQ, hints.next_seq);
     write_word(meta, word::DATA_HEAD, hints.data_head);
     write_word(meta, word::EPOCH, hints.epoch);
-    // Zero the reserved words, the host status area and the request word, so the image is
-    // canonical: an image says nothing about durability (the restoring host publishes what it
-    // holds, DESIGN §14), and a stale request must not outlive a restore.
+    // Zero the reserved words, the host status area, the request word and the claim word, so
+    // the image is canonical: an image says nothing about durability (the restoring host
+    // publishes what it holds, DESIGN §14), a stale request must not outlive a restore, and
+    // the writer that held the live region does not hold the restored one.
     for i in word::RESERVED.chain(crate::status::canonical_words()) {
         write_word(meta, i, 0);
     }

@@ -8,6 +8,7 @@
 //! # Contents
 //!
 //! - [`memory`](WordMemory): the word-memory seam; [`atomic_words`] views a byte slice as words.
+//! - [`claim`]: one writer per region, enforced at run time (the claim word, [`ClaimId`]).
 //! - [`format`]: the format vocabulary — header and descriptor word indices, ring addressing,
 //!   the typed [`Strategy`] code (`docs/FORMAT.md`).
 //! - [`layout`](Layout): validating a header and deriving where everything lies.
@@ -34,17 +35,22 @@
 //!
 //! ```
 //! use core::sync::atomic::AtomicU64;
-//! use shmsnap_core::{LayoutRequest, Writer};
+//! use shmsnap_core::{AttachError, ClaimId, LayoutRequest, Writer};
 //!
 //! // Any 8-byte aligned shared memory will do; here, 64 KiB of ordinary memory.
 //! let mem: Vec<AtomicU64> = (0..8192).map(|_| AtomicU64::new(0)).collect();
 //! let request = LayoutRequest { entries: 16, data_size: 4096 };
-//! let mut writer = Writer::open_or_init(&mem[..], request).unwrap();
+//! // Who writes: one writer per region, enforced by the region's claim (pid 42, nonce 1).
+//! let me = ClaimId::from_pid(42, 1).unwrap();
+//! let mut writer = Writer::open_or_init(&mem[..], request, me).unwrap();
 //! let seq = writer.commit(b"state v1").unwrap();
+//! // A second writer is refused, and told who holds the region.
+//! let other = ClaimId::from_pid(43, 1).unwrap();
+//! assert!(matches!(Writer::attach(&mem[..], other), Err(AttachError::Claimed { holder }) if holder == me));
 //!
 //! // After a restart (or a restore), attach and read the newest state back.
-//! drop(writer);
-//! let writer = Writer::attach(&mem[..]).unwrap();
+//! drop(writer); // releases the claim
+//! let writer = Writer::attach(&mem[..], other).unwrap();
 //! let newest = writer.region().newest().unwrap();
 //! let mut buf = [0u8; 64];
 //! let n = writer.region().read_payload(&newest, &mut buf).unwrap();
@@ -56,6 +62,7 @@
 #[cfg(test)]
 extern crate std;
 
+pub mod claim;
 mod descriptor;
 pub mod format;
 mod host;
@@ -67,6 +74,7 @@ pub mod triple;
 mod units;
 mod writer;
 
+pub use claim::{ClaimError, ClaimId};
 pub use descriptor::{read_descriptor, read_descriptor_bytes, Descriptor, MAX_SEQ, MAX_STREAM};
 pub use format::{
     Strategy, DESCRIPTOR_BYTES, FORMAT_VERSION, MAGIC, MAX_DATA_SIZE, MAX_ENTRIES, PAGE_SIZE,

@@ -162,10 +162,12 @@ pub fn request_snapshot<M: WordMemory + ?Sized>(mem: &M) -> u64 {
     next
 }
 
-/// The canonical values of the status and request words in a snapshot image: all zero. An
-/// image says nothing about durability; the host that restores it publishes what it holds.
+/// The canonical values of the status, request and claim words in a snapshot image: all
+/// zero. An image says nothing about durability (the host that restores it publishes what it
+/// holds), asks for no snapshot, and is claimed by nobody (the client that held the region
+/// when it was copied does not hold the restored one).
 pub(crate) fn canonical_words() -> impl Iterator<Item = usize> {
-    word::STATUS.chain(core::iter::once(word::SNAPSHOT_REQUEST))
+    word::STATUS.chain([word::SNAPSHOT_REQUEST, word::CLAIM])
 }
 
 #[cfg(test)]
@@ -224,7 +226,7 @@ mod tests {
     }
 
     #[test]
-    fn retain_writes_zero_status_and_request_words_into_the_image() {
+    fn retain_writes_zero_status_request_and_claim_words_into_the_image() {
         use crate::{retain, Descriptor, LayoutRequest, Writer};
         let m = mem(3 * 512);
         let mut w = Writer::init(
@@ -233,6 +235,7 @@ mod tests {
                 entries: 4,
                 data_size: 64,
             },
+            crate::ClaimId::new(1).unwrap(),
         )
         .unwrap();
         let seq = w.commit(b"x").unwrap();
@@ -254,9 +257,11 @@ mod tests {
             .map(|s| w.region().read_descriptor(s).unwrap_or_default())
             .collect();
         let layout = *w.layout();
+        // The writer holds the live region's claim, so the copy carries it.
+        assert_ne!(crate::format::read_word(&image, word::CLAIM), Some(0));
         let kept = retain(&mut image, &layout, &d, &d, w.next_seq()).unwrap();
         assert_eq!(kept.kept, 1);
-        for i in canonical_words() {
+        for i in canonical_words().chain([word::CLAIM]) {
             assert_eq!(crate::format::read_word(&image, i), Some(0), "word {i}");
         }
     }

@@ -233,7 +233,8 @@ impl<'a> UnitTable<'a> {
 /// use shmsnap_core::{LayoutRequest, UnitTable, Writer};
 ///
 /// let mem: Vec<AtomicU64> = (0..2048).map(|_| AtomicU64::new(0)).collect();
-/// let mut w = Writer::init(&mem[..], LayoutRequest { entries: 4, data_size: 64 }).unwrap();
+/// let id = shmsnap_core::ClaimId::new(1).unwrap();
+/// let mut w = Writer::init(&mem[..], LayoutRequest { entries: 4, data_size: 64 }, id).unwrap();
 /// let mut states = [0u64; 4];
 /// let mut table = UnitTable::new(&mut states, 64).unwrap();
 /// let mut tx = w.begin(8).unwrap();
@@ -250,7 +251,8 @@ impl<'a> UnitTable<'a> {
 /// use shmsnap_core::{LayoutRequest, UnitTable, Writer};
 ///
 /// let mem: Vec<AtomicU64> = (0..2048).map(|_| AtomicU64::new(0)).collect();
-/// let mut w = Writer::init(&mem[..], LayoutRequest { entries: 4, data_size: 64 }).unwrap();
+/// let id = shmsnap_core::ClaimId::new(1).unwrap();
+/// let mut w = Writer::init(&mem[..], LayoutRequest { entries: 4, data_size: 64 }, id).unwrap();
 /// let mut states = [0u64; 4];
 /// let mut table = UnitTable::new(&mut states, 64).unwrap();
 /// let mut tx = w.begin(8).unwrap();

@@ -7,6 +7,7 @@ use core::fmt;
 use core::marker::PhantomData;
 use core::sync::atomic::Ordering;
 
+use crate::claim::{Claim, ClaimError, ClaimId};
 use crate::descriptor::{Descriptor, MAX_SEQ, MAX_STREAM};
 use crate::format::{desc, word};
 use crate::layout::{Hints, Layout, LayoutError, LayoutRequest};
@@ -72,11 +73,28 @@ pub enum AttachError {
     },
     /// The region's sequence numbers are exhausted; it must be re-initialised.
     Exhausted,
+    /// Another writer holds the region's claim (one writer per region, [`claim`](crate::claim)).
+    Claimed {
+        /// The holder's id (under the documented encoding, its pid: [`ClaimId::pid`]).
+        holder: ClaimId,
+    },
 }
 
 impl From<LayoutError> for AttachError {
     fn from(e: LayoutError) -> Self {
         AttachError::Layout(e)
+    }
+}
+
+impl From<ClaimError> for AttachError {
+    fn from(e: ClaimError) -> Self {
+        match e {
+            ClaimError::Claimed { holder } => AttachError::Claimed { holder },
+            ClaimError::TooSmall { words } => AttachError::Layout(LayoutError::TooSmall {
+                needed: crate::PAGE_SIZE,
+                available: (words as u64).saturating_mul(8),
+            }),
+        }
     }
 }
 
@@ -96,6 +114,7 @@ impl fmt::Display for AttachError {
                 f,
                 "the region's sequence numbers are exhausted; re-initialise it"
             ),
+            AttachError::Claimed { holder } => ClaimError::Claimed { holder: *holder }.fmt(f),
         }
     }
 }
@@ -103,11 +122,16 @@ impl fmt::Display for AttachError {
 /// The single writer of a region.
 ///
 /// Exactly one writer may exist per region at a time (across all processes): the protocol's
-/// soundness rests on it. The writer keeps its cursor privately and reads back only its own
-/// descriptors.
+/// soundness rests on it, and the region's [claim](crate::claim) enforces it — every
+/// constructor takes the claim with the caller's [`ClaimId`] before it touches anything else,
+/// a second writer is refused with [`AttachError::Claimed`] naming the holder, and dropping
+/// the writer releases the claim. The writer keeps its cursor privately and reads back only
+/// its own descriptors.
 #[derive(Debug)]
 pub struct Writer<'m, M: WordMemory + ?Sized> {
     region: Region<'m, M>,
+    /// The region's claim, held for the writer's whole life (released on drop).
+    claim: Claim<'m, M>,
     /// Next sequence number to commit; `1 <= next_seq <= MAX_SEQ`.
     next_seq: u64,
     /// Oldest sequence number that may be live. Seqs in `oldest..=newest` are live or gaps
@@ -123,15 +147,36 @@ pub struct Writer<'m, M: WordMemory + ?Sized> {
     newest_offset: u64,
 }
 
+/// Refuses memory whose header is configured but not a valid queue region, before the claim
+/// is read: there the claim word is as meaningless as the rest, and "claimed by pid N" would
+/// be a false report. Reads only (a magic stored by a concurrent `init` is stored last, with
+/// Release, so a header read after it is whole); the claimed path reads the header again.
+fn refuse_foreign<M: WordMemory + ?Sized>(mem: &M) -> Result<(), AttachError> {
+    match Layout::read(mem) {
+        Ok(_) | Err(LayoutError::Unconfigured) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
 impl<'m, M: WordMemory + ?Sized> Writer<'m, M> {
-    /// Configures a fresh region (no magic in the header: never configured, or an init cut
-    /// short) with `request` and returns its writer.
+    /// Takes the region's claim for `id`, then configures the fresh region (no magic in the
+    /// header: never configured, or an init cut short) with `request` and returns its writer.
+    ///
+    /// The claim comes first, so two concurrent `init`s cannot both configure the region.
     ///
     /// # Errors
     ///
-    /// [`AttachError::AlreadyConfigured`] if the header has a magic, or a
-    /// [`LayoutError`] if the request does not fit the memory.
-    pub fn init(mem: &'m M, request: LayoutRequest) -> Result<Self, AttachError> {
+    /// [`AttachError::Claimed`] if another writer holds the region (nothing is touched);
+    /// [`AttachError::AlreadyConfigured`] if the header has a magic, or a [`LayoutError`] if
+    /// the request does not fit the memory.
+    pub fn init(mem: &'m M, request: LayoutRequest, id: ClaimId) -> Result<Self, AttachError> {
+        let claim = Claim::take(mem, id)?;
+        Self::init_claimed(claim, request)
+    }
+
+    /// [`Writer::init`] with the claim already held.
+    fn init_claimed(claim: Claim<'m, M>, request: LayoutRequest) -> Result<Self, AttachError> {
+        let mem = claim.mem();
         let available = (mem.len() as u64).saturating_mul(8);
         let layout = Layout::new(available, request)?;
         match Layout::read(mem) {
@@ -151,6 +196,7 @@ impl<'m, M: WordMemory + ?Sized> Writer<'m, M> {
         layout.write_header(mem);
         Ok(Writer {
             region: Region::with_layout(mem, layout),
+            claim,
             next_seq: 1,
             oldest: 1,
             newest: 0,
@@ -159,22 +205,29 @@ impl<'m, M: WordMemory + ?Sized> Writer<'m, M> {
         })
     }
 
-    /// Attaches to a configured region, initialising it with `request` if it is fresh.
+    /// Takes the region's claim for `id`, then attaches to the configured region, or
+    /// initialises it with `request` if it is fresh.
     ///
     /// # Errors
     ///
     /// As [`Writer::init`] and [`Writer::attach`]; [`AttachError::Mismatch`] if the region
     /// is configured with another layout.
-    pub fn open_or_init(mem: &'m M, request: LayoutRequest) -> Result<Self, AttachError> {
+    pub fn open_or_init(
+        mem: &'m M,
+        request: LayoutRequest,
+        id: ClaimId,
+    ) -> Result<Self, AttachError> {
+        refuse_foreign(mem)?;
+        let claim = Claim::take(mem, id)?;
         match Layout::read(mem) {
-            Err(LayoutError::Unconfigured) => Writer::init(mem, request),
+            Err(LayoutError::Unconfigured) => Writer::init_claimed(claim, request),
             Err(e) => Err(e.into()),
             Ok(found) => {
                 let requested = Layout::new(found.region_len, request)?;
                 if found != requested {
                     return Err(AttachError::Mismatch { found, requested });
                 }
-                Writer::attach(mem)
+                Writer::attach_claimed(claim)
             }
         }
     }
@@ -187,10 +240,22 @@ impl<'m, M: WordMemory + ?Sized> Writer<'m, M> {
     /// above both the newest entry and the `next_seq` hint, so seqs never repeat. The epoch
     /// hint is incremented. Bounded by `E`; the region's contents are treated as hostile.
     ///
+    /// The region's claim is taken for `id` first; after a reclaim (the previous holder died)
+    /// this recovery is what makes the dead writer's half-done work safe to build on.
+    ///
     /// # Errors
     ///
-    /// A [`LayoutError`] for a missing or invalid header; [`AttachError::Exhausted`].
-    pub fn attach(mem: &'m M) -> Result<Self, AttachError> {
+    /// [`AttachError::Claimed`] if another writer holds the region (nothing is touched); a
+    /// [`LayoutError`] for a missing or invalid header; [`AttachError::Exhausted`].
+    pub fn attach(mem: &'m M, id: ClaimId) -> Result<Self, AttachError> {
+        refuse_foreign(mem)?;
+        let claim = Claim::take(mem, id)?;
+        Self::attach_claimed(claim)
+    }
+
+    /// [`Writer::attach`] with the claim already held.
+    fn attach_claimed(claim: Claim<'m, M>) -> Result<Self, AttachError> {
+        let mem = claim.mem();
         let region = Region::open(mem)?;
         let layout = *region.layout();
         let hints = Hints::read(mem);
@@ -238,6 +303,7 @@ impl<'m, M: WordMemory + ?Sized> Writer<'m, M> {
         mem.store(word::EPOCH, epoch, Ordering::Relaxed);
         Ok(Writer {
             region,
+            claim,
             next_seq,
             oldest,
             newest: top,
@@ -254,6 +320,11 @@ impl<'m, M: WordMemory + ?Sized> Writer<'m, M> {
     /// The layout of the region.
     pub fn layout(&self) -> &Layout {
         self.region.layout()
+    }
+
+    /// The id this writer holds the region's claim with.
+    pub fn claim_id(&self) -> ClaimId {
+        self.claim.id()
     }
 
     /// The sequence number the next commit will get.

@@ -323,7 +323,7 @@ fn prove(world: &World, host: &Replay<'_>, twin: Twin, proven: &mut bool) -> boo
 /// Runs one scenario (a snapshot per entry of `idle`) and checks every kept image.
 fn simulate(sc: &Scenario, twin: Twin) -> Result<Stats, String> {
     let recording = Recording::zeroed(REGION);
-    let mut writer = Writer::init(&recording, REQ).unwrap();
+    let mut writer = Writer::init(&recording, REQ, shmsnap_testkit::CLIENT).unwrap();
     for &len in &sc.warmup {
         writer.commit(&payload_for(writer.next_seq(), len)).unwrap();
     }
@@ -334,6 +334,8 @@ fn simulate(sc: &Scenario, twin: Twin) -> Result<Stats, String> {
         writer.commit(&payload_for(writer.next_seq(), len)).unwrap();
     }
     let layout = *writer.layout();
+    // The client lives on past the host's snapshot: its claim is never released here.
+    std::mem::forget(writer);
     let ring =
         (layout.data_offset / 8) as usize..((layout.data_offset + layout.data_size) / 8) as usize;
     let (trace, world) = combine(&recording.trace.into_inner(), &sc.intruders, ring);

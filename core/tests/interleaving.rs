@@ -39,7 +39,7 @@ struct Outcome {
 /// interleaved with one host snapshot according to `gaps`.
 fn simulate(warmup: &[usize], lens: &[usize], gaps: &[u16], twin: Twin) -> Result<Outcome, String> {
     let recording = Recording::zeroed(REGION);
-    let mut writer = Writer::init(&recording, REQ).unwrap();
+    let mut writer = Writer::init(&recording, REQ, shmsnap_testkit::CLIENT).unwrap();
     for &len in warmup {
         writer.commit(&payload_for(writer.next_seq(), len)).unwrap();
     }
@@ -49,6 +49,8 @@ fn simulate(warmup: &[usize], lens: &[usize], gaps: &[u16], twin: Twin) -> Resul
         writer.commit(&payload_for(writer.next_seq(), len)).unwrap();
     }
     let layout = *writer.layout();
+    // The client lives on past the host's snapshot: its claim is never released here.
+    std::mem::forget(writer);
     let mut trace = recording.trace.into_inner();
     if twin == Twin::LateEviction {
         trace = delay_evictions(&trace, &layout);

@@ -23,7 +23,7 @@ fn op(max_len: usize) -> impl Strategy<Value = Op> {
 fn run(entries: u64, data_size: u64, ops: &[Op]) -> Result<(), TestCaseError> {
     let mem = zeroed_words(64 * 1024);
     let req = LayoutRequest { entries, data_size };
-    let mut writer = Writer::init(&mem[..], req).unwrap();
+    let mut writer = Writer::init(&mem[..], req, shmsnap_testkit::CLIENT).unwrap();
     let mut model = QueueModel::new(entries, data_size);
     for op in ops {
         match *op {
@@ -38,7 +38,8 @@ fn run(entries: u64, data_size: u64, ops: &[Op]) -> Result<(), TestCaseError> {
                 model.evict_before(t);
             }
             Op::Reattach => {
-                writer = Writer::attach(&mem[..]).unwrap();
+                drop(writer); // the client restarts: its claim is released
+                writer = Writer::attach(&mem[..], shmsnap_testkit::CLIENT).unwrap();
                 prop_assert_eq!(writer.next_seq(), model.next_seq());
             }
         }
@@ -80,7 +81,7 @@ fn payload_larger_than_the_ring_or_empty_is_refused() {
         entries: 4,
         data_size: 64,
     };
-    let mut writer = Writer::init(&mem[..], req).unwrap();
+    let mut writer = Writer::init(&mem[..], req, shmsnap_testkit::CLIENT).unwrap();
     assert_eq!(
         writer.commit(&[0; 65]),
         Err(CommitError::PayloadSize { len: 65, max: 64 })
@@ -99,7 +100,7 @@ fn seqs_never_repeat_across_reattach_after_everything_was_evicted() {
         entries: 2,
         data_size: 64,
     };
-    let mut writer = Writer::init(&mem[..], req).unwrap();
+    let mut writer = Writer::init(&mem[..], req, shmsnap_testkit::CLIENT).unwrap();
     for i in 0..10u8 {
         writer.commit(&[i; 8]).unwrap();
     }
@@ -108,7 +109,8 @@ fn seqs_never_repeat_across_reattach_after_everything_was_evicted() {
     for slot in 0..layout.entries {
         mem[layout.desc_word(slot) + desc::SEQ].store(0, std::sync::atomic::Ordering::Relaxed);
     }
-    let mut writer = Writer::attach(&mem[..]).unwrap();
+    drop(writer);
+    let mut writer = Writer::attach(&mem[..], shmsnap_testkit::CLIENT).unwrap();
     assert_eq!(writer.commit(&[1; 8]), Ok(11));
 }
 
@@ -119,10 +121,11 @@ fn init_refuses_a_configured_region_and_open_or_init_checks_the_layout() {
         entries: 8,
         data_size: 1024,
     };
-    let mut w = Writer::init(&mem[..], req).unwrap();
+    let mut w = Writer::init(&mem[..], req, shmsnap_testkit::CLIENT).unwrap();
     w.commit(b"x").unwrap();
+    drop(w);
     assert_eq!(
-        Writer::init(&mem[..], req).unwrap_err(),
+        Writer::init(&mem[..], req, shmsnap_testkit::CLIENT).unwrap_err(),
         shmsnap_core::AttachError::AlreadyConfigured
     );
     let other = LayoutRequest {
@@ -130,10 +133,10 @@ fn init_refuses_a_configured_region_and_open_or_init_checks_the_layout() {
         data_size: 1024,
     };
     assert!(matches!(
-        Writer::open_or_init(&mem[..], other),
+        Writer::open_or_init(&mem[..], other, shmsnap_testkit::CLIENT),
         Err(shmsnap_core::AttachError::Mismatch { .. })
     ));
-    let w = Writer::open_or_init(&mem[..], req).unwrap();
+    let w = Writer::open_or_init(&mem[..], req, shmsnap_testkit::CLIENT).unwrap();
     assert_eq!(w.next_seq(), 2);
     assert_eq!(w.region().hints().epoch, 2);
 }
@@ -146,13 +149,13 @@ fn an_init_interrupted_before_its_magic_is_configured_afresh() {
         data_size: 1024,
     };
     {
-        let mut w = Writer::init(&mem[..], req).unwrap();
+        let mut w = Writer::init(&mem[..], req, shmsnap_testkit::CLIENT).unwrap();
         w.commit(b"lost with the crash").unwrap();
     }
     // A crash inside `init`: every field but the magic (stored last) written; garbage left in
     // the descriptor ring from an earlier life of the memory.
     mem[0].store(0, std::sync::atomic::Ordering::Relaxed);
-    let mut w = Writer::open_or_init(&mem[..], req).unwrap();
+    let mut w = Writer::open_or_init(&mem[..], req, shmsnap_testkit::CLIENT).unwrap();
     assert_eq!(w.region().entries().count(), 0);
     assert_eq!(w.commit(b"fresh"), Ok(1));
     w.check_invariants().unwrap();

@@ -2,7 +2,7 @@
 //! panics, never yields an entry outside the ring, and never repeats a seq.
 
 use proptest::prelude::*;
-use shmsnap_core::{LayoutRequest, Region, Writer};
+use shmsnap_core::{claim, AttachError, Layout, LayoutError, LayoutRequest, Region, Writer};
 use shmsnap_testkit::{from_bytes, payload_for, to_bytes, zeroed_words};
 
 const REQ: LayoutRequest = LayoutRequest {
@@ -14,19 +14,33 @@ const REGION: usize = 4 * 4096;
 /// A region image after `lens.len()` commits.
 fn image(lens: &[usize]) -> Vec<u8> {
     let mem = zeroed_words(REGION);
-    let mut w = Writer::init(&mem[..], REQ).unwrap();
+    let mut w = Writer::init(&mem[..], REQ, shmsnap_testkit::CLIENT).unwrap();
     for &len in lens {
         w.commit(&payload_for(w.next_seq(), len)).unwrap();
     }
+    drop(w); // the client exits: its claim is released
     to_bytes(&mem[..])
 }
 
 /// Everything a client does on start, on a possibly hostile image.
 fn recover(bytes: &[u8]) -> Result<(), TestCaseError> {
     let mem = from_bytes(bytes);
+    // A corrupted claim word: a second writer is refused (naming the "holder") until the
+    // holder is reclaimed as dead — unless the header itself is not a queue region, which is
+    // reported first (a claim word in foreign memory means nothing).
+    if let Some(holder) = claim::holder(&mem[..]) {
+        let refused = Writer::attach(&mem[..], shmsnap_testkit::CLIENT).unwrap_err();
+        match Layout::read(&mem[..]) {
+            Ok(_) | Err(LayoutError::Unconfigured) => {
+                prop_assert_eq!(refused, AttachError::Claimed { holder })
+            }
+            Err(e) => prop_assert_eq!(refused, AttachError::Layout(e)),
+        }
+        prop_assert!(claim::reclaim(&mem[..], holder).is_ok());
+    }
     let Ok(region) = Region::open(&mem[..]) else {
         // A typed error is the right answer for a bad header; attach must agree.
-        prop_assert!(Writer::attach(&mem[..]).is_err());
+        prop_assert!(Writer::attach(&mem[..], shmsnap_testkit::CLIENT).is_err());
         return Ok(());
     };
     let layout = *region.layout();
@@ -38,7 +52,7 @@ fn recover(bytes: &[u8]) -> Result<(), TestCaseError> {
         prop_assert_eq!(region.read_payload(&d, &mut buf), Ok(d.length as usize));
         max_seq = max_seq.max(d.seq);
     }
-    let Ok(mut w) = Writer::attach(&mem[..]) else {
+    let Ok(mut w) = Writer::attach(&mem[..], shmsnap_testkit::CLIENT) else {
         return Ok(());
     };
     w.check_invariants().map_err(TestCaseError::fail)?;
@@ -106,7 +120,7 @@ fn attach_keeps_every_entry_of_an_intact_region() {
     let img = image(&[100, 7, 300, 64, 1, 200]);
     let mem = from_bytes(&img);
     let before: Vec<_> = Region::open(&mem[..]).unwrap().entries().collect();
-    let w = Writer::attach(&mem[..]).unwrap();
+    let w = Writer::attach(&mem[..], shmsnap_testkit::CLIENT).unwrap();
     let after: Vec<_> = w.region().entries().collect();
     assert_eq!(before, after);
     assert_eq!(w.next_seq(), 7);

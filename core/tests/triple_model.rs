@@ -6,6 +6,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use proptest::prelude::*;
+use shmsnap_core::claim;
 use shmsnap_core::triple::{read_image, TripleClient, TripleHost, TripleRequest};
 
 const B: u64 = 4096;
@@ -146,7 +147,7 @@ fn run(ops: Vec<Op>, buffers: u64) {
     let words = (2 * 4096 + buffers * B) as usize / 8;
     let mem: Vec<AtomicU64> = (0..words).map(|_| AtomicU64::new(0)).collect();
     let mem = &mem[..];
-    let mut client = TripleClient::init(mem, request).unwrap();
+    let mut client = TripleClient::init(mem, request, shmsnap_testkit::CLIENT).unwrap();
     let mut host = TripleHost::attach(mem).unwrap();
     let mut m = Model::default();
     for op in ops {
@@ -174,8 +175,13 @@ fn run(ops: Vec<Op>, buffers: u64) {
                     }
                     1 => drop(g),
                     _ => {
+                        // The client dies mid-write: neither the grant nor the claim is
+                        // released; its supervisor reclaims the claim of the dead process.
                         std::mem::forget(g);
-                        client = TripleClient::attach(mem).unwrap();
+                        let dead = client.claim_id();
+                        std::mem::forget(client);
+                        claim::reclaim(mem, dead).expect("the dead client held the claim");
+                        client = TripleClient::attach(mem, shmsnap_testkit::CLIENT).unwrap();
                     }
                 }
             }
@@ -184,12 +190,14 @@ fn run(ops: Vec<Op>, buffers: u64) {
                 let Some((image, seq)) = m.image.clone() else {
                     continue;
                 };
+                // A restore follows a crash: the client is gone (and the image is unclaimed).
+                std::mem::forget(client);
                 for (i, w) in mem.iter().enumerate() {
                     let mut b = [0u8; 8];
                     b.copy_from_slice(&image[8 * i..8 * i + 8]);
                     w.store(u64::from_le_bytes(b), Ordering::Relaxed);
                 }
-                client = TripleClient::attach(mem).unwrap();
+                client = TripleClient::attach(mem, shmsnap_testkit::CLIENT).unwrap();
                 host = TripleHost::attach(mem).unwrap();
                 m.host_dead = false;
                 assert_eq!(client.newest().map(|n| n.1), Some(seq), "restored state");
@@ -233,13 +241,14 @@ fn a_restarted_client_reads_the_newest_state_even_while_it_is_frozen() {
         buffers: 3,
         buffer_size: B,
     };
-    let mut c = TripleClient::open_or_init(mem, req).unwrap();
+    let mut c = TripleClient::open_or_init(mem, req, shmsnap_testkit::CLIENT).unwrap();
     c.publish(b"one").unwrap();
     let s2 = c.publish(b"two").unwrap();
     let host = TripleHost::attach(mem).unwrap();
     let f = host.freeze(0).unwrap().unwrap();
     assert_eq!(f.seq(), s2);
-    let c = TripleClient::attach(mem).unwrap();
+    drop(c);
+    let c = TripleClient::attach(mem, shmsnap_testkit::CLIENT).unwrap();
     let mut out = [0u8; 3];
     assert_eq!(c.read_newest(0, &mut out).unwrap(), Some(s2));
     assert_eq!(&out, b"two");
@@ -263,7 +272,7 @@ fn write_exclusive_stores_exactly_what_write_stores() {
         for len in [0usize, 1, 7, 8, 9, 31, 32, 33, 100, 300] {
             let run = |exclusive: bool| {
                 let mem: Vec<AtomicU64> = (0..words).map(|_| AtomicU64::new(0)).collect();
-                let mut c = TripleClient::init(&mem[..], req).unwrap();
+                let mut c = TripleClient::init(&mem[..], req, shmsnap_testkit::CLIENT).unwrap();
                 // Old buffer contents: all ones, so a zero-padded word would show.
                 for w in &mem[2 * 512..] {
                     w.store(u64::MAX, Ordering::Relaxed);
@@ -283,7 +292,7 @@ fn write_exclusive_stores_exactly_what_write_stores() {
         }
     }
     let mem: Vec<AtomicU64> = (0..words).map(|_| AtomicU64::new(0)).collect();
-    let mut c = TripleClient::init(&mem[..], req).unwrap();
+    let mut c = TripleClient::init(&mem[..], req, shmsnap_testkit::CLIENT).unwrap();
     let mut g = c.take().unwrap();
     // SAFETY: as above.
     let r = unsafe { g.write_exclusive(4090, &src[..7]) };

@@ -13,7 +13,7 @@ const UNIT: usize = 64;
 #[test]
 fn retired_unit_is_not_reused_while_an_entry_may_refer_to_it() {
     let mem = zeroed_words(3 * 4096 + 4 * UNIT);
-    let mut w = Writer::init(&mem[..], REQ).unwrap();
+    let mut w = Writer::init(&mem[..], REQ, shmsnap_testkit::CLIENT).unwrap();
     assert_eq!(w.unit_count(UNIT), 4);
     let mut states = [0u64; 4];
     let mut table = UnitTable::new(&mut states, UNIT).unwrap();
@@ -57,7 +57,7 @@ fn retired_unit_is_not_reused_while_an_entry_may_refer_to_it() {
 #[test]
 fn eviction_for_ring_space_also_frees_retired_units() {
     let mem = zeroed_words(3 * 4096 + UNIT);
-    let mut w = Writer::init(&mem[..], REQ).unwrap();
+    let mut w = Writer::init(&mem[..], REQ, shmsnap_testkit::CLIENT).unwrap();
     let mut states = [0u64; 1];
     let mut table = UnitTable::new(&mut states, UNIT).unwrap();
     let mut tx = w.begin(8).unwrap();
@@ -79,7 +79,7 @@ fn eviction_for_ring_space_also_frees_retired_units() {
 #[test]
 fn unit_writes_are_bounds_checked_and_grants_are_per_transaction() {
     let mem = zeroed_words(3 * 4096 + 2 * UNIT);
-    let mut w = Writer::init(&mem[..], REQ).unwrap();
+    let mut w = Writer::init(&mem[..], REQ, shmsnap_testkit::CLIENT).unwrap();
     // The table may be larger than the tail: only units that fit are handed out.
     let mut states = [0u64; 8];
     let mut table = UnitTable::new(&mut states, UNIT).unwrap();

@@ -3,19 +3,31 @@
 //! included). A C caller never passes a claim id: it opens a writer or a triple client, and a
 //! second one on the same region gets `SHMSNAP_E_CLAIMED` naming the holder.
 //!
-//! Today the claim is this process's: a flag on the region handle, taken with a
-//! compare-exchange when a writer or triple client opens and released when it closes. The
-//! core's claim word (a caller-supplied, pid-derived id, with a typed `Claimed { holder }`
-//! error for a second claimant in any process) replaces it here and nowhere else: the two
-//! functions below pass the id and map the error.
+//! Two claims guard a writer: the region handle's flag (taken with a compare-exchange when a
+//! writer or triple client opens, released when it closes: it keeps the handle's lease
+//! bookkeeping simple) and core's claim word in the region itself (`shmsnap_core::claim`), with
+//! a pid-derived id that is new for every writer ([`claim_id`]), so a second writer in any
+//! process, or through a second handle over the same memory, is refused naming the holder's
+//! pid (`SHMSNAP_E_CLAIMED`, mapped in `status.rs`).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use shmsnap_core::triple::{TripleClient, TripleLayout, TripleRequest};
-use shmsnap_core::{Layout, LayoutRequest, Writer};
+use shmsnap_core::{ClaimId, Layout, LayoutRequest, Writer};
 
 use crate::region::{Lease, RegionHandle};
 use crate::status::{Error, SHMSNAP_E_CLAIMED};
+
+/// A claim id for a new writer of this process: the pid and a process-wide counter as nonce
+/// (the encoding of `shmsnap_core::claim`), so two writers of one process never share an id.
+fn claim_id() -> ClaimId {
+    static NONCE: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(1);
+    let pid = rustix::process::getpid().as_raw_pid().unsigned_abs();
+    // Relaxed: only uniqueness matters. Zero is skipped; after 2^32 writers a nonce repeats,
+    // which matters only if that old writer still holds the region (then the take fails).
+    let nonce = NONCE.fetch_add(1, Ordering::Relaxed).max(1);
+    ClaimId::from_pid(pid, nonce).unwrap_or(ClaimId::from_nonzero(std::num::NonZeroU64::MIN))
+}
 
 /// The claim of a region's single writer or triple client; released on drop, after the value
 /// it guards (its owner declares that value before the claim).
@@ -80,8 +92,8 @@ pub(crate) fn queue_writer(
     // SAFETY: the writer lives beside the claim, which holds the lease, and is dropped first.
     let words = unsafe { claim.lease().words() };
     let writer = match request {
-        Some(request) => Writer::open_or_init(words, request)?,
-        None => Writer::attach(words)?,
+        Some(request) => Writer::open_or_init(words, request, claim_id())?,
+        None => Writer::attach(words, claim_id())?,
     };
     Ok((writer, claim))
 }
@@ -106,8 +118,8 @@ pub(crate) fn triple_client(
     // SAFETY: as in `queue_writer`.
     let words = unsafe { claim.lease().words() };
     let client = match request {
-        Some(request) => TripleClient::open_or_init(words, request)?,
-        None => TripleClient::attach(words)?,
+        Some(request) => TripleClient::open_or_init(words, request, claim_id())?,
+        None => TripleClient::attach(words, claim_id())?,
     };
     Ok((client, claim))
 }

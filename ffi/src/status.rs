@@ -193,6 +193,7 @@ impl From<AttachError> for Error {
             AttachError::Layout(l) => layout_code(l),
             AttachError::Mismatch { .. } => SHMSNAP_E_MISMATCH,
             AttachError::Exhausted => SHMSNAP_E_EXHAUSTED,
+            AttachError::Claimed { .. } => SHMSNAP_E_CLAIMED,
             _ => SHMSNAP_E_INVALID,
         };
         Error::new(code, e)
@@ -248,6 +249,7 @@ impl From<TripleError> for Error {
             TripleError::Contended { .. } => SHMSNAP_E_CONTENDED,
             TripleError::BufferLength { .. } => SHMSNAP_E_BUFFER_TOO_SMALL,
             TripleError::ImageState { .. } => SHMSNAP_E_IMAGE,
+            TripleError::Claimed { .. } => SHMSNAP_E_CLAIMED,
             _ => SHMSNAP_E_INVALID,
         };
         Error::new(code, e)

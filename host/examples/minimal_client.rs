@@ -11,16 +11,16 @@
 
 use std::error::Error;
 
-use shmsnap_core::{LayoutRequest, Writer};
-use shmsnap_linux::listen::{open_client_region, DEFAULT_FD_NAME};
+use shmsnap_core::LayoutRequest;
+use shmsnap_linux::ClientRegion;
 
 fn main() -> Result<(), Box<dyn Error>> {
-    let (_memfd, map) = open_client_region(DEFAULT_FD_NAME)?;
+    let mut region = ClientRegion::from_host()?; // fd 3, the systemd way
     let request = LayoutRequest {
         entries: 64,
         data_size: 4096,
     };
-    let mut writer = Writer::open_or_init(map.words(), request)?;
+    let mut writer = region.writer(request)?; // one writer per region, claimed with our pid
     let mut starts = 0u64;
     if let Some(newest) = writer.region().newest() {
         let mut buf = [0u8; 8];

@@ -155,6 +155,12 @@ Processes:
   on the same FILE kills what is left in it before it starts the client. Without such a
   cgroup (--cgroup off, or none manageable: the mode is logged at start), a SIGKILLed
   shmsnap leaves the client's descendants running.
+  One writer per region: a queue or triple client's writer claims the region with its pid
+  (a second writer is refused, naming that pid). A client killed by a signal leaves its
+  claim behind; after its final snapshot, and before restarting it, shmsnap clears it (its
+  process tree is dead by then), logs the pid at info and counts it in
+  shmsnap_claims_reclaimed_total; at start it clears a claim left in a region from the fd
+  store (the previous client died with its host).
 Examples:
   shmsnap run --state /var/lib/app/state.snap --size 64M -- ./app --flag
   shmsnap run --state primes.snap --strategy queue --interval 200ms -- shmsnap example primes
@@ -472,6 +478,14 @@ pub enum Example {
         /// Seed of the initial board.
         #[arg(long, default_value_t = 1)]
         seed: u64,
+        /// Test hook: right after publishing this generation, re-initialise the region
+        /// (`--reinit-by`) and go on publishing from seq 1 (the board goes on).
+        #[arg(long, hide = true, value_name = "GEN")]
+        reinit_at: Option<u64>,
+        /// How `--reinit-at` re-initialises: `reinit` (the documented `TripleClient::reinit`)
+        /// or `zero-magic` (zero header word 0, then `TripleClient::init`).
+        #[arg(long, hide = true, value_enum, default_value = "reinit")]
+        reinit_by: crate::examples::life::Reinit,
     },
     /// A persistent key-value map with copy-on-write nodes in reclaimed tail units.
     Kv {

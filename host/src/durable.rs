@@ -281,7 +281,7 @@ mod tests {
         let (memfd, rw) = region(1 << 20);
         let mut snap = snapshotter(&state, &memfd, Origin::Empty);
         assert_eq!(status::persisted(rw.words()), Status::NONE);
-        let mut w = Writer::open_or_init(rw.words(), LAYOUT).unwrap();
+        let mut w = Writer::open_or_init(rw.words(), LAYOUT, crate::examples::TEST_CLIENT).unwrap();
         for round in 1..=3u64 {
             for i in 0..round {
                 w.commit(&i.to_le_bytes()).unwrap();
@@ -313,7 +313,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let state = dir.path().join("s.snap");
         let (memfd, rw) = region(1 << 20);
-        let mut w = Writer::open_or_init(rw.words(), LAYOUT).unwrap();
+        let mut w = Writer::open_or_init(rw.words(), LAYOUT, crate::examples::TEST_CLIENT).unwrap();
         let mut snap = snapshotter(&state, &memfd, Origin::Empty);
         let stop = AtomicBool::new(false);
         let checked = std::thread::scope(|s| {
@@ -349,7 +349,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let state = dir.path().join("s.snap");
         let (memfd, rw) = region(1 << 20);
-        let mut w = Writer::open_or_init(rw.words(), LAYOUT).unwrap();
+        let mut w = Writer::open_or_init(rw.words(), LAYOUT, crate::examples::TEST_CLIENT).unwrap();
         let mut snap = snapshotter(&state, &memfd, Origin::Empty);
         for i in 0..5u64 {
             w.commit(&i.to_le_bytes()).unwrap();

@@ -898,7 +898,8 @@ mod tests {
             entries: 4,
             data_size: 64,
         };
-        let mut w = Writer::open_or_init(map.words(), request).unwrap();
+        let mut w =
+            Writer::open_or_init(map.words(), request, crate::examples::TEST_CLIENT).unwrap();
         for p in payloads {
             w.commit(&p.to_le_bytes()).unwrap();
         }

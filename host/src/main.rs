@@ -3,6 +3,7 @@
 //! | module | idea |
 //! |---|---|
 //! | [`cgroup`] | the client's own cgroup, killed whole |
+//! | [`claim`] | one writer per region: clearing a dead client's claim before its restart |
 //! | [`cli`] | the command line |
 //! | [`supervisor`] | `run`: start, watch, restart the client; signals; the event loop |
 //! | [`strategy`] | one file per snapshot strategy, all answering the same questions |
@@ -23,6 +24,7 @@
 #![deny(unsafe_code)]
 
 mod cgroup;
+mod claim;
 mod cli;
 mod demo;
 mod durable;
@@ -92,7 +94,15 @@ fn main() -> ExitCode {
                 pause,
                 side,
                 seed,
-            } => examples::life::run(generations, pause, side, seed),
+                reinit_at,
+                reinit_by,
+            } => examples::life::run(
+                generations,
+                pause,
+                side,
+                seed,
+                reinit_at.map(|g| (g, reinit_by)),
+            ),
         },
         Command::Completions(args) => generate::completions(args.shell),
         Command::Man(args) => generate::man(args.subcommand.as_deref(), args.dir.as_deref()),

@@ -300,6 +300,10 @@ pub struct Metrics {
     replica_state: Family<StateLabel, Gauge>,
     /// The current state (`None` before the first report), to log changes once.
     replica_state_now: Arc<Mutex<Option<ReplicaState>>>,
+    /// Triple snapshot attempts that refused the client's state words.
+    triple_refused: Counter,
+    /// Dead clients' claims the host cleared before a restart (or at start).
+    claims_reclaimed: Counter,
 }
 
 impl Default for Metrics {
@@ -334,6 +338,8 @@ impl Metrics {
             replica_backlog: Gauge::default(),
             replica_state: Family::default(),
             replica_state_now: Arc::default(),
+            triple_refused: Counter::default(),
+            claims_reclaimed: Counter::default(),
         };
         m.register_all(&mut r);
         Metrics {
@@ -445,6 +451,16 @@ impl Metrics {
             "What the replica uploader does: uploading (lease held, points reach the bucket), waiting (held up for now: no lease, an outage, retries), stopped (until a restart: lease lost, store unusable); 1 for the current state",
             self.replica_state.clone(),
         );
+        r.register(
+            "triple_refused_states",
+            "Triple snapshot attempts that refused the state words: a READY seq above what the client published, or a newest seq below the last persisted one within one client epoch",
+            self.triple_refused.clone(),
+        );
+        r.register(
+            "claims_reclaimed",
+            "Claims of dead clients on the region cleared by the host (before a restart, or at start for an inherited region)",
+            self.claims_reclaimed.clone(),
+        );
     }
 
     /// Counts one snapshot attempt: its result, phase times, bytes, entries and generation.
@@ -525,6 +541,16 @@ impl Metrics {
     /// Counts a replica failure.
     pub fn replica_error(&self) {
         self.replica_errors.inc();
+    }
+
+    /// Counts a triple snapshot attempt that refused the client's state words.
+    pub fn triple_state_refused(&self) {
+        self.triple_refused.inc();
+    }
+
+    /// Counts a dead client's claim the host cleared.
+    pub fn claim_reclaimed(&self) {
+        self.claims_reclaimed.inc();
     }
 
     /// Sets the number of points waiting for upload.

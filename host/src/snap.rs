@@ -166,6 +166,10 @@ pub struct Snapshotter {
     /// (moved out of a sealed one, or repaired into a fresh one); cleared by
     /// [`Snapshotter::take_new_region`].
     replaced: bool,
+    /// The host's metrics, once attached ([`Snapshotter::attach_metrics`]).
+    metrics: Option<crate::metrics::Metrics>,
+    /// Dead clients' claims cleared before the metrics were attached (at start).
+    reclaimed_early: u64,
 }
 
 fn now_ns() -> u64 {
@@ -192,6 +196,15 @@ impl Snapshotter {
     ) -> Result<Self, Failure> {
         let map = Mapping::of_memfd(&memfd, strategy.protection())
             .map_err(|e| Failure::new(Code::OsErr, format!("cannot map the region: {e}")))?;
+        // Before the first client: an inherited region's claim is its dead client's (the
+        // previous host's client was killed with it; leftovers in the client cgroup were
+        // killed at setup); an image carries none, except under the exit strategy.
+        let reclaimed_early = u64::from(crate::claim::reclaim(
+            &memfd,
+            strategy.code(),
+            None,
+            "at start",
+        ));
         strategy.accept(&map, origin);
         let status = std::sync::Arc::new(std::sync::Mutex::new(
             crate::durable::publisher_at_start(&memfd, &map, origin, strategy.status_area()),
@@ -212,7 +225,31 @@ impl Snapshotter {
             status,
             replica: None,
             replaced: false,
+            metrics: None,
+            reclaimed_early,
         })
+    }
+
+    /// Counts from now on in `metrics` what the snapshotter and its strategy count
+    /// themselves (claims of dead clients cleared, refused triple state words).
+    pub fn attach_metrics(&mut self, metrics: &crate::metrics::Metrics) {
+        for _ in 0..std::mem::take(&mut self.reclaimed_early) {
+            metrics.claim_reclaimed();
+        }
+        self.strategy.attach_metrics(metrics);
+        self.metrics = Some(metrics.clone());
+    }
+
+    /// After the final snapshot of a client that exited, before its restart: clears the
+    /// claim it left on the region ([`crate::claim::reclaim`]). Its process tree is dead (it
+    /// was reaped, its descendants killed), so the claim can only be stale.
+    pub fn reclaim_claim(&self) {
+        crate::claim::reclaim(
+            &self.memfd,
+            self.strategy.code(),
+            self.metrics.as_ref(),
+            "after the client exited",
+        );
     }
 
     /// The status publisher, shared with the replica uploader.
@@ -863,6 +900,7 @@ mod tests {
                 entries: 8,
                 data_size: 4096,
             },
+            crate::examples::TEST_CLIENT,
         )
         .unwrap();
         w.commit(b"persisted").unwrap();
@@ -880,6 +918,7 @@ mod tests {
         );
         assert!(snap.take_new_region().is_none());
         w.commit(b"after").unwrap();
+        drop(w); // the client ends (its claim released), as a dead one's is by the host
         memfd.seal_future_write().unwrap(); // as the client's library does
         drop(rw);
         assert!(snap.rehome_if_sealed().unwrap());
@@ -898,7 +937,7 @@ mod tests {
         let status = shmsnap_core::status::persisted(map.words());
         assert_eq!((status.seq, status.generation), (1, 1), "{status:?}");
         // The snapshotter works on the new region from now on.
-        let mut w = Writer::attach(map.words()).unwrap();
+        let mut w = Writer::attach(map.words(), crate::examples::TEST_CLIENT).unwrap();
         w.commit(b"in the fresh region").unwrap();
         assert!(matches!(
             snap.take(true, None).unwrap(),
@@ -920,7 +959,8 @@ mod tests {
             entries: 2,
             data_size: 64,
         };
-        let mut w = Writer::open_or_init(rw.words(), request).unwrap();
+        let mut w =
+            Writer::open_or_init(rw.words(), request, crate::examples::TEST_CLIENT).unwrap();
         w.commit(&1u64.to_le_bytes()).unwrap();
         // Non-zero data for the sparse copy to spend time on.
         let junk = vec![0xa5u8; 1 << 20];

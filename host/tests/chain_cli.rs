@@ -198,10 +198,16 @@ fn queue_chain_ending(deltas: usize, last: impl FnOnce(&Memfd)) -> Built {
             entries: 16,
             data_size: 1024,
         };
-        let mut w = Writer::open_or_init(map.words(), request).unwrap();
+        let mut w = Writer::open_or_init(
+            map.words(),
+            request,
+            shmsnap_core::ClaimId::from_pid(std::process::id(), 0).unwrap(),
+        )
+        .unwrap();
         for _ in 0..(if i == 0 { 4 } else { 3 }) {
             seq = w.commit(&(seq * 1000).to_le_bytes()).unwrap();
         }
+        drop(w); // releases the region's claim before the image is taken
         if i == deltas {
             if let Some(last) = last.take() {
                 last(memfd);

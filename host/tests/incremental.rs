@@ -48,7 +48,12 @@ fn client_entry() {
     let (_memfd, map) =
         shmsnap_linux::listen::open_client_region(shmsnap_linux::listen::DEFAULT_FD_NAME)
             .expect("open the region");
-    let mut w = Writer::open_or_init(map.words(), LAYOUT).expect("queue");
+    let mut w = Writer::open_or_init(
+        map.words(),
+        LAYOUT,
+        shmsnap_core::ClaimId::from_pid(std::process::id(), 0).unwrap(),
+    )
+    .expect("queue");
     let tail = Region::open(map.words()).unwrap().layout().tail_offset;
     let advert: Vec<String> = map.words()[word::TRACK]
         .iter()

@@ -437,7 +437,12 @@ fn big_ring_snapshot(path: &std::path::Path) -> u64 {
         entries: E,
         data_size: 8 << 20,
     };
-    let mut w = Writer::open_or_init(map.words(), request).unwrap();
+    let mut w = Writer::open_or_init(
+        map.words(),
+        request,
+        shmsnap_core::ClaimId::from_pid(std::process::id(), 0).unwrap(),
+    )
+    .unwrap();
     for i in 1..=E {
         w.commit(&i.to_le_bytes()).unwrap();
     }

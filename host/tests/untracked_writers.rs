@@ -98,6 +98,11 @@ fn pid() -> i32 {
     rustix::process::getpid().as_raw_nonzero().get()
 }
 
+/// This process's claim id (one writer at a time, so one id will do).
+fn me() -> shmsnap_core::ClaimId {
+    shmsnap_core::ClaimId::from_pid(std::process::id(), 1).expect("a pid is nonzero")
+}
+
 /// Writes the region as the restarted host handed it over (before anything touches it) to
 /// `DIR/dump`, then exits.
 fn dump_client(dir: &Path) {
@@ -119,7 +124,7 @@ fn command_client(dir: &Path, late: bool) {
         }
     }
     let (memfd, map) = open_client_region(DEFAULT_FD_NAME).expect("open the region");
-    let mut w = Writer::open_or_init(map.words(), LAYOUT).expect("queue");
+    let mut w = Writer::open_or_init(map.words(), LAYOUT, me()).expect("queue");
     let tracks = map.words()[word::TRACK]
         .iter()
         .any(|a| a.load(Ordering::Relaxed) != 0);
@@ -175,7 +180,7 @@ fn fork_client(dir: &Path) {
     let (_memfd, map) = open_client_region(DEFAULT_FD_NAME).expect("open the region");
     // The child's writer must be 'static; the client lives until it is killed anyway.
     let map: &'static Mapping = Box::leak(Box::new(map));
-    let mut child_writer = Writer::open_or_init(map.words(), FORK_LAYOUT).expect("queue");
+    let mut child_writer = Writer::open_or_init(map.words(), FORK_LAYOUT, me()).expect("queue");
     write_atomic(&dir.join("ready"), pid().to_string().as_bytes());
     let mut cmd = std::process::Command::new("/bin/true");
     let hook = move || -> std::io::Result<()> {
@@ -213,8 +218,10 @@ fn fork_client(dir: &Path) {
             }
         }
     };
-    // The parent takes over: a writer recovered from what the region holds now.
-    let mut w = Writer::attach(map.words()).expect("attach after the child");
+    // The parent takes over: a writer recovered from what the region holds now, once the
+    // pre-fork writer (held by the hook inside `cmd`) has released the region's claim.
+    drop(cmd);
+    let mut w = Writer::attach(map.words(), me()).expect("attach after the child");
     let mut buf = [0u8; FORK_PAYLOAD];
     let end = Instant::now() + Duration::from_millis(500);
     while Instant::now() < end {

@@ -21,6 +21,9 @@
 //!   it; run a broken twin and check that it fails with the expected assertion.
 //! - `recovery.rs` — [`check_recovery`]: attach after a crash or a restore and check the
 //!   region.
+//! - `claim.rs` — [`claim`]: the claim model's memory ([`claim::ClaimWords`]) and
+//!   assertions; its broken twins are [`LoadThenStore`], [`PlainRelease`] and
+//!   [`RelaxedRelease`] (and [`Weakened`]).
 //!
 //! # Why a hybrid memory is sound
 //!
@@ -34,6 +37,7 @@
 //! atomics. Every other word is a constant seeded from the image before the model; a store to
 //! one panics ([`NON_LOOM_STORE`]), so an incomplete word set cannot go unnoticed.
 
+pub mod claim;
 mod host;
 mod plan;
 mod recovery;
@@ -47,7 +51,7 @@ pub use plan::{plan, Plan, Recording, Store};
 pub use recovery::check_recovery;
 pub use run::{expect_violation, explore, Stats};
 pub use shmsnap_testkit::Host;
-pub use twins::{Crashing, LateEviction, Weakened};
+pub use twins::{Crashing, LateEviction, LoadThenStore, PlainRelease, RelaxedRelease, Weakened};
 pub use words::{Image, LoomWords, WordMap};
 
 /// Panic message of a store into a word the model did not make a loom atomic.

@@ -8,7 +8,8 @@ use crate::{NEVER_COMMITTED, RECOVERY, SEQ_REPEAT, TORN};
 /// Attaches a writer to `mem` (a region a writer left, or a restored image) and checks the
 /// recovered state: `check_invariants` passes, every valid entry is a committed descriptor
 /// with exactly its committed payload, and the next seq exceeds `published`. Returns the
-/// writer, ready to commit.
+/// writer, ready to commit. A claim the dead writer left is reclaimed first, as its
+/// supervisor does before a restart.
 ///
 /// # Panics
 ///
@@ -18,7 +19,11 @@ pub fn check_recovery<'m, M: WordMemory + ?Sized>(
     mem: &'m M,
     published: u64,
 ) -> shmsnap_core::Writer<'m, M> {
-    let w = shmsnap_core::Writer::attach(mem)
+    if let Some(dead) = shmsnap_core::claim::holder(mem) {
+        shmsnap_core::claim::reclaim(mem, dead)
+            .unwrap_or_else(|e| panic!("{RECOVERY}: reclaim of {dead} found {e:?}"));
+    }
+    let w = shmsnap_core::Writer::attach(mem, shmsnap_testkit::CLIENT)
         .unwrap_or_else(|e| panic!("{RECOVERY}: attach failed: {e}"));
     if let Err(e) = w.check_invariants() {
         panic!("{RECOVERY}: invariants after attach: {e}");

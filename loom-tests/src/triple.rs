@@ -4,7 +4,9 @@
 //! The region (header page, state page, three 4 KiB buffers: 2 560 words) is seeded from a
 //! sequential setup on plain memory. The words the models' threads store — the hint and epoch
 //! words, every state and seq word, and the first two words of every buffer (the models'
-//! "state" is those 16 bytes) — are loom atomics; every other word is a constant, and a store
+//! "state" is those 16 bytes) — are loom atomics; the claim word, which only the client
+//! thread touches (and the main thread after joining it), is a plain atomic, as in
+//! [`LoomWords`](crate::LoomWords); every other word is a constant, and a store
 //! to a constant panics ([`CONST_STORE`]), so a model that writes more cannot pass silently.
 //! The host copies only the 16 bytes, so a constant word is never even read by the copy.
 
@@ -58,7 +60,7 @@ pub fn seed(setup: impl FnOnce(&[StdAtomicU64])) -> (Arc<[u64]>, TripleLayout) {
 /// Setup: configure the region and publish seqs `1..=n` (each [`state_of`]).
 pub fn setup_published(n: u64) -> impl FnOnce(&[StdAtomicU64]) {
     move |mem| {
-        let mut c = TripleClient::init(mem, REQUEST).expect("init");
+        let mut c = TripleClient::init(mem, REQUEST, shmsnap_testkit::CLIENT).expect("init");
         for s in 1..=n {
             assert_eq!(c.publish(&state_of(s)).expect("publish"), s);
         }
@@ -85,6 +87,8 @@ pub fn loom_index(layout: &TripleLayout) -> Arc<[u32]> {
 /// The loom word memory of the triple models (see the module docs).
 #[derive(Debug)]
 pub struct TripleWords {
+    /// The claim word: only the client thread uses it (module docs).
+    claim: StdAtomicU64,
     seed: Arc<[u64]>,
     index: Arc<[u32]>,
     atoms: Vec<loom::sync::atomic::AtomicU64>,
@@ -101,6 +105,7 @@ impl TripleWords {
             .collect();
         atoms.sort_unstable();
         TripleWords {
+            claim: StdAtomicU64::new(seed[shmsnap_core::format::word::CLAIM]),
             seed: seed.clone(),
             index: index.clone(),
             atoms: atoms
@@ -114,6 +119,10 @@ impl TripleWords {
         let k = self.index[i];
         (k != u32::MAX).then(|| &self.atoms[k as usize])
     }
+
+    fn claim(&self, i: usize) -> Option<&StdAtomicU64> {
+        (i == shmsnap_core::format::word::CLAIM).then_some(&self.claim)
+    }
 }
 
 // SAFETY: the length is the seed's, fixed for the value's life; every index below it is either
@@ -124,12 +133,18 @@ unsafe impl WordMemory for TripleWords {
         self.seed.len()
     }
     fn load(&self, i: usize, order: Ordering) -> u64 {
+        if let Some(c) = self.claim(i) {
+            return c.load(order);
+        }
         match self.atom(i) {
             Some(a) => a.load(order),
             None => self.seed[i],
         }
     }
     fn store(&self, i: usize, v: u64, order: Ordering) {
+        if let Some(c) = self.claim(i) {
+            return c.store(v, order);
+        }
         self.atom(i).expect(CONST_STORE).store(v, order)
     }
     fn compare_exchange(
@@ -140,6 +155,9 @@ unsafe impl WordMemory for TripleWords {
         success: Ordering,
         failure: Ordering,
     ) -> Result<u64, u64> {
+        if let Some(c) = self.claim(i) {
+            return c.compare_exchange(current, new, success, failure);
+        }
         self.atom(i)
             .expect(CONST_STORE)
             .compare_exchange(current, new, success, failure)

@@ -1,6 +1,8 @@
 //! Broken-twin wrappers around a word memory: [`Weakened`] (every ordering `Relaxed`, no
-//! fences), [`LateEviction`] (evictions land after the data stores), and [`Crashing`] (not a
-//! twin: the writer stops at its N-th store).
+//! fences), [`LateEviction`] (evictions land after the data stores), [`LoadThenStore`] (a
+//! compare-exchange that is a load and a store), [`PlainRelease`] (a compare-exchange to 0
+//! that is a plain store), [`RelaxedRelease`] (a compare-exchange to 0 without `Release`), and
+//! [`Crashing`] (not a twin: the writer stops at its N-th store).
 
 use std::ops::Deref;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -133,6 +135,115 @@ impl<M: Image> Image for LateEviction<M> {
     }
 }
 
+/// Broken twin "claim by load-then-store": every compare-exchange is a load, a compare and a
+/// separate store — two claimants can both load 0 and both store their id.
+#[derive(Debug)]
+pub struct LoadThenStore<M>(pub M);
+
+// SAFETY: forwards every index to `M`, which upholds the trait; the compare-exchange is split
+// into a load and a store of the same word (a broken twin: still only atomic accesses).
+unsafe impl<M: WordMemory> WordMemory for LoadThenStore<M> {
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+    fn load(&self, i: usize, order: Ordering) -> u64 {
+        self.0.load(i, order)
+    }
+    fn store(&self, i: usize, v: u64, order: Ordering) {
+        self.0.store(i, v, order)
+    }
+    fn compare_exchange(
+        &self,
+        i: usize,
+        current: u64,
+        new: u64,
+        _: Ordering,
+        _: Ordering,
+    ) -> Result<u64, u64> {
+        // Acquire/Release: this twin is broken only in not being atomic, not in its orderings.
+        let found = self.0.load(i, Ordering::Acquire);
+        if found != current {
+            return Err(found);
+        }
+        self.0.store(i, new, Ordering::Release);
+        Ok(found)
+    }
+    fn fence(&self, order: Ordering) {
+        self.0.fence(order)
+    }
+}
+
+/// Broken twin "release by plain store": a compare-exchange to 0 (a claim's release, a
+/// reclaim) stores 0 whatever the word holds — a holder whose claim was reclaimed frees the
+/// next holder's claim.
+#[derive(Debug)]
+pub struct PlainRelease<M>(pub M);
+
+// SAFETY: forwards every index to `M`, which upholds the trait; only the compare-exchange to 0
+// becomes a store of the same word (a broken twin: still only atomic accesses).
+unsafe impl<M: WordMemory> WordMemory for PlainRelease<M> {
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+    fn load(&self, i: usize, order: Ordering) -> u64 {
+        self.0.load(i, order)
+    }
+    fn store(&self, i: usize, v: u64, order: Ordering) {
+        self.0.store(i, v, order)
+    }
+    fn compare_exchange(
+        &self,
+        i: usize,
+        current: u64,
+        new: u64,
+        success: Ordering,
+        failure: Ordering,
+    ) -> Result<u64, u64> {
+        if new != 0 {
+            return self.0.compare_exchange(i, current, new, success, failure);
+        }
+        // Release: broken only in not comparing.
+        self.0.store(i, 0, Ordering::Release);
+        Ok(current)
+    }
+    fn fence(&self, order: Ordering) {
+        self.0.fence(order)
+    }
+}
+
+/// Broken twin "release without Release": a compare-exchange to 0 (a claim's release, a
+/// reclaim) is `Relaxed` — the next claimant's `Acquire` take then synchronises with nothing.
+#[derive(Debug)]
+pub struct RelaxedRelease<M>(pub M);
+
+// SAFETY: forwards every access to `M`, which upholds the trait; only an ordering is weakened
+// (a broken twin: still only atomic accesses).
+unsafe impl<M: WordMemory> WordMemory for RelaxedRelease<M> {
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+    fn load(&self, i: usize, order: Ordering) -> u64 {
+        self.0.load(i, order)
+    }
+    fn store(&self, i: usize, v: u64, order: Ordering) {
+        self.0.store(i, v, order)
+    }
+    fn compare_exchange(
+        &self,
+        i: usize,
+        current: u64,
+        new: u64,
+        success: Ordering,
+        failure: Ordering,
+    ) -> Result<u64, u64> {
+        let success = if new == 0 { Ordering::Relaxed } else { success };
+        self.0.compare_exchange(i, current, new, success, failure)
+    }
+    fn fence(&self, order: Ordering) {
+        self.0.fence(order)
+    }
+}
+
 /// A writer that stops at an arbitrary point: the first `budget` stores land, every later
 /// one is silently dropped (the process died there; nothing it does afterwards reaches the
 /// region). Records the highest seq it published.
@@ -215,7 +326,9 @@ where
             self.inner
                 .compare_exchange(i, current, new, success, failure)
         } else {
-            Err(self.inner.load(i, failure))
+            // The process is dead from here on: it may believe the compare-exchange landed
+            // (its claim taken, say); nothing it does later lands either.
+            Ok(current)
         }
     }
     fn fence(&self, order: Ordering) {

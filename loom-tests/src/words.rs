@@ -4,6 +4,7 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use shmsnap_core::format::word;
 use shmsnap_core::WordMemory;
 
 use crate::plan::Plan;
@@ -20,9 +21,17 @@ const CONSTANT: u32 = u32::MAX;
 /// The loom implementation of [`WordMemory`]: loom atomics for the words the model's writer
 /// stores, constants for every other word (see the crate docs for why that is sound).
 ///
+/// The claim word ([`word::CLAIM`]) is a plain atomic, not a loom one: in these models only
+/// the writer thread takes and releases the claim (a host copy loads it, and `retain` zeroes
+/// it in every image), so it has no race for loom to explore, while two more yield points
+/// per writer more than double the interleavings of every model. The claim's own orderings
+/// are checked by the claim model (`tests/claim.rs`).
+///
 /// Create it inside the loom model (loom atomics belong to one execution).
 #[derive(Debug)]
 pub struct LoomWords {
+    /// The claim word (see above).
+    claim: std::sync::atomic::AtomicU64,
     /// Values of the constant words (and the initial values of the loom words).
     seed: Arc<[u64]>,
     /// Per word: index into `atoms`, or `CONSTANT`.
@@ -42,7 +51,13 @@ impl WordMap {
     /// The map of `plan`: its loom words plus `extra` words (e.g. words only a reader loads but
     /// that should still be branch points).
     pub fn new(plan: &Plan, extra: &[usize]) -> Self {
-        let mut words: Vec<usize> = plan.loom_words.iter().chain(extra).copied().collect();
+        let mut words: Vec<usize> = plan
+            .loom_words
+            .iter()
+            .chain(extra)
+            .copied()
+            .filter(|&w| w != word::CLAIM)
+            .collect();
         words.sort_unstable();
         words.dedup();
         let mut index = vec![CONSTANT; plan.seed.len()];
@@ -66,6 +81,9 @@ impl LoomWords {
     /// Fresh loom atomics for one model iteration, holding the plan's seed values.
     pub fn new(map: &WordMap) -> Self {
         LoomWords {
+            claim: std::sync::atomic::AtomicU64::new(
+                map.seed.get(word::CLAIM).copied().unwrap_or(0),
+            ),
             seed: map.seed.clone(),
             index: map.index.clone(),
             atoms: map
@@ -97,12 +115,18 @@ unsafe impl WordMemory for LoomWords {
         self.seed.len()
     }
     fn load(&self, i: usize, order: Ordering) -> u64 {
+        if i == word::CLAIM && i < self.seed.len() {
+            return self.claim.load(order);
+        }
         match self.atom(i) {
             Some(a) => a.load(order),
             None => self.seed[i],
         }
     }
     fn store(&self, i: usize, v: u64, order: Ordering) {
+        if i == word::CLAIM && i < self.seed.len() {
+            return self.claim.store(v, order);
+        }
         match self.atom(i) {
             Some(a) => a.store(v, order),
             None => self.constant(i),
@@ -116,6 +140,9 @@ unsafe impl WordMemory for LoomWords {
         success: Ordering,
         failure: Ordering,
     ) -> Result<u64, u64> {
+        if i == word::CLAIM && i < self.seed.len() {
+            return self.claim.compare_exchange(current, new, success, failure);
+        }
         match self.atom(i) {
             Some(a) => a.compare_exchange(current, new, success, failure),
             None => self.constant(i),
@@ -132,6 +159,7 @@ impl Image for LoomWords {
         for (i, &v) in self.seed.iter().enumerate() {
             let v = match self.atom(i) {
                 Some(a) => a.load(Ordering::Relaxed),
+                None if i == word::CLAIM => self.claim.load(Ordering::Relaxed),
                 None => v,
             };
             out.extend_from_slice(&v.to_le_bytes());

@@ -25,7 +25,7 @@ const REQUEST: LayoutRequest = LayoutRequest {
 const WORDS: usize = 3 * 512;
 
 fn commits<M: WordMemory + ?Sized>(m: &M, lens: &[usize]) {
-    let mut w = Writer::attach(m).expect("attach");
+    let mut w = Writer::attach(m, shmsnap_testkit::CLIENT).expect("attach");
     for &len in lens {
         let seq = w.next_seq();
         w.commit(&payload_for(seq, len)).expect("commit");
@@ -36,7 +36,7 @@ fn plan_of(warmup: &'static [usize], lens: &'static [usize]) -> Plan {
     plan(
         WORDS,
         |m| {
-            let mut w = Writer::init(m, REQUEST).unwrap();
+            let mut w = Writer::init(m, REQUEST, shmsnap_testkit::CLIENT).unwrap();
             for &len in warmup {
                 w.commit(&payload_for(w.next_seq(), len)).unwrap();
             }
@@ -65,6 +65,11 @@ fn attach_recovers_from_a_crash_at_every_store() {
         let crashing = Crashing::new(&mem[..], plan.layout, n);
         commits(&crashing, LENS);
         let published = crashing.max_published().max(setup_max);
+        // The dead writer's claim (if its release did not land) is reclaimed by its
+        // supervisor before any restart.
+        if let Some(dead) = shmsnap_core::claim::holder(&mem[..]) {
+            shmsnap_core::claim::reclaim(&mem[..], dead).unwrap();
+        }
         // Recovery, then a second crash at every store of the recovering attach, then a
         // clean attach and one more commit.
         let snapshot_after_crash: Vec<u64> =
@@ -73,13 +78,13 @@ fn attach_recovers_from_a_crash_at_every_store() {
         let attach_stores = {
             let m = plain_copy(&snapshot_after_crash);
             let c = Crashing::new(&m[..], plan.layout, usize::MAX);
-            Writer::attach(&c).unwrap();
+            Writer::attach(&c, shmsnap_testkit::CLIENT).unwrap();
             c.attempted()
         };
         for k in 0..attach_stores {
             let m = plain_copy(&snapshot_after_crash);
             let c = Crashing::new(&m[..], plan.layout, k);
-            let _ = Writer::attach(&c).unwrap();
+            let _ = Writer::attach(&c, shmsnap_testkit::CLIENT).unwrap();
             let mut w = check_recovery(&plan, &m[..], published.max(c.max_published()));
             let seq = w.commit(&payload_for(w.next_seq(), 8)).unwrap();
             assert!(
@@ -136,6 +141,11 @@ fn crash_model(plan: Arc<Plan>, n: usize) -> impl Fn() + Send + Sync {
             .max()
             .unwrap_or(0);
         let restored = from_bytes(&snap.image);
+        assert_eq!(
+            shmsnap_core::claim::holder(&restored[..]),
+            None,
+            "VIOLATION the image carries the dead writer's claim"
+        );
         check_recovery(&plan, &restored[..], seen);
     }
 }
@@ -223,6 +233,11 @@ fn restored_image_never_repeats_a_seq_the_host_saw() {
             .max()
             .unwrap_or(0);
         let restored = from_bytes(&snap.image);
+        assert_eq!(
+            shmsnap_core::claim::holder(&restored[..]),
+            None,
+            "VIOLATION the image carries the dead writer's claim"
+        );
         check_recovery(&plan, &restored[..], seen);
     });
 }

@@ -27,7 +27,7 @@ fn plan_of(commits: usize) -> Plan {
     plan(
         WORDS,
         |m| {
-            let mut w = Writer::init(m, REQUEST).unwrap();
+            let mut w = Writer::init(m, REQUEST, shmsnap_testkit::CLIENT).unwrap();
             for seq in 1..=2 {
                 w.commit(&payload_for(seq, 8)).unwrap();
             }
@@ -37,7 +37,7 @@ fn plan_of(commits: usize) -> Plan {
 }
 
 fn writer<M: WordMemory + ?Sized>(m: &M, commits: usize) {
-    let mut w = Writer::attach(m).expect("attach");
+    let mut w = Writer::attach(m, shmsnap_testkit::CLIENT).expect("attach");
     for _ in 0..commits {
         let seq = w.next_seq();
         w.commit(&payload_for(seq, 8)).expect("commit");

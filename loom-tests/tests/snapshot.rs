@@ -75,11 +75,11 @@ fn plan_of(s: Scenario) -> Plan {
     plan(
         WORDS,
         |m| {
-            let mut w = Writer::init(m, s.request).unwrap();
+            let mut w = Writer::init(m, s.request, shmsnap_testkit::CLIENT).unwrap();
             commit_all(&mut w, s.warmup, |_| {});
         },
         |m| {
-            let mut w = Writer::attach(m).unwrap();
+            let mut w = Writer::attach(m, shmsnap_testkit::CLIENT).unwrap();
             commit_all(&mut w, s.commits, |_| {});
         },
     )
@@ -116,7 +116,7 @@ where
         // (Release) after each commit; the host reads it (Acquire) just before copying. Every
         // seq below the value read was evicted before the copy began.
         let progress = Arc::new(AtomicU64::new(0));
-        let mut writer = Writer::attach(&*mem).expect("attach");
+        let mut writer = Writer::attach(&*mem, shmsnap_testkit::CLIENT).expect("attach");
         let host_thread = {
             let (mem, progress) = (mem.clone(), progress.clone());
             loom::thread::spawn(move || snapshot(&*mem, host, || progress.load(Ordering::Acquire)))

@@ -64,8 +64,18 @@ fn plan_of() -> Plan {
     };
     plan(
         WORDS,
-        |m| commit(&mut Writer::init(m, REQUEST).unwrap(), WARMUP),
-        |m| commit(&mut Writer::attach(m).unwrap(), COMMITS),
+        |m| {
+            commit(
+                &mut Writer::init(m, REQUEST, shmsnap_testkit::CLIENT).unwrap(),
+                WARMUP,
+            )
+        },
+        |m| {
+            commit(
+                &mut Writer::attach(m, shmsnap_testkit::CLIENT).unwrap(),
+                COMMITS,
+            )
+        },
     )
 }
 
@@ -149,7 +159,7 @@ fn model(
                 status::persisted(&*mem)
             }
         };
-        let mut writer = Writer::attach(&*mem).expect("attach");
+        let mut writer = Writer::attach(&*mem, shmsnap_testkit::CLIENT).expect("attach");
         for &len in COMMITS {
             let seq = writer.next_seq();
             writer.commit(&payload_for(seq, len)).expect("commit");

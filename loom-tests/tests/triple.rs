@@ -66,14 +66,18 @@ fn publish<M: WordMemory + ?Sized>(c: &mut TripleClient<'_, M>, seq: u64) {
 
 /// The client thread; returns the last seq it published.
 fn client<M: WordMemory + ?Sized>(mem: &M, how: Client) -> u64 {
-    let mut c = TripleClient::attach(mem).expect("attach");
+    let mut c = TripleClient::attach(mem, shmsnap_testkit::CLIENT).expect("attach");
     match how {
         Client::CrashMidWrite => {
             publish(&mut c, 2);
             let mut g = c.take().unwrap_or_else(|e| panic!("{TAKE_FAILED}: {e}"));
             g.write(0, &[0xee; 8]).unwrap();
-            std::mem::forget(g); // the client dies here
-            let mut c = TripleClient::attach(mem).expect("re-attach");
+            std::mem::forget(g); // the client dies here, holding the claim
+            let dead = c.claim_id();
+            std::mem::forget(c);
+            // Its supervisor, knowing it is dead, reclaims the claim; a new client attaches.
+            shmsnap_core::claim::reclaim(mem, dead).expect("the dead client's claim");
+            let mut c = TripleClient::attach(mem, shmsnap_testkit::claim_id(2)).expect("re-attach");
             publish(&mut c, 3);
             3
         }
@@ -88,9 +92,19 @@ fn client<M: WordMemory + ?Sized>(mem: &M, how: Client) -> u64 {
 
 /// One snapshot by `host` of a state newer than `last`: freeze, copy, release (or die holding
 /// the freeze); returns the seq, or `last` if nothing newer was READY.
-fn snapshot<M: WordMemory + ?Sized>(host: &TripleHost<'_, M>, last: u64, die: bool) -> u64 {
+///
+/// Seq 1 is READY from the setup, so a sound client's host always freezes something. A client
+/// whose publication is not a release (the `Relaxed` twin) may have every READY refused: the
+/// host cannot see the hint that covers it, so it cannot tell the seq is the client's — the
+/// refusal is right, and the twin is caught by a torn copy in other interleavings.
+fn snapshot<M: WordMemory + ?Sized>(
+    host: &TripleHost<'_, M>,
+    last: u64,
+    die: bool,
+    may_refuse: bool,
+) -> u64 {
     let Some(f) = host.freeze(last).expect("freeze") else {
-        assert!(last > 0, "seq 1 or later is READY");
+        assert!(last > 0 || may_refuse, "seq 1 or later is READY");
         return last;
     };
     let seq = f.seq();
@@ -108,8 +122,9 @@ fn snapshot<M: WordMemory + ?Sized>(host: &TripleHost<'_, M>, last: u64, die: bo
     seq
 }
 
-fn host<M: WordMemory + ?Sized>(mem: &M, how: Host) {
+fn host<M: WordMemory + ?Sized>(mem: &M, how: Host, may_refuse: bool) {
     let h = TripleHost::attach(mem).expect("host attach");
+    let snapshot = |h: &TripleHost<'_, M>, last, die| snapshot(h, last, die, may_refuse);
     match how {
         Host::Sound => {
             snapshot(&h, 0, false);
@@ -157,14 +172,14 @@ fn model(c: Client, h: Host) -> impl Fn() + Send + Sync + 'static {
     move || {
         let mem = Arc::new(TripleWords::new(&seed, &index));
         let m2 = mem.clone();
-        let host_thread = thread::spawn(move || host(&*m2, h));
+        let host_thread = thread::spawn(move || host(&*m2, h, c == Client::Relaxed));
         let last = match c {
             Client::Relaxed => client(&Weakened(&*mem), c),
             Client::ReusesFrozen => client(&FrozenLooksFree(&*mem, layout), c),
             _ => client(&*mem, c),
         };
         host_thread.join().unwrap();
-        let after = TripleClient::attach(&*mem).expect("attach after");
+        let after = TripleClient::attach(&*mem, shmsnap_testkit::CLIENT).expect("attach after");
         let mut state = [0u8; STATE_BYTES];
         let seq = after.read_newest(0, &mut state).unwrap();
         assert!(
@@ -186,23 +201,28 @@ fn model(c: Client, h: Host) -> impl Fn() + Send + Sync + 'static {
 
 #[test]
 fn handoff_copies_exactly_the_frozen_state() {
-    explore("triple handoff", None, model(Client::Sound, Host::Sound));
+    // Unbounded by hand: 312 859 interleavings (112 s on a loaded machine); since the host
+    // checks READY seqs against the client's NEXT_SEQ hint (a racing Relaxed load with one
+    // branch per value it may read) an unbounded run no longer fits CI.
+    explore("triple handoff", Some(3), model(Client::Sound, Host::Sound));
 }
 
 #[test]
 fn handoff_with_two_snapshots_never_starves_the_client() {
+    // Unbounded by hand: did not finish in 25 minutes (see `handoff_copies_...`).
     explore(
         "triple handoff, two snapshots",
-        None,
+        Some(3),
         model(Client::Sound, Host::Twice),
     );
 }
 
 #[test]
 fn a_crashed_clients_buffer_is_reclaimed() {
+    // Unbounded by hand: 114 337 interleavings, 27 s.
     explore(
         "triple client crash mid-write",
-        None,
+        Some(3),
         model(Client::CrashMidWrite, Host::Sound),
     );
 }
@@ -211,8 +231,9 @@ fn a_crashed_clients_buffer_is_reclaimed() {
 fn a_crashed_hosts_freeze_is_undone_by_the_next_host() {
     explore(
         "triple host crash holding a freeze",
-        // Unbounded: 1 141 210 interleavings, 134 s (by hand); bound 3 keeps CI short.
-        Some(3),
+        // Bound 3 by hand: 306 536 interleavings, 133 s on a loaded machine (before the hint
+        // check: unbounded 1 141 210, 134 s); bound 2 keeps CI short.
+        Some(2),
         model(Client::Sound, Host::CrashHoldingFreeze),
     );
 }

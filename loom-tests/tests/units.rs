@@ -60,7 +60,7 @@ fn commit_with_unit<M: WordMemory + ?Sized>(w: &mut Writer<'_, M>, table: &mut U
 }
 
 fn setup<M: WordMemory + ?Sized>(m: &M) {
-    let mut w = Writer::init(m, REQUEST).unwrap();
+    let mut w = Writer::init(m, REQUEST, shmsnap_testkit::CLIENT).unwrap();
     let mut states = [0u64; 2];
     let mut table = UnitTable::new(&mut states, UNIT).unwrap();
     commit_with_unit(&mut w, &mut table);
@@ -86,7 +86,7 @@ fn client<M: WordMemory + ?Sized>(w: &mut Writer<'_, M>, how: Client) {
 
 fn plan_of(how: Client) -> Plan {
     plan(WORDS, setup, |m| {
-        let mut w = Writer::attach(m).unwrap();
+        let mut w = Writer::attach(m, shmsnap_testkit::CLIENT).unwrap();
         client(&mut w, how);
     })
 }
@@ -115,7 +115,7 @@ fn model(
     let map = WordMap::new(&plan, &[]);
     move || {
         let mem = Arc::new(LoomWords::new(&map));
-        let mut writer = Writer::attach(&*mem).expect("attach");
+        let mut writer = Writer::attach(&*mem, shmsnap_testkit::CLIENT).expect("attach");
         let host_thread = {
             let mem = mem.clone();
             loom::thread::spawn(move || snapshot(&*mem, host, || 0))
@@ -174,7 +174,7 @@ fn core_refuses_reuse_before_the_retire_point() {
     // allocator finds nothing reclaimable (plain memory; no concurrency needed).
     let mem = shmsnap_testkit::zeroed_words(WORDS * 8);
     setup(&mem[..]);
-    let mut w = Writer::attach(&mem[..]).unwrap();
+    let mut w = Writer::attach(&mem[..], shmsnap_testkit::CLIENT).unwrap();
     let mut states = [0u64; 2];
     let mut table = UnitTable::new(&mut states, UNIT).unwrap();
     table.mark_in_use(0).unwrap();

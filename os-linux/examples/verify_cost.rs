@@ -69,7 +69,8 @@ fn build(dir: &Path, entries: u64) -> io::Result<PathBuf> {
         entries,
         data_size: DATA,
     };
-    let mut w = Writer::open_or_init(map.words(), request).map_err(io::Error::other)?;
+    let id = shmsnap_core::ClaimId::from_pid(std::process::id(), 1).expect("a pid is nonzero");
+    let mut w = Writer::open_or_init(map.words(), request, id).map_err(io::Error::other)?;
     let layout = *w.region().layout();
     let mut rng = Rng(entries | 1);
     // A fully written tail, so the base has data everywhere.

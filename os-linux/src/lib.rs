@@ -5,6 +5,7 @@
 //! |---|---|
 //! | [`memfd`] | the region's file: create, grow, seal against shrinking, adopt an inherited fd |
 //! | [`mapping`] | owned RAII `MAP_SHARED` mapping, seen as core's atomic words |
+//! | [`client`] | client side: the region as one value ([`ClientRegion`]: memfd, mapping, claim id), its writer borrowed mutably, durability calls |
 //! | [`listen`] | client side: find the region fd the systemd way (`LISTEN_FDS`) |
 //! | [`copy`] | sparse copy of data extents (`SEEK_DATA`/`SEEK_HOLE`, `copy_file_range`, `sendfile`) |
 //! | [`snapshot`] | snapshot file = image + footer (see `FOOTER.md`): open, write, verify (streamed, queue image checked), restore |
@@ -23,6 +24,26 @@
 //! [`listen`] (it adopts an inherited raw fd number), [`handover`] (code between `fork` and
 //! `exec`), [`status`] (the 32-bit futex view of a 64-bit word, the header page mapping)
 //! and [`track`] (the userfaultfd and `PAGEMAP_SCAN` ioctls); each of those modules says why.
+//!
+//! # The client side
+//!
+//! A client takes the region the host passed with [`ClientRegion::from_host`] and gets its one
+//! writer from it ([`ClientRegion::writer`] for the queue, [`ClientRegion::triple`] for the
+//! triple buffer), which borrows the region mutably and holds the region's claim (one writer
+//! per region, named by pid when refused); [`ClientRegion::durability`] gives the
+//! durability-feedback calls to any thread:
+//!
+//! ```no_run
+//! use shmsnap_core::LayoutRequest;
+//! use shmsnap_linux::ClientRegion;
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let mut region = ClientRegion::from_host()?; // fd 3, the systemd way
+//! let mut writer = region.writer(LayoutRequest { entries: 64, data_size: 4096 })?;
+//! writer.commit(b"state")?; // wait-free; the host snapshots it
+//! # Ok(())
+//! # }
+//! ```
 //!
 //! # Example
 //!
@@ -64,6 +85,7 @@
 #![warn(missing_docs)]
 
 pub mod chain;
+pub mod client;
 pub mod copy;
 pub mod handover;
 pub mod listen;
@@ -79,5 +101,6 @@ pub mod take_delta;
 pub mod take_triple;
 pub mod track;
 
+pub use client::{ClientRegion, Durability, Durable};
 pub use mapping::{Mapping, Protection};
 pub use memfd::Memfd;

@@ -533,13 +533,13 @@ mod tests {
             entries: 8,
             data_size: 4096,
         };
-        shmsnap_core::Writer::open_or_init(map.words(), request).unwrap();
+        shmsnap_core::Writer::open_or_init(map.words(), request, shmsnap_testkit::CLIENT).unwrap();
         assert_eq!(
             Advertisement::decode(advert_words(&map)).unwrap(),
             advert,
             "queue init wiped the advert"
         );
-        shmsnap_core::Writer::attach(map.words()).unwrap();
+        shmsnap_core::Writer::attach(map.words(), shmsnap_testkit::CLIENT).unwrap();
         assert_eq!(Advertisement::decode(advert_words(&map)).unwrap(), advert);
 
         let (memfd, mut map) = region(1 << 20);
@@ -550,7 +550,12 @@ mod tests {
             buffers: 3,
             buffer_size: 4096,
         };
-        shmsnap_core::triple::TripleClient::open_or_init(map.words(), request).unwrap();
+        shmsnap_core::triple::TripleClient::open_or_init(
+            map.words(),
+            request,
+            shmsnap_testkit::CLIENT,
+        )
+        .unwrap();
         assert_eq!(
             Advertisement::decode(advert_words(&map)).unwrap(),
             advert,

@@ -1,7 +1,8 @@
 //! Durability feedback over futexes (DESIGN §14): the host's [`StatusPublisher`], the client's
 //! [`wait_persisted`] and [`request_snapshot`] (and [`wait_status_change`] /
 //! [`wake_status_waiters`], the single steps of a wait for a caller that must look at something
-//! else between wake-ups, as the Python binding does), and the host's [`wait_request`].
+//! else between wake-ups, as the Python binding does), and the host's [`wait_request`]; and the
+//! host's other write into the header page, [`reclaim_dead_claim`] (one writer per region).
 //!
 //! The words and their orderings are core's ([`shmsnap_core::status`]); this module adds the
 //! `futex(2)` waits and wakes, through rustix, and the host's writable mapping of page 0.
@@ -30,8 +31,11 @@ use std::time::{Duration, Instant};
 
 use rustix::fs::SealFlags;
 use rustix::thread::futex;
+use shmsnap_core::claim::{self, ClaimId};
 use shmsnap_core::format::word;
 use shmsnap_core::status::{self, Status};
+use shmsnap_core::triple::TripleLayout;
+use shmsnap_core::Layout;
 
 use crate::mapping::{Mapping, Protection};
 use crate::memfd::Memfd;
@@ -259,6 +263,52 @@ impl StatusPublisher {
     }
 }
 
+/// What the host knows of the region whose dead client's claim it clears.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClaimWord {
+    /// A shmsnap region by contract (the queue or triple strategy): the claim word is cleared
+    /// whatever the header says — a client may have died inside `init`, after taking the
+    /// claim and before storing its magic.
+    Ours,
+    /// The region may hold anything (the exit strategy): the word is cleared only under a
+    /// valid queue or triple header, never in a region that is not a shmsnap region.
+    IfShmsnapHeader,
+}
+
+/// Host side: clears the claim of the region's dead client (core's [`claim::reclaim`] of the
+/// holder found) through a read-write mapping of the header page, and returns the holder it
+/// cleared (`None`: unclaimed, or not a shmsnap header under [`ClaimWord::IfShmsnapHeader`]).
+///
+/// Call it only when no client of the region can be running: after the client exited and
+/// its descendants were killed, before the restart; at start for a region inherited from the
+/// fd store (whose previous host's client is dead). A reclaim of a live holder lets a second
+/// writer in; the holder's own release then leaves the new claim alone.
+///
+/// # Errors
+///
+/// As [`StatusPublisher::new`] (mapping the header page).
+pub fn reclaim_dead_claim(memfd: &Memfd, whose: ClaimWord) -> io::Result<Option<ClaimId>> {
+    let len = memfd.len()?;
+    let page = map_header(memfd, Protection::ReadWrite)?;
+    let words = page.words();
+    if whose == ClaimWord::IfShmsnapHeader {
+        let mut header = [0u64; word::HEADER];
+        for (i, w) in header.iter_mut().enumerate() {
+            // Relaxed: no client runs (the caller's contract); the header is only checked.
+            *w = words[i].load(std::sync::atomic::Ordering::Relaxed);
+        }
+        let shmsnap = Layout::from_header_words(&header, len).is_ok()
+            || TripleLayout::from_header_words(&header, len).is_ok();
+        if !shmsnap {
+            return Ok(None);
+        }
+    }
+    let Some(holder) = claim::holder(words) else {
+        return Ok(None);
+    };
+    Ok(claim::reclaim(words, holder).ok().map(|()| holder))
+}
+
 /// Host side: a read-only view of the header page, for the request watcher.
 #[derive(Debug)]
 pub struct RequestWatch {
@@ -430,6 +480,46 @@ mod tests {
             "two requests, one change"
         );
         assert!(!watch.wait(Duration::ZERO).unwrap());
+    }
+
+    #[test]
+    fn a_dead_clients_claim_is_cleared_and_a_foreign_region_left_alone() {
+        use shmsnap_core::{LayoutRequest, Writer};
+        let (memfd, client) = region();
+        let id = ClaimId::from_pid(4242, 1).unwrap();
+        let w = Writer::open_or_init(
+            client.words(),
+            LayoutRequest {
+                entries: 4,
+                data_size: 64,
+            },
+            id,
+        )
+        .unwrap();
+        std::mem::forget(w); // SIGKILL
+        assert_eq!(
+            reclaim_dead_claim(&memfd, ClaimWord::IfShmsnapHeader).unwrap(),
+            Some(id)
+        );
+        assert_eq!(claim::holder(client.words()), None);
+        assert_eq!(reclaim_dead_claim(&memfd, ClaimWord::Ours).unwrap(), None);
+        // A client that died inside `init`: claim taken, no magic yet.
+        let (memfd, client) = region();
+        client.words()[word::CLAIM].store(id.get(), Ordering::Relaxed);
+        assert_eq!(
+            reclaim_dead_claim(&memfd, ClaimWord::IfShmsnapHeader).unwrap(),
+            None,
+            "the exit strategy never writes a region without a shmsnap header"
+        );
+        assert_eq!(
+            client.words()[word::CLAIM].load(Ordering::Relaxed),
+            id.get()
+        );
+        assert_eq!(
+            reclaim_dead_claim(&memfd, ClaimWord::Ours).unwrap(),
+            Some(id)
+        );
+        assert_eq!(claim::holder(client.words()), None);
     }
 
     #[test]

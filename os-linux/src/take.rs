@@ -240,7 +240,7 @@ mod tests {
 
         let got = take_queue(&memfd, &ro, &persister, meta(1), &mut scratch).unwrap();
         assert!(matches!(got, QueueSnapshot::Skipped(Skip::Unconfigured)));
-        let mut w = Writer::open_or_init(rw.words(), REQUEST).unwrap();
+        let mut w = Writer::open_or_init(rw.words(), REQUEST, shmsnap_testkit::CLIENT).unwrap();
         let got = take_queue(&memfd, &ro, &persister, meta(1), &mut scratch).unwrap();
         assert!(
             matches!(got, QueueSnapshot::Skipped(Skip::NoEntries { .. })),

@@ -350,7 +350,7 @@ mod tests {
             entries: 8,
             data_size: 4096,
         };
-        let mut w = Writer::open_or_init(map.words(), request).unwrap();
+        let mut w = Writer::open_or_init(map.words(), request, shmsnap_testkit::CLIENT).unwrap();
         w.commit(&1u64.to_le_bytes()).unwrap();
         let pid = rustix::process::getpid();
         let range = validate(&advert, pid, &memfd, 1 << 20).unwrap();

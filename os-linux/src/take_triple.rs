@@ -222,7 +222,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let persister = Persister::new(&dir.path().join("t.snap"), 1).unwrap();
         let (memfd, map) = region(1 << 20);
-        let mut client = TripleClient::open_or_init(map.words(), REQUEST).unwrap();
+        let mut client =
+            TripleClient::open_or_init(map.words(), REQUEST, shmsnap_testkit::CLIENT).unwrap();
         let host = TripleHost::attach(map.words()).unwrap();
         let mut scratch = Vec::new();
 
@@ -249,7 +250,7 @@ mod tests {
         verify_path(&persister.target()).unwrap();
         let (fresh, fresh_map) = region(1 << 20);
         restore_into(std::fs::File::open(persister.target()).unwrap(), &fresh).unwrap();
-        let back = TripleClient::attach(fresh_map.words()).unwrap();
+        let back = TripleClient::attach(fresh_map.words(), shmsnap_testkit::CLIENT).unwrap();
         let mut out = [0u8; 101];
         assert_eq!(back.read_newest(0, &mut out).unwrap(), Some(seq));
         assert_eq!(&out[..100], &[7u8; 100]);
@@ -264,7 +265,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let persister = Persister::new(&dir.path().join("h.snap"), 0).unwrap();
         let (memfd, map) = region(1 << 20);
-        let mut client = TripleClient::open_or_init(map.words(), REQUEST).unwrap();
+        let mut client =
+            TripleClient::open_or_init(map.words(), REQUEST, shmsnap_testkit::CLIENT).unwrap();
         client.publish(&[3u8; 64]).unwrap();
         let layout = *client.layout();
         let mut scratch = Vec::new();

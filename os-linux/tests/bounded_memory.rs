@@ -54,11 +54,12 @@ fn verify_of_a_million_descriptors_holds_a_bounded_buffer() {
     };
     let region_len = Layout::new(u64::MAX >> 1, request).unwrap().tail_offset;
     let mem: Vec<AtomicU64> = (0..region_len / 8).map(|_| AtomicU64::new(0)).collect();
-    let mut w = Writer::open_or_init(&mem[..], request).unwrap();
+    let mut w = Writer::open_or_init(&mem[..], request, shmsnap_testkit::CLIENT).unwrap();
     // 3000 commits: valid entries on both sides of the first 2048-descriptor chunk.
     for i in 0..3000u32 {
         w.commit(&i.to_le_bytes()).unwrap();
     }
+    drop(w);
     let mut image: Vec<u8> = mem
         .iter()
         .flat_map(|w| w.load(Ordering::Relaxed).to_le_bytes())

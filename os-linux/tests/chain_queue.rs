@@ -55,7 +55,7 @@ fn queue_chain_restores_to_what_a_full_snapshot_of_the_same_region_holds() {
     let region = Memfd::create("q", LEN).unwrap();
     region.seal_against_shrink().unwrap();
     let map = Mapping::of_memfd(&region, Protection::ReadWrite).unwrap();
-    let mut w = Writer::open_or_init(map.words(), REQUEST).unwrap();
+    let mut w = Writer::open_or_init(map.words(), REQUEST, shmsnap_testkit::CLIENT).unwrap();
     for i in 0..20u8 {
         w.commit(&[i; 3000]).unwrap();
     }

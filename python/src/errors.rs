@@ -155,6 +155,7 @@ pub(crate) fn attach(py: Python<'_>, e: AttachError) -> PyErr {
             err
         }
         AttachError::Exhausted => PyErr::new::<ExhaustedError, _>(e.to_string()),
+        AttachError::Claimed { holder } => claimed(py, u64::from(holder.pid()), &e.to_string()),
         // `AlreadyConfigured` comes only from `init`, which this crate never calls alone;
         // future variants land here with their message.
         _ => PyErr::new::<Error, _>(e.to_string()),
@@ -200,6 +201,7 @@ pub(crate) fn triple(py: Python<'_>, e: TripleError) -> PyErr {
         TripleError::Exhausted => PyErr::new::<ExhaustedError, _>(e.to_string()),
         TripleError::NoFreeBuffer => PyErr::new::<ForeignWriteError, _>(e.to_string()),
         TripleError::OutOfBounds { .. } => pyo3::exceptions::PyIndexError::new_err(e.to_string()),
+        TripleError::Claimed { holder } => claimed(py, u64::from(holder.pid()), &e.to_string()),
         _ => PyErr::new::<Error, _>(e.to_string()),
     }
 }

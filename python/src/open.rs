@@ -1,19 +1,29 @@
-//! Every construction of core's `Writer` and `TripleClient` in this crate: the one place that
-//! changes when core's writer claim (issue 20, "one writer per region") lands — the claim id
-//! to pass (this process's pid, nonzero) and the `Claimed { holder }` error to map to
-//! `ClaimedError` (`errors::claimed`).
-//!
-//! Until then, one writer per region is enforced within this process only
-//! (`Memory::claim`, `Memory::buffer`).
+//! Every construction of core's `Writer` and `TripleClient` in this crate, and so the one place
+//! the region's claim (`shmsnap_core::claim`: one writer per region, in any process) is taken:
+//! with a pid-derived id that is new for every writer ([`claim_id`]); a second claimant gets
+//! `ClaimedError` naming the holder's pid (`errors::claimed`). Within this process the binding
+//! also refuses a second writer early (`Memory::claim`, `Memory::buffer`).
 
 use std::sync::atomic::AtomicU64;
 
 use pyo3::prelude::*;
 use shmsnap_core::triple::{TripleClient, TripleLayout, TripleRequest};
-use shmsnap_core::{LayoutRequest, Writer};
+use shmsnap_core::{ClaimId, LayoutRequest, Writer};
 
 use crate::errors;
 use crate::writer_words::WriterWords;
+
+/// A claim id for a new writer of this process: the pid and a process-wide counter as nonce
+/// (the encoding of `shmsnap_core::claim`), so two writers of one process never share an id.
+fn claim_id() -> ClaimId {
+    static NONCE: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(1);
+    let pid = std::process::id();
+    // Relaxed: only uniqueness matters; zero is skipped.
+    let nonce = NONCE
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        .max(1);
+    ClaimId::from_pid(pid, nonce).unwrap_or(ClaimId::from_nonzero(std::num::NonZeroU64::MIN))
+}
 
 /// The queue writer of `words`: configures a fresh region with `request`, or attaches to the
 /// configured one (recovering its cursor, DESIGN §5).
@@ -28,7 +38,7 @@ pub(crate) fn queue_writer<'m>(
     words: &'m WriterWords,
     request: LayoutRequest,
 ) -> PyResult<Writer<'m, WriterWords>> {
-    Writer::open_or_init(words, request).map_err(|e| errors::attach(py, e))
+    Writer::open_or_init(words, request, claim_id()).map_err(|e| errors::attach(py, e))
 }
 
 /// The triple-buffer client of `words`, configured with `request` if the region is fresh.
@@ -53,5 +63,5 @@ pub(crate) fn triple_client<'m>(
             available,
         }));
     }
-    TripleClient::open_or_init(words, request).map_err(|e| errors::triple(py, e))
+    TripleClient::open_or_init(words, request, claim_id()).map_err(|e| errors::triple(py, e))
 }

@@ -5,13 +5,15 @@ use std::collections::BTreeMap;
 use std::sync::atomic::AtomicU64;
 
 use shmsnap_core::{
-    AttachError, CommitError, Descriptor, ReadError, Region, WordMemory, Writer, MAX_SEQ,
+    claim, AttachError, CommitError, Descriptor, Layout, LayoutError, ReadError, Region,
+    WordMemory, Writer, MAX_SEQ,
 };
 
 use crate::image::{placement, ImageSpec};
 use crate::input::Input;
 use crate::payload::payload_for;
 use crate::words::to_bytes;
+use crate::CLIENT;
 
 // ------------------------------------------------------------------------------------------
 // attach_and_read
@@ -26,7 +28,9 @@ use crate::words::to_bytes;
 /// typed error, keeps the newest entry and only drops (never changes) others, passes
 /// [`Writer::check_invariants`], and never reuses a seq; fresh commits succeed (or report
 /// exhaustion exactly when the limits are reached), are readable with exact bytes and never
-/// disturb the bytes of surviving entries; a second attach repeats no seq.
+/// disturb the bytes of surviving entries; a second attach repeats no seq. An image whose
+/// claim word is set is refused by `attach` with [`AttachError::Claimed`] naming that holder
+/// and left unchanged; the checks then go on after a [`claim::reclaim`] (a dead holder).
 ///
 /// # Panics
 ///
@@ -130,12 +134,51 @@ fn read_all<M: WordMemory + ?Sized>(
     out
 }
 
+/// An image claimed by another writer: `attach` is refused naming it and touches nothing;
+/// then the holder is declared dead and reclaimed.
+fn check_claimed(mem: &[AtomicU64]) {
+    let Some(holder) = claim::holder(mem) else {
+        return;
+    };
+    let image = to_bytes(mem);
+    // A header that is not a queue region is reported first: there the claim word is as
+    // meaningless as the rest.
+    let foreign = match Layout::read(mem) {
+        Ok(_) | Err(LayoutError::Unconfigured) => None,
+        Err(e) => Some(e),
+    };
+    match (Writer::attach(mem, CLIENT), foreign) {
+        (Err(AttachError::Layout(e)), Some(f)) => {
+            assert_eq!(
+                e, f,
+                "attach reported another header error than Layout::read"
+            )
+        }
+        (Err(AttachError::Claimed { holder: h }), None) => {
+            assert_eq!(
+                h, holder,
+                "Claimed names another holder than the claim word"
+            )
+        }
+        (Err(e), _) => panic!("attach to a region claimed by {holder} failed with {e:?}"),
+        (Ok(_), _) => panic!("attach took a region claimed by {holder}"),
+    }
+    assert!(
+        to_bytes(mem) == image,
+        "a refused attach changed the region"
+    );
+    if let Err(e) = claim::reclaim(mem, holder) {
+        panic!("reclaim of the holder {holder} found {e:?}");
+    }
+}
+
 fn check_attach_and_read(mem: &[AtomicU64], probe: &Probe) {
+    check_claimed(mem);
     let region = match Region::open(mem) {
         Ok(r) => r,
         Err(e) => {
             // A typed error is the right answer for a bad header; attach must agree.
-            match Writer::attach(mem) {
+            match Writer::attach(mem, CLIENT) {
                 Err(AttachError::Layout(e2)) => {
                     assert_eq!(e, e2, "Region::open and Writer::attach disagree")
                 }
@@ -209,7 +252,7 @@ fn check_attach_and_read(mem: &[AtomicU64], probe: &Probe) {
     // Attach: recovery of the cursor.
     let hints = region.hints();
     let top = before.keys().next_back().copied().unwrap_or(0);
-    let mut writer = match Writer::attach(mem) {
+    let mut writer = match Writer::attach(mem, CLIENT) {
         Ok(w) => w,
         Err(AttachError::Exhausted) => {
             assert!(
@@ -295,8 +338,9 @@ fn check_attach_and_read(mem: &[AtomicU64], probe: &Probe) {
 
     // A second attach (the client restarts): no seq is ever repeated.
     let used = writer.next_seq() - 1;
-    // The writer is gone (the client restarted); attach again.
-    let again = match Writer::attach(mem) {
+    // The writer is gone (the client restarted: its claim is released); attach again.
+    drop(writer);
+    let again = match Writer::attach(mem, CLIENT) {
         Ok(w) => w,
         Err(e) => panic!("re-attach to a region this writer left failed: {e}"),
     };

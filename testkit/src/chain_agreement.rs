@@ -251,11 +251,12 @@ fn base_image(input: &mut Input<'_>, queue: bool) -> Vec<u8> {
         entries: 16,
         data_size: 1024,
     };
-    let mut w = Writer::open_or_init(&words[..], request).expect("a fresh region");
+    let mut w = Writer::open_or_init(&words[..], request, crate::CLIENT).expect("a fresh region");
     for _ in 0..1 + input.u8() % 8 {
         let len = 1 + usize::from(input.u8() % 64);
         w.commit(&vec![input.u8(); len]).expect("commit");
     }
+    drop(w); // releases the claim: an image carries none
     to_bytes(&words[..])
 }
 
@@ -266,7 +267,7 @@ fn next_image(image: &[u8], queue: bool, input: &mut Input<'_>) -> (Vec<u8>, Vec
     match input.u8() % 6 {
         0 | 1 if queue => {
             let words = from_bytes(image);
-            if let Ok(mut w) = Writer::attach(&words[..]) {
+            if let Ok(mut w) = Writer::attach(&words[..], crate::CLIENT) {
                 for _ in 0..1 + input.u8() % 6 {
                     let len = 1 + usize::from(input.u8() % 200);
                     let _ = w.commit(&vec![input.u8(); len]);

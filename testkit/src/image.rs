@@ -175,7 +175,7 @@ impl ImageSpec {
                     entries: e,
                     data_size: s,
                 };
-                let mut w = match Writer::init(&mem[..], request) {
+                let mut w = match Writer::init(&mem[..], request, crate::CLIENT) {
                     Ok(w) => w,
                     Err(err) => {
                         panic!("Writer::init on zeroed memory for {layout:?} failed: {err}")
@@ -193,6 +193,8 @@ impl ImageSpec {
                         }
                     }
                 }
+                // The writer is gone (its claim released) before the damage below.
+                drop(w);
                 let bytes = mem.len() * 8;
                 let desc_bytes = (e * DESCRIPTOR_BYTES) as usize;
                 while !input.is_empty() {

@@ -29,6 +29,8 @@
 //!     files): `verify` and `restore` end the chain at the same link, which the oracle names,
 //!     and the restored image is that point's.
 //!
+//! Tests claim regions with [`CLIENT`] (or [`claim_id`]`(n)` for several claimants).
+//!
 //! Fuzz inputs are decoded by a cursor that yields zeros past the end (`input`), and region
 //! images are built from them in `image`; decoders prefer values near the protocol's limits
 //! (`MAX_SEQ`, `MAX_STREAM`, the ring size) so the fuzzer reaches the edges.
@@ -55,3 +57,20 @@ pub use payload::{check_image_payloads, payload_for};
 pub use retain_arbitrary::retain_arbitrary;
 pub use trace::{Landing, Recording, Replay, Store};
 pub use words::{from_bytes, to_bytes, zeroed_words};
+
+use shmsnap_core::ClaimId;
+
+/// A claim id for tests and fuzz targets: "pid" `n` (nonzero) with the nonce `0x7e57`.
+///
+/// # Panics
+///
+/// For `n == 0` (pid 0 is not a process).
+pub const fn claim_id(n: u32) -> ClaimId {
+    match ClaimId::from_pid(n, 0x7e57) {
+        Some(id) => id,
+        None => panic!("claim_id(0): pid 0 is not a process"),
+    }
+}
+
+/// The claim id of the one client in a test or fuzz session ([`claim_id`]`(1)`).
+pub const CLIENT: ClaimId = claim_id(1);

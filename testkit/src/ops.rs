@@ -14,6 +14,7 @@ use crate::input::Input;
 use crate::model::{ModelEntry, QueueModel};
 use crate::payload::{check_image_payloads, payload_for};
 use crate::words::{from_bytes, to_bytes, zeroed_words};
+use crate::CLIENT;
 
 // ------------------------------------------------------------------------------------------
 // ops
@@ -75,7 +76,7 @@ pub fn ops(data: &[u8]) {
         Err(e) => panic!("fuzz harness: request {request:?} should be valid: {e}"),
     };
     let mem = zeroed_words(tail_offset + units * unit_size);
-    let mut writer = match Writer::init(&mem[..], request) {
+    let mut writer = match Writer::init(&mem[..], request, CLIENT) {
         Ok(w) => w,
         Err(e) => panic!("Writer::init of a zeroed region failed: {e}"),
     };
@@ -114,7 +115,9 @@ pub fn ops(data: &[u8]) {
                 model.evict_before(t);
             }
             4 => {
-                writer = match Writer::attach(&mem[..]) {
+                // The client restarts: the old writer is dropped (releasing the claim).
+                drop(writer);
+                writer = match Writer::attach(&mem[..], CLIENT) {
                     Ok(w) => w,
                     Err(e) => panic!("step {step}: re-attach failed: {e}"),
                 };
@@ -141,12 +144,15 @@ pub fn ops(data: &[u8]) {
                 let Some(snap) = &last_snapshot else {
                     unreachable!("checked by the guard above")
                 };
+                // A crash: the writer never releases its claim; the restored image carries
+                // none (retain zeroes the claim word), so the next attach takes it.
+                std::mem::forget(writer);
                 for (w, chunk) in mem.iter().zip(snap.image.chunks(8)) {
                     let mut b = [0u8; 8];
                     b.copy_from_slice(chunk);
                     w.store(u64::from_le_bytes(b), Ordering::Relaxed);
                 }
-                writer = match Writer::attach(&mem[..]) {
+                writer = match Writer::attach(&mem[..], CLIENT) {
                     Ok(w) => w,
                     Err(e) => panic!("step {step}: attach after restore failed: {e}"),
                 };
@@ -480,7 +486,7 @@ fn snapshot<M: WordMemory + ?Sized>(
         Err(err) => panic!("snapshot image: {err}"),
     }
     let restored = from_bytes(&image);
-    let w = match Writer::attach(&restored[..]) {
+    let w = match Writer::attach(&restored[..], CLIENT) {
         Ok(w) => w,
         Err(err) => panic!("attach to a snapshot image failed: {err}"),
     };

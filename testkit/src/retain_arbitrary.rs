@@ -312,7 +312,12 @@ fn check_retain(
         Err(e) => panic!("the rewritten image does not open: {e}"),
     };
     assert_eq!(*region.layout(), *layout, "restored layout");
-    match Writer::attach(&restored[..]) {
+    assert_eq!(
+        shmsnap_core::claim::holder(&restored[..]),
+        None,
+        "retain left a claim in the image"
+    );
+    match Writer::attach(&restored[..], crate::CLIENT) {
         Ok(w) => {
             assert!(w.next_seq() >= r.hints.next_seq, "restore would reuse seqs");
             if let Err(e) = w.check_invariants() {
@@ -335,7 +340,7 @@ fn check_retain(
         }
         Err(AttachError::Exhausted) => assert!(r.hints.next_seq > MAX_SEQ),
         Err(e) => panic!("attach to a retained image failed: {e}"),
-    }
+    };
 }
 
 /// The layout in an image's header, checked against `region_len` bytes.

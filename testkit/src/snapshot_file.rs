@@ -267,7 +267,7 @@ fn queue_image(input: &mut Input<'_>) -> Vec<u8> {
     // Header, descriptor ring (E * 32 <= 512 bytes) and data ring (S <= 1 KiB): a page each.
     let region_len = 3 * PAGE_SIZE + u64::from(input.u8()) * 8;
     let mem: Vec<AtomicU64> = (0..region_len / 8).map(|_| AtomicU64::new(0)).collect();
-    let mut writer = Writer::open_or_init(&mem[..], request)
+    let mut writer = Writer::open_or_init(&mem[..], request, crate::CLIENT)
         .unwrap_or_else(|e| panic!("init of a {region_len}-byte region for {request:?}: {e}"));
     for _ in 0..input.u8() % 40 {
         let n = usize::from(input.u8() % 64) + 1;

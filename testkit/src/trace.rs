@@ -55,15 +55,27 @@ unsafe impl WordMemory for Recording {
         });
         self.shadow[i].store(v, order)
     }
+    /// The writer's only compare-exchanges are on its claim word (taken at attach, released
+    /// on drop): single-threaded here, so a load, a compare and — on success — a recorded
+    /// store.
     fn compare_exchange(
         &self,
-        _: usize,
-        _: u64,
-        _: u64,
-        _: Ordering,
+        i: usize,
+        current: u64,
+        new: u64,
+        success: Ordering,
         _: Ordering,
     ) -> Result<u64, u64> {
-        unimplemented!("the queue writer does not use CAS")
+        let found = self.shadow[i].load(Ordering::Relaxed);
+        if found != current {
+            return Err(found);
+        }
+        let order = match success {
+            Ordering::Release | Ordering::AcqRel | Ordering::SeqCst => Ordering::Release,
+            _ => Ordering::Relaxed,
+        };
+        self.store(i, new, order);
+        Ok(found)
     }
     fn fence(&self, _: Ordering) {}
 }

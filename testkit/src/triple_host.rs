@@ -8,24 +8,34 @@
 //! - the host writes nothing but state words (and its epoch word at attach): every other word
 //!   of the region is unchanged;
 //! - a [`Frozen`](shmsnap_core::triple::Frozen) is only reported for a buffer whose state word
-//!   held `READY(seq)` with the reported seq just before, newer than `last_persisted`, and that
-//!   now holds `FROZEN(host epoch)`; its byte range is that buffer's; the image meta it writes
-//!   validates with `read_image` as that buffer and seq;
+//!   held `READY(seq)` with the reported seq just before, newer than `last_persisted` and not
+//!   above the client's `NEXT_SEQ` hint (a seq the client cannot have published is refused,
+//!   never frozen), and that now holds `FROZEN(host epoch)`; its byte range is that buffer's;
+//!   the image meta it writes validates with `read_image` as that buffer and seq;
+//! - `survey` reports exactly the highest READY seq at or below the hint as the newest and the
+//!   highest above it as refused; `PersistedSeq::judge` resets the last persisted seq only
+//!   when the client epoch changed and the newest seq went below it, and never lets it be
+//!   pinned by a refused seq;
 //! - `release` succeeds exactly when the word still holds the host's FROZEN value, writes
 //!   `READY(seq)` then, and leaves the word as found otherwise;
 //! - a new host's attach changes only FROZEN words of other epochs (to `READY(seq word)` or
 //!   FREE) and its epoch word;
 //! - `read_image` over arbitrary meta bytes never panics, and accepts only a meta with exactly
-//!   one READY buffer whose seq word matches.
+//!   one READY buffer whose seq word matches and whose seq is below the image's `NEXT_SEQ`;
+//! - the claim word is tampered with too: a client attach may be refused (`Claimed`), and the
+//!   host never writes it.
 //!
 //! Inputs are decoded by a cursor that yields zeros past the end: every byte string is valid.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use shmsnap_core::format::word;
 use shmsnap_core::triple::{
-    read_image, words, BufferState, TripleClient, TripleError, TripleHost, TripleLayout,
-    TripleRequest,
+    read_image, words, BufferState, Judgement, PersistedSeq, TripleClient, TripleError, TripleHost,
+    TripleLayout, TripleRequest, MAX_SEQ,
 };
+
+use crate::CLIENT;
 
 struct Input<'a>(&'a [u8]);
 
@@ -87,15 +97,15 @@ pub fn triple_host(data: &[u8]) {
         .collect();
     let mem = &mem[..];
     {
-        let mut c = TripleClient::init(mem, request).expect("init");
+        let mut c = TripleClient::init(mem, request, CLIENT).expect("init");
         for _ in 0..input.u8() % 5 {
             let seq = c.next_seq();
             c.publish(&seq.to_le_bytes())
                 .expect("publish on a sound region");
         }
     }
-    // Words a tamper may hit: the header, the hints, every state and seq word.
-    let mut targets: Vec<usize> = (0..12).chain(16..19).collect();
+    // Words a tamper may hit: the header, the hints, the claim, every state and seq word.
+    let mut targets: Vec<usize> = (0..12).chain(16..19).chain([word::CLAIM]).collect();
     for i in 0..layout.buffers {
         targets.push(layout.state_word(i));
         targets.push(layout.seq_word(i));
@@ -104,7 +114,9 @@ pub fn triple_host(data: &[u8]) {
         Some(h) => h,
         None => return,
     };
-    let mut last_persisted = u64::from(input.u8() % 3);
+    let first = u64::from(input.u8() % 3);
+    let mut cursor =
+        PersistedSeq::restored(first, mem[words::CLIENT_EPOCH].load(Ordering::Relaxed));
     for _ in 0..64 {
         if input.0.is_empty() {
             break;
@@ -115,13 +127,14 @@ pub fn triple_host(data: &[u8]) {
                 mem[w].store(input.wide(), Ordering::Relaxed);
             }
             2 => {
-                if let Some(seq) = freeze_checked(mem, &host, &mut input, last_persisted) {
-                    last_persisted = seq;
+                judge_checked(mem, &host, &mut cursor);
+                if let Some(seq) = freeze_checked(mem, &host, &mut input, cursor.seq()) {
+                    cursor.persisted(seq);
                 }
             }
             3 => {
                 // A client on the tampered region: any result but a panic is acceptable.
-                if let Ok(mut c) = TripleClient::attach(mem) {
+                if let Ok(mut c) = TripleClient::attach(mem, CLIENT) {
                     let seq = c.next_seq();
                     let _ = c.publish(&seq.to_le_bytes());
                 }
@@ -197,6 +210,60 @@ fn attach_checked<'m>(
     Some(host)
 }
 
+/// The client's `NEXT_SEQ` hint as the host bounds seqs with it (0 if it is not a seq).
+fn bound(words: &[u64]) -> u64 {
+    let h = words[words::NEXT_SEQ];
+    if h < MAX_SEQ {
+        h
+    } else {
+        0
+    }
+}
+
+/// A survey and its judgement, checked against the words: the newest and refused seqs are
+/// the highest READY seqs at or below and above the hint; the last persisted seq is reset
+/// only for a new client epoch with seqs below it, and otherwise kept.
+fn judge_checked(mem: &[AtomicU64], host: &TripleHost<'_, [AtomicU64]>, cursor: &mut PersistedSeq) {
+    let layout = *host.layout();
+    let before = words_of(mem);
+    let survey = host.survey();
+    assert!(changed(&before, &words_of(mem)).is_empty(), "survey wrote");
+    let b = bound(&before);
+    assert_eq!(survey.published, b, "survey bound");
+    assert_eq!(survey.client_epoch, before[words::CLIENT_EPOCH]);
+    let ready: Vec<(u64, u64)> = (0..layout.buffers)
+        .filter_map(
+            |i| match BufferState::decode(before[layout.state_word(i)]) {
+                BufferState::Ready { seq } => Some((i, seq)),
+                _ => None,
+            },
+        )
+        .collect();
+    let top = |f: &dyn Fn(u64) -> bool| ready.iter().filter(|(_, s)| f(*s)).map(|&(_, s)| s).max();
+    assert_eq!(survey.newest.map(|(_, s)| s), top(&|s| s <= b), "newest");
+    assert_eq!(survey.refused.map(|r| r.seq), top(&|s| s > b), "refused");
+    let old = *cursor;
+    let newest = survey.newest.map_or(0, |(_, s)| s);
+    match cursor.judge(&survey) {
+        Judgement::Normal => {
+            assert!(newest >= old.seq());
+            assert_eq!(cursor.seq(), old.seq());
+        }
+        Judgement::Reinitialised { last_seq, .. } => {
+            assert!(newest < last_seq && last_seq == old.seq());
+            assert_eq!(
+                cursor.seq(),
+                0,
+                "a re-initialised region resets the last seq"
+            );
+        }
+        Judgement::Backwards { last_seq, .. } => {
+            assert!(newest < last_seq);
+            assert_eq!(cursor.seq(), old.seq(), "a backwards seq changes nothing");
+        }
+    }
+}
+
 /// One freeze / copy / meta / release, checked; returns the persisted seq.
 fn freeze_checked(
     mem: &[AtomicU64],
@@ -219,11 +286,20 @@ fn freeze_checked(
         );
         for i in 0..layout.buffers {
             if let BufferState::Ready { seq } = BufferState::decode(before[layout.state_word(i)]) {
-                assert!(seq <= last_persisted, "skipped though READY({seq}) is new");
+                assert!(
+                    seq <= last_persisted || seq > bound(&before),
+                    "skipped though READY({seq}) is new and not above the hint"
+                );
             }
         }
         return None;
     };
+    assert!(
+        f.seq() <= bound(&before),
+        "froze READY({}) above the client's hint {}",
+        f.seq(),
+        bound(&before)
+    );
     let sw = layout.state_word(f.buffer());
     assert_eq!(
         BufferState::decode(before[sw]),
@@ -285,6 +361,8 @@ fn image_arbitrary(input: &mut Input<'_>, layout: &TripleLayout) {
     for (i, w) in header.iter().enumerate() {
         meta[8 * i..8 * i + 8].copy_from_slice(&w.to_le_bytes());
     }
+    let next = 8 * words::NEXT_SEQ;
+    meta[next..next + 8].copy_from_slice(&input.wide().to_le_bytes());
     for _ in 0..input.u8() % 8 {
         let i = usize::from(input.u8()) % layout.buffers as usize + 1;
         let w = layout.state_word(i as u64 - 1) + usize::from(input.u8() % 2);
@@ -311,5 +389,9 @@ fn image_arbitrary(input: &mut Input<'_>, layout: &TripleLayout) {
         let sw = img.layout.seq_word(img.buffer);
         let seq_word = u64::from_le_bytes(meta[8 * sw..8 * sw + 8].try_into().unwrap());
         assert_eq!(seq_word, img.seq);
+        assert!(
+            img.seq < img.next_seq,
+            "read_image accepted a seq at or above next_seq"
+        );
     }
 }

@@ -6,6 +6,8 @@ use super::{
     next_epoch, ready, words, writing, BufferState, TripleError, TripleLayout, TripleRequest,
     MAX_SEQ,
 };
+use crate::claim::{Claim, ClaimId};
+use crate::format::word;
 use crate::layout::LayoutError;
 use crate::memory::{load_bytes, store_bytes, WordMemory};
 
@@ -14,11 +16,25 @@ pub const TAKE_PASSES: u64 = 2;
 
 /// The single client of a triple-buffer region.
 ///
-/// Exactly one client may exist per region at a time (across all processes). It keeps its
-/// cursor privately; the only words it reads back from the region are state words.
+/// Exactly one client may exist per region at a time (across all processes), enforced by the
+/// region's [claim](crate::claim): every constructor takes it with the caller's [`ClaimId`]
+/// before touching anything else, a second client is refused with [`TripleError::Claimed`]
+/// naming the holder, and dropping the client releases it. It keeps its cursor privately; the
+/// only words it reads back from the region are state words.
+///
+/// # A damaged region
+///
+/// When the region cannot be used — attach fails on a bad header ([`TripleError::Layout`]) or
+/// exhausted seqs, or [`take`](TripleClient::take) fails with [`TripleError::NoFreeBuffer`]
+/// because something scribbled the state words — [`TripleClient::reinit`] is the way back: it
+/// discards the region's contents and configures it afresh under a **new client epoch**. The
+/// host sees the epoch change at its next snapshot, resets the last seq it persisted, and
+/// persists the new publications at once (seqs start again at 1).
 #[derive(Debug)]
 pub struct TripleClient<'m, M: WordMemory + ?Sized> {
     mem: &'m M,
+    /// The region's claim on `mem`, held for the client's whole life (released on drop).
+    claim: Claim<'m, M>,
     layout: TripleLayout,
     /// This client's epoch (`1..2^62`): the value of its WRITING words.
     epoch: u64,
@@ -30,15 +46,59 @@ pub struct TripleClient<'m, M: WordMemory + ?Sized> {
     newest: Option<(u64, u64)>,
 }
 
+/// Refuses memory whose header is configured but not a valid triple region, before the claim
+/// is read: there the claim word is as meaningless as the rest, and "claimed by pid N" would
+/// be a false report. Reads only (a concurrent `init` stores the magic last, with Release);
+/// the claimed path reads the header again.
+fn refuse_foreign<M: WordMemory + ?Sized>(mem: &M) -> Result<(), TripleError> {
+    match TripleLayout::read(mem) {
+        Ok(_) | Err(LayoutError::Unconfigured) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
 impl<'m, M: WordMemory + ?Sized> TripleClient<'m, M> {
-    /// Configures a fresh region (no magic: never configured, or an init cut short) for
-    /// `request` and returns its client. Every buffer is FREE.
+    /// Takes the region's claim for `id`, then configures the fresh region (no magic: never
+    /// configured, or an init cut short) for `request` and returns its client. Every buffer is
+    /// FREE; the client epoch is a new one (the old epoch word, bumped), so a host that
+    /// snapshotted the region before sees the re-initialisation.
     ///
     /// # Errors
     ///
+    /// [`TripleError::Claimed`] if another client holds the region (nothing is touched);
     /// [`TripleError::AlreadyConfigured`] if the header has a magic; a [`LayoutError`] if the
     /// request is invalid or does not fit the memory.
-    pub fn init(mem: &'m M, request: TripleRequest) -> Result<Self, TripleError> {
+    pub fn init(mem: &'m M, request: TripleRequest, id: ClaimId) -> Result<Self, TripleError> {
+        let claim = Claim::take(mem, id)?;
+        Self::init_claimed(claim, request)
+    }
+
+    /// Takes the region's claim for `id`, discards whatever the region holds and configures
+    /// it afresh for `request`: the documented way back from a damaged region (see the
+    /// [type docs](TripleClient#a-damaged-region)). The state is lost (a restarted client
+    /// reads nothing until the next publication); the client epoch changes, which the host
+    /// recognises: it resets the last seq it persisted and snapshots the new publications at
+    /// once.
+    ///
+    /// If the host is copying a frozen buffer at that moment, its release finds the state word
+    /// changed and it drops that copy.
+    ///
+    /// # Errors
+    ///
+    /// [`TripleError::Claimed`] if another client holds the region (drop this process's own
+    /// client first); a [`LayoutError`] if the request is invalid or does not fit the memory.
+    pub fn reinit(mem: &'m M, request: TripleRequest, id: ClaimId) -> Result<Self, TripleError> {
+        let claim = Claim::take(mem, id)?;
+        // Unconfigure: the magic is stored last by `write_header`, so zeroing it makes the
+        // header "unconfigured" (a host skips the region until the new header is published).
+        // Relaxed: nothing is published by this store; `init_claimed` orders what follows.
+        mem.store(word::MAGIC, 0, Ordering::Relaxed);
+        Self::init_claimed(claim, request)
+    }
+
+    /// [`TripleClient::init`] with the claim already held.
+    fn init_claimed(claim: Claim<'m, M>, request: TripleRequest) -> Result<Self, TripleError> {
+        let mem = claim.mem();
         let layout = TripleLayout::new(request)?;
         let available = (mem.len() as u64).saturating_mul(8);
         if layout.region_len > available {
@@ -52,8 +112,19 @@ impl<'m, M: WordMemory + ?Sized> TripleClient<'m, M> {
             Err(LayoutError::Unconfigured) => {}
             _ => return Err(TripleError::AlreadyConfigured),
         }
-        // Zero the hints and the state page (every state line) before publishing the header.
-        for w in [words::NEXT_SEQ, words::CLIENT_EPOCH, words::HOST_EPOCH] {
+        // A new client epoch before anything else changes: a region configured afresh is a
+        // new life of the region, and the host tells it from a plain client restart by the
+        // epoch change together with seqs that went back (DESIGN §6).
+        let epoch = next_epoch(mem.load(words::CLIENT_EPOCH, Ordering::Relaxed));
+        mem.store(words::CLIENT_EPOCH, epoch, Ordering::Relaxed);
+        // Release: a host whose (SeqCst, so Acquire) scan reads a state word zeroed below, or
+        // anything this client publishes later, also sees the new epoch when it loads the
+        // epoch word after its scan — so it never mistakes the emptied state page for seqs
+        // going backwards within one epoch (which it would refuse and count).
+        mem.fence(Ordering::Release);
+        // Zero the seq hint, the host epoch and the state page (every state line) before
+        // publishing the header.
+        for w in [words::NEXT_SEQ, words::HOST_EPOCH] {
             mem.store(w, 0, Ordering::Relaxed);
         }
         let first = (layout.state_offset / 8) as usize;
@@ -61,25 +132,32 @@ impl<'m, M: WordMemory + ?Sized> TripleClient<'m, M> {
             mem.store(w, 0, Ordering::Relaxed);
         }
         layout.write_header(mem);
-        Self::attach(mem)
+        Self::attach_claimed(claim)
     }
 
-    /// Attaches to a configured region, initialising it with `request` if it is fresh.
+    /// Takes the region's claim for `id`, then attaches to the configured region, or
+    /// initialises it with `request` if it is fresh.
     ///
     /// # Errors
     ///
     /// As [`TripleClient::init`] and [`TripleClient::attach`]; [`TripleError::Mismatch`] if
     /// the region has another layout.
-    pub fn open_or_init(mem: &'m M, request: TripleRequest) -> Result<Self, TripleError> {
+    pub fn open_or_init(
+        mem: &'m M,
+        request: TripleRequest,
+        id: ClaimId,
+    ) -> Result<Self, TripleError> {
+        refuse_foreign(mem)?;
+        let claim = Claim::take(mem, id)?;
         match TripleLayout::read(mem) {
-            Err(LayoutError::Unconfigured) => Self::init(mem, request),
+            Err(LayoutError::Unconfigured) => Self::init_claimed(claim, request),
             Err(e) => Err(e.into()),
             Ok(found) => {
                 let requested = TripleLayout::new(request)?;
                 if found != requested {
                     return Err(TripleError::Mismatch { found, requested });
                 }
-                Self::attach(mem)
+                Self::attach_claimed(claim)
             }
         }
     }
@@ -89,12 +167,25 @@ impl<'m, M: WordMemory + ?Sized> TripleClient<'m, M> {
     /// Bumps the client epoch, frees every WRITING buffer (a dead client's: one client runs
     /// at a time) and every invalid state word, and finds the newest state: the READY or
     /// FROZEN buffer with the highest seq (after a restore, the restored buffer). The next seq
-    /// is above it and above the `NEXT_SEQ` hint, so seqs never repeat. Bounded by `N`.
+    /// is above it and above the `NEXT_SEQ` hint, so seqs never repeat; it is stored as the
+    /// new hint (a host refuses a READY seq above the hint). Bounded by `N`.
+    ///
+    /// The region's claim is taken for `id` first: after a reclaim (the previous client
+    /// died) this recovery is what makes the dead client's half-done work safe to build on.
     ///
     /// # Errors
     ///
-    /// A [`LayoutError`] for a missing or invalid header; [`TripleError::Exhausted`].
-    pub fn attach(mem: &'m M) -> Result<Self, TripleError> {
+    /// [`TripleError::Claimed`] if another client holds the region (nothing is touched); a
+    /// [`LayoutError`] for a missing or invalid header; [`TripleError::Exhausted`].
+    pub fn attach(mem: &'m M, id: ClaimId) -> Result<Self, TripleError> {
+        refuse_foreign(mem)?;
+        let claim = Claim::take(mem, id)?;
+        Self::attach_claimed(claim)
+    }
+
+    /// [`TripleClient::attach`] with the claim already held.
+    fn attach_claimed(claim: Claim<'m, M>) -> Result<Self, TripleError> {
+        let mem = claim.mem();
         let layout = TripleLayout::read(mem)?;
         let epoch = next_epoch(mem.load(words::CLIENT_EPOCH, Ordering::Relaxed));
         mem.store(words::CLIENT_EPOCH, epoch, Ordering::Relaxed);
@@ -132,8 +223,14 @@ impl<'m, M: WordMemory + ?Sized> TripleClient<'m, M> {
         if next_seq >= MAX_SEQ {
             return Err(TripleError::Exhausted);
         }
+        // The hint covers the next publication before its READY store: a host that reads
+        // READY(s) (SeqCst) and then the hint finds `hint >= s`, and refuses a READY seq above
+        // the hint as one this client cannot have published. Relaxed: ordered before the
+        // publication by its SeqCst (Release) READY store.
+        mem.store(words::NEXT_SEQ, next_seq, Ordering::Relaxed);
         Ok(TripleClient {
             mem,
+            claim,
             layout,
             epoch,
             next_seq,
@@ -149,6 +246,16 @@ impl<'m, M: WordMemory + ?Sized> TripleClient<'m, M> {
     /// This client's epoch.
     pub fn epoch(&self) -> u64 {
         self.epoch
+    }
+
+    /// The id this client holds the region's claim with.
+    pub fn claim_id(&self) -> ClaimId {
+        self.claim.id()
+    }
+
+    /// The region's memory (for the status words: durability feedback, snapshot requests).
+    pub fn mem(&self) -> &'m M {
+        self.mem
     }
 
     /// The seq the next publication will get.

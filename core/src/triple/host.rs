@@ -4,7 +4,9 @@
 use core::ops::Range;
 use core::sync::atomic::Ordering;
 
-use super::{frozen, next_epoch, ready, words, BufferState, TripleError, TripleLayout, MAX_SEQ};
+use super::{
+    frozen, next_epoch, ready, words, BufferState, TripleError, TripleLayout, MAX_BUFFERS, MAX_SEQ,
+};
 use crate::format::{read_word, write_word};
 use crate::memory::{load_bytes, WordMemory};
 
@@ -16,6 +18,13 @@ pub const FREEZE_ATTEMPTS: u32 = 4;
 /// The layout is validated once, at attach; the host never re-reads the header, so a client
 /// that rewrites it later cannot move an index out of bounds. The host writes only state
 /// words (compare-exchange from a value it read) and the host-epoch word.
+///
+/// The state words are hostile too: a READY seq above the client's `NEXT_SEQ` hint is one the
+/// client cannot have published (it stores a hint covering a publication before the
+/// publication's READY store) and is **refused** — never frozen, never counted as the
+/// newest, reported by [`survey`](TripleHost::survey). [`PersistedSeq`] judges each survey
+/// against what the host persisted last: a re-initialised region resets it, seqs going
+/// backwards within one client epoch are refused.
 #[derive(Debug)]
 pub struct TripleHost<'m, M: WordMemory + ?Sized> {
     mem: &'m M,
@@ -87,27 +96,78 @@ impl<'m, M: WordMemory + ?Sized> TripleHost<'m, M> {
         self.adopted
     }
 
-    /// The highest seq of any READY word now (0 if none): to decide whether a snapshot is due
-    /// without freezing anything. Hostile values are ignored.
+    /// The highest seq of any READY word the client can have published (0 if none): to
+    /// decide whether a snapshot is due without freezing anything. Hostile values are ignored.
     pub fn newest_ready(&self) -> u64 {
-        self.scan().map_or(0, |(_, s)| s)
+        self.scan().newest.map_or(0, |(_, s)| s)
     }
 
-    /// The READY buffer with the highest seq: `(buffer, seq)`.
-    fn scan(&self) -> Option<(u64, u64)> {
-        let mut best: Option<(u64, u64)> = None;
-        for i in 0..self.layout.buffers {
+    /// Looks at the state words without freezing anything: the newest READY buffer the
+    /// client can have published, the highest READY seq it cannot have (refused), its
+    /// `NEXT_SEQ` hint and its epoch (loaded after the state words). Bounded by `N`.
+    pub fn survey(&self) -> Survey {
+        let scan = self.scan();
+        // Relaxed, after the scan: a re-initialising client stores its new epoch before a
+        // Release fence and then rewrites the state words (`TripleClient::init`), so a scan
+        // that read any of those (SeqCst: Acquire) sees the new epoch here.
+        let client_epoch = self.mem.load(words::CLIENT_EPOCH, Ordering::Relaxed);
+        Survey {
+            newest: scan.newest,
+            refused: scan.refused,
+            published: scan.published,
+            client_epoch,
+        }
+    }
+
+    /// The client's `NEXT_SEQ` hint, or 0 if it is not a seq.
+    fn hint(&self) -> u64 {
+        let h = self.mem.load(words::NEXT_SEQ, Ordering::Relaxed);
+        if h < MAX_SEQ {
+            h
+        } else {
+            0
+        }
+    }
+
+    /// One pass over the state words: the READY buffer with the highest seq the client can
+    /// have published, and the highest READY seq it cannot have.
+    fn scan(&self) -> Scan {
+        let mut states = [0u64; MAX_BUFFERS as usize];
+        let n = (self.layout.buffers as usize).min(states.len());
+        for (i, v) in states.iter_mut().enumerate().take(n) {
             // SeqCst: in the single total order with the client's SeqCst READY stores and
             // take compare-exchanges, so a scan ordered after a publication sees it (or a
             // newer one) and never picks a stale buffer because of a stale view.
-            let v = self.mem.load(self.layout.state_word(i), Ordering::SeqCst);
-            if let BufferState::Ready { seq } = BufferState::decode(v) {
-                if seq < MAX_SEQ && best.is_none_or(|(_, s)| seq > s) {
-                    best = Some((i, seq));
+            *v = self
+                .mem
+                .load(self.layout.state_word(i as u64), Ordering::SeqCst);
+        }
+        // Relaxed, after the scan: the client stores a hint `>= s` before its READY(s) store
+        // (`attach`, and every `publish` for the next one), and that store is a Release
+        // (SeqCst) which our SeqCst load of READY(s) acquired — so this load sees `>= s` for
+        // every READY(s) the client published. A READY seq above it is not the client's.
+        // (The one exception is benign: a client re-initialising during this scan lowers the
+        // hint below READY words of its previous life that the scan still saw; such a word is
+        // refused once, and the next survey sees the new epoch.)
+        let published = self.hint();
+        let mut scan = Scan {
+            published,
+            ..Scan::default()
+        };
+        for (i, &v) in states.iter().enumerate().take(n) {
+            let BufferState::Ready { seq } = BufferState::decode(v) else {
+                continue;
+            };
+            let i = i as u64;
+            if seq > published {
+                if scan.refused.is_none_or(|r| seq > r.seq) {
+                    scan.refused = Some(Refused { buffer: i, seq });
                 }
+            } else if scan.newest.is_none_or(|(_, s)| seq > s) {
+                scan.newest = Some((i, seq));
             }
         }
-        best
+        scan
     }
 
     /// Freezes the newest READY buffer if its seq is above `last_persisted`; `Ok(None)` when
@@ -123,7 +183,8 @@ impl<'m, M: WordMemory + ?Sized> TripleHost<'m, M> {
     pub fn freeze(&self, last_persisted: u64) -> Result<Option<Frozen<'_, 'm, M>>, TripleError> {
         let mut floor = last_persisted.saturating_add(1);
         for _ in 0..FREEZE_ATTEMPTS {
-            let Some((buffer, seq)) = self.scan() else {
+            // Only a seq the client can have published: a refused one is never frozen.
+            let Some((buffer, seq)) = self.scan().newest else {
                 return Ok(None);
             };
             floor = floor.max(seq.saturating_add(1));
@@ -154,6 +215,138 @@ impl<'m, M: WordMemory + ?Sized> TripleHost<'m, M> {
         Err(TripleError::Contended {
             attempts: FREEZE_ATTEMPTS,
         })
+    }
+}
+
+/// One pass over the state words ([`TripleHost::scan`]).
+#[derive(Debug, Clone, Copy, Default)]
+struct Scan {
+    newest: Option<(u64, u64)>,
+    refused: Option<Refused>,
+    published: u64,
+}
+
+/// What a host found in the state words before freezing anything ([`TripleHost::survey`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Survey {
+    /// The READY buffer with the highest seq the client can have published: `(buffer, seq)`.
+    pub newest: Option<(u64, u64)>,
+    /// The READY word with the highest seq the client cannot have published (above
+    /// [`published`](Survey::published)): refused, never frozen.
+    pub refused: Option<Refused>,
+    /// The bound: the client's `NEXT_SEQ` hint (0 if it is not a seq), `>=` every seq it
+    /// published.
+    pub published: u64,
+    /// The client epoch word, loaded after the state words.
+    pub client_epoch: u64,
+}
+
+/// A READY state word whose seq is above what the client says it published.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Refused {
+    /// The buffer.
+    pub buffer: u64,
+    /// The seq its state word claims.
+    pub seq: u64,
+}
+
+/// The host's memory of the last state it persisted, kept across attaches (a host attaches
+/// anew for every snapshot), and its judgement of each [`Survey`] (DESIGN §6).
+///
+/// Within one client epoch a client's newest publication never goes back (it never reclaims
+/// its newest buffer), and no host persists a seq above the newest. So:
+///
+/// - the client epoch changed **and** the newest publication is below the last persisted seq:
+///   the region was re-initialised (`TripleClient::init` on a zeroed header, or
+///   `TripleClient::reinit`) and seqs start again — the last persisted seq is reset to 0 so
+///   the new publications are persisted at once ([`Judgement::Reinitialised`]);
+/// - the epoch is the same and the newest publication is below it: the state words went
+///   backwards, which the client cannot do — refused ([`Judgement::Backwards`]): nothing below
+///   the last persisted seq is persisted, and the last persisted seq stays.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PersistedSeq {
+    /// Seq of the newest persisted state (0: none); only a newer READY seq is persisted.
+    seq: u64,
+    /// The client epoch of the last survey (`None` before the first).
+    epoch: Option<u64>,
+}
+
+/// What [`PersistedSeq::judge`] made of a survey.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Judgement {
+    /// Nothing unusual: persist a READY seq above [`PersistedSeq::seq`].
+    Normal,
+    /// The region was re-initialised: the last persisted seq was reset to 0.
+    Reinitialised {
+        /// The client epoch before.
+        from_epoch: u64,
+        /// The client epoch now.
+        to_epoch: u64,
+        /// The last persisted seq that was reset.
+        last_seq: u64,
+        /// The newest seq the client published since (0: none yet).
+        newest: u64,
+    },
+    /// Within one client epoch the newest publication is below the last persisted seq:
+    /// refused (the state words were changed behind the client's back).
+    Backwards {
+        /// The newest seq found.
+        newest: u64,
+        /// The last persisted seq, kept.
+        last_seq: u64,
+    },
+}
+
+impl PersistedSeq {
+    /// Nothing persisted yet.
+    pub const fn new() -> Self {
+        PersistedSeq {
+            seq: 0,
+            epoch: None,
+        }
+    }
+
+    /// A region restored from a snapshot of `seq`, whose client epoch word is `client_epoch`.
+    pub const fn restored(seq: u64, client_epoch: u64) -> Self {
+        PersistedSeq {
+            seq,
+            epoch: Some(client_epoch),
+        }
+    }
+
+    /// The seq of the newest persisted state (0: none).
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    /// Records that the state with `seq` was persisted.
+    pub fn persisted(&mut self, seq: u64) {
+        self.seq = seq;
+    }
+
+    /// Judges `survey` against the last persisted seq (see the [type docs](PersistedSeq)),
+    /// resetting it for a re-initialised region.
+    pub fn judge(&mut self, survey: &Survey) -> Judgement {
+        let newest = survey.newest.map_or(0, |(_, s)| s);
+        let before = self.epoch.replace(survey.client_epoch);
+        if newest >= self.seq {
+            return Judgement::Normal;
+        }
+        match before {
+            Some(from) if from != survey.client_epoch => {
+                let last_seq = core::mem::take(&mut self.seq);
+                Judgement::Reinitialised {
+                    from_epoch: from,
+                    to_epoch: survey.client_epoch,
+                    last_seq,
+                    newest,
+                }
+            }
+            _ => Judgement::Backwards {
+                newest,
+                last_seq: self.seq,
+            },
+        }
     }
 }
 
@@ -217,7 +410,8 @@ impl<M: WordMemory + ?Sized> Frozen<'_, '_, M> {
     ///
     /// The image's state page holds exactly one READY buffer — this one, `READY(seq)` with
     /// seq word `seq` — and zeros elsewhere, so a restore makes it the buffer the next client
-    /// reads at start. `NEXT_SEQ` is above every seq the host saw (hint read now, if valid;
+    /// reads at start. Every header word not named here is 0 — the status, request and claim
+    /// words among them: an image promises no durability and is claimed by nobody. `NEXT_SEQ` is above every seq the host saw (hint read now, if valid;
     /// every READY seq of the freeze's scans; `seq`), so seqs do not repeat after a restore.
     ///
     /// # Errors
@@ -305,12 +499,14 @@ pub struct TripleImage {
 /// Validates the meta of a snapshot image (at least its first
 /// [`meta_len`](TripleLayout::meta_len) bytes; `region_len` is the full image length, which
 /// the header must fit): a triple header, exactly one state line `READY(seq)` with seq word
-/// `seq`, every other state line zero. For restore, `inspect` and `verify`.
+/// `seq`, every other state line zero, and `seq` below the image's `NEXT_SEQ`. For restore,
+/// `inspect` and `verify`.
 ///
 /// # Errors
 ///
 /// [`TripleError::Layout`] for the header, [`TripleError::BufferLength`] if `meta` is shorter
-/// than the meta part, [`TripleError::ImageState`] naming the first inconsistent buffer.
+/// than the meta part, [`TripleError::ImageState`] naming the first inconsistent buffer,
+/// [`TripleError::ImageSeq`] for a READY seq not below `NEXT_SEQ`.
 pub fn read_image(meta: &[u8], region_len: u64) -> Result<TripleImage, TripleError> {
     let mut w = [0u64; super::HEADER_WORDS];
     for (i, slot) in w.iter_mut().enumerate() {
@@ -351,6 +547,11 @@ pub fn read_image(meta: &[u8], region_len: u64) -> Result<TripleImage, TripleErr
         });
     };
     let next_seq = read_word(meta, words::NEXT_SEQ).unwrap_or(0);
+    // Every seq a client published is below its next seq, and a host never persists a seq
+    // above what the client published: an image saying otherwise was not written by a host.
+    if seq >= next_seq {
+        return Err(TripleError::ImageSeq { seq, next_seq });
+    }
     Ok(TripleImage {
         layout,
         buffer,

@@ -63,6 +63,7 @@ use core::fmt;
 use core::ops::Range;
 use core::sync::atomic::Ordering;
 
+use crate::claim::{ClaimError, ClaimId};
 use crate::format::{word, Strategy, FORMAT_VERSION, MAGIC, PAGE_SIZE};
 use crate::layout::{header_checksum, LayoutError};
 use crate::memory::WordMemory;
@@ -71,7 +72,10 @@ mod client;
 mod host;
 
 pub use client::{TripleClient, WriteGrant, TAKE_PASSES};
-pub use host::{read_image, Frozen, TripleHost, TripleImage, FREEZE_ATTEMPTS};
+pub use host::{
+    read_image, Frozen, Judgement, PersistedSeq, Refused, Survey, TripleHost, TripleImage,
+    FREEZE_ATTEMPTS,
+};
 
 /// Largest sequence number (exclusive) a triple region hands out: seqs are `1..MAX_SEQ` and fit
 /// the 62 value bits of a READY word.
@@ -285,11 +289,37 @@ pub enum TripleError {
         /// Its state word.
         state: u64,
     },
+    /// A snapshot image's READY seq is not below its `next_seq`: the image says the client
+    /// never published that seq (a host never writes such an image).
+    ImageSeq {
+        /// The READY buffer's seq.
+        seq: u64,
+        /// The image's `NEXT_SEQ` word.
+        next_seq: u64,
+    },
+    /// Another client holds the region's claim (one client per region,
+    /// [`claim`](crate::claim)).
+    Claimed {
+        /// The holder's id (under the documented encoding, its pid: [`ClaimId::pid`]).
+        holder: ClaimId,
+    },
 }
 
 impl From<LayoutError> for TripleError {
     fn from(e: LayoutError) -> Self {
         TripleError::Layout(e)
+    }
+}
+
+impl From<ClaimError> for TripleError {
+    fn from(e: ClaimError) -> Self {
+        match e {
+            ClaimError::Claimed { holder } => TripleError::Claimed { holder },
+            ClaimError::TooSmall { words } => TripleError::Layout(LayoutError::TooSmall {
+                needed: PAGE_SIZE,
+                available: (words as u64).saturating_mul(8),
+            }),
+        }
     }
 }
 
@@ -336,6 +366,11 @@ impl fmt::Display for TripleError {
                 f,
                 "snapshot image is inconsistent: buffer {buffer} has state word {state:#018x} (expected exactly one READY buffer with a matching seq word, all others FREE)"
             ),
+            TripleError::ImageSeq { seq, next_seq } => write!(
+                f,
+                "snapshot image is inconsistent: its READY seq {seq} is not below its next_seq {next_seq} (no host persists a seq the client had not published)"
+            ),
+            TripleError::Claimed { holder } => ClaimError::Claimed { holder }.fmt(f),
         }
     }
 }

@@ -20,7 +20,7 @@ use std::collections::BTreeMap;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use shmsnap_core::{LayoutRequest, Region, UnitError, UnitTable, WordMemory, Writer};
+use shmsnap_core::{LayoutRequest, Region, UnitError, UnitTable, WordMemory};
 
 use crate::exit::{Code, Failure};
 
@@ -143,9 +143,10 @@ fn restore<M: WordMemory + ?Sized>(
 ///
 /// A [`Failure`] if the region cannot be found or used.
 pub fn run(ops_target: u64, pause: Duration) -> Result<ExitCode, Failure> {
-    let (_memfd, map) = super::region()?;
-    let mut w =
-        Writer::open_or_init(map.words(), LAYOUT).map_err(|e| super::attach_failure("kv", e))?;
+    let mut region = super::region()?;
+    let mut w = region
+        .writer(LAYOUT)
+        .map_err(|e| super::attach_failure("kv", e))?;
     let mut states = vec![0u64; w.unit_count(UNIT)];
     let mut table = UnitTable::new(&mut states, UNIT).map_err(|e| fail("units", e))?;
     let State {
@@ -218,6 +219,7 @@ pub fn run(ops_target: u64, pause: Duration) -> Result<ExitCode, Failure> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use shmsnap_core::Writer;
     use shmsnap_linux::{Mapping, Memfd, Protection};
 
     /// A region holding one committed root that claims `ops` operations and no nodes.
@@ -225,12 +227,13 @@ mod tests {
         let memfd = Memfd::create("kv-hostile", 1 << 20).unwrap();
         memfd.seal_against_shrink().unwrap();
         let map = Mapping::of_memfd(&memfd, Protection::ReadWrite).unwrap();
-        let mut w = Writer::open_or_init(map.words(), LAYOUT).unwrap();
+        let mut w = Writer::open_or_init(map.words(), LAYOUT, super::super::TEST_CLIENT).unwrap();
         let mut root = ops.to_le_bytes().to_vec();
         for _ in 0..BUCKETS {
             root.extend_from_slice(&NO_UNIT.to_le_bytes());
         }
         w.commit(&root).unwrap();
+        drop(w);
         (memfd, map)
     }
 

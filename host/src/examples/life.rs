@@ -13,8 +13,12 @@ use std::io::Write;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use shmsnap_core::format::word;
 use shmsnap_core::triple::{TripleClient, TripleError, TripleRequest};
 use shmsnap_core::{LayoutError, PAGE_SIZE};
+use shmsnap_linux::ClientRegion;
 
 use crate::exit::{Code, Failure};
 
@@ -225,15 +229,53 @@ fn open_failure(e: TripleError) -> Failure {
     }
 }
 
-/// Runs the client.
+/// How the `--reinit-at` test hook re-initialises the region.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Reinit {
+    /// `TripleClient::reinit`: the documented way back from a damaged region.
+    Reinit,
+    /// Zero header word 0 (the magic), then `TripleClient::init` (issue 20's scenario).
+    ZeroMagic,
+}
+
+/// Re-initialises the region `how` (the client that held it is gone) and returns the new
+/// client: its seqs start again at 1, under a new client epoch the host recognises.
+fn reinit(
+    region: &mut ClientRegion,
+    how: Reinit,
+    side: u32,
+) -> Result<TripleClient<'_, [AtomicU64]>, Failure> {
+    let client = match how {
+        Reinit::Reinit => region.triple_reinit(request(side)),
+        Reinit::ZeroMagic => {
+            // Relaxed: no writer of this region exists between the drop and the init.
+            region.words()[word::MAGIC].store(0, Ordering::Relaxed);
+            region.triple(request(side))
+        }
+    };
+    let client = client.map_err(open_failure)?;
+    println!(
+        "life: pid {} re-initialised the region ({how:?}); seqs start again at {}",
+        std::process::id(),
+        client.next_seq()
+    );
+    Ok(client)
+}
+
+/// Runs the client; `reinit_at` is the `--reinit-at` test hook (generation, how).
 ///
 /// # Errors
 ///
 /// A [`Failure`] if the region cannot be found or used.
-pub fn run(generations: u64, pause: Duration, side: u32, seed: u64) -> Result<ExitCode, Failure> {
-    let (_memfd, map) = super::region()?;
-    let mut client =
-        TripleClient::open_or_init(map.words(), request(side)).map_err(open_failure)?;
+pub fn run(
+    generations: u64,
+    pause: Duration,
+    side: u32,
+    seed: u64,
+    reinit_at: Option<(u64, Reinit)>,
+) -> Result<ExitCode, Failure> {
+    let mut region = super::region()?;
+    let mut client = region.triple(request(side)).map_err(open_failure)?;
     let mut bytes = vec![0u8; HEADER + (side as usize).pow(2)];
     let mut board = match client.read_newest(0, &mut bytes) {
         Err(e) => return Err(fail("cannot read the newest state", e)),
@@ -273,6 +315,10 @@ pub fn run(generations: u64, pause: Duration, side: u32, seed: u64) -> Result<Ex
         board.step(&mut next);
         board.encode(&mut bytes);
         client.publish(&bytes).map_err(|e| fail("publish", e))?;
+        if let Some((_, how)) = reinit_at.filter(|&(g, _)| g == board.generation) {
+            drop(client);
+            client = reinit(&mut region, how, side)?;
+        }
         if !pause.is_zero() {
             std::thread::sleep(pause);
         }

@@ -1,5 +1,6 @@
 //! Example clients, written against the public client API only (`shmsnap-core` for the
-//! protocol, `shmsnap-linux::listen` to find the region). Run them under the host:
+//! protocol, `shmsnap-linux`'s [`ClientRegion`] for the region the host passes). Run them
+//! under the host:
 //!
 //! ```text
 //! shmsnap run --state primes.snap --strategy queue -- shmsnap example primes
@@ -12,14 +13,20 @@ pub mod life;
 pub mod primes;
 
 use shmsnap_core::{AttachError, LayoutError};
-use shmsnap_linux::listen::{open_client_region, DEFAULT_FD_NAME};
-use shmsnap_linux::{Mapping, Memfd};
+use shmsnap_linux::ClientRegion;
 
 use crate::exit::{Code, Failure};
 
+/// The claim id of in-process test writers (unit tests of the host crate).
+#[cfg(test)]
+pub const TEST_CLIENT: shmsnap_core::ClaimId = match shmsnap_core::ClaimId::from_pid(1, 0x7e57) {
+    Some(id) => id,
+    None => panic!("pid 1 is nonzero"),
+};
+
 /// Finds the region passed by the host.
-pub fn region() -> Result<(Memfd, Mapping), Failure> {
-    open_client_region(DEFAULT_FD_NAME).map_err(|e| {
+pub fn region() -> Result<ClientRegion, Failure> {
+    ClientRegion::from_host().map_err(|e| {
         Failure::new(
             Code::Usage,
             format!("{e} (example clients expect to be started by `shmsnap run --strategy queue -- ...`)"),
@@ -32,6 +39,8 @@ pub fn region() -> Result<(Memfd, Mapping), Failure> {
 pub fn attach_failure(example: &str, e: AttachError) -> Failure {
     let code = match e {
         AttachError::Layout(LayoutError::TooSmall { .. }) => Code::Config,
+        // Another process writes the region: not this client's bug, and it may go away.
+        AttachError::Claimed { .. } => Code::TempFail,
         _ => Code::Software,
     };
     let hint = if code == Code::Config {

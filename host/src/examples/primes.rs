@@ -12,11 +12,10 @@
 
 use std::io::Write;
 use std::process::ExitCode;
-use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use shmsnap_core::{LayoutRequest, UnitError, UnitTable, Writer};
-use shmsnap_linux::status;
+use shmsnap_linux::Durability;
 
 use crate::exit::{Code, Failure};
 
@@ -81,8 +80,10 @@ pub fn run(
     linger: Duration,
     ack: u64,
 ) -> Result<ExitCode, Failure> {
-    let (_memfd, map) = super::region()?;
-    let mut w = Writer::open_or_init(map.words(), LAYOUT)
+    let mut region = super::region()?;
+    let durable = region.durability();
+    let mut w = region
+        .writer(LAYOUT)
         .map_err(|e| super::attach_failure("primes", e))?;
     let (mut count, batch, seq) = read_root(&w, batch_arg)?;
     let unit = (batch * 8) as usize;
@@ -123,7 +124,7 @@ pub fn run(
         count += batch;
         used += 1;
         if ack > 0 && (used as u64).is_multiple_of(ack) {
-            acknowledge(map.words(), seq, count)?;
+            acknowledge(&durable, seq, count)?;
         }
         primes.extend_from_slice(&next);
         if !pause.is_zero() {
@@ -244,11 +245,16 @@ const ACK_RETRY: Duration = Duration::from_secs(2);
 
 /// Asks for a snapshot and waits until the status covers commit `seq`, then prints that
 /// `count` primes are acknowledged.
-fn acknowledge(words: &[AtomicU64], seq: u64, count: u64) -> Result<(), Failure> {
+fn acknowledge(durable: &Durability, seq: u64, count: u64) -> Result<(), Failure> {
     loop {
-        status::request_snapshot(words).map_err(|e| fail("snapshot request", e))?;
-        if status::wait_persisted(words, seq, ACK_RETRY).map_err(|e| fail("durability wait", e))? {
-            let s = shmsnap_core::status::persisted(words);
+        durable
+            .request_snapshot()
+            .map_err(|e| fail("snapshot request", e))?;
+        if durable
+            .wait_persisted(seq, ACK_RETRY)
+            .map_err(|e| fail("durability wait", e))?
+        {
+            let s = durable.persisted();
             println!(
                 "primes: acknowledged {count} (seq {seq}; durable up to seq {}, generation {})",
                 s.seq, s.generation

@@ -119,6 +119,10 @@ pub trait Strategy: Send + fmt::Debug {
         warn_on_foreign(self.code(), origin);
     }
 
+    /// Hands the strategy the host's metrics, for what it counts itself (the triple strategy:
+    /// refused state words). The default counts nothing.
+    fn attach_metrics(&mut self, _metrics: &crate::metrics::Metrics) {}
+
     /// `true` if the region holds nothing the last persisted snapshot lacks (then no snapshot
     /// is taken).
     fn unchanged(&self, map: &Mapping) -> bool;

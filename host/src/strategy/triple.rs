@@ -7,6 +7,14 @@
 //! copied buffer cannot change: the client never writes a FROZEN buffer) and is skipped when
 //! nothing newer than the last persisted seq was published.
 //!
+//! The state words are hostile input (DESIGN §6). Before each freeze the host surveys them
+//! and core's [`PersistedSeq`] judges the survey against what it persisted last: a READY seq
+//! above the client's published `NEXT_SEQ` is refused (never frozen: it cannot be the
+//! client's); a newest seq below the last persisted one is a re-initialised region when the
+//! client epoch changed (the last persisted seq is reset, so the new publications persist at
+//! once) and refused otherwise. Refusals are counted (`shmsnap_triple_refused_states_total`)
+//! and logged when they change; a re-initialisation is logged once.
+//!
 //! The host maps the region read-write (it compare-exchanges state words) and attaches anew
 //! for every attempt: [`TripleHost::attach`] validates the layout once per attempt, so a
 //! client that rewrites its header between attempts cannot move an index out of bounds, and
@@ -16,21 +24,29 @@
 
 use std::io;
 
-use shmsnap_core::triple::{TripleError, TripleHost};
+use shmsnap_core::triple::{Judgement, PersistedSeq, Refused, Survey, TripleError, TripleHost};
 use shmsnap_core::LayoutError;
 use shmsnap_linux::take_triple::{take_triple, TripleSnapshot};
 use shmsnap_linux::{Mapping, Protection};
 use tracing::{debug, info, warn};
 
 use super::{warn_on_foreign, Code, Cx, OnUsr1, Origin, Schedule, Strategy};
+use crate::metrics::Metrics;
 use crate::snap::{Outcome, Point, Report};
 
 /// The triple strategy's memory between snapshots.
 #[derive(Debug, Default)]
 pub struct Triple {
-    /// Seq of the state in the newest persisted snapshot (or the restored one); 0 until then.
-    /// Only a newer READY buffer is persisted.
-    last_seq: u64,
+    /// The seq of the state in the newest persisted snapshot (or the restored one; 0 until
+    /// then) and the client epoch it was judged under: only a newer READY buffer is
+    /// persisted, and a re-initialised region resets it.
+    persisted: PersistedSeq,
+    /// The refused READY word reported last (logged when it changes).
+    refused: Option<Refused>,
+    /// The backwards `(newest, last persisted)` reported last (logged when it changes).
+    backwards: Option<(u64, u64)>,
+    /// Where refusals are counted, once the host attached its metrics.
+    metrics: Option<Metrics>,
     /// Whether an attach succeeded already: stale freezes are expected at the first one (a
     /// dead host's), and a sign of a second host at a later one.
     attached: bool,
@@ -74,6 +90,62 @@ impl Triple {
         self.attached = true;
         Ok(host)
     }
+
+    /// Judges the state words before a freeze: refuses a READY seq above what the client
+    /// published and a newest seq going back within one client epoch (counted, logged when
+    /// it changes), and resets the last persisted seq for a re-initialised region (logged).
+    fn judge(&mut self, survey: &Survey) {
+        let mut refused = false;
+        if let Some(r) = survey.refused {
+            refused = true;
+            if self.refused != Some(r) {
+                warn!(
+                    buffer = r.buffer,
+                    seq = r.seq,
+                    published = survey.published,
+                    "buffer {} is READY with seq {}, above the seq {} the client says it                      published: refused, never persisted (something other than the client                      writes the region's state words)",
+                    r.buffer,
+                    r.seq,
+                    survey.published
+                );
+            }
+        } else if self.refused.is_some() {
+            info!("no buffer claims a seq above the client's published one any more");
+        }
+        self.refused = survey.refused;
+        match self.persisted.judge(survey) {
+            Judgement::Normal => self.backwards = None,
+            Judgement::Reinitialised {
+                from_epoch,
+                to_epoch,
+                last_seq,
+                newest,
+            } => {
+                self.backwards = None;
+                info!(
+                    from_epoch,
+                    to_epoch,
+                    last_seq,
+                    newest,
+                    "the client re-initialised the region (client epoch {from_epoch} ->                      {to_epoch}, seqs start again: newest {newest}, {last_seq} persisted                      before): snapshots resume at once"
+                );
+            }
+            Judgement::Backwards { newest, last_seq } => {
+                refused = true;
+                if self.backwards != Some((newest, last_seq)) {
+                    warn!(
+                        newest,
+                        last_seq,
+                        "the newest published seq {newest} is below the {last_seq} already                          persisted, within one client epoch: refused (the client cannot do                          that; something else writes the state words); nothing older is                          persisted"
+                    );
+                }
+                self.backwards = Some((newest, last_seq));
+            }
+        }
+        if let (true, Some(m)) = (refused, &self.metrics) {
+            m.triple_state_refused();
+        }
+    }
 }
 
 impl Strategy for Triple {
@@ -107,12 +179,18 @@ impl Strategy for Triple {
         // A restored region is exactly what is on disk: its one READY buffer is the persisted
         // state. An inherited one may hold publications never persisted: nothing is marked.
         if let Origin::Restored(_) = origin {
-            self.last_seq = host.newest_ready();
+            let survey = host.survey();
+            let seq = survey.newest.map_or(0, |(_, s)| s);
+            self.persisted = PersistedSeq::restored(seq, survey.client_epoch);
             info!(
-                seq = self.last_seq,
-                "restored triple state: the next client reads seq {}", self.last_seq
+                seq,
+                "restored triple state: the next client reads seq {seq}"
             );
         }
+    }
+
+    fn attach_metrics(&mut self, metrics: &Metrics) {
+        self.metrics = Some(metrics.clone());
     }
 
     fn unchanged(&self, _map: &Mapping) -> bool {
@@ -125,12 +203,13 @@ impl Strategy for Triple {
             Ok(h) => h,
             Err(e) => return Ok(attach_failure(e)),
         };
+        self.judge(&host.survey());
         let taken = take_triple(
             cx.memfd,
             &host,
             cx.persister,
             cx.meta,
-            self.last_seq,
+            self.persisted.seq(),
             &mut self.scratch,
         )?;
         let (file, f) = match taken {
@@ -141,7 +220,7 @@ impl Strategy for Triple {
             TripleSnapshot::Skipped(s) => return Ok(Outcome::Skipped(s.to_string())),
         };
         let stats = file.commit()?;
-        self.last_seq = f.seq;
+        self.persisted.persisted(f.seq);
         debug!(
             buffer = f.buffer,
             seq = f.seq,

@@ -61,6 +61,7 @@ pub fn start(args: RunArgs) -> Result<Supervisor, Failure> {
     let restored_generation = restored.as_ref().map(|info| info.meta.generation);
     let mut snap = Snapshotter::new(persister, strategy, memfd, origin)?;
     let metrics = start_metrics(args.metrics, snap.memfd())?;
+    snap.attach_metrics(&metrics);
     if let Some(started) = replica {
         let shipper = started.spawn(metrics.clone(), snap.status())?;
         snap.attach_replica(shipper, restored_generation);

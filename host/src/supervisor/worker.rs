@@ -230,6 +230,11 @@ fn after_exit(snap: &mut Snapshotter, job: Job) {
              open it for writing, and its exit will retry the move"
         );
     }
+    // The final snapshot is done and the restart waits for this job: clear the claim the
+    // dead client left (DESIGN §8), in the fresh memfd if the region just moved (a sealed one
+    // cannot be mapped writable again). A stopping host leaves it to the next host, which
+    // clears it at start.
+    snap.reclaim_claim();
 }
 
 /// Runs one request and says what it did for the metrics; a panic is logged (and counted as

@@ -490,7 +490,7 @@ mod tests {
             entries: 16,
             data_size: 1024,
         };
-        let mut w = Writer::open_or_init(&mem[..], request).unwrap();
+        let mut w = Writer::open_or_init(&mem[..], request, shmsnap_testkit::CLIENT).unwrap();
         for i in 0..20u8 {
             w.commit(&[i; 40]).unwrap();
         }

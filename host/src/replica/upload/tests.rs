@@ -142,6 +142,7 @@ fn a_persisted_point_is_uploaded_and_its_seq_published_as_the_replica_seq() {
             entries: 16,
             data_size: 4096,
         },
+        crate::examples::TEST_CLIENT,
     )
     .unwrap();
     let dup = Memfd::from_fd(rustix::io::fcntl_dupfd_cloexec(&memfd, 0).unwrap()).unwrap();

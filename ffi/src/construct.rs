@@ -6,7 +6,7 @@
 //! Two claims guard a writer: the region handle's flag (taken with a compare-exchange when a
 //! writer or triple client opens, released when it closes: it keeps the handle's lease
 //! bookkeeping simple) and core's claim word in the region itself (`shmsnap_core::claim`), with
-//! a pid-derived id that is new for every writer ([`claim_id`]), so a second writer in any
+//! a pid-derived id that is new for every writer (`claim_id`), so a second writer in any
 //! process, or through a second handle over the same memory, is refused naming the holder's
 //! pid (`SHMSNAP_E_CLAIMED`, mapped in `status.rs`).
 

@@ -30,8 +30,7 @@ use shmsnap_linux::status::{RequestWatch, StatusPublisher};
 use shmsnap_linux::{Mapping, Memfd};
 use tracing::{debug, warn};
 
-use crate::snap::Report;
-use crate::strategy::Origin;
+use crate::flow::{Origin, Report, Sink};
 
 /// How long the request watcher sleeps before looking again without a wake-up (a missed
 /// wake-up costs at most this much promptness, never a request).
@@ -123,6 +122,16 @@ pub fn published(publisher: &SharedPublisher, report: &Report) {
             replica_seq: p.last().replica_seq,
         };
         log_publish(p.publish(status), status, "after the snapshot");
+    }
+}
+
+/// The status area as a [`Sink`]: [`published`] after every persisted snapshot.
+#[derive(Debug)]
+pub struct StatusSink(pub SharedPublisher);
+
+impl Sink for StatusSink {
+    fn persisted(&self, report: &Report, _target: &std::path::Path) {
+        published(&self.0, report);
     }
 }
 
@@ -231,7 +240,8 @@ fn watch_loop(mut watch: RequestWatch, stop: &AtomicBool, mut request: impl FnMu
 mod tests {
     use super::*;
     use crate::cli::StrategyArg;
-    use crate::snap::{open_persister, Outcome, Snapshotter};
+    use crate::flow::Outcome;
+    use crate::snap::{open_persister, Snapshotter};
     use shmsnap_core::{status, LayoutRequest, Writer};
     use shmsnap_linux::snapshot;
     use shmsnap_linux::Protection;

@@ -16,6 +16,7 @@
 //! | [`demo`] | `demo`: the primes client under the host, SIGKILLed |
 //! | [`examples`] | bundled example clients (public client API only) |
 //! | [`exit`] | exit codes |
+//! | [`flow`] | the values passed between parts on a snapshot, and the sinks told of one |
 //! | [`metrics`] | Prometheus metrics and their HTTP endpoint (`--metrics`) |
 //! | [`watchdog`] | systemd watchdog pings while the loop makes progress |
 //! | [`logging`] | `--log-format text\|json` |
@@ -30,6 +31,7 @@ mod demo;
 mod durable;
 mod examples;
 mod exit;
+mod flow;
 mod generate;
 mod inspect;
 mod logging;

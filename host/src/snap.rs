@@ -31,65 +31,9 @@ use tracing::{debug, error, info, warn};
 use shmsnap_core::PAGE_SIZE;
 
 use crate::exit::{persister_code, Code, Failure, FinalSnapshot};
+use crate::flow::{Origin, Outcome, Sink};
 use crate::progress;
-use crate::strategy::{Cx, Origin, Strategy};
-
-/// What one snapshot attempt did.
-#[derive(Debug)]
-pub enum Outcome {
-    /// A snapshot was persisted.
-    Persisted(Report),
-    /// Nothing was persisted, for a harmless reason.
-    Skipped(String),
-    /// Nothing was persisted, for a harmless reason worth one info line (the strategy returns
-    /// it once, then [`Outcome::Skipped`] for the same reason).
-    Notice(String),
-    /// Nothing was persisted because the region is not what the strategy expects.
-    Invalid(String),
-    /// Entries existed but none survived the copy: the ring is too small for the copy time.
-    Starved {
-        /// Copy time.
-        copy: Duration,
-        /// Commits made during the copy.
-        commits_during_copy: u64,
-        /// Valid entries before the copy.
-        pre: u64,
-    },
-}
-
-/// Which file a persisted snapshot wrote: the point of the chain it added.
-///
-/// The file is found by name right after the snapshot is persisted, on the worker thread,
-/// before the next snapshot can rotate generations: a base is the persister's target
-/// (`--state FILE`), a delta is `chain::delta_name(base_generation, index)` in
-/// `chain::chain_dir(target)`. Whoever ships points elsewhere (replicas) opens the file then.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Point {
-    /// A full snapshot file (a base of the chain), generation `generation`.
-    Base {
-        /// The base's generation (its footer's).
-        generation: u64,
-    },
-    /// Delta `index` (1, 2, …) of the base of generation `base_generation`.
-    Delta {
-        /// The generation of the base the delta extends.
-        base_generation: u64,
-        /// The delta's position in its chain (1 = right after the base).
-        index: u32,
-    },
-}
-
-impl std::fmt::Display for Point {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Point::Base { generation } => write!(f, "base {generation}"),
-            Point::Delta {
-                base_generation,
-                index,
-            } => write!(f, "delta {index} of base {base_generation}"),
-        }
-    }
-}
+use crate::strategy::{Cx, Strategy};
 
 /// The warning for a starved attempt: what happened, what is on disk, how to size the ring.
 fn starved_line(why: &str, pre: u64, copy: Duration, commits: u64, on_disk: &str) -> String {
@@ -100,34 +44,6 @@ fn starved_line(why: &str, pre: u64, copy: Duration, commits: u64, on_disk: &str
          commits' payload bytes",
         copy_ms = ms(copy),
     )
-}
-
-/// Figures of a persisted snapshot.
-#[derive(Debug, Clone, Copy)]
-pub struct Report {
-    /// What was written: a new base or a delta on the current one.
-    pub point: Point,
-    /// Generation number.
-    pub generation: u64,
-    /// Bytes of data extents copied.
-    pub bytes: u64,
-    /// Entries kept (queue strategy).
-    pub kept: u64,
-    /// Entries dropped because they changed during the copy.
-    pub dropped: u64,
-    /// Newest kept seq.
-    pub newest_seq: u64,
-    /// Phase timings.
-    pub copy: Duration,
-    /// Validation (post read, retain, footer with CRC).
-    pub validate: Duration,
-    /// fdatasync of the temp file.
-    pub sync: Duration,
-    /// Generation shuffle, rename and directory fsync.
-    pub rename: Duration,
-    /// For a base the queue strategy took because it could not prove that only the client's
-    /// tracked mapping writes the region: why (`track::Unproven::label`, for the metrics).
-    pub unproven: Option<&'static str>,
 }
 
 /// The snapshotter's running totals, for the `STATUS=` line.
@@ -159,9 +75,10 @@ pub struct Snapshotter {
     tally: Tally,
     /// Durability feedback: publishes each persisted snapshot (DESIGN §14).
     status: crate::durable::SharedPublisher,
-    /// Replica uploader (`--replica`): offered every persisted point; dropped with the
-    /// snapshotter (at the end of the worker thread), which ships what is pending first.
-    replica: Option<crate::replica::upload::Shipper>,
+    /// Told about every persisted snapshot, in order: the status area, then any attached
+    /// ([`Snapshotter::attach_sink`]; the replica uploader, dropped with the snapshotter at the
+    /// end of the worker thread, ships what is pending first).
+    sinks: Vec<Box<dyn Sink>>,
     /// `memfd` replaced the region the supervisor hands to clients and to the fd store
     /// (moved out of a sealed one, or repaired into a fresh one); cleared by
     /// [`Snapshotter::take_new_region`].
@@ -209,6 +126,7 @@ impl Snapshotter {
         let status = std::sync::Arc::new(std::sync::Mutex::new(
             crate::durable::publisher_at_start(&memfd, &map, origin, strategy.status_area()),
         ));
+        let sinks: Vec<Box<dyn Sink>> = vec![Box::new(crate::durable::StatusSink(status.clone()))];
         let on_disk = generation_floor(&persister, origin)?;
         let region_len = memfd
             .len()
@@ -223,7 +141,7 @@ impl Snapshotter {
             invalid: None,
             tally: Tally::default(),
             status,
-            replica: None,
+            sinks,
             replaced: false,
             metrics: None,
             reclaimed_early,
@@ -257,24 +175,20 @@ impl Snapshotter {
         self.status.clone()
     }
 
-    /// Ships every persisted point to a replica from now on; offers the snapshot the region
-    /// was restored from (generation `restored`) first, so that a bucket missing it gets it
-    /// even if the client never commits again (one already there is not replaced).
-    pub fn attach_replica(
-        &mut self,
-        shipper: crate::replica::upload::Shipper,
-        restored: Option<u64>,
-    ) {
-        if let Some(generation) = restored {
-            let seq = self
-                .status
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .as_ref()
-                .map_or(0, |p| p.last().seq);
-            shipper.offer(Point::Base { generation }, &self.target(), seq);
-        }
-        self.replica = Some(shipper);
+    /// The newest seq published in the status area (0 without one): what the region was
+    /// restored with, before the first snapshot.
+    pub fn published_seq(&self) -> u64 {
+        self.status
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .as_ref()
+            .map_or(0, |p| p.last().seq)
+    }
+
+    /// Tells `sink` about every persisted snapshot from now on (after the status area and
+    /// the sinks attached before).
+    pub fn attach_sink(&mut self, sink: Box<dyn Sink>) {
+        self.sinks.push(sink);
     }
 
     /// The state file.
@@ -334,11 +248,11 @@ impl Snapshotter {
         let outcome = outcome?;
         match &outcome {
             Outcome::Persisted(r) => {
-                // Only now: a strategy returns `Persisted` after its commit returned.
-                crate::durable::published(&self.status, r);
-                if let Some(shipper) = &self.replica {
-                    // Now, before the next snapshot can rotate the file away.
-                    shipper.offer(r.point, &self.persister.target(), r.newest_seq);
+                // Only now: a strategy returns `Persisted` after its commit returned; and now,
+                // before the next snapshot can rotate the file away.
+                let target = self.persister.target();
+                for sink in &self.sinks {
+                    sink.persisted(r, &target);
                 }
                 self.on_disk = Some(r.generation);
                 self.tally.last_persisted = Some(Instant::now());

@@ -47,7 +47,7 @@ use super::Replica;
 use crate::durable::SharedPublisher;
 use crate::exit::{Code, Failure};
 use crate::metrics::{Metrics, ReplicaState};
-use crate::snap::Point;
+use crate::flow::{Point, Report, Sink};
 
 mod lag;
 pub use lag::Lag;
@@ -258,6 +258,13 @@ pub struct Shipper {
     /// Dropped after the uploader ended: releases the lease.
     keeper: Option<Keeper>,
     metrics: Metrics,
+}
+
+/// The replica as a [`Sink`]: every persisted point is offered to the uploader.
+impl Sink for Shipper {
+    fn persisted(&self, report: &Report, target: &Path) {
+        self.offer(report.point, target, report.newest_seq);
+    }
 }
 
 impl Shipper {

@@ -11,7 +11,7 @@ use shmsnap_linux::snapshot;
 use shmsnap_linux::Mapping;
 
 use super::{Code, Cx, OnUsr1, Schedule, Strategy};
-use crate::snap::{Outcome, Point, Report};
+use crate::flow::{Outcome, Point, Report};
 
 /// The exit strategy (no state: every exit is snapshotted).
 #[derive(Debug, Default)]

@@ -25,7 +25,7 @@ use std::fmt;
 use std::io;
 
 use shmsnap_linux::persist::Persister;
-use shmsnap_linux::snapshot::{SnapshotInfo, SnapshotMeta};
+use shmsnap_linux::snapshot::SnapshotMeta;
 use shmsnap_linux::{Mapping, Memfd, Protection};
 use tracing::warn;
 
@@ -33,7 +33,7 @@ use rustix::process::Pid;
 use shmsnap_linux::chain::CompactionPolicy;
 
 use crate::cli::{RunArgs, StrategyArg};
-use crate::snap::Outcome;
+use crate::flow::{Origin, Outcome};
 
 /// The strategy codes of snapshot footers and region headers, typed (core's one vocabulary).
 pub use shmsnap_core::Strategy as Code;
@@ -57,17 +57,6 @@ pub enum OnUsr1 {
     Snapshot,
     /// Nothing; log this line.
     Ignore(&'static str),
-}
-
-/// Where the region the host starts with came from.
-#[derive(Debug, Clone, Copy)]
-pub enum Origin<'a> {
-    /// A fresh region, no snapshot on disk.
-    Empty,
-    /// Restored from this snapshot file: the region holds exactly what is on disk.
-    Restored(&'a SnapshotInfo),
-    /// Inherited from the service manager's fd store: it may hold commits never persisted.
-    FdStore,
 }
 
 /// One snapshot request as the strategy sees it.
@@ -183,7 +172,7 @@ fn foreign(ours: Code, origin: Origin<'_>) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use shmsnap_linux::snapshot::SnapshotMeta;
+    use shmsnap_linux::snapshot::{SnapshotInfo, SnapshotMeta};
 
     fn info(strategy: u64) -> SnapshotInfo {
         SnapshotInfo {

@@ -58,8 +58,8 @@ use shmsnap_linux::track::{self, Advertisement, Census, FileId, Scanner, Tracked
 use shmsnap_linux::{Mapping, Memfd};
 use tracing::{debug, info, warn};
 
-use super::{warn_on_foreign, Code, Cx, OnUsr1, Origin, Schedule, Strategy};
-use crate::snap::{Outcome, Point, Report};
+use super::{warn_on_foreign, Code, Cx, OnUsr1, Schedule, Strategy};
+use crate::flow::{Origin, Outcome, Point, Report};
 
 /// The queue strategy's memory between snapshots.
 #[derive(Debug, Default)]

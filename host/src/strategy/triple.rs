@@ -30,9 +30,9 @@ use shmsnap_linux::take_triple::{take_triple, TripleSnapshot};
 use shmsnap_linux::{Mapping, Protection};
 use tracing::{debug, info, warn};
 
-use super::{warn_on_foreign, Code, Cx, OnUsr1, Origin, Schedule, Strategy};
+use super::{warn_on_foreign, Code, Cx, OnUsr1, Schedule, Strategy};
 use crate::metrics::Metrics;
-use crate::snap::{Outcome, Point, Report};
+use crate::flow::{Origin, Outcome, Point, Report};
 
 /// The triple strategy's memory between snapshots.
 #[derive(Debug, Default)]

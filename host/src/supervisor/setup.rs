@@ -18,7 +18,8 @@ use crate::cli::RunArgs;
 use crate::exit::{Code, Failure, FinalSnapshot};
 use crate::notify::Notifier;
 use crate::snap::{open_persister, prepare_region, Prepared, Snapshotter};
-use crate::strategy::{self, Origin};
+use crate::flow::{Origin, Point};
+use crate::strategy;
 use crate::watchdog::Watchdog;
 
 /// Sets everything up and starts the first client.
@@ -64,7 +65,12 @@ pub fn start(args: RunArgs) -> Result<Supervisor, Failure> {
     snap.attach_metrics(&metrics);
     if let Some(started) = replica {
         let shipper = started.spawn(metrics.clone(), snap.status())?;
-        snap.attach_replica(shipper, restored_generation);
+        // The snapshot the region was restored from goes first, so that a bucket missing it
+        // gets it even if the client never commits again (one already there stays).
+        if let Some(generation) = restored_generation {
+            shipper.offer(Point::Base { generation }, &snap.target(), snap.published_seq());
+        }
+        snap.attach_sink(Box::new(shipper));
     }
     let notifier = Notifier::from_env();
     if moved {

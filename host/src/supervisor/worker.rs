@@ -23,7 +23,8 @@ use shmsnap_linux::Memfd;
 
 use crate::exit::{Code, Failure};
 use crate::metrics::{Metrics, Phase, SnapshotRecord, SnapshotResult};
-use crate::snap::{Outcome, Snapshotter, Tally};
+use crate::flow::Outcome;
+use crate::snap::{Snapshotter, Tally};
 
 /// When the snapshot thread started the attempt it is running; `None` while it waits for a
 /// request. Written only by the snapshot thread (set before an attempt, cleared after it), read
@@ -362,7 +363,7 @@ mod tests {
 
     #[test]
     fn every_outcome_is_recorded_with_its_result_phases_and_figures() {
-        use crate::snap::{Point, Report};
+        use crate::flow::{Point, Report};
         use std::time::Duration;
         let ms = Duration::from_millis;
         let persisted = Ok(Outcome::Persisted(Report {

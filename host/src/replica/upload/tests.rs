@@ -125,8 +125,8 @@ fn keep_parses_counts_and_durations() {
 #[test]
 fn a_persisted_point_is_uploaded_and_its_seq_published_as_the_replica_seq() {
     use crate::cli::StrategyArg;
-    use crate::snap::{open_persister, Outcome, Snapshotter};
-    use crate::strategy::Origin;
+    use crate::flow::{Origin, Outcome};
+    use crate::snap::{open_persister, Snapshotter};
     use shmsnap_core::{status, LayoutRequest, Writer};
     use shmsnap_linux::{Mapping, Memfd, Protection};
 
@@ -168,7 +168,7 @@ fn a_persisted_point_is_uploaded_and_its_seq_published_as_the_replica_seq() {
         snap.status(),
     )
     .unwrap();
-    snap.attach_replica(shipper, None);
+    snap.attach_sink(Box::new(shipper));
     for i in 0..5u64 {
         w.commit(&i.to_le_bytes()).unwrap();
     }

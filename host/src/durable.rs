@@ -239,7 +239,6 @@ fn watch_loop(mut watch: RequestWatch, stop: &AtomicBool, mut request: impl FnMu
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cli::StrategyArg;
     use crate::flow::Outcome;
     use crate::snap::{open_persister, Snapshotter};
     use shmsnap_core::{status, LayoutRequest, Writer};
@@ -280,7 +279,7 @@ mod tests {
 
     fn snapshotter(state: &Path, memfd: &Memfd, origin: Origin<'_>) -> Snapshotter {
         let persister = open_persister(state, 2).unwrap();
-        let strategy = crate::strategy::from_arg(StrategyArg::Queue);
+        let strategy = crate::strategy::from_kind(shmsnap_core::Strategy::Queue);
         Snapshotter::new(persister, strategy, dup(memfd), origin).unwrap()
     }
 

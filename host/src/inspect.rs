@@ -34,7 +34,8 @@ use shmsnap_linux::snapshot::{self, ImageSummary, SnapshotError, SnapshotInfo, F
 
 use crate::exit::{chain_code, io_code, snapshot_code, Code, Failure};
 use crate::progress;
-use crate::restore::{chain_target, describe, generations, rfc3339};
+use crate::restore::{chain_target, describe, generations};
+use crate::time::rfc3339;
 
 /// Bytes of each payload shown.
 const PREVIEW: usize = 16;

@@ -4,7 +4,8 @@
 //! |---|---|
 //! | [`cgroup`] | the client's own cgroup, killed whole |
 //! | [`claim`] | one writer per region: clearing a dead client's claim before its restart |
-//! | [`cli`] | the command line |
+//! | [`cli`] | the command line, turned into [`config`] values |
+//! | [`config`] | what the commands are asked to do, as plain values (no clap below the CLI) |
 //! | [`supervisor`] | `run`: start, watch, restart the client; signals; the event loop |
 //! | [`strategy`] | one file per snapshot strategy, all answering the same questions |
 //! | [`snap`] | restore at start; consistent snapshots while the client runs |
@@ -21,12 +22,14 @@
 //! | [`watchdog`] | systemd watchdog pings while the loop makes progress |
 //! | [`logging`] | `--log-format text\|json` |
 //! | [`progress`] | progress bars on a terminal |
+//! | [`time`] | `--at` times, durations, RFC 3339 in messages |
 //! | [`generate`] | `completions` and `man` from the CLI definition |
 #![deny(unsafe_code)]
 
 mod cgroup;
 mod claim;
 mod cli;
+mod config;
 mod demo;
 mod durable;
 mod examples;
@@ -43,6 +46,7 @@ mod restore;
 mod snap;
 mod strategy;
 mod supervisor;
+mod time;
 mod watchdog;
 
 use std::process::ExitCode;
@@ -73,15 +77,15 @@ fn main() -> ExitCode {
     let log_format = cli.log_format;
     logging::init(log_format);
     let result = match cli.command {
-        Command::Run(args) => supervisor::run(args),
+        Command::Run(args) => supervisor::run(args.into_config()),
         Command::Inspect(args) => match (&args.replica, &args.file) {
             (Some(url), _) => replica::inspect::inspect(url, args.json, args.verify),
             (None, Some(file)) => inspect::inspect(file, args.json),
             (None, None) => unreachable!("clap requires FILE or --replica"),
         },
         Command::Verify(args) => inspect::verify(&args.file),
-        Command::Restore(args) => restore::restore(&args),
-        Command::Demo(args) => demo::run(&args),
+        Command::Restore(args) => restore::restore(&args.into_request()),
+        Command::Demo(args) => demo::run(args.kills, args.keep_dir),
         Command::Example(args) => match args.which {
             Example::Primes {
                 limit,

@@ -17,7 +17,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use rustix::fs::{AtFlags, Mode, OFlags};
 use rustix::io::{retry_on_intr, Errno};
@@ -28,9 +28,10 @@ use shmsnap_linux::snapshot::SnapshotInfo;
 
 use tracing::warn;
 
-use crate::cli::RestoreArgs;
+use crate::config::{RestoreRequest, Source};
 use crate::exit::{chain_code, Code, Failure};
 use crate::snap::skippable;
+use crate::time::rfc3339;
 
 /// `shmsnap restore --state FILE --to OUT [--at TIME | --seq N] [--force]`.
 ///
@@ -39,14 +40,13 @@ use crate::snap::skippable;
 /// A [`Failure`]: 64 for OUT naming the state, 73 for an existing OUT without `--force` (or
 /// an unwritable directory), 66 for a point older than every kept state (the message lists
 /// what exists) or a missing state, 65 for a corrupt base or a point past a broken delta.
-pub fn restore(args: &RestoreArgs) -> Result<ExitCode, Failure> {
-    let state = match (&args.state, &args.from) {
-        (Some(state), _) => state,
-        (None, Some(url)) => {
+pub fn restore(args: &RestoreRequest) -> Result<ExitCode, Failure> {
+    let state = match &args.source {
+        Source::State(state) => state,
+        Source::Replica(url) => {
             let out = Out::check(&args.to, None, args.force)?;
             return crate::replica::restore::restore(url, &out, args.at, args.fallback);
         }
-        (None, None) => unreachable!("clap requires --state or --from"),
     };
     let at = point(args);
     let out = Out::check(&args.to, Some(state), args.force)?;
@@ -77,7 +77,7 @@ pub fn restore(args: &RestoreArgs) -> Result<ExitCode, Failure> {
 }
 
 /// Which state of a chain the arguments ask for.
-fn point(args: &RestoreArgs) -> At {
+fn point(args: &RestoreRequest) -> At {
     match (args.at, args.seq) {
         (Some(t), _) => At::Time(t),
         (None, Some(n)) => At::Seq(n),
@@ -457,85 +457,6 @@ fn point_text(at: At) -> String {
     }
 }
 
-/// A time in ns since the epoch as RFC 3339 UTC (to the second, or to the ns if it has any).
-pub fn rfc3339(ns: u64) -> String {
-    let t = UNIX_EPOCH + Duration::from_nanos(ns);
-    if ns.is_multiple_of(1_000_000_000) {
-        humantime::format_rfc3339_seconds(t).to_string()
-    } else {
-        humantime::format_rfc3339_nanos(t).to_string()
-    }
-}
-
-/// Parses `--at`: RFC 3339 (`2026-11-25T21:00:00Z`, `…T22:00:00.5+01:00`; a space for the
-/// `T` and a missing zone mean UTC) or `@UNIX_SECONDS` (`@1795734000`, `@1795734000.25`), to
-/// ns since the Unix epoch.
-pub fn parse_time(s: &str) -> Result<u64, String> {
-    let hint = "use RFC 3339 (2026-11-25T21:00:00Z, 2026-11-25T22:00:00+01:00) or \
-                @UNIX_SECONDS (@1795734000)";
-    if let Some(secs) = s.strip_prefix('@') {
-        return parse_unix(secs).ok_or_else(|| format!("{s:?} is not @UNIX_SECONDS; {hint}"));
-    }
-    let (local, offset) =
-        split_offset(s).ok_or_else(|| format!("{s:?}: bad zone offset; {hint}"))?;
-    let t = humantime::parse_rfc3339_weak(local).map_err(|e| format!("{s:?}: {e}; {hint}"))?;
-    let ns = t
-        .duration_since(UNIX_EPOCH)
-        .ok()
-        .and_then(|d| u64::try_from(d.as_nanos()).ok())
-        .ok_or_else(|| format!("{s:?} is out of range (1970 to 2554); {hint}"))?;
-    // UTC = local time - offset.
-    ns.checked_add_signed(-offset)
-        .ok_or_else(|| format!("{s:?} is out of range (1970 to 2554); {hint}"))
-}
-
-/// Splits a trailing `±HH:MM` zone offset off `s`: `(rest, offset in ns)`; `Z` and no zone
-/// are left to humantime (UTC). `None` for an offset out of range.
-fn split_offset(s: &str) -> Option<(&str, i64)> {
-    let b = s.as_bytes();
-    if b.len() < 6 + 19 {
-        return Some((s, 0));
-    }
-    let z = &b[b.len() - 6..];
-    let sign = match z[0] {
-        b'+' => 1,
-        b'-' => -1,
-        _ => return Some((s, 0)),
-    };
-    if z[3] != b':' {
-        return Some((s, 0));
-    }
-    let two = |x: &[u8]| -> Option<i64> {
-        x.iter()
-            .all(u8::is_ascii_digit)
-            .then(|| i64::from(x[0] - b'0') * 10 + i64::from(x[1] - b'0'))
-    };
-    let (h, m) = (two(&z[1..3])?, two(&z[4..6])?);
-    if h > 23 || m > 59 {
-        return None;
-    }
-    Some((
-        &s[..s.len() - 6],
-        sign * (h * 3600 + m * 60) * 1_000_000_000,
-    ))
-}
-
-/// `SECONDS[.FRACTION]` to ns.
-fn parse_unix(s: &str) -> Option<u64> {
-    let (whole, frac) = s.split_once('.').unwrap_or((s, ""));
-    let digits = |d: &str| d.bytes().all(|b| b.is_ascii_digit());
-    if whole.is_empty() || !digits(whole) || !digits(frac) || frac.len() > 9 {
-        return None;
-    }
-    let secs: u64 = whole.parse().ok()?;
-    let frac_ns: u64 = if frac.is_empty() {
-        0
-    } else {
-        format!("{frac:0<9}").parse().ok()?
-    };
-    secs.checked_mul(1_000_000_000)?.checked_add(frac_ns)
-}
-
 /// The output file: its directory (open), its name, and whether it may replace a file.
 struct Out {
     dir: OwnedFd,
@@ -769,34 +690,6 @@ mod tests {
     use super::*;
     use shmsnap_linux::persist::Persister;
     use shmsnap_linux::snapshot;
-
-    #[test]
-    fn times_parse_as_rfc3339_or_unix_seconds() {
-        let s = 1_795_734_000u64; // 2026-11-26T23:00:00Z
-        let ns = s * 1_000_000_000;
-        assert_eq!(parse_time("@1795734000"), Ok(ns));
-        assert_eq!(parse_time("@1795734000.25"), Ok(ns + 250_000_000));
-        assert_eq!(parse_time("2026-11-26T23:00:00Z"), Ok(ns));
-        assert_eq!(parse_time("2026-11-26 23:00:00"), Ok(ns));
-        assert_eq!(parse_time("2026-11-27T00:00:00+01:00"), Ok(ns));
-        assert_eq!(parse_time("2026-11-26T18:30:00-04:30"), Ok(ns));
-        assert_eq!(parse_time("2026-11-26T23:00:00.5Z"), Ok(ns + 500_000_000));
-        assert_eq!(parse_time("2026-11-26T23:00:00+00:00"), Ok(ns));
-        for bad in [
-            "yesterday",
-            "@",
-            "@12x",
-            "@1.1234567891",
-            "2026-11-26T20:20:00+25:00",
-            "2026-13-26T20:20:00Z",
-            "1969-12-31T23:59:59Z",
-            "@18446744073709551615",
-        ] {
-            let e = parse_time(bad).unwrap_err();
-            assert!(e.contains("RFC 3339"), "{bad}: {e}");
-        }
-        assert_eq!(rfc3339(ns), "2026-11-26T23:00:00Z");
-    }
 
     /// A state file whose base (generation `generation`) holds `fill` bytes, persisted.
     fn persist_base(persister: &Persister, generation: u64, fill: u8) {

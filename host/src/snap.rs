@@ -118,7 +118,7 @@ impl Snapshotter {
         // killed at setup); an image carries none, except under the exit strategy.
         let reclaimed_early = u64::from(crate::claim::reclaim(
             &memfd,
-            strategy.code(),
+            strategy.kind(),
             None,
             "at start",
         ));
@@ -164,7 +164,7 @@ impl Snapshotter {
     pub fn reclaim_claim(&self) {
         crate::claim::reclaim(
             &self.memfd,
-            self.strategy.code(),
+            self.strategy.kind(),
             self.metrics.as_ref(),
             "after the client exited",
         );
@@ -228,7 +228,7 @@ impl Snapshotter {
             )
         })?;
         let meta = SnapshotMeta {
-            strategy: self.strategy.code().code(),
+            strategy: self.strategy.kind().code(),
             generation,
             unix_time_ns: now_ns(),
         };
@@ -322,7 +322,7 @@ impl Snapshotter {
         self.log(&result, why);
         if corrupt {
             let meta = SnapshotMeta {
-                strategy: self.strategy.code().code(),
+                strategy: self.strategy.kind().code(),
                 generation: 0,
                 unix_time_ns: now_ns(),
             };
@@ -819,7 +819,7 @@ mod tests {
         .unwrap();
         w.commit(b"persisted").unwrap();
         let dup = Memfd::from_fd(rustix::io::fcntl_dupfd_cloexec(&memfd, 0).unwrap()).unwrap();
-        let strategy = crate::strategy::from_arg(crate::cli::StrategyArg::Queue);
+        let strategy = crate::strategy::from_kind(shmsnap_core::Strategy::Queue);
         // Not marked as persisted: the first attempt snapshots at once.
         let mut snap = Snapshotter::new(persister, strategy, dup, Origin::FdStore).unwrap();
         assert!(matches!(
@@ -883,7 +883,7 @@ mod tests {
         }
         let mut snap = Snapshotter::new(
             persister,
-            crate::strategy::from_arg(crate::cli::StrategyArg::Queue),
+            crate::strategy::from_kind(shmsnap_core::Strategy::Queue),
             Memfd::from_fd(rustix::io::fcntl_dupfd_cloexec(&memfd, 0).unwrap()).unwrap(),
             // Not marked as persisted: the first attempt copies at once.
             Origin::FdStore,

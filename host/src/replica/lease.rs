@@ -35,7 +35,7 @@ use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload,
 use serde::{Deserialize, Serialize};
 
 use super::layout::lease_key;
-use super::Replica;
+use super::store::Replica;
 
 /// How long a lease lasts without a renew.
 pub const TTL: Duration = Duration::from_secs(30);

@@ -24,7 +24,7 @@ use shmsnap_linux::{packed, snapshot};
 use tracing::{info, warn};
 
 use super::layout::{point_key, Generation, Listing, PointId};
-use super::{is_refused, refused, Replica};
+use super::store::{is_refused, refused, Replica};
 use crate::exit::{Code, Failure};
 
 /// What was restored.
@@ -53,7 +53,7 @@ pub fn restore(
     fallback: bool,
 ) -> Result<ExitCode, Failure> {
     let replica = Replica::open(from)?;
-    let rt = super::runtime()?;
+    let rt = super::store::runtime()?;
     let fetched = fetch_into(&rt, &replica, out, at, fallback)?;
     println!(
         "restored {} from {} into {} ({} bytes, taken {})",
@@ -61,7 +61,7 @@ pub fn restore(
         replica.url,
         out.path().display(),
         fetched.image_len,
-        crate::restore::rfc3339(fetched.unix_time_ns)
+        crate::time::rfc3339(fetched.unix_time_ns)
     );
     Ok(ExitCode::SUCCESS)
 }
@@ -167,7 +167,7 @@ pub fn fetch_into(
             format!(
                 "replica {} holds no point at or before {}",
                 replica.url,
-                crate::restore::rfc3339(t)
+                crate::time::rfc3339(t)
             ),
         ),
         None => Failure::new(

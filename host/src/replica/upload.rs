@@ -43,11 +43,11 @@ use tracing::{debug, error, info, warn};
 
 use super::keeper::{Keeper, LeaseState};
 use super::layout::{point_key, Listing, PointId};
-use super::Replica;
+use super::store::Replica;
 use crate::durable::SharedPublisher;
 use crate::exit::{Code, Failure};
-use crate::metrics::{Metrics, ReplicaState};
 use crate::flow::{Point, Report, Sink};
+use crate::metrics::{Metrics, ReplicaState};
 
 mod lag;
 pub use lag::Lag;

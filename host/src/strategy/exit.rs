@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use shmsnap_linux::snapshot;
 use shmsnap_linux::Mapping;
 
-use super::{Code, Cx, OnUsr1, Schedule, Strategy};
+use super::{Cx, OnUsr1, Schedule, Strategy, StrategyKind};
 use crate::flow::{Outcome, Point, Report};
 
 /// The exit strategy (no state: every exit is snapshotted).
@@ -18,8 +18,8 @@ use crate::flow::{Outcome, Point, Report};
 pub struct Exit;
 
 impl Strategy for Exit {
-    fn code(&self) -> Code {
-        Code::Exit
+    fn kind(&self) -> StrategyKind {
+        StrategyKind::Exit
     }
 
     fn schedule(&self) -> Schedule {

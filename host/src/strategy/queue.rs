@@ -58,7 +58,7 @@ use shmsnap_linux::track::{self, Advertisement, Census, FileId, Scanner, Tracked
 use shmsnap_linux::{Mapping, Memfd};
 use tracing::{debug, info, warn};
 
-use super::{warn_on_foreign, Code, Cx, OnUsr1, Schedule, Strategy};
+use super::{warn_on_foreign, Cx, OnUsr1, Schedule, Strategy, StrategyKind};
 use crate::flow::{Origin, Outcome, Point, Report};
 
 /// The queue strategy's memory between snapshots.
@@ -228,8 +228,8 @@ enum Plan {
 }
 
 impl Strategy for Queue {
-    fn code(&self) -> Code {
-        Code::Queue
+    fn kind(&self) -> StrategyKind {
+        StrategyKind::Queue
     }
 
     fn status_area(&self) -> bool {
@@ -245,7 +245,7 @@ impl Strategy for Queue {
     }
 
     fn accept(&mut self, map: &Mapping, origin: Origin<'_>) {
-        warn_on_foreign(self.code(), origin);
+        warn_on_foreign(self.kind(), origin);
         // A restored (or empty) region is exactly what is on disk; an inherited one may hold
         // commits that never were persisted, so it is not marked.
         if !matches!(origin, Origin::FdStore) {

@@ -41,7 +41,7 @@ use self::client::{Client, ClientSpec};
 use self::restart::RestartPolicy;
 use self::worker::{Done, Job, Why, Worker};
 use crate::cgroup::ClientCgroup;
-use crate::cli::RunArgs;
+use crate::config::RunConfig;
 use crate::durable::Watcher;
 use crate::exit::{requested_stop_status, Code, Failure, FinalSnapshot};
 use crate::metrics::Metrics;
@@ -123,7 +123,7 @@ pub struct Supervisor {
 ///
 /// A [`Failure`] for anything that prevents starting (bad snapshot, unwritable directory,
 /// command not found, ...). Once the client runs, problems are logged, not fatal.
-pub fn run(args: RunArgs) -> Result<ExitCode, Failure> {
+pub fn run(args: RunConfig) -> Result<ExitCode, Failure> {
     let mut sup = setup::start(args)?;
     let status = sup.event_loop();
     client::kill_tree(sup.cgroup.as_ref());

@@ -14,11 +14,11 @@ use super::client::{self, resolve_command, ClientSpec};
 use super::restart::RestartPolicy;
 use super::worker::Worker;
 use super::{start_metrics, Event, Supervisor};
-use crate::cli::RunArgs;
+use crate::config::RunConfig;
 use crate::exit::{Code, Failure, FinalSnapshot};
+use crate::flow::{Origin, Point};
 use crate::notify::Notifier;
 use crate::snap::{open_persister, prepare_region, Prepared, Snapshotter};
-use crate::flow::{Origin, Point};
 use crate::strategy;
 use crate::watchdog::Watchdog;
 
@@ -28,7 +28,7 @@ use crate::watchdog::Watchdog;
 ///
 /// A [`Failure`] for anything that prevents starting (bad snapshot, unwritable directory,
 /// command not found, ...).
-pub fn start(args: RunArgs) -> Result<Supervisor, Failure> {
+pub fn start(args: RunConfig) -> Result<Supervisor, Failure> {
     let program = args
         .command
         .first()
@@ -56,7 +56,7 @@ pub fn start(args: RunArgs) -> Result<Supervisor, Failure> {
         (Some(info), false) => Origin::Restored(info),
         (None, false) => Origin::Empty,
     };
-    let strategy = strategy::from_run_args(&args);
+    let strategy = strategy::from_config(&args);
     let schedule = strategy.schedule();
     let status_area = strategy.status_area();
     let restored_generation = restored.as_ref().map(|info| info.meta.generation);
@@ -68,7 +68,11 @@ pub fn start(args: RunArgs) -> Result<Supervisor, Failure> {
         // The snapshot the region was restored from goes first, so that a bucket missing it
         // gets it even if the client never commits again (one already there stays).
         if let Some(generation) = restored_generation {
-            shipper.offer(Point::Base { generation }, &snap.target(), snap.published_seq());
+            shipper.offer(
+                Point::Base { generation },
+                &snap.target(),
+                snap.published_seq(),
+            );
         }
         snap.attach_sink(Box::new(shipper));
     }
@@ -124,7 +128,7 @@ pub fn start(args: RunArgs) -> Result<Supervisor, Failure> {
 /// `--size`), or a new one with the newest snapshot restored into it. `true`: the inherited
 /// region was moved (the fd store must get the new one).
 fn region(
-    args: &RunArgs,
+    args: &RunConfig,
     persister: &Persister,
     inherited: Option<Memfd>,
 ) -> Result<(Prepared, bool), Failure> {

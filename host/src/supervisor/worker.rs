@@ -22,8 +22,8 @@ use tracing::error;
 use shmsnap_linux::Memfd;
 
 use crate::exit::{Code, Failure};
-use crate::metrics::{Metrics, Phase, SnapshotRecord, SnapshotResult};
 use crate::flow::Outcome;
+use crate::metrics::{Metrics, Phase, SnapshotRecord, SnapshotResult};
 use crate::snap::{Snapshotter, Tally};
 
 /// When the snapshot thread started the attempt it is running; `None` while it waits for a

@@ -124,7 +124,6 @@ fn keep_parses_counts_and_durations() {
 /// `REPLICA_SEQ` (the local seq and generation stay as the snapshot published them).
 #[test]
 fn a_persisted_point_is_uploaded_and_its_seq_published_as_the_replica_seq() {
-    use crate::cli::StrategyArg;
     use crate::flow::{Origin, Outcome};
     use crate::snap::{open_persister, Snapshotter};
     use shmsnap_core::{status, LayoutRequest, Writer};
@@ -147,7 +146,7 @@ fn a_persisted_point_is_uploaded_and_its_seq_published_as_the_replica_seq() {
     .unwrap();
     let dup = Memfd::from_fd(rustix::io::fcntl_dupfd_cloexec(&memfd, 0).unwrap()).unwrap();
     let persister = open_persister(&state, 1).unwrap();
-    let strategy = crate::strategy::from_arg(StrategyArg::Queue);
+    let strategy = crate::strategy::from_kind(shmsnap_core::Strategy::Queue);
     let mut snap = Snapshotter::new(persister, strategy, dup, Origin::Empty).unwrap();
     let replica = Replica::open(&format!("file://{}", bucket.display())).unwrap();
     let keeper = crate::replica::keeper::Keeper::spawn(
@@ -160,7 +159,7 @@ fn a_persisted_point_is_uploaded_and_its_seq_published_as_the_replica_seq() {
     .unwrap();
     let shipper = Shipper::spawn(
         replica,
-        crate::replica::runtime().unwrap(),
+        crate::replica::store::runtime().unwrap(),
         keeper,
         Keep::default(),
         state.clone(),

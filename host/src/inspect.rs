@@ -32,7 +32,7 @@ use shmsnap_core::{Descriptor, Hints, Layout, LayoutError, DESCRIPTOR_BYTES, PAG
 use shmsnap_linux::chain::{self, ChainError, ChainErrorKind, ChainListing, DataCrc, DeltaEntry};
 use shmsnap_linux::snapshot::{self, ImageSummary, SnapshotError, SnapshotInfo, FOOTER_LEN};
 
-use crate::exit::{chain_code, io_code, snapshot_code, Code, Failure};
+use crate::exit::{code_of, Cause, Code, Failure};
 use crate::progress;
 use crate::restore::{chain_target, describe, generations};
 use crate::time::rfc3339;
@@ -363,13 +363,18 @@ impl Entry {
 
 /// Opens `path` without blocking on a FIFO, refusing anything but a regular file.
 fn open(path: &Path) -> Result<File, Failure> {
-    snapshot::open(path).map_err(|e| Failure::new(snapshot_code(&e), e.to_string()))
+    snapshot::open(path).map_err(|e| Failure::new(code_of(Cause::Snapshot(&e)), e.to_string()))
 }
 
 fn build<'f>(path: &Path, file: &'f File) -> Result<Report<'f>, Failure> {
     let file_len = file
         .metadata()
-        .map_err(|e| Failure::new(io_code(&e), format!("cannot stat {}: {e}", path.display())))?
+        .map_err(|e| {
+            Failure::new(
+                code_of(Cause::Io(&e)),
+                format!("cannot stat {}: {e}", path.display()),
+            )
+        })?
         .len();
     let verified: Result<SnapshotInfo, SnapshotError> = snapshot::verify(file);
     let footer = verified
@@ -404,7 +409,7 @@ fn build<'f>(path: &Path, file: &'f File) -> Result<Report<'f>, Failure> {
     }
     let mut problem = match &verified {
         Ok(_) => None,
-        Err(e) => Some((snapshot_code(e), e.to_string())),
+        Err(e) => Some((code_of(Cause::Snapshot(e)), e.to_string())),
     };
     if let Some(f) = footer.filter(|f| is_queue(f.meta.strategy)) {
         let queue_problem = add_queue(&mut report, path, file, f.image_len);
@@ -713,7 +718,7 @@ pub fn verify(path: &Path) -> Result<ExitCode, Failure> {
     });
     let (info, summary) = verified.map_err(|e| {
         let e = e.at(path);
-        Failure::new(snapshot_code(&e), e.to_string())
+        Failure::new(code_of(Cause::Snapshot(&e)), e.to_string())
     })?;
     let detail = match summary {
         ImageSummary::Queue {
@@ -748,7 +753,7 @@ pub fn verify(path: &Path) -> Result<ExitCode, Failure> {
 /// restore would use.
 fn verify_deltas(path: &Path) -> Result<String, Failure> {
     let dir = chain::chain_dir(&chain_target(path));
-    let failed = |e: ChainError| Failure::new(chain_code(&e), e.to_string());
+    let failed = |e: ChainError| Failure::new(code_of(Cause::Chain(&e)), e.to_string());
     let mut listing = ChainListing::load(path, &dir).map_err(failed)?;
     listing.check_points(DataCrc::Now).map_err(failed)?;
     if let Some(stop) = &listing.stop {
@@ -801,9 +806,12 @@ pub fn inspect(path: &Path, json: bool) -> Result<ExitCode, Failure> {
             format!("{}: cannot read the entries: {e}", path.display()),
         ));
     }
-    written
-        .and_then(|()| out.flush())
-        .map_err(|e| Failure::new(io_code(&e), format!("cannot write the report: {e}")))?;
+    written.and_then(|()| out.flush()).map_err(|e| {
+        Failure::new(
+            code_of(Cause::Io(&e)),
+            format!("cannot write the report: {e}"),
+        )
+    })?;
     Ok(if r.sound && r.chain.as_ref().is_none_or(|c| c.intact) {
         ExitCode::SUCCESS
     } else {

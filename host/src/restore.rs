@@ -29,7 +29,7 @@ use shmsnap_linux::snapshot::SnapshotInfo;
 use tracing::warn;
 
 use crate::config::{RestoreRequest, Source};
-use crate::exit::{chain_code, Code, Failure};
+use crate::exit::{code_of, Cause, Code, Failure};
 use crate::snap::skippable;
 use crate::time::rfc3339;
 
@@ -99,13 +99,13 @@ pub struct Chain {
 fn source(state: &Path) -> Result<Vec<Chain>, Failure> {
     if let Err(e) = state.symlink_metadata() {
         return Err(Failure::new(
-            crate::exit::io_code(&e),
+            code_of(Cause::Io(&e)),
             format!("cannot read the state file {}: {e}", state.display()),
         ));
     }
     generations(state).map_err(|e| {
         Failure::new(
-            crate::exit::io_code(&e),
+            code_of(Cause::Io(&e)),
             format!("cannot list the generations of {}: {e}", state.display()),
         )
     })
@@ -284,7 +284,7 @@ fn unusable(e: &ChainError, skipped: &[(&Chain, ChainError)]) -> Failure {
         ChainErrorKind::Base(_) => "; pass --fallback to skip it and use an older generation",
         _ => "",
     };
-    Failure::new(chain_code(e), format!("{e}{before}{hint}"))
+    Failure::new(code_of(Cause::Chain(e)), format!("{e}{before}{hint}"))
 }
 
 /// What one chain holds of a point.
@@ -335,7 +335,7 @@ fn pick(c: &Chain, at: At) -> Result<Pick<'_>, Failure> {
         Err(e) if matches!(e.kind(), ChainErrorKind::NotInChain { .. }) => {
             Ok(Pick::Newer(describe(&listing)))
         }
-        Err(e) => Err(Failure::new(chain_code(&e), e.to_string())),
+        Err(e) => Err(Failure::new(code_of(Cause::Chain(&e)), e.to_string())),
     }
 }
 

@@ -30,7 +30,7 @@ use tracing::{debug, error, info, warn};
 
 use shmsnap_core::PAGE_SIZE;
 
-use crate::exit::{persister_code, Code, Failure, FinalSnapshot};
+use crate::exit::{code_of, Cause, Code, Failure, FinalSnapshot};
 use crate::flow::{Origin, Outcome, Sink};
 use crate::progress;
 use crate::strategy::{Cx, Strategy};
@@ -608,12 +608,13 @@ pub fn open_persister(state: &Path, keep: usize) -> Result<Persister, Failure> {
             ),
         )
     };
-    let persister = Persister::new(state, keep).map_err(|e| match persister_code(&e) {
-        // The lock, --keep and the file type have messages of their own, naming the file.
-        code @ (Code::TempFail | Code::Usage) => Failure::new(code, e.to_string()),
-        _ if StateError::of(&e).is_some() => Failure::new(Code::CantCreat, e.to_string()),
-        _ => dir_msg(&e),
-    })?;
+    let persister =
+        Persister::new(state, keep).map_err(|e| match code_of(Cause::OpenState(&e)) {
+            // The lock, --keep and the file type have messages of their own, naming the file.
+            code @ (Code::TempFail | Code::Usage) => Failure::new(code, e.to_string()),
+            _ if StateError::of(&e).is_some() => Failure::new(Code::CantCreat, e.to_string()),
+            _ => dir_msg(&e),
+        })?;
     // Probe writability now rather than at the first snapshot.
     drop(persister.begin().map_err(|e| dir_msg(&e))?);
     match persister.remove_stale_temps() {

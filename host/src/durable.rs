@@ -240,7 +240,8 @@ fn watch_loop(mut watch: RequestWatch, stop: &AtomicBool, mut request: impl FnMu
 mod tests {
     use super::*;
     use crate::flow::Outcome;
-    use crate::snap::{open_persister, Snapshotter};
+    use crate::snap::Snapshotter;
+    use crate::startup::{open_persister, prepare_region};
     use shmsnap_core::{status, LayoutRequest, Writer};
     use shmsnap_linux::snapshot;
     use shmsnap_linux::Protection;
@@ -371,7 +372,7 @@ mod tests {
         drop((rw, memfd));
 
         let persister = open_persister(&state, 2).unwrap();
-        let prepared = crate::snap::prepare_region(&persister, None, false).unwrap();
+        let prepared = prepare_region(&persister, None, false).unwrap();
         let info = prepared.restored.expect("restored");
         let map = Mapping::of_memfd(&prepared.memfd, Protection::ReadOnly).unwrap();
         // The image's status and request words are canonical zeros ...

@@ -8,7 +8,8 @@
 //! | [`config`] | what the commands are asked to do, as plain values (no clap below the CLI) |
 //! | [`supervisor`] | `run`: start, watch, restart the client; signals; the event loop |
 //! | [`strategy`] | one file per snapshot strategy, all answering the same questions |
-//! | [`snap`] | restore at start; consistent snapshots while the client runs |
+//! | [`startup`] | the start-up restore: the newest restorable point into a fresh region |
+//! | [`snap`] | consistent snapshots of the live region while the client runs |
 //! | [`inspect`] | `inspect` and `verify` of snapshot files and their chains |
 //! | [`restore`] | `restore`: one point of a chain (or of a replica) as a standalone snapshot file |
 //! | [`replica`] | replicas in object storage: upload, lease, `restore --from`, `inspect --replica` |
@@ -44,6 +45,7 @@ mod progress;
 mod replica;
 mod restore;
 mod snap;
+mod startup;
 mod strategy;
 mod supervisor;
 mod time;

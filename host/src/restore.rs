@@ -30,7 +30,7 @@ use tracing::warn;
 
 use crate::config::{RestoreRequest, Source};
 use crate::exit::{code_of, Cause, Code, Failure};
-use crate::snap::skippable;
+use crate::startup::skippable;
 use crate::time::rfc3339;
 
 /// `shmsnap restore --state FILE --to OUT [--at TIME | --seq N] [--force]`.

@@ -1,6 +1,6 @@
 //! Time on the command line and in messages: `--at` times, durations, RFC 3339 output.
 
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Parses durations like `100ms`, `2s`, `1m 30s`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -84,6 +84,18 @@ fn parse_unix(s: &str) -> Option<u64> {
         format!("{frac:0<9}").parse().ok()?
     };
     secs.checked_mul(1_000_000_000)?.checked_add(frac_ns)
+}
+
+/// Now, in ns since the Unix epoch (0 before it).
+pub fn now_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// A duration in milliseconds, for log fields.
+pub fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
 }
 
 #[cfg(test)]

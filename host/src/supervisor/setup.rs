@@ -18,7 +18,8 @@ use crate::config::RunConfig;
 use crate::exit::{Code, Failure, FinalSnapshot};
 use crate::flow::{Origin, Point};
 use crate::notify::Notifier;
-use crate::snap::{open_persister, prepare_region, Prepared, Snapshotter};
+use crate::snap::Snapshotter;
+use crate::startup::{open_persister, prepare_region, Prepared};
 use crate::strategy;
 use crate::watchdog::Watchdog;
 
@@ -177,7 +178,7 @@ fn unsealed(memfd: Memfd) -> Result<(Memfd, bool), Failure> {
     }
     let t = Instant::now();
     let (fresh, stats) = memfd
-        .fresh_copy(crate::snap::REGION_NAME)
+        .fresh_copy(crate::startup::REGION_NAME)
         .map_err(|e| os("cannot move", e))?;
     // It sits at fd 3 (LISTEN_FDS), which must stay occupied.
     shmsnap_linux::handover::close_keeping_fd3(memfd.into_fd())

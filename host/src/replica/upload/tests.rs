@@ -125,7 +125,8 @@ fn keep_parses_counts_and_durations() {
 #[test]
 fn a_persisted_point_is_uploaded_and_its_seq_published_as_the_replica_seq() {
     use crate::flow::{Origin, Outcome};
-    use crate::snap::{open_persister, Snapshotter};
+    use crate::snap::Snapshotter;
+    use crate::startup::open_persister;
     use shmsnap_core::{status, LayoutRequest, Writer};
     use shmsnap_linux::{Mapping, Memfd, Protection};
 

@@ -32,9 +32,9 @@ use shmsnap_core::{Descriptor, Hints, Layout, LayoutError, DESCRIPTOR_BYTES, PAG
 use shmsnap_linux::chain::{self, ChainError, ChainErrorKind, ChainListing, DataCrc, DeltaEntry};
 use shmsnap_linux::snapshot::{self, ImageSummary, SnapshotError, SnapshotInfo, FOOTER_LEN};
 
+use crate::chains::{chain_target, describe, generations};
 use crate::exit::{code_of, Cause, Code, Failure};
 use crate::progress;
-use crate::restore::{chain_target, describe, generations};
 use crate::time::rfc3339;
 
 /// Bytes of each payload shown.

@@ -11,6 +11,7 @@
 //! | [`startup`] | the start-up restore: the newest restorable point into a fresh region |
 //! | [`snap`] | consistent snapshots of the live region while the client runs |
 //! | [`inspect`] | `inspect` and `verify` of snapshot files and their chains |
+//! | [`chains`] | the restore library: a state's chains, a point picked and materialized |
 //! | [`restore`] | `restore`: one point of a chain (or of a replica) as a standalone snapshot file |
 //! | [`replica`] | replicas in object storage: upload, lease, `restore --from`, `inspect --replica` |
 //! | [`notify`] | systemd: fd store, `READY=1`, `STATUS=` |
@@ -28,6 +29,7 @@
 #![deny(unsafe_code)]
 
 mod cgroup;
+mod chains;
 mod claim;
 mod cli;
 mod config;
@@ -86,7 +88,7 @@ fn main() -> ExitCode {
             (None, None) => unreachable!("clap requires FILE or --replica"),
         },
         Command::Verify(args) => inspect::verify(&args.file),
-        Command::Restore(args) => restore::restore(&args.into_request()),
+        Command::Restore(args) => restore::run(&args.into_request()),
         Command::Demo(args) => demo::run(args.kills, args.keep_dir),
         Command::Example(args) => match args.which {
             Example::Primes {

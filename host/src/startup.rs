@@ -93,7 +93,7 @@ pub fn prepare_region(
             let memfd = fresh_region(size).map_err(|e| {
                 newest::RestoreError::Fatal(Failure::new(Code::OsErr, e.to_string()))
             })?;
-            let report = restore(path, &chain::chain_dir(&target), &memfd)?;
+            let report = load_chain(path, &chain::chain_dir(&target), &memfd)?;
             Ok((report, (memfd, size, t.elapsed())))
         },
     )?;
@@ -168,7 +168,7 @@ fn region_size(size: Option<u64>, chosen: Option<(&Path, &SnapshotInfo)>) -> u64
 /// copying (the memfd is private until the client starts: a mismatch drops nothing that
 /// matters). A link that ends the chain is named in a warning; the deltas after it are not
 /// applied. A progress bar on a terminal for a big base.
-fn restore(
+fn load_chain(
     path: &Path,
     dir: &Path,
     memfd: &Memfd,

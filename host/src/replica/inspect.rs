@@ -28,9 +28,9 @@ use std::collections::BTreeMap;
 
 use shmsnap_linux::{chain, snapshot};
 
+use super::fetch::{download, download_base, store_failure, Missing, WorkDir};
 use super::layout::{point_key, Generation, Listing, Object, PointId};
 use super::lease::{self, now_ms, Body};
-use super::restore::{download, download_base, store_failure, Missing, WorkDir};
 use super::store::Replica;
 use crate::exit::{Code, Failure};
 

@@ -10,7 +10,7 @@
 //! | [`lease`] | one writer per prefix: the lease object, taken, renewed, doubts resolved |
 //! | [`keeper`] | the lease's own thread: renews it on its own schedule |
 //! | [`upload`] | the uploader thread and its bounded backlog of points ([`Shipper`]) |
-//! | [`restore`] | `restore --from URL`: a point of the bucket as a standalone snapshot file |
+//! | [`fetch`] | `restore --from URL` and the restore at start: a point of the bucket as a standalone snapshot file |
 //! | [`inspect`] | `inspect --replica URL` |
 //!
 //! `object_store` is async; the host is not. Each user of a [`Replica`] runs a current-thread
@@ -18,13 +18,13 @@
 //!
 //! Byte layout of the bucket: `docs/FORMAT.md`, "Replica layout".
 
+pub mod fetch;
 pub mod inspect;
 pub mod keeper;
 pub mod layout;
 pub mod lease;
 pub mod multipart;
 pub mod probe;
-pub mod restore;
 pub mod store;
 pub mod upload;
 
@@ -164,7 +164,7 @@ fn restore_at_start(
     if !reachable {
         return Err(cannot("unreachable"));
     }
-    match restore::fetch_into(rt, replica, persister, None, fallback) {
+    match fetch::fetch_into(rt, replica, persister, None, fallback) {
         Ok(f) => {
             info!(
                 "{} was missing: restored {} from replica {} (taken {})",

@@ -46,7 +46,7 @@ pub struct Fetched {
 ///
 /// 65 for a corrupt or missing object (named), 66 for an empty replica or no point at or
 /// before `at`, 78 for refused credentials, 74 for other store errors.
-pub fn restore(
+pub fn restore_from(
     from: &str,
     out: &dyn Destination,
     at: Option<u64>,

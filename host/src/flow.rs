@@ -91,6 +91,9 @@ pub struct Report {
     pub dropped: u64,
     /// Newest kept seq.
     pub newest_seq: u64,
+    /// The write-tracking scan before the copy (incremental snapshots: a delta's, or the
+    /// arming scan before a base), when one ran.
+    pub scan: Option<Duration>,
     /// Phase timings.
     pub copy: Duration,
     /// Validation (post read, retain, footer with CRC).

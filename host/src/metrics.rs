@@ -55,10 +55,6 @@ impl SnapshotResult {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
     /// Finding the written pages (incremental snapshots).
-    #[expect(
-        dead_code,
-        reason = "recorded once incremental snapshots exist (issue 15)"
-    )]
     Scan,
     /// Copying the region into the temporary file.
     Copy,
@@ -68,8 +64,7 @@ pub enum Phase {
     Sync,
     /// The `rename` that publishes it (and the rotation of older generations).
     Rename,
-    /// Sending it to a replica.
-    #[expect(dead_code, reason = "recorded once replicas exist (issue 15)")]
+    /// Sending it to a replica (recorded by the uploader, [`Metrics::record_phase`]).
     Upload,
 }
 
@@ -472,11 +467,7 @@ impl Metrics {
             })
             .inc();
         for &(phase, d) in &s.phases {
-            self.phase_seconds
-                .get_or_create(&PhaseLabel {
-                    phase: phase.label(),
-                })
-                .observe(d.as_secs_f64());
+            self.record_phase(phase, d);
         }
         self.copied_bytes.inc_by(s.bytes_copied);
         self.entries_kept.inc_by(s.entries_kept);
@@ -494,6 +485,15 @@ impl Metrics {
                 .map_or(0.0, |d| d.as_secs_f64());
             self.last_persisted_unix.set(unix);
         }
+    }
+
+    /// Records the time one phase of a snapshot took.
+    pub fn record_phase(&self, phase: Phase, d: Duration) {
+        self.phase_seconds
+            .get_or_create(&PhaseLabel {
+                phase: phase.label(),
+            })
+            .observe(d.as_secs_f64());
     }
 
     /// Records since when the replica is behind (`None`: caught up); the lag itself is computed

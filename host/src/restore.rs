@@ -316,64 +316,6 @@ impl Drop for Temp<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use shmsnap_linux::persist::Persister;
-    use shmsnap_linux::snapshot;
-
-    /// A state file whose base (generation `generation`) holds `fill` bytes, persisted.
-    fn persist_base(persister: &Persister, generation: u64, fill: u8) {
-        let region = shmsnap_linux::Memfd::create("base", 8192).unwrap();
-        rustix::io::pwrite(&region, &[fill; 100], 0).unwrap();
-        let meta = snapshot::SnapshotMeta {
-            strategy: Strategy::Exit.code(),
-            generation,
-            unix_time_ns: generation * 1_000_000_000,
-        };
-        persister
-            .persist_with(|f| snapshot::write_snapshot(&region, f, 8192, meta))
-            .unwrap();
-    }
-
-    #[test]
-    fn a_generation_rotated_between_listing_and_copy_is_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let state = dir.path().join("s.snap");
-        let persister = Persister::new(&state, 1).unwrap();
-        persist_base(&persister, 1, 0xaa);
-        let chains = generations(&state).unwrap();
-        let Ok(Pick::Point(picked)) = pick(&chains[0], At::Latest) else {
-            panic!("no point");
-        };
-        let copy = |picked: &Picked<'_>| {
-            let out = tempfile::tempfile().unwrap();
-            let (_, report) =
-                chain::materialize(&picked.chain.base, &picked.chain.dir, At::Latest, &out)
-                    .unwrap();
-            picked.check_same(&report)
-        };
-        assert!(copy(&picked).is_ok(), "nothing changed");
-        // A host persists generation 2: s.snap is now another base.
-        persist_base(&persister, 2, 0xbb);
-        let e = copy(&picked).unwrap_err();
-        assert_eq!(e.code, Code::TempFail, "{e}");
-        assert!(e.message.contains("run the restore again"), "{e}");
-    }
-
-    #[test]
-    fn generation_names_are_decimal_suffixes() {
-        assert_eq!(generation_index(b"s.snap", b"s.snap.1"), Some(1));
-        assert_eq!(generation_index(b"s.snap", b"s.snap.12"), Some(12));
-        for other in [
-            &b"s.snap"[..],
-            b"s.snap.",
-            b"s.snap.01",
-            b"s.snap.lock",
-            b"s.snap.d",
-            b"s.snap.1x",
-            b"t.snap.1",
-        ] {
-            assert_eq!(generation_index(b"s.snap", other), None);
-        }
-    }
 
     #[test]
     fn out_naming_the_state_is_refused() {

@@ -47,7 +47,7 @@ use super::store::Replica;
 use crate::durable::SharedPublisher;
 use crate::exit::{Code, Failure};
 use crate::flow::{Point, Report, Sink};
-use crate::metrics::{Metrics, ReplicaState};
+use crate::metrics::{Metrics, Phase, ReplicaState};
 
 mod lag;
 pub use lag::Lag;
@@ -696,10 +696,12 @@ impl Uploader {
             Err(object_store::Error::NotFound { .. }) => {}
             Err(e) => return Err(e.to_string()),
         }
+        let started = Instant::now();
         let bytes = upload(&self.replica, &key, offer, &self.lease)
             .await
             .map_err(|e| e.to_string())?;
         self.metrics.replica_uploaded(bytes);
+        self.metrics.record_phase(Phase::Upload, started.elapsed());
         debug!("replica: {key} uploaded ({bytes} bytes)");
         Ok(Shipped::Done)
     }

@@ -57,6 +57,7 @@ impl Strategy for Exit {
             kept: 0,
             dropped: 0,
             newest_seq: 0,
+            scan: None,
             copy: copied,
             validate: Duration::ZERO,
             sync: stats.sync,

@@ -411,6 +411,7 @@ impl Queue {
             kept: f.retained.kept,
             dropped: f.retained.dropped(),
             newest_seq: f.retained.newest.map_or(0, |d| d.seq),
+            scan: Some(f.scan_time),
             copy: f.copy_time,
             validate: f.validate_time,
             sync: info.stats.sync,
@@ -433,7 +434,7 @@ impl Queue {
             }
             self.last_base_cause = Some(cause);
         }
-        let (armed, unproven) = self.arm(cx, scan);
+        let (armed, unproven, scanned) = self.arm(cx, scan);
         let taken = take_queue(cx.memfd, cx.map, cx.persister, cx.meta, &mut self.scratch)?;
         let (file, f) = match taken {
             QueueSnapshot::Written { file, figures } => (file, figures),
@@ -451,6 +452,7 @@ impl Queue {
             kept: f.retained.kept,
             dropped: f.retained.dropped(),
             newest_seq: f.retained.newest.map_or(0, |d| d.seq),
+            scan: scanned,
             copy: f.copy_time,
             validate: f.validate_time,
             sync: stats.sync,
@@ -460,14 +462,19 @@ impl Queue {
     }
 
     /// Before a base: the proof, then the scan that lets the next snapshot be a delta.
-    /// Returns the advertisement armed (if any) and, when the proof failed, its metric label.
+    /// Returns the advertisement armed (if any), when the proof failed its metric label, and
+    /// how long the scan took (if it ran).
     fn arm(
         &mut self,
         cx: &Cx<'_>,
         scan: Option<(TrackedRange, Advertisement)>,
-    ) -> (Option<Advertisement>, Option<&'static str>) {
+    ) -> (
+        Option<Advertisement>,
+        Option<&'static str>,
+        Option<Duration>,
+    ) {
         let (Some((range, advert)), Some(t)) = (scan, self.tracking.as_mut()) else {
-            return (None, None);
+            return (None, None, None);
         };
         t.vouched = None;
         let started = Instant::now();
@@ -484,10 +491,13 @@ impl Queue {
                     );
                     self.last_unproven = Some(text);
                 }
-                return (None, Some(label));
+                return (None, Some(label), None);
             }
         };
-        let armed = match t.scanner.scan(&range) {
+        let scan_started = Instant::now();
+        let scanned = t.scanner.scan(&range);
+        let scan_time = scan_started.elapsed();
+        let armed = match scanned {
             Ok(_) => Some(advert),
             Err(e) => {
                 debug!("{e}");
@@ -497,7 +507,7 @@ impl Queue {
         if let Some(c) = census {
             self.note_census(&c, started.elapsed());
         }
-        (armed, None)
+        (armed, None, Some(scan_time))
     }
 
     /// Logs what a census saw: at debug, and once per run (info) the processes it could not

@@ -238,6 +238,7 @@ impl Strategy for Triple {
             kept: 1,
             dropped: 0,
             newest_seq: f.seq,
+            scan: None,
             copy: f.copy_time,
             validate: f.validate_time,
             sync: stats.sync,

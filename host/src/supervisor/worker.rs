@@ -271,12 +271,17 @@ fn record(result: &io::Result<Outcome>) -> SnapshotRecord {
     match result {
         Ok(Outcome::Persisted(r)) => SnapshotRecord {
             result: Some(SnapshotResult::Persisted),
-            phases: vec![
-                (Phase::Copy, r.copy),
-                (Phase::Validate, r.validate),
-                (Phase::Sync, r.sync),
-                (Phase::Rename, r.rename),
-            ],
+            phases: r
+                .scan
+                .map(|s| (Phase::Scan, s))
+                .into_iter()
+                .chain([
+                    (Phase::Copy, r.copy),
+                    (Phase::Validate, r.validate),
+                    (Phase::Sync, r.sync),
+                    (Phase::Rename, r.rename),
+                ])
+                .collect(),
             bytes_copied: r.bytes,
             entries_kept: r.kept,
             entries_dropped: r.dropped,
@@ -373,6 +378,7 @@ mod tests {
             kept: 3,
             dropped: 1,
             newest_seq: 9,
+            scan: Some(ms(6)),
             copy: ms(1),
             validate: ms(2),
             sync: ms(3),
@@ -384,6 +390,7 @@ mod tests {
             SnapshotRecord {
                 result: Some(SnapshotResult::Persisted),
                 phases: vec![
+                    (Phase::Scan, ms(6)),
                     (Phase::Copy, ms(1)),
                     (Phase::Validate, ms(2)),
                     (Phase::Sync, ms(3)),

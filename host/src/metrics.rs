@@ -350,6 +350,23 @@ impl Metrics {
             "The shmsnap version (always 1)",
             Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]),
         );
+        self.register_snapshots(r);
+        self.register_client(r);
+        self.register_replica(r);
+        r.register(
+            "triple_refused_states",
+            "Triple snapshot attempts that refused the state words: a READY seq above what the client published, or a newest seq below the last persisted one within one client epoch",
+            self.triple_refused.clone(),
+        );
+        r.register(
+            "claims_reclaimed",
+            "Claims of dead clients on the region cleared by the host (before a restart, or at start for an inherited region)",
+            self.claims_reclaimed.clone(),
+        );
+    }
+
+    /// The snapshot families: attempts, phases, bytes, entries, generation, last persisted.
+    fn register_snapshots(&self, r: &mut Registry) {
         r.register(
             "snapshots",
             "Snapshot attempts by result: persisted, skipped (nothing committed), starved (no entry survived the copy), failed",
@@ -408,6 +425,10 @@ impl Metrics {
             self.last_persisted_unix.clone(),
         );
         r.register_collector(Box::new(self.age.clone()));
+    }
+
+    /// The client's families: starts, exits, the region's size.
+    fn register_client(&self, r: &mut Registry) {
         r.register(
             "client_starts",
             "Times the client was started",
@@ -424,6 +445,10 @@ impl Metrics {
             Unit::Bytes,
             self.region_size.clone(),
         );
+    }
+
+    /// The replica's families: lag, uploaded bytes, errors, backlog, state.
+    fn register_replica(&self, r: &mut Registry) {
         r.register_collector(Box::new(self.replica_lag.clone()));
         r.register_with_unit(
             "replica_uploaded",
@@ -445,16 +470,6 @@ impl Metrics {
             "replica_state",
             "What the replica uploader does: uploading (lease held, points reach the bucket), waiting (held up for now: no lease, an outage, retries), stopped (until a restart: lease lost, store unusable); 1 for the current state",
             self.replica_state.clone(),
-        );
-        r.register(
-            "triple_refused_states",
-            "Triple snapshot attempts that refused the state words: a READY seq above what the client published, or a newest seq below the last persisted one within one client epoch",
-            self.triple_refused.clone(),
-        );
-        r.register(
-            "claims_reclaimed",
-            "Claims of dead clients on the region cleared by the host (before a restart, or at start for an inherited region)",
-            self.claims_reclaimed.clone(),
         );
     }
 

@@ -1,33 +1,10 @@
-//! The uploader: its own thread, a bounded backlog of points, retries with backoff, retention,
-//! and durability feedback once a point is in the bucket. The lease is kept by its own thread
-//! ([`super::keeper`]); the uploader only asks it whether the lease is surely held.
-//!
-//! # The backlog (what reaches the bucket is always a restorable chain)
-//!
-//! [`Shipper::offer`] runs on the snapshot worker right after a point is persisted: it opens
-//! the point's file (a base is renamed to `FILE.1` by the next snapshot, a delta is removed
-//! with its chain; the open fd keeps the bytes) and pushes it into the [`Backlog`] under a
-//! mutex that is never held across a request, so the worker never waits for the network.
-//!
-//! - A **base** supersedes everything pending (it restores on its own): the pending points
-//!   are dropped, and an upload in progress of an older point is abandoned at its next retry.
-//! - A **delta** is useless without its base and every delta before it. It is queued behind
-//!   them; if the backlog is full ([`MAX_PENDING`]), the chain is **cut**: this delta and every
-//!   later delta of its generation are dropped until the next base. The uploader also uploads
-//!   a delta only right after its predecessor reached the bucket (`shipped`), so the bucket
-//!   holds, per generation, a base and a gapless prefix of its deltas.
-//!
-//! Memory is bounded by [`MAX_PENDING`] open fds; disk by the files the host already keeps
-//! (a dropped fd releases a rotated-out file).
-//!
-//! # The bucket holds a restorable chain (checked, not assumed)
-//!
-//! Before a delta goes up, its base and its predecessor are looked up in the bucket (`HEAD`):
-//! someone may have wiped the prefix or deleted objects. If either is gone, the chain is put
-//! back first from local files: the base from the fd the uploader keeps of the newest base it
-//! was offered, the deltas from the chain directory (they stay there while their base is the
-//! newest). If that is impossible (the local files moved on), the chain is cut until the next
-//! base. The same check runs when the lease thread found the lease gone and created it again.
+//! The uploader: its own thread, a bounded backlog of points ([`Shipper::offer`] opens each
+//! point's file on the snapshot worker and queues it; a base supersedes what is pending, a
+//! delta over a full backlog ([`MAX_PENDING`]) cuts its chain until the next base), retries
+//! with backoff, retention, durability feedback once a point is in the bucket, and the check
+//! that the bucket still holds the chain a delta extends (put back from local files, or cut).
+//! The lease is kept by its own thread ([`super::keeper`]). Why the bucket always holds a
+//! restorable chain: docs/DESIGN.md §12.
 
 use std::collections::VecDeque;
 use std::fs::File;

@@ -65,17 +65,7 @@ pub fn start(args: RunConfig) -> Result<Supervisor, Failure> {
     let metrics = start_metrics(args.metrics, snap.memfd())?;
     snap.attach_metrics(&metrics);
     if let Some(started) = replica {
-        let shipper = started.spawn(metrics.clone(), snap.status())?;
-        // The snapshot the region was restored from goes first, so that a bucket missing it
-        // gets it even if the client never commits again (one already there stays).
-        if let Some(generation) = restored_generation {
-            shipper.offer(
-                Point::Base { generation },
-                &snap.target(),
-                snap.published_seq(),
-            );
-        }
-        snap.attach_sink(Box::new(shipper));
+        attach_replica(&mut snap, started, &metrics, restored_generation)?;
     }
     let notifier = Notifier::from_env();
     if moved {
@@ -86,16 +76,7 @@ pub fn start(args: RunConfig) -> Result<Supervisor, Failure> {
     let spec = ClientSpec::of(&args);
     let mut cmd = client::command(&spec, snap.memfd(), cgroup.as_ref())?;
 
-    rustix::process::set_child_subreaper(Some(rustix::process::getpid()))
-        .map_err(|e| Failure::new(Code::OsErr, format!("cannot become a child subreaper: {e}")))?;
-    let (tx, events) = mpsc::channel();
-    signal_thread(tx.clone())?;
-    // A client's snapshot request takes SIGUSR1's path (merged with every other request).
-    let requests = tx.clone();
-    let watcher = crate::durable::watch_requests(snap.memfd(), status_area, move || {
-        requests.send(Event::ClientRequest).is_ok()
-    })
-    .map_err(|e| Failure::new(Code::OsErr, format!("cannot start the request thread: {e}")))?;
+    let (tx, events, watcher) = event_sources(&snap, status_area)?;
     let worker = Worker::spawn(snap, tx.clone(), metrics.clone())?;
     // Spawned from this thread, which lives as long as the host: PDEATHSIG fires when the
     // thread that forked the client exits.
@@ -123,6 +104,55 @@ pub fn start(args: RunConfig) -> Result<Supervisor, Failure> {
         // Until a snapshot is attempted, the disk holds what the region was started from.
         saved: FinalSnapshot::NothingToPersist,
     })
+}
+
+/// Starts the replica's lease and uploader threads and attaches the uploader to `snap` as a
+/// sink. The snapshot the region was restored from (generation `restored`) is offered first,
+/// so that a bucket missing it gets it even if the client never commits again (one already
+/// there stays).
+fn attach_replica(
+    snap: &mut Snapshotter,
+    started: crate::replica::Started,
+    metrics: &crate::metrics::Metrics,
+    restored: Option<u64>,
+) -> Result<(), Failure> {
+    let shipper = started.spawn(metrics.clone(), snap.status())?;
+    if let Some(generation) = restored {
+        shipper.offer(
+            Point::Base { generation },
+            &snap.target(),
+            snap.published_seq(),
+        );
+    }
+    snap.attach_sink(Box::new(shipper));
+    Ok(())
+}
+
+/// The supervisor's event channel and what feeds it besides the worker and the client: the
+/// signal thread, and the thread that turns a client's snapshot request into an event (it
+/// takes SIGUSR1's path, merged with every other request). Makes this process the child
+/// subreaper first, so that the client's orphans are reaped here.
+fn event_sources(
+    snap: &Snapshotter,
+    status_area: bool,
+) -> Result<
+    (
+        Sender<Event>,
+        mpsc::Receiver<Event>,
+        crate::durable::Watcher,
+    ),
+    Failure,
+> {
+    rustix::process::set_child_subreaper(Some(rustix::process::getpid()))
+        .map_err(|e| Failure::new(Code::OsErr, format!("cannot become a child subreaper: {e}")))?;
+    let (tx, events) = mpsc::channel();
+    signal_thread(tx.clone())?;
+    let requests = tx.clone();
+    let watcher = crate::durable::watch_requests(snap.memfd(), status_area, move || {
+        requests.send(Event::ClientRequest).is_ok()
+    })
+    .map_err(|e| Failure::new(Code::OsErr, format!("cannot start the request thread: {e}")))?;
+    Ok((tx, events, watcher))
 }
 
 /// The region: the inherited one (moved to a fresh memfd if its client sealed it, grown to

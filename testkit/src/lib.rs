@@ -29,6 +29,9 @@
 //!     files): `verify` and `restore` end the chain at the same link, which the oracle names,
 //!     and the restored image is that point's.
 //!
+//! - [`require`](require::require): a test that needs a tool or kernel feature runs or fails,
+//!   never passes silently (unless `SHMSNAP_TEST_ALLOW_MISSING` names what may be missing).
+//!
 //! Tests claim regions with [`CLIENT`] (or [`claim_id`]`(n)` for several claimants).
 //!
 //! Fuzz inputs are decoded by a cursor that yields zeros past the end (`input`), and region
@@ -43,6 +46,7 @@ mod input;
 pub mod model;
 pub mod ops;
 pub mod payload;
+pub mod require;
 pub mod retain_arbitrary;
 pub mod snapshot_file;
 pub mod trace;

@@ -318,8 +318,8 @@ pub struct RunArgs {
     /// What the replica keeps: N base generations (with their deltas), or those younger than
     /// a DURATION (e.g. 7d); the newest is always kept.
     #[arg(long, value_name = "N|DURATION", default_value = "3", requires = "replica",
-          value_parser = crate::replica::upload::parse_keep)]
-    pub replica_keep: crate::replica::upload::Keep,
+          value_parser = crate::config::parse_keep)]
+    pub replica_keep: crate::config::Keep,
     /// The client command and its arguments.
     #[arg(trailing_var_arg = true, required = true, value_name = "CMD")]
     pub command: Vec<OsString>,

@@ -10,7 +10,6 @@ use shmsnap_core::Strategy as StrategyKind;
 use shmsnap_linux::chain::CompactionPolicy;
 
 use crate::cgroup::CgroupMode;
-use crate::replica::upload::Keep;
 
 /// `shmsnap run`: see its `--help` for each value.
 #[derive(Debug)]
@@ -87,4 +86,38 @@ pub enum Source {
     State(PathBuf),
     /// A replica's URL (`--from`).
     Replica(String),
+}
+
+/// How many generations, or how old, the bucket keeps (`--replica-keep`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Keep {
+    /// The newest N base generations, each with its deltas (N >= 1).
+    Generations(u64),
+    /// Generations whose base is younger than this (the newest is always kept).
+    Age(Duration),
+}
+
+impl Default for Keep {
+    fn default() -> Self {
+        Keep::Generations(3)
+    }
+}
+
+/// Parses `--replica-keep`: a count (1 or more) or a duration (`7d`, `12h`).
+///
+/// # Errors
+///
+/// A message for clap.
+pub fn parse_keep(s: &str) -> Result<Keep, String> {
+    if let Ok(n) = s.parse::<u64>() {
+        return if n >= 1 {
+            Ok(Keep::Generations(n))
+        } else {
+            Err("keep at least 1 generation".into())
+        };
+    }
+    match humantime::parse_duration(s) {
+        Ok(d) if !d.is_zero() => Ok(Keep::Age(d)),
+        _ => Err("expected a number of generations (e.g. 3) or a duration (e.g. 7d, 12h)".into()),
+    }
 }

@@ -31,11 +31,12 @@ pub mod upload;
 use shmsnap_linux::persist::Persister;
 use tracing::{info, warn};
 
+use crate::config::Keep;
 use crate::exit::{Code, Failure};
 use lease::{Holder, Lease, LeaseError};
 use probe::ProbeError;
 use store::{is_refused, refused, runtime, Replica};
-use upload::{Keep, Shipper};
+use upload::Shipper;
 
 /// A replica opened by `run` before the client starts: the store probed and the lease taken
 /// (or neither, if the replica was unreachable), ready to become the lease and uploader

@@ -21,6 +21,7 @@ use tracing::{debug, error, info, warn};
 use super::keeper::{Keeper, LeaseState};
 use super::layout::{point_key, Listing, PointId};
 use super::store::Replica;
+use crate::config::Keep;
 use crate::durable::SharedPublisher;
 use crate::exit::{Code, Failure};
 use crate::flow::{Point, Report, Sink};
@@ -52,40 +53,6 @@ const DRAIN: Duration = Duration::from_secs(10);
 
 /// An upload (or a part of one) starts only while the lease is surely held for this long.
 const LEASE_MARGIN: Duration = Duration::from_secs(5);
-
-/// How many generations, or how old, the bucket keeps (`--replica-keep`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Keep {
-    /// The newest N base generations, each with its deltas (N >= 1).
-    Generations(u64),
-    /// Generations whose base is younger than this (the newest is always kept).
-    Age(Duration),
-}
-
-impl Default for Keep {
-    fn default() -> Self {
-        Keep::Generations(3)
-    }
-}
-
-/// Parses `--replica-keep`: a count (1 or more) or a duration (`7d`, `12h`).
-///
-/// # Errors
-///
-/// A message for clap.
-pub fn parse_keep(s: &str) -> Result<Keep, String> {
-    if let Ok(n) = s.parse::<u64>() {
-        return if n >= 1 {
-            Ok(Keep::Generations(n))
-        } else {
-            Err("keep at least 1 generation".into())
-        };
-    }
-    match humantime::parse_duration(s) {
-        Ok(d) if !d.is_zero() => Ok(Keep::Age(d)),
-        _ => Err("expected a number of generations (e.g. 3) or a duration (e.g. 7d, 12h)".into()),
-    }
-}
 
 /// A persisted point waiting for upload.
 #[derive(Debug)]

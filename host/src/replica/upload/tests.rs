@@ -1,4 +1,5 @@
 use super::*;
+use crate::config::parse_keep;
 use crate::replica::layout::{Generation, Object};
 
 fn offer(generation: u64, index: u32) -> Offer {

@@ -50,7 +50,7 @@ impl Code {
     ];
 }
 
-/// The exit codes, for `--help` (tested against [`Code::ALL`]).
+/// The exit codes, for `--help` (a test checks it lists exactly `Code::ALL`).
 pub const EXIT_CODES_HELP: &str = "\
 Exit status:
   0    success (for `run`: the client exited with status 0, or a stop was requested with

@@ -36,7 +36,7 @@ pub struct Prepared {
 /// # Errors
 ///
 /// [`Code::TempFail`] if another host holds the lock, [`Code::Usage`] for a `keep` beyond the
-/// maximum, [`Code::CantCreat`] otherwise ([`persister_code`]); the message names the file.
+/// maximum, [`Code::CantCreat`] otherwise ([`code_of`]); the message names the file.
 pub fn open_persister(state: &Path, keep: usize) -> Result<Persister, Failure> {
     let dir_msg = |e: &io::Error| {
         let dir = state

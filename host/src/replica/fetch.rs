@@ -114,7 +114,7 @@ impl Destination for Persister {
 ///
 /// # Errors
 ///
-/// As [`restore`], and `dest`'s errors.
+/// As [`restore_from`], and `dest`'s errors.
 pub fn fetch_into(
     rt: &tokio::runtime::Runtime,
     replica: &Replica,

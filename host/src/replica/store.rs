@@ -25,7 +25,7 @@ pub struct Replica {
     pub prefix: Key,
     /// The URL as the user gave it, for messages.
     pub url: String,
-    /// `true` for `file://`: no conditional update (see [`lease`]).
+    /// `true` for `file://`: no conditional update (see [`super::lease`]).
     pub local: bool,
 }
 
@@ -63,7 +63,7 @@ fn client_options() -> (ClientOptions, RetryConfig) {
 
 /// The lease client's limits: one request answers within 3 s or fails (a tenth of the
 /// lease's lifetime), and is not retried by `object_store` (a retried conditional write
-/// would be refused by its own first attempt; [`lease`] reads the lease back instead).
+/// would be refused by its own first attempt; [`super::lease`] reads the lease back instead).
 fn lease_client_options() -> (ClientOptions, RetryConfig) {
     let options = ClientOptions::new()
         .with_connect_timeout(Duration::from_secs(2))

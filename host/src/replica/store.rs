@@ -50,27 +50,30 @@ pub fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
 /// one: short, because the uploader has its own backoff and a CLI command should fail
 /// promptly.
 fn client_options() -> (ClientOptions, RetryConfig) {
-    let options = ClientOptions::new()
-        .with_connect_timeout(Duration::from_secs(5))
-        .with_timeout(Duration::from_secs(60));
-    let retry = RetryConfig {
-        max_retries: 2,
-        retry_timeout: Duration::from_secs(15),
-        ..RetryConfig::default()
-    };
-    (options, retry)
+    limits(5, 60, 2, 15)
 }
 
 /// The lease client's limits: one request answers within 3 s or fails (a tenth of the
 /// lease's lifetime), and is not retried by `object_store` (a retried conditional write
 /// would be refused by its own first attempt; [`super::lease`] reads the lease back instead).
 fn lease_client_options() -> (ClientOptions, RetryConfig) {
+    limits(2, 3, 0, 3)
+}
+
+/// A client's limits: connect and request timeouts, and `object_store`'s own retries (how
+/// many, within how long), in seconds.
+fn limits(
+    connect: u64,
+    request: u64,
+    retries: usize,
+    retry_for: u64,
+) -> (ClientOptions, RetryConfig) {
     let options = ClientOptions::new()
-        .with_connect_timeout(Duration::from_secs(2))
-        .with_timeout(Duration::from_secs(3));
+        .with_connect_timeout(Duration::from_secs(connect))
+        .with_timeout(Duration::from_secs(request));
     let retry = RetryConfig {
-        max_retries: 0,
-        retry_timeout: Duration::from_secs(3),
+        max_retries: retries,
+        retry_timeout: Duration::from_secs(retry_for),
         ..RetryConfig::default()
     };
     (options, retry)

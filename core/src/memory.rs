@@ -38,6 +38,18 @@ pub unsafe trait WordMemory {
     /// Atomic store of `v` into word `i`.
     fn store(&self, i: usize, v: u64, order: Ordering);
 
+    /// [`store`](WordMemory::store) into a word the caller has proven to be in bounds; real
+    /// memory skips the bounds check. The default is `store`, so a model checker checks the
+    /// same store with the same ordering.
+    ///
+    /// # Safety
+    ///
+    /// `i < self.len()`.
+    #[inline]
+    unsafe fn store_in_bounds(&self, i: usize, v: u64, order: Ordering) {
+        self.store(i, v, order)
+    }
+
     /// Atomic compare-and-exchange of word `i`, as [`AtomicU64::compare_exchange`].
     ///
     /// # Errors
@@ -139,6 +151,11 @@ unsafe impl<M: WordMemory + ?Sized> WordMemory for &M {
         (**self).store(i, v, order)
     }
     #[inline]
+    unsafe fn store_in_bounds(&self, i: usize, v: u64, order: Ordering) {
+        // SAFETY: the caller's bound is passed on unchanged (same memory, same `len`).
+        unsafe { (**self).store_in_bounds(i, v, order) }
+    }
+    #[inline]
     fn compare_exchange(
         &self,
         i: usize,
@@ -178,6 +195,16 @@ unsafe impl WordMemory for [AtomicU64] {
     #[inline]
     fn store(&self, i: usize, v: u64, order: Ordering) {
         self[i].store(v, order)
+    }
+    #[inline]
+    unsafe fn store_in_bounds(&self, i: usize, v: u64, order: Ordering) {
+        debug_assert!(
+            i < <[AtomicU64]>::len(self),
+            "store_in_bounds out of bounds"
+        );
+        // SAFETY: the caller guarantees `i < len`.
+        let w = unsafe { self.get_unchecked(i) };
+        w.store(v, order)
     }
     #[inline]
     fn compare_exchange(

@@ -1,5 +1,6 @@
 //! One-run comparison report: every pair interleaved (A B A B …) in this process, medians and
-//! ratios, and the DESIGN §10 targets checked against them.
+//! ratios, the DESIGN §10 targets checked against them, and the rows of issue 27's table
+//! (`shmsnap_benches::targets`: met / NOT met, or "not measured here" with the reason).
 //!
 //! ```text
 //! cargo run -p shmsnap-benches --release --bin compare [-- --quick] [-- --only commit,recover,snapshot,replica]

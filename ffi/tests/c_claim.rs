@@ -14,10 +14,14 @@ use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use common::*;
 use shmsnap_linux::Memfd;
 
-/// The C peer, compiled once per test process.
+/// The C peer, compiled once per test process (the tests run in parallel threads).
 fn peer() -> PathBuf {
-    let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/c/claim_peer.c");
-    compile_source(&src, "claim_peer", &[])
+    static PEER: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    PEER.get_or_init(|| {
+        let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/c/claim_peer.c");
+        compile_source(&src, "claim_peer", &[])
+    })
+    .clone()
 }
 
 /// A shared region: a sealed memfd, and the path another process opens it by.

@@ -12,7 +12,7 @@
 //! sweepers of the callers (`Persister::remove_stale_temps`, `chain::remove_superseded`) know
 //! the prefixes (`.<name>.tmp.`, `.delta.tmp.`). Dropping the value before the rename unlinks
 //! the temp file (unless a test cut "stopped the machine": see [`crash_point`]).
-//! docs/DESIGN.md §5 says why the order is data sync → rename → directory sync.
+//! docs/DESIGN.md §7 says why the order is data sync → rename → directory sync.
 
 use std::ffi::{OsStr, OsString};
 use std::fmt;

@@ -12,29 +12,37 @@ fn src(krate: &str) -> PathBuf {
         .join("src")
 }
 
-fn assert_acyclic(krate: &str) {
+/// Asserts the cycles of `krate` are exactly `known` (each sorted): a new cycle fails, and so
+/// does a known one that is gone (then remove it from the list).
+fn assert_cycles(krate: &str, known: &[&[&str]]) {
     let dir = src(krate);
     let found = cycles(&dir).unwrap();
+    let known: Vec<Vec<String>> = known
+        .iter()
+        .map(|c| c.iter().map(|m| m.to_string()).collect())
+        .collect();
     assert!(
-        found.is_empty(),
-        "import cycles in {krate}/src: {found:?}\nthe graph:\n{}",
+        found == known,
+        "import cycles in {krate}/src: {found:?}, known: {known:?}\nthe graph:\n{}",
         edges_text(&graph(&dir).unwrap())
     );
 }
 
 #[test]
 fn core_imports_point_one_way() {
-    assert_acyclic("core");
+    assert_cycles("core", &[]);
 }
 
 #[test]
 fn os_linux_imports_point_one_way() {
-    assert_acyclic("os-linux");
+    // Known, not yet removed (issue 22 did not list it; found by this checker): a `Mapping`
+    // owns its `Tracker`, and `Tracker::register` takes the `&Mapping` it tracks.
+    assert_cycles("os-linux", &[&["mapping", "track::client"]]);
 }
 
 #[test]
 fn ffi_imports_point_one_way() {
-    assert_acyclic("ffi");
+    assert_cycles("ffi", &[]);
 }
 
 /// Writes `files` (path under `src/`, text) into a temp crate; returns its `src`.

@@ -312,20 +312,19 @@ fn references(module: &[String], text: &str, modules: &BTreeSet<Vec<String>>) ->
                 i = end;
                 continue;
             }
-            Tok::Ident(first) if !matches!(toks.get(i.wrapping_sub(1)), Some(Tok::Path)) => {
-                if toks.get(i + 1) == Some(&Tok::Path) {
-                    let mut path = vec![first.clone()];
-                    let mut j = i + 1;
-                    while let (Some(Tok::Path), Some(Tok::Ident(s))) =
-                        (toks.get(j), toks.get(j + 1))
-                    {
-                        path.push(s.clone());
-                        j += 2;
-                    }
-                    push(&here, resolve(&path, &here, module, modules), false);
-                    i = j;
-                    continue;
+            Tok::Ident(first)
+                if !matches!(toks.get(i.wrapping_sub(1)), Some(Tok::Path))
+                    && toks.get(i + 1) == Some(&Tok::Path) =>
+            {
+                let mut path = vec![first.clone()];
+                let mut j = i + 1;
+                while let (Some(Tok::Path), Some(Tok::Ident(s))) = (toks.get(j), toks.get(j + 1)) {
+                    path.push(s.clone());
+                    j += 2;
                 }
+                push(&here, resolve(&path, &here, module, modules), false);
+                i = j;
+                continue;
             }
             _ => {}
         }

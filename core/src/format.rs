@@ -4,7 +4,8 @@
 //! This module is the code's reference for `docs/FORMAT.md`. Everything that reads a region or
 //! an image — core itself, the host's `inspect`, fuzz targets, loom models, simulators and
 //! benches — names words through it instead of recomputing offsets by hand. It is read-only:
-//! constants, pure functions, and address arithmetic on a [`Layout`].
+//! constants and pure functions (the ring addressing on a [`Layout`](crate::Layout) is in
+//! `layout.rs`).
 //!
 //! # Words shared by every strategy
 //!
@@ -121,7 +122,7 @@ pub mod word {
     pub const CLAIM: usize = 64;
 }
 
-/// Word offsets within a descriptor (add to [`Layout::desc_word`]).
+/// Word offsets within a descriptor (add to [`Layout::desc_word`](crate::Layout::desc_word)).
 pub mod desc {
     /// `0` = empty; otherwise `(seq - 1) mod E == slot`, never repeated.
     pub const SEQ: usize = 0;

@@ -11,7 +11,7 @@
 //! O_CLOEXEC | O_RDWR`, mode 0600: a random name cannot be pre-planted as a symlink, and the
 //! sweepers of the callers (`Persister::remove_stale_temps`, `chain::remove_superseded`) know
 //! the prefixes (`.<name>.tmp.`, `.delta.tmp.`). Dropping the value before the rename unlinks
-//! the temp file (unless a test cut "stopped the machine": see [`crash_point`]).
+//! the temp file (unless a test cut "stopped the machine": see the `crash_point` module).
 //! docs/DESIGN.md §7 says why the order is data sync → rename → directory sync.
 
 use std::ffi::{OsStr, OsString};

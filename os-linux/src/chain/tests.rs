@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 
 use super::listing::Checks;
 use super::restore::restore_with;
-use super::write::crash_point;
 use super::*;
+use crate::atomic_file::crash_point;
 use crate::copy::{read_full_at, write_all_at};
 use crate::memfd::Memfd;
 use crate::persist::Persister;

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 
 use shmsnap_core::Strategy;
 use shmsnap_linux::chain::{self, At, ChainError, ChainErrorKind, ChainListing, RestoreReport};
+use shmsnap_linux::persist::{generation_index, generations_of};
 use shmsnap_linux::snapshot::SnapshotInfo;
 use tracing::warn;
 
@@ -52,36 +53,13 @@ pub fn source(state: &Path) -> Result<Vec<Chain>, Failure> {
 /// Errors reading `target`'s directory.
 pub fn generations(target: &Path) -> io::Result<Vec<Chain>> {
     let dir = chain::chain_dir(target);
-    let chain = |base: PathBuf| Chain {
-        base,
-        dir: dir.clone(),
-    };
-    let mut found: Vec<(u64, PathBuf)> = Vec::new();
-    if target.symlink_metadata().is_ok() {
-        found.push((0, target.to_path_buf()));
-    }
-    let (Some(name), parent) = (target.file_name(), parent_of(target)) else {
-        return Ok(found.into_iter().map(|(_, p)| chain(p)).collect());
-    };
-    for entry in std::fs::read_dir(parent)? {
-        let entry = entry?;
-        if let Some(i) = generation_index(name.as_bytes(), entry.file_name().as_bytes()) {
-            found.push((i, target.with_file_name(entry.file_name())));
-        }
-    }
-    found.sort();
-    Ok(found.into_iter().map(|(_, p)| chain(p)).collect())
-}
-
-/// `i` if `name` is `<target>.<i>` (decimal, `i >= 1`, no leading zero).
-pub fn generation_index(target: &[u8], name: &[u8]) -> Option<u64> {
-    let digits = name.strip_prefix(target)?.strip_prefix(b".")?;
-    let ok = !digits.is_empty()
-        && digits[0] != b'0'
-        && digits.len() <= 19
-        && digits.iter().all(u8::is_ascii_digit);
-    ok.then(|| std::str::from_utf8(digits).ok()?.parse().ok())
-        .flatten()
+    Ok(generations_of(target)?
+        .into_iter()
+        .map(|g| Chain {
+            base: g.path,
+            dir: dir.clone(),
+        })
+        .collect())
 }
 
 /// The state file whose chain `path` belongs to: `path` itself, or `FILE` for a kept

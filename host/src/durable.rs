@@ -280,7 +280,7 @@ mod tests {
 
     fn snapshotter(state: &Path, memfd: &Memfd, origin: Origin<'_>) -> Snapshotter {
         let persister = open_persister(state, 2).unwrap();
-        let strategy = crate::strategy::from_kind(shmsnap_core::Strategy::Queue);
+        let strategy = crate::strategy::choose::from_kind(shmsnap_core::Strategy::Queue);
         Snapshotter::new(persister, strategy, dup(memfd), origin).unwrap()
     }
 

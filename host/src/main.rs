@@ -81,7 +81,7 @@ fn main() -> ExitCode {
     let log_format = cli.log_format;
     logging::init(log_format);
     let result = match cli.command {
-        Command::Run(args) => supervisor::run(args.into_config()),
+        Command::Run(args) => supervisor::setup::run(args.into_config()),
         Command::Inspect(args) => match (&args.replica, &args.file) {
             (Some(url), _) => replica::inspect::inspect(url, args.json, args.verify),
             (None, Some(file)) => inspect::inspect(file, args.json),

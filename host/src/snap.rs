@@ -611,7 +611,7 @@ mod tests {
         .unwrap();
         w.commit(b"persisted").unwrap();
         let dup = Memfd::from_fd(rustix::io::fcntl_dupfd_cloexec(&memfd, 0).unwrap()).unwrap();
-        let strategy = crate::strategy::from_kind(shmsnap_core::Strategy::Queue);
+        let strategy = crate::strategy::choose::from_kind(shmsnap_core::Strategy::Queue);
         // Not marked as persisted: the first attempt snapshots at once.
         let mut snap = Snapshotter::new(persister, strategy, dup, Origin::FdStore).unwrap();
         assert!(matches!(
@@ -675,7 +675,7 @@ mod tests {
         }
         let mut snap = Snapshotter::new(
             persister,
-            crate::strategy::from_kind(shmsnap_core::Strategy::Queue),
+            crate::strategy::choose::from_kind(shmsnap_core::Strategy::Queue),
             Memfd::from_fd(rustix::io::fcntl_dupfd_cloexec(&memfd, 0).unwrap()).unwrap(),
             // Not marked as persisted: the first attempt copies at once.
             Origin::FdStore,

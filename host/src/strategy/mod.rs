@@ -17,6 +17,7 @@
 //! | [`queue`] | continuous consistent snapshots of a shmsnap-core queue (pre/copy/post) |
 //! | [`triple`] | the newest whole state a client published into a triple buffer (freeze/copy/release) |
 
+pub mod choose;
 pub mod exit;
 pub mod queue;
 pub mod triple;
@@ -30,9 +31,7 @@ use shmsnap_linux::{Mapping, Memfd, Protection};
 use tracing::warn;
 
 use rustix::process::Pid;
-use shmsnap_linux::chain::CompactionPolicy;
 
-use crate::config::RunConfig;
 use crate::flow::{Origin, Outcome};
 
 /// The strategy codes of snapshot footers and region headers, typed (core's one vocabulary).
@@ -124,31 +123,6 @@ pub trait Strategy: Send + fmt::Debug {
     fn take(&mut self, cx: Cx<'_>) -> io::Result<Outcome>;
 }
 
-/// The strategy `kind` with the default compaction policy (tests).
-#[cfg(test)]
-pub fn from_kind(kind: StrategyKind) -> Box<dyn Strategy> {
-    from_kind_with(kind, Some(CompactionPolicy::default()))
-}
-
-/// The strategy of `shmsnap run`'s configuration (`--strategy`, `--incremental`,
-/// `--compact-ratio`, `--compact-deltas`).
-pub fn from_config(config: &RunConfig) -> Box<dyn Strategy> {
-    from_kind_with(
-        config.strategy,
-        config.incremental.then_some(config.compaction),
-    )
-}
-
-/// The strategy `kind` (the one place a kind becomes a strategy); the queue strategy takes
-/// deltas under `policy` (`None`: bases only).
-fn from_kind_with(kind: StrategyKind, policy: Option<CompactionPolicy>) -> Box<dyn Strategy> {
-    match kind {
-        StrategyKind::Exit => Box::new(exit::Exit),
-        StrategyKind::Queue => Box::new(queue::Queue::new(policy)),
-        StrategyKind::Triple => Box::new(triple::Triple::default()),
-    }
-}
-
 /// Warns if a restored snapshot was taken with another strategy than `ours`.
 pub fn warn_on_foreign(ours: StrategyKind, origin: Origin<'_>) {
     if let Some(line) = foreign(ours, origin) {
@@ -203,12 +177,5 @@ mod tests {
         let odd = info(99);
         let line = foreign(StrategyKind::Exit, Origin::Restored(&odd)).unwrap();
         assert!(line.contains("unknown strategy (footer code 99)"), "{line}");
-    }
-
-    #[test]
-    fn each_command_line_strategy_has_its_own_code() {
-        assert_eq!(from_kind(StrategyKind::Exit).kind(), StrategyKind::Exit);
-        assert_eq!(from_kind(StrategyKind::Queue).kind(), StrategyKind::Queue);
-        assert_eq!(from_kind(StrategyKind::Triple).kind(), StrategyKind::Triple);
     }
 }

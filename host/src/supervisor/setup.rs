@@ -1,6 +1,7 @@
 //! Everything before the event loop: the region (restored, empty or inherited), the
 //! snapshotter on its thread, the service manager, the signal thread, the first client.
 
+use std::process::ExitCode;
 use std::sync::mpsc::{self, Sender};
 use std::time::Instant;
 
@@ -22,6 +23,26 @@ use crate::snap::Snapshotter;
 use crate::startup::{open_persister, prepare_region, Prepared};
 use crate::strategy;
 use crate::watchdog::Watchdog;
+
+/// Runs the supervisor until the client is done (per the restart policy) or a stop signal.
+///
+/// # Errors
+///
+/// A [`Failure`] for anything that prevents starting (bad snapshot, unwritable directory,
+/// command not found, ...). Once the client runs, problems are logged, not fatal.
+pub fn run(args: RunConfig) -> Result<ExitCode, Failure> {
+    let mut sup = start(args)?;
+    let status = sup.event_loop();
+    client::kill_tree(sup.cgroup.as_ref());
+    if let Some(cg) = sup.cgroup.take() {
+        cg.remove();
+    }
+    // Lets a running snapshot finish: a copy is never cut short by the exit.
+    sup.worker.stop();
+    let status = status?;
+    info!("exiting with status {status}");
+    Ok(ExitCode::from(u8::try_from(status).unwrap_or(1)))
+}
 
 /// Sets everything up and starts the first client.
 ///
@@ -57,7 +78,7 @@ pub fn start(args: RunConfig) -> Result<Supervisor, Failure> {
         (Some(info), false) => Origin::Restored(info),
         (None, false) => Origin::Empty,
     };
-    let strategy = strategy::from_config(&args);
+    let strategy = strategy::choose::from_config(&args);
     let schedule = strategy.schedule();
     let status_area = strategy.status_area();
     let restored_generation = restored.as_ref().map(|info| info.meta.generation);

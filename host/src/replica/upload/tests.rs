@@ -148,7 +148,7 @@ fn a_persisted_point_is_uploaded_and_its_seq_published_as_the_replica_seq() {
     .unwrap();
     let dup = Memfd::from_fd(rustix::io::fcntl_dupfd_cloexec(&memfd, 0).unwrap()).unwrap();
     let persister = open_persister(&state, 1).unwrap();
-    let strategy = crate::strategy::from_kind(shmsnap_core::Strategy::Queue);
+    let strategy = crate::strategy::choose::from_kind(shmsnap_core::Strategy::Queue);
     let mut snap = Snapshotter::new(persister, strategy, dup, Origin::Empty).unwrap();
     let replica = Replica::open(&format!("file://{}", bucket.display())).unwrap();
     let keeper = crate::replica::keeper::Keeper::spawn(

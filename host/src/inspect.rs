@@ -34,9 +34,10 @@ use shmsnap_linux::snapshot::{
     self, HeaderError, ImageSummary, QueueSlots, SlotState, SnapshotError, SnapshotInfo, FOOTER_LEN,
 };
 
-use crate::exit::{chain_code, io_code, snapshot_code, Code, Failure};
+use crate::chains::{chain_target, describe, generations};
+use crate::exit::{code_of, Cause, Code, Failure};
 use crate::progress;
-use crate::restore::{chain_target, describe, generations, rfc3339};
+use crate::time::rfc3339;
 
 /// Bytes of each payload shown.
 const PREVIEW: usize = 16;
@@ -300,13 +301,18 @@ impl Entry {
 
 /// Opens `path` without blocking on a FIFO, refusing anything but a regular file.
 fn open(path: &Path) -> Result<File, Failure> {
-    snapshot::open(path).map_err(|e| Failure::new(snapshot_code(&e), e.to_string()))
+    snapshot::open(path).map_err(|e| Failure::new(code_of(Cause::Snapshot(&e)), e.to_string()))
 }
 
 fn build<'f>(path: &Path, file: &'f File) -> Result<Report<'f>, Failure> {
     let file_len = file
         .metadata()
-        .map_err(|e| Failure::new(io_code(&e), format!("cannot stat {}: {e}", path.display())))?
+        .map_err(|e| {
+            Failure::new(
+                code_of(Cause::Io(&e)),
+                format!("cannot stat {}: {e}", path.display()),
+            )
+        })?
         .len();
     let verified: Result<SnapshotInfo, SnapshotError> = snapshot::verify(file);
     let footer = verified
@@ -341,7 +347,7 @@ fn build<'f>(path: &Path, file: &'f File) -> Result<Report<'f>, Failure> {
     }
     let mut problem = match &verified {
         Ok(_) => None,
-        Err(e) => Some((snapshot_code(e), e.to_string())),
+        Err(e) => Some((code_of(Cause::Snapshot(e)), e.to_string())),
     };
     if let Some(f) = footer.filter(|f| is_queue(f.meta.strategy)) {
         let queue_problem = add_queue(&mut report, path, file, f.image_len);
@@ -650,7 +656,7 @@ pub fn verify(path: &Path) -> Result<ExitCode, Failure> {
     });
     let (info, summary) = verified.map_err(|e| {
         let e = e.at(path);
-        Failure::new(snapshot_code(&e), e.to_string())
+        Failure::new(code_of(Cause::Snapshot(&e)), e.to_string())
     })?;
     let detail = match summary {
         ImageSummary::Queue {
@@ -685,7 +691,7 @@ pub fn verify(path: &Path) -> Result<ExitCode, Failure> {
 /// restore would use.
 fn verify_deltas(path: &Path) -> Result<String, Failure> {
     let dir = chain::chain_dir(&chain_target(path));
-    let failed = |e: ChainError| Failure::new(chain_code(&e), e.to_string());
+    let failed = |e: ChainError| Failure::new(code_of(Cause::Chain(&e)), e.to_string());
     let mut listing = ChainListing::load(path, &dir).map_err(failed)?;
     listing.check_points(DataCrc::Now).map_err(failed)?;
     if let Some(stop) = &listing.stop {
@@ -738,9 +744,12 @@ pub fn inspect(path: &Path, json: bool) -> Result<ExitCode, Failure> {
             format!("{}: cannot read the entries: {e}", path.display()),
         ));
     }
-    written
-        .and_then(|()| out.flush())
-        .map_err(|e| Failure::new(io_code(&e), format!("cannot write the report: {e}")))?;
+    written.and_then(|()| out.flush()).map_err(|e| {
+        Failure::new(
+            code_of(Cause::Io(&e)),
+            format!("cannot write the report: {e}"),
+        )
+    })?;
     Ok(if r.sound && r.chain.as_ref().is_none_or(|c| c.intact) {
         ExitCode::SUCCESS
     } else {

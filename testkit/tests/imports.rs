@@ -1,5 +1,5 @@
-//! Imports point one way: no import cycle among the modules of the core, the Linux adapters and
-//! the C ABI; and the checker's broken twin — a synthetic crate with known cycles — is caught.
+//! Imports point one way: no import cycle among the modules of the core, the Linux adapters,
+//! the C ABI and the host; and the checker's broken twin — a synthetic crate with known cycles — is caught.
 
 use std::path::{Path, PathBuf};
 
@@ -43,6 +43,11 @@ fn os_linux_imports_point_one_way() {
 #[test]
 fn ffi_imports_point_one_way() {
     assert_cycles("ffi", &[]);
+}
+
+#[test]
+fn host_imports_point_one_way() {
+    assert_cycles("host", &[]);
 }
 
 /// Writes `files` (path under `src/`, text) into a temp crate; returns its `src`.

@@ -24,6 +24,7 @@
 pub mod cgroup;
 mod proc;
 pub mod signal;
+pub mod stage;
 
 use std::fmt;
 use std::io;
@@ -35,6 +36,7 @@ use rustix::process::Pid;
 pub use cgroup::CgroupFreezer;
 pub use proc::Task;
 pub use signal::ProcessGroup;
+pub use stage::Staging;
 
 /// How a client is stopped.
 #[derive(Debug, Clone)]

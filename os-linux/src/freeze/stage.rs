@@ -1,11 +1,16 @@
 //! The staging of the freeze strategy: the region's data extents, copied during the pause
 //! into anonymous memory this process keeps, written into the snapshot file after the thaw.
 //!
-//! Chosen by measurement (DESIGN §17, `freeze_pause` bench): `pread` from the memfd into a
-//! buffer whose pages were touched by earlier pauses costs about one `memcpy` of the data,
-//! while a fresh memfd or the temp file's page cache allocate a page per 4 KiB inside the
-//! pause. The price is resident memory: as much as the region's data (touched pages only:
-//! the buffer starts as untouched zero pages).
+//! Chosen by measurement (DESIGN §17, `freeze_pause` bench): word loads through the host's
+//! own mapping of the region into a buffer whose pages earlier pauses already touched come
+//! closest to one `memcpy` of the data; `pread` from the memfd pays a page-cache lookup per
+//! 4 KiB, and a fresh memfd or the temp file's page cache allocate a page per 4 KiB inside
+//! the pause. The price is resident memory: as much as the region's data (touched pages
+//! only: the buffer starts as untouched zero pages).
+//!
+//! The region is read as atomic words (`Relaxed` loads: while the client is frozen nobody
+//! stores, so any ordering sees the final values; a writer the freeze cannot stop — DESIGN
+//! §17 — would give a torn copy, as it would to any copy).
 //!
 //! Holes stay holes: the extents are found with `SEEK_DATA`/`SEEK_HOLE` during the pause, and
 //! only they are read, and later written.
@@ -13,17 +18,20 @@
 use std::io;
 use std::os::fd::AsFd;
 
-use crate::copy::{file_len, for_each_extent, read_full_at, write_all_at, CopyMethod, CopyStats};
+use std::sync::atomic::Ordering;
+
+use crate::copy::{file_len, for_each_extent, write_all_at, CopyMethod, CopyStats};
+use crate::mapping::Mapping;
 use crate::snapshot::{write_footer, SnapshotError, SnapshotInfo, SnapshotMeta};
 
 /// A copy of a region's data extents in anonymous memory.
 ///
 /// Invariant: after [`Staging::capture`] succeeded, `extents` are the data extents of bytes
-/// `0..len` of the region, in order and disjoint, and `buf[off..off + n]` holds the bytes of
-/// each `(off, n)`; `buf.len() >= len`. After a failed capture, `len` is 0 (nothing staged).
+/// `0..len` of the region, in order, disjoint, multiples of 8, and the bytes `off..off + n` of
+/// `buf` (seen as bytes) hold the region's bytes of each `(off, n)`; `buf.len() * 8 >= len`. After a failed capture, `len` is 0 (nothing staged).
 #[derive(Debug, Default)]
 pub struct Staging {
-    buf: Vec<u8>,
+    buf: Vec<u64>,
     extents: Vec<(u64, u64)>,
     len: u64,
 }
@@ -49,49 +57,52 @@ impl Staging {
         self.extents.iter().map(|e| e.1).sum()
     }
 
-    /// Copies the data extents of bytes `0..len` of `region` (call it while nobody writes the
-    /// region: during a freeze). Returns the bytes copied.
+    /// Copies the data extents of bytes `0..len` of `region`, found with `SEEK_DATA` /
+    /// `SEEK_HOLE` on `region` and read through `map` (a mapping of `region`): call it while
+    /// nobody writes the region, during a freeze. Returns the bytes copied.
     ///
     /// # Errors
     ///
-    /// `UnexpectedEof` if `region` is shorter than `len`; `OutOfMemory` if `len` does not
-    /// fit in memory; the `lseek`/`pread` errors.
-    pub fn capture(&mut self, region: impl AsFd, len: u64) -> io::Result<u64> {
+    /// `InvalidInput` if `len` is not a multiple of 8; `UnexpectedEof` if `region` or `map` is
+    /// shorter than `len`; `OutOfMemory` if `len` does not fit in memory; `lseek` errors.
+    pub fn capture(&mut self, region: impl AsFd, map: &Mapping, len: u64) -> io::Result<u64> {
         let region = region.as_fd();
         self.len = 0;
         self.extents.clear();
-        let have = file_len(region)?;
+        if len % 8 != 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("a region of {len} bytes is not a whole number of 8-byte words"),
+            ));
+        }
+        let have = file_len(region)?.min(map.len() as u64);
         if have < len {
             return Err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
                 format!("cannot stage {len} bytes of a region of {have} bytes"),
             ));
         }
-        let need = usize::try_from(len).map_err(|_| io::ErrorKind::OutOfMemory)?;
-        if self.buf.len() < need {
+        let words = usize::try_from(len / 8).map_err(|_| io::ErrorKind::OutOfMemory)?;
+        if self.buf.len() < words {
             // Zeroed by the allocator with fresh pages (calloc/mmap): nothing is touched
             // until a pause copies into it.
             self.buf = Vec::new();
             self.buf
-                .try_reserve_exact(need)
+                .try_reserve_exact(words)
                 .map_err(|_| io::Error::from(io::ErrorKind::OutOfMemory))?;
-            self.buf = vec![0u8; need];
+            self.buf = vec![0u64; words];
         }
-        let (buf, extents) = (&mut self.buf, &mut self.extents);
+        let (buf, extents, src) = (&mut self.buf, &mut self.extents, map.words());
         for_each_extent(region, len, |off, n, data| {
             if data {
-                let (lo, hi) = (off as usize, (off + n) as usize);
-                let got = read_full_at(region, &mut buf[lo..hi], off)?;
-                if got < hi - lo {
-                    return Err(io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        format!(
-                            "the region ended at {} while {len} bytes were staged",
-                            off + got as u64
-                        ),
-                    ));
+                // Extents of a memfd are page-aligned, and `len` is a multiple of 8; widen to
+                // whole words in case a file system reports finer ones.
+                let lo = (off / 8) as usize;
+                let hi = (off + n).div_ceil(8) as usize;
+                for (d, s) in buf[lo..hi].iter_mut().zip(&src[lo..hi]) {
+                    *d = s.load(Ordering::Relaxed);
                 }
-                extents.push((off, n));
+                extents.push((lo as u64 * 8, (hi - lo) as u64 * 8));
             }
             Ok(())
         })?;
@@ -114,8 +125,9 @@ impl Staging {
         }
         let file = file.as_fd();
         rustix::io::retry_on_intr(|| rustix::fs::ftruncate(file, self.len))?;
+        let bytes: &[u8] = bytemuck::cast_slice(&self.buf);
         for &(off, n) in &self.extents {
-            write_all_at(file, &self.buf[off as usize..(off + n) as usize], off)?;
+            write_all_at(file, &bytes[off as usize..(off + n) as usize], off)?;
         }
         Ok(CopyStats {
             bytes: self.bytes(),
@@ -145,12 +157,14 @@ impl Staging {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::mapping::Protection;
     use crate::memfd::Memfd;
     use crate::snapshot::{write_snapshot, SnapshotMeta};
 
     #[test]
     fn a_staged_snapshot_is_byte_identical_to_a_direct_one_and_keeps_holes() {
         let m = Memfd::create("stage", 1 << 20).unwrap();
+        m.seal_against_shrink().unwrap();
         for (off, b) in [(0u64, 1u8), (300_000, 2), (1_040_000, 3)] {
             rustix::io::pwrite(&m, &[b; 5000], off).unwrap();
         }
@@ -159,8 +173,9 @@ mod tests {
             generation: 9,
             unix_time_ns: 5,
         };
+        let map = Mapping::of_memfd(&m, Protection::ReadOnly).unwrap();
         let mut s = Staging::new();
-        let copied = s.capture(&m, 1 << 20).unwrap();
+        let copied = s.capture(&m, &map, 1 << 20).unwrap();
         assert!(copied >= 15_000 && copied < 64 << 10, "{copied}");
         let d = tempfile::tempdir().unwrap();
         let rw = |n: &str| {
@@ -191,9 +206,12 @@ mod tests {
     #[test]
     fn a_region_shorter_than_asked_is_an_error_and_stages_nothing() {
         let m = Memfd::create("short", 8192).unwrap();
+        m.seal_against_shrink().unwrap();
         rustix::io::pwrite(&m, &[1; 8192], 0).unwrap();
+        let map = Mapping::of_memfd(&m, Protection::ReadOnly).unwrap();
         let mut s = Staging::new();
-        assert!(s.capture(&m, 16384).is_err());
+        assert!(s.capture(&m, &map, 16384).is_err());
+        assert!(s.capture(&m, &map, 4100).is_err(), "not whole words");
         assert!(s.is_empty());
         let f = tempfile::tempfile().unwrap();
         assert!(s.write_image(&f).is_err());

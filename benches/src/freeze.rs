@@ -189,7 +189,7 @@ impl<'a> StageBench<'a> {
         match self.candidate {
             Candidate::Anon => {
                 let t = Instant::now();
-                let n = self.staging.capture(src, &self.map, REGION)?;
+                let n = self.staging.capture(src, &self.map, REGION, None)?;
                 Ok((n, t.elapsed()))
             }
             Candidate::AnonPread => {

@@ -19,10 +19,15 @@ use std::io;
 use std::os::fd::AsFd;
 
 use std::sync::atomic::Ordering;
+use std::time::Instant;
 
 use crate::copy::{file_len, for_each_extent, write_all_at, CopyMethod, CopyStats};
 use crate::mapping::Mapping;
 use crate::snapshot::{write_footer, SnapshotError, SnapshotInfo, SnapshotMeta};
+
+/// Bytes copied between two looks at the clock (a fraction of a millisecond).
+pub const CHUNK: usize = 1 << 20;
+const CHUNK_WORDS: usize = CHUNK / 8;
 
 /// A copy of a region's data extents in anonymous memory.
 ///
@@ -61,11 +66,21 @@ impl Staging {
     /// `SEEK_HOLE` on `region` and read through `map` (a mapping of `region`): call it while
     /// nobody writes the region, during a freeze. Returns the bytes copied.
     ///
+    /// With `until`, the copy stops when that instant passes (checked every [`CHUNK`] bytes):
+    /// a pause never runs much past its bound.
+    ///
     /// # Errors
     ///
-    /// `InvalidInput` if `len` is not a multiple of 8; `UnexpectedEof` if `region` or `map` is
-    /// shorter than `len`; `OutOfMemory` if `len` does not fit in memory; `lseek` errors.
-    pub fn capture(&mut self, region: impl AsFd, map: &Mapping, len: u64) -> io::Result<u64> {
+    /// `TimedOut` if `until` passed (nothing staged); `InvalidInput` if `len` is not a
+    /// multiple of 8; `UnexpectedEof` if `region` or `map` is shorter than `len`;
+    /// `OutOfMemory` if `len` does not fit in memory; `lseek` errors.
+    pub fn capture(
+        &mut self,
+        region: impl AsFd,
+        map: &Mapping,
+        len: u64,
+        until: Option<Instant>,
+    ) -> io::Result<u64> {
         let region = region.as_fd();
         self.len = 0;
         self.extents.clear();
@@ -99,8 +114,17 @@ impl Staging {
                 // whole words in case a file system reports finer ones.
                 let lo = (off / 8) as usize;
                 let hi = (off + n).div_ceil(8) as usize;
-                for (d, s) in buf[lo..hi].iter_mut().zip(&src[lo..hi]) {
-                    *d = s.load(Ordering::Relaxed);
+                let chunks = buf[lo..hi].chunks_mut(CHUNK_WORDS).zip(src[lo..hi].chunks(CHUNK_WORDS));
+                for (dst, from) in chunks {
+                    if until.is_some_and(|u| Instant::now() >= u) {
+                        return Err(io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            "the copy did not finish within the pause's bound",
+                        ));
+                    }
+                    for (d, s) in dst.iter_mut().zip(from) {
+                        *d = s.load(Ordering::Relaxed);
+                    }
                 }
                 extents.push((lo as u64 * 8, (hi - lo) as u64 * 8));
             }
@@ -175,7 +199,7 @@ mod tests {
         };
         let map = Mapping::of_memfd(&m, Protection::ReadOnly).unwrap();
         let mut s = Staging::new();
-        let copied = s.capture(&m, &map, 1 << 20).unwrap();
+        let copied = s.capture(&m, &map, 1 << 20, None).unwrap();
         assert!(copied >= 15_000 && copied < 64 << 10, "{copied}");
         let d = tempfile::tempdir().unwrap();
         let rw = |n: &str| {
@@ -210,8 +234,8 @@ mod tests {
         rustix::io::pwrite(&m, &[1; 8192], 0).unwrap();
         let map = Mapping::of_memfd(&m, Protection::ReadOnly).unwrap();
         let mut s = Staging::new();
-        assert!(s.capture(&m, &map, 16384).is_err());
-        assert!(s.capture(&m, &map, 4100).is_err(), "not whole words");
+        assert!(s.capture(&m, &map, 16384, None).is_err());
+        assert!(s.capture(&m, &map, 4100, None).is_err(), "not whole words");
         assert!(s.is_empty());
         let f = tempfile::tempfile().unwrap();
         assert!(s.write_image(&f).is_err());

@@ -232,6 +232,9 @@ pub enum StrategyArg {
     Queue,
     /// The newest whole state published into a shmsnap-core triple buffer.
     Triple,
+    /// Any client, snapshotted while it runs: every interval the client is stopped (cgroup
+    /// freezer, else SIGSTOP), its region copied, and it is resumed; see "Freeze strategy".
+    Freeze,
 }
 
 /// When to restart the client after it exits.
@@ -260,9 +263,14 @@ pub struct RunArgs {
     /// How snapshots are taken.
     #[arg(long, value_enum, default_value_t = StrategyArg::Exit)]
     pub strategy: StrategyArg,
-    /// Snapshot interval for the queue and triple strategies, e.g. 100ms, 2s.
+    /// Snapshot interval for the queue, triple and freeze strategies, e.g. 100ms, 2s.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "1s")]
     pub interval: Duration,
+    /// Freeze strategy: the longest the client may be stopped for one snapshot (freeze +
+    /// copy). An attempt that would stop it longer is abandoned: the client resumes, a
+    /// warning is logged and counted, nothing is persisted.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "1s")]
+    pub max_pause: Duration,
     /// When to restart the client.
     #[arg(long, value_enum, default_value_t = RestartArg::OnFailure)]
     pub restart: RestartArg,

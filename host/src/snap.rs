@@ -128,6 +128,8 @@ pub struct Report {
     /// For a base the queue strategy took because it could not prove that only the client's
     /// tracked mapping writes the region: why (`track::Unproven::label`, for the metrics).
     pub unproven: Option<&'static str>,
+    /// How long the client was stopped for this snapshot (freeze strategy), if it was.
+    pub pause: Option<Duration>,
 }
 
 /// The snapshotter's running totals, for the `STATUS=` line.
@@ -558,7 +560,11 @@ impl Snapshotter {
                 validate_ms = ms(r.validate),
                 sync_ms = ms(r.sync),
                 rename_ms = ms(r.rename),
-                "snapshot persisted ({why}) to {}",
+                "snapshot persisted ({why}){} to {}",
+                r.pause.map_or(String::new(), |p| format!(
+                    " after a {:.3} ms pause of the client",
+                    ms(p)
+                )),
                 self.target().display()
             ),
             Ok(Outcome::Skipped(reason)) => debug!("snapshot skipped ({why}): {reason}"),

@@ -62,6 +62,7 @@ impl Strategy for Exit {
             sync: stats.sync,
             rename: stats.rename + stats.dir_sync,
             unproven: None,
+            pause: None,
         }))
     }
 }

@@ -16,8 +16,10 @@
 //! | [`exit`] | a raw copy of the whole region once the client has exited (any client) |
 //! | [`queue`] | continuous consistent snapshots of a shmsnap-core queue (pre/copy/post) |
 //! | [`triple`] | the newest whole state a client published into a triple buffer (freeze/copy/release) |
+//! | [`freeze`] | any client, while it runs: stop its processes, copy the region, resume them |
 
 pub mod exit;
+pub mod freeze;
 pub mod queue;
 pub mod triple;
 
@@ -123,6 +125,10 @@ pub trait Strategy: Send + fmt::Debug {
     /// refused state words). The default counts nothing.
     fn attach_metrics(&mut self, _metrics: &crate::metrics::Metrics) {}
 
+    /// Tells the strategy the client's own cgroup (`--cgroup`), if the host manages one (the
+    /// freeze strategy freezes it). The default ignores it.
+    fn attach_cgroup(&mut self, _dir: Option<&std::path::Path>) {}
+
     /// `true` if the region holds nothing the last persisted snapshot lacks (then no snapshot
     /// is taken).
     fn unchanged(&self, map: &Mapping) -> bool;
@@ -145,6 +151,9 @@ pub fn from_arg(arg: StrategyArg) -> Box<dyn Strategy> {
 /// The strategy of `shmsnap run`'s arguments (`--strategy`, `--incremental`,
 /// `--compact-ratio`, `--compact-deltas`).
 pub fn from_run_args(args: &RunArgs) -> Box<dyn Strategy> {
+    if args.strategy == StrategyArg::Freeze {
+        return Box::new(freeze::Freeze::new(args.max_pause));
+    }
     from_arg_with(args.strategy, args.incremental().then(|| args.compaction()))
 }
 
@@ -154,6 +163,7 @@ fn from_arg_with(arg: StrategyArg, policy: Option<CompactionPolicy>) -> Box<dyn 
         StrategyArg::Exit => Box::new(exit::Exit),
         StrategyArg::Queue => Box::new(queue::Queue::new(policy)),
         StrategyArg::Triple => Box::new(triple::Triple::default()),
+        StrategyArg::Freeze => Box::new(freeze::Freeze::new(freeze::DEFAULT_MAX_PAUSE)),
     }
 }
 

@@ -416,6 +416,7 @@ impl Queue {
             sync: info.stats.sync,
             rename: info.stats.publish,
             unproven: None,
+            pause: None,
         }))
     }
 
@@ -456,6 +457,7 @@ impl Queue {
             sync: stats.sync,
             rename: stats.rename + stats.dir_sync,
             unproven,
+            pause: None,
         }))
     }
 

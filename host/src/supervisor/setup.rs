@@ -55,7 +55,8 @@ pub fn start(args: RunArgs) -> Result<Supervisor, Failure> {
         (Some(info), false) => Origin::Restored(info),
         (None, false) => Origin::Empty,
     };
-    let strategy = strategy::from_run_args(&args);
+    let mut strategy = strategy::from_run_args(&args);
+    strategy.attach_cgroup(cgroup.as_ref().map(crate::cgroup::ClientCgroup::dir));
     let schedule = strategy.schedule();
     let status_area = strategy.status_area();
     let restored_generation = restored.as_ref().map(|info| info.meta.generation);

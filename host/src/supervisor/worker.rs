@@ -275,7 +275,10 @@ fn record(result: &io::Result<Outcome>) -> SnapshotRecord {
                 (Phase::Validate, r.validate),
                 (Phase::Sync, r.sync),
                 (Phase::Rename, r.rename),
-            ],
+            ]
+            .into_iter()
+            .chain(r.pause.map(|p| (Phase::Pause, p)))
+            .collect(),
             bytes_copied: r.bytes,
             entries_kept: r.kept,
             entries_dropped: r.dropped,
@@ -377,6 +380,7 @@ mod tests {
             sync: ms(3),
             rename: ms(4),
             unproven: Some("other_writer"),
+            pause: None,
         }));
         assert_eq!(
             record(&persisted),

@@ -104,7 +104,7 @@ pub struct Frozen {
     froze_in: Duration,
     /// When the stop was requested: the pause a client feels starts here.
     since: Instant,
-    /// `true` once thawed (by [`Frozen::thaw`]).
+    /// `true` once thawed successfully by [`Frozen::thaw`].
     thawed: bool,
 }
 
@@ -135,8 +135,9 @@ impl Frozen {
     /// [`FreezeError::Io`] if the resume request failed (a cgroup that vanished, a process
     /// group that is gone is no error: nothing is left frozen).
     pub fn thaw(mut self) -> Result<Duration, FreezeError> {
-        self.thawed = true;
+        // On failure `thawed` stays false: the drop at the end of this call tries again.
         self.thaw.run()?;
+        self.thawed = true;
         Ok(self.since.elapsed())
     }
 }

@@ -1,0 +1,369 @@
+//! The freeze strategy end to end (issue 25): clients that know nothing of shmsnap but the
+//! region at fd 3, stopped and resumed by a real host under both mechanisms.
+//!
+//! - the host SIGKILLed in the pause (test hook `SHMSNAP_TEST_PAUSE_MS`): signal mechanism —
+//!   PDEATHSIG kills the stopped client, the orphaned stopped grandchild gets SIGHUP+SIGCONT;
+//!   cgroup mechanism — the client dies with the host, the grandchild stays frozen until the
+//!   next host thaws and kills it at start;
+//! - every thread, and a child of the client, stopped together through the pause;
+//! - the kill test: a log-of-records client under random SIGKILLs of client and host, its
+//!   own recovery checking every restart.
+//!
+//! The clients are this test binary run again with `FREEZE_CLIENT` set (see [`client_main`]).
+
+mod common;
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use common::{poll, wait_dead, KillOnDrop, Proc, BIN, SLOW};
+use rustix::process::Signal;
+use shmsnap_linux::{Mapping, Memfd, Protection};
+
+const CLIENT_ENV: &str = "FREEZE_CLIENT";
+const HOOK_ENV: &str = "SHMSNAP_TEST_PAUSE_MS";
+/// Records of the log client: words 8.. hold (seq, unix ns, check, 0) each; word 0 the count.
+const REC_WORDS: usize = 4;
+const FIRST_REC: usize = 8;
+
+// ---------------------------------------------------------------- the clients
+
+/// Not a test: the body of a client process (`FREEZE_CLIENT=log|threads|tree|leaf`); a no-op
+/// in a normal run.
+#[test]
+fn client_main() {
+    let Ok(mode) = std::env::var(CLIENT_ENV) else {
+        return;
+    };
+    // fd 3 is the region (the host's exec shim put it there); opened through /proc so the
+    // grandchild, which inherits fd 3 with someone else's LISTEN_PID, can do the same.
+    let f = File::options()
+        .read(true)
+        .write(true)
+        .open("/proc/self/fd/3")
+        .expect("region at fd 3");
+    let memfd = Memfd::from_fd(f.into()).expect("memfd");
+    let map: &'static Mapping =
+        Box::leak(Box::new(Mapping::of_memfd(&memfd, Protection::ReadWrite).expect("map")));
+    match mode.as_str() {
+        "log" => log_client(map),
+        "threads" => {
+            for w in [8, 16, 24] {
+                std::thread::spawn(move || count(map, w));
+            }
+            count(map, 0)
+        }
+        "tree" => {
+            let child = Command::new(std::env::current_exe().unwrap())
+                .args(["--exact", "client_main", "--nocapture", "--test-threads=1"])
+                .env(CLIENT_ENV, "leaf")
+                .spawn()
+                .expect("grandchild");
+            println!("tree: grandchild {}", child.id());
+            std::mem::forget(child);
+            count(map, 0)
+        }
+        "leaf" => count(map, 8),
+        other => panic!("unknown client {other}"),
+    }
+}
+
+/// Advances word `w` forever.
+fn count(map: &Mapping, w: usize) -> ! {
+    loop {
+        map.words()[w].fetch_add(1, Ordering::Relaxed);
+        std::thread::sleep(Duration::from_micros(50));
+    }
+}
+
+fn check_of(seq: u64, ns: u64) -> u64 {
+    (seq.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ ns).wrapping_mul(0xbf58_476d_1ce4_e5b9) | 1
+}
+
+fn now_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+}
+
+/// A client as an unmodified program would be: a log of checksummed records with a count,
+/// written with plain stores, recovered on start. Prints `log: recovered N last_ns T` (or
+/// `log: TORN ...` and exits 3).
+fn log_client(map: &Mapping) -> ! {
+    let w = map.words();
+    let capacity = ((w.len() - FIRST_REC) / REC_WORDS) as u64;
+    let n = w[0].load(Ordering::Relaxed);
+    if n > capacity {
+        println!("log: TORN count {n} above capacity {capacity}");
+        std::process::exit(3);
+    }
+    let mut last_ns = 0;
+    for i in 0..n {
+        let r = FIRST_REC + i as usize * REC_WORDS;
+        let (seq, ns, check) = (
+            w[r].load(Ordering::Relaxed),
+            w[r + 1].load(Ordering::Relaxed),
+            w[r + 2].load(Ordering::Relaxed),
+        );
+        if seq != i || check != check_of(seq, ns) || ns < last_ns {
+            println!("log: TORN record {i} of {n}: seq {seq} ns {ns} check {check:x}");
+            std::process::exit(3);
+        }
+        last_ns = ns;
+    }
+    println!("log: recovered {n} last_ns {last_ns}");
+    let mut i = n;
+    loop {
+        if i < capacity {
+            let r = FIRST_REC + i as usize * REC_WORDS;
+            let ns = now_ns();
+            w[r].store(i, Ordering::Relaxed);
+            w[r + 1].store(ns, Ordering::Relaxed);
+            w[r + 2].store(check_of(i, ns), Ordering::Relaxed);
+            // Release: the record's words above are stored before the count that covers
+            // them (a snapshot, like a kill -9, may catch any prefix of this program order).
+            w[0].store(i + 1, Ordering::Release);
+            i += 1;
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    }
+}
+
+// ---------------------------------------------------------------- the harness
+
+/// A cgroup under the cgroup2 mount's root for one test; everything in it killed and it
+/// removed (with the host's child cgroups) on drop.
+struct TestCgroup(PathBuf);
+
+impl TestCgroup {
+    fn new(name: &str) -> TestCgroup {
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        let mount = mountinfo
+            .lines()
+            .find_map(|l| {
+                let (left, right) = l.split_once(" - ")?;
+                let mut f = left.split(' ');
+                (right.starts_with("cgroup2 ") && f.nth(3)? == "/").then(|| f.next())?
+            })
+            .expect("no cgroup2 mount: the cgroup mechanism cannot be tested here");
+        let dir = Path::new(mount).join(format!("shmsnap-frz-{}-{name}", std::process::id()));
+        std::fs::create_dir(&dir).expect("cannot create a test cgroup");
+        TestCgroup(dir)
+    }
+
+    /// The host's child cgroup (the client's), once it exists.
+    fn client_cgroup(&self) -> Option<PathBuf> {
+        std::fs::read_dir(&self.0)
+            .ok()?
+            .flatten()
+            .find(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            .map(|e| e.path())
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        for dir in self.client_cgroup().iter().chain([&self.0]) {
+            let _ = std::fs::write(dir.join("cgroup.freeze"), "0");
+            let _ = std::fs::write(dir.join("cgroup.kill"), "1");
+        }
+        let end = Instant::now() + SLOW;
+        while std::fs::read_to_string(self.0.join("cgroup.events"))
+            .is_ok_and(|s| s.contains("populated 1"))
+            && Instant::now() < end
+        {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        if let Some(c) = self.client_cgroup() {
+            let _ = std::fs::remove_dir(c);
+        }
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+/// `shmsnap run --strategy freeze ARGS -- <this binary as client MODE>`, in `cg` if given
+/// (a shell moves itself there, then execs the host), with the pause hook if `hook_ms`.
+fn host(
+    cg: Option<&TestCgroup>,
+    state: &Path,
+    args: &[&str],
+    mode: &str,
+    hook_ms: Option<u64>,
+) -> Proc {
+    let mut c = Command::new("sh");
+    match cg {
+        Some(cg) => c
+            .arg("-c")
+            .arg(r#"echo $$ > "$CG/cgroup.procs" && exec "$@""#)
+            .env("CG", &cg.0),
+        None => c.arg("-c").arg(r#"exec "$@""#),
+    };
+    c.arg("sh")
+        .arg(BIN)
+        .args(["run", "--strategy", "freeze", "--state"])
+        .arg(state)
+        .args(args)
+        .arg("--")
+        .arg(std::env::current_exe().unwrap())
+        .args(["--exact", "client_main", "--nocapture", "--test-threads=1"])
+        .env(CLIENT_ENV, mode)
+        .env("RUST_LOG", "info")
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("LISTEN_FDS")
+        .env_remove("LISTEN_PID")
+        .env_remove("LISTEN_FDNAMES");
+    match hook_ms {
+        Some(ms) => c.env(HOOK_ENV, ms.to_string()),
+        None => c.env_remove(HOOK_ENV),
+    };
+    Proc::spawn(c)
+}
+
+/// The client's pid from the host's log line at index `from` or later.
+fn client_pid(host: &Proc, from: usize) -> (usize, i32) {
+    let (i, line) = host
+        .err
+        .wait_from(from, SLOW, |l| l.contains("client started (pid "))
+        .unwrap_or_else(|| panic!("no client start:\n{}", host.err.text()));
+    let rest = &line[line.find("(pid ").unwrap() + 5..];
+    (i, rest[..rest.find(')').unwrap()].parse().unwrap())
+}
+
+/// The state letter of `pid` (`None` if gone).
+fn task_state(pid: i32) -> Option<char> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    s.rsplit_once(") ")?.1.chars().next()
+}
+
+/// Whether `dir`'s cgroup says `frozen 1`.
+fn cgroup_frozen(dir: &Path) -> bool {
+    std::fs::read_to_string(dir.join("cgroup.events")).is_ok_and(|s| s.contains("frozen 1"))
+}
+
+/// The grandchild's pid, from the tree client's stdout.
+fn grandchild(host: &Proc) -> i32 {
+    let line = host.out.expect("tree: grandchild ", "the tree client's grandchild");
+    // The test harness may have printed "test client_main ... " before it on the line.
+    let at = line.find("tree: grandchild ").unwrap() + "tree: grandchild ".len();
+    line[at..].trim().parse().unwrap()
+}
+
+/// The region of a running client, mapped through `/proc/PID/fd/3`.
+fn region_of(pid: i32) -> Mapping {
+    let f = File::open(format!("/proc/{pid}/fd/3")).expect("client's fd 3");
+    let memfd = Memfd::from_fd(f.into()).unwrap();
+    Mapping::of_memfd(&memfd, Protection::ReadOnly).unwrap()
+}
+
+fn words(map: &Mapping, at: &[usize]) -> Vec<u64> {
+    at.iter().map(|&i| map.words()[i].load(Ordering::Relaxed)).collect()
+}
+
+// ---------------------------------------------------------------- host killed in the pause
+
+#[test]
+fn a_host_killed_in_a_signal_pause_leaves_no_client_stopped_and_the_next_host_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("s.snap");
+    let args = ["--cgroup", "off", "--interval", "200ms", "--max-pause", "60s", "--size", "1M"];
+    let mut h = host(None, &state, &args, "tree", Some(3000));
+    let (_, pid) = client_pid(&h, 0);
+    let gc = grandchild(&h);
+    let _guard = KillOnDrop(vec![pid, gc]);
+    h.err.expect("test hook (", "the pause");
+    assert_eq!(task_state(pid), Some('T'), "client not stopped in the pause");
+    assert_eq!(task_state(gc), Some('T'), "grandchild not stopped in the pause");
+    h.kill();
+    // PDEATHSIG (SIGKILL) kills the stopped client; the grandchild, now in an orphaned
+    // process group with a stopped member, gets SIGHUP and SIGCONT from the kernel.
+    assert!(wait_dead(pid, SLOW), "the stopped client outlived the host");
+    let not_stopped = poll(SLOW, || (task_state(gc).is_none_or(|s| s != 'T')).then_some(()));
+    assert!(not_stopped.is_some(), "the grandchild stayed stopped: {:?}", task_state(gc));
+    let mut next = host(None, &state, &args, "tree", None);
+    next.err.expect("snapshot persisted", "a snapshot of the next host");
+    next.signal(Signal::TERM);
+    assert_eq!(next.exit_code(), 0, "{}", next.err.text());
+}
+
+#[test]
+fn a_host_killed_in_a_cgroup_pause_is_cleaned_up_by_the_next_host() {
+    let cg = TestCgroup::new("kill");
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("s.snap");
+    let args = ["--interval", "200ms", "--max-pause", "60s", "--size", "1M"];
+    let mut h = host(Some(&cg), &state, &args, "tree", Some(3000));
+    let (_, pid) = client_pid(&h, 0);
+    let gc = grandchild(&h);
+    let _guard = KillOnDrop(vec![pid, gc]);
+    h.err.expect("test hook (", "the pause");
+    let client_cg = cg.client_cgroup().expect("the client's cgroup");
+    assert!(cgroup_frozen(&client_cg), "the client's cgroup is not frozen in the pause");
+    h.kill();
+    // The client dies with the host (PDEATHSIG: fatal signals reach frozen tasks); the
+    // grandchild has no PDEATHSIG and stays frozen, in the cgroup, until the next host.
+    assert!(wait_dead(pid, SLOW), "the frozen client outlived the host");
+    assert!(common::alive(gc) && cgroup_frozen(&client_cg), "no frozen leftover to clean");
+    let mut next = host(Some(&cg), &state, &args, "tree", None);
+    next.err.expect("left frozen by a previous host", "the thaw at start");
+    assert!(wait_dead(gc, SLOW), "the leftover grandchild was not killed");
+    next.err.expect("snapshot persisted", "a snapshot of the next host");
+    next.signal(Signal::TERM);
+    assert_eq!(next.exit_code(), 0, "{}", next.err.text());
+}
+
+// ---------------------------------------------------------------- all stopped together
+
+/// Through a pause (held open by the hook), no counter of `mode`'s client moves; after it,
+/// all move again.
+fn all_stopped_together(cg: Option<&TestCgroup>, mode: &str, counters: &[usize]) {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("s.snap");
+    let mut args = vec!["--interval", "100ms", "--max-pause", "60s", "--size", "1M"];
+    if cg.is_none() {
+        args.extend(["--cgroup", "off"]);
+    }
+    let mut h = host(cg, &state, &args, mode, Some(400));
+    let (_, pid) = client_pid(&h, 0);
+    let map = region_of(pid);
+    for _ in 0..3 {
+        // A fresh pause (not one that may be over already).
+        let from = h.err.len();
+        let (i, _) = h
+            .err
+            .wait_from(from, SLOW, |l| l.contains("test hook ("))
+            .expect("a pause");
+        let a = words(&map, counters);
+        std::thread::sleep(Duration::from_millis(100));
+        let b = words(&map, counters);
+        assert_eq!(a, b, "a counter moved while the host held the client frozen");
+        h.err
+            .wait_from(i, SLOW, |l| l.contains("snapshot persisted"))
+            .expect("the snapshot after the pause");
+        let moved = poll(SLOW, || {
+            let c = words(&map, counters);
+            c.iter().zip(&b).all(|(c, b)| c > b).then_some(())
+        });
+        assert!(moved.is_some(), "not every counter moved after the thaw");
+    }
+    h.signal(Signal::TERM);
+    assert_eq!(h.exit_code(), 0, "{}", h.err.text());
+}
+
+#[test]
+fn signal_pause_stops_every_thread_and_the_clients_child() {
+    all_stopped_together(None, "threads", &[0, 8, 16, 24]);
+    all_stopped_together(None, "tree", &[0, 8]);
+}
+
+#[test]
+fn cgroup_pause_stops_every_thread_and_the_clients_child() {
+    let cg = TestCgroup::new("threads");
+    all_stopped_together(Some(&cg), "threads", &[0, 8, 16, 24]);
+    drop(cg);
+    let cg = TestCgroup::new("tree");
+    all_stopped_together(Some(&cg), "tree", &[0, 8]);
+}

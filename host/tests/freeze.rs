@@ -367,3 +367,106 @@ fn cgroup_pause_stops_every_thread_and_the_clients_child() {
     let cg = TestCgroup::new("tree");
     all_stopped_together(Some(&cg), "tree", &[0, 8]);
 }
+
+// ---------------------------------------------------------------- the kill test
+
+/// xorshift64*: reproducible from the printed seed.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+}
+
+/// `log: recovered N last_ns T` → (N, T); panics on a torn log.
+fn recovered(line: &str) -> (u64, u64) {
+    assert!(!line.contains("TORN"), "the client found a torn log: {line}");
+    let at = line.find("log: recovered ").expect("a recovery line") + "log: recovered ".len();
+    let mut f = line[at..].split(' ');
+    let n = f.next().unwrap().parse().unwrap();
+    let ns = f.nth(1).unwrap().trim().parse().unwrap();
+    (n, ns)
+}
+
+#[test]
+fn the_log_client_survives_random_kills_of_client_and_host_in_both_mechanisms() {
+    let cycles: usize = std::env::var("SHMSNAP_FREEZE_CYCLES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(30);
+    let seed = std::env::var("SHMSNAP_FREEZE_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| now_ns() | 1);
+    println!("freeze kill test: {cycles} cycles, seed {seed} (SHMSNAP_FREEZE_SEED to replay)");
+    let mut rng = Rng(seed);
+    let cg = TestCgroup::new("kills");
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("s.snap");
+    let args = ["--interval", "200ms", "--max-pause", "5s", "--size", "4M", "--restart", "always"];
+    let start = |rng: &mut Rng| {
+        // Half the hosts run in the test cgroup (cgroup freezer), half not (SIGSTOP).
+        let in_cg = rng.next() % 2 == 0;
+        host(in_cg.then_some(&cg), &state, &args, "log", None)
+    };
+    let mut h = start(&mut rng);
+    let (mut out_from, mut err_from) = (0, 0);
+    let mut pending: Option<(bool, u64, u64)> = None; // (host kill?, live count, kill ns)
+    let (mut lost_ms, mut lost_records) = (Vec::new(), Vec::new());
+    let (mut host_kills, mut client_kills) = (0, 0);
+    for cycle in 0..=cycles {
+        let (i, line) = h
+            .out
+            .wait_from(out_from, SLOW, |l| l.contains("log: "))
+            .unwrap_or_else(|| panic!("cycle {cycle}: no recovery line; host log:\n{}", h.err.text()));
+        out_from = i + 1;
+        let (n, last_ns) = recovered(&line);
+        match pending.take() {
+            Some((true, live, kill_ns)) => {
+                lost_ms.push(kill_ns.saturating_sub(last_ns) as f64 / 1e6);
+                lost_records.push(live.saturating_sub(n));
+            }
+            Some((false, live, _)) => assert!(
+                n >= live,
+                "cycle {cycle}: a client kill lost records ({n} recovered, {live} seen before)"
+            ),
+            None => {}
+        }
+        if cycle == cycles {
+            break;
+        }
+        let (j, pid) = client_pid(&h, err_from);
+        err_from = j + 1;
+        std::thread::sleep(Duration::from_millis(100 + rng.next() % 600));
+        let live = words(&region_of(pid), &[0])[0];
+        if rng.next() % 3 == 0 {
+            host_kills += 1;
+            pending = Some((true, live, now_ns()));
+            h.kill();
+            assert!(wait_dead(pid, SLOW), "cycle {cycle}: the client outlived its host");
+            h = start(&mut rng);
+            (out_from, err_from) = (0, 0);
+        } else {
+            client_kills += 1;
+            pending = Some((false, live, now_ns()));
+            let _ = rustix::process::kill_process(
+                rustix::process::Pid::from_raw(pid).unwrap(),
+                Signal::KILL,
+            );
+        }
+    }
+    h.signal(Signal::TERM);
+    assert_eq!(h.exit_code(), 0, "{}", h.err.text());
+    lost_ms.sort_by(f64::total_cmp);
+    let median = lost_ms.get(lost_ms.len() / 2).copied().unwrap_or(0.0);
+    let max = lost_ms.last().copied().unwrap_or(0.0);
+    println!(
+        "freeze kill test: {client_kills} client kills (0 records lost, 0 torn), {host_kills} host \
+         kills: work lost per host kill median {median:.0} ms, max {max:.0} ms (interval 200 ms); \
+         records lost {lost_records:?}"
+    );
+}

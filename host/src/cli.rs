@@ -79,9 +79,29 @@ Strategies:
          buffer). shmsnap persists the newest published buffer at every interval (never
          starved: it copies one frozen buffer, not the region), skips when nothing new was
          published, and maps the region read-write (it flips the buffers' state words).
+  freeze Any program, snapshotted while it runs: every --interval (and on SIGUSR1, and when
+         the client exits) shmsnap stops the client's processes, copies the region's data,
+         resumes them, then writes and syncs the snapshot. A snapshot is exactly what a
+         SIGKILL of the client at that instant would leave (the exit strategy's promise,
+         every interval): a program that survives kill -9 under the exit strategy survives
+         a crash of shmsnap or the machine, losing at most one interval (plus the snapshot
+         time). The client is stopped by the cgroup freezer when shmsnap manages a cgroup for
+         it (--cgroup auto; invisible to the client except as lost time), else by SIGSTOP /
+         SIGCONT to its process group (visible: a parent sees the stop and the continue
+         through waitpid/SIGCHLD, a tracer sees them, a SIGCONT handler runs; processes
+         that left the group with setsid/setpgid are not stopped). --max-pause bounds the
+         stop: an attempt that would exceed it (a task in uninterruptible sleep, a copy too
+         long) is abandoned — the client resumes, a warning is logged and counted
+         (shmsnap_freeze_abandoned_total), the previous snapshot stays. The pause is logged
+         with each snapshot and exported as shmsnap_snapshot_phase_duration_seconds
+         {phase="pause"}. Snapshot files are the exit strategy's (footer strategy "exit").
+         Nothing can stop a device or io_uring writing into the region. A shmsnap killed
+         during a pause never leaves the client stopped: with signals, PDEATHSIG kills it;
+         with the cgroup, the client dies with shmsnap and the next shmsnap thaws and kills
+         what is left in the cgroup.
 
 Signals:
-  SIGUSR1          take a snapshot now (queue and triple strategies)
+  SIGUSR1          take a snapshot now (queue, triple and freeze strategies)
   SIGTERM, SIGINT  forwarded to the client; after it exits (or --stop-timeout, then SIGKILL),
                    a final snapshot, then shmsnap exits: 0 when the final snapshot was
                    persisted or there was nothing new to persist (a requested stop that saved

@@ -129,8 +129,8 @@ impl ClientCgroup {
     fn thaw_leftover(&self) {
         let events = std::fs::read_to_string(self.dir.join("cgroup.events")).unwrap_or_default();
         let frozen = shmsnap_linux::freeze::cgroup::parse_frozen(&events).unwrap_or(false);
-        let wants = std::fs::read_to_string(self.dir.join("cgroup.freeze"))
-            .is_ok_and(|v| v.trim() == "1");
+        let wants =
+            std::fs::read_to_string(self.dir.join("cgroup.freeze")).is_ok_and(|v| v.trim() == "1");
         if !(frozen || wants) {
             return;
         }

@@ -94,7 +94,7 @@ Strategies:
          long) is abandoned — the client resumes, a warning is logged and counted
          (shmsnap_freeze_abandoned_total), the previous snapshot stays. The pause is logged
          with each snapshot and exported as shmsnap_snapshot_phase_duration_seconds
-         {phase="pause"}. Snapshot files are the exit strategy's (footer strategy "exit").
+         {phase=\"pause\"}. Snapshot files are the exit strategy's (footer strategy \"exit\").
          Nothing can stop a device or io_uring writing into the region. A shmsnap killed
          during a pause never leaves the client stopped: with signals, PDEATHSIG kills it;
          with the cgroup, the client dies with shmsnap and the next shmsnap thaws and kills

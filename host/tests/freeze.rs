@@ -48,8 +48,9 @@ fn client_main() {
         .open("/proc/self/fd/3")
         .expect("region at fd 3");
     let memfd = Memfd::from_fd(f.into()).expect("memfd");
-    let map: &'static Mapping =
-        Box::leak(Box::new(Mapping::of_memfd(&memfd, Protection::ReadWrite).expect("map")));
+    let map: &'static Mapping = Box::leak(Box::new(
+        Mapping::of_memfd(&memfd, Protection::ReadWrite).expect("map"),
+    ));
     match mode.as_str() {
         "log" => log_client(map),
         "threads" => {
@@ -255,7 +256,9 @@ fn cgroup_frozen(dir: &Path) -> bool {
 
 /// The grandchild's pid, from the tree client's stdout.
 fn grandchild(host: &Proc) -> i32 {
-    let line = host.out.expect("tree: grandchild ", "the tree client's grandchild");
+    let line = host
+        .out
+        .expect("tree: grandchild ", "the tree client's grandchild");
     // The test harness may have printed "test client_main ... " before it on the line.
     let at = line.find("tree: grandchild ").unwrap() + "tree: grandchild ".len();
     line[at..].trim().parse().unwrap()
@@ -269,7 +272,9 @@ fn region_of(pid: i32) -> Mapping {
 }
 
 fn words(map: &Mapping, at: &[usize]) -> Vec<u64> {
-    at.iter().map(|&i| map.words()[i].load(Ordering::Relaxed)).collect()
+    at.iter()
+        .map(|&i| map.words()[i].load(Ordering::Relaxed))
+        .collect()
 }
 
 // ---------------------------------------------------------------- host killed in the pause
@@ -278,22 +283,46 @@ fn words(map: &Mapping, at: &[usize]) -> Vec<u64> {
 fn a_host_killed_in_a_signal_pause_leaves_no_client_stopped_and_the_next_host_starts() {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("s.snap");
-    let args = ["--cgroup", "off", "--interval", "200ms", "--max-pause", "60s", "--size", "1M"];
+    let args = [
+        "--cgroup",
+        "off",
+        "--interval",
+        "200ms",
+        "--max-pause",
+        "60s",
+        "--size",
+        "1M",
+    ];
     let mut h = host(None, &state, &args, "tree", Some(3000));
     let (_, pid) = client_pid(&h, 0);
     let gc = grandchild(&h);
     let _guard = KillOnDrop(vec![pid, gc]);
     h.err.expect("test hook (", "the pause");
-    assert_eq!(task_state(pid), Some('T'), "client not stopped in the pause");
-    assert_eq!(task_state(gc), Some('T'), "grandchild not stopped in the pause");
+    assert_eq!(
+        task_state(pid),
+        Some('T'),
+        "client not stopped in the pause"
+    );
+    assert_eq!(
+        task_state(gc),
+        Some('T'),
+        "grandchild not stopped in the pause"
+    );
     h.kill();
     // PDEATHSIG (SIGKILL) kills the stopped client; the grandchild, now in an orphaned
     // process group with a stopped member, gets SIGHUP and SIGCONT from the kernel.
     assert!(wait_dead(pid, SLOW), "the stopped client outlived the host");
-    let not_stopped = poll(SLOW, || (task_state(gc).is_none_or(|s| s != 'T')).then_some(()));
-    assert!(not_stopped.is_some(), "the grandchild stayed stopped: {:?}", task_state(gc));
+    let not_stopped = poll(SLOW, || {
+        (task_state(gc).is_none_or(|s| s != 'T')).then_some(())
+    });
+    assert!(
+        not_stopped.is_some(),
+        "the grandchild stayed stopped: {:?}",
+        task_state(gc)
+    );
     let mut next = host(None, &state, &args, "tree", None);
-    next.err.expect("snapshot persisted", "a snapshot of the next host");
+    next.err
+        .expect("snapshot persisted", "a snapshot of the next host");
     next.signal(Signal::TERM);
     assert_eq!(next.exit_code(), 0, "{}", next.err.text());
 }
@@ -310,16 +339,27 @@ fn a_host_killed_in_a_cgroup_pause_is_cleaned_up_by_the_next_host() {
     let _guard = KillOnDrop(vec![pid, gc]);
     h.err.expect("test hook (", "the pause");
     let client_cg = cg.client_cgroup().expect("the client's cgroup");
-    assert!(cgroup_frozen(&client_cg), "the client's cgroup is not frozen in the pause");
+    assert!(
+        cgroup_frozen(&client_cg),
+        "the client's cgroup is not frozen in the pause"
+    );
     h.kill();
     // The client dies with the host (PDEATHSIG: fatal signals reach frozen tasks); the
     // grandchild has no PDEATHSIG and stays frozen, in the cgroup, until the next host.
     assert!(wait_dead(pid, SLOW), "the frozen client outlived the host");
-    assert!(common::alive(gc) && cgroup_frozen(&client_cg), "no frozen leftover to clean");
+    assert!(
+        common::alive(gc) && cgroup_frozen(&client_cg),
+        "no frozen leftover to clean"
+    );
     let mut next = host(Some(&cg), &state, &args, "tree", None);
-    next.err.expect("left frozen by a previous host", "the thaw at start");
-    assert!(wait_dead(gc, SLOW), "the leftover grandchild was not killed");
-    next.err.expect("snapshot persisted", "a snapshot of the next host");
+    next.err
+        .expect("left frozen by a previous host", "the thaw at start");
+    assert!(
+        wait_dead(gc, SLOW),
+        "the leftover grandchild was not killed"
+    );
+    next.err
+        .expect("snapshot persisted", "a snapshot of the next host");
     next.signal(Signal::TERM);
     assert_eq!(next.exit_code(), 0, "{}", next.err.text());
 }
@@ -348,7 +388,10 @@ fn all_stopped_together(cg: Option<&TestCgroup>, mode: &str, counters: &[usize])
         let a = words(&map, counters);
         std::thread::sleep(Duration::from_millis(100));
         let b = words(&map, counters);
-        assert_eq!(a, b, "a counter moved while the host held the client frozen");
+        assert_eq!(
+            a, b,
+            "a counter moved while the host held the client frozen"
+        );
         h.err
             .wait_from(i, SLOW, |l| l.contains("snapshot persisted"))
             .expect("the snapshot after the pause");
@@ -393,7 +436,10 @@ impl Rng {
 
 /// `log: recovered N last_ns T` → (N, T); panics on a torn log.
 fn recovered(line: &str) -> (u64, u64) {
-    assert!(!line.contains("TORN"), "the client found a torn log: {line}");
+    assert!(
+        !line.contains("TORN"),
+        "the client found a torn log: {line}"
+    );
     let at = line.find("log: recovered ").expect("a recovery line") + "log: recovered ".len();
     let mut f = line[at..].split(' ');
     let n = f.next().unwrap().parse().unwrap();
@@ -416,10 +462,19 @@ fn the_log_client_survives_random_kills_of_client_and_host_in_both_mechanisms() 
     let cg = TestCgroup::new("kills");
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("s.snap");
-    let args = ["--interval", "200ms", "--max-pause", "5s", "--size", "16M", "--restart", "always"];
+    let args = [
+        "--interval",
+        "200ms",
+        "--max-pause",
+        "5s",
+        "--size",
+        "16M",
+        "--restart",
+        "always",
+    ];
     let start = |rng: &mut Rng| {
         // Half the hosts run in the test cgroup (cgroup freezer), half not (SIGSTOP).
-        let in_cg = rng.next() % 2 == 0;
+        let in_cg = rng.next().is_multiple_of(2);
         host(in_cg.then_some(&cg), &state, &args, "log", None)
     };
     let mut h = start(&mut rng);
@@ -431,7 +486,12 @@ fn the_log_client_survives_random_kills_of_client_and_host_in_both_mechanisms() 
         let (i, line) = h
             .out
             .wait_from(out_from, SLOW, |l| l.contains("log: "))
-            .unwrap_or_else(|| panic!("cycle {cycle}: no recovery line; host log:\n{}", h.err.text()));
+            .unwrap_or_else(|| {
+                panic!(
+                    "cycle {cycle}: no recovery line; host log:\n{}",
+                    h.err.text()
+                )
+            });
         out_from = i + 1;
         let (n, last_ns) = recovered(&line);
         match pending.take() {
@@ -457,11 +517,14 @@ fn the_log_client_survives_random_kills_of_client_and_host_in_both_mechanisms() 
         std::thread::sleep(Duration::from_millis(100 + rng.next() % 600));
         let map = region_of(pid);
         let live = words(&map, &[map.words().len() - 1])[0];
-        if rng.next() % 3 == 0 {
+        if rng.next().is_multiple_of(3) {
             host_kills += 1;
             pending = Some((true, live, now_ns()));
             h.kill();
-            assert!(wait_dead(pid, SLOW), "cycle {cycle}: the client outlived its host");
+            assert!(
+                wait_dead(pid, SLOW),
+                "cycle {cycle}: the client outlived its host"
+            );
             h = start(&mut rng);
             (out_from, err_from) = (0, 0);
         } else {

@@ -84,7 +84,7 @@ impl Staging {
         let region = region.as_fd();
         self.len = 0;
         self.extents.clear();
-        if len % 8 != 0 {
+        if !len.is_multiple_of(8) {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 format!("a region of {len} bytes is not a whole number of 8-byte words"),
@@ -114,7 +114,9 @@ impl Staging {
                 // whole words in case a file system reports finer ones.
                 let lo = (off / 8) as usize;
                 let hi = (off + n).div_ceil(8) as usize;
-                let chunks = buf[lo..hi].chunks_mut(CHUNK_WORDS).zip(src[lo..hi].chunks(CHUNK_WORDS));
+                let chunks = buf[lo..hi]
+                    .chunks_mut(CHUNK_WORDS)
+                    .zip(src[lo..hi].chunks(CHUNK_WORDS));
                 for (dst, from) in chunks {
                     if until.is_some_and(|u| Instant::now() >= u) {
                         return Err(io::Error::new(
@@ -200,7 +202,7 @@ mod tests {
         let map = Mapping::of_memfd(&m, Protection::ReadOnly).unwrap();
         let mut s = Staging::new();
         let copied = s.capture(&m, &map, 1 << 20, None).unwrap();
-        assert!(copied >= 15_000 && copied < 64 << 10, "{copied}");
+        assert!((15_000..64 << 10).contains(&copied), "{copied}");
         let d = tempfile::tempdir().unwrap();
         let rw = |n: &str| {
             std::fs::OpenOptions::new()

@@ -4,7 +4,7 @@
 //! The kernel reports every change of `cgroup.events` as a modification of the file, so the
 //! wait sleeps in `poll` on an inotify watch (`IN_MODIFY`) set up *before* the freeze is
 //! requested (no change can be missed), and re-reads the file on each wake-up. A poll is
-//! capped at [`RECHECK`] so a lost notification costs a little latency, never the deadline.
+//! capped at 50 ms so a lost notification costs a little latency, never the deadline.
 //!
 //! Invisible to the client: no signal, no state change a parent or tracer sees; frozen tasks
 //! are in the kernel's freezer (they show as `S`/`D` in `/proc`), and only lost time shows.

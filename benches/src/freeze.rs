@@ -321,17 +321,8 @@ impl BenchCgroup {
     ///
     /// No cgroup2 mount, or it cannot be written.
     pub fn new(name: &str) -> Result<BenchCgroup, String> {
-        let mountinfo =
-            std::fs::read_to_string("/proc/self/mountinfo").map_err(|e| e.to_string())?;
-        let mount = mountinfo
-            .lines()
-            .find_map(|l| {
-                let (left, right) = l.split_once(" - ")?;
-                let mut f = left.split(' ');
-                (right.starts_with("cgroup2 ") && f.nth(3)? == "/").then(|| f.next())?
-            })
-            .ok_or("no cgroup2 mount")?;
-        let dir = Path::new(mount).join(format!("shmsnap-bench-{}-{name}", std::process::id()));
+        let mount = shmsnap_linux::freeze::cgroup::cgroup2_root().map_err(|e| e.to_string())?;
+        let dir = mount.join(format!("shmsnap-bench-{}-{name}", std::process::id()));
         std::fs::create_dir(&dir).map_err(|e| format!("mkdir {}: {e}", dir.display()))?;
         Ok(BenchCgroup(dir))
     }

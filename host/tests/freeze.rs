@@ -19,7 +19,7 @@ use std::process::Command;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use common::{poll, wait_dead, KillOnDrop, Proc, BIN, SLOW};
+use common::{poll, wait_dead, KillOnDrop, Proc, Rng, BIN, SLOW};
 use rustix::process::Signal;
 use shmsnap_linux::{Mapping, Memfd, Protection};
 
@@ -151,16 +151,9 @@ struct TestCgroup(PathBuf);
 
 impl TestCgroup {
     fn new(name: &str) -> TestCgroup {
-        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-        let mount = mountinfo
-            .lines()
-            .find_map(|l| {
-                let (left, right) = l.split_once(" - ")?;
-                let mut f = left.split(' ');
-                (right.starts_with("cgroup2 ") && f.nth(3)? == "/").then(|| f.next())?
-            })
+        let mount = shmsnap_linux::freeze::cgroup::cgroup2_root()
             .expect("no cgroup2 mount: the cgroup mechanism cannot be tested here");
-        let dir = Path::new(mount).join(format!("shmsnap-frz-{}-{name}", std::process::id()));
+        let dir = mount.join(format!("shmsnap-frz-{}-{name}", std::process::id()));
         std::fs::create_dir(&dir).expect("cannot create a test cgroup");
         TestCgroup(dir)
     }
@@ -422,18 +415,6 @@ fn cgroup_pause_stops_every_thread_and_the_clients_child() {
 
 // ---------------------------------------------------------------- the kill test
 
-/// xorshift64*: reproducible from the printed seed.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-}
-
 /// `log: recovered N last_ns T` → (N, T); panics on a torn log.
 fn recovered(line: &str) -> (u64, u64) {
     assert!(
@@ -474,7 +455,7 @@ fn the_log_client_survives_random_kills_of_client_and_host_in_both_mechanisms() 
     ];
     let start = |rng: &mut Rng| {
         // Half the hosts run in the test cgroup (cgroup freezer), half not (SIGSTOP).
-        let in_cg = rng.next().is_multiple_of(2);
+        let in_cg = rng.below(2) == 0;
         host(in_cg.then_some(&cg), &state, &args, "log", None)
     };
     let mut h = start(&mut rng);
@@ -517,7 +498,7 @@ fn the_log_client_survives_random_kills_of_client_and_host_in_both_mechanisms() 
         std::thread::sleep(Duration::from_millis(100 + rng.next() % 600));
         let map = region_of(pid);
         let live = words(&map, &[map.words().len() - 1])[0];
-        if rng.next().is_multiple_of(3) {
+        if rng.below(3) == 0 {
             host_kills += 1;
             pending = Some((true, live, now_ns()));
             h.kill();

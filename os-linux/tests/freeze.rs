@@ -141,16 +141,9 @@ struct TestCgroup(PathBuf);
 
 impl TestCgroup {
     fn new(name: &str) -> TestCgroup {
-        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-        let mount = mountinfo
-            .lines()
-            .find_map(|l| {
-                let (left, right) = l.split_once(" - ")?;
-                let mut f = left.split(' ');
-                (right.starts_with("cgroup2 ") && f.nth(3)? == "/").then(|| f.next())?
-            })
+        let mount = shmsnap_linux::freeze::cgroup::cgroup2_root()
             .expect("no cgroup2 mount: the cgroup freezer cannot be tested here");
-        let dir = Path::new(mount).join(format!("shmsnap-freeze-{}-{name}", std::process::id()));
+        let dir = mount.join(format!("shmsnap-freeze-{}-{name}", std::process::id()));
         std::fs::create_dir(&dir).expect("cannot create a test cgroup");
         TestCgroup(dir)
     }

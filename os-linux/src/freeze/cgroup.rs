@@ -162,6 +162,31 @@ fn frozen_now(path: &Path) -> Result<bool, FreezeError> {
     })
 }
 
+/// The mount point of the cgroup v2 hierarchy's root (the first `cgroup2` mount of
+/// `/proc/self/mountinfo` whose root is `/`), where tests and benches make their cgroups.
+///
+/// # Errors
+///
+/// `NotFound` if no such mount is listed; the read error of `/proc/self/mountinfo`.
+pub fn cgroup2_root() -> std::io::Result<PathBuf> {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")?;
+    mountinfo
+        .lines()
+        .find_map(|l| {
+            // ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTIONS [OPTIONAL...] - FSTYPE SOURCE SUPER
+            let (left, right) = l.split_once(" - ")?;
+            let mut f = left.split(' ');
+            (right.starts_with("cgroup2 ") && f.nth(3)? == "/").then(|| f.next())?
+        })
+        .map(PathBuf::from)
+        .ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "no cgroup2 mount of the hierarchy's root in /proc/self/mountinfo",
+            )
+        })
+}
+
 /// The `frozen` value of a `cgroup.events` text.
 ///
 /// # Errors

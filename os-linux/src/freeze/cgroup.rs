@@ -257,7 +257,13 @@ mod tests {
                 while std::fs::read_to_string(&freeze).unwrap() != "1" {
                     std::thread::sleep(Duration::from_millis(1));
                 }
-                std::fs::write(&events, "populated 1\nfrozen 1\n").unwrap();
+                // In place, same length (no truncation: a reader never sees it empty, as
+                // the kernel's file is never empty).
+                let f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(&events)
+                    .unwrap();
+                rustix::io::pwrite(&f, b"populated 1\nfrozen 1\n", 0).unwrap();
             })
         };
         let frozen = f.freeze(Duration::from_secs(10)).unwrap();

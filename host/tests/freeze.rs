@@ -70,6 +70,7 @@ fn client_main() {
             count(map, 0)
         }
         "leaf" => count(map, 8),
+        "stall" => stall_client(map),
         other => panic!("unknown client {other}"),
     }
 }
@@ -79,6 +80,25 @@ fn count(map: &Mapping, w: usize) -> ! {
     loop {
         map.words()[w].fetch_add(1, Ordering::Relaxed);
         std::thread::sleep(Duration::from_micros(50));
+    }
+}
+
+/// Touches every page, then timestamps in a loop and prints every gap of 1 ms or more
+/// (`stall: MICROSECONDS`): what a client feels of the pauses (and of scheduling noise).
+fn stall_client(map: &Mapping) -> ! {
+    let w = map.words();
+    for page in 0..w.len() / 512 {
+        w[page * 512].store(page as u64 + 1, Ordering::Relaxed);
+    }
+    println!("stall: ready");
+    let mut prev = Instant::now();
+    loop {
+        let now = Instant::now();
+        let gap = now - prev;
+        if gap >= Duration::from_millis(1) {
+            println!("stall: {}", gap.as_micros());
+        }
+        prev = now;
     }
 }
 
@@ -527,4 +547,64 @@ fn the_log_client_survives_random_kills_of_client_and_host_in_both_mechanisms() 
          kills: work lost per host kill median {median:.0} ms, max {max:.0} ms (interval 200 ms); \
          records lost {lost_records:?}"
     );
+}
+
+// ---------------------------------------------------------------- the stall, measured
+
+/// Not a check (nothing timed is asserted): the client-visible stall per snapshot, from a
+/// client thread timestamping in a loop, for a 64 MiB region fully touched, both mechanisms.
+/// Run by hand: `cargo test --release -p shmsnap --test freeze stall -- --ignored --nocapture`.
+#[test]
+#[ignore = "a measurement, run by hand"]
+fn measure_the_client_visible_stall() {
+    for in_cg in [false, true] {
+        let cg = in_cg.then(|| TestCgroup::new("stall"));
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("s.snap");
+        let mut args = vec!["--interval", "500ms", "--max-pause", "5s", "--size", "64M"];
+        if !in_cg {
+            args.extend(["--cgroup", "off"]);
+        }
+        let mut h = host(cg.as_ref(), &state, &args, "stall", None);
+        let (ready, _) = h
+            .out
+            .wait_from(0, SLOW, |l| l.contains("stall: ready"))
+            .expect("the stall client");
+        let from_err = h.err.len();
+        std::thread::sleep(Duration::from_secs(15));
+        h.signal(Signal::TERM);
+        let _ = h.wait_timeout(SLOW);
+        let mut stalls: Vec<f64> = h.out.all()[ready + 1..]
+            .iter()
+            .filter_map(|l| l.split("stall: ").nth(1)?.trim().parse::<f64>().ok())
+            .map(|us| us / 1e3)
+            .collect();
+        let mut pauses: Vec<f64> = h.err.all()[from_err..]
+            .iter()
+            .filter_map(|l| {
+                let at = l.find("after a ")? + 8;
+                l[at..].split(' ').next()?.parse().ok()
+            })
+            .collect();
+        stalls.sort_by(f64::total_cmp);
+        pauses.sort_by(f64::total_cmp);
+        let q = |v: &[f64], p: f64| {
+            v.get(((v.len() as f64 - 1.0) * p) as usize)
+                .copied()
+                .unwrap_or(0.0)
+        };
+        println!(
+            "stall ({}): {} snapshots, host pause p50 {:.1} ms p99 {:.1} ms max {:.1} ms; client \
+             gaps >= 1 ms: {}, p50 {:.1} ms p99 {:.1} ms max {:.1} ms",
+            if in_cg { "cgroup" } else { "signal" },
+            pauses.len(),
+            q(&pauses, 0.5),
+            q(&pauses, 0.99),
+            pauses.last().copied().unwrap_or(0.0),
+            stalls.len(),
+            q(&stalls, 0.5),
+            q(&stalls, 0.99),
+            stalls.last().copied().unwrap_or(0.0),
+        );
+    }
 }

@@ -63,7 +63,8 @@
 #define SHMSNAP_E_BUSY 3
 
 // Another writer or triple client holds the region: one writer per region. The text names
-// the holder's pid.
+// the holder's pid. If that process is dead (killed or crashed without closing its writer),
+// `shmsnap_region_reclaim` clears its claim; under the shmsnap host, the host does it.
 #define SHMSNAP_E_CLAIMED 4
 
 // The region has no header yet: no client has configured it. Open the writer or client with
@@ -551,6 +552,48 @@ int shmsnap_region_wait_persisted(const struct shmsnap_region *region,
 //
 // `region` is NULL or a live region handle.
 int shmsnap_region_request_snapshot(const struct shmsnap_region *region);
+
+// Clears the region's single-writer claim if the process holding it is **dead**, so a new
+// writer or triple client can open. For programs that are their own host (memory attached
+// with `shmsnap_region_attach` and shared with other processes): under the shmsnap host, the
+// host does this itself when its client exits, and no client needs to call it.
+//
+// When to call it: `shmsnap_writer_open` or `shmsnap_triple_open` returned
+// `SHMSNAP_E_CLAIMED` naming a pid, and the process that held the region has crashed or was
+// killed (a clean close releases the claim). Then reclaim and open again. The region's
+// contents are left as the dead writer left them; the next open recovers them as after any
+// crash (never torn).
+//
+// **How liveness is checked.** The claim holds the holder's pid (low 32 bits of its claim
+// id). `kill(pid, 0)` failing with `ESRCH` means dead; if the pid exists,
+// `/proc/<pid>/stat` tells a zombie (exited, not yet reaped; dead) from a running process
+// (alive, also a zombie thread-group leader whose other threads still run). Any doubt — an
+// unreadable `/proc`, a pid that cannot be a pid — counts as alive. A live holder's claim is
+// never reclaimed.
+//
+// **Limits.** A later process that reused the dead holder's pid looks alive: the reclaim is
+// refused until it is gone too (safe, but the region stays claimed). The pid is the one the
+// holder saw in *its* pid namespace and is looked up in the caller's: across pid namespaces
+// (containers) a live holder may look dead, so call this only for memory shared within one
+// pid namespace. Two processes reclaiming at once while a third reuses the pid within
+// microseconds could clear the third's fresh claim.
+//
+// `holder_pid` may be NULL; otherwise it receives the holder's pid on `SHMSNAP_OK` (the
+// pid reclaimed) and on `SHMSNAP_E_CLAIMED` (the pid that may be alive), 0 otherwise.
+//
+// Returns `SHMSNAP_OK` when the dead holder's claim was cleared. Errors: `SHMSNAP_E_NULL`;
+// `SHMSNAP_E_CLAIMED` (the holder may be alive — the text says what the kernel said — or
+// the claim was taken meanwhile); `SHMSNAP_E_NOT_FOUND` (the region is not claimed: open it
+// directly); `SHMSNAP_E_BAD_HEADER` (the memory holds neither an unconfigured region nor a
+// valid queue or triple header: not a shmsnap region, left alone); `SHMSNAP_E_INVALID` (the
+// memory is shorter than 520 bytes: the claim word is bytes 512 to 519). Nothing is changed on an error.
+// Thread-safe; does not block (one `kill` and at most one read of `/proc`).
+//
+// # Safety
+//
+// `region` is NULL or a live region handle; `holder_pid` is NULL or valid for a write.
+int shmsnap_region_reclaim(const struct shmsnap_region *region,
+                           uint32_t *holder_pid);
 
 // Copies `len` bytes of the region at byte `offset` into `dst`, with atomic 64-bit loads:
 // the data-race-free way to copy memory a writer or client changes concurrently (what a host

@@ -34,7 +34,9 @@
 //!   return, as the core's `commit(self)`, `publish(self)`, `finish(self)` and
 //!   `release(self)` consume theirs.
 //! - **One writer per region** (issue 20) is taken in [`construct`] and nowhere else; C never
-//!   passes a claim id.
+//!   passes a claim id. A program that is its own host clears a dead holder's claim with
+//!   `shmsnap_region_reclaim` (`shmsnap_linux::reclaim`: it checks that the holder's pid is
+//!   gone or a zombie first).
 //! - **Status codes, not enums.** Every function returns an `int`: `SHMSNAP_OK` or one code
 //!   per kind of error ([`status`]); the details are in `shmsnap_error_message`.
 //!

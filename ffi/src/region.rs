@@ -13,6 +13,7 @@ use std::time::Duration;
 use shmsnap_core::format::word;
 use shmsnap_core::status as core_status;
 use shmsnap_linux::listen::{open_client_region, DEFAULT_FD_NAME};
+use shmsnap_linux::reclaim::{self, ReclaimError};
 use shmsnap_linux::{status, Mapping, Memfd};
 
 use crate::entry::{self, bytes, bytes_mut, handle_out, out, Handle};
@@ -369,6 +370,72 @@ pub unsafe extern "C" fn shmsnap_region_request_snapshot(region: *const RegionHa
         let r = unsafe { p.handle(region) }?;
         check_header_page(r)?;
         status::request_snapshot(r.words())?;
+        Ok(())
+    })
+}
+
+/// Clears the region's single-writer claim if the process holding it is **dead**, so a new
+/// writer or triple client can open. For programs that are their own host (memory attached
+/// with `shmsnap_region_attach` and shared with other processes): under the shmsnap host, the
+/// host does this itself when its client exits, and no client needs to call it.
+///
+/// When to call it: `shmsnap_writer_open` or `shmsnap_triple_open` returned
+/// `SHMSNAP_E_CLAIMED` naming a pid, and the process that held the region has crashed or was
+/// killed (a clean close releases the claim). Then reclaim and open again. The region's
+/// contents are left as the dead writer left them; the next open recovers them as after any
+/// crash (never torn).
+///
+/// **How liveness is checked.** The claim holds the holder's pid (low 32 bits of its claim
+/// id). `kill(pid, 0)` failing with `ESRCH` means dead; if the pid exists,
+/// `/proc/<pid>/stat` tells a zombie (exited, not yet reaped; dead) from a running process
+/// (alive, also a zombie thread-group leader whose other threads still run). Any doubt — an
+/// unreadable `/proc`, a pid that cannot be a pid — counts as alive. A live holder's claim is
+/// never reclaimed.
+///
+/// **Limits.** A later process that reused the dead holder's pid looks alive: the reclaim is
+/// refused until it is gone too (safe, but the region stays claimed). The pid is the one the
+/// holder saw in *its* pid namespace and is looked up in the caller's: across pid namespaces
+/// (containers) a live holder may look dead, so call this only for memory shared within one
+/// pid namespace. Two processes reclaiming at once while a third reuses the pid within
+/// microseconds could clear the third's fresh claim.
+///
+/// `holder_pid` may be NULL; otherwise it receives the holder's pid on `SHMSNAP_OK` (the
+/// pid reclaimed) and on `SHMSNAP_E_CLAIMED` (the pid that may be alive), 0 otherwise.
+///
+/// Returns `SHMSNAP_OK` when the dead holder's claim was cleared. Errors: `SHMSNAP_E_NULL`;
+/// `SHMSNAP_E_CLAIMED` (the holder may be alive — the text says what the kernel said — or
+/// the claim was taken meanwhile); `SHMSNAP_E_NOT_FOUND` (the region is not claimed: open it
+/// directly); `SHMSNAP_E_BAD_HEADER` (the memory holds neither an unconfigured region nor a
+/// valid queue or triple header: not a shmsnap region, left alone); `SHMSNAP_E_INVALID` (the
+/// memory is shorter than 520 bytes: the claim word is bytes 512 to 519). Nothing is changed on an error.
+/// Thread-safe; does not block (one `kill` and at most one read of `/proc`).
+///
+/// # Safety
+///
+/// `region` is NULL or a live region handle; `holder_pid` is NULL or valid for a write.
+#[no_mangle]
+pub unsafe extern "C" fn shmsnap_region_reclaim(
+    region: *const RegionHandle,
+    holder_pid: *mut u32,
+) -> c_int {
+    entry::run(|p| {
+        // SAFETY: NULL or a live region (contract).
+        let r = unsafe { p.handle(region) }?;
+        let pid_out = if holder_pid.is_null() {
+            None
+        } else {
+            // SAFETY: non-NULL and valid for a write (contract).
+            Some(unsafe { out(holder_pid, "holder_pid") }?)
+        };
+        let result = reclaim::reclaim_if_dead(r.words());
+        if let Some(o) = pid_out {
+            o.set(match &result {
+                Ok(holder) | Err(ReclaimError::Alive { holder, .. }) => holder.pid(),
+                Err(ReclaimError::Changed { now: Some(now), .. }) => now.pid(),
+                Err(_) => 0,
+            });
+        }
+        result?;
         Ok(())
     })
 }

@@ -23,6 +23,7 @@ use std::io;
 use shmsnap_core::triple::TripleError;
 use shmsnap_core::{AttachError, CommitError, LayoutError, ReadError, RetainError, UnitError};
 use shmsnap_linux::listen::ListenError;
+use shmsnap_linux::reclaim::ReclaimError;
 
 /// Success.
 pub const SHMSNAP_OK: c_int = 0;
@@ -37,7 +38,8 @@ pub const SHMSNAP_E_INVALID: c_int = 2;
 /// (a region) handles made from it are still open. End or close those first.
 pub const SHMSNAP_E_BUSY: c_int = 3;
 /// Another writer or triple client holds the region: one writer per region. The text names
-/// the holder's pid.
+/// the holder's pid. If that process is dead (killed or crashed without closing its writer),
+/// `shmsnap_region_reclaim` clears its claim; under the shmsnap host, the host does it.
 pub const SHMSNAP_E_CLAIMED: c_int = 4;
 /// The region has no header yet: no client has configured it. Open the writer or client with
 /// a layout to configure it; a host has nothing to snapshot yet.
@@ -274,6 +276,23 @@ impl From<ListenError> for Error {
     #[inline(never)]
     fn from(e: ListenError) -> Error {
         Error::new(SHMSNAP_E_LISTEN, e)
+    }
+}
+
+impl From<ReclaimError> for Error {
+    #[cold]
+    #[inline(never)]
+    fn from(e: ReclaimError) -> Error {
+        let code = match &e {
+            ReclaimError::TooShort { .. } => SHMSNAP_E_INVALID,
+            ReclaimError::NotARegion { .. } => SHMSNAP_E_BAD_HEADER,
+            ReclaimError::Unclaimed | ReclaimError::Changed { now: None, .. } => {
+                SHMSNAP_E_NOT_FOUND
+            }
+            // A holder that may be alive, or a claim taken meanwhile: the region is claimed.
+            _ => SHMSNAP_E_CLAIMED,
+        };
+        Error::new(code, e)
     }
 }
 

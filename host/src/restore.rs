@@ -17,13 +17,14 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
 
-use rustix::fs::{AtFlags, Mode, OFlags};
-use rustix::io::{retry_on_intr, Errno};
+use rustix::fs::{Mode, OFlags};
 use shmsnap_core::Strategy;
+use shmsnap_linux::atomic_file::{AtomicFile, CommitError, Rule, Step};
 use shmsnap_linux::chain::{self, At, ChainError, ChainErrorKind, ChainListing, RestoreReport};
 use shmsnap_linux::noreplace::{Exclusive, NoReplace};
+use shmsnap_linux::persist::{generation_index, generations_of};
 use shmsnap_linux::snapshot::SnapshotInfo;
 
 use tracing::warn;
@@ -119,36 +120,13 @@ fn source(state: &Path) -> Result<Vec<Chain>, Failure> {
 /// Errors reading `target`'s directory.
 pub fn generations(target: &Path) -> io::Result<Vec<Chain>> {
     let dir = chain::chain_dir(target);
-    let chain = |base: PathBuf| Chain {
-        base,
-        dir: dir.clone(),
-    };
-    let mut found: Vec<(u64, PathBuf)> = Vec::new();
-    if target.symlink_metadata().is_ok() {
-        found.push((0, target.to_path_buf()));
-    }
-    let (Some(name), parent) = (target.file_name(), parent_of(target)) else {
-        return Ok(found.into_iter().map(|(_, p)| chain(p)).collect());
-    };
-    for entry in std::fs::read_dir(parent)? {
-        let entry = entry?;
-        if let Some(i) = generation_index(name.as_bytes(), entry.file_name().as_bytes()) {
-            found.push((i, target.with_file_name(entry.file_name())));
-        }
-    }
-    found.sort();
-    Ok(found.into_iter().map(|(_, p)| chain(p)).collect())
-}
-
-/// `i` if `name` is `<target>.<i>` (decimal, `i >= 1`, no leading zero).
-fn generation_index(target: &[u8], name: &[u8]) -> Option<u64> {
-    let digits = name.strip_prefix(target)?.strip_prefix(b".")?;
-    let ok = !digits.is_empty()
-        && digits[0] != b'0'
-        && digits.len() <= 19
-        && digits.iter().all(u8::is_ascii_digit);
-    ok.then(|| std::str::from_utf8(digits).ok()?.parse().ok())
-        .flatten()
+    Ok(generations_of(target)?
+        .into_iter()
+        .map(|g| Chain {
+            base: g.path,
+            dir: dir.clone(),
+        })
+        .collect())
 }
 
 /// The state file whose chain `path` belongs to: `path` itself, or `FILE` for a kept
@@ -595,63 +573,60 @@ impl Out {
     /// OUT (never over an existing OUT without `--force`), `fsync` of the directory. The temp
     /// file is removed on any error.
     fn write<T>(&self, fill: impl FnOnce(&File) -> Result<T, Failure>) -> Result<T, Failure> {
-        let temp = Temp::create(self)?;
-        let t = fill(&temp.file)?;
-        let io = |what: &str, e: Errno| {
+        let mut prefix = OsString::from(".");
+        prefix.push(&self.name);
+        prefix.push(".tmp.");
+        let temp = AtomicFile::create(self.dir.as_fd(), &self.dir_path, &prefix).map_err(|e| {
             Failure::new(
-                Code::IoErr,
-                format!("cannot {what} {}: {e}", temp.path().display()),
+                Code::CantCreat,
+                format!(
+                    "cannot create a temp file in {}: {e}",
+                    self.dir_path.display()
+                ),
             )
-        };
-        retry_on_intr(|| rustix::fs::fdatasync(&temp.file)).map_err(|e| io("fdatasync", e))?;
-        let renamed = if self.force {
-            rustix::fs::renameat(&self.dir, &temp.name, &self.dir, &self.name).map_err(Into::into)
+        })?;
+        let t = fill(temp.file())?;
+        let temp_path = temp.temp_path();
+        // RENAME_NOREPLACE without --force, or `link` + `unlink` where the file system lacks
+        // it (nothing excludes other writers of OUT's directory: only atomic mechanisms).
+        let no_replace = NoReplace::new();
+        let rule = if self.force {
+            Rule::Replace
         } else {
-            // RENAME_NOREPLACE, or `link` + `unlink` where the file system lacks it (nothing
-            // excludes other writers of OUT's directory: only atomic mechanisms).
-            let no_replace = NoReplace::new();
-            let r = no_replace.rename(
-                self.dir.as_fd(),
-                &self.dir_path,
-                &temp.name,
-                &self.name,
-                Exclusive::No,
-            );
-            if let Some(notice) = no_replace.take_notice() {
-                warn!("{notice}");
-            }
-            r
+            Rule::NoReplace(&no_replace, Exclusive::No)
         };
-        match renamed {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                return Err(Failure::new(
-                    Code::CantCreat,
-                    format!(
-                        "{} appeared meanwhile; pass --force to replace it",
-                        self.path.display()
-                    ),
-                ))
-            }
-            Err(e) => {
-                return Err(Failure::new(
-                    Code::IoErr,
-                    format!("cannot rename {}: {e}", temp.path().display()),
-                ))
-            }
+        let committed = temp.commit(&self.name, rule);
+        if let Some(notice) = no_replace.take_notice() {
+            warn!("{notice}");
         }
-        temp.keep();
-        retry_on_intr(|| rustix::fs::fsync(&self.dir)).map_err(|e| {
-            Failure::new(
+        let Err(CommitError { step, error: e }) = committed else {
+            return Ok(t);
+        };
+        Err(match step {
+            Step::SyncData => Failure::new(
+                Code::IoErr,
+                format!("cannot fdatasync {}: {e}", temp_path.display()),
+            ),
+            Step::Rename if e.kind() == io::ErrorKind::AlreadyExists => Failure::new(
+                Code::CantCreat,
+                format!(
+                    "{} appeared meanwhile; pass --force to replace it",
+                    self.path.display()
+                ),
+            ),
+            Step::Rename => Failure::new(
+                Code::IoErr,
+                format!("cannot rename {}: {e}", temp_path.display()),
+            ),
+            Step::SyncDir => Failure::new(
                 Code::IoErr,
                 format!(
                     "{} is written but maybe not durable: fsync of {}: {e}",
                     self.path.display(),
                     self.dir_path.display()
                 ),
-            )
-        })?;
-        Ok(t)
+            ),
+        })
     }
 }
 
@@ -696,72 +671,6 @@ fn names_state(to: &Path, state: &Path) -> Option<&'static str> {
         .iter()
         .any(|c| std::fs::metadata(&c.base).is_ok_and(|m| (m.dev(), m.ino()) == to_id));
     same.then_some("the same file as the state or a kept generation")
-}
-
-/// A temp file in OUT's directory, removed on drop unless [`kept`](Temp::keep).
-struct Temp<'o> {
-    out: &'o Out,
-    name: OsString,
-    file: File,
-    kept: bool,
-}
-
-impl<'o> Temp<'o> {
-    /// `openat(dir, ".<name>.restore.<pid>.<n>", O_CREAT | O_EXCL | O_NOFOLLOW | O_RDWR, 0600)`.
-    fn create(out: &'o Out) -> Result<Temp<'o>, Failure> {
-        let salt = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos());
-        for n in 0u32.. {
-            let mut name = OsString::from(".");
-            name.push(&out.name);
-            name.push(format!(".restore.{}.{salt:x}{n}", std::process::id()));
-            match rustix::fs::openat(
-                &out.dir,
-                &name,
-                OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::RDWR,
-                Mode::RUSR | Mode::WUSR,
-            ) {
-                Ok(fd) => {
-                    return Ok(Temp {
-                        out,
-                        name,
-                        file: File::from(fd),
-                        kept: false,
-                    })
-                }
-                Err(Errno::EXIST | Errno::INTR) if n < 1000 => continue,
-                Err(e) => {
-                    return Err(Failure::new(
-                        Code::CantCreat,
-                        format!(
-                            "cannot create a temp file in {}: {e}",
-                            out.dir_path.display()
-                        ),
-                    ))
-                }
-            }
-        }
-        unreachable!("the loop returns")
-    }
-
-    fn path(&self) -> PathBuf {
-        self.out.dir_path.join(&self.name)
-    }
-
-    /// Renamed into place: nothing to remove.
-    fn keep(mut self) {
-        self.kept = true;
-    }
-}
-
-impl Drop for Temp<'_> {
-    fn drop(&mut self) {
-        if !self.kept {
-            // Best effort: a leftover is a dot file named after OUT, never OUT itself.
-            let _ = rustix::fs::unlinkat(&self.out.dir, &self.name, AtFlags::empty());
-        }
-    }
 }
 
 #[cfg(test)]

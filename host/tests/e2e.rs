@@ -614,15 +614,22 @@ fn unwritable_directory_is_refused() {
         .arg("+i")
         .arg(&ro)
         .status();
-    if !made.is_ok_and(|s| s.success()) {
-        println!(
-            "SKIPPED: chattr +i is not available here; cannot make a directory unwritable for root"
-        );
+    let probe = match made {
+        Ok(s) if s.success() => Ok(()),
+        Ok(s) => Err(format!("chattr +i exited with {s}")),
+        Err(e) => Err(format!("chattr: {e}")),
+    };
+    let hint = "Making a directory unwritable for root needs chattr (Debian: e2fsprogs) on a \
+                file system with the immutable flag (ext4).";
+    if shmsnap_testkit::require::require("chattr-immutable", hint, probe).is_none() {
         return;
     }
     let _undo = Immutable(&ro);
-    if std::fs::write(ro.join("probe"), "x").is_ok() {
-        println!("SKIPPED: the immutable directory is still writable");
+    let probe = match std::fs::write(ro.join("probe"), "x") {
+        Ok(()) => Err("the immutable directory is still writable".to_owned()),
+        Err(_) => Ok(()),
+    };
+    if shmsnap_testkit::require::require("chattr-immutable", hint, probe).is_none() {
         return;
     }
     assert_refused(

@@ -107,8 +107,15 @@ fn a_sealed_region_moves_to_a_fresh_memfd_and_replaces_the_fd_store_entry() {
     let mut first = until(&sock, "FDSTORE=1", &h);
     let old = first.fds.pop().expect("the region's fd");
     let (i0, pid, _) = next_restored(&h, 0, SLOW).unwrap();
-    if poll(Duration::from_secs(5), || sealed(&old).then_some(())).is_none() {
-        eprintln!("skipped: the client did not seal its region (no write tracking here)");
+    let probe = poll(Duration::from_secs(5), || sealed(&old).then_some(()))
+        .ok_or_else(|| "the client did not seal its region (no write tracking?)".to_owned());
+    if shmsnap_testkit::require::require(
+        "uffd-wp",
+        "Write tracking needs userfaultfd async write-protect and PAGEMAP_SCAN (Linux 6.7+).",
+        probe,
+    )
+    .is_none()
+    {
         return;
     }
     poll(SLOW, || live_count(pid).filter(|&c| c > 0)).expect("the client commits");

@@ -35,6 +35,11 @@ const LAYOUT: LayoutRequest = LayoutRequest {
 };
 const SIZE: &str = "1M";
 
+/// What write tracking needs, for a test that finds it missing.
+const UFFD_HINT: &str = "Write tracking needs userfaultfd async write-protect and PAGEMAP_SCAN \
+                         (Linux 6.7+) and a host that sets SHMSNAP_TRACK=1 for queue + \
+                         --incremental auto.";
+
 // ----------------------------------------------------------------------------------------
 // The client.
 
@@ -165,14 +170,16 @@ impl Rig {
         .unwrap_or_else(|| panic!("client never ready:\n{}", self.host.err.text()))
     }
 
-    /// Whether the client advertises tracking (else the kernel refused it: skip).
+    /// Whether the client advertises tracking; if not, the test fails unless
+    /// `SHMSNAP_TEST_ALLOW_MISSING` names `uffd-wp` (see `shmsnap_testkit::require`).
     fn tracking(&self) -> bool {
         let (_, advert) = self.ready(None);
-        if advert.iter().all(|&w| w == 0) {
-            eprintln!("skipped: the client could not register write tracking here");
-            return false;
-        }
-        true
+        let probe = if advert.iter().all(|&w| w == 0) {
+            Err("the client advertises no write tracking".to_owned())
+        } else {
+            Ok(())
+        };
+        shmsnap_testkit::require::require("uffd-wp", UFFD_HINT, probe).is_some()
     }
 
     /// Runs one client command and waits for it.

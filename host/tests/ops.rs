@@ -114,16 +114,17 @@ fn man_dir_writes_every_page_and_man_renders_them() {
         assert!(pages.iter().any(|p| p == want), "{want} missing: {pages:?}");
     }
     assert!(!pages.iter().any(|p| p.contains("exec")), "{pages:?}");
-    // Rendering is a bonus: only where man(1) is installed.
+    // Rendering needs man(1).
     let page = dir.path().join("shmsnap-run.1");
-    let Ok(out) = Command::new("man")
+    let out = Command::new("man")
         .arg("-l")
         .arg(&page)
         .env("MANPAGER", "cat")
         .env("MANWIDTH", "100")
         .output()
-    else {
-        eprintln!("SKIPPED rendering: man is not installed");
+        .map_err(|e| format!("man: {e}"));
+    let hint = "Install man(1) (Debian: man-db); .ci/run does.";
+    let Some(out) = shmsnap_testkit::require::require("man", hint, out) else {
         return;
     };
     let text = String::from_utf8_lossy(&out.stdout);
@@ -235,8 +236,8 @@ fn scrape(url: &str) -> Option<BTreeMap<String, f64>> {
     Some(samples(&scrape_text(url)?))
 }
 
-/// `promtool check metrics` (lint included) on `text`; skipped where promtool is not
-/// installed, unless `CI` is set (`.ci/run` installs it).
+/// `promtool check metrics` (lint included) on `text`; a missing promtool fails the test
+/// unless `SHMSNAP_TEST_ALLOW_MISSING` names `promtool` (`.ci/run` installs it).
 fn promtool_check(text: &str) {
     use std::io::Write;
     use std::process::Stdio;
@@ -249,11 +250,8 @@ fn promtool_check(text: &str) {
     let mut child = match child {
         Ok(c) => c,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "promtool is not installed, and CI is set: install it (Debian: prometheus)"
-            );
-            eprintln!("SKIPPED promtool check: promtool is not installed");
+            let hint = "Install it (Debian: prometheus); .ci/run does.";
+            shmsnap_testkit::require::require::<()>("promtool", hint, Err(e.to_string()));
             return;
         }
         Err(e) => panic!("promtool: {e}"),
@@ -519,20 +517,19 @@ fn inspect_streams_a_million_entries_and_verify_shows_progress_only_on_a_termina
 
     // On a terminal (a pty from util-linux's script(1), where installed): the bar.
     let cmd = format!("{BIN} verify '{}'", path.display());
-    match Command::new("script")
+    let out = Command::new("script")
         .args(["-qec", &cmd, "/dev/null"])
         .output()
-    {
-        Ok(out) => {
-            let tty = String::from_utf8_lossy(&out.stdout);
-            assert!(out.status.success(), "{tty}");
-            assert!(
-                // The rate's unit depends on the machine's speed (KiB/s … GiB/s).
-                tty.contains("verifying ") && tty.contains("iB/s ETA "),
-                "no progress bar on a terminal: {tty:?}"
-            );
-            assert!(tty.contains("1048576 entries"), "{tty:?}");
-        }
-        Err(e) => eprintln!("SKIPPED the terminal half: script(1): {e}"),
+        .map_err(|e| format!("script(1): {e}"));
+    let hint = "Install script(1) (Debian: bsdutils); .ci/run does.";
+    if let Some(out) = shmsnap_testkit::require::require("script", hint, out) {
+        let tty = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{tty}");
+        assert!(
+            // The rate's unit depends on the machine's speed (KiB/s … GiB/s).
+            tty.contains("verifying ") && tty.contains("iB/s ETA "),
+            "no progress bar on a terminal: {tty:?}"
+        );
+        assert!(tty.contains("1048576 entries"), "{tty:?}");
     }
 }

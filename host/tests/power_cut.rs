@@ -12,7 +12,8 @@
 //! data); (2) a client acknowledging at commit time (the live count read just before the cut)
 //! must have lost work at least once.
 //!
-//! Needs root and loop devices; skipped otherwise, but fails when `CI` is set.
+//! Needs root and loop devices; fails without them unless `SHMSNAP_TEST_ALLOW_MISSING` names
+//! `root-loop` (see `shmsnap_testkit::require`).
 //! `SHMSNAP_POWERCUT_N` cuts (default 5).
 
 mod common;
@@ -181,12 +182,13 @@ fn acknowledged_commits_survive_a_power_cut() {
         let wait = Duration::from_millis(50 + (seed.wrapping_mul(i + 7) >> 3) % 700);
         let cut = match one_cut(dir.path(), i, wait) {
             Ok(c) => c,
-            // Only the first cut may skip: later failures are failures.
-            Err(e) if i == 0 && std::env::var_os("CI").is_none() => {
-                println!("power cut: SKIPPED (needs root and loop devices): {e}");
+            // Only the first cut may find the machine lacking: later failures are failures.
+            Err(e) if i == 0 => {
+                let hint = "Power cuts need root, loop devices and mkfs.ext4.";
+                shmsnap_testkit::require::require::<()>("root-loop", hint, Err(e.to_string()));
                 return;
             }
-            Err(e) => panic!("cut {i}: needs root and loop devices (CI set or not the first): {e}"),
+            Err(e) => panic!("cut {i}: {e}"),
         };
         println!(
             "cut {i}: after {wait:?}: acknowledged up to {}, live {:?}, restored {}, unsynced \

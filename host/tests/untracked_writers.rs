@@ -313,16 +313,22 @@ impl Rig {
             .unwrap_or_else(|| panic!("no {file} from the client:\n{}", self.host.err.text()))
     }
 
-    /// The client's pid once it is ready; `None` (skip) if it could not track its writes.
+    /// The client's pid once it is ready; `None` if it could not track its writes and
+    /// `SHMSNAP_TEST_ALLOW_MISSING` names `uffd-wp` (otherwise that fails the test).
     fn ready(&self) -> Option<i32> {
         let text = self.wait_file("ready");
         let mut it = text.split_whitespace();
         let pid = it.next().unwrap().parse().unwrap();
-        if it.next() == Some("false") {
-            eprintln!("skipped: the client could not register write tracking here");
-            return None;
-        }
-        Some(pid)
+        let probe = if it.next() == Some("false") {
+            Err("the client could not register write tracking".to_owned())
+        } else {
+            Ok(pid)
+        };
+        shmsnap_testkit::require::require(
+            "uffd-wp",
+            "Write tracking needs userfaultfd async write-protect and PAGEMAP_SCAN (Linux 6.7+).",
+            probe,
+        )
     }
 
     /// Runs one client command; returns its answer.
@@ -561,8 +567,17 @@ fn a_corrupt_sealed_region_is_repaired_into_a_fresh_memfd() {
     assert_eq!(h.exit_code(), 0, "{}", h.err.text());
     let mut rig = Rig::start(tmp.path(), "scribble", &["--restart", "on-failure"]);
     let sealed = rig.wait_file("scribbled");
-    if sealed != "true" {
-        eprintln!("skipped: the client could not track its writes here, nothing was sealed");
+    let probe = match sealed.as_str() {
+        "true" => Ok(()),
+        _ => Err("the client could not track its writes, nothing was sealed".to_owned()),
+    };
+    if shmsnap_testkit::require::require(
+        "uffd-wp",
+        "Write tracking needs userfaultfd async write-protect and PAGEMAP_SCAN (Linux 6.7+).",
+        probe,
+    )
+    .is_none()
+    {
         return;
     }
     let line = common::next_restored(&rig.host, 0, SLOW)
@@ -615,8 +630,18 @@ fn a_forked_writer_never_makes_the_chain_restore_differently() {
         })
         .unwrap_or_else(|| panic!("seq {last} never persisted:\n{}", rig.host.err.text()));
     let log = rig.host.err.text();
-    if !log.contains("point=delta") {
-        eprintln!("skipped: no delta was taken (write tracking unavailable here?)");
+    // Without a delta there is nothing to compare: that needs write tracking here.
+    let probe = match log.contains("point=delta") {
+        true => Ok(()),
+        false => Err(format!("no delta was taken:\n{log}")),
+    };
+    if shmsnap_testkit::require::require(
+        "uffd-wp",
+        "Write tracking needs userfaultfd async write-protect and PAGEMAP_SCAN (Linux 6.7+).",
+        probe,
+    )
+    .is_none()
+    {
         return;
     }
     let full = full_snapshot_of(client, tmp.path());

@@ -10,8 +10,10 @@
 //! | [`copy`] | sparse copy of data extents (`SEEK_DATA`/`SEEK_HOLE`, `copy_file_range`, `sendfile`) |
 //! | [`freeze`] | stop a client's processes for a copy (cgroup freezer or `SIGSTOP` to its group), thawed by an RAII guard |
 //! | [`snapshot`] | snapshot file = image + footer (see `FOOTER.md`): open, write, verify (streamed, queue image checked), restore |
+//! | [`atomic_file`] | the one durable write of a file: temp file, `fdatasync`, rename (replace or not), directory `fsync`, one crash hook |
 //! | [`persist`] | atomic replace of a file with N kept generations |
 //! | [`noreplace`] | give a file its name without replacing one: `RENAME_NOREPLACE`, or a fallback the file system has, detected once |
+//! | [`reclaim`] | clear the claim of a dead holder, checked with `kill(2)` and `/proc`: for embedders without a supervisor |
 //! | [`status`] | durability feedback: host status publisher, client `wait_persisted`, snapshot requests (futex) |
 //! | [`take`] | one queue snapshot of a live region: pre → copy → post → retain → footer |
 //! | [`take_delta`] | one incremental queue snapshot: scan → pre → copy the written pages → post → delta |
@@ -85,6 +87,7 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod atomic_file;
 pub mod chain;
 pub mod client;
 pub mod copy;
@@ -96,6 +99,7 @@ pub mod memfd;
 pub mod noreplace;
 pub mod packed;
 pub mod persist;
+pub mod reclaim;
 pub mod snapshot;
 pub mod status;
 pub mod take;

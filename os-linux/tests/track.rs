@@ -165,9 +165,12 @@ impl Child {
         let mut stdout = BufReader::new(proc.stdout.take().unwrap());
         let ready = reply(&mut stdout);
         if let Some(why) = ready.strip_prefix("unavailable ") {
-            eprintln!("write tracking unavailable on this kernel, test skipped: {why}");
             let _ = proc.wait();
-            return None;
+            shmsnap_testkit::require::require(
+                "uffd-wp",
+                "Write tracking needs userfaultfd async write-protect and PAGEMAP_SCAN (Linux 6.7+).",
+                Err::<(), _>(why.to_owned()),
+            )?;
         }
         let f: Vec<u64> = ready
             .strip_prefix("ready ")

@@ -92,6 +92,11 @@ class Region:
         """Asks the host for a prompt snapshot."""
     def persisted_async(self, seq: int, timeout: Optional[float] = None) -> Awaitable[bool]:
         """``await``-able ``wait_persisted`` for asyncio (no polling)."""
+    def reclaim(self) -> Optional[int]:
+        """Clears the claim of a dead writer process and returns its pid (None: unclaimed).
+
+        Raises ClaimedError if the holder may be alive (never reclaimed), FormatError for memory
+        that is not a shmsnap region."""
     def _wake_count(self) -> int: ...
     def _wait_change(self, seen: int, timeout: float) -> None: ...
     def _wake_waiters(self) -> None: ...

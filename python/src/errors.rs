@@ -15,6 +15,7 @@ use shmsnap_core::triple::TripleError;
 use shmsnap_core::LayoutError as BadLayout;
 use shmsnap_core::{AttachError, CommitError, ReadError, WordsError};
 use shmsnap_linux::listen::ListenError;
+use shmsnap_linux::reclaim::ReclaimError;
 
 create_exception!(
     shmsnap,
@@ -209,6 +210,19 @@ pub(crate) fn triple(py: Python<'_>, e: TripleError) -> PyErr {
 /// Memory that cannot be seen as words.
 pub(crate) fn words(e: WordsError) -> PyErr {
     PyErr::new::<LayoutError, _>(e.to_string())
+}
+
+/// `Region.reclaim()` refused (the two "nothing to reclaim" cases are not errors there).
+pub(crate) fn reclaim(py: Python<'_>, e: ReclaimError) -> PyErr {
+    match &e {
+        ReclaimError::Alive { holder, .. }
+        | ReclaimError::Changed {
+            now: Some(holder), ..
+        } => claimed(py, u64::from(holder.pid()), &e.to_string()),
+        ReclaimError::TooShort { .. } => PyErr::new::<LayoutError, _>(e.to_string()),
+        ReclaimError::NotARegion { .. } => PyErr::new::<FormatError, _>(e.to_string()),
+        _ => PyErr::new::<Error, _>(e.to_string()),
+    }
 }
 
 /// `Region.from_host()` failed.

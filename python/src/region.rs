@@ -11,6 +11,7 @@ use shmsnap_core::status as core_status;
 use shmsnap_linux::listen::{
     open_client_region, DEFAULT_FD_NAME, LISTEN_FDNAMES, LISTEN_FDS, LISTEN_PID,
 };
+use shmsnap_linux::reclaim::{self, ReclaimError};
 use shmsnap_linux::status as linux_status;
 
 use crate::memory::Memory;
@@ -179,6 +180,34 @@ impl Region {
     fn request_snapshot(&self) -> PyResult<()> {
         linux_status::request_snapshot(self.mem()?.words())?;
         Ok(())
+    }
+
+    /// Clears the region's writer claim if the process holding it is **dead**, and returns
+    /// that process's pid; ``None`` if nobody holds the claim. For programs that are their
+    /// own host (``Region.attach`` of memory shared with other processes): under the shmsnap
+    /// host the host reclaims by itself, and no client needs this.
+    ///
+    /// Call it when ``Writer``/``TripleClient`` raised ``ClaimedError`` and the process named
+    /// by its ``holder`` crashed or was killed (a clean ``close()`` or exit releases the claim),
+    /// then open the writer again: it recovers what the dead writer left, as after any crash.
+    ///
+    /// Liveness: ``kill(pid, 0)`` failing with ``ESRCH`` is dead; an existing pid is dead only
+    /// if ``/proc/<pid>/stat`` shows a zombie (exited, not yet reaped) with no live thread. Any
+    /// doubt counts as alive: a live holder's claim is never reclaimed. **Limits**: a later
+    /// process that reused the pid looks alive (the claim stays until it is gone too); the
+    /// pid is looked up in this process's pid namespace, so across pid namespaces
+    /// (containers) a live holder may look dead: use it only for memory shared within one pid
+    /// namespace.
+    ///
+    /// Raises ``ClaimedError`` (``holder``: its pid) if the holder may be alive,
+    /// ``FormatError`` if the memory holds neither an unconfigured region nor a valid queue or
+    /// triple header (it is left alone), ``LayoutError`` if it is shorter than 520 bytes.
+    fn reclaim(&self, py: Python<'_>) -> PyResult<Option<u32>> {
+        match reclaim::reclaim_if_dead(self.mem()?.words()) {
+            Ok(holder) => Ok(Some(holder.pid())),
+            Err(ReclaimError::Unclaimed | ReclaimError::Changed { now: None, .. }) => Ok(None),
+            Err(e) => Err(crate::errors::reclaim(py, e)),
+        }
     }
 
     /// ``await region.persisted_async(seq, timeout=None)``: ``wait_persisted`` for asyncio.

@@ -4,6 +4,7 @@
 //!
 //! # Contents
 //!
+//! - [`imports`]: the module import graph of a crate's `src/` and its cycles.
 //! - [`model`]: [`QueueModel`], a `VecDeque` reference model of the queue, and
 //!   [`check_entries`], which compares a region with it.
 //! - [`payload`]: [`payload_for`] (bytes that encode their seq) and [`check_image_payloads`].
@@ -29,6 +30,9 @@
 //!     files): `verify` and `restore` end the chain at the same link, which the oracle names,
 //!     and the restored image is that point's.
 //!
+//! - [`require`](require::require): a test that needs a tool or kernel feature runs or fails,
+//!   never passes silently (unless `SHMSNAP_TEST_ALLOW_MISSING` names what may be missing).
+//!
 //! Tests claim regions with [`CLIENT`] (or [`claim_id`]`(n)` for several claimants).
 //!
 //! Fuzz inputs are decoded by a cursor that yields zeros past the end (`input`), and region
@@ -39,10 +43,12 @@ pub mod attach_and_read;
 pub mod chain_agreement;
 pub mod host;
 mod image;
+pub mod imports;
 mod input;
 pub mod model;
 pub mod ops;
 pub mod payload;
+pub mod require;
 pub mod retain_arbitrary;
 pub mod snapshot_file;
 pub mod trace;

@@ -1,5 +1,6 @@
 //! One-run comparison report: every pair interleaved (A B A B …) in this process, medians and
-//! ratios, and the DESIGN §10 targets checked against them.
+//! ratios, the DESIGN §10 targets checked against them, and the rows of issue 27's table
+//! (`shmsnap_benches::targets`: met / NOT met, or "not measured here" with the reason).
 //!
 //! ```text
 //! cargo run -p shmsnap-benches --release --bin compare [-- --quick] [-- --only commit,recover,snapshot,replica]
@@ -24,6 +25,7 @@ use shmsnap_benches::incremental::{
 use shmsnap_benches::recover::{Recover, ENTRIES};
 use shmsnap_benches::report::{compare, fmt_ns, interleave, is_tmpfs, machine, median};
 use shmsnap_benches::snapshot::{SnapshotFixture, Touch, SIZES};
+use shmsnap_benches::targets::Issue27;
 use shmsnap_benches::triple;
 use shmsnap_benches::triple_snapshot::{self, TripleSnapshotFixture};
 use shmsnap_benches::Bench;
@@ -116,6 +118,8 @@ impl Target {
 struct Report {
     out: String,
     targets: Vec<Target>,
+    /// The rows of issue 27's table, filled in by the sections that measure them.
+    issue27: Issue27,
 }
 
 fn main() {
@@ -177,9 +181,10 @@ fn main() {
             if t.met() { "yes" } else { "**no**" }
         );
     }
+    let _ = writeln!(r.out, "\n## issue 27 targets\n\n{}", r.issue27.markdown());
     let _ = writeln!(
         r.out,
-        "\ntotal run time {:.1} s",
+        "total run time {:.1} s",
         started.elapsed().as_secs_f64()
     );
     print!("{}", r.out);
@@ -223,7 +228,11 @@ fn commit_section(opts: &Opts, r: &mut Report) {
                 o / w,
                 u / o
             );
+            if dest == Dest::Hot && n == 8 {
+                r.issue27.ratio("commit-8-hot", u / o);
+            }
             if dest == Dest::Hot && n == 64 {
+                r.issue27.ratio("commit-64-hot", o / c);
                 r.targets.push(Target {
                     what: "commit 64 B hot: ours/memcpy".into(),
                     ratio: o / c,
@@ -395,6 +404,17 @@ fn snapshot_section(opts: &Opts, dir: &std::path::Path, r: &mut Report) {
                 fmt_ns(t[1].ns),
                 t[0].ns / t[1].ns
             );
+            match (len >> 20, touch) {
+                (16, Touch::Sixteenth) => {
+                    r.issue27.ratio("snapshot-16", s[0].ns / s[1].ns);
+                    r.issue27.ratio("restore-16", t[0].ns / t[1].ns);
+                }
+                (256, Touch::Sixteenth) => {
+                    r.issue27.ratio("snapshot-256", s[0].ns / s[1].ns);
+                    r.issue27.ratio("restore-256", t[0].ns / t[1].ns);
+                }
+                _ => {}
+            }
             if len == 256 << 20 && touch == Touch::Sixteenth {
                 r.targets.push(Target {
                     what: "snapshot 256 MiB, 1/16 touched: ours/raw".into(),
@@ -467,6 +487,17 @@ fn triple_section(opts: &Opts, r: &mut Report) {
             x / t,
             x / c
         );
+        match n {
+            64 => {
+                r.issue27.ratio("triple-64-write", o / t);
+                r.issue27.ratio("triple-64-excl", x / t);
+            }
+            4096 => {
+                r.issue27.ratio("triple-4k-write", o / t);
+                r.issue27.ratio("triple-4k-excl", x / t);
+            }
+            _ => {}
+        }
         for (what, ratio) in [("write", o / t), ("write_exclusive", x / t)] {
             r.targets.push(Target {
                 what: format!("triple publish {} ({what}): ours/triple_buffer", size(n)),
@@ -553,6 +584,7 @@ fn durable_section(opts: &Opts, dir: &std::path::Path, r: &mut Report) {
     };
     let prompt = ns(&mut || f.prompt(1).expect("prompt"));
     let waited = ns(&mut || f.interval(1).expect("interval"));
+    r.issue27.value("ack-idle", fmt_ns(prompt));
     let _ = writeln!(
         r.out,
         "## durable (median commit-to-`persisted()` latency over {samples} commits; host interval {} ms)\n",
@@ -777,6 +809,10 @@ fn starvation_rows(opts: &Opts, dir: &std::path::Path, r: &mut Report) {
     for incremental in [false, true] {
         eprintln!("incremental: starvation, incremental = {incremental}");
         let s = incremental::starvation(dir, n, incremental).expect("starvation run");
+        if incremental {
+            r.issue27
+                .ratio("starve", s.persisted as f64 / s.attempts.max(1) as f64);
+        }
         let _ = writeln!(
             r.out,
             "| {} | {} | {} | {} | {} | {} ({:.1}) | {} | {} |",

@@ -8,7 +8,10 @@
 //!
 //! Arguments: `commit {ours|memcpy|words|upstream} BYTES {hot|advancing} [SECONDS]`,
 //! `snapshot {host|raw|restore|raw-restore} MIB {full|1/16} [SECONDS]`,
-//! `recover ENTRIES [SECONDS]`.
+//! `recover ENTRIES [SECONDS]`, `triple {write|exclusive|crate} BYTES [SECONDS]`.
+//!
+//! Under callgrind, `--toggle-collect='*Bench*run*'` counts the timed loops only; divide the
+//! instructions by the operation count printed at the end.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -16,13 +19,15 @@ use std::time::{Duration, Instant};
 use shmsnap_benches::commit::{Dest, Limit, Ours, Raw, Upstream};
 use shmsnap_benches::recover::Recover;
 use shmsnap_benches::snapshot::{SnapshotFixture, Touch};
+use shmsnap_benches::triple;
 use shmsnap_benches::{Bench, FnBench};
 
 fn usage() -> ! {
     eprintln!(
         "usage: profile commit {{ours|memcpy|words|upstream}} BYTES {{hot|advancing}} [SECONDS]\n\
          \x20      profile snapshot {{host|raw|restore|raw-restore}} MIB {{full|1/16}} [SECONDS]\n\
-         \x20      profile recover ENTRIES [SECONDS]"
+         \x20      profile recover ENTRIES [SECONDS]\n\
+         \x20      profile triple {{write|exclusive|crate}} BYTES [SECONDS]"
     );
     std::process::exit(2)
 }
@@ -51,6 +56,16 @@ fn main() {
                 _ => usage(),
             };
             (b, secs(4))
+        }
+        "triple" => {
+            let n: usize = arg(2).parse().unwrap_or_else(|_| usage());
+            let b: Box<dyn Bench> = match arg(1) {
+                "write" => Box::new(triple::Ours::new(n, false).expect("fixture")),
+                "exclusive" => Box::new(triple::Ours::new(n, true).expect("fixture")),
+                "crate" => Box::new(triple::Crate::new(n)),
+                _ => usage(),
+            };
+            (b, secs(3))
         }
         "recover" => {
             let e: u64 = arg(1).parse().unwrap_or_else(|_| usage());

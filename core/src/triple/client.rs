@@ -533,19 +533,28 @@ impl<M: WordMemory + ?Sized> WriteGrant<'_, '_, M> {
     pub fn publish(mut self) -> u64 {
         let c = &mut *self.client;
         let (mem, layout) = (c.mem, c.layout);
-        mem.store(layout.seq_word(self.buffer), self.seq, Ordering::Relaxed);
+        // One check for the three stores below (each `store` would check its own index).
+        assert!(self.buffer < layout.buffers, "a grant's buffer is below N");
+        // SAFETY: `buffer < N` (checked above) and the layout was validated against
+        // `mem.len()` in `attach` (`TripleLayout::read`: `region_len <= 8 mem.len()`), so the
+        // buffer's state line, inside the state page of the region, is in bounds.
+        unsafe { mem.store_in_bounds(layout.seq_word(self.buffer), self.seq, Ordering::Relaxed) };
         // SeqCst: a Release that publishes the buffer's words and its seq word stored above
         // (pairs with the host's compare-exchange in `freeze` and the Acquire loads in
         // `attach`), and a member of the single total order with the host's SeqCst scan: a
         // scan ordered after this store sees this publication (the take bound needs it).
-        mem.store(
-            layout.state_word(self.buffer),
-            ready(self.seq),
-            Ordering::SeqCst,
-        );
+        // SAFETY: as for the seq word (same state line).
+        unsafe {
+            mem.store_in_bounds(
+                layout.state_word(self.buffer),
+                ready(self.seq),
+                Ordering::SeqCst,
+            )
+        };
         c.newest = Some((self.buffer, self.seq));
         c.next_seq = self.seq + 1;
-        mem.store(words::NEXT_SEQ, c.next_seq, Ordering::Relaxed);
+        // SAFETY: `NEXT_SEQ` lies in the header page, inside every validated layout.
+        unsafe { mem.store_in_bounds(words::NEXT_SEQ, c.next_seq, Ordering::Relaxed) };
         self.published = true;
         self.seq
     }

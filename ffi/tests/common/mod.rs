@@ -146,19 +146,23 @@ pub const NATIVE_LIBS: &[&str] = &[
 /// the header and the static library; returns the executable (`SUFFIX` tells variants apart).
 /// Panics with the compiler's output on any warning or error.
 pub fn compile(name: &str, suffix: &str, extra: &[&str]) -> PathBuf {
+    let src = artifacts().examples.join(format!("{name}.c"));
+    compile_source(&src, &format!("{name}{suffix}"), extra)
+}
+
+/// As [`compile`], for the C file `src` (a test program), into the executable `exe_name`.
+pub fn compile_source(src: &Path, exe_name: &str, extra: &[&str]) -> PathBuf {
     let a = artifacts();
-    let exe = a.out.join(format!("{name}{suffix}"));
+    let exe = a.out.join(exe_name);
     // Build under a private name, then rename: tests of other binaries may compile the same
-    // example at the same time.
-    let tmp = a
-        .out
-        .join(format!(".{name}{suffix}.{}", std::process::id()));
+    // program at the same time.
+    let tmp = a.out.join(format!(".{exe_name}.{}", std::process::id()));
     let out = Command::new("cc")
         .args(["-Wall", "-Wextra", "-Werror", "-pthread"])
         .args(extra)
         .arg("-I")
         .arg(&a.include)
-        .arg(a.examples.join(format!("{name}.c")))
+        .arg(src)
         .arg(a.lib_dir.join("libshmsnap.a"))
         .args(NATIVE_LIBS)
         .arg("-o")
@@ -167,7 +171,8 @@ pub fn compile(name: &str, suffix: &str, extra: &[&str]) -> PathBuf {
         .expect("run cc");
     assert!(
         out.status.success(),
-        "cc {name}.c failed:\n{}{}",
+        "cc {} failed:\n{}{}",
+        src.display(),
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );

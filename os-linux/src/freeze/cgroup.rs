@@ -17,9 +17,10 @@ use std::time::{Duration, Instant};
 
 use rustix::event::{poll, PollFd, PollFlags, Timespec};
 use rustix::fs::inotify;
-use rustix::io::{retry_on_intr, Errno};
+use rustix::io::Errno;
 
-use super::{FreezeError, Frozen, Thaw};
+use super::error::FreezeError;
+use super::guard::{write_freeze, Frozen, Thaw};
 
 /// Longest sleep between two reads of `cgroup.events`, even without a notification.
 const RECHECK: Duration = Duration::from_millis(50);
@@ -128,26 +129,6 @@ fn wait_modified(watch: &OwnedFd, timeout: Duration, events: &Path) -> Result<()
         }
     }
     Ok(())
-}
-
-/// Writes `1` (freeze) or `0` (thaw) into a `cgroup.freeze`; thawing a cgroup that is gone is
-/// no error.
-pub(super) fn write_freeze(path: &Path, freeze: bool) -> Result<(), FreezeError> {
-    let value: &[u8] = if freeze { b"1" } else { b"0" };
-    let file = std::fs::OpenOptions::new().write(true).open(path);
-    let result = file.and_then(|f| {
-        retry_on_intr(|| rustix::io::write(&f, value))
-            .map(drop)
-            .map_err(Into::into)
-    });
-    match result {
-        Ok(()) => Ok(()),
-        Err(e) if !freeze && e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(FreezeError::io(
-            format!("write {} into {}", value[0] as char, path.display()),
-            e,
-        )),
-    }
 }
 
 /// Reads `frozen` from a `cgroup.events`.

@@ -4,31 +4,14 @@
 //! process (spaces, parentheses, anything), so the fields are found after the *last* `)`.
 //! A process or task that vanishes while it is read (`ENOENT`, `ESRCH`) is gone, not an error.
 
-use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use super::FreezeError;
+use super::error::FreezeError;
+use super::proc_task::Task;
 
 /// Longest `stat` line accepted (the kernel's is well under 1 KiB).
 const MAX_STAT: usize = 4096;
-
-/// A task (thread) of the group, with the state it was seen in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Task {
-    /// The process (thread group) id.
-    pub pid: i32,
-    /// The thread id.
-    pub tid: i32,
-    /// The state letter of `stat` (`R`, `S`, `D`, `T`, `t`, `Z`, ...).
-    pub state: char,
-}
-
-impl fmt::Display for Task {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "pid {} tid {} state {}", self.pid, self.tid, self.state)
-    }
-}
 
 /// `true` for a state in which a task cannot store into memory: stopped by a signal (`T`),
 /// stopped by a tracer (`t`), a zombie (`Z`) or dead (`X`).

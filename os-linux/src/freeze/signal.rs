@@ -18,8 +18,9 @@ use std::time::{Duration, Instant};
 use rustix::io::Errno;
 use rustix::process::{kill_process_group, Pid, Signal};
 
+use super::error::FreezeError;
+use super::guard::{Frozen, Thaw};
 use super::proc::{census, Scope};
-use super::{FreezeError, Frozen, Thaw};
 
 /// Longest sleep between two censuses.
 const MAX_BACKOFF: Duration = Duration::from_millis(1);
@@ -103,17 +104,6 @@ fn stop(pgid: Pid) -> Result<(), FreezeError> {
         }),
         Err(e) => Err(FreezeError::io(
             format!("send SIGSTOP to process group {}", pgid.as_raw_pid()),
-            e,
-        )),
-    }
-}
-
-/// `kill(-pgid, SIGCONT)`; a group that is gone left nothing stopped.
-pub(super) fn cont(pgid: Pid) -> Result<(), FreezeError> {
-    match kill_process_group(pgid, Signal::CONT) {
-        Ok(()) | Err(Errno::SRCH) => Ok(()),
-        Err(e) => Err(FreezeError::io(
-            format!("send SIGCONT to process group {}", pgid.as_raw_pid()),
             e,
         )),
     }

@@ -26,7 +26,7 @@ use tracing::{debug, info, warn};
 
 use super::{Code, Cx, OnUsr1, Schedule, Strategy};
 use crate::metrics::Metrics;
-use crate::snap::{Outcome, Point, Report};
+use crate::snap::{Outcome, Report};
 
 /// `--max-pause` when none is given (the command line's default too).
 pub const DEFAULT_MAX_PAUSE: Duration = Duration::from_secs(1);
@@ -121,20 +121,8 @@ impl Freeze {
         let written = t.elapsed();
         let stats = tmp.commit()?;
         Ok(Outcome::Persisted(Report {
-            point: Point::Base {
-                generation: cx.meta.generation,
-            },
-            generation: cx.meta.generation,
-            bytes: copy.bytes,
-            kept: 0,
-            dropped: 0,
-            newest_seq: 0,
-            copy: written,
-            validate: Duration::ZERO,
-            sync: stats.sync,
-            rename: stats.rename + stats.dir_sync,
-            unproven: None,
             pause: Some(pause),
+            ..super::exit::raw_report(cx, copy.bytes, written, &stats)
         }))
     }
 

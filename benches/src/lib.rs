@@ -34,6 +34,7 @@ pub const CLIENT: shmsnap_core::ClaimId = match shmsnap_core::ClaimId::from_pid(
 
 pub mod commit;
 pub mod durable;
+pub mod freeze;
 pub mod incremental;
 pub mod recover;
 pub mod replica;

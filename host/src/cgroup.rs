@@ -75,6 +75,9 @@ pub fn setup(mode: CgroupMode, state: &Path) -> Option<ClientCgroup> {
         }
     }
     let cg = ClientCgroup { dir };
+    // A host SIGKILLed in a freeze-strategy pause leaves the cgroup frozen: thaw it first, so
+    // nothing of it stays stuck should the kill below not empty it (DESIGN §17).
+    cg.thaw_leftover();
     let leftovers = cg.pids();
     if !leftovers.is_empty() {
         warn!(
@@ -118,6 +121,26 @@ impl ClientCgroup {
                 return;
             }
             std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    /// Writes `0` into `cgroup.freeze` if the cgroup is frozen (`frozen 1` in `cgroup.events`),
+    /// with a warning: a previous host was killed while it had the client frozen.
+    fn thaw_leftover(&self) {
+        let events = std::fs::read_to_string(self.dir.join("cgroup.events")).unwrap_or_default();
+        let frozen = shmsnap_linux::freeze::cgroup::parse_frozen(&events).unwrap_or(false);
+        let wants =
+            std::fs::read_to_string(self.dir.join("cgroup.freeze")).is_ok_and(|v| v.trim() == "1");
+        if !(frozen || wants) {
+            return;
+        }
+        warn!(
+            "cgroup {} was left frozen by a previous host (killed during a freeze-strategy pause); thawing it",
+            self.dir.display()
+        );
+        let freezer = shmsnap_linux::freeze::CgroupFreezer::new(&self.dir);
+        if let Err(e) = freezer.thaw_leftover() {
+            warn!("cannot thaw cgroup {}: {e}", self.dir.display());
         }
     }
 

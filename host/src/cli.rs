@@ -81,9 +81,29 @@ Strategies:
          buffer). shmsnap persists the newest published buffer at every interval (never
          starved: it copies one frozen buffer, not the region), skips when nothing new was
          published, and maps the region read-write (it flips the buffers' state words).
+  freeze Any program, snapshotted while it runs: every --interval (and on SIGUSR1, and when
+         the client exits) shmsnap stops the client's processes, copies the region's data,
+         resumes them, then writes and syncs the snapshot. A snapshot is exactly what a
+         SIGKILL of the client at that instant would leave (the exit strategy's promise,
+         every interval): a program that survives kill -9 under the exit strategy survives
+         a crash of shmsnap or the machine, losing at most one interval (plus the snapshot
+         time). The client is stopped by the cgroup freezer when shmsnap manages a cgroup for
+         it (--cgroup auto; invisible to the client except as lost time), else by SIGSTOP /
+         SIGCONT to its process group (visible: a parent sees the stop and the continue
+         through waitpid/SIGCHLD, a tracer sees them, a SIGCONT handler runs; processes
+         that left the group with setsid/setpgid are not stopped). --max-pause bounds the
+         stop: an attempt that would exceed it (a task in uninterruptible sleep, a copy too
+         long) is abandoned — the client resumes, a warning is logged and counted
+         (shmsnap_freeze_abandoned_total), the previous snapshot stays. The pause is logged
+         with each snapshot and exported as shmsnap_snapshot_phase_duration_seconds
+         {phase=\"pause\"}. Snapshot files are the exit strategy's (footer strategy \"exit\").
+         Nothing can stop a device or io_uring writing into the region. A shmsnap killed
+         during a pause never leaves the client stopped: with signals, PDEATHSIG kills it;
+         with the cgroup, the client dies with shmsnap and the next shmsnap thaws and kills
+         what is left in the cgroup.
 
 Signals:
-  SIGUSR1          take a snapshot now (queue and triple strategies)
+  SIGUSR1          take a snapshot now (queue, triple and freeze strategies)
   SIGTERM, SIGINT  forwarded to the client; after it exits (or --stop-timeout, then SIGKILL),
                    a final snapshot, then shmsnap exits: 0 when the final snapshot was
                    persisted or there was nothing new to persist (a requested stop that saved
@@ -234,6 +254,9 @@ pub enum StrategyArg {
     Queue,
     /// The newest whole state published into a shmsnap-core triple buffer.
     Triple,
+    /// Any client, snapshotted while it runs: every interval the client is stopped (cgroup
+    /// freezer, else SIGSTOP), its region copied, and it is resumed; see "Freeze strategy".
+    Freeze,
 }
 
 /// When to restart the client after it exits.
@@ -262,9 +285,14 @@ pub struct RunArgs {
     /// How snapshots are taken.
     #[arg(long, value_enum, default_value_t = StrategyArg::Exit)]
     pub strategy: StrategyArg,
-    /// Snapshot interval for the queue and triple strategies, e.g. 100ms, 2s.
+    /// Snapshot interval for the queue, triple and freeze strategies, e.g. 100ms, 2s.
     #[arg(long, value_name = "DURATION", value_parser = crate::time::parse_duration, default_value = "1s")]
     pub interval: Duration,
+    /// Freeze strategy: the longest the client may be stopped for one snapshot (freeze +
+    /// copy). An attempt that would stop it longer is abandoned: the client resumes, a
+    /// warning is logged and counted, nothing is persisted.
+    #[arg(long, value_name = "DURATION", value_parser = crate::time::parse_duration, default_value = "1s")]
+    pub max_pause: Duration,
     /// When to restart the client.
     #[arg(long, value_enum, default_value_t = RestartArg::OnFailure)]
     pub restart: RestartArg,
@@ -339,7 +367,10 @@ impl RunArgs {
                 StrategyArg::Exit => StrategyKind::Exit,
                 StrategyArg::Queue => StrategyKind::Queue,
                 StrategyArg::Triple => StrategyKind::Triple,
+                // A freeze snapshot is the image a SIGKILL of the client would leave.
+                StrategyArg::Freeze => StrategyKind::Exit,
             },
+            freeze_max_pause: (self.strategy == StrategyArg::Freeze).then_some(self.max_pause),
             restart: match self.restart {
                 RestartArg::Never => Restart::Never,
                 RestartArg::OnFailure => Restart::OnFailure,

@@ -18,8 +18,11 @@ pub struct RunConfig {
     pub state: PathBuf,
     /// The region's minimum size, whole pages (`--size`); `None`: the snapshot's, or 64M.
     pub size: Option<u64>,
-    /// The snapshot strategy (`--strategy`).
+    /// The kind of image the strategy writes (`--strategy`; `freeze` writes `Exit` images).
     pub strategy: StrategyKind,
+    /// `--strategy freeze`: the longest the client may be stopped (`--max-pause`); `None`
+    /// for the other strategies.
+    pub freeze_max_pause: Option<Duration>,
     /// Snapshot interval (`--interval`).
     pub interval: Duration,
     /// When the client is restarted (`--restart`).

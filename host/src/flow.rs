@@ -105,6 +105,8 @@ pub struct Report {
     /// For a base the queue strategy took because it could not prove that only the client's
     /// tracked mapping writes the region: why (`track::Unproven::label`, for the metrics).
     pub unproven: Option<&'static str>,
+    /// How long the client was stopped for this snapshot (freeze strategy), if it was.
+    pub pause: Option<Duration>,
 }
 
 /// One of the parties told about every persisted snapshot (the status area, a replica): the

@@ -66,6 +66,9 @@ pub enum Phase {
     Rename,
     /// Sending it to a replica (recorded by the uploader, [`Metrics::record_phase`]).
     Upload,
+    /// The time the client was stopped (freeze strategy): freeze, copy into the staging,
+    /// thaw.
+    Pause,
 }
 
 impl Phase {
@@ -77,6 +80,7 @@ impl Phase {
             Phase::Sync => "sync",
             Phase::Rename => "rename",
             Phase::Upload => "upload",
+            Phase::Pause => "pause",
         }
     }
 }
@@ -109,6 +113,12 @@ const UNPROVEN_REASONS: [&str; 4] = [
     "other_writer",
     "census_failed",
 ];
+
+/// The reasons of `shmsnap_freeze_abandoned_total`, each present at 0 from the first scrape:
+/// `timeout` (not stopped within --max-pause), `copy_timeout` (the copy would have run past
+/// it), and the freeze module's `io`, `unreadable`, `gone`.
+pub const FREEZE_ABANDON_REASONS: [&str; 5] =
+    ["timeout", "copy_timeout", "io", "unreadable", "gone"];
 
 /// Why the client stopped (the `cause` and `code` labels of `shmsnap_client_exits_total`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -299,6 +309,8 @@ pub struct Metrics {
     triple_refused: Counter,
     /// Dead clients' claims the host cleared before a restart (or at start).
     claims_reclaimed: Counter,
+    /// Freeze-strategy attempts abandoned (the client thawed, nothing persisted), by reason.
+    freeze_abandoned: Family<ReasonLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -335,6 +347,7 @@ impl Metrics {
             replica_state_now: Arc::default(),
             triple_refused: Counter::default(),
             claims_reclaimed: Counter::default(),
+            freeze_abandoned: Family::default(),
         };
         m.register_all(&mut r);
         Metrics {
@@ -363,6 +376,14 @@ impl Metrics {
             "Claims of dead clients on the region cleared by the host (before a restart, or at start for an inherited region)",
             self.claims_reclaimed.clone(),
         );
+        r.register(
+            "freeze_abandoned",
+            "Freeze-strategy snapshot attempts abandoned (client thawed, nothing persisted) by reason: timeout (not stopped within --max-pause), copy_timeout (the copy would have run past it), io, unreadable (/proc or cgroup.events), gone (the client exited)",
+            self.freeze_abandoned.clone(),
+        );
+        for reason in FREEZE_ABANDON_REASONS {
+            let _ = self.freeze_abandoned.get_or_create(&ReasonLabel { reason });
+        }
     }
 
     /// The snapshot families: attempts, phases, bytes, entries, generation, last persisted.
@@ -385,7 +406,7 @@ impl Metrics {
         }
         r.register_with_unit(
             "snapshot_phase_duration",
-            "Time spent in each phase of a snapshot: scan, copy, validate, sync, rename, upload",
+            "Time spent in each phase of a snapshot: scan, copy, validate, sync, rename, upload; pause: the time the client was stopped (freeze strategy)",
             Unit::Seconds,
             self.phase_seconds.clone(),
         );
@@ -471,6 +492,13 @@ impl Metrics {
             "What the replica uploader does: uploading (lease held, points reach the bucket), waiting (held up for now: no lease, an outage, retries), stopped (until a restart: lease lost, store unusable); 1 for the current state",
             self.replica_state.clone(),
         );
+    }
+
+    /// Counts one abandoned freeze (`reason`: one of [`FREEZE_ABANDON_REASONS`]).
+    pub fn freeze_abandoned(&self, reason: &'static str) {
+        self.freeze_abandoned
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
     }
 
     /// Counts one snapshot attempt: its result, phase times, bytes, entries and generation.

@@ -463,7 +463,11 @@ impl Snapshotter {
                 validate_ms = ms(r.validate),
                 sync_ms = ms(r.sync),
                 rename_ms = ms(r.rename),
-                "snapshot persisted ({why}) to {}",
+                "snapshot persisted ({why}){} to {}",
+                r.pause.map_or(String::new(), |p| format!(
+                    " after a {:.3} ms pause of the client",
+                    ms(p)
+                )),
                 self.target().display()
             ),
             Ok(Outcome::Skipped(reason)) => debug!("snapshot skipped ({why}): {reason}"),

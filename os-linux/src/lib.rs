@@ -8,6 +8,7 @@
 //! | [`client`] | client side: the region as one value ([`ClientRegion`]: memfd, mapping, claim id), its writer borrowed mutably, durability calls |
 //! | [`listen`] | client side: find the region fd the systemd way (`LISTEN_FDS`) |
 //! | [`copy`] | sparse copy of data extents (`SEEK_DATA`/`SEEK_HOLE`, `copy_file_range`, `sendfile`) |
+//! | [`freeze`] | stop a client's processes for a copy (cgroup freezer or `SIGSTOP` to its group), thawed by an RAII guard |
 //! | [`snapshot`] | snapshot file = image + footer (see `FOOTER.md`): open, write, verify (streamed, queue image checked), restore |
 //! | [`atomic_file`] | the one durable write of a file: temp file, `fdatasync`, rename (replace or not), directory `fsync`, one crash hook |
 //! | [`persist`] | atomic replace of a file with N kept generations |
@@ -90,6 +91,7 @@ pub mod atomic_file;
 pub mod chain;
 pub mod client;
 pub mod copy;
+pub mod freeze;
 pub mod handover;
 pub mod listen;
 pub mod mapping;

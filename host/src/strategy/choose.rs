@@ -1,9 +1,9 @@
-//! The one place a strategy kind (`--strategy`, and the rest of `run`'s configuration)
+//! The one place `run`'s configuration (`--strategy` and the options of each strategy)
 //! becomes a [`Strategy`].
 
 use shmsnap_linux::chain::CompactionPolicy;
 
-use super::{exit, queue, triple, Strategy, StrategyKind};
+use super::{exit, freeze, queue, triple, Strategy, StrategyKind};
 use crate::config::RunConfig;
 
 /// The strategy `kind` with the default compaction policy (tests).
@@ -15,6 +15,11 @@ pub fn from_kind(kind: StrategyKind) -> Box<dyn Strategy> {
 /// The strategy of `shmsnap run`'s configuration (`--strategy`, `--incremental`,
 /// `--compact-ratio`, `--compact-deltas`).
 pub fn from_config(config: &RunConfig) -> Box<dyn Strategy> {
+    // The freeze strategy writes the exit strategy's image (its kind is Exit): chosen by its
+    // own configuration, not by the image kind.
+    if let Some(max_pause) = config.freeze_max_pause {
+        return Box::new(freeze::Freeze::new(max_pause));
+    }
     from_kind_with(
         config.strategy,
         config.incremental.then_some(config.compaction),

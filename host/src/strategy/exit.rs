@@ -48,21 +48,35 @@ impl Strategy for Exit {
         let (_, copy) = snapshot::write_snapshot(cx.memfd, tmp.file(), len, cx.meta)?;
         let copied = t.elapsed();
         let stats = tmp.commit()?;
-        Ok(Outcome::Persisted(Report {
-            point: Point::Base {
-                generation: cx.meta.generation,
-            },
+        Ok(Outcome::Persisted(raw_report(
+            &cx, copy.bytes, copied, &stats,
+        )))
+    }
+}
+
+/// The report of a raw image (exit and freeze strategies) persisted as generation
+/// `cx.meta.generation`: `bytes` of data written in `copy`, then committed with `stats`.
+pub(super) fn raw_report(
+    cx: &Cx<'_>,
+    bytes: u64,
+    copy: Duration,
+    stats: &shmsnap_linux::persist::PersistStats,
+) -> Report {
+    Report {
+        point: Point::Base {
             generation: cx.meta.generation,
-            bytes: copy.bytes,
-            kept: 0,
-            dropped: 0,
-            newest_seq: 0,
-            scan: None,
-            copy: copied,
-            validate: Duration::ZERO,
-            sync: stats.sync,
-            rename: stats.rename + stats.dir_sync,
-            unproven: None,
-        }))
+        },
+        generation: cx.meta.generation,
+        bytes,
+        kept: 0,
+        dropped: 0,
+        newest_seq: 0,
+        copy,
+        validate: Duration::ZERO,
+        sync: stats.sync,
+        rename: stats.rename + stats.dir_sync,
+        scan: None,
+        unproven: None,
+        pause: None,
     }
 }

@@ -16,9 +16,11 @@
 //! | [`exit`] | a raw copy of the whole region once the client has exited (any client) |
 //! | [`queue`] | continuous consistent snapshots of a shmsnap-core queue (pre/copy/post) |
 //! | [`triple`] | the newest whole state a client published into a triple buffer (freeze/copy/release) |
+//! | [`freeze`] | any client, while it runs: stop its processes, copy the region, resume them |
 
 pub mod choose;
 pub mod exit;
+pub mod freeze;
 pub mod queue;
 pub mod triple;
 
@@ -110,6 +112,10 @@ pub trait Strategy: Send + fmt::Debug {
     /// Hands the strategy the host's metrics, for what it counts itself (the triple strategy:
     /// refused state words). The default counts nothing.
     fn attach_metrics(&mut self, _metrics: &crate::metrics::Metrics) {}
+
+    /// Tells the strategy the client's own cgroup (`--cgroup`), if the host manages one (the
+    /// freeze strategy freezes it). The default ignores it.
+    fn attach_cgroup(&mut self, _dir: Option<&std::path::Path>) {}
 
     /// `true` if the region holds nothing the last persisted snapshot lacks (then no snapshot
     /// is taken).

@@ -388,6 +388,7 @@ impl Queue {
             sync: info.stats.sync,
             rename: info.stats.publish,
             unproven: None,
+            pause: None,
         }))
     }
 
@@ -429,6 +430,7 @@ impl Queue {
             sync: stats.sync,
             rename: stats.rename + stats.dir_sync,
             unproven,
+            pause: None,
         }))
     }
 

@@ -244,6 +244,7 @@ impl Strategy for Triple {
             sync: stats.sync,
             rename: stats.rename + stats.dir_sync,
             unproven: None,
+            pause: None,
         }))
     }
 }

@@ -78,7 +78,8 @@ pub fn start(args: RunConfig) -> Result<Supervisor, Failure> {
         (Some(info), false) => Origin::Restored(info),
         (None, false) => Origin::Empty,
     };
-    let strategy = strategy::choose::from_config(&args);
+    let mut strategy = strategy::choose::from_config(&args);
+    strategy.attach_cgroup(cgroup.as_ref().map(crate::cgroup::ClientCgroup::dir));
     let schedule = strategy.schedule();
     let status_area = strategy.status_area();
     let restored_generation = restored.as_ref().map(|info| info.meta.generation);

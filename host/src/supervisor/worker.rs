@@ -281,6 +281,7 @@ fn record(result: &io::Result<Outcome>) -> SnapshotRecord {
                     (Phase::Sync, r.sync),
                     (Phase::Rename, r.rename),
                 ])
+                .chain(r.pause.map(|p| (Phase::Pause, p)))
                 .collect(),
             bytes_copied: r.bytes,
             entries_kept: r.kept,
@@ -384,6 +385,7 @@ mod tests {
             sync: ms(3),
             rename: ms(4),
             unproven: Some("other_writer"),
+            pause: None,
         }));
         assert_eq!(
             record(&persisted),

@@ -429,3 +429,21 @@ pub fn describe_fd(fd: impl AsFd) -> (u64, String) {
     .expect("readlink");
     (st.st_size as u64, link.to_string_lossy().into_owned())
 }
+
+/// xorshift64*: reproducible from a printed seed.
+pub struct Rng(pub u64);
+
+impl Rng {
+    /// The next number.
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    /// A number below `n`.
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}

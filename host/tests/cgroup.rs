@@ -56,18 +56,9 @@ impl TestCgroup {
     }
 }
 
-/// The mount point of the cgroup2 hierarchy's root.
+/// The mount point of the cgroup2 hierarchy's root (os-linux's reading of mountinfo).
 fn cgroup2_root() -> Result<PathBuf, String> {
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").map_err(|e| e.to_string())?;
-    mountinfo
-        .lines()
-        .find_map(|l| {
-            let (left, right) = l.split_once(" - ")?;
-            let mut f = left.split(' ');
-            (right.starts_with("cgroup2 ") && f.nth(3)? == "/").then(|| f.next())?
-        })
-        .map(PathBuf::from)
-        .ok_or_else(|| "no cgroup2 mount of the hierarchy's root".to_owned())
+    shmsnap_linux::freeze::cgroup::cgroup2_root().map_err(|e| e.to_string())
 }
 
 impl Drop for TestCgroup {

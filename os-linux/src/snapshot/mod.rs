@@ -33,7 +33,7 @@ mod file;
 mod footer;
 mod image;
 
-pub(crate) use crc::zeros_crc32c;
+pub(crate) use crc::{crc32c_combine, zeros_crc32c};
 pub use crc::{image_crc32c, CRC_CHUNK};
 pub use error::{SnapshotError, SnapshotErrorKind};
 pub(crate) use file::file_type_name;

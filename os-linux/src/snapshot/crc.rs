@@ -11,11 +11,11 @@
 //! same value but cost ~0.1 ms per call, a third of a 16 MiB 1/16-touched restore (benches/README).
 
 use std::io;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, BorrowedFd};
 
 use crc_fast::{checksum, CrcAlgorithm, Digest};
 
-use crate::copy::{file_len, for_each_extent, read_full_at};
+use crate::copy::{file_len, for_each_extent, read_full_at, write_all_at, CopyMethod, CopyStats};
 
 /// Largest buffer [`image_crc32c`] reads into (1 MiB).
 pub const CRC_CHUNK: usize = 1 << 20;
@@ -34,7 +34,52 @@ pub const CRC_CHUNK: usize = 1 << 20;
 ///
 /// `UnexpectedEof` if the file is shorter than `len`; the syscalls' errors.
 pub fn image_crc32c(fd: impl AsFd, len: u64) -> io::Result<u32> {
-    let fd = fd.as_fd();
+    crc_sweep(fd.as_fd(), len, CRC_CHUNK, |_, _| Ok(()))
+}
+
+/// Bytes per `pread`/`pwrite` of [`copy_crc32c`] (small enough that the `pwrite` reads the
+/// chunk the CRC just read from cache, as the chain restore's sweep does).
+pub(crate) const COPY_CHUNK: usize = 256 << 10;
+
+/// [`image_crc32c`] of bytes `0..len` of `src` that also writes every data chunk it reads to
+/// the same offset of `dst` (`pwrite`, the same bytes the CRC saw): one read of the data
+/// instead of a CRC pass and a copy pass. `dst`'s bytes in `0..len` should read as zeros
+/// beforehand (holes of `src` are not written). Holds at most [`COPY_CHUNK`] bytes.
+///
+/// # Errors
+///
+/// As [`image_crc32c`]; `dst`'s write errors. On error `dst` holds part of the data.
+pub(crate) fn copy_crc32c(
+    src: BorrowedFd<'_>,
+    dst: BorrowedFd<'_>,
+    len: u64,
+) -> io::Result<(u32, CopyStats)> {
+    let mut stats = CopyStats {
+        method: CopyMethod::Buffer,
+        ..CopyStats::default()
+    };
+    let mut last_end = None;
+    let crc = crc_sweep(src, len, COPY_CHUNK, |chunk, at| {
+        write_all_at(dst, chunk, at)?;
+        stats.bytes += chunk.len() as u64;
+        if last_end != Some(at) {
+            stats.extents += 1;
+        }
+        last_end = Some(at + chunk.len() as u64);
+        Ok(())
+    })?;
+    Ok((crc, stats))
+}
+
+/// The one CRC pass: walks the data extents of bytes `0..len` of `fd`, reads each in chunks
+/// of at most `chunk` bytes, CRCs them and hands each to `sink(bytes, offset)`; holes are
+/// folded in by [`crc32c_combine`] without being read.
+fn crc_sweep(
+    fd: BorrowedFd<'_>,
+    len: u64,
+    chunk: usize,
+    mut sink: impl FnMut(&[u8], u64) -> io::Result<()>,
+) -> io::Result<u32> {
     let flen = file_len(fd)?;
     if flen < len {
         return Err(io::Error::new(
@@ -45,7 +90,7 @@ pub fn image_crc32c(fd: impl AsFd, len: u64) -> io::Result<u32> {
     // CRC of the prefix so far; each extent's CRC is folded in with CRC combination, so a
     // hole costs O(log n) instead of feeding its zeros through the CRC.
     let mut crc = checksum(CrcAlgorithm::Crc32Iscsi, b"");
-    let buf_len = usize::try_from(len).map_or(CRC_CHUNK, |l| l.min(CRC_CHUNK));
+    let buf_len = usize::try_from(len).map_or(chunk, |l| l.min(chunk));
     let mut buf = vec![0u8; buf_len];
     for_each_extent(fd, len, |off, n, is_data| {
         let part = if is_data {
@@ -61,6 +106,7 @@ pub fn image_crc32c(fd: impl AsFd, len: u64) -> io::Result<u32> {
                     ));
                 }
                 d.update(&buf[..got]);
+                sink(&buf[..got], off + done)?;
                 done += got as u64;
             }
             d.finalize()

@@ -249,8 +249,8 @@ pub fn verify_path(path: &Path) -> Result<SnapshotInfo, SnapshotError> {
 ///
 /// # Errors
 ///
-/// Any [`verify`] error, in the same order; [`SnapshotErrorKind::RegionTooSmall`] (region
-/// untouched, as for every footer error); [`SnapshotErrorKind::Io`] if the copy fails. After
+/// Any [`verify`] error, in the same order; [`SnapshotErrorKind::RegionTooSmall`] for a
+/// file `verify` accepts (the region untouched, as for every footer error); [`SnapshotErrorKind::Io`] if the copy fails. After
 /// an error past the footer the region is empty; should emptying it fail as well, the error
 /// is an `Io` error saying the region still holds unverified bytes: drop the region. Without
 /// a path ([`restore_path`] adds it).
@@ -262,6 +262,8 @@ pub fn restore_into(
     let info = read_footer(snapshot)?;
     let region_len = region.len().map_err(SnapshotError::io)?;
     if info.image_len > region_len {
+        // Refused either way; a corrupt file is reported as such first, as by `verify`.
+        verify(snapshot)?;
         return Err(SnapshotErrorKind::RegionTooSmall {
             image: info.image_len,
             region: region_len,

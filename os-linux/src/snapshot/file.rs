@@ -604,7 +604,11 @@ mod tests {
     /// The region is empty: no page allocated, every byte zero.
     fn assert_nothing_applied(region: &Memfd) {
         let len = region.len().unwrap() as usize;
-        assert_eq!(region.allocated().unwrap(), 0, "a refused restore kept pages");
+        assert_eq!(
+            region.allocated().unwrap(),
+            0,
+            "a refused restore kept pages"
+        );
         let mut back = vec![1u8; len];
         read_full_at(region, &mut back, 0).unwrap();
         assert!(back.iter().all(|&b| b == 0), "a refused restore kept bytes");

@@ -270,9 +270,9 @@ pub fn restore_into(
         }
         .into());
     }
-    match apply_verified(snapshot, region, &info, region_len) {
+    match apply_verified(snapshot, region, &info) {
         Ok(stats) => Ok((info, stats)),
-        Err(e) => match empty_region(region, region_len) {
+        Err(e) => match region.clear() {
             Ok(()) => Err(e),
             Err(d) => Err(SnapshotError::io(io::Error::other(format!(
                 "{e}; emptying the region afterwards failed too ({d}): it holds unverified \
@@ -289,9 +289,8 @@ fn apply_verified(
     snapshot: BorrowedFd<'_>,
     region: &Memfd,
     info: &SnapshotInfo,
-    region_len: u64,
 ) -> Result<CopyStats, SnapshotError> {
-    empty_region(region, region_len).map_err(SnapshotError::io)?;
+    region.clear().map_err(SnapshotError::io)?;
     let (computed, stats) =
         copy_crc32c(snapshot, region.as_fd(), info.image_len).map_err(SnapshotError::io)?;
     if computed != info.image_crc {
@@ -303,23 +302,6 @@ fn apply_verified(
     }
     check_image(region, info, |_, _| {})?;
     Ok(stats)
-}
-
-/// `fallocate(PUNCH_HOLE | KEEP_SIZE)` over `0..len`: the region's pages are freed and read
-/// as zeros; its size (and seals) are kept.
-///
-/// # References
-///  - [Linux `fallocate`](https://man7.org/linux/man-pages/man2/fallocate.2.html)
-fn empty_region(region: &Memfd, len: u64) -> io::Result<()> {
-    rustix::io::retry_on_intr(|| {
-        rustix::fs::fallocate(
-            region,
-            rustix::fs::FallocateFlags::PUNCH_HOLE | rustix::fs::FallocateFlags::KEEP_SIZE,
-            0,
-            len,
-        )
-    })?;
-    Ok(())
 }
 
 /// [`open`]s `path` and [`restore_into`]s `region`; errors name the file.

@@ -11,7 +11,7 @@
 
 use core::sync::atomic::Ordering;
 
-use crate::format::{desc, read_word};
+use crate::format::{desc, read_word, DESCRIPTOR_BYTES};
 use crate::layout::Layout;
 use crate::memory::WordMemory;
 
@@ -109,12 +109,23 @@ pub fn read_descriptor_bytes(image: &[u8], layout: &Layout, slot: u64) -> Option
         return None;
     }
     let w = layout.desc_word(slot);
-    let d = Descriptor {
-        seq: read_word(image, w + desc::SEQ)?,
-        offset: read_word(image, w + desc::OFFSET)?,
-        length: read_word(image, w + desc::LENGTH)?,
-    };
+    let d = Descriptor::from_bytes(image.get(w * 8..)?.get(..DESCRIPTOR_BYTES as usize)?);
     d.is_valid_for(layout, slot).then_some(d)
+}
+
+impl Descriptor {
+    /// Decodes a descriptor from its bytes in an image (little-endian words named by
+    /// [`desc`]; a word past the end of `b` reads as 0) — the one decoding of a descriptor's
+    /// bytes, for copied images and snapshot files alike. Not validated: see
+    /// [`is_valid_for`](Descriptor::is_valid_for).
+    pub fn from_bytes(b: &[u8]) -> Descriptor {
+        let word = |f: usize| read_word(b, f).unwrap_or(0);
+        Descriptor {
+            seq: word(desc::SEQ),
+            offset: word(desc::OFFSET),
+            length: word(desc::LENGTH),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -4,7 +4,8 @@
 //! This module is the code's reference for `docs/FORMAT.md`. Everything that reads a region or
 //! an image — core itself, the host's `inspect`, fuzz targets, loom models, simulators and
 //! benches — names words through it instead of recomputing offsets by hand. It is read-only:
-//! constants, pure functions, and address arithmetic on a [`Layout`].
+//! constants and pure functions (the ring addressing on a [`Layout`](crate::Layout) is in
+//! `layout.rs`).
 //!
 //! # Words shared by every strategy
 //!
@@ -29,8 +30,6 @@
 
 use core::fmt;
 use core::ops::Range;
-
-use crate::layout::Layout;
 
 /// Page size the layout is expressed in.
 pub const PAGE_SIZE: u64 = 4096;
@@ -123,7 +122,7 @@ pub mod word {
     pub const CLAIM: usize = 64;
 }
 
-/// Word offsets within a descriptor (add to [`Layout::desc_word`]).
+/// Word offsets within a descriptor (add to [`Layout::desc_word`](crate::Layout::desc_word)).
 pub mod desc {
     /// `0` = empty; otherwise `(seq - 1) mod E == slot`, never repeated.
     pub const SEQ: usize = 0;
@@ -235,65 +234,10 @@ pub(crate) fn write_word(image: &mut [u8], i: usize, v: u64) -> bool {
     }
 }
 
-/// Ring addressing of a queue layout.
-///
-/// The arithmetic wraps instead of panicking: for a validated layout every result is in
-/// bounds; for a hand-made inconsistent one, callers that take a layout from outside
-/// bounds-check the result.
-impl Layout {
-    /// Word index of the first word of descriptor `slot` (`slot < entries`); add a
-    /// [`desc`] offset for a field.
-    #[inline]
-    pub fn desc_word(&self, slot: u64) -> usize {
-        (self
-            .desc_offset
-            .wrapping_add(slot.wrapping_mul(DESCRIPTOR_BYTES))
-            / 8) as usize
-    }
-
-    /// Which descriptor word `i` is: `(slot, field)` with `field` a [`desc`] offset, or `None`
-    /// if word `i` is outside the descriptor ring's `entries` descriptors.
-    pub fn desc_field(&self, i: usize) -> Option<(u64, usize)> {
-        let first = (self.desc_offset / 8) as usize;
-        let k = i.checked_sub(first)?;
-        let slot = (k / desc::WORDS) as u64;
-        (slot < self.entries).then_some((slot, k % desc::WORDS))
-    }
-
-    /// `true` if word `i` is the seq word of a descriptor.
-    pub fn is_seq_word(&self, i: usize) -> bool {
-        matches!(self.desc_field(i), Some((_, desc::SEQ)))
-    }
-
-    /// Position of stream offset `off` within the data ring (`off mod S`).
-    #[inline]
-    pub fn ring_pos(&self, off: u64) -> u64 {
-        off & self.data_size.wrapping_sub(1)
-    }
-
-    /// Byte offset in the region of stream offset `off` (its position in the data ring).
-    #[inline]
-    pub fn ring_byte(&self, off: u64) -> usize {
-        self.data_offset.wrapping_add(self.ring_pos(off)) as usize
-    }
-
-    /// The slot that holds sequence number `seq` (`seq >= 1`).
-    #[inline]
-    pub fn slot_of(&self, seq: u64) -> u64 {
-        seq.wrapping_sub(1) & self.entries.wrapping_sub(1)
-    }
-
-    /// Size of the part of an image that [`retain`](crate::retain) rewrites: header and
-    /// descriptor ring.
-    pub fn meta_len(&self) -> u64 {
-        self.data_offset
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::LayoutRequest;
+    use crate::{Layout, LayoutRequest};
 
     #[test]
     fn strategy_codes_round_trip_and_are_distinct() {

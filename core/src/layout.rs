@@ -8,8 +8,8 @@ use core::fmt;
 use core::sync::atomic::Ordering;
 
 use crate::format::{
-    read_word, word, HeaderWords, Strategy, DESCRIPTOR_BYTES, FORMAT_VERSION, MAGIC, MAX_DATA_SIZE,
-    MAX_ENTRIES, PAGE_SIZE,
+    desc, read_word, word, HeaderWords, Strategy, DESCRIPTOR_BYTES, FORMAT_VERSION, MAGIC,
+    MAX_DATA_SIZE, MAX_ENTRIES, PAGE_SIZE,
 };
 use crate::memory::WordMemory;
 
@@ -392,6 +392,61 @@ impl Hints {
             data_head: read_word(image, word::DATA_HEAD).unwrap_or(0),
             epoch: read_word(image, word::EPOCH).unwrap_or(0),
         }
+    }
+}
+
+/// Ring addressing of a queue layout.
+///
+/// The arithmetic wraps instead of panicking: for a validated layout every result is in
+/// bounds; for a hand-made inconsistent one, callers that take a layout from outside
+/// bounds-check the result.
+impl Layout {
+    /// Word index of the first word of descriptor `slot` (`slot < entries`); add a
+    /// [`desc`] offset for a field.
+    #[inline]
+    pub fn desc_word(&self, slot: u64) -> usize {
+        (self
+            .desc_offset
+            .wrapping_add(slot.wrapping_mul(DESCRIPTOR_BYTES))
+            / 8) as usize
+    }
+
+    /// Which descriptor word `i` is: `(slot, field)` with `field` a [`desc`] offset, or `None`
+    /// if word `i` is outside the descriptor ring's `entries` descriptors.
+    pub fn desc_field(&self, i: usize) -> Option<(u64, usize)> {
+        let first = (self.desc_offset / 8) as usize;
+        let k = i.checked_sub(first)?;
+        let slot = (k / desc::WORDS) as u64;
+        (slot < self.entries).then_some((slot, k % desc::WORDS))
+    }
+
+    /// `true` if word `i` is the seq word of a descriptor.
+    pub fn is_seq_word(&self, i: usize) -> bool {
+        matches!(self.desc_field(i), Some((_, desc::SEQ)))
+    }
+
+    /// Position of stream offset `off` within the data ring (`off mod S`).
+    #[inline]
+    pub fn ring_pos(&self, off: u64) -> u64 {
+        off & self.data_size.wrapping_sub(1)
+    }
+
+    /// Byte offset in the region of stream offset `off` (its position in the data ring).
+    #[inline]
+    pub fn ring_byte(&self, off: u64) -> usize {
+        self.data_offset.wrapping_add(self.ring_pos(off)) as usize
+    }
+
+    /// The slot that holds sequence number `seq` (`seq >= 1`).
+    #[inline]
+    pub fn slot_of(&self, seq: u64) -> u64 {
+        seq.wrapping_sub(1) & self.entries.wrapping_sub(1)
+    }
+
+    /// Size of the part of an image that [`retain`](crate::retain) rewrites: header and
+    /// descriptor ring.
+    pub fn meta_len(&self) -> u64 {
+        self.data_offset
     }
 }
 

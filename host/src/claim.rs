@@ -14,7 +14,7 @@ use shmsnap_linux::Memfd;
 use tracing::{info, warn};
 
 use crate::metrics::Metrics;
-use crate::strategy::Code;
+use crate::strategy::StrategyKind;
 
 /// Clears the claim a dead client left on `memfd`'s region (`when`: for the log line), if
 /// any; `true` if one was cleared (logged at info with the holder's pid, and counted in
@@ -22,10 +22,15 @@ use crate::strategy::Code;
 /// cleared only under a queue or triple header.
 ///
 /// Call it only when no client of the region can be running.
-pub fn reclaim(memfd: &Memfd, strategy: Code, metrics: Option<&Metrics>, when: &str) -> bool {
+pub fn reclaim(
+    memfd: &Memfd,
+    strategy: StrategyKind,
+    metrics: Option<&Metrics>,
+    when: &str,
+) -> bool {
     let whose = match strategy {
-        Code::Exit => ClaimWord::IfShmsnapHeader,
-        Code::Queue | Code::Triple => ClaimWord::Ours,
+        StrategyKind::Exit => ClaimWord::IfShmsnapHeader,
+        StrategyKind::Queue | StrategyKind::Triple => ClaimWord::Ours,
     };
     match reclaim_dead_claim(memfd, whose) {
         Ok(Some(holder)) => {

@@ -8,8 +8,10 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::cgroup::CgroupMode;
+use crate::config::{Restart, RestoreRequest, RunConfig, Source};
 use crate::exit::EXIT_CODES_HELP;
 use crate::logging::LogFormat;
+use shmsnap_core::Strategy as StrategyKind;
 use shmsnap_linux::chain::CompactionPolicy;
 
 /// Keep a program's in-memory state safe on disk, consistent even across SIGKILL.
@@ -261,7 +263,7 @@ pub struct RunArgs {
     #[arg(long, value_enum, default_value_t = StrategyArg::Exit)]
     pub strategy: StrategyArg,
     /// Snapshot interval for the queue and triple strategies, e.g. 100ms, 2s.
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "1s")]
+    #[arg(long, value_name = "DURATION", value_parser = crate::time::parse_duration, default_value = "1s")]
     pub interval: Duration,
     /// When to restart the client.
     #[arg(long, value_enum, default_value_t = RestartArg::OnFailure)]
@@ -279,11 +281,11 @@ pub struct RunArgs {
     #[arg(long, value_name = "NAME", default_value = shmsnap_linux::listen::DEFAULT_FD_NAME)]
     pub fd_name: String,
     /// How long to wait for the client to exit after forwarding SIGTERM/SIGINT, before SIGKILL.
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "10s")]
+    #[arg(long, value_name = "DURATION", value_parser = crate::time::parse_duration, default_value = "10s")]
     pub stop_timeout: Duration,
     /// Longest pause between restarts: the pause starts at 100ms and doubles after each quick
     /// failure (a run shorter than 10s), up to exactly this value.
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "10s")]
+    #[arg(long, value_name = "DURATION", value_parser = crate::time::parse_duration, default_value = "10s")]
     pub max_backoff: Duration,
     /// Run the client in a child cgroup of shmsnap's own (cgroup v2), killed whole; see
     /// "Processes" below.
@@ -316,25 +318,47 @@ pub struct RunArgs {
     /// What the replica keeps: N base generations (with their deltas), or those younger than
     /// a DURATION (e.g. 7d); the newest is always kept.
     #[arg(long, value_name = "N|DURATION", default_value = "3", requires = "replica",
-          value_parser = crate::replica::upload::parse_keep)]
-    pub replica_keep: crate::replica::upload::Keep,
+          value_parser = crate::config::parse_keep)]
+    pub replica_keep: crate::config::Keep,
     /// The client command and its arguments.
     #[arg(trailing_var_arg = true, required = true, value_name = "CMD")]
     pub command: Vec<OsString>,
 }
 
 impl RunArgs {
-    /// The compaction policy of `--compact-ratio` and `--compact-deltas`.
-    pub fn compaction(&self) -> CompactionPolicy {
-        CompactionPolicy {
-            max_ratio_percent: self.compact_ratio,
-            max_deltas: self.compact_deltas,
+    /// The plain configuration of these arguments.
+    pub fn into_config(self) -> RunConfig {
+        RunConfig {
+            incremental: self.strategy == StrategyArg::Queue
+                && self.incremental == IncrementalArg::Auto,
+            compaction: CompactionPolicy {
+                max_ratio_percent: self.compact_ratio,
+                max_deltas: self.compact_deltas,
+            },
+            strategy: match self.strategy {
+                StrategyArg::Exit => StrategyKind::Exit,
+                StrategyArg::Queue => StrategyKind::Queue,
+                StrategyArg::Triple => StrategyKind::Triple,
+            },
+            restart: match self.restart {
+                RestartArg::Never => Restart::Never,
+                RestartArg::OnFailure => Restart::OnFailure,
+                RestartArg::Always => Restart::Always,
+            },
+            state: self.state,
+            size: self.size,
+            interval: self.interval,
+            keep: self.keep,
+            fallback: self.fallback,
+            fd_name: self.fd_name,
+            stop_timeout: self.stop_timeout,
+            max_backoff: self.max_backoff,
+            cgroup: self.cgroup,
+            metrics: self.metrics,
+            replica: self.replica,
+            replica_keep: self.replica_keep,
+            command: self.command,
         }
-    }
-
-    /// Whether snapshots may be deltas: `--strategy queue` with `--incremental auto`.
-    pub fn incremental(&self) -> bool {
-        self.strategy == StrategyArg::Queue && self.incremental == IncrementalArg::Auto
     }
 }
 
@@ -407,7 +431,7 @@ pub struct RestoreArgs {
     #[arg(long, value_name = "OUT")]
     pub to: PathBuf,
     /// The newest point taken at or before TIME (RFC 3339 or @UNIX_SECONDS); see below.
-    #[arg(long, value_name = "TIME", value_parser = crate::restore::parse_time, conflicts_with = "seq")]
+    #[arg(long, value_name = "TIME", value_parser = crate::time::parse_time, conflicts_with = "seq")]
     pub at: Option<u64>,
     /// The newest point whose next_seq is at most N+1 (no entry past seq N); see below.
     #[arg(long, value_name = "N")]
@@ -420,6 +444,25 @@ pub struct RestoreArgs {
     /// Replace OUT if it exists.
     #[arg(long)]
     pub force: bool,
+}
+
+impl RestoreArgs {
+    /// The plain request of these arguments.
+    pub fn into_request(self) -> RestoreRequest {
+        let source = match (self.state, self.from) {
+            (Some(state), _) => Source::State(state),
+            (None, Some(url)) => Source::Replica(url),
+            (None, None) => unreachable!("clap requires --state or --from"),
+        };
+        RestoreRequest {
+            source,
+            to: self.to,
+            at: self.at,
+            seq: self.seq,
+            fallback: self.fallback,
+            force: self.force,
+        }
+    }
 }
 
 /// `shmsnap demo`.
@@ -450,13 +493,13 @@ pub enum Example {
         #[arg(long, default_value_t = 0)]
         limit: u64,
         /// Pause between commits, e.g. 1ms (0 for none).
-        #[arg(long, value_parser = parse_duration, default_value = "0s")]
+        #[arg(long, value_parser = crate::time::parse_duration, default_value = "0s")]
         pause: Duration,
         /// Primes per commit (one tail unit each).
         #[arg(long, default_value_t = 64)]
         batch: u64,
         /// After reaching --limit, stay alive (idle) this long before exiting, e.g. 1h.
-        #[arg(long, value_parser = parse_duration, default_value = "0s")]
+        #[arg(long, value_parser = crate::time::parse_duration, default_value = "0s")]
         linger: Duration,
         /// Every N commits, ask the host for a snapshot, wait until it is durable and print
         /// "acknowledged COUNT" (0: never). Needs `--strategy queue` (the host's status area).
@@ -470,7 +513,7 @@ pub enum Example {
         #[arg(long, default_value_t = 0)]
         generations: u64,
         /// Pause between generations, e.g. 1ms.
-        #[arg(long, value_parser = parse_duration, default_value = "0s")]
+        #[arg(long, value_parser = crate::time::parse_duration, default_value = "0s")]
         pause: Duration,
         /// Board side in cells (the board is SIDE x SIDE, a multiple of 8, 8 to 4096).
         #[arg(long, default_value_t = 256, value_parser = crate::examples::life::parse_side)]
@@ -493,7 +536,7 @@ pub enum Example {
         #[arg(long, default_value_t = 1000)]
         ops: u64,
         /// Pause between operations, e.g. 1ms.
-        #[arg(long, value_parser = parse_duration, default_value = "0s")]
+        #[arg(long, value_parser = crate::time::parse_duration, default_value = "0s")]
         pause: Duration,
     },
 }
@@ -538,11 +581,6 @@ pub fn parse_keep(s: &str) -> Result<usize, String> {
     }
 }
 
-/// Parses durations like `100ms`, `2s`, `1m 30s`.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s).map_err(|e| format!("{e} (use e.g. 100ms, 2s, 1m)"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -554,13 +592,11 @@ mod tests {
     }
 
     #[test]
-    fn sizes_and_durations_accept_suffixes() {
+    fn sizes_accept_suffixes() {
         assert_eq!(parse_size("64M"), Ok(64 << 20));
         assert_eq!(parse_size("4k"), Ok(4096));
         assert_eq!(parse_size("1G"), Ok(1 << 30));
         assert!(parse_size("lots").is_err());
-        assert_eq!(parse_duration("100ms"), Ok(Duration::from_millis(100)));
-        assert!(parse_duration("soon").is_err());
     }
 
     #[test]

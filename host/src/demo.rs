@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 
 use rustix::process::{Pid, Signal};
 
-use crate::cli::DemoArgs;
 use crate::exit::{Code, Failure};
 
 fn os(e: impl std::fmt::Display) -> Failure {
@@ -94,12 +93,12 @@ fn kill(pid: i32) -> Result<(), Failure> {
     rustix::process::kill_process(p, Signal::KILL).map_err(os)
 }
 
-/// Runs the demo.
+/// Runs the demo: SIGKILLs the client `kills` times; `keep_dir` keeps its directory.
 ///
 /// # Errors
 ///
 /// A [`Failure`] if the host or the client misbehave.
-pub fn run(args: &DemoArgs) -> Result<ExitCode, Failure> {
+pub fn run(kills: u32, keep_dir: bool) -> Result<ExitCode, Failure> {
     let me = std::env::current_exe().map_err(os)?;
     let dir: PathBuf = std::env::temp_dir().join(format!("shmsnap-demo-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|e| {
@@ -120,14 +119,14 @@ pub fn run(args: &DemoArgs) -> Result<ExitCode, Failure> {
         let mut host = Host::start(&me, &state)?;
         let (mut pid, k) = host.next_restored()?;
         println!("demo: client started with {k} primes");
-        for round in 1..=args.kills {
+        for round in 1..=kills {
             std::thread::sleep(Duration::from_millis(700));
             let t = Instant::now();
             kill(pid)?;
             let (new_pid, k) = host.next_restored()?;
             println!(
                 "demo: kill {round}/{}: SIGKILLed the client; the host kept its memory and restarted it after {:.0} ms with {k} primes, every one verified",
-                args.kills,
+                kills,
                 t.elapsed().as_secs_f64() * 1e3
             );
             pid = new_pid;
@@ -157,7 +156,7 @@ pub fn run(args: &DemoArgs) -> Result<ExitCode, Failure> {
         println!("demo: host stopped by SIGTERM ({status})");
         Ok(())
     })();
-    if args.keep_dir {
+    if keep_dir {
         println!("demo: kept {}", dir.display());
     } else {
         let _ = std::fs::remove_dir_all(&dir);

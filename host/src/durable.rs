@@ -30,8 +30,7 @@ use shmsnap_linux::status::{RequestWatch, StatusPublisher};
 use shmsnap_linux::{Mapping, Memfd};
 use tracing::{debug, warn};
 
-use crate::snap::Report;
-use crate::strategy::Origin;
+use crate::flow::{Origin, Report, Sink};
 
 /// How long the request watcher sleeps before looking again without a wake-up (a missed
 /// wake-up costs at most this much promptness, never a request).
@@ -123,6 +122,16 @@ pub fn published(publisher: &SharedPublisher, report: &Report) {
             replica_seq: p.last().replica_seq,
         };
         log_publish(p.publish(status), status, "after the snapshot");
+    }
+}
+
+/// The status area as a [`Sink`]: [`published`] after every persisted snapshot.
+#[derive(Debug)]
+pub struct StatusSink(pub SharedPublisher);
+
+impl Sink for StatusSink {
+    fn persisted(&self, report: &Report, _target: &std::path::Path) {
+        published(&self.0, report);
     }
 }
 
@@ -230,8 +239,9 @@ fn watch_loop(mut watch: RequestWatch, stop: &AtomicBool, mut request: impl FnMu
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cli::StrategyArg;
-    use crate::snap::{open_persister, Outcome, Snapshotter};
+    use crate::flow::Outcome;
+    use crate::snap::Snapshotter;
+    use crate::startup::{open_persister, prepare_region};
     use shmsnap_core::{status, LayoutRequest, Writer};
     use shmsnap_linux::snapshot;
     use shmsnap_linux::Protection;
@@ -270,7 +280,7 @@ mod tests {
 
     fn snapshotter(state: &Path, memfd: &Memfd, origin: Origin<'_>) -> Snapshotter {
         let persister = open_persister(state, 2).unwrap();
-        let strategy = crate::strategy::from_arg(StrategyArg::Queue);
+        let strategy = crate::strategy::choose::from_kind(shmsnap_core::Strategy::Queue);
         Snapshotter::new(persister, strategy, dup(memfd), origin).unwrap()
     }
 
@@ -362,7 +372,7 @@ mod tests {
         drop((rw, memfd));
 
         let persister = open_persister(&state, 2).unwrap();
-        let prepared = crate::snap::prepare_region(&persister, None, false).unwrap();
+        let prepared = prepare_region(&persister, None, false).unwrap();
         let info = prepared.restored.expect("restored");
         let map = Mapping::of_memfd(&prepared.memfd, Protection::ReadOnly).unwrap();
         // The image's status and request words are canonical zeros ...

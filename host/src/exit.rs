@@ -3,7 +3,8 @@
 use std::fmt;
 use std::process::ExitCode;
 
-/// What went wrong, as an exit code a script can act on.
+/// What went wrong, as an exit code a script can act on (not to be confused with a
+/// strategy's code in snapshot footers, `strategy::StrategyKind`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Code {
     /// 64: the command line is wrong.
@@ -31,7 +32,25 @@ pub enum Code {
     NotFound = 127,
 }
 
-/// The exit codes, for `--help`.
+impl Code {
+    /// Every exit code shmsnap itself chooses (`run` also forwards its client's statuses);
+    /// the test of `--help`'s table reads it.
+    #[cfg(test)]
+    pub const ALL: [Code; 10] = [
+        Code::Usage,
+        Code::DataErr,
+        Code::NoInput,
+        Code::Software,
+        Code::OsErr,
+        Code::CantCreat,
+        Code::IoErr,
+        Code::TempFail,
+        Code::Config,
+        Code::NotFound,
+    ];
+}
+
+/// The exit codes, for `--help` (a test checks it lists exactly `Code::ALL`).
 pub const EXIT_CODES_HELP: &str = "\
 Exit status:
   0    success (for `run`: the client exited with status 0, or a stop was requested with
@@ -108,49 +127,57 @@ pub fn requested_stop_status(final_snapshot: FinalSnapshot) -> u8 {
     }
 }
 
-/// The exit code for an error of `Persister::new` (opening the state file's directory and
-/// taking its lock): [`Code::TempFail`] when another host holds the lock, [`Code::Usage`]
-/// for an out-of-range `--keep`, [`Code::CantCreat`] otherwise (missing or unwritable
-/// directory, a symlink or a FIFO at the state path).
-pub fn persister_code(e: &std::io::Error) -> Code {
+/// A typed error of a part, as far as its exit code is concerned.
+#[derive(Debug, Clone, Copy)]
+pub enum Cause<'a> {
+    /// An I/O error reading or writing a file.
+    Io(&'a std::io::Error),
+    /// An error of `Persister::new` (opening the state file's directory, taking its lock).
+    OpenState(&'a std::io::Error),
+    /// An error reading or writing a snapshot file.
+    Snapshot(&'a shmsnap_linux::snapshot::SnapshotError),
+    /// An error reading or restoring a chain (a base and its deltas).
+    Chain(&'a shmsnap_linux::chain::ChainError),
+}
+
+/// The one mapping from an error to an exit code.
+///
+/// - I/O: [`Code::NoInput`] for a missing or unreadable file, [`Code::IoErr`] otherwise.
+/// - Opening the state: [`Code::TempFail`] when another host holds the lock, [`Code::Usage`]
+///   for an out-of-range `--keep`, [`Code::CantCreat`] otherwise (missing or unwritable
+///   directory, a symlink or a FIFO at the state path).
+/// - A snapshot: I/O as above, [`Code::NoInput`] for not a regular file, [`Code::Config`]
+///   for a region too small, [`Code::DataErr`] for anything corrupt.
+/// - A chain: the base's as a snapshot's, I/O as above, [`Code::NoInput`] for a point older
+///   than the chain, [`Code::Config`] for a region too small, [`Code::DataErr`] for a bad
+///   delta.
+pub fn code_of(cause: Cause<'_>) -> Code {
+    use shmsnap_linux::chain::ChainErrorKind as C;
     use shmsnap_linux::persist::StateError;
-    match StateError::of(e) {
-        Some(StateError::Locked { .. }) => Code::TempFail,
-        Some(StateError::KeepTooLarge { .. }) => Code::Usage,
-        _ => Code::CantCreat,
-    }
-}
-
-/// The exit code for a snapshot error.
-pub fn snapshot_code(e: &shmsnap_linux::snapshot::SnapshotError) -> Code {
-    use shmsnap_linux::snapshot::SnapshotErrorKind as K;
-    match e.kind() {
-        K::Io(source) => io_code(source),
-        K::NotRegularFile { .. } => Code::NoInput,
-        K::RegionTooSmall { .. } => Code::Config,
-        _ => Code::DataErr,
-    }
-}
-
-/// The exit code for a chain error: the base's as [`snapshot_code`], I/O as [`io_code`],
-/// [`Code::NoInput`] for a point older than the chain, [`Code::DataErr`] for a bad delta.
-pub fn chain_code(e: &shmsnap_linux::chain::ChainError) -> Code {
-    use shmsnap_linux::chain::ChainErrorKind as K;
-    match e.kind() {
-        K::Base(e) => snapshot_code(e),
-        K::Io(source) => io_code(source),
-        K::NotInChain { .. } => Code::NoInput,
-        K::RegionTooSmall { .. } => Code::Config,
-        _ => Code::DataErr,
-    }
-}
-
-/// The exit code for an I/O error.
-pub fn io_code(e: &std::io::Error) -> Code {
-    match e.kind() {
-        std::io::ErrorKind::NotFound => Code::NoInput,
-        std::io::ErrorKind::PermissionDenied => Code::NoInput,
-        _ => Code::IoErr,
+    use shmsnap_linux::snapshot::SnapshotErrorKind as S;
+    match cause {
+        Cause::Io(e) => match e.kind() {
+            std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied => Code::NoInput,
+            _ => Code::IoErr,
+        },
+        Cause::OpenState(e) => match StateError::of(e) {
+            Some(StateError::Locked { .. }) => Code::TempFail,
+            Some(StateError::KeepTooLarge { .. }) => Code::Usage,
+            _ => Code::CantCreat,
+        },
+        Cause::Snapshot(e) => match e.kind() {
+            S::Io(source) => code_of(Cause::Io(source)),
+            S::NotRegularFile { .. } => Code::NoInput,
+            S::RegionTooSmall { .. } => Code::Config,
+            _ => Code::DataErr,
+        },
+        Cause::Chain(e) => match e.kind() {
+            C::Base(e) => code_of(Cause::Snapshot(e)),
+            C::Io(source) => code_of(Cause::Io(source)),
+            C::NotInChain { .. } => Code::NoInput,
+            C::RegionTooSmall { .. } => Code::Config,
+            _ => Code::DataErr,
+        },
     }
 }
 
@@ -173,12 +200,60 @@ mod tests {
         let state = dir.path().join("s.snap");
         let _first = Persister::new(&state, 1).unwrap();
         let e = Persister::new(&state, 1).unwrap_err();
-        assert_eq!(persister_code(&e), Code::TempFail);
+        assert_eq!(code_of(Cause::OpenState(&e)), Code::TempFail);
         assert_eq!(Code::TempFail as u8, 75);
         assert!(EXIT_CODES_HELP.contains("75   another shmsnap host"));
         let e = Persister::new(&dir.path().join("missing/s"), 1).unwrap_err();
-        assert_eq!(persister_code(&e), Code::CantCreat);
+        assert_eq!(code_of(Cause::OpenState(&e)), Code::CantCreat);
         let e = Persister::new(&state, 1001).unwrap_err();
-        assert_eq!(persister_code(&e), Code::Usage);
+        assert_eq!(code_of(Cause::OpenState(&e)), Code::Usage);
+    }
+
+    /// Every code shmsnap chooses has its line in `--help`'s table, and every line of the
+    /// table (but the client's forwarded statuses) is one of them.
+    #[test]
+    fn the_help_table_lists_exactly_the_codes() {
+        let listed: Vec<u8> = EXIT_CODES_HELP
+            .lines()
+            .filter_map(|l| l.strip_prefix("  "))
+            .filter_map(|l| l.split_whitespace().next()?.parse().ok())
+            .collect();
+        let mut chosen: Vec<u8> = Code::ALL.iter().map(|&c| c as u8).collect();
+        chosen.push(0);
+        chosen.sort_unstable();
+        assert_eq!(listed, chosen, "{EXIT_CODES_HELP}");
+        // The exhaustive match: a new variant must be added to ALL (and so to the table).
+        for c in Code::ALL {
+            match c {
+                Code::Usage
+                | Code::DataErr
+                | Code::NoInput
+                | Code::Software
+                | Code::OsErr
+                | Code::CantCreat
+                | Code::IoErr
+                | Code::TempFail
+                | Code::Config
+                | Code::NotFound => {}
+            }
+        }
+    }
+
+    /// A point older than every state a chain holds is a missing input (66), as `restore`'s
+    /// help says, not corrupt data.
+    #[test]
+    fn a_point_outside_the_chain_is_no_input() {
+        use shmsnap_linux::chain::{ChainError, ChainErrorKind};
+        let e = ChainError::from(ChainErrorKind::NotInChain { at: "seq 1".into() });
+        assert_eq!(code_of(Cause::Chain(&e)), Code::NoInput);
+        assert_eq!(Code::NoInput as u8, 66);
+    }
+
+    #[test]
+    fn io_and_snapshot_errors_map_through_the_same_function() {
+        let missing = std::io::Error::from(std::io::ErrorKind::NotFound);
+        assert_eq!(code_of(Cause::Io(&missing)), Code::NoInput);
+        let other = std::io::Error::other("disk on fire");
+        assert_eq!(code_of(Cause::Io(&other)), Code::IoErr);
     }
 }

@@ -27,19 +27,20 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::ser::{Error as _, SerializeSeq};
 use serde::{Serialize, Serializer};
-use shmsnap_core::format::{self, desc, Strategy};
-use shmsnap_core::{Descriptor, Hints, Layout, LayoutError, DESCRIPTOR_BYTES, PAGE_SIZE};
+use shmsnap_core::format::Strategy;
+use shmsnap_core::{Descriptor, Hints, Layout, LayoutError};
 use shmsnap_linux::chain::{self, ChainError, ChainErrorKind, ChainListing, DataCrc, DeltaEntry};
-use shmsnap_linux::snapshot::{self, ImageSummary, SnapshotError, SnapshotInfo, FOOTER_LEN};
+use shmsnap_linux::snapshot::{
+    self, HeaderError, ImageSummary, QueueSlots, SlotState, SnapshotError, SnapshotInfo, FOOTER_LEN,
+};
 
-use crate::exit::{chain_code, io_code, snapshot_code, Code, Failure};
+use crate::chains::{chain_target, describe, generations};
+use crate::exit::{code_of, Cause, Code, Failure};
 use crate::progress;
-use crate::restore::{chain_target, describe, generations, rfc3339};
+use crate::time::rfc3339;
 
 /// Bytes of each payload shown.
 const PREVIEW: usize = 16;
-/// Descriptors read per `pread` (2048 × 32 bytes = 64 KiB), as os-linux's image check does.
-const CHUNK_SLOTS: u64 = 2048;
 
 #[derive(Debug, Serialize)]
 struct Report<'f> {
@@ -118,22 +119,17 @@ fn footer_only(file: &File, len: u64) -> Option<SnapshotInfo> {
     snapshot::decode_footer(&b).ok()
 }
 
-/// The header of a queue image: its layout and hints.
+/// The header of a queue image: its layout and hints (read by os-linux's image reader; the
+/// messages are inspect's).
 fn read_header(file: &File, image_len: u64) -> Result<(Layout, Hints), String> {
-    let mut page = vec![0u8; PAGE_SIZE.min(image_len) as usize];
-    file.read_exact_at(&mut page, 0)
-        .map_err(|e| e.to_string())?;
-    let words = format::header_words(&page).ok_or("image shorter than a header")?;
-    let layout = match Layout::from_header_words(&words, image_len) {
-        Ok(l) => l,
-        Err(LayoutError::Unconfigured) => {
-            return Err(
-                "the region was never configured by a client (no magic in its header)".into(),
-            )
+    snapshot::read_queue_header(file, image_len).map_err(|e| match e {
+        HeaderError::Short => "image shorter than a header".into(),
+        HeaderError::Layout(LayoutError::Unconfigured) => {
+            "the region was never configured by a client (no magic in its header)".into()
         }
-        Err(e) => return Err(e.to_string()),
-    };
-    Ok((layout, Hints::read_bytes(&page)))
+        HeaderError::Layout(e) => e.to_string(),
+        HeaderError::Io(e) => e.to_string(),
+    })
 }
 
 /// What one pass over the descriptor ring found.
@@ -148,10 +144,10 @@ struct Scan {
     problem: Option<String>,
 }
 
-/// Scans the whole descriptor ring, [`CHUNK_SLOTS`] descriptors at a time.
+/// Scans the whole descriptor ring, in chunks (os-linux's image reader).
 fn scan(file: &File, layout: &Layout, hints: &Hints) -> Result<Scan, String> {
     let mut scan = Scan::default();
-    for item in Slots::new(file, *layout, 0, layout.entries) {
+    for item in slots(file, *layout, 0, layout.entries) {
         let (slot, seq_word, d) = item.map_err(|e| e.to_string())?;
         let Some(d) = d else {
             if seq_word != 0 && scan.problem.is_none() {
@@ -174,80 +170,23 @@ fn scan(file: &File, layout: &Layout, hints: &Hints) -> Result<Scan, String> {
     Ok(scan)
 }
 
-/// Descriptors `first, first+1, ...` (`count` of them, wrapping at `E`) of a queue image, read
-/// in chunks: `(slot, seq word, the descriptor if valid for its slot)`.
-struct Slots<'f> {
-    file: &'f File,
+/// The slots `first, first+1, ...` (`count` of them, wrapping at `E`) of a queue image, read
+/// by os-linux's image reader: `(slot, seq word, the descriptor if valid for its slot)`.
+fn slots(
+    file: &File,
     layout: Layout,
-    /// Next slot, as an index `0..count` from `first`.
-    next: u64,
     first: u64,
     count: u64,
-    /// The chunk read last, and the index of its first slot.
-    buf: Vec<u8>,
-    buf_at: u64,
-}
-
-impl<'f> Slots<'f> {
-    fn new(file: &'f File, layout: Layout, first: u64, count: u64) -> Self {
-        Slots {
-            file,
-            layout,
-            next: 0,
-            first,
-            count: count.min(layout.entries),
-            buf: Vec::new(),
-            buf_at: 0,
-        }
-    }
-
-    /// Reads the chunk that starts at index `self.next`: up to [`CHUNK_SLOTS`] slots, not
-    /// past the end of the ring (the next chunk starts again at slot 0).
-    fn fill(&mut self) -> io::Result<()> {
-        let slot = (self.first + self.next) % self.layout.entries;
-        let n = CHUNK_SLOTS
-            .min(self.count - self.next)
-            .min(self.layout.entries - slot);
-        self.buf.resize((n * DESCRIPTOR_BYTES) as usize, 0);
-        // A validated layout's ring lies inside the image, before the data ring.
-        self.file.read_exact_at(
-            &mut self.buf,
-            self.layout.desc_offset + slot * DESCRIPTOR_BYTES,
-        )?;
-        self.buf_at = self.next;
-        Ok(())
-    }
-}
-
-impl Iterator for Slots<'_> {
-    type Item = io::Result<(u64, u64, Option<Descriptor>)>;
-
-    fn next(&mut self) -> Option<Self::Item> {
-        if self.next >= self.count {
-            return None;
-        }
-        let in_buf = (self.next - self.buf_at) * DESCRIPTOR_BYTES;
-        if self.buf.is_empty() || in_buf >= self.buf.len() as u64 {
-            if let Err(e) = self.fill() {
-                self.next = self.count;
-                return Some(Err(e));
-            }
-        }
-        let i = ((self.next - self.buf_at) as usize) * desc::WORDS;
-        let word = |f| format::read_word(&self.buf, i + f).unwrap_or(0);
-        let slot = (self.first + self.next) % self.layout.entries;
-        let d = Descriptor {
-            seq: word(desc::SEQ),
-            offset: word(desc::OFFSET),
-            length: word(desc::LENGTH),
-        };
-        self.next += 1;
-        Some(Ok((
-            slot,
-            d.seq,
-            d.is_valid_for(&self.layout, slot).then_some(d),
-        )))
-    }
+) -> impl Iterator<Item = io::Result<(u64, u64, Option<Descriptor>)>> + '_ {
+    QueueSlots::new(file, layout, first, count).map(|item| {
+        item.map(|s| {
+            let d = match s.state {
+                SlotState::Valid(d) => Some(d),
+                SlotState::Empty | SlotState::NotValid => None,
+            };
+            (s.slot, s.seq_word, d)
+        })
+    })
 }
 
 /// The entries of a queue image in seq order, streamed from the file when serialized or
@@ -293,7 +232,7 @@ impl<'f> Entries<'f> {
         let entry = |slot, d: Descriptor| Entry::read(file, &layout, slot, d);
         if hi - lo < layout.entries {
             // Seq order is slot order from the oldest entry's slot.
-            for item in Slots::new(file, layout, layout.slot_of(lo), layout.entries) {
+            for item in slots(file, layout, layout.slot_of(lo), layout.entries) {
                 if let (slot, _, Some(d)) = item.map_err(|e| self.read_failed(e))? {
                     f(entry(slot, d))?;
                 }
@@ -301,7 +240,7 @@ impl<'f> Entries<'f> {
             return Ok(());
         }
         let mut order = Vec::with_capacity(usize::try_from(self.count).unwrap_or(0));
-        for item in Slots::new(file, layout, 0, layout.entries) {
+        for item in slots(file, layout, 0, layout.entries) {
             if let (slot, _, Some(d)) = item.map_err(|e| self.read_failed(e))? {
                 order.push((d.seq, slot));
             }
@@ -309,7 +248,7 @@ impl<'f> Entries<'f> {
         order.sort_unstable();
         for (_, slot) in order {
             // One descriptor: the file is read again, so check it again.
-            if let Some(Ok((slot, _, Some(d)))) = Slots::new(file, layout, slot, 1).next() {
+            if let Some(Ok((slot, _, Some(d)))) = slots(file, layout, slot, 1).next() {
                 f(entry(slot, d))?;
             }
         }
@@ -362,13 +301,18 @@ impl Entry {
 
 /// Opens `path` without blocking on a FIFO, refusing anything but a regular file.
 fn open(path: &Path) -> Result<File, Failure> {
-    snapshot::open(path).map_err(|e| Failure::new(snapshot_code(&e), e.to_string()))
+    snapshot::open(path).map_err(|e| Failure::new(code_of(Cause::Snapshot(&e)), e.to_string()))
 }
 
 fn build<'f>(path: &Path, file: &'f File) -> Result<Report<'f>, Failure> {
     let file_len = file
         .metadata()
-        .map_err(|e| Failure::new(io_code(&e), format!("cannot stat {}: {e}", path.display())))?
+        .map_err(|e| {
+            Failure::new(
+                code_of(Cause::Io(&e)),
+                format!("cannot stat {}: {e}", path.display()),
+            )
+        })?
         .len();
     let verified: Result<SnapshotInfo, SnapshotError> = snapshot::verify(file);
     let footer = verified
@@ -403,7 +347,7 @@ fn build<'f>(path: &Path, file: &'f File) -> Result<Report<'f>, Failure> {
     }
     let mut problem = match &verified {
         Ok(_) => None,
-        Err(e) => Some((snapshot_code(e), e.to_string())),
+        Err(e) => Some((code_of(Cause::Snapshot(e)), e.to_string())),
     };
     if let Some(f) = footer.filter(|f| is_queue(f.meta.strategy)) {
         let queue_problem = add_queue(&mut report, path, file, f.image_len);
@@ -712,7 +656,7 @@ pub fn verify(path: &Path) -> Result<ExitCode, Failure> {
     });
     let (info, summary) = verified.map_err(|e| {
         let e = e.at(path);
-        Failure::new(snapshot_code(&e), e.to_string())
+        Failure::new(code_of(Cause::Snapshot(&e)), e.to_string())
     })?;
     let detail = match summary {
         ImageSummary::Queue {
@@ -747,7 +691,7 @@ pub fn verify(path: &Path) -> Result<ExitCode, Failure> {
 /// restore would use.
 fn verify_deltas(path: &Path) -> Result<String, Failure> {
     let dir = chain::chain_dir(&chain_target(path));
-    let failed = |e: ChainError| Failure::new(chain_code(&e), e.to_string());
+    let failed = |e: ChainError| Failure::new(code_of(Cause::Chain(&e)), e.to_string());
     let mut listing = ChainListing::load(path, &dir).map_err(failed)?;
     listing.check_points(DataCrc::Now).map_err(failed)?;
     if let Some(stop) = &listing.stop {
@@ -800,9 +744,12 @@ pub fn inspect(path: &Path, json: bool) -> Result<ExitCode, Failure> {
             format!("{}: cannot read the entries: {e}", path.display()),
         ));
     }
-    written
-        .and_then(|()| out.flush())
-        .map_err(|e| Failure::new(io_code(&e), format!("cannot write the report: {e}")))?;
+    written.and_then(|()| out.flush()).map_err(|e| {
+        Failure::new(
+            code_of(Cause::Io(&e)),
+            format!("cannot write the report: {e}"),
+        )
+    })?;
     Ok(if r.sound && r.chain.as_ref().is_none_or(|c| c.intact) {
         ExitCode::SUCCESS
     } else {
@@ -880,7 +827,8 @@ fn print_text(out: &mut impl Write, r: &Report<'_>) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use shmsnap_core::format::word;
+    use shmsnap_core::format::{desc, word};
+    use shmsnap_core::PAGE_SIZE;
     use shmsnap_core::{LayoutRequest, Writer};
     use shmsnap_linux::{Mapping, Memfd, Protection};
     use std::sync::atomic::Ordering;

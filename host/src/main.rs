@@ -4,11 +4,14 @@
 //! |---|---|
 //! | [`cgroup`] | the client's own cgroup, killed whole |
 //! | [`claim`] | one writer per region: clearing a dead client's claim before its restart |
-//! | [`cli`] | the command line |
+//! | [`cli`] | the command line, turned into [`config`] values |
+//! | [`config`] | what the commands are asked to do, as plain values (no clap below the CLI) |
 //! | [`supervisor`] | `run`: start, watch, restart the client; signals; the event loop |
 //! | [`strategy`] | one file per snapshot strategy, all answering the same questions |
-//! | [`snap`] | restore at start; consistent snapshots while the client runs |
+//! | [`startup`] | the start-up restore: the newest restorable point into a fresh region |
+//! | [`snap`] | consistent snapshots of the live region while the client runs |
 //! | [`inspect`] | `inspect` and `verify` of snapshot files and their chains |
+//! | [`chains`] | the restore library: a state's chains, a point picked and materialized |
 //! | [`restore`] | `restore`: one point of a chain (or of a replica) as a standalone snapshot file |
 //! | [`replica`] | replicas in object storage: upload, lease, `restore --from`, `inspect --replica` |
 //! | [`notify`] | systemd: fd store, `READY=1`, `STATUS=` |
@@ -16,20 +19,25 @@
 //! | [`demo`] | `demo`: the primes client under the host, SIGKILLed |
 //! | [`examples`] | bundled example clients (public client API only) |
 //! | [`exit`] | exit codes |
+//! | [`flow`] | the values passed between parts on a snapshot, and the sinks told of one |
 //! | [`metrics`] | Prometheus metrics and their HTTP endpoint (`--metrics`) |
 //! | [`watchdog`] | systemd watchdog pings while the loop makes progress |
 //! | [`logging`] | `--log-format text\|json` |
 //! | [`progress`] | progress bars on a terminal |
+//! | [`time`] | `--at` times, durations, RFC 3339 in messages |
 //! | [`generate`] | `completions` and `man` from the CLI definition |
 #![deny(unsafe_code)]
 
 mod cgroup;
+mod chains;
 mod claim;
 mod cli;
+mod config;
 mod demo;
 mod durable;
 mod examples;
 mod exit;
+mod flow;
 mod generate;
 mod inspect;
 mod logging;
@@ -39,8 +47,10 @@ mod progress;
 mod replica;
 mod restore;
 mod snap;
+mod startup;
 mod strategy;
 mod supervisor;
+mod time;
 mod watchdog;
 
 use std::process::ExitCode;
@@ -71,15 +81,15 @@ fn main() -> ExitCode {
     let log_format = cli.log_format;
     logging::init(log_format);
     let result = match cli.command {
-        Command::Run(args) => supervisor::run(args),
+        Command::Run(args) => supervisor::setup::run(args.into_config()),
         Command::Inspect(args) => match (&args.replica, &args.file) {
             (Some(url), _) => replica::inspect::inspect(url, args.json, args.verify),
             (None, Some(file)) => inspect::inspect(file, args.json),
             (None, None) => unreachable!("clap requires FILE or --replica"),
         },
         Command::Verify(args) => inspect::verify(&args.file),
-        Command::Restore(args) => restore::restore(&args),
-        Command::Demo(args) => demo::run(&args),
+        Command::Restore(args) => restore::run(&args.into_request()),
+        Command::Demo(args) => demo::run(args.kills, args.keep_dir),
         Command::Example(args) => match args.which {
             Example::Primes {
                 limit,

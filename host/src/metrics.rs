@@ -55,10 +55,6 @@ impl SnapshotResult {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
     /// Finding the written pages (incremental snapshots).
-    #[expect(
-        dead_code,
-        reason = "recorded once incremental snapshots exist (issue 15)"
-    )]
     Scan,
     /// Copying the region into the temporary file.
     Copy,
@@ -68,8 +64,7 @@ pub enum Phase {
     Sync,
     /// The `rename` that publishes it (and the rotation of older generations).
     Rename,
-    /// Sending it to a replica.
-    #[expect(dead_code, reason = "recorded once replicas exist (issue 15)")]
+    /// Sending it to a replica (recorded by the uploader, [`Metrics::record_phase`]).
     Upload,
 }
 
@@ -355,6 +350,23 @@ impl Metrics {
             "The shmsnap version (always 1)",
             Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]),
         );
+        self.register_snapshots(r);
+        self.register_client(r);
+        self.register_replica(r);
+        r.register(
+            "triple_refused_states",
+            "Triple snapshot attempts that refused the state words: a READY seq above what the client published, or a newest seq below the last persisted one within one client epoch",
+            self.triple_refused.clone(),
+        );
+        r.register(
+            "claims_reclaimed",
+            "Claims of dead clients on the region cleared by the host (before a restart, or at start for an inherited region)",
+            self.claims_reclaimed.clone(),
+        );
+    }
+
+    /// The snapshot families: attempts, phases, bytes, entries, generation, last persisted.
+    fn register_snapshots(&self, r: &mut Registry) {
         r.register(
             "snapshots",
             "Snapshot attempts by result: persisted, skipped (nothing committed), starved (no entry survived the copy), failed",
@@ -413,6 +425,10 @@ impl Metrics {
             self.last_persisted_unix.clone(),
         );
         r.register_collector(Box::new(self.age.clone()));
+    }
+
+    /// The client's families: starts, exits, the region's size.
+    fn register_client(&self, r: &mut Registry) {
         r.register(
             "client_starts",
             "Times the client was started",
@@ -429,6 +445,10 @@ impl Metrics {
             Unit::Bytes,
             self.region_size.clone(),
         );
+    }
+
+    /// The replica's families: lag, uploaded bytes, errors, backlog, state.
+    fn register_replica(&self, r: &mut Registry) {
         r.register_collector(Box::new(self.replica_lag.clone()));
         r.register_with_unit(
             "replica_uploaded",
@@ -451,16 +471,6 @@ impl Metrics {
             "What the replica uploader does: uploading (lease held, points reach the bucket), waiting (held up for now: no lease, an outage, retries), stopped (until a restart: lease lost, store unusable); 1 for the current state",
             self.replica_state.clone(),
         );
-        r.register(
-            "triple_refused_states",
-            "Triple snapshot attempts that refused the state words: a READY seq above what the client published, or a newest seq below the last persisted one within one client epoch",
-            self.triple_refused.clone(),
-        );
-        r.register(
-            "claims_reclaimed",
-            "Claims of dead clients on the region cleared by the host (before a restart, or at start for an inherited region)",
-            self.claims_reclaimed.clone(),
-        );
     }
 
     /// Counts one snapshot attempt: its result, phase times, bytes, entries and generation.
@@ -472,11 +482,7 @@ impl Metrics {
             })
             .inc();
         for &(phase, d) in &s.phases {
-            self.phase_seconds
-                .get_or_create(&PhaseLabel {
-                    phase: phase.label(),
-                })
-                .observe(d.as_secs_f64());
+            self.record_phase(phase, d);
         }
         self.copied_bytes.inc_by(s.bytes_copied);
         self.entries_kept.inc_by(s.entries_kept);
@@ -494,6 +500,15 @@ impl Metrics {
                 .map_or(0.0, |d| d.as_secs_f64());
             self.last_persisted_unix.set(unix);
         }
+    }
+
+    /// Records the time one phase of a snapshot took.
+    pub fn record_phase(&self, phase: Phase, d: Duration) {
+        self.phase_seconds
+            .get_or_create(&PhaseLabel {
+                phase: phase.label(),
+            })
+            .observe(d.as_secs_f64());
     }
 
     /// Records since when the replica is behind (`None`: caught up); the lag itself is computed

@@ -1,4 +1,4 @@
-//! Taking snapshots of the live region, and restoring one at start.
+//! Taking snapshots of the live region (the start-up restore is [`crate::startup`]).
 //!
 //! A [`Snapshotter`] owns everything a snapshot needs (region, mapping, persister, the
 //! strategy) and runs on the snapshot worker thread; what one attempt does is the strategy's
@@ -12,84 +12,25 @@
 //! hands the new region to the supervisor ([`Snapshotter::take_new_region`]), which passes it
 //! to the next client and the service manager's fd store.
 
-mod newest;
 mod repair;
-
-pub use newest::skippable;
 
 use std::io;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use rustix::process::Pid;
-use shmsnap_linux::chain;
-use shmsnap_linux::persist::{Persister, StateError};
-use shmsnap_linux::snapshot::{self, SnapshotInfo, SnapshotMeta};
+use shmsnap_linux::persist::Persister;
+use shmsnap_linux::snapshot::SnapshotMeta;
 use shmsnap_linux::{Mapping, Memfd};
 use tracing::{debug, error, info, warn};
 
 use shmsnap_core::PAGE_SIZE;
 
-use crate::exit::{persister_code, Code, Failure, FinalSnapshot};
-use crate::progress;
-use crate::strategy::{Cx, Origin, Strategy};
-
-/// What one snapshot attempt did.
-#[derive(Debug)]
-pub enum Outcome {
-    /// A snapshot was persisted.
-    Persisted(Report),
-    /// Nothing was persisted, for a harmless reason.
-    Skipped(String),
-    /// Nothing was persisted, for a harmless reason worth one info line (the strategy returns
-    /// it once, then [`Outcome::Skipped`] for the same reason).
-    Notice(String),
-    /// Nothing was persisted because the region is not what the strategy expects.
-    Invalid(String),
-    /// Entries existed but none survived the copy: the ring is too small for the copy time.
-    Starved {
-        /// Copy time.
-        copy: Duration,
-        /// Commits made during the copy.
-        commits_during_copy: u64,
-        /// Valid entries before the copy.
-        pre: u64,
-    },
-}
-
-/// Which file a persisted snapshot wrote: the point of the chain it added.
-///
-/// The file is found by name right after the snapshot is persisted, on the worker thread,
-/// before the next snapshot can rotate generations: a base is the persister's target
-/// (`--state FILE`), a delta is `chain::delta_name(base_generation, index)` in
-/// `chain::chain_dir(target)`. Whoever ships points elsewhere (replicas) opens the file then.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Point {
-    /// A full snapshot file (a base of the chain), generation `generation`.
-    Base {
-        /// The base's generation (its footer's).
-        generation: u64,
-    },
-    /// Delta `index` (1, 2, …) of the base of generation `base_generation`.
-    Delta {
-        /// The generation of the base the delta extends.
-        base_generation: u64,
-        /// The delta's position in its chain (1 = right after the base).
-        index: u32,
-    },
-}
-
-impl std::fmt::Display for Point {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Point::Base { generation } => write!(f, "base {generation}"),
-            Point::Delta {
-                base_generation,
-                index,
-            } => write!(f, "delta {index} of base {base_generation}"),
-        }
-    }
-}
+use crate::exit::{Code, Failure, FinalSnapshot};
+use crate::flow::{Origin, Outcome, Sink};
+use crate::startup::{fresh_region, newest, REGION_NAME};
+use crate::strategy::{Cx, Strategy};
+use crate::time::{ms, now_ns};
 
 /// The warning for a starved attempt: what happened, what is on disk, how to size the ring.
 fn starved_line(why: &str, pre: u64, copy: Duration, commits: u64, on_disk: &str) -> String {
@@ -100,34 +41,6 @@ fn starved_line(why: &str, pre: u64, copy: Duration, commits: u64, on_disk: &str
          commits' payload bytes",
         copy_ms = ms(copy),
     )
-}
-
-/// Figures of a persisted snapshot.
-#[derive(Debug, Clone, Copy)]
-pub struct Report {
-    /// What was written: a new base or a delta on the current one.
-    pub point: Point,
-    /// Generation number.
-    pub generation: u64,
-    /// Bytes of data extents copied.
-    pub bytes: u64,
-    /// Entries kept (queue strategy).
-    pub kept: u64,
-    /// Entries dropped because they changed during the copy.
-    pub dropped: u64,
-    /// Newest kept seq.
-    pub newest_seq: u64,
-    /// Phase timings.
-    pub copy: Duration,
-    /// Validation (post read, retain, footer with CRC).
-    pub validate: Duration,
-    /// fdatasync of the temp file.
-    pub sync: Duration,
-    /// Generation shuffle, rename and directory fsync.
-    pub rename: Duration,
-    /// For a base the queue strategy took because it could not prove that only the client's
-    /// tracked mapping writes the region: why (`track::Unproven::label`, for the metrics).
-    pub unproven: Option<&'static str>,
 }
 
 /// The snapshotter's running totals, for the `STATUS=` line.
@@ -159,9 +72,10 @@ pub struct Snapshotter {
     tally: Tally,
     /// Durability feedback: publishes each persisted snapshot (DESIGN §14).
     status: crate::durable::SharedPublisher,
-    /// Replica uploader (`--replica`): offered every persisted point; dropped with the
-    /// snapshotter (at the end of the worker thread), which ships what is pending first.
-    replica: Option<crate::replica::upload::Shipper>,
+    /// Told about every persisted snapshot, in order: the status area, then any attached
+    /// ([`Snapshotter::attach_sink`]; the replica uploader, dropped with the snapshotter at the
+    /// end of the worker thread, ships what is pending first).
+    sinks: Vec<Box<dyn Sink>>,
     /// `memfd` replaced the region the supervisor hands to clients and to the fd store
     /// (moved out of a sealed one, or repaired into a fresh one); cleared by
     /// [`Snapshotter::take_new_region`].
@@ -170,12 +84,6 @@ pub struct Snapshotter {
     metrics: Option<crate::metrics::Metrics>,
     /// Dead clients' claims cleared before the metrics were attached (at start).
     reclaimed_early: u64,
-}
-
-fn now_ns() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64)
 }
 
 impl Snapshotter {
@@ -201,7 +109,7 @@ impl Snapshotter {
         // killed at setup); an image carries none, except under the exit strategy.
         let reclaimed_early = u64::from(crate::claim::reclaim(
             &memfd,
-            strategy.code(),
+            strategy.kind(),
             None,
             "at start",
         ));
@@ -209,6 +117,7 @@ impl Snapshotter {
         let status = std::sync::Arc::new(std::sync::Mutex::new(
             crate::durable::publisher_at_start(&memfd, &map, origin, strategy.status_area()),
         ));
+        let sinks: Vec<Box<dyn Sink>> = vec![Box::new(crate::durable::StatusSink(status.clone()))];
         let on_disk = generation_floor(&persister, origin)?;
         let region_len = memfd
             .len()
@@ -223,7 +132,7 @@ impl Snapshotter {
             invalid: None,
             tally: Tally::default(),
             status,
-            replica: None,
+            sinks,
             replaced: false,
             metrics: None,
             reclaimed_early,
@@ -246,7 +155,7 @@ impl Snapshotter {
     pub fn reclaim_claim(&self) {
         crate::claim::reclaim(
             &self.memfd,
-            self.strategy.code(),
+            self.strategy.kind(),
             self.metrics.as_ref(),
             "after the client exited",
         );
@@ -257,24 +166,20 @@ impl Snapshotter {
         self.status.clone()
     }
 
-    /// Ships every persisted point to a replica from now on; offers the snapshot the region
-    /// was restored from (generation `restored`) first, so that a bucket missing it gets it
-    /// even if the client never commits again (one already there is not replaced).
-    pub fn attach_replica(
-        &mut self,
-        shipper: crate::replica::upload::Shipper,
-        restored: Option<u64>,
-    ) {
-        if let Some(generation) = restored {
-            let seq = self
-                .status
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .as_ref()
-                .map_or(0, |p| p.last().seq);
-            shipper.offer(Point::Base { generation }, &self.target(), seq);
-        }
-        self.replica = Some(shipper);
+    /// The newest seq published in the status area (0 without one): what the region was
+    /// restored with, before the first snapshot.
+    pub fn published_seq(&self) -> u64 {
+        self.status
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .as_ref()
+            .map_or(0, |p| p.last().seq)
+    }
+
+    /// Tells `sink` about every persisted snapshot from now on (after the status area and
+    /// the sinks attached before).
+    pub fn attach_sink(&mut self, sink: Box<dyn Sink>) {
+        self.sinks.push(sink);
     }
 
     /// The state file.
@@ -314,7 +219,7 @@ impl Snapshotter {
             )
         })?;
         let meta = SnapshotMeta {
-            strategy: self.strategy.code().code(),
+            strategy: self.strategy.kind().code(),
             generation,
             unix_time_ns: now_ns(),
         };
@@ -334,11 +239,11 @@ impl Snapshotter {
         let outcome = outcome?;
         match &outcome {
             Outcome::Persisted(r) => {
-                // Only now: a strategy returns `Persisted` after its commit returned.
-                crate::durable::published(&self.status, r);
-                if let Some(shipper) = &self.replica {
-                    // Now, before the next snapshot can rotate the file away.
-                    shipper.offer(r.point, &self.persister.target(), r.newest_seq);
+                // Only now: a strategy returns `Persisted` after its commit returned; and now,
+                // before the next snapshot can rotate the file away.
+                let target = self.persister.target();
+                for sink in &self.sinks {
+                    sink.persisted(r, &target);
                 }
                 self.on_disk = Some(r.generation);
                 self.tally.last_persisted = Some(Instant::now());
@@ -408,7 +313,7 @@ impl Snapshotter {
         self.log(&result, why);
         if corrupt {
             let meta = SnapshotMeta {
-                strategy: self.strategy.code().code(),
+                strategy: self.strategy.kind().code(),
                 generation: 0,
                 unix_time_ns: now_ns(),
             };
@@ -659,209 +564,10 @@ fn saved(result: &io::Result<Outcome>) -> FinalSnapshot {
     }
 }
 
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
-}
-
-/// The region the host runs with, and where it came from.
-#[derive(Debug)]
-pub struct Prepared {
-    /// The memfd.
-    pub memfd: Memfd,
-    /// The snapshot restored into it, if any.
-    pub restored: Option<SnapshotInfo>,
-}
-
-/// Takes the state file's lock, checks that its directory exists and is writable, and (under
-/// the lock) removes temp files a crashed earlier run left behind.
-///
-/// # Errors
-///
-/// [`Code::TempFail`] if another host holds the lock, [`Code::Usage`] for a `keep` beyond the
-/// maximum, [`Code::CantCreat`] otherwise ([`persister_code`]); the message names the file.
-pub fn open_persister(state: &Path, keep: usize) -> Result<Persister, Failure> {
-    let dir_msg = |e: &io::Error| {
-        let dir = state
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        Failure::new(
-            Code::CantCreat,
-            format!(
-                "cannot use state directory {} for {}: {e}",
-                dir.display(),
-                state.display()
-            ),
-        )
-    };
-    let persister = Persister::new(state, keep).map_err(|e| match persister_code(&e) {
-        // The lock, --keep and the file type have messages of their own, naming the file.
-        code @ (Code::TempFail | Code::Usage) => Failure::new(code, e.to_string()),
-        _ if StateError::of(&e).is_some() => Failure::new(Code::CantCreat, e.to_string()),
-        _ => dir_msg(&e),
-    })?;
-    // Probe writability now rather than at the first snapshot.
-    drop(persister.begin().map_err(|e| dir_msg(&e))?);
-    match persister.remove_stale_temps() {
-        Ok(0) => {}
-        Ok(n) => info!("removed {n} temp file(s) left by an interrupted snapshot"),
-        Err(e) => warn!("could not remove stale temp files: {e}"),
-    }
-    Ok(persister)
-}
-
-/// Creates the region and restores the newest restorable point into it: the newest
-/// generation's chain up to its first unsound link, or — when the newest generation yields
-/// no point — an older generation's, by the rules of [`newest`] (a corrupt base is skipped
-/// and renamed aside, never deleted; with `fallback` also one that cannot be read).
-///
-/// # Errors
-///
-/// A [`Failure`] naming the file and the problem; nothing was changed then.
-pub fn prepare_region(
-    persister: &Persister,
-    size: Option<u64>,
-    fallback: bool,
-) -> Result<Prepared, Failure> {
-    let target = persister.target();
-    let found = newest::restore_newest(
-        persister,
-        fallback,
-        now_ns() / 1_000_000_000,
-        |path, info| {
-            let t = Instant::now();
-            let size = region_size(size, Some((path, info)));
-            let memfd = fresh_region(size).map_err(|e| {
-                newest::RestoreError::Fatal(Failure::new(Code::OsErr, e.to_string()))
-            })?;
-            let report = restore(path, &chain::chain_dir(&target), &memfd)?;
-            Ok((report, (memfd, size, t.elapsed())))
-        },
-    )?;
-    let Some(found) = found else {
-        let size = region_size(size, None);
-        info!(
-            "no snapshot at {}; starting with an empty {size}-byte region",
-            target.display()
-        );
-        let memfd = fresh_region(size).map_err(|e| {
-            Failure::new(
-                Code::OsErr,
-                format!("cannot create a {size}-byte region: {e}"),
-            )
-        })?;
-        return Ok(Prepared {
-            memfd,
-            restored: None,
-        });
-    };
-    let (memfd, size, took) = found.value;
-    log_restored(&found.path, &found.info, &found.report, size, took);
-    Ok(Prepared {
-        memfd,
-        restored: Some(found.info),
-    })
-}
-
-/// The name of the region's memfd (`/proc/PID/maps` shows `/memfd:shmsnap-region`).
-pub const REGION_NAME: &str = "shmsnap-region";
-
-/// A new, empty region of `size` bytes, sealed against shrinking (a region is never shrunk).
-///
-/// # Errors
-///
-/// `memfd_create`, `ftruncate` or `fcntl` errors, saying which step failed.
-pub fn fresh_region(size: u64) -> io::Result<Memfd> {
-    let memfd = Memfd::create(REGION_NAME, size)
-        .map_err(|e| io::Error::new(e.kind(), format!("cannot create a {size}-byte memfd: {e}")))?;
-    memfd
-        .seal_against_shrink()
-        .map_err(|e| io::Error::new(e.kind(), format!("cannot seal the memfd: {e}")))?;
-    Ok(memfd)
-}
-
-/// The region's size: `--size` is a minimum, a larger snapshot is restored at its own size
-/// (a client may have grown its region); without `--size`, the snapshot's size or
-/// [`DEFAULT_SIZE`]. The choice is logged when a snapshot overrides `--size`. (A footer's
-/// image length is a nonzero multiple of 8, `--size` is checked by the command line: never
-/// 0.)
-fn region_size(size: Option<u64>, chosen: Option<(&Path, &SnapshotInfo)>) -> u64 {
-    match (size, chosen) {
-        (Some(s), Some((path, info))) if s < info.image_len => {
-            info!(
-                "{} is {} bytes, larger than --size {s}: the region is {} bytes",
-                path.display(),
-                info.image_len,
-                info.image_len
-            );
-            info.image_len
-        }
-        (Some(s), _) => s,
-        (None, Some((_, info))) => info.image_len,
-        (None, None) => DEFAULT_SIZE,
-    }
-}
-
-/// Restores the chain of base `path` (deltas in `dir`, the state file's chain directory, which
-/// every generation shares) into `memfd` ([`chain::restore_chain`]): the base, then
-/// every delta of its generation up to the first link that is not sound (the same answer as
-/// `verify`: footer, links, data CRC, the image check of each point), every CRC checked while
-/// copying (the memfd is private until the client starts: a mismatch drops nothing that
-/// matters). A link that ends the chain is named in a warning; the deltas after it are not
-/// applied. A progress bar on a terminal for a big base.
-fn restore(
-    path: &Path,
-    dir: &Path,
-    memfd: &Memfd,
-) -> Result<chain::RestoreReport, chain::ChainError> {
-    // Opened without blocking, regular files only (a FIFO planted at the path never blocks);
-    // here only for the progress bar: the chain restore opens its files the same way.
-    let file = snapshot::open(path)?;
-    let label = format!("restoring {}", path.display());
-    let report = progress::reading_file(&file, 1, &label, || {
-        chain::restore_chain(path, dir, memfd, chain::At::Latest)
-    })?;
-    if let Some(stop) = &report.listing.stop {
-        warn!(
-            "the chain of {} ends early: {stop}; restored the base and the {} delta(s) before \
-             it, {} later delta file(s) not applied",
-            path.display(),
-            report.listing.deltas.len(),
-            report.listing.ignored.len()
-        );
-    }
-    Ok(report)
-}
-
-/// The info line of a restore at start.
-fn log_restored(
-    path: &Path,
-    info: &SnapshotInfo,
-    report: &chain::RestoreReport,
-    size: u64,
-    took: Duration,
-) {
-    let applied = report.listing.deltas.len();
-    info!(
-        base_generation = info.meta.generation,
-        deltas = applied,
-        image_bytes = info.image_len,
-        data_bytes = report.bytes,
-        ms = ms(took),
-        "restored {} (base generation {}) plus {applied} delta(s) into a {size}-byte region \
-         ({} bytes of data copied; holes skipped)",
-        path.display(),
-        info.meta.generation,
-        report.bytes
-    );
-}
-
-/// Region size when neither `--size` nor a snapshot says otherwise.
-pub const DEFAULT_SIZE: u64 = 64 << 20;
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::startup::open_persister;
     use shmsnap_core::{LayoutRequest, Writer};
     use shmsnap_linux::Protection;
     use std::sync::atomic::{AtomicBool, Ordering};
@@ -905,7 +611,7 @@ mod tests {
         .unwrap();
         w.commit(b"persisted").unwrap();
         let dup = Memfd::from_fd(rustix::io::fcntl_dupfd_cloexec(&memfd, 0).unwrap()).unwrap();
-        let strategy = crate::strategy::from_arg(crate::cli::StrategyArg::Queue);
+        let strategy = crate::strategy::choose::from_kind(shmsnap_core::Strategy::Queue);
         // Not marked as persisted: the first attempt snapshots at once.
         let mut snap = Snapshotter::new(persister, strategy, dup, Origin::FdStore).unwrap();
         assert!(matches!(
@@ -969,7 +675,7 @@ mod tests {
         }
         let mut snap = Snapshotter::new(
             persister,
-            crate::strategy::from_arg(crate::cli::StrategyArg::Queue),
+            crate::strategy::choose::from_kind(shmsnap_core::Strategy::Queue),
             Memfd::from_fd(rustix::io::fcntl_dupfd_cloexec(&memfd, 0).unwrap()).unwrap(),
             // Not marked as persisted: the first attempt copies at once.
             Origin::FdStore,

@@ -1146,6 +1146,17 @@ fn metrics_show_a_replica_that_stopped_uploading() {
     wait_for_point(&root, SLOW, &h, "a first point", |_| true);
     let m = metrics_url(&h);
     let first = scrape(&m);
+    // Every upload is timed: the `upload` phase, recorded right after its object is put.
+    let uploads = "shmsnap_snapshot_phase_duration_seconds_count{phase=\"upload\"}";
+    let deadline = std::time::Instant::now() + SLOW;
+    while scrape(&m).get(uploads).copied().unwrap_or(0.0) < 1.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no upload timed:\n{}",
+            h.err.text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

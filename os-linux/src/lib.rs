@@ -9,6 +9,7 @@
 //! | [`listen`] | client side: find the region fd the systemd way (`LISTEN_FDS`) |
 //! | [`copy`] | sparse copy of data extents (`SEEK_DATA`/`SEEK_HOLE`, `copy_file_range`, `sendfile`) |
 //! | [`snapshot`] | snapshot file = image + footer (see `FOOTER.md`): open, write, verify (streamed, queue image checked), restore |
+//! | [`atomic_file`] | the one durable write of a file: temp file, `fdatasync`, rename (replace or not), directory `fsync`, one crash hook |
 //! | [`persist`] | atomic replace of a file with N kept generations |
 //! | [`noreplace`] | give a file its name without replacing one: `RENAME_NOREPLACE`, or a fallback the file system has, detected once |
 //! | [`reclaim`] | clear the claim of a dead holder, checked with `kill(2)` and `/proc`: for embedders without a supervisor |
@@ -85,6 +86,7 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod atomic_file;
 pub mod chain;
 pub mod client;
 pub mod copy;

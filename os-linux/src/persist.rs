@@ -49,7 +49,7 @@ use std::ffi::{OsStr, OsString};
 use std::fmt;
 use std::fs::File;
 use std::io;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -57,6 +57,7 @@ use std::time::{Duration, Instant};
 use rustix::fs::{AtFlags, FileType, FlockOperation, Mode, OFlags};
 use rustix::io::{retry_on_intr, Errno};
 
+use crate::atomic_file::{crash_point, AtomicFile, Rule};
 use crate::noreplace::NoReplace;
 
 /// The largest `keep` a [`Persister`] accepts: a bound on the renames of one persist.
@@ -262,12 +263,6 @@ impl Persister {
         n
     }
 
-    fn random_temp_name(&self) -> io::Result<OsString> {
-        let mut n = self.temp_prefix();
-        n.push(random_hex()?);
-        Ok(n)
-    }
-
     /// `openat(dir, ".<name>.tmp.<random>", O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC |
     /// O_RDWR, 0600)`—starts a persist; write the new content into [`TempFile::file`], then
     /// [`TempFile::commit`]. Dropping the guard uncommitted removes the temp file.
@@ -280,26 +275,12 @@ impl Persister {
     ///
     /// `openat`'s errors (`EACCES`, `ENOSPC`, `EROFS`, ...), naming the directory.
     pub fn begin(&self) -> io::Result<TempFile<'_>> {
-        loop {
-            let name = self.random_temp_name()?;
-            match rustix::fs::openat(
-                &self.dir,
-                name.as_os_str(),
-                OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::RDWR,
-                Mode::RUSR | Mode::WUSR,
-            ) {
-                Ok(fd) => {
-                    return Ok(TempFile {
-                        persister: self,
-                        name,
-                        file: Some(File::from(fd)),
-                    })
-                }
-                Err(Errno::EXIST) => continue, // 2^-64 odds; pick another name
-                Err(Errno::INTR) => continue,
-                Err(e) => return Err(annotate(e.into(), "create a temp file in", &self.dir_path)),
-            }
-        }
+        let inner = AtomicFile::create(self.dir.as_fd(), &self.dir_path, &self.temp_prefix())
+            .map_err(|e| annotate(e, "create a temp file in", &self.dir_path))?;
+        Ok(TempFile {
+            persister: self,
+            inner,
+        })
     }
 
     /// Runs `write` on a new temp file and commits it if `write` succeeds; on any error the temp
@@ -363,37 +344,19 @@ impl Persister {
     ///
     /// Errors reading the directory.
     pub fn generations(&self) -> io::Result<Vec<Generation>> {
-        let name = self.name.as_bytes();
-        let mut out = Vec::new();
-        for entry in self.dir_names()? {
-            let e = entry.as_bytes();
-            let index = if e == name {
-                Some(0)
-            } else if e.len() > name.len() + 1 && e.starts_with(name) && e[name.len()] == b'.' {
-                parse_index(&e[name.len() + 1..])
-            } else {
-                None
-            };
-            if let Some(index) = index {
-                out.push(Generation {
-                    index,
-                    path: self.dir_path.join(&entry),
-                });
-            }
-        }
-        out.sort_by_key(|g| g.index);
-        Ok(out)
+        let names = generation_names(&self.dir, &self.name)
+            .map_err(|e| annotate(e, "read directory", &self.dir_path))?;
+        Ok(names
+            .into_iter()
+            .map(|(index, entry)| Generation {
+                index,
+                path: self.dir_path.join(entry),
+            })
+            .collect())
     }
 
     fn dir_names(&self) -> io::Result<Vec<OsString>> {
-        let mut dir = rustix::fs::Dir::read_from(&self.dir)
-            .map_err(|e| annotate(e.into(), "read directory", &self.dir_path))?;
-        let mut names = Vec::new();
-        while let Some(entry) = dir.read() {
-            let entry = entry.map_err(|e| annotate(e.into(), "read directory", &self.dir_path))?;
-            names.push(OsStr::from_bytes(entry.file_name().to_bytes()).to_os_string());
-        }
-        Ok(names)
+        dir_names(&self.dir).map_err(|e| annotate(e, "read directory", &self.dir_path))
     }
 
     /// `(st_dev, st_ino)` of generation `i`, `None` if it does not exist.
@@ -465,26 +428,23 @@ impl Persister {
     }
 
     /// Steps 4–7 of the module docs, for the synced temp file `tmp`.
-    fn switch(&self, tmp: &OsStr, stats: &mut PersistStats) -> io::Result<()> {
+    fn switch(
+        &self,
+        tmp: &mut AtomicFile<BorrowedFd<'_>>,
+        stats: &mut PersistStats,
+    ) -> io::Result<()> {
         let t = Instant::now();
         let plan = self.plan()?;
         for &op in &plan.before {
             self.apply(op)?;
         }
-        rustix::fs::renameat(
-            &self.dir,
-            tmp,
-            &self.dir,
-            self.generation_name(0).as_os_str(),
-        )
-        .map_err(|e| annotate(e.into(), "rename the new snapshot into", &self.dir_path))?;
-        crash_point::step()?;
+        tmp.rename(self.generation_name(0).as_os_str(), Rule::Replace)
+            .map_err(|e| annotate(e, "rename the new snapshot into", &self.dir_path))?;
         stats.rename = t.elapsed();
 
         let t = Instant::now();
-        retry_on_intr(|| rustix::fs::fsync(&self.dir))
-            .map_err(|e| annotate(e.into(), "fsync directory", &self.dir_path))?;
-        crash_point::step()?;
+        tmp.sync_dir()
+            .map_err(|e| annotate(e, "fsync directory", &self.dir_path))?;
         stats.dir_sync = t.elapsed();
 
         let t = Instant::now();
@@ -494,6 +454,83 @@ impl Persister {
         stats.drop_old = t.elapsed();
         Ok(())
     }
+}
+
+/// `i` if `name` is `<target>.<i>`, the name of generation `i` of the state file named
+/// `target`: decimal, `i >= 1`, no leading zero, fits `usize`.
+pub fn generation_index(target: &[u8], name: &[u8]) -> Option<usize> {
+    parse_index(name.strip_prefix(target)?.strip_prefix(b".")?)
+}
+
+/// The generations of the file `name` in `dir` — `(0, name)` if it exists, `(i, <name>.<i>)`
+/// for each `<name>.<i>` — by index.
+fn generation_names(dir: impl AsFd, name: &OsStr) -> io::Result<Vec<(usize, OsString)>> {
+    let name = name.as_bytes();
+    let mut out: Vec<(usize, OsString)> = dir_names(dir)?
+        .into_iter()
+        .filter_map(|entry| {
+            let e = entry.as_bytes();
+            let index = if e == name {
+                Some(0)
+            } else {
+                generation_index(name, e)
+            };
+            Some((index?, entry))
+        })
+        .collect();
+    out.sort();
+    Ok(out)
+}
+
+/// The generations of `target` (the file itself, then `<target>.1`, `<target>.2`, … by
+/// index), those that exist, read without a [`Persister`]'s lock (a host may rotate them
+/// meanwhile: a reader checks what it read). Paths are `target` with the generation's file
+/// name.
+///
+/// # Errors
+///
+/// Errors opening or reading `target`'s directory.
+pub fn generations_of(target: &Path) -> io::Result<Vec<Generation>> {
+    let Some(name) = target.file_name() else {
+        let exists = target.symlink_metadata().is_ok();
+        return Ok(exists
+            .then(|| Generation {
+                index: 0,
+                path: target.to_path_buf(),
+            })
+            .into_iter()
+            .collect());
+    };
+    let dir_path = match target.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let dir = rustix::fs::open(
+        dir_path,
+        OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    Ok(generation_names(&dir, name)?
+        .into_iter()
+        .map(|(index, entry)| Generation {
+            index,
+            path: target.with_file_name(entry),
+        })
+        .collect())
+}
+
+/// The names in a directory.
+///
+/// # Errors
+///
+/// `getdents64`'s errors.
+pub(crate) fn dir_names(dir: impl AsFd) -> io::Result<Vec<OsString>> {
+    let mut d = rustix::fs::Dir::read_from(dir)?;
+    let mut names = Vec::new();
+    while let Some(entry) = d.read() {
+        names.push(OsStr::from_bytes(entry?.file_name().to_bytes()).to_os_string());
+    }
+    Ok(names)
 }
 
 /// Parses the `<i>` of `<name>.<i>`: decimal, no leading zero, fits `usize`.
@@ -656,59 +693,24 @@ impl Plan {
     }
 }
 
-/// A test-only cut: after `n` more directory operations of a persist, the next one fails as
-/// if the machine had stopped there (nothing after it runs). No-op outside tests.
-mod crash_point {
-    #[cfg(test)]
-    thread_local! {
-        static LEFT: std::cell::Cell<Option<usize>> = const { std::cell::Cell::new(None) };
-    }
-
-    /// Cut after `n` more steps (`None`: never).
-    #[cfg(test)]
-    pub(super) fn arm(n: Option<usize>) {
-        LEFT.with(|l| l.set(n));
-    }
-
-    /// Called after each step; fails once the armed count is used up.
-    #[cfg(test)]
-    pub(super) fn step() -> std::io::Result<()> {
-        LEFT.with(|l| match l.get() {
-            Some(0) => Err(std::io::Error::other("injected cut")),
-            Some(n) => {
-                l.set(Some(n - 1));
-                Ok(())
-            }
-            None => Ok(()),
-        })
-    }
-
-    #[cfg(not(test))]
-    #[inline(always)]
-    pub(super) fn step() -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 /// A temp file being written; removed on drop unless [`commit`](TempFile::commit)ted.
 #[derive(Debug)]
 #[must_use = "dropping a TempFile discards it; call commit() to replace the target"]
 pub struct TempFile<'a> {
     persister: &'a Persister,
-    name: OsString,
-    file: Option<File>,
+    /// The temp file in the persister's directory (`.<name>.tmp.<random>`).
+    inner: AtomicFile<BorrowedFd<'a>>,
 }
 
 impl TempFile<'_> {
     /// The open temp file (read-write, empty at first).
     pub fn file(&self) -> &File {
-        // Always Some until commit/drop consume it.
-        self.file.as_ref().expect("TempFile used after commit")
+        self.inner.file()
     }
 
     /// The temp file's path (for messages).
     pub fn path(&self) -> PathBuf {
-        self.persister.dir_path.join(&self.name)
+        self.inner.temp_path()
     }
 
     /// `fdatasync(temp)`, rotate generations, `renameat(temp, target)`, `fsync(dir)` — see the
@@ -724,28 +726,15 @@ impl TempFile<'_> {
     /// The syscalls' errors, naming the directory. An error from `fsync(dir)` or later means
     /// the new file is in place but possibly not yet durable.
     pub fn commit(mut self) -> io::Result<PersistStats> {
+        let dir_path = &self.persister.dir_path;
         let mut stats = PersistStats::default();
         let t = Instant::now();
-        if let Some(f) = &self.file {
-            retry_on_intr(|| rustix::fs::fdatasync(f)).map_err(|e| {
-                annotate(e.into(), "fdatasync temp file in", &self.persister.dir_path)
-            })?;
-        }
+        self.inner
+            .sync_data()
+            .map_err(|e| annotate(e, "fdatasync temp file in", dir_path))?;
         stats.sync = t.elapsed();
-        self.persister.switch(&self.name, &mut stats)?;
-        // Renamed: nothing left to clean up.
-        self.file = None;
+        self.persister.switch(&mut self.inner, &mut stats)?;
         Ok(stats)
-    }
-}
-
-impl Drop for TempFile<'_> {
-    fn drop(&mut self) {
-        if self.file.take().is_some() {
-            // Best effort: a failure here leaves a temp file for remove_stale_temps.
-            let _ =
-                rustix::fs::unlinkat(&self.persister.dir, self.name.as_os_str(), AtFlags::empty());
-        }
     }
 }
 
@@ -755,19 +744,3 @@ fn annotate(e: io::Error, what: &str, path: &Path) -> io::Error {
 
 #[cfg(test)]
 mod tests;
-
-/// 16 random hex digits (`getrandom`), for temp names no one can guess or pre-plant.
-///
-/// # Errors
-///
-/// `getrandom`'s errors.
-pub(crate) fn random_hex() -> io::Result<String> {
-    let mut r = [0u8; 8];
-    let mut got = 0;
-    while got < r.len() {
-        got += retry_on_intr(|| {
-            rustix::rand::getrandom(&mut r[got..], rustix::rand::GetRandomFlags::empty())
-        })?;
-    }
-    Ok(format!("{:016x}", u64::from_ne_bytes(r)))
-}

@@ -29,7 +29,7 @@ use std::fmt;
 use std::io;
 use std::time::{Duration, Instant};
 
-use shmsnap_core::{PreCopy, Retained};
+use shmsnap_core::{Hints, PreCopy, Retained, WordMemory};
 
 use crate::chain::{
     plan_runs, BaseReason, ChainError, CompactionPolicy, DeltaInfo, DeltaMeta, DeltaWriter, Next,
@@ -229,7 +229,7 @@ pub enum DeltaSnapshot<'p> {
 /// live one. No temp file is left.
 pub fn take_delta<'p>(
     persister: &'p Persister,
-    req: DeltaRequest<'_>,
+    mut req: DeltaRequest<'_>,
     scratch: &mut Scratch,
 ) -> Result<DeltaSnapshot<'p>, DeltaError> {
     let region = match open_region(req.map, scratch) {
@@ -253,6 +253,47 @@ pub fn take_delta<'p>(
             hints: hints_before,
         }));
     }
+    let planned = match scan_and_plan(&mut req, layout.meta_len(), len)? {
+        Ok(p) => p,
+        Err(rebase) => return Ok(DeltaSnapshot::Rebase(rebase)),
+    };
+    let mut writer = DeltaWriter::begin(persister, &req.parent, &planned.runs, layout.meta_len())?;
+    let t = Instant::now();
+    writer.copy_from(req.memfd)?;
+    let copied = Copied {
+        planned,
+        copy_time: t.elapsed(),
+        hints_before,
+    };
+    retain_into(writer, stamp, meta, &req, copied)
+}
+
+/// What the scan found and the runs a delta would carry.
+struct Planned {
+    /// The runs to copy (from [`plan_runs`]: sorted, granule-aligned, covering the meta pages).
+    runs: Vec<Run>,
+    /// Sum of the runs' lengths.
+    bytes: u64,
+    /// Pages the scan reported written.
+    written_pages: u64,
+    scan_time: Duration,
+}
+
+/// A delta's data copied into its writer, with the figures so far.
+struct Copied {
+    planned: Planned,
+    copy_time: Duration,
+    /// The hints before the copy (`pre`'s time).
+    hints_before: Hints,
+}
+
+/// Scans the written pages, plans the runs and asks the compaction policy: the runs of a
+/// delta, or the [`Rebase`] the policy wants instead.
+fn scan_and_plan(
+    req: &mut DeltaRequest<'_>,
+    meta_len: u64,
+    len: u64,
+) -> Result<Result<Planned, Rebase>, DeltaError> {
     // The scan comes after `pre`: every entry in `pre` had its payload stored before its seq
     // was published, so before the scan began; the scan therefore reports those pages (or an
     // earlier scan did and an earlier image copied them). Scanning before `pre` would let a
@@ -262,24 +303,37 @@ pub fn take_delta<'p>(
     let t = Instant::now();
     let written = req.scanner.scan(&req.range).map_err(DeltaError::Scan)?;
     let scan_time = t.elapsed();
-    let runs = plan_runs(
-        written.runs().iter().map(|&r| Run::from(r)),
-        layout.meta_len(),
-        len,
-    );
+    let runs = plan_runs(written.runs().iter().map(|&r| Run::from(r)), meta_len, len);
     let bytes: u64 = runs.iter().map(|r| r.len).sum();
     let c = req.chain;
     if let Next::Base(why) = req
         .policy
         .decide(c.base_bytes, c.deltas, c.delta_bytes, bytes)
     {
-        return Ok(DeltaSnapshot::Rebase(Rebase::Policy(why)));
+        return Ok(Err(Rebase::Policy(why)));
     }
-    let mut writer = DeltaWriter::begin(persister, &req.parent, &runs, layout.meta_len())?;
-    let t = Instant::now();
-    writer.copy_from(req.memfd)?;
-    let copy_time = t.elapsed();
+    Ok(Ok(Planned {
+        runs,
+        bytes,
+        written_pages: written.pages(),
+        scan_time,
+    }))
+}
 
+/// `post` and `retain` on the copied meta pages, written back into the delta: the pending
+/// delta, or [`DeltaSnapshot::Starved`] if no entry survived the copy.
+fn retain_into<'p, M: WordMemory + ?Sized>(
+    mut writer: DeltaWriter<'p>,
+    stamp: PreCopy<'_, '_, M>,
+    meta: &mut [u8],
+    req: &DeltaRequest<'_>,
+    copied: Copied,
+) -> Result<DeltaSnapshot<'p>, DeltaError> {
+    let Copied {
+        planned,
+        copy_time,
+        hints_before,
+    } = copied;
     let t = Instant::now();
     writer.read_image_at(meta, 0)?;
     let retained = stamp
@@ -304,10 +358,10 @@ pub fn take_delta<'p>(
             meta: delta_meta,
         },
         figures: DeltaFigures {
-            scan_time,
-            written_pages: written.pages(),
-            bytes,
-            runs: runs.len() as u64,
+            scan_time: planned.scan_time,
+            written_pages: planned.written_pages,
+            bytes: planned.bytes,
+            runs: planned.runs.len() as u64,
             copy_time,
             validate_time: t.elapsed(),
             retained,

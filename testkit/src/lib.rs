@@ -4,6 +4,7 @@
 //!
 //! # Contents
 //!
+//! - [`imports`]: the module import graph of a crate's `src/` and its cycles.
 //! - [`model`]: [`QueueModel`], a `VecDeque` reference model of the queue, and
 //!   [`check_entries`], which compares a region with it.
 //! - [`payload`]: [`payload_for`] (bytes that encode their seq) and [`check_image_payloads`].
@@ -42,6 +43,7 @@ pub mod attach_and_read;
 pub mod chain_agreement;
 pub mod host;
 mod image;
+pub mod imports;
 mod input;
 pub mod model;
 pub mod ops;

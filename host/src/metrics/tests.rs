@@ -68,6 +68,7 @@ fn persisted(generation: u64) -> SnapshotRecord {
     SnapshotRecord {
         result: Some(SnapshotResult::Persisted),
         phases: vec![
+            (Phase::Scan, Duration::from_micros(300)),
             (Phase::Copy, Duration::from_millis(3)),
             (Phase::Validate, Duration::from_micros(20)),
             (Phase::Sync, Duration::from_millis(2)),
@@ -118,6 +119,7 @@ fn scraped_values_move_with_the_recorded_events() {
     m.client_exited(ClientExit::Code(3));
     m.client_exited(ClientExit::SpawnFailed);
     m.record_snapshot(&persisted(7));
+    m.record_phase(Phase::Upload, Duration::from_millis(40));
     m.record_snapshot(&SnapshotRecord {
         unproven: Some("other_writer"),
         ..persisted(8)
@@ -175,6 +177,17 @@ fn scraped_values_move_with_the_recorded_events() {
         v("shmsnap_snapshot_phase_duration_seconds_count{phase=\"sync\"}"),
         2.0
     );
+    // The incremental scan (two persisted records) and the replica upload (one) are phases too.
+    assert_eq!(
+        v("shmsnap_snapshot_phase_duration_seconds_count{phase=\"scan\"}"),
+        2.0
+    );
+    assert_eq!(
+        v("shmsnap_snapshot_phase_duration_seconds_count{phase=\"upload\"}"),
+        1.0
+    );
+    let upload_sum = v("shmsnap_snapshot_phase_duration_seconds_sum{phase=\"upload\"}");
+    assert!((upload_sum - 0.04).abs() < 1e-9, "{upload_sum}");
     let copy_sum = v("shmsnap_snapshot_phase_duration_seconds_sum{phase=\"copy\"}");
     assert!((copy_sum - 0.007).abs() < 1e-9, "{copy_sum}");
     // 3 ms and 1 ms lie in the 4 ms bucket (0.5 ms doubling), 2 ms syncs in the 2 ms one.

@@ -28,10 +28,10 @@ use std::collections::BTreeMap;
 
 use shmsnap_linux::{chain, snapshot};
 
+use super::fetch::{download, download_base, store_failure, Missing, WorkDir};
 use super::layout::{point_key, Generation, Listing, Object, PointId};
 use super::lease::{self, now_ms, Body};
-use super::restore::{download, download_base, store_failure, Missing, WorkDir};
-use super::Replica;
+use super::store::Replica;
 use crate::exit::{Code, Failure};
 
 #[derive(Debug, Serialize)]
@@ -144,7 +144,7 @@ fn report(replica: &Replica, listing: &Listing, lease: Option<Body>) -> Report {
 /// report) if a point is bad.
 pub fn inspect(url: &str, json: bool, verify: bool) -> Result<ExitCode, Failure> {
     let replica = Replica::open(url)?;
-    let rt = super::runtime()?;
+    let rt = super::store::runtime()?;
     let listing = rt
         .block_on(Listing::load(&replica))
         .map_err(|e| store_failure(&replica, "cannot list", &e))?;
@@ -297,7 +297,7 @@ fn text(r: &Report) -> String {
                 s,
                 "lease        {} until {}{}",
                 l.body.holder,
-                crate::restore::rfc3339(l.body.expires_unix_ms.saturating_mul(1_000_000)),
+                crate::time::rfc3339(l.body.expires_unix_ms.saturating_mul(1_000_000)),
                 if l.expired { " (expired)" } else { "" }
             );
         }

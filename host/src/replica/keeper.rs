@@ -16,7 +16,7 @@ use tracing::{info, warn};
 
 use super::lease::{now_ms, Holder, Lease, LeaseError, Renewed};
 use super::probe::{self, ProbeError};
-use super::Replica;
+use super::store::Replica;
 use crate::exit::{Code, Failure};
 use crate::metrics::{Metrics, ReplicaState};
 
@@ -109,7 +109,7 @@ impl Keeper {
         if let Some(l) = &lease {
             state.held(l);
         }
-        let rt = super::runtime()?;
+        let rt = super::store::runtime()?;
         let mut run = Run {
             replica,
             lease,

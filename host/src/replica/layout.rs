@@ -18,7 +18,7 @@ use futures_util::TryStreamExt;
 use object_store::path::Path as Key;
 use object_store::ObjectMeta;
 
-use super::Replica;
+use super::store::Replica;
 
 /// A point of a chain, as the bucket names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]

@@ -1,33 +1,11 @@
-//! One writer per prefix: the lease object `PREFIX/lease` (DESIGN §12, FORMAT "Lease").
-//!
-//! The lease is a small JSON object `{"holder": {...}, "expires_unix_ms": N}`. The holder
-//! names the machine, the state file, the pid and a random **run id** drawn once per host run:
-//! the run id is how a host recognises its own writes. A host:
-//!
-//! - **takes** it with a create-only put (`PutMode::Create`, S3 `If-None-Match: *`) when there
-//!   is none; over an existing one (a conditional update, `PutMode::Update`, S3 `If-Match` on
-//!   its e-tag) only if it expired, or if its holder is on the same machine with the same
-//!   canonical state path (a restarted host: the local `flock` on the state file already
-//!   guarantees one host per state file on a machine);
-//! - **renews** it with a conditional update on the e-tag of its last write;
-//! - **resolves every doubtful outcome by reading the lease**: a renewal whose answer is lost
-//!   (a timeout, a reset, a 5xx) may have been applied, and then its retry gets 412 although
-//!   nobody else wrote. So after any failed or refused write the lease is read back: holder
-//!   with this run id → the write (or an earlier one) landed: its e-tag is adopted
-//!   ([`Renewed::Held`]); another holder → **lost** ([`LeaseError::Lost`]); no lease at all (a
-//!   wiped prefix, a deleted object) → re-created with a create-only put
-//!   ([`Renewed::Recreated`]: the caller uploads a new base, the bucket may be empty); the
-//!   read itself fails → still doubtful ([`LeaseError::Store`]): the caller retries, and
-//!   stops uploading once the lease it last confirmed ran out ([`Lease::valid_until_ms`]);
-//! - never deletes it (an expired lease is as good as none, and deleting races with a taker).
-//!
-//! The renewing is done by [`super::keeper`] on its own thread, so that no upload delays it.
-//!
-//! The `file://` backend has no conditional update (`object_store`'s local store refuses
-//! `PutMode::Update`). There, taking an existing lease and renewing are a read, a compare of
-//! the holder with this run, and an overwrite: two hosts racing inside that window can both
-//! believe they hold it. Creating the first lease is still exclusive (a hard link). Use
-//! `file://` for one machine or for tests; S3 for a shared prefix.
+//! One writer per prefix: the lease object `PREFIX/lease` (`{"holder": {...},
+//! "expires_unix_ms": N}`, docs/FORMAT.md "Lease"): taken with a create-only put (or a
+//! conditional update of an expired one, or of this machine's own state path), renewed with a
+//! conditional update on its e-tag, never deleted; every doubtful outcome is resolved by
+//! reading the lease back and comparing its run id ([`Renewed`], [`LeaseError`]). Renewing
+//! runs on [`super::keeper`]'s thread. `file://` has no conditional update: there the lease
+//! is a read, a compare and an overwrite (one machine or tests only). The why, and what a
+//! lost lease does: docs/DESIGN.md §12.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -35,7 +13,7 @@ use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload,
 use serde::{Deserialize, Serialize};
 
 use super::layout::lease_key;
-use super::Replica;
+use super::store::Replica;
 
 /// How long a lease lasts without a renew.
 pub const TTL: Duration = Duration::from_secs(30);

@@ -23,7 +23,7 @@ use object_store::signer::{SignedUrlOptions, Signer};
 use serde::Deserialize;
 use tracing::{info, warn};
 
-use super::Replica;
+use super::store::Replica;
 
 /// An incomplete upload younger than this is left alone (module docs).
 pub const MIN_AGE: Duration = Duration::from_secs(120);

@@ -16,7 +16,7 @@
 use object_store::path::Path as Key;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, UpdateVersion};
 
-use super::Replica;
+use super::store::Replica;
 
 /// Why the store cannot carry a lease.
 #[derive(Debug)]

@@ -1,33 +1,10 @@
-//! The uploader: its own thread, a bounded backlog of points, retries with backoff, retention,
-//! and durability feedback once a point is in the bucket. The lease is kept by its own thread
-//! ([`super::keeper`]); the uploader only asks it whether the lease is surely held.
-//!
-//! # The backlog (what reaches the bucket is always a restorable chain)
-//!
-//! [`Shipper::offer`] runs on the snapshot worker right after a point is persisted: it opens
-//! the point's file (a base is renamed to `FILE.1` by the next snapshot, a delta is removed
-//! with its chain; the open fd keeps the bytes) and pushes it into the [`Backlog`] under a
-//! mutex that is never held across a request, so the worker never waits for the network.
-//!
-//! - A **base** supersedes everything pending (it restores on its own): the pending points
-//!   are dropped, and an upload in progress of an older point is abandoned at its next retry.
-//! - A **delta** is useless without its base and every delta before it. It is queued behind
-//!   them; if the backlog is full ([`MAX_PENDING`]), the chain is **cut**: this delta and every
-//!   later delta of its generation are dropped until the next base. The uploader also uploads
-//!   a delta only right after its predecessor reached the bucket (`shipped`), so the bucket
-//!   holds, per generation, a base and a gapless prefix of its deltas.
-//!
-//! Memory is bounded by [`MAX_PENDING`] open fds; disk by the files the host already keeps
-//! (a dropped fd releases a rotated-out file).
-//!
-//! # The bucket holds a restorable chain (checked, not assumed)
-//!
-//! Before a delta goes up, its base and its predecessor are looked up in the bucket (`HEAD`):
-//! someone may have wiped the prefix or deleted objects. If either is gone, the chain is put
-//! back first from local files: the base from the fd the uploader keeps of the newest base it
-//! was offered, the deltas from the chain directory (they stay there while their base is the
-//! newest). If that is impossible (the local files moved on), the chain is cut until the next
-//! base. The same check runs when the lease thread found the lease gone and created it again.
+//! The uploader: its own thread, a bounded backlog of points ([`Shipper::offer`] opens each
+//! point's file on the snapshot worker and queues it; a base supersedes what is pending, a
+//! delta over a full backlog ([`MAX_PENDING`]) cuts its chain until the next base), retries
+//! with backoff, retention, durability feedback once a point is in the bucket, and the check
+//! that the bucket still holds the chain a delta extends (put back from local files, or cut).
+//! The lease is kept by its own thread ([`super::keeper`]). Why the bucket always holds a
+//! restorable chain: docs/DESIGN.md §12.
 
 use std::collections::VecDeque;
 use std::fs::File;
@@ -43,11 +20,12 @@ use tracing::{debug, error, info, warn};
 
 use super::keeper::{Keeper, LeaseState};
 use super::layout::{point_key, Listing, PointId};
-use super::Replica;
+use super::store::Replica;
+use crate::config::Keep;
 use crate::durable::SharedPublisher;
 use crate::exit::{Code, Failure};
-use crate::metrics::{Metrics, ReplicaState};
-use crate::snap::Point;
+use crate::flow::{Point, Report, Sink};
+use crate::metrics::{Metrics, Phase, ReplicaState};
 
 mod lag;
 pub use lag::Lag;
@@ -75,40 +53,6 @@ const DRAIN: Duration = Duration::from_secs(10);
 
 /// An upload (or a part of one) starts only while the lease is surely held for this long.
 const LEASE_MARGIN: Duration = Duration::from_secs(5);
-
-/// How many generations, or how old, the bucket keeps (`--replica-keep`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Keep {
-    /// The newest N base generations, each with its deltas (N >= 1).
-    Generations(u64),
-    /// Generations whose base is younger than this (the newest is always kept).
-    Age(Duration),
-}
-
-impl Default for Keep {
-    fn default() -> Self {
-        Keep::Generations(3)
-    }
-}
-
-/// Parses `--replica-keep`: a count (1 or more) or a duration (`7d`, `12h`).
-///
-/// # Errors
-///
-/// A message for clap.
-pub fn parse_keep(s: &str) -> Result<Keep, String> {
-    if let Ok(n) = s.parse::<u64>() {
-        return if n >= 1 {
-            Ok(Keep::Generations(n))
-        } else {
-            Err("keep at least 1 generation".into())
-        };
-    }
-    match humantime::parse_duration(s) {
-        Ok(d) if !d.is_zero() => Ok(Keep::Age(d)),
-        _ => Err("expected a number of generations (e.g. 3) or a duration (e.g. 7d, 12h)".into()),
-    }
-}
 
 /// A persisted point waiting for upload.
 #[derive(Debug)]
@@ -258,6 +202,13 @@ pub struct Shipper {
     /// Dropped after the uploader ended: releases the lease.
     keeper: Option<Keeper>,
     metrics: Metrics,
+}
+
+/// The replica as a [`Sink`]: every persisted point is offered to the uploader.
+impl Sink for Shipper {
+    fn persisted(&self, report: &Report, target: &Path) {
+        self.offer(report.point, target, report.newest_seq);
+    }
 }
 
 impl Shipper {
@@ -689,10 +640,12 @@ impl Uploader {
             Err(object_store::Error::NotFound { .. }) => {}
             Err(e) => return Err(e.to_string()),
         }
+        let started = Instant::now();
         let bytes = upload(&self.replica, &key, offer, &self.lease)
             .await
             .map_err(|e| e.to_string())?;
         self.metrics.replica_uploaded(bytes);
+        self.metrics.record_phase(Phase::Upload, started.elapsed());
         debug!("replica: {key} uploaded ({bytes} bytes)");
         Ok(Shipped::Done)
     }

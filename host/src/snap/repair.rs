@@ -122,7 +122,7 @@ fn named(e: io::Error, path: &Path) -> io::Error {
 }
 
 /// Restores the newest restorable point into `memfd` (grown to the image if needed) by the
-/// rules of [`newest`](super::newest), skipping every base that yields no point (as
+/// rules of [`newest`](crate::startup::newest), skipping every base that yields no point (as
 /// `--fallback` does at start: the alternative is a client restarted on a corrupt region)
 /// and renaming the skipped ones aside.
 fn restore_newest(
@@ -131,17 +131,18 @@ fn restore_newest(
     unix_secs: u64,
 ) -> Result<Option<(PathBuf, SnapshotInfo)>, Failure> {
     let dir = chain::chain_dir(&persister.target());
-    let found = super::newest::restore_newest(persister, true, unix_secs, |path, info| {
-        memfd
-            .len()
-            .and_then(|len| memfd.grow(len.max(info.image_len)))
-            .map_err(chain::ChainError::from)?;
-        // The base plus its deltas up to the first unsound link, as at start.
-        let report = chain::restore_chain(path, &dir, memfd, chain::At::Latest)?;
-        if let Some(stop) = &report.listing.stop {
-            warn!("the chain of {} ends early: {stop}", path.display());
-        }
-        Ok((report, ()))
-    })?;
+    let found =
+        crate::startup::newest::restore_newest(persister, true, unix_secs, |path, info| {
+            memfd
+                .len()
+                .and_then(|len| memfd.grow(len.max(info.image_len)))
+                .map_err(chain::ChainError::from)?;
+            // The base plus its deltas up to the first unsound link, as at start.
+            let report = chain::restore_chain(path, &dir, memfd, chain::At::Latest)?;
+            if let Some(stop) = &report.listing.stop {
+                warn!("the chain of {} ends early: {stop}", path.display());
+            }
+            Ok((report, ()))
+        })?;
     Ok(found.map(|f| (f.path, f.info)))
 }

@@ -10,16 +10,16 @@ use std::time::{Duration, Instant};
 use shmsnap_linux::snapshot;
 use shmsnap_linux::Mapping;
 
-use super::{Code, Cx, OnUsr1, Schedule, Strategy};
-use crate::snap::{Outcome, Point, Report};
+use super::{Cx, OnUsr1, Schedule, Strategy, StrategyKind};
+use crate::flow::{Outcome, Point, Report};
 
 /// The exit strategy (no state: every exit is snapshotted).
 #[derive(Debug, Default)]
 pub struct Exit;
 
 impl Strategy for Exit {
-    fn code(&self) -> Code {
-        Code::Exit
+    fn kind(&self) -> StrategyKind {
+        StrategyKind::Exit
     }
 
     fn schedule(&self) -> Schedule {
@@ -57,6 +57,7 @@ impl Strategy for Exit {
             kept: 0,
             dropped: 0,
             newest_seq: 0,
+            scan: None,
             copy: copied,
             validate: Duration::ZERO,
             sync: stats.sync,

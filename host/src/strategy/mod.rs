@@ -17,6 +17,7 @@
 //! | [`queue`] | continuous consistent snapshots of a shmsnap-core queue (pre/copy/post) |
 //! | [`triple`] | the newest whole state a client published into a triple buffer (freeze/copy/release) |
 
+pub mod choose;
 pub mod exit;
 pub mod queue;
 pub mod triple;
@@ -25,18 +26,16 @@ use std::fmt;
 use std::io;
 
 use shmsnap_linux::persist::Persister;
-use shmsnap_linux::snapshot::{SnapshotInfo, SnapshotMeta};
+use shmsnap_linux::snapshot::SnapshotMeta;
 use shmsnap_linux::{Mapping, Memfd, Protection};
 use tracing::warn;
 
 use rustix::process::Pid;
-use shmsnap_linux::chain::CompactionPolicy;
 
-use crate::cli::{RunArgs, StrategyArg};
-use crate::snap::Outcome;
+use crate::flow::{Origin, Outcome};
 
 /// The strategy codes of snapshot footers and region headers, typed (core's one vocabulary).
-pub use shmsnap_core::Strategy as Code;
+pub use shmsnap_core::Strategy as StrategyKind;
 
 /// When the supervisor asks for snapshots.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,17 +56,6 @@ pub enum OnUsr1 {
     Snapshot,
     /// Nothing; log this line.
     Ignore(&'static str),
-}
-
-/// Where the region the host starts with came from.
-#[derive(Debug, Clone, Copy)]
-pub enum Origin<'a> {
-    /// A fresh region, no snapshot on disk.
-    Empty,
-    /// Restored from this snapshot file: the region holds exactly what is on disk.
-    Restored(&'a SnapshotInfo),
-    /// Inherited from the service manager's fd store: it may hold commits never persisted.
-    FdStore,
 }
 
 /// One snapshot request as the strategy sees it.
@@ -93,9 +81,9 @@ pub struct Cx<'a> {
 /// A strategy lives on the snapshot worker thread (hence `Send`); the supervisor only reads
 /// its [`Schedule`] and [`Protection`] before handing it over.
 pub trait Strategy: Send + fmt::Debug {
-    /// The strategy, as written into snapshot footers (its name, `Code::name`, is what users
+    /// The strategy, as written into snapshot footers (its name, `StrategyKind::name`, is what users
     /// type after `--strategy`).
-    fn code(&self) -> Code;
+    fn kind(&self) -> StrategyKind;
 
     /// When snapshots are requested.
     fn schedule(&self) -> Schedule;
@@ -116,7 +104,7 @@ pub trait Strategy: Send + fmt::Debug {
     /// remembers what of it is already on disk. The default warns when a restored snapshot
     /// was taken by another strategy.
     fn accept(&mut self, _map: &Mapping, origin: Origin<'_>) {
-        warn_on_foreign(self.code(), origin);
+        warn_on_foreign(self.kind(), origin);
     }
 
     /// Hands the strategy the host's metrics, for what it counts itself (the triple strategy:
@@ -135,41 +123,19 @@ pub trait Strategy: Send + fmt::Debug {
     fn take(&mut self, cx: Cx<'_>) -> io::Result<Outcome>;
 }
 
-/// The strategy chosen on the command line (the one place a [`StrategyArg`] becomes a
-/// strategy and its [`Code`]).
-#[cfg(test)]
-pub fn from_arg(arg: StrategyArg) -> Box<dyn Strategy> {
-    from_arg_with(arg, Some(CompactionPolicy::default()))
-}
-
-/// The strategy of `shmsnap run`'s arguments (`--strategy`, `--incremental`,
-/// `--compact-ratio`, `--compact-deltas`).
-pub fn from_run_args(args: &RunArgs) -> Box<dyn Strategy> {
-    from_arg_with(args.strategy, args.incremental().then(|| args.compaction()))
-}
-
-/// The strategy `arg`; the queue strategy takes deltas under `policy` (`None`: bases only).
-fn from_arg_with(arg: StrategyArg, policy: Option<CompactionPolicy>) -> Box<dyn Strategy> {
-    match arg {
-        StrategyArg::Exit => Box::new(exit::Exit),
-        StrategyArg::Queue => Box::new(queue::Queue::new(policy)),
-        StrategyArg::Triple => Box::new(triple::Triple::default()),
-    }
-}
-
 /// Warns if a restored snapshot was taken with another strategy than `ours`.
-pub fn warn_on_foreign(ours: Code, origin: Origin<'_>) {
+pub fn warn_on_foreign(ours: StrategyKind, origin: Origin<'_>) {
     if let Some(line) = foreign(ours, origin) {
         warn!("{line}");
     }
 }
 
 /// The warning for a restored snapshot of another strategy than `ours`, naming both.
-fn foreign(ours: Code, origin: Origin<'_>) -> Option<String> {
+fn foreign(ours: StrategyKind, origin: Origin<'_>) -> Option<String> {
     let Origin::Restored(info) = origin else {
         return None;
     };
-    let theirs = match Code::from_code(info.meta.strategy) {
+    let theirs = match StrategyKind::from_code(info.meta.strategy) {
         Some(t) if t == ours => return None,
         Some(t) => format!("the {t} strategy (--strategy {t})"),
         // No name to give: the number is all there is.
@@ -183,7 +149,7 @@ fn foreign(ours: Code, origin: Origin<'_>) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use shmsnap_linux::snapshot::SnapshotMeta;
+    use shmsnap_linux::snapshot::{SnapshotInfo, SnapshotMeta};
 
     fn info(strategy: u64) -> SnapshotInfo {
         SnapshotInfo {
@@ -200,23 +166,16 @@ mod tests {
 
     #[test]
     fn the_strategy_mismatch_warning_names_both_strategies_without_numbers() {
-        let i = info(Code::Exit.code());
-        let line = foreign(Code::Queue, Origin::Restored(&i)).unwrap();
+        let i = info(StrategyKind::Exit.code());
+        let line = foreign(StrategyKind::Queue, Origin::Restored(&i)).unwrap();
         assert!(line.contains("the exit strategy"), "{line}");
         assert!(line.contains("the queue strategy"), "{line}");
         assert!(!line.contains(char::is_numeric), "{line}");
-        let same = info(Code::Queue.code());
-        assert_eq!(foreign(Code::Queue, Origin::Restored(&same)), None);
-        assert_eq!(foreign(Code::Queue, Origin::Empty), None);
+        let same = info(StrategyKind::Queue.code());
+        assert_eq!(foreign(StrategyKind::Queue, Origin::Restored(&same)), None);
+        assert_eq!(foreign(StrategyKind::Queue, Origin::Empty), None);
         let odd = info(99);
-        let line = foreign(Code::Exit, Origin::Restored(&odd)).unwrap();
+        let line = foreign(StrategyKind::Exit, Origin::Restored(&odd)).unwrap();
         assert!(line.contains("unknown strategy (footer code 99)"), "{line}");
-    }
-
-    #[test]
-    fn each_command_line_strategy_has_its_own_code() {
-        assert_eq!(from_arg(StrategyArg::Exit).code(), Code::Exit);
-        assert_eq!(from_arg(StrategyArg::Queue).code(), Code::Queue);
-        assert_eq!(from_arg(StrategyArg::Triple).code(), Code::Triple);
     }
 }

@@ -1,44 +1,15 @@
-//! The queue strategy: continuous consistent snapshots of a shmsnap-core queue, as a chain of
-//! full bases and incremental deltas.
+//! The queue strategy: continuous consistent snapshots of a shmsnap-core queue (the
+//! pre/copy/post sandwich, keeping only entries proven unmodified during the copy), as a chain
+//! of full bases and incremental deltas ([`take_delta`]).
 //!
-//! The client commits through core's writer; the host runs the pre/copy/post sandwich on every
-//! tick, on SIGUSR1 and after the client exits, keeping only entries it proves unmodified
-//! during the copy. "Nothing changed" is the live `(epoch, next_seq)` hint pair being the one
-//! of the last persisted snapshot: every commit raises `next_seq`, every attach or init raises
-//! `epoch`.
-//!
-//! # Base or delta (DESIGN §11)
-//!
-//! A snapshot is a **delta** ([`take_delta`]: only the pages the client wrote since the
-//! previous snapshot, plus the meta pages) when write tracking vouches for every other page:
-//!
-//! - the same client process as the previous snapshot (its pid; a new process has new page
-//!   tables), still running, with a valid [`Advertisement`] of its tracked mapping;
-//! - that advertisement even and equal before and after this scan, and equal to the one of
-//!   the scan before the previous snapshot (the registration did not change);
-//! - the previous snapshot was made durable by this host from such a scan, and it is still
-//!   the chain's tip on disk (the base file carries its generation and CRC);
-//! - the compaction policy does not ask for a base.
-//!
-//! Otherwise the snapshot is a **base** (today's full snapshot): the first snapshot, a new
-//! pid, no tracking, a scan error, after the host wrote the region (restore, repair: both go
-//! through [`Strategy::accept`]), after any attempt that scanned but committed nothing,
-//! after a failed delta, and for compaction. When tracking is available, a base is also
-//! preceded by a scan (its result is not needed: everything is copied) so that the next
-//! snapshot can be a delta: scan, then copy, is the order that makes the next delta sound.
-//!
-//! # Arming needs a proof (DESIGN §11, "Who can write the region")
-//!
-//! That arming scan is taken only once [`track::prove`] showed, for this registration, that
-//! no store can bypass the tracked mapping from now on: the client's mapping is the one
-//! mapping of the region there and is not inherited by `fork`, the region is sealed against
-//! every other writer (the host seals it if the client did not), and no other process maps it
-//! writable. The proof is kept per registration (advertisement and region); a failed one is
-//! tried again after [`RETRY_UNPROVEN`]. Without it the snapshot is a base and so is every
-//! next one: the reason is logged once (warn) and each such base is counted in
-//! `shmsnap_incremental_unproven_total{reason}`.
-//! After a base is durable, the deltas whose base left the kept generations are removed
-//! ([`chain::remove_superseded`]): nothing is deleted before its replacement is durable.
+//! A snapshot is a delta only while write tracking vouches for every other page (the same
+//! client process, an unchanged [`Advertisement`], the previous snapshot durable from such a
+//! scan and still the chain's tip, the compaction policy agreeing), and a base arms the next
+//! delta with a scan only once [`track::prove`] showed no store can bypass the tracked mapping;
+//! otherwise it is a base (counted in `shmsnap_incremental_unproven_total{reason}`). The rules
+//! and why they make a delta sound: docs/DESIGN.md §5 and §11 ("Who can write the region").
+//! Deltas whose base left the kept generations are removed only after a base is durable
+//! ([`chain::remove_superseded`]).
 
 use std::io;
 use std::sync::atomic::Ordering;
@@ -58,8 +29,8 @@ use shmsnap_linux::track::{self, Advertisement, Census, FileId, Scanner, Tracked
 use shmsnap_linux::{Mapping, Memfd};
 use tracing::{debug, info, warn};
 
-use super::{warn_on_foreign, Code, Cx, OnUsr1, Origin, Schedule, Strategy};
-use crate::snap::{Outcome, Point, Report};
+use super::{warn_on_foreign, Cx, OnUsr1, Schedule, Strategy, StrategyKind};
+use crate::flow::{Origin, Outcome, Point, Report};
 
 /// The queue strategy's memory between snapshots.
 #[derive(Debug, Default)]
@@ -228,8 +199,8 @@ enum Plan {
 }
 
 impl Strategy for Queue {
-    fn code(&self) -> Code {
-        Code::Queue
+    fn kind(&self) -> StrategyKind {
+        StrategyKind::Queue
     }
 
     fn status_area(&self) -> bool {
@@ -245,7 +216,7 @@ impl Strategy for Queue {
     }
 
     fn accept(&mut self, map: &Mapping, origin: Origin<'_>) {
-        warn_on_foreign(self.code(), origin);
+        warn_on_foreign(self.kind(), origin);
         // A restored (or empty) region is exactly what is on disk; an inherited one may hold
         // commits that never were persisted, so it is not marked.
         if !matches!(origin, Origin::FdStore) {
@@ -411,6 +382,7 @@ impl Queue {
             kept: f.retained.kept,
             dropped: f.retained.dropped(),
             newest_seq: f.retained.newest.map_or(0, |d| d.seq),
+            scan: Some(f.scan_time),
             copy: f.copy_time,
             validate: f.validate_time,
             sync: info.stats.sync,
@@ -433,7 +405,7 @@ impl Queue {
             }
             self.last_base_cause = Some(cause);
         }
-        let (armed, unproven) = self.arm(cx, scan);
+        let (armed, unproven, scanned) = self.arm(cx, scan);
         let taken = take_queue(cx.memfd, cx.map, cx.persister, cx.meta, &mut self.scratch)?;
         let (file, f) = match taken {
             QueueSnapshot::Written { file, figures } => (file, figures),
@@ -451,6 +423,7 @@ impl Queue {
             kept: f.retained.kept,
             dropped: f.retained.dropped(),
             newest_seq: f.retained.newest.map_or(0, |d| d.seq),
+            scan: scanned,
             copy: f.copy_time,
             validate: f.validate_time,
             sync: stats.sync,
@@ -460,14 +433,19 @@ impl Queue {
     }
 
     /// Before a base: the proof, then the scan that lets the next snapshot be a delta.
-    /// Returns the advertisement armed (if any) and, when the proof failed, its metric label.
+    /// Returns the advertisement armed (if any), when the proof failed its metric label, and
+    /// how long the scan took (if it ran).
     fn arm(
         &mut self,
         cx: &Cx<'_>,
         scan: Option<(TrackedRange, Advertisement)>,
-    ) -> (Option<Advertisement>, Option<&'static str>) {
+    ) -> (
+        Option<Advertisement>,
+        Option<&'static str>,
+        Option<Duration>,
+    ) {
         let (Some((range, advert)), Some(t)) = (scan, self.tracking.as_mut()) else {
-            return (None, None);
+            return (None, None, None);
         };
         t.vouched = None;
         let started = Instant::now();
@@ -484,10 +462,13 @@ impl Queue {
                     );
                     self.last_unproven = Some(text);
                 }
-                return (None, Some(label));
+                return (None, Some(label), None);
             }
         };
-        let armed = match t.scanner.scan(&range) {
+        let scan_started = Instant::now();
+        let scanned = t.scanner.scan(&range);
+        let scan_time = scan_started.elapsed();
+        let armed = match scanned {
             Ok(_) => Some(advert),
             Err(e) => {
                 debug!("{e}");
@@ -497,7 +478,7 @@ impl Queue {
         if let Some(c) = census {
             self.note_census(&c, started.elapsed());
         }
-        (armed, None)
+        (armed, None, Some(scan_time))
     }
 
     /// Logs what a census saw: at debug, and once per run (info) the processes it could not

@@ -30,9 +30,9 @@ use shmsnap_linux::take_triple::{take_triple, TripleSnapshot};
 use shmsnap_linux::{Mapping, Protection};
 use tracing::{debug, info, warn};
 
-use super::{warn_on_foreign, Code, Cx, OnUsr1, Origin, Schedule, Strategy};
+use super::{warn_on_foreign, Cx, OnUsr1, Schedule, Strategy, StrategyKind};
+use crate::flow::{Origin, Outcome, Point, Report};
 use crate::metrics::Metrics;
-use crate::snap::{Outcome, Point, Report};
 
 /// The triple strategy's memory between snapshots.
 #[derive(Debug, Default)]
@@ -149,8 +149,8 @@ impl Triple {
 }
 
 impl Strategy for Triple {
-    fn code(&self) -> Code {
-        Code::Triple
+    fn kind(&self) -> StrategyKind {
+        StrategyKind::Triple
     }
 
     fn schedule(&self) -> Schedule {
@@ -167,7 +167,7 @@ impl Strategy for Triple {
     }
 
     fn accept(&mut self, map: &Mapping, origin: Origin<'_>) {
-        warn_on_foreign(self.code(), origin);
+        warn_on_foreign(self.kind(), origin);
         let host = match self.attach(map) {
             Ok(h) => h,
             Err(TripleError::Layout(LayoutError::Unconfigured)) => return,
@@ -238,6 +238,7 @@ impl Strategy for Triple {
             kept: 1,
             dropped: 0,
             newest_seq: f.seq,
+            scan: None,
             copy: f.copy_time,
             validate: f.validate_time,
             sync: stats.sync,

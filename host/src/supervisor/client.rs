@@ -12,7 +12,7 @@ use shmsnap_linux::Memfd;
 use tracing::{debug, info, warn};
 
 use crate::cgroup::ClientCgroup;
-use crate::cli::RunArgs;
+use crate::config::RunConfig;
 use crate::exit::{Code, Failure};
 use crate::metrics::{ClientExit, Metrics};
 
@@ -106,10 +106,10 @@ pub struct ClientSpec {
 
 impl ClientSpec {
     /// The client of `shmsnap run`'s arguments.
-    pub fn of(args: &RunArgs) -> Self {
+    pub fn of(args: &RunConfig) -> Self {
         ClientSpec {
             command: args.command.clone(),
-            track: args.incremental(),
+            track: args.incremental,
             fd_name: args.fd_name.clone(),
         }
     }

@@ -24,11 +24,11 @@
 
 mod client;
 mod restart;
-mod setup;
+pub mod setup;
 mod worker;
 
 use std::net::SocketAddr;
-use std::process::{Command, ExitCode};
+use std::process::Command;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::time::{Duration, Instant};
 
@@ -41,7 +41,6 @@ use self::client::{Client, ClientSpec};
 use self::restart::RestartPolicy;
 use self::worker::{Done, Job, Why, Worker};
 use crate::cgroup::ClientCgroup;
-use crate::cli::RunArgs;
 use crate::durable::Watcher;
 use crate::exit::{requested_stop_status, Code, Failure, FinalSnapshot};
 use crate::metrics::Metrics;
@@ -115,26 +114,6 @@ pub struct Supervisor {
     /// How the latest snapshot attempt went: a requested stop exits with
     /// [`requested_stop_status`] of it.
     saved: FinalSnapshot,
-}
-
-/// Runs the supervisor until the client is done (per the restart policy) or a stop signal.
-///
-/// # Errors
-///
-/// A [`Failure`] for anything that prevents starting (bad snapshot, unwritable directory,
-/// command not found, ...). Once the client runs, problems are logged, not fatal.
-pub fn run(args: RunArgs) -> Result<ExitCode, Failure> {
-    let mut sup = setup::start(args)?;
-    let status = sup.event_loop();
-    client::kill_tree(sup.cgroup.as_ref());
-    if let Some(cg) = sup.cgroup.take() {
-        cg.remove();
-    }
-    // Lets a running snapshot finish: a copy is never cut short by the exit.
-    sup.worker.stop();
-    let status = status?;
-    info!("exiting with status {status}");
-    Ok(ExitCode::from(u8::try_from(status).unwrap_or(1)))
 }
 
 impl Supervisor {

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::cli::RestartArg;
+use crate::config::Restart;
 
 /// Shortest pause before a restart.
 pub const MIN_BACKOFF: Duration = Duration::from_millis(100);
@@ -12,7 +12,7 @@ pub const STABLE_RUN: Duration = Duration::from_secs(10);
 /// `--restart` with an exponential backoff between quick failures.
 #[derive(Debug)]
 pub struct RestartPolicy {
-    when: RestartArg,
+    when: Restart,
     /// `--max-backoff`: the cap of `backoff`.
     max: Duration,
     /// The last pause: doubles after each quick failure, from `MIN_BACKOFF` up to exactly
@@ -22,7 +22,7 @@ pub struct RestartPolicy {
 
 impl RestartPolicy {
     /// The policy of `--restart WHEN --max-backoff MAX`.
-    pub fn new(when: RestartArg, max: Duration) -> Self {
+    pub fn new(when: Restart, max: Duration) -> Self {
         RestartPolicy {
             when,
             max,
@@ -35,9 +35,9 @@ impl RestartPolicy {
     pub fn after_exit(&mut self, code: i32, ran: Duration, stopping: bool) -> Option<Duration> {
         let restart = !stopping
             && match self.when {
-                RestartArg::Never => false,
-                RestartArg::OnFailure => code != 0,
-                RestartArg::Always => true,
+                Restart::Never => false,
+                Restart::OnFailure => code != 0,
+                Restart::Always => true,
             };
         restart.then(|| self.pause(ran))
     }
@@ -59,7 +59,7 @@ mod tests {
 
     #[test]
     fn quick_failures_double_the_pause_up_to_exactly_the_max_and_a_stable_run_resets_it() {
-        let mut p = RestartPolicy::new(RestartArg::OnFailure, Duration::from_millis(500));
+        let mut p = RestartPolicy::new(Restart::OnFailure, Duration::from_millis(500));
         let quick = Duration::from_millis(10);
         let pauses: Vec<_> = (0..5)
             .map(|_| p.after_exit(1, quick, false).unwrap().as_millis())
@@ -73,19 +73,19 @@ mod tests {
     #[test]
     fn restart_follows_the_policy_and_never_happens_after_a_stop() {
         let quick = Duration::from_millis(10);
-        let mut never = RestartPolicy::new(RestartArg::Never, Duration::from_secs(1));
+        let mut never = RestartPolicy::new(Restart::Never, Duration::from_secs(1));
         assert_eq!(never.after_exit(1, quick, false), None);
-        let mut on_failure = RestartPolicy::new(RestartArg::OnFailure, Duration::from_secs(1));
+        let mut on_failure = RestartPolicy::new(Restart::OnFailure, Duration::from_secs(1));
         assert_eq!(on_failure.after_exit(0, quick, false), None);
         assert!(on_failure.after_exit(3, quick, false).is_some());
-        let mut always = RestartPolicy::new(RestartArg::Always, Duration::from_secs(1));
+        let mut always = RestartPolicy::new(Restart::Always, Duration::from_secs(1));
         assert!(always.after_exit(0, quick, false).is_some());
         assert_eq!(always.after_exit(0, quick, true), None);
     }
 
     #[test]
     fn a_max_backoff_below_the_minimum_pause_still_pauses_the_minimum() {
-        let mut p = RestartPolicy::new(RestartArg::Always, Duration::from_millis(10));
+        let mut p = RestartPolicy::new(Restart::Always, Duration::from_millis(10));
         let quick = Duration::from_millis(1);
         assert_eq!(p.after_exit(1, quick, false), Some(MIN_BACKOFF));
         assert_eq!(p.after_exit(1, quick, false), Some(MIN_BACKOFF));

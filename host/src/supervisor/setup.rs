@@ -1,6 +1,7 @@
 //! Everything before the event loop: the region (restored, empty or inherited), the
 //! snapshotter on its thread, the service manager, the signal thread, the first client.
 
+use std::process::ExitCode;
 use std::sync::mpsc::{self, Sender};
 use std::time::Instant;
 
@@ -14,12 +15,34 @@ use super::client::{self, resolve_command, ClientSpec};
 use super::restart::RestartPolicy;
 use super::worker::Worker;
 use super::{start_metrics, Event, Supervisor};
-use crate::cli::RunArgs;
+use crate::config::RunConfig;
 use crate::exit::{Code, Failure, FinalSnapshot};
+use crate::flow::{Origin, Point};
 use crate::notify::Notifier;
-use crate::snap::{open_persister, prepare_region, Prepared, Snapshotter};
-use crate::strategy::{self, Origin};
+use crate::snap::Snapshotter;
+use crate::startup::{open_persister, prepare_region, Prepared};
+use crate::strategy;
 use crate::watchdog::Watchdog;
+
+/// Runs the supervisor until the client is done (per the restart policy) or a stop signal.
+///
+/// # Errors
+///
+/// A [`Failure`] for anything that prevents starting (bad snapshot, unwritable directory,
+/// command not found, ...). Once the client runs, problems are logged, not fatal.
+pub fn run(args: RunConfig) -> Result<ExitCode, Failure> {
+    let mut sup = start(args)?;
+    let status = sup.event_loop();
+    client::kill_tree(sup.cgroup.as_ref());
+    if let Some(cg) = sup.cgroup.take() {
+        cg.remove();
+    }
+    // Lets a running snapshot finish: a copy is never cut short by the exit.
+    sup.worker.stop();
+    let status = status?;
+    info!("exiting with status {status}");
+    Ok(ExitCode::from(u8::try_from(status).unwrap_or(1)))
+}
 
 /// Sets everything up and starts the first client.
 ///
@@ -27,7 +50,7 @@ use crate::watchdog::Watchdog;
 ///
 /// A [`Failure`] for anything that prevents starting (bad snapshot, unwritable directory,
 /// command not found, ...).
-pub fn start(args: RunArgs) -> Result<Supervisor, Failure> {
+pub fn start(args: RunConfig) -> Result<Supervisor, Failure> {
     let program = args
         .command
         .first()
@@ -55,7 +78,7 @@ pub fn start(args: RunArgs) -> Result<Supervisor, Failure> {
         (Some(info), false) => Origin::Restored(info),
         (None, false) => Origin::Empty,
     };
-    let strategy = strategy::from_run_args(&args);
+    let strategy = strategy::choose::from_config(&args);
     let schedule = strategy.schedule();
     let status_area = strategy.status_area();
     let restored_generation = restored.as_ref().map(|info| info.meta.generation);
@@ -63,8 +86,7 @@ pub fn start(args: RunArgs) -> Result<Supervisor, Failure> {
     let metrics = start_metrics(args.metrics, snap.memfd())?;
     snap.attach_metrics(&metrics);
     if let Some(started) = replica {
-        let shipper = started.spawn(metrics.clone(), snap.status())?;
-        snap.attach_replica(shipper, restored_generation);
+        attach_replica(&mut snap, started, &metrics, restored_generation)?;
     }
     let notifier = Notifier::from_env();
     if moved {
@@ -75,16 +97,7 @@ pub fn start(args: RunArgs) -> Result<Supervisor, Failure> {
     let spec = ClientSpec::of(&args);
     let mut cmd = client::command(&spec, snap.memfd(), cgroup.as_ref())?;
 
-    rustix::process::set_child_subreaper(Some(rustix::process::getpid()))
-        .map_err(|e| Failure::new(Code::OsErr, format!("cannot become a child subreaper: {e}")))?;
-    let (tx, events) = mpsc::channel();
-    signal_thread(tx.clone())?;
-    // A client's snapshot request takes SIGUSR1's path (merged with every other request).
-    let requests = tx.clone();
-    let watcher = crate::durable::watch_requests(snap.memfd(), status_area, move || {
-        requests.send(Event::ClientRequest).is_ok()
-    })
-    .map_err(|e| Failure::new(Code::OsErr, format!("cannot start the request thread: {e}")))?;
+    let (tx, events, watcher) = event_sources(&snap, status_area)?;
     let worker = Worker::spawn(snap, tx.clone(), metrics.clone())?;
     // Spawned from this thread, which lives as long as the host: PDEATHSIG fires when the
     // thread that forked the client exits.
@@ -114,11 +127,60 @@ pub fn start(args: RunArgs) -> Result<Supervisor, Failure> {
     })
 }
 
+/// Starts the replica's lease and uploader threads and attaches the uploader to `snap` as a
+/// sink. The snapshot the region was restored from (generation `restored`) is offered first,
+/// so that a bucket missing it gets it even if the client never commits again (one already
+/// there stays).
+fn attach_replica(
+    snap: &mut Snapshotter,
+    started: crate::replica::Started,
+    metrics: &crate::metrics::Metrics,
+    restored: Option<u64>,
+) -> Result<(), Failure> {
+    let shipper = started.spawn(metrics.clone(), snap.status())?;
+    if let Some(generation) = restored {
+        shipper.offer(
+            Point::Base { generation },
+            &snap.target(),
+            snap.published_seq(),
+        );
+    }
+    snap.attach_sink(Box::new(shipper));
+    Ok(())
+}
+
+/// The supervisor's event channel and what feeds it besides the worker and the client: the
+/// signal thread, and the thread that turns a client's snapshot request into an event (it
+/// takes SIGUSR1's path, merged with every other request). Makes this process the child
+/// subreaper first, so that the client's orphans are reaped here.
+fn event_sources(
+    snap: &Snapshotter,
+    status_area: bool,
+) -> Result<
+    (
+        Sender<Event>,
+        mpsc::Receiver<Event>,
+        crate::durable::Watcher,
+    ),
+    Failure,
+> {
+    rustix::process::set_child_subreaper(Some(rustix::process::getpid()))
+        .map_err(|e| Failure::new(Code::OsErr, format!("cannot become a child subreaper: {e}")))?;
+    let (tx, events) = mpsc::channel();
+    signal_thread(tx.clone())?;
+    let requests = tx.clone();
+    let watcher = crate::durable::watch_requests(snap.memfd(), status_area, move || {
+        requests.send(Event::ClientRequest).is_ok()
+    })
+    .map_err(|e| Failure::new(Code::OsErr, format!("cannot start the request thread: {e}")))?;
+    Ok((tx, events, watcher))
+}
+
 /// The region: the inherited one (moved to a fresh memfd if its client sealed it, grown to
 /// `--size`), or a new one with the newest snapshot restored into it. `true`: the inherited
 /// region was moved (the fd store must get the new one).
 fn region(
-    args: &RunArgs,
+    args: &RunConfig,
     persister: &Persister,
     inherited: Option<Memfd>,
 ) -> Result<(Prepared, bool), Failure> {
@@ -167,7 +229,7 @@ fn unsealed(memfd: Memfd) -> Result<(Memfd, bool), Failure> {
     }
     let t = Instant::now();
     let (fresh, stats) = memfd
-        .fresh_copy(crate::snap::REGION_NAME)
+        .fresh_copy(crate::startup::REGION_NAME)
         .map_err(|e| os("cannot move", e))?;
     // It sits at fd 3 (LISTEN_FDS), which must stay occupied.
     shmsnap_linux::handover::close_keeping_fd3(memfd.into_fd())

@@ -22,8 +22,9 @@ use tracing::error;
 use shmsnap_linux::Memfd;
 
 use crate::exit::{Code, Failure};
+use crate::flow::Outcome;
 use crate::metrics::{Metrics, Phase, SnapshotRecord, SnapshotResult};
-use crate::snap::{Outcome, Snapshotter, Tally};
+use crate::snap::{Snapshotter, Tally};
 
 /// When the snapshot thread started the attempt it is running; `None` while it waits for a
 /// request. Written only by the snapshot thread (set before an attempt, cleared after it), read
@@ -270,12 +271,17 @@ fn record(result: &io::Result<Outcome>) -> SnapshotRecord {
     match result {
         Ok(Outcome::Persisted(r)) => SnapshotRecord {
             result: Some(SnapshotResult::Persisted),
-            phases: vec![
-                (Phase::Copy, r.copy),
-                (Phase::Validate, r.validate),
-                (Phase::Sync, r.sync),
-                (Phase::Rename, r.rename),
-            ],
+            phases: r
+                .scan
+                .map(|s| (Phase::Scan, s))
+                .into_iter()
+                .chain([
+                    (Phase::Copy, r.copy),
+                    (Phase::Validate, r.validate),
+                    (Phase::Sync, r.sync),
+                    (Phase::Rename, r.rename),
+                ])
+                .collect(),
             bytes_copied: r.bytes,
             entries_kept: r.kept,
             entries_dropped: r.dropped,
@@ -362,7 +368,7 @@ mod tests {
 
     #[test]
     fn every_outcome_is_recorded_with_its_result_phases_and_figures() {
-        use crate::snap::{Point, Report};
+        use crate::flow::{Point, Report};
         use std::time::Duration;
         let ms = Duration::from_millis;
         let persisted = Ok(Outcome::Persisted(Report {
@@ -372,6 +378,7 @@ mod tests {
             kept: 3,
             dropped: 1,
             newest_seq: 9,
+            scan: Some(ms(6)),
             copy: ms(1),
             validate: ms(2),
             sync: ms(3),
@@ -383,6 +390,7 @@ mod tests {
             SnapshotRecord {
                 result: Some(SnapshotResult::Persisted),
                 phases: vec![
+                    (Phase::Scan, ms(6)),
                     (Phase::Copy, ms(1)),
                     (Phase::Validate, ms(2)),
                     (Phase::Sync, ms(3)),

@@ -6,6 +6,9 @@ use std::path::{Path, PathBuf};
 
 use crate::snapshot::SnapshotError;
 
+/// The delta footer version this crate writes and the newest it reads (`docs/FORMAT.md`).
+pub const DELTA_VERSION: u64 = 1;
+
 /// Why a delta (or a chain) is unusable, or could not be written: the file, when known, and
 /// what went wrong ([`ChainErrorKind`], matchable through [`ChainError::kind`]).
 ///
@@ -228,7 +231,7 @@ impl fmt::Display for ChainErrorKind {
                 f,
                 "delta footer version {version} is newer than this build understands (up to \
                  {}); upgrade shmsnap",
-                super::format::DELTA_VERSION
+                DELTA_VERSION
             ),
             Self::FooterChecksum { stored, computed } => write!(
                 f,

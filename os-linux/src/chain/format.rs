@@ -2,12 +2,12 @@
 //! (`docs/FORMAT.md`, "Snapshot chain"). Pure functions over byte slices: nothing here does
 //! I/O, so the fuzz-style tests feed them arbitrary bytes directly.
 
+// The version constant lives in `error` (the lower module: its message names it).
 use super::error::ChainErrorKind;
+pub use super::error::DELTA_VERSION;
 
 /// The delta footer's magic: the last 128 bytes of every delta start with it.
 pub const DELTA_MAGIC: [u8; 8] = *b"SHMSNAPD";
-/// The delta footer version this crate writes and the newest it reads.
-pub const DELTA_VERSION: u64 = 1;
 /// Length of the delta footer in bytes.
 pub const DELTA_FOOTER_LEN: usize = 128;
 /// Granule of the run table: run offsets are multiples of it, lengths too (except a run that

@@ -16,8 +16,9 @@ use super::format::{
     decode_delta_footer, decode_table, delta_name, parse_delta_name, DeltaFooter, Run,
     DELTA_FOOTER_LEN,
 };
-use super::write::{dir_names, open_chain_dir, Tip};
+use super::write::{open_chain_dir, Tip};
 use crate::copy::{file_len, read_full_at};
+use crate::persist::dir_names;
 use crate::snapshot::{self, file_type_name, SnapshotInfo};
 
 /// Which checks a reader makes. Everything public makes all of them; tests turn one off to

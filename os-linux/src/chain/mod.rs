@@ -59,30 +59,19 @@
 //! removes an old base only after the new one is durable, and [`remove_superseded`] removes
 //! only deltas whose base is gone: nothing is deleted before its replacement is durable.
 //!
-//! # How the host will use this
+//! # How the host uses this
 //!
-//! One incremental snapshot of the queue strategy (DESIGN §11):
-//!
-//! 1. **pre** (`PreCopy::read`);
-//! 2. **scan** ([`Scanner::scan`](crate::track::Scanner::scan)): the pages the client wrote
-//!    since the previous scan, now write-protected again — after `pre`, so every kept
-//!    entry's payload was stored before the scan began (DESIGN §11);
-//! 3. **copy**: `runs = plan_runs(written, layout.meta_len(), image_len)` (the written pages
-//!    plus the meta pages, which `retain` rewrites in every image);
-//!    `w = DeltaWriter::begin(&persister, &tip, &runs, meta_len)`, `w.copy_from(&memfd)`;
-//! 4. **post/retain**: `w.read_image_at(&mut meta, 0)`, `stamp.finish(&mut meta)`,
-//!    `w.write_image_at(&meta, 0)`;
-//! 5. **delta**: `tip = w.commit(DeltaMeta { next_seq_before, next_seq, unix_time_ns })?.tip()`.
-//!
-//! Take a full base instead (today's `take_queue`, then `tip = Tip::of_base(&info)` and
-//! [`remove_superseded`]) whenever tracking cannot vouch for a page — the first snapshot, a new
-//! client pid, no tracking, the exit strategy, any scan error — or when
-//! [`CompactionPolicy::decide`] says so, or when `commit` fails (e.g.
-//! [`ChainErrorKind::Occupied`]). A wrong delta is data loss; a full base is only slower.
-//!
-//! At start the host restores with [`restore_chain`] (newest base first, falling back to
-//! older generations on [`ChainErrorKind::Base`]); `shmsnap restore --to FILE [--at TIME |
-//! --seq N]` is [`materialize`] into a persister's temp file.
+//! The host's queue strategy takes one incremental snapshot with
+//! [`take_delta`](crate::take_delta::take_delta) — pre, scan, copy the planned runs into a
+//! [`DeltaWriter`], post/retain on the copied meta pages — and commits the pending delta, whose
+//! [`DeltaInfo::tip`] the next delta chains onto. It takes a full base instead (then
+//! `Tip::of_base` and [`remove_superseded`]) whenever tracking cannot vouch for a page, when
+//! [`CompactionPolicy::decide`] says so, or when a commit fails (e.g.
+//! [`ChainErrorKind::Occupied`]): a wrong delta is data loss, a full base is only slower. At
+//! start it restores with [`restore_chain`] (newest base first, falling back to older
+//! generations on [`ChainErrorKind::Base`]); `shmsnap restore` is [`materialize`] into an
+//! [`AtomicFile`](crate::atomic_file::AtomicFile). docs/DESIGN.md §11 says why each step is
+//! where it is.
 
 mod error;
 mod format;

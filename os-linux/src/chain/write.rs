@@ -1,7 +1,7 @@
 //! Writing a delta: temp file in the chain directory, runs copied from the region, footer,
 //! `fdatasync`, `renameat(RENAME_NOREPLACE)`, `fsync(dir)`; and removing superseded chains.
 
-use std::ffi::{OsStr, OsString};
+use std::ffi::OsStr;
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
@@ -18,8 +18,10 @@ use super::format::{
     check_runs, delta_name, encode_delta_footer, encode_table, parse_delta_name, table_len,
     DeltaFooter, Run, CHAIN_DIR_SUFFIX, DELTA_VERSION,
 };
+use crate::atomic_file::{crash_point, AtomicFile, Rule};
 use crate::copy::{read_full_at, write_all_at};
 use crate::noreplace::Exclusive;
+use crate::persist::dir_names;
 use crate::persist::Persister;
 use crate::snapshot::{encode_footer, SnapshotInfo};
 
@@ -133,12 +135,9 @@ pub struct DeltaStats {
 pub struct DeltaWriter<'p> {
     /// The state's persister: its lock makes this host the chain directory's only writer.
     persister: &'p Persister,
-    /// The chain directory, opened `O_DIRECTORY | O_NOFOLLOW`.
-    dir: OwnedFd,
     dir_path: PathBuf,
-    temp: OsString,
-    /// `Some` until committed (or dropped).
-    file: Option<File>,
+    /// The temp file in the chain directory (opened `O_DIRECTORY | O_NOFOLLOW`).
+    temp: AtomicFile<OwnedFd>,
     parent: Tip,
     /// Validated by [`check_runs`] against `parent.image_len`, `meta_len`, `data_len`.
     runs: Vec<Run>,
@@ -198,13 +197,12 @@ impl<'p> DeltaWriter<'p> {
         }
         let dir_path = chain_dir(&persister.target());
         let dir = open_chain_dir(&dir_path, true).map_err(|e| ChainError::io(e).at(&dir_path))?;
-        let (temp, file) = create_temp(&dir).map_err(|e| ChainError::io(e).at(&dir_path))?;
+        let temp = AtomicFile::create(dir, &dir_path, OsStr::new(TEMP_PREFIX))
+            .map_err(|e| ChainError::io(e).at(&dir_path))?;
         let w = DeltaWriter {
             persister,
-            dir,
             dir_path,
             temp,
-            file: Some(file),
             parent: *parent,
             runs: runs.to_vec(),
             split: runs.iter().take_while(|r| r.offset < meta_len).count(),
@@ -223,13 +221,12 @@ impl<'p> DeltaWriter<'p> {
     }
 
     fn file(&self) -> &File {
-        // Some until commit/drop consume it.
-        self.file.as_ref().expect("DeltaWriter used after commit")
+        self.temp.file()
     }
 
     /// The temp file's path (for messages).
     pub fn temp_path(&self) -> PathBuf {
-        self.dir_path.join(&self.temp)
+        self.temp.temp_path()
     }
 
     /// The runs this delta carries.
@@ -249,7 +246,7 @@ impl<'p> DeltaWriter<'p> {
         let region = region.as_fd();
         let path = self.temp_path();
         let err = |e: io::Error| ChainError::io(e).at(&path);
-        let file = self.file.as_ref().expect("DeltaWriter used after commit");
+        let file = self.temp.file();
         let mut buf = vec![0u8; CHUNK.min(self.data_len as usize)];
         // buf[..fill] holds the data for file offsets file_at..file_at + fill.
         let (mut fill, mut file_at) = (0usize, self.table_len);
@@ -410,14 +407,10 @@ impl<'p> DeltaWriter<'p> {
 
         let t = Instant::now();
         #[cfg(test)]
-        let sync = !self.skip_datasync;
-        #[cfg(not(test))]
-        let sync = true;
-        if sync {
-            retry_on_intr(|| rustix::fs::fdatasync(self.file())).map_err(|e| named(e.into()))?;
-            crash_point::synced();
+        {
+            self.temp.skip_datasync = self.skip_datasync;
         }
-        crash_point::step().map_err(named)?;
+        self.temp.sync_data().map_err(named)?;
         stats.sync = t.elapsed();
 
         let t = Instant::now();
@@ -425,40 +418,23 @@ impl<'p> DeltaWriter<'p> {
         let path = self.dir_path.join(&name);
         // The persister's lock makes this host the only writer of the chain directory's
         // names: every fallback of `NoReplace` is sound here.
-        match self.persister.no_replace().rename(
-            self.dir.as_fd(),
-            &self.dir_path,
-            self.temp.as_os_str(),
-            OsStr::new(&name),
-            Exclusive::Locked,
-        ) {
+        let rule = Rule::NoReplace(self.persister.no_replace(), Exclusive::Locked);
+        match self.temp.rename(OsStr::new(&name), rule) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
                 return Err(ChainError::from(ChainErrorKind::Occupied).at(&path))
             }
             Err(e) => return Err(named(e)),
         }
-        // Renamed: the temp name is gone, nothing to clean up on drop.
-        self.file = None;
-        crash_point::step().map_err(|e| ChainError::io(e).at(&path))?;
-        retry_on_intr(|| rustix::fs::fsync(&self.dir))
-            .map_err(|e| ChainError::io(e.into()).at(&self.dir_path))?;
-        crash_point::step().map_err(|e| ChainError::io(e).at(&path))?;
+        self.temp
+            .sync_dir()
+            .map_err(|e| ChainError::io(e).at(&self.dir_path))?;
         stats.publish = t.elapsed();
         Ok(DeltaInfo {
             path,
             footer,
             stats,
         })
-    }
-}
-
-impl Drop for DeltaWriter<'_> {
-    fn drop(&mut self) {
-        if self.file.take().is_some() && !crash_point::crashed() {
-            // Best effort: a failure leaves a temp file for `remove_superseded`.
-            let _ = rustix::fs::unlinkat(&self.dir, self.temp.as_os_str(), AtFlags::empty());
-        }
     }
 }
 
@@ -502,32 +478,6 @@ pub(crate) fn open_chain_dir(path: &Path, create: bool) -> io::Result<OwnedFd> {
         }
         r => Ok(r?),
     }
-}
-
-fn create_temp(dir: &OwnedFd) -> io::Result<(OsString, File)> {
-    loop {
-        let name = OsString::from(format!("{TEMP_PREFIX}{}", crate::persist::random_hex()?));
-        match rustix::fs::openat(
-            dir,
-            name.as_os_str(),
-            OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::RDWR,
-            Mode::RUSR | Mode::WUSR,
-        ) {
-            Ok(fd) => return Ok((name, File::from(fd))),
-            Err(Errno::EXIST) | Err(Errno::INTR) => continue,
-            Err(e) => return Err(e.into()),
-        }
-    }
-}
-
-/// The names in a directory.
-pub(crate) fn dir_names(dir: &OwnedFd) -> io::Result<Vec<OsString>> {
-    let mut d = rustix::fs::Dir::read_from(dir)?;
-    let mut names = Vec::new();
-    while let Some(entry) = d.read() {
-        names.push(OsStr::from_bytes(entry?.file_name().to_bytes()).to_os_string());
-    }
-    Ok(names)
 }
 
 /// What [`remove_superseded`] did.
@@ -620,74 +570,4 @@ pub fn highest_generation(persister: &Persister) -> Result<Option<u64>, ChainErr
         .filter_map(|n| parse_delta_name(n.as_bytes()))
         .map(|(generation, _)| generation);
     Ok(footers.chain(deltas).max())
-}
-
-/// Test-only cut: after `n` more steps of a delta write (create, footer, fdatasync, rename,
-/// dir fsync), the next one fails as if the machine had stopped there; a "crashed" writer's
-/// drop then leaves its temp file, as a real crash would. Also counts the `fdatasync`s. No-op
-/// outside tests.
-pub(crate) mod crash_point {
-    #[cfg(test)]
-    thread_local! {
-        static LEFT: std::cell::Cell<Option<usize>> = const { std::cell::Cell::new(None) };
-        static CRASHED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-        static SYNCS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
-    }
-
-    /// Counts an `fdatasync` of a delta (tests read the count with [`syncs`]).
-    #[cfg(test)]
-    pub(crate) fn synced() {
-        SYNCS.with(|c| c.set(c.get() + 1));
-    }
-
-    /// `fdatasync`s of deltas made by this thread so far.
-    #[cfg(test)]
-    pub(crate) fn syncs() -> usize {
-        SYNCS.with(|c| c.get())
-    }
-
-    #[cfg(not(test))]
-    #[inline(always)]
-    pub(crate) fn synced() {}
-
-    /// Cut after `n` more steps (`None`: never); clears the crashed flag.
-    #[cfg(test)]
-    pub(crate) fn arm(n: Option<usize>) {
-        LEFT.with(|l| l.set(n));
-        CRASHED.with(|c| c.set(false));
-    }
-
-    /// Called after each step; fails once the armed count is used up.
-    #[cfg(test)]
-    pub(crate) fn step() -> std::io::Result<()> {
-        LEFT.with(|l| match l.get() {
-            Some(0) => {
-                CRASHED.with(|c| c.set(true));
-                Err(std::io::Error::other("injected cut"))
-            }
-            Some(n) => {
-                l.set(Some(n - 1));
-                Ok(())
-            }
-            None => Ok(()),
-        })
-    }
-
-    /// `true` after an injected cut (until the next `arm`).
-    #[cfg(test)]
-    pub(crate) fn crashed() -> bool {
-        CRASHED.with(|c| c.get())
-    }
-
-    #[cfg(not(test))]
-    #[inline(always)]
-    pub(crate) fn step() -> std::io::Result<()> {
-        Ok(())
-    }
-
-    #[cfg(not(test))]
-    #[inline(always)]
-    pub(crate) fn crashed() -> bool {
-        false
-    }
 }

@@ -6,7 +6,10 @@ use std::path::{Path, PathBuf};
 
 use shmsnap_core::LayoutError;
 
-use super::footer::{FOOTER_VERSION, MAGIC};
+/// The footer's magic: the last 56 bytes of every snapshot file start with it.
+pub const MAGIC: [u8; 8] = *b"SHMSNAPF";
+/// The footer version this crate writes and the newest it reads.
+pub const FOOTER_VERSION: u64 = 1;
 
 /// Why a file is not a usable snapshot (or could not be written): the file, when known, and
 /// what went wrong ([`SnapshotErrorKind`], matchable through [`SnapshotError::kind`]).

@@ -1,11 +1,9 @@
 //! The 56-byte footer: its fields, encoding and decoding (`os-linux/FOOTER.md`).
 
+// The magic and version live in `error` (the lower module: its messages name them).
 use super::error::SnapshotErrorKind;
+pub use super::error::{FOOTER_VERSION, MAGIC};
 
-/// The footer's magic: the last 56 bytes of every snapshot file start with it.
-pub const MAGIC: [u8; 8] = *b"SHMSNAPF";
-/// The footer version this crate writes and the newest it reads.
-pub const FOOTER_VERSION: u64 = 1;
 /// Length of the footer in bytes.
 pub const FOOTER_LEN: usize = 56;
 

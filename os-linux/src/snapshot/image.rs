@@ -11,13 +11,16 @@
 //! unknown code) is opaque: footer and CRC
 //! are all there is to check.
 //!
-//! The descriptor ring is read in chunks of [`DESCRIPTOR_CHUNK_SLOTS`] descriptors, so memory
+//! The one reader of a queue image's parts is here too: [`read_queue_header`] (layout and
+//! hints) and [`QueueSlots`] (each slot of the descriptor ring with its raw seq word and its
+//! decoded descriptor, or why not); [`check_image`] and the host's `inspect` both read through
+//! them. The ring is read in chunks of [`DESCRIPTOR_CHUNK_SLOTS`] descriptors, so memory
 //! stays bounded whatever the entry count (up to 2^24 descriptors, 512 MiB of ring).
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd};
 
-use shmsnap_core::format::{self, desc};
+use shmsnap_core::format;
 use shmsnap_core::triple::read_image;
 use shmsnap_core::{Descriptor, Hints, Layout, LayoutError, Strategy, DESCRIPTOR_BYTES, PAGE_SIZE};
 
@@ -28,13 +31,19 @@ use crate::copy::read_full_at;
 /// Where [`check_image`] reads an image: positional reads of its bytes. A file (an fd) is
 /// one; a chain's point, read through its base and deltas without being written anywhere,
 /// is another (`chain::check_points`).
-pub(crate) trait ImageBytes {
+pub trait ImageBytes {
     /// Reads image bytes at `at` into `buf`; returns how many were read (fewer than
     /// `buf.len()` only at the end of the file).
     fn read_at(&self, buf: &mut [u8], at: u64) -> io::Result<usize>;
 }
 
 impl ImageBytes for BorrowedFd<'_> {
+    fn read_at(&self, buf: &mut [u8], at: u64) -> io::Result<usize> {
+        read_full_at(self, buf, at)
+    }
+}
+
+impl ImageBytes for std::fs::File {
     fn read_at(&self, buf: &mut [u8], at: u64) -> io::Result<usize> {
         read_full_at(self, buf, at)
     }
@@ -98,41 +107,28 @@ pub(crate) fn check_image_in(
         _ => return Ok(ImageSummary::Opaque),
     }
     let image_len = info.image_len;
-    let (layout, hints) = read_header(file, image_len)?;
-    let chunk = DESCRIPTOR_CHUNK_SLOTS.min(layout.entries);
-    // At most 64 KiB: `chunk <= DESCRIPTOR_CHUNK_SLOTS`.
-    let mut buf = vec![0u8; (chunk * DESCRIPTOR_BYTES) as usize];
+    let (layout, hints) =
+        read_queue_header(file, image_len).map_err(|e| e.into_snapshot(image_len))?;
     let (mut entries, mut newest) = (0u64, None::<Descriptor>);
-    let mut first = 0;
-    while first < layout.entries {
-        let n = chunk.min(layout.entries - first);
-        let bytes = &mut buf[..(n * DESCRIPTOR_BYTES) as usize];
-        // In the image: a valid layout's ring ends at `data_offset <= region_len <= image_len`.
-        read_exact(file, bytes, layout.desc_offset + first * DESCRIPTOR_BYTES)?;
-        for (i, desc) in bytes.chunks_exact(DESCRIPTOR_BYTES as usize).enumerate() {
-            // Most slots of a big ring are empty: their seq word alone says so.
-            if word(desc, desc::SEQ) == 0 {
-                continue;
+    for item in QueueSlots::new(file, layout, 0, layout.entries) {
+        let QueueSlot { slot, state, .. } = item.map_err(SnapshotError::io)?;
+        let d = match state {
+            SlotState::Empty => continue,
+            SlotState::NotValid => return Err(SnapshotErrorKind::BadDescriptor { slot }.into()),
+            SlotState::Valid(d) => d,
+        };
+        if d.seq >= hints.next_seq {
+            return Err(SnapshotErrorKind::EntryPastNextSeq {
+                seq: d.seq,
+                next_seq: hints.next_seq,
             }
-            let slot = first + i as u64;
-            let d = descriptor(desc);
-            if !d.is_valid_for(&layout, slot) {
-                return Err(SnapshotErrorKind::BadDescriptor { slot }.into());
-            }
-            if d.seq >= hints.next_seq {
-                return Err(SnapshotErrorKind::EntryPastNextSeq {
-                    seq: d.seq,
-                    next_seq: hints.next_seq,
-                }
-                .into());
-            }
-            entries += 1;
-            if newest.is_none_or(|m| d.seq > m.seq) {
-                newest = Some(d);
-            }
-            on_entry(slot, d);
+            .into());
         }
-        first += n;
+        entries += 1;
+        if newest.is_none_or(|m| d.seq > m.seq) {
+            newest = Some(d);
+        }
+        on_entry(slot, d);
     }
     Ok(ImageSummary::Queue {
         layout,
@@ -152,47 +148,169 @@ fn check_triple(file: &impl ImageBytes, image_len: u64) -> Result<ImageSummary, 
         .map_err(|e| SnapshotErrorKind::TripleImage(e).into())
 }
 
-/// The layout and hints of a queue image: `Layout::read_bytes` over the image's first page,
-/// with the whole image's length as the memory available (the region must fit the image,
-/// not the page).
-fn read_header(file: &impl ImageBytes, image_len: u64) -> Result<(Layout, Hints), SnapshotError> {
+/// Why the header of a queue image gives no layout.
+#[derive(Debug)]
+pub enum HeaderError {
+    /// The image is shorter than a region header.
+    Short,
+    /// The header's fields make no valid layout within the image.
+    Layout(LayoutError),
+    /// The file could not be read.
+    Io(io::Error),
+}
+
+impl HeaderError {
+    fn into_snapshot(self, image_len: u64) -> SnapshotError {
+        match self {
+            HeaderError::Short => SnapshotErrorKind::Layout(LayoutError::TooSmall {
+                needed: PAGE_SIZE,
+                available: image_len,
+            })
+            .into(),
+            HeaderError::Layout(e) => SnapshotErrorKind::Layout(e).into(),
+            HeaderError::Io(e) => SnapshotError::io(e),
+        }
+    }
+}
+
+/// The layout and hints of the queue image in `file` (an image of `image_len` bytes at offset
+/// 0): `Layout::from_header_words` over the image's first page, with the whole image's length
+/// as the memory available (the region must fit the image, not the page).
+///
+/// # Errors
+///
+/// [`HeaderError`]: short image, invalid layout, read error.
+pub fn read_queue_header(
+    file: &impl ImageBytes,
+    image_len: u64,
+) -> Result<(Layout, Hints), HeaderError> {
     let mut page = vec![0u8; PAGE_SIZE.min(image_len) as usize];
-    read_exact(file, &mut page, 0)?;
-    let words =
-        format::header_words(&page).ok_or(SnapshotErrorKind::Layout(LayoutError::TooSmall {
-            needed: PAGE_SIZE,
-            available: image_len,
-        }))?;
-    let layout = Layout::from_header_words(&words, image_len).map_err(SnapshotErrorKind::Layout)?;
+    read_exact_io(file, &mut page, 0).map_err(HeaderError::Io)?;
+    let words = format::header_words(&page).ok_or(HeaderError::Short)?;
+    let layout = Layout::from_header_words(&words, image_len).map_err(HeaderError::Layout)?;
     Ok((layout, Hints::read_bytes(&page)))
 }
 
-/// A descriptor from its 32 image bytes (words named by `shmsnap_core::format::desc`; core's
-/// `read_descriptor_bytes` reads the same words from a whole image).
-fn descriptor(b: &[u8]) -> Descriptor {
-    Descriptor {
-        seq: word(b, desc::SEQ),
-        offset: word(b, desc::OFFSET),
-        length: word(b, desc::LENGTH),
+/// What a slot of the descriptor ring holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SlotState {
+    /// Seq word 0: no entry.
+    Empty,
+    /// A descriptor valid for its slot (`Descriptor::is_valid_for`).
+    Valid(Descriptor),
+    /// A non-zero seq word, but the descriptor is not valid for its slot (unsound image).
+    NotValid,
+}
+
+/// One slot of a queue image's descriptor ring as read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QueueSlot {
+    /// The slot, `< layout.entries`.
+    pub slot: u64,
+    /// Its raw seq word.
+    pub seq_word: u64,
+    /// Its descriptor, or why there is none.
+    pub state: SlotState,
+}
+
+/// The slots `first, first + 1, ...` (`count` of them, at most `entries`, wrapping at
+/// `entries`) of a queue image's descriptor ring, read in chunks of at most
+/// [`DESCRIPTOR_CHUNK_SLOTS`] descriptors. After a read error it yields that error and ends.
+#[derive(Debug)]
+pub struct QueueSlots<'f, F: ImageBytes + ?Sized> {
+    file: &'f F,
+    /// A validated layout: its ring lies inside the image, before the data ring.
+    layout: Layout,
+    /// Next slot, as an index `0..count` from `first`.
+    next: u64,
+    first: u64,
+    /// `<= layout.entries`.
+    count: u64,
+    /// The chunk read last, and the index of its first slot.
+    buf: Vec<u8>,
+    buf_at: u64,
+}
+
+impl<'f, F: ImageBytes + ?Sized> QueueSlots<'f, F> {
+    /// The slots from `first` (taken modulo `entries`), `count` of them, of the image in
+    /// `file` whose validated layout is `layout`.
+    pub fn new(file: &'f F, layout: Layout, first: u64, count: u64) -> Self {
+        QueueSlots {
+            file,
+            layout,
+            next: 0,
+            first: first.checked_rem(layout.entries).unwrap_or(0),
+            count: count.min(layout.entries),
+            buf: Vec::new(),
+            buf_at: 0,
+        }
+    }
+
+    /// Reads the chunk that starts at index `self.next`: up to [`DESCRIPTOR_CHUNK_SLOTS`]
+    /// slots, not past the end of the ring (the next chunk starts again at slot 0).
+    fn fill(&mut self) -> io::Result<()> {
+        let slot = (self.first + self.next) % self.layout.entries;
+        let n = DESCRIPTOR_CHUNK_SLOTS
+            .min(self.count - self.next)
+            .min(self.layout.entries - slot);
+        // At most 64 KiB: `n <= DESCRIPTOR_CHUNK_SLOTS`.
+        self.buf.resize((n * DESCRIPTOR_BYTES) as usize, 0);
+        read_exact_io(
+            self.file,
+            &mut self.buf,
+            self.layout.desc_offset + slot * DESCRIPTOR_BYTES,
+        )?;
+        self.buf_at = self.next;
+        Ok(())
     }
 }
 
-/// Little-endian word `i` of `b` (0 past its end): `format::read_word`, inlined here because
-/// the descriptor loop runs it for every slot of the ring (for every point of a chain).
-#[inline]
-fn word(b: &[u8], i: usize) -> u64 {
-    b.get(i * 8..i * 8 + 8)
-        .and_then(|w| <[u8; 8]>::try_from(w).ok())
-        .map_or(0, u64::from_le_bytes)
+impl<F: ImageBytes + ?Sized> Iterator for QueueSlots<'_, F> {
+    type Item = io::Result<QueueSlot>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.next >= self.count {
+            return None;
+        }
+        let in_buf = (self.next - self.buf_at) * DESCRIPTOR_BYTES;
+        if self.buf.is_empty() || in_buf >= self.buf.len() as u64 {
+            if let Err(e) = self.fill() {
+                self.next = self.count;
+                return Some(Err(e));
+            }
+        }
+        let at = ((self.next - self.buf_at) * DESCRIPTOR_BYTES) as usize;
+        let bytes = &self.buf[at..at + DESCRIPTOR_BYTES as usize];
+        let slot = (self.first + self.next) % self.layout.entries;
+        self.next += 1;
+        let d = Descriptor::from_bytes(bytes);
+        let seq_word = d.seq;
+        let state = if seq_word == 0 {
+            SlotState::Empty
+        } else if d.is_valid_for(&self.layout, slot) {
+            SlotState::Valid(d)
+        } else {
+            SlotState::NotValid
+        };
+        Some(Ok(QueueSlot {
+            slot,
+            seq_word,
+            state,
+        }))
+    }
+}
+
+fn read_exact_io(file: &(impl ImageBytes + ?Sized), buf: &mut [u8], at: u64) -> io::Result<()> {
+    let got = file.read_at(buf, at)?;
+    if got < buf.len() {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            format!("the file ends at {} inside the image", at + got as u64),
+        ));
+    }
+    Ok(())
 }
 
 fn read_exact(file: &impl ImageBytes, buf: &mut [u8], at: u64) -> Result<(), SnapshotError> {
-    let got = file.read_at(buf, at).map_err(SnapshotError::io)?;
-    if got < buf.len() {
-        return Err(SnapshotError::io(io::Error::new(
-            io::ErrorKind::UnexpectedEof,
-            format!("the file ends at {} inside the image", at + got as u64),
-        )));
-    }
-    Ok(())
+    read_exact_io(file, buf, at).map_err(SnapshotError::io)
 }

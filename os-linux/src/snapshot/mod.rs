@@ -47,5 +47,8 @@ pub use footer::{
     decode_footer, encode_footer, image_len_ok, SnapshotInfo, SnapshotMeta, FOOTER_LEN,
     FOOTER_VERSION, MAGIC,
 };
-pub use image::{check_image, ImageSummary, DESCRIPTOR_CHUNK_SLOTS};
-pub(crate) use image::{check_image_in, ImageBytes};
+pub(crate) use image::check_image_in;
+pub use image::{
+    check_image, read_queue_header, HeaderError, ImageBytes, ImageSummary, QueueSlot, QueueSlots,
+    SlotState, DESCRIPTOR_CHUNK_SLOTS,
+};

@@ -34,7 +34,7 @@ fn memory() -> Replica {
 
 #[test]
 fn a_second_holder_is_refused_until_the_lease_expires_and_a_restart_takes_over() {
-    let rt = super::super::runtime().unwrap();
+    let rt = crate::replica::store::runtime().unwrap();
     for (_dir, r) in [local(), (tempfile::tempdir().unwrap(), memory())] {
         let first = rt.block_on(Lease::take(&r, holder("m1", "/s", 1))).unwrap();
         let e = rt
@@ -62,7 +62,7 @@ fn a_second_holder_is_refused_until_the_lease_expires_and_a_restart_takes_over()
 
 #[test]
 fn an_expired_lease_is_free_and_garbage_is_refused_not_overwritten() {
-    let rt = super::super::runtime().unwrap();
+    let rt = crate::replica::store::runtime().unwrap();
     let (dir, r) = local();
     let stale = Body {
         holder: holder("m1", "/s", 1),
@@ -103,7 +103,7 @@ fn an_old_lease_without_run_id_parses_and_is_not_this_run() {
 /// the old e-tag is refused (412). Reading the lease shows this run: adopted, not "lost".
 #[test]
 fn a_refused_renewal_of_our_own_lease_is_adopted_not_lost() {
-    let rt = super::super::runtime().unwrap();
+    let rt = crate::replica::store::runtime().unwrap();
     let r = memory();
     let mut lease = rt.block_on(Lease::take(&r, holder("m", "/s", 1))).unwrap();
     let stale = lease.version.clone();
@@ -137,7 +137,7 @@ fn a_refused_renewal_of_our_own_lease_is_adopted_not_lost() {
 /// says so; on `file://` too.
 #[test]
 fn a_deleted_lease_is_created_again_and_reported() {
-    let rt = super::super::runtime().unwrap();
+    let rt = crate::replica::store::runtime().unwrap();
     for (_dir, r) in [local(), (tempfile::tempdir().unwrap(), memory())] {
         let mut lease = rt.block_on(Lease::take(&r, holder("m", "/s", 1))).unwrap();
         rt.block_on(r.store.delete(&lease_key(&r))).unwrap();

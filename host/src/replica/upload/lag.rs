@@ -9,7 +9,7 @@
 use std::collections::VecDeque;
 use std::time::Instant;
 
-use super::PointId;
+use crate::replica::layout::PointId;
 
 /// Points remembered at most; beyond, only the time of the first forgotten one is kept (the
 /// lag stays exact for the oldest points, which are the ones it reports).

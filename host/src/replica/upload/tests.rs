@@ -1,4 +1,5 @@
 use super::*;
+use crate::config::parse_keep;
 use crate::replica::layout::{Generation, Object};
 
 fn offer(generation: u64, index: u32) -> Offer {
@@ -124,9 +125,9 @@ fn keep_parses_counts_and_durations() {
 /// `REPLICA_SEQ` (the local seq and generation stay as the snapshot published them).
 #[test]
 fn a_persisted_point_is_uploaded_and_its_seq_published_as_the_replica_seq() {
-    use crate::cli::StrategyArg;
-    use crate::snap::{open_persister, Outcome, Snapshotter};
-    use crate::strategy::Origin;
+    use crate::flow::{Origin, Outcome};
+    use crate::snap::Snapshotter;
+    use crate::startup::open_persister;
     use shmsnap_core::{status, LayoutRequest, Writer};
     use shmsnap_linux::{Mapping, Memfd, Protection};
 
@@ -147,7 +148,7 @@ fn a_persisted_point_is_uploaded_and_its_seq_published_as_the_replica_seq() {
     .unwrap();
     let dup = Memfd::from_fd(rustix::io::fcntl_dupfd_cloexec(&memfd, 0).unwrap()).unwrap();
     let persister = open_persister(&state, 1).unwrap();
-    let strategy = crate::strategy::from_arg(StrategyArg::Queue);
+    let strategy = crate::strategy::choose::from_kind(shmsnap_core::Strategy::Queue);
     let mut snap = Snapshotter::new(persister, strategy, dup, Origin::Empty).unwrap();
     let replica = Replica::open(&format!("file://{}", bucket.display())).unwrap();
     let keeper = crate::replica::keeper::Keeper::spawn(
@@ -160,7 +161,7 @@ fn a_persisted_point_is_uploaded_and_its_seq_published_as_the_replica_seq() {
     .unwrap();
     let shipper = Shipper::spawn(
         replica,
-        crate::replica::runtime().unwrap(),
+        crate::replica::store::runtime().unwrap(),
         keeper,
         Keep::default(),
         state.clone(),
@@ -168,7 +169,7 @@ fn a_persisted_point_is_uploaded_and_its_seq_published_as_the_replica_seq() {
         snap.status(),
     )
     .unwrap();
-    snap.attach_replica(shipper, None);
+    snap.attach_sink(Box::new(shipper));
     for i in 0..5u64 {
         w.commit(&i.to_le_bytes()).unwrap();
     }

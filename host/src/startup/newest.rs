@@ -30,7 +30,7 @@ use shmsnap_linux::persist::Persister;
 use shmsnap_linux::snapshot::{self, SnapshotErrorKind, SnapshotInfo};
 use tracing::warn;
 
-use crate::exit::{chain_code, snapshot_code, Code, Failure};
+use crate::exit::{code_of, Cause, Code, Failure};
 
 /// A restored point: the base, its footer as first read, the restore, and the caller's value
 /// (the region, at start).
@@ -71,7 +71,7 @@ pub fn skippable(e: &ChainError, fallback: bool) -> bool {
         return false;
     };
     let newer = matches!(b.kind(), SnapshotErrorKind::FutureVersion { .. });
-    let corrupt = snapshot_code(b) == Code::DataErr && !newer;
+    let corrupt = code_of(Cause::Snapshot(b)) == Code::DataErr && !newer;
     corrupt || fallback
 }
 
@@ -93,7 +93,7 @@ pub fn restore_newest<T>(
 ) -> Result<Option<Found<T>>, Failure> {
     let generations = persister.generations().map_err(|e| {
         Failure::new(
-            crate::exit::io_code(&e),
+            code_of(Cause::Io(&e)),
             format!(
                 "cannot list the snapshots of {}: {e}",
                 persister.target().display()
@@ -152,7 +152,7 @@ fn stop(path: &Path, e: &ChainError, skipped: &[(PathBuf, ChainError)]) -> Failu
         _ => ". Nothing was changed",
     };
     Failure::new(
-        chain_code(e),
+        code_of(Cause::Chain(e)),
         format!("cannot restore {}: {e}{before}{hint}", path.display()),
     )
 }
@@ -204,7 +204,7 @@ pub const ASIDE: &str = ".corrupt-";
 pub fn set_aside(no_replace: &NoReplace, bad: &Path, unix_secs: u64) -> Result<PathBuf, Failure> {
     let failed = |e: std::io::Error| {
         Failure::new(
-            crate::exit::io_code(&e),
+            code_of(Cause::Io(&e)),
             format!("cannot move the unusable {} aside: {e}", bad.display()),
         )
     };

@@ -24,7 +24,7 @@ use shmsnap_linux::{packed, snapshot};
 use tracing::{info, warn};
 
 use super::layout::{point_key, Generation, Listing, PointId};
-use super::{is_refused, refused, Replica};
+use super::store::{is_refused, refused, Replica};
 use crate::exit::{Code, Failure};
 
 /// What was restored.
@@ -46,14 +46,14 @@ pub struct Fetched {
 ///
 /// 65 for a corrupt or missing object (named), 66 for an empty replica or no point at or
 /// before `at`, 78 for refused credentials, 74 for other store errors.
-pub fn restore(
+pub fn restore_from(
     from: &str,
     out: &dyn Destination,
     at: Option<u64>,
     fallback: bool,
 ) -> Result<ExitCode, Failure> {
     let replica = Replica::open(from)?;
-    let rt = super::runtime()?;
+    let rt = super::store::runtime()?;
     let fetched = fetch_into(&rt, &replica, out, at, fallback)?;
     println!(
         "restored {} from {} into {} ({} bytes, taken {})",
@@ -61,7 +61,7 @@ pub fn restore(
         replica.url,
         out.path().display(),
         fetched.image_len,
-        crate::restore::rfc3339(fetched.unix_time_ns)
+        crate::time::rfc3339(fetched.unix_time_ns)
     );
     Ok(ExitCode::SUCCESS)
 }
@@ -114,7 +114,7 @@ impl Destination for Persister {
 ///
 /// # Errors
 ///
-/// As [`restore`], and `dest`'s errors.
+/// As [`restore_from`], and `dest`'s errors.
 pub fn fetch_into(
     rt: &tokio::runtime::Runtime,
     replica: &Replica,
@@ -167,7 +167,7 @@ pub fn fetch_into(
             format!(
                 "replica {} holds no point at or before {}",
                 replica.url,
-                crate::restore::rfc3339(t)
+                crate::time::rfc3339(t)
             ),
         ),
         None => Failure::new(
@@ -212,56 +212,14 @@ async fn fetch_generation(
     if at.is_some_and(|t| info.meta.unix_time_ns > t) {
         return Ok(None);
     }
-    let contiguous = generation.contiguous();
-    let mut usable = contiguous;
-    if let Some(&after_gap) = generation.deltas.keys().find(|&&i| i > contiguous) {
-        let missing = point_key(
-            replica,
-            PointId {
-                generation: g,
-                index: contiguous + 1,
-            },
-        );
-        corrupt(
-            replica,
-            &missing,
-            "missing",
-            fallback,
-            &format!("delta {contiguous} of base {g}"),
-        )?;
-        warn!(
-            "replica {}: deltas from {after_gap} of base {g} skipped (after a missing one)",
-            replica.url
-        );
-    }
+    let contiguous = contiguous_deltas(replica, g, generation, fallback)?;
     std::fs::create_dir_all(&dir).map_err(|e| {
         Failure::new(
             Code::CantCreat,
             format!("cannot create {}: {e}", dir.display()),
         )
     })?;
-    for i in 1..=contiguous {
-        let key = point_key(
-            replica,
-            PointId {
-                generation: g,
-                index: i,
-            },
-        );
-        if let Err(Missing(e)) =
-            download(replica, &key, &dir.join(chain::delta_name(g, u64::from(i)))).await?
-        {
-            corrupt(
-                replica,
-                &key,
-                &e,
-                fallback,
-                &format!("delta {} of base {g}", i - 1),
-            )?;
-            usable = i - 1;
-            break;
-        }
-    }
+    let mut usable = download_deltas(replica, g, contiguous, &dir, fallback).await?;
     let listing = chain::verify_chain(&base, &dir).map_err(|e| {
         Failure::new(
             Code::DataErr,
@@ -290,6 +248,74 @@ async fn fetch_generation(
         usable = sound;
     }
     Ok(Some((base, usable)))
+}
+
+/// The deltas of generation `g` that follow the base without a gap (1..=N); a gap (a missing
+/// delta with later ones present) is refused as [`corrupt`], or with `fallback` logged with
+/// the deltas after it skipped.
+fn contiguous_deltas(
+    replica: &Replica,
+    g: u64,
+    generation: &Generation,
+    fallback: bool,
+) -> Result<u32, Failure> {
+    let contiguous = generation.contiguous();
+    if let Some(&after_gap) = generation.deltas.keys().find(|&&i| i > contiguous) {
+        let missing = point_key(
+            replica,
+            PointId {
+                generation: g,
+                index: contiguous + 1,
+            },
+        );
+        corrupt(
+            replica,
+            &missing,
+            "missing",
+            fallback,
+            &format!("delta {contiguous} of base {g}"),
+        )?;
+        warn!(
+            "replica {}: deltas from {after_gap} of base {g} skipped (after a missing one)",
+            replica.url
+        );
+    }
+    Ok(contiguous)
+}
+
+/// Downloads deltas 1..=`contiguous` of base `g` into `dir`; returns how many arrived (the
+/// ones before the first missing one, which is refused as [`corrupt`] without `fallback`).
+async fn download_deltas(
+    replica: &Replica,
+    g: u64,
+    contiguous: u32,
+    dir: &Path,
+    fallback: bool,
+) -> Result<u32, Failure> {
+    let mut usable = contiguous;
+    for i in 1..=contiguous {
+        let key = point_key(
+            replica,
+            PointId {
+                generation: g,
+                index: i,
+            },
+        );
+        if let Err(Missing(e)) =
+            download(replica, &key, &dir.join(chain::delta_name(g, u64::from(i)))).await?
+        {
+            corrupt(
+                replica,
+                &key,
+                &e,
+                fallback,
+                &format!("delta {} of base {g}", i - 1),
+            )?;
+            usable = i - 1;
+            break;
+        }
+    }
+    Ok(usable)
 }
 
 /// Refuses a corrupt or missing object (65, naming the key), or with `fallback` logs that it

@@ -14,7 +14,8 @@
 //!   sparse copy, `fdatasync`, `rename` over the previous raw file (which frees that file's
 //!   blocks inside `rename`, as the host's unlink of its dropped generation does), directory
 //!   `fsync`.
-//! - **restore** (ours): [`restore_into`] (verify footer and CRC, punch, sparse copy back)
+//! - **restore** (ours): [`restore_into`] (footer check, punch, one pass that CRCs and copies
+//!   each data chunk, image check on the copied bytes)
 //!   vs. **raw restore**: the same sparse copy back without verification.
 //!
 //! [`TempFile::commit`]: shmsnap_linux::persist::TempFile::commit

@@ -193,6 +193,31 @@ impl Memfd {
         Ok(())
     }
 
+    /// `fallocate(PUNCH_HOLE | KEEP_SIZE)` over the whole file—frees every page: the region
+    /// reads as zeros, as a new one does; its size and seals are kept.
+    ///
+    /// # References
+    ///  - [Linux `fallocate`](https://man7.org/linux/man-pages/man2/fallocate.2.html)
+    ///
+    /// # Errors
+    ///
+    /// `fstat`'s and `fallocate`'s errors.
+    pub fn clear(&self) -> io::Result<()> {
+        let len = self.len()?;
+        if len == 0 {
+            return Ok(());
+        }
+        rustix::io::retry_on_intr(|| {
+            rustix::fs::fallocate(
+                &self.fd,
+                rustix::fs::FallocateFlags::PUNCH_HOLE | rustix::fs::FallocateFlags::KEEP_SIZE,
+                0,
+                len,
+            )
+        })?;
+        Ok(())
+    }
+
     /// `fcntl(fd, F_ADD_SEALS, F_SEAL_SEAL)`—no further seals can be added by anyone.
     ///
     /// See the [module docs](self) for why this is not part of

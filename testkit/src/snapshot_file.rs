@@ -297,8 +297,9 @@ fn queue_image(input: &mut Input<'_>) -> Vec<u8> {
 /// oracle), and otherwise exactly the typed error FOOTER.md's verification order names, with
 /// the right figures and no path; [`check_image`] reports exactly the oracle's entries;
 /// [`decode_footer`] agrees on the last 56 bytes; [`restore_into`] restores a verified image
-/// byte for byte (zeros past it), refuses a too-small region with `RegionTooSmall`, and
-/// leaves the region untouched whenever it fails.
+/// byte for byte (zeros past it), refuses a too-small region with `RegionTooSmall`, leaves
+/// the region untouched when the footer or the size is refused, and empty (all zeros) when the
+/// CRC or the image check refuses the bytes it copied.
 ///
 /// # Panics
 ///
@@ -516,11 +517,29 @@ pub fn snapshot_file(bytes: &[u8]) {
         }
         (Err(e), _) => {
             assert_eq!(actual(&Err(e)), expect, "restore_into's error");
-            assert_eq!(
-                &after[..stale.len()],
-                &stale[..],
-                "a refused restore wrote the region"
+            // Past a sound footer, into a region it fits, restore_into copies while it checks
+            // and empties the region when a check fails; before that it writes nothing.
+            let body = file.len().saturating_sub(FOOTER_LEN) as u64;
+            let past_footer = matches!(
+                expect,
+                Expect::ImageChecksum { .. }
+                    | Expect::Layout(_)
+                    | Expect::BadDescriptor { .. }
+                    | Expect::EntryPastNextSeq { .. }
+                    | Expect::TripleImage(_)
             );
+            if past_footer && body <= region_len {
+                assert!(
+                    after.iter().all(|&b| b == 0),
+                    "a refused restore left bytes in the region ({expect:?})"
+                );
+            } else {
+                assert_eq!(
+                    &after[..stale.len()],
+                    &stale[..],
+                    "a refused restore wrote the region"
+                );
+            }
         }
     }
 }

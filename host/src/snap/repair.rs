@@ -54,7 +54,7 @@ pub fn repair(
             );
             Some(info)
         }
-        Ok(None) => match clear(memfd) {
+        Ok(None) => match memfd.clear() {
             Ok(()) => {
                 warn!(
                     "no sound snapshot of {} to restore: cleared the region (the client \
@@ -145,18 +145,4 @@ fn restore_newest(
             Ok((report, ()))
         })?;
     Ok(found.map(|f| (f.path, f.info)))
-}
-
-/// Punches the whole region: it reads as zeros, as a new region does.
-fn clear(memfd: &Memfd) -> io::Result<()> {
-    let len = memfd.len()?;
-    rustix::io::retry_on_intr(|| {
-        rustix::fs::fallocate(
-            memfd,
-            rustix::fs::FallocateFlags::PUNCH_HOLE | rustix::fs::FallocateFlags::KEEP_SIZE,
-            0,
-            len,
-        )
-    })?;
-    Ok(())
 }

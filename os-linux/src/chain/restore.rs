@@ -8,7 +8,7 @@ use std::ops::Range;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::path::{Path, PathBuf};
 
-use crc_fast::{checksum_combine, CrcAlgorithm, Digest};
+use crc_fast::{CrcAlgorithm, Digest};
 use rustix::fs::FallocateFlags;
 
 use super::error::{ChainError, ChainErrorKind};
@@ -325,7 +325,7 @@ impl Sweep<'_, '_> {
         } else {
             crate::snapshot::zeros_crc32c(n)
         };
-        self.crc = checksum_combine(alg, self.crc, part, n);
+        self.crc = crate::snapshot::crc32c_combine(self.crc, part, n);
         Ok(())
     }
 }

@@ -2,13 +2,13 @@
 
 use std::fs::File;
 use std::io;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::path::Path;
 
 use rustix::fs::{FileType, Mode, OFlags};
 use shmsnap_core::Descriptor;
 
-use super::crc::image_crc32c;
+use super::crc::{copy_crc32c, image_crc32c};
 use super::error::{SnapshotError, SnapshotErrorKind};
 use super::footer::{
     decode_footer, encode_footer, image_len_ok, SnapshotInfo, SnapshotMeta, FOOTER_LEN,
@@ -231,49 +231,77 @@ pub fn verify_path(path: &Path) -> Result<SnapshotInfo, SnapshotError> {
     verify(open(path)?).map_err(|e| e.at(path))
 }
 
-/// [`verify`]s `snapshot`, checks the image fits `region`, then copies the image sparsely
-/// into `region` (whose previous content in `0..region.len()` is discarded; the region is
-/// never shrunk). Nothing is written to `region` unless verification passed. Run it before
-/// any client maps the region: a mapping would see the content change under it.
+/// Restores `snapshot` into `region` (whose previous content in `0..region.len()` is
+/// discarded; the region is never shrunk), applying only a snapshot that passes every check
+/// of [`verify`]. Run it before any client maps the region: a mapping would see the content
+/// change under it.
+///
+/// The footer is checked and the region's size compared before the region is touched. Then
+/// one pass over the image's data extents reads each chunk once, CRCs it and writes those same
+/// bytes into the emptied region (no second read of the file, as the chain restore does); the
+/// image CRC is compared and [`check_image`] runs on the bytes now in the region. If either
+/// fails (or the copy does), the region is emptied again (all holes, reading as zeros) before
+/// the error is returned: a refused snapshot leaves nothing applied, and an accepted one is
+/// exactly the bytes that were verified.
 ///
 /// An image *smaller* than the region is accepted (the rest of the region reads as zeros);
 /// a host that requires equal sizes compares [`SnapshotInfo::image_len`] from [`verify`] first.
 ///
 /// # Errors
 ///
-/// Any [`verify`] error; [`SnapshotErrorKind::RegionTooSmall`]; [`SnapshotErrorKind::Io`] if
-/// the copy fails (the region's content is then unspecified). Without a path
-/// ([`restore_path`] adds it).
+/// Any [`verify`] error, in the same order; [`SnapshotErrorKind::RegionTooSmall`] for a
+/// file `verify` accepts (the region untouched, as for every footer error); [`SnapshotErrorKind::Io`] if the copy fails. After
+/// an error past the footer the region is empty; should emptying it fail as well, the error
+/// is an `Io` error saying the region still holds unverified bytes: drop the region. Without
+/// a path ([`restore_path`] adds it).
 pub fn restore_into(
     snapshot: impl AsFd,
     region: &Memfd,
 ) -> Result<(SnapshotInfo, CopyStats), SnapshotError> {
     let snapshot = snapshot.as_fd();
-    let info = verify(snapshot)?;
+    let info = read_footer(snapshot)?;
     let region_len = region.len().map_err(SnapshotError::io)?;
     if info.image_len > region_len {
+        // Refused either way; a corrupt file is reported as such first, as by `verify`.
+        verify(snapshot)?;
         return Err(SnapshotErrorKind::RegionTooSmall {
             image: info.image_len,
             region: region_len,
         }
         .into());
     }
-    // Discard the whole region first (also past the image), then copy the image's extents.
-    let copy = (|| -> io::Result<CopyStats> {
-        if info.image_len < region_len {
-            rustix::io::retry_on_intr(|| {
-                rustix::fs::fallocate(
-                    region,
-                    rustix::fs::FallocateFlags::PUNCH_HOLE | rustix::fs::FallocateFlags::KEEP_SIZE,
-                    info.image_len,
-                    region_len - info.image_len,
-                )
-            })?;
+    match apply_verified(snapshot, region, &info) {
+        Ok(stats) => Ok((info, stats)),
+        Err(e) => match region.clear() {
+            Ok(()) => Err(e),
+            Err(d) => Err(SnapshotError::io(io::Error::other(format!(
+                "{e}; emptying the region afterwards failed too ({d}): it holds unverified \
+                 bytes, drop it"
+            )))),
+        },
+    }
+}
+
+/// The part of [`restore_into`] that writes `region`: empty it, copy the image while
+/// computing its CRC, compare the CRC, check the image as now in the region. On `Err` the
+/// region holds unverified bytes: the caller empties it.
+fn apply_verified(
+    snapshot: BorrowedFd<'_>,
+    region: &Memfd,
+    info: &SnapshotInfo,
+) -> Result<CopyStats, SnapshotError> {
+    region.clear().map_err(SnapshotError::io)?;
+    let (computed, stats) =
+        copy_crc32c(snapshot, region.as_fd(), info.image_len).map_err(SnapshotError::io)?;
+    if computed != info.image_crc {
+        return Err(SnapshotErrorKind::ImageChecksum {
+            stored: info.image_crc,
+            computed,
         }
-        copy_sparse(snapshot, region, info.image_len)
-    })()
-    .map_err(SnapshotError::io)?;
-    Ok((info, copy))
+        .into());
+    }
+    check_image(region, info, |_, _| {})?;
+    Ok(stats)
 }
 
 /// [`open`]s `path` and [`restore_into`]s `region`; errors name the file.
@@ -527,7 +555,7 @@ mod tests {
 
         // Correct CRC, corrupt header (the entry-count word), and an image cut short of the
         // region its header describes: both refused by verify and by restore, which leaves
-        // the region alone.
+        // nothing applied (the region emptied: the image check runs on the copied bytes).
         let mut bad_header = good.clone();
         bad_header[3 * 8] ^= 1;
         let short = &good[..good.len() - 8];
@@ -539,9 +567,7 @@ mod tests {
             let region = region_with(&[0xee; 64], 1 << 16);
             let r = restore_into(&f, &region).unwrap_err();
             assert_eq!(r.to_string(), e.to_string());
-            let mut back = [0u8; 64];
-            read_full_at(&region, &mut back, 0).unwrap();
-            assert_eq!(back, [0xee; 64], "a refused restore wrote the region");
+            assert_nothing_applied(&region);
             // The exit strategy's image is opaque: the same bytes are sound there.
             verify(file_of(image, 0)).unwrap();
         }
@@ -555,6 +581,63 @@ mod tests {
             matches!(e.kind(), SnapshotErrorKind::BadDescriptor { slot: 2 }),
             "{e}"
         );
+    }
+
+    /// The region is empty: no page allocated, every byte zero.
+    fn assert_nothing_applied(region: &Memfd) {
+        let len = region.len().unwrap() as usize;
+        assert_eq!(
+            region.allocated().unwrap(),
+            0,
+            "a refused restore kept pages"
+        );
+        let mut back = vec![1u8; len];
+        read_full_at(region, &mut back, 0).unwrap();
+        assert!(back.iter().all(|&b| b == 0), "a refused restore kept bytes");
+    }
+
+    /// The one-pass restore writes the region while it checks: a file whose CRC or image
+    /// check fails (bit rot in the data, in the header with a matching CRC, a bad descriptor)
+    /// must come back refused with the region emptied — never the corrupt bytes, never the
+    /// region's stale content. A good file after a refused one restores normally.
+    #[test]
+    fn corrupt_file_restored_in_one_pass_is_refused_and_leaves_nothing_applied() {
+        let queue = shmsnap_core::Strategy::Queue.code();
+        let good = queue_image();
+        let len = good.len() as u64;
+        let stale = |region: &Memfd| write_all_at(region, &vec![0xee; 2 * len as usize], 0);
+        // Bit rot past the header: the CRC stored no longer matches.
+        let mut rot = snapshot_bytes_with(&good, queue);
+        rot[len as usize - 100] ^= 0x10;
+        // A header with a matching CRC but a wrong entry count: only the image check sees it.
+        let mut bad_header = good.clone();
+        bad_header[3 * 8] ^= 1;
+        for (bytes, what) in [
+            (rot, "checksum"),
+            (snapshot_bytes_with(&bad_header, queue), "layout"),
+        ] {
+            let f = Memfd::create("corrupt", 0).unwrap();
+            write_all_at(&f, &bytes, 0).unwrap();
+            let region = Memfd::create("r", 2 * len).unwrap();
+            stale(&region).unwrap();
+            let e = restore_into(&f, &region).unwrap_err();
+            assert_eq!(e.to_string(), verify(&f).unwrap_err().to_string(), "{what}");
+            assert_nothing_applied(&region);
+            // The same region then takes a sound snapshot.
+            let ok = file_of(&good, queue);
+            restore_into(&ok, &region).unwrap();
+            let mut back = vec![0u8; len as usize];
+            read_full_at(&region, &mut back, 0).unwrap();
+            assert_eq!(back, good, "{what}: the sound restore after a refused one");
+        }
+    }
+
+    /// [`file_of`]'s bytes.
+    fn snapshot_bytes_with(image: &[u8], strategy: u64) -> Vec<u8> {
+        let f = file_of(image, strategy);
+        let mut v = vec![0u8; file_len(&f).unwrap() as usize];
+        read_full_at(&f, &mut v, 0).unwrap();
+        v
     }
 
     #[test]

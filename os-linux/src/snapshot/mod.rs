@@ -21,9 +21,11 @@
 //! | `file` | [`open`] without blocking, [`write_snapshot`], [`verify`], [`restore_into`] |
 //! | `error` | [`SnapshotError`] = the file's path + a matchable [`SnapshotErrorKind`] |
 //!
-//! [`verify`] checks everything before a single byte of a region is touched — footer, image
-//! CRC, then [`check_image`] — and [`restore_into`] verifies and then copies the image
-//! sparsely into a memfd, so every file `verify` accepts is one `restore_into` restores.
+//! [`verify`] checks everything without writing anything — footer, image CRC, then
+//! [`check_image`] — and [`restore_into`] runs the same checks in the same order while it
+//! copies (one read of the data: each chunk is CRC'd and written to the memfd), emptying the
+//! memfd again if any fails, so every file `verify` accepts is one `restore_into` restores and
+//! a file it refuses leaves nothing applied.
 //! Nothing here panics on file content: every malformed file is a [`SnapshotError`], and the
 //! `*_path` functions name the file in every error.
 
@@ -33,7 +35,7 @@ mod file;
 mod footer;
 mod image;
 
-pub(crate) use crc::zeros_crc32c;
+pub(crate) use crc::{crc32c_combine, zeros_crc32c};
 pub use crc::{image_crc32c, CRC_CHUNK};
 pub use error::{SnapshotError, SnapshotErrorKind};
 pub(crate) use file::file_type_name;

@@ -286,6 +286,10 @@ pub struct RunArgs {
     #[arg(long, value_enum, default_value_t = StrategyArg::Exit)]
     pub strategy: StrategyArg,
     /// Snapshot interval for the queue, triple and freeze strategies, e.g. 100ms, 2s.
+    /// Snapshots start at a fixed rate, one per interval from the start; a tick that falls
+    /// while a snapshot still runs is skipped (shmsnap_snapshot_ticks_skipped_total). Work lost
+    /// to a crash of the host or machine: at most one interval plus one snapshot's duration
+    /// (plus another interval per tick skipped when snapshots take longer than the interval).
     #[arg(long, value_name = "DURATION", value_parser = crate::time::parse_duration, default_value = "1s")]
     pub interval: Duration,
     /// Freeze strategy: the longest the client may be stopped for one snapshot (freeze +

@@ -309,6 +309,8 @@ pub struct Metrics {
     triple_refused: Counter,
     /// Dead clients' claims the host cleared before a restart (or at start).
     claims_reclaimed: Counter,
+    /// Interval ticks that fell while a snapshot was still running (skipped, not queued).
+    ticks_skipped: Counter,
     /// Freeze-strategy attempts abandoned (the client thawed, nothing persisted), by reason.
     freeze_abandoned: Family<ReasonLabel, Counter>,
 }
@@ -347,6 +349,7 @@ impl Metrics {
             replica_state_now: Arc::default(),
             triple_refused: Counter::default(),
             claims_reclaimed: Counter::default(),
+            ticks_skipped: Counter::default(),
             freeze_abandoned: Family::default(),
         };
         m.register_all(&mut r);
@@ -375,6 +378,11 @@ impl Metrics {
             "claims_reclaimed",
             "Claims of dead clients on the region cleared by the host (before a restart, or at start for an inherited region)",
             self.claims_reclaimed.clone(),
+        );
+        r.register(
+            "snapshot_ticks_skipped",
+            "Interval ticks skipped because a snapshot was still running when they fell due (snapshots start at a fixed rate; a long snapshot skips ticks instead of queueing them)",
+            self.ticks_skipped.clone(),
         );
         r.register(
             "freeze_abandoned",
@@ -594,6 +602,11 @@ impl Metrics {
     /// Counts a dead client's claim the host cleared.
     pub fn claim_reclaimed(&self) {
         self.claims_reclaimed.inc();
+    }
+
+    /// Counts `n` interval ticks skipped while a snapshot ran.
+    pub fn ticks_skipped(&self, n: u64) {
+        self.ticks_skipped.inc_by(n);
     }
 
     /// Sets the number of points waiting for upload.

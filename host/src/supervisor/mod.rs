@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 use rustix::process::Signal;
 use shmsnap_linux::Memfd;
 use signal_hook::consts::{SIGCHLD, SIGUSR1};
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use self::client::{Client, ClientSpec};
 use self::restart::RestartPolicy;
@@ -102,8 +102,8 @@ pub struct Supervisor {
     restart: RestartPolicy,
     interval: Duration,
     stop_timeout: Duration,
-    /// The next interval snapshot; `None` without ticks, or while one is requested and not
-    /// finished (the next tick is an interval after it, as when snapshots ran in the loop).
+    /// The next interval tick; `None` without ticks. Ticks fall at a fixed rate (start + k ×
+    /// interval), whatever a snapshot took: see [`Ticks::after`].
     next_tick: Option<Instant>,
     /// Set once a stop was requested: when the client is SIGKILLed if it has not exited.
     stop_deadline: Option<Instant>,
@@ -234,9 +234,6 @@ impl Supervisor {
         }
         status_line(&self.notifier, done.tally);
         self.saved = done.tally.last.unwrap_or(FinalSnapshot::NothingToPersist);
-        if self.schedule.ticks && self.next_tick.is_none() && !self.worker.busy() {
-            self.next_tick = Some(Instant::now() + self.interval);
-        }
         let final_done = done.job.why == Why::ClientExited;
         if final_done && matches!(self.client, Client::Exited { .. }) {
             return Ok(self.after_final());
@@ -314,16 +311,105 @@ impl Supervisor {
                 self.client = client::spawn(&mut self.cmd, &self.metrics)?;
             }
         }
-        if self.next_tick.is_some_and(|t| now >= t) {
-            self.next_tick = None;
-            self.worker.request(Job {
-                why: Why::Interval,
-                client_alive: self.client.alive(),
-                client: self.client.pid(),
-                stopping: false,
-            })?;
+        if let Some(due) = self.next_tick.filter(|&t| now >= t) {
+            let ticks = Ticks::after(due, now, self.interval);
+            self.next_tick = Some(ticks.next);
+            // A tick that falls while a snapshot runs is skipped, not queued behind it: the
+            // next snapshot starts at the next tick, so snapshots keep the fixed rate.
+            let skipped = ticks.missed + u64::from(self.worker.busy());
+            if !self.worker.busy() {
+                self.worker.request(Job {
+                    why: Why::Interval,
+                    client_alive: self.client.alive(),
+                    client: self.client.pid(),
+                    stopping: false,
+                })?;
+            }
+            if skipped > 0 {
+                debug!("{skipped} interval tick(s) skipped: a snapshot was still running");
+                self.metrics.ticks_skipped(skipped);
+            }
         }
         Ok(())
+    }
+}
+
+/// Where the fixed-rate tick schedule goes after a tick that fell due at `due` is handled
+/// at `now` (`now >= due`).
+#[derive(Debug, PartialEq, Eq)]
+struct Ticks {
+    /// The next tick: `due + k × interval`, the first after `now`.
+    next: Instant,
+    /// Ticks between `due` and `next` that passed unhandled (the loop was late by more than
+    /// an interval).
+    missed: u64,
+}
+
+impl Ticks {
+    fn after(due: Instant, now: Instant, interval: Duration) -> Ticks {
+        // A zero interval would never advance: one tick per wake-up then.
+        let step = interval.max(Duration::from_millis(1));
+        let late = now.saturating_duration_since(due);
+        let missed = u64::try_from(late.as_nanos() / step.as_nanos()).unwrap_or(u64::MAX);
+        // `missed + 1` steps after `due` is after `now`; saturate rather than overflow.
+        let ahead = u32::try_from(missed.saturating_add(1)).unwrap_or(u32::MAX);
+        let next = step
+            .checked_mul(ahead)
+            .and_then(|d| due.checked_add(d))
+            .unwrap_or(now + step);
+        Ticks { next, missed }
+    }
+}
+
+#[cfg(test)]
+mod tick_tests {
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    #[test]
+    fn the_next_tick_is_counted_from_the_due_time_not_from_now() {
+        let t0 = Instant::now();
+        // Handled 30 ms late (a snapshot took that long): the next tick stays on the grid.
+        let t = Ticks::after(t0, t0 + 30 * MS, 100 * MS);
+        assert_eq!(
+            t,
+            Ticks {
+                next: t0 + 100 * MS,
+                missed: 0
+            }
+        );
+        // On time.
+        assert_eq!(Ticks::after(t0, t0, 100 * MS).next, t0 + 100 * MS);
+    }
+
+    #[test]
+    fn ticks_the_loop_slept_through_are_counted_and_the_grid_kept() {
+        let t0 = Instant::now();
+        let t = Ticks::after(t0, t0 + 250 * MS, 100 * MS);
+        assert_eq!(
+            t,
+            Ticks {
+                next: t0 + 300 * MS,
+                missed: 2
+            }
+        );
+        // Exactly on a later tick: that one counts as missed, the next is ahead.
+        let t = Ticks::after(t0, t0 + 200 * MS, 100 * MS);
+        assert_eq!(
+            t,
+            Ticks {
+                next: t0 + 300 * MS,
+                missed: 2
+            }
+        );
+    }
+
+    #[test]
+    fn a_zero_interval_still_advances() {
+        let t0 = Instant::now();
+        let t = Ticks::after(t0, t0, Duration::ZERO);
+        assert!(t.next > t0);
     }
 }
 

@@ -361,6 +361,41 @@ impl Ticks {
     }
 }
 
+/// The metrics, with the region's size, served on `addr` if given: called at setup, before
+/// `READY=1`, so a scraper finds the endpoint as soon as systemd reports the unit started.
+///
+/// # Errors
+///
+/// [`Code::Config`] if `addr` cannot be bound (in use, not a local address, a privileged
+/// port): the operator chose it, and restarting does not fix it.
+fn start_metrics(addr: Option<SocketAddr>, region: &Memfd) -> Result<Metrics, Failure> {
+    let metrics = Metrics::new();
+    let size = region
+        .len()
+        .map_err(|e| Failure::new(Code::OsErr, format!("cannot stat the region: {e}")))?;
+    metrics.set_region_size(size);
+    if let Some(addr) = addr {
+        metrics.serve(addr).map_err(|e| {
+            Failure::new(
+                Code::Config,
+                format!("cannot serve metrics on {addr}: {e}; choose another --metrics address"),
+            )
+        })?;
+    }
+    Ok(metrics)
+}
+
+fn status_line(notifier: &Notifier, tally: Tally) {
+    if notifier.enabled() {
+        let age = tally
+            .last_persisted
+            .map_or("no snapshot yet".to_owned(), |t| {
+                format!("last snapshot {:.1}s ago", t.elapsed().as_secs_f64())
+            });
+        notifier.status(&format!("{age}; {} starved attempts", tally.starved));
+    }
+}
+
 #[cfg(test)]
 mod tick_tests {
     use super::*;
@@ -410,40 +445,5 @@ mod tick_tests {
         let t0 = Instant::now();
         let t = Ticks::after(t0, t0, Duration::ZERO);
         assert!(t.next > t0);
-    }
-}
-
-/// The metrics, with the region's size, served on `addr` if given: called at setup, before
-/// `READY=1`, so a scraper finds the endpoint as soon as systemd reports the unit started.
-///
-/// # Errors
-///
-/// [`Code::Config`] if `addr` cannot be bound (in use, not a local address, a privileged
-/// port): the operator chose it, and restarting does not fix it.
-fn start_metrics(addr: Option<SocketAddr>, region: &Memfd) -> Result<Metrics, Failure> {
-    let metrics = Metrics::new();
-    let size = region
-        .len()
-        .map_err(|e| Failure::new(Code::OsErr, format!("cannot stat the region: {e}")))?;
-    metrics.set_region_size(size);
-    if let Some(addr) = addr {
-        metrics.serve(addr).map_err(|e| {
-            Failure::new(
-                Code::Config,
-                format!("cannot serve metrics on {addr}: {e}; choose another --metrics address"),
-            )
-        })?;
-    }
-    Ok(metrics)
-}
-
-fn status_line(notifier: &Notifier, tally: Tally) {
-    if notifier.enabled() {
-        let age = tally
-            .last_persisted
-            .map_or("no snapshot yet".to_owned(), |t| {
-                format!("last snapshot {:.1}s ago", t.elapsed().as_secs_f64())
-            });
-        notifier.status(&format!("{age}; {} starved attempts", tally.starved));
     }
 }

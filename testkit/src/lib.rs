@@ -30,6 +30,8 @@
 //!     files): `verify` and `restore` end the chain at the same link, which the oracle names,
 //!     and the restored image is that point's.
 //!
+//! - [`lines`]: [`Lines`](lines::Lines), a child's output collected by a thread (end-to-end
+//!   tests wait for a line).
 //! - [`require`](require::require): a test that needs a tool or kernel feature runs or fails,
 //!   never passes silently (unless `SHMSNAP_TEST_ALLOW_MISSING` names what may be missing).
 //!
@@ -45,6 +47,7 @@ pub mod host;
 mod image;
 pub mod imports;
 mod input;
+pub mod lines;
 pub mod model;
 pub mod ops;
 pub mod payload;

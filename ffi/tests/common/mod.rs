@@ -20,11 +20,9 @@
 #![allow(dead_code)] // each test binary uses a different subset
 
 use std::ffi::OsStr;
-use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use rustix::process::{Pid, Signal};
@@ -180,69 +178,7 @@ pub fn compile_source(src: &Path, exe_name: &str, extra: &[&str]) -> PathBuf {
     exe
 }
 
-/// Lines of one output stream, collected by a thread.
-#[derive(Clone, Default)]
-pub struct Lines(Arc<Mutex<Vec<String>>>, Arc<AtomicBool>);
-
-impl Lines {
-    fn collect(stream: impl Read + Send + 'static, echo: &'static str) -> Self {
-        let lines = Lines::default();
-        let (store, eof) = (lines.0.clone(), lines.1.clone());
-        std::thread::spawn(move || {
-            for line in BufReader::new(stream).lines() {
-                let Ok(line) = line else { break };
-                if std::env::var_os("SHMSNAP_TEST_ECHO").is_some() {
-                    eprintln!("[{echo}] {line}");
-                }
-                store.lock().unwrap().push(line);
-            }
-            eof.store(true, Ordering::Release);
-        });
-        lines
-    }
-
-    /// Whether the stream has ended.
-    pub fn ended(&self) -> bool {
-        self.1.load(Ordering::Acquire)
-    }
-
-    /// Every line so far.
-    pub fn all(&self) -> Vec<String> {
-        self.0.lock().unwrap().clone()
-    }
-
-    /// Number of lines so far.
-    pub fn len(&self) -> usize {
-        self.0.lock().unwrap().len()
-    }
-
-    /// Everything so far, as one string.
-    pub fn text(&self) -> String {
-        self.all().join("\n")
-    }
-
-    /// Waits until a line at index `from` or later satisfies `f`; returns (index, line).
-    pub fn wait_from(
-        &self,
-        from: usize,
-        timeout: Duration,
-        f: impl Fn(&str) -> bool,
-    ) -> Option<(usize, String)> {
-        let end = Instant::now() + timeout;
-        loop {
-            {
-                let v = self.0.lock().unwrap();
-                if let Some(i) = (from..v.len()).find(|&i| f(&v[i])) {
-                    return Some((i, v[i].clone()));
-                }
-            }
-            if Instant::now() >= end {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    }
-}
+pub use shmsnap_testkit::lines::Lines;
 
 /// A process started by a test; SIGKILLed and reaped on drop.
 pub struct Proc {

@@ -101,8 +101,9 @@ impl Holder {
         }
     }
 
-    /// `true` if `self` may take over a lease `other` holds before it expires.
-    fn same_place(&self, other: &Holder) -> bool {
+    /// `true` if `self` may take over a lease `other` holds before it expires: the same
+    /// machine and state file (the state file's lock says no other run there is alive).
+    pub fn same_place(&self, other: &Holder) -> bool {
         !self.machine_id.is_empty()
             && self.machine_id == other.machine_id
             && self.state_path == other.state_path

@@ -189,7 +189,7 @@ fn start_standby(
             Err(e) => return Err(Failure::new(Code::Config, e.to_string())),
         }
     }
-    let lease = standby::acquire(&rt, &replica, &holder, opts.ttl, persister, metrics)?;
+    let (lease, ours) = standby::acquire(&rt, &replica, &holder, opts.ttl, persister, metrics)?;
     // The keeper renews from here on, while the state catches up.
     let keeper = Keeper::spawn(
         replica.clone(),
@@ -199,7 +199,7 @@ fn start_standby(
         true,
         metrics.clone(),
     )?;
-    let floor = standby::reconcile(&rt, &replica, persister, standby::Goal::Lead)?;
+    let floor = standby::reconcile(&rt, &replica, persister, standby::Goal::Lead, ours)?;
     multipart::sweep_logged(&rt, &replica);
     metrics.role(Role::Primary);
     info!(

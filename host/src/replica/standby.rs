@@ -41,7 +41,9 @@ const WARN_EVERY: Duration = Duration::from_secs(30);
 const STATUS_EVERY: Duration = Duration::from_secs(10);
 
 /// Takes the lease: at once if it is free (none, released, this machine's state path), or
-/// after following the bucket until the holder stops renewing. Returns the lease, held.
+/// after following the bucket until the holder stops renewing. Returns the lease, held, and
+/// whether it was this state path's before (then every point in the bucket since is from
+/// this state's own history: see [`reconcile`]).
 ///
 /// # Errors
 ///
@@ -54,16 +56,25 @@ pub fn acquire(
     ttl: Duration,
     persister: &Persister,
     metrics: &Metrics,
-) -> Result<Lease, Failure> {
+) -> Result<(Lease, bool), Failure> {
     let mut last_warn: Option<Instant> = None;
     loop {
+        let ours = matches!(
+            rt.block_on(lease::read(replica)),
+            Ok(Some((b, _))) if holder.same_place(&b.holder)
+        );
         match rt.block_on(Lease::take(replica, holder.clone(), ttl, false)) {
             Ok(l) => {
                 info!(
-                    "replica {}: lease taken (it was free): primary",
-                    replica.url
+                    "replica {}: lease taken ({}): primary",
+                    replica.url,
+                    if ours {
+                        "it was held by this machine's state file"
+                    } else {
+                        "it was free"
+                    }
                 );
-                return Ok(l);
+                return Ok((l, ours));
             }
             Err(LeaseError::Held { body, .. }) => {
                 info!(
@@ -74,7 +85,7 @@ pub fn acquire(
                     body.ttl().as_secs_f64()
                 );
                 metrics.role(Role::Standby);
-                reconcile(rt, replica, persister, Goal::Follow)?;
+                reconcile(rt, replica, persister, Goal::Follow, false)?;
                 let mut s = Standby {
                     rt,
                     replica,
@@ -92,7 +103,7 @@ pub fn acquire(
                     last_warn: None,
                     failed_points: 0,
                 };
-                return s.run();
+                return Ok((s.run()?, false));
             }
             Err(LeaseError::Store(e)) => {
                 metrics.replica_error();
@@ -307,10 +318,13 @@ pub enum Goal {
 /// Brings the local state in line with the bucket for `goal`; returns the bucket's newest
 /// generation (every new base must be above it).
 ///
-/// Local state whose point the bucket does not hold (another generation, or more deltas than
-/// the bucket has of it, or a state that cannot be read) is moved aside, never deleted; with
-/// [`Goal::Lead`] the bucket's newest point is then fetched (with fallback past a corrupt
-/// object: the newest sound point, logged).
+/// With [`Goal::Lead`], the local state is kept if it is the bucket's newest point or
+/// further along its generation, or — when the lease was this state path's (`ours`: every
+/// point in the bucket since is from this state's own history, e.g. after an outage) — a
+/// newer generation. Local state whose point the bucket does not hold otherwise (another
+/// generation, more deltas than the bucket has of it, a state that cannot be read) is moved
+/// aside, never deleted; with [`Goal::Lead`] the bucket's newest point is then fetched (with
+/// fallback past a corrupt object: the newest sound point, logged).
 ///
 /// # Errors
 ///
@@ -320,6 +334,7 @@ pub fn reconcile(
     replica: &Replica,
     persister: &Persister,
     goal: Goal,
+    ours: bool,
 ) -> Result<u64, Failure> {
     let listing = retry(|| {
         rt.block_on(Listing::load(replica)).map_err(|e| {
@@ -337,7 +352,8 @@ pub fn reconcile(
         (Some(_), None) => goal == Goal::Lead,
         (Some(Ok(l)), Some(n)) => {
             let l = *l;
-            let ahead = l.generation == n.generation && l.index >= n.index;
+            let ahead = (l.generation == n.generation && l.index >= n.index)
+                || (ours && l.generation > n.generation);
             let contained = listing
                 .generations
                 .get(&l.generation)
@@ -365,7 +381,10 @@ pub fn reconcile(
     if goal == Goal::Lead {
         let current = local_point(&target).and_then(Result::ok);
         let at_newest = match (current, newest) {
-            (Some(c), Some(n)) => c.generation == n.generation && c.index >= n.index,
+            (Some(c), Some(n)) => {
+                (c.generation == n.generation && c.index >= n.index)
+                    || (ours && c.generation > n.generation)
+            }
             (_, None) => true,
             (None, Some(_)) => false,
         };

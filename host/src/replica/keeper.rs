@@ -85,9 +85,9 @@ impl LeaseState {
 
     /// How long the lease is surely held from now (zero if not held), by the monotonic clock.
     pub fn valid_for(&self) -> Duration {
-        self.lock()
-            .valid_until
-            .map_or(Duration::ZERO, |t| t.saturating_duration_since(Instant::now()))
+        self.lock().valid_until.map_or(Duration::ZERO, |t| {
+            t.saturating_duration_since(Instant::now())
+        })
     }
 
     /// An upload (or part) starts only while the lease holds this much longer (TTL/6).

@@ -202,9 +202,7 @@ fn start_standby(
     let floor = standby::reconcile(&rt, &replica, persister, standby::Goal::Lead, ours)?;
     multipart::sweep_logged(&rt, &replica);
     metrics.role(Role::Primary);
-    info!(
-        "replica {url}: primary (new bases above generation {floor}, the bucket's newest)"
-    );
+    info!("replica {url}: primary (new bases above generation {floor}, the bucket's newest)");
     Ok(Started {
         replica,
         rt,

@@ -144,7 +144,10 @@ mod tests {
         let t0 = Instant::now();
         let mut o = Observer::default();
         assert_eq!(o.observe(t0, lease("a", 3)), Verdict::Wait { left: 3 * S });
-        assert_eq!(o.observe(t0 + 2 * S, lease("a", 3)), Verdict::Wait { left: S });
+        assert_eq!(
+            o.observe(t0 + 2 * S, lease("a", 3)),
+            Verdict::Wait { left: S }
+        );
         assert_eq!(
             o.observe(t0 + 3 * S, lease("a", 3)),
             Verdict::TakeOver {
@@ -159,8 +162,14 @@ mod tests {
         let t0 = Instant::now();
         let mut o = Observer::default();
         o.observe(t0, lease("a", 3));
-        assert_eq!(o.observe(t0 + 2 * S, lease("b", 3)), Verdict::Wait { left: 3 * S });
-        assert_eq!(o.observe(t0 + 4 * S, lease("b", 3)), Verdict::Wait { left: S });
+        assert_eq!(
+            o.observe(t0 + 2 * S, lease("b", 3)),
+            Verdict::Wait { left: 3 * S }
+        );
+        assert_eq!(
+            o.observe(t0 + 4 * S, lease("b", 3)),
+            Verdict::Wait { left: S }
+        );
         assert!(matches!(
             o.observe(t0 + 5 * S, lease("b", 3)),
             Verdict::TakeOver { .. }
@@ -175,7 +184,10 @@ mod tests {
         let mut o = Observer::default();
         o.observe(t0, lease("a", 3));
         assert_eq!(o.observe(t0 + 2 * S, Reading::Failed), Verdict::Unknown);
-        assert_eq!(o.observe(t0 + 5 * S, lease("a", 3)), Verdict::Wait { left: 3 * S });
+        assert_eq!(
+            o.observe(t0 + 5 * S, lease("a", 3)),
+            Verdict::Wait { left: 3 * S }
+        );
         assert!(matches!(
             o.observe(t0 + 8 * S, lease("a", 3)),
             Verdict::TakeOver { .. }
@@ -202,7 +214,10 @@ mod tests {
         let t0 = Instant::now();
         let mut o = Observer::default();
         o.observe(t0, lease("a", 10));
-        assert_eq!(o.observe(t0 + 3 * S, lease("a", 10)), Verdict::Wait { left: 7 * S });
+        assert_eq!(
+            o.observe(t0 + 3 * S, lease("a", 10)),
+            Verdict::Wait { left: 7 * S }
+        );
     }
 
     /// A lease whose TTL is out of bounds is refused by the reader ([`super::super::lease::read`]);

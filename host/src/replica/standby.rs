@@ -167,10 +167,12 @@ impl Standby<'_> {
                 info!("{line}");
                 self.notifier.status(&line);
             }
-            std::thread::sleep(Timing {
-                ttl: self.holder_ttl,
-            }
-            .poll_every());
+            std::thread::sleep(
+                Timing {
+                    ttl: self.holder_ttl,
+                }
+                .poll_every(),
+            );
         }
     }
 
@@ -178,7 +180,10 @@ impl Standby<'_> {
     fn status(&self) -> String {
         let behind = self.behind_since.map_or(0.0, |t| t.elapsed().as_secs_f64());
         match self.applied {
-            Some(p) => format!("standby, {behind:.0} s behind (at {p} of {})", self.replica.url),
+            Some(p) => format!(
+                "standby, {behind:.0} s behind (at {p} of {})",
+                self.replica.url
+            ),
             None => format!(
                 "standby, {behind:.0} s behind (no point of {} applied yet)",
                 self.replica.url
@@ -229,6 +234,10 @@ impl Standby<'_> {
             ),
         };
         match taken {
+            Ok(_) if !self.confirm() => {
+                self.observer.reset();
+                Ok(None)
+            }
             Ok(l) => {
                 info!(
                     "replica {}: took over the lease: {why}; becoming the primary",
@@ -250,6 +259,29 @@ impl Standby<'_> {
                 self.observer.reset();
                 Ok(None)
             }
+        }
+    }
+
+    /// After a takeover the store accepted: waits a lease request's timeout (a racing
+    /// conditional write sent at the same moment has been answered by then) and reads the
+    /// lease back. `false` if another host's body is there: the store let two conditional
+    /// writes through (not atomic), and this host stays a standby. A mitigation, not a
+    /// proof: the store's atomic conditional write is what keeps takeovers exclusive
+    /// (docs/DESIGN.md §12, assumptions).
+    fn confirm(&mut self) -> bool {
+        std::thread::sleep(Timing { ttl: self.ttl }.request_timeout());
+        match self.rt.block_on(lease::read(self.replica)) {
+            Ok(Some((b, _))) if !self.holder.same_run(&b.holder) => {
+                self.metrics.replica_error();
+                warn!(
+                    "replica {}: the store accepted this host's takeover, but the lease now \
+                     names {}: the store let two conditional writes through (not atomic?); \
+                     still standby",
+                    self.replica.url, b.holder
+                );
+                false
+            }
+            _ => true,
         }
     }
 

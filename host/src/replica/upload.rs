@@ -649,8 +649,7 @@ impl Uploader {
                 );
                 error!("replica {}: {why}", self.replica.url);
                 self.lease.fence(&why);
-                self.metrics
-                    .replica_state(ReplicaState::Stopped, &why);
+                self.metrics.replica_state(ReplicaState::Stopped, &why);
                 return Ok(Shipped::Skipped);
             }
             Err(e) => return Err(e.to_string()),

@@ -50,7 +50,9 @@ pub fn run(args: RunConfig) -> Result<ExitCode, Failure> {
         }
         let who = loss
             .holder
-            .map_or("nobody is known to hold it".to_owned(), |h| format!("{h} holds it"));
+            .map_or("nobody is known to hold it".to_owned(), |h| {
+                format!("{h} holds it")
+            });
         return Err(Failure::new(
             Code::TempFail,
             format!(
@@ -75,7 +77,9 @@ fn become_standby(loss: &crate::replica::keeper::Loss) -> Result<ExitCode, Failu
         loss.why
     );
     let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
-    let err = std::process::Command::new("/proc/self/exe").args(args).exec();
+    let err = std::process::Command::new("/proc/self/exe")
+        .args(args)
+        .exec();
     Err(Failure::new(
         Code::OsErr,
         format!("cannot start again as a standby: {err}"),

@@ -38,7 +38,9 @@ fn memory() -> Replica {
 fn a_second_holder_is_refused_until_the_lease_expires_and_a_restart_takes_over() {
     let rt = crate::replica::store::runtime().unwrap();
     for (_dir, r) in [local(), (tempfile::tempdir().unwrap(), memory())] {
-        let first = rt.block_on(Lease::take(&r, holder("m1", "/s", 1), DEFAULT_TTL, true)).unwrap();
+        let first = rt
+            .block_on(Lease::take(&r, holder("m1", "/s", 1), DEFAULT_TTL, true))
+            .unwrap();
         let e = rt
             .block_on(Lease::take(&r, holder("m2", "/s", 2), DEFAULT_TTL, true))
             .unwrap_err();
@@ -51,7 +53,9 @@ fn a_second_holder_is_refused_until_the_lease_expires_and_a_restart_takes_over()
         }
         assert!(e.to_string().contains("pid 1 on machine m1"), "{e}");
         // Same machine and state path (a restarted host): takes over at once.
-        let mut again = rt.block_on(Lease::take(&r, holder("m1", "/s", 3), DEFAULT_TTL, true)).unwrap();
+        let mut again = rt
+            .block_on(Lease::take(&r, holder("m1", "/s", 3), DEFAULT_TTL, true))
+            .unwrap();
         // The first holder's renew now fails: another run holds it.
         let mut first = first;
         match rt.block_on(first.renew(&r)) {
@@ -75,7 +79,8 @@ fn an_expired_lease_is_free_and_garbage_is_refused_not_overwritten() {
         serde_json::to_vec(&stale).unwrap(),
     )
     .unwrap();
-    rt.block_on(Lease::take(&r, holder("m2", "/t", 2), DEFAULT_TTL, true)).unwrap();
+    rt.block_on(Lease::take(&r, holder("m2", "/t", 2), DEFAULT_TTL, true))
+        .unwrap();
     std::fs::write(dir.path().join("lease"), b"not json").unwrap();
     assert!(matches!(
         rt.block_on(Lease::take(&r, holder("m2", "/t", 2), DEFAULT_TTL, true)),
@@ -107,7 +112,9 @@ fn an_old_lease_without_run_id_parses_and_is_not_this_run() {
 fn a_refused_renewal_of_our_own_lease_is_adopted_not_lost() {
     let rt = crate::replica::store::runtime().unwrap();
     let r = memory();
-    let mut lease = rt.block_on(Lease::take(&r, holder("m", "/s", 1), DEFAULT_TTL, true)).unwrap();
+    let mut lease = rt
+        .block_on(Lease::take(&r, holder("m", "/s", 1), DEFAULT_TTL, true))
+        .unwrap();
     let stale = lease.version.clone();
     assert_eq!(rt.block_on(lease.renew(&r)).unwrap(), Renewed::Held);
     let landed = lease.version.clone();
@@ -138,7 +145,9 @@ fn a_refused_renewal_of_our_own_lease_is_adopted_not_lost() {
 fn a_deleted_lease_is_created_again_and_reported() {
     let rt = crate::replica::store::runtime().unwrap();
     for (_dir, r) in [local(), (tempfile::tempdir().unwrap(), memory())] {
-        let mut lease = rt.block_on(Lease::take(&r, holder("m", "/s", 1), DEFAULT_TTL, true)).unwrap();
+        let mut lease = rt
+            .block_on(Lease::take(&r, holder("m", "/s", 1), DEFAULT_TTL, true))
+            .unwrap();
         rt.block_on(r.store.delete(&lease_key(&r))).unwrap();
         assert_eq!(
             rt.block_on(lease.renew(&r)).unwrap(),
@@ -176,7 +185,11 @@ fn a_hostile_ttl_is_refused_and_only_a_release_frees_a_lease_for_a_standby() {
         expires_unix_ms: 1,
         ..Body::new(holder("m1", "/s", 1), DEFAULT_TTL)
     };
-    std::fs::write(dir.path().join("lease"), serde_json::to_vec(&stale).unwrap()).unwrap();
+    std::fs::write(
+        dir.path().join("lease"),
+        serde_json::to_vec(&stale).unwrap(),
+    )
+    .unwrap();
     assert!(matches!(
         rt.block_on(Lease::take(&r, holder("m2", "/t", 2), DEFAULT_TTL, false)),
         Err(LeaseError::Held { .. })

@@ -363,7 +363,7 @@ pub struct RunArgs {
     /// if it is free, else stand by — follow the bucket without starting the client, and take
     /// over when the primary stops renewing for its TTL. A primary that loses its lease
     /// then becomes a standby (its commits not in the bucket are moved to
-    /// FILE.diverged.<time>/).
+    /// FILE.diverged.TIME/).
     #[arg(long, requires = "replica")]
     pub standby: bool,
     /// What a primary does when its lease is lost (taken by another host, or not renewed

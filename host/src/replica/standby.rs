@@ -1,7 +1,7 @@
 //! `run --replica URL --standby`: before the client starts, take the lease if it is free;
 //! otherwise follow the bucket (its newest point kept as the local state) and watch the
 //! lease ([`Observer`]) until it may be taken over; then bring the local state to the
-//! bucket's newest point ([`catch_up`]) and return: the normal start-up path restores the
+//! bucket's newest point ([`reconcile`]) and return: the normal start-up path restores the
 //! region from the local state and the host becomes the primary.
 //!
 //! Following: every [`LIST_EVERY`] the bucket is listed; when its newest point is not the

@@ -56,6 +56,17 @@ fn host(s: &S3Server, state: &Path, prefix: &str) -> Proc {
 
 /// [`host`] with more `run` options.
 fn host_with(s: &S3Server, state: &Path, prefix: &str, extra: &[&str]) -> Proc {
+    host_client(s, state, prefix, extra, &primes(&["--pause", "2ms"]))
+}
+
+/// [`host`] with more `run` options and another client.
+fn host_client(
+    s: &S3Server,
+    state: &Path,
+    prefix: &str,
+    extra: &[&str],
+    client: &[&str],
+) -> Proc {
     let ttl = ttl();
     let size = size();
     let mut c = shmsnap(["run", "--state"]);
@@ -71,7 +82,7 @@ fn host_with(s: &S3Server, state: &Path, prefix: &str, extra: &[&str]) -> Proc {
         .args(["--replica", &url(prefix), "--standby", "--lease-ttl", &ttl])
         .args(extra)
         .arg("--")
-        .args(primes(&["--pause", "2ms"]));
+        .args(client);
     s.env(&mut c);
     Proc::spawn(c)
 }
@@ -611,4 +622,94 @@ fn a_primary_without_standby_stops_its_client_and_exits_75_when_its_lease_is_tak
     assert!(err.contains("machine elsewhere"), "names the holder: {err}");
     assert!(!alive(pid), "the client was stopped");
     assert!(err.contains("stopping the client"), "{err}");
+}
+
+/// The counts a primes client acknowledged (`primes: acknowledged COUNT (...`) in `lines`.
+fn acks(lines: &[String]) -> Vec<u64> {
+    lines
+        .iter()
+        .filter_map(|l| {
+            l.strip_prefix("primes: acknowledged ")?
+                .split(' ')
+                .next()?
+                .parse()
+                .ok()
+        })
+        .collect()
+}
+
+/// Clients that acknowledge only replicated commits (`primes --ack-replicated`) across
+/// takeovers, the primary alternately SIGKILLed (host and client) and paused past the TTL
+/// (then resumed: it must not acknowledge anything more): every new primary's client starts
+/// with at least every count acknowledged before. `SHMSNAP_STANDBY_ACK_TRIALS` takeovers
+/// (default 2).
+#[test]
+fn no_replicated_acknowledgement_is_lost_across_takeovers() {
+    let trials: usize = std::env::var("SHMSNAP_STANDBY_ACK_TRIALS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(2);
+    let s = S3Server::start_with_bucket(BUCKET);
+    let prefix = "acks";
+    let client = primes(&["--pause", "2ms", "--ack-replicated", "20"]);
+    let dirs = [tempdir("ack-a"), tempdir("ack-b")];
+    let states: Vec<PathBuf> = dirs.iter().map(|d| d.path().join("s.snap")).collect();
+    let mut primary = host_client(&s, &states[0], prefix, &[], &client);
+    wait_log(&primary, 0, "client started", SLOW);
+    let mut standby = host_client(&s, &states[1], prefix, &[], &client);
+    wait_standby(&standby, 0);
+    let mut which = 0;
+    let mut all_acks = BTreeSet::new();
+    for trial in 0..trials {
+        // Some acknowledgements first.
+        let from = primary.out.len();
+        poll(SLOW, || (acks(&primary.out.all()[from..]).len() >= 3).then_some(()))
+            .unwrap_or_else(|| panic!("no acknowledgements:\n{}", primary.err.text()));
+        let out_from = standby.out.len();
+        let paused = trial % 2 == 1;
+        if paused {
+            primary.signal(Signal::STOP);
+        } else {
+            kill_primary(&mut primary);
+        }
+        let (_, _, k) = next_restored(&standby, out_from, TAKEOVER)
+            .unwrap_or_else(|| panic!("no takeover:\n{}", standby.err.text()));
+        if paused {
+            let from = primary.err.len();
+            primary.signal(Signal::CONT);
+            wait_log(&primary, from, "role change: primary -> standby", SLOW);
+            wait_standby(&primary, from);
+        }
+        // Everything the old primary's clients ever acknowledged, now that none of them
+        // can acknowledge anything more (killed, or stopped after the lapse).
+        let acked = acks(&primary.out.all());
+        let max = acked.iter().copied().max().unwrap_or(0);
+        all_acks.extend(acked.iter().copied());
+        println!(
+            "takeover {trial} ({}): new primary restored {k}; the old primary's clients \
+             acknowledged up to {max} ({} acknowledgements)",
+            if paused { "paused" } else { "killed" },
+            acked.len()
+        );
+        assert!(
+            k >= max,
+            "takeover {trial}: acknowledged {max} lost (new primary restored {k})"
+        );
+        if !paused {
+            let back = host_client(&s, &states[which], prefix, &[], &client);
+            wait_standby(&back, 0);
+            primary = std::mem::replace(&mut standby, back);
+        } else {
+            std::mem::swap(&mut primary, &mut standby);
+        }
+        which = 1 - which;
+    }
+    all_acks.extend(acks(&primary.out.all()));
+    all_acks.extend(acks(&standby.out.all()));
+    println!(
+        "{trials} takeovers, {} distinct acknowledged counts, 0 lost",
+        all_acks.len()
+    );
+    standby.kill();
+    primary.kill();
 }

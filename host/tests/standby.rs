@@ -60,13 +60,7 @@ fn host_with(s: &S3Server, state: &Path, prefix: &str, extra: &[&str]) -> Proc {
 }
 
 /// [`host`] with more `run` options and another client.
-fn host_client(
-    s: &S3Server,
-    state: &Path,
-    prefix: &str,
-    extra: &[&str],
-    client: &[&str],
-) -> Proc {
+fn host_client(s: &S3Server, state: &Path, prefix: &str, extra: &[&str], client: &[&str]) -> Proc {
     let ttl = ttl();
     let size = size();
     let mut c = shmsnap(["run", "--state"]);
@@ -649,6 +643,9 @@ fn no_replicated_acknowledgement_is_lost_across_takeovers() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(2);
+    let seed = Instant::now().elapsed().as_nanos() as u64 ^ u64::from(std::process::id()) | 1;
+    println!("seed {seed}");
+    let mut rng = Rng(seed);
     let s = S3Server::start_with_bucket(BUCKET);
     let prefix = "acks";
     let client = primes(&["--pause", "2ms", "--ack-replicated", "20"]);
@@ -663,8 +660,12 @@ fn no_replicated_acknowledgement_is_lost_across_takeovers() {
     for trial in 0..trials {
         // Some acknowledgements first.
         let from = primary.out.len();
-        poll(SLOW, || (acks(&primary.out.all()[from..]).len() >= 3).then_some(()))
-            .unwrap_or_else(|| panic!("no acknowledgements:\n{}", primary.err.text()));
+        poll(SLOW, || {
+            (acks(&primary.out.all()[from..]).len() >= 3).then_some(())
+        })
+        .unwrap_or_else(|| panic!("no acknowledgements:\n{}", primary.err.text()));
+        // A random moment: acknowledgements in flight, uploads under way.
+        std::thread::sleep(Duration::from_millis(rng.below(700)));
         let out_from = standby.out.len();
         let paused = trial % 2 == 1;
         if paused {

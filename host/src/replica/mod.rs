@@ -70,6 +70,8 @@ pub struct Started {
     target: std::path::PathBuf,
     /// Every new base must be above this generation (the bucket's newest, after a takeover).
     floor: Option<u64>,
+    /// A `--standby` host that took the lease from another host (not its own state file's).
+    took_over: bool,
 }
 
 /// `run --replica URL`, before the client starts: opens the replica, checks that the store
@@ -145,6 +147,7 @@ pub fn start(
         keep: opts.keep,
         target: persister.target(),
         floor: None,
+        took_over: false,
     })
 }
 
@@ -210,6 +213,7 @@ fn start_standby(
         keep: opts.keep,
         target: persister.target(),
         floor: Some(floor),
+        took_over: !ours,
     })
 }
 
@@ -292,6 +296,12 @@ impl Started {
     /// local state's).
     pub fn floor(&self) -> Option<u64> {
         self.floor
+    }
+
+    /// `true` for a `--standby` host that took the lease from another host: its local
+    /// region (fd store) is not the bucket's history.
+    pub fn took_over(&self) -> bool {
+        self.took_over
     }
 
     /// The lease thread's state (for [`LeaseState::on_loss`]).

@@ -45,6 +45,8 @@ pub fn run(args: RunConfig) -> Result<ExitCode, Failure> {
     let status = status?;
     if let Some(loss) = lost {
         if standby {
+            // Its region is this run's history, not the new primary's: out of the fd store.
+            sup.notifier.remove_fd(&sup.spec.fd_name);
             // Everything else of this run goes with the exec (close-on-exec fds, threads).
             return become_standby(&loss);
         }
@@ -120,8 +122,25 @@ pub fn start(args: RunConfig) -> Result<Supervisor, Failure> {
         .as_deref()
         .map(|url| crate::replica::start(url, opts, &persister, args.fallback, &metrics))
         .transpose()?;
+    // A standby that took over from another host: the state file now holds the bucket's
+    // newest point; a region in the fd store is from this machine's earlier stint as primary,
+    // another history. Dropped (and replaced in the store below).
+    let (inherited, dropped) = match inherited {
+        Some(m) if replica.as_ref().is_some_and(crate::replica::Started::took_over) => {
+            warn!(
+                "not reusing the region from the service manager's fd store: this host took \
+                 over from another one, and the state file holds the bucket's newest point"
+            );
+            shmsnap_linux::handover::close_keeping_fd3(m.into_fd()).map_err(|e| {
+                Failure::new(Code::OsErr, format!("cannot close the stale region: {e}"))
+            })?;
+            (None, true)
+        }
+        other => (other, false),
+    };
     let from_store = inherited.is_some();
     let (Prepared { memfd, restored }, moved) = region(&args, &persister, inherited)?;
+    let moved = moved || dropped;
     let origin = match (&restored, from_store) {
         (_, true) => Origin::FdStore,
         (Some(info), false) => Origin::Restored(info),

@@ -126,7 +126,11 @@ pub fn start(args: RunConfig) -> Result<Supervisor, Failure> {
     // newest point; a region in the fd store is from this machine's earlier stint as primary,
     // another history. Dropped (and replaced in the store below).
     let (inherited, dropped) = match inherited {
-        Some(m) if replica.as_ref().is_some_and(crate::replica::Started::took_over) => {
+        Some(m)
+            if replica
+                .as_ref()
+                .is_some_and(crate::replica::Started::took_over) =>
+        {
             warn!(
                 "not reusing the region from the service manager's fd store: this host took \
                  over from another one, and the state file holds the bucket's newest point"

@@ -43,7 +43,7 @@ use shmsnap_core::{Layout, LayoutRequest, Strategy, Writer};
 use shmsnap_linux::chain::{chain_dir, restore_chain, At, CompactionPolicy, Tip};
 use shmsnap_linux::take::{take_queue, QueueSnapshot, Scratch};
 use shmsnap_linux::take_delta::{
-    take_delta, ChainSize, DeltaFigures, DeltaRequest, DeltaSnapshot, PendingDelta,
+    take_delta, Carry, ChainSize, DeltaFigures, DeltaRequest, DeltaSnapshot, PendingDelta,
 };
 use shmsnap_linux::track::{self, Advertisement, Scanner, TrackedRange, Tracker, WrittenPages};
 
@@ -325,9 +325,10 @@ pub struct DeltaPhases {
 }
 
 /// The chain the delta fixture extends.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Chain {
-    tip: Tip,
+    /// The pages earlier attempts scanned since the tip's image; its tip is the chain's.
+    carry: Carry,
     next_seq: u64,
     base_bytes: u64,
     deltas: u64,
@@ -409,7 +410,7 @@ impl DeltaFixture {
         };
         file.commit()?;
         self.chain = Some(Chain {
-            tip: Tip::of_base(&figures.info),
+            carry: Carry::new(Tip::of_base(&figures.info)),
             next_seq: figures.retained.hints.next_seq,
             base_bytes: figures.copy.bytes,
             deltas: 0,
@@ -439,13 +440,13 @@ impl DeltaFixture {
     }
 
     /// One delta attempt onto the chain through the host's [`take_delta`]; `None` if it
-    /// starved (the chain then needs a base, as in the host).
+    /// starved (the chain goes on: its carry holds the attempt's scan, as in the host).
     ///
     /// # Errors
     ///
     /// Any error of the attempt; `Other` for an outcome other than written or starved.
     pub fn delta_attempt(&mut self) -> io::Result<Option<DeltaFigures>> {
-        let chain = self
+        let mut chain = self
             .chain
             .take()
             .ok_or_else(|| io::Error::other("no base"))?;
@@ -456,7 +457,7 @@ impl DeltaFixture {
             map: &r.map,
             scanner: &mut scanner,
             range: r.range,
-            parent: chain.tip,
+            carry: &mut chain.carry,
             parent_next_seq: chain.next_seq,
             chain: ChainSize {
                 base_bytes: chain.base_bytes,
@@ -471,7 +472,10 @@ impl DeltaFixture {
         };
         let (delta, figures) = match take_delta(&self.chain_persister, req, &mut self.scratch) {
             Ok(DeltaSnapshot::Written { delta, figures }) => (delta, figures),
-            Ok(DeltaSnapshot::Starved(_)) => return Ok(None),
+            Ok(DeltaSnapshot::Starved(_)) => {
+                self.chain = Some(chain);
+                return Ok(None);
+            }
             Ok(other) => return Err(io::Error::other(format!("no delta written: {other:?}"))),
             Err(e) => return Err(err(e)),
         };
@@ -485,7 +489,7 @@ impl DeltaFixture {
             publish: info.stats.publish,
         });
         self.chain = Some(Chain {
-            tip: info.tip(),
+            carry: Carry::new(info.tip()),
             next_seq: figures.retained.hints.next_seq,
             deltas: chain.deltas + 1,
             delta_bytes: chain.delta_bytes + figures.bytes,
@@ -557,7 +561,7 @@ impl DeltaFixture {
     ///
     /// If the restored region differs from the live one.
     pub fn build_chain(&mut self, deltas: u64, percent: u64) -> io::Result<()> {
-        if self.chain.is_none_or(|c| c.deltas > 0) {
+        if self.chain.as_ref().is_none_or(|c| c.deltas > 0) {
             self.base()?;
         }
         for _ in 0..deltas {
@@ -741,8 +745,8 @@ pub struct Starvation {
 /// A thread commits [`STARVE_PAYLOAD`] payloads as fast as it can into a 64-entry ring
 /// ([`STARVE_RING`]) of a 64 MiB fully touched tracked region, while this thread takes
 /// `snapshots` snapshot attempts back to back: all full (`incremental == false`), or
-/// incremental: a base taken before the committer starts, then a delta when the previous
-/// attempt was a committed snapshot, a base otherwise (as the host does).
+/// incremental: a base taken before the committer starts, then deltas, each carrying the
+/// scans of the starved attempts before it (as the host does; DESIGN §11).
 ///
 /// # Errors
 ///
@@ -821,7 +825,7 @@ impl DeltaFixture {
         Ok(out)
     }
 
-    /// One delta attempt; a chain only survives a committed delta.
+    /// One delta attempt; a starved one keeps the chain, its scan carried.
     fn try_delta(&mut self, out: &mut Starvation) -> io::Result<u64> {
         Ok(match self.delta_attempt()? {
             Some(f) => {
@@ -854,7 +858,7 @@ impl DeltaFixture {
                 out.persisted += 1;
                 if base {
                     self.chain = Some(Chain {
-                        tip: Tip::of_base(&figures.info),
+                        carry: Carry::new(Tip::of_base(&figures.info)),
                         next_seq: figures.retained.hints.next_seq,
                         base_bytes: figures.copy.bytes,
                         deltas: 0,
@@ -878,6 +882,8 @@ impl DeltaFixture {
 pub struct BusyCheck {
     /// Deltas committed (each restored and checked).
     pub deltas: u64,
+    /// Of those, deltas that carried the scan of a starved attempt before them.
+    pub carried: u64,
     /// Attempts (bases and deltas) that starved.
     pub starved: u64,
     /// Entries checked in restored images.
@@ -897,7 +903,8 @@ fn busy_payload(seq: u64, out: &mut [u8]) {
 /// The pre/post argument under real tracking: a thread commits 4 KiB payloads (every word
 /// = the seq) into a 256-entry, 1 MiB ring of a 64 MiB fully touched tracked region, pausing
 /// ~`pause` between commits, while this thread takes `attempts` deltas through [`take_delta`]
-/// (a base when one starved); after each committed delta the chain is restored with
+/// (a starved attempt's scan carried into the next delta); after each committed delta the
+/// chain is restored with
 /// [`restore_chain`] and every kept entry's bytes are checked against its seq.
 ///
 /// # Errors
@@ -948,8 +955,9 @@ impl DeltaFixture {
             }
             match self.delta_attempt()? {
                 None => out.starved += 1,
-                Some(_) => {
+                Some(f) => {
                     out.deltas += 1;
+                    out.carried += u64::from(f.carried_scans > 0);
                     self.restore_chain()?;
                     let (n, bad) = check_busy_image(&self.restore)?;
                     out.entries += n;

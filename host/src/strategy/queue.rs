@@ -8,6 +8,10 @@
 //! delta with a scan only once [`track::prove`] showed no store can bypass the tracked mapping;
 //! otherwise it is a base (counted in `shmsnap_incremental_unproven_total{reason}`). The rules
 //! and why they make a delta sound: docs/DESIGN.md §5 and §11 ("Who can write the region").
+//! An attempt that scanned but committed nothing (starved, skipped, an error, a pending delta
+//! dropped) keeps its scan in the chain's [`Carry`]: the next delta onto the same tip copies
+//! the union of every complete scan since the tip's image (DESIGN §11, "An attempt that is
+//! not kept"), instead of a base that would starve in turn.
 //! Deltas whose base left the kept generations are removed only after a base is durable
 //! ([`chain::remove_superseded`]).
 
@@ -23,9 +27,11 @@ use shmsnap_linux::persist::Persister;
 use shmsnap_linux::snapshot;
 use shmsnap_linux::take::{take_queue, Figures, QueueSnapshot, Scratch, Skip, Starved};
 use shmsnap_linux::take_delta::{
-    take_delta, ChainSize, DeltaFigures, DeltaRequest, DeltaSnapshot, PendingDelta,
+    take_delta, Carry, ChainSize, DeltaFigures, DeltaRequest, DeltaSnapshot, PendingDelta,
 };
-use shmsnap_linux::track::{self, Advertisement, Census, FileId, Scanner, TrackedRange};
+use shmsnap_linux::track::{
+    self, Advertisement, Census, FileId, Scanner, TrackedRange, WrittenPages,
+};
 use shmsnap_linux::{Mapping, Memfd};
 use tracing::{debug, info, warn};
 
@@ -44,9 +50,10 @@ pub struct Queue {
     told_empty: bool,
     /// The compaction policy; `None`: full bases only (`--incremental off`).
     policy: Option<CompactionPolicy>,
-    /// The chain this host may extend with a delta. Invariant: `Some` only right after this
-    /// host made `tip` durable and while nothing but the client wrote the region since;
-    /// taken (`None`) by every attempt that does not end in a durable snapshot.
+    /// The chain this host may extend with a delta. Invariant: `Some` only while this host
+    /// made its tip durable, nothing but the client wrote the region since, and its carry
+    /// holds every complete scan since the tip's image (then `tracking.vouched` is `Some`);
+    /// taken (`None`) by an attempt whose scan failed or that cannot vouch for its scan.
     chain: Option<Chain>,
     /// Write tracking of the current client process.
     tracking: Option<Tracking>,
@@ -63,10 +70,11 @@ pub struct Queue {
 const RETRY_UNPROVEN: Duration = Duration::from_secs(10);
 
 /// The chain on disk, as this host last made it durable.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Chain {
-    /// Its newest link.
-    tip: Tip,
+    /// The pages scanned since its newest link's image by attempts that committed nothing;
+    /// [`Carry::tip`] is that link.
+    carry: Carry,
     /// Bytes of data the base's copy moved.
     base_bytes: u64,
     /// Deltas after the base.
@@ -84,9 +92,9 @@ struct Tracking {
     pid: Pid,
     /// Its `/proc/PID/pagemap`.
     scanner: Scanner,
-    /// The advertisement of the scan that preceded the last durable snapshot; `None` when the
-    /// last attempt did not end in one (the next snapshot must then be a base). Invariant:
-    /// `Some(a)` only while `proof` holds for `a`.
+    /// The advertisement of the scan that preceded the last durable snapshot, and of every
+    /// scan carried since; `None` when an attempt could not vouch for its scan (the next
+    /// snapshot must then be a base). Invariant: `Some(a)` only while `proof` holds for `a`.
     vouched: Option<Advertisement>,
     /// The proof (or its failure) for the registration last armed.
     proof: Option<Proof>,
@@ -179,7 +187,7 @@ fn read_advert(map: &Mapping) -> Result<Advertisement, String> {
 /// `true` if `chain`'s tip is still what is on disk: the base file carries its generation and
 /// image CRC and, for a delta tip, the delta file exists.
 fn on_disk(persister: &Persister, chain: &Chain) -> bool {
-    let tip = chain.tip;
+    let tip = chain.carry.tip();
     let base_ok = snapshot::read_footer_path(&persister.target()).is_ok_and(|i| {
         i.meta.generation == tip.base_generation && i.image_crc == tip.base_image_crc
     });
@@ -304,8 +312,9 @@ impl Queue {
         range: TrackedRange,
         advert: Advertisement,
     ) -> Result<Outcome, String> {
-        // Taken: whatever happens below, only a committed delta puts them back.
-        let (Some(chain), Some(t), Some(policy)) =
+        // Taken: only a committed delta, or an attempt whose scan the carry keeps, puts them
+        // back.
+        let (Some(mut chain), Some(t), Some(policy)) =
             (self.chain.take(), self.tracking.as_mut(), self.policy)
         else {
             return Err("no chain to extend".into());
@@ -316,7 +325,7 @@ impl Queue {
             map: cx.map,
             scanner: &mut t.scanner,
             range,
-            parent: chain.tip,
+            carry: &mut chain.carry,
             parent_next_seq: chain.next_seq,
             chain: ChainSize {
                 base_bytes: chain.base_bytes,
@@ -328,10 +337,26 @@ impl Queue {
         };
         let (pending, f) = match take_delta(cx.persister, req, &mut self.scratch) {
             Ok(DeltaSnapshot::Written { delta, figures }) => (delta, figures),
-            Ok(DeltaSnapshot::Skipped(s)) => return Ok(self.skipped(s)),
-            Ok(DeltaSnapshot::Starved(s)) => return Ok(starved(s)),
-            Ok(DeltaSnapshot::Rebase(r)) => return Err(r.to_string()),
-            Err(e) => return Err(e.to_string()),
+            // The carry holds this attempt's scan (if it got that far): the chain goes on.
+            Ok(DeltaSnapshot::Skipped(s)) => {
+                self.keep(cx, chain, advert);
+                return Ok(self.skipped(s));
+            }
+            Ok(DeltaSnapshot::Starved(s)) => {
+                self.keep(cx, chain, advert);
+                return Ok(starved(s));
+            }
+            // A base now; if it commits nothing, the chain goes on with both scans.
+            Ok(DeltaSnapshot::Rebase(r)) => {
+                self.keep(cx, chain, advert);
+                return Err(r.to_string());
+            }
+            Err(e) => {
+                if e.keeps_carry() {
+                    self.keep(cx, chain, advert);
+                }
+                return Err(e.to_string());
+            }
         };
         if read_advert(cx.map).ok() != Some(advert) {
             return Err("the client changed its tracking registration during the scan".into());
@@ -352,7 +377,7 @@ impl Queue {
             .map_err(|e| format!("the delta could not be committed: {e}"))?;
         let tip = info.tip();
         self.chain = Some(Chain {
-            tip,
+            carry: Carry::new(tip),
             deltas: chain.deltas + 1,
             delta_bytes: chain.delta_bytes.saturating_add(f.bytes),
             next_seq: f.retained.hints.next_seq,
@@ -366,6 +391,7 @@ impl Queue {
         self.last_base_cause = None;
         debug!(
             written_pages = f.written_pages,
+            carried_scans = f.carried_scans,
             runs = f.runs,
             scan_ms = f.scan_time.as_secs_f64() * 1e3,
             "delta {} written",
@@ -399,7 +425,9 @@ impl Queue {
         scan: Option<(TrackedRange, Advertisement)>,
         cause: String,
     ) -> io::Result<Outcome> {
-        self.chain = None;
+        // Kept aside: if this base commits nothing, its scan is carried into it.
+        let mut old = self.chain.take();
+        let old_vouched = self.tracking.as_ref().and_then(|t| t.vouched);
         if self.last_base_cause.as_ref() != Some(&cause) {
             if self.policy.is_some() {
                 info!("full snapshot: {cause}");
@@ -407,13 +435,44 @@ impl Queue {
             self.last_base_cause = Some(cause);
         }
         let (armed, unproven, scanned) = self.arm(cx, scan);
-        let taken = take_queue(cx.memfd, cx.map, cx.persister, cx.meta, &mut self.scratch)?;
+        // The old chain goes on only if this attempt's scan can be carried into it: the scan
+        // completed under the registration that chain's scans were made under.
+        let mut carry_into_old = |this: &mut Self| {
+            if let (Some(mut c), Some((a, written)), true) =
+                (old.take(), armed.as_ref(), old_vouched == armed.as_ref().map(|a| a.0))
+            {
+                c.carry.add_scan(written);
+                this.keep(cx, c, *a);
+            }
+        };
+        let taken = match take_queue(cx.memfd, cx.map, cx.persister, cx.meta, &mut self.scratch)
+        {
+            Ok(t) => t,
+            Err(e) => {
+                carry_into_old(self);
+                return Err(e);
+            }
+        };
         let (file, f) = match taken {
             QueueSnapshot::Written { file, figures } => (file, figures),
-            QueueSnapshot::Skipped(s) => return Ok(self.skipped(s)),
-            QueueSnapshot::Starved(s) => return Ok(starved(s)),
+            QueueSnapshot::Skipped(s) => {
+                carry_into_old(self);
+                return Ok(self.skipped(s));
+            }
+            QueueSnapshot::Starved(s) => {
+                carry_into_old(self);
+                return Ok(starved(s));
+            }
         };
-        let stats = file.commit()?;
+        let stats = match file.commit() {
+            Ok(stats) => stats,
+            // The tip check of the next plan finds out if the old base was replaced anyway.
+            Err(e) => {
+                carry_into_old(self);
+                return Err(e);
+            }
+        };
+        let armed = armed.map(|(a, _)| a);
         self.after_base(cx, &f, armed);
         Ok(Outcome::Persisted(Report {
             point: Point::Base {
@@ -435,14 +494,14 @@ impl Queue {
     }
 
     /// Before a base: the proof, then the scan that lets the next snapshot be a delta.
-    /// Returns the advertisement armed (if any), when the proof failed its metric label, and
-    /// how long the scan took (if it ran).
+    /// Returns the advertisement armed (if any) with what its scan reported, when the proof
+    /// failed its metric label, and how long the scan took (if it ran).
     fn arm(
         &mut self,
         cx: &Cx<'_>,
         scan: Option<(TrackedRange, Advertisement)>,
     ) -> (
-        Option<Advertisement>,
+        Option<(Advertisement, WrittenPages)>,
         Option<&'static str>,
         Option<Duration>,
     ) {
@@ -471,7 +530,7 @@ impl Queue {
         let scanned = t.scanner.scan(&range);
         let scan_time = scan_started.elapsed();
         let armed = match scanned {
-            Ok(_) => Some(advert),
+            Ok(written) => Some((advert, written)),
             Err(e) => {
                 debug!("{e}");
                 None
@@ -523,7 +582,7 @@ impl Queue {
             return;
         }
         self.chain = Some(Chain {
-            tip: Tip::of_base(&f.info),
+            carry: Carry::new(Tip::of_base(&f.info)),
             base_bytes: f.copy.bytes,
             deltas: 0,
             delta_bytes: 0,
@@ -536,7 +595,27 @@ impl Queue {
         }
     }
 
-    /// The outcome of a skipped attempt (the next snapshot is a base: `chain` was taken).
+    /// After an attempt that committed nothing but whose complete scan `chain`'s carry now
+    /// holds: the chain goes on (the next snapshot may be a delta onto its tip) if the
+    /// client's registration is still the one the scan was made under; otherwise it is
+    /// dropped and the next snapshot is a base.
+    fn keep(&mut self, cx: &Cx<'_>, chain: Chain, advert: Advertisement) {
+        let Some(t) = self.tracking.as_mut() else {
+            return;
+        };
+        if read_advert(cx.map).ok() != Some(advert) {
+            return;
+        }
+        debug!(
+            carried_scans = chain.carry.scans(),
+            carried_bytes = chain.carry.bytes(),
+            "the attempt committed nothing: its scan is carried into the next delta"
+        );
+        t.vouched = Some(advert);
+        self.chain = Some(chain);
+    }
+
+    /// The outcome of a skipped attempt.
     fn skipped(&mut self, skip: Skip) -> Outcome {
         match skip {
             Skip::NoEntries { hints } => {

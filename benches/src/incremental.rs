@@ -41,7 +41,7 @@ use std::time::{Duration, Instant};
 use rustix::fs::{Mode, OFlags};
 use shmsnap_core::{Layout, LayoutRequest, Strategy, Writer};
 use shmsnap_linux::chain::{chain_dir, restore_chain, At, CompactionPolicy, Tip};
-use shmsnap_linux::take::{take_queue, QueueSnapshot, Scratch};
+use shmsnap_linux::take::{take_queue, QueueSnapshot, Scratch, Starved};
 use shmsnap_linux::take_delta::{
     take_delta, Carry, ChainSize, DeltaFigures, DeltaRequest, DeltaSnapshot, PendingDelta,
 };
@@ -436,16 +436,17 @@ impl DeltaFixture {
     /// Any error of the attempt; `Other` if it wrote no delta.
     pub fn delta(&mut self) -> io::Result<DeltaFigures> {
         self.delta_attempt()?
-            .ok_or_else(|| io::Error::other("the delta attempt starved"))
+            .map_err(|_| io::Error::other("the delta attempt starved"))
     }
 
-    /// One delta attempt onto the chain through the host's [`take_delta`]; `None` if it
-    /// starved (the chain goes on: its carry holds the attempt's scan, as in the host).
+    /// One delta attempt onto the chain through the host's [`take_delta`]; `Err` with the
+    /// figures of the starved attempt and the bytes its carry now holds if it starved (the
+    /// chain goes on: its carry holds the attempt's scan, as in the host).
     ///
     /// # Errors
     ///
     /// Any error of the attempt; `Other` for an outcome other than written or starved.
-    pub fn delta_attempt(&mut self) -> io::Result<Option<DeltaFigures>> {
+    pub fn delta_attempt(&mut self) -> io::Result<Result<DeltaFigures, (Starved, u64)>> {
         let mut chain = self
             .chain
             .take()
@@ -472,9 +473,10 @@ impl DeltaFixture {
         };
         let (delta, figures) = match take_delta(&self.chain_persister, req, &mut self.scratch) {
             Ok(DeltaSnapshot::Written { delta, figures }) => (delta, figures),
-            Ok(DeltaSnapshot::Starved(_)) => {
+            Ok(DeltaSnapshot::Starved(s)) => {
+                let carried = chain.carry.bytes();
                 self.chain = Some(chain);
-                return Ok(None);
+                return Ok(Err((s, carried)));
             }
             Ok(other) => return Err(io::Error::other(format!("no delta written: {other:?}"))),
             Err(e) => return Err(err(e)),
@@ -495,7 +497,7 @@ impl DeltaFixture {
             delta_bytes: chain.delta_bytes + figures.bytes,
             ..chain
         });
-        Ok(Some(figures))
+        Ok(Ok(figures))
     }
 
     /// Today's full snapshot of the region ([`take_queue`] + commit), into its own file.
@@ -734,6 +736,17 @@ pub struct Starvation {
     pub deltas: u64,
     /// Attempts where entries existed but none survived the copy.
     pub starved: u64,
+    /// Of those, delta attempts.
+    pub starved_deltas: u64,
+    /// Copy time of the starved attempts, summed.
+    pub starved_copy: Duration,
+    /// Commits made during the copies of the starved attempts, summed.
+    pub starved_commits: u64,
+    /// Bytes the carries held after the starved delta attempts (what each had to copy,
+    /// besides the meta pages), summed.
+    pub starved_carry_bytes: u64,
+    /// Copy time of the persisted attempts, summed.
+    pub persisted_copy: Duration,
     /// Entries kept, summed over the persisted attempts.
     pub kept: u64,
     /// Commits the writer made during the run.
@@ -828,13 +841,18 @@ impl DeltaFixture {
     /// One delta attempt; a starved one keeps the chain, its scan carried.
     fn try_delta(&mut self, out: &mut Starvation) -> io::Result<u64> {
         Ok(match self.delta_attempt()? {
-            Some(f) => {
+            Ok(f) => {
                 out.persisted += 1;
                 out.deltas += 1;
+                out.persisted_copy += f.copy_time;
                 f.retained.kept
             }
-            None => {
+            Err((s, carried)) => {
                 out.starved += 1;
+                out.starved_deltas += 1;
+                out.starved_copy += s.copy_time;
+                out.starved_commits += s.commits_during_copy;
+                out.starved_carry_bytes += carried;
                 0
             }
         })
@@ -856,6 +874,7 @@ impl DeltaFixture {
             QueueSnapshot::Written { file, figures } => {
                 file.commit()?;
                 out.persisted += 1;
+                out.persisted_copy += figures.copy_time;
                 if base {
                     self.chain = Some(Chain {
                         carry: Carry::new(Tip::of_base(&figures.info)),
@@ -867,8 +886,10 @@ impl DeltaFixture {
                 }
                 Ok(figures.retained.kept)
             }
-            QueueSnapshot::Starved(_) => {
+            QueueSnapshot::Starved(s) => {
                 out.starved += 1;
+                out.starved_copy += s.copy_time;
+                out.starved_commits += s.commits_during_copy;
                 Ok(0)
             }
             // No entry yet (the committer has not committed): nothing to keep.
@@ -954,8 +975,8 @@ impl DeltaFixture {
                 continue;
             }
             match self.delta_attempt()? {
-                None => out.starved += 1,
-                Some(f) => {
+                Err(_) => out.starved += 1,
+                Ok(f) => {
                     out.deltas += 1;
                     out.carried += u64::from(f.carried_scans > 0);
                     self.restore_chain()?;

@@ -498,14 +498,6 @@ fn a_starved_attempt_is_followed_by_a_delta_carrying_its_scan() {
     let tail = shmsnap_core::Layout::read_bytes(&full)
         .expect("the full snapshot's layout")
         .tail_offset;
-    for p in carried_pages.iter().chain([&200]) {
-        let at = tail + p * PAGE;
-        assert!(
-            runs.iter().any(|r| r.offset <= at && at + PAGE <= r.offset + r.len),
-            "the delta must carry tail page {p} (written before the starved attempt's scan): \
-             {runs:?}"
-        );
-    }
     let (chain_image, report) = restored(&rig.state, &rig.state, full.len() as u64);
     assert_eq!(report.listing.deltas.len() as u64, index);
     assert!(report.listing.stop.is_none(), "{:?}", report.listing.stop);
@@ -514,4 +506,12 @@ fn a_starved_attempt_is_followed_by_a_delta_carrying_its_scan() {
         "base + {index} deltas differ from a full snapshot of the same region at byte {:?}",
         chain_image.iter().zip(&full).position(|(a, b)| a != b)
     );
+    for p in carried_pages.iter().chain([&200]) {
+        let at = tail + p * PAGE;
+        assert!(
+            runs.iter().any(|r| r.offset <= at && at + PAGE <= r.offset + r.len),
+            "the delta must carry tail page {p} (written before the starved attempt's scan): \
+             {runs:?}"
+        );
+    }
 }

@@ -796,7 +796,10 @@ fn deltas_after_dropped_attempts_carrying_their_scans_stay_sound() {
          {} dropped attempts",
         st.carried_deltas, st.carried_scans, st.deltas, st.dropped_attempts
     );
-    assert!(st.carried_deltas > 0, "no delta carried a dropped scan: {st:?}");
+    assert!(
+        st.carried_deltas > 0,
+        "no delta carried a dropped scan: {st:?}"
+    );
 }
 
 #[test]

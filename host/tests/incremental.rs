@@ -509,7 +509,8 @@ fn a_starved_attempt_is_followed_by_a_delta_carrying_its_scan() {
     for p in carried_pages.iter().chain([&200]) {
         let at = tail + p * PAGE;
         assert!(
-            runs.iter().any(|r| r.offset <= at && at + PAGE <= r.offset + r.len),
+            runs.iter()
+                .any(|r| r.offset <= at && at + PAGE <= r.offset + r.len),
             "the delta must carry tail page {p} (written before the starved attempt's scan): \
              {runs:?}"
         );

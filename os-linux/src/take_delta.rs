@@ -492,9 +492,12 @@ mod tests {
             max_deltas: 8,
         };
         let mut carry = Carry::new(Tip::of_base(&base));
-        let DeltaSnapshot::Written { delta, figures: f } =
-            take_delta(&persister, req!(&mut scanner, &mut carry, big), &mut scratch).unwrap()
-        else {
+        let DeltaSnapshot::Written { delta, figures: f } = take_delta(
+            &persister,
+            req!(&mut scanner, &mut carry, big),
+            &mut scratch,
+        )
+        .unwrap() else {
             panic!("a quiet region must give a delta");
         };
         let meta_pages = shmsnap_core::Region::open(map.words())
@@ -536,18 +539,24 @@ mod tests {
         let mut carry = Carry::new(info.tip());
         map.words()[((tail + 7 * PAGE) / 8) as usize].store(0xdd07, Ordering::Relaxed);
         w.commit(&3u64.to_le_bytes()).unwrap();
-        let DeltaSnapshot::Written { delta, .. } =
-            take_delta(&persister, req!(&mut scanner, &mut carry, big), &mut scratch).unwrap()
-        else {
+        let DeltaSnapshot::Written { delta, .. } = take_delta(
+            &persister,
+            req!(&mut scanner, &mut carry, big),
+            &mut scratch,
+        )
+        .unwrap() else {
             panic!("a quiet region must give a delta");
         };
         drop(delta);
         assert_eq!(carry.scans(), 1);
         map.words()[((tail + 9 * PAGE) / 8) as usize].store(0xdd09, Ordering::Relaxed);
         w.commit(&4u64.to_le_bytes()).unwrap();
-        let DeltaSnapshot::Written { delta, figures: f } =
-            take_delta(&persister, req!(&mut scanner, &mut carry, big), &mut scratch).unwrap()
-        else {
+        let DeltaSnapshot::Written { delta, figures: f } = take_delta(
+            &persister,
+            req!(&mut scanner, &mut carry, big),
+            &mut scratch,
+        )
+        .unwrap() else {
             panic!("a quiet region must give a delta");
         };
         assert_eq!(f.carried_scans, 1);
@@ -557,7 +566,11 @@ mod tests {
                 .iter()
                 .any(|r| r.offset <= tail + p * PAGE && tail + (p + 1) * PAGE <= r.end())
         };
-        assert!(tail_run(7), "the dropped attempt's page: {:?}", delta.runs());
+        assert!(
+            tail_run(7),
+            "the dropped attempt's page: {:?}",
+            delta.runs()
+        );
         assert!(tail_run(9), "this attempt's page: {:?}", delta.runs());
         assert_eq!(delta.commit().unwrap().footer.index, 2);
         assert_eq!(restore().listing.deltas.len(), 2);
@@ -569,8 +582,12 @@ mod tests {
             max_ratio_percent: 100_000,
             max_deltas: 0,
         };
-        let got =
-            take_delta(&persister, req!(&mut scanner, &mut carry, one), &mut scratch).unwrap();
+        let got = take_delta(
+            &persister,
+            req!(&mut scanner, &mut carry, one),
+            &mut scratch,
+        )
+        .unwrap();
         assert!(
             matches!(
                 got,

@@ -438,15 +438,16 @@ impl Queue {
         // The old chain goes on only if this attempt's scan can be carried into it: the scan
         // completed under the registration that chain's scans were made under.
         let mut carry_into_old = |this: &mut Self| {
-            if let (Some(mut c), Some((a, written)), true) =
-                (old.take(), armed.as_ref(), old_vouched == armed.as_ref().map(|a| a.0))
-            {
+            if let (Some(mut c), Some((a, written)), true) = (
+                old.take(),
+                armed.as_ref(),
+                old_vouched == armed.as_ref().map(|a| a.0),
+            ) {
                 c.carry.add_scan(written);
                 this.keep(cx, c, *a);
             }
         };
-        let taken = match take_queue(cx.memfd, cx.map, cx.persister, cx.meta, &mut self.scratch)
-        {
+        let taken = match take_queue(cx.memfd, cx.map, cx.persister, cx.meta, &mut self.scratch) {
             Ok(t) => t,
             Err(e) => {
                 carry_into_old(self);

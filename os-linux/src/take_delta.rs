@@ -28,8 +28,7 @@
 //! every page written since the tip's image that no later scan will report, and the next delta
 //! onto the same tip with the same carry is sound (DESIGN §11, "An attempt that is not
 //! kept"). Except after [`DeltaError::Scan`]: a scan that failed may have re-protected pages
-//! it never reported, so the carry is void ([`DeltaError::keeps_carry`]) and the next snapshot
-//! must be a full base. After a committed delta the caller starts a new carry for the new tip
+//! it never reported, so the carry is void and the next snapshot must be a full base. After a committed delta the caller starts a new carry for the new tip
 //! ([`Carry::new`] with [`DeltaInfo::tip`]).
 
 use std::fmt;
@@ -138,15 +137,6 @@ impl fmt::Display for DeltaError {
             DeltaError::Write(e) => write!(f, "writing the delta failed: {e}"),
             DeltaError::Region(e) => write!(f, "incremental snapshot failed: {e}"),
         }
-    }
-}
-
-impl DeltaError {
-    /// Whether the request's [`Carry`] still holds every page written since its tip's image
-    /// that no later scan will report: `false` only when the scan itself failed (it may have
-    /// re-protected pages it never reported); then the next snapshot must be a full base.
-    pub fn keeps_carry(&self) -> bool {
-        !matches!(self, DeltaError::Scan(_))
     }
 }
 

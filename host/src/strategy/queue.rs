@@ -8,10 +8,9 @@
 //! delta with a scan only once [`track::prove`] showed no store can bypass the tracked mapping;
 //! otherwise it is a base (counted in `shmsnap_incremental_unproven_total{reason}`). The rules
 //! and why they make a delta sound: docs/DESIGN.md §5 and §11 ("Who can write the region").
-//! An attempt that scanned but committed nothing (starved, skipped, an error, a pending delta
-//! dropped) keeps its scan in the chain's [`Carry`]: the next delta onto the same tip copies
-//! the union of every complete scan since the tip's image (DESIGN §11, "An attempt that is
-//! not kept"), instead of a base that would starve in turn.
+//! A delta attempt that starved keeps its scan in the chain's [`Carry`]: the next delta onto
+//! the same tip copies the union of every complete scan since the tip's image (DESIGN §11,
+//! "An attempt that is not kept"), instead of a base that would starve in turn.
 //! Deltas whose base left the kept generations are removed only after a base is durable
 //! ([`chain::remove_superseded`]).
 
@@ -29,9 +28,7 @@ use shmsnap_linux::take::{take_queue, Figures, QueueSnapshot, Scratch, Skip, Sta
 use shmsnap_linux::take_delta::{
     take_delta, Carry, ChainSize, DeltaFigures, DeltaRequest, DeltaSnapshot, PendingDelta,
 };
-use shmsnap_linux::track::{
-    self, Advertisement, Census, FileId, Scanner, TrackedRange, WrittenPages,
-};
+use shmsnap_linux::track::{self, Advertisement, Census, FileId, Scanner, TrackedRange};
 use shmsnap_linux::{Mapping, Memfd};
 use tracing::{debug, info, warn};
 
@@ -53,7 +50,8 @@ pub struct Queue {
     /// The chain this host may extend with a delta. Invariant: `Some` only while this host
     /// made its tip durable, nothing but the client wrote the region since, and its carry
     /// holds every complete scan since the tip's image (then `tracking.vouched` is `Some`);
-    /// taken (`None`) by an attempt whose scan failed or that cannot vouch for its scan.
+    /// taken (`None`) by every attempt that ends neither in a durable snapshot nor in a kept
+    /// carry (a starved or skipped delta attempt whose registration held).
     chain: Option<Chain>,
     /// Write tracking of the current client process.
     tracking: Option<Tracking>,
@@ -244,7 +242,7 @@ impl Strategy for Queue {
         let cause = match self.plan(&cx) {
             Plan::Delta(range, advert) => match self.delta(&cx, range, advert) {
                 Ok(outcome) => return Ok(outcome),
-                // The attempt scanned: only a base (with a new scan) is sound now.
+                // A rebase, or a failure: a base now (with a new scan), which drops the chain.
                 Err(cause) => {
                     let again = self.tracked(&cx).ok();
                     return self.base(&cx, again, cause);
@@ -337,7 +335,8 @@ impl Queue {
         };
         let (pending, f) = match take_delta(cx.persister, req, &mut self.scratch) {
             Ok(DeltaSnapshot::Written { delta, figures }) => (delta, figures),
-            // The carry holds this attempt's scan (if it got that far): the chain goes on.
+            // Skipped before its scan (nothing changed) or starved after it (the carry holds
+            // the scan): the chain goes on.
             Ok(DeltaSnapshot::Skipped(s)) => {
                 self.keep(cx, chain, advert);
                 return Ok(self.skipped(s));
@@ -346,17 +345,10 @@ impl Queue {
                 self.keep(cx, chain, advert);
                 return Ok(starved(s));
             }
-            // A base now; if it commits nothing, the chain goes on with both scans.
-            Ok(DeltaSnapshot::Rebase(r)) => {
-                self.keep(cx, chain, advert);
-                return Err(r.to_string());
-            }
-            Err(e) => {
-                if e.keeps_carry() {
-                    self.keep(cx, chain, advert);
-                }
-                return Err(e.to_string());
-            }
+            // A base now (which drops the chain).
+            Ok(DeltaSnapshot::Rebase(r)) => return Err(r.to_string()),
+            // A base now, as after any failure (it drops the chain).
+            Err(e) => return Err(e.to_string()),
         };
         if read_advert(cx.map).ok() != Some(advert) {
             return Err("the client changed its tracking registration during the scan".into());
@@ -425,9 +417,9 @@ impl Queue {
         scan: Option<(TrackedRange, Advertisement)>,
         cause: String,
     ) -> io::Result<Outcome> {
-        // Kept aside: if this base commits nothing, its scan is carried into it.
-        let mut old = self.chain.take();
-        let old_vouched = self.tracking.as_ref().and_then(|t| t.vouched);
+        // A base attempt that commits nothing drops the chain (its arming scan is not carried:
+        // a base is taken when the chain cannot be extended anyway, DESIGN §11).
+        self.chain = None;
         if self.last_base_cause.as_ref() != Some(&cause) {
             if self.policy.is_some() {
                 info!("full snapshot: {cause}");
@@ -435,45 +427,13 @@ impl Queue {
             self.last_base_cause = Some(cause);
         }
         let (armed, unproven, scanned) = self.arm(cx, scan);
-        // The old chain goes on only if this attempt's scan can be carried into it: the scan
-        // completed under the registration that chain's scans were made under.
-        let mut carry_into_old = |this: &mut Self| {
-            if let (Some(mut c), Some((a, written)), true) = (
-                old.take(),
-                armed.as_ref(),
-                old_vouched == armed.as_ref().map(|a| a.0),
-            ) {
-                c.carry.add_scan(written);
-                this.keep(cx, c, *a);
-            }
-        };
-        let taken = match take_queue(cx.memfd, cx.map, cx.persister, cx.meta, &mut self.scratch) {
-            Ok(t) => t,
-            Err(e) => {
-                carry_into_old(self);
-                return Err(e);
-            }
-        };
+        let taken = take_queue(cx.memfd, cx.map, cx.persister, cx.meta, &mut self.scratch)?;
         let (file, f) = match taken {
             QueueSnapshot::Written { file, figures } => (file, figures),
-            QueueSnapshot::Skipped(s) => {
-                carry_into_old(self);
-                return Ok(self.skipped(s));
-            }
-            QueueSnapshot::Starved(s) => {
-                carry_into_old(self);
-                return Ok(starved(s));
-            }
+            QueueSnapshot::Skipped(s) => return Ok(self.skipped(s)),
+            QueueSnapshot::Starved(s) => return Ok(starved(s)),
         };
-        let stats = match file.commit() {
-            Ok(stats) => stats,
-            // The tip check of the next plan finds out if the old base was replaced anyway.
-            Err(e) => {
-                carry_into_old(self);
-                return Err(e);
-            }
-        };
-        let armed = armed.map(|(a, _)| a);
+        let stats = file.commit()?;
         self.after_base(cx, &f, armed);
         Ok(Outcome::Persisted(Report {
             point: Point::Base {
@@ -495,14 +455,14 @@ impl Queue {
     }
 
     /// Before a base: the proof, then the scan that lets the next snapshot be a delta.
-    /// Returns the advertisement armed (if any) with what its scan reported, when the proof
-    /// failed its metric label, and how long the scan took (if it ran).
+    /// Returns the advertisement armed (if any), when the proof failed its metric label, and
+    /// how long the scan took (if it ran).
     fn arm(
         &mut self,
         cx: &Cx<'_>,
         scan: Option<(TrackedRange, Advertisement)>,
     ) -> (
-        Option<(Advertisement, WrittenPages)>,
+        Option<Advertisement>,
         Option<&'static str>,
         Option<Duration>,
     ) {
@@ -531,7 +491,7 @@ impl Queue {
         let scanned = t.scanner.scan(&range);
         let scan_time = scan_started.elapsed();
         let armed = match scanned {
-            Ok(written) => Some((advert, written)),
+            Ok(_) => Some(advert),
             Err(e) => {
                 debug!("{e}");
                 None
@@ -596,8 +556,8 @@ impl Queue {
         }
     }
 
-    /// After an attempt that committed nothing but whose complete scan `chain`'s carry now
-    /// holds: the chain goes on (the next snapshot may be a delta onto its tip) if the
+    /// After a delta attempt that committed nothing and whose complete scan (if it ran)
+    /// `chain`'s carry now holds: the chain goes on (the next snapshot may be a delta onto its tip) if the
     /// client's registration is still the one the scan was made under; otherwise it is
     /// dropped and the next snapshot is a base.
     fn keep(&mut self, cx: &Cx<'_>, chain: Chain, advert: Advertisement) {

@@ -354,6 +354,26 @@ pub struct RunArgs {
     #[arg(long, value_name = "N|DURATION", default_value = "3", requires = "replica",
           value_parser = crate::config::parse_keep)]
     pub replica_keep: crate::config::Keep,
+    /// How long the replica's lease lasts without a renewal (2s..1h). It is renewed every
+    /// TTL/3, each lease request times out after TTL/10, no upload starts unless the lease
+    /// holds TTL/6 longer, and a standby takes over once it saw the lease unchanged for the
+    /// holder's TTL: the failover time is about TTL plus the catch-up.
+    #[arg(long, value_name = "DURATION", default_value = "30s", requires = "replica",
+          value_parser = parse_lease_ttl)]
+    pub lease_ttl: Duration,
+    /// Take part in failover (needs an s3:// replica with conditional writes): take the lease
+    /// if it is free, else stand by — follow the bucket without starting the client, and take
+    /// over when the primary stops renewing for its TTL. A primary that loses its lease
+    /// then becomes a standby (its commits not in the bucket are moved to
+    /// FILE.diverged.TIME/).
+    #[arg(long, requires = "replica")]
+    pub standby: bool,
+    /// What a primary does when its lease is lost (taken by another host, or not renewed
+    /// within its TTL): stop = stop the client (as on SIGTERM: final local snapshot), then
+    /// exit 75 — or, with --standby, become a standby; continue = keep the client running
+    /// with local snapshots only (uploads stop either way).
+    #[arg(long, value_enum, value_name = "WHAT", default_value_t = LeaseLossArg::Stop, requires = "replica")]
+    pub on_lease_loss: LeaseLossArg,
     /// The client command and its arguments.
     #[arg(trailing_var_arg = true, required = true, value_name = "CMD")]
     pub command: Vec<OsString>,
@@ -394,8 +414,35 @@ impl RunArgs {
             metrics: self.metrics,
             replica: self.replica,
             replica_keep: self.replica_keep,
+            lease_ttl: self.lease_ttl,
+            standby: self.standby,
+            stop_on_lease_loss: self.on_lease_loss == LeaseLossArg::Stop,
             command: self.command,
         }
+    }
+}
+
+/// `--on-lease-loss`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LeaseLossArg {
+    /// Stop the client (and exit 75, or become a standby with --standby).
+    Stop,
+    /// Keep the client running, local snapshots only.
+    Continue,
+}
+
+/// Parses `--lease-ttl`: a duration within the lease's bounds.
+fn parse_lease_ttl(s: &str) -> Result<Duration, String> {
+    use crate::replica::lease::{ttl_in_bounds, MAX_TTL, MIN_TTL};
+    let d = crate::time::parse_duration(s)?;
+    if ttl_in_bounds(d) {
+        Ok(d)
+    } else {
+        Err(format!(
+            "the lease TTL must be within {}..{} s",
+            MIN_TTL.as_secs(),
+            MAX_TTL.as_secs()
+        ))
     }
 }
 

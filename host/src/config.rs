@@ -50,6 +50,12 @@ pub struct RunConfig {
     pub replica: Option<String>,
     /// What the replica keeps (`--replica-keep`).
     pub replica_keep: Keep,
+    /// The lease's TTL (`--lease-ttl`).
+    pub lease_ttl: Duration,
+    /// Take part in failover (`--standby`).
+    pub standby: bool,
+    /// Stop the client when the lease is lost (`--on-lease-loss stop`, the default).
+    pub stop_on_lease_loss: bool,
     /// The client command and its arguments (never empty).
     pub command: Vec<OsString>,
 }

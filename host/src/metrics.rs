@@ -251,6 +251,50 @@ impl Collector for ReplicaLag {
     }
 }
 
+/// How far a standby is behind the bucket, computed at scrape time: since when it saw a point
+/// in the bucket that it has not applied yet (`None`: caught up, or not a standby).
+#[derive(Debug, Default)]
+struct StandbyLag {
+    behind_since: Mutex<Option<Instant>>,
+}
+
+impl Collector for StandbyLag {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let since = *self.behind_since.lock().unwrap_or_else(|e| e.into_inner());
+        let gauge = ConstGauge::new(since.map_or(0.0, |s| s.elapsed().as_secs_f64()));
+        let metric = encoder.encode_descriptor(
+            "standby_lag",
+            "A standby: seconds since it first saw a point in the bucket it has not applied yet (0 when caught up, and on a primary)",
+            Some(&Unit::Seconds),
+            gauge.metric_type(),
+        )?;
+        gauge.encode(metric)
+    }
+}
+
+/// A host's part in failover (`shmsnap_role{role}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Holds the lease, runs the client, uploads.
+    Primary,
+    /// Follows the bucket, client not started.
+    Standby,
+}
+
+impl Role {
+    fn label(self) -> &'static str {
+        match self {
+            Role::Primary => "primary",
+            Role::Standby => "standby",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RoleLabel {
+    role: &'static str,
+}
+
 /// What the replica does (the `state` label of `shmsnap_replica_state`; one series is 1, the
 /// others 0).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -305,6 +349,9 @@ pub struct Metrics {
     replica_state: Family<StateLabel, Gauge>,
     /// The current state (`None` before the first report), to log changes once.
     replica_state_now: Arc<Mutex<Option<ReplicaState>>>,
+    /// `shmsnap_role{role}`: 1 for the current role.
+    role: Family<RoleLabel, Gauge>,
+    standby_lag: Arc<StandbyLag>,
     /// Triple snapshot attempts that refused the client's state words.
     triple_refused: Counter,
     /// Dead clients' claims the host cleared before a restart (or at start).
@@ -347,6 +394,8 @@ impl Metrics {
             replica_backlog: Gauge::default(),
             replica_state: Family::default(),
             replica_state_now: Arc::default(),
+            role: Family::default(),
+            standby_lag: Arc::default(),
             triple_refused: Counter::default(),
             claims_reclaimed: Counter::default(),
             ticks_skipped: Counter::default(),
@@ -479,6 +528,12 @@ impl Metrics {
     /// The replica's families: lag, uploaded bytes, errors, backlog, state.
     fn register_replica(&self, r: &mut Registry) {
         r.register_collector(Box::new(self.replica_lag.clone()));
+        r.register_collector(Box::new(self.standby_lag.clone()));
+        r.register(
+            "role",
+            "The host's part in failover (run --replica): 1 for the current role (primary: holds the lease and runs the client; standby: follows the bucket)",
+            self.role.clone(),
+        );
         r.register_with_unit(
             "replica_uploaded",
             "Bytes of points uploaded to the replica",
@@ -582,6 +637,24 @@ impl Metrics {
                 .get_or_create(&StateLabel { state: s.label() })
                 .set(i64::from(s == state));
         }
+    }
+
+    /// Sets the host's role (logged by the caller, with why).
+    pub fn role(&self, role: Role) {
+        for r in [Role::Primary, Role::Standby] {
+            self.role
+                .get_or_create(&RoleLabel { role: r.label() })
+                .set(i64::from(r == role));
+        }
+    }
+
+    /// Records since when a standby is behind the bucket (`None`: caught up).
+    pub fn standby_behind_since(&self, since: Option<Instant>) {
+        *self
+            .standby_lag
+            .behind_since
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = since;
     }
 
     /// Counts bytes uploaded to the replica.

@@ -50,6 +50,18 @@ impl Notifier {
         self.store_fd(fd, name);
     }
 
+    /// Removes the fd stored under `name` (`FDSTOREREMOVE=1`): a region that must not be
+    /// given to the next start.
+    pub fn remove_fd(&self, name: &str) {
+        if !self.enabled {
+            return;
+        }
+        let states = [NotifyState::FdStoreRemove, NotifyState::FdName(name)];
+        if let Err(e) = sd_notify::notify(&states) {
+            warn!("could not remove the region from the service manager's fd store: {e}");
+        }
+    }
+
     /// Pushes the region fd to the fd store under `name`.
     pub fn store_fd(&self, fd: impl AsFd, name: &str) {
         if !self.enabled {

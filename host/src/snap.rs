@@ -197,6 +197,12 @@ impl Snapshotter {
         self.tally
     }
 
+    /// Every new base from now on gets a generation above `floor` too (a new primary: above
+    /// every generation in the bucket, so that its history never mixes with the old one's).
+    pub fn raise_generation_floor(&mut self, floor: u64) {
+        self.on_disk = self.on_disk.max(Some(floor));
+    }
+
     /// Takes one snapshot according to the strategy. `client_alive` tells whether the client
     /// may still be writing, `client` which process it is (when running).
     ///

@@ -1136,11 +1136,14 @@ fn metrics_show_a_replica_that_stopped_uploading() {
     let prefix = "metrics";
     let root = root(&s, prefix);
     let dir = tempdir("metrics");
+    // The client keeps running when the lease is lost (the default stops it, issue 26).
+    let mut args = ROLLING_METRICS.to_vec();
+    args.extend(["--on-lease-loss", "continue"]);
     let h = replicated_host(
         &s,
         &dir.path().join("rolling.snap"),
         prefix,
-        &ROLLING_METRICS,
+        &args,
         &ROLLING_CLIENT,
     );
     wait_for_point(&root, SLOW, &h, "a first point", |_| true);

@@ -215,3 +215,42 @@ async fn fixture_can_ignore_conditions_lists_incomplete_uploads_and_refuses_miss
         "{r:?}"
     );
 }
+
+/// Conditional writes racing on one key: exactly one wins, as on S3 (which serializes
+/// writes to a key). s3s-fs alone checks the condition and then writes, so two racing
+/// `If-Match` puts could both succeed; the fixture serializes conditional puts (found by
+/// `standby.rs`'s racing standbys, issue 26).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn racing_conditional_updates_of_one_key_let_exactly_one_win() {
+    let server = S3Server::start_with_bucket(BUCKET);
+    let store = std::sync::Arc::new(server.store(BUCKET));
+    for round in 0..20 {
+        let key = ObjPath::from(format!("p/race-{round}"));
+        let v = store
+            .put_opts(&key, PutPayload::from_static(b"v0"), create())
+            .await
+            .unwrap();
+        let v = UpdateVersion {
+            e_tag: v.e_tag,
+            version: v.version,
+        };
+        let mut tasks = Vec::new();
+        for i in 0..4u8 {
+            let (store, key, v) = (store.clone(), key.clone(), v.clone());
+            tasks.push(tokio::spawn(async move {
+                store
+                    .put_opts(&key, PutPayload::from(vec![i; 16]), update(v))
+                    .await
+                    .is_ok()
+            }));
+        }
+        let mut won = 0;
+        for t in tasks {
+            won += usize::from(t.await.unwrap());
+        }
+        assert_eq!(
+            won, 1,
+            "round {round}: {won} racing If-Match puts succeeded"
+        );
+    }
+}

@@ -1,12 +1,14 @@
 //! The lease's own thread: takes the lease (after the store probe) when the replica was
-//! unreachable at start, renews it every `TTL/3`, resolves doubtful renewals
-//! ([`Lease::renew`]), and publishes until when the lease is surely held ([`LeaseState`]).
+//! unreachable at start, renews it every TTL/3, resolves doubtful renewals
+//! ([`Lease::renew`]), and publishes until when the lease is surely held ([`LeaseState`],
+//! a monotonic instant).
 //!
 //! It runs apart from the uploader, on its own current-thread runtime, so that a long upload
 //! never delays a renewal; its requests go through the replica's lease client, whose timeout
-//! (3 s) is well under the TTL (30 s), so a network black hole is reported within a renewal
-//! period and two timeouts (at most 16 s)
-//! (each failed renewal is logged with how long the lease is still held).
+//! (TTL/10) is well under the TTL, so a network black hole is reported within a renewal
+//! period and two timeouts (each failed renewal is logged with how long the lease is still
+//! held). A held lease that lapses without a renewal, or is found taken, is lost for this run
+//! for good: uploads stop and the supervisor is told ([`LeaseState::on_loss`]).
 
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
@@ -14,26 +16,53 @@ use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
 
-use super::lease::{now_ms, Holder, Lease, LeaseError, Renewed};
+use super::lease::{Holder, Lease, LeaseError, Renewed, Timing};
 use super::probe::{self, ProbeError};
 use super::store::Replica;
 use crate::exit::{Code, Failure};
 use crate::metrics::{Metrics, ReplicaState};
 
-/// Pause after a failed lease request (taking or renewing) before the next try.
-const RETRY: Duration = Duration::from_secs(1);
+/// Pause after a failed lease request (taking or renewing) before the next try: a tenth of
+/// the TTL, within 100 ms..=1 s.
+fn retry_after(timing: Timing) -> Duration {
+    (timing.ttl / 10).clamp(Duration::from_millis(100), Duration::from_secs(1))
+}
+
+/// Why a held lease is this run's no more.
+#[derive(Debug, Clone)]
+pub struct Loss {
+    /// For the log.
+    pub why: String,
+    /// Who took it (`None`: it lapsed without a renewal, nobody is known to hold it).
+    pub holder: Option<Holder>,
+}
+
+/// Told once when a held lease is lost (the supervisor stops its client).
+pub type OnLoss = Box<dyn Fn(Loss) + Send>;
 
 /// What the keeper knows, shared with the uploader.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct LeaseState {
     inner: Mutex<Inner>,
     wake: Condvar,
 }
 
-#[derive(Debug, Default)]
+impl std::fmt::Debug for LeaseState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LeaseState").finish_non_exhaustive()
+    }
+}
+
+#[derive(Default)]
 struct Inner {
-    /// Unix ms until which the lease is surely this run's (0: not held).
-    valid_until_ms: u64,
+    /// Until when the lease is surely this run's (`None`: not held).
+    valid_until: Option<Instant>,
+    /// The TTL's consequences (renewal, margin).
+    timing: Option<Timing>,
+    /// The loss, once it happened (final).
+    lost: Option<Loss>,
+    /// Told of the loss.
+    on_loss: Option<OnLoss>,
     /// How many times the lease object was found gone and created again.
     recreated: u64,
     /// Why nothing may be uploaded any more (lease lost, store refused): for good.
@@ -47,9 +76,49 @@ impl LeaseState {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// How long the lease is surely held from now (zero if not held).
+    /// A state for a lease of `ttl` (not held yet).
+    pub fn new(ttl: Duration) -> LeaseState {
+        let s = LeaseState::default();
+        s.lock().timing = Some(Timing { ttl });
+        s
+    }
+
+    /// How long the lease is surely held from now (zero if not held), by the monotonic clock.
     pub fn valid_for(&self) -> Duration {
-        Duration::from_millis(self.lock().valid_until_ms.saturating_sub(now_ms()))
+        self.lock().valid_until.map_or(Duration::ZERO, |t| {
+            t.saturating_duration_since(Instant::now())
+        })
+    }
+
+    /// An upload (or part) starts only while the lease holds this much longer (TTL/6).
+    pub fn margin(&self) -> Duration {
+        self.lock()
+            .timing
+            .map_or(Duration::from_secs(5), Timing::upload_margin)
+    }
+
+    /// `f` is told of the loss of the lease (at once if it was lost already).
+    pub fn on_loss(&self, f: OnLoss) {
+        let mut g = self.lock();
+        if let Some(l) = g.lost.clone() {
+            drop(g);
+            f(l);
+            return;
+        }
+        g.on_loss = Some(f);
+    }
+
+    /// Stops uploads for good: another writer was found on the prefix.
+    pub fn fence(&self, why: &str) {
+        let mut g = self.lock();
+        g.stopped.get_or_insert_with(|| why.to_owned());
+        g.valid_until = None;
+    }
+
+    /// Sets the validity (tests of the fencing rule).
+    #[cfg(test)]
+    pub fn set_valid_until(&self, t: Option<Instant>) {
+        self.lock().valid_until = t;
     }
 
     /// How many times the lease object was created again (a wiped prefix).
@@ -63,20 +132,23 @@ impl LeaseState {
     }
 
     fn held(&self, lease: &Lease) {
-        self.lock().valid_until_ms = lease.valid_until_ms();
+        self.lock().valid_until = Some(lease.valid_until());
     }
 
-    /// Sleeps until Unix ms `due` or the stop; `true` on the stop.
-    fn sleep_until(&self, due: u64) -> bool {
+    /// Sleeps until `due` (`None`: until the stop) or the stop; `true` on the stop.
+    fn sleep_until(&self, due: Option<Instant>) -> bool {
         let mut g = self.lock();
         while !g.stop {
-            let left = due.saturating_sub(now_ms());
-            if left == 0 {
+            let left = match due {
+                Some(d) => d.saturating_duration_since(Instant::now()),
+                None => Duration::from_secs(3600),
+            };
+            if left.is_zero() {
                 return false;
             }
             g = self
                 .wake
-                .wait_timeout(g, Duration::from_millis(left))
+                .wait_timeout(g, left)
                 .unwrap_or_else(PoisonError::into_inner)
                 .0;
         }
@@ -102,10 +174,11 @@ impl Keeper {
         replica: Replica,
         lease: Option<Lease>,
         holder: Holder,
+        ttl: Duration,
         probed: bool,
         metrics: Metrics,
     ) -> Result<Keeper, Failure> {
-        let state = Arc::new(LeaseState::default());
+        let state = Arc::new(LeaseState::new(ttl));
         if let Some(l) = &lease {
             state.held(l);
         }
@@ -114,6 +187,7 @@ impl Keeper {
             replica,
             lease,
             holder,
+            timing: Timing { ttl },
             probed,
             metrics,
             state: state.clone(),
@@ -154,6 +228,7 @@ struct Run {
     replica: Replica,
     lease: Option<Lease>,
     holder: Holder,
+    timing: Timing,
     probed: bool,
     metrics: Metrics,
     state: Arc<LeaseState>,
@@ -162,22 +237,39 @@ struct Run {
 
 impl Run {
     async fn run(&mut self) {
+        let retry = retry_after(self.timing);
         loop {
             let due = match &self.lease {
-                _ if self.state.stopped().is_some() => u64::MAX,
-                Some(l) if self.last_warn.is_none() => l.renew_due_ms(),
-                _ => now_ms() + RETRY.as_millis() as u64,
+                _ if self.state.stopped().is_some() => None,
+                Some(l) if self.last_warn.is_none() => Some(l.renew_due().min(l.valid_until())),
+                Some(l) => Some((Instant::now() + retry).min(l.valid_until())),
+                None => Some(Instant::now() + retry),
             };
             if self.state.sleep_until(due) {
                 break;
             }
             match self.lease.take() {
+                // Checked before any renewal: a lease that lapsed (the host was paused, the
+                // store unreachable for the TTL) may have been taken over meanwhile; a
+                // renewal that succeeds now would not undo what this run must assume.
+                Some(l) if Instant::now() >= l.valid_until() => self.lose(Loss {
+                    why: format!(
+                        "the lease lapsed: not renewed within its TTL of {:.1} s (the host was \
+                         paused or the store unreachable); another host may hold it now",
+                        self.timing.ttl.as_secs_f64()
+                    ),
+                    holder: None,
+                }),
                 Some(mut l) => match l.renew(&self.replica).await {
                     Ok(r) => self.kept(l, r),
                     Err(LeaseError::Store(e)) => {
                         self.doubtful(&format!("cannot renew the lease: {e}"));
                         self.lease = Some(l);
                     }
+                    Err(LeaseError::Lost { key, holder }) => self.lose(Loss {
+                        why: format!("lost the lease {key}: {holder} took it"),
+                        holder: Some(holder),
+                    }),
                     Err(e) => self.stop(&e.to_string()),
                 },
                 None => self.take().await,
@@ -217,7 +309,7 @@ impl Run {
                 Err(e) => return self.stop(&e.to_string()),
             }
         }
-        match Lease::take(&self.replica, self.holder.clone()).await {
+        match Lease::take(&self.replica, self.holder.clone(), self.timing.ttl, true).await {
             Ok(l) => {
                 info!("replica {}: lease taken", self.replica.url);
                 self.kept(l, Renewed::Held);
@@ -227,7 +319,7 @@ impl Run {
         }
     }
 
-    /// A request failed without an answer that settles anything: retried in [`RETRY`];
+    /// A request failed without an answer that settles anything: retried after a tenth of the TTL;
     /// logged at once the first time, then at most every 30 s.
     fn doubtful(&mut self, what: &str) {
         self.metrics.replica_error();
@@ -244,12 +336,24 @@ impl Run {
         {
             warn!(
                 "replica {}: {what}; the lease is surely held for {:.1} s more (retrying every \
-                 {} s; local snapshots go on)",
+                 {:.1} s; local snapshots go on)",
                 self.replica.url,
                 left.as_secs_f64(),
-                RETRY.as_secs()
+                retry_after(self.timing).as_secs_f64()
             );
             self.last_warn = Some(Instant::now());
+        }
+    }
+
+    /// A held lease is this run's no more: uploads stop, and the supervisor is told.
+    fn lose(&mut self, loss: Loss) {
+        self.stop(&loss.why);
+        let mut g = self.state.lock();
+        g.lost = Some(loss.clone());
+        let f = g.on_loss.take();
+        drop(g);
+        if let Some(f) = f {
+            f(loss);
         }
     }
 
@@ -258,7 +362,7 @@ impl Run {
         self.metrics.replica_error();
         let mut g = self.state.lock();
         g.stopped = Some(why.to_owned());
-        g.valid_until_ms = 0;
+        g.valid_until = None;
         drop(g);
         self.lease = None;
         self.metrics.replica_state(

@@ -8,7 +8,9 @@
 //! | [`layout`] | object names (`PREFIX/g/<gen>/base`, `PREFIX/g/<gen>/d/<index>`), listing |
 //! | [`probe`] | at start: does the store honour conditional writes? |
 //! | [`lease`] | one writer per prefix: the lease object, taken, renewed, doubts resolved |
-//! | [`keeper`] | the lease's own thread: renews it on its own schedule |
+//! | [`observe`] | a standby's view of the lease: unchanged for its TTL, by the monotonic clock |
+//! | [`keeper`] | the lease's own thread: renews it on its own schedule, reports its loss |
+//! | [`standby`] | `run --standby`: follow the bucket, take the lease over, catch up |
 //! | [`upload`] | the uploader thread and its bounded backlog of points ([`Shipper`]) |
 //! | [`fetch`] | `restore --from URL` and the restore at start: a point of the bucket as a standalone snapshot file |
 //! | [`inspect`] | `inspect --replica URL` |
@@ -24,32 +26,52 @@ pub mod keeper;
 pub mod layout;
 pub mod lease;
 pub mod multipart;
+pub mod observe;
 pub mod probe;
+pub mod standby;
 pub mod store;
 pub mod upload;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use shmsnap_linux::persist::Persister;
 use tracing::{info, warn};
 
 use crate::config::Keep;
 use crate::exit::{Code, Failure};
-use lease::{Holder, Lease, LeaseError};
+use crate::metrics::{Metrics, Role};
+use keeper::{Keeper, LeaseState};
+use lease::{Holder, Lease, LeaseError, Timing};
 use probe::ProbeError;
 use store::{is_refused, refused, runtime, Replica};
 use upload::Shipper;
 
+/// What `run` asks of its replica.
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    /// What the bucket keeps (`--replica-keep`).
+    pub keep: Keep,
+    /// The lease's TTL (`--lease-ttl`).
+    pub ttl: Duration,
+    /// Take part in failover (`--standby`).
+    pub standby: bool,
+}
+
 /// A replica opened by `run` before the client starts: the store probed and the lease taken
-/// (or neither, if the replica was unreachable), ready to become the lease and uploader
-/// threads.
+/// and kept by its thread (or neither, if the replica was unreachable), ready for the
+/// uploader thread.
 #[derive(Debug)]
 pub struct Started {
     replica: Replica,
     rt: tokio::runtime::Runtime,
-    lease: Option<Lease>,
-    holder: Holder,
-    probed: bool,
+    keeper: Keeper,
     keep: Keep,
     target: std::path::PathBuf,
+    /// Every new base must be above this generation (the bucket's newest, after a takeover).
+    floor: Option<u64>,
+    /// A `--standby` host that took the lease from another host (not its own state file's).
+    took_over: bool,
 }
 
 /// `run --replica URL`, before the client starts: opens the replica, checks that the store
@@ -67,13 +89,18 @@ pub struct Started {
 /// thread keeps trying.
 pub fn start(
     url: &str,
-    keep: Keep,
+    opts: Options,
     persister: &Persister,
     fallback: bool,
+    metrics: &Metrics,
 ) -> Result<Started, Failure> {
-    let replica = Replica::open(url)?;
+    let timing = Timing { ttl: opts.ttl };
+    let replica = Replica::open_with(url, timing.request_timeout())?;
     let rt = runtime()?;
     let holder = Holder::this(&persister.target());
+    if opts.standby {
+        return start_standby(replica, rt, holder, opts, persister, metrics);
+    }
     if replica.local {
         warn!(
             "replica {url}: file:// has no conditional update: the lease is a read, compare \
@@ -90,7 +117,7 @@ pub fn start(
         Err(e) => return Err(Failure::new(Code::Config, e.to_string())),
     };
     let lease = if probed {
-        take_at_start(&rt, &replica, &holder)?
+        take_at_start(&rt, &replica, &holder, opts.ttl)?
     } else {
         None
     };
@@ -103,15 +130,90 @@ pub fn start(
     }
     if lease.is_some() {
         multipart::sweep_logged(&rt, &replica);
+        metrics.role(Role::Primary);
     }
+    let keeper = Keeper::spawn(
+        replica.clone(),
+        lease,
+        holder,
+        opts.ttl,
+        probed,
+        metrics.clone(),
+    )?;
     Ok(Started {
         replica,
         rt,
-        lease,
-        holder,
-        probed,
-        keep,
+        keeper,
+        keep: opts.keep,
         target: persister.target(),
+        floor: None,
+        took_over: false,
+    })
+}
+
+/// `run --standby`: the store must pass the probe (retried while it is unreachable: a
+/// standby never follows or takes over without it); then the lease is taken, at once if it
+/// is free or after following the bucket until its holder stops renewing; then the local
+/// state is brought to the bucket's newest point.
+fn start_standby(
+    replica: Replica,
+    rt: tokio::runtime::Runtime,
+    holder: Holder,
+    opts: Options,
+    persister: &Persister,
+    metrics: &Metrics,
+) -> Result<Started, Failure> {
+    let url = replica.url.clone();
+    if replica.local {
+        return Err(Failure::new(
+            Code::Config,
+            format!(
+                "replica {url}: --standby needs a store with conditional updates, and file:// \
+                 has none (two hosts could both take the lease); use an s3:// replica"
+            ),
+        ));
+    }
+    let mut last_warn: Option<Instant> = None;
+    loop {
+        match rt.block_on(probe::probe(&replica, &holder.run_id)) {
+            Ok(()) => break,
+            Err(ProbeError::Store(e)) if is_refused(&e) => return Err(refused(&url, &e)),
+            Err(ProbeError::Store(e)) => {
+                metrics.replica_error();
+                if last_warn.is_none_or(|t| t.elapsed() >= Duration::from_secs(30)) {
+                    warn!(
+                        "replica {url} is unreachable ({e}); --standby: waiting for it (the \
+                         client is not started before the lease is known)"
+                    );
+                    last_warn = Some(Instant::now());
+                }
+                std::thread::sleep(Duration::from_secs(1));
+            }
+            Err(e) => return Err(Failure::new(Code::Config, e.to_string())),
+        }
+    }
+    let (lease, ours) = standby::acquire(&rt, &replica, &holder, opts.ttl, persister, metrics)?;
+    // The keeper renews from here on, while the state catches up.
+    let keeper = Keeper::spawn(
+        replica.clone(),
+        Some(lease),
+        holder,
+        opts.ttl,
+        true,
+        metrics.clone(),
+    )?;
+    let floor = standby::reconcile(&rt, &replica, persister, standby::Goal::Lead, ours)?;
+    multipart::sweep_logged(&rt, &replica);
+    metrics.role(Role::Primary);
+    info!("replica {url}: primary (new bases above generation {floor}, the bucket's newest)");
+    Ok(Started {
+        replica,
+        rt,
+        keeper,
+        keep: opts.keep,
+        target: persister.target(),
+        floor: Some(floor),
+        took_over: !ours,
     })
 }
 
@@ -120,9 +222,10 @@ fn take_at_start(
     rt: &tokio::runtime::Runtime,
     replica: &Replica,
     holder: &Holder,
+    ttl: Duration,
 ) -> Result<Option<Lease>, Failure> {
     let url = &replica.url;
-    match rt.block_on(Lease::take(replica, holder.clone())) {
+    match rt.block_on(Lease::take(replica, holder.clone(), ttl, true)) {
         Ok(l) => Ok(Some(l)),
         Err(LeaseError::Store(e)) if is_refused(&e) => Err(refused(url, &e)),
         Err(LeaseError::Store(e)) => {
@@ -132,7 +235,7 @@ fn take_at_start(
         Err(e @ (LeaseError::Held { .. } | LeaseError::Lost { .. })) => {
             Err(Failure::new(Code::TempFail, format!("replica {url}: {e}")))
         }
-        Err(e @ LeaseError::Foreign { .. }) => {
+        Err(e @ (LeaseError::Foreign { .. } | LeaseError::BadTtl { .. })) => {
             Err(Failure::new(Code::DataErr, format!("replica {url}: {e}")))
         }
     }
@@ -189,7 +292,24 @@ fn restore_at_start(
 }
 
 impl Started {
-    /// Starts the lease thread and the uploader thread.
+    /// Every new base must be above this generation (`None`: no constraint beyond the
+    /// local state's).
+    pub fn floor(&self) -> Option<u64> {
+        self.floor
+    }
+
+    /// `true` for a `--standby` host that took the lease from another host: its local
+    /// region (fd store) is not the bucket's history.
+    pub fn took_over(&self) -> bool {
+        self.took_over
+    }
+
+    /// The lease thread's state (for [`LeaseState::on_loss`]).
+    pub fn lease_state(&self) -> Arc<LeaseState> {
+        self.keeper.state()
+    }
+
+    /// Starts the uploader thread.
     ///
     /// # Errors
     ///
@@ -199,17 +319,10 @@ impl Started {
         metrics: crate::metrics::Metrics,
         status: crate::durable::SharedPublisher,
     ) -> Result<Shipper, Failure> {
-        let keeper = keeper::Keeper::spawn(
-            self.replica.clone(),
-            self.lease,
-            self.holder,
-            self.probed,
-            metrics.clone(),
-        )?;
         Shipper::spawn(
             self.replica,
             self.rt,
-            keeper,
+            self.keeper,
             self.keep,
             self.target,
             metrics,

@@ -50,30 +50,32 @@ pub fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
 /// one: short, because the uploader has its own backoff and a CLI command should fail
 /// promptly.
 fn client_options() -> (ClientOptions, RetryConfig) {
-    limits(5, 60, 2, 15)
+    let s = Duration::from_secs;
+    limits(s(5), s(60), 2, s(15))
 }
 
-/// The lease client's limits: one request answers within 3 s or fails (a tenth of the
-/// lease's lifetime), and is not retried by `object_store` (a retried conditional write
-/// would be refused by its own first attempt; [`super::lease`] reads the lease back instead).
-fn lease_client_options() -> (ClientOptions, RetryConfig) {
-    limits(2, 3, 0, 3)
+/// The lease client's limits: one request answers within `timeout` or fails (a tenth of the
+/// lease's lifetime, [`super::lease::Timing::request_timeout`]), and is not retried by
+/// `object_store` (a retried conditional write would be refused by its own first attempt;
+/// [`super::lease`] reads the lease back instead).
+fn lease_client_options(timeout: Duration) -> (ClientOptions, RetryConfig) {
+    limits(timeout.min(Duration::from_secs(2)), timeout, 0, timeout)
 }
 
 /// A client's limits: connect and request timeouts, and `object_store`'s own retries (how
-/// many, within how long), in seconds.
+/// many, within how long).
 fn limits(
-    connect: u64,
-    request: u64,
+    connect: Duration,
+    request: Duration,
     retries: usize,
-    retry_for: u64,
+    retry_for: Duration,
 ) -> (ClientOptions, RetryConfig) {
     let options = ClientOptions::new()
-        .with_connect_timeout(Duration::from_secs(connect))
-        .with_timeout(Duration::from_secs(request));
+        .with_connect_timeout(connect)
+        .with_timeout(request);
     let retry = RetryConfig {
         max_retries: retries,
-        retry_timeout: Duration::from_secs(retry_for),
+        retry_timeout: retry_for,
         ..RetryConfig::default()
     };
     (options, retry)
@@ -90,6 +92,15 @@ impl Replica {
     /// configuration `object_store` refuses or a plain-http endpoint without `AWS_ALLOW_HTTP`;
     /// [`Code::CantCreat`] if a `file://` directory cannot be created.
     pub fn open(url: &str) -> Result<Replica, Failure> {
+        Self::open_with(url, Duration::from_secs(3))
+    }
+
+    /// [`open`](Self::open) with lease requests timing out after `lease_timeout`.
+    ///
+    /// # Errors
+    ///
+    /// As [`open`](Self::open).
+    pub fn open_with(url: &str, lease_timeout: Duration) -> Result<Replica, Failure> {
         if let Some(path) = url.strip_prefix("file://") {
             return open_local(url, path);
         }
@@ -108,7 +119,7 @@ impl Replica {
         }
         let allow_http = check_plain_http(url)?;
         let store = Arc::new(s3_client(url, bucket, allow_http, client_options())?);
-        let lease_store = s3_client(url, bucket, allow_http, lease_client_options())?;
+        let lease_store = s3_client(url, bucket, allow_http, lease_client_options(lease_timeout))?;
         Ok(Replica {
             store: store.clone(),
             lease_store: Arc::new(lease_store),

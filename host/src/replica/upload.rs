@@ -14,7 +14,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use object_store::{ObjectStoreExt, PutPayload};
+use object_store::{ObjectStoreExt, PutMode, PutOptions, PutPayload};
 use shmsnap_linux::{chain, packed};
 use tracing::{debug, error, info, warn};
 
@@ -50,9 +50,6 @@ const WARN_EVERY: Duration = Duration::from_secs(30);
 
 /// How long a stopping host keeps trying to ship what is pending.
 const DRAIN: Duration = Duration::from_secs(10);
-
-/// An upload (or a part of one) starts only while the lease is surely held for this long.
-const LEASE_MARGIN: Duration = Duration::from_secs(5);
 
 /// A persisted point waiting for upload.
 #[derive(Debug)]
@@ -456,7 +453,7 @@ impl Uploader {
                 return;
             }
             let left = self.lease.valid_for();
-            let result = if left < LEASE_MARGIN {
+            let result = if left < self.lease.margin() {
                 Err(format!(
                     "the lease is not surely held ({:.1} s left); waiting for its renewal",
                     left.as_secs_f64()
@@ -641,9 +638,22 @@ impl Uploader {
             Err(e) => return Err(e.to_string()),
         }
         let started = Instant::now();
-        let bytes = upload(&self.replica, &key, offer, &self.lease)
-            .await
-            .map_err(|e| e.to_string())?;
+        let bytes = match upload(&self.replica, &key, offer, &self.lease).await {
+            Ok(b) => b,
+            Err(object_store::Error::AlreadyExists { .. }) => {
+                // Not "already uploaded" (the `HEAD` above found nothing): another host wrote
+                // this key meanwhile. A second writer on this prefix: this one stops.
+                let why = format!(
+                    "{key} was written by another host while this one uploaded it: another \
+                     writer on this prefix; uploads stop (fenced)"
+                );
+                error!("replica {}: {why}", self.replica.url);
+                self.lease.fence(&why);
+                self.metrics.replica_state(ReplicaState::Stopped, &why);
+                return Ok(Shipped::Skipped);
+            }
+            Err(e) => return Err(e.to_string()),
+        };
         self.metrics.replica_uploaded(bytes);
         self.metrics.record_phase(Phase::Upload, started.elapsed());
         debug!("replica: {key} uploaded ({bytes} bytes)");
@@ -651,8 +661,23 @@ impl Uploader {
     }
 
     /// After a point reached the bucket: feedback, metrics, retention.
+    ///
+    /// Fencing: `REPLICA_SEQ` is published only if the success answer arrived while the
+    /// lease was still valid. Such an object was committed before the lease's validity
+    /// ended, so before any standby could take over, so the new primary's listing after its
+    /// takeover sees it: a client acknowledging replicated commits never acknowledges one a
+    /// takeover drops (docs/DESIGN.md §12).
     async fn done(&mut self, offer: &Offer) {
         let p = offer.point;
+        if self.lease.valid_for().is_zero() {
+            warn!(
+                "replica {}: {p} reached the bucket only after the lease's validity ended: not \
+                 reported as replicated (a new primary may not have seen it)",
+                self.replica.url
+            );
+            self.metrics.replica_error();
+            return;
+        }
         self.shipped = Some(p);
         self.bucket_newest = Some(self.bucket_newest.unwrap_or(0).max(p.generation));
         crate::durable::replicated(&self.status, offer.seq);
@@ -693,7 +718,15 @@ async fn upload(
     let len = body.len();
     if len <= SINGLE_PUT_MAX {
         let bytes = body.read(0, len as usize)?;
-        replica.store.put(key, PutPayload::from(bytes)).await?;
+        // Create-only: an object that appeared since the `HEAD` is another writer's.
+        let opts = PutOptions {
+            mode: PutMode::Create,
+            ..PutOptions::default()
+        };
+        replica
+            .store
+            .put_opts(key, PutPayload::from(bytes), opts)
+            .await?;
         return Ok(len);
     }
     let mut up = replica.store.put_multipart(key).await?;
@@ -701,7 +734,7 @@ async fn upload(
         let mut inflight = futures_util::stream::FuturesOrdered::new();
         let mut at = 0;
         while at < len {
-            if lease.valid_for() < LEASE_MARGIN {
+            if lease.valid_for() < lease.margin() {
                 return Err(object_store::Error::Generic {
                     store: "replica",
                     source: "the lease is not surely held: upload abandoned".into(),
@@ -720,7 +753,7 @@ async fn upload(
         while let Some(r) = futures_util::StreamExt::next(&mut inflight).await {
             r?;
         }
-        if lease.valid_for() < LEASE_MARGIN {
+        if lease.valid_for() < lease.margin() {
             return Err(object_store::Error::Generic {
                 store: "replica",
                 source: "the lease is not surely held: upload abandoned before completing".into(),

@@ -61,6 +61,8 @@ pub enum Event {
     Snapshot(Done),
     /// The client bumped its snapshot-request word (from the request watcher, DESIGN §14).
     ClientRequest,
+    /// The replica's lease is this run's no more (from the lease thread, DESIGN §12).
+    LeaseLost(crate::replica::keeper::Loss),
 }
 
 impl From<Done> for Event {
@@ -114,6 +116,11 @@ pub struct Supervisor {
     /// How the latest snapshot attempt went: a requested stop exits with
     /// [`requested_stop_status`] of it.
     saved: FinalSnapshot,
+    /// `--on-lease-loss stop`: a lost lease stops the client.
+    stop_on_lease_loss: bool,
+    /// The lease was lost and the client stopped for it: [`setup::run`] exits 75 or starts
+    /// again as a standby.
+    lease_lost: Option<crate::replica::keeper::Loss>,
 }
 
 impl Supervisor {
@@ -126,6 +133,7 @@ impl Supervisor {
                 Ok(Event::ClientRequest) => self.snapshot_now(Why::ClientRequest)?,
                 Ok(Event::Signal(sig)) => self.on_stop(sig),
                 Ok(Event::Snapshot(done)) => self.on_snapshot(done)?,
+                Ok(Event::LeaseLost(loss)) => self.on_lease_lost(loss),
                 Err(RecvTimeoutError::Timeout) => Flow::Continue,
                 Err(RecvTimeoutError::Disconnected) => {
                     return Err(Failure::new(Code::Software, "the signal thread stopped"));
@@ -225,6 +233,25 @@ impl Supervisor {
         self.stop_deadline
             .get_or_insert(Instant::now() + self.stop_timeout);
         Flow::Continue
+    }
+
+    /// The lease is lost: uploads stopped already; the client is stopped as on SIGTERM
+    /// (final local snapshot) unless `--on-lease-loss continue` — two running clients are
+    /// two truths.
+    fn on_lease_lost(&mut self, loss: crate::replica::keeper::Loss) -> Flow {
+        if !self.stop_on_lease_loss {
+            warn!(
+                "{}; --on-lease-loss continue: the client keeps running, local snapshots only",
+                loss.why
+            );
+            return Flow::Continue;
+        }
+        error!(
+            "{}; stopping the client (final local snapshot): another primary may run",
+            loss.why
+        );
+        self.lease_lost = Some(loss);
+        self.on_stop(rustix::process::Signal::TERM.as_raw())
     }
 
     fn on_snapshot(&mut self, done: Done) -> Result<Flow, Failure> {
@@ -361,19 +388,16 @@ impl Ticks {
     }
 }
 
-/// The metrics, with the region's size, served on `addr` if given: called at setup, before
+/// The metrics, served on `addr` if given (the region's size is set once the region exists):
+/// called at setup, before the replica (a standby serves its role and lag) and before
 /// `READY=1`, so a scraper finds the endpoint as soon as systemd reports the unit started.
 ///
 /// # Errors
 ///
 /// [`Code::Config`] if `addr` cannot be bound (in use, not a local address, a privileged
 /// port): the operator chose it, and restarting does not fix it.
-fn start_metrics(addr: Option<SocketAddr>, region: &Memfd) -> Result<Metrics, Failure> {
+fn start_metrics(addr: Option<SocketAddr>) -> Result<Metrics, Failure> {
     let metrics = Metrics::new();
-    let size = region
-        .len()
-        .map_err(|e| Failure::new(Code::OsErr, format!("cannot stat the region: {e}")))?;
-    metrics.set_region_size(size);
     if let Some(addr) = addr {
         metrics.serve(addr).map_err(|e| {
             Failure::new(

@@ -31,17 +31,61 @@ use crate::watchdog::Watchdog;
 /// A [`Failure`] for anything that prevents starting (bad snapshot, unwritable directory,
 /// command not found, ...). Once the client runs, problems are logged, not fatal.
 pub fn run(args: RunConfig) -> Result<ExitCode, Failure> {
+    let standby = args.standby;
     let mut sup = start(args)?;
     let status = sup.event_loop();
     client::kill_tree(sup.cgroup.as_ref());
     if let Some(cg) = sup.cgroup.take() {
         cg.remove();
     }
-    // Lets a running snapshot finish: a copy is never cut short by the exit.
+    let lost = sup.lease_lost.take();
+    // Lets a running snapshot finish: a copy is never cut short by the exit. (The uploader
+    // and the lease thread end with it.)
     sup.worker.stop();
     let status = status?;
+    if let Some(loss) = lost {
+        if standby {
+            // Its region is this run's history, not the new primary's: out of the fd store.
+            sup.notifier.remove_fd(&sup.spec.fd_name);
+            // Everything else of this run goes with the exec (close-on-exec fds, threads).
+            return become_standby(&loss);
+        }
+        let who = loss
+            .holder
+            .map_or("nobody is known to hold it".to_owned(), |h| {
+                format!("{h} holds it")
+            });
+        return Err(Failure::new(
+            Code::TempFail,
+            format!(
+                "{}; the client was stopped ({who}). Start this host again with --standby to \
+                 follow the new primary, or once it is stopped",
+                loss.why
+            ),
+        ));
+    }
     info!("exiting with status {status}");
     Ok(ExitCode::from(u8::try_from(status).unwrap_or(1)))
+}
+
+/// A primary that lost its lease, run with `--standby`: it runs again as a new process (the
+/// same command line: a fresh run id, every thread and lock of this run gone), which finds
+/// the lease held and stands by — or, if nobody took it (an outage), takes it back with its
+/// local state checked against the bucket.
+fn become_standby(loss: &crate::replica::keeper::Loss) -> Result<ExitCode, Failure> {
+    use std::os::unix::process::CommandExt;
+    info!(
+        "role change: primary -> standby ({}); starting again as a standby",
+        loss.why
+    );
+    let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    let err = std::process::Command::new("/proc/self/exe")
+        .args(args)
+        .exec();
+    Err(Failure::new(
+        Code::OsErr,
+        format!("cannot start again as a standby: {err}"),
+    ))
 }
 
 /// Sets everything up and starts the first client.
@@ -64,15 +108,43 @@ pub fn start(args: RunConfig) -> Result<Supervisor, Failure> {
     let persister = open_persister(&args.state, args.keep)?;
     // Under the state lock: a predecessor's leftovers in the client cgroup are killed here.
     let cgroup = crate::cgroup::setup(args.cgroup, &args.state);
+    // Before the replica: a standby's role and lag are served while it stands by.
+    let metrics = start_metrics(args.metrics)?;
     // Under the state lock, before the region: the lease, and the state from the replica
-    // when the state file is missing (a new machine).
+    // when the state file is missing (a new machine); with --standby, all of standing by.
+    let opts = crate::replica::Options {
+        keep: args.replica_keep,
+        ttl: args.lease_ttl,
+        standby: args.standby,
+    };
     let replica = args
         .replica
         .as_deref()
-        .map(|url| crate::replica::start(url, args.replica_keep, &persister, args.fallback))
+        .map(|url| crate::replica::start(url, opts, &persister, args.fallback, &metrics))
         .transpose()?;
+    // A standby that took over from another host: the state file now holds the bucket's
+    // newest point; a region in the fd store is from this machine's earlier stint as primary,
+    // another history. Dropped (and replaced in the store below).
+    let (inherited, dropped) = match inherited {
+        Some(m)
+            if replica
+                .as_ref()
+                .is_some_and(crate::replica::Started::took_over) =>
+        {
+            warn!(
+                "not reusing the region from the service manager's fd store: this host took \
+                 over from another one, and the state file holds the bucket's newest point"
+            );
+            shmsnap_linux::handover::close_keeping_fd3(m.into_fd()).map_err(|e| {
+                Failure::new(Code::OsErr, format!("cannot close the stale region: {e}"))
+            })?;
+            (None, true)
+        }
+        other => (other, false),
+    };
     let from_store = inherited.is_some();
     let (Prepared { memfd, restored }, moved) = region(&args, &persister, inherited)?;
+    let moved = moved || dropped;
     let origin = match (&restored, from_store) {
         (_, true) => Origin::FdStore,
         (Some(info), false) => Origin::Restored(info),
@@ -84,10 +156,16 @@ pub fn start(args: RunConfig) -> Result<Supervisor, Failure> {
     let status_area = strategy.status_area();
     let restored_generation = restored.as_ref().map(|info| info.meta.generation);
     let mut snap = Snapshotter::new(persister, strategy, memfd, origin)?;
-    let metrics = start_metrics(args.metrics, snap.memfd())?;
+    if let Ok(len) = snap.memfd().len() {
+        metrics.set_region_size(len);
+    }
     snap.attach_metrics(&metrics);
+    let (tx, events, watcher) = event_sources(&snap, status_area)?;
     if let Some(started) = replica {
-        attach_replica(&mut snap, started, &metrics, restored_generation)?;
+        if let Some(floor) = started.floor() {
+            snap.raise_generation_floor(floor);
+        }
+        attach_replica(&mut snap, started, &metrics, restored_generation, &tx)?;
     }
     let notifier = Notifier::from_env();
     if moved {
@@ -98,7 +176,6 @@ pub fn start(args: RunConfig) -> Result<Supervisor, Failure> {
     let spec = ClientSpec::of(&args);
     let mut cmd = client::command(&spec, snap.memfd(), cgroup.as_ref())?;
 
-    let (tx, events, watcher) = event_sources(&snap, status_area)?;
     let worker = Worker::spawn(snap, tx.clone(), metrics.clone())?;
     // Spawned from this thread, which lives as long as the host: PDEATHSIG fires when the
     // thread that forked the client exits.
@@ -125,6 +202,8 @@ pub fn start(args: RunConfig) -> Result<Supervisor, Failure> {
         watchdog: Watchdog::from_env(Instant::now()),
         // Until a snapshot is attempted, the disk holds what the region was started from.
         saved: FinalSnapshot::NothingToPersist,
+        stop_on_lease_loss: args.stop_on_lease_loss,
+        lease_lost: None,
     })
 }
 
@@ -137,7 +216,12 @@ fn attach_replica(
     started: crate::replica::Started,
     metrics: &crate::metrics::Metrics,
     restored: Option<u64>,
+    events: &Sender<Event>,
 ) -> Result<(), Failure> {
+    let tx = events.clone();
+    started.lease_state().on_loss(Box::new(move |loss| {
+        let _ = tx.send(Event::LeaseLost(loss));
+    }));
     let shipper = started.spawn(metrics.clone(), snap.status())?;
     if let Some(generation) = restored {
         shipper.offer(

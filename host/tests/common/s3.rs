@@ -12,6 +12,9 @@
 //! - `ListMultipartUploads` (s3s-fs 0.14 answers 501): the incomplete uploads, read from
 //!   s3s-fs's own upload records on disk (so they survive a restart), initiated at the record's
 //!   modification time ([`S3Server::backdate_uploads`] ages them);
+//! - conditional puts (`If-None-Match` / `If-Match`) one at a time, so that a condition and
+//!   the write it guards are atomic as on S3 (s3s-fs checks, then writes: two racing
+//!   conditional puts could both pass);
 //! - [`S3Server::ignore_conditions`]: a store that ignores `If-None-Match` / `If-Match` (as some
 //!   S3-compatible stores do). This is done in the server, not a proxy, because SigV4 signs
 //!   every header the client sends: a proxy that strips them gets 403 (a signature mismatch),
@@ -143,6 +146,7 @@ impl S3Server {
             fs: s3s_fs::FileSystem::new(self.dir.path()).expect("s3s-fs over the directory"),
             root: self.dir.path().to_owned(),
             ignore_conditions: self.ignore_conditions.clone(),
+            conditional: tokio::sync::Mutex::default(),
         };
         let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
         let (bound_tx, bound_rx) = std::sync::mpsc::channel();
@@ -398,6 +402,9 @@ struct Store {
     fs: s3s_fs::FileSystem,
     root: PathBuf,
     ignore_conditions: Arc<AtomicBool>,
+    /// Held across a conditional put's check and write: s3s-fs does them one after the
+    /// other, so two racing `If-Match` puts could both pass; S3 serializes writes to a key.
+    conditional: tokio::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for Store {
@@ -428,6 +435,10 @@ impl S3 for Store {
         if self.ignore_conditions.load(Ordering::Relaxed) {
             req.input.if_match = None;
             req.input.if_none_match = None;
+        }
+        if req.input.if_match.is_some() || req.input.if_none_match.is_some() {
+            let _one_at_a_time = self.conditional.lock().await;
+            return self.fs.put_object(req).await;
         }
         self.fs.put_object(req).await
     }

@@ -2,6 +2,8 @@ use std::sync::Arc;
 
 use object_store::memory::InMemory;
 
+use std::time::{Duration, Instant};
+
 use super::*;
 
 fn holder(machine: &str, path: &str, pid: u32) -> Holder {
@@ -36,9 +38,11 @@ fn memory() -> Replica {
 fn a_second_holder_is_refused_until_the_lease_expires_and_a_restart_takes_over() {
     let rt = crate::replica::store::runtime().unwrap();
     for (_dir, r) in [local(), (tempfile::tempdir().unwrap(), memory())] {
-        let first = rt.block_on(Lease::take(&r, holder("m1", "/s", 1))).unwrap();
+        let first = rt
+            .block_on(Lease::take(&r, holder("m1", "/s", 1), DEFAULT_TTL, true))
+            .unwrap();
         let e = rt
-            .block_on(Lease::take(&r, holder("m2", "/s", 2)))
+            .block_on(Lease::take(&r, holder("m2", "/s", 2), DEFAULT_TTL, true))
             .unwrap_err();
         match &e {
             LeaseError::Held { key, body } => {
@@ -49,7 +53,9 @@ fn a_second_holder_is_refused_until_the_lease_expires_and_a_restart_takes_over()
         }
         assert!(e.to_string().contains("pid 1 on machine m1"), "{e}");
         // Same machine and state path (a restarted host): takes over at once.
-        let mut again = rt.block_on(Lease::take(&r, holder("m1", "/s", 3))).unwrap();
+        let mut again = rt
+            .block_on(Lease::take(&r, holder("m1", "/s", 3), DEFAULT_TTL, true))
+            .unwrap();
         // The first holder's renew now fails: another run holds it.
         let mut first = first;
         match rt.block_on(first.renew(&r)) {
@@ -65,18 +71,19 @@ fn an_expired_lease_is_free_and_garbage_is_refused_not_overwritten() {
     let rt = crate::replica::store::runtime().unwrap();
     let (dir, r) = local();
     let stale = Body {
-        holder: holder("m1", "/s", 1),
         expires_unix_ms: 1,
+        ..Body::new(holder("m1", "/s", 1), DEFAULT_TTL)
     };
     std::fs::write(
         dir.path().join("lease"),
         serde_json::to_vec(&stale).unwrap(),
     )
     .unwrap();
-    rt.block_on(Lease::take(&r, holder("m2", "/t", 2))).unwrap();
+    rt.block_on(Lease::take(&r, holder("m2", "/t", 2), DEFAULT_TTL, true))
+        .unwrap();
     std::fs::write(dir.path().join("lease"), b"not json").unwrap();
     assert!(matches!(
-        rt.block_on(Lease::take(&r, holder("m2", "/t", 2))),
+        rt.block_on(Lease::take(&r, holder("m2", "/t", 2), DEFAULT_TTL, true)),
         Err(LeaseError::Foreign { .. })
     ));
     assert_eq!(
@@ -105,7 +112,9 @@ fn an_old_lease_without_run_id_parses_and_is_not_this_run() {
 fn a_refused_renewal_of_our_own_lease_is_adopted_not_lost() {
     let rt = crate::replica::store::runtime().unwrap();
     let r = memory();
-    let mut lease = rt.block_on(Lease::take(&r, holder("m", "/s", 1))).unwrap();
+    let mut lease = rt
+        .block_on(Lease::take(&r, holder("m", "/s", 1), DEFAULT_TTL, true))
+        .unwrap();
     let stale = lease.version.clone();
     assert_eq!(rt.block_on(lease.renew(&r)).unwrap(), Renewed::Held);
     let landed = lease.version.clone();
@@ -118,10 +127,7 @@ fn a_refused_renewal_of_our_own_lease_is_adopted_not_lost() {
     );
     assert_eq!(rt.block_on(lease.renew(&r)).unwrap(), Renewed::Held);
     // Another run writes it: now it is lost, naming the holder.
-    let other = Body {
-        holder: holder("m2", "/t", 9),
-        expires_unix_ms: now_ms() + 60_000,
-    };
+    let other = Body::new(holder("m2", "/t", 9), Duration::from_secs(60));
     rt.block_on(r.store.put(
         &lease_key(&r),
         PutPayload::from(serde_json::to_vec(&other).unwrap()),
@@ -139,7 +145,9 @@ fn a_refused_renewal_of_our_own_lease_is_adopted_not_lost() {
 fn a_deleted_lease_is_created_again_and_reported() {
     let rt = crate::replica::store::runtime().unwrap();
     for (_dir, r) in [local(), (tempfile::tempdir().unwrap(), memory())] {
-        let mut lease = rt.block_on(Lease::take(&r, holder("m", "/s", 1))).unwrap();
+        let mut lease = rt
+            .block_on(Lease::take(&r, holder("m", "/s", 1), DEFAULT_TTL, true))
+            .unwrap();
         rt.block_on(r.store.delete(&lease_key(&r))).unwrap();
         assert_eq!(
             rt.block_on(lease.renew(&r)).unwrap(),
@@ -151,4 +159,66 @@ fn a_deleted_lease_is_created_again_and_reported() {
         assert_eq!(back.holder.run_id, "run-1");
         assert_eq!(rt.block_on(lease.renew(&r)).unwrap(), Renewed::Held);
     }
+}
+
+/// A TTL out of bounds in the bucket is hostile input: a typed error, never a panic, never
+/// followed or overwritten; an expired lease is not taken by a standby's rules (no trust in
+/// the holder's wall clock), a released one is.
+#[test]
+fn a_hostile_ttl_is_refused_and_only_a_release_frees_a_lease_for_a_standby() {
+    let rt = crate::replica::store::runtime().unwrap();
+    let (dir, r) = local();
+    for ttl_ms in [0, 1999, 3_600_001, u64::MAX] {
+        let b = Body {
+            ttl_ms,
+            ..Body::new(holder("m1", "/s", 1), DEFAULT_TTL)
+        };
+        let bytes = serde_json::to_vec(&b).unwrap();
+        std::fs::write(dir.path().join("lease"), &bytes).unwrap();
+        match rt.block_on(Lease::take(&r, holder("m2", "/t", 2), DEFAULT_TTL, true)) {
+            Err(e @ LeaseError::BadTtl { .. }) => assert!(e.to_string().contains("TTL"), "{e}"),
+            other => panic!("ttl {ttl_ms}: expected BadTtl, got {other:?}"),
+        }
+        assert_eq!(std::fs::read(dir.path().join("lease")).unwrap(), bytes);
+    }
+    let stale = Body {
+        expires_unix_ms: 1,
+        ..Body::new(holder("m1", "/s", 1), DEFAULT_TTL)
+    };
+    std::fs::write(
+        dir.path().join("lease"),
+        serde_json::to_vec(&stale).unwrap(),
+    )
+    .unwrap();
+    assert!(matches!(
+        rt.block_on(Lease::take(&r, holder("m2", "/t", 2), DEFAULT_TTL, false)),
+        Err(LeaseError::Held { .. })
+    ));
+    let lease = rt
+        .block_on(Lease::take(&r, holder("m1", "/s", 1), MIN_TTL, false))
+        .expect("same place");
+    rt.block_on(lease.release(&r)).unwrap();
+    let back = rt.block_on(peek(&r)).unwrap().unwrap();
+    assert!(back.released);
+    assert_eq!(back.ttl(), MIN_TTL);
+    rt.block_on(Lease::take(&r, holder("m2", "/t", 2), DEFAULT_TTL, false))
+        .expect("a released lease is free");
+}
+
+/// Validity is monotonic: from the send of the last confirmed write plus the TTL.
+#[test]
+fn validity_counts_from_the_send_of_the_confirmed_write() {
+    let rt = crate::replica::store::runtime().unwrap();
+    let r = memory();
+    let before = Instant::now();
+    let mut lease = rt
+        .block_on(Lease::take(&r, holder("m", "/s", 1), MIN_TTL, true))
+        .unwrap();
+    let after = Instant::now();
+    assert!(lease.valid_until() >= before + MIN_TTL && lease.valid_until() <= after + MIN_TTL);
+    std::thread::sleep(Duration::from_millis(20));
+    let sent = Instant::now();
+    rt.block_on(lease.renew(&r)).unwrap();
+    assert!(lease.valid_until() >= sent + MIN_TTL);
+    assert!(lease.renew_due() < lease.valid_until());
 }

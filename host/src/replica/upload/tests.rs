@@ -155,6 +155,7 @@ fn a_persisted_point_is_uploaded_and_its_seq_published_as_the_replica_seq() {
         replica.clone(),
         None,
         crate::replica::lease::Holder::this(&state),
+        crate::replica::lease::DEFAULT_TTL,
         false,
         Metrics::new(),
     )
@@ -201,4 +202,99 @@ fn a_persisted_point_is_uploaded_and_its_seq_published_as_the_replica_seq() {
         std::fs::read(&state).unwrap()
     );
     assert!(object.metadata().unwrap().len() < std::fs::metadata(&state).unwrap().len());
+}
+
+/// Fencing: a point whose success answer arrives after the lease's validity ended is in the
+/// bucket, but its seq is not published as `REPLICA_SEQ` (a new primary may have listed the
+/// bucket before it landed); while the lease is valid, it is.
+#[test]
+fn a_success_answer_after_the_lease_lapsed_does_not_publish_the_replica_seq() {
+    use crate::flow::{Origin, Outcome, Point};
+    use crate::replica::keeper::LeaseState;
+    use crate::snap::Snapshotter;
+    use crate::startup::open_persister;
+    use shmsnap_core::{status, LayoutRequest, Writer};
+    use shmsnap_linux::{Mapping, Memfd, Protection};
+    use std::time::Instant;
+
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("s.snap");
+    let bucket = dir.path().join("bucket");
+    let memfd = Memfd::create("replica", 1 << 20).unwrap();
+    memfd.seal_against_shrink().unwrap();
+    let rw = Mapping::of_memfd(&memfd, Protection::ReadWrite).unwrap();
+    let mut w = Writer::open_or_init(
+        rw.words(),
+        LayoutRequest {
+            entries: 16,
+            data_size: 4096,
+        },
+        crate::examples::TEST_CLIENT,
+    )
+    .unwrap();
+    let dup = Memfd::from_fd(rustix::io::fcntl_dupfd_cloexec(&memfd, 0).unwrap()).unwrap();
+    let persister = open_persister(&state, 1).unwrap();
+    let strategy = crate::strategy::choose::from_kind(shmsnap_core::Strategy::Queue);
+    let mut snap = Snapshotter::new(persister, strategy, dup, Origin::Empty).unwrap();
+    let lease = Arc::new(LeaseState::new(crate::replica::lease::MIN_TTL));
+    let mut up = Uploader {
+        replica: Replica::open(&format!("file://{}", bucket.display())).unwrap(),
+        shared: Arc::new(Shared::default()),
+        lease: lease.clone(),
+        seen_recreated: 0,
+        keep: Keep::default(),
+        target: state.clone(),
+        metrics: Metrics::new(),
+        status: snap.status(),
+        shipped: None,
+        newest_base: None,
+        bucket_newest: None,
+        last_warn: None,
+        backoff: MIN_BACKOFF,
+    };
+    let rt = crate::replica::store::runtime().unwrap();
+    let mut seqs = Vec::new();
+    for round in 0..2u64 {
+        for i in 0..5u64 {
+            w.commit(&(round * 10 + i).to_le_bytes()).unwrap();
+        }
+        let Outcome::Persisted(r) = snap.take(true, None).unwrap() else {
+            panic!("not persisted");
+        };
+        seqs.push(r.newest_seq);
+        let file = File::open(&state).unwrap();
+        let len = file.metadata().unwrap().len();
+        let Point::Base { generation } = r.point else {
+            panic!("a base")
+        };
+        let offer = Offer {
+            point: PointId {
+                generation,
+                index: 0,
+            },
+            file: Arc::new(file),
+            len,
+            seq: r.newest_seq,
+            at: Instant::now(),
+        };
+        // Round 0: the answer arrives after the validity ended. Round 1: while valid.
+        let valid_until = if round == 0 {
+            Instant::now().checked_sub(Duration::from_millis(1))
+        } else {
+            Some(Instant::now() + Duration::from_secs(60))
+        };
+        lease.set_valid_until(valid_until);
+        assert!(matches!(
+            rt.block_on(up.put_new(&offer)).unwrap(),
+            Shipped::Done
+        ));
+        rt.block_on(up.done(&offer));
+        let published = status::persisted(rw.words()).replica_seq;
+        if round == 0 {
+            assert_eq!(published, 0, "published after the lease lapsed");
+        } else {
+            assert_eq!(published, r.newest_seq, "published while the lease held");
+        }
+    }
+    assert!(seqs[1] > seqs[0]);
 }

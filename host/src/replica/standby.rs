@@ -1,0 +1,517 @@
+//! `run --replica URL --standby`: before the client starts, take the lease if it is free;
+//! otherwise follow the bucket (its newest point kept as the local state) and watch the
+//! lease ([`Observer`]) until it may be taken over; then bring the local state to the
+//! bucket's newest point ([`reconcile`]) and return: the normal start-up path restores the
+//! region from the local state and the host becomes the primary.
+//!
+//! Following: every [`LIST_EVERY`] the bucket is listed; when its newest point is not the
+//! one applied, [`fetch::fetch_into`] downloads it, checks every object (base CRC, each
+//! delta's footer, links and data CRC) and commits it as the state file through the
+//! persister (temp, fsync, rename, directory fsync). An object that fails a check is never
+//! applied: the standby stays at its last sound point, logs it and counts it, and tries
+//! again at the next listing. (The alternative — keeping the bucket's chain locally and
+//! applying only new deltas — downloads less per point; measured in the report.)
+//!
+//! Local state that is not in the bucket (a former primary's commits after a takeover) is
+//! moved aside to `<state>.diverged.<unix-time>/`, never deleted ([`reconcile`]).
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use shmsnap_linux::chain::{self, ChainListing};
+use shmsnap_linux::persist::Persister;
+use tracing::{info, warn};
+
+use super::fetch;
+use super::layout::{Listing, PointId};
+use super::lease::{self, Holder, Lease, LeaseError, Timing};
+use super::observe::{Observer, Reading, Verdict};
+use super::store::Replica;
+use crate::exit::{Code, Failure};
+use crate::metrics::{Metrics, Role};
+use crate::notify::Notifier;
+
+/// How often a standby lists the bucket.
+pub const LIST_EVERY: Duration = Duration::from_millis(500);
+
+/// A failing request is logged at most this often (each is counted).
+const WARN_EVERY: Duration = Duration::from_secs(30);
+
+/// The status line (log, sd_notify) is written this often while standing by.
+const STATUS_EVERY: Duration = Duration::from_secs(10);
+
+/// Takes the lease: at once if it is free (none, released, this machine's state path), or
+/// after following the bucket until the holder stops renewing. Returns the lease, held, and
+/// whether it was this state path's before (then every point in the bucket since is from
+/// this state's own history: see [`reconcile`]).
+///
+/// # Errors
+///
+/// 65 for a lease object that is not a lease (or names a TTL out of bounds); I/O errors of
+/// the local state.
+pub fn acquire(
+    rt: &tokio::runtime::Runtime,
+    replica: &Replica,
+    holder: &Holder,
+    ttl: Duration,
+    persister: &Persister,
+    metrics: &Metrics,
+) -> Result<(Lease, bool), Failure> {
+    let mut last_warn: Option<Instant> = None;
+    loop {
+        let ours = matches!(
+            rt.block_on(lease::read(replica)),
+            Ok(Some((b, _))) if holder.same_place(&b.holder)
+        );
+        match rt.block_on(Lease::take(replica, holder.clone(), ttl, false)) {
+            Ok(l) => {
+                info!(
+                    "replica {}: lease taken ({}): primary",
+                    replica.url,
+                    if ours {
+                        "it was held by this machine's state file"
+                    } else {
+                        "it was free"
+                    }
+                );
+                return Ok((l, ours));
+            }
+            Err(LeaseError::Held { body, .. }) => {
+                info!(
+                    "replica {}: the lease is held by {} (TTL {:.1} s): standby, following \
+                     the bucket",
+                    replica.url,
+                    body.holder,
+                    body.ttl().as_secs_f64()
+                );
+                metrics.role(Role::Standby);
+                reconcile(rt, replica, persister, Goal::Follow, false)?;
+                let mut s = Standby {
+                    rt,
+                    replica,
+                    holder,
+                    ttl,
+                    persister,
+                    metrics,
+                    notifier: Notifier::from_env(),
+                    observer: Observer::default(),
+                    holder_ttl: body.ttl(),
+                    applied: None,
+                    behind_since: None,
+                    last_list: None,
+                    last_status: Instant::now(),
+                    last_warn: None,
+                    failed_points: 0,
+                };
+                return Ok((s.run()?, false));
+            }
+            Err(LeaseError::Store(e)) => {
+                metrics.replica_error();
+                if last_warn.is_none_or(|t| t.elapsed() >= WARN_EVERY) {
+                    warn!(
+                        "replica {}: cannot read the lease ({e}); retrying (the client is not \
+                         started while the lease is unknown)",
+                        replica.url
+                    );
+                    last_warn = Some(Instant::now());
+                }
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            Err(e) => {
+                return Err(Failure::new(
+                    Code::DataErr,
+                    format!("replica {}: {e}", replica.url),
+                ))
+            }
+        }
+    }
+}
+
+/// A standby's loop state.
+struct Standby<'a> {
+    rt: &'a tokio::runtime::Runtime,
+    replica: &'a Replica,
+    holder: &'a Holder,
+    /// This host's TTL (for its own lease once it takes over).
+    ttl: Duration,
+    persister: &'a Persister,
+    metrics: &'a Metrics,
+    notifier: Notifier,
+    observer: Observer,
+    /// The TTL of the lease last read (how often it is read: TTL/20, at most 500 ms).
+    holder_ttl: Duration,
+    /// The bucket's point the local state holds (`None`: not fetched by this run yet).
+    applied: Option<PointId>,
+    /// Since when a point in the bucket is not applied (the lag); `None`: caught up.
+    behind_since: Option<Instant>,
+    last_list: Option<Instant>,
+    last_status: Instant,
+    last_warn: Option<Instant>,
+    /// Points that could not be applied (a download or a check failed).
+    failed_points: u64,
+}
+
+impl Standby<'_> {
+    fn run(&mut self) -> Result<Lease, Failure> {
+        loop {
+            if let Some(lease) = self.watch_lease()? {
+                return Ok(lease);
+            }
+            if self.last_list.is_none_or(|t| t.elapsed() >= LIST_EVERY) {
+                self.last_list = Some(Instant::now());
+                self.follow();
+            }
+            if self.last_status.elapsed() >= STATUS_EVERY {
+                self.last_status = Instant::now();
+                let line = self.status();
+                info!("{line}");
+                self.notifier.status(&line);
+            }
+            std::thread::sleep(
+                Timing {
+                    ttl: self.holder_ttl,
+                }
+                .poll_every(),
+            );
+        }
+    }
+
+    /// `standby, N s behind` (what the status line and the periodic log say).
+    fn status(&self) -> String {
+        let behind = self.behind_since.map_or(0.0, |t| t.elapsed().as_secs_f64());
+        match self.applied {
+            Some(p) => format!(
+                "standby, {behind:.0} s behind (at {p} of {})",
+                self.replica.url
+            ),
+            None => format!(
+                "standby, {behind:.0} s behind (no point of {} applied yet)",
+                self.replica.url
+            ),
+        }
+    }
+
+    /// Reads the lease once; takes it over when the observer says so.
+    fn watch_lease(&mut self) -> Result<Option<Lease>, Failure> {
+        let reading = match self.rt.block_on(lease::read(self.replica)) {
+            Ok(None) => Reading::Absent,
+            Ok(Some((body, version))) => {
+                self.holder_ttl = body.ttl();
+                Reading::Lease(body, version)
+            }
+            Err(e) => {
+                self.failed(&format!("cannot read the lease: {e}"));
+                Reading::Failed
+            }
+        };
+        let (taken, why) = match self.observer.observe(Instant::now(), reading) {
+            Verdict::Wait { .. } | Verdict::Unknown => return Ok(None),
+            Verdict::Absent => (
+                self.rt.block_on(Lease::take(
+                    self.replica,
+                    self.holder.clone(),
+                    self.ttl,
+                    false,
+                )),
+                "the lease object was gone".to_owned(),
+            ),
+            Verdict::TakeOver { seen, released } => (
+                self.rt.block_on(Lease::take_over(
+                    self.replica,
+                    self.holder.clone(),
+                    self.ttl,
+                    seen,
+                )),
+                if released {
+                    "the primary released the lease".to_owned()
+                } else {
+                    format!(
+                        "the lease was unchanged for its TTL of {:.1} s (the primary stopped \
+                         renewing)",
+                        self.holder_ttl.as_secs_f64()
+                    )
+                },
+            ),
+        };
+        match taken {
+            Ok(_) if !self.confirm() => {
+                self.observer.reset();
+                Ok(None)
+            }
+            Ok(l) => {
+                info!(
+                    "replica {}: took over the lease: {why}; becoming the primary",
+                    self.replica.url
+                );
+                self.metrics.standby_behind_since(None);
+                Ok(Some(l))
+            }
+            Err(LeaseError::Held { body, .. }) => {
+                info!(
+                    "replica {}: another host took the lease first ({}); still standby",
+                    self.replica.url, body.holder
+                );
+                self.observer.reset();
+                Ok(None)
+            }
+            Err(e) => {
+                self.failed(&format!("cannot take the lease over: {e}"));
+                self.observer.reset();
+                Ok(None)
+            }
+        }
+    }
+
+    /// After a takeover the store accepted: waits a lease request's timeout (a racing
+    /// conditional write sent at the same moment has been answered by then) and reads the
+    /// lease back. `false` if another host's body is there: the store let two conditional
+    /// writes through (not atomic), and this host stays a standby. A mitigation, not a
+    /// proof: the store's atomic conditional write is what keeps takeovers exclusive
+    /// (docs/DESIGN.md §12, assumptions).
+    fn confirm(&mut self) -> bool {
+        std::thread::sleep(Timing { ttl: self.ttl }.request_timeout());
+        match self.rt.block_on(lease::read(self.replica)) {
+            Ok(Some((b, _))) if !self.holder.same_run(&b.holder) => {
+                self.metrics.replica_error();
+                warn!(
+                    "replica {}: the store accepted this host's takeover, but the lease now \
+                     names {}: the store let two conditional writes through (not atomic?); \
+                     still standby",
+                    self.replica.url, b.holder
+                );
+                false
+            }
+            _ => true,
+        }
+    }
+
+    /// Lists the bucket; fetches its newest point if it is not the one applied.
+    fn follow(&mut self) {
+        let listing = match self.rt.block_on(Listing::load(self.replica)) {
+            Ok(l) => l,
+            Err(e) => return self.failed(&format!("cannot list the bucket: {e}")),
+        };
+        let Some(newest) = listing.newest_point() else {
+            return;
+        };
+        if self.applied == Some(newest) {
+            self.set_behind(None);
+            return;
+        }
+        let since = *self.behind_since.get_or_insert_with(Instant::now);
+        self.set_behind(Some(since));
+        match fetch::fetch_into(self.rt, self.replica, self.persister, None, false) {
+            Ok(f) => {
+                if self.applied.is_none() {
+                    info!("replica {}: standby now at {}", self.replica.url, f.point);
+                }
+                self.applied = Some(f.point);
+                if f.point >= newest {
+                    self.set_behind(None);
+                }
+            }
+            Err(e) => {
+                self.failed_points += 1;
+                self.failed(&format!(
+                    "cannot apply {newest} ({}); staying at {} ({} point(s) failed so far)",
+                    e.message,
+                    self.applied
+                        .map_or("no point".to_owned(), |p| p.to_string()),
+                    self.failed_points
+                ));
+            }
+        }
+    }
+
+    fn set_behind(&mut self, since: Option<Instant>) {
+        self.behind_since = since;
+        self.metrics.standby_behind_since(since);
+    }
+
+    fn failed(&mut self, what: &str) {
+        self.metrics.replica_error();
+        if self.last_warn.is_none_or(|t| t.elapsed() >= WARN_EVERY) {
+            warn!("replica {}: standby: {what}", self.replica.url);
+            self.last_warn = Some(Instant::now());
+        }
+    }
+}
+
+/// What [`reconcile`] brings the local state to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Goal {
+    /// A standby: keep nothing the bucket does not hold (moved aside).
+    Follow,
+    /// A new primary: the bucket's newest point, or the local state if it is that point or
+    /// further along the same generation (this host's own commits of an outage).
+    Lead,
+}
+
+/// Brings the local state in line with the bucket for `goal`; returns the bucket's newest
+/// generation (every new base must be above it).
+///
+/// With [`Goal::Lead`], the local state is kept if it is the bucket's newest point or
+/// further along its generation, or — when the lease was this state path's (`ours`: every
+/// point in the bucket since is from this state's own history, e.g. after an outage) — a
+/// newer generation. Local state whose point the bucket does not hold otherwise (another
+/// generation, more deltas than the bucket has of it, a state that cannot be read) is moved
+/// aside, never deleted; with [`Goal::Lead`] the bucket's newest point is then fetched (with
+/// fallback past a corrupt object: the newest sound point, logged).
+///
+/// # Errors
+///
+/// The listing's or the fetch's errors (after a few retries), I/O errors of the move.
+pub fn reconcile(
+    rt: &tokio::runtime::Runtime,
+    replica: &Replica,
+    persister: &Persister,
+    goal: Goal,
+    ours: bool,
+) -> Result<u64, Failure> {
+    let listing = retry(|| {
+        rt.block_on(Listing::load(replica)).map_err(|e| {
+            Failure::new(
+                Code::TempFail,
+                format!("replica {}: cannot list the bucket: {e}", replica.url),
+            )
+        })
+    })?;
+    let target = persister.target();
+    let local = local_point(&target);
+    let newest = listing.newest_point();
+    let keep = match (&local, newest) {
+        (None, _) => true,
+        (Some(_), None) => goal == Goal::Lead,
+        (Some(Ok(l)), Some(n)) => {
+            let l = *l;
+            let ahead = (l.generation == n.generation && l.index >= n.index)
+                || (ours && l.generation > n.generation);
+            let contained = listing
+                .generations
+                .get(&l.generation)
+                .is_some_and(|g| g.base.is_some() && g.contiguous() >= l.index);
+            (goal == Goal::Lead && ahead) || contained
+        }
+        (Some(Err(_)), Some(_)) => false,
+    };
+    if !keep {
+        let what = match local {
+            Some(Ok(p)) => format!("its {p}"),
+            Some(Err(e)) => format!("a state that cannot be read ({e})"),
+            None => String::new(),
+        };
+        let aside = move_aside(persister)?;
+        warn!(
+            "the local state {} holds {what}, which replica {} does not hold (a former \
+             primary's commits after a takeover, or another history): moved to {} (never \
+             deleted; restore from it by hand if those commits matter)",
+            target.display(),
+            replica.url,
+            aside.display()
+        );
+    }
+    if goal == Goal::Lead {
+        let current = local_point(&target).and_then(Result::ok);
+        let at_newest = match (current, newest) {
+            (Some(c), Some(n)) => {
+                (c.generation == n.generation && c.index >= n.index)
+                    || (ours && c.generation > n.generation)
+            }
+            (_, None) => true,
+            (None, Some(_)) => false,
+        };
+        if !at_newest {
+            let f = retry(|| fetch::fetch_into(rt, replica, persister, None, true))?;
+            info!(
+                "caught up: {} now holds {} of replica {}",
+                target.display(),
+                f.point,
+                replica.url
+            );
+        } else if let Some(c) = current {
+            info!(
+                "the local state {} holds {c}, at or past the newest point of replica {}: \
+                 starting from it",
+                target.display(),
+                replica.url
+            );
+        }
+    }
+    Ok(listing.newest_generation())
+}
+
+/// Tries `f` up to 5 times, 500 ms apart, returning its last error.
+fn retry<T>(mut f: impl FnMut() -> Result<T, Failure>) -> Result<T, Failure> {
+    let mut tries = 0;
+    loop {
+        match f() {
+            Ok(t) => return Ok(t),
+            Err(e) if tries >= 4 || e.code == Code::NoInput => return Err(e),
+            Err(e) => {
+                warn!("{} (retrying)", e.message);
+                tries += 1;
+                std::thread::sleep(Duration::from_millis(500));
+            }
+        }
+    }
+}
+
+/// The point the local state holds: the state file's generation and the number of deltas
+/// of it in the chain directory that chain correctly (a state fetched from the bucket is one
+/// file: index 0). `None` if there is no state file.
+fn local_point(target: &Path) -> Option<Result<PointId, String>> {
+    if !target.exists() {
+        return None;
+    }
+    Some(
+        ChainListing::load(target, &chain::chain_dir(target))
+            .map(|l| PointId {
+                generation: l.base.meta.generation,
+                index: u32::try_from(l.deltas.len()).unwrap_or(u32::MAX),
+            })
+            .map_err(|e| e.to_string()),
+    )
+}
+
+/// Moves the state file, its kept generations and its chain directory into a new directory
+/// `<state>.diverged.<unix-time>/` beside it (renames on one file system, then the parent
+/// directory is synced). Returns the directory.
+fn move_aside(persister: &Persister) -> Result<PathBuf, Failure> {
+    let target = persister.target();
+    let io = |what: &str, e: std::io::Error| {
+        Failure::new(
+            Code::IoErr,
+            format!("cannot move {} aside ({what}): {e}", target.display()),
+        )
+    };
+    let secs = crate::time::now_ns() / 1_000_000_000;
+    let mut dir = PathBuf::from(format!("{}.diverged.{secs}", target.display()));
+    let mut n = 0;
+    while dir.exists() {
+        n += 1;
+        dir = PathBuf::from(format!("{}.diverged.{secs}-{n}", target.display()));
+    }
+    std::fs::create_dir(&dir).map_err(|e| io("create the directory", e))?;
+    let mut paths: Vec<PathBuf> = persister
+        .generations()
+        .map_err(|e| io("list the generations", e))?
+        .into_iter()
+        .map(|g| g.path)
+        .collect();
+    let chain_dir = chain::chain_dir(&target);
+    if chain_dir.exists() {
+        paths.push(chain_dir);
+    }
+    for p in paths {
+        let name = p.file_name().unwrap_or_default();
+        std::fs::rename(&p, dir.join(name)).map_err(|e| io("rename", e))?;
+    }
+    let parent = match target.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    std::fs::File::open(&parent)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| io("sync the directory", e))?;
+    Ok(dir)
+}

@@ -512,3 +512,29 @@ fn attribute(
     };
     Ok((ack, i))
 }
+
+/// The floor of the host's sync hop: `n` times, a fresh file of `len` bytes in `dir` written,
+/// `fdatasync`ed, renamed over a target and the directory `fsync`ed — what `TempFile::commit`
+/// must do for any durable image — each timed from the `fdatasync` on.
+///
+/// # Errors
+///
+/// The file system's errors.
+pub fn raw_sync(dir: &Path, len: usize, n: usize) -> io::Result<Vec<Duration>> {
+    use std::io::Write as _;
+    let (tmp, target) = (dir.join("raw-sync.tmp"), dir.join("raw-sync"));
+    let data = vec![7u8; len];
+    let dir_file = std::fs::File::open(dir)?;
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(&data)?;
+        let t = Instant::now();
+        f.sync_data()?;
+        std::fs::rename(&tmp, &target)?;
+        dir_file.sync_all()?;
+        out.push(t.elapsed());
+    }
+    std::fs::remove_file(&target)?;
+    Ok(out)
+}

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use shmsnap_benches::abi::{self, Side};
 use shmsnap_benches::commit::{Dest, Limit, Ours, Raw, Upstream, PAYLOADS};
-use shmsnap_benches::durable::{busy_ack, Ack, DurableFixture, OnStarved, HOST_RETRIES};
+use shmsnap_benches::durable::{busy_ack, raw_sync, Ack, DurableFixture, OnStarved, HOST_RETRIES};
 use shmsnap_benches::incremental::{
     self, DeltaBench, DeltaFixture, DeltaSide, FirstWrite, ScanBench, DELTA_PERCENTS,
 };
@@ -709,6 +709,17 @@ fn busy_ack_section(opts: &Opts, dir: &std::path::Path, r: &mut Report) {
             r.issue27.percentiles("ack-busy", lat(0.5), lat(0.99));
         }
     }
+    let raw: Vec<f64> = busy_raw_sync(dir, samples)
+        .iter()
+        .map(|d| d.as_nanos() as f64)
+        .collect();
+    let _ = writeln!(
+        r.out,
+        "| raw floor of the sync hop: 76 KiB file written, fdatasync + rename + dir fsync, \
+         {samples} times, no writer | | | | | | | | | | | | | | {} / {} | |",
+        fmt_ns(quantile(raw.clone(), 0.5)),
+        fmt_ns(quantile(raw, 0.99)),
+    );
     let _ = writeln!(
         r.out,
         "\nHops per acknowledgement, of the host cycle whose publish covered it: req → wake \
@@ -717,6 +728,11 @@ fn busy_ack_section(opts: &Opts, dir: &std::path::Path, r: &mut Report) {
          (pre+temp: `pre` read and temp file; copy: the sparse copy, most of `pre` .. `post`), \
          its `TempFile::commit` (sync: fdatasync, rename, dir fsync), publish → waiter woken.\n"
     );
+}
+
+fn busy_raw_sync(dir: &std::path::Path, n: usize) -> Vec<Duration> {
+    // The bytes one busy-fixture snapshot writes (header, descriptors, data ring: 76 KiB).
+    raw_sync(dir, 76 << 10, n).expect("raw sync")
 }
 
 /// Incremental snapshots (issue 13): scan cost, first-write cost, delta snapshots against

@@ -396,9 +396,8 @@ pub fn busy_ack(
     period: Duration,
     samples: usize,
 ) -> io::Result<Busy> {
-    let log: Log = Some(Arc::default());
-    let f = DurableFixture::with(dir, interval, on_starved, log.clone())?;
-    let log = log.expect("set above");
+    let log: Arc<Mutex<Vec<Cycle>>> = Arc::default();
+    let f = DurableFixture::with(dir, interval, on_starved, Some(log.clone()))?;
     let drain = || std::mem::take(&mut *log.lock().unwrap_or_else(PoisonError::into_inner));
     drain();
     let done = AtomicBool::new(false);

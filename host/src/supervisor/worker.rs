@@ -3,7 +3,9 @@
 //!
 //! At most one request is with the thread at a time. Requests made meanwhile are merged into
 //! one pending request, sent when the result of the running one comes back: a snapshot asked
-//! for during a copy is taken after that copy, never skipped, and never more than once.
+//! for during a copy is taken after that copy, never skipped, and never more than once. A
+//! starved attempt that someone waits for (a client's request, SIGUSR1) is retried at once,
+//! at most [`STARVED_RETRIES`] times ([`run_job`]).
 //!
 //! The thread records every attempt in the [`Metrics`] and publishes when the attempt it is
 //! in started ([`Worker::busy_since`]), so the event loop withholds systemd watchdog pings

@@ -20,6 +20,24 @@
 //! `seq` was published for. The host never reads these words back: a client scribbling there
 //! misleads only itself.
 //!
+//! The replica seq `r` means: every commit with a seq `<= r` is in a point the host's replica
+//! uploader put into the bucket ([`Status::replicated`]); the uploader publishes it through
+//! the same [`publish`], after the object store acknowledged the upload.
+//!
+//! # Why the replica seq needs no Acquire of its own
+//!
+//! A client waiting for `replicated(seq)` reads only the number: the value *is* the message.
+//! It reads no other word the uploader wrote (the point is in the bucket, not in the region),
+//! and the commits the number speaks of are the client's own, already behind it. Any value
+//! the load returns was stored by a publish made after its point was in the bucket, so
+//! acting on it is sound whatever ordering the load has (Relaxed in [`persisted`]). What a
+//! *waiter* needs is freshness: having read the counter a publish stored (Acquire in
+//! [`wake_count`], pairing with the Release of the counter in [`publish`], which follows the
+//! replica store), it must not read an older replica seq and then sleep on the new counter
+//! value, missing that publish's wake-up. That pair exists for every publish — the uploader
+//! publishes a new replica seq with an unchanged local seq through the same [`publish`] — so
+//! no new pair is added; `loom-tests/tests/status.rs` checks it (with a broken twin).
+//!
 //! # Example
 //!
 //! ```
@@ -67,6 +85,14 @@ impl Status {
     pub fn covers(&self, seq: u64) -> bool {
         seq <= self.seq
     }
+
+    /// `true` if commit `seq` is in the host's replica: a point holding that commit's state or
+    /// a newer one is durable in the object store (`seq <= replica_seq`). Seq 0 (nothing
+    /// committed) is always replicated. Independent of [`covers`](Status::covers): a host
+    /// without a replica never publishes a replica seq, so only seq 0 is replicated there.
+    pub fn replicated(&self, seq: u64) -> bool {
+        seq <= self.replica_seq
+    }
 }
 
 /// `true` if `mem` reaches the status and request words.
@@ -85,6 +111,8 @@ pub fn persisted<M: WordMemory + ?Sized>(mem: &M) -> Status {
     // below is at least the one stored with this seq (or a newer one).
     let seq = mem.load(word::PERSISTED_SEQ, Ordering::Acquire);
     let generation = mem.load(word::PERSISTED_GENERATION, Ordering::Relaxed);
+    // Relaxed: the replica seq carries no other data (the value is the message, module docs);
+    // a waiter's freshness comes from the counter's Acquire in `wake_count`.
     let replica_seq = mem.load(word::REPLICA_SEQ, Ordering::Relaxed);
     Status {
         seq,
@@ -193,6 +221,26 @@ mod tests {
         assert_eq!(wake_count(&m[..]), 17);
         assert_eq!(m[word::STATUS_WAKE].load(Ordering::Relaxed) >> 32, 0);
         assert!(s.covers(0) && s.covers(9) && !s.covers(10));
+    }
+
+    #[test]
+    fn replicated_is_up_to_the_replica_seq_and_independent_of_the_local_seq() {
+        let s = Status {
+            seq: 9,
+            generation: 3,
+            replica_seq: 4,
+        };
+        assert!(s.replicated(0) && s.replicated(4));
+        assert!(
+            !s.replicated(5) && !s.replicated(9),
+            "persisted, not replicated"
+        );
+        assert!(Status::NONE.replicated(0) && !Status::NONE.replicated(1));
+        let ahead = Status {
+            replica_seq: u64::MAX,
+            ..Status::NONE
+        };
+        assert!(ahead.replicated(u64::MAX) && !ahead.covers(1));
     }
 
     #[test]

@@ -540,6 +540,12 @@ pub enum Example {
         /// "acknowledged COUNT" (0: never). Needs `--strategy queue` (the host's status area).
         #[arg(long, default_value_t = 0)]
         ack: u64,
+        /// Like --ack, but the acknowledgement waits until the commit is in the host's replica
+        /// (`run --replica URL`): COUNT survives losing the machine and a standby's takeover.
+        /// Under a host without --replica nothing is ever acknowledged: the client says so on
+        /// stderr every 2 s while it waits.
+        #[arg(long, value_name = "N", default_value_t = 0, conflicts_with = "ack")]
+        ack_replicated: u64,
     },
     /// Conway's Game of Life on a triple buffer: verifies the restored board on start, then
     /// publishes every generation (run it with `--strategy triple`).

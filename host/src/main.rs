@@ -97,7 +97,14 @@ fn main() -> ExitCode {
                 batch,
                 linger,
                 ack,
-            } => examples::primes::run(limit, pause, batch, linger, ack),
+                ack_replicated,
+            } => examples::primes::run(
+                limit,
+                pause,
+                batch,
+                linger,
+                examples::primes::Ack::from_args(ack, ack_replicated),
+            ),
             Example::Kv { ops, pause } => examples::kv::run(ops, pause),
             Example::Life {
                 generations,

@@ -24,7 +24,12 @@
 //! let seq = writer.commit(b"state")?; // wait-free; the host snapshots it
 //! durable.request_snapshot()?; // optional: snapshot now
 //! if durable.wait_persisted(seq, std::time::Duration::from_secs(2))? {
-//!     // seq is durable: acknowledge it
+//!     // seq is durable on this machine: acknowledge it
+//! }
+//! // Under `shmsnap run --replica URL`: durable in the object store too, so it survives
+//! // losing the machine (and a standby's takeover).
+//! if durable.wait_replicated(seq, std::time::Duration::from_secs(10))? {
+//!     // acknowledge it
 //! }
 //! # Ok(())
 //! # }
@@ -237,6 +242,18 @@ impl Durability {
         status::wait_persisted(self.map.words(), seq, timeout)
     }
 
+    /// Blocks until commit `seq` is in the host's replica, durable in the object store
+    /// (`Ok(true)`), or `timeout` passes (`Ok(false)`): [`status::wait_replicated`]. A host
+    /// without `--replica` never replicates: the wait then ends only at `timeout`. Never on
+    /// the commit path.
+    ///
+    /// # Errors
+    ///
+    /// As [`status::wait_replicated`].
+    pub fn wait_replicated(&self, seq: u64, timeout: Duration) -> io::Result<bool> {
+        status::wait_replicated(self.map.words(), seq, timeout)
+    }
+
     /// Asks the host for a prompt snapshot ([`status::request_snapshot`]). Requests coalesce;
     /// bump from one thread at a time (two threads bumping at the same instant may store the
     /// same value, and the second request then waits for the next interval).
@@ -267,6 +284,15 @@ pub trait Durable {
     /// As [`status::wait_persisted`].
     fn wait_persisted(&self, seq: u64, timeout: Duration) -> io::Result<bool> {
         status::wait_persisted(self.region_words(), seq, timeout)
+    }
+
+    /// As [`Durability::wait_replicated`].
+    ///
+    /// # Errors
+    ///
+    /// As [`status::wait_replicated`].
+    fn wait_replicated(&self, seq: u64, timeout: Duration) -> io::Result<bool> {
+        status::wait_replicated(self.region_words(), seq, timeout)
     }
 
     /// As [`Durability::request_snapshot`].
@@ -359,6 +385,20 @@ mod tests {
             assert!(waiter.join().unwrap().unwrap());
         });
         assert!(w.persisted().covers(seq) && durable.persisted().covers(seq));
+        // Persisted is not replicated; the uploader's publish of the replica seq is.
+        assert!(!w.wait_replicated(seq, Duration::ZERO).unwrap());
+        std::thread::scope(|s| {
+            let waiter = s.spawn(|| durable.wait_replicated(seq, Duration::from_secs(60)));
+            publisher
+                .publish(Status {
+                    seq,
+                    generation: 1,
+                    replica_seq: seq,
+                })
+                .unwrap();
+            assert!(waiter.join().unwrap().unwrap());
+        });
+        assert!(w.wait_replicated(seq, Duration::ZERO).unwrap());
         drop(w);
         assert!(region.persisted().covers(seq));
     }

@@ -14,7 +14,7 @@
 //! | [`persist`] | atomic replace of a file with N kept generations |
 //! | [`noreplace`] | give a file its name without replacing one: `RENAME_NOREPLACE`, or a fallback the file system has, detected once |
 //! | [`reclaim`] | clear the claim of a dead holder, checked with `kill(2)` and `/proc`: for embedders without a supervisor |
-//! | [`status`] | durability feedback: host status publisher, client `wait_persisted`, snapshot requests (futex) |
+//! | [`status`] | durability feedback: host status publisher, client `wait_persisted` / `wait_replicated`, snapshot requests (futex) |
 //! | [`take`] | one queue snapshot of a live region: pre → copy → post → retain → footer |
 //! | [`take_delta`] | one incremental queue snapshot: scan → pre → copy the written pages → post → delta |
 //! | [`take_triple`] | one triple-buffer snapshot: freeze → copy one buffer → meta → release → footer |

@@ -1,5 +1,5 @@
 //! Durability feedback over futexes (DESIGN §14): the host's [`StatusPublisher`], the client's
-//! [`wait_persisted`] and [`request_snapshot`] (and [`wait_status_change`] /
+//! [`wait_persisted`], [`wait_replicated`] and [`request_snapshot`] (and [`wait_status_change`] /
 //! [`wake_status_waiters`], the single steps of a wait for a caller that must look at something
 //! else between wake-ups, as the Python binding does), and the host's [`wait_request`]; and the
 //! host's other write into the header page, [`reclaim_dead_claim`] (one writer per region).
@@ -111,13 +111,46 @@ fn futex_wake_all(word: &AtomicU32) -> io::Result<()> {
 ///
 /// `InvalidInput` if `words` does not hold the header page; an unexpected `futex` error.
 pub fn wait_persisted(words: &[AtomicU64], seq: u64, timeout: Duration) -> io::Result<bool> {
+    wait_status(words, timeout, |s| s.covers(seq))
+}
+
+/// Client side: blocks until commit `seq` is in the host's replica ([`Status::replicated`]:
+/// a point holding it is durable in the object store) or `timeout` passes. Returns
+/// `Ok(true)` if it is, `Ok(false)` at the timeout.
+///
+/// The same futex wait as [`wait_persisted`]: the host's replica uploader publishes every
+/// new replica seq through [`StatusPublisher::publish`], which bumps the wake counter and
+/// wakes every waiter. A host running without a replica never publishes one: the wait then
+/// ends only at `timeout` (for any `seq > 0`), and the caller cannot tell that from a slow
+/// upload — compare [`status::persisted`]'s `seq` (local) with its `replica_seq` to say so.
+/// The host only uploads persisted points: pair it with [`request_snapshot`] as for
+/// [`wait_persisted`].
+///
+/// # References
+///  - [Linux `futex` system call](https://man7.org/linux/man-pages/man2/futex.2.html)
+///
+/// # Errors
+///
+/// `InvalidInput` if `words` does not hold the header page; an unexpected `futex` error.
+pub fn wait_replicated(words: &[AtomicU64], seq: u64, timeout: Duration) -> io::Result<bool> {
+    wait_status(words, timeout, |s| s.replicated(seq))
+}
+
+/// The wait loop of [`wait_persisted`] and [`wait_replicated`]: until `done(status)` or the
+/// timeout (`Ok(false)`).
+fn wait_status(
+    words: &[AtomicU64],
+    timeout: Duration,
+    done: impl Fn(Status) -> bool,
+) -> io::Result<bool> {
     let wake = futex_word(words, word::STATUS_WAKE)?;
     let deadline = Instant::now().checked_add(timeout);
     loop {
         // Counter first, status second: a publish after this load changes the counter, so
-        // the futex wait below returns at once instead of missing it.
+        // the futex wait below returns at once instead of missing it; and the Acquire inside
+        // `wake_count` makes the status read below at least the one stored with `seen`.
         let seen = status::wake_count(words);
-        if status::persisted(words).covers(seq) {
+        if done(status::persisted(words)) {
             return Ok(true);
         }
         let left = match deadline {
@@ -395,6 +428,57 @@ mod tests {
     }
 
     #[test]
+    fn a_replica_waiter_is_woken_by_the_uploaders_publish_of_the_replica_seq_alone() {
+        let (memfd, client) = region();
+        let mut host = StatusPublisher::new(&memfd).unwrap();
+        let local = Status {
+            seq: 5,
+            generation: 2,
+            replica_seq: 0,
+        };
+        host.publish(local).unwrap();
+        std::thread::scope(|s| {
+            let waiter =
+                s.spawn(|| wait_replicated(client.words(), 5, Duration::from_secs(60)).unwrap());
+            // The uploader: a point up to seq 3, then one up to seq 5; the local seq stays.
+            for replica_seq in [3, 5] {
+                host.publish(Status {
+                    replica_seq,
+                    ..local
+                })
+                .unwrap();
+            }
+            assert!(waiter.join().unwrap(), "woken and replicated");
+        });
+        assert_eq!(status::persisted(client.words()).replica_seq, 5);
+        assert!(wait_replicated(client.words(), 0, Duration::ZERO).unwrap());
+    }
+
+    #[test]
+    fn a_replica_waiter_is_not_satisfied_by_local_snapshots_alone() {
+        let (memfd, client) = region();
+        let mut host = StatusPublisher::new(&memfd).unwrap();
+        std::thread::scope(|s| {
+            let waiter =
+                s.spawn(|| wait_replicated(client.words(), 2, Duration::from_millis(300)).unwrap());
+            // Local snapshots covering seq 2 and beyond, and a replica still at seq 1: the
+            // waiter is woken by every publish, re-checks, and must time out.
+            for seq in 1..=4 {
+                host.publish(Status {
+                    seq,
+                    generation: seq,
+                    replica_seq: 1,
+                })
+                .unwrap();
+            }
+            assert!(!waiter.join().unwrap(), "persisted is not replicated");
+        });
+        assert!(wait_persisted(client.words(), 4, Duration::ZERO).unwrap());
+        assert!(wait_replicated(client.words(), 1, Duration::ZERO).unwrap());
+        assert!(!wait_replicated(client.words(), 2, Duration::ZERO).unwrap());
+    }
+
+    #[test]
     fn a_step_waiter_is_woken_by_wake_status_waiters_without_a_publish() {
         let (_memfd, client) = region();
         let cancelled = std::sync::atomic::AtomicBool::new(false);
@@ -531,6 +615,7 @@ mod tests {
         assert!(StatusPublisher::new(&m).is_err(), "shorter than a page");
         let words: Vec<AtomicU64> = (0..8).map(|_| AtomicU64::new(0)).collect();
         assert!(wait_persisted(&words, 1, Duration::ZERO).is_err());
+        assert!(wait_replicated(&words, 1, Duration::ZERO).is_err());
         assert!(request_snapshot(&words).is_err());
     }
 }

@@ -9,6 +9,14 @@
 //! for a prompt snapshot, waits until the status area covers that commit, and only then prints
 //! `primes: acknowledged COUNT` — a promise that COUNT primes survive any crash. The commit
 //! itself never waits; the wait is this client's choice.
+//!
+//! With `--ack-replicated N` the acknowledgement waits instead until the commit is in the
+//! host's replica (`REPLICA_SEQ`, `run --replica URL`): `primes: acknowledged COUNT (seq S; in
+//! the replica up to seq R, ...)` promises that COUNT primes survive losing the machine. The
+//! status area cannot say whether the host has a replica at all: a host without one never
+//! publishes a replica seq, so the client then never acknowledges, and says why on stderr at
+//! every retry ([`ACK_RETRY`]) — `nothing is in the replica yet` while its commit is durable
+//! locally — instead of hanging silently.
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -68,6 +76,36 @@ fn is_prime(c: u64, primes: &[u64]) -> bool {
         .all(|&p| !c.is_multiple_of(p))
 }
 
+/// When and what the client acknowledges.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ack {
+    /// Never.
+    Never,
+    /// Every N commits, once a durable local snapshot holds the commit (`--ack N`).
+    Local(u64),
+    /// Every N commits, once the host's replica holds the commit (`--ack-replicated N`).
+    Replicated(u64),
+}
+
+impl Ack {
+    /// From `--ack` and `--ack-replicated` (clap refuses both at once; 0 means off).
+    pub fn from_args(ack: u64, ack_replicated: u64) -> Ack {
+        match (ack, ack_replicated) {
+            (0, 0) => Ack::Never,
+            (_, 0) => Ack::Local(ack),
+            _ => Ack::Replicated(ack_replicated),
+        }
+    }
+
+    /// `true` if the commit that filled `used` units is one to acknowledge.
+    fn due(self, used: u64) -> bool {
+        match self {
+            Ack::Never => false,
+            Ack::Local(n) | Ack::Replicated(n) => used.is_multiple_of(n),
+        }
+    }
+}
+
 /// Runs the client.
 ///
 /// # Errors
@@ -78,7 +116,7 @@ pub fn run(
     pause: Duration,
     batch_arg: u64,
     linger: Duration,
-    ack: u64,
+    ack: Ack,
 ) -> Result<ExitCode, Failure> {
     let mut region = super::region()?;
     let durable = region.durability();
@@ -123,8 +161,8 @@ pub fn run(
         };
         count += batch;
         used += 1;
-        if ack > 0 && (used as u64).is_multiple_of(ack) {
-            acknowledge(&durable, seq, count)?;
+        if ack.due(used as u64) {
+            acknowledge(&durable, ack, seq, count)?;
         }
         primes.extend_from_slice(&next);
         if !pause.is_zero() {
@@ -243,24 +281,74 @@ fn commit_batch<M: shmsnap_core::WordMemory + ?Sized>(
 /// failed snapshot publishes nothing; the next request or interval snapshot will).
 const ACK_RETRY: Duration = Duration::from_secs(2);
 
-/// Asks for a snapshot and waits until the status covers commit `seq`, then prints that
-/// `count` primes are acknowledged.
-fn acknowledge(durable: &Durability, seq: u64, count: u64) -> Result<(), Failure> {
+/// Asks for a snapshot and waits until the status covers commit `seq` (`Ack::Local`) or the
+/// replica holds it (`Ack::Replicated`), then prints that `count` primes are acknowledged.
+/// While a replicated acknowledgement waits, every [`ACK_RETRY`] says on stderr what it waits
+/// for (see [`replica_wait`]).
+fn acknowledge(durable: &Durability, ack: Ack, seq: u64, count: u64) -> Result<(), Failure> {
+    let replicated = matches!(ack, Ack::Replicated(_));
     loop {
-        durable
-            .request_snapshot()
-            .map_err(|e| fail("snapshot request", e))?;
-        if durable
-            .wait_persisted(seq, ACK_RETRY)
-            .map_err(|e| fail("durability wait", e))?
-        {
-            let s = durable.persisted();
+        // The replica uploads persisted points only: ask for one until the commit has one
+        // (after that, another snapshot would only add uploads).
+        if !durable.persisted().covers(seq) {
+            durable
+                .request_snapshot()
+                .map_err(|e| fail("snapshot request", e))?;
+        }
+        let done = if replicated {
+            durable.wait_replicated(seq, ACK_RETRY)
+        } else {
+            durable.wait_persisted(seq, ACK_RETRY)
+        }
+        .map_err(|e| fail("durability wait", e))?;
+        let s = durable.persisted();
+        if !done {
+            if replicated {
+                eprintln!("{}", replica_wait(s, seq));
+            }
+            continue;
+        }
+        if replicated {
+            println!(
+                "primes: acknowledged {count} (seq {seq}; in the replica up to seq {}, durable \
+                 locally up to seq {}, generation {})",
+                s.replica_seq, s.seq, s.generation
+            );
+        } else {
             println!(
                 "primes: acknowledged {count} (seq {seq}; durable up to seq {}, generation {})",
                 s.seq, s.generation
             );
-            return Ok(());
         }
+        let _ = std::io::stdout().flush();
+        return Ok(());
+    }
+}
+
+/// What a replicated acknowledgement of commit `seq` still waits for, given status `s`. A
+/// replica seq of 0 with the commit durable locally is what a host without `--replica` shows
+/// for ever — and a host whose first upload is slow or failing, for a while: the status area
+/// cannot tell the two apart, so the message names both.
+fn replica_wait(s: shmsnap_core::Status, seq: u64) -> String {
+    if s.replica_seq == 0 && s.covers(seq) {
+        format!(
+            "primes: waiting to acknowledge seq {seq}: durable locally (up to seq {}), but \
+             nothing is in the replica yet (replica seq 0) - is the host running with \
+             --replica URL? (or its first upload has not finished; see the host's log)",
+            s.seq
+        )
+    } else if s.covers(seq) {
+        format!(
+            "primes: waiting to acknowledge seq {seq}: durable locally, the replica holds up \
+             to seq {} so far (upload under way or failing; see the host's log)",
+            s.replica_seq
+        )
+    } else {
+        format!(
+            "primes: waiting to acknowledge seq {seq}: no durable snapshot holds it yet \
+             (local up to seq {}, replica up to seq {})",
+            s.seq, s.replica_seq
+        )
     }
 }
 
@@ -273,5 +361,31 @@ mod tests {
         assert_eq!(first_primes(10), [2, 3, 5, 7, 11, 13, 17, 19, 23, 29]);
         assert_eq!(first_primes(10_000).last(), Some(&104_729));
         assert!(first_primes(0).is_empty());
+    }
+
+    #[test]
+    fn ack_options_map_to_one_mode() {
+        assert_eq!(Ack::from_args(0, 0), Ack::Never);
+        assert_eq!(Ack::from_args(3, 0), Ack::Local(3));
+        assert_eq!(Ack::from_args(0, 2), Ack::Replicated(2));
+        assert!(Ack::Replicated(2).due(4) && !Ack::Replicated(2).due(3));
+        assert!(!Ack::Never.due(1));
+    }
+
+    #[test]
+    fn a_replica_wait_names_a_missing_replica_only_when_the_commit_is_durable_locally() {
+        use shmsnap_core::Status;
+        let local = Status {
+            seq: 7,
+            generation: 2,
+            replica_seq: 0,
+        };
+        assert!(replica_wait(local, 5).contains("is the host running with --replica URL?"));
+        let behind = Status {
+            replica_seq: 3,
+            ..local
+        };
+        assert!(replica_wait(behind, 5).contains("the replica holds up to seq 3"));
+        assert!(replica_wait(local, 9).contains("no durable snapshot holds it yet"));
     }
 }

@@ -41,9 +41,9 @@ use std::time::{Duration, Instant};
 use rustix::fs::{Mode, OFlags};
 use shmsnap_core::{Layout, LayoutRequest, Strategy, Writer};
 use shmsnap_linux::chain::{chain_dir, restore_chain, At, CompactionPolicy, Tip};
-use shmsnap_linux::take::{take_queue, QueueSnapshot, Scratch};
+use shmsnap_linux::take::{take_queue, QueueSnapshot, Scratch, Starved};
 use shmsnap_linux::take_delta::{
-    take_delta, ChainSize, DeltaFigures, DeltaRequest, DeltaSnapshot, PendingDelta,
+    take_delta, Carry, ChainSize, DeltaFigures, DeltaRequest, DeltaSnapshot, PendingDelta,
 };
 use shmsnap_linux::track::{self, Advertisement, Scanner, TrackedRange, Tracker, WrittenPages};
 
@@ -325,9 +325,10 @@ pub struct DeltaPhases {
 }
 
 /// The chain the delta fixture extends.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Chain {
-    tip: Tip,
+    /// The pages earlier attempts scanned since the tip's image; its tip is the chain's.
+    carry: Carry,
     next_seq: u64,
     base_bytes: u64,
     deltas: u64,
@@ -409,7 +410,7 @@ impl DeltaFixture {
         };
         file.commit()?;
         self.chain = Some(Chain {
-            tip: Tip::of_base(&figures.info),
+            carry: Carry::new(Tip::of_base(&figures.info)),
             next_seq: figures.retained.hints.next_seq,
             base_bytes: figures.copy.bytes,
             deltas: 0,
@@ -435,17 +436,18 @@ impl DeltaFixture {
     /// Any error of the attempt; `Other` if it wrote no delta.
     pub fn delta(&mut self) -> io::Result<DeltaFigures> {
         self.delta_attempt()?
-            .ok_or_else(|| io::Error::other("the delta attempt starved"))
+            .map_err(|_| io::Error::other("the delta attempt starved"))
     }
 
-    /// One delta attempt onto the chain through the host's [`take_delta`]; `None` if it
-    /// starved (the chain then needs a base, as in the host).
+    /// One delta attempt onto the chain through the host's [`take_delta`]; `Err` with the
+    /// figures of the starved attempt and the bytes its carry now holds if it starved (the
+    /// chain goes on: its carry holds the attempt's scan, as in the host).
     ///
     /// # Errors
     ///
     /// Any error of the attempt; `Other` for an outcome other than written or starved.
-    pub fn delta_attempt(&mut self) -> io::Result<Option<DeltaFigures>> {
-        let chain = self
+    pub fn delta_attempt(&mut self) -> io::Result<Result<DeltaFigures, (Starved, u64)>> {
+        let mut chain = self
             .chain
             .take()
             .ok_or_else(|| io::Error::other("no base"))?;
@@ -456,7 +458,7 @@ impl DeltaFixture {
             map: &r.map,
             scanner: &mut scanner,
             range: r.range,
-            parent: chain.tip,
+            carry: &mut chain.carry,
             parent_next_seq: chain.next_seq,
             chain: ChainSize {
                 base_bytes: chain.base_bytes,
@@ -471,7 +473,11 @@ impl DeltaFixture {
         };
         let (delta, figures) = match take_delta(&self.chain_persister, req, &mut self.scratch) {
             Ok(DeltaSnapshot::Written { delta, figures }) => (delta, figures),
-            Ok(DeltaSnapshot::Starved(_)) => return Ok(None),
+            Ok(DeltaSnapshot::Starved(s)) => {
+                let carried = chain.carry.bytes();
+                self.chain = Some(chain);
+                return Ok(Err((s, carried)));
+            }
             Ok(other) => return Err(io::Error::other(format!("no delta written: {other:?}"))),
             Err(e) => return Err(err(e)),
         };
@@ -485,13 +491,13 @@ impl DeltaFixture {
             publish: info.stats.publish,
         });
         self.chain = Some(Chain {
-            tip: info.tip(),
+            carry: Carry::new(info.tip()),
             next_seq: figures.retained.hints.next_seq,
             deltas: chain.deltas + 1,
             delta_bytes: chain.delta_bytes + figures.bytes,
             ..chain
         });
-        Ok(Some(figures))
+        Ok(Ok(figures))
     }
 
     /// Today's full snapshot of the region ([`take_queue`] + commit), into its own file.
@@ -557,7 +563,7 @@ impl DeltaFixture {
     ///
     /// If the restored region differs from the live one.
     pub fn build_chain(&mut self, deltas: u64, percent: u64) -> io::Result<()> {
-        if self.chain.is_none_or(|c| c.deltas > 0) {
+        if self.chain.as_ref().is_none_or(|c| c.deltas > 0) {
             self.base()?;
         }
         for _ in 0..deltas {
@@ -730,6 +736,17 @@ pub struct Starvation {
     pub deltas: u64,
     /// Attempts where entries existed but none survived the copy.
     pub starved: u64,
+    /// Of those, delta attempts.
+    pub starved_deltas: u64,
+    /// Copy time of the starved attempts, summed.
+    pub starved_copy: Duration,
+    /// Commits made during the copies of the starved attempts, summed.
+    pub starved_commits: u64,
+    /// Bytes the carries held after the starved delta attempts (what each had to copy,
+    /// besides the meta pages), summed.
+    pub starved_carry_bytes: u64,
+    /// Copy time of the persisted attempts, summed.
+    pub persisted_copy: Duration,
     /// Entries kept, summed over the persisted attempts.
     pub kept: u64,
     /// Commits the writer made during the run.
@@ -741,8 +758,8 @@ pub struct Starvation {
 /// A thread commits [`STARVE_PAYLOAD`] payloads as fast as it can into a 64-entry ring
 /// ([`STARVE_RING`]) of a 64 MiB fully touched tracked region, while this thread takes
 /// `snapshots` snapshot attempts back to back: all full (`incremental == false`), or
-/// incremental: a base taken before the committer starts, then a delta when the previous
-/// attempt was a committed snapshot, a base otherwise (as the host does).
+/// incremental: a base taken before the committer starts, then deltas, each carrying the
+/// scans of the starved attempts before it (as the host does; DESIGN §11).
 ///
 /// # Errors
 ///
@@ -821,16 +838,21 @@ impl DeltaFixture {
         Ok(out)
     }
 
-    /// One delta attempt; a chain only survives a committed delta.
+    /// One delta attempt; a starved one keeps the chain, its scan carried.
     fn try_delta(&mut self, out: &mut Starvation) -> io::Result<u64> {
         Ok(match self.delta_attempt()? {
-            Some(f) => {
+            Ok(f) => {
                 out.persisted += 1;
                 out.deltas += 1;
+                out.persisted_copy += f.copy_time;
                 f.retained.kept
             }
-            None => {
+            Err((s, carried)) => {
                 out.starved += 1;
+                out.starved_deltas += 1;
+                out.starved_copy += s.copy_time;
+                out.starved_commits += s.commits_during_copy;
+                out.starved_carry_bytes += carried;
                 0
             }
         })
@@ -852,9 +874,10 @@ impl DeltaFixture {
             QueueSnapshot::Written { file, figures } => {
                 file.commit()?;
                 out.persisted += 1;
+                out.persisted_copy += figures.copy_time;
                 if base {
                     self.chain = Some(Chain {
-                        tip: Tip::of_base(&figures.info),
+                        carry: Carry::new(Tip::of_base(&figures.info)),
                         next_seq: figures.retained.hints.next_seq,
                         base_bytes: figures.copy.bytes,
                         deltas: 0,
@@ -863,8 +886,10 @@ impl DeltaFixture {
                 }
                 Ok(figures.retained.kept)
             }
-            QueueSnapshot::Starved(_) => {
+            QueueSnapshot::Starved(s) => {
                 out.starved += 1;
+                out.starved_copy += s.copy_time;
+                out.starved_commits += s.commits_during_copy;
                 Ok(0)
             }
             // No entry yet (the committer has not committed): nothing to keep.
@@ -878,6 +903,8 @@ impl DeltaFixture {
 pub struct BusyCheck {
     /// Deltas committed (each restored and checked).
     pub deltas: u64,
+    /// Of those, deltas that carried the scan of a starved attempt before them.
+    pub carried: u64,
     /// Attempts (bases and deltas) that starved.
     pub starved: u64,
     /// Entries checked in restored images.
@@ -897,7 +924,8 @@ fn busy_payload(seq: u64, out: &mut [u8]) {
 /// The pre/post argument under real tracking: a thread commits 4 KiB payloads (every word
 /// = the seq) into a 256-entry, 1 MiB ring of a 64 MiB fully touched tracked region, pausing
 /// ~`pause` between commits, while this thread takes `attempts` deltas through [`take_delta`]
-/// (a base when one starved); after each committed delta the chain is restored with
+/// (a starved attempt's scan carried into the next delta); after each committed delta the
+/// chain is restored with
 /// [`restore_chain`] and every kept entry's bytes are checked against its seq.
 ///
 /// # Errors
@@ -947,9 +975,10 @@ impl DeltaFixture {
                 continue;
             }
             match self.delta_attempt()? {
-                None => out.starved += 1,
-                Some(_) => {
+                Err(_) => out.starved += 1,
+                Ok(f) => {
                     out.deltas += 1;
+                    out.carried += u64::from(f.carried_scans > 0);
                     self.restore_chain()?;
                     let (n, bad) = check_busy_image(&self.restore)?;
                     out.entries += n;

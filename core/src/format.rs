@@ -96,7 +96,8 @@ pub mod word {
     /// Host status: generation of a durable snapshot at least as new as the one
     /// [`PERSISTED_SEQ`] was published for (0: none).
     pub const PERSISTED_GENERATION: usize = 33;
-    /// Host status: newest seq contained in the replica (0 until replicas exist).
+    /// Host status: newest seq contained in a point this host put into its replica (0: none
+    /// yet, or no replica).
     pub const REPLICA_SEQ: usize = 34;
     /// Host status: the futex word. Low 32 bits: a wake counter the host bumps after every
     /// publish; high 32 bits: always 0.

@@ -66,7 +66,8 @@ pub struct Status {
     /// Generation of a durable snapshot at least as new as the one `seq` was published for;
     /// 0: none.
     pub generation: u64,
-    /// Newest seq contained in the replica; 0 until replicas exist.
+    /// Newest seq contained in a point the host put into its replica; 0: none yet, or no
+    /// replica.
     pub replica_seq: u64,
 }
 

@@ -19,8 +19,12 @@
 //! stores land between the walk and `pre` is kept with its pages unreported — the simulator
 //! catches it, with a torn entry in the image.
 //!
-//! The first snapshot, and every snapshot after an attempt that was not kept (no entries, or
-//! starved: its scan cleared marks that no image recorded), is a full copy, as in the host.
+//! The first snapshot is a full copy, as in the host. An attempt that is not kept (no
+//! entries, or starved) has cleared marks that no image recorded: as in the host, its scan is
+//! **carried** — the pages it reported are kept in a page set, and the next delta copies the
+//! union of that set and its own scan onto the last kept image (DESIGN §11, "An attempt that
+//! is not kept"). The twin that takes that delta without the carry
+//! ([`Twin::DeltaAfterDroppedScan`]) must be caught.
 //!
 //! The writer's real stores (recorded by [`Recording`]) land between the host's loads and scan
 //! steps at points chosen by a schedule, across several consecutive snapshots. After each kept
@@ -31,8 +35,10 @@
 //! and live hint, run through core's `retain`).
 //!
 //! Broken twins must be caught: a tracker that forgets one page, a scan taken after the copy,
-//! a scan taken before `pre`, and a host that follows a dropped attempt with a delta. A host that skips the meta pages is
-//! *not* a broken twin here, see [`Twin::SkipMeta`].
+//! a scan taken before `pre`, and a host that follows a dropped attempt with a delta that
+//! forgets the dropped attempt's scan. A host that skips the meta pages is *not* a broken twin
+//! here, see [`Twin::SkipMeta`]; nor is the host before the carry, which followed every dropped
+//! attempt with a full copy ([`Twin::BaseAfterDroppedScan`]).
 //!
 //! # Untracked writers and the host's proof (DESIGN §11, "Who can write the region")
 //!
@@ -88,9 +94,12 @@ enum Twin {
     /// image's bytes under its seq.
     ScanBeforePre,
     /// After an attempt that kept nothing (no entries, or starved) — whose scan re-protected
-    /// pages no image recorded — the host takes a delta onto the last kept image instead of a
-    /// full copy.
+    /// pages no image recorded — the host takes a delta onto the last kept image **without the
+    /// carry**: the dropped attempt's scan is forgotten.
     DeltaAfterDroppedScan,
+    /// The host before the carry: after an attempt that kept nothing, a full copy. Sound,
+    /// only slower.
+    BaseAfterDroppedScan,
     /// The host copies only the reported pages, not the meta pages. Not broken in this model:
     /// `retain` rewrites every descriptor, the static header and the hints from `pre`, `post`,
     /// the layout and the live hint, and the words it copies (`epoch`, `next_seq` as a lower
@@ -267,6 +276,10 @@ struct Stats {
     deltas: u64,
     /// Attempts not kept (no entries, or starved).
     dropped_attempts: u64,
+    /// Kept deltas that carried the scan of at least one dropped attempt before them.
+    carried_deltas: u64,
+    /// Dropped attempts' scans those deltas carried, together.
+    carried_scans: u64,
     /// Entries kept, over every kept image.
     kept: u64,
     /// Entries seen in `pre` but not kept.
@@ -285,6 +298,8 @@ impl Stats {
         self.kept_images += o.kept_images;
         self.deltas += o.deltas;
         self.dropped_attempts += o.dropped_attempts;
+        self.carried_deltas += o.carried_deltas;
+        self.carried_scans += o.carried_scans;
         self.kept += o.kept;
         self.dropped += o.dropped;
         self.delta_pages += o.delta_pages;
@@ -354,6 +369,12 @@ fn simulate(sc: &Scenario, twin: Twin) -> Result<Stats, String> {
     };
     // The last kept image, and whether the next snapshot must be full.
     let mut prev: Option<Vec<u8>> = None;
+    // The carry: pages reported by the scans of dropped attempts since `prev` was copied, and
+    // how many such scans. Invariant: empty while `prev` is `None`.
+    let mut carry = Carry {
+        pages: vec![false; PAGES],
+        scans: 0,
+    };
     for &idle in &sc.idle {
         for _ in 0..idle {
             host.step();
@@ -364,26 +385,29 @@ fn simulate(sc: &Scenario, twin: Twin) -> Result<Stats, String> {
         let checks = Checks {
             untracked: &world.untracked_landed,
         };
-        match snapshot(
-            &region,
-            &layout,
-            prev.as_deref(),
-            twin,
-            &mut forget_left,
-            checks,
-        )? {
-            Some((image, o)) => {
+        let onto = prev.as_deref().map(|p| (p, &carry));
+        match snapshot(&region, &layout, onto, twin, &mut forget_left, checks)? {
+            Attempt::Kept(image, o) => {
                 stats.add(o);
+                carry.clear();
                 if armed {
                     prev = Some(image);
                 } else {
                     stats.unproven_bases += 1;
+                    prev = None;
                 }
             }
-            None => {
+            Attempt::Dropped(reported) => {
                 stats.dropped_attempts += 1;
-                if twin != Twin::DeltaAfterDroppedScan || full_next {
-                    prev = None;
+                match twin {
+                    _ if full_next => {}
+                    Twin::BaseAfterDroppedScan => {
+                        prev = None;
+                        carry.clear();
+                    }
+                    // Without the carry: the scan's report is forgotten.
+                    Twin::DeltaAfterDroppedScan => {}
+                    _ => carry.add(reported.as_deref()),
                 }
             }
         }
@@ -391,6 +415,37 @@ fn simulate(sc: &Scenario, twin: Twin) -> Result<Stats, String> {
     stats.untracked_landed = world.untracked_landed.get();
     stats.refused = world.refused.get();
     Ok(stats)
+}
+
+/// The pages the scans of dropped attempts reported since the last kept image.
+#[derive(Debug)]
+struct Carry {
+    pages: Vec<bool>,
+    scans: u64,
+}
+
+impl Carry {
+    /// Folds in one dropped attempt's scan (`None`: the attempt did not scan).
+    fn add(&mut self, reported: Option<&[bool]>) {
+        let Some(reported) = reported else { return };
+        for (c, &r) in self.pages.iter_mut().zip(reported) {
+            *c |= r;
+        }
+        self.scans += 1;
+    }
+
+    fn clear(&mut self) {
+        self.pages.fill(false);
+        self.scans = 0;
+    }
+}
+
+/// What one snapshot attempt did.
+enum Attempt {
+    /// The image kept, and what it did.
+    Kept(Vec<u8>, Stats),
+    /// Nothing kept; what its scan reported, if it scanned.
+    Dropped(Option<Vec<bool>>),
 }
 
 /// Which checks a kept snapshot gets.
@@ -402,16 +457,17 @@ struct Checks<'a> {
     untracked: &'a Cell<u64>,
 }
 
-/// One snapshot: full onto nothing (`prev == None`) or incremental onto `prev`. Returns the
-/// kept image, or `None` if the attempt kept nothing (the host then takes a base next).
+/// One snapshot: full onto nothing (`onto == None`) or incremental onto the previous image,
+/// copying the pages its scan reported and those the carry holds. Returns the kept image, or
+/// what the scan of an attempt that kept nothing reported (the caller carries it).
 fn snapshot(
     region: &Region<'_, Replay<'_>>,
     layout: &Layout,
-    prev: Option<&[u8]>,
+    onto: Option<(&[u8], &Carry)>,
     twin: Twin,
     forget_left: &mut Option<usize>,
     checks: Checks<'_>,
-) -> Result<Option<(Vec<u8>, Stats)>, String> {
+) -> Result<Attempt, String> {
     let host = region.mem();
     let e = layout.entries as usize;
     let mut reported = (twin == Twin::ScanBeforePre).then(|| scan(host));
@@ -422,21 +478,27 @@ fn snapshot(
         reported = Some(scan(host));
     }
     if stamp.pre().valid() == 0 {
-        return Ok(None);
+        return Ok(Attempt::Dropped(reported));
     }
     let pre = stamp.pre().slots().to_vec();
     let full_copy = copy(host);
     let mut reported = reported.take().unwrap_or_else(|| scan(host));
-    let mut image = match prev {
+    // The pages the image takes from the copy: this scan's (with the forgetful tracker, one
+    // report lost) and, for a delta, the carried ones.
+    let mut copied = reported.clone();
+    let mut image = match onto {
         None => full_copy.clone(),
-        Some(prev) => {
+        Some((prev, carry)) => {
             forget_one(&mut reported, forget_left);
-            incremental_image(prev, &full_copy, &reported, layout, twin)
+            for ((c, &r), &k) in copied.iter_mut().zip(&reported).zip(&carry.pages) {
+                *c = r || k;
+            }
+            incremental_image(prev, &full_copy, &copied, layout, twin)
         }
     };
     let retained = stamp.finish(&mut image).map_err(|e| e.to_string())?;
     if retained.is_starved() {
-        return Ok(None);
+        return Ok(Attempt::Dropped(Some(reported)));
     }
     // The reference: what a full copy in the same window would have kept.
     let mut full = full_copy;
@@ -447,24 +509,29 @@ fn snapshot(
         check_image_payloads(&image, layout)?;
     }
     same_as_full(&image, &full, layout)?;
-    let delta_pages = match prev {
-        None => 0,
-        Some(_) => (0..PAGES)
-            .filter(|&p| reported[p] || is_meta_page(p, layout))
-            .count() as u64,
+    let (delta_pages, carried_scans) = match onto {
+        None => (0, 0),
+        Some((_, carry)) => (
+            (0..PAGES)
+                .filter(|&p| copied[p] || is_meta_page(p, layout))
+                .count() as u64,
+            carry.scans,
+        ),
     };
-    Ok(Some((
+    Ok(Attempt::Kept(
         image,
         Stats {
             kept_images: 1,
-            deltas: u64::from(prev.is_some()),
+            deltas: u64::from(onto.is_some()),
             dropped_attempts: 0,
+            carried_deltas: u64::from(carried_scans > 0),
+            carried_scans,
             kept: retained.kept,
             dropped: retained.dropped(),
             delta_pages,
             ..Stats::default()
         },
-    )))
+    ))
 }
 
 /// The forgetful tracker twin: drops the `n`-th report (the page stays re-protected).
@@ -718,12 +785,39 @@ fn broken_twin_scan_before_pre_is_caught() {
 }
 
 #[test]
+fn deltas_after_dropped_attempts_carrying_their_scans_stay_sound() {
+    // The same schedules as the twin below: the sound host carries the dropped attempts'
+    // scans into the next delta.
+    let s = sweep(|_| Twin::Sound, RUNS);
+    assert_eq!(s.bad, 0, "first violation in scenario {:?}", s.first_bad);
+    let st = s.stats;
+    eprintln!(
+        "kept deltas after dropped attempts: {} (carrying {} dropped scans), of {} deltas, \
+         {} dropped attempts",
+        st.carried_deltas, st.carried_scans, st.deltas, st.dropped_attempts
+    );
+    assert!(
+        st.carried_deltas > 0,
+        "no delta carried a dropped scan: {st:?}"
+    );
+}
+
+#[test]
 fn broken_twin_delta_after_a_dropped_attempt_is_caught() {
+    // Without the carry: the delta after a dropped attempt forgets that attempt's scan.
     let s = sweep(|_| Twin::DeltaAfterDroppedScan, RUNS);
     assert!(
         s.bad > 0,
-        "a delta after a starved or empty attempt went unnoticed"
+        "a delta after a starved or empty attempt, without its scan, went unnoticed"
     );
+}
+
+#[test]
+fn a_base_after_every_dropped_attempt_stays_sound() {
+    // The host before the carry: slower, sound.
+    let s = sweep(|_| Twin::BaseAfterDroppedScan, RUNS);
+    assert_eq!(s.bad, 0, "first violation in scenario {:?}", s.first_bad);
+    assert_eq!(s.stats.carried_deltas, 0, "{:?}", s.stats);
 }
 
 #[test]

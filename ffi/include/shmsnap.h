@@ -541,6 +541,30 @@ int shmsnap_region_wait_persisted(const struct shmsnap_region *region,
                                   uint64_t seq,
                                   uint64_t timeout_ms);
 
+// Blocks until commit `seq` is in the host's replica — a point holding it is durable in the
+// object store (`shmsnap run --replica URL`; the status area's `replica_seq` reaches it) — or
+// `timeout_ms` milliseconds pass (`UINT64_MAX`: no limit). The same futex wait as
+// `shmsnap_region_wait_persisted`: the host's uploader wakes the waiters at every point it
+// put. A client that acknowledges only replicated commits loses none of them with the
+// machine, nor on a standby's takeover.
+//
+// A host without a replica never publishes a replica seq: every wait for `seq > 0` then
+// ends at its timeout. The status area cannot tell that from a slow upload: read
+// `shmsnap_region_persisted` (a `seq` covering the commit with a `replica_seq` of 0) to say
+// so. The host uploads persisted points only: pair it with `shmsnap_region_request_snapshot`.
+//
+// Returns `SHMSNAP_OK` once replicated (at once if already; seq 0 always),
+// `SHMSNAP_E_TIMEOUT` at the timeout. Errors: `SHMSNAP_E_NULL`; `SHMSNAP_E_INVALID` (a
+// region without a header page); `SHMSNAP_E_IO` (an unexpected `futex` error).
+// Thread-safe. **Blocks** up to the timeout.
+//
+// # Safety
+//
+// `region` is NULL or a live region handle.
+int shmsnap_region_wait_replicated(const struct shmsnap_region *region,
+                                   uint64_t seq,
+                                   uint64_t timeout_ms);
+
 // Asks the host for a prompt snapshot: bumps the request word and wakes the host's watcher
 // (one `futex(FUTEX_WAKE)`). Requests coalesce; the host snapshots soon after.
 //

@@ -339,16 +339,73 @@ pub unsafe extern "C" fn shmsnap_region_wait_persisted(
     seq: u64,
     timeout_ms: u64,
 ) -> c_int {
+    // SAFETY: NULL or a live region (this function's contract, passed on).
+    unsafe { wait(region, seq, timeout_ms, Durable::Locally) }
+}
+
+/// Blocks until commit `seq` is in the host's replica — a point holding it is durable in the
+/// object store (`shmsnap run --replica URL`; the status area's `replica_seq` reaches it) — or
+/// `timeout_ms` milliseconds pass (`UINT64_MAX`: no limit). The same futex wait as
+/// `shmsnap_region_wait_persisted`: the host's uploader wakes the waiters at every point it
+/// put. A client that acknowledges only replicated commits loses none of them with the
+/// machine, nor on a standby's takeover.
+///
+/// A host without a replica never publishes a replica seq: every wait for `seq > 0` then
+/// ends at its timeout. The status area cannot tell that from a slow upload: read
+/// `shmsnap_region_persisted` (a `seq` covering the commit with a `replica_seq` of 0) to say
+/// so. The host uploads persisted points only: pair it with `shmsnap_region_request_snapshot`.
+///
+/// Returns `SHMSNAP_OK` once replicated (at once if already; seq 0 always),
+/// `SHMSNAP_E_TIMEOUT` at the timeout. Errors: `SHMSNAP_E_NULL`; `SHMSNAP_E_INVALID` (a
+/// region without a header page); `SHMSNAP_E_IO` (an unexpected `futex` error).
+/// Thread-safe. **Blocks** up to the timeout.
+///
+/// # Safety
+///
+/// `region` is NULL or a live region handle.
+#[no_mangle]
+pub unsafe extern "C" fn shmsnap_region_wait_replicated(
+    region: *const RegionHandle,
+    seq: u64,
+    timeout_ms: u64,
+) -> c_int {
+    // SAFETY: NULL or a live region (this function's contract, passed on).
+    unsafe { wait(region, seq, timeout_ms, Durable::InReplica) }
+}
+
+/// Which durability a wait is for.
+#[derive(Clone, Copy)]
+enum Durable {
+    /// A durable local snapshot covers the commit.
+    Locally,
+    /// The host's replica holds the commit.
+    InReplica,
+}
+
+/// The body of `shmsnap_region_wait_persisted` and `shmsnap_region_wait_replicated`.
+///
+/// # Safety
+///
+/// `region` is NULL or a live region handle.
+unsafe fn wait(region: *const RegionHandle, seq: u64, timeout_ms: u64, what: Durable) -> c_int {
     entry::run(|p| {
         // SAFETY: NULL or a live region (contract).
         let r = unsafe { p.handle(region) }?;
         check_header_page(r)?;
-        if status::wait_persisted(r.words(), seq, Duration::from_millis(timeout_ms))? {
+        let timeout = Duration::from_millis(timeout_ms);
+        let (done, missing) = match what {
+            Durable::Locally => (status::wait_persisted(r.words(), seq, timeout)?, "durable"),
+            Durable::InReplica => (
+                status::wait_replicated(r.words(), seq, timeout)?,
+                "in the replica",
+            ),
+        };
+        if done {
             return Ok(());
         }
         Err(Error::new(
             SHMSNAP_E_TIMEOUT,
-            format_args!("commit {seq} was not durable within {timeout_ms} ms"),
+            format_args!("commit {seq} was not {missing} within {timeout_ms} ms"),
         ))
     })
 }

@@ -815,6 +815,87 @@ fn waits_time_out_until_the_status_covers_the_seq() {
 }
 
 #[test]
+fn replica_waits_end_only_when_the_replica_seq_covers_the_seq() {
+    let memfd = shmsnap_linux::Memfd::create("wait-replica", 8192).unwrap();
+    memfd.seal_against_shrink().unwrap();
+    let map =
+        shmsnap_linux::Mapping::of_memfd(&memfd, shmsnap_linux::Protection::ReadWrite).unwrap();
+    let mut region = null_mut();
+    // SAFETY: the mapping outlives the region (closed below, before the mapping is dropped).
+    let rc =
+        unsafe { shmsnap_region_attach(map.words().as_ptr().cast_mut().cast(), 8192, &mut region) };
+    expect(rc, SHMSNAP_OK, "");
+    let mut publisher = shmsnap_linux::status::StatusPublisher::new(&memfd).unwrap();
+    // Durable locally up to seq 5, nothing in the replica (a host without --replica).
+    let local = shmsnap_core::status::Status {
+        seq: 5,
+        generation: 2,
+        replica_seq: 0,
+    };
+    publisher.publish(local).unwrap();
+    // SAFETY: a live region.
+    unsafe {
+        expect(shmsnap_region_wait_persisted(region, 5, 0), SHMSNAP_OK, "");
+        expect(
+            shmsnap_region_wait_replicated(region, 3, 20),
+            SHMSNAP_E_TIMEOUT,
+            "commit 3 was not in the replica within 20 ms",
+        );
+        expect(shmsnap_region_wait_replicated(region, 0, 0), SHMSNAP_OK, "");
+    }
+    std::thread::scope(|s| {
+        let r = region as usize;
+        // SAFETY: the region outlives the scope; its durability calls are thread-safe.
+        let waiter = s.spawn(move || unsafe {
+            shmsnap_region_wait_replicated(r as *const RegionHandle, 3, 60_000)
+        });
+        // More local snapshots, the replica still behind: the waiter is woken, re-checks and
+        // sleeps on.
+        for seq in 6..=8 {
+            publisher
+                .publish(shmsnap_core::status::Status {
+                    seq,
+                    replica_seq: 2,
+                    ..local
+                })
+                .unwrap();
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        assert!(!waiter.is_finished(), "persisted is not replicated");
+        // The uploader put a point up to seq 3.
+        publisher
+            .publish(shmsnap_core::status::Status {
+                seq: 8,
+                replica_seq: 3,
+                ..local
+            })
+            .unwrap();
+        expect(waiter.join().unwrap(), SHMSNAP_OK, "");
+    });
+    let mut p = Persisted::default();
+    // SAFETY: a live region and a valid output.
+    unsafe {
+        expect(shmsnap_region_persisted(region, &mut p), SHMSNAP_OK, "");
+        assert_eq!((p.seq, p.replica_seq), (8, 3));
+        expect(shmsnap_region_close(region), SHMSNAP_OK, "");
+    }
+    let short = Mem::new(64);
+    // SAFETY: a live region.
+    unsafe {
+        expect(
+            shmsnap_region_wait_replicated(short.region, 1, 0),
+            SHMSNAP_E_INVALID,
+            "header page",
+        );
+        expect(
+            shmsnap_region_wait_replicated(null(), 1, 0),
+            SHMSNAP_E_NULL,
+            "",
+        );
+    }
+}
+
+#[test]
 fn the_version_and_the_fixed_messages_are_static() {
     // SAFETY: static NUL-terminated strings.
     let v = unsafe { CStr::from_ptr(shmsnap::shmsnap_version()) };

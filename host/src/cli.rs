@@ -144,7 +144,9 @@ Incremental snapshots (queue strategy, --incremental auto):
   those pages and the queue's meta pages into FILE.d/, chained by CRC to the base FILE.
   A full base is written instead whenever tracking cannot vouch for every page: the first
   snapshot, a new client process, no tracking (old kernel, sandbox), a scan error, after the
-  host wrote the region (restore, repair), after a failed delta, and for compaction.
+  host wrote the region (restore, repair), after a failed delta, and for compaction. A delta
+  attempt that starves keeps what its scan reported: the next snapshot is still a delta,
+  carrying those pages too, not a base that would starve in turn.
   Tracking vouches only for one process writing through one mapping: the client library
   makes that mapping the only writer (a forked child does not inherit it: SIGSEGV if it
   touches it; the region is sealed, so write/pwrite through any fd and new writable mappings

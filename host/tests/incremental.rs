@@ -87,6 +87,18 @@ fn client_entry() {
                 }
                 w.commit(&round.to_le_bytes()).unwrap();
             }
+            // "b MS": commits flat out (8-byte payloads, the data ring and the descriptors
+            // only) for MS ms, after saying it started (`started.N`).
+            Some("b") => {
+                let ms: u64 = it.next().unwrap().parse().unwrap();
+                write_atomic(&dir.join(format!("started.{n}")), "");
+                let t = std::time::Instant::now();
+                while t.elapsed() < Duration::from_millis(ms) {
+                    for _ in 0..256 {
+                        w.commit(&w.next_seq().to_le_bytes()).unwrap();
+                    }
+                }
+            }
             // "x": exit at once, without unmapping (the region stays as it is).
             Some("x") => std::process::exit(0),
             other => panic!("unknown command {other:?}"),
@@ -190,6 +202,40 @@ impl Rig {
         let done = self.dir.join(format!("done.{n}"));
         poll(SLOW, || done.exists().then_some(()))
             .unwrap_or_else(|| panic!("client did not run {text:?}:\n{}", self.host.err.text()));
+    }
+
+    /// Begins one client command and waits until the client says it started it (commands
+    /// that write `started.N`); `wait` finishes it.
+    fn begin(&mut self, text: &str) -> usize {
+        let n = self.n;
+        write_atomic(&self.dir.join(format!("cmd.{n}")), text);
+        self.n += 1;
+        let started = self.dir.join(format!("started.{n}"));
+        poll(SLOW, || started.exists().then_some(()))
+            .unwrap_or_else(|| panic!("client did not start {text:?}:\n{}", self.host.err.text()));
+        n
+    }
+
+    /// Waits for command `n` to finish.
+    fn wait(&self, n: usize) {
+        let done = self.dir.join(format!("done.{n}"));
+        poll(SLOW, || done.exists().then_some(()))
+            .unwrap_or_else(|| panic!("client did not finish {n}:\n{}", self.host.err.text()));
+    }
+
+    /// SIGUSR1, then the line of its outcome: persisted, skipped or starved.
+    fn attempt(&self) -> String {
+        let from = self.host.err.len();
+        self.host.signal(Signal::USR1);
+        self.host
+            .err
+            .wait_from(from, SLOW, |l| {
+                l.contains("snapshot persisted (SIGUSR1)")
+                    || l.contains("snapshot skipped")
+                    || l.contains("snapshot starved (SIGUSR1)")
+            })
+            .unwrap_or_else(|| panic!("no snapshot attempt:\n{}", self.host.err.text()))
+            .1
     }
 
     /// SIGUSR1, then the "snapshot persisted" line it produced.
@@ -393,4 +439,80 @@ fn after_the_client_is_killed_the_next_snapshot_is_a_base() {
     rig.cmd("w 4 3");
     let line = rig.snapshot();
     assert!(line.contains("point=delta 1 of base"), "{line}");
+}
+
+/// A starved attempt keeps its scan (issue 27): the tail pages the client wrote before an
+/// attempt that starved under a flat-out committer are reported by that attempt's scan only;
+/// the next snapshot is still a delta onto the same chain, it carries those pages, and the
+/// chain restores byte for byte to a full snapshot of the quiescent region. Before the carry
+/// the snapshot after a starved one was a base.
+#[test]
+fn a_starved_attempt_is_followed_by_a_delta_carrying_its_scan() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut rig = Rig::start(tmp.path(), &[]);
+    if !rig.tracking() {
+        return;
+    }
+    rig.cmd("w 1");
+    assert!(rig.snapshot().contains("point=base 1"));
+    rig.cmd("w 2 1");
+    assert!(rig.snapshot().contains("point=delta 1 of base 1"));
+    // Tail pages written, then an attempt under a flat-out committer: until one starves
+    // (a persisted one is simply the next delta).
+    let mut carried_pages = Vec::new();
+    let mut index = 1;
+    for round in 3..40u64 {
+        let pages = [10 + round, 100 + round];
+        rig.cmd(&format!("w {round} {} {}", pages[0], pages[1]));
+        let busy = rig.begin("b 300");
+        let line = rig.attempt();
+        rig.wait(busy);
+        if line.contains("snapshot starved") {
+            carried_pages.extend(pages);
+            break;
+        }
+        index += 1;
+        assert!(
+            line.contains(&format!("point=delta {index} of base 1")),
+            "round {round}: {line}\n{}",
+            rig.host.err.text()
+        );
+    }
+    assert!(
+        !carried_pages.is_empty(),
+        "no attempt starved under the flat-out committer:\n{}",
+        rig.host.err.text()
+    );
+    rig.cmd("w 50 200");
+    let line = rig.snapshot();
+    index += 1;
+    assert!(
+        line.contains(&format!("point=delta {index} of base 1")),
+        "the snapshot after a starved attempt must be a delta onto the same chain: {line}\n{}",
+        rig.host.err.text()
+    );
+    let path = chain::chain_dir(&rig.state).join(chain::delta_name(1, index));
+    let (_, runs) = chain::read_delta(fs::File::open(&path).unwrap()).unwrap();
+    let (client, _) = rig.ready(None);
+    let full = full_snapshot_of(client, tmp.path());
+    let tail = shmsnap_core::Layout::read_bytes(&full)
+        .expect("the full snapshot's layout")
+        .tail_offset;
+    let (chain_image, report) = restored(&rig.state, &rig.state, full.len() as u64);
+    assert_eq!(report.listing.deltas.len() as u64, index);
+    assert!(report.listing.stop.is_none(), "{:?}", report.listing.stop);
+    assert!(
+        chain_image == full,
+        "base + {index} deltas differ from a full snapshot of the same region at byte {:?}",
+        chain_image.iter().zip(&full).position(|(a, b)| a != b)
+    );
+    for p in carried_pages.iter().chain([&200]) {
+        let at = tail + p * PAGE;
+        assert!(
+            runs.iter()
+                .any(|r| r.offset <= at && at + PAGE <= r.offset + r.len),
+            "the delta must carry tail page {p} (written before the starved attempt's scan): \
+             {runs:?}"
+        );
+    }
 }

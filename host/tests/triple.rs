@@ -315,14 +315,20 @@ fn every_interval_persists_while_the_client_publishes_flat_out() {
         .iter()
         .filter(|l| l.contains("snapshot skipped (interval)"))
         .collect();
-    // Only ticks before the client's first publication may skip; none starves or contends.
+    // No tick starves or contends. Ticks before the client's first publication skip, and so
+    // may a tick on a loaded machine that found nothing new (the client not scheduled for a
+    // whole interval): neither is a copy the triple strategy failed to make.
     let bad: Vec<&&String> = skipped
         .iter()
-        .filter(|l| !l.contains("not configured") && !l.contains("published nothing yet"))
+        .filter(|l| {
+            !l.contains("not configured")
+                && !l.contains("published nothing yet")
+                && !l.contains("since the last snapshot")
+        })
         .collect();
     println!(
         "flat-out client: {persisted} interval snapshots persisted, {} interval ticks skipped \
-         before the first publication, {} skipped after",
+         with nothing new, {} skipped otherwise",
         skipped.len() - bad.len(),
         bad.len()
     );

@@ -17,13 +17,19 @@
 //! [`track`](crate::track), "Scan, then copy"); the pre/copy/post argument is the one of the
 //! full snapshot, applied to the pages copied onto the previous image (DESIGN §11).
 //!
-//! # After anything but a committed delta, take a base
+//! # After anything but a committed delta, the scan is carried
 //!
 //! The scan re-protects the pages it reports: the next scan will not report them again. So
-//! when this returns anything other than a [`DeltaSnapshot::Written`] that the caller then
-//! commits — a skip, a starved attempt, [`DeltaSnapshot::Rebase`], an error, or a pending
-//! delta dropped — the caller's next snapshot must be a full base: the pages this scan saw are
-//! known nowhere else.
+//! the scan's report is folded into the request's [`Carry`] right after the scan returns,
+//! before anything else can fail, and the delta copies the whole carry (every complete scan
+//! since the tip's image) plus the meta pages. When this returns anything other than a
+//! [`DeltaSnapshot::Written`] that the caller then commits — a skip, a starved attempt,
+//! [`DeltaSnapshot::Rebase`], an error, or a pending delta dropped — the carry still holds
+//! every page written since the tip's image that no later scan will report, and the next delta
+//! onto the same tip with the same carry is sound (DESIGN §11, "An attempt that is not
+//! kept"). Except after [`DeltaError::Scan`]: a scan that failed may have re-protected pages
+//! it never reported, so the carry is void and the next snapshot must be a full base. After a committed delta the caller starts a new carry for the new tip
+//! ([`Carry::new`] with [`DeltaInfo::tip`]).
 
 use std::fmt;
 use std::io;
@@ -33,13 +39,16 @@ use shmsnap_core::{Hints, PreCopy, Retained, WordMemory};
 
 use crate::chain::{
     plan_runs, BaseReason, ChainError, CompactionPolicy, DeltaInfo, DeltaMeta, DeltaWriter, Next,
-    Run, Tip,
+    Run,
 };
 use crate::mapping::Mapping;
 use crate::memfd::Memfd;
 use crate::persist::Persister;
 use crate::take::{open_region, Scratch, Skip, Starved};
 use crate::track::{ScanError, Scanner, TrackedRange};
+
+mod carry;
+pub use carry::Carry;
 
 /// The sizes of the chain a delta would extend, for the [`CompactionPolicy`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -64,8 +73,10 @@ pub struct DeltaRequest<'a> {
     /// The client's tracked range, validated ([`track::validate`](crate::track::validate))
     /// for this snapshot.
     pub range: TrackedRange,
-    /// The tip of the chain on disk: the delta is chained onto it.
-    pub parent: Tip,
+    /// The pages scanned since the tip's image by attempts that committed nothing; its
+    /// [`Carry::tip`], the tip of the chain on disk, is the delta's parent. This attempt's
+    /// scan is folded in as soon as it returns.
+    pub carry: &'a mut Carry,
     /// The parent image's `next_seq` hint (recorded in the delta's footer).
     pub parent_next_seq: u64,
     /// The chain's sizes; with `policy`, decides whether a base is due instead.
@@ -150,9 +161,13 @@ impl From<ChainError> for DeltaError {
 pub struct DeltaFigures {
     /// Time of the `PAGEMAP_SCAN`.
     pub scan_time: Duration,
-    /// Pages the scan reported written.
+    /// Pages this attempt's scan reported written.
     pub written_pages: u64,
-    /// Bytes the delta carries (written pages and meta pages, granule-rounded).
+    /// Earlier scans since the tip's image whose pages this delta carries (attempts that
+    /// committed nothing).
+    pub carried_scans: u64,
+    /// Bytes the delta carries (written pages of this scan and of the carried ones, and the
+    /// meta pages, granule-rounded).
     pub bytes: u64,
     /// Runs the delta carries.
     pub runs: u64,
@@ -218,9 +233,9 @@ pub enum DeltaSnapshot<'p> {
     Rebase(Rebase),
 }
 
-/// Takes one incremental snapshot of the region onto `req.parent`, into the chain directory of
-/// `persister`; see the [module docs](self) for the steps and for why every outcome but a
-/// committed delta must be followed by a base.
+/// Takes one incremental snapshot of the region onto the carry's tip, into the chain directory
+/// of `persister`; see the [module docs](self) for the steps and for what the carry holds
+/// after an outcome other than a committed delta.
 ///
 /// # Errors
 ///
@@ -238,9 +253,10 @@ pub fn take_delta<'p>(
     };
     let layout = *region.layout();
     let len = req.memfd.len().map_err(DeltaError::Region)?;
-    if len != req.parent.image_len {
+    let parent = req.carry.tip();
+    if len != parent.image_len {
         return Ok(DeltaSnapshot::Rebase(Rebase::Resized {
-            chain: req.parent.image_len,
+            chain: parent.image_len,
             region: len,
         }));
     }
@@ -257,7 +273,7 @@ pub fn take_delta<'p>(
         Ok(p) => p,
         Err(rebase) => return Ok(DeltaSnapshot::Rebase(rebase)),
     };
-    let mut writer = DeltaWriter::begin(persister, &req.parent, &planned.runs, layout.meta_len())?;
+    let mut writer = DeltaWriter::begin(persister, &parent, &planned.runs, layout.meta_len())?;
     let t = Instant::now();
     writer.copy_from(req.memfd)?;
     let copied = Copied {
@@ -276,6 +292,8 @@ struct Planned {
     bytes: u64,
     /// Pages the scan reported written.
     written_pages: u64,
+    /// Earlier scans folded into the carry.
+    carried_scans: u64,
     scan_time: Duration,
 }
 
@@ -287,8 +305,9 @@ struct Copied {
     hints_before: Hints,
 }
 
-/// Scans the written pages, plans the runs and asks the compaction policy: the runs of a
-/// delta, or the [`Rebase`] the policy wants instead.
+/// Scans the written pages, folds them into the carry, plans the runs (the carry's and the
+/// meta pages) and asks the compaction policy: the runs of a delta, or the [`Rebase`] the
+/// policy wants instead.
 fn scan_and_plan(
     req: &mut DeltaRequest<'_>,
     meta_len: u64,
@@ -303,7 +322,11 @@ fn scan_and_plan(
     let t = Instant::now();
     let written = req.scanner.scan(&req.range).map_err(DeltaError::Scan)?;
     let scan_time = t.elapsed();
-    let runs = plan_runs(written.runs().iter().map(|&r| Run::from(r)), meta_len, len);
+    // Folded in at once: from here on, whatever happens, the pages this scan reported (and
+    // cleared) are known to the carry (DESIGN §11, "An attempt that is not kept").
+    let carried_scans = req.carry.scans();
+    req.carry.add_scan(&written);
+    let runs = plan_runs(req.carry.runs().iter().copied(), meta_len, len);
     let bytes: u64 = runs.iter().map(|r| r.len).sum();
     let c = req.chain;
     if let Next::Base(why) = req
@@ -316,6 +339,7 @@ fn scan_and_plan(
         runs,
         bytes,
         written_pages: written.pages(),
+        carried_scans,
         scan_time,
     }))
 }
@@ -360,6 +384,7 @@ fn retain_into<'p, M: WordMemory + ?Sized>(
         figures: DeltaFigures {
             scan_time: planned.scan_time,
             written_pages: planned.written_pages,
+            carried_scans: planned.carried_scans,
             bytes: planned.bytes,
             runs: planned.runs.len() as u64,
             copy_time,
@@ -373,7 +398,7 @@ fn retain_into<'p, M: WordMemory + ?Sized>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::chain::{chain_dir, restore_chain, At};
+    use crate::chain::{chain_dir, restore_chain, At, Tip};
     use crate::listen::{start_tracking, Tracking};
     use crate::mapping::Protection;
     use crate::snapshot::SnapshotMeta;
@@ -434,13 +459,13 @@ mod tests {
         }
         w.commit(&2u64.to_le_bytes()).unwrap();
         macro_rules! req {
-            ($scanner:expr, $policy:expr) => {
+            ($scanner:expr, $carry:expr, $policy:expr) => {
                 DeltaRequest {
                     memfd: &memfd,
                     map: &map,
                     scanner: $scanner,
                     range,
-                    parent: Tip::of_base(&base),
+                    carry: $carry,
                     parent_next_seq: 2,
                     chain: ChainSize {
                         base_bytes: figures.copy.bytes,
@@ -456,9 +481,13 @@ mod tests {
             max_ratio_percent: 100_000,
             max_deltas: 8,
         };
-        let DeltaSnapshot::Written { delta, figures: f } =
-            take_delta(&persister, req!(&mut scanner, big), &mut scratch).unwrap()
-        else {
+        let mut carry = Carry::new(Tip::of_base(&base));
+        let DeltaSnapshot::Written { delta, figures: f } = take_delta(
+            &persister,
+            req!(&mut scanner, &mut carry, big),
+            &mut scratch,
+        )
+        .unwrap() else {
             panic!("a quiet region must give a delta");
         };
         let meta_pages = shmsnap_core::Region::open(map.words())
@@ -469,31 +498,86 @@ mod tests {
         // The meta pages, the one data-ring page of the commit, the three tail pages.
         assert_eq!(f.bytes / PAGE, meta_pages + 1 + 3, "{:?}", delta.runs());
         assert_eq!(f.retained.kept, 2);
+        assert_eq!(f.carried_scans, 0);
         let info = delta.commit().unwrap();
         assert_eq!(info.footer.index, 1);
 
         let back = Memfd::create("back", 1 << 20).unwrap();
         back.seal_against_shrink().unwrap();
-        let report = restore_chain(
-            &persister.target(),
-            &chain_dir(&persister.target()),
-            &back,
-            At::Latest,
-        )
-        .unwrap();
-        assert_eq!(report.listing.deltas.len(), 1);
-        let mut b = [0u8; 8];
-        for p in [2u64, 5, 6] {
+        let restore = || {
+            restore_chain(
+                &persister.target(),
+                &chain_dir(&persister.target()),
+                &back,
+                At::Latest,
+            )
+            .unwrap()
+        };
+        assert_eq!(restore().listing.deltas.len(), 1);
+        let tail_word = |p: u64| {
+            let mut b = [0u8; 8];
             rustix::io::pread(&back, &mut b, tail + p * PAGE).unwrap();
-            assert_eq!(u64::from_le_bytes(b), 0xabc0 + p, "page {p} restored");
+            u64::from_le_bytes(b)
+        };
+        for p in [2u64, 5, 6] {
+            assert_eq!(tail_word(p), 0xabc0 + p, "page {p} restored");
         }
+
+        // An attempt that scans, then is dropped (its pending delta never committed): the
+        // pages its scan reported and cleared stay in the carry, and the next delta onto the
+        // same tip copies them with its own.
+        let mut carry = Carry::new(info.tip());
+        map.words()[((tail + 7 * PAGE) / 8) as usize].store(0xdd07, Ordering::Relaxed);
+        w.commit(&3u64.to_le_bytes()).unwrap();
+        let DeltaSnapshot::Written { delta, .. } = take_delta(
+            &persister,
+            req!(&mut scanner, &mut carry, big),
+            &mut scratch,
+        )
+        .unwrap() else {
+            panic!("a quiet region must give a delta");
+        };
+        drop(delta);
+        assert_eq!(carry.scans(), 1);
+        map.words()[((tail + 9 * PAGE) / 8) as usize].store(0xdd09, Ordering::Relaxed);
+        w.commit(&4u64.to_le_bytes()).unwrap();
+        let DeltaSnapshot::Written { delta, figures: f } = take_delta(
+            &persister,
+            req!(&mut scanner, &mut carry, big),
+            &mut scratch,
+        )
+        .unwrap() else {
+            panic!("a quiet region must give a delta");
+        };
+        assert_eq!(f.carried_scans, 1);
+        let tail_run = |p: u64| {
+            delta
+                .runs()
+                .iter()
+                .any(|r| r.offset <= tail + p * PAGE && tail + (p + 1) * PAGE <= r.end())
+        };
+        assert!(
+            tail_run(7),
+            "the dropped attempt's page: {:?}",
+            delta.runs()
+        );
+        assert!(tail_run(9), "this attempt's page: {:?}", delta.runs());
+        assert_eq!(delta.commit().unwrap().footer.index, 2);
+        assert_eq!(restore().listing.deltas.len(), 2);
+        assert_eq!(tail_word(7), 0xdd07, "the carried page restored");
+        assert_eq!(tail_word(9), 0xdd09);
 
         // With the chain at its delta count limit, the next attempt asks for a base.
         let one = CompactionPolicy {
             max_ratio_percent: 100_000,
             max_deltas: 0,
         };
-        let got = take_delta(&persister, req!(&mut scanner, one), &mut scratch).unwrap();
+        let got = take_delta(
+            &persister,
+            req!(&mut scanner, &mut carry, one),
+            &mut scratch,
+        )
+        .unwrap();
         assert!(
             matches!(
                 got,

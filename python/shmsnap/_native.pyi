@@ -71,6 +71,8 @@ class Status:
     def __init__(self, seq: int = 0, generation: int = 0, replica_seq: int = 0) -> None: ...
     def covers(self, seq: int) -> bool:
         """True if commit ``seq`` is durable (seq 0 always is)."""
+    def replicated(self, seq: int) -> bool:
+        """True if commit ``seq`` is in the host's replica (seq 0 always is)."""
 
 class Region:
     """A shared-memory region: the host's (from_host) or a buffer the program shares (attach)."""
@@ -88,10 +90,15 @@ class Region:
         """What the host has made durable (wait-free)."""
     def wait_persisted(self, seq: int, timeout: Optional[float] = None) -> bool:
         """Blocks (GIL released) until ``seq`` is durable (True) or the timeout (False)."""
+    def wait_replicated(self, seq: int, timeout: Optional[float] = None) -> bool:
+        """Blocks (GIL released) until ``seq`` is in the host's replica (True) or the timeout
+        (False; a host without --replica never replicates)."""
     def request_snapshot(self) -> None:
         """Asks the host for a prompt snapshot."""
     def persisted_async(self, seq: int, timeout: Optional[float] = None) -> Awaitable[bool]:
         """``await``-able ``wait_persisted`` for asyncio (no polling)."""
+    def replicated_async(self, seq: int, timeout: Optional[float] = None) -> Awaitable[bool]:
+        """``await``-able ``wait_replicated`` for asyncio (no polling)."""
     def reclaim(self) -> Optional[int]:
         """Clears the claim of a dead writer process and returns its pid (None: unclaimed).
 

@@ -27,13 +27,15 @@ const SLICE: Duration = Duration::from_secs(1);
 ///
 /// A region holds a queue (`Writer`) or a triple buffer (`TripleClient`), one writer at a
 /// time. Its durability calls say what the host has made durable: `persisted()`,
-/// `wait_persisted(seq, timeout)`, `request_snapshot()` and `await persisted_async(seq)`.
+/// `wait_persisted(seq, timeout)`, `wait_replicated(seq, timeout)`, `request_snapshot()`,
+/// `await persisted_async(seq)` and `await replicated_async(seq)`.
 /// The memory is released (unmapped, or the buffer's export released) when the region and
 /// every Writer/TripleClient on it are gone.
 #[pyclass(frozen, module = "shmsnap")]
 pub(crate) struct Region {
     mem: Arc<Memory>,
-    /// The asyncio waiter (`shmsnap._aio.Waiter`), made at the first `persisted_async`.
+    /// The asyncio waiter (`shmsnap._aio.Waiter`), made at the first `persisted_async` or
+    /// `replicated_async`.
     waiter: PyOnceLock<Py<PyAny>>,
 }
 
@@ -48,6 +50,55 @@ impl Region {
         Region {
             mem: Arc::new(mem),
             waiter: PyOnceLock::new(),
+        }
+    }
+
+    /// The awaitable of ``persisted_async`` (``replicated == false``) and
+    /// ``replicated_async``: ``shmsnap._aio.status_async`` with this region's waiter.
+    fn await_status<'py>(
+        slf: &Bound<'py, Self>,
+        seq: u64,
+        timeout: Option<f64>,
+        replicated: bool,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let py = slf.py();
+        deadline(timeout)?;
+        let aio = py.import("shmsnap._aio")?;
+        let waiter = slf
+            .get()
+            .waiter
+            .get_or_try_init(py, || aio.getattr("Waiter")?.call0().map(Bound::unbind))?;
+        aio.getattr("status_async")?
+            .call1((slf, waiter.bind(py), seq, timeout, replicated))
+    }
+
+    /// The loop of ``wait_persisted`` and ``wait_replicated``: until ``done(status)``
+    /// (``True``) or the timeout (``False``), sleeping in slices of at most [`SLICE`] with the
+    /// GIL released and running the signal handlers between them.
+    fn wait_until(
+        &self,
+        py: Python<'_>,
+        timeout: Option<f64>,
+        done: impl Fn(core_status::Status) -> bool,
+    ) -> PyResult<bool> {
+        let deadline = deadline(timeout)?;
+        let words = self.mem()?.words();
+        loop {
+            // Counter first, status second: a publish after this load changes the counter,
+            // so the sleep below returns at once instead of missing it.
+            let seen = core_status::wake_count(words);
+            if done(core_status::persisted(words)) {
+                return Ok(true);
+            }
+            let left = match deadline {
+                Some(d) => d.saturating_duration_since(Instant::now()),
+                None => SLICE,
+            };
+            if left.is_zero() {
+                return Ok(false);
+            }
+            py.detach(|| linux_status::wait_status_change(words, seen, left.min(SLICE)))?;
+            py.check_signals()?;
         }
     }
 }
@@ -154,25 +205,21 @@ impl Region {
     /// its next interval. Never on the commit path: ``commit`` stays wait-free.
     #[pyo3(signature = (seq, timeout = None))]
     fn wait_persisted(&self, py: Python<'_>, seq: u64, timeout: Option<f64>) -> PyResult<bool> {
-        let deadline = deadline(timeout)?;
-        let words = self.mem()?.words();
-        loop {
-            // Counter first, status second: a publish after this load changes the counter,
-            // so the sleep below returns at once instead of missing it.
-            let seen = core_status::wake_count(words);
-            if core_status::persisted(words).covers(seq) {
-                return Ok(true);
-            }
-            let left = match deadline {
-                Some(d) => d.saturating_duration_since(Instant::now()),
-                None => SLICE,
-            };
-            if left.is_zero() {
-                return Ok(false);
-            }
-            py.detach(|| linux_status::wait_status_change(words, seen, left.min(SLICE)))?;
-            py.check_signals()?;
-        }
+        self.wait_until(py, timeout, |s| s.covers(seq))
+    }
+
+    /// Blocks until commit ``seq`` is in the host's replica (``True``: a point holding it is
+    /// durable in the object store, ``shmsnap run --replica URL``), or ``timeout`` seconds
+    /// pass (``False``; ``None`` waits for ever). The same wait as ``wait_persisted`` (GIL
+    /// released, woken by the host's uploader at every point it put, signals run).
+    ///
+    /// A host without a replica never publishes a replica seq: the wait then ends only at
+    /// the timeout. ``persisted()`` tells the two apart as far as the client can: a ``seq``
+    /// covering the commit with a ``replica_seq`` of 0. Pair it with ``request_snapshot()``:
+    /// the host uploads persisted points only.
+    #[pyo3(signature = (seq, timeout = None))]
+    fn wait_replicated(&self, py: Python<'_>, seq: u64, timeout: Option<f64>) -> PyResult<bool> {
+        self.wait_until(py, timeout, |s| s.replicated(seq))
     }
 
     /// Asks the host for a prompt snapshot (bumps the request word and wakes the host's
@@ -223,15 +270,18 @@ impl Region {
         seq: u64,
         timeout: Option<f64>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let py = slf.py();
-        deadline(timeout)?;
-        let aio = py.import("shmsnap._aio")?;
-        let waiter = slf
-            .get()
-            .waiter
-            .get_or_try_init(py, || aio.getattr("Waiter")?.call0().map(Bound::unbind))?;
-        aio.getattr("persisted_async")?
-            .call1((slf, waiter.bind(py), seq, timeout))
+        Self::await_status(slf, seq, timeout, false)
+    }
+
+    /// ``await region.replicated_async(seq, timeout=None)``: ``wait_replicated`` for asyncio,
+    /// answered by the same helper thread as ``persisted_async``.
+    #[pyo3(signature = (seq, timeout = None))]
+    fn replicated_async<'py>(
+        slf: &Bound<'py, Self>,
+        seq: u64,
+        timeout: Option<f64>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        Self::await_status(slf, seq, timeout, true)
     }
 
     /// The host's wake counter (for ``shmsnap._aio``): load it before ``persisted()``.
@@ -295,6 +345,16 @@ impl From<core_status::Status> for Status {
     }
 }
 
+impl Status {
+    fn core(&self) -> core_status::Status {
+        core_status::Status {
+            seq: self.seq,
+            generation: self.generation,
+            replica_seq: self.replica_seq,
+        }
+    }
+}
+
 #[pymethods]
 impl Status {
     #[new]
@@ -310,12 +370,13 @@ impl Status {
     /// ``True`` if commit ``seq`` is durable: a restore brings back its state or a newer
     /// one. Seq 0 (nothing committed) is always covered.
     fn covers(&self, seq: u64) -> bool {
-        core_status::Status {
-            seq: self.seq,
-            generation: self.generation,
-            replica_seq: self.replica_seq,
-        }
-        .covers(seq)
+        self.core().covers(seq)
+    }
+
+    /// ``True`` if commit ``seq`` is in the host's replica (durable in the object store).
+    /// Seq 0 is always replicated; under a host without a replica, nothing else is.
+    fn replicated(&self, seq: u64) -> bool {
+        self.core().replicated(seq)
     }
 
     fn __repr__(&self) -> String {

@@ -278,7 +278,7 @@ def test_queue_and_triple_regions_are_not_each_other(shm: mmap.mmap) -> None:
 
 # --- durability ----------------------------------------------------------------------------
 
-STATUS_SEQ, STATUS_GEN, STATUS_WAKE, REQUEST = 32, 33, 35, 48
+STATUS_SEQ, STATUS_GEN, REPLICA_SEQ, STATUS_WAKE, REQUEST = 32, 33, 34, 35, 48
 
 
 def test_the_status_is_what_the_host_wrote(shm: mmap.mmap) -> None:
@@ -430,6 +430,76 @@ def test_a_cancelled_persisted_async_leaves_no_thread_behind(shm: mmap.mmap) -> 
     asyncio.run(main())
     # Woken by the cancellation, not by the end of its one-second sleep.
     assert helper_thread_exits(within=0.5)
+
+
+def test_wait_replicated_needs_the_replica_seq_not_the_local_one(shm: mmap.mmap) -> None:
+    region = shmsnap.Region.attach(shm)
+    # Durable locally up to seq 5, nothing in the replica (a host without --replica).
+    set_word(shm, STATUS_GEN, 2)
+    set_word(shm, STATUS_SEQ, 5)
+    s = region.persisted()
+    assert s.covers(5) and s.replicated(0) and not s.replicated(1)
+    assert region.wait_persisted(5, timeout=0)
+    assert region.wait_replicated(0, timeout=0)
+    assert region.wait_replicated(3, timeout=0.1) is False
+    set_word(shm, REPLICA_SEQ, 3)
+    assert region.persisted() == shmsnap.Status(5, 2, 3)
+    assert region.wait_replicated(3, timeout=0) and not region.wait_replicated(4, timeout=0)
+    with pytest.raises(ValueError):
+        region.wait_replicated(1, timeout=-1)
+
+
+def fake_uploader_publishes(shm: mmap.mmap, delay: float, local: int, replica: int) -> int:
+    """A forked process that, after `delay`, publishes local snapshots up to `local` with the
+    replica still at 0, then (after `delay` again) the replica seq `replica`, bumping the wake
+    counter each time (it wakes no futex: waiters find it at their next re-check)."""
+    pid = os.fork()
+    if pid == 0:
+        try:
+            time.sleep(delay)
+            set_word(shm, STATUS_GEN, 1)
+            set_word(shm, STATUS_SEQ, local)
+            set_word(shm, STATUS_WAKE, word(shm, STATUS_WAKE) + 1)
+            time.sleep(delay)
+            set_word(shm, REPLICA_SEQ, replica)
+            set_word(shm, STATUS_WAKE, word(shm, STATUS_WAKE) + 1)
+        finally:
+            os._exit(0)
+    return pid
+
+
+def test_wait_replicated_returns_once_the_uploader_publishes(shm: mmap.mmap) -> None:
+    region = shmsnap.Region.attach(shm)
+    pid = fake_uploader_publishes(shm, 0.2, 9, 3)
+    try:
+        assert region.wait_replicated(3, timeout=10)
+        assert region.persisted().replica_seq == 3
+        # Durable locally up to 9, not replicated beyond 3.
+        assert region.wait_replicated(4, timeout=0.1) is False
+    finally:
+        os.waitpid(pid, 0)
+
+
+def test_replicated_async_completes_when_the_uploader_publishes(shm: mmap.mmap) -> None:
+    region = shmsnap.Region.attach(shm)
+    pid = fake_uploader_publishes(shm, 0.2, 9, 3)
+
+    async def main() -> list[bool]:
+        at_once = await region.replicated_async(0)
+        return [at_once] + list(
+            await asyncio.gather(
+                region.replicated_async(3, timeout=10),
+                region.persisted_async(9, timeout=10),
+                # Durable locally (seq 9 covers it), never replicated: must time out.
+                region.replicated_async(4, timeout=2.5),
+            )
+        )
+
+    try:
+        assert asyncio.run(main()) == [True, True, True, False]
+    finally:
+        os.waitpid(pid, 0)
+    assert helper_thread_exits()
 
 
 # --- fork ----------------------------------------------------------------------------------

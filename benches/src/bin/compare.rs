@@ -900,15 +900,18 @@ fn starvation_rows(opts: &Opts, dir: &std::path::Path, r: &mut Report) {
         r.out,
         "Starvation: a thread commits {} KiB payloads flat out into a 64-entry ring ({} MiB data \
          ring) of a 64 MiB fully touched region; {n} snapshot attempts back to back (incremental: \
-         the chain's base taken before the committer starts).\n\n\
+         the chain's base taken before the committer starts, then deltas, each carrying the scans \
+         of the starved attempts before it).\n\n\
          | snapshots | attempts | persisted | of which deltas | starved | kept entries (mean per persisted) | commits during the run | time |\n\
          |---|---:|---:|---:|---:|---:|---:|---:|",
         incremental::STARVE_PAYLOAD >> 10,
         incremental::STARVE_RING >> 20,
     );
+    let mut notes = Vec::new();
     for incremental in [false, true] {
         eprintln!("incremental: starvation, incremental = {incremental}");
         let s = incremental::starvation(dir, n, incremental).expect("starvation run");
+        notes.push(starvation_note(incremental, &s));
         if incremental {
             r.issue27
                 .ratio("starve", s.persisted as f64 / s.attempts.max(1) as f64);
@@ -928,6 +931,34 @@ fn starvation_rows(opts: &Opts, dir: &std::path::Path, r: &mut Report) {
         );
     }
     let _ = writeln!(r.out);
+    for note in notes {
+        let _ = writeln!(r.out, "- {note}");
+    }
+    let _ = writeln!(r.out);
+}
+
+/// Where the starved attempts of one starvation row went: how long their copies took and how
+/// many commits (of a 64-entry ring) landed meanwhile, against the persisted attempts' copies.
+fn starvation_note(incremental: bool, s: &incremental::Starvation) -> String {
+    let per = |d: std::time::Duration, n: u64| d.as_secs_f64() * 1e3 / n.max(1) as f64;
+    let mut note = format!(
+        "{}: {} starved ({} deltas, {} bases): mean copy {:.1} ms, mean {:.0} commits during it \
+         (the ring holds 64); persisted: mean copy {:.1} ms",
+        if incremental { "incremental" } else { "full" },
+        s.starved,
+        s.starved_deltas,
+        s.starved - s.starved_deltas,
+        per(s.starved_copy, s.starved),
+        s.starved_commits as f64 / s.starved.max(1) as f64,
+        per(s.persisted_copy, s.persisted),
+    );
+    if s.starved_deltas > 0 {
+        note += &format!(
+            "; a starved delta's carry held {:.1} MiB on average",
+            s.starved_carry_bytes as f64 / s.starved_deltas as f64 / f64::from(1 << 20)
+        );
+    }
+    note
 }
 
 /// Upload and restore of a 256 MiB snapshot through an in-process S3 server (issues 14, 21),

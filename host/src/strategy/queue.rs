@@ -8,6 +8,9 @@
 //! delta with a scan only once [`track::prove`] showed no store can bypass the tracked mapping;
 //! otherwise it is a base (counted in `shmsnap_incremental_unproven_total{reason}`). The rules
 //! and why they make a delta sound: docs/DESIGN.md §5 and §11 ("Who can write the region").
+//! A delta attempt that starved keeps its scan in the chain's [`Carry`]: the next delta onto
+//! the same tip copies the union of every complete scan since the tip's image (DESIGN §11,
+//! "An attempt that is not kept"), instead of a base that would starve in turn.
 //! Deltas whose base left the kept generations are removed only after a base is durable
 //! ([`chain::remove_superseded`]).
 
@@ -23,7 +26,7 @@ use shmsnap_linux::persist::Persister;
 use shmsnap_linux::snapshot;
 use shmsnap_linux::take::{take_queue, Figures, QueueSnapshot, Scratch, Skip, Starved};
 use shmsnap_linux::take_delta::{
-    take_delta, ChainSize, DeltaFigures, DeltaRequest, DeltaSnapshot, PendingDelta,
+    take_delta, Carry, ChainSize, DeltaFigures, DeltaRequest, DeltaSnapshot, PendingDelta,
 };
 use shmsnap_linux::track::{self, Advertisement, Census, FileId, Scanner, TrackedRange};
 use shmsnap_linux::{Mapping, Memfd};
@@ -44,9 +47,11 @@ pub struct Queue {
     told_empty: bool,
     /// The compaction policy; `None`: full bases only (`--incremental off`).
     policy: Option<CompactionPolicy>,
-    /// The chain this host may extend with a delta. Invariant: `Some` only right after this
-    /// host made `tip` durable and while nothing but the client wrote the region since;
-    /// taken (`None`) by every attempt that does not end in a durable snapshot.
+    /// The chain this host may extend with a delta. Invariant: `Some` only while this host
+    /// made its tip durable, nothing but the client wrote the region since, and its carry
+    /// holds every complete scan since the tip's image (then `tracking.vouched` is `Some`);
+    /// taken (`None`) by every attempt that ends neither in a durable snapshot nor in a kept
+    /// carry (a starved or skipped delta attempt whose registration held).
     chain: Option<Chain>,
     /// Write tracking of the current client process.
     tracking: Option<Tracking>,
@@ -63,10 +68,11 @@ pub struct Queue {
 const RETRY_UNPROVEN: Duration = Duration::from_secs(10);
 
 /// The chain on disk, as this host last made it durable.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Chain {
-    /// Its newest link.
-    tip: Tip,
+    /// The pages scanned since its newest link's image by attempts that committed nothing;
+    /// [`Carry::tip`] is that link.
+    carry: Carry,
     /// Bytes of data the base's copy moved.
     base_bytes: u64,
     /// Deltas after the base.
@@ -84,9 +90,9 @@ struct Tracking {
     pid: Pid,
     /// Its `/proc/PID/pagemap`.
     scanner: Scanner,
-    /// The advertisement of the scan that preceded the last durable snapshot; `None` when the
-    /// last attempt did not end in one (the next snapshot must then be a base). Invariant:
-    /// `Some(a)` only while `proof` holds for `a`.
+    /// The advertisement of the scan that preceded the last durable snapshot, and of every
+    /// scan carried since; `None` when an attempt could not vouch for its scan (the next
+    /// snapshot must then be a base). Invariant: `Some(a)` only while `proof` holds for `a`.
     vouched: Option<Advertisement>,
     /// The proof (or its failure) for the registration last armed.
     proof: Option<Proof>,
@@ -179,7 +185,7 @@ fn read_advert(map: &Mapping) -> Result<Advertisement, String> {
 /// `true` if `chain`'s tip is still what is on disk: the base file carries its generation and
 /// image CRC and, for a delta tip, the delta file exists.
 fn on_disk(persister: &Persister, chain: &Chain) -> bool {
-    let tip = chain.tip;
+    let tip = chain.carry.tip();
     let base_ok = snapshot::read_footer_path(&persister.target()).is_ok_and(|i| {
         i.meta.generation == tip.base_generation && i.image_crc == tip.base_image_crc
     });
@@ -236,7 +242,7 @@ impl Strategy for Queue {
         let cause = match self.plan(&cx) {
             Plan::Delta(range, advert) => match self.delta(&cx, range, advert) {
                 Ok(outcome) => return Ok(outcome),
-                // The attempt scanned: only a base (with a new scan) is sound now.
+                // A rebase, or a failure: a base now (with a new scan), which drops the chain.
                 Err(cause) => {
                     let again = self.tracked(&cx).ok();
                     return self.base(&cx, again, cause);
@@ -304,8 +310,9 @@ impl Queue {
         range: TrackedRange,
         advert: Advertisement,
     ) -> Result<Outcome, String> {
-        // Taken: whatever happens below, only a committed delta puts them back.
-        let (Some(chain), Some(t), Some(policy)) =
+        // Taken: only a committed delta, or an attempt whose scan the carry keeps, puts them
+        // back.
+        let (Some(mut chain), Some(t), Some(policy)) =
             (self.chain.take(), self.tracking.as_mut(), self.policy)
         else {
             return Err("no chain to extend".into());
@@ -316,7 +323,7 @@ impl Queue {
             map: cx.map,
             scanner: &mut t.scanner,
             range,
-            parent: chain.tip,
+            carry: &mut chain.carry,
             parent_next_seq: chain.next_seq,
             chain: ChainSize {
                 base_bytes: chain.base_bytes,
@@ -328,9 +335,19 @@ impl Queue {
         };
         let (pending, f) = match take_delta(cx.persister, req, &mut self.scratch) {
             Ok(DeltaSnapshot::Written { delta, figures }) => (delta, figures),
-            Ok(DeltaSnapshot::Skipped(s)) => return Ok(self.skipped(s)),
-            Ok(DeltaSnapshot::Starved(s)) => return Ok(starved(s)),
+            // Skipped before its scan (nothing changed) or starved after it (the carry holds
+            // the scan): the chain goes on.
+            Ok(DeltaSnapshot::Skipped(s)) => {
+                self.keep(cx, chain, advert);
+                return Ok(self.skipped(s));
+            }
+            Ok(DeltaSnapshot::Starved(s)) => {
+                self.keep(cx, chain, advert);
+                return Ok(starved(s));
+            }
+            // A base now (which drops the chain).
             Ok(DeltaSnapshot::Rebase(r)) => return Err(r.to_string()),
+            // A base now, as after any failure (it drops the chain).
             Err(e) => return Err(e.to_string()),
         };
         if read_advert(cx.map).ok() != Some(advert) {
@@ -352,7 +369,7 @@ impl Queue {
             .map_err(|e| format!("the delta could not be committed: {e}"))?;
         let tip = info.tip();
         self.chain = Some(Chain {
-            tip,
+            carry: Carry::new(tip),
             deltas: chain.deltas + 1,
             delta_bytes: chain.delta_bytes.saturating_add(f.bytes),
             next_seq: f.retained.hints.next_seq,
@@ -366,6 +383,7 @@ impl Queue {
         self.last_base_cause = None;
         debug!(
             written_pages = f.written_pages,
+            carried_scans = f.carried_scans,
             runs = f.runs,
             scan_ms = f.scan_time.as_secs_f64() * 1e3,
             "delta {} written",
@@ -399,6 +417,8 @@ impl Queue {
         scan: Option<(TrackedRange, Advertisement)>,
         cause: String,
     ) -> io::Result<Outcome> {
+        // A base attempt that commits nothing drops the chain (its arming scan is not carried:
+        // a base is taken when the chain cannot be extended anyway, DESIGN §11).
         self.chain = None;
         if self.last_base_cause.as_ref() != Some(&cause) {
             if self.policy.is_some() {
@@ -523,7 +543,7 @@ impl Queue {
             return;
         }
         self.chain = Some(Chain {
-            tip: Tip::of_base(&f.info),
+            carry: Carry::new(Tip::of_base(&f.info)),
             base_bytes: f.copy.bytes,
             deltas: 0,
             delta_bytes: 0,
@@ -536,7 +556,27 @@ impl Queue {
         }
     }
 
-    /// The outcome of a skipped attempt (the next snapshot is a base: `chain` was taken).
+    /// After a delta attempt that committed nothing and whose complete scan (if it ran)
+    /// `chain`'s carry now holds: the chain goes on (the next snapshot may be a delta onto its tip) if the
+    /// client's registration is still the one the scan was made under; otherwise it is
+    /// dropped and the next snapshot is a base.
+    fn keep(&mut self, cx: &Cx<'_>, chain: Chain, advert: Advertisement) {
+        let Some(t) = self.tracking.as_mut() else {
+            return;
+        };
+        if read_advert(cx.map).ok() != Some(advert) {
+            return;
+        }
+        debug!(
+            carried_scans = chain.carry.scans(),
+            carried_bytes = chain.carry.bytes(),
+            "the attempt committed nothing: its scan is carried into the next delta"
+        );
+        t.vouched = Some(advert);
+        self.chain = Some(chain);
+    }
+
+    /// The outcome of a skipped attempt.
     fn skipped(&mut self, skip: Skip) -> Outcome {
         match skip {
             Skip::NoEntries { hints } => {

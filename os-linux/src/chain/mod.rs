@@ -67,7 +67,9 @@
 //! [`DeltaInfo::tip`] the next delta chains onto. It takes a full base instead (then
 //! `Tip::of_base` and [`remove_superseded`]) whenever tracking cannot vouch for a page, when
 //! [`CompactionPolicy::decide`] says so, or when a commit fails (e.g.
-//! [`ChainErrorKind::Occupied`]): a wrong delta is data loss, a full base is only slower. At
+//! [`ChainErrorKind::Occupied`]): a wrong delta is data loss, a full base is only slower. A
+//! delta attempt that starves is not a reason for a base: its scan is carried into
+//! the next delta ([`Carry`](crate::take_delta::Carry)). At
 //! start it restores with [`restore_chain`] (newest base first, falling back to older
 //! generations on [`ChainErrorKind::Base`]); `shmsnap restore` is [`materialize`] into an
 //! [`AtomicFile`](crate::atomic_file::AtomicFile). docs/DESIGN.md §11 says why each step is

@@ -76,6 +76,17 @@ pub fn median(mut s: Vec<f64>) -> f64 {
     }
 }
 
+/// The `q`-quantile (0..=1) of `s` by nearest rank (`NaN` for no samples): the value at or
+/// below which a fraction `q` of the samples lie.
+pub fn quantile(mut s: Vec<f64>, q: f64) -> f64 {
+    if s.is_empty() {
+        return f64::NAN;
+    }
+    s.sort_by(f64::total_cmp);
+    let rank = (q.clamp(0.0, 1.0) * s.len() as f64).ceil() as usize;
+    s[rank.clamp(1, s.len()) - 1]
+}
+
 /// Formats nanoseconds with a unit a reader can compare at a glance.
 pub fn fmt_ns(ns: f64) -> String {
     if ns < 1e3 {

@@ -7,6 +7,8 @@
 
 use std::fmt::Write as _;
 
+use crate::report::fmt_ns;
+
 /// The bound a row is checked against.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Bound {
@@ -14,6 +16,13 @@ pub enum Bound {
     AtMost(f64),
     /// The ratio must be at least this.
     AtLeast(f64),
+    /// A latency distribution: median and 99th percentile at most these (nanoseconds).
+    Percentiles {
+        /// Bound on the median.
+        p50: f64,
+        /// Bound on the 99th percentile.
+        p99: f64,
+    },
     /// No target (the issue lists the figure for reference).
     None,
 }
@@ -23,6 +32,9 @@ impl Bound {
         match self {
             Bound::AtMost(b) => format!("≤ {b}x"),
             Bound::AtLeast(b) => format!("≥ {b}x"),
+            Bound::Percentiles { p50, p99 } => {
+                format!("p50 ≤ {}, p99 ≤ {}", fmt_ns(p50), fmt_ns(p99))
+            }
             Bound::None => "—".into(),
         }
     }
@@ -32,7 +44,7 @@ impl Bound {
         match self {
             Bound::AtMost(b) => Some(ratio <= b),
             Bound::AtLeast(b) => Some(ratio >= b),
-            Bound::None => None,
+            Bound::Percentiles { .. } | Bound::None => None,
         }
     }
 }
@@ -46,6 +58,8 @@ enum Outcome {
     Ratio(f64),
     /// A figure without a bound (printed as given).
     Value(String),
+    /// A latency distribution's median and 99th percentile (nanoseconds).
+    Percentiles(f64, f64),
 }
 
 /// One row of the issue's table.
@@ -76,7 +90,7 @@ const ROWS: [(&str, &str, Bound, &str); 13] = [
     ("snapshot-16", "snapshot 16 MiB, 1/16 touched: ours / raw", Bound::AtMost(1.2), "the snapshot section did not run (--only)"),
     ("snapshot-256", "snapshot 256 MiB, 1/16 touched: ours / raw", Bound::AtMost(1.2), "the snapshot section did not run (--only)"),
     ("ack-idle", "commit → acknowledged (durable), request + wait, idle fixture", Bound::None, "the durable section did not run (--only)"),
-    ("ack-busy", "same, independent client committing ~1 M/s and requesting every 5 ms: p50 ≤ 3 ms, p99 ≤ 10 ms", Bound::None, "no fixture here runs a busy writer beside the acknowledging client (the durable fixture is idle; that bench row belongs to the acknowledgement work of issue 27)"),
+    ("ack-busy", "same, a writer committing ~1 M/s beside the acknowledging client, which requests and waits every 5 ms", Bound::Percentiles { p50: 3e6, p99: 10e6 }, "the durable section did not run (--only)"),
     ("starve", "incremental, flat-out 512 KiB commits into a 64-entry ring: persisted / attempts (issue: ≥ 9 of 12)", Bound::AtLeast(0.75), "the incremental section did not run (--only)"),
 ];
 
@@ -126,11 +140,23 @@ impl Issue27 {
         self.row(key).outcome = Outcome::Value(value);
     }
 
+    /// Records the median and 99th percentile (nanoseconds) measured for row `key`.
+    ///
+    /// # Panics
+    ///
+    /// If `key` names no row.
+    pub fn percentiles(&mut self, key: &str, p50: f64, p99: f64) {
+        self.row(key).outcome = Outcome::Percentiles(p50, p99);
+    }
+
     /// `Some(met)` for a measured row with a bound.
     pub fn met(&self, key: &str) -> Option<bool> {
         let r = self.rows.iter().find(|r| r.key == key)?;
-        match r.outcome {
-            Outcome::Ratio(x) => r.bound.check(x),
+        match (r.outcome.clone(), r.bound) {
+            (Outcome::Ratio(x), b) => b.check(x),
+            (Outcome::Percentiles(p50, p99), Bound::Percentiles { p50: b50, p99: b99 }) => {
+                Some(p50 <= b50 && p99 <= b99)
+            }
             _ => None,
         }
     }
@@ -144,14 +170,11 @@ impl Issue27 {
             let (measured, verdict) = match &r.outcome {
                 Outcome::NotMeasured(why) => ("—".to_string(), format!("not measured here: {why}")),
                 Outcome::Value(v) => (v.clone(), "no target".to_string()),
-                Outcome::Ratio(x) => (
-                    format!("{x:.2}x"),
-                    match r.bound.check(*x) {
-                        Some(true) => "met".to_string(),
-                        Some(false) => "**NOT met**".to_string(),
-                        None => "no target".to_string(),
-                    },
+                Outcome::Percentiles(p50, p99) => (
+                    format!("p50 {}, p99 {}", fmt_ns(*p50), fmt_ns(*p99)),
+                    verdict(self.met(r.key)),
                 ),
+                Outcome::Ratio(x) => (format!("{x:.2}x"), verdict(r.bound.check(*x))),
             };
             let _ = writeln!(
                 out,
@@ -161,6 +184,14 @@ impl Issue27 {
             );
         }
         out
+    }
+}
+
+fn verdict(met: Option<bool>) -> String {
+    match met {
+        Some(true) => "met".to_string(),
+        Some(false) => "**NOT met**".to_string(),
+        None => "no target".to_string(),
     }
 }
 
@@ -184,5 +215,15 @@ mod tests {
         assert!(md.contains("| commit 64 B hot: ours / memcpy | 3.40x | ≤ 3x | **NOT met** |"));
         assert!(md.contains("| 1.3 ms | — | no target |"));
         assert!(md.contains("not measured here: the snapshot section did not run"));
+        // A latency row is met only if both percentiles are within their bounds.
+        t.percentiles("ack-busy", 2.5e6, 11e6);
+        assert_eq!(t.met("ack-busy"), Some(false));
+        assert!(t
+            .markdown()
+            .contains("| p50 2.5 ms, p99 11.0 ms | p50 ≤ 3.0 ms, p99 ≤ 10.0 ms | **NOT met** |"));
+        t.percentiles("ack-busy", 2.5e6, 9e6);
+        assert_eq!(t.met("ack-busy"), Some(true));
+        t.percentiles("ack-busy", 3.5e6, 9e6);
+        assert_eq!(t.met("ack-busy"), Some(false));
     }
 }

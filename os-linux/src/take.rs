@@ -1,9 +1,9 @@
 //! One queue snapshot of a live region: the order of the pre/copy/post sandwich in one place.
 //!
 //! ```text
+//! temp file    = Persister::begin()               (before pre: outside the sandwich)
 //! hints_before = live hints                       (the caller's "changed since?" mark)
 //! pre          = PreCopy::read: valid descriptors of the live region (a stamp)
-//! temp file    = Persister::begin()
 //! sparse copy of the memfd into the temp file     (copy_sparse)
 //! finish       = Acquire fence, post = valid descriptors again, live next_seq,
 //!                retain: keep pre ∩ post in the copied meta pages, fix the hints
@@ -144,6 +144,12 @@ pub fn take_queue<'p>(
     } = scratch;
     let len = memfd.len()?;
 
+    // The temp file first: everything between `pre` and `post` is time in which the writer
+    // may overwrite every entry of `pre` (a starved attempt), and creating a file in the
+    // state directory is a file-system operation that can wait behind others (issue 27,
+    // acknowledgements under load). Only the copy belongs inside the sandwich; a skipped
+    // attempt drops the file (its guard removes it).
+    let tmp = persister.begin()?;
     let hints_before = region.hints();
     let stamp = PreCopy::read(&region, pre, post).map_err(io::Error::other)?;
     if stamp.pre().valid() == 0 {
@@ -151,7 +157,6 @@ pub fn take_queue<'p>(
             hints: hints_before,
         }));
     }
-    let tmp = persister.begin()?;
     let t = Instant::now();
     let copy = copy_sparse(memfd, tmp.file(), len)?;
     let copy_time = t.elapsed();
@@ -246,6 +251,14 @@ mod tests {
             matches!(got, QueueSnapshot::Skipped(Skip::NoEntries { .. })),
             "{got:?}"
         );
+        // The temp file is made before `pre`; a skipped attempt leaves none behind.
+        drop(got);
+        let temps: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .filter(|n| n.to_string_lossy().contains(".tmp"))
+            .collect();
+        assert!(temps.is_empty(), "left behind: {temps:?}");
         for i in 0..3u64 {
             w.commit(&i.to_le_bytes()).unwrap();
         }

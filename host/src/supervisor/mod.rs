@@ -59,8 +59,9 @@ pub enum Event {
     Signal(i32),
     /// A snapshot request finished (from the snapshot thread).
     Snapshot(Done),
-    /// The client bumped its snapshot-request word (from the request watcher, DESIGN §14).
-    ClientRequest,
+    /// The client bumped its snapshot-request word (from the request watcher, DESIGN §14),
+    /// seen by the watcher at this instant (the hop times are logged at debug).
+    ClientRequest(Instant),
     /// The replica's lease is this run's no more (from the lease thread, DESIGN §12).
     LeaseLost(crate::replica::keeper::Loss),
 }
@@ -130,7 +131,13 @@ impl Supervisor {
             let flow = match self.events.recv_timeout(wait) {
                 Ok(Event::Signal(SIGCHLD)) => self.on_sigchld()?,
                 Ok(Event::Signal(SIGUSR1)) => self.snapshot_now(Why::Usr1)?,
-                Ok(Event::ClientRequest) => self.snapshot_now(Why::ClientRequest)?,
+                Ok(Event::ClientRequest(seen)) => {
+                    debug!(
+                        watcher_to_loop_us = seen.elapsed().as_micros(),
+                        "client request"
+                    );
+                    self.snapshot_now(Why::ClientRequest)?
+                }
                 Ok(Event::Signal(sig)) => self.on_stop(sig),
                 Ok(Event::Snapshot(done)) => self.on_snapshot(done)?,
                 Ok(Event::LeaseLost(loss)) => self.on_lease_lost(loss),
@@ -301,7 +308,7 @@ impl Supervisor {
         self.notifier.replace_fd(&memfd, &self.spec.fd_name);
         let requests = self.requests.clone();
         self.watcher = crate::durable::watch_requests(&memfd, self.status_area, move || {
-            requests.send(Event::ClientRequest).is_ok()
+            requests.send(Event::ClientRequest(Instant::now())).is_ok()
         })
         .map_err(|e| Failure::new(Code::OsErr, format!("cannot start the request thread: {e}")))?;
         if let Ok(len) = memfd.len() {

@@ -255,7 +255,9 @@ fn event_sources(
     signal_thread(tx.clone())?;
     let requests = tx.clone();
     let watcher = crate::durable::watch_requests(snap.memfd(), status_area, move || {
-        requests.send(Event::ClientRequest).is_ok()
+        requests
+            .send(Event::ClientRequest(std::time::Instant::now()))
+            .is_ok()
     })
     .map_err(|e| Failure::new(Code::OsErr, format!("cannot start the request thread: {e}")))?;
     Ok((tx, events, watcher))

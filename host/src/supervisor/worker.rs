@@ -3,7 +3,9 @@
 //!
 //! At most one request is with the thread at a time. Requests made meanwhile are merged into
 //! one pending request, sent when the result of the running one comes back: a snapshot asked
-//! for during a copy is taken after that copy, never skipped, and never more than once.
+//! for during a copy is taken after that copy, never skipped, and never more than once. A
+//! starved attempt that someone waits for (a client's request, SIGUSR1) is retried at once,
+//! at most [`STARVED_RETRIES`] times ([`run_job`]).
 //!
 //! The thread records every attempt in the [`Metrics`] and publishes when the attempt it is
 //! in started ([`Worker::busy_since`]), so the event loop withholds systemd watchdog pings
@@ -17,7 +19,7 @@ use std::time::Instant;
 
 use rustix::process::Pid;
 
-use tracing::error;
+use tracing::{debug, error};
 
 use shmsnap_linux::Memfd;
 
@@ -103,7 +105,8 @@ pub struct Done {
 /// The event loop's handle on the snapshot thread.
 #[derive(Debug)]
 pub struct Worker {
-    jobs: Sender<Job>,
+    /// Each job with the instant it was sent (the hop to the thread is logged at debug).
+    jobs: Sender<(Job, Instant)>,
     thread: JoinHandle<()>,
     /// See [`BusySince`].
     busy_since: BusySince,
@@ -125,15 +128,27 @@ impl Worker {
         events: Sender<E>,
         metrics: Metrics,
     ) -> Result<Self, Failure> {
-        let (jobs, rx) = mpsc::channel::<Job>();
+        let (jobs, rx) = mpsc::channel::<(Job, Instant)>();
         let busy_since = BusySince::default();
         let busy = busy_since.clone();
         let thread = std::thread::Builder::new()
             .name("snapshot".into())
             .spawn(move || {
-                for job in rx {
-                    set_busy(&busy, Some(Instant::now()));
-                    metrics.record_snapshot(&run_one(&mut snap, job));
+                for (job, sent) in rx {
+                    let start = Instant::now();
+                    set_busy(&busy, Some(start));
+                    let attempts = run_job(job, || {
+                        let record = run_one(&mut snap, job);
+                        metrics.record_snapshot(&record);
+                        record.result == Some(SnapshotResult::Starved)
+                    });
+                    debug!(
+                        why = job.why.label(),
+                        loop_to_worker_us = start.saturating_duration_since(sent).as_micros(),
+                        attempts,
+                        job_us = start.elapsed().as_micros(),
+                        "snapshot job done"
+                    );
                     after_exit(&mut snap, job);
                     set_busy(&busy, None);
                     let done = Done {
@@ -173,7 +188,7 @@ impl Worker {
             return Ok(());
         }
         self.jobs
-            .send(job)
+            .send((job, Instant::now()))
             .map_err(|_| Failure::new(Code::Software, "the snapshot thread stopped"))?;
         self.busy = true;
         Ok(())
@@ -236,6 +251,26 @@ fn after_exit(snap: &mut Snapshotter, job: Job) {
     // cannot be mapped writable again). A stopping host leaves it to the next host, which
     // clears it at start.
     snap.reclaim_claim();
+}
+
+/// How many times a starved attempt made for a waiting request (a client's request word,
+/// SIGUSR1) is retried at once, in a row, before the job ends (DESIGN §14, "Prompt
+/// snapshots"). Bounded: a ring too small for one copy's worth of commits starves every
+/// attempt (the warning says how to size it), and the host must not spin on it.
+pub const STARVED_RETRIES: u32 = 3;
+
+/// Runs `attempt` (one snapshot attempt; `true` if it starved) for `job`: once, and again at
+/// once after a starved attempt while someone waits for this snapshot ([`Why::Usr1`],
+/// [`Why::ClientRequest`]), at most [`STARVED_RETRIES`] times. Returns the number of
+/// attempts. Before, a starved request waited for the next request or interval tick — under
+/// a busy writer, up to `--interval` (issue 27's acknowledgements under load).
+fn run_job(job: Job, mut attempt: impl FnMut() -> bool) -> u32 {
+    let waited_for = matches!(job.why, Why::Usr1 | Why::ClientRequest);
+    let mut attempts = 1;
+    while attempt() && waited_for && attempts <= STARVED_RETRIES {
+        attempts += 1;
+    }
+    attempts
 }
 
 /// Runs one request and says what it did for the metrics; a panic is logged (and counted as
@@ -304,7 +339,7 @@ mod tests {
     use super::*;
 
     /// A worker whose jobs go to the returned receiver instead of a snapshot thread.
-    fn fake() -> (Worker, mpsc::Receiver<Job>) {
+    fn fake() -> (Worker, mpsc::Receiver<(Job, Instant)>) {
         let (jobs, rx) = mpsc::channel();
         let worker = Worker {
             jobs,
@@ -327,7 +362,7 @@ mod tests {
         };
         w.request(tick).unwrap();
         assert_eq!(
-            rx.try_recv(),
+            rx.try_recv().map(|(j, _)| j),
             Ok(tick),
             "an idle worker gets the job at once"
         );
@@ -352,7 +387,7 @@ mod tests {
         assert!(w.busy());
         w.finished().unwrap();
         assert_eq!(
-            rx.try_recv(),
+            rx.try_recv().map(|(j, _)| j),
             Ok(Job {
                 why: Why::ClientExited,
                 client_alive: false,
@@ -365,6 +400,46 @@ mod tests {
         w.finished().unwrap();
         assert!(!w.busy());
         assert!(rx.try_recv().is_err());
+    }
+
+    #[test]
+    fn a_starved_attempt_someone_waits_for_is_retried_at_once_and_bounded() {
+        let job = |why| Job {
+            why,
+            client_alive: true,
+            client: None,
+            stopping: false,
+        };
+        // Starves twice, then persists: a waited-for request gets its snapshot in this job.
+        for why in [Why::ClientRequest, Why::Usr1] {
+            let mut calls = 0;
+            let n = run_job(job(why), || {
+                calls += 1;
+                calls <= 2
+            });
+            assert_eq!((n, calls), (3, 3), "{why:?}");
+        }
+        // A ring that starves every attempt: at most 1 + STARVED_RETRIES attempts, no spin.
+        let mut calls = 0;
+        let n = run_job(job(Why::ClientRequest), || {
+            calls += 1;
+            true
+        });
+        assert_eq!((n, calls), (1 + STARVED_RETRIES, 1 + STARVED_RETRIES));
+        // Nobody waits for an interval tick or a final snapshot: one attempt, as before.
+        for why in [Why::Interval, Why::ClientExited] {
+            let mut calls = 0;
+            assert_eq!(
+                run_job(job(why), || {
+                    calls += 1;
+                    true
+                }),
+                1,
+                "{why:?}"
+            );
+        }
+        // A persisted attempt ends the job.
+        assert_eq!(run_job(job(Why::ClientRequest), || false), 1);
     }
 
     #[test]

@@ -483,16 +483,58 @@ fn a_starved_attempt_is_followed_by_a_delta_carrying_its_scan() {
         "no attempt starved under the flat-out committer:\n{}",
         rig.host.err.text()
     );
+    // A starved attempt that SIGUSR1 waits for is retried at once, at most 3 times
+    // (`supervisor::worker::STARVED_RETRIES`): wait for that job to end — a retry persisted,
+    // or all 1 + 3 attempts starved — so that the next SIGUSR1's line is its own. The loop
+    // above stopped at the first starved attempt: the first starved line is that job's.
+    let starved_at = rig
+        .host
+        .err
+        .all()
+        .iter()
+        .position(|l| l.contains("snapshot starved (SIGUSR1)"))
+        .expect("the starved line");
+    poll(SLOW, || {
+        let lines = rig.host.err.all();
+        let after = &lines[starved_at..];
+        let persisted = after
+            .iter()
+            .any(|l| l.contains("snapshot persisted (SIGUSR1)"));
+        let starved = after
+            .iter()
+            .filter(|l| l.contains("snapshot starved (SIGUSR1)"))
+            .count();
+        (persisted || starved >= 4).then_some(())
+    })
+    .unwrap_or_else(|| panic!("the starved job did not end:\n{}", rig.host.err.text()));
     rig.cmd("w 50 200");
     let line = rig.snapshot();
-    index += 1;
+    // Every snapshot since the starved attempt (a retry's, then this one) is a delta onto the
+    // same chain; the first of them carries the starved attempt's scan.
+    let since: Vec<String> = rig.host.err.all()[starved_at..]
+        .iter()
+        .filter(|l| l.contains("snapshot persisted (SIGUSR1)"))
+        .cloned()
+        .collect();
+    let carrying = index + 1;
+    for (i, l) in since.iter().enumerate() {
+        assert!(
+            l.contains(&format!("point=delta {} of base 1", carrying + i as u64)),
+            "the snapshots after a starved attempt must be deltas onto the same chain: {l}\n{}",
+            rig.host.err.text()
+        );
+    }
+    index += since.len() as u64;
     assert!(
         line.contains(&format!("point=delta {index} of base 1")),
-        "the snapshot after a starved attempt must be a delta onto the same chain: {line}\n{}",
-        rig.host.err.text()
+        "{line}"
     );
-    let path = chain::chain_dir(&rig.state).join(chain::delta_name(1, index));
-    let (_, runs) = chain::read_delta(fs::File::open(&path).unwrap()).unwrap();
+    let runs_of = |i: u64| {
+        let path = chain::chain_dir(&rig.state).join(chain::delta_name(1, i));
+        chain::read_delta(fs::File::open(&path).unwrap()).unwrap().1
+    };
+    let carried_runs = runs_of(carrying);
+    let runs = runs_of(index);
     let (client, _) = rig.ready(None);
     let full = full_snapshot_of(client, tmp.path());
     let tail = shmsnap_core::Layout::read_bytes(&full)
@@ -506,13 +548,20 @@ fn a_starved_attempt_is_followed_by_a_delta_carrying_its_scan() {
         "base + {index} deltas differ from a full snapshot of the same region at byte {:?}",
         chain_image.iter().zip(&full).position(|(a, b)| a != b)
     );
-    for p in carried_pages.iter().chain([&200]) {
+    let holds = |runs: &[chain::Run], p: u64| {
         let at = tail + p * PAGE;
+        runs.iter()
+            .any(|r| r.offset <= at && at + PAGE <= r.offset + r.len)
+    };
+    for &p in &carried_pages {
         assert!(
-            runs.iter()
-                .any(|r| r.offset <= at && at + PAGE <= r.offset + r.len),
-            "the delta must carry tail page {p} (written before the starved attempt's scan): \
-             {runs:?}"
+            holds(&carried_runs, p),
+            "delta {carrying} must carry tail page {p} (written before the starved attempt's \
+             scan): {carried_runs:?}"
         );
     }
+    assert!(
+        holds(&runs, 200),
+        "delta {index} must hold page 200: {runs:?}"
+    );
 }

@@ -18,7 +18,7 @@ mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use common::s3::S3Server;
 use common::*;
@@ -130,6 +130,12 @@ fn parse_point(s: &str) -> Option<PointId> {
 fn started_from(line: &str) -> Option<PointId> {
     let rest = line.split(" holds ").nth(1)?;
     parse_point(rest.trim_start_matches("its "))
+}
+
+/// The snapshot time `T` of a `caught up: … (taken T)` line.
+fn taken(line: &str) -> Option<SystemTime> {
+    let t = line.split("(taken ").nth(1)?.split(')').next()?;
+    humantime::parse_rfc3339(t).ok()
 }
 
 /// The replica's points on disk (s3s-fs keeps object KEY at `DIR/BUCKET/KEY`).
@@ -267,7 +273,7 @@ fn a_killed_primary_is_replaced_by_the_standby_with_the_newest_point() {
     let mut standby = host(&s, &states[1], prefix);
     wait_standby(&standby, 0);
     let mut which = 0; // index of the primary's state
-    let (mut rtos, mut rpos) = (Vec::new(), Vec::new());
+    let (mut rtos, mut rpos, mut rpo_secs) = (Vec::new(), Vec::new(), Vec::new());
     for trial in 0..trials {
         // A point in the bucket, then a random moment.
         poll(SLOW, || (!points_in(&root).is_empty()).then_some(()))
@@ -277,6 +283,7 @@ fn a_killed_primary_is_replaced_by_the_standby_with_the_newest_point() {
         let err_from = standby.err.len();
         let last = kill_primary(&mut primary);
         let killed = Instant::now();
+        let killed_wall = SystemTime::now();
         let newest = *points_in(&root).last().unwrap();
         let (_, _, k) = next_restored(&standby, out_from, TAKEOVER).unwrap_or_else(|| {
             panic!(
@@ -293,11 +300,28 @@ fn a_killed_primary_is_replaced_by_the_standby_with_the_newest_point() {
             "trial {trial}: the new primary started from the bucket's newest point"
         );
         assert!(k <= last, "restored {k} > committed {last}");
+        // The RPO as time: how old the state the new primary started from was at the kill
+        // (the point's snapshot time, from the `caught up … (taken T)` line; one machine, one
+        // clock). Absent when the new primary started from its own local state.
+        let age = taken(&from_line).map(|t| {
+            killed_wall
+                .duration_since(t)
+                .unwrap_or_default()
+                .as_secs_f64()
+        });
+        assert!(
+            age.is_some() || !from_line.contains("caught up"),
+            "no snapshot time in {from_line:?}"
+        );
+        if let Some(a) = age {
+            rpo_secs.push(a);
+        }
         println!(
-            "trial {trial}: RTO {:.2} s, RPO {} commits (client at {last}, new primary \
-             restored {k} from {newest:?}); {took}",
+            "trial {trial}: RTO {:.2} s, RPO {} commits, state {} old at the kill (client at \
+             {last}, new primary restored {k} from {newest:?}); {took}",
             rto.as_secs_f64(),
-            last - k
+            last - k,
+            age.map_or("?".to_owned(), |a| format!("{a:.2} s"))
         );
         rtos.push(rto.as_secs_f64());
         rpos.push(last - k);
@@ -318,6 +342,14 @@ fn a_killed_primary_is_replaced_by_the_standby_with_the_newest_point() {
         rpos[rpos.len() - 1],
         ttl()
     );
+    rpo_secs.sort_by(f64::total_cmp);
+    if let (Some(m), Some(x)) = (rpo_secs.get(rpo_secs.len() / 2), rpo_secs.last()) {
+        println!(
+            "RPO as the age of the restored state at the kill: median {m:.2} s, max {x:.2} s \
+             (n = {})",
+            rpo_secs.len()
+        );
+    }
     standby.kill();
     primary.signal(Signal::TERM);
     assert_eq!(primary.exit_code(), 0, "{}", primary.err.text());

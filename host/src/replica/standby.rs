@@ -423,10 +423,11 @@ pub fn reconcile(
         if !at_newest {
             let f = retry(|| fetch::fetch_into(rt, replica, persister, None, true))?;
             info!(
-                "caught up: {} now holds {} of replica {}",
+                "caught up: {} now holds {} of replica {} (taken {})",
                 target.display(),
                 f.point,
-                replica.url
+                replica.url,
+                crate::time::rfc3339(f.unix_time_ns)
             );
         } else if let Some(c) = current {
             info!(

@@ -384,8 +384,7 @@ pub fn reconcile(
         (Some(_), None) => goal == Goal::Lead,
         (Some(Ok(l)), Some(n)) => {
             let l = *l;
-            let ahead = (l.generation == n.generation && l.index >= n.index)
-                || (ours && l.generation > n.generation);
+            let ahead = at_or_past(l, n, ours);
             let contained = listing
                 .generations
                 .get(&l.generation)
@@ -413,10 +412,7 @@ pub fn reconcile(
     if goal == Goal::Lead {
         let current = local_point(&target).and_then(Result::ok);
         let at_newest = match (current, newest) {
-            (Some(c), Some(n)) => {
-                (c.generation == n.generation && c.index >= n.index)
-                    || (ours && c.generation > n.generation)
-            }
+            (Some(c), Some(n)) => at_or_past(c, n, ours),
             (_, None) => true,
             (None, Some(_)) => false,
         };
@@ -439,6 +435,14 @@ pub fn reconcile(
         }
     }
     Ok(listing.newest_generation())
+}
+
+/// `true` if a local state at `local` may stand for the bucket's newest point `newest`: the
+/// same generation at least as far, or — when the lease was this state path's (`ours`) — a
+/// newer generation of this state's own history.
+fn at_or_past(local: PointId, newest: PointId, ours: bool) -> bool {
+    (local.generation == newest.generation && local.index >= newest.index)
+        || (ours && local.generation > newest.generation)
 }
 
 /// Tries `f` up to 5 times, 500 ms apart, returning its last error.

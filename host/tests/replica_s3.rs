@@ -1018,6 +1018,53 @@ fn a_lease_renewal_whose_answer_is_lost_does_not_stop_replication() {
     stop(h);
 }
 
+/// The answer to a point's create-only PUT is lost after the server applied it (the proxy
+/// forwards the first PUT of a point object and answers 500 instead). object_store retries
+/// the PUT, and the retry is refused as existing; the host must tell its own object from
+/// another writer's (byte for byte) and go on uploading, never fence itself as if a second
+/// host wrote the prefix.
+#[test]
+fn a_point_upload_whose_answer_is_lost_does_not_fence_the_host() {
+    let s = server();
+    let prefix = "lost-point-answer";
+    let root = root(&s, prefix);
+    let mut dropped = false;
+    let proxy = Proxy::start(s.port(), move |r: &Request| {
+        if !dropped && r.method == "PUT" && r.path().contains("/g/") && !r.target.contains('?') {
+            dropped = true;
+            return Action::Apply500;
+        }
+        Action::Forward
+    });
+    let dir = tempdir("lost-point-answer");
+    let h = Proc::spawn(cmd_via(
+        &proxy.endpoint(),
+        &dir.path().join("rolling.snap"),
+        prefix,
+        &ROLLING,
+        &ROLLING_CLIENT,
+    ));
+    poll(Duration::from_secs(40), || {
+        proxy
+            .seen()
+            .iter()
+            .any(|(_, a)| *a == Action::Apply500)
+            .then_some(())
+    })
+    .unwrap_or_else(|| panic!("no point was put:\n{}", h.err.text()));
+    let before: BTreeSet<u64> = generations_in(&root).keys().copied().collect();
+    wait_new_bases(&root, &before, 3, Duration::from_secs(25), &h);
+    let err = h.err.text();
+    assert!(
+        err.contains("an earlier answer was lost; uploaded"),
+        "the retried PUT was not refused as existing (does object_store still retry a 500?): \
+         {err}"
+    );
+    assert!(!err.contains("fenced"), "{err}");
+    assert!(!err.contains("stopped:"), "{err}");
+    stop(h);
+}
+
 /// Finding 2: the prefix is wiped while the host runs (lease and points). The host creates
 /// the lease again and puts a restorable chain back; at no moment does the bucket hold a
 /// delta without its base.

@@ -641,16 +641,21 @@ impl Uploader {
         let bytes = match upload(&self.replica, &key, offer, &self.lease).await {
             Ok(b) => b,
             Err(object_store::Error::AlreadyExists { .. }) => {
-                // Not "already uploaded" (the `HEAD` above found nothing): another host wrote
-                // this key meanwhile. A second writer on this prefix: this one stops.
-                let why = format!(
-                    "{key} was written by another host while this one uploaded it: another \
-                     writer on this prefix; uploads stop (fenced)"
-                );
-                error!("replica {}: {why}", self.replica.url);
-                self.lease.fence(&why);
-                self.metrics.replica_state(ReplicaState::Stopped, &why);
-                return Ok(Shipped::Skipped);
+                // The `HEAD` above found nothing: the object appeared during this upload.
+                // Either this very PUT was applied and its answer lost (object_store retried
+                // it, and the retry's create-only put was refused), or another host wrote the
+                // key. The object tells: byte for byte this point, or not.
+                if let Some(len) = self.holds_this(&key, offer).await? {
+                    info!(
+                        "replica {}: {key} was refused as existing, and holds this point byte \
+                         for byte: an earlier answer was lost; uploaded",
+                        self.replica.url
+                    );
+                    len
+                } else {
+                    self.fenced(&key);
+                    return Ok(Shipped::Skipped);
+                }
             }
             Err(e) => return Err(e.to_string()),
         };
@@ -658,6 +663,40 @@ impl Uploader {
         self.metrics.record_phase(Phase::Upload, started.elapsed());
         debug!("replica: {key} uploaded ({bytes} bytes)");
         Ok(Shipped::Done)
+    }
+
+    /// Another host wrote `key` while this one uploaded it: a second writer on this prefix;
+    /// this one stops uploading (fenced).
+    fn fenced(&mut self, key: &object_store::path::Path) {
+        let why = format!(
+            "{key} was written by another host while this one uploaded it: another writer on \
+             this prefix; uploads stop (fenced)"
+        );
+        error!("replica {}: {why}", self.replica.url);
+        self.lease.fence(&why);
+        self.metrics.replica_state(ReplicaState::Stopped, &why);
+    }
+
+    /// The object's size if the object at `key` is `offer`'s object byte for byte (as
+    /// [`upload`] puts it), `None` if it is another.
+    async fn holds_this(
+        &self,
+        key: &object_store::path::Path,
+        offer: &Offer,
+    ) -> Result<Option<u64>, String> {
+        let got = self
+            .replica
+            .store
+            .get(key)
+            .await
+            .map_err(|e| e.to_string())?;
+        let theirs = got.bytes().await.map_err(|e| e.to_string())?;
+        let body = Body::of(offer).map_err(|e| e.to_string())?;
+        if theirs.len() as u64 != body.len() {
+            return Ok(None);
+        }
+        let ours = body.read(0, theirs.len()).map_err(|e| e.to_string())?;
+        Ok((theirs[..] == ours[..]).then_some(body.len()))
     }
 
     /// After a point reached the bucket: feedback, metrics, retention.

@@ -56,6 +56,9 @@ pub enum Action {
     DropAnswer,
     /// Answer `500 Internal Server Error` without forwarding.
     Fail500,
+    /// Forward it (the server applies it), then answer `500` instead of the server's answer:
+    /// the client retries a request that was applied.
+    Apply500,
     /// Reset the connection without forwarding.
     Reset,
     /// Never answer (a network black hole), until the proxy stops.
@@ -164,6 +167,15 @@ fn serve(
             } else {
                 reset(client);
             }
+        }
+        Action::Apply500 => {
+            if forward(upstream, &head, &body).is_none() {
+                return reset(client);
+            }
+            let _ = client.write_all(
+                b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            );
+            let _ = client.shutdown(Shutdown::Write);
         }
         Action::Fail500 => {
             let _ = client.write_all(

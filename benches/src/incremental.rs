@@ -481,7 +481,8 @@ impl DeltaFixture {
             Ok(other) => return Err(io::Error::other(format!("no delta written: {other:?}"))),
             Err(e) => return Err(err(e)),
         };
-        let info = PendingDelta::commit(delta).map_err(err)?;
+        let committed = PendingDelta::commit(delta).map_err(err)?;
+        let info = committed.info;
         self.phases.push(DeltaPhases {
             scan: figures.scan_time,
             copy: figures.copy_time,
@@ -491,7 +492,7 @@ impl DeltaFixture {
             publish: info.stats.publish,
         });
         self.chain = Some(Chain {
-            carry: Carry::new(info.tip()),
+            carry: committed.carry,
             next_seq: figures.retained.hints.next_seq,
             deltas: chain.deltas + 1,
             delta_bytes: chain.delta_bytes + figures.bytes,

@@ -48,7 +48,9 @@ use crate::take::{open_region, Scratch, Skip, Starved};
 use crate::track::{ScanError, Scanner, TrackedRange};
 
 mod carry;
+mod newest;
 pub use carry::Carry;
+use newest::CopyPlan;
 
 /// The sizes of the chain a delta would extend, for the [`CompactionPolicy`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -166,9 +168,20 @@ pub struct DeltaFigures {
     /// Earlier scans since the tip's image whose pages this delta carries (attempts that
     /// committed nothing).
     pub carried_scans: u64,
-    /// Bytes the delta carries (written pages of this scan and of the carried ones, and the
-    /// meta pages, granule-rounded).
+    /// Bytes the carry held before this attempt's scan was folded in: the earlier scans'
+    /// pages and the previous delta's leftover.
+    pub carried_bytes: u64,
+    /// Bytes the delta planned to copy (this scan's pages, the carry's and the meta pages,
+    /// granule-rounded): what the compaction policy was asked about.
+    pub planned_bytes: u64,
+    /// Bytes the delta carries: the planned ones less the leftover.
     pub bytes: u64,
+    /// Planned bytes the copy left out (it stopped at an entry that was gone): the
+    /// carry of the delta's tip holds them once it is committed.
+    pub left_bytes: u64,
+    /// The copy stopped before an entry of `pre` that was gone (DESIGN §11, "The newest
+    /// entries first").
+    pub stopped: bool,
     /// Runs the delta carries.
     pub runs: u64,
     /// Time of the copy of the runs.
@@ -187,6 +200,19 @@ pub struct DeltaFigures {
 pub struct PendingDelta<'p> {
     writer: DeltaWriter<'p>,
     meta: DeltaMeta,
+    /// Planned granules the copy left out: the carry of the new tip (sorted, merged).
+    leftover: Vec<Run>,
+}
+
+/// A committed delta and the carry the next delta onto it must start from.
+#[derive(Debug)]
+#[must_use = "the next delta must start from `carry`: it holds the pages this delta left out"]
+pub struct Committed {
+    /// The durable delta.
+    pub info: DeltaInfo,
+    /// The carry of the new tip: the pages the delta's scans reported that its copy left out
+    /// (empty if it copied everything).
+    pub carry: Carry,
 }
 
 impl PendingDelta<'_> {
@@ -200,14 +226,22 @@ impl PendingDelta<'_> {
         self.meta
     }
 
+    /// The planned runs the copy left out (they go into the new tip's carry).
+    pub fn leftover(&self) -> &[Run] {
+        &self.leftover
+    }
+
     /// Makes the delta durable ([`DeltaWriter::commit`]): when this returns `Ok`, it is part of
-    /// the chain.
+    /// the chain, and the returned carry (the pages it left out) is where the next delta onto
+    /// it starts. Starting from an empty carry instead loses those pages (DESIGN §11).
     ///
     /// # Errors
     ///
     /// As [`DeltaWriter::commit`] (`Occupied`: take a base instead).
-    pub fn commit(self) -> Result<DeltaInfo, ChainError> {
-        self.writer.commit(self.meta)
+    pub fn commit(self) -> Result<Committed, ChainError> {
+        let info = self.writer.commit(self.meta)?;
+        let carry = Carry::after_delta(info.tip(), self.leftover);
+        Ok(Committed { info, carry })
     }
 }
 
@@ -260,7 +294,12 @@ pub fn take_delta<'p>(
             region: len,
         }));
     }
-    let Scratch { pre, post, meta } = scratch;
+    let Scratch {
+        pre,
+        post,
+        meta,
+        copy,
+    } = scratch;
     let hints_before = region.hints();
     let stamp =
         PreCopy::read(&region, pre, post).map_err(|e| DeltaError::Region(io::Error::other(e)))?;
@@ -274,10 +313,18 @@ pub fn take_delta<'p>(
         Err(rebase) => return Ok(DeltaSnapshot::Rebase(rebase)),
     };
     let mut writer = DeltaWriter::begin(persister, &parent, &planned.runs, layout.meta_len())?;
+    let mut plan = CopyPlan::new(&planned.runs, &layout);
     let t = Instant::now();
-    writer.copy_from(req.memfd)?;
+    plan.copy(
+        &mut writer,
+        req.memfd,
+        &region,
+        stamp.pre().slots(),
+        copy,
+    )?;
     let copied = Copied {
         planned,
+        plan,
         copy_time: t.elapsed(),
         hints_before,
     };
@@ -294,12 +341,16 @@ struct Planned {
     written_pages: u64,
     /// Earlier scans folded into the carry.
     carried_scans: u64,
+    /// Bytes the carry held before this scan was folded in.
+    carried_bytes: u64,
     scan_time: Duration,
 }
 
 /// A delta's data copied into its writer, with the figures so far.
 struct Copied {
     planned: Planned,
+    /// What the copy did: which entries it vouches for, what it left out.
+    plan: CopyPlan,
     copy_time: Duration,
     /// The hints before the copy (`pre`'s time).
     hints_before: Hints,
@@ -325,6 +376,7 @@ fn scan_and_plan(
     // Folded in at once: from here on, whatever happens, the pages this scan reported (and
     // cleared) are known to the carry (DESIGN §11, "An attempt that is not kept").
     let carried_scans = req.carry.scans();
+    let carried_bytes = req.carry.bytes();
     req.carry.add_scan(&written);
     let runs = plan_runs(req.carry.runs().iter().copied(), meta_len, len);
     let bytes: u64 = runs.iter().map(|r| r.len).sum();
@@ -340,6 +392,7 @@ fn scan_and_plan(
         bytes,
         written_pages: written.pages(),
         carried_scans,
+        carried_bytes,
         scan_time,
     }))
 }
@@ -355,13 +408,17 @@ fn retain_into<'p, M: WordMemory + ?Sized>(
 ) -> Result<DeltaSnapshot<'p>, DeltaError> {
     let Copied {
         planned,
+        plan,
         copy_time,
         hints_before,
     } = copied;
     let t = Instant::now();
     writer.read_image_at(meta, 0)?;
+    let layout = *stamp.layout();
+    // Kept: in `pre ∩ post`, and every planned page of it copied (DESIGN §11, "The newest
+    // entries first").
     let retained = stamp
-        .finish(meta)
+        .finish_where(meta, |d| plan.keep(&layout, d))
         .map_err(|e| DeltaError::Region(io::Error::other(e)))?;
     if retained.is_starved() {
         return Ok(DeltaSnapshot::Starved(Starved {
@@ -370,27 +427,40 @@ fn retain_into<'p, M: WordMemory + ?Sized>(
             pre: retained.pre,
         }));
     }
+    let leftover = plan.leftover();
+    if !leftover.is_empty() {
+        // Outside the copy window: `post` was read above.
+        let runs = plan.copied_runs(layout.meta_len(), req.carry.tip().image_len);
+        writer = writer.narrow(&runs)?;
+    }
     writer.write_image_at(meta, 0)?;
+    let bytes: u64 = writer.runs().iter().map(|r| r.len).sum();
+    let left_bytes: u64 = leftover.iter().map(|r| r.len).sum();
     let delta_meta = DeltaMeta {
         next_seq_before: req.parent_next_seq,
         next_seq: retained.hints.next_seq,
         unix_time_ns: req.unix_time_ns,
     };
     Ok(DeltaSnapshot::Written {
-        delta: PendingDelta {
-            writer,
-            meta: delta_meta,
-        },
         figures: DeltaFigures {
             scan_time: planned.scan_time,
             written_pages: planned.written_pages,
             carried_scans: planned.carried_scans,
-            bytes: planned.bytes,
-            runs: planned.runs.len() as u64,
+            carried_bytes: planned.carried_bytes,
+            planned_bytes: planned.bytes,
+            bytes,
+            left_bytes,
+            stopped: plan.stopped(),
+            runs: writer.runs().len() as u64,
             copy_time,
             validate_time: t.elapsed(),
             retained,
             hints_before,
+        },
+        delta: PendingDelta {
+            writer,
+            meta: delta_meta,
+            leftover,
         },
     })
 }
@@ -499,7 +569,8 @@ mod tests {
         assert_eq!(f.bytes / PAGE, meta_pages + 1 + 3, "{:?}", delta.runs());
         assert_eq!(f.retained.kept, 2);
         assert_eq!(f.carried_scans, 0);
-        let info = delta.commit().unwrap();
+        let committed = delta.commit().unwrap();
+        let info = committed.info;
         assert_eq!(info.footer.index, 1);
 
         let back = Memfd::create("back", 1 << 20).unwrap();
@@ -562,7 +633,7 @@ mod tests {
             delta.runs()
         );
         assert!(tail_run(9), "this attempt's page: {:?}", delta.runs());
-        assert_eq!(delta.commit().unwrap().footer.index, 2);
+        assert_eq!(delta.commit().unwrap().info.footer.index, 2);
         assert_eq!(restore().listing.deltas.len(), 2);
         assert_eq!(tail_word(7), 0xdd07, "the carried page restored");
         assert_eq!(tail_word(9), 0xdd09);

@@ -364,12 +364,14 @@ impl Queue {
         chain: Chain,
         advert: Advertisement,
     ) -> Result<Outcome, String> {
-        let info = pending
+        let committed = pending
             .commit()
             .map_err(|e| format!("the delta could not be committed: {e}"))?;
+        let info = committed.info;
         let tip = info.tip();
         self.chain = Some(Chain {
-            carry: Carry::new(tip),
+            // The pages the delta's copy left out (DESIGN §11, "The newest entries first").
+            carry: committed.carry,
             deltas: chain.deltas + 1,
             delta_bytes: chain.delta_bytes.saturating_add(f.bytes),
             next_seq: f.retained.hints.next_seq,
@@ -385,6 +387,9 @@ impl Queue {
             written_pages = f.written_pages,
             carried_scans = f.carried_scans,
             runs = f.runs,
+            planned_bytes = f.planned_bytes,
+            left_bytes = f.left_bytes,
+            stopped = f.stopped,
             scan_ms = f.scan_time.as_secs_f64() * 1e3,
             "delta {} written",
             info.path.display()

@@ -657,4 +657,149 @@ mod tests {
             "{got:?}"
         );
     }
+
+    /// A delta whose copy stops after the newest entry (the test hook: as if the next entry
+    /// were gone) leaves the older entries' pages out and withholds them; the next delta copies
+    /// them from the carry, and the chain restores to the live region byte for byte. With the
+    /// leftover dropped at commit (`drop_leftover`, the broken twin) the second delta keeps
+    /// the older entries over the base's bytes: `Err` names the first differing byte.
+    fn partial_copy_case(drop_leftover: bool) -> Result<(), String> {
+        let dir = tempfile::tempdir().unwrap();
+        let persister = Persister::new(&dir.path().join("q.snap"), 1).unwrap();
+        let len = 1u64 << 20;
+        let memfd = Memfd::create("take-delta-partial", len).unwrap();
+        memfd.seal_against_shrink().unwrap();
+        let mut map = Mapping::of_memfd(&memfd, Protection::ReadWrite).unwrap();
+        let advert = match start_tracking(&memfd, &mut map, true) {
+            Tracking::Advertised(a) => a,
+            Tracking::Failed(TrackError::Unavailable(why)) => {
+                eprintln!("skipped: tracking unavailable: {why}");
+                return Ok(());
+            }
+            other => panic!("{other:?}"),
+        };
+        let request = LayoutRequest {
+            entries: 16,
+            data_size: 64 << 10,
+        };
+        let mut w = Writer::open_or_init(map.words(), request, shmsnap_testkit::CLIENT).unwrap();
+        // Entries of two pages and a half: pages shared between neighbours.
+        let payload = |seq: u64| vec![seq as u8; 10 << 10];
+        for _ in 0..2 {
+            w.commit(&payload(w.next_seq())).unwrap();
+        }
+        let pid = rustix::process::getpid();
+        let range = validate(&advert, pid, &memfd, len).unwrap();
+        let mut scanner = Scanner::open(pid).unwrap();
+        scanner.scan(&range).unwrap();
+        let meta = SnapshotMeta {
+            strategy: shmsnap_core::Strategy::Queue.code(),
+            generation: 1,
+            unix_time_ns: 0,
+        };
+        let mut scratch = Scratch::default();
+        let QueueSnapshot::Written { file, figures } =
+            take_queue(&memfd, &map, &persister, meta, &mut scratch).unwrap()
+        else {
+            panic!("base");
+        };
+        file.commit().unwrap();
+        let mut carry = Carry::new(Tip::of_base(&figures.info));
+        let big = CompactionPolicy {
+            max_ratio_percent: 100_000,
+            max_deltas: 8,
+        };
+        let base_bytes = figures.copy.bytes;
+        let mut delta = |scanner: &mut Scanner, carry: &mut Carry, stop: Option<usize>| {
+            newest::STOP_AFTER.with(|s| s.set(stop));
+            let req = DeltaRequest {
+                memfd: &memfd,
+                map: &map,
+                scanner,
+                range,
+                carry,
+                parent_next_seq: 3,
+                chain: ChainSize {
+                    base_bytes,
+                    deltas: 0,
+                    delta_bytes: 0,
+                },
+                policy: big,
+                unix_time_ns: 1,
+            };
+            let got = take_delta(&persister, req, &mut scratch).unwrap();
+            newest::STOP_AFTER.with(|s| s.set(None));
+            let DeltaSnapshot::Written { delta, figures } = got else {
+                panic!("a quiet region must give a delta: {got:?}");
+            };
+            (delta, figures)
+        };
+
+        // Four new entries; the copy stops after the newest.
+        for _ in 0..4 {
+            w.commit(&payload(w.next_seq())).unwrap();
+        }
+        let (d, f) = delta(&mut scanner, &mut carry, Some(1));
+        assert!(f.stopped, "{f:?}");
+        assert_eq!(f.retained.kept, 1, "only the newest entry was copied: {f:?}");
+        assert_eq!(f.retained.newest.map(|d| d.seq), Some(6));
+        // The three older new entries' pages (less the one shared with the newest).
+        assert!(f.left_bytes >= 2 * PAGE * 3, "{f:?}");
+        assert_eq!(d.leftover().iter().map(|r| r.len).sum::<u64>(), f.left_bytes);
+        assert_eq!(f.bytes + f.left_bytes, f.planned_bytes, "{f:?}");
+        let committed = d.commit().unwrap();
+        assert_eq!(committed.carry.bytes(), f.left_bytes);
+        carry = if drop_leftover {
+            Carry::new(committed.info.tip())
+        } else {
+            committed.carry
+        };
+
+        // Nothing new written: the next delta copies the leftover and keeps every entry.
+        let (d, f) = delta(&mut scanner, &mut carry, None);
+        assert!(!f.stopped, "{f:?}");
+        assert_eq!(f.retained.kept, 6, "{f:?}");
+        assert_eq!(d.commit().unwrap().info.footer.index, 2);
+
+        let back = Memfd::create("back", len).unwrap();
+        back.seal_against_shrink().unwrap();
+        let report = restore_chain(
+            &persister.target(),
+            &chain_dir(&persister.target()),
+            &back,
+            At::Latest,
+        )
+        .unwrap();
+        assert_eq!(report.listing.deltas.len(), 2);
+        // Every entry's bytes, as the client committed them, and the whole data ring as the
+        // live region holds it.
+        let layout = *w.layout();
+        let (mut got, mut want) = (vec![0u8; len as usize], vec![0u8; len as usize]);
+        rustix::io::pread(&back, &mut got, 0).unwrap();
+        rustix::io::pread(&memfd, &mut want, 0).unwrap();
+        let ring = layout.data_offset as usize..(layout.data_offset + layout.data_size) as usize;
+        if let Some(at) = (ring.start..ring.end).find(|&i| got[i] != want[i]) {
+            return Err(format!(
+                "the restored data ring differs from the live one at byte {} (ring page {}): \
+                 {} instead of {}",
+                at - ring.start,
+                (at - ring.start) / PAGE as usize,
+                got[at],
+                want[at]
+            ));
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn a_delta_that_copied_part_of_its_scan_is_completed_by_the_next_from_the_carry() {
+        partial_copy_case(false).unwrap();
+    }
+
+    #[test]
+    fn twin_dropping_the_leftover_at_commit_restores_stale_entries() {
+        let got = partial_copy_case(true);
+        assert!(got.is_err(), "the dropped leftover went unnoticed");
+        eprintln!("as expected: {}", got.unwrap_err());
+    }
 }

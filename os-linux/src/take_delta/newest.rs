@@ -28,6 +28,26 @@ use shmsnap_core::{Descriptor, Layout, Region, WordMemory};
 
 use crate::chain::{plan_runs, ChainError, DeltaWriter, Run, GRANULE};
 
+#[cfg(test)]
+thread_local! {
+    /// Test hook: the copy stops after this many entries, as if the next one were gone.
+    pub(crate) static STOP_AFTER: std::cell::Cell<Option<usize>> =
+        const { std::cell::Cell::new(None) };
+}
+
+/// Whether the test hook stops the copy before the `n`-th entry.
+fn hook_stops(n: usize) -> bool {
+    #[cfg(test)]
+    {
+        STOP_AFTER.with(|s| s.get()).is_some_and(|k| n >= k)
+    }
+    #[cfg(not(test))]
+    {
+        let _ = n;
+        false
+    }
+}
+
 /// What a delta copies, in which order, and what it copied.
 #[derive(Debug)]
 pub(crate) struct CopyPlan {
@@ -124,11 +144,11 @@ impl CopyPlan {
         // A valid writer's entries are disjoint, so the walk visits each granule about once;
         // hostile overlapping descriptors cannot make it longer than this.
         let mut budget = 2 * self.want.len() as u64 + 4 * order.len() as u64 + 4;
-        for (slot, d) in order {
+        for (n, (slot, d)) in order.into_iter().enumerate() {
             // Whether `post` would drop it is all this asks: a guess that only decides where
             // the copy stops (the writer evicts oldest first, so every older entry is gone
             // too). `post` alone decides what is kept.
-            if region.read_descriptor(slot) != Some(d) {
+            if hook_stops(n) || region.read_descriptor(slot) != Some(d) {
                 self.stopped = true;
                 break;
             }

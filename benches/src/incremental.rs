@@ -25,8 +25,9 @@
 //! - **starvation** ([`starvation`]): a thread commits 512 KiB payloads flat out into a
 //!   64-entry ring (32 MiB data ring) of a 64 MiB fully touched region while the host takes N
 //!   snapshots back to back, all full, or incremental (the base taken before the committer
-//!   starts; then a base whenever the previous attempt was not a committed delta, as the host
-//!   does); counts starved attempts and kept entries.
+//!   starts; then deltas, each carrying the scans of the starved attempts before it and the
+//!   pages the previous delta left out, as the host does); counts starved attempts, kept
+//!   entries, and what the deltas planned, copied and left out.
 
 use std::collections::BTreeSet;
 use std::fs::File;
@@ -748,6 +749,15 @@ pub struct Starvation {
     pub starved_carry_bytes: u64,
     /// Copy time of the persisted attempts, summed.
     pub persisted_copy: Duration,
+    /// Persisted deltas whose copy stopped at an entry that was gone (newest entries first,
+    /// DESIGN §11).
+    pub stopped_deltas: u64,
+    /// Bytes the persisted deltas planned (their scan, carry and meta pages), summed.
+    pub persisted_planned_bytes: u64,
+    /// Bytes the persisted deltas carry, summed.
+    pub persisted_bytes: u64,
+    /// Bytes the persisted deltas left out (into the next delta's carry), summed.
+    pub left_bytes: u64,
     /// Entries kept, summed over the persisted attempts.
     pub kept: u64,
     /// Commits the writer made during the run.
@@ -846,6 +856,10 @@ impl DeltaFixture {
                 out.persisted += 1;
                 out.deltas += 1;
                 out.persisted_copy += f.copy_time;
+                out.stopped_deltas += u64::from(f.stopped);
+                out.persisted_planned_bytes += f.planned_bytes;
+                out.persisted_bytes += f.bytes;
+                out.left_bytes += f.left_bytes;
                 f.retained.kept
             }
             Err((s, carried)) => {

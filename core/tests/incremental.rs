@@ -26,6 +26,16 @@
 //! is not kept"). The twin that takes that delta without the carry
 //! ([`Twin::DeltaAfterDroppedScan`]) must be caught.
 //!
+//! A delta copies as the host does (DESIGN §11, "The newest entries first"): the meta pages,
+//! then the planned data-ring pages entry by entry in descending seq of `pre`, stopping at an
+//! entry that is gone (and, in a third of the deltas, after a schedule-chosen 0–2 entries:
+//! any stop point must be sound), then, if nothing stopped, the planned pages of no entry.
+//! It keeps only entries of `pre ∩ post` whose planned pages were all copied
+//! (`PreCopy::finish_where`), and the pages it planned but did not copy are carried into the
+//! next delta. Twins that must be caught: a host that drops that leftover when the delta is
+//! kept ([`Twin::DropLeftover`]) and one that keeps entries whose pages it did not copy
+//! ([`Twin::KeepUncopied`]).
+//!
 //! The writer's real stores (recorded by [`Recording`]) land between the host's loads and scan
 //! steps at points chosen by a schedule, across several consecutive snapshots. After each kept
 //! snapshot the checker asserts (1) what the full-snapshot simulator asserts: every entry kept

@@ -10,7 +10,9 @@
 //! and why they make a delta sound: docs/DESIGN.md §5 and §11 ("Who can write the region").
 //! A delta attempt that starved keeps its scan in the chain's [`Carry`]: the next delta onto
 //! the same tip copies the union of every complete scan since the tip's image (DESIGN §11,
-//! "An attempt that is not kept"), instead of a base that would starve in turn.
+//! "An attempt that is not kept"), instead of a base that would starve in turn. A delta copies
+//! the newest entries first and may leave planned pages out; the carry its commit returns
+//! holds them, and is the one the chain keeps (DESIGN §11, "The newest entries first").
 //! Deltas whose base left the kept generations are removed only after a base is durable
 //! ([`chain::remove_superseded`]).
 

@@ -398,7 +398,22 @@ impl<'p> DeltaWriter<'p> {
         let dst = out.temp_path();
         let mut to = out.table_len;
         let mut pieces = Vec::new();
-        for r in keep {
+        // Split at the end of the meta pages: `write_image_at` replaces them, and a CRC piece
+        // reaching past them would then be read back at commit.
+        let m = self.meta_len;
+        let split = keep.iter().flat_map(|r| {
+            let cut = (r.offset < m && m < r.end()).then_some(m);
+            let first = Run {
+                offset: r.offset,
+                len: cut.map_or(r.len, |c| c - r.offset),
+            };
+            let rest = cut.map(|c| Run {
+                offset: c,
+                len: r.end() - c,
+            });
+            std::iter::once(first).chain(rest)
+        });
+        for r in split {
             for (from, n) in self.locate(r.offset, r.len)? {
                 let mut done = 0usize;
                 while done < n {

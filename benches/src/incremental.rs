@@ -922,6 +922,9 @@ pub struct BusyCheck {
     pub carried: u64,
     /// Attempts (bases and deltas) that starved.
     pub starved: u64,
+    /// Deltas committed whose copy stopped at an entry that was gone, leaving planned pages
+    /// to the next delta's carry (DESIGN §11, "The newest entries first").
+    pub stopped: u64,
     /// Entries checked in restored images.
     pub entries: u64,
     /// The first kept entry whose restored bytes are not what was committed under its seq.
@@ -994,6 +997,7 @@ impl DeltaFixture {
                 Ok(f) => {
                     out.deltas += 1;
                     out.carried += u64::from(f.carried_scans > 0);
+                    out.stopped += u64::from(f.stopped && f.left_bytes > 0);
                     self.restore_chain()?;
                     let (n, bad) = check_busy_image(&self.restore)?;
                     out.entries += n;

@@ -962,7 +962,9 @@ fn starvation_note(incremental: bool, s: &incremental::Starvation) -> String {
     if s.deltas > 0 {
         let mib = |b: u64| b as f64 / s.deltas as f64 / f64::from(1 << 20);
         note += &format!(
-            "; persisted deltas (newest entries first, DESIGN §11): {} of {} stopped at an              entry that was gone, mean {:.1} MiB planned, {:.1} MiB copied, {:.1} MiB left              to the next delta's carry",
+            "; persisted deltas (newest entries first, DESIGN §11): {} of {} stopped at an \
+             entry that was gone, mean {:.1} MiB planned, {:.1} MiB copied, {:.1} MiB left \
+             to the next delta's carry",
             s.stopped_deltas,
             s.deltas,
             mib(s.persisted_planned_bytes),

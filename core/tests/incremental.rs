@@ -422,7 +422,15 @@ fn simulate(sc: &Scenario, twin: Twin) -> Result<Stats, String> {
         // an early one leaves pages out for the next delta (the real host stops only at an
         // entry that is gone).
         let stop_after = (idle % 3 == 1).then_some(usize::from(idle / 3) % 3);
-        match snapshot(&region, &layout, onto, twin, &mut forget_left, checks, stop_after)? {
+        match snapshot(
+            &region,
+            &layout,
+            onto,
+            twin,
+            &mut forget_left,
+            checks,
+            stop_after,
+        )? {
             Attempt::Kept(image, o, leftover) => {
                 stats.add(o);
                 carry.clear();

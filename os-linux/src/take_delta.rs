@@ -315,13 +315,7 @@ pub fn take_delta<'p>(
     let mut writer = DeltaWriter::begin(persister, &parent, &planned.runs, layout.meta_len())?;
     let mut plan = CopyPlan::new(&planned.runs, &layout);
     let t = Instant::now();
-    plan.copy(
-        &mut writer,
-        req.memfd,
-        &region,
-        stamp.pre().slots(),
-        copy,
-    )?;
+    plan.copy(&mut writer, req.memfd, &region, stamp.pre().slots(), copy)?;
     let copied = Copied {
         planned,
         plan,
@@ -741,11 +735,17 @@ mod tests {
         }
         let (d, f) = delta(&mut scanner, &mut carry, Some(1));
         assert!(f.stopped, "{f:?}");
-        assert_eq!(f.retained.kept, 1, "only the newest entry was copied: {f:?}");
+        assert_eq!(
+            f.retained.kept, 1,
+            "only the newest entry was copied: {f:?}"
+        );
         assert_eq!(f.retained.newest.map(|d| d.seq), Some(6));
         // The three older new entries' pages (less the one shared with the newest).
         assert!(f.left_bytes >= 2 * PAGE * 3, "{f:?}");
-        assert_eq!(d.leftover().iter().map(|r| r.len).sum::<u64>(), f.left_bytes);
+        assert_eq!(
+            d.leftover().iter().map(|r| r.len).sum::<u64>(),
+            f.left_bytes
+        );
         assert_eq!(f.bytes + f.left_bytes, f.planned_bytes, "{f:?}");
         let committed = d.commit().unwrap();
         assert_eq!(committed.carry.bytes(), f.left_bytes);

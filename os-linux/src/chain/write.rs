@@ -425,7 +425,11 @@ impl<'p> DeltaWriter<'p> {
                         return Err(ChainError::io(io::ErrorKind::UnexpectedEof.into()).at(&src));
                     }
                     write_all_at(out.file(), piece, to).map_err(|e| ChainError::io(e).at(&dst))?;
-                    pieces.push((to, k as u64, crc_fast::checksum(CrcAlgorithm::Crc32Iscsi, piece)));
+                    pieces.push((
+                        to,
+                        k as u64,
+                        crc_fast::checksum(CrcAlgorithm::Crc32Iscsi, piece),
+                    ));
                     to += k as u64;
                     done += k;
                 }

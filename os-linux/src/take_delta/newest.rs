@@ -80,8 +80,8 @@ impl CopyPlan {
     /// whole granules, copied by entry.
     pub(crate) fn new(runs: &[Run], layout: &Layout) -> CopyPlan {
         let ring_lo = layout.data_offset.div_ceil(GRANULE) * GRANULE;
-        let ring_hi = (layout.data_offset.saturating_add(layout.data_size) / GRANULE * GRANULE)
-            .max(ring_lo);
+        let ring_hi =
+            (layout.data_offset.saturating_add(layout.data_size) / GRANULE * GRANULE).max(ring_lo);
         let n = ((ring_hi - ring_lo) / GRANULE) as usize;
         let mut want = vec![false; n];
         let (mut meta, mut always) = (Vec::new(), Vec::new());

@@ -691,6 +691,7 @@ fn copy_newest_first(
     stop_after: Option<usize>,
 ) -> NewestCopy {
     let host = region.mem();
+    let wanted = |p: usize| want.get(p).copied().unwrap_or(false);
     let mut out = NewestCopy {
         pages: vec![None; PAGES],
         complete: Vec::new(),
@@ -708,7 +709,7 @@ fn copy_newest_first(
     let ring = ring_pages(layout);
     for p in 0..PAGES {
         let meta = twin != Twin::SkipMeta && is_meta_page(p, layout);
-        if meta || (want[p] && !ring.contains(&p)) {
+        if meta || (wanted(p) && !ring.contains(&p)) {
             copy_page(&mut out, p);
         }
     }
@@ -718,7 +719,7 @@ fn copy_newest_first(
         .enumerate()
         .filter(|(_, d)| d.seq != 0)
         .collect();
-    order.sort_unstable_by(|a, b| b.1.seq.cmp(&a.1.seq));
+    order.sort_unstable_by_key(|&(_, d)| std::cmp::Reverse(d.seq));
     for (n, (slot, d)) in order.into_iter().enumerate() {
         if stop_after.is_some_and(|k| n >= k) || region.read_descriptor(slot as u64) != Some(d) {
             out.stopped = true;
@@ -726,7 +727,7 @@ fn copy_newest_first(
         }
         let at = layout.ring_byte(d.offset);
         for p in at / PAGE..(at + d.length as usize).div_ceil(PAGE) {
-            if want[p] {
+            if wanted(p) {
                 copy_page(&mut out, p);
             }
         }
@@ -734,7 +735,7 @@ fn copy_newest_first(
     }
     if !out.stopped {
         for p in ring {
-            if want[p] {
+            if wanted(p) {
                 copy_page(&mut out, p);
             }
         }

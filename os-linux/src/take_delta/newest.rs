@@ -140,7 +140,7 @@ impl CopyPlan {
             .filter(|(_, d)| d.seq != 0)
             .map(|(slot, d)| (slot as u64, *d))
             .collect();
-        order.sort_unstable_by(|a, b| b.1.seq.cmp(&a.1.seq));
+        order.sort_unstable_by_key(|&(_, d)| std::cmp::Reverse(d.seq));
         // A valid writer's entries are disjoint, so the walk visits each granule about once;
         // hostile overlapping descriptors cannot make it longer than this.
         let mut budget = 2 * self.want.len() as u64 + 4 * order.len() as u64 + 4;

@@ -257,6 +257,17 @@ impl<'f, F: ImageBytes + ?Sized> QueueSlots<'f, F> {
     /// chunk never wraps at `entries`); decode each 32-byte descriptor with [`slot_state`].
     /// After a read error it yields that error and ends, like the iterator.
     pub fn next_chunk(&mut self) -> Option<io::Result<(u64, &[u8])>> {
+        let (slot, at) = match self.position()? {
+            Ok(p) => p,
+            Err(e) => return Some(Err(e)),
+        };
+        self.next = self.buf_at + self.buf.len() as u64 / DESCRIPTOR_BYTES;
+        Some(Ok((slot, &self.buf[at..])))
+    }
+
+    /// The slot of index `self.next` and where its descriptor starts in `buf` (its chunk read
+    /// first if it is not buffered); `None` at the end. A read error ends the walk.
+    fn position(&mut self) -> Option<io::Result<(u64, usize)>> {
         if self.next >= self.count {
             return None;
         }
@@ -268,9 +279,7 @@ impl<'f, F: ImageBytes + ?Sized> QueueSlots<'f, F> {
             }
         }
         let at = ((self.next - self.buf_at) * DESCRIPTOR_BYTES) as usize;
-        let slot = (self.first + self.next) % self.layout.entries;
-        self.next = self.buf_at + self.buf.len() as u64 / DESCRIPTOR_BYTES;
-        Some(Ok((slot, &self.buf[at..])))
+        Some(Ok(((self.first + self.next) % self.layout.entries, at)))
     }
 
     /// Reads the chunk that starts at index `self.next`: up to [`DESCRIPTOR_CHUNK_SLOTS`]
@@ -296,19 +305,11 @@ impl<F: ImageBytes + ?Sized> Iterator for QueueSlots<'_, F> {
     type Item = io::Result<QueueSlot>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        if self.next >= self.count {
-            return None;
-        }
-        let in_buf = (self.next - self.buf_at) * DESCRIPTOR_BYTES;
-        if self.buf.is_empty() || in_buf >= self.buf.len() as u64 {
-            if let Err(e) = self.fill() {
-                self.next = self.count;
-                return Some(Err(e));
-            }
-        }
-        let at = ((self.next - self.buf_at) * DESCRIPTOR_BYTES) as usize;
+        let (slot, at) = match self.position()? {
+            Ok(p) => p,
+            Err(e) => return Some(Err(e)),
+        };
         let bytes = &self.buf[at..at + DESCRIPTOR_BYTES as usize];
-        let slot = (self.first + self.next) % self.layout.entries;
         self.next += 1;
         let seq_word = Descriptor::from_bytes(bytes).seq;
         let state = slot_state(bytes, &self.layout, slot);

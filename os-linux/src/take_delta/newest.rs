@@ -248,3 +248,45 @@ impl CopyPlan {
         out
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shmsnap_core::LayoutRequest;
+
+    fn run(offset: u64, len: u64) -> Run {
+        Run { offset, len }
+    }
+
+    #[test]
+    fn the_plan_splits_meta_ring_and_tail_and_leaves_out_only_ring_granules() {
+        let g = GRANULE;
+        let layout = Layout::new(
+            64 * g,
+            LayoutRequest {
+                entries: 8,
+                data_size: 16 * g,
+            },
+        )
+        .unwrap();
+        let (lo, hi) = (layout.data_offset, layout.data_offset + layout.data_size);
+        // One run from the meta pages into the ring, one across the ring's end into the tail.
+        let runs = [run(0, lo + 2 * g), run(hi - 3 * g, 5 * g)];
+        let plan = CopyPlan::new(&runs, &layout);
+        assert_eq!(plan.meta, [run(0, lo)]);
+        assert_eq!(plan.always, [run(hi, 2 * g)]);
+        // Nothing copied yet: the leftover is exactly the planned ring granules.
+        assert_eq!(plan.leftover(), [run(lo, 2 * g), run(hi - 3 * g, 3 * g)]);
+        assert_eq!(
+            plan.copied_runs(layout.meta_len(), 64 * g),
+            [run(0, lo), run(hi, 2 * g)]
+        );
+        // No entry vouched for before a copy.
+        let d = Descriptor {
+            seq: 1,
+            offset: 0,
+            length: 8,
+        };
+        assert!(!plan.keep(&layout, &d));
+    }
+}

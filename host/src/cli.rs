@@ -620,6 +620,23 @@ pub enum Example {
         #[arg(long, hide = true, value_enum, default_value = "reinit")]
         reinit_by: crate::examples::life::Reinit,
     },
+    /// Test writer (standby trials): 4 KiB pages in copy-on-write tail units, PERCENT of them
+    /// rewritten every INTERVAL in COMMITS commits; verifies every restored page on start.
+    #[command(hide = true)]
+    Pages {
+        /// The period in which PERCENT of the pages are rewritten.
+        #[arg(long, value_parser = crate::time::parse_duration, default_value = "1s")]
+        interval: Duration,
+        /// Share of the pages rewritten per interval.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100))]
+        percent: u32,
+        /// Commits per interval.
+        #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=1000))]
+        commits: u32,
+        /// Stop after this many commits (0: never).
+        #[arg(long, default_value_t = 0)]
+        limit: u64,
+    },
     /// A persistent key-value map with copy-on-write nodes in reclaimed tail units.
     Kv {
         /// Operations to perform before exiting.

@@ -746,3 +746,247 @@ fn no_replicated_acknowledgement_is_lost_across_takeovers() {
     standby.kill();
     primary.kill();
 }
+
+/// `SHMSNAP_STANDBY_INTERVAL` (default 1s): the snapshot interval of the pages trials, and
+/// the period in which the pages client rewrites 1 % of the region.
+fn interval() -> String {
+    std::env::var("SHMSNAP_STANDBY_INTERVAL").unwrap_or_else(|_| "1s".into())
+}
+
+/// `shmsnap run --standby --metrics` on `state` for the pages client (`example pages`: 1 %
+/// of the region's pages rewritten per interval, in 10 commits), at [`interval`].
+fn pages_host(s: &S3Server, state: &Path, prefix: &str) -> Proc {
+    let (ttl, size, interval) = (ttl(), size(), interval());
+    let mut c = shmsnap(["run", "--state"]);
+    c.arg(state)
+        .args(["--strategy", "queue", "--interval", &interval, "--size", &size])
+        .args(["--replica", &url(prefix), "--standby", "--lease-ttl", &ttl])
+        .args(["--metrics", "127.0.0.1:0", "--"])
+        .args([BIN, "example", "pages", "--interval", &interval]);
+    s.env(&mut c);
+    Proc::spawn(c)
+}
+
+/// The newest root of a live pages region (`/proc/PID/fd/3`): (commit, its unix time in ns).
+fn live_pages_root(client: i32) -> Option<(u64, u64)> {
+    let f = std::fs::File::open(format!("/proc/{client}/fd/3")).ok()?;
+    let memfd = shmsnap_linux::Memfd::from_fd(f.into()).ok()?;
+    let map = shmsnap_linux::Mapping::of_memfd(&memfd, shmsnap_linux::Protection::ReadOnly).ok()?;
+    let region = shmsnap_core::Region::open(map.words()).ok()?;
+    for _ in 0..100 {
+        let Some(d) = region.newest() else {
+            return Some((0, 0));
+        };
+        // The root is longer than 16 bytes: read it whole, keep its first two words.
+        let mut b = vec![0u8; d.length as usize];
+        if region.read_payload(&d, &mut b).is_ok() && b.len() >= 16 {
+            let w = |i: usize| u64::from_le_bytes(b[i * 8..i * 8 + 8].try_into().unwrap());
+            return Some((w(0), w(1)));
+        }
+    }
+    None
+}
+
+/// The next `pages: pid P restored commit C (taken at T ns; ...)` line of `h` from `from`:
+/// (pid, C, T). Panics on `TORN`.
+fn next_pages_restored(h: &Proc, from: usize, timeout: Duration) -> Option<(i32, u64, u64)> {
+    let (_, line) = h.out.wait_from(from, timeout, |l| {
+        l.contains("TORN") || l.starts_with("pages: pid ")
+    })?;
+    assert!(!line.contains("TORN"), "the restored state is torn: {line}");
+    let w: Vec<&str> = line.split_whitespace().collect();
+    // pages: pid P restored commit C (taken at T ns; ...
+    Some((w[2].parse().ok()?, w[5].parse().ok()?, w[8].parse().ok()?))
+}
+
+/// The commit a point of the bucket holds: its objects (base and deltas 1..=index) copied
+/// out of `root`, the point materialized with the library and inspected (the newest entry's
+/// first word is the commit).
+fn commit_in_point(root: &Path, (g, index): PointId) -> u64 {
+    let work = tempdir("point");
+    let dir = root.join(format!("g/{g:020}"));
+    let base = work.path().join("p.snap");
+    let rw = |p: &Path| {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(p)
+            .unwrap()
+    };
+    let out = rw(&base);
+    shmsnap_linux::packed::unpack(std::fs::File::open(dir.join("base")).unwrap(), &out).unwrap();
+    drop(out);
+    let cdir = chain::chain_dir(&base);
+    std::fs::create_dir_all(&cdir).unwrap();
+    for i in 1..=index {
+        std::fs::copy(
+            dir.join(format!("d/{i:08}")),
+            cdir.join(chain::delta_name(g, u64::from(i))),
+        )
+        .unwrap();
+    }
+    let file = work.path().join("point.snap");
+    let f = rw(&file);
+    chain::materialize(&base, &cdir, At::Deltas(u64::from(index)), &f).unwrap();
+    drop(f);
+    assert_verifies(&file);
+    snapshot_count(&inspect(&file).unwrap())
+}
+
+/// The mean and the largest bucket bound of the primary's upload times (its metrics:
+/// `shmsnap_snapshot_phase_duration_seconds{phase="upload"}`), and how many uploads.
+fn upload_times(h: &Proc) -> Option<(f64, f64, u64)> {
+    let m = scrape(h);
+    let key = |s: &str| format!("shmsnap_snapshot_phase_duration_seconds_{s}{{phase=\"upload\"}}");
+    let (sum, count) = (*m.get(&key("sum"))?, *m.get(&key("count"))?);
+    // The smallest bucket bound that holds every upload.
+    let max = m
+        .iter()
+        .filter_map(|(k, &v)| {
+            let le = k
+                .strip_prefix("shmsnap_snapshot_phase_duration_seconds_bucket{")?
+                .split(',')
+                .find_map(|kv| kv.strip_prefix("le=\""))?
+                .trim_end_matches(['"', '}']);
+            (k.contains("phase=\"upload\"") && v >= count).then(|| le.parse::<f64>().ok())?
+        })
+        .fold(f64::INFINITY, f64::min);
+    (count > 0.0).then(|| (sum / count, max, count as u64))
+}
+
+fn median_max(v: &mut [f64]) -> (f64, f64) {
+    v.sort_by(f64::total_cmp);
+    (v[v.len() / 2], v[v.len() - 1])
+}
+
+/// The RPO of a 1 % writer (issue 26: "RPO ≤ one interval + one upload for a 64 MiB region
+/// with 1 % written per interval"): `example pages` rewrites 1 % of the region's pages per
+/// interval (10 commits, each numbered), the primary (host and client) is SIGKILLed at a
+/// random moment, and the standby's client must restore exactly the commit of the bucket's
+/// newest point before the kill, not torn (the client checks every page against the commit
+/// schedule). Prints per trial and as a distribution: commits lost, seconds of commits lost,
+/// the age of the restored state at the kill, and the mean upload time from the primary's
+/// metrics. `SHMSNAP_STANDBY_TRIALS` (default 2), `_SIZE` (2M), `_TTL` (3s), `_INTERVAL` (1s).
+#[test]
+fn a_one_percent_writer_restores_the_newest_uploaded_commit_untorn() {
+    let trials: usize = std::env::var("SHMSNAP_STANDBY_TRIALS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(2);
+    let seed = Instant::now().elapsed().as_nanos() as u64 ^ u64::from(std::process::id()) | 1;
+    println!("seed {seed}");
+    let mut rng = Rng(seed);
+    let s = S3Server::start_with_bucket(BUCKET);
+    let prefix = "pages";
+    let root = s.object_path(BUCKET, prefix);
+    let dirs = [tempdir("pages-a"), tempdir("pages-b")];
+    let states: Vec<PathBuf> = dirs.iter().map(|d| d.path().join("s.snap")).collect();
+    let mut primary = pages_host(&s, &states[0], prefix);
+    wait_log(&primary, 0, "client started", SLOW);
+    let mut standby = pages_host(&s, &states[1], prefix);
+    wait_standby(&standby, 0);
+    let step = humantime::parse_duration(&interval()).unwrap();
+    let mut which = 0;
+    let (mut lost, mut lost_secs, mut ages, mut rtos, mut uploads) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for trial in 0..trials {
+        poll(SLOW, || (!points_in(&root).is_empty()).then_some(()))
+            .expect("a first point in the bucket");
+        // A random moment after a few intervals of commits.
+        let ms = step.as_millis() as u64;
+        std::thread::sleep(Duration::from_millis(2 * ms + rng.below(3 * ms)));
+        let up = upload_times(&primary);
+        let (out_from, err_from) = (standby.out.len(), standby.err.len());
+        // The client stopped first, so its last commit is known; then host and client killed.
+        let pid = client_pid(&primary);
+        let _ = rustix::process::kill_process(
+            rustix::process::Pid::from_raw(pid).unwrap(),
+            Signal::STOP,
+        );
+        let (last, last_ns) = live_pages_root(pid).expect("the client's newest root");
+        primary.kill();
+        let _ = rustix::process::kill_process(
+            rustix::process::Pid::from_raw(pid).unwrap(),
+            Signal::KILL,
+        );
+        let killed = Instant::now();
+        let killed_wall = SystemTime::now();
+        assert!(wait_dead(pid, SLOW), "the client {pid} outlived the kill");
+        let newest = *points_in(&root).last().unwrap();
+        let in_bucket = commit_in_point(&root, newest);
+        let (_, k, k_ns) = next_pages_restored(&standby, out_from, TAKEOVER).unwrap_or_else(|| {
+            panic!(
+                "trial {trial}: the standby's client did not start:\n{}",
+                standby.err.text()
+            )
+        });
+        let rto = killed.elapsed().as_secs_f64();
+        let (_, from_line) = wait_log(&standby, err_from, " holds ", Duration::ZERO);
+        let from = started_from(&from_line).unwrap_or_else(|| panic!("{from_line}"));
+        assert_eq!(
+            from, newest,
+            "trial {trial}: the new primary started from the bucket's newest point"
+        );
+        assert_eq!(
+            k, in_bucket,
+            "trial {trial}: the new primary's client restored commit {k}, the bucket's newest \
+             point {newest:?} held commit {in_bucket}"
+        );
+        assert!(k <= last, "restored {k} > committed {last}");
+        let secs = last_ns.saturating_sub(k_ns) as f64 / 1e9;
+        let age = killed_wall
+            .duration_since(unix_time(k_ns))
+            .unwrap_or_default()
+            .as_secs_f64();
+        println!(
+            "trial {trial}: RTO {rto:.2} s; RPO {} commits, {secs:.2} s of commits (the \
+             restored state {age:.2} s old at the kill); client at commit {last}, restored \
+             {k} from {newest:?}; uploads so far: {}",
+            last - k,
+            up.map_or("none measured".to_owned(), |(mean, max, n)| format!(
+                "mean {mean:.3} s, all <= {max} s (n = {n})"
+            ))
+        );
+        lost.push((last - k) as f64);
+        lost_secs.push(secs);
+        ages.push(age);
+        rtos.push(rto);
+        if let Some((mean, _, _)) = up {
+            uploads.push(mean);
+        }
+        let back = pages_host(&s, &states[which], prefix);
+        wait_standby(&back, 0);
+        primary = std::mem::replace(&mut standby, back);
+        which = 1 - which;
+    }
+    let (lm, lx) = median_max(&mut lost);
+    let (sm, sx) = median_max(&mut lost_secs);
+    let (am, ax) = median_max(&mut ages);
+    let (rm, rx) = median_max(&mut rtos);
+    println!(
+        "{trials} takeovers, region {}, interval {}, TTL {}: RPO median {lm} max {lx} commits; \
+         seconds of commits lost median {sm:.2} max {sx:.2}; restored state's age at the kill \
+         median {am:.2} s max {ax:.2} s; RTO median {rm:.2} s max {rx:.2} s",
+        size(),
+        interval(),
+        ttl()
+    );
+    if !uploads.is_empty() {
+        let (um, ux) = median_max(&mut uploads);
+        println!(
+            "mean upload time per primary: median {um:.3} s, max {ux:.3} s; interval + one \
+             upload = {:.2} s",
+            step.as_secs_f64() + ux
+        );
+    }
+    standby.kill();
+    primary.signal(Signal::TERM);
+    assert_eq!(primary.exit_code(), 0, "{}", primary.err.text());
+}
+
+/// The `SystemTime` of a unix time in ns.
+fn unix_time(ns: u64) -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_nanos(ns)
+}

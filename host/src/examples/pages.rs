@@ -10,9 +10,10 @@
 //! then holds the few rewritten units and the data-ring pages of the roots: a 1 % writer's
 //! uploads stay small.
 //!
-//! Which pages a commit writes is a function of its number: the positions `0..P` are cut into
-//! blocks of `m` (the pages per commit), commit `c` writes block `(c - 1) mod B` (`B` blocks,
-//! so every page is rewritten every `B` commits), and position `j` is page `(j * a + 7) mod P`
+//! Which pages a commit writes is a function of its number: commit 1 writes every page (the
+//! region starts full: a base holds all of it); then the positions `0..P` are cut into blocks
+//! of `m` (the pages per commit), commit `c >= 2` writes block `(c - 2) mod B` (`B` blocks, so
+//! every page is rewritten every `B` commits), and position `j` is page `(j * a + 7) mod P`
 //! for an `a` coprime to `P` (scattered over the region). So the state after commit `C` is
 //! known exactly: every page holds the newest commit `<= C` that wrote it, and every word of
 //! it is a function of (page, commit). On start the client checks every page against that —
@@ -113,16 +114,24 @@ impl Geometry {
         ((j as u128 * self.scatter as u128 + 7) % self.pages as u128) as usize
     }
 
-    /// The positions commit `c` (`>= 1`) writes.
+    /// The positions commit `c` (`>= 1`) writes: every page for commit 1 (the region starts
+    /// full, so a base holds all of it), then one block per commit.
     fn positions(&self, c: u64) -> std::ops::Range<usize> {
-        let b = ((c - 1) % self.blocks) as usize;
+        if c <= 1 {
+            return 0..self.pages;
+        }
+        let b = ((c - 2) % self.blocks) as usize;
         b * self.per_commit..((b + 1) * self.per_commit).min(self.pages)
     }
 
     /// The newest commit `<= c` that wrote position `j` (`None`: none did).
     fn last_write(&self, j: usize, c: u64) -> Option<u64> {
-        let first = (j / self.per_commit) as u64 + 1;
-        (c >= first).then(|| first + (c - first) / self.blocks * self.blocks)
+        let first = (j / self.per_commit) as u64 + 2;
+        match c {
+            0 => None,
+            c if c < first => Some(1),
+            c => Some(first + (c - first) / self.blocks * self.blocks),
+        }
     }
 
     fn root_len(&self) -> usize {
@@ -339,7 +348,7 @@ fn commit<M: WordMemory + ?Sized>(
     c: u64,
     buf: &mut [u8],
 ) -> Result<(), Failure> {
-    if available(table, w.oldest_live()) < g.per_commit {
+    if available(table, w.oldest_live()) < g.positions(c).len() {
         // Free retired units sooner: evict everything but the newest entry.
         let next = w.next_seq();
         w.evict_before(next);
@@ -407,6 +416,57 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// Restores a region written by 30 commits, then the same with one page made torn, newer
+    /// than the root, or older than the root says: each is named, never accepted.
+    #[test]
+    fn restore_accepts_the_written_state_and_names_a_torn_newer_or_stale_page() {
+        use shmsnap_linux::{Mapping, Memfd, Protection};
+        use std::sync::atomic::Ordering::Relaxed;
+        let len = 1u64 << 20;
+        let memfd = Memfd::create("pages-restore", len).unwrap();
+        memfd.seal_against_shrink().unwrap();
+        let map = Mapping::of_memfd(&memfd, Protection::ReadWrite).unwrap();
+        let mut w =
+            Writer::open_or_init(map.words(), layout(len), super::super::TEST_CLIENT).unwrap();
+        let units = w.unit_count(PAGE);
+        let g = Geometry::new(units, 1, 10).unwrap();
+        let mut states = vec![0u64; units];
+        let mut table = UnitTable::new(&mut states, PAGE).unwrap();
+        let mut st = State {
+            commit: 0,
+            unix_ns: 0,
+            units: vec![NO_UNIT; g.pages],
+        };
+        let mut buf = vec![0u8; PAGE];
+        for c in 1..=30 {
+            commit(&mut w, &mut table, &g, &mut st, c, &mut buf).unwrap();
+        }
+        let tail = w.layout().tail_offset as usize / 8;
+        let check = || {
+            let mut s = vec![0u64; units];
+            let mut t = UnitTable::new(&mut s, PAGE).unwrap();
+            restore(w.region(), &mut t, &g).unwrap().map(|st| st.commit)
+        };
+        assert_eq!(check(), Ok(30));
+        // The page commit 30 wrote.
+        let p = g.page_at(g.positions(30).start);
+        let at = tail + st.units[p] as usize * WORDS;
+        let words = &map.words()[at..at + WORDS];
+        let fill = |c: u64| {
+            for (k, x) in words.iter().enumerate() {
+                x.store(page_word(p, c, k), Relaxed);
+            }
+        };
+        words[100].fetch_xor(1, Relaxed);
+        assert!(check().unwrap_err().contains("torn"), "{:?}", check());
+        fill(31);
+        assert!(check().unwrap_err().contains("newer than the restored root"));
+        fill(1);
+        assert!(check().unwrap_err().contains("older than the restored root"));
+        fill(30);
+        assert_eq!(check(), Ok(30));
     }
 
     #[test]

@@ -990,3 +990,207 @@ fn a_one_percent_writer_restores_the_newest_uploaded_commit_untorn() {
 fn unix_time(ns: u64) -> SystemTime {
     SystemTime::UNIX_EPOCH + Duration::from_nanos(ns)
 }
+
+/// The lease object as the S3 server stores it: (holder pid, released).
+fn lease_in(root: &Path) -> Option<(i64, bool)> {
+    let body = std::fs::read(root.join("lease")).ok()?;
+    let j: serde_json::Value = serde_json::from_slice(&body).ok()?;
+    Some((
+        j["holder"]["pid"].as_i64()?,
+        j["released"].as_bool().unwrap_or(false),
+    ))
+}
+
+/// SIGTERM to a standby (as systemd stops it): it exits with status 0 and says so, takes no
+/// lease and releases nothing (the primary's lease is untouched, its client runs on).
+#[test]
+fn a_standby_stops_on_sigterm_with_status_0_and_leaves_the_lease_alone() {
+    let s = S3Server::start_with_bucket(BUCKET);
+    let prefix = "term";
+    let root = s.object_path(BUCKET, prefix);
+    let (da, db) = (tempdir("term-a"), tempdir("term-b"));
+    let a = host(&s, &da.path().join("a.snap"), prefix);
+    wait_log(&a, 0, "client started", SLOW);
+    let mut b = host(&s, &db.path().join("b.snap"), prefix);
+    wait_standby(&b, 0);
+    let before = lease_in(&root).expect("the primary's lease");
+    assert_eq!(before, (i64::from(a.pid()), false));
+    let signalled = Instant::now();
+    b.signal(Signal::TERM);
+    let code = b.wait_timeout(SLOW).map(|s| s.code());
+    println!(
+        "the standby exited {:.3} s after SIGTERM: {code:?}",
+        signalled.elapsed().as_secs_f64()
+    );
+    assert_eq!(code, Some(Some(0)), "{}", b.err.text());
+    let err = b.err.text();
+    assert!(
+        err.contains("SIGTERM while standing by: stopping (no lease held"),
+        "{err}"
+    );
+    assert!(!err.contains("client started"), "{err}");
+    // The primary's lease is untouched (renewals keep its holder), its client runs on.
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(lease_in(&root), Some((i64::from(a.pid()), false)));
+    assert!(alive(client_pid(&a)), "{}", a.err.text());
+}
+
+/// A standby that has just taken the lease (the primary released it at its stop) and is told
+/// to stop before its client starts: it releases the lease, exits 0, starts no client, and
+/// the next standby takes the lease at once. (The window is the standby's read-back after its
+/// takeover, a lease request's timeout: 2 s at `--lease-ttl 20s`.)
+#[test]
+fn a_standby_stopped_after_taking_the_lease_releases_it() {
+    let s = S3Server::start_with_bucket(BUCKET);
+    let prefix = "term-taken";
+    let root = s.object_path(BUCKET, prefix);
+    let dirs = [tempdir("tt-a"), tempdir("tt-b"), tempdir("tt-c")];
+    let mut a = host(&s, &dirs[0].path().join("s.snap"), prefix);
+    wait_log(&a, 0, "client started", SLOW);
+    poll(SLOW, || (!points_in(&root).is_empty()).then_some(())).expect("a point");
+    // Its own TTL is 20 s (a takeover's read-back waits TTL/10).
+    let mut c = shmsnap(["run", "--state"]);
+    c.arg(dirs[1].path().join("s.snap"))
+        .args(["--strategy", "queue", "--interval", "100ms", "--size", "2M"])
+        .args(["--replica", &url(prefix), "--standby", "--lease-ttl", "20s", "--"])
+        .args(primes(&["--pause", "2ms"]));
+    s.env(&mut c);
+    let mut b = Proc::spawn(c);
+    wait_standby(&b, 0);
+    a.signal(Signal::TERM);
+    assert_eq!(a.exit_code(), 0, "{}", a.err.text());
+    let b_pid = i64::from(b.pid());
+    poll(SLOW, || (lease_in(&root) == Some((b_pid, false))).then_some(()))
+        .unwrap_or_else(|| panic!("the standby did not take the lease:\n{}", b.err.text()));
+    let signalled = Instant::now();
+    b.signal(Signal::TERM);
+    let code = b.wait_timeout(SLOW).map(|s| s.code());
+    println!(
+        "the standby exited {:.3} s after SIGTERM: {code:?}",
+        signalled.elapsed().as_secs_f64()
+    );
+    assert_eq!(code, Some(Some(0)), "{}", b.err.text());
+    let err = b.err.text();
+    assert!(!err.contains("client started"), "{err}");
+    assert!(err.contains("SIGTERM while standing by"), "{err}");
+    assert_eq!(
+        lease_in(&root),
+        Some((b_pid, true)),
+        "the lease is released:\n{err}"
+    );
+    // The next standby takes it at once (no TTL to wait out).
+    let c = host(&s, &dirs[2].path().join("s.snap"), prefix);
+    let (_, line) = wait_log(&c, 0, "lease taken", SLOW);
+    println!("next host: {line}");
+    wait_log(&c, 0, "client started", SLOW);
+}
+
+/// Takeovers of SIGKILLed primaries whose primes clients acknowledge every 20 commits with
+/// `ack` (`--ack`: durable locally; `--ack-replicated`: in the bucket), every host reaching
+/// the store through a proxy that delays each point upload (a `PUT` under `g/`) by 700 ms —
+/// a slow link, so that local acknowledgements outrun the uploads. Returns, per takeover,
+/// (acknowledgements of the killed primary, those above what the new primary restored).
+fn acks_across_slow_takeovers(ack: &'static str, takeovers: usize) -> Vec<(usize, usize)> {
+    use common::proxy::{Action, Proxy};
+    let seed = Instant::now().elapsed().as_nanos() as u64 ^ u64::from(std::process::id()) | 1;
+    println!("seed {seed}");
+    let mut rng = Rng(seed);
+    let s = S3Server::start_with_bucket(BUCKET);
+    let proxy = Proxy::start(s.port(), |r| {
+        if r.method == "PUT" && r.path().contains("/g/") {
+            Action::Delay(Duration::from_millis(700))
+        } else {
+            Action::Forward
+        }
+    });
+    let prefix = if ack == "--ack" { "slow-local" } else { "slow-replicated" };
+    let start = |state: &Path| {
+        let mut c = shmsnap(["run", "--state"]);
+        c.arg(state)
+            .args(["--strategy", "queue", "--interval", "100ms", "--size", "2M"])
+            .args(["--replica", &url(prefix), "--standby", "--lease-ttl", &ttl()])
+            .arg("--")
+            .args(primes(&["--pause", "2ms", ack, "20"]));
+        common::s3::env_for(
+            &mut c,
+            &proxy.endpoint(),
+            common::s3::ACCESS_KEY,
+            common::s3::SECRET_KEY,
+        );
+        Proc::spawn(c)
+    };
+    let dirs = [tempdir("slow-a"), tempdir("slow-b")];
+    let states: Vec<PathBuf> = dirs.iter().map(|d| d.path().join("s.snap")).collect();
+    let mut primary = start(&states[0]);
+    wait_log(&primary, 0, "client started", SLOW);
+    let mut standby = start(&states[1]);
+    wait_standby(&standby, 0);
+    let mut which = 0;
+    let mut out = Vec::new();
+    for t in 0..takeovers {
+        let from = primary.out.len();
+        poll(SLOW, || {
+            (acks(&primary.out.all()[from..]).len() >= 3).then_some(())
+        })
+        .unwrap_or_else(|| panic!("no acknowledgements:\n{}", primary.err.text()));
+        std::thread::sleep(Duration::from_millis(rng.below(700)));
+        let out_from = standby.out.len();
+        kill_primary(&mut primary);
+        let (_, _, k) = next_restored(&standby, out_from, TAKEOVER)
+            .unwrap_or_else(|| panic!("no takeover:\n{}", standby.err.text()));
+        let acked = acks(&primary.out.all());
+        let lost: Vec<u64> = acked.iter().copied().filter(|&a| a > k).collect();
+        println!(
+            "{ack} takeover {t}: the killed primary's clients acknowledged {} counts, up to \
+             {}; the new primary restored {k}: {} acknowledged count(s) lost {:?}",
+            acked.len(),
+            acked.iter().max().unwrap_or(&0),
+            lost.len(),
+            &lost[..lost.len().min(5)]
+        );
+        out.push((acked.len(), lost.len()));
+        let back = start(&states[which]);
+        wait_standby(&back, 0);
+        primary = std::mem::replace(&mut standby, back);
+        which = 1 - which;
+    }
+    standby.kill();
+    primary.kill();
+    out
+}
+
+/// The broken twin of `no_replicated_acknowledgement_is_lost_across_takeovers`: clients that
+/// acknowledge on *local* durability (`primes --ack 20`) lose acknowledged commits in a
+/// takeover when the uploads lag (a 700 ms link) — every takeover here loses some. The check
+/// the replicated clients pass is one that can fail.
+#[test]
+fn local_acknowledgements_are_lost_across_takeovers_when_uploads_lag() {
+    let trials = acks_across_slow_takeovers("--ack", 2);
+    let acked: usize = trials.iter().map(|t| t.0).sum();
+    let lost: usize = trials.iter().map(|t| t.1).sum();
+    println!(
+        "{} takeovers, {acked} local acknowledgements, {lost} lost",
+        trials.len()
+    );
+    assert!(
+        trials.iter().all(|t| t.1 > 0),
+        "a takeover lost no locally acknowledged commit although the uploads lag: {trials:?}"
+    );
+}
+
+/// The same slow link with clients that acknowledge only replicated commits
+/// (`primes --ack-replicated 20`): none lost.
+#[test]
+fn replicated_acknowledgements_survive_takeovers_when_uploads_lag() {
+    let trials = acks_across_slow_takeovers("--ack-replicated", 2);
+    let acked: usize = trials.iter().map(|t| t.0).sum();
+    println!(
+        "{} takeovers, {acked} replicated acknowledgements, 0 lost",
+        trials.len()
+    );
+    assert!(acked > 0);
+    assert!(
+        trials.iter().all(|t| t.1 == 0),
+        "replicated acknowledgements lost: {trials:?}"
+    );
+}

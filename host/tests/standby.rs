@@ -1069,15 +1069,15 @@ fn a_standby_stopped_after_taking_the_lease_releases_it() {
         "the standby exited {:.3} s after SIGTERM: {code:?}",
         signalled.elapsed().as_secs_f64()
     );
-    assert_eq!(code, Some(Some(0)), "{}", b.err.text());
     let err = b.err.text();
-    assert!(!err.contains("client started"), "{err}");
-    assert!(err.contains("SIGTERM while standing by"), "{err}");
     assert_eq!(
         lease_in(&root),
         Some((b_pid, true)),
         "the lease is released:\n{err}"
     );
+    assert_eq!(code, Some(Some(0)), "{err}");
+    assert!(!err.contains("client started"), "{err}");
+    assert!(err.contains("SIGTERM while standing by"), "{err}");
     // The next standby takes it at once (no TTL to wait out).
     let c = host(&s, &dirs[2].path().join("s.snap"), prefix);
     let (_, line) = wait_log(&c, 0, "lease taken", SLOW);

@@ -108,7 +108,9 @@ Signals:
                    a final snapshot, then shmsnap exits: 0 when the final snapshot was
                    persisted or there was nothing new to persist (a requested stop that saved
                    the state is a success, also for systemd), 74 when the final snapshot failed
-                   (the previous snapshot stays on disk)
+                   (the previous snapshot stays on disk). A --standby host before its client
+                   started exits 0 at once and never takes the lease after the signal; one
+                   that had just taken it releases it first (the next standby takes over)
 
 State file:
   FILE is replaced atomically (temp file, fdatasync, rename, directory fsync); FILE.1 ..

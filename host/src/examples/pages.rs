@@ -412,7 +412,11 @@ mod tests {
                     last[j] = Some(c);
                 }
                 for (j, &l) in last.iter().enumerate() {
-                    assert_eq!(g.last_write(j, c), l, "units {units} commit {c} position {j}");
+                    assert_eq!(
+                        g.last_write(j, c),
+                        l,
+                        "units {units} commit {c} position {j}"
+                    );
                 }
             }
         }
@@ -462,9 +466,13 @@ mod tests {
         words[100].fetch_xor(1, Relaxed);
         assert!(check().unwrap_err().contains("torn"), "{:?}", check());
         fill(31);
-        assert!(check().unwrap_err().contains("newer than the restored root"));
+        assert!(check()
+            .unwrap_err()
+            .contains("newer than the restored root"));
         fill(1);
-        assert!(check().unwrap_err().contains("older than the restored root"));
+        assert!(check()
+            .unwrap_err()
+            .contains("older than the restored root"));
         fill(30);
         assert_eq!(check(), Ok(30));
     }

@@ -132,8 +132,14 @@ pub fn start(args: RunConfig) -> Result<Option<Supervisor>, Failure> {
     let replica = match args.replica.as_deref() {
         None => None,
         Some(url) => {
-            match crate::replica::start(url, opts, &persister, args.fallback, &metrics, stop.as_ref())?
-            {
+            match crate::replica::start(
+                url,
+                opts,
+                &persister,
+                args.fallback,
+                &metrics,
+                stop.as_ref(),
+            )? {
                 Some(started) => Some(started),
                 None => return Ok(None),
             }
@@ -178,7 +184,10 @@ pub fn start(args: RunConfig) -> Result<Option<Supervisor>, Failure> {
     }
     snap.attach_metrics(&metrics);
     let (tx, events, watcher) = event_sources(&snap, status_area)?;
-    if let Some(sig) = stop.as_ref().and_then(crate::replica::standby::Stop::signal) {
+    if let Some(sig) = stop
+        .as_ref()
+        .and_then(crate::replica::standby::Stop::signal)
+    {
         // Came after the standby's last check and before the signal thread: the client is
         // stopped as soon as it runs (its final snapshot, then the lease released).
         let _ = tx.send(Event::Signal(sig));

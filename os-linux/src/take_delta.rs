@@ -4,11 +4,14 @@
 //! ```text
 //! pre          = PreCopy::read: valid descriptors of the live region (a stamp)
 //! scan         = Scanner::scan: pages written since the previous scan, write-protected again
-//! runs         = plan_runs(scan, meta_len, image_len)        (the written pages + the meta pages)
+//! runs         = plan_runs(carry ∪ scan, meta_len, image_len) (the written pages + the meta pages)
 //! decide       = CompactionPolicy::decide(...)               (a new base instead?)
-//! delta        = DeltaWriter::begin(tip, runs), copy_from(memfd)
-//! finish       = read the copied meta pages, PreCopy::finish (fence, post, retain),
-//!                write them back into the delta
+//! delta        = DeltaWriter::begin(tip, runs); CopyPlan::copy: meta and tail pages, then the
+//!                data-ring pages of the entries of `pre` newest first, stopping at one that
+//!                is gone (newest.rs)
+//! finish       = read the copied meta pages, PreCopy::finish_where (fence, post, retain of
+//!                the entries whose planned pages were all copied); if pages were left out,
+//!                DeltaWriter::narrow to the copied runs; write the meta back into the delta
 //! ```
 //!
 //! [`take_delta`] runs these steps and hands back the delta uncommitted
@@ -28,8 +31,10 @@
 //! every page written since the tip's image that no later scan will report, and the next delta
 //! onto the same tip with the same carry is sound (DESIGN §11, "An attempt that is not
 //! kept"). Except after [`DeltaError::Scan`]: a scan that failed may have re-protected pages
-//! it never reported, so the carry is void and the next snapshot must be a full base. After a committed delta the caller starts a new carry for the new tip
-//! ([`Carry::new`] with [`DeltaInfo::tip`]).
+//! it never reported, so the carry is void and the next snapshot must be a full base. After a
+//! committed delta the next delta starts from the carry [`PendingDelta::commit`] returns
+//! ([`Committed::carry`]): the new tip's, holding the planned pages the copy left out (DESIGN
+//! §11, "The newest entries first").
 
 use std::fmt;
 use std::io;

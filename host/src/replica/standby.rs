@@ -23,6 +23,7 @@ use shmsnap_linux::persist::Persister;
 use tracing::{info, warn};
 
 use super::fetch;
+use super::follow;
 use super::layout::{Listing, PointId};
 use super::lease::{self, Holder, Lease, LeaseError, Timing};
 use super::observe::{Observer, Reading, Verdict};
@@ -30,6 +31,7 @@ use super::store::Replica;
 use crate::exit::{Code, Failure};
 use crate::metrics::{Metrics, Role};
 use crate::notify::Notifier;
+use crate::time::ms;
 
 /// How often a standby lists the bucket.
 pub const LIST_EVERY: Duration = Duration::from_millis(500);
@@ -56,7 +58,7 @@ pub fn acquire(
     ttl: Duration,
     persister: &Persister,
     metrics: &Metrics,
-) -> Result<(Lease, bool), Failure> {
+) -> Result<(Lease, bool, Option<u64>), Failure> {
     let mut last_warn: Option<Instant> = None;
     loop {
         let ours = matches!(
@@ -74,7 +76,7 @@ pub fn acquire(
                         "it was free"
                     }
                 );
-                return Ok((l, ours));
+                return Ok((l, ours, None));
             }
             Err(LeaseError::Held { body, .. }) => {
                 info!(
@@ -102,8 +104,11 @@ pub fn acquire(
                     last_status: Instant::now(),
                     last_warn: None,
                     failed_points: 0,
+                    repaired: None,
+                    downloaded: 0,
                 };
-                return Ok((s.run()?, false));
+                let (lease, floor) = s.run()?;
+                return Ok((lease, false, Some(floor)));
             }
             Err(LeaseError::Store(e)) => {
                 metrics.replica_error();
@@ -149,13 +154,18 @@ struct Standby<'a> {
     last_warn: Option<Instant>,
     /// Points that could not be applied (a download or a check failed).
     failed_points: u64,
+    /// The newest point for which a base was downloaded again and still did not get past a
+    /// bad object: the local chain is not repaired again for it (`None`: repair allowed).
+    repaired: Option<PointId>,
+    /// Bytes downloaded while following (in the status line).
+    downloaded: u64,
 }
 
 impl Standby<'_> {
-    fn run(&mut self) -> Result<Lease, Failure> {
+    fn run(&mut self) -> Result<(Lease, u64), Failure> {
         loop {
-            if let Some(lease) = self.watch_lease()? {
-                return Ok(lease);
+            if let Some(taken) = self.watch_lease()? {
+                return Ok(taken);
             }
             if self.last_list.is_none_or(|t| t.elapsed() >= LIST_EVERY) {
                 self.last_list = Some(Instant::now());
@@ -181,8 +191,9 @@ impl Standby<'_> {
         let behind = self.behind_since.map_or(0.0, |t| t.elapsed().as_secs_f64());
         match self.applied {
             Some(p) => format!(
-                "standby, {behind:.0} s behind (at {p} of {})",
-                self.replica.url
+                "standby, {behind:.0} s behind (at {p} of {}; {:.1} MiB downloaded)",
+                self.replica.url,
+                self.downloaded as f64 / f64::from(1u32 << 20)
             ),
             None => format!(
                 "standby, {behind:.0} s behind (no point of {} applied yet)",
@@ -192,7 +203,7 @@ impl Standby<'_> {
     }
 
     /// Reads the lease once; takes it over when the observer says so.
-    fn watch_lease(&mut self) -> Result<Option<Lease>, Failure> {
+    fn watch_lease(&mut self) -> Result<Option<(Lease, u64)>, Failure> {
         let reading = match self.rt.block_on(lease::read(self.replica)) {
             Ok(None) => Reading::Absent,
             Ok(Some((body, version))) => {
@@ -204,7 +215,8 @@ impl Standby<'_> {
                 Reading::Failed
             }
         };
-        let (taken, why) = match self.observer.observe(Instant::now(), reading) {
+        let decided = Instant::now();
+        let (taken, why) = match self.observer.observe(decided, reading) {
             Verdict::Wait { .. } | Verdict::Unknown => return Ok(None),
             Verdict::Absent => (
                 self.rt.block_on(Lease::take(
@@ -234,18 +246,7 @@ impl Standby<'_> {
             ),
         };
         match taken {
-            Ok(_) if !self.confirm() => {
-                self.observer.reset();
-                Ok(None)
-            }
-            Ok(l) => {
-                info!(
-                    "replica {}: took over the lease: {why}; becoming the primary",
-                    self.replica.url
-                );
-                self.metrics.standby_behind_since(None);
-                Ok(Some(l))
-            }
+            Ok(l) => self.settle(l, decided, &why),
             Err(LeaseError::Held { body, .. }) => {
                 info!(
                     "replica {}: another host took the lease first ({}); still standby",
@@ -262,14 +263,66 @@ impl Standby<'_> {
         }
     }
 
-    /// After a takeover the store accepted: waits a lease request's timeout (a racing
-    /// conditional write sent at the same moment has been answered by then) and reads the
-    /// lease back. `false` if another host's body is there: the store let two conditional
-    /// writes through (not atomic), and this host stays a standby. A mitigation, not a
-    /// proof: the store's atomic conditional write is what keeps takeovers exclusive
-    /// (docs/DESIGN.md §12, assumptions).
-    fn confirm(&mut self) -> bool {
-        std::thread::sleep(Timing { ttl: self.ttl }.request_timeout());
+    /// After a takeover the store accepted (`decided`: when the observer said so): brings
+    /// the local state to the bucket's newest point ([`reconcile`] for [`Goal::Lead`])
+    /// *while* a lease request's timeout elapses (a racing conditional write sent at the same
+    /// moment has been answered by then), and only after both reads the lease back. Another
+    /// host's body there: the store let two conditional writes through (not atomic), and
+    /// this host stays a standby — its caught-up state is a point of the bucket, which a
+    /// standby may hold. Nothing is started or uploaded before the read-back (the lease
+    /// thread, the uploader and the client all start after this returns). A mitigation, not
+    /// a proof: the store's atomic conditional write is what keeps takeovers exclusive
+    /// (docs/DESIGN.md §12, assumptions). Returns the lease and the bucket's newest
+    /// generation (every new base goes above it).
+    fn settle(
+        &mut self,
+        lease: Lease,
+        decided: Instant,
+        why: &str,
+    ) -> Result<Option<(Lease, u64)>, Failure> {
+        let answered = Instant::now();
+        info!(
+            ms = ms(answered - decided),
+            "takeover phase: the lease write was answered {:.0} ms after the decision",
+            ms(answered - decided)
+        );
+        let floor = match reconcile(self.rt, self.replica, self.persister, Goal::Lead, false) {
+            Ok(f) => f,
+            Err(e) => {
+                // Let another standby take over at once rather than after the TTL.
+                let _ = self.rt.block_on(lease.release(self.replica));
+                return Err(e);
+            }
+        };
+        info!(
+            ms = ms(decided.elapsed()),
+            "takeover phase: caught up {:.0} ms after the decision",
+            ms(decided.elapsed())
+        );
+        let wait = Timing { ttl: self.ttl }.request_timeout();
+        std::thread::sleep(wait.saturating_sub(answered.elapsed()));
+        let confirmed = self.read_back();
+        info!(
+            ms = ms(decided.elapsed()),
+            "takeover phase: the lease was read back {:.0} ms after the decision",
+            ms(decided.elapsed())
+        );
+        if !confirmed {
+            self.observer.reset();
+            // The caught-up state is a bucket point; the next listing verifies it again.
+            self.applied = None;
+            return Ok(None);
+        }
+        info!(
+            "replica {}: took over the lease: {why}; becoming the primary",
+            self.replica.url
+        );
+        self.metrics.standby_behind_since(None);
+        Ok(Some((lease, floor)))
+    }
+
+    /// Reads the lease back after a takeover: `false` if another host's body is there.
+    fn read_back(&mut self) -> bool {
         match self.rt.block_on(lease::read(self.replica)) {
             Ok(Some((b, _))) if !self.holder.same_run(&b.holder) => {
                 self.metrics.replica_error();
@@ -285,7 +338,9 @@ impl Standby<'_> {
         }
     }
 
-    /// Lists the bucket; fetches its newest point if it is not the one applied.
+    /// Lists the bucket; brings the local chain to its newest point if it is not the one
+    /// applied ([`follow::advance`]: only the new deltas of the generation held, or a new
+    /// generation's base once, everything verified before it is applied).
     fn follow(&mut self) {
         let listing = match self.rt.block_on(Listing::load(self.replica)) {
             Ok(l) => l,
@@ -300,14 +355,30 @@ impl Standby<'_> {
         }
         let since = *self.behind_since.get_or_insert_with(Instant::now);
         self.set_behind(Some(since));
-        match fetch::fetch_into(self.rt, self.replica, self.persister, None, false) {
-            Ok(f) => {
+        let repair = self.repaired != Some(newest);
+        match follow::advance(self.rt, self.replica, self.persister, newest, repair) {
+            Ok(a) => {
                 if self.applied.is_none() {
-                    info!("replica {}: standby now at {}", self.replica.url, f.point);
+                    info!("replica {}: standby now at {}", self.replica.url, a.point);
                 }
-                self.applied = Some(f.point);
-                if f.point >= newest {
+                self.metrics
+                    .standby_applied(a.downloaded, self.applied != Some(a.point));
+                self.applied = Some(a.point);
+                self.downloaded += a.downloaded;
+                if a.point >= newest {
                     self.set_behind(None);
+                }
+                if let Some(bad) = a.refused {
+                    if a.base {
+                        // A base downloaded again did not get past it either: the object is
+                        // at fault; no new base download until the bucket changes.
+                        self.repaired = Some(newest);
+                    }
+                    self.failed_points += 1;
+                    self.failed(&format!(
+                        "cannot apply {bad}; staying at {} ({} point(s) failed so far)",
+                        a.point, self.failed_points
+                    ));
                 }
             }
             Err(e) => {
@@ -368,6 +439,7 @@ pub fn reconcile(
     goal: Goal,
     ours: bool,
 ) -> Result<u64, Failure> {
+    let started = Instant::now();
     let listing = retry(|| {
         rt.block_on(Listing::load(replica)).map_err(|e| {
             Failure::new(
@@ -409,6 +481,7 @@ pub fn reconcile(
             aside.display()
         );
     }
+    let listed = started.elapsed();
     if goal == Goal::Lead {
         let current = local_point(&target).and_then(Result::ok);
         let at_newest = match (current, newest) {
@@ -416,14 +489,18 @@ pub fn reconcile(
             (_, None) => true,
             (None, Some(_)) => false,
         };
-        if !at_newest {
-            let f = retry(|| fetch::fetch_into(rt, replica, persister, None, true))?;
+        if let (false, Some(n)) = (at_newest, newest) {
+            let (point, unix_time_ns) = catch_up(rt, replica, persister, n)?;
             info!(
-                "caught up: {} now holds {} of replica {} (taken {})",
+                list_ms = ms(listed),
+                ms = ms(started.elapsed()),
+                "caught up: {} now holds {} of replica {} (taken {}), in {:.0} ms (listing {:.0} ms)",
                 target.display(),
-                f.point,
+                point,
                 replica.url,
-                crate::time::rfc3339(f.unix_time_ns)
+                crate::time::rfc3339(unix_time_ns),
+                ms(started.elapsed()),
+                ms(listed)
             );
         } else if let Some(c) = current {
             info!(
@@ -445,6 +522,41 @@ fn at_or_past(local: PointId, newest: PointId, ours: bool) -> bool {
         || (ours && local.generation > newest.generation)
 }
 
+/// A new primary's catch-up to the bucket's newest point `to`: the local chain advanced
+/// ([`follow::advance`]: only what it lacks); past a corrupt delta, the sound point before it
+/// (logged: `--fallback` semantics); past a corrupt base, the whole-point restore with
+/// fallback ([`fetch::fetch_into`]: the newest sound older point, logged). Returns the point
+/// and its snapshot time (ns since the Unix epoch).
+fn catch_up(
+    rt: &tokio::runtime::Runtime,
+    replica: &Replica,
+    persister: &Persister,
+    to: PointId,
+) -> Result<(PointId, u64), Failure> {
+    let advanced = retry(|| match follow::advance(rt, replica, persister, to, true) {
+        // Retried: the store did not answer. Anything else is decided below.
+        Err(e) if e.code == Code::IoErr => Err(e),
+        r => Ok(r),
+    })?;
+    match advanced {
+        Ok(a) => {
+            if let Some(bad) = &a.refused {
+                warn!(
+                    "replica {}: {bad} skipped; using {}, the sound point before it",
+                    replica.url, a.point
+                );
+            }
+            Ok((a.point, a.unix_time_ns))
+        }
+        Err(e) if e.code == Code::DataErr => {
+            warn!("{}; restoring the newest sound point instead", e.message);
+            retry(|| fetch::fetch_into(rt, replica, persister, None, true))
+                .map(|f| (f.point, f.unix_time_ns))
+        }
+        Err(e) => Err(e),
+    }
+}
+
 /// Tries `f` up to 5 times, 500 ms apart, returning its last error.
 fn retry<T>(mut f: impl FnMut() -> Result<T, Failure>) -> Result<T, Failure> {
     let mut tries = 0;
@@ -464,7 +576,7 @@ fn retry<T>(mut f: impl FnMut() -> Result<T, Failure>) -> Result<T, Failure> {
 /// The point the local state holds: the state file's generation and the number of deltas
 /// of it in the chain directory that chain correctly (a state fetched from the bucket is one
 /// file: index 0). `None` if there is no state file.
-fn local_point(target: &Path) -> Option<Result<PointId, String>> {
+pub(super) fn local_point(target: &Path) -> Option<Result<PointId, String>> {
     if !target.exists() {
         return None;
     }

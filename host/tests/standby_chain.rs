@@ -272,3 +272,162 @@ fn a_standby_killed_while_following_keeps_a_sound_point_and_resumes() {
     );
     wait_log(&standby, 0, "client started", SLOW);
 }
+
+/// `KEY=VALUE` of a tracing text line's field `key`.
+fn field(line: &str, key: &str) -> Option<f64> {
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(&format!("{key}=")))?
+        .parse()
+        .ok()
+}
+
+fn median_max(v: &mut [f64]) -> (f64, f64) {
+    v.sort_by(f64::total_cmp);
+    (v[v.len() / 2], v[v.len() - 1])
+}
+
+/// The measured comparison of DESIGN §12 (a measured run, nothing timed is asserted): a
+/// standby following a primary with its local chain — per followed point, the bytes it
+/// downloaded and the time its step took (download, verify, apply: its debug lines) — against
+/// the whole-point step the standby made before (download base + every delta of the
+/// generation, verify, materialize, commit), which is exactly `shmsnap restore --from URL`:
+/// that command is run once a second on the same bucket and timed (its time includes a
+/// process start), its bytes are the objects of the point it restored.
+/// `SHMSNAP_CHAIN_MEASURE_SECS` (default 3) and `SHMSNAP_STANDBY_SIZE` (default 2M) for the
+/// measured runs.
+#[test]
+fn a_standby_following_by_deltas_measured_against_whole_points() {
+    let secs: u64 = std::env::var("SHMSNAP_CHAIN_MEASURE_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3);
+    let size = std::env::var("SHMSNAP_STANDBY_SIZE").unwrap_or_else(|_| "2M".into());
+    let s = S3Server::start_with_bucket(BUCKET);
+    let prefix = "measure";
+    let root = s.object_path(BUCKET, prefix);
+    let (da, db, dc) = (
+        tempdir("measure-a"),
+        tempdir("measure-b"),
+        tempdir("measure-c"),
+    );
+    let spawn = |state: &Path, log: &str| {
+        let mut c = shmsnap(["run", "--state"]);
+        c.arg(state)
+            .args([
+                "--strategy",
+                "queue",
+                "--interval",
+                "100ms",
+                "--size",
+                &size,
+            ])
+            .args(["--replica", &url(prefix), "--standby", "--lease-ttl", "1h"])
+            .args(["--metrics", "127.0.0.1:0"])
+            .env("RUST_LOG", log)
+            .arg("--")
+            .args(primes(&["--pause", "2ms"]));
+        s.env(&mut c);
+        Proc::spawn(c)
+    };
+    let primary = spawn(&da.path().join("a.snap"), "info");
+    wait_log(&primary, 0, "client started", SLOW);
+    let standby = spawn(
+        &db.path().join("b.snap"),
+        "info,shmsnap::replica::follow=debug",
+    );
+    wait_log(&standby, 0, "standby, following the bucket", SLOW);
+    let from = standby.err.len();
+    let end = std::time::Instant::now() + Duration::from_secs(secs);
+    let (mut whole_ms, mut whole_bytes) = (Vec::new(), Vec::new());
+    let mut n = 0;
+    while std::time::Instant::now() < end {
+        std::thread::sleep(Duration::from_secs(1));
+        let out = dc.path().join(format!("{n}.snap"));
+        n += 1;
+        let mut c = shmsnap(["restore", "--from", &url(prefix), "--to"]);
+        c.arg(&out);
+        s.env(&mut c);
+        let t = std::time::Instant::now();
+        let mut r = Proc::spawn(c);
+        assert_eq!(r.exit_code(), 0, "{}", r.err.text());
+        whole_ms.push(t.elapsed().as_secs_f64() * 1e3);
+        // "restored delta K of base G from …": its objects' bytes.
+        let line = r.out.text();
+        let point = line
+            .split("restored ")
+            .nth(1)
+            .and_then(|r| r.split(" from ").next())
+            .unwrap_or_default()
+            .to_owned();
+        let words: Vec<&str> = point.split_whitespace().collect();
+        let (g, k): (u64, u32) = match words[..] {
+            ["base", g] => (g.parse().unwrap(), 0),
+            ["delta", k, "of", "base", g] => (g.parse().unwrap(), k.parse().unwrap()),
+            _ => panic!("{line}"),
+        };
+        let base = std::fs::metadata(root.join(format!("g/{g:020}/base"))).map_or(0, |m| m.len());
+        let deltas: u64 = bucket_deltas(&root, g)
+            .iter()
+            .filter(|(i, _)| *i <= k)
+            .map(|(_, p)| std::fs::metadata(p).map_or(0, |m| m.len()))
+            .sum();
+        whole_bytes.push((base + deltas) as f64);
+        let _ = std::fs::remove_file(&out);
+    }
+    let lines: Vec<String> = standby.err.all().into_iter().skip(from).collect();
+    let (mut step_ms, mut step_bytes, mut base_ms, mut base_bytes) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for l in lines.iter().filter(|l| l.contains("standby at ")) {
+        let (Some(ms), Some(b)) = (field(l, "ms"), field(l, "downloaded")) else {
+            continue;
+        };
+        if std::env::var_os("SHMSNAP_CHAIN_MEASURE_LINES").is_some() {
+            println!("  {l}");
+        }
+        if l.contains("base and") {
+            base_ms.push(ms);
+            base_bytes.push(b);
+        } else {
+            step_ms.push(ms);
+            step_bytes.push(b);
+        }
+    }
+    assert!(
+        !step_ms.is_empty() || !base_ms.is_empty(),
+        "the standby applied points:\n{}",
+        standby.err.text()
+    );
+    println!(
+        "region {size}, {secs} s: the standby made {} delta step(s) and {} base step(s); \
+         whole-point restores: {}",
+        step_ms.len(),
+        base_ms.len(),
+        whole_ms.len()
+    );
+    for (what, ms, bytes) in [
+        ("local chain, new deltas", &mut step_ms, &mut step_bytes),
+        (
+            "local chain, a new generation's base",
+            &mut base_ms,
+            &mut base_bytes,
+        ),
+        (
+            "whole point (restore --from)",
+            &mut whole_ms,
+            &mut whole_bytes,
+        ),
+    ] {
+        if ms.is_empty() {
+            continue;
+        }
+        let (mm, mx) = median_max(ms);
+        let (bm, bx) = median_max(bytes);
+        println!(
+            "  {what}: time median {mm:.1} ms max {mx:.1} ms; downloaded median {:.0} KiB max \
+             {:.0} KiB",
+            bm / 1024.0,
+            bx / 1024.0
+        );
+    }
+    primary.signal(Signal::KILL);
+}

@@ -21,6 +21,8 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use futures_util::StreamExt;
+
 use shmsnap_linux::chain::{self, ChainErrorKind};
 use shmsnap_linux::packed;
 use shmsnap_linux::persist::Persister;
@@ -114,8 +116,10 @@ fn extend(
             )));
         }
     }
+    let linked = t.elapsed();
     let (got, downloaded, missing) =
-        download_deltas(rt, replica, g, held.index + 1, to.index, &sdir)?;
+        rt.block_on(download_deltas(replica, g, held.index + 1, to.index, &sdir))?;
+    let fetched = t.elapsed();
     let listing = match chain::verify_chain(target, &sdir) {
         Ok(l) => l,
         Err(e) => return Ok(Err(format!("{}: {e}", target.display()))),
@@ -139,6 +143,7 @@ fn extend(
             }
         }
     }
+    let verified = t.elapsed();
     apply_deltas(&sdir, &dir, g, held.index + 1, sound)?;
     let refused = refused(replica, g, sound, got, &listing.stop).or(missing);
     let point = PointId {
@@ -147,6 +152,9 @@ fn extend(
     };
     debug!(
         ms = crate::time::ms(t.elapsed()),
+        link_ms = crate::time::ms(linked),
+        download_ms = crate::time::ms(fetched - linked),
+        verify_ms = crate::time::ms(verified - fetched),
         downloaded,
         "replica {}: standby at {point}: {} delta(s) downloaded ({downloaded} bytes), verified \
          and applied",
@@ -184,10 +192,17 @@ fn whole(
         },
     );
     let object = staging.0.join("base.object");
-    if let Err(Missing(e)) = rt.block_on(fetch::download(replica, &base_key, &object))? {
+    let sdir = staging.chain()?;
+    // The base and the deltas at once.
+    let (base, deltas) = rt.block_on(futures_util::future::join(
+        fetch::download(replica, &base_key, &object),
+        download_deltas(replica, g, 1, to.index, &sdir),
+    ));
+    if let Err(Missing(e)) = base? {
         return Err(corrupt_base(replica, &base_key, &e));
     }
-    let mut downloaded = file_len(&object);
+    let (got, bytes, missing) = deltas?;
+    let downloaded = file_len(&object) + bytes;
     let io = |what: &str, e: std::io::Error| {
         Failure::new(
             Code::IoErr,
@@ -201,9 +216,6 @@ fn whole(
         Err(e) => return Err(io("unpack the base", e)),
     }
     let _ = std::fs::remove_file(&object);
-    let sdir = staging.chain()?;
-    let (got, bytes, missing) = download_deltas(rt, replica, g, 1, to.index, &sdir)?;
-    downloaded += bytes;
     let listing = chain::verify_chain(&tmp.path(), &sdir)
         .map_err(|e| corrupt_base(replica, &base_key, &e.to_string()))?;
     let sound = listing.deltas.len() as u32;
@@ -240,35 +252,53 @@ fn whole(
     })
 }
 
-/// Downloads deltas `from..=to` of base `g` into `dir`; stops at the first missing one.
-/// Returns the index of the last one downloaded, the bytes, and the missing one (named).
-fn download_deltas(
-    rt: &tokio::runtime::Runtime,
+/// Requests in flight at once while a step downloads its objects (one small object per
+/// request: latency, not bandwidth, is what a step waits for).
+const PARALLEL: usize = 8;
+
+/// Downloads deltas `from..=to` of base `g` into `dir`, [`PARALLEL`] at once; what follows a
+/// missing one is dropped. Returns the index of the last one of the unbroken run downloaded,
+/// its bytes, and the missing one (named).
+async fn download_deltas(
     replica: &Replica,
     g: u64,
     from: u32,
     to: u32,
     dir: &Path,
 ) -> Result<(u32, u64, Option<String>), Failure> {
+    let results: Vec<_> = futures_util::stream::iter(from..=to)
+        .map(|i| {
+            let key = point_key(
+                replica,
+                PointId {
+                    generation: g,
+                    index: i,
+                },
+            );
+            let path = dir.join(chain::delta_name(g, u64::from(i)));
+            async move {
+                let r = fetch::download(replica, &key, &path).await;
+                (i, key, path, r)
+            }
+        })
+        .buffered(PARALLEL)
+        .collect()
+        .await;
     let mut got = from - 1;
     let mut bytes = 0;
-    for i in from..=to {
-        let key = point_key(
-            replica,
-            PointId {
-                generation: g,
-                index: i,
-            },
-        );
-        let path = dir.join(chain::delta_name(g, u64::from(i)));
-        if let Err(Missing(e)) = rt.block_on(fetch::download(replica, &key, &path))? {
+    let mut missing = None;
+    for (i, key, path, r) in results {
+        if let Err(Missing(e)) = r? {
+            missing.get_or_insert_with(|| format!("object {key} ({e})"));
+        }
+        if missing.is_some() {
             let _ = std::fs::remove_file(&path);
-            return Ok((got, bytes, Some(format!("object {key} ({e})"))));
+            continue;
         }
         bytes += file_len(&path);
         got = i;
     }
-    Ok((got, bytes, None))
+    Ok((got, bytes, missing))
 }
 
 /// The object that ended the verified chain after `sound` deltas (of `got` downloaded).

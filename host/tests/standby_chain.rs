@@ -429,5 +429,29 @@ fn a_standby_following_by_deltas_measured_against_whole_points() {
             bx / 1024.0
         );
     }
+    // The counters say what the log says: points applied, bytes downloaded.
+    let line = standby
+        .err
+        .expect("serving metrics on http://", "the metrics address");
+    let addr = line.split("serving metrics on ").nth(1).unwrap();
+    let addr = addr.split_whitespace().next().unwrap();
+    let text = ureq::get(addr)
+        .call()
+        .expect("scrape")
+        .body_mut()
+        .read_to_string()
+        .unwrap();
+    let value = |name: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("no {name} in\n{text}"))
+            .parse()
+            .unwrap()
+    };
+    let logged: f64 = step_bytes.iter().chain(&base_bytes).sum();
+    assert!(
+        value("shmsnap_standby_points_applied_total") >= (step_ms.len() + base_ms.len()) as f64
+    );
+    assert!(value("shmsnap_standby_downloaded_bytes_total") >= logged);
     primary.signal(Signal::KILL);
 }

@@ -1,16 +1,16 @@
 //! `run --replica URL --standby`: before the client starts, take the lease if it is free;
-//! otherwise follow the bucket (its newest point kept as the local state) and watch the
-//! lease ([`Observer`]) until it may be taken over; then bring the local state to the
-//! bucket's newest point ([`reconcile`]) and return: the normal start-up path restores the
-//! region from the local state and the host becomes the primary.
+//! otherwise follow the bucket (its chain kept as the local state) and watch the lease
+//! ([`Observer`]) until it may be taken over; then bring the local state to the bucket's
+//! newest point ([`reconcile`]) while the lease read-back waits, and return: the normal
+//! start-up path restores the region from the local state (base + chain) and the host
+//! becomes the primary.
 //!
 //! Following: every [`LIST_EVERY`] the bucket is listed; when its newest point is not the
-//! one applied, [`fetch::fetch_into`] downloads it, checks every object (base CRC, each
-//! delta's footer, links and data CRC) and commits it as the state file through the
-//! persister (temp, fsync, rename, directory fsync). An object that fails a check is never
-//! applied: the standby stays at its last sound point, logs it and counts it, and tries
-//! again at the next listing. (The alternative — keeping the bucket's chain locally and
-//! applying only new deltas — downloads less per point; measured in the report.)
+//! one applied, [`follow::advance`] brings the local chain to it — only the new deltas of
+//! the generation held, or a new generation's base once — verifying base + chain before
+//! anything is renamed into the state. An object that fails a check is never applied: the
+//! standby stays at its last sound point, logs it and counts it, and tries again at the next
+//! listing.
 //!
 //! Local state that is not in the bucket (a former primary's commits after a takeover) is
 //! moved aside to `<state>.diverged.<unix-time>/`, never deleted ([`reconcile`]).
@@ -503,9 +503,21 @@ pub fn reconcile(
                 ms(listed)
             );
         } else if let Some(c) = current {
+            let taken = ChainListing::load(&target, &chain::chain_dir(&target))
+                .ok()
+                .map_or_else(
+                    || "?".to_owned(),
+                    |l| {
+                        let t = (c.index as usize)
+                            .checked_sub(1)
+                            .and_then(|i| l.deltas.get(i))
+                            .map_or(l.base.meta.unix_time_ns, |d| d.footer.unix_time_ns);
+                        crate::time::rfc3339(t)
+                    },
+                );
             info!(
-                "the local state {} holds {c}, at or past the newest point of replica {}: \
-                 starting from it",
+                "the local state {} holds {c}, at or past the newest point of replica {} \
+                 (taken {taken}): starting from it",
                 target.display(),
                 replica.url
             );

@@ -391,13 +391,23 @@ fn file_len(p: &Path) -> u64 {
 /// killed run is removed by the next step.
 struct Staging(PathBuf);
 
+/// Removes the staging directory a killed standby left beside `target` (a host that starts as
+/// the primary makes no step that would).
+pub fn remove_leftovers(target: &Path) {
+    let _ = std::fs::remove_dir_all(staging_path(target));
+}
+
+fn staging_path(target: &Path) -> PathBuf {
+    let name = target
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    target.with_file_name(format!(".{name}.follow"))
+}
+
 impl Staging {
     fn new(target: &Path) -> Result<Staging, Failure> {
-        let name = target
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let s = Staging(target.with_file_name(format!(".{name}.follow")));
+        let s = Staging(staging_path(target));
         s.reset()?;
         Ok(s)
     }

@@ -449,6 +449,7 @@ pub fn reconcile(
         })
     })?;
     let target = persister.target();
+    follow::remove_leftovers(&target);
     let local = local_point(&target);
     let newest = listing.newest_point();
     let keep = match (&local, newest) {

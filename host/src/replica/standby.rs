@@ -16,6 +16,8 @@
 //! moved aside to `<state>.diverged.<unix-time>/`, never deleted ([`reconcile`]).
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use shmsnap_linux::chain::{self, ChainListing};
@@ -42,10 +44,80 @@ const WARN_EVERY: Duration = Duration::from_secs(30);
 /// The status line (log, sd_notify) is written this often while standing by.
 const STATUS_EVERY: Duration = Duration::from_secs(10);
 
+/// A stop (SIGTERM, SIGINT) requested before the client runs. While a host stands by — and
+/// until its signal thread takes over the signals — SIGTERM and SIGINT only set this flag
+/// (`signal_hook::flag`), and every step of standing by checks it: a standby told to stop
+/// never takes the lease afterwards, exits 0 at once (holding nothing but its state file's
+/// lock), and a host that took the lease and has not started its client releases it first,
+/// so the next standby takes over at once. (Before, the signal's default action ended a
+/// standby — status "killed by SIGTERM" — and a host between its takeover and its client
+/// left the lease to expire.)
+#[derive(Debug, Clone)]
+pub struct Stop(Arc<AtomicUsize>);
+
+impl Stop {
+    /// Registers SIGTERM and SIGINT: from now on they set the flag (the signal's number)
+    /// instead of ending the process.
+    ///
+    /// # Errors
+    ///
+    /// [`Code::OsErr`] if a handler cannot be installed.
+    pub fn register() -> Result<Stop, Failure> {
+        let flag = Arc::new(AtomicUsize::new(0));
+        for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+            // `sig` is positive: the cast keeps its value.
+            signal_hook::flag::register_usize(sig, flag.clone(), sig as usize).map_err(|e| {
+                Failure::new(Code::OsErr, format!("cannot install signal handlers: {e}"))
+            })?;
+        }
+        Ok(Stop(flag))
+    }
+
+    /// The signal that asked to stop, if one did.
+    pub fn signal(&self) -> Option<i32> {
+        // Relaxed: the flag publishes nothing but itself (signal-hook stores it SeqCst).
+        match self.0.load(Ordering::Relaxed) {
+            0 => None,
+            s => i32::try_from(s).ok(),
+        }
+    }
+
+    /// `true` once a stop was requested.
+    pub fn requested(&self) -> bool {
+        self.signal().is_some()
+    }
+
+    /// Sleeps `d`, or less if a stop is requested meanwhile (checked every 20 ms); `true` if
+    /// one was.
+    pub fn sleep(&self, d: Duration) -> bool {
+        let end = Instant::now() + d;
+        loop {
+            if self.requested() {
+                return true;
+            }
+            let left = end.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            std::thread::sleep(left.min(Duration::from_millis(20)));
+        }
+    }
+
+    /// Logs the stop (`what` the host held: "no lease", "the lease, released").
+    pub fn log(&self, what: &str) {
+        let name = match self.signal() {
+            Some(2) => "SIGINT",
+            _ => "SIGTERM",
+        };
+        info!("{name} while standing by: stopping ({what}; the client was not started)");
+    }
+}
+
 /// Takes the lease: at once if it is free (none, released, this machine's state path), or
 /// after following the bucket until the holder stops renewing. Returns the lease, held, and
 /// whether it was this state path's before (then every point in the bucket since is from
-/// this state's own history: see [`reconcile`]).
+/// this state's own history: see [`reconcile`]); `None` if a stop was requested first (no
+/// lease held: one taken meanwhile was released).
 ///
 /// # Errors
 ///
@@ -58,9 +130,13 @@ pub fn acquire(
     ttl: Duration,
     persister: &Persister,
     metrics: &Metrics,
-) -> Result<(Lease, bool, Option<u64>), Failure> {
+    stop: &Stop,
+) -> Result<Option<(Lease, bool, Option<u64>)>, Failure> {
     let mut last_warn: Option<Instant> = None;
     loop {
+        if stop.requested() {
+            return Ok(None);
+        }
         let ours = matches!(
             rt.block_on(lease::read(replica)),
             Ok(Some((b, _))) if holder.same_place(&b.holder)
@@ -76,7 +152,7 @@ pub fn acquire(
                         "it was free"
                     }
                 );
-                return Ok((l, ours, None));
+                return Ok(Some((l, ours, None)));
             }
             Err(LeaseError::Held { body, .. }) => {
                 info!(
@@ -106,9 +182,9 @@ pub fn acquire(
                     failed_points: 0,
                     repaired: None,
                     downloaded: 0,
+                    stop,
                 };
-                let (lease, floor) = s.run()?;
-                return Ok((lease, false, Some(floor)));
+                return Ok(s.run()?.map(|(l, floor)| (l, false, Some(floor))));
             }
             Err(LeaseError::Store(e)) => {
                 metrics.replica_error();
@@ -120,7 +196,7 @@ pub fn acquire(
                     );
                     last_warn = Some(Instant::now());
                 }
-                std::thread::sleep(Duration::from_millis(500));
+                stop.sleep(Duration::from_millis(500));
             }
             Err(e) => {
                 return Err(Failure::new(
@@ -159,13 +235,20 @@ struct Standby<'a> {
     repaired: Option<PointId>,
     /// Bytes downloaded while following (in the status line).
     downloaded: u64,
+    /// Checked before every step: after a stop request the lease is never taken.
+    stop: &'a Stop,
 }
 
 impl Standby<'_> {
-    fn run(&mut self) -> Result<(Lease, u64), Failure> {
+    /// Follows until the lease is taken (`None`: a stop was requested first): the lease and
+    /// the bucket's newest generation.
+    fn run(&mut self) -> Result<Option<(Lease, u64)>, Failure> {
         loop {
+            if self.stop.requested() {
+                return Ok(None);
+            }
             if let Some(taken) = self.watch_lease()? {
-                return Ok(taken);
+                return Ok(Some(taken));
             }
             if self.last_list.is_none_or(|t| t.elapsed() >= LIST_EVERY) {
                 self.last_list = Some(Instant::now());
@@ -177,7 +260,7 @@ impl Standby<'_> {
                 info!("{line}");
                 self.notifier.status(&line);
             }
-            std::thread::sleep(
+            self.stop.sleep(
                 Timing {
                     ttl: self.holder_ttl,
                 }
@@ -218,6 +301,8 @@ impl Standby<'_> {
         let decided = Instant::now();
         let (taken, why) = match self.observer.observe(decided, reading) {
             Verdict::Wait { .. } | Verdict::Unknown => return Ok(None),
+            // Never a takeover after a stop request.
+            _ if self.stop.requested() => return Ok(None),
             Verdict::Absent => (
                 self.rt.block_on(Lease::take(
                     self.replica,
@@ -286,6 +371,10 @@ impl Standby<'_> {
             "takeover phase: the lease write was answered {:.0} ms after the decision",
             ms(answered - decided)
         );
+        if self.stop.requested() {
+            // The caller releases the lease at once (the generation floor is not used then).
+            return Ok(Some((lease, 0)));
+        }
         let floor = match reconcile(self.rt, self.replica, self.persister, Goal::Lead, false) {
             Ok(f) => f,
             Err(e) => {
@@ -300,7 +389,11 @@ impl Standby<'_> {
             ms(decided.elapsed())
         );
         let wait = Timing { ttl: self.ttl }.request_timeout();
-        std::thread::sleep(wait.saturating_sub(answered.elapsed()));
+        // A stop requested during the wait ends it: the caller releases the lease (a release
+        // conditional on this host's write, refused if another host's write won).
+        if self.stop.sleep(wait.saturating_sub(answered.elapsed())) {
+            return Ok(Some((lease, floor)));
+        }
         let confirmed = self.read_back();
         info!(
             ms = ms(decided.elapsed()),

@@ -354,6 +354,9 @@ mod tests {
         assert!(checked > 0, "the observer never saw a publish");
     }
 
+    /// Per publish: the published seq and the names in the state directory at that moment.
+    type Seen = Arc<Mutex<Vec<(u64, Vec<String>)>>>;
+
     /// What the state directory holds when the status sink has published a snapshot: the
     /// sink attached after it copies every file name (and the generation files) aside — the
     /// directory a SIGKILL of the host right after the publish would leave.
@@ -362,7 +365,7 @@ mod tests {
         state: std::path::PathBuf,
         status: Arc<Mutex<Option<StatusPublisher>>>,
         /// Per publish: the published seq and the names in the directory at that moment.
-        seen: Arc<Mutex<Vec<(u64, Vec<String>)>>>,
+        seen: Seen,
         /// The last crash image taken.
         copy: std::path::PathBuf,
     }
@@ -440,7 +443,10 @@ mod tests {
         let prepared = prepare_region(&persister, None, false).unwrap();
         let map = Mapping::of_memfd(&prepared.memfd, Protection::ReadOnly).unwrap();
         let restored = Region::open(map.words()).unwrap().newest().unwrap().seq;
-        assert_eq!(restored, published, "the next start restores what was published");
+        assert_eq!(
+            restored, published,
+            "the next start restores what was published"
+        );
         // Its next persist leaves exactly `--keep` generations besides the target.
         let mut snap = Snapshotter::new(
             persister,

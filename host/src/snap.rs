@@ -264,10 +264,15 @@ impl Snapshotter {
         // past `--keep`, which the next persist removes.
         match self.persister.drop_old() {
             Ok(took) if !took.is_zero() => {
-                debug!(drop_old_us = took.as_micros(), "dropped generation unlinked")
+                debug!(
+                    drop_old_us = took.as_micros(),
+                    "dropped generation unlinked"
+                )
             }
             Ok(_) => {}
-            Err(e) => warn!("cannot remove the generation past --keep ({e}); the next snapshot retries"),
+            Err(e) => {
+                warn!("cannot remove the generation past --keep ({e}); the next snapshot retries")
+            }
         }
         let outcome = outcome?;
         if let Outcome::Starved { .. } = outcome {

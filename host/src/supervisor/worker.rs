@@ -529,7 +529,10 @@ mod tests {
         let seen = Instant::now();
         // No client yet: nothing may be assumed alive... until the loop is about to spawn.
         assert!(q.client_request(seen));
-        assert_eq!(q.try_take().map(|j| j.0), Some(job(Why::ClientRequest, false)));
+        assert_eq!(
+            q.try_take().map(|j| j.0),
+            Some(job(Why::ClientRequest, false))
+        );
         q.finished();
         let w = |c: ClientNow| q.lock().client = c;
         w(ClientNow {
@@ -537,7 +540,10 @@ mod tests {
             pid: None,
         });
         assert!(q.client_request(seen));
-        assert_eq!(q.try_take().map(|j| j.0), Some(job(Why::ClientRequest, true)));
+        assert_eq!(
+            q.try_take().map(|j| j.0),
+            Some(job(Why::ClientRequest, true))
+        );
         q.finished();
         w(ClientNow { alive: true, pid });
         assert!(q.client_request(seen));
@@ -553,7 +559,10 @@ mod tests {
         w(ClientNow::default());
         q.request(job(Why::ClientExited, false), seen);
         assert!(q.client_request(seen));
-        assert_eq!(q.try_take().map(|j| j.0), Some(job(Why::ClientExited, false)));
+        assert_eq!(
+            q.try_take().map(|j| j.0),
+            Some(job(Why::ClientExited, false))
+        );
     }
 
     #[test]

@@ -462,10 +462,6 @@ fn plans_never_overwrite_a_kept_generation() {
 // The durable point before the cleanup (issue 27: the host publishes in between).
 // ---------------------------------------------------------------------------------------
 
-fn indices(p: &Persister) -> Vec<usize> {
-    p.generations().unwrap().iter().map(|g| g.index).collect()
-}
-
 /// As [`check_clean`], through the persister `p` that holds the lock.
 fn expect_clean(p: &Persister, keep: usize, history: &[u64]) {
     let want: Vec<(usize, u64)> = history
@@ -481,7 +477,7 @@ fn expect_clean(p: &Persister, keep: usize, history: &[u64]) {
 fn persist_value_durable(p: &Persister, v: u64) -> io::Result<PersistStats> {
     use std::io::Write;
     let tmp = p.begin()?;
-    (&*tmp.file()).write_all(&v.to_le_bytes())?;
+    tmp.file().write_all(&v.to_le_bytes())?;
     tmp.commit_durable()
 }
 
@@ -505,7 +501,11 @@ fn commit_durable_leaves_the_dropped_generation_for_drop_old_or_the_next_persist
         assert_eq!(stats.drop_old, Duration::ZERO);
         let got = values(&p);
         assert_eq!(got[0], (0, v), "keep {keep}: {got:?}");
-        assert_eq!(got.len(), keep + 2, "keep {keep}: one past keep left: {got:?}");
+        assert_eq!(
+            got.len(),
+            keep + 2,
+            "keep {keep}: one past keep left: {got:?}"
+        );
         // drop_old removes exactly it; a second call has nothing to do.
         assert!(!p.drop_old().unwrap().is_zero());
         expect_clean(&p, keep, &history);
@@ -573,7 +573,13 @@ fn a_sigkill_between_the_durable_point_and_the_cleanup_is_safe() {
         }
         child.kill().unwrap(); // SIGKILL, between the durable point and the cleanup
         child.wait().unwrap();
-        let v: u64 = said.rsplit("durable ").next().unwrap().trim().parse().unwrap();
+        let v: u64 = said
+            .rsplit("durable ")
+            .next()
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
         history.push(v);
         // What a restarted host finds: the new value as the target, newest first, every
         // promised generation, and the one past `keep` still there.

@@ -583,6 +583,70 @@ mod tests {
         );
     }
 
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(24))]
+
+        /// The image check's chunked walk of the descriptor ring (two chunks of 2048 slots
+        /// here) finds what a slot-by-slot reading with core's `read_descriptor_bytes` finds:
+        /// the first slot whose non-zero descriptor is not valid for it, else every valid
+        /// entry (count, newest, each reported once with its slot).
+        #[test]
+        fn the_image_check_walk_agrees_with_core_slot_by_slot(
+            commits in 0usize..9000,
+            corrupt in proptest::option::of((0u64..4096, 0usize..32, 1u8..=255)),
+        ) {
+            use shmsnap_core::{read_descriptor_bytes, LayoutRequest, Writer};
+            use std::sync::atomic::{AtomicU64, Ordering};
+            let mem: Vec<AtomicU64> = (0..(256 << 10) / 8).map(|_| AtomicU64::new(0)).collect();
+            let request = LayoutRequest { entries: 4096, data_size: 64 << 10 };
+            let mut w = Writer::open_or_init(&mem[..], request, shmsnap_testkit::CLIENT).unwrap();
+            for i in 0..commits {
+                w.commit(&(i as u64).to_le_bytes()).unwrap();
+            }
+            let layout = *w.layout();
+            let mut image: Vec<u8> =
+                mem.iter().flat_map(|w| w.load(Ordering::Relaxed).to_le_bytes()).collect();
+            if let Some((slot, byte, xor)) = corrupt {
+                image[(layout.desc_offset + slot * 32) as usize + byte] ^= xor;
+            }
+            let mut expect_entries = Vec::new();
+            let mut bad = None;
+            for slot in 0..layout.entries {
+                let at = (layout.desc_offset + slot * 32) as usize;
+                let seq_word = u64::from_le_bytes(image[at..at + 8].try_into().unwrap());
+                match read_descriptor_bytes(&image, &layout, slot) {
+                    Some(d) => expect_entries.push((slot, d)),
+                    None if seq_word != 0 => { bad = Some(slot); break; }
+                    None => {}
+                }
+            }
+            // A corrupt seq can also make a descriptor valid for its slot but past NEXT_SEQ.
+            let next_seq = shmsnap_core::Hints::read_bytes(&image).next_seq;
+            let past = expect_entries.iter().find(|(_, d)| d.seq >= next_seq).copied();
+            let mut got = Vec::new();
+            let r = verify_entries(file_of(&image, shmsnap_core::Strategy::Queue.code()), |s, d| {
+                got.push((s, d));
+            });
+            match (bad, r) {
+                (Some(slot), Err(e)) => prop_assert!(
+                    matches!(e.kind(), SnapshotErrorKind::BadDescriptor { slot: s } if *s == slot),
+                    "slot {slot}: {e}"
+                ),
+                (None, Err(e)) if past.is_some() => prop_assert!(
+                    matches!(e.kind(), SnapshotErrorKind::EntryPastNextSeq { seq, .. }
+                        if Some(*seq) == past.map(|p| p.1.seq)),
+                    "{e}"
+                ),
+                (None, Ok((_, ImageSummary::Queue { entries, newest, .. }))) if past.is_none() => {
+                    prop_assert_eq!(&got, &expect_entries);
+                    prop_assert_eq!(entries, expect_entries.len() as u64);
+                    prop_assert_eq!(newest, expect_entries.iter().map(|e| e.1).max_by_key(|d| d.seq));
+                }
+                (bad, r) => prop_assert!(false, "expected bad slot {bad:?}, got {r:?}"),
+            }
+        }
+    }
+
     /// The region is empty: no page allocated, every byte zero.
     fn assert_nothing_applied(region: &Memfd) {
         let len = region.len().unwrap() as usize;

@@ -110,25 +110,31 @@ pub(crate) fn check_image_in(
     let (layout, hints) =
         read_queue_header(file, image_len).map_err(|e| e.into_snapshot(image_len))?;
     let (mut entries, mut newest) = (0u64, None::<Descriptor>);
-    for item in QueueSlots::new(file, layout, 0, layout.entries) {
-        let QueueSlot { slot, state, .. } = item.map_err(SnapshotError::io)?;
-        let d = match state {
-            SlotState::Empty => continue,
-            SlotState::NotValid => return Err(SnapshotErrorKind::BadDescriptor { slot }.into()),
-            SlotState::Valid(d) => d,
-        };
-        if d.seq >= hints.next_seq {
-            return Err(SnapshotErrorKind::EntryPastNextSeq {
-                seq: d.seq,
-                next_seq: hints.next_seq,
+    // Chunk by chunk rather than through `QueueSlots`' iterator: the same decode and checks
+    // (`slot_state`), without building a `QueueSlot` per descriptor — this walk is most of a
+    // small restore's work above the raw copy (benches/README.md, "the restore row").
+    let mut slots = QueueSlots::new(file, layout, 0, layout.entries);
+    while let Some(chunk) = slots.next_chunk() {
+        let (first, bytes) = chunk.map_err(SnapshotError::io)?;
+        for (slot, b) in (first..).zip(bytes.chunks_exact(DESCRIPTOR_BYTES as usize)) {
+            let d = match slot_state(b, &layout, slot) {
+                SlotState::Empty => continue,
+                SlotState::NotValid => return Err(SnapshotErrorKind::BadDescriptor { slot }.into()),
+                SlotState::Valid(d) => d,
+            };
+            if d.seq >= hints.next_seq {
+                return Err(SnapshotErrorKind::EntryPastNextSeq {
+                    seq: d.seq,
+                    next_seq: hints.next_seq,
+                }
+                .into());
             }
-            .into());
+            entries += 1;
+            if newest.is_none_or(|m| d.seq > m.seq) {
+                newest = Some(d);
+            }
+            on_entry(slot, d);
         }
-        entries += 1;
-        if newest.is_none_or(|m| d.seq > m.seq) {
-            newest = Some(d);
-        }
-        on_entry(slot, d);
     }
     Ok(ImageSummary::Queue {
         layout,
@@ -246,6 +252,36 @@ impl<'f, F: ImageBytes + ?Sized> QueueSlots<'f, F> {
         }
     }
 
+    /// The rest of the current chunk (read first if none is buffered), and the slot of its
+    /// first descriptor; the iterator moves past it. The chunk's slots are consecutive (a
+    /// chunk never wraps at `entries`); decode each 32-byte descriptor with [`slot_state`].
+    /// After a read error it yields that error and ends, like the iterator.
+    pub fn next_chunk(&mut self) -> Option<io::Result<(u64, &[u8])>> {
+        let (slot, at) = match self.position()? {
+            Ok(p) => p,
+            Err(e) => return Some(Err(e)),
+        };
+        self.next = self.buf_at + self.buf.len() as u64 / DESCRIPTOR_BYTES;
+        Some(Ok((slot, &self.buf[at..])))
+    }
+
+    /// The slot of index `self.next` and where its descriptor starts in `buf` (its chunk read
+    /// first if it is not buffered); `None` at the end. A read error ends the walk.
+    fn position(&mut self) -> Option<io::Result<(u64, usize)>> {
+        if self.next >= self.count {
+            return None;
+        }
+        let in_buf = (self.next - self.buf_at) * DESCRIPTOR_BYTES;
+        if self.buf.is_empty() || in_buf >= self.buf.len() as u64 {
+            if let Err(e) = self.fill() {
+                self.next = self.count;
+                return Some(Err(e));
+            }
+        }
+        let at = ((self.next - self.buf_at) * DESCRIPTOR_BYTES) as usize;
+        Some(Ok(((self.first + self.next) % self.layout.entries, at)))
+    }
+
     /// Reads the chunk that starts at index `self.next`: up to [`DESCRIPTOR_CHUNK_SLOTS`]
     /// slots, not past the end of the ring (the next chunk starts again at slot 0).
     fn fill(&mut self) -> io::Result<()> {
@@ -269,34 +305,32 @@ impl<F: ImageBytes + ?Sized> Iterator for QueueSlots<'_, F> {
     type Item = io::Result<QueueSlot>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        if self.next >= self.count {
-            return None;
-        }
-        let in_buf = (self.next - self.buf_at) * DESCRIPTOR_BYTES;
-        if self.buf.is_empty() || in_buf >= self.buf.len() as u64 {
-            if let Err(e) = self.fill() {
-                self.next = self.count;
-                return Some(Err(e));
-            }
-        }
-        let at = ((self.next - self.buf_at) * DESCRIPTOR_BYTES) as usize;
-        let bytes = &self.buf[at..at + DESCRIPTOR_BYTES as usize];
-        let slot = (self.first + self.next) % self.layout.entries;
-        self.next += 1;
-        let d = Descriptor::from_bytes(bytes);
-        let seq_word = d.seq;
-        let state = if seq_word == 0 {
-            SlotState::Empty
-        } else if d.is_valid_for(&self.layout, slot) {
-            SlotState::Valid(d)
-        } else {
-            SlotState::NotValid
+        let (slot, at) = match self.position()? {
+            Ok(p) => p,
+            Err(e) => return Some(Err(e)),
         };
+        let bytes = &self.buf[at..at + DESCRIPTOR_BYTES as usize];
+        self.next += 1;
+        let seq_word = Descriptor::from_bytes(bytes).seq;
+        let state = slot_state(bytes, &self.layout, slot);
         Some(Ok(QueueSlot {
             slot,
             seq_word,
             state,
         }))
+    }
+}
+
+/// What the 32-byte descriptor `bytes` read from `slot` of an image with `layout` holds.
+#[inline]
+pub fn slot_state(bytes: &[u8], layout: &Layout, slot: u64) -> SlotState {
+    let d = Descriptor::from_bytes(bytes);
+    if d.seq == 0 {
+        SlotState::Empty
+    } else if d.is_valid_for(layout, slot) {
+        SlotState::Valid(d)
+    } else {
+        SlotState::NotValid
     }
 }
 

@@ -49,6 +49,6 @@ pub use footer::{
 };
 pub(crate) use image::check_image_in;
 pub use image::{
-    check_image, read_queue_header, HeaderError, ImageBytes, ImageSummary, QueueSlot, QueueSlots,
-    SlotState, DESCRIPTOR_CHUNK_SLOTS,
+    check_image, read_queue_header, slot_state, HeaderError, ImageBytes, ImageSummary, QueueSlot,
+    QueueSlots, SlotState, DESCRIPTOR_CHUNK_SLOTS,
 };

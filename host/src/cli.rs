@@ -108,7 +108,9 @@ Signals:
                    a final snapshot, then shmsnap exits: 0 when the final snapshot was
                    persisted or there was nothing new to persist (a requested stop that saved
                    the state is a success, also for systemd), 74 when the final snapshot failed
-                   (the previous snapshot stays on disk)
+                   (the previous snapshot stays on disk). A --standby host before its client
+                   started exits 0 at once and never takes the lease after the signal; one
+                   that had just taken it releases it first (the next standby takes over)
 
 State file:
   FILE is replaced atomically (temp file, fdatasync, rename, directory fsync); FILE.1 ..
@@ -619,6 +621,23 @@ pub enum Example {
         /// or `zero-magic` (zero header word 0, then `TripleClient::init`).
         #[arg(long, hide = true, value_enum, default_value = "reinit")]
         reinit_by: crate::examples::life::Reinit,
+    },
+    /// Test writer (standby trials): 4 KiB pages in copy-on-write tail units, PERCENT of them
+    /// rewritten every INTERVAL in COMMITS commits; verifies every restored page on start.
+    #[command(hide = true)]
+    Pages {
+        /// The period in which PERCENT of the pages are rewritten.
+        #[arg(long, value_parser = crate::time::parse_duration, default_value = "1s")]
+        interval: Duration,
+        /// Share of the pages rewritten per interval.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100))]
+        percent: u32,
+        /// Commits per interval.
+        #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=1000))]
+        commits: u32,
+        /// Stop after this many commits (0: never).
+        #[arg(long, default_value_t = 0)]
+        limit: u64,
     },
     /// A persistent key-value map with copy-on-write nodes in reclaimed tail units.
     Kv {

@@ -106,6 +106,12 @@ fn main() -> ExitCode {
                 examples::primes::Ack::from_args(ack, ack_replicated),
             ),
             Example::Kv { ops, pause } => examples::kv::run(ops, pause),
+            Example::Pages {
+                interval,
+                percent,
+                commits,
+                limit,
+            } => examples::pages::run(interval, percent, commits, limit),
             Example::Life {
                 generations,
                 pause,

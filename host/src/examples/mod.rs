@@ -10,6 +10,7 @@
 
 pub mod kv;
 pub mod life;
+pub mod pages;
 pub mod primes;
 
 use shmsnap_core::{AttachError, LayoutError};

@@ -87,19 +87,24 @@ pub struct Started {
 /// that may hold its state); 65 for a corrupt replica without `fallback`; the URL's errors.
 /// An unreachable replica with a local state is not an error: it is logged, and the lease
 /// thread keeps trying.
+///
+/// With `--standby`, `stop` (registered by the caller) ends standing by: `Ok(None)` if a stop
+/// was requested before the client could start (logged; no lease held: one taken meanwhile
+/// was released).
 pub fn start(
     url: &str,
     opts: Options,
     persister: &Persister,
     fallback: bool,
     metrics: &Metrics,
-) -> Result<Started, Failure> {
+    stop: Option<&standby::Stop>,
+) -> Result<Option<Started>, Failure> {
     let timing = Timing { ttl: opts.ttl };
     let replica = Replica::open_with(url, timing.request_timeout())?;
     let rt = runtime()?;
     let holder = Holder::this(&persister.target());
-    if opts.standby {
-        return start_standby(replica, rt, holder, opts, persister, metrics);
+    if let (true, Some(stop)) = (opts.standby, stop) {
+        return start_standby(replica, rt, holder, opts, persister, metrics, stop);
     }
     if replica.local {
         warn!(
@@ -140,7 +145,7 @@ pub fn start(
         probed,
         metrics.clone(),
     )?;
-    Ok(Started {
+    Ok(Some(Started {
         replica,
         rt,
         keeper,
@@ -148,13 +153,13 @@ pub fn start(
         target: persister.target(),
         floor: None,
         took_over: false,
-    })
+    }))
 }
 
 /// `run --standby`: the store must pass the probe (retried while it is unreachable: a
 /// standby never follows or takes over without it); then the lease is taken, at once if it
 /// is free or after following the bucket until its holder stops renewing; then the local
-/// state is brought to the bucket's newest point.
+/// state is brought to the bucket's newest point. `None`: stopped by `stop` first.
 fn start_standby(
     replica: Replica,
     rt: tokio::runtime::Runtime,
@@ -162,7 +167,8 @@ fn start_standby(
     opts: Options,
     persister: &Persister,
     metrics: &Metrics,
-) -> Result<Started, Failure> {
+    stop: &standby::Stop,
+) -> Result<Option<Started>, Failure> {
     let url = replica.url.clone();
     if replica.local {
         return Err(Failure::new(
@@ -187,12 +193,30 @@ fn start_standby(
                     );
                     last_warn = Some(Instant::now());
                 }
-                std::thread::sleep(Duration::from_secs(1));
+                if stop.sleep(Duration::from_secs(1)) {
+                    stop.log("no lease held");
+                    return Ok(None);
+                }
             }
             Err(e) => return Err(Failure::new(Code::Config, e.to_string())),
         }
     }
-    let (lease, ours) = standby::acquire(&rt, &replica, &holder, opts.ttl, persister, metrics)?;
+    let Some((lease, ours)) =
+        standby::acquire(&rt, &replica, &holder, opts.ttl, persister, metrics, stop)?
+    else {
+        stop.log("no lease held");
+        return Ok(None);
+    };
+    if stop.requested() {
+        // Taken while the signal arrived: given back, so the next standby need not wait.
+        match rt.block_on(lease.release(&replica)) {
+            Ok(()) => stop.log("the lease it had just taken, released"),
+            Err(e) => stop.log(&format!(
+                "the lease it had just taken could not be released ({e}): it expires by itself"
+            )),
+        }
+        return Ok(None);
+    }
     // The keeper renews from here on, while the state catches up.
     let keeper = Keeper::spawn(
         replica.clone(),
@@ -203,10 +227,16 @@ fn start_standby(
         metrics.clone(),
     )?;
     let floor = standby::reconcile(&rt, &replica, persister, standby::Goal::Lead, ours)?;
+    if stop.requested() {
+        // The keeper releases the lease as it ends.
+        drop(keeper);
+        stop.log("the lease, released");
+        return Ok(None);
+    }
     multipart::sweep_logged(&rt, &replica);
     metrics.role(Role::Primary);
     info!("replica {url}: primary (new bases above generation {floor}, the bucket's newest)");
-    Ok(Started {
+    Ok(Some(Started {
         replica,
         rt,
         keeper,
@@ -214,7 +244,7 @@ fn start_standby(
         target: persister.target(),
         floor: Some(floor),
         took_over: !ours,
-    })
+    }))
 }
 
 /// Takes the lease at start: `None` if the store did not answer (the lease thread retries).

@@ -16,6 +16,8 @@
 //! moved aside to `<state>.diverged.<unix-time>/`, never deleted ([`reconcile`]).
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use shmsnap_linux::chain::{self, ChainListing};
@@ -40,10 +42,80 @@ const WARN_EVERY: Duration = Duration::from_secs(30);
 /// The status line (log, sd_notify) is written this often while standing by.
 const STATUS_EVERY: Duration = Duration::from_secs(10);
 
+/// A stop (SIGTERM, SIGINT) requested before the client runs. While a host stands by — and
+/// until its signal thread takes over the signals — SIGTERM and SIGINT only set this flag
+/// (`signal_hook::flag`), and every step of standing by checks it: a standby told to stop
+/// never takes the lease afterwards, exits 0 at once (holding nothing but its state file's
+/// lock), and a host that took the lease and has not started its client releases it first,
+/// so the next standby takes over at once. (Before, the signal's default action ended a
+/// standby — status "killed by SIGTERM" — and a host between its takeover and its client
+/// left the lease to expire.)
+#[derive(Debug, Clone)]
+pub struct Stop(Arc<AtomicUsize>);
+
+impl Stop {
+    /// Registers SIGTERM and SIGINT: from now on they set the flag (the signal's number)
+    /// instead of ending the process.
+    ///
+    /// # Errors
+    ///
+    /// [`Code::OsErr`] if a handler cannot be installed.
+    pub fn register() -> Result<Stop, Failure> {
+        let flag = Arc::new(AtomicUsize::new(0));
+        for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+            // `sig` is positive: the cast keeps its value.
+            signal_hook::flag::register_usize(sig, flag.clone(), sig as usize).map_err(|e| {
+                Failure::new(Code::OsErr, format!("cannot install signal handlers: {e}"))
+            })?;
+        }
+        Ok(Stop(flag))
+    }
+
+    /// The signal that asked to stop, if one did.
+    pub fn signal(&self) -> Option<i32> {
+        // Relaxed: the flag publishes nothing but itself (signal-hook stores it SeqCst).
+        match self.0.load(Ordering::Relaxed) {
+            0 => None,
+            s => i32::try_from(s).ok(),
+        }
+    }
+
+    /// `true` once a stop was requested.
+    pub fn requested(&self) -> bool {
+        self.signal().is_some()
+    }
+
+    /// Sleeps `d`, or less if a stop is requested meanwhile (checked every 20 ms); `true` if
+    /// one was.
+    pub fn sleep(&self, d: Duration) -> bool {
+        let end = Instant::now() + d;
+        loop {
+            if self.requested() {
+                return true;
+            }
+            let left = end.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            std::thread::sleep(left.min(Duration::from_millis(20)));
+        }
+    }
+
+    /// Logs the stop (`what` the host held: "no lease", "the lease, released").
+    pub fn log(&self, what: &str) {
+        let name = match self.signal() {
+            Some(2) => "SIGINT",
+            _ => "SIGTERM",
+        };
+        info!("{name} while standing by: stopping ({what}; the client was not started)");
+    }
+}
+
 /// Takes the lease: at once if it is free (none, released, this machine's state path), or
 /// after following the bucket until the holder stops renewing. Returns the lease, held, and
 /// whether it was this state path's before (then every point in the bucket since is from
-/// this state's own history: see [`reconcile`]).
+/// this state's own history: see [`reconcile`]); `None` if a stop was requested first (no
+/// lease held: one taken meanwhile was released).
 ///
 /// # Errors
 ///
@@ -56,9 +128,13 @@ pub fn acquire(
     ttl: Duration,
     persister: &Persister,
     metrics: &Metrics,
-) -> Result<(Lease, bool), Failure> {
+    stop: &Stop,
+) -> Result<Option<(Lease, bool)>, Failure> {
     let mut last_warn: Option<Instant> = None;
     loop {
+        if stop.requested() {
+            return Ok(None);
+        }
         let ours = matches!(
             rt.block_on(lease::read(replica)),
             Ok(Some((b, _))) if holder.same_place(&b.holder)
@@ -74,7 +150,7 @@ pub fn acquire(
                         "it was free"
                     }
                 );
-                return Ok((l, ours));
+                return Ok(Some((l, ours)));
             }
             Err(LeaseError::Held { body, .. }) => {
                 info!(
@@ -102,8 +178,9 @@ pub fn acquire(
                     last_status: Instant::now(),
                     last_warn: None,
                     failed_points: 0,
+                    stop,
                 };
-                return Ok((s.run()?, false));
+                return Ok(s.run()?.map(|l| (l, false)));
             }
             Err(LeaseError::Store(e)) => {
                 metrics.replica_error();
@@ -115,7 +192,7 @@ pub fn acquire(
                     );
                     last_warn = Some(Instant::now());
                 }
-                std::thread::sleep(Duration::from_millis(500));
+                stop.sleep(Duration::from_millis(500));
             }
             Err(e) => {
                 return Err(Failure::new(
@@ -149,13 +226,19 @@ struct Standby<'a> {
     last_warn: Option<Instant>,
     /// Points that could not be applied (a download or a check failed).
     failed_points: u64,
+    /// Checked before every step: after a stop request the lease is never taken.
+    stop: &'a Stop,
 }
 
 impl Standby<'_> {
-    fn run(&mut self) -> Result<Lease, Failure> {
+    /// Follows until the lease is taken (`None`: a stop was requested first).
+    fn run(&mut self) -> Result<Option<Lease>, Failure> {
         loop {
+            if self.stop.requested() {
+                return Ok(None);
+            }
             if let Some(lease) = self.watch_lease()? {
-                return Ok(lease);
+                return Ok(Some(lease));
             }
             if self.last_list.is_none_or(|t| t.elapsed() >= LIST_EVERY) {
                 self.last_list = Some(Instant::now());
@@ -167,7 +250,7 @@ impl Standby<'_> {
                 info!("{line}");
                 self.notifier.status(&line);
             }
-            std::thread::sleep(
+            self.stop.sleep(
                 Timing {
                     ttl: self.holder_ttl,
                 }
@@ -206,6 +289,8 @@ impl Standby<'_> {
         };
         let (taken, why) = match self.observer.observe(Instant::now(), reading) {
             Verdict::Wait { .. } | Verdict::Unknown => return Ok(None),
+            // Never a takeover after a stop request.
+            _ if self.stop.requested() => return Ok(None),
             Verdict::Absent => (
                 self.rt.block_on(Lease::take(
                     self.replica,
@@ -268,8 +353,13 @@ impl Standby<'_> {
     /// writes through (not atomic), and this host stays a standby. A mitigation, not a
     /// proof: the store's atomic conditional write is what keeps takeovers exclusive
     /// (docs/DESIGN.md §12, assumptions).
+    ///
+    /// A stop requested during the wait ends it: `true`, and the caller releases the lease
+    /// (a release conditional on this host's write, refused if another host's write won).
     fn confirm(&mut self) -> bool {
-        std::thread::sleep(Timing { ttl: self.ttl }.request_timeout());
+        if self.stop.sleep(Timing { ttl: self.ttl }.request_timeout()) {
+            return true;
+        }
         match self.rt.block_on(lease::read(self.replica)) {
             Ok(Some((b, _))) if !self.holder.same_run(&b.holder) => {
                 self.metrics.replica_error();

@@ -32,7 +32,11 @@ use crate::watchdog::Watchdog;
 /// command not found, ...). Once the client runs, problems are logged, not fatal.
 pub fn run(args: RunConfig) -> Result<ExitCode, Failure> {
     let standby = args.standby;
-    let mut sup = start(args)?;
+    let Some(mut sup) = start(args)? else {
+        // A standby told to stop before its client started (logged where it stopped).
+        info!("exiting with status 0");
+        return Ok(ExitCode::SUCCESS);
+    };
     let status = sup.event_loop();
     client::kill_tree(sup.cgroup.as_ref());
     if let Some(cg) = sup.cgroup.take() {
@@ -88,13 +92,14 @@ fn become_standby(loss: &crate::replica::keeper::Loss) -> Result<ExitCode, Failu
     ))
 }
 
-/// Sets everything up and starts the first client.
+/// Sets everything up and starts the first client; `None` for a standby stopped by SIGTERM
+/// or SIGINT before its client started.
 ///
 /// # Errors
 ///
 /// A [`Failure`] for anything that prevents starting (bad snapshot, unwritable directory,
 /// command not found, ...).
-pub fn start(args: RunConfig) -> Result<Supervisor, Failure> {
+pub fn start(args: RunConfig) -> Result<Option<Supervisor>, Failure> {
     let program = args
         .command
         .first()
@@ -117,11 +122,29 @@ pub fn start(args: RunConfig) -> Result<Supervisor, Failure> {
         ttl: args.lease_ttl,
         standby: args.standby,
     };
-    let replica = args
-        .replica
-        .as_deref()
-        .map(|url| crate::replica::start(url, opts, &persister, args.fallback, &metrics))
-        .transpose()?;
+    // A standby may stand by for days: SIGTERM/SIGINT must stop it cleanly (exit 0, the
+    // lease released if it took it) until the signal thread below takes them over.
+    let stop = if args.standby && args.replica.is_some() {
+        Some(crate::replica::standby::Stop::register()?)
+    } else {
+        None
+    };
+    let replica = match args.replica.as_deref() {
+        None => None,
+        Some(url) => {
+            match crate::replica::start(
+                url,
+                opts,
+                &persister,
+                args.fallback,
+                &metrics,
+                stop.as_ref(),
+            )? {
+                Some(started) => Some(started),
+                None => return Ok(None),
+            }
+        }
+    };
     // A standby that took over from another host: the state file now holds the bucket's
     // newest point; a region in the fd store is from this machine's earlier stint as primary,
     // another history. Dropped (and replaced in the store below).
@@ -165,6 +188,14 @@ pub fn start(args: RunConfig) -> Result<Supervisor, Failure> {
     let requests = Requests::default();
     let on_demand = matches!(schedule.on_usr1, OnUsr1::Snapshot);
     let (tx, events, watcher) = event_sources(&snap, status_area && on_demand, &requests)?;
+    if let Some(sig) = stop
+        .as_ref()
+        .and_then(crate::replica::standby::Stop::signal)
+    {
+        // Came after the standby's last check and before the signal thread: the client is
+        // stopped as soon as it runs (its final snapshot, then the lease released).
+        let _ = tx.send(Event::Signal(sig));
+    }
     if let Some(started) = replica {
         if let Some(floor) = started.floor() {
             snap.raise_generation_floor(floor);
@@ -187,7 +218,7 @@ pub fn start(args: RunConfig) -> Result<Supervisor, Failure> {
     let client = client::spawn(&mut cmd, &metrics)?;
     worker.client_running(client.pid());
     notifier.ready(&format!("client running; state {}", args.state.display()));
-    Ok(Supervisor {
+    Ok(Some(Supervisor {
         cmd,
         spec,
         watcher,
@@ -210,7 +241,7 @@ pub fn start(args: RunConfig) -> Result<Supervisor, Failure> {
         saved: FinalSnapshot::NothingToPersist,
         stop_on_lease_loss: args.stop_on_lease_loss,
         lease_lost: None,
-    })
+    }))
 }
 
 /// Starts the replica's lease and uploader threads and attaches the uploader to `snap` as a

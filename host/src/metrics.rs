@@ -352,6 +352,10 @@ pub struct Metrics {
     /// `shmsnap_role{role}`: 1 for the current role.
     role: Family<RoleLabel, Gauge>,
     standby_lag: Arc<StandbyLag>,
+    /// Bytes a standby downloaded to follow the bucket (its local chain).
+    standby_downloaded_bytes: Counter,
+    /// Points a standby applied to its local chain (each verified first).
+    standby_points: Counter,
     /// Triple snapshot attempts that refused the client's state words.
     triple_refused: Counter,
     /// Dead clients' claims the host cleared before a restart (or at start).
@@ -396,6 +400,8 @@ impl Metrics {
             replica_state_now: Arc::default(),
             role: Family::default(),
             standby_lag: Arc::default(),
+            standby_downloaded_bytes: Counter::default(),
+            standby_points: Counter::default(),
             triple_refused: Counter::default(),
             claims_reclaimed: Counter::default(),
             ticks_skipped: Counter::default(),
@@ -535,6 +541,17 @@ impl Metrics {
             self.role.clone(),
         );
         r.register_with_unit(
+            "standby_downloaded",
+            "Bytes a standby downloaded to follow the bucket (only the new deltas of the generation it holds, a new generation's base once)",
+            Unit::Bytes,
+            self.standby_downloaded_bytes.clone(),
+        );
+        r.register(
+            "standby_points_applied",
+            "Steps a standby made to a newer point of the bucket (each downloaded and verified before it was applied)",
+            self.standby_points.clone(),
+        );
+        r.register_with_unit(
             "replica_uploaded",
             "Bytes of points uploaded to the replica",
             Unit::Bytes,
@@ -655,6 +672,14 @@ impl Metrics {
             .behind_since
             .lock()
             .unwrap_or_else(|e| e.into_inner()) = since;
+    }
+
+    /// Counts the bytes a standby's step downloaded, and the step if it reached a newer point.
+    pub fn standby_applied(&self, bytes: u64, moved: bool) {
+        if moved {
+            self.standby_points.inc();
+        }
+        self.standby_downloaded_bytes.inc_by(bytes);
     }
 
     /// Counts bytes uploaded to the replica.

@@ -21,7 +21,7 @@ use object_store::ObjectStoreExt;
 use shmsnap_linux::chain::{self, At};
 use shmsnap_linux::persist::Persister;
 use shmsnap_linux::{packed, snapshot};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::layout::{point_key, Generation, Listing, PointId};
 use super::store::{is_refused, refused, Replica};
@@ -137,10 +137,16 @@ pub fn fetch_into(
         if generation.base.is_none() {
             continue;
         }
+        let t = std::time::Instant::now();
         let got = rt.block_on(fetch_generation(
             replica, &work.0, g, generation, at, fallback,
         ))?;
         let Some((base, deltas)) = got else { continue };
+        debug!(
+            ms = crate::time::ms(t.elapsed()),
+            "replica {}: generation {g} downloaded and verified ({deltas} delta(s))", replica.url
+        );
+        let t = std::time::Instant::now();
         let at = at.map_or(At::Deltas(u64::from(deltas)), At::Time);
         let (info, report) = dest.write(&mut |file| {
             chain::materialize(&base, &chain::chain_dir(&base), at, file)
@@ -150,6 +156,10 @@ pub fn fetch_into(
             generation: g,
             index: report.listing.deltas.len() as u32,
         };
+        debug!(
+            ms = crate::time::ms(t.elapsed()),
+            "replica {}: {point} materialized and committed", replica.url
+        );
         info!(
             "restored {point} from replica {} into {}",
             replica.url,

@@ -12,6 +12,7 @@
 //! | [`keeper`] | the lease's own thread: renews it on its own schedule, reports its loss |
 //! | [`standby`] | `run --standby`: follow the bucket, take the lease over, catch up |
 //! | [`upload`] | the uploader thread and its bounded backlog of points ([`Shipper`]) |
+//! | [`follow`] | a standby's local chain: only new deltas (or a new base) downloaded, verified, applied |
 //! | [`fetch`] | `restore --from URL` and the restore at start: a point of the bucket as a standalone snapshot file |
 //! | [`inspect`] | `inspect --replica URL` |
 //!
@@ -21,6 +22,7 @@
 //! Byte layout of the bucket: `docs/FORMAT.md`, "Replica layout".
 
 pub mod fetch;
+pub mod follow;
 pub mod inspect;
 pub mod keeper;
 pub mod layout;
@@ -201,7 +203,7 @@ fn start_standby(
             Err(e) => return Err(Failure::new(Code::Config, e.to_string())),
         }
     }
-    let Some((lease, ours)) =
+    let Some((lease, ours, caught_up)) =
         standby::acquire(&rt, &replica, &holder, opts.ttl, persister, metrics, stop)?
     else {
         stop.log("no lease held");
@@ -226,7 +228,11 @@ fn start_standby(
         true,
         metrics.clone(),
     )?;
-    let floor = standby::reconcile(&rt, &replica, persister, standby::Goal::Lead, ours)?;
+    // A takeover caught up before its lease read-back; a lease taken at start did not.
+    let floor = match caught_up {
+        Some(floor) => floor,
+        None => standby::reconcile(&rt, &replica, persister, standby::Goal::Lead, ours)?,
+    };
     if stop.requested() {
         // The keeper releases the lease as it ends.
         drop(keeper);

@@ -1,16 +1,16 @@
 //! `run --replica URL --standby`: before the client starts, take the lease if it is free;
-//! otherwise follow the bucket (its newest point kept as the local state) and watch the
-//! lease ([`Observer`]) until it may be taken over; then bring the local state to the
-//! bucket's newest point ([`reconcile`]) and return: the normal start-up path restores the
-//! region from the local state and the host becomes the primary.
+//! otherwise follow the bucket (its chain kept as the local state) and watch the lease
+//! ([`Observer`]) until it may be taken over; then bring the local state to the bucket's
+//! newest point ([`reconcile`]) while the lease read-back waits, and return: the normal
+//! start-up path restores the region from the local state (base + chain) and the host
+//! becomes the primary.
 //!
 //! Following: every [`LIST_EVERY`] the bucket is listed; when its newest point is not the
-//! one applied, [`fetch::fetch_into`] downloads it, checks every object (base CRC, each
-//! delta's footer, links and data CRC) and commits it as the state file through the
-//! persister (temp, fsync, rename, directory fsync). An object that fails a check is never
-//! applied: the standby stays at its last sound point, logs it and counts it, and tries
-//! again at the next listing. (The alternative — keeping the bucket's chain locally and
-//! applying only new deltas — downloads less per point; measured in the report.)
+//! one applied, [`follow::advance`] brings the local chain to it — only the new deltas of
+//! the generation held, or a new generation's base once — verifying base + chain before
+//! anything is renamed into the state. An object that fails a check is never applied: the
+//! standby stays at its last sound point, logs it and counts it, and tries again at the next
+//! listing.
 //!
 //! Local state that is not in the bucket (a former primary's commits after a takeover) is
 //! moved aside to `<state>.diverged.<unix-time>/`, never deleted ([`reconcile`]).
@@ -25,6 +25,7 @@ use shmsnap_linux::persist::Persister;
 use tracing::{info, warn};
 
 use super::fetch;
+use super::follow;
 use super::layout::{Listing, PointId};
 use super::lease::{self, Holder, Lease, LeaseError, Timing};
 use super::observe::{Observer, Reading, Verdict};
@@ -32,6 +33,7 @@ use super::store::Replica;
 use crate::exit::{Code, Failure};
 use crate::metrics::{Metrics, Role};
 use crate::notify::Notifier;
+use crate::time::ms;
 
 /// How often a standby lists the bucket.
 pub const LIST_EVERY: Duration = Duration::from_millis(500);
@@ -129,7 +131,7 @@ pub fn acquire(
     persister: &Persister,
     metrics: &Metrics,
     stop: &Stop,
-) -> Result<Option<(Lease, bool)>, Failure> {
+) -> Result<Option<(Lease, bool, Option<u64>)>, Failure> {
     let mut last_warn: Option<Instant> = None;
     loop {
         if stop.requested() {
@@ -150,7 +152,7 @@ pub fn acquire(
                         "it was free"
                     }
                 );
-                return Ok(Some((l, ours)));
+                return Ok(Some((l, ours, None)));
             }
             Err(LeaseError::Held { body, .. }) => {
                 info!(
@@ -178,9 +180,11 @@ pub fn acquire(
                     last_status: Instant::now(),
                     last_warn: None,
                     failed_points: 0,
+                    repaired: None,
+                    downloaded: 0,
                     stop,
                 };
-                return Ok(s.run()?.map(|l| (l, false)));
+                return Ok(s.run()?.map(|(l, floor)| (l, false, Some(floor))));
             }
             Err(LeaseError::Store(e)) => {
                 metrics.replica_error();
@@ -226,19 +230,25 @@ struct Standby<'a> {
     last_warn: Option<Instant>,
     /// Points that could not be applied (a download or a check failed).
     failed_points: u64,
+    /// The newest point for which a base was downloaded again and still did not get past a
+    /// bad object: the local chain is not repaired again for it (`None`: repair allowed).
+    repaired: Option<PointId>,
+    /// Bytes downloaded while following (in the status line).
+    downloaded: u64,
     /// Checked before every step: after a stop request the lease is never taken.
     stop: &'a Stop,
 }
 
 impl Standby<'_> {
-    /// Follows until the lease is taken (`None`: a stop was requested first).
-    fn run(&mut self) -> Result<Option<Lease>, Failure> {
+    /// Follows until the lease is taken (`None`: a stop was requested first): the lease and
+    /// the bucket's newest generation.
+    fn run(&mut self) -> Result<Option<(Lease, u64)>, Failure> {
         loop {
             if self.stop.requested() {
                 return Ok(None);
             }
-            if let Some(lease) = self.watch_lease()? {
-                return Ok(Some(lease));
+            if let Some(taken) = self.watch_lease()? {
+                return Ok(Some(taken));
             }
             if self.last_list.is_none_or(|t| t.elapsed() >= LIST_EVERY) {
                 self.last_list = Some(Instant::now());
@@ -264,8 +274,9 @@ impl Standby<'_> {
         let behind = self.behind_since.map_or(0.0, |t| t.elapsed().as_secs_f64());
         match self.applied {
             Some(p) => format!(
-                "standby, {behind:.0} s behind (at {p} of {})",
-                self.replica.url
+                "standby, {behind:.0} s behind (at {p} of {}; {:.1} MiB downloaded)",
+                self.replica.url,
+                self.downloaded as f64 / f64::from(1u32 << 20)
             ),
             None => format!(
                 "standby, {behind:.0} s behind (no point of {} applied yet)",
@@ -275,7 +286,7 @@ impl Standby<'_> {
     }
 
     /// Reads the lease once; takes it over when the observer says so.
-    fn watch_lease(&mut self) -> Result<Option<Lease>, Failure> {
+    fn watch_lease(&mut self) -> Result<Option<(Lease, u64)>, Failure> {
         let reading = match self.rt.block_on(lease::read(self.replica)) {
             Ok(None) => Reading::Absent,
             Ok(Some((body, version))) => {
@@ -287,7 +298,8 @@ impl Standby<'_> {
                 Reading::Failed
             }
         };
-        let (taken, why) = match self.observer.observe(Instant::now(), reading) {
+        let decided = Instant::now();
+        let (taken, why) = match self.observer.observe(decided, reading) {
             Verdict::Wait { .. } | Verdict::Unknown => return Ok(None),
             // Never a takeover after a stop request.
             _ if self.stop.requested() => return Ok(None),
@@ -319,18 +331,7 @@ impl Standby<'_> {
             ),
         };
         match taken {
-            Ok(_) if !self.confirm() => {
-                self.observer.reset();
-                Ok(None)
-            }
-            Ok(l) => {
-                info!(
-                    "replica {}: took over the lease: {why}; becoming the primary",
-                    self.replica.url
-                );
-                self.metrics.standby_behind_since(None);
-                Ok(Some(l))
-            }
+            Ok(l) => self.settle(l, decided, &why),
             Err(LeaseError::Held { body, .. }) => {
                 info!(
                     "replica {}: another host took the lease first ({}); still standby",
@@ -347,19 +348,74 @@ impl Standby<'_> {
         }
     }
 
-    /// After a takeover the store accepted: waits a lease request's timeout (a racing
-    /// conditional write sent at the same moment has been answered by then) and reads the
-    /// lease back. `false` if another host's body is there: the store let two conditional
-    /// writes through (not atomic), and this host stays a standby. A mitigation, not a
-    /// proof: the store's atomic conditional write is what keeps takeovers exclusive
-    /// (docs/DESIGN.md §12, assumptions).
-    ///
-    /// A stop requested during the wait ends it: `true`, and the caller releases the lease
-    /// (a release conditional on this host's write, refused if another host's write won).
-    fn confirm(&mut self) -> bool {
-        if self.stop.sleep(Timing { ttl: self.ttl }.request_timeout()) {
-            return true;
+    /// After a takeover the store accepted (`decided`: when the observer said so): brings
+    /// the local state to the bucket's newest point ([`reconcile`] for [`Goal::Lead`])
+    /// *while* a lease request's timeout elapses (a racing conditional write sent at the same
+    /// moment has been answered by then), and only after both reads the lease back. Another
+    /// host's body there: the store let two conditional writes through (not atomic), and
+    /// this host stays a standby — its caught-up state is a point of the bucket, which a
+    /// standby may hold. Nothing is started or uploaded before the read-back (the lease
+    /// thread, the uploader and the client all start after this returns). A mitigation, not
+    /// a proof: the store's atomic conditional write is what keeps takeovers exclusive
+    /// (docs/DESIGN.md §12, assumptions). Returns the lease and the bucket's newest
+    /// generation (every new base goes above it).
+    fn settle(
+        &mut self,
+        lease: Lease,
+        decided: Instant,
+        why: &str,
+    ) -> Result<Option<(Lease, u64)>, Failure> {
+        let answered = Instant::now();
+        info!(
+            ms = ms(answered - decided),
+            "takeover phase: the lease write was answered {:.0} ms after the decision",
+            ms(answered - decided)
+        );
+        if self.stop.requested() {
+            // The caller releases the lease at once (the generation floor is not used then).
+            return Ok(Some((lease, 0)));
         }
+        let floor = match reconcile(self.rt, self.replica, self.persister, Goal::Lead, false) {
+            Ok(f) => f,
+            Err(e) => {
+                // Let another standby take over at once rather than after the TTL.
+                let _ = self.rt.block_on(lease.release(self.replica));
+                return Err(e);
+            }
+        };
+        info!(
+            ms = ms(decided.elapsed()),
+            "takeover phase: caught up {:.0} ms after the decision",
+            ms(decided.elapsed())
+        );
+        let wait = Timing { ttl: self.ttl }.request_timeout();
+        // A stop requested during the wait ends it: the caller releases the lease (a release
+        // conditional on this host's write, refused if another host's write won).
+        if self.stop.sleep(wait.saturating_sub(answered.elapsed())) {
+            return Ok(Some((lease, floor)));
+        }
+        let confirmed = self.read_back();
+        info!(
+            ms = ms(decided.elapsed()),
+            "takeover phase: the lease was read back {:.0} ms after the decision",
+            ms(decided.elapsed())
+        );
+        if !confirmed {
+            self.observer.reset();
+            // The caught-up state is a bucket point; the next listing verifies it again.
+            self.applied = None;
+            return Ok(None);
+        }
+        info!(
+            "replica {}: took over the lease: {why}; becoming the primary",
+            self.replica.url
+        );
+        self.metrics.standby_behind_since(None);
+        Ok(Some((lease, floor)))
+    }
+
+    /// Reads the lease back after a takeover: `false` if another host's body is there.
+    fn read_back(&mut self) -> bool {
         match self.rt.block_on(lease::read(self.replica)) {
             Ok(Some((b, _))) if !self.holder.same_run(&b.holder) => {
                 self.metrics.replica_error();
@@ -375,7 +431,9 @@ impl Standby<'_> {
         }
     }
 
-    /// Lists the bucket; fetches its newest point if it is not the one applied.
+    /// Lists the bucket; brings the local chain to its newest point if it is not the one
+    /// applied ([`follow::advance`]: only the new deltas of the generation held, or a new
+    /// generation's base once, everything verified before it is applied).
     fn follow(&mut self) {
         let listing = match self.rt.block_on(Listing::load(self.replica)) {
             Ok(l) => l,
@@ -390,14 +448,30 @@ impl Standby<'_> {
         }
         let since = *self.behind_since.get_or_insert_with(Instant::now);
         self.set_behind(Some(since));
-        match fetch::fetch_into(self.rt, self.replica, self.persister, None, false) {
-            Ok(f) => {
+        let repair = self.repaired != Some(newest);
+        match follow::advance(self.rt, self.replica, self.persister, newest, repair) {
+            Ok(a) => {
                 if self.applied.is_none() {
-                    info!("replica {}: standby now at {}", self.replica.url, f.point);
+                    info!("replica {}: standby now at {}", self.replica.url, a.point);
                 }
-                self.applied = Some(f.point);
-                if f.point >= newest {
+                self.metrics
+                    .standby_applied(a.downloaded, self.applied != Some(a.point));
+                self.applied = Some(a.point);
+                self.downloaded += a.downloaded;
+                if a.point >= newest {
                     self.set_behind(None);
+                }
+                if let Some(bad) = a.refused {
+                    if a.base {
+                        // A base downloaded again did not get past it either: the object is
+                        // at fault; no new base download until the bucket changes.
+                        self.repaired = Some(newest);
+                    }
+                    self.failed_points += 1;
+                    self.failed(&format!(
+                        "cannot apply {bad}; staying at {} ({} point(s) failed so far)",
+                        a.point, self.failed_points
+                    ));
                 }
             }
             Err(e) => {
@@ -458,6 +532,7 @@ pub fn reconcile(
     goal: Goal,
     ours: bool,
 ) -> Result<u64, Failure> {
+    let started = Instant::now();
     let listing = retry(|| {
         rt.block_on(Listing::load(replica)).map_err(|e| {
             Failure::new(
@@ -467,6 +542,7 @@ pub fn reconcile(
         })
     })?;
     let target = persister.target();
+    follow::remove_leftovers(&target);
     let local = local_point(&target);
     let newest = listing.newest_point();
     let keep = match (&local, newest) {
@@ -499,6 +575,7 @@ pub fn reconcile(
             aside.display()
         );
     }
+    let listed = started.elapsed();
     if goal == Goal::Lead {
         let current = local_point(&target).and_then(Result::ok);
         let at_newest = match (current, newest) {
@@ -506,19 +583,35 @@ pub fn reconcile(
             (_, None) => true,
             (None, Some(_)) => false,
         };
-        if !at_newest {
-            let f = retry(|| fetch::fetch_into(rt, replica, persister, None, true))?;
+        if let (false, Some(n)) = (at_newest, newest) {
+            let (point, unix_time_ns) = catch_up(rt, replica, persister, n)?;
             info!(
-                "caught up: {} now holds {} of replica {} (taken {})",
+                list_ms = ms(listed),
+                ms = ms(started.elapsed()),
+                "caught up: {} now holds {} of replica {} (taken {}), in {:.0} ms (listing {:.0} ms)",
                 target.display(),
-                f.point,
+                point,
                 replica.url,
-                crate::time::rfc3339(f.unix_time_ns)
+                crate::time::rfc3339(unix_time_ns),
+                ms(started.elapsed()),
+                ms(listed)
             );
         } else if let Some(c) = current {
+            let taken = ChainListing::load(&target, &chain::chain_dir(&target))
+                .ok()
+                .map_or_else(
+                    || "?".to_owned(),
+                    |l| {
+                        let t = (c.index as usize)
+                            .checked_sub(1)
+                            .and_then(|i| l.deltas.get(i))
+                            .map_or(l.base.meta.unix_time_ns, |d| d.footer.unix_time_ns);
+                        crate::time::rfc3339(t)
+                    },
+                );
             info!(
-                "the local state {} holds {c}, at or past the newest point of replica {}: \
-                 starting from it",
+                "the local state {} holds {c}, at or past the newest point of replica {} \
+                 (taken {taken}): starting from it",
                 target.display(),
                 replica.url
             );
@@ -533,6 +626,41 @@ pub fn reconcile(
 fn at_or_past(local: PointId, newest: PointId, ours: bool) -> bool {
     (local.generation == newest.generation && local.index >= newest.index)
         || (ours && local.generation > newest.generation)
+}
+
+/// A new primary's catch-up to the bucket's newest point `to`: the local chain advanced
+/// ([`follow::advance`]: only what it lacks); past a corrupt delta, the sound point before it
+/// (logged: `--fallback` semantics); past a corrupt base, the whole-point restore with
+/// fallback ([`fetch::fetch_into`]: the newest sound older point, logged). Returns the point
+/// and its snapshot time (ns since the Unix epoch).
+fn catch_up(
+    rt: &tokio::runtime::Runtime,
+    replica: &Replica,
+    persister: &Persister,
+    to: PointId,
+) -> Result<(PointId, u64), Failure> {
+    let advanced = retry(|| match follow::advance(rt, replica, persister, to, true) {
+        // Retried: the store did not answer. Anything else is decided below.
+        Err(e) if e.code == Code::IoErr => Err(e),
+        r => Ok(r),
+    })?;
+    match advanced {
+        Ok(a) => {
+            if let Some(bad) = &a.refused {
+                warn!(
+                    "replica {}: {bad} skipped; using {}, the sound point before it",
+                    replica.url, a.point
+                );
+            }
+            Ok((a.point, a.unix_time_ns))
+        }
+        Err(e) if e.code == Code::DataErr => {
+            warn!("{}; restoring the newest sound point instead", e.message);
+            retry(|| fetch::fetch_into(rt, replica, persister, None, true))
+                .map(|f| (f.point, f.unix_time_ns))
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// Tries `f` up to 5 times, 500 ms apart, returning its last error.
@@ -554,7 +682,7 @@ fn retry<T>(mut f: impl FnMut() -> Result<T, Failure>) -> Result<T, Failure> {
 /// The point the local state holds: the state file's generation and the number of deltas
 /// of it in the chain directory that chain correctly (a state fetched from the bucket is one
 /// file: index 0). `None` if there is no state file.
-fn local_point(target: &Path) -> Option<Result<PointId, String>> {
+pub(super) fn local_point(target: &Path) -> Option<Result<PointId, String>> {
     if !target.exists() {
         return None;
     }

@@ -3,8 +3,9 @@
 //!
 //! A [`DurableFixture`] runs the host in a thread exactly as `shmsnap run` does it for the
 //! queue: it sleeps on the request word (`RequestWatch::wait`) for at most the interval, then
-//! takes one snapshot (`take_queue`, `TempFile::commit`: fdatasync, rename, directory fsync)
-//! and publishes it (`StatusPublisher::publish`). The client commits 64-byte payloads.
+//! takes one snapshot (`take_queue`, `TempFile::commit_durable`: fdatasync, rename, directory
+//! fsync), publishes it (`StatusPublisher::publish`) and then unlinks the dropped generation
+//! (`Persister::drop_old`). The client commits 64-byte payloads.
 //!
 //! - **prompt**: commit, `request_snapshot`, `wait_persisted` — the latency of one host cycle
 //!   plus the wake-ups;
@@ -92,7 +93,8 @@ pub struct Cycle {
     pub requested: bool,
     /// The attempts, in order.
     pub attempts: Vec<Attempt>,
-    /// `TempFile::commit` (fdatasync, rename, directory fsync) of the persisted attempt.
+    /// `TempFile::commit_durable` (fdatasync, rename, directory fsync) of the persisted
+    /// attempt.
     pub sync: Option<Duration>,
     /// When the publish (status stores and futex wake) returned, and the seq it published.
     pub published: Option<(Instant, u64)>,
@@ -136,7 +138,7 @@ impl Host {
             return Ok(false);
         };
         let t = Instant::now();
-        file.commit()?;
+        file.commit_durable()?;
         log.sync = Some(t.elapsed());
         self.generation += 1;
         let seq = figures.retained.newest.map_or(0, |d| d.seq);
@@ -146,6 +148,8 @@ impl Host {
             replica_seq: 0,
         })?;
         log.published = Some((Instant::now(), seq));
+        // As the host: the dropped generation is unlinked after the publish.
+        self.persister.drop_old()?;
         Ok(true)
     }
 
@@ -356,7 +360,7 @@ pub struct Ack {
     pub attempts: u32,
     /// The covering cycle's persisted attempt.
     pub attempt: Attempt,
-    /// Its `TempFile::commit` (fdatasync, rename, directory fsync).
+    /// Its `TempFile::commit_durable` (fdatasync, rename, directory fsync).
     pub sync: Duration,
     /// Publish returned → the waiter's `wait_persisted` returned.
     pub to_waiter: Duration,

@@ -354,6 +354,122 @@ mod tests {
         assert!(checked > 0, "the observer never saw a publish");
     }
 
+    /// Per publish: the published seq and the names in the state directory at that moment.
+    type Seen = Arc<Mutex<Vec<(u64, Vec<String>)>>>;
+
+    /// What the state directory holds when the status sink has published a snapshot: the
+    /// sink attached after it copies every file name (and the generation files) aside — the
+    /// directory a SIGKILL of the host right after the publish would leave.
+    #[derive(Debug)]
+    struct CrashImage {
+        state: std::path::PathBuf,
+        status: Arc<Mutex<Option<StatusPublisher>>>,
+        /// Per publish: the published seq and the names in the directory at that moment.
+        seen: Seen,
+        /// The last crash image taken.
+        copy: std::path::PathBuf,
+    }
+
+    impl Sink for CrashImage {
+        fn persisted(&self, report: &Report, _target: &Path) {
+            let published = self
+                .status
+                .lock()
+                .unwrap()
+                .as_ref()
+                .map_or(0, |p| p.last().seq);
+            assert_eq!(published, report.newest_seq, "the status sink ran first");
+            let dir = self.state.parent().unwrap();
+            let mut names: Vec<String> = std::fs::read_dir(dir)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .filter(|n| !n.ends_with(".lock"))
+                .collect();
+            names.sort();
+            let _ = std::fs::remove_dir_all(&self.copy);
+            std::fs::create_dir(&self.copy).unwrap();
+            for n in &names {
+                std::fs::copy(dir.join(n), self.copy.join(n)).unwrap();
+            }
+            self.seen.lock().unwrap().push((published, names));
+        }
+    }
+
+    /// Issue 27: the status is published at the durable point, before the generation that
+    /// left the `--keep` set is unlinked (that unlink is off the acknowledgement's path), and
+    /// a host killed between the two leaves a state the next start restores the published
+    /// seq from, and whose next persist is back to exactly `--keep` generations.
+    #[test]
+    fn the_publish_comes_before_the_dropped_generation_is_unlinked_and_a_kill_between_is_safe() {
+        let dir = tempfile::tempdir().unwrap();
+        let crash = tempfile::tempdir().unwrap();
+        let state = dir.path().join("s.snap");
+        let (memfd, rw) = region(1 << 20);
+        let mut w = Writer::open_or_init(rw.words(), LAYOUT, crate::examples::TEST_CLIENT).unwrap();
+        // keep 2 (the helper's): from the 4th persist on, a generation leaves the set.
+        let mut snap = snapshotter(&state, &memfd, Origin::Empty);
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let copy = crash.path().join("image");
+        snap.attach_sink(Box::new(CrashImage {
+            state: state.clone(),
+            status: snap.status(),
+            seen: seen.clone(),
+            copy: copy.clone(),
+        }));
+        for i in 0..5u64 {
+            w.commit(&i.to_le_bytes()).unwrap();
+            assert!(matches!(
+                snap.take(true, None).unwrap(),
+                Outcome::Persisted(_)
+            ));
+            // After `take`: no generation past `--keep` is left.
+            let gens = shmsnap_linux::persist::generations_of(&state).unwrap();
+            assert!(gens.iter().all(|g| g.index <= 2), "{gens:?}");
+        }
+        let seen = seen.lock().unwrap().clone();
+        assert_eq!(seen.len(), 5);
+        for (n, (_, names)) in seen.iter().enumerate().skip(3) {
+            assert!(
+                names.contains(&"s.snap.3".to_owned()),
+                "persist {}: the dropped generation was already unlinked when the status was \
+                 published: {names:?}",
+                n + 1
+            );
+        }
+        // The state a SIGKILL right after the 5th publish leaves: start from it.
+        let (published, _) = *seen.last().unwrap();
+        let crashed = copy.join("s.snap");
+        let persister = open_persister(&crashed, 2).unwrap();
+        let prepared = prepare_region(&persister, None, false).unwrap();
+        let map = Mapping::of_memfd(&prepared.memfd, Protection::ReadOnly).unwrap();
+        let restored = Region::open(map.words()).unwrap().newest().unwrap().seq;
+        assert_eq!(
+            restored, published,
+            "the next start restores what was published"
+        );
+        // Its next persist leaves exactly `--keep` generations besides the target.
+        let mut snap = Snapshotter::new(
+            persister,
+            crate::strategy::choose::from_kind(shmsnap_core::Strategy::Queue),
+            dup(&prepared.memfd),
+            Origin::Restored(prepared.restored.as_ref().unwrap()),
+        )
+        .unwrap();
+        let rw = Mapping::of_memfd(&prepared.memfd, Protection::ReadWrite).unwrap();
+        let mut w = Writer::open_or_init(rw.words(), LAYOUT, crate::examples::TEST_CLIENT).unwrap();
+        w.commit(b"next").unwrap();
+        assert!(matches!(
+            snap.take(true, None).unwrap(),
+            Outcome::Persisted(_)
+        ));
+        let gens: Vec<usize> = shmsnap_linux::persist::generations_of(&crashed)
+            .unwrap()
+            .iter()
+            .map(|g| g.index)
+            .collect();
+        assert_eq!(gens, [0, 1, 2]);
+    }
+
     #[test]
     fn after_a_restore_the_status_says_what_the_image_holds_and_nothing_newer() {
         let dir = tempfile::tempdir().unwrap();

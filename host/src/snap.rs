@@ -242,20 +242,41 @@ impl Snapshotter {
             // Once per run: the first rename that needed the fallback (DESIGN §7).
             warn!("{notice}");
         }
-        let outcome = outcome?;
-        match &outcome {
-            Outcome::Persisted(r) => {
-                // Only now: a strategy returns `Persisted` after its commit returned; and now,
-                // before the next snapshot can rotate the file away.
-                let target = self.persister.target();
-                for sink in &self.sinks {
-                    sink.persisted(r, &target);
-                }
-                self.on_disk = Some(r.generation);
-                self.tally.last_persisted = Some(Instant::now());
+        if let Ok(Outcome::Persisted(r)) = &outcome {
+            // Only now: a strategy returns `Persisted` after its commit reached the durable
+            // point (`TempFile::commit_durable`); and now, before the next snapshot can rotate
+            // the file away.
+            let t = Instant::now();
+            let target = self.persister.target();
+            for sink in &self.sinks {
+                sink.persisted(r, &target);
             }
-            Outcome::Starved { .. } => self.tally.starved += 1,
-            Outcome::Skipped(_) | Outcome::Notice(_) | Outcome::Invalid(_) => {}
+            debug!(
+                sinks_us = t.elapsed().as_micros(),
+                "persisted snapshot published"
+            );
+            self.on_disk = Some(r.generation);
+            self.tally.last_persisted = Some(Instant::now());
+        }
+        // After the publish: the generation that left the `--keep` set is unlinked only now,
+        // off the acknowledgement's path (issue 27). Whatever the outcome — a strategy that
+        // failed after its commit leaves it pending too. A failure leaves it under its name
+        // past `--keep`, which the next persist removes.
+        match self.persister.drop_old() {
+            Ok(took) if !took.is_zero() => {
+                debug!(
+                    drop_old_us = took.as_micros(),
+                    "dropped generation unlinked"
+                )
+            }
+            Ok(_) => {}
+            Err(e) => {
+                warn!("cannot remove the generation past --keep ({e}); the next snapshot retries")
+            }
+        }
+        let outcome = outcome?;
+        if let Outcome::Starved { .. } = outcome {
+            self.tally.starved += 1;
         }
         Ok(outcome)
     }

@@ -26,6 +26,10 @@
 //! 7. `unlinkat` of the generations past `keep`, *after* the durable point: freeing a large
 //!    file's blocks (45–60 ms for 256 MiB on ext4) never delays the switch, and `rename` over
 //!    the target never frees blocks because `<name>.1` still holds them.
+//!    [`TempFile::commit`] runs it at once; [`TempFile::commit_durable`] returns at the
+//!    durable point (step 6) and leaves it for [`Persister::drop_old`], so that a caller can
+//!    tell who waits for the new file first (the host publishes its status, DESIGN §14). A
+//!    generation left pending is unlinked by the next persist before it plans its shuffle.
 //!
 //! A cut at any point leaves `<name>` as the complete old or the complete new file, and every
 //! generation `--keep` promised under a generation name (possibly with one gap, or one extra
@@ -52,6 +56,7 @@ use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use rustix::fs::{AtFlags, FileType, FlockOperation, Mode, OFlags};
@@ -159,6 +164,10 @@ pub struct Persister {
     /// How names are given without replacing (the chain's deltas), detected once for the
     /// life of this value: this persister holds the lock, so it may use every fallback.
     no_replace: NoReplace,
+    /// Generations past `keep` that a [`TempFile::commit_durable`] parked and did not unlink
+    /// (step 7), by index; empty after [`Persister::drop_old`]. Invariant: each is past `keep`
+    /// since the durable point of that commit — never a promised generation, never the target.
+    pending: Mutex<Vec<usize>>,
 }
 
 /// Timings of one persist.
@@ -233,6 +242,7 @@ impl Persister {
             keep,
             _lock: lock,
             no_replace: NoReplace::new(),
+            pending: Mutex::new(Vec::new()),
         })
     }
 
@@ -427,12 +437,42 @@ impl Persister {
         crash_point::step()
     }
 
-    /// Steps 4–7 of the module docs, for the synced temp file `tmp`.
+    /// Step 7 of the [module docs](self) for the last [`TempFile::commit_durable`]:
+    /// `unlinkat` of the generations it left past `keep`. Returns how long it took (zero when
+    /// nothing was pending). Call it once waiters were told the new file is durable; the next
+    /// persist calls it too, before it plans, so nothing is left for long.
+    ///
+    /// # References
+    ///  - [Linux `unlinkat`](https://man7.org/linux/man-pages/man2/unlinkat.2.html)
+    ///
+    /// # Errors
+    ///
+    /// `unlinkat`'s errors (other than `ENOENT`), naming the directory; the generations not
+    /// yet removed stay past `keep` under their names, and the next persist's plan removes
+    /// them (it unlinks every name past `keep`).
+    pub fn drop_old(&self) -> io::Result<Duration> {
+        let pending =
+            std::mem::take(&mut *self.pending.lock().unwrap_or_else(PoisonError::into_inner));
+        if pending.is_empty() {
+            return Ok(Duration::ZERO);
+        }
+        let t = Instant::now();
+        for i in pending {
+            self.apply(Op::Unlink(i))?;
+        }
+        Ok(t.elapsed())
+    }
+
+    /// Steps 4–6 of the module docs, for the synced temp file `tmp`; the unlinks of step 7
+    /// are left pending ([`Persister::drop_old`]).
     fn switch(
         &self,
         tmp: &mut AtomicFile<BorrowedFd<'_>>,
         stats: &mut PersistStats,
     ) -> io::Result<()> {
+        // A pending unlink of the last persist first: the plan must not see it as a backup
+        // (it would rename over it and free its blocks before the switch).
+        self.drop_old()?;
         let t = Instant::now();
         let plan = self.plan()?;
         for &op in &plan.before {
@@ -446,12 +486,7 @@ impl Persister {
         tmp.sync_dir()
             .map_err(|e| annotate(e, "fsync directory", &self.dir_path))?;
         stats.dir_sync = t.elapsed();
-
-        let t = Instant::now();
-        for &i in &plan.after {
-            self.apply(Op::Unlink(i))?;
-        }
-        stats.drop_old = t.elapsed();
+        *self.pending.lock().unwrap_or_else(PoisonError::into_inner) = plan.after;
         Ok(())
     }
 }
@@ -725,7 +760,24 @@ impl TempFile<'_> {
     ///
     /// The syscalls' errors, naming the directory. An error from `fsync(dir)` or later means
     /// the new file is in place but possibly not yet durable.
-    pub fn commit(mut self) -> io::Result<PersistStats> {
+    pub fn commit(self) -> io::Result<PersistStats> {
+        let persister = self.persister;
+        let mut stats = self.commit_durable()?;
+        stats.drop_old = persister.drop_old()?;
+        Ok(stats)
+    }
+
+    /// As [`commit`](Self::commit), but returns at the durable point (the directory
+    /// `fsync`): the generation that left the `keep` set is still there, under the
+    /// generation name `<name>.<keep+1>` (or a larger one), until [`Persister::drop_old`]
+    /// (or the next persist) unlinks it. A cut (SIGKILL, power loss) before that leaves one
+    /// generation more than `keep`: the state every cut after the directory `fsync` leaves,
+    /// which the next persist cleans up. `drop_old` of the result is zero.
+    ///
+    /// # Errors
+    ///
+    /// As [`commit`](Self::commit).
+    pub fn commit_durable(mut self) -> io::Result<PersistStats> {
         let dir_path = &self.persister.dir_path;
         let mut stats = PersistStats::default();
         let t = Instant::now();

@@ -47,7 +47,7 @@ impl Strategy for Exit {
         let tmp = cx.persister.begin()?;
         let (_, copy) = snapshot::write_snapshot(cx.memfd, tmp.file(), len, cx.meta)?;
         let copied = t.elapsed();
-        let stats = tmp.commit()?;
+        let stats = tmp.commit_durable()?;
         Ok(Outcome::Persisted(raw_report(
             &cx, copy.bytes, copied, &stats,
         )))

@@ -116,7 +116,7 @@ impl Freeze {
         let tmp = cx.persister.begin()?;
         let (_, copy) = self.staging.write_snapshot(tmp.file(), cx.meta)?;
         let written = t.elapsed();
-        let stats = tmp.commit()?;
+        let stats = tmp.commit_durable()?;
         Ok(Outcome::Persisted(Report {
             pause: Some(pause),
             ..super::exit::raw_report(cx, copy.bytes, written, &stats)

@@ -121,7 +121,10 @@ pub trait Strategy: Send + fmt::Debug {
     /// is taken).
     fn unchanged(&self, map: &Mapping) -> bool;
 
-    /// Takes one snapshot. Runs on the snapshot worker thread.
+    /// Takes one snapshot. Runs on the snapshot worker thread. A new state file is committed
+    /// with `TempFile::commit_durable` and `Outcome::Persisted` returned right after: the
+    /// snapshotter publishes it, then unlinks the generation that left `--keep`
+    /// (`Persister::drop_old`, DESIGN §7).
     ///
     /// # Errors
     ///

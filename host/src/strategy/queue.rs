@@ -440,7 +440,7 @@ impl Queue {
             QueueSnapshot::Skipped(s) => return Ok(self.skipped(s)),
             QueueSnapshot::Starved(s) => return Ok(starved(s)),
         };
-        let stats = file.commit()?;
+        let stats = file.commit_durable()?;
         self.after_base(cx, &f, armed);
         Ok(Outcome::Persisted(Report {
             point: Point::Base {

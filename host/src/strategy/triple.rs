@@ -219,7 +219,7 @@ impl Strategy for Triple {
             }
             TripleSnapshot::Skipped(s) => return Ok(Outcome::Skipped(s.to_string())),
         };
-        let stats = file.commit()?;
+        let stats = file.commit_durable()?;
         self.persisted.persisted(f.seq);
         debug!(
             buffer = f.buffer,

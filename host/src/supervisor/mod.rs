@@ -7,10 +7,13 @@
 //! | [`restart`] | the restart policy (`--restart`, backoff) |
 //! | [`worker`] | the snapshot thread and the merging of requests |
 //!
-//! Three threads: the signal thread forwards signals, the snapshot thread runs snapshots, and
-//! this one — the event loop — owns the client and decides. Both other threads report on one
+//! Four threads: the signal thread forwards signals, the snapshot thread runs snapshots, the
+//! request watcher turns a client's request into a job on the snapshot thread's queue
+//! directly ([`worker::Requests`]: one thread hop, not three — issue 27), and this one — the
+//! event loop — owns the client and decides. The signal and snapshot threads report on one
 //! channel; the loop sleeps in `recv_timeout` between events (an idle host costs a wake-up per
-//! interval) and never waits for a copy, except for the rules that keep snapshots consistent:
+//! interval), keeps the queue's view of the client current, and never waits for a copy,
+//! except for the rules that keep snapshots consistent:
 //!
 //! - after the client exits, its final snapshot is taken (after any snapshot already running)
 //!   before it is restarted — a restarted client would write into the region during the copy;
@@ -29,7 +32,7 @@ mod worker;
 
 use std::net::SocketAddr;
 use std::process::Command;
-use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
 use rustix::process::Signal;
@@ -39,7 +42,7 @@ use tracing::{debug, error, info, warn};
 
 use self::client::{Client, ClientSpec};
 use self::restart::RestartPolicy;
-use self::worker::{Done, Job, Why, Worker};
+use self::worker::{Done, Job, Requests, Why, Worker};
 use crate::cgroup::ClientCgroup;
 use crate::durable::Watcher;
 use crate::exit::{requested_stop_status, Code, Failure, FinalSnapshot};
@@ -59,9 +62,6 @@ pub enum Event {
     Signal(i32),
     /// A snapshot request finished (from the snapshot thread).
     Snapshot(Done),
-    /// The client bumped its snapshot-request word (from the request watcher, DESIGN §14),
-    /// seen by the watcher at this instant (the hop times are logged at debug).
-    ClientRequest(Instant),
     /// The replica's lease is this run's no more (from the lease thread, DESIGN §12).
     LeaseLost(crate::replica::keeper::Loss),
 }
@@ -89,8 +89,8 @@ pub struct Supervisor {
     spec: ClientSpec,
     /// The client-request watcher on the current region's header page (DESIGN §14).
     watcher: Watcher,
-    /// Where the request watcher sends its events.
-    requests: Sender<Event>,
+    /// Where the request watcher sends the client's requests: the snapshot thread's queue.
+    requests: Requests,
     /// The strategy's region has a status area (request word, status words).
     status_area: bool,
     /// The client's own cgroup (`--cgroup`), killed whole with the client; `None`: none
@@ -131,13 +131,6 @@ impl Supervisor {
             let flow = match self.events.recv_timeout(wait) {
                 Ok(Event::Signal(SIGCHLD)) => self.on_sigchld()?,
                 Ok(Event::Signal(SIGUSR1)) => self.snapshot_now(Why::Usr1)?,
-                Ok(Event::ClientRequest(seen)) => {
-                    debug!(
-                        watcher_to_loop_us = seen.elapsed().as_micros(),
-                        "client request"
-                    );
-                    self.snapshot_now(Why::ClientRequest)?
-                }
                 Ok(Event::Signal(sig)) => self.on_stop(sig),
                 Ok(Event::Snapshot(done)) => self.on_snapshot(done)?,
                 Ok(Event::LeaseLost(loss)) => self.on_lease_lost(loss),
@@ -182,6 +175,7 @@ impl Supervisor {
         let Some((code, ran)) = client::reap(&self.client, &self.metrics) else {
             return Ok(Flow::Continue);
         };
+        self.worker.client_gone();
         client::kill_tree(self.cgroup.as_ref());
         self.client = Client::Exited {
             code,
@@ -261,8 +255,8 @@ impl Supervisor {
         self.on_stop(rustix::process::Signal::TERM.as_raw())
     }
 
+    /// A job is done (the snapshot thread has already taken any request merged meanwhile).
     fn on_snapshot(&mut self, done: Done) -> Result<Flow, Failure> {
-        self.worker.finished()?;
         if let Some(region) = done.region {
             self.new_region(region)?;
         }
@@ -308,7 +302,7 @@ impl Supervisor {
         self.notifier.replace_fd(&memfd, &self.spec.fd_name);
         let requests = self.requests.clone();
         self.watcher = crate::durable::watch_requests(&memfd, self.status_area, move || {
-            requests.send(Event::ClientRequest(Instant::now())).is_ok()
+            requests.client_request(Instant::now())
         })
         .map_err(|e| Failure::new(Code::OsErr, format!("cannot start the request thread: {e}")))?;
         if let Ok(len) = memfd.len() {
@@ -342,7 +336,9 @@ impl Supervisor {
         }
         if let Client::Waiting { until } = self.client {
             if now >= until {
+                self.worker.client_starting();
                 self.client = client::spawn(&mut self.cmd, &self.metrics)?;
+                self.worker.client_running(self.client.pid());
             }
         }
         if let Some(due) = self.next_tick.filter(|&t| now >= t) {

@@ -13,7 +13,7 @@ use tracing::{info, warn};
 
 use super::client::{self, resolve_command, ClientSpec};
 use super::restart::RestartPolicy;
-use super::worker::Worker;
+use super::worker::{Requests, Worker};
 use super::{start_metrics, Event, Supervisor};
 use crate::config::RunConfig;
 use crate::exit::{Code, Failure, FinalSnapshot};
@@ -21,7 +21,7 @@ use crate::flow::{Origin, Point};
 use crate::notify::Notifier;
 use crate::snap::Snapshotter;
 use crate::startup::{open_persister, prepare_region, Prepared};
-use crate::strategy;
+use crate::strategy::{self, OnUsr1};
 use crate::watchdog::Watchdog;
 
 /// Runs the supervisor until the client is done (per the restart policy) or a stop signal.
@@ -183,7 +183,11 @@ pub fn start(args: RunConfig) -> Result<Option<Supervisor>, Failure> {
         metrics.set_region_size(len);
     }
     snap.attach_metrics(&metrics);
-    let (tx, events, watcher) = event_sources(&snap, status_area)?;
+    // A client's request goes from the watcher straight to the snapshot thread's queue
+    // (DESIGN §14) when the strategy takes snapshots on demand (SIGUSR1's path).
+    let requests = Requests::default();
+    let on_demand = matches!(schedule.on_usr1, OnUsr1::Snapshot);
+    let (tx, events, watcher) = event_sources(&snap, status_area && on_demand, &requests)?;
     if let Some(sig) = stop
         .as_ref()
         .and_then(crate::replica::standby::Stop::signal)
@@ -207,17 +211,19 @@ pub fn start(args: RunConfig) -> Result<Option<Supervisor>, Failure> {
     let spec = ClientSpec::of(&args);
     let mut cmd = client::command(&spec, snap.memfd(), cgroup.as_ref())?;
 
-    let worker = Worker::spawn(snap, tx.clone(), metrics.clone())?;
+    let worker = Worker::spawn(snap, tx.clone(), metrics.clone(), &requests)?;
     // Spawned from this thread, which lives as long as the host: PDEATHSIG fires when the
     // thread that forked the client exits.
+    worker.client_starting();
     let client = client::spawn(&mut cmd, &metrics)?;
+    worker.client_running(client.pid());
     notifier.ready(&format!("client running; state {}", args.state.display()));
     Ok(Some(Supervisor {
         cmd,
         spec,
         watcher,
-        requests: tx,
-        status_area,
+        requests,
+        status_area: status_area && on_demand,
         cgroup,
         client,
         worker,
@@ -266,12 +272,14 @@ fn attach_replica(
 }
 
 /// The supervisor's event channel and what feeds it besides the worker and the client: the
-/// signal thread, and the thread that turns a client's snapshot request into an event (it
-/// takes SIGUSR1's path, merged with every other request). Makes this process the child
-/// subreaper first, so that the client's orphans are reaped here.
+/// signal thread; and the thread that turns a client's snapshot request into a job on
+/// `requests`, the snapshot thread's queue (merged with every other request, as SIGUSR1's),
+/// when `watch` (the strategy has a status area and snapshots on demand). Makes this process
+/// the child subreaper first, so that the client's orphans are reaped here.
 fn event_sources(
     snap: &Snapshotter,
-    status_area: bool,
+    watch: bool,
+    requests: &Requests,
 ) -> Result<
     (
         Sender<Event>,
@@ -284,11 +292,9 @@ fn event_sources(
         .map_err(|e| Failure::new(Code::OsErr, format!("cannot become a child subreaper: {e}")))?;
     let (tx, events) = mpsc::channel();
     signal_thread(tx.clone())?;
-    let requests = tx.clone();
-    let watcher = crate::durable::watch_requests(snap.memfd(), status_area, move || {
-        requests
-            .send(Event::ClientRequest(std::time::Instant::now()))
-            .is_ok()
+    let requests = requests.clone();
+    let watcher = crate::durable::watch_requests(snap.memfd(), watch, move || {
+        requests.client_request(std::time::Instant::now())
     })
     .map_err(|e| Failure::new(Code::OsErr, format!("cannot start the request thread: {e}")))?;
     Ok((tx, events, watcher))

@@ -1,19 +1,26 @@
-//! The snapshot worker: one thread owns the [`Snapshotter`]; the event loop sends it requests
-//! and receives the results as events, so signals, reaping and restarts never wait for a copy.
+//! The snapshot worker: one thread owns the [`Snapshotter`] and takes its jobs from a
+//! [`Queue`]; the results go to the event loop as events, so signals, reaping and restarts
+//! never wait for a copy.
 //!
-//! At most one request is with the thread at a time. Requests made meanwhile are merged into
-//! one pending request, sent when the result of the running one comes back: a snapshot asked
-//! for during a copy is taken after that copy, never skipped, and never more than once. A
-//! starved attempt that someone waits for (a client's request, SIGUSR1) is retried at once,
-//! at most [`STARVED_RETRIES`] times ([`run_job`]).
+//! At most one job runs at a time. Requests made meanwhile are merged into one pending job,
+//! which the thread takes as soon as the running one is done: a snapshot asked for during a
+//! copy is taken after that copy, never skipped, and never more than once. A starved attempt
+//! that someone waits for (a client's request, SIGUSR1) is retried at once, at most
+//! [`STARVED_RETRIES`] times ([`run_job`]).
+//!
+//! Requests come from the event loop (ticks, SIGUSR1, the client's exit) and straight from the
+//! request watcher ([`Requests`], DESIGN §14): a client's request reaches the snapshot thread
+//! in one thread hop, not three (watcher → loop → worker before, issue 27). The loop keeps
+//! the queue's view of the client current ([`Worker::client_starting`],
+//! [`Worker::client_gone`]), so a job the watcher makes says what the loop's would.
 //!
 //! The thread records every attempt in the [`Metrics`] and publishes when the attempt it is
 //! in started ([`Worker::busy_since`]), so the event loop withholds systemd watchdog pings
 //! while one snapshot is wedged (see [`crate::watchdog`]).
 
 use std::io;
-use std::sync::mpsc::{self, Sender};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::mpsc::Sender;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
@@ -102,23 +109,150 @@ pub struct Done {
     pub region: Option<io::Result<Memfd>>,
 }
 
+/// The client as the event loop sees it, for jobs made by other threads. Invariant: never
+/// less cautious than the loop's own view — `alive` is set before the client is spawned and
+/// cleared only after it was reaped; `pid` is `None` unless it names the running client.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct ClientNow {
+    alive: bool,
+    pid: Option<Pid>,
+}
+
+/// What the queue's mutex guards.
+#[derive(Debug, Default)]
+struct State {
+    /// The next job (every request since the thread last took one, merged), with when the
+    /// first of them was made and whether a job was running then.
+    pending: Option<(Job, Instant, bool)>,
+    /// The thread runs a job (taken, its [`Done`] not yet sent).
+    running: bool,
+    /// No job is taken any more; the thread ends after the running one (pending is dropped).
+    stopped: bool,
+    /// See [`ClientNow`].
+    client: ClientNow,
+}
+
+/// The snapshot thread's jobs: the pending (merged) request and whether one runs. Shared by
+/// the event loop, the request watcher and the snapshot thread; the mutex is held only to
+/// merge, take or flag (never across a snapshot), the condition variable wakes the thread.
+#[derive(Debug, Default)]
+struct Queue {
+    state: Mutex<State>,
+    ready: Condvar,
+}
+
+impl Queue {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Adds a request made at `at`, merged with any pending one, and wakes the thread.
+    fn request(&self, job: Job, at: Instant) {
+        let mut s = self.lock();
+        let running = s.running;
+        s.pending = Some(match s.pending {
+            None => (job, at, running),
+            Some((p, first, behind)) => (p.merge(job), first, behind),
+        });
+        drop(s);
+        self.ready.notify_one();
+    }
+
+    /// A client's request (the request watcher saw its word change at `seen`), as the event
+    /// loop would make it from the client it knows. `false` once the queue stopped.
+    fn client_request(&self, seen: Instant) -> bool {
+        let (client, stopped) = {
+            let s = self.lock();
+            (s.client, s.stopped)
+        };
+        if stopped {
+            return false;
+        }
+        self.request(
+            Job {
+                why: Why::ClientRequest,
+                client_alive: client.alive,
+                client: client.pid,
+                stopping: false,
+            },
+            seen,
+        );
+        true
+    }
+
+    /// The pending job, marking it running; `None` if there is none or the queue stopped.
+    #[cfg(test)]
+    fn try_take(&self) -> Option<(Job, Instant, bool)> {
+        let mut s = self.lock();
+        Self::take_locked(&mut s)
+    }
+
+    fn take_locked(s: &mut State) -> Option<(Job, Instant, bool)> {
+        if s.stopped {
+            return None;
+        }
+        let job = s.pending.take()?;
+        s.running = true;
+        Some(job)
+    }
+
+    /// Waits for a job and takes it; `None` once the queue stopped.
+    fn take(&self) -> Option<(Job, Instant, bool)> {
+        let mut s = self.lock();
+        loop {
+            if s.stopped {
+                return None;
+            }
+            if let Some(job) = Self::take_locked(&mut s) {
+                return Some(job);
+            }
+            s = self.ready.wait(s).unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+
+    /// The running job is done (called before its [`Done`] is sent).
+    fn finished(&self) {
+        self.lock().running = false;
+    }
+
+    fn busy(&self) -> bool {
+        let s = self.lock();
+        s.running || s.pending.is_some()
+    }
+
+    fn stop(&self) {
+        self.lock().stopped = true;
+        self.ready.notify_one();
+    }
+}
+
+/// The snapshot thread's queue as the request watcher holds it (cheap to clone); made before
+/// the thread ([`Worker::spawn`] takes it), so the watcher can start while the setup still
+/// owns the [`Snapshotter`].
+#[derive(Debug, Clone, Default)]
+pub struct Requests(Arc<Queue>);
+
+impl Requests {
+    /// The client's request word changed (seen at `seen`): a snapshot now, or right after
+    /// the running one, merged with every other request made meanwhile. `false` once the
+    /// worker stopped (the watcher ends then).
+    pub fn client_request(&self, seen: Instant) -> bool {
+        self.0.client_request(seen)
+    }
+}
+
 /// The event loop's handle on the snapshot thread.
 #[derive(Debug)]
 pub struct Worker {
-    /// Each job with the instant it was sent (the hop to the thread is logged at debug).
-    jobs: Sender<(Job, Instant)>,
+    queue: Arc<Queue>,
     thread: JoinHandle<()>,
     /// See [`BusySince`].
     busy_since: BusySince,
-    /// A job was sent whose [`Done`] has not come back yet.
-    busy: bool,
-    /// Requests made while busy, merged into one.
-    pending: Option<Job>,
 }
 
 impl Worker {
-    /// Starts the thread; each attempt is recorded in `metrics`, each result is sent to
-    /// `events` as `E::from(done)`.
+    /// Starts the thread, taking its jobs from `requests`' queue; each attempt is recorded in
+    /// `metrics`, each result is sent to `events` as `E::from(done)`.
     ///
     /// # Errors
     ///
@@ -127,14 +261,16 @@ impl Worker {
         mut snap: Snapshotter,
         events: Sender<E>,
         metrics: Metrics,
+        requests: &Requests,
     ) -> Result<Self, Failure> {
-        let (jobs, rx) = mpsc::channel::<(Job, Instant)>();
+        let queue = requests.0.clone();
+        let jobs = queue.clone();
         let busy_since = BusySince::default();
         let busy = busy_since.clone();
         let thread = std::thread::Builder::new()
             .name("snapshot".into())
             .spawn(move || {
-                for (job, sent) in rx {
+                while let Some((job, asked, behind)) = jobs.take() {
                     let start = Instant::now();
                     set_busy(&busy, Some(start));
                     let attempts = run_job(job, || {
@@ -144,7 +280,8 @@ impl Worker {
                     });
                     debug!(
                         why = job.why.label(),
-                        loop_to_worker_us = start.saturating_duration_since(sent).as_micros(),
+                        request_to_worker_us = start.saturating_duration_since(asked).as_micros(),
+                        behind_running = behind,
                         attempts,
                         job_us = start.elapsed().as_micros(),
                         "snapshot job done"
@@ -156,6 +293,7 @@ impl Worker {
                         tally: snap.tally(),
                         region: snap.take_new_region(),
                     };
+                    jobs.finished();
                     if events.send(E::from(done)).is_err() {
                         break;
                     }
@@ -168,11 +306,9 @@ impl Worker {
                 )
             })?;
         Ok(Worker {
-            jobs,
+            queue,
             thread,
             busy_since,
-            busy: false,
-            pending: None,
         })
     }
 
@@ -183,33 +319,36 @@ impl Worker {
     ///
     /// [`Code::Software`] if the thread is gone.
     pub fn request(&mut self, job: Job) -> Result<(), Failure> {
-        if self.busy {
-            self.pending = Some(self.pending.map_or(job, |p| p.merge(job)));
-            return Ok(());
+        if self.thread.is_finished() {
+            return Err(Failure::new(Code::Software, "the snapshot thread stopped"));
         }
-        self.jobs
-            .send((job, Instant::now()))
-            .map_err(|_| Failure::new(Code::Software, "the snapshot thread stopped"))?;
-        self.busy = true;
+        self.queue.request(job, Instant::now());
         Ok(())
     }
 
-    /// Records that the running request finished, and sends the pending one.
-    ///
-    /// # Errors
-    ///
-    /// As [`request`](Self::request).
-    pub fn finished(&mut self) -> Result<(), Failure> {
-        self.busy = false;
-        match self.pending.take() {
-            Some(job) => self.request(job),
-            None => Ok(()),
-        }
+    /// Call right before spawning a client: from now on a request the watcher makes says the
+    /// client may be writing (its pid follows with [`client_running`](Self::client_running)).
+    pub fn client_starting(&self) {
+        self.queue.lock().client = ClientNow {
+            alive: true,
+            pid: None,
+        };
+    }
+
+    /// The client spawned as `pid` runs.
+    pub fn client_running(&self, pid: Option<Pid>) {
+        self.queue.lock().client = ClientNow { alive: true, pid };
+    }
+
+    /// Call once the client was reaped (or could not be spawned): requests the watcher makes
+    /// say no client writes.
+    pub fn client_gone(&self) {
+        self.queue.lock().client = ClientNow::default();
     }
 
     /// `true` while a request runs or waits.
     pub fn busy(&self) -> bool {
-        self.busy || self.pending.is_some()
+        self.queue.busy()
     }
 
     /// When the snapshot thread started the attempt it is in, `None` while it is idle.
@@ -223,7 +362,7 @@ impl Worker {
     /// Waits for the running request (a snapshot is never cut short by the host's exit) and
     /// ends the thread; pending requests are dropped.
     pub fn stop(self) {
-        drop(self.jobs);
+        self.queue.stop();
         if self.thread.join().is_err() {
             error!("the snapshot thread panicked");
         }
@@ -338,68 +477,112 @@ fn record(result: &io::Result<Outcome>) -> SnapshotRecord {
 mod tests {
     use super::*;
 
-    /// A worker whose jobs go to the returned receiver instead of a snapshot thread.
-    fn fake() -> (Worker, mpsc::Receiver<(Job, Instant)>) {
-        let (jobs, rx) = mpsc::channel();
-        let worker = Worker {
-            jobs,
-            thread: std::thread::spawn(|| {}),
-            busy_since: BusySince::default(),
-            busy: false,
-            pending: None,
-        };
-        (worker, rx)
+    fn job(why: Why, client_alive: bool) -> Job {
+        Job {
+            why,
+            client_alive,
+            client: None,
+            stopping: false,
+        }
     }
 
     #[test]
     fn requests_during_a_snapshot_run_once_after_it_merged_and_none_is_lost() {
-        let (mut w, rx) = fake();
-        let tick = Job {
-            why: Why::Interval,
-            client_alive: true,
-            client: None,
-            stopping: false,
-        };
-        w.request(tick).unwrap();
+        let q = Queue::default();
+        let t0 = Instant::now();
+        let tick = job(Why::Interval, true);
+        q.request(tick, t0);
         assert_eq!(
-            rx.try_recv().map(|(j, _)| j),
-            Ok(tick),
+            q.try_take(),
+            Some((tick, t0, false)),
             "an idle worker gets the job at once"
         );
+        assert!(q.try_take().is_none());
         // While it runs: another tick, SIGUSR1, then the client's exit.
+        let later = Instant::now();
         for why in [Why::Interval, Why::Usr1] {
-            w.request(Job {
-                why,
-                client_alive: true,
-                client: None,
-                stopping: false,
-            })
-            .unwrap();
+            q.request(job(why, true), later);
         }
-        w.request(Job {
-            why: Why::ClientExited,
-            client_alive: false,
-            client: None,
-            stopping: false,
-        })
-        .unwrap();
-        assert!(rx.try_recv().is_err(), "nothing is sent while one runs");
-        assert!(w.busy());
-        w.finished().unwrap();
+        q.request(job(Why::ClientExited, false), Instant::now());
+        assert!(q.busy());
+        q.finished();
+        assert!(q.busy(), "a merged request waits");
         assert_eq!(
-            rx.try_recv().map(|(j, _)| j),
-            Ok(Job {
-                why: Why::ClientExited,
-                client_alive: false,
-                client: None,
-                stopping: false,
-            }),
-            "the merged request is sent when the running one is done"
+            q.try_take(),
+            Some((job(Why::ClientExited, false), later, true)),
+            "the merged request is taken when the running one is done, timed from its first \
+             part, made while one ran"
         );
-        assert!(rx.try_recv().is_err(), "exactly once");
-        w.finished().unwrap();
-        assert!(!w.busy());
-        assert!(rx.try_recv().is_err());
+        assert!(q.try_take().is_none(), "exactly once");
+        q.finished();
+        assert!(!q.busy());
+        // A stopped queue hands out nothing, even a pending request.
+        q.request(tick, t0);
+        q.stop();
+        assert!(q.try_take().is_none() && q.take().is_none());
+    }
+
+    #[test]
+    fn a_client_request_from_the_watcher_says_what_the_loop_knows_of_the_client() {
+        let q = Queue::default();
+        let pid = Pid::from_raw(4242);
+        let seen = Instant::now();
+        // No client yet: nothing may be assumed alive... until the loop is about to spawn.
+        assert!(q.client_request(seen));
+        assert_eq!(
+            q.try_take().map(|j| j.0),
+            Some(job(Why::ClientRequest, false))
+        );
+        q.finished();
+        let w = |c: ClientNow| q.lock().client = c;
+        w(ClientNow {
+            alive: true,
+            pid: None,
+        });
+        assert!(q.client_request(seen));
+        assert_eq!(
+            q.try_take().map(|j| j.0),
+            Some(job(Why::ClientRequest, true))
+        );
+        q.finished();
+        w(ClientNow { alive: true, pid });
+        assert!(q.client_request(seen));
+        assert_eq!(
+            q.try_take().map(|j| j.0),
+            Some(Job {
+                client: pid,
+                ..job(Why::ClientRequest, true)
+            })
+        );
+        q.finished();
+        // Reaped: a request merged with the final snapshot's is not alive.
+        w(ClientNow::default());
+        q.request(job(Why::ClientExited, false), seen);
+        assert!(q.client_request(seen));
+        assert_eq!(
+            q.try_take().map(|j| j.0),
+            Some(job(Why::ClientExited, false))
+        );
+    }
+
+    #[test]
+    fn the_thread_wakes_for_a_request_made_by_another_thread() {
+        let q = Arc::new(Queue::default());
+        let requests = Requests(q.clone());
+        std::thread::scope(|s| {
+            let taker = s.spawn(|| q.take());
+            assert!(requests.client_request(Instant::now()));
+            let (got, _, behind) = taker.join().unwrap().expect("a job");
+            assert_eq!(got.why, Why::ClientRequest);
+            assert!(!behind);
+        });
+        q.finished();
+        std::thread::scope(|s| {
+            let taker = s.spawn(|| q.take());
+            q.stop();
+            assert!(taker.join().unwrap().is_none(), "stop wakes the thread");
+        });
+        assert!(!requests.client_request(Instant::now()), "the watcher ends");
     }
 
     #[test]

@@ -457,3 +457,148 @@ fn plans_never_overwrite_a_kept_generation() {
     assert!(p.before.is_empty());
     assert_eq!(p.after, [3]);
 }
+
+// ---------------------------------------------------------------------------------------
+// The durable point before the cleanup (issue 27: the host publishes in between).
+// ---------------------------------------------------------------------------------------
+
+/// As [`check_clean`], through the persister `p` that holds the lock.
+fn expect_clean(p: &Persister, keep: usize, history: &[u64]) {
+    let want: Vec<(usize, u64)> = history
+        .iter()
+        .rev()
+        .take(keep + 1)
+        .copied()
+        .enumerate()
+        .collect();
+    assert_eq!(values(p), want, "keep {keep}, history {history:?}");
+}
+
+fn persist_value_durable(p: &Persister, v: u64) -> io::Result<PersistStats> {
+    use std::io::Write;
+    let tmp = p.begin()?;
+    tmp.file().write_all(&v.to_le_bytes())?;
+    tmp.commit_durable()
+}
+
+#[test]
+fn commit_durable_leaves_the_dropped_generation_for_drop_old_or_the_next_persist() {
+    for keep in 0..=3usize {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("s");
+        let p = Persister::new(&target, keep).unwrap();
+        let mut history = Vec::new();
+        for v in 1..=keep as u64 + 1 {
+            persist_value(&p, v).unwrap();
+            history.push(v);
+        }
+        expect_clean(&p, keep, &history);
+        // At the durable point the new value is the target and the one leaving the set is
+        // still under a generation name past `keep`.
+        let v = keep as u64 + 2;
+        let stats = persist_value_durable(&p, v).unwrap();
+        history.push(v);
+        assert_eq!(stats.drop_old, Duration::ZERO);
+        let got = values(&p);
+        assert_eq!(got[0], (0, v), "keep {keep}: {got:?}");
+        assert_eq!(
+            got.len(),
+            keep + 2,
+            "keep {keep}: one past keep left: {got:?}"
+        );
+        // drop_old removes exactly it; a second call has nothing to do.
+        assert!(!p.drop_old().unwrap().is_zero());
+        expect_clean(&p, keep, &history);
+        assert!(p.drop_old().unwrap().is_zero());
+        // Left pending, the next persist unlinks it before planning (never renaming over
+        // it): the result is the same clean state.
+        let v = v + 1;
+        persist_value_durable(&p, v).unwrap();
+        history.push(v);
+        let v = v + 1;
+        persist_value(&p, v).unwrap();
+        history.push(v);
+        expect_clean(&p, keep, &history);
+    }
+}
+
+/// Child mode of `a_sigkill_between_the_durable_point_and_the_cleanup_is_safe`: persists
+/// `value` with `commit_durable`, says so on stdout, and waits to be killed before the
+/// cleanup. Does nothing in a normal test run.
+#[test]
+fn child_durable_then_wait() {
+    let Some(dir) = std::env::var_os(CHILD_ENV) else {
+        return;
+    };
+    let target = Path::new(&dir).join("s");
+    let p = reopen(&target, 1);
+    let v = values(&p).first().map_or(0, |g| g.1) + 1;
+    persist_value_durable(&p, v).unwrap();
+    println!("durable {v}");
+    std::thread::sleep(Duration::from_secs(60));
+    p.drop_old().unwrap();
+}
+
+#[test]
+fn a_sigkill_between_the_durable_point_and_the_cleanup_is_safe() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().join("s");
+    {
+        let p = Persister::new(&target, 1).unwrap();
+        for v in 1..=2 {
+            persist_value(&p, v).unwrap();
+        }
+    }
+    let exe = std::env::current_exe().unwrap();
+    let mut history = vec![1, 2];
+    for _ in 0..3 {
+        let mut child = Command::new(&exe)
+            .args([
+                "--exact",
+                "persist::tests::child_durable_then_wait",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(CHILD_ENV, dir.path())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut said = String::new();
+        let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+        // The harness may print "test <name> ... " on the same line first.
+        while !said.contains("durable ") {
+            said.clear();
+            assert!(out.read_line(&mut said).unwrap() > 0, "the child ended");
+        }
+        child.kill().unwrap(); // SIGKILL, between the durable point and the cleanup
+        child.wait().unwrap();
+        let v: u64 = said
+            .rsplit("durable ")
+            .next()
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        history.push(v);
+        // What a restarted host finds: the new value as the target, newest first, every
+        // promised generation, and the one past `keep` still there.
+        let p = reopen(&target, 1);
+        let got = values(&p);
+        assert_eq!(got[0], (0, v), "{got:?}");
+        assert_eq!(
+            got,
+            [(0, v), (1, v - 1), (2, v - 2)],
+            "target, .1, and the parked generation"
+        );
+        drop(p);
+        check_after_cut(&target, 1, &mut history, v);
+    }
+    // The next clean persist is back to exactly `keep` generations.
+    let p = reopen(&target, 1);
+    let v = history.last().unwrap() + 1;
+    persist_value(&p, v).unwrap();
+    history.push(v);
+    drop(p);
+    check_clean(&target, 1, &history);
+}

@@ -25,8 +25,9 @@
 //! - **starvation** ([`starvation`]): a thread commits 512 KiB payloads flat out into a
 //!   64-entry ring (32 MiB data ring) of a 64 MiB fully touched region while the host takes N
 //!   snapshots back to back, all full, or incremental (the base taken before the committer
-//!   starts; then a base whenever the previous attempt was not a committed delta, as the host
-//!   does); counts starved attempts and kept entries.
+//!   starts; then deltas, each carrying the scans of the starved attempts before it and the
+//!   pages the previous delta left out, as the host does); counts starved attempts, kept
+//!   entries, and what the deltas planned, copied and left out.
 
 use std::collections::BTreeSet;
 use std::fs::File;
@@ -481,7 +482,8 @@ impl DeltaFixture {
             Ok(other) => return Err(io::Error::other(format!("no delta written: {other:?}"))),
             Err(e) => return Err(err(e)),
         };
-        let info = PendingDelta::commit(delta).map_err(err)?;
+        let committed = PendingDelta::commit(delta).map_err(err)?;
+        let info = committed.info;
         self.phases.push(DeltaPhases {
             scan: figures.scan_time,
             copy: figures.copy_time,
@@ -491,7 +493,7 @@ impl DeltaFixture {
             publish: info.stats.publish,
         });
         self.chain = Some(Chain {
-            carry: Carry::new(info.tip()),
+            carry: committed.carry,
             next_seq: figures.retained.hints.next_seq,
             deltas: chain.deltas + 1,
             delta_bytes: chain.delta_bytes + figures.bytes,
@@ -747,6 +749,15 @@ pub struct Starvation {
     pub starved_carry_bytes: u64,
     /// Copy time of the persisted attempts, summed.
     pub persisted_copy: Duration,
+    /// Persisted deltas whose copy stopped at an entry that was gone (newest entries first,
+    /// DESIGN §11).
+    pub stopped_deltas: u64,
+    /// Bytes the persisted deltas planned (their scan, carry and meta pages), summed.
+    pub persisted_planned_bytes: u64,
+    /// Bytes the persisted deltas carry, summed.
+    pub persisted_bytes: u64,
+    /// Bytes the persisted deltas left out (into the next delta's carry), summed.
+    pub left_bytes: u64,
     /// Entries kept, summed over the persisted attempts.
     pub kept: u64,
     /// Commits the writer made during the run.
@@ -845,6 +856,10 @@ impl DeltaFixture {
                 out.persisted += 1;
                 out.deltas += 1;
                 out.persisted_copy += f.copy_time;
+                out.stopped_deltas += u64::from(f.stopped);
+                out.persisted_planned_bytes += f.planned_bytes;
+                out.persisted_bytes += f.bytes;
+                out.left_bytes += f.left_bytes;
                 f.retained.kept
             }
             Err((s, carried)) => {
@@ -907,6 +922,9 @@ pub struct BusyCheck {
     pub carried: u64,
     /// Attempts (bases and deltas) that starved.
     pub starved: u64,
+    /// Deltas committed whose copy stopped at an entry that was gone, leaving planned pages
+    /// to the next delta's carry (DESIGN §11, "The newest entries first").
+    pub stopped: u64,
     /// Entries checked in restored images.
     pub entries: u64,
     /// The first kept entry whose restored bytes are not what was committed under its seq.
@@ -979,6 +997,7 @@ impl DeltaFixture {
                 Ok(f) => {
                     out.deltas += 1;
                     out.carried += u64::from(f.carried_scans > 0);
+                    out.stopped += u64::from(f.stopped && f.left_bytes > 0);
                     self.restore_chain()?;
                     let (n, bad) = check_busy_image(&self.restore)?;
                     out.entries += n;

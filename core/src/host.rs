@@ -199,6 +199,24 @@ impl<'m, 'b, M: WordMemory + ?Sized> PreCopy<'m, 'b, M> {
     /// As [`retain`]: the image is too short, its header is corrupt, or its layout is not the
     /// live region's. Nothing is written into `meta` then.
     pub fn finish(self, meta: &mut [u8]) -> Result<Retained, RetainError> {
+        self.finish_where(meta, |_| true)
+    }
+
+    /// [`finish`](PreCopy::finish) for a copy that may have left some entries' bytes out (an
+    /// incremental snapshot that copied the newest entries first and stopped, DESIGN §11):
+    /// an entry of `pre ∩ post` is kept only if `copied` says every byte of it in the image is
+    /// one this copy read (or one the caller can vouch for otherwise); the others are emptied
+    /// like entries `post` dropped. The fence, `post` and the hint are read exactly as in
+    /// `finish`, and every seq seen in `pre` and `post` still bounds `next_seq` from below.
+    ///
+    /// # Errors
+    ///
+    /// As [`finish`](PreCopy::finish).
+    pub fn finish_where(
+        self,
+        meta: &mut [u8],
+        copied: impl Fn(&Descriptor) -> bool,
+    ) -> Result<Retained, RetainError> {
         let PreCopy {
             region,
             pre,
@@ -216,12 +234,13 @@ impl<'m, 'b, M: WordMemory + ?Sized> PreCopy<'m, 'b, M> {
         // Relaxed: a hint, read after `post`; `retain` also covers every seq seen in `pre` and
         // `post`, since the writer stores the hint only after publishing.
         let live_next_seq = region.hints().next_seq;
-        retain(
+        retain_where(
             meta,
             region.layout(),
             pre.slots(),
             post.slots(),
             live_next_seq,
+            copied,
         )
     }
 }
@@ -282,6 +301,25 @@ pub fn retain(
     post: &[Descriptor],
     live_next_seq: u64,
 ) -> Result<Retained, RetainError> {
+    retain_where(meta, layout, pre, post, live_next_seq, |_| true)
+}
+
+/// [`retain`] that also empties every entry of `pre ∩ post` for which `copied` is `false`
+/// (its bytes were not all copied: [`PreCopy::finish_where`]). `copied` only ever removes
+/// entries: the hints are computed as in `retain` (every seq seen in `pre` and `post`
+/// still bounds `next_seq`), with `data_head` past the newest entry kept.
+///
+/// # Errors
+///
+/// As [`retain`].
+pub fn retain_where(
+    meta: &mut [u8],
+    layout: &Layout,
+    pre: &[Descriptor],
+    post: &[Descriptor],
+    live_next_seq: u64,
+    copied: impl Fn(&Descriptor) -> bool,
+) -> Result<Retained, RetainError> {
     let e = layout.entries;
     let needed = layout.meta_len();
     if (meta.len() as u64) < needed {
@@ -324,7 +362,7 @@ pub fn retain(
                 seen = seen.max(d.seq + 1);
             }
         }
-        let keep = p_ok && p == q;
+        let keep = p_ok && p == q && copied(&p);
         let d = if keep { p } else { Descriptor::EMPTY };
         if keep {
             kept += 1;

@@ -79,7 +79,9 @@ pub use descriptor::{read_descriptor, read_descriptor_bytes, Descriptor, MAX_SEQ
 pub use format::{
     Strategy, DESCRIPTOR_BYTES, FORMAT_VERSION, MAGIC, MAX_DATA_SIZE, MAX_ENTRIES, PAGE_SIZE,
 };
-pub use host::{image_entries, retain, DescriptorSet, PreCopy, RetainError, Retained};
+pub use host::{
+    image_entries, retain, retain_where, DescriptorSet, PreCopy, RetainError, Retained,
+};
 pub use layout::{header_checksum, Hints, Layout, LayoutError, LayoutRequest};
 pub use memory::{atomic_words, WordMemory, WordsError};
 pub use reader::{ReadError, Region};

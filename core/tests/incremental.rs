@@ -26,6 +26,16 @@
 //! is not kept"). The twin that takes that delta without the carry
 //! ([`Twin::DeltaAfterDroppedScan`]) must be caught.
 //!
+//! A delta copies as the host does (DESIGN §11, "The newest entries first"): the meta pages,
+//! then the planned data-ring pages entry by entry in descending seq of `pre`, stopping at an
+//! entry that is gone (and, in a third of the deltas, after a schedule-chosen 0–2 entries:
+//! any stop point must be sound), then, if nothing stopped, the planned pages of no entry.
+//! It keeps only entries of `pre ∩ post` whose planned pages were all copied
+//! (`PreCopy::finish_where`), and the pages it planned but did not copy are carried into the
+//! next delta. Twins that must be caught: a host that drops that leftover when the delta is
+//! kept ([`Twin::DropLeftover`]) and one that keeps entries whose pages it did not copy
+//! ([`Twin::KeepUncopied`]).
+//!
 //! The writer's real stores (recorded by [`Recording`]) land between the host's loads and scan
 //! steps at points chosen by a schedule, across several consecutive snapshots. After each kept
 //! snapshot the checker asserts (1) what the full-snapshot simulator asserts: every entry kept
@@ -63,7 +73,8 @@ use std::sync::atomic::Ordering;
 
 use proptest::prelude::*;
 use shmsnap_core::{
-    image_entries, retain, Descriptor, Layout, LayoutRequest, PreCopy, Region, WordMemory, Writer,
+    image_entries, retain, retain_where, Descriptor, Layout, LayoutRequest, PreCopy, Region,
+    WordMemory, Writer,
 };
 use shmsnap_testkit::{
     check_image_payloads, from_bytes, payload_for, to_bytes, Landing, Recording, Replay, Store,
@@ -100,6 +111,13 @@ enum Twin {
     /// The host before the carry: after an attempt that kept nothing, a full copy. Sound,
     /// only slower.
     BaseAfterDroppedScan,
+    /// A delta whose copy stopped early (newest entries first) is kept, but the pages it
+    /// planned and did not copy are **not** carried to the next delta: the next delta onto
+    /// it starts from an empty carry.
+    DropLeftover,
+    /// A delta whose copy stopped early keeps every entry of `pre ∩ post`, also those with a
+    /// planned page it did not copy (which the image holds from the previous image).
+    KeepUncopied,
     /// The host copies only the reported pages, not the meta pages. Not broken in this model:
     /// `retain` rewrites every descriptor, the static header and the hints from `pre`, `post`,
     /// the layout and the live hint, and the words it copies (`epoch`, `next_seq` as a lower
@@ -286,6 +304,15 @@ struct Stats {
     dropped: u64,
     /// Pages the deltas copied (reported and meta).
     delta_pages: u64,
+    /// Kept deltas whose copy stopped before an entry of `pre` (gone, or the schedule's stop).
+    stopped_deltas: u64,
+    /// Planned pages those deltas left out (carried to the next delta).
+    leftover_pages: u64,
+    /// Entries of `pre ∩ post` a kept delta withheld because a planned page of theirs was
+    /// not copied.
+    withheld: u64,
+    /// Kept deltas whose carry held a previous delta's leftover.
+    deltas_after_leftover: u64,
     /// Kept bases after which the host could not arm (the proof failed).
     unproven_bases: u64,
     /// Intruder stores that landed (untracked) and that the seal refused.
@@ -303,6 +330,10 @@ impl Stats {
         self.kept += o.kept;
         self.dropped += o.dropped;
         self.delta_pages += o.delta_pages;
+        self.stopped_deltas += o.stopped_deltas;
+        self.leftover_pages += o.leftover_pages;
+        self.withheld += o.withheld;
+        self.deltas_after_leftover += o.deltas_after_leftover;
         self.unproven_bases += o.unproven_bases;
         self.untracked_landed += o.untracked_landed;
         self.refused += o.refused;
@@ -374,6 +405,7 @@ fn simulate(sc: &Scenario, twin: Twin) -> Result<Stats, String> {
     let mut carry = Carry {
         pages: vec![false; PAGES],
         scans: 0,
+        leftover: false,
     };
     for &idle in &sc.idle {
         for _ in 0..idle {
@@ -386,10 +418,25 @@ fn simulate(sc: &Scenario, twin: Twin) -> Result<Stats, String> {
             untracked: &world.untracked_landed,
         };
         let onto = prev.as_deref().map(|p| (p, &carry));
-        match snapshot(&region, &layout, onto, twin, &mut forget_left, checks)? {
-            Attempt::Kept(image, o) => {
+        // A third of the deltas also stop after 0–2 entries: any stop point is sound, and
+        // an early one leaves pages out for the next delta (the real host stops only at an
+        // entry that is gone).
+        let stop_after = (idle % 3 == 1).then_some(usize::from(idle / 3) % 3);
+        match snapshot(
+            &region,
+            &layout,
+            onto,
+            twin,
+            &mut forget_left,
+            checks,
+            stop_after,
+        )? {
+            Attempt::Kept(image, o, leftover) => {
                 stats.add(o);
                 carry.clear();
+                if twin != Twin::DropLeftover {
+                    carry.keep_leftover(&leftover);
+                }
                 if armed {
                     prev = Some(image);
                 } else {
@@ -417,14 +464,25 @@ fn simulate(sc: &Scenario, twin: Twin) -> Result<Stats, String> {
     Ok(stats)
 }
 
-/// The pages the scans of dropped attempts reported since the last kept image.
+/// The pages the scans of dropped attempts reported since the last kept image, and the pages
+/// that image's delta planned but did not copy.
 #[derive(Debug)]
 struct Carry {
     pages: Vec<bool>,
     scans: u64,
+    /// It holds a kept delta's leftover.
+    leftover: bool,
 }
 
 impl Carry {
+    /// After a kept delta: the pages it left out.
+    fn keep_leftover(&mut self, leftover: &[bool]) {
+        for (c, &l) in self.pages.iter_mut().zip(leftover) {
+            *c |= l;
+        }
+        self.leftover = leftover.iter().any(|&l| l);
+    }
+
     /// Folds in one dropped attempt's scan (`None`: the attempt did not scan).
     fn add(&mut self, reported: Option<&[bool]>) {
         let Some(reported) = reported else { return };
@@ -437,13 +495,14 @@ impl Carry {
     fn clear(&mut self) {
         self.pages.fill(false);
         self.scans = 0;
+        self.leftover = false;
     }
 }
 
 /// What one snapshot attempt did.
 enum Attempt {
-    /// The image kept, and what it did.
-    Kept(Vec<u8>, Stats),
+    /// The image kept, what it did, and the pages it planned but did not copy.
+    Kept(Vec<u8>, Stats, Vec<bool>),
     /// Nothing kept; what its scan reported, if it scanned.
     Dropped(Option<Vec<bool>>),
 }
@@ -460,6 +519,7 @@ struct Checks<'a> {
 /// One snapshot: full onto nothing (`onto == None`) or incremental onto the previous image,
 /// copying the pages its scan reported and those the carry holds. Returns the kept image, or
 /// what the scan of an attempt that kept nothing reported (the caller carries it).
+#[allow(clippy::too_many_arguments)]
 fn snapshot(
     region: &Region<'_, Replay<'_>>,
     layout: &Layout,
@@ -467,6 +527,7 @@ fn snapshot(
     twin: Twin,
     forget_left: &mut Option<usize>,
     checks: Checks<'_>,
+    stop_after: Option<usize>,
 ) -> Result<Attempt, String> {
     let host = region.mem();
     let e = layout.entries as usize;
@@ -481,6 +542,72 @@ fn snapshot(
         return Ok(Attempt::Dropped(reported));
     }
     let pre = stamp.pre().slots().to_vec();
+    if let (Some((prev, carry)), Some(mut reported)) = (onto, reported.clone()) {
+        // The host: a delta copies the newest entries first (the twin scanning after its
+        // copy keeps the old whole copy below: it has no scan to plan with).
+        forget_one(&mut reported, forget_left);
+        let want: Vec<bool> = reported
+            .iter()
+            .zip(&carry.pages)
+            .map(|(&r, &c)| r || c)
+            .collect();
+        let c = copy_newest_first(region, layout, &pre, &want, twin, stop_after);
+        // The reference: the same copied pages, and a whole copy of the rest read later in
+        // the same window (a kept entry's bytes do not change inside it).
+        let mut reference = copy(host);
+        let mut image = prev.to_vec();
+        for (p, bytes) in c.pages.iter().enumerate() {
+            if let Some(b) = bytes {
+                image[p * PAGE..(p + 1) * PAGE].copy_from_slice(b);
+                reference[p * PAGE..(p + 1) * PAGE].copy_from_slice(b);
+            }
+        }
+        let keep = |d: &Descriptor| twin == Twin::KeepUncopied || c.complete.contains(&d.seq);
+        let retained = stamp
+            .finish_where(&mut image, keep)
+            .map_err(|e| e.to_string())?;
+        if retained.is_starved() {
+            return Ok(Attempt::Dropped(Some(reported)));
+        }
+        retain_where(
+            &mut reference,
+            layout,
+            &pre,
+            &post_buf,
+            retained.live_next_seq,
+            keep,
+        )
+        .map_err(|e| e.to_string())?;
+        if checks.untracked.get() == 0 {
+            check_image_payloads(&image, layout)?;
+        }
+        same_as_full(&image, &reference, layout)?;
+        let leftover: Vec<bool> = (0..PAGES)
+            .map(|p| want[p] && c.pages[p].is_none())
+            .collect();
+        let in_both = (0..e)
+            .filter(|&s| pre[s].seq != 0 && pre[s] == post_buf[s])
+            .count() as u64;
+        let copied = c.pages.iter().filter(|p| p.is_some()).count() as u64;
+        return Ok(Attempt::Kept(
+            image,
+            Stats {
+                kept_images: 1,
+                deltas: 1,
+                carried_deltas: u64::from(carry.scans > 0),
+                carried_scans: carry.scans,
+                kept: retained.kept,
+                dropped: retained.dropped(),
+                delta_pages: copied,
+                stopped_deltas: u64::from(c.stopped),
+                leftover_pages: leftover.iter().filter(|&&l| l).count() as u64,
+                withheld: in_both - retained.kept,
+                deltas_after_leftover: u64::from(carry.leftover),
+                ..Stats::default()
+            },
+            leftover,
+        ));
+    }
     let full_copy = copy(host);
     let mut reported = reported.take().unwrap_or_else(|| scan(host));
     // The pages the image takes from the copy: this scan's (with the forgetful tracker, one
@@ -531,7 +658,89 @@ fn snapshot(
             delta_pages,
             ..Stats::default()
         },
+        vec![false; PAGES],
     ))
+}
+
+/// The region pages of the data ring.
+fn ring_pages(layout: &Layout) -> std::ops::Range<usize> {
+    let lo = layout.data_offset as usize / PAGE;
+    lo..lo + (layout.data_size as usize).div_ceil(PAGE)
+}
+
+/// What a newest-first copy read: per page, its bytes if copied.
+struct NewestCopy {
+    pages: Vec<Option<Vec<u8>>>,
+    /// Seqs of the entries whose planned pages were all copied.
+    complete: Vec<u64>,
+    stopped: bool,
+}
+
+/// The host's copy of a delta (`os-linux`'s `take_delta/newest.rs`): the meta pages (unless
+/// the twin skips them) and every planned page outside the data ring, then the planned ring
+/// pages of the entries of `pre`, newest first, while each is still live (and, in the
+/// model, until `stop_after` entries were copied), then — if nothing stopped — the planned
+/// ring pages of no entry. Each page is copied by word loads, between which the writer's
+/// stores land.
+fn copy_newest_first(
+    region: &Region<'_, Replay<'_>>,
+    layout: &Layout,
+    pre: &[Descriptor],
+    want: &[bool],
+    twin: Twin,
+    stop_after: Option<usize>,
+) -> NewestCopy {
+    let host = region.mem();
+    let wanted = |p: usize| want.get(p).copied().unwrap_or(false);
+    let mut out = NewestCopy {
+        pages: vec![None; PAGES],
+        complete: Vec::new(),
+        stopped: false,
+    };
+    let copy_page = |out: &mut NewestCopy, p: usize| {
+        if out.pages[p].is_none() {
+            let mut b = Vec::with_capacity(PAGE);
+            for w in p * WORDS_PER_PAGE..(p + 1) * WORDS_PER_PAGE {
+                b.extend_from_slice(&host.load(w, Ordering::Relaxed).to_le_bytes());
+            }
+            out.pages[p] = Some(b);
+        }
+    };
+    let ring = ring_pages(layout);
+    for p in 0..PAGES {
+        let meta = twin != Twin::SkipMeta && is_meta_page(p, layout);
+        if meta || (wanted(p) && !ring.contains(&p)) {
+            copy_page(&mut out, p);
+        }
+    }
+    let mut order: Vec<(usize, Descriptor)> = pre
+        .iter()
+        .copied()
+        .enumerate()
+        .filter(|(_, d)| d.seq != 0)
+        .collect();
+    order.sort_unstable_by_key(|&(_, d)| std::cmp::Reverse(d.seq));
+    for (n, (slot, d)) in order.into_iter().enumerate() {
+        if stop_after.is_some_and(|k| n >= k) || region.read_descriptor(slot as u64) != Some(d) {
+            out.stopped = true;
+            break;
+        }
+        let at = layout.ring_byte(d.offset);
+        for p in at / PAGE..(at + d.length as usize).div_ceil(PAGE) {
+            if wanted(p) {
+                copy_page(&mut out, p);
+            }
+        }
+        out.complete.push(d.seq);
+    }
+    if !out.stopped {
+        for p in ring {
+            if wanted(p) {
+                copy_page(&mut out, p);
+            }
+        }
+    }
+    out
 }
 
 /// The forgetful tracker twin: drops the `n`-th report (the page stays re-protected).
@@ -824,4 +1033,46 @@ fn a_base_after_every_dropped_attempt_stays_sound() {
 fn host_skipping_the_meta_pages_stays_sound_in_this_model() {
     let s = sweep(|_| Twin::SkipMeta, RUNS);
     assert_eq!(s.bad, 0, "first violation in scenario {:?}", s.first_bad);
+}
+
+#[test]
+fn deltas_copying_the_newest_entries_first_carry_what_they_left_out_and_stay_sound() {
+    // The same schedules as the twin below: a delta stops copying (at an entry that is gone,
+    // or at the schedule's stop point), keeps only entries whose planned pages it copied, and
+    // its leftover pages are carried into the next delta.
+    let s = sweep(|_| Twin::Sound, RUNS);
+    assert_eq!(s.bad, 0, "first violation in scenario {:?}", s.first_bad);
+    let st = s.stats;
+    eprintln!(
+        "kept deltas that stopped early: {} (leaving {} pages, withholding {} entries); kept \
+         deltas after a leftover: {}; of {} deltas",
+        st.stopped_deltas, st.leftover_pages, st.withheld, st.deltas_after_leftover, st.deltas
+    );
+    assert!(
+        st.stopped_deltas > 0 && st.leftover_pages > 0 && st.withheld > 0,
+        "no kept delta left pages out: {st:?}"
+    );
+    assert!(
+        st.deltas_after_leftover > 0,
+        "no delta followed a leftover: {st:?}"
+    );
+}
+
+#[test]
+fn broken_twin_dropping_the_leftover_at_commit_is_caught() {
+    // A kept delta's leftover forgotten: the next delta starts from an empty carry.
+    let s = sweep(|_| Twin::DropLeftover, RUNS);
+    assert!(
+        s.bad > 0,
+        "a delta after one that left pages out, without them, went unnoticed"
+    );
+}
+
+#[test]
+fn broken_twin_keeping_entries_whose_pages_were_not_copied_is_caught() {
+    let s = sweep(|_| Twin::KeepUncopied, RUNS);
+    assert!(
+        s.bad > 0,
+        "a delta keeping entries it did not copy went unnoticed"
+    );
 }

@@ -40,6 +40,8 @@ pub struct Scratch {
     pub(crate) post: Vec<Descriptor>,
     /// The copied image's header and descriptor ring (`Layout::meta_len` bytes).
     pub(crate) meta: Vec<u8>,
+    /// The copy buffer of an incremental snapshot (1 MiB once used).
+    pub(crate) copy: Vec<u8>,
 }
 
 /// What one queue snapshot attempt produced.
@@ -141,6 +143,7 @@ pub fn take_queue<'p>(
         pre,
         post,
         meta: image_meta,
+        ..
     } = scratch;
     let len = memfd.len()?;
 

@@ -4,11 +4,14 @@
 //! ```text
 //! pre          = PreCopy::read: valid descriptors of the live region (a stamp)
 //! scan         = Scanner::scan: pages written since the previous scan, write-protected again
-//! runs         = plan_runs(scan, meta_len, image_len)        (the written pages + the meta pages)
+//! runs         = plan_runs(carry ∪ scan, meta_len, image_len) (the written pages + the meta pages)
 //! decide       = CompactionPolicy::decide(...)               (a new base instead?)
-//! delta        = DeltaWriter::begin(tip, runs), copy_from(memfd)
-//! finish       = read the copied meta pages, PreCopy::finish (fence, post, retain),
-//!                write them back into the delta
+//! delta        = DeltaWriter::begin(tip, runs); CopyPlan::copy: meta and tail pages, then the
+//!                data-ring pages of the entries of `pre` newest first, stopping at one that
+//!                is gone (newest.rs)
+//! finish       = read the copied meta pages, PreCopy::finish_where (fence, post, retain of
+//!                the entries whose planned pages were all copied); if pages were left out,
+//!                DeltaWriter::narrow to the copied runs; write the meta back into the delta
 //! ```
 //!
 //! [`take_delta`] runs these steps and hands back the delta uncommitted
@@ -28,8 +31,10 @@
 //! every page written since the tip's image that no later scan will report, and the next delta
 //! onto the same tip with the same carry is sound (DESIGN §11, "An attempt that is not
 //! kept"). Except after [`DeltaError::Scan`]: a scan that failed may have re-protected pages
-//! it never reported, so the carry is void and the next snapshot must be a full base. After a committed delta the caller starts a new carry for the new tip
-//! ([`Carry::new`] with [`DeltaInfo::tip`]).
+//! it never reported, so the carry is void and the next snapshot must be a full base. After a
+//! committed delta the next delta starts from the carry [`PendingDelta::commit`] returns
+//! ([`Committed::carry`]): the new tip's, holding the planned pages the copy left out (DESIGN
+//! §11, "The newest entries first").
 
 use std::fmt;
 use std::io;
@@ -48,7 +53,9 @@ use crate::take::{open_region, Scratch, Skip, Starved};
 use crate::track::{ScanError, Scanner, TrackedRange};
 
 mod carry;
+mod newest;
 pub use carry::Carry;
+use newest::CopyPlan;
 
 /// The sizes of the chain a delta would extend, for the [`CompactionPolicy`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -166,9 +173,20 @@ pub struct DeltaFigures {
     /// Earlier scans since the tip's image whose pages this delta carries (attempts that
     /// committed nothing).
     pub carried_scans: u64,
-    /// Bytes the delta carries (written pages of this scan and of the carried ones, and the
-    /// meta pages, granule-rounded).
+    /// Bytes the carry held before this attempt's scan was folded in: the earlier scans'
+    /// pages and the previous delta's leftover.
+    pub carried_bytes: u64,
+    /// Bytes the delta planned to copy (this scan's pages, the carry's and the meta pages,
+    /// granule-rounded): what the compaction policy was asked about.
+    pub planned_bytes: u64,
+    /// Bytes the delta carries: the planned ones less the leftover.
     pub bytes: u64,
+    /// Planned bytes the copy left out (it stopped at an entry that was gone): the
+    /// carry of the delta's tip holds them once it is committed.
+    pub left_bytes: u64,
+    /// The copy stopped before an entry of `pre` that was gone (DESIGN §11, "The newest
+    /// entries first").
+    pub stopped: bool,
     /// Runs the delta carries.
     pub runs: u64,
     /// Time of the copy of the runs.
@@ -187,6 +205,19 @@ pub struct DeltaFigures {
 pub struct PendingDelta<'p> {
     writer: DeltaWriter<'p>,
     meta: DeltaMeta,
+    /// Planned granules the copy left out: the carry of the new tip (sorted, merged).
+    leftover: Vec<Run>,
+}
+
+/// A committed delta and the carry the next delta onto it must start from.
+#[derive(Debug)]
+#[must_use = "the next delta must start from `carry`: it holds the pages this delta left out"]
+pub struct Committed {
+    /// The durable delta.
+    pub info: DeltaInfo,
+    /// The carry of the new tip: the pages the delta's scans reported that its copy left out
+    /// (empty if it copied everything).
+    pub carry: Carry,
 }
 
 impl PendingDelta<'_> {
@@ -200,14 +231,22 @@ impl PendingDelta<'_> {
         self.meta
     }
 
+    /// The planned runs the copy left out (they go into the new tip's carry).
+    pub fn leftover(&self) -> &[Run] {
+        &self.leftover
+    }
+
     /// Makes the delta durable ([`DeltaWriter::commit`]): when this returns `Ok`, it is part of
-    /// the chain.
+    /// the chain, and the returned carry (the pages it left out) is where the next delta onto
+    /// it starts. Starting from an empty carry instead loses those pages (DESIGN §11).
     ///
     /// # Errors
     ///
     /// As [`DeltaWriter::commit`] (`Occupied`: take a base instead).
-    pub fn commit(self) -> Result<DeltaInfo, ChainError> {
-        self.writer.commit(self.meta)
+    pub fn commit(self) -> Result<Committed, ChainError> {
+        let info = self.writer.commit(self.meta)?;
+        let carry = Carry::after_delta(info.tip(), self.leftover);
+        Ok(Committed { info, carry })
     }
 }
 
@@ -260,7 +299,12 @@ pub fn take_delta<'p>(
             region: len,
         }));
     }
-    let Scratch { pre, post, meta } = scratch;
+    let Scratch {
+        pre,
+        post,
+        meta,
+        copy,
+    } = scratch;
     let hints_before = region.hints();
     let stamp =
         PreCopy::read(&region, pre, post).map_err(|e| DeltaError::Region(io::Error::other(e)))?;
@@ -274,10 +318,12 @@ pub fn take_delta<'p>(
         Err(rebase) => return Ok(DeltaSnapshot::Rebase(rebase)),
     };
     let mut writer = DeltaWriter::begin(persister, &parent, &planned.runs, layout.meta_len())?;
+    let mut plan = CopyPlan::new(&planned.runs, &layout);
     let t = Instant::now();
-    writer.copy_from(req.memfd)?;
+    plan.copy(&mut writer, req.memfd, &region, stamp.pre().slots(), copy)?;
     let copied = Copied {
         planned,
+        plan,
         copy_time: t.elapsed(),
         hints_before,
     };
@@ -294,12 +340,16 @@ struct Planned {
     written_pages: u64,
     /// Earlier scans folded into the carry.
     carried_scans: u64,
+    /// Bytes the carry held before this scan was folded in.
+    carried_bytes: u64,
     scan_time: Duration,
 }
 
 /// A delta's data copied into its writer, with the figures so far.
 struct Copied {
     planned: Planned,
+    /// What the copy did: which entries it vouches for, what it left out.
+    plan: CopyPlan,
     copy_time: Duration,
     /// The hints before the copy (`pre`'s time).
     hints_before: Hints,
@@ -325,6 +375,7 @@ fn scan_and_plan(
     // Folded in at once: from here on, whatever happens, the pages this scan reported (and
     // cleared) are known to the carry (DESIGN §11, "An attempt that is not kept").
     let carried_scans = req.carry.scans();
+    let carried_bytes = req.carry.bytes();
     req.carry.add_scan(&written);
     let runs = plan_runs(req.carry.runs().iter().copied(), meta_len, len);
     let bytes: u64 = runs.iter().map(|r| r.len).sum();
@@ -340,6 +391,7 @@ fn scan_and_plan(
         bytes,
         written_pages: written.pages(),
         carried_scans,
+        carried_bytes,
         scan_time,
     }))
 }
@@ -355,13 +407,17 @@ fn retain_into<'p, M: WordMemory + ?Sized>(
 ) -> Result<DeltaSnapshot<'p>, DeltaError> {
     let Copied {
         planned,
+        plan,
         copy_time,
         hints_before,
     } = copied;
     let t = Instant::now();
     writer.read_image_at(meta, 0)?;
+    let layout = *stamp.layout();
+    // Kept: in `pre ∩ post`, and every planned page of it copied (DESIGN §11, "The newest
+    // entries first").
     let retained = stamp
-        .finish(meta)
+        .finish_where(meta, |d| plan.keep(&layout, d))
         .map_err(|e| DeltaError::Region(io::Error::other(e)))?;
     if retained.is_starved() {
         return Ok(DeltaSnapshot::Starved(Starved {
@@ -370,27 +426,40 @@ fn retain_into<'p, M: WordMemory + ?Sized>(
             pre: retained.pre,
         }));
     }
+    let leftover = plan.leftover();
+    if !leftover.is_empty() {
+        // Outside the copy window: `post` was read above.
+        let runs = plan.copied_runs(layout.meta_len(), req.carry.tip().image_len);
+        writer = writer.narrow(&runs)?;
+    }
     writer.write_image_at(meta, 0)?;
+    let bytes: u64 = writer.runs().iter().map(|r| r.len).sum();
+    let left_bytes: u64 = leftover.iter().map(|r| r.len).sum();
     let delta_meta = DeltaMeta {
         next_seq_before: req.parent_next_seq,
         next_seq: retained.hints.next_seq,
         unix_time_ns: req.unix_time_ns,
     };
     Ok(DeltaSnapshot::Written {
-        delta: PendingDelta {
-            writer,
-            meta: delta_meta,
-        },
         figures: DeltaFigures {
             scan_time: planned.scan_time,
             written_pages: planned.written_pages,
             carried_scans: planned.carried_scans,
-            bytes: planned.bytes,
-            runs: planned.runs.len() as u64,
+            carried_bytes: planned.carried_bytes,
+            planned_bytes: planned.bytes,
+            bytes,
+            left_bytes,
+            stopped: plan.stopped(),
+            runs: writer.runs().len() as u64,
             copy_time,
             validate_time: t.elapsed(),
             retained,
             hints_before,
+        },
+        delta: PendingDelta {
+            writer,
+            meta: delta_meta,
+            leftover,
         },
     })
 }
@@ -499,7 +568,8 @@ mod tests {
         assert_eq!(f.bytes / PAGE, meta_pages + 1 + 3, "{:?}", delta.runs());
         assert_eq!(f.retained.kept, 2);
         assert_eq!(f.carried_scans, 0);
-        let info = delta.commit().unwrap();
+        let committed = delta.commit().unwrap();
+        let info = committed.info;
         assert_eq!(info.footer.index, 1);
 
         let back = Memfd::create("back", 1 << 20).unwrap();
@@ -562,7 +632,7 @@ mod tests {
             delta.runs()
         );
         assert!(tail_run(9), "this attempt's page: {:?}", delta.runs());
-        assert_eq!(delta.commit().unwrap().footer.index, 2);
+        assert_eq!(delta.commit().unwrap().info.footer.index, 2);
         assert_eq!(restore().listing.deltas.len(), 2);
         assert_eq!(tail_word(7), 0xdd07, "the carried page restored");
         assert_eq!(tail_word(9), 0xdd09);
@@ -585,5 +655,156 @@ mod tests {
             ),
             "{got:?}"
         );
+    }
+
+    /// A delta whose copy stops after the newest entry (the test hook: as if the next entry
+    /// were gone) leaves the older entries' pages out and withholds them; the next delta copies
+    /// them from the carry, and the chain restores to the live region byte for byte. With the
+    /// leftover dropped at commit (`drop_leftover`, the broken twin) the second delta keeps
+    /// the older entries over the base's bytes: `Err` names the first differing byte.
+    fn partial_copy_case(drop_leftover: bool) -> Result<(), String> {
+        let dir = tempfile::tempdir().unwrap();
+        let persister = Persister::new(&dir.path().join("q.snap"), 1).unwrap();
+        let len = 1u64 << 20;
+        let memfd = Memfd::create("take-delta-partial", len).unwrap();
+        memfd.seal_against_shrink().unwrap();
+        let mut map = Mapping::of_memfd(&memfd, Protection::ReadWrite).unwrap();
+        let advert = match start_tracking(&memfd, &mut map, true) {
+            Tracking::Advertised(a) => a,
+            Tracking::Failed(TrackError::Unavailable(why)) => {
+                eprintln!("skipped: tracking unavailable: {why}");
+                return Ok(());
+            }
+            other => panic!("{other:?}"),
+        };
+        let request = LayoutRequest {
+            entries: 16,
+            data_size: 64 << 10,
+        };
+        let mut w = Writer::open_or_init(map.words(), request, shmsnap_testkit::CLIENT).unwrap();
+        // Entries of two pages and a half: pages shared between neighbours.
+        let payload = |seq: u64| vec![seq as u8; 10 << 10];
+        for _ in 0..2 {
+            w.commit(&payload(w.next_seq())).unwrap();
+        }
+        let pid = rustix::process::getpid();
+        let range = validate(&advert, pid, &memfd, len).unwrap();
+        let mut scanner = Scanner::open(pid).unwrap();
+        scanner.scan(&range).unwrap();
+        let meta = SnapshotMeta {
+            strategy: shmsnap_core::Strategy::Queue.code(),
+            generation: 1,
+            unix_time_ns: 0,
+        };
+        let mut scratch = Scratch::default();
+        let QueueSnapshot::Written { file, figures } =
+            take_queue(&memfd, &map, &persister, meta, &mut scratch).unwrap()
+        else {
+            panic!("base");
+        };
+        file.commit().unwrap();
+        let mut carry = Carry::new(Tip::of_base(&figures.info));
+        let big = CompactionPolicy {
+            max_ratio_percent: 100_000,
+            max_deltas: 8,
+        };
+        let base_bytes = figures.copy.bytes;
+        let mut delta = |scanner: &mut Scanner, carry: &mut Carry, stop: Option<usize>| {
+            newest::STOP_AFTER.with(|s| s.set(stop));
+            let req = DeltaRequest {
+                memfd: &memfd,
+                map: &map,
+                scanner,
+                range,
+                carry,
+                parent_next_seq: 3,
+                chain: ChainSize {
+                    base_bytes,
+                    deltas: 0,
+                    delta_bytes: 0,
+                },
+                policy: big,
+                unix_time_ns: 1,
+            };
+            let got = take_delta(&persister, req, &mut scratch).unwrap();
+            newest::STOP_AFTER.with(|s| s.set(None));
+            let DeltaSnapshot::Written { delta, figures } = got else {
+                panic!("a quiet region must give a delta: {got:?}");
+            };
+            (delta, figures)
+        };
+
+        // Four new entries; the copy stops after the newest.
+        for _ in 0..4 {
+            w.commit(&payload(w.next_seq())).unwrap();
+        }
+        let (d, f) = delta(&mut scanner, &mut carry, Some(1));
+        assert!(f.stopped, "{f:?}");
+        assert_eq!(
+            f.retained.kept, 1,
+            "only the newest entry was copied: {f:?}"
+        );
+        assert_eq!(f.retained.newest.map(|d| d.seq), Some(6));
+        // The three older new entries' pages (less the one shared with the newest).
+        assert!(f.left_bytes >= 2 * PAGE * 3, "{f:?}");
+        assert_eq!(
+            d.leftover().iter().map(|r| r.len).sum::<u64>(),
+            f.left_bytes
+        );
+        assert_eq!(f.bytes + f.left_bytes, f.planned_bytes, "{f:?}");
+        let committed = d.commit().unwrap();
+        assert_eq!(committed.carry.bytes(), f.left_bytes);
+        carry = if drop_leftover {
+            Carry::new(committed.info.tip())
+        } else {
+            committed.carry
+        };
+
+        // Nothing new written: the next delta copies the leftover and keeps every entry.
+        let (d, f) = delta(&mut scanner, &mut carry, None);
+        assert!(!f.stopped, "{f:?}");
+        assert_eq!(f.retained.kept, 6, "{f:?}");
+        assert_eq!(d.commit().unwrap().info.footer.index, 2);
+
+        let back = Memfd::create("back", len).unwrap();
+        back.seal_against_shrink().unwrap();
+        let report = restore_chain(
+            &persister.target(),
+            &chain_dir(&persister.target()),
+            &back,
+            At::Latest,
+        )
+        .unwrap();
+        assert_eq!(report.listing.deltas.len(), 2);
+        // Every entry's bytes, as the client committed them, and the whole data ring as the
+        // live region holds it.
+        let layout = *w.layout();
+        let (mut got, mut want) = (vec![0u8; len as usize], vec![0u8; len as usize]);
+        rustix::io::pread(&back, &mut got, 0).unwrap();
+        rustix::io::pread(&memfd, &mut want, 0).unwrap();
+        let ring = layout.data_offset as usize..(layout.data_offset + layout.data_size) as usize;
+        if let Some(at) = (ring.start..ring.end).find(|&i| got[i] != want[i]) {
+            return Err(format!(
+                "the restored data ring differs from the live one at byte {} (ring page {}): \
+                 {} instead of {}",
+                at - ring.start,
+                (at - ring.start) / PAGE as usize,
+                got[at],
+                want[at]
+            ));
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn a_delta_that_copied_part_of_its_scan_is_completed_by_the_next_from_the_carry() {
+        partial_copy_case(false).unwrap();
+    }
+
+    #[test]
+    fn twin_dropping_the_leftover_at_commit_restores_stale_entries() {
+        let got = partial_copy_case(true);
+        assert!(got.is_err(), "the dropped leftover went unnoticed");
+        eprintln!("as expected: {}", got.unwrap_err());
     }
 }

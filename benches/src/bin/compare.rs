@@ -901,7 +901,8 @@ fn starvation_rows(opts: &Opts, dir: &std::path::Path, r: &mut Report) {
         "Starvation: a thread commits {} KiB payloads flat out into a 64-entry ring ({} MiB data \
          ring) of a 64 MiB fully touched region; {n} snapshot attempts back to back (incremental: \
          the chain's base taken before the committer starts, then deltas, each carrying the scans \
-         of the starved attempts before it).\n\n\
+         of the starved attempts before it and the pages the previous delta left out, and \
+         copying the newest entries first).\n\n\
          | snapshots | attempts | persisted | of which deltas | starved | kept entries (mean per persisted) | commits during the run | time |\n\
          |---|---:|---:|---:|---:|---:|---:|---:|",
         incremental::STARVE_PAYLOAD >> 10,
@@ -956,6 +957,19 @@ fn starvation_note(incremental: bool, s: &incremental::Starvation) -> String {
         note += &format!(
             "; a starved delta's carry held {:.1} MiB on average",
             s.starved_carry_bytes as f64 / s.starved_deltas as f64 / f64::from(1 << 20)
+        );
+    }
+    if s.deltas > 0 {
+        let mib = |b: u64| b as f64 / s.deltas as f64 / f64::from(1 << 20);
+        note += &format!(
+            "; persisted deltas (newest entries first, DESIGN §11): {} of {} stopped at an \
+             entry that was gone, mean {:.1} MiB planned, {:.1} MiB copied, {:.1} MiB left \
+             to the next delta's carry",
+            s.stopped_deltas,
+            s.deltas,
+            mib(s.persisted_planned_bytes),
+            mib(s.persisted_bytes),
+            mib(s.left_bytes),
         );
     }
     note

@@ -10,7 +10,9 @@
 //! and why they make a delta sound: docs/DESIGN.md §5 and §11 ("Who can write the region").
 //! A delta attempt that starved keeps its scan in the chain's [`Carry`]: the next delta onto
 //! the same tip copies the union of every complete scan since the tip's image (DESIGN §11,
-//! "An attempt that is not kept"), instead of a base that would starve in turn.
+//! "An attempt that is not kept"), instead of a base that would starve in turn. A delta copies
+//! the newest entries first and may leave planned pages out; the carry its commit returns
+//! holds them, and is the one the chain keeps (DESIGN §11, "The newest entries first").
 //! Deltas whose base left the kept generations are removed only after a base is durable
 //! ([`chain::remove_superseded`]).
 
@@ -364,12 +366,14 @@ impl Queue {
         chain: Chain,
         advert: Advertisement,
     ) -> Result<Outcome, String> {
-        let info = pending
+        let committed = pending
             .commit()
             .map_err(|e| format!("the delta could not be committed: {e}"))?;
+        let info = committed.info;
         let tip = info.tip();
         self.chain = Some(Chain {
-            carry: Carry::new(tip),
+            // The pages the delta's copy left out (DESIGN §11, "The newest entries first").
+            carry: committed.carry,
             deltas: chain.deltas + 1,
             delta_bytes: chain.delta_bytes.saturating_add(f.bytes),
             next_seq: f.retained.hints.next_seq,
@@ -385,6 +389,9 @@ impl Queue {
             written_pages = f.written_pages,
             carried_scans = f.carried_scans,
             runs = f.runs,
+            planned_bytes = f.planned_bytes,
+            left_bytes = f.left_bytes,
+            stopped = f.stopped,
             scan_ms = f.scan_time.as_secs_f64() * 1e3,
             "delta {} written",
             info.path.display()

@@ -1,6 +1,7 @@
 //! Writing a delta: temp file in the chain directory, runs copied from the region, footer,
 //! `fdatasync`, `renameat(RENAME_NOREPLACE)`, `fsync(dir)`; and removing superseded chains.
 
+use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::fs::File;
 use std::io;
@@ -141,13 +142,15 @@ pub struct DeltaWriter<'p> {
     parent: Tip,
     /// Validated by [`check_runs`] against `parent.image_len`, `meta_len`, `data_len`.
     runs: Vec<Run>,
+    /// Per run, the file offset of its data (`table_len` plus the lengths of the runs
+    /// before it).
+    file_at: Vec<u64>,
     meta_len: u64,
-    /// The runs `..split` carry the meta pages (they start below `meta_len`): the part
-    /// [`write_image_at`](Self::write_image_at) is meant to change.
-    split: usize,
-    /// CRC-32C of the data of runs `..split` and `split..` as copied; `None` if not copied or
-    /// changed since (then [`commit`](Self::commit) reads that part back).
-    part_crcs: [Option<u64>; 2],
+    /// CRC-32C of pieces of the data section as written, by file offset: `(len, crc)`.
+    /// Invariant: the pieces do not overlap and each holds the CRC of exactly the bytes the
+    /// file holds there; a write over part of a piece removes it, and
+    /// [`commit`](Self::commit) reads back what no piece covers.
+    crcs: BTreeMap<u64, (u64, u64)>,
     /// Bytes of the table section (the data section starts here).
     table_len: u64,
     /// Sum of the runs' lengths.
@@ -205,8 +208,15 @@ impl<'p> DeltaWriter<'p> {
             temp,
             parent: *parent,
             runs: runs.to_vec(),
-            split: runs.iter().take_while(|r| r.offset < meta_len).count(),
-            part_crcs: [None, None],
+            file_at: runs
+                .iter()
+                .scan(table_len(runs.len() as u64), |at, r| {
+                    let here = *at;
+                    *at += r.len;
+                    Some(here)
+                })
+                .collect(),
+            crcs: BTreeMap::new(),
             meta_len,
             table_len: table_len(runs.len() as u64),
             data_len,
@@ -250,12 +260,9 @@ impl<'p> DeltaWriter<'p> {
         let mut buf = vec![0u8; CHUNK.min(self.data_len as usize)];
         // buf[..fill] holds the data for file offsets file_at..file_at + fill.
         let (mut fill, mut file_at) = (0usize, self.table_len);
-        let mut digests = [
-            Digest::new(CrcAlgorithm::Crc32Iscsi),
-            Digest::new(CrcAlgorithm::Crc32Iscsi),
-        ];
-        for (i, r) in self.runs.iter().enumerate() {
-            let d = &mut digests[usize::from(i >= self.split)];
+        let mut pieces = Vec::with_capacity(self.runs.len());
+        for r in &self.runs {
+            let mut d = Digest::new(CrcAlgorithm::Crc32Iscsi);
             let mut done = 0;
             while done < r.len {
                 if fill == buf.len() {
@@ -275,10 +282,163 @@ impl<'p> DeltaWriter<'p> {
                 fill += n;
                 done += n as u64;
             }
+            pieces.push((r.len, d.finalize()));
         }
-        self.part_crcs = digests.map(|d| Some(d.finalize()));
         write_all_at(file, &buf[..fill], file_at).map_err(err)?;
+        let mut at = self.table_len;
+        for (len, crc) in pieces {
+            self.record(at, len, crc);
+            at += len;
+        }
         Ok(self.data_len)
+    }
+
+    /// `pread` from `region` / `pwrite` into the delta—copies the image bytes of `ranges`
+    /// (inside the runs, in any order) from the same offsets of `region`, gathering ranges
+    /// that follow each other in the file into writes of up to 1 MiB through `buf`, CRCing
+    /// them on the way. For a copy in an order of the caller's choosing (the newest entries
+    /// first, DESIGN §11); bytes not copied by any call are holes in the temp file, which
+    /// [`narrow`](Self::narrow) must leave out.
+    ///
+    /// # Errors
+    ///
+    /// [`ChainErrorKind::NotInDelta`] if the bytes are not all carried; I/O errors
+    /// (`UnexpectedEof` if the region is shorter), naming the temp file.
+    pub fn copy_ranges_from(
+        &mut self,
+        region: impl AsFd,
+        ranges: &[Run],
+        buf: &mut Vec<u8>,
+    ) -> Result<(), ChainError> {
+        let region = region.as_fd();
+        let path = self.temp_path();
+        let err = |e: io::Error| ChainError::io(e).at(&path);
+        buf.resize(CHUNK, 0);
+        // buf[..fill] holds the data for file offsets file_at..file_at + fill.
+        let (mut fill, mut file_at) = (0usize, 0u64);
+        for r in ranges {
+            let mut image_at = r.offset;
+            for (at, n) in self.locate(r.offset, r.len)? {
+                let mut done = 0usize;
+                while done < n {
+                    let to = at + done as u64;
+                    if fill == buf.len() || (fill > 0 && file_at + fill as u64 != to) {
+                        self.flush(&buf[..fill], file_at).map_err(err)?;
+                        fill = 0;
+                    }
+                    if fill == 0 {
+                        file_at = to;
+                    }
+                    let k = (n - done).min(buf.len() - fill);
+                    let piece = &mut buf[fill..fill + k];
+                    if read_full_at(region, piece, image_at).map_err(err)? < k {
+                        return Err(err(io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            format!("the region ends inside the range at {image_at}"),
+                        )));
+                    }
+                    fill += k;
+                    done += k;
+                    image_at += k as u64;
+                }
+            }
+        }
+        self.flush(&buf[..fill], file_at).map_err(err)
+    }
+
+    /// `pwrite`s `data` at file offset `at` and records its CRC.
+    fn flush(&mut self, data: &[u8], at: u64) -> io::Result<()> {
+        if data.is_empty() {
+            return Ok(());
+        }
+        write_all_at(self.file(), data, at)?;
+        let crc = crc_fast::checksum(CrcAlgorithm::Crc32Iscsi, data);
+        self.record(at, data.len() as u64, crc);
+        Ok(())
+    }
+
+    /// Records the CRC of the data-section bytes `at..at + len` as just written, dropping
+    /// every piece they overlap (its bytes changed).
+    fn record(&mut self, at: u64, len: u64, crc: u64) {
+        self.forget(at, len);
+        if len > 0 {
+            self.crcs.insert(at, (len, crc));
+        }
+    }
+
+    /// Drops the CRC of every piece overlapping file bytes `at..at + len`.
+    fn forget(&mut self, at: u64, len: u64) {
+        let end = at.saturating_add(len);
+        let overlapping: Vec<u64> = self
+            .crcs
+            .range(..end)
+            .rev()
+            .take_while(|(&o, &(l, _))| o.saturating_add(l) > at)
+            .map(|(&o, _)| o)
+            .collect();
+        for o in overlapping {
+            self.crcs.remove(&o);
+        }
+    }
+
+    /// A delta onto the same parent carrying only `keep`, runs of this one's (from
+    /// [`plan_runs`](super::plan_runs), covering the meta pages), its data copied from this
+    /// delta's temp file (`pread`/`pwrite`), which is then removed. For a delta whose copy
+    /// stopped early: the image bytes it did not copy are left out (DESIGN §11, "The newest
+    /// entries first").
+    ///
+    /// # Errors
+    ///
+    /// [`ChainErrorKind::NotInDelta`] if `keep` is not inside this delta's runs; as
+    /// [`begin`](Self::begin); I/O errors naming the temp files.
+    pub fn narrow(self, keep: &[Run]) -> Result<DeltaWriter<'p>, ChainError> {
+        let mut out = DeltaWriter::begin(self.persister, &self.parent, keep, self.meta_len)?;
+        let mut buf = vec![0u8; CHUNK.min(out.data_len as usize)];
+        let src = self.temp_path();
+        let dst = out.temp_path();
+        let mut to = out.table_len;
+        let mut pieces = Vec::new();
+        // Split at the end of the meta pages: `write_image_at` replaces them, and a CRC piece
+        // reaching past them would then be read back at commit.
+        let m = self.meta_len;
+        let split = keep.iter().flat_map(|r| {
+            let cut = (r.offset < m && m < r.end()).then_some(m);
+            let first = Run {
+                offset: r.offset,
+                len: cut.map_or(r.len, |c| c - r.offset),
+            };
+            let rest = cut.map(|c| Run {
+                offset: c,
+                len: r.end() - c,
+            });
+            std::iter::once(first).chain(rest)
+        });
+        for r in split {
+            for (from, n) in self.locate(r.offset, r.len)? {
+                let mut done = 0usize;
+                while done < n {
+                    let k = (n - done).min(buf.len());
+                    let piece = &mut buf[..k];
+                    let got = read_full_at(self.file(), piece, from + done as u64)
+                        .map_err(|e| ChainError::io(e).at(&src))?;
+                    if got < k {
+                        return Err(ChainError::io(io::ErrorKind::UnexpectedEof.into()).at(&src));
+                    }
+                    write_all_at(out.file(), piece, to).map_err(|e| ChainError::io(e).at(&dst))?;
+                    pieces.push((
+                        to,
+                        k as u64,
+                        crc_fast::checksum(CrcAlgorithm::Crc32Iscsi, piece),
+                    ));
+                    to += k as u64;
+                    done += k;
+                }
+            }
+        }
+        for (at, len, crc) in pieces {
+            out.record(at, len, crc);
+        }
+        Ok(out)
     }
 
     /// Where image bytes `offset..offset + len` are in the delta file, as `(file offset,
@@ -287,14 +447,17 @@ impl<'p> DeltaWriter<'p> {
         let missing = || ChainError::from(ChainErrorKind::NotInDelta { offset, len });
         let end = offset.checked_add(len).ok_or_else(missing)?;
         let mut pieces = Vec::new();
-        let (mut cur, mut file_at) = (offset, self.table_len);
-        for r in &self.runs {
-            if cur < end && r.offset <= cur && cur < r.end() {
-                let n = r.end().min(end) - cur;
-                pieces.push((file_at + (cur - r.offset), n as usize));
-                cur += n;
+        let mut cur = offset;
+        // The runs are sorted and disjoint (`check_runs`): start at the first one ending past
+        // `offset`.
+        let first = self.runs.partition_point(|r| r.end() <= offset);
+        for (r, &at) in self.runs[first..].iter().zip(&self.file_at[first..]) {
+            if cur >= end || r.offset > cur {
+                break;
             }
-            file_at += r.len;
+            let n = r.end().min(end) - cur;
+            pieces.push((at + (cur - r.offset), n as usize));
+            cur += n;
         }
         if cur < end {
             return Err(missing());
@@ -327,35 +490,45 @@ impl<'p> DeltaWriter<'p> {
     ///
     /// [`ChainErrorKind::NotInDelta`] if the bytes are not all carried; I/O errors.
     pub fn write_image_at(&mut self, buf: &[u8], offset: u64) -> Result<(), ChainError> {
-        let end = offset.saturating_add(buf.len() as u64);
-        for (i, r) in self.runs.iter().enumerate() {
-            if r.offset < end && offset < r.end() {
-                // Changed: commit reads this part back.
-                self.part_crcs[usize::from(i >= self.split)] = None;
-            }
-        }
         let mut done = 0;
         for (at, n) in self.locate(offset, buf.len() as u64)? {
-            write_all_at(self.file(), &buf[done..done + n], at)?;
+            let piece = &buf[done..done + n];
+            write_all_at(self.file(), piece, at)?;
+            self.record(
+                at,
+                n as u64,
+                crc_fast::checksum(CrcAlgorithm::Crc32Iscsi, piece),
+            );
             done += n;
         }
         Ok(())
     }
 
-    /// The data section's CRC: the two parts' CRCs combined, reading back a part not copied by
-    /// [`copy_from`](Self::copy_from) or changed since (normally just the meta pages).
+    /// The data section's CRC: the recorded pieces' CRCs combined in file order, reading back
+    /// whatever no piece covers (normally nothing: every write records its piece).
     fn data_crc(&self) -> io::Result<u32> {
         let alg = CrcAlgorithm::Crc32Iscsi;
-        let head_len: u64 = self.runs[..self.split].iter().map(|r| r.len).sum();
-        let tail_len = self.data_len - head_len;
-        let part = |i: usize, at: u64, len: u64| match self.part_crcs[i] {
-            Some(c) => Ok(c),
-            None => crc_of(self.file(), at, len).map(u64::from),
+        let end = self.table_len + self.data_len;
+        let mut acc: Option<u64> = None;
+        let mut push = |crc: u64, len: u64| {
+            acc = Some(match acc {
+                None => crc,
+                Some(a) => checksum_combine(alg, a, crc, len),
+            });
         };
-        let head = part(0, self.table_len, head_len)?;
-        let tail = part(1, self.table_len + head_len, tail_len)?;
+        let mut at = self.table_len;
+        for (&o, &(len, crc)) in self.crcs.range(self.table_len..end) {
+            if o > at {
+                push(u64::from(crc_of(self.file(), at, o - at)?), o - at);
+            }
+            push(crc, len);
+            at = o + len;
+        }
+        if at < end {
+            push(u64::from(crc_of(self.file(), at, end - at)?), end - at);
+        }
         // CRC-32C is 32 bits wide; the u64 holds it in its low half.
-        Ok(checksum_combine(alg, head, tail, tail_len) as u32)
+        Ok(acc.unwrap_or_else(|| crc_fast::checksum(alg, &[])) as u32)
     }
 
     /// Writes the footer (the table CRC read back from the file, the data CRC from the runs'

@@ -44,6 +44,17 @@ impl Carry {
         }
     }
 
+    /// The carry of a delta just committed as `tip`: the planned granules its copy left out
+    /// (DESIGN §11, "The newest entries first"), which no image recorded and no later scan
+    /// reports unless they are written again.
+    pub(crate) fn after_delta(tip: Tip, leftover: Vec<Run>) -> Self {
+        Carry {
+            runs: plan_runs(leftover, 0, tip.image_len),
+            tip,
+            scans: 0,
+        }
+    }
+
     /// The link this carry belongs to (a delta taken with it is chained onto it).
     pub fn tip(&self) -> Tip {
         self.tip

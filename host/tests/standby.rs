@@ -49,10 +49,7 @@ fn url(prefix: &str) -> String {
 }
 
 fn tempdir(what: &str) -> tempfile::TempDir {
-    tempfile::Builder::new()
-        .prefix(&format!("shmsnap-standby-{what}-"))
-        .tempdir()
-        .unwrap()
+    named_tempdir(&format!("standby-{what}"))
 }
 
 /// `shmsnap run --standby` on `state` for the primes client.
@@ -85,33 +82,6 @@ fn host_client(s: &S3Server, state: &Path, prefix: &str, extra: &[&str], client:
         .args(client);
     s.env(&mut c);
     Proc::spawn(c)
-}
-
-/// Waits for a log line of `h` (from index `from`) containing `needle`.
-fn wait_log(h: &Proc, from: usize, needle: &str, timeout: Duration) -> (usize, String) {
-    h.err
-        .wait_from(from, timeout, |l| l.contains(needle))
-        .unwrap_or_else(|| {
-            panic!(
-                "no {needle:?} within {timeout:?}:\n{}\n{}",
-                h.err.text(),
-                h.out.text()
-            )
-        })
-}
-
-/// The pid of the newest client `h` started.
-fn client_pid(h: &Proc) -> i32 {
-    let (_, line) = wait_log(h, 0, "client started (pid", SLOW);
-    let last = h
-        .err
-        .all()
-        .into_iter()
-        .rev()
-        .find(|l| l.contains("client started (pid"))
-        .unwrap_or(line);
-    let rest = last.split("client started (pid ").nth(1).unwrap();
-    rest.trim_end_matches(')').trim().parse().unwrap()
 }
 
 /// A point as the tests name it: (generation, index).
@@ -244,7 +214,7 @@ fn restore_every_point(root: &Path) -> BTreeMap<PointId, u64> {
 /// SIGKILLs host `h` and its client, the client first stopped so its last commit is known.
 /// Returns the client's last committed count.
 fn kill_primary(h: &mut Proc) -> u64 {
-    let pid = client_pid(h);
+    let pid = h.client_pid();
     let _ =
         rustix::process::kill_process(rustix::process::Pid::from_raw(pid).unwrap(), Signal::STOP);
     let last = live_count(pid).expect("the client's count");
@@ -257,7 +227,7 @@ fn kill_primary(h: &mut Proc) -> u64 {
 
 /// Waits until `h` says it stands by.
 fn wait_standby(h: &Proc, from: usize) {
-    wait_log(h, from, "standby, following the bucket", SLOW);
+    h.wait_log(from, "standby, following the bucket", SLOW);
 }
 
 #[test]
@@ -275,7 +245,7 @@ fn a_killed_primary_is_replaced_by_the_standby_with_the_newest_point() {
     let dirs = [tempdir("kill-a"), tempdir("kill-b")];
     let states: Vec<PathBuf> = dirs.iter().map(|d| d.path().join("s.snap")).collect();
     let mut primary = host(&s, &states[0], prefix);
-    wait_log(&primary, 0, "client started", SLOW);
+    primary.wait_log(0, "client started", SLOW);
     let mut standby = host(&s, &states[1], prefix);
     wait_standby(&standby, 0);
     let mut which = 0; // index of the primary's state
@@ -298,8 +268,8 @@ fn a_killed_primary_is_replaced_by_the_standby_with_the_newest_point() {
             )
         });
         let rto = killed.elapsed();
-        let (_, took) = wait_log(&standby, err_from, "took over the lease", Duration::ZERO);
-        let (_, from_line) = wait_log(&standby, err_from, " holds ", Duration::ZERO);
+        let (_, took) = standby.wait_log(err_from, "took over the lease", Duration::ZERO);
+        let (_, from_line) = standby.wait_log(err_from, " holds ", Duration::ZERO);
         let from = started_from(&from_line).unwrap_or_else(|| panic!("{from_line}"));
         assert_eq!(
             from, newest,
@@ -369,14 +339,14 @@ fn a_paused_primary_is_replaced_and_becomes_a_standby_and_the_history_stays_one(
     let (da, db) = (tempdir("pause-a"), tempdir("pause-b"));
     let a_state = da.path().join("a.snap");
     let mut a = host(&s, &a_state, prefix);
-    wait_log(&a, 0, "client started", SLOW);
+    a.wait_log(0, "client started", SLOW);
     let mut b = host(&s, &db.path().join("b.snap"), prefix);
     wait_standby(&b, 0);
     poll(SLOW, || (points_in(&root).len() >= 3).then_some(())).expect("points in the bucket");
-    let a_client = client_pid(&a);
+    let a_client = a.client_pid();
     a.signal(Signal::STOP);
     let paused = Instant::now();
-    wait_log(&b, 0, "took over the lease", TAKEOVER);
+    b.wait_log(0, "took over the lease", TAKEOVER);
     let old = generations(&root);
     let (_, _, k) = next_restored(&b, 0, TAKEOVER).expect("the new primary's client");
     println!(
@@ -385,7 +355,7 @@ fn a_paused_primary_is_replaced_and_becomes_a_standby_and_the_history_stays_one(
     );
     let from = a.err.len();
     a.signal(Signal::CONT);
-    let (_, change) = wait_log(&a, from, "role change: primary -> standby", SLOW);
+    let (_, change) = a.wait_log(from, "role change: primary -> standby", SLOW);
     println!("A: {change}");
     assert!(wait_dead(a_client, SLOW), "A's client was stopped");
     wait_standby(&a, from);
@@ -444,18 +414,18 @@ fn a_server_outage_longer_than_the_ttl_causes_no_takeover_and_loses_nothing() {
     let root = s.object_path(BUCKET, prefix);
     let (da, db) = (tempdir("outage-a"), tempdir("outage-b"));
     let a = host(&s, &da.path().join("a.snap"), prefix);
-    wait_log(&a, 0, "client started", SLOW);
+    a.wait_log(0, "client started", SLOW);
     let b = host(&s, &db.path().join("b.snap"), prefix);
     wait_standby(&b, 0);
     poll(SLOW, || (points_in(&root).len() >= 3).then_some(())).expect("points in the bucket");
-    let before = live_count(client_pid(&a)).unwrap();
+    let before = live_count(a.client_pid()).unwrap();
     let (a_out, a_err) = (a.out.len(), a.err.len());
     s.stop();
     std::thread::sleep(Duration::from_secs(8));
     s.start();
     let returned = Instant::now();
     // A's lease lapsed: it stopped its client; nobody took the lease, so it takes it back.
-    let (_, line) = wait_log(&a, a_err, "role change", SLOW);
+    let (_, line) = a.wait_log(a_err, "role change", SLOW);
     println!("A: {line}");
     let (_, _, k) = next_restored(&a, a_out, TAKEOVER)
         .unwrap_or_else(|| panic!("A's client did not start again:\n{}", a.err.text()));
@@ -485,7 +455,7 @@ fn two_standbys_racing_for_the_lease_one_wins() {
     let prefix = "race";
     let dirs = [tempdir("race-a"), tempdir("race-b"), tempdir("race-c")];
     let mut a = host(&s, &dirs[0].path().join("s.snap"), prefix);
-    wait_log(&a, 0, "client started", SLOW);
+    a.wait_log(0, "client started", SLOW);
     let b = host(&s, &dirs[1].path().join("s.snap"), prefix);
     let c = host(&s, &dirs[2].path().join("s.snap"), prefix);
     wait_standby(&b, 0);
@@ -577,7 +547,7 @@ fn a_standby_serves_its_role_and_lag() {
     let prefix = "lag";
     let (da, db) = (tempdir("lag-a"), tempdir("lag-b"));
     let mut a = host(&s, &da.path().join("a.snap"), prefix);
-    wait_log(&a, 0, "client started", SLOW);
+    a.wait_log(0, "client started", SLOW);
     let b = host_with(
         &s,
         &db.path().join("b.snap"),
@@ -609,7 +579,7 @@ fn a_standby_serves_its_role_and_lag() {
         "a lag out of range: {lags:?}"
     );
     kill_primary(&mut a);
-    wait_log(&b, 0, "took over the lease", TAKEOVER);
+    b.wait_log(0, "took over the lease", TAKEOVER);
     let m = poll(SLOW, || {
         let m = scrape(&b);
         (m.get("shmsnap_role{role=\"primary\"}") == Some(&1.0)).then_some(m)
@@ -636,9 +606,9 @@ fn a_primary_without_standby_stops_its_client_and_exits_75_when_its_lease_is_tak
         .args(primes(&["--pause", "2ms"]));
     s.env(&mut c);
     let mut h = Proc::spawn(c);
-    wait_log(&h, 0, "client started", SLOW);
+    h.wait_log(0, "client started", SLOW);
     poll(SLOW, || (!points_in(&root).is_empty()).then_some(())).expect("a point");
-    let pid = client_pid(&h);
+    let pid = h.client_pid();
     let other = br#"{"holder":{"machine_id":"elsewhere","state_path":"/x","pid":1,"run_id":"ffff"},"expires_unix_ms":99999999999999,"ttl_ms":3000}"#;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -690,7 +660,7 @@ fn no_replicated_acknowledgement_is_lost_across_takeovers() {
     let dirs = [tempdir("ack-a"), tempdir("ack-b")];
     let states: Vec<PathBuf> = dirs.iter().map(|d| d.path().join("s.snap")).collect();
     let mut primary = host_client(&s, &states[0], prefix, &[], &client);
-    wait_log(&primary, 0, "client started", SLOW);
+    primary.wait_log(0, "client started", SLOW);
     let mut standby = host_client(&s, &states[1], prefix, &[], &client);
     wait_standby(&standby, 0);
     let mut which = 0;
@@ -716,7 +686,7 @@ fn no_replicated_acknowledgement_is_lost_across_takeovers() {
         if paused {
             let from = primary.err.len();
             primary.signal(Signal::CONT);
-            wait_log(&primary, from, "role change: primary -> standby", SLOW);
+            primary.wait_log(from, "role change: primary -> standby", SLOW);
             wait_standby(&primary, from);
         }
         // Everything the old primary's clients ever acknowledged, now that none of them
@@ -897,7 +867,7 @@ fn a_one_percent_writer_restores_the_newest_uploaded_commit_untorn() {
     let dirs = [tempdir("pages-a"), tempdir("pages-b")];
     let states: Vec<PathBuf> = dirs.iter().map(|d| d.path().join("s.snap")).collect();
     let mut primary = pages_host(&s, &states[0], prefix);
-    wait_log(&primary, 0, "client started", SLOW);
+    primary.wait_log(0, "client started", SLOW);
     let mut standby = pages_host(&s, &states[1], prefix);
     wait_standby(&standby, 0);
     let step = humantime::parse_duration(&interval()).unwrap();
@@ -913,7 +883,7 @@ fn a_one_percent_writer_restores_the_newest_uploaded_commit_untorn() {
         let up = upload_times(&primary);
         let (out_from, err_from) = (standby.out.len(), standby.err.len());
         // The client stopped first, so its last commit is known; then host and client killed.
-        let pid = client_pid(&primary);
+        let pid = primary.client_pid();
         let _ = rustix::process::kill_process(
             rustix::process::Pid::from_raw(pid).unwrap(),
             Signal::STOP,
@@ -936,7 +906,7 @@ fn a_one_percent_writer_restores_the_newest_uploaded_commit_untorn() {
             )
         });
         let rto = killed.elapsed().as_secs_f64();
-        let (_, from_line) = wait_log(&standby, err_from, " holds ", Duration::ZERO);
+        let (_, from_line) = standby.wait_log(err_from, " holds ", Duration::ZERO);
         let from = started_from(&from_line).unwrap_or_else(|| panic!("{from_line}"));
         assert_eq!(
             from, newest,
@@ -1023,7 +993,7 @@ fn a_standby_stops_on_sigterm_with_status_0_and_leaves_the_lease_alone() {
     let root = s.object_path(BUCKET, prefix);
     let (da, db) = (tempdir("term-a"), tempdir("term-b"));
     let a = host(&s, &da.path().join("a.snap"), prefix);
-    wait_log(&a, 0, "client started", SLOW);
+    a.wait_log(0, "client started", SLOW);
     let mut b = host(&s, &db.path().join("b.snap"), prefix);
     wait_standby(&b, 0);
     let before = lease_in(&root).expect("the primary's lease");
@@ -1045,7 +1015,7 @@ fn a_standby_stops_on_sigterm_with_status_0_and_leaves_the_lease_alone() {
     // The primary's lease is untouched (renewals keep its holder), its client runs on.
     std::thread::sleep(Duration::from_secs(1));
     assert_eq!(lease_in(&root), Some((i64::from(a.pid()), false)));
-    assert!(alive(client_pid(&a)), "{}", a.err.text());
+    assert!(alive(a.client_pid()), "{}", a.err.text());
 }
 
 /// A standby that has just taken the lease (the primary released it at its stop) and is told
@@ -1059,7 +1029,7 @@ fn a_standby_stopped_after_taking_the_lease_releases_it() {
     let root = s.object_path(BUCKET, prefix);
     let dirs = [tempdir("tt-a"), tempdir("tt-b"), tempdir("tt-c")];
     let mut a = host(&s, &dirs[0].path().join("s.snap"), prefix);
-    wait_log(&a, 0, "client started", SLOW);
+    a.wait_log(0, "client started", SLOW);
     poll(SLOW, || (!points_in(&root).is_empty()).then_some(())).expect("a point");
     // Its own TTL is 20 s (a takeover's read-back waits TTL/10).
     let mut c = shmsnap(["run", "--state"]);
@@ -1102,9 +1072,9 @@ fn a_standby_stopped_after_taking_the_lease_releases_it() {
     assert!(err.contains("SIGTERM while standing by"), "{err}");
     // The next standby takes it at once (no TTL to wait out).
     let c = host(&s, &dirs[2].path().join("s.snap"), prefix);
-    let (_, line) = wait_log(&c, 0, "lease taken", SLOW);
+    let (_, line) = c.wait_log(0, "lease taken", SLOW);
     println!("next host: {line}");
-    wait_log(&c, 0, "client started", SLOW);
+    c.wait_log(0, "client started", SLOW);
 }
 
 /// Takeovers of SIGKILLed primaries whose primes clients acknowledge every 20 commits with
@@ -1154,7 +1124,7 @@ fn acks_across_slow_takeovers(ack: &'static str, takeovers: usize) -> Vec<(usize
     let dirs = [tempdir("slow-a"), tempdir("slow-b")];
     let states: Vec<PathBuf> = dirs.iter().map(|d| d.path().join("s.snap")).collect();
     let mut primary = start(&states[0]);
-    wait_log(&primary, 0, "client started", SLOW);
+    primary.wait_log(0, "client started", SLOW);
     let mut standby = start(&states[1]);
     wait_standby(&standby, 0);
     let mut which = 0;

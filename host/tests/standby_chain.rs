@@ -24,10 +24,7 @@ fn url(prefix: &str) -> String {
 }
 
 fn tempdir(what: &str) -> tempfile::TempDir {
-    tempfile::Builder::new()
-        .prefix(&format!("shmsnap-chain-{what}-"))
-        .tempdir()
-        .unwrap()
+    named_tempdir(&format!("chain-{what}"))
 }
 
 /// `shmsnap run --standby` for the primes client, one generation per run (no compaction),
@@ -44,15 +41,9 @@ fn host(s: &S3Server, state: &Path, prefix: &str, ttl: &str) -> Proc {
     Proc::spawn(c)
 }
 
-fn wait_log(h: &Proc, from: usize, needle: &str, timeout: Duration) -> (usize, String) {
-    h.err
-        .wait_from(from, timeout, |l| l.contains(needle))
-        .unwrap_or_else(|| panic!("no {needle:?} within {timeout:?}:\n{}", h.err.text()))
-}
-
 /// SIGKILLs host `h` and the client it started (so that nothing writes the bucket after).
 fn kill_host_and_client(h: &mut Proc) {
-    let (_, line) = wait_log(h, 0, "client started (pid", SLOW);
+    let (_, line) = h.wait_log(0, "client started (pid", SLOW);
     let pid: i32 = line
         .split("client started (pid ")
         .nth(1)
@@ -146,7 +137,7 @@ fn a_damaged_delta_in_the_bucket_is_never_applied_and_the_standby_stays_at_the_s
     let root = s.object_path(BUCKET, prefix);
     let (da, db) = (tempdir("damaged-a"), tempdir("damaged-b"));
     let mut primary = host(&s, &da.path().join("a.snap"), prefix, "1h");
-    wait_log(&primary, 0, "client started", SLOW);
+    primary.wait_log(0, "client started", SLOW);
     let g = poll(SLOW, || {
         let g = newest_generation(&root)?;
         (bucket_deltas(&root, g).len() >= 4).then_some(g)
@@ -166,8 +157,8 @@ fn a_damaged_delta_in_the_bucket_is_never_applied_and_the_standby_stays_at_the_s
 
     let state = db.path().join("b.snap");
     let standby = host(&s, &state, prefix, "3s");
-    wait_log(&standby, 0, "standby, following the bucket", SLOW);
-    let (_, line) = wait_log(&standby, 0, "cannot apply", SLOW);
+    standby.wait_log(0, "standby, following the bucket", SLOW);
+    let (_, line) = standby.wait_log(0, "cannot apply", SLOW);
     assert!(
         line.contains("d/00000003"),
         "the damaged object is named: {line}"
@@ -230,12 +221,12 @@ fn a_standby_killed_while_following_keeps_a_sound_point_and_resumes() {
         .args(primes(&["--pause", "20ms"]));
     s.env(&mut c);
     let mut primary = Proc::spawn(c);
-    wait_log(&primary, 0, "client started", SLOW);
+    primary.wait_log(0, "client started", SLOW);
     let state = db.path().join("b.snap");
     let mut points = Vec::new();
     for cycle in 0..cycles {
         let mut standby = host(&s, &state, prefix, "3s");
-        wait_log(&standby, 0, "standby, following the bucket", SLOW);
+        standby.wait_log(0, "standby, following the bucket", SLOW);
         std::thread::sleep(Duration::from_millis(200 + rng.below(1500)));
         standby.signal(Signal::KILL);
         let _ = standby.wait_timeout(SLOW);
@@ -250,13 +241,13 @@ fn a_standby_killed_while_following_keeps_a_sound_point_and_resumes() {
         "the standby moved between kills: {points:?}"
     );
     let standby = host(&s, &state, prefix, "3s");
-    wait_log(&standby, 0, "standby, following the bucket", SLOW);
+    standby.wait_log(0, "standby, following the bucket", SLOW);
     std::thread::sleep(Duration::from_secs(1));
     primary.signal(Signal::TERM);
     assert_eq!(primary.exit_code(), 0, "{}", primary.err.text());
     let g = newest_generation(&root).unwrap();
     let newest = (g, bucket_deltas(&root, g).len());
-    let (_, line) = wait_log(&standby, 0, " holds ", SLOW);
+    let (_, line) = standby.wait_log(0, " holds ", SLOW);
     let want = match newest.1 {
         0 => format!("base {g}"),
         i => format!("delta {i} of base {g}"),
@@ -265,12 +256,12 @@ fn a_standby_killed_while_following_keeps_a_sound_point_and_resumes() {
         line.contains(&format!(" holds {want}")) || line.contains(&format!("its {want}")),
         "the new primary starts from the bucket's newest point {newest:?}: {line}"
     );
-    let (_, restored) = wait_log(&standby, 0, "plus ", SLOW);
+    let (_, restored) = standby.wait_log(0, "plus ", SLOW);
     assert!(
         restored.contains(&format!("plus {} delta(s)", newest.1)),
         "start-up restored the local chain: {restored}"
     );
-    wait_log(&standby, 0, "client started", SLOW);
+    standby.wait_log(0, "client started", SLOW);
 }
 
 /// `KEY=VALUE` of a tracing text line's field `key`.
@@ -330,12 +321,12 @@ fn a_standby_following_by_deltas_measured_against_whole_points() {
         Proc::spawn(c)
     };
     let primary = spawn(&da.path().join("a.snap"), "info");
-    wait_log(&primary, 0, "client started", SLOW);
+    primary.wait_log(0, "client started", SLOW);
     let standby = spawn(
         &db.path().join("b.snap"),
         "info,shmsnap::replica::follow=debug",
     );
-    wait_log(&standby, 0, "standby, following the bucket", SLOW);
+    standby.wait_log(0, "standby, following the bucket", SLOW);
     let from = standby.err.len();
     let end = std::time::Instant::now() + Duration::from_secs(secs);
     let (mut whole_ms, mut whole_bytes) = (Vec::new(), Vec::new());

@@ -105,6 +105,43 @@ impl Proc {
         self.signal(Signal::KILL);
         let _ = self.wait_timeout(SLOW);
     }
+
+    /// Waits for a log line (stderr, from index `from`) containing `needle`; panics with
+    /// both outputs if none comes within `timeout`.
+    pub fn wait_log(&self, from: usize, needle: &str, timeout: Duration) -> (usize, String) {
+        self.err
+            .wait_from(from, timeout, |l| l.contains(needle))
+            .unwrap_or_else(|| {
+                panic!(
+                    "no {needle:?} within {timeout:?}:\n{}\n{}",
+                    self.err.text(),
+                    self.out.text()
+                )
+            })
+    }
+
+    /// The pid of the newest client this host started (its `client started (pid N)` line;
+    /// waits [`SLOW`] for the first).
+    pub fn client_pid(&self) -> i32 {
+        let (_, line) = self.wait_log(0, "client started (pid", SLOW);
+        let last = self
+            .err
+            .all()
+            .into_iter()
+            .rev()
+            .find(|l| l.contains("client started (pid"))
+            .unwrap_or(line);
+        let rest = last.split("client started (pid ").nth(1).unwrap();
+        rest.trim_end_matches(')').trim().parse().unwrap()
+    }
+}
+
+/// A temporary directory named `shmsnap-{what}-…` (removed on drop).
+pub fn named_tempdir(what: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("shmsnap-{what}-"))
+        .tempdir()
+        .unwrap()
 }
 
 impl Drop for Proc {

@@ -225,6 +225,21 @@ fn kill_primary(h: &mut Proc) -> u64 {
     last
 }
 
+/// `SHMSNAP_STANDBY_TRIALS` (default 2): trials of the measured tests.
+fn trials() -> usize {
+    std::env::var("SHMSNAP_STANDBY_TRIALS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(2)
+}
+
+/// A random generator with a fresh seed, printed so that a failing run can be told apart.
+fn seeded_rng() -> Rng {
+    let seed = Instant::now().elapsed().as_nanos() as u64 ^ u64::from(std::process::id()) | 1;
+    println!("seed {seed}");
+    Rng(seed)
+}
+
 /// Waits until `h` says it stands by.
 fn wait_standby(h: &Proc, from: usize) {
     h.wait_log(from, "standby, following the bucket", SLOW);
@@ -232,13 +247,8 @@ fn wait_standby(h: &Proc, from: usize) {
 
 #[test]
 fn a_killed_primary_is_replaced_by_the_standby_with_the_newest_point() {
-    let trials: usize = std::env::var("SHMSNAP_STANDBY_TRIALS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(2);
-    let seed = Instant::now().elapsed().as_nanos() as u64 ^ u64::from(std::process::id()) | 1;
-    println!("seed {seed}");
-    let mut rng = Rng(seed);
+    let trials = trials();
+    let mut rng = seeded_rng();
     let s = S3Server::start_with_bucket(BUCKET);
     let prefix = "kill";
     let root = s.object_path(BUCKET, prefix);
@@ -854,13 +864,8 @@ fn median_max(v: &mut [f64]) -> (f64, f64) {
 /// metrics. `SHMSNAP_STANDBY_TRIALS` (default 2), `_SIZE` (2M), `_TTL` (3s), `_INTERVAL` (1s).
 #[test]
 fn a_one_percent_writer_restores_the_newest_uploaded_commit_untorn() {
-    let trials: usize = std::env::var("SHMSNAP_STANDBY_TRIALS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(2);
-    let seed = Instant::now().elapsed().as_nanos() as u64 ^ u64::from(std::process::id()) | 1;
-    println!("seed {seed}");
-    let mut rng = Rng(seed);
+    let trials = trials();
+    let mut rng = seeded_rng();
     let s = S3Server::start_with_bucket(BUCKET);
     let prefix = "pages";
     let root = s.object_path(BUCKET, prefix);

@@ -23,14 +23,13 @@ use std::time::Instant;
 
 use futures_util::StreamExt;
 
-use shmsnap_linux::chain::{self, ChainErrorKind};
+use shmsnap_linux::chain::{self, ChainErrorKind, ChainListing};
 use shmsnap_linux::packed;
 use shmsnap_linux::persist::Persister;
 use tracing::{debug, warn};
 
 use super::fetch::{self, Missing};
 use super::layout::{point_key, PointId};
-use super::standby::local_point;
 use super::store::Replica;
 use crate::exit::{Code, Failure};
 
@@ -440,4 +439,21 @@ impl Drop for Staging {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
+}
+
+/// The point the local state holds: the state file's generation and the number of deltas
+/// of it in the chain directory that chain correctly (a state fetched from the bucket is one
+/// file: index 0). `None` if there is no state file.
+pub(super) fn local_point(target: &Path) -> Option<Result<PointId, String>> {
+    if !target.exists() {
+        return None;
+    }
+    Some(
+        ChainListing::load(target, &chain::chain_dir(target))
+            .map(|l| PointId {
+                generation: l.base.meta.generation,
+                index: u32::try_from(l.deltas.len()).unwrap_or(u32::MAX),
+            })
+            .map_err(|e| e.to_string()),
+    )
 }

@@ -15,7 +15,7 @@
 //! Local state that is not in the bucket (a former primary's commits after a takeover) is
 //! moved aside to `<state>.diverged.<unix-time>/`, never deleted ([`reconcile`]).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -543,7 +543,7 @@ pub fn reconcile(
     })?;
     let target = persister.target();
     follow::remove_leftovers(&target);
-    let local = local_point(&target);
+    let local = follow::local_point(&target);
     let newest = listing.newest_point();
     let keep = match (&local, newest) {
         (None, _) => true,
@@ -577,7 +577,7 @@ pub fn reconcile(
     }
     let listed = started.elapsed();
     if goal == Goal::Lead {
-        let current = local_point(&target).and_then(Result::ok);
+        let current = follow::local_point(&target).and_then(Result::ok);
         let at_newest = match (current, newest) {
             (Some(c), Some(n)) => at_or_past(c, n, ours),
             (_, None) => true,
@@ -677,23 +677,6 @@ fn retry<T>(mut f: impl FnMut() -> Result<T, Failure>) -> Result<T, Failure> {
             }
         }
     }
-}
-
-/// The point the local state holds: the state file's generation and the number of deltas
-/// of it in the chain directory that chain correctly (a state fetched from the bucket is one
-/// file: index 0). `None` if there is no state file.
-pub(super) fn local_point(target: &Path) -> Option<Result<PointId, String>> {
-    if !target.exists() {
-        return None;
-    }
-    Some(
-        ChainListing::load(target, &chain::chain_dir(target))
-            .map(|l| PointId {
-                generation: l.base.meta.generation,
-                index: u32::try_from(l.deltas.len()).unwrap_or(u32::MAX),
-            })
-            .map_err(|e| e.to_string()),
-    )
 }
 
 /// Moves the state file, its kept generations and its chain directory into a new directory

@@ -232,10 +232,9 @@ fn pick(c: &Chain, at: At) -> Result<Pick<'_>, Failure> {
     match listing.select(at) {
         Ok(k) => {
             check_not_past_stop(&listing, at, k)?;
-            let unix_time_ns = k
-                .checked_sub(1)
-                .and_then(|j| listing.deltas.get(j))
-                .map_or(listing.base.meta.unix_time_ns, |d| d.footer.unix_time_ns);
+            let unix_time_ns = listing
+                .point_time(k)
+                .unwrap_or(listing.base.meta.unix_time_ns);
             Ok(Pick::Point(Picked {
                 chain: c,
                 deltas: k,

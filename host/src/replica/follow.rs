@@ -162,10 +162,7 @@ fn extend(
     );
     Ok(Ok(Advanced {
         point,
-        unix_time_ns: listing
-            .deltas
-            .last()
-            .map_or(listing.base.meta.unix_time_ns, |d| d.footer.unix_time_ns),
+        unix_time_ns: listing.newest_time(),
         downloaded,
         base: false,
         refused,
@@ -241,10 +238,7 @@ fn whole(
     );
     Ok(Advanced {
         point,
-        unix_time_ns: listing
-            .deltas
-            .last()
-            .map_or(listing.base.meta.unix_time_ns, |d| d.footer.unix_time_ns),
+        unix_time_ns: listing.newest_time(),
         downloaded,
         base: true,
         refused: refused(replica, g, sound, got, &listing.stop).or(missing),

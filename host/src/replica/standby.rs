@@ -602,10 +602,9 @@ pub fn reconcile(
                 .map_or_else(
                     || "?".to_owned(),
                     |l| {
-                        let t = (c.index as usize)
-                            .checked_sub(1)
-                            .and_then(|i| l.deltas.get(i))
-                            .map_or(l.base.meta.unix_time_ns, |d| d.footer.unix_time_ns);
+                        let t = l
+                            .point_time(c.index as usize)
+                            .unwrap_or(l.base.meta.unix_time_ns);
                         crate::time::rfc3339(t)
                     },
                 );

@@ -158,6 +158,22 @@ impl ChainListing {
         Ok(listing)
     }
 
+    /// The snapshot time (ns since the Unix epoch) of the point after `k` deltas: the base's
+    /// for 0, delta `k`'s footer time otherwise; `None` for a `k` past the listed deltas.
+    pub fn point_time(&self, k: usize) -> Option<u64> {
+        match k.checked_sub(1) {
+            None => Some(self.base.meta.unix_time_ns),
+            Some(j) => self.deltas.get(j).map(|d| d.footer.unix_time_ns),
+        }
+    }
+
+    /// The snapshot time of the newest listed point (the base with every listed delta).
+    pub fn newest_time(&self) -> u64 {
+        self.deltas
+            .last()
+            .map_or(self.base.meta.unix_time_ns, |d| d.footer.unix_time_ns)
+    }
+
     /// The tip of the listed chain (what a new delta would chain onto).
     pub fn tip(&self) -> Tip {
         self.deltas

@@ -205,10 +205,7 @@ pub(crate) fn restore_with(
         let newest = listing.deltas.last().map_or(base, |d| d.path.as_path());
         ChainError::from(e.at(newest))
     })?;
-    let unix_time_ns = listing
-        .deltas
-        .last()
-        .map_or(listing.base.meta.unix_time_ns, |d| d.footer.unix_time_ns);
+    let unix_time_ns = listing.newest_time();
     Ok(RestoreReport {
         listing,
         summary,

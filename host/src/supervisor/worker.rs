@@ -569,19 +569,33 @@ mod tests {
     fn the_thread_wakes_for_a_request_made_by_another_thread() {
         let q = Arc::new(Queue::default());
         let requests = Requests(q.clone());
-        std::thread::scope(|s| {
-            let taker = s.spawn(|| q.take());
-            assert!(requests.client_request(Instant::now()));
-            let (got, _, behind) = taker.join().unwrap().expect("a job");
-            assert_eq!(got.why, Why::ClientRequest);
-            assert!(!behind);
-        });
+        // `take` in another thread; its answer within a bound, so a lost wake-up fails the
+        // test instead of hanging it.
+        let taker = || {
+            let (tx, rx) = std::sync::mpsc::channel();
+            let q = q.clone();
+            std::thread::spawn(move || {
+                let _ = tx.send(q.take());
+            });
+            rx
+        };
+        let bound = std::time::Duration::from_secs(10);
+        let rx = taker();
+        // Let the taker reach its wait (otherwise it may find the job without a wake-up).
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        assert!(requests.client_request(Instant::now()));
+        let (got, _, behind) = rx
+            .recv_timeout(bound)
+            .expect("the request wakes the thread")
+            .expect("a job");
+        assert_eq!(got.why, Why::ClientRequest);
+        assert!(!behind);
         q.finished();
-        std::thread::scope(|s| {
-            let taker = s.spawn(|| q.take());
-            q.stop();
-            assert!(taker.join().unwrap().is_none(), "stop wakes the thread");
-        });
+        let rx = taker();
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        q.stop();
+        let after_stop = rx.recv_timeout(bound).expect("stop wakes the thread");
+        assert!(after_stop.is_none(), "stop ends the queue");
         assert!(!requests.client_request(Instant::now()), "the watcher ends");
     }
 

@@ -248,7 +248,7 @@ impl From<TripleError> for Error {
             TripleError::Mismatch { .. } => SHMSNAP_E_MISMATCH,
             TripleError::Exhausted => SHMSNAP_E_EXHAUSTED,
             TripleError::NoFreeBuffer | TripleError::ReleaseLost { .. } => SHMSNAP_E_PROTOCOL,
-            TripleError::Contended { .. } => SHMSNAP_E_CONTENDED,
+            TripleError::Contended { .. } | TripleError::Reclaimed { .. } => SHMSNAP_E_CONTENDED,
             TripleError::BufferLength { .. } => SHMSNAP_E_BUFFER_TOO_SMALL,
             TripleError::ImageState { .. } => SHMSNAP_E_IMAGE,
             TripleError::Claimed { .. } => SHMSNAP_E_CLAIMED,

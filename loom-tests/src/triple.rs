@@ -13,7 +13,7 @@
 use std::sync::atomic::{AtomicU64 as StdAtomicU64, Ordering};
 use std::sync::Arc;
 
-use shmsnap_core::triple::{words, BufferState, TripleClient, TripleLayout, TripleRequest};
+use shmsnap_core::triple::{words, TripleClient, TripleLayout, TripleRequest};
 use shmsnap_core::WordMemory;
 
 /// Panic message of a store into a word the model did not make a loom atomic.
@@ -92,6 +92,10 @@ pub struct TripleWords {
     seed: Arc<[u64]>,
     index: Arc<[u32]>,
     atoms: Vec<loom::sync::atomic::AtomicU64>,
+    /// Word index of buffer 0's state word and the buffer count: the state words are
+    /// `first_state + 8 i`, `i < buffers` (see `store`).
+    first_state: usize,
+    buffers: usize,
 }
 
 impl TripleWords {
@@ -105,6 +109,8 @@ impl TripleWords {
             .collect();
         atoms.sort_unstable();
         TripleWords {
+            first_state: (seed[words::STATE_OFFSET] / 8) as usize,
+            buffers: seed[words::BUFFERS] as usize,
             claim: StdAtomicU64::new(seed[shmsnap_core::format::word::CLAIM]),
             seed: seed.clone(),
             index: index.clone(),
@@ -118,6 +124,12 @@ impl TripleWords {
     fn atom(&self, i: usize) -> Option<&loom::sync::atomic::AtomicU64> {
         let k = self.index[i];
         (k != u32::MAX).then(|| &self.atoms[k as usize])
+    }
+
+    fn is_state_word(&self, i: usize) -> bool {
+        i >= self.first_state
+            && (i - self.first_state).is_multiple_of(8)
+            && (i - self.first_state) / 8 < self.buffers
     }
 
     fn claim(&self, i: usize) -> Option<&StdAtomicU64> {
@@ -145,7 +157,23 @@ unsafe impl WordMemory for TripleWords {
         if let Some(c) = self.claim(i) {
             return c.store(v, order);
         }
-        self.atom(i).expect(CONST_STORE).store(v, order)
+        let atom = self.atom(i).expect(CONST_STORE);
+        if self.is_state_word(i) {
+            // A state word is both stored (the client's take and publication) and
+            // compare-exchanged (the host). C11 puts all of them in one total modification
+            // order, and a compare-exchange reads the value just before it in that order;
+            // loom 0.7 keeps the modification order as vector clocks, so a plain store and a
+            // compare-exchange of another thread stay unordered, and the compare-exchange may
+            // read a value the store already overwrote — and a later load the older of the
+            // two (an execution C11 forbids: found as "newest state lost" with a release
+            // writing READY(1) over the client's READY(4)). A swap is a store placed at the
+            // end of the modification order, as C11 places every store; its read part
+            // synchronizes with nothing (a store's ordering: never Acquire), and the release
+            // sequence it continues is only of stores this thread already ordered before it.
+            atom.swap(v, order);
+        } else {
+            atom.store(v, order)
+        }
     }
     fn compare_exchange(
         &self,
@@ -167,29 +195,21 @@ unsafe impl WordMemory for TripleWords {
     }
 }
 
-/// Broken twin "a client that reuses a FROZEN buffer": the client's view of the memory shows
-/// every FROZEN state word as FREE, so `take` writes a buffer the host is copying.
+/// Broken twin "a take without its fallback": every compare-exchange on a state word fails
+/// (returns the word's value, changes nothing), so the client's take has only its pass of
+/// loads. (The client's `attach` compare-exchanges only WRITING or invalid words, which the
+/// models' sound setups never leave.)
 #[derive(Debug)]
-pub struct FrozenLooksFree<'a, M: ?Sized>(pub &'a M, pub TripleLayout);
+pub struct CasLoses<'a, M: ?Sized>(pub &'a M, pub TripleLayout);
 
-impl<M: ?Sized> FrozenLooksFree<'_, M> {
-    fn lie(&self, i: usize, v: u64) -> u64 {
-        let state_word = (0..self.1.buffers).any(|b| self.1.state_word(b) == i);
-        match BufferState::decode(v) {
-            BufferState::Frozen { .. } if state_word => 0,
-            _ => v,
-        }
-    }
-}
-
-// SAFETY: forwards every access to `M`, which upholds the trait; only returned values are
-// altered (a broken twin), never which word is accessed.
-unsafe impl<M: WordMemory + ?Sized> WordMemory for FrozenLooksFree<'_, M> {
+// SAFETY: forwards every access to `M`, which upholds the trait; compare-exchanges on state
+// words are turned into loads (a broken twin), never which word is accessed.
+unsafe impl<M: WordMemory + ?Sized> WordMemory for CasLoses<'_, M> {
     fn len(&self) -> usize {
         self.0.len()
     }
     fn load(&self, i: usize, o: Ordering) -> u64 {
-        self.lie(i, self.0.load(i, o))
+        self.0.load(i, o)
     }
     fn store(&self, i: usize, v: u64, o: Ordering) {
         self.0.store(i, v, o)
@@ -202,9 +222,10 @@ unsafe impl<M: WordMemory + ?Sized> WordMemory for FrozenLooksFree<'_, M> {
         s: Ordering,
         f: Ordering,
     ) -> Result<u64, u64> {
-        self.0
-            .compare_exchange(i, c, n, s, f)
-            .map_err(|v| self.lie(i, v))
+        if (0..self.1.buffers).any(|b| self.1.state_word(b) == i) {
+            return Err(self.0.load(i, f));
+        }
+        self.0.compare_exchange(i, c, n, s, f)
     }
     fn fence(&self, o: Ordering) {
         self.0.fence(o)

@@ -6,7 +6,7 @@
 //! copy the frozen buffer's byte range           (copy_extents: its data extents only)
 //! meta      = frozen.image_meta (after the copy: it reads the live NEXT_SEQ hint)
 //! check the meta with read_image, pwrite it at 0
-//! release the freeze                            (lost: someone else writes state words → drop)
+//! release the freeze, validating the copy       (failed: the copy may be torn → drop)
 //! append the footer                             (write_footer, with the image CRC)
 //! ```
 //!
@@ -14,7 +14,9 @@
 //! the caller decides whether to [`commit`](TempFile::commit) it. The other buffers stay holes
 //! in the image, so a snapshot costs one buffer, whatever the buffer count. The only buffer
 //! read is one the host froze (core's [`Frozen`](shmsnap_core::triple::Frozen) is the only way to learn a buffer to copy),
-//! and the client never writes a FROZEN buffer, so the copy is the published state, whole.
+//! and the copy is used only if the release succeeds, which proves the client did not take the
+//! buffer back during the copy (the reclaim race of `shmsnap_core::triple`), so it is the
+//! published state, whole. The release comes after the copy and the meta, before the footer.
 //!
 //! The caller attaches the [`TripleHost`] (which validates the layout once and undoes a dead
 //! host's freezes); everything read from the region is hostile and goes through core.
@@ -61,6 +63,12 @@ pub enum TripleSkip {
         /// Freeze attempts made.
         attempts: u32,
     },
+    /// The client took the frozen buffer back during the copy (the reclaim race of
+    /// `shmsnap_core::triple`): the copy may be torn and was dropped. Part of the protocol.
+    Reclaimed {
+        /// The state word found.
+        found: u64,
+    },
     /// The frozen buffer's state word changed behind the host's back (another client or host
     /// writes state words): the copy may be torn and was dropped.
     ReleaseLost {
@@ -89,6 +97,11 @@ impl std::fmt::Display for TripleSkip {
             TripleSkip::Contended { attempts } => write!(
                 f,
                 "could not freeze the newest buffer in {attempts} attempts; retrying at the next snapshot"
+            ),
+            TripleSkip::Reclaimed { found } => write!(
+                f,
+                "the client took the frozen buffer back during the copy (state word \
+                 {found:#018x}); the copy was dropped, retrying at the next snapshot"
             ),
             TripleSkip::ReleaseLost { found } => write!(
                 f,
@@ -169,6 +182,9 @@ pub fn take_triple<'p, M: WordMemory + ?Sized>(
     let (buffer, seq) = (frozen.buffer(), frozen.seq());
     match frozen.release() {
         Ok(()) => {}
+        Err(TripleError::Reclaimed { found }) => {
+            return Ok(TripleSnapshot::Skipped(TripleSkip::Reclaimed { found }))
+        }
         Err(TripleError::ReleaseLost { found }) => {
             return Ok(TripleSnapshot::Skipped(TripleSkip::ReleaseLost { found }))
         }

@@ -257,6 +257,9 @@ fn judge_checked(mem: &[AtomicU64], host: &TripleHost<'_, [AtomicU64]>, cursor: 
                 "a re-initialised region resets the last seq"
             );
         }
+        Judgement::Unsettled { .. } => {
+            panic!("a survey of words nobody changes during it is settled: {survey:?}")
+        }
         Judgement::Backwards { last_seq, .. } => {
             assert!(newest < last_seq);
             assert_eq!(cursor.seq(), old.seq(), "a backwards seq changes nothing");

@@ -44,6 +44,21 @@ pub struct TripleClient<'m, M: WordMemory + ?Sized> {
     /// or FROZEN by a host (seq word = seq); the client never takes it for writing, so the
     /// newest state is always intact in the region.
     newest: Option<(u64, u64)>,
+    /// The newest seq (`newest.1`, 0 if none): a READY candidate must be below it.
+    newest_seq: u64,
+    /// The buffer a take tries first: the one after the newest (modulo N), 0 if none.
+    /// Always `< N`, never the newest buffer (N >= 3).
+    first: u64,
+}
+
+/// The buffer after `b` modulo `n` (`b < n`).
+#[inline]
+fn after(b: u64, n: u64) -> u64 {
+    if b + 1 < n {
+        b + 1
+    } else {
+        0
+    }
 }
 
 /// Refuses memory whose header is configured but not a valid triple region, before the claim
@@ -117,7 +132,7 @@ impl<'m, M: WordMemory + ?Sized> TripleClient<'m, M> {
         // epoch change together with seqs that went back (DESIGN §6).
         let epoch = next_epoch(mem.load(words::CLIENT_EPOCH, Ordering::Relaxed));
         mem.store(words::CLIENT_EPOCH, epoch, Ordering::Relaxed);
-        // Release: a host whose (SeqCst, so Acquire) scan reads a state word zeroed below, or
+        // Release: a host whose (Acquire) scan reads a state word zeroed below, or
         // anything this client publishes later, also sees the new epoch when it loads the
         // epoch word after its scan — so it never mistakes the emptied state page for seqs
         // going backwards within one epoch (which it would refuse and count).
@@ -224,9 +239,9 @@ impl<'m, M: WordMemory + ?Sized> TripleClient<'m, M> {
             return Err(TripleError::Exhausted);
         }
         // The hint covers the next publication before its READY store: a host that reads
-        // READY(s) (SeqCst) and then the hint finds `hint >= s`, and refuses a READY seq above
+        // READY(s) (Acquire) and then the hint finds `hint >= s`, and refuses a READY seq above
         // the hint as one this client cannot have published. Relaxed: ordered before the
-        // publication by its SeqCst (Release) READY store.
+        // publication by its Release READY store.
         mem.store(words::NEXT_SEQ, next_seq, Ordering::Relaxed);
         Ok(TripleClient {
             mem,
@@ -235,6 +250,8 @@ impl<'m, M: WordMemory + ?Sized> TripleClient<'m, M> {
             epoch,
             next_seq,
             newest,
+            newest_seq: top,
+            first: newest.map_or(0, |(b, _)| after(b, layout.buffers)),
         })
     }
 
@@ -303,67 +320,33 @@ impl<'m, M: WordMemory + ?Sized> TripleClient<'m, M> {
     }
 
     /// Takes a buffer for writing: a FREE one, or a READY one older than the newest
-    /// publication. Wait-free: at most [`TAKE_PASSES`] passes over the other `N - 1` buffers
-    /// (`2 (N - 1)` loads and compare-exchanges); the first pass succeeds unless a host
-    /// restarted during it (see the [module docs](super)).
+    /// publication. Wait-free; on the common path free of locked instructions: one pass of
+    /// loads over the other `N - 1` buffers, one store and a `Release` fence. Only if that
+    /// pass finds nothing (its view of the state words may be stale) does it fall back to at
+    /// most [`TAKE_PASSES`] passes of compare-exchanges after a `SeqCst` fence, which succeed
+    /// unless a host restarted during them (see the [module docs](super)).
     /// The buffer's old contents are unspecified.
     ///
     /// # Errors
     ///
     /// [`TripleError::Exhausted`] when seqs run out; [`TripleError::NoFreeBuffer`] only if
     /// another client or host breaks the protocol.
+    #[inline(always)]
     pub fn take(&mut self) -> Result<WriteGrant<'_, 'm, M>, TripleError> {
-        if self.next_seq >= MAX_SEQ {
-            return Err(TripleError::Exhausted);
-        }
-        let n = self.layout.buffers;
-        let (skip, newest_seq) = match self.newest {
-            Some((b, s)) => (b, s),
-            None => (n, 0),
-        };
-        let start = if skip < n { skip + 1 } else { 0 };
-        // TAKE_PASSES passes over the N - 1 candidates: a pass fails only if a host restarted
-        // during it (module docs), so the second pass is for a host restart mid-take.
-        // `next` walks start, start + 1, … modulo n (`start <= n`).
-        let mut next = if start == n { 0 } else { start };
-        for _ in 0..TAKE_PASSES * n {
-            let i = next;
-            next = if i + 1 == n { 0 } else { i + 1 };
-            if i == skip {
-                continue;
-            }
+        // The common case straight-line: the first candidate is FREE or a stale READY.
+        let i = self.first;
+        if self.next_seq < MAX_SEQ {
             let sw = self.layout.state_word(i);
-            // SeqCst: acquires the host's Release compare-exchange (release, or a new host
-            // undoing a dead host's freeze): its reads of the buffer happen before our writes;
-            // and in the total order with the host's freezes (module docs). A plain load on
-            // x86 and an `ldar` on AArch64, like an Acquire load.
-            let v = self.mem.load(sw, Ordering::SeqCst);
-            let won = match BufferState::decode(v) {
-                // Relaxed store: the host never writes a FREE word, so no compare-exchange is
-                // needed; the host ignores WRITING buffers, so nothing needs publishing yet.
-                BufferState::Free => {
-                    self.mem.store(sw, writing(self.epoch), Ordering::Relaxed);
-                    true
+            // Acquire, and the stores below: as in `take_fast`.
+            let v = self.mem.load(sw, Ordering::Acquire);
+            // `READY(s)` with `1 <= s < newest_seq`, in one comparison: the READY tag's values
+            // are contiguous, and every other tag lies outside the range.
+            let stale = v.wrapping_sub(ready(1)) < self.newest_seq.saturating_sub(1);
+            if v == 0 || stale {
+                self.mem.store(sw, writing(self.epoch), Ordering::Release);
+                if stale {
+                    self.mem.fence(Ordering::Release);
                 }
-                // A stale READY may be frozen by the host at any moment: compare-exchange. It
-                // fails only if a host freeze got there first (at most once per take).
-                BufferState::Ready { seq } if seq < newest_seq => self
-                    .mem
-                    // SeqCst (both ways): acquires the host's release of this buffer, and
-                    // takes part in the single total order with the SeqCst READY store in
-                    // `publish` and the host's SeqCst scan and compare-exchanges, which bounds
-                    // the failures of this compare-exchange to one per take (module docs).
-                    .compare_exchange(
-                        sw,
-                        v,
-                        writing(self.epoch),
-                        Ordering::SeqCst,
-                        Ordering::SeqCst,
-                    )
-                    .is_ok(),
-                _ => false,
-            };
-            if won {
                 let seq = self.next_seq;
                 return Ok(WriteGrant {
                     client: self,
@@ -373,7 +356,129 @@ impl<'m, M: WordMemory + ?Sized> TripleClient<'m, M> {
                 });
             }
         }
-        Err(TripleError::NoFreeBuffer)
+        self.take_slow()
+    }
+
+    /// The rest of [`take`](Self::take): exhausted seqs, the whole pass of loads, the
+    /// fallback.
+    #[cold]
+    #[inline(never)]
+    fn take_slow(&mut self) -> Result<WriteGrant<'_, 'm, M>, TripleError> {
+        if self.next_seq >= MAX_SEQ {
+            return Err(TripleError::Exhausted);
+        }
+        let found = match self.take_fast() {
+            Some(i) => Some(i),
+            None => self.take_fallback(),
+        };
+        let Some(buffer) = found else {
+            return Err(TripleError::NoFreeBuffer);
+        };
+        let seq = self.next_seq;
+        Ok(WriteGrant {
+            client: self,
+            buffer,
+            seq,
+            published: false,
+        })
+    }
+
+    /// The newest buffer (never taken) and the seq a READY candidate must be below.
+    fn skip(&self) -> (u64, u64) {
+        match self.newest {
+            Some((b, _)) => (b, self.newest_seq),
+            None => (self.layout.buffers, 0),
+        }
+    }
+
+    /// The candidates in take order: `skip + 1, skip + 2, …` modulo N, `skip` left out
+    /// (from 0 when nothing was published, `skip == N`).
+    fn candidates(&self, skip: u64) -> Candidates {
+        let n = self.layout.buffers;
+        Candidates {
+            next: if skip + 1 < n { skip + 1 } else { 0 },
+            // Starting after `skip`, N - 1 steps never reach it.
+            left: if skip < n { n - 1 } else { n },
+            n,
+        }
+    }
+
+    /// One pass of loads: marks the first FREE or stale READY candidate WRITING with a store.
+    fn take_fast(&self) -> Option<u64> {
+        let (skip, newest_seq) = self.skip();
+        for i in self.candidates(skip) {
+            let sw = self.layout.state_word(i);
+            // Acquire: pairs with the host's Release compare-exchanges (a release, or a new
+            // host undoing a dead host's freeze), so a copy the host validated happens before
+            // our writes into the buffer.
+            let v = self.mem.load(sw, Ordering::Acquire);
+            // The WRITING stores below are Release: a host scan that reads WRITING also sees
+            // this client's earlier publications (its next pass over the words finds them).
+            match BufferState::decode(v) {
+                // No fence: the host never freezes or copies a FREE buffer.
+                BufferState::Free => {
+                    self.mem.store(sw, writing(self.epoch), Ordering::Release);
+                }
+                // A stale READY: a host may freeze it at any moment — also between our load
+                // and this store, which then overwrites its FROZEN. That is allowed (module
+                // docs, "The reclaim race"): the host validates its copy by its release
+                // compare-exchange, which fails once this store is ordered before it, and
+                // drops the copy. The Release fence after the store orders every write of
+                // ours into the buffer after it, so a host copy that read any of them (and then
+                // issues its Acquire fence) finds WRITING, not its FROZEN.
+                BufferState::Ready { seq } if seq < newest_seq => {
+                    self.mem.store(sw, writing(self.epoch), Ordering::Release);
+                    self.mem.fence(Ordering::Release);
+                }
+                _ => continue,
+            }
+            return Some(i);
+        }
+        None
+    }
+
+    /// The fallback when the fast pass saw every candidate FROZEN (or WRITING or invalid):
+    /// its loads may have read values the host already replaced (a released freeze), so the
+    /// state words are read again by compare-exchange, which reads the newest value.
+    /// `SeqCst` fence first: every host scan after it in the single total order sees our
+    /// last publication (C11's fence rule), so from here on the host freezes a stale buffer
+    /// only from a scan before it — at most one freeze per host incarnation during this take
+    /// (module docs), and the first pass finds a buffer unless the host restarts.
+    #[cold]
+    #[inline(never)]
+    fn take_fallback(&self) -> Option<u64> {
+        let (skip, newest_seq) = self.skip();
+        let epoch = writing(self.epoch);
+        self.mem.fence(Ordering::SeqCst);
+        for _ in 0..TAKE_PASSES {
+            for i in self.candidates(skip) {
+                let sw = self.layout.state_word(i);
+                // SeqCst (both ways): reads the newest value of the word, and takes part in
+                // the total order with the host's SeqCst scan and compare-exchanges. No fence
+                // after it: a compare-exchange from READY cannot land between a host's freeze
+                // and its release (it would find FROZEN), so there is no reclaim race here.
+                let won = match self.mem.compare_exchange(
+                    sw,
+                    0,
+                    epoch,
+                    Ordering::SeqCst,
+                    Ordering::SeqCst,
+                ) {
+                    Ok(_) => true,
+                    Err(v) => match BufferState::decode(v) {
+                        BufferState::Ready { seq } if seq < newest_seq => self
+                            .mem
+                            .compare_exchange(sw, v, epoch, Ordering::SeqCst, Ordering::SeqCst)
+                            .is_ok(),
+                        _ => false,
+                    },
+                };
+                if won {
+                    return Some(i);
+                }
+            }
+        }
+        None
     }
 
     /// Takes a buffer, writes `bytes` at its start and publishes it; returns the seq.
@@ -433,6 +538,32 @@ impl<'m, M: WordMemory + ?Sized> TripleClient<'m, M> {
             return Err("more than one buffer is FROZEN");
         }
         Ok(())
+    }
+}
+
+/// The take order over the buffers ([`TripleClient::candidates`]): wraps without a division.
+#[derive(Debug)]
+struct Candidates {
+    /// The next buffer (`< n`).
+    next: u64,
+    /// Buffers still to visit.
+    left: u64,
+    /// The buffer count N.
+    n: u64,
+}
+
+impl Iterator for Candidates {
+    type Item = u64;
+
+    #[inline]
+    fn next(&mut self) -> Option<u64> {
+        if self.left == 0 {
+            return None;
+        }
+        self.left -= 1;
+        let i = self.next;
+        self.next = if i + 1 == self.n { 0 } else { i + 1 };
+        Some(i)
     }
 }
 
@@ -512,7 +643,9 @@ impl<M: WordMemory + ?Sized> WriteGrant<'_, '_, M> {
         // while it is WRITING, and the caller guarantees no other thread of this process does.
         unsafe { self.client.mem.store_le_bytes_exclusive(at / 8, whole) };
         // A partial last word is merged like `write` does (never zero-padded).
-        store_bytes(self.client.mem, at + whole.len(), tail);
+        if !tail.is_empty() {
+            store_bytes(self.client.mem, at + whole.len(), tail);
+        }
         Ok(())
     }
 
@@ -529,7 +662,7 @@ impl<M: WordMemory + ?Sized> WriteGrant<'_, '_, M> {
     }
 
     /// Publishes the buffer as `READY(seq)` and returns the seq. Wait-free: two stores and a
-    /// hint store (the host never writes a WRITING word, so no compare-exchange is needed).
+    /// hint store, no locked instruction (the host never writes a WRITING word).
     pub fn publish(mut self) -> u64 {
         let c = &mut *self.client;
         let (mem, layout) = (c.mem, c.layout);
@@ -539,19 +672,20 @@ impl<M: WordMemory + ?Sized> WriteGrant<'_, '_, M> {
         // `mem.len()` in `attach` (`TripleLayout::read`: `region_len <= 8 mem.len()`), so the
         // buffer's state line, inside the state page of the region, is in bounds.
         unsafe { mem.store_in_bounds(layout.seq_word(self.buffer), self.seq, Ordering::Relaxed) };
-        // SeqCst: a Release that publishes the buffer's words and its seq word stored above
-        // (pairs with the host's compare-exchange in `freeze` and the Acquire loads in
-        // `attach`), and a member of the single total order with the host's SeqCst scan: a
-        // scan ordered after this store sees this publication (the take bound needs it).
+        // Release: publishes the buffer's words and its seq word stored above (pairs with the
+        // host's Acquire scan and freeze, and the Acquire loads in `attach`). A plain `mov`
+        // on x86: the publication has no locked instruction.
         // SAFETY: as for the seq word (same state line).
         unsafe {
             mem.store_in_bounds(
                 layout.state_word(self.buffer),
                 ready(self.seq),
-                Ordering::SeqCst,
+                Ordering::Release,
             )
         };
         c.newest = Some((self.buffer, self.seq));
+        c.newest_seq = self.seq;
+        c.first = after(self.buffer, layout.buffers);
         c.next_seq = self.seq + 1;
         // SAFETY: `NEXT_SEQ` lies in the header page, inside every validated layout.
         unsafe { mem.store_in_bounds(words::NEXT_SEQ, c.next_seq, Ordering::Relaxed) };

@@ -13,6 +13,10 @@ use crate::memory::{load_bytes, WordMemory};
 /// How many times [`TripleHost::freeze`] rescans after losing its compare-exchange.
 pub const FREEZE_ATTEMPTS: u32 = 4;
 
+/// Passes over the state words [`TripleHost::survey`] makes at most, looking for two
+/// consecutive equal ones.
+pub const SURVEY_PASSES: u32 = 4;
+
 /// The host's side of a triple-buffer region.
 ///
 /// The layout is validated once, at attach; the host never re-reads the header, so a client
@@ -104,18 +108,20 @@ impl<'m, M: WordMemory + ?Sized> TripleHost<'m, M> {
 
     /// Looks at the state words without freezing anything: the newest READY buffer the
     /// client can have published, the highest READY seq it cannot have (refused), its
-    /// `NEXT_SEQ` hint and its epoch (loaded after the state words). Bounded by `N`.
+    /// `NEXT_SEQ` hint, its epoch (loaded after the state words), and whether two
+    /// consecutive passes agreed (`settled`). Bounded by `SURVEY_PASSES * N` loads.
     pub fn survey(&self) -> Survey {
-        let scan = self.scan();
+        let scan = self.settled_scan();
         // Relaxed, after the scan: a re-initialising client stores its new epoch before a
         // Release fence and then rewrites the state words (`TripleClient::init`), so a scan
-        // that read any of those (SeqCst: Acquire) sees the new epoch here.
+        // that read any of those (Acquire) sees the new epoch here.
         let client_epoch = self.mem.load(words::CLIENT_EPOCH, Ordering::Relaxed);
         Survey {
             newest: scan.newest,
             refused: scan.refused,
             published: scan.published,
             client_epoch,
+            settled: scan.settled,
         }
     }
 
@@ -129,29 +135,70 @@ impl<'m, M: WordMemory + ?Sized> TripleHost<'m, M> {
         }
     }
 
-    /// One pass over the state words: the READY buffer with the highest seq the client can
-    /// have published, and the highest READY seq it cannot have.
-    fn scan(&self) -> Scan {
-        let mut states = [0u64; MAX_BUFFERS as usize];
+    /// Loads every state word once, in buffer order.
+    fn collect(&self, states: &mut [u64; MAX_BUFFERS as usize]) {
         let n = (self.layout.buffers as usize).min(states.len());
         for (i, v) in states.iter_mut().enumerate().take(n) {
-            // SeqCst: in the single total order with the client's SeqCst READY stores and
-            // take compare-exchanges, so a scan ordered after a publication sees it (or a
-            // newer one) and never picks a stale buffer because of a stale view.
+            // SeqCst, so Acquire: pairs with the client's Release READY store (the buffer, its
+            // seq word and the hint stored before it are visible) and with the Release fence
+            // of a re-initialising client (`survey` then sees its new epoch). SeqCst: in the
+            // single total order with the SeqCst fence of the client's take fallback, so a
+            // scan after it sees the client's last publication (module docs). A plain load on
+            // x86 and an `ldar` on AArch64, like an Acquire load.
             *v = self
                 .mem
                 .load(self.layout.state_word(i as u64), Ordering::SeqCst);
         }
+    }
+
+    /// One pass over the state words: the READY buffer with the highest seq the client can
+    /// have published, and the highest READY seq it cannot have.
+    fn scan(&self) -> Scan {
+        let mut states = [0u64; MAX_BUFFERS as usize];
+        self.collect(&mut states);
+        self.judge_states(&states, false)
+    }
+
+    /// Like [`scan`](Self::scan), but collects the state words until two consecutive passes
+    /// read the same values (at most [`SURVEY_PASSES`]); the scan is `settled` if they did.
+    ///
+    /// One pass is not a view of the words at one moment: a pass preempted between two loads
+    /// while the client publishes twice reads an early buffer before its new publication and
+    /// a late one after the client reclaimed it — every READY it saw may be older than a
+    /// state it persisted before ("Backwards" in [`PersistedSeq::judge`], which the client
+    /// did not do). Two equal passes are such a view: between them every word held its value
+    /// (a state word never returns to a value it left without another buffer's word
+    /// changing for good — READY seqs never repeat, and the client reclaims a buffer only
+    /// after publishing into another one), so the words were all as read when the second
+    /// pass began.
+    fn settled_scan(&self) -> Scan {
+        let mut prev = [0u64; MAX_BUFFERS as usize];
+        let mut cur = [0u64; MAX_BUFFERS as usize];
+        self.collect(&mut prev);
+        for _ in 1..SURVEY_PASSES {
+            self.collect(&mut cur);
+            if cur == prev {
+                return self.judge_states(&cur, true);
+            }
+            prev = cur;
+        }
+        self.judge_states(&prev, false)
+    }
+
+    /// The [`Scan`] of state words read by [`collect`](Self::collect).
+    fn judge_states(&self, states: &[u64; MAX_BUFFERS as usize], settled: bool) -> Scan {
+        let n = (self.layout.buffers as usize).min(states.len());
         // Relaxed, after the scan: the client stores a hint `>= s` before its READY(s) store
-        // (`attach`, and every `publish` for the next one), and that store is a Release
-        // (SeqCst) which our SeqCst load of READY(s) acquired — so this load sees `>= s` for
-        // every READY(s) the client published. A READY seq above it is not the client's.
+        // (`attach`, and every `publish` for the next one), and that store is a Release which
+        // our Acquire load of READY(s) acquired — so this load sees `>= s` for every READY(s)
+        // the client published. A READY seq above it is not the client's.
         // (The one exception is benign: a client re-initialising during this scan lowers the
         // hint below READY words of its previous life that the scan still saw; such a word is
         // refused once, and the next survey sees the new epoch.)
         let published = self.hint();
         let mut scan = Scan {
             published,
+            settled,
             ..Scan::default()
         };
         for (i, &v) in states.iter().enumerate().take(n) {
@@ -192,9 +239,9 @@ impl<'m, M: WordMemory + ?Sized> TripleHost<'m, M> {
                 return Ok(None);
             }
             let sw = self.layout.state_word(buffer);
-            // SeqCst on success: acquires the client's READY store in `publish` (the copy sees
-            // the buffer as published), and is in the total order with the client's take
-            // compare-exchanges.
+            // SeqCst on success: acquires the client's Release READY store in `publish` (the
+            // copy sees the buffer as published, and its loads stay after this), and is in the
+            // total order with the client's fallback fence and compare-exchanges.
             let cas = self.mem.compare_exchange(
                 sw,
                 ready(seq),
@@ -224,6 +271,8 @@ struct Scan {
     newest: Option<(u64, u64)>,
     refused: Option<Refused>,
     published: u64,
+    /// Two consecutive passes read the same words ([`TripleHost::settled_scan`]).
+    settled: bool,
 }
 
 /// What a host found in the state words before freezing anything ([`TripleHost::survey`]).
@@ -239,6 +288,10 @@ pub struct Survey {
     pub published: u64,
     /// The client epoch word, loaded after the state words.
     pub client_epoch: u64,
+    /// Two consecutive passes over the state words read the same values, so the words held
+    /// them all at one moment. Only a settled survey can show the client going backwards
+    /// ([`PersistedSeq::judge`]); an unsettled one may mix moments.
+    pub settled: bool,
 }
 
 /// A READY state word whose seq is above what the client says it published.
@@ -287,6 +340,15 @@ pub enum Judgement {
         /// The newest seq the client published since (0: none yet).
         newest: u64,
     },
+    /// The newest publication looked below the last persisted seq, but the survey's passes
+    /// did not agree ([`Survey::settled`]): no verdict, nothing changed, nothing older is
+    /// persisted (the freeze only takes seqs above the last persisted one).
+    Unsettled {
+        /// The newest seq found.
+        newest: u64,
+        /// The last persisted seq, kept.
+        last_seq: u64,
+    },
     /// Within one client epoch the newest publication is below the last persisted seq:
     /// refused (the state words were changed behind the client's back).
     Backwards {
@@ -325,13 +387,23 @@ impl PersistedSeq {
     }
 
     /// Judges `survey` against the last persisted seq (see the [type docs](PersistedSeq)),
-    /// resetting it for a re-initialised region.
+    /// resetting it for a re-initialised region. A survey that is not
+    /// [`settled`](Survey::settled) and shows a newest publication below the last persisted
+    /// seq proves nothing (a pass can mix moments of a client publishing fast):
+    /// [`Judgement::Unsettled`], and nothing changes.
     pub fn judge(&mut self, survey: &Survey) -> Judgement {
         let newest = survey.newest.map_or(0, |(_, s)| s);
-        let before = self.epoch.replace(survey.client_epoch);
         if newest >= self.seq {
+            self.epoch = Some(survey.client_epoch);
             return Judgement::Normal;
         }
+        if !survey.settled {
+            return Judgement::Unsettled {
+                newest,
+                last_seq: self.seq,
+            };
+        }
+        let before = self.epoch.replace(survey.client_epoch);
         match before {
             Some(from) if from != survey.client_epoch => {
                 let last_seq = core::mem::take(&mut self.seq);
@@ -351,10 +423,12 @@ impl PersistedSeq {
 }
 
 /// A buffer this host froze: `FROZEN(host epoch)` since a compare-exchange from `READY(seq)`.
-/// No client writes it until it is released. Copy its [`byte_range`](Frozen::byte_range)
-/// (kernel copy, or [`copy_to`](Frozen::copy_to)), write the image meta with
-/// [`image_meta`](Frozen::image_meta), persist, then [`release`](Frozen::release). Dropping it
-/// releases it too.
+/// The client does not take it while it reads FROZEN; only a take that read the READY value
+/// just before the freeze can still overwrite it (the reclaim race of the
+/// [module docs](super)), and [`release`](Frozen::release) detects that. Copy its
+/// [`byte_range`](Frozen::byte_range) (kernel copy, or [`copy_to`](Frozen::copy_to)), write
+/// the image meta with [`image_meta`](Frozen::image_meta), then [`release`](Frozen::release)
+/// and use the copy only if it returned `Ok`. Dropping it releases it too.
 #[derive(Debug)]
 #[must_use = "a frozen buffer blocks the client's use of it until released"]
 pub struct Frozen<'h, 'm, M: WordMemory + ?Sized> {
@@ -443,14 +517,19 @@ impl<M: WordMemory + ?Sized> Frozen<'_, '_, M> {
         Ok(())
     }
 
-    /// Releases the buffer: compare-exchange from the FROZEN value this host wrote back to
-    /// `READY(seq)` (it stays the client's newest state until the client publishes a newer
-    /// one and reclaims it).
+    /// Releases the buffer and **validates the copy**: compare-exchange from the FROZEN value
+    /// this host wrote back to `READY(seq)` (it stays the client's newest state until the
+    /// client publishes a newer one and reclaims it). Call it after the copy and before the
+    /// copy is used: `Ok` proves that the client wrote nothing into the buffer that the copy
+    /// (done before this call, by this thread or by the kernel on its behalf) could have read.
     ///
     /// # Errors
     ///
-    /// [`TripleError::ReleaseLost`] if the word no longer holds this host's FROZEN value
-    /// (someone else writes state words); the word is left as found.
+    /// [`TripleError::Reclaimed`] if the client took the buffer back (the reclaim race of the
+    /// [module docs](super): the word is WRITING, FREE or READY with a newer seq): the copy
+    /// may be torn and must be dropped; this is part of the protocol, not a fault.
+    /// [`TripleError::ReleaseLost`] if the word holds anything else (someone else writes
+    /// state words). Either way the word is left as found.
     pub fn release(mut self) -> Result<(), TripleError> {
         self.released = true;
         self.do_release()
@@ -458,9 +537,14 @@ impl<M: WordMemory + ?Sized> Frozen<'_, '_, M> {
 
     fn do_release(&self) -> Result<(), TripleError> {
         let sw = self.host.layout.state_word(self.buffer);
-        // SeqCst: a Release that orders this host's copy (loads of the buffer) before the
-        // client's reuse of it (pairs with the client's Acquire load / SeqCst compare-exchange
-        // in `take`), and in the total order that bounds the client's failures.
+        // Acquire fence after the copy: if any load of the copy read a word the client wrote
+        // after reclaiming the buffer, the client's Release fence after its WRITING store
+        // synchronizes with this fence, so the compare-exchange below reads WRITING or a later
+        // value and fails. The seqlock argument of the module docs ("The reclaim race").
+        self.host.mem.fence(Ordering::Acquire);
+        // SeqCst on success: a Release, so this host's copy happens before the client's reuse
+        // of the buffer (pairs with the Acquire load in `take`), and in the total order with
+        // the client's fallback (module docs).
         self.host
             .mem
             .compare_exchange(
@@ -471,7 +555,11 @@ impl<M: WordMemory + ?Sized> Frozen<'_, '_, M> {
                 Ordering::Relaxed,
             )
             .map(|_| ())
-            .map_err(|found| TripleError::ReleaseLost { found })
+            .map_err(|found| match BufferState::decode(found) {
+                BufferState::Writing { .. } | BufferState::Free => TripleError::Reclaimed { found },
+                BufferState::Ready { seq } if seq > self.seq => TripleError::Reclaimed { found },
+                _ => TripleError::ReleaseLost { found },
+            })
     }
 }
 

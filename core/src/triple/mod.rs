@@ -10,48 +10,81 @@
 //!
 //! - The **client** ([`TripleClient`]) takes a FREE buffer, or a READY one older than its newest
 //!   publication, fills it through a [`WriteGrant`] and publishes it `READY(seq)`. It never
-//!   touches its newest buffer nor a FROZEN one, so its newest state stays intact in the region
-//!   and a buffer the host copies never changes.
+//!   touches its newest buffer, nor a buffer whose state word it read as FROZEN, so its newest
+//!   state stays intact in the region.
 //! - The **host** ([`TripleHost`]) freezes the newest READY buffer (compare-exchange from the
 //!   READY value it read to `FROZEN(its epoch)`), copies it, and releases it back to the READY
 //!   value it had (compare-exchange from the FROZEN value it wrote), so the newest state is
-//!   never lost from the live region. A host never copies a buffer it did not freeze.
+//!   never lost from the live region. A host never copies a buffer it did not freeze, and uses
+//!   a copy only if its release succeeded (below).
 //! - **Crashes**: a new client bumps the client epoch and frees every WRITING buffer (only one
 //!   client runs at a time, so they are all a dead client's); a new host bumps the host epoch
 //!   and returns every FROZEN buffer of another epoch to `READY(seq)` (its seq word), so a dead
 //!   host's freeze — also one inherited with the region from the systemd fd store — is undone.
 //!
-//! Who writes what (the whole soundness argument rests on it): the client stores into FREE and
-//! WRITING state words (the host never writes either) and compare-exchanges stale READY words;
-//! the host only compare-exchanges READY and FROZEN words and stores its epoch word. The client
-//! writes buffers; the host only reads them.
+//! Who writes what (the whole soundness argument rests on it): the client stores into FREE,
+//! WRITING and stale READY state words (the host never writes FREE or WRITING); the host only
+//! compare-exchanges READY and FROZEN words and stores its epoch word. The client writes
+//! buffers; the host only reads them.
 //!
-//! **Wait-freedom of the client.** [`TripleClient::take`] makes at most two passes
-//! ([`TAKE_PASSES`]) over the `N - 1` buffers other than the newest: at most `2 (N - 1)` loads
-//! and compare-exchanges, never an unbounded retry loop. A compare-exchange of the client fails
-//! only when the host changed that state word between the client's load and its
-//! compare-exchange; the host changes a state word at most twice per snapshot (freeze,
-//! release), and only a freeze can fail a client compare-exchange (the client never
-//! compare-exchanges from FROZEN). The client's READY stores and take loads and
-//! compare-exchanges and the host's scan loads and compare-exchanges are `SeqCst`: one total
-//! order, consistent with each side's program order. A host scan ordered after the client's
-//! last publication sees it as the newest and freezes it, not a stale buffer. (If the client
-//! reads the host's FROZEN in a stale buffer, the host's later release of that buffer and its
-//! next scan are ordered after that read, hence after the publication.) The host runs one
-//! snapshot at a time, so during one `take` at most **one** freeze per host incarnation — by a
-//! scan ordered before the last publication — can hit a stale buffer. At most one buffer is
-//! FROZEN at any time (a new host releases stale freezes before it freezes), so of the
-//! `N - 1 >= 2` candidates at least one is FREE or a stale READY that no freeze can reach any
-//! more: the first pass finds a buffer. A pass can be defeated only by two freezes — a dead
-//! host's, seen by the pass before the new host undid it, and the new host's — i.e. by a host
-//! restart during the pass (found by the loom crash model); the second pass then finds a buffer
-//! unless the host restarts again during it. `take` never waits: it returns
+//! **No locked instruction on the client's common path.** A take is a load and a store (one
+//! pass of loads if the first candidate is not free), a publication three stores; nothing
+//! waits and nothing retries on the host's account.
+//!
+//! **The reclaim race, and why a copy is validated.** The client takes a stale READY buffer
+//! with a plain store, not a compare-exchange. A host may freeze that buffer between the
+//! client's load of `READY(s)` and its store of WRITING (a host whose scan did not yet see the
+//! newest publication picks a stale buffer); the store then overwrites the host's FROZEN and
+//! the client writes a buffer the host is copying. The host detects it, seqlock-style: the
+//! client's WRITING store is followed by a `Release` fence before any write into the buffer;
+//! the host issues an `Acquire` fence after its copy and then compare-exchanges its FROZEN
+//! back to READY. If the copy read any word the client wrote after the take, the two fences
+//! synchronize, the WRITING store happens before the compare-exchange, and the
+//! compare-exchange fails ([`TripleError::Reclaimed`]): the copy is dropped. If it succeeds,
+//! the copy read only the state published as `s` — whole. The race needs the freeze to land
+//! in the few instructions between the client's load and store, so it is rare, and the host
+//! just tries again at its next snapshot; the client never notices. (Before, the take
+//! compare-exchanged the stale READY and publication was a `SeqCst` store: two locked
+//! instructions per publication to keep the host from a race it can detect — measured at
+//! 0.5–2 ns of a 17–19 ns 64-byte publication on an AMD EPYC, benches/README.md.) An older
+//! host, which treats a lost release as a protocol violation, also drops the copy — it only
+//! reports the race as a fault.
+//!
+//! **Wait-freedom of the client.** [`TripleClient::take`] tries the buffer after its newest,
+//! then makes one pass of `Acquire` loads over the other candidates (the `N - 1` buffers
+//! other than the newest), taking the first FREE or stale READY one with a store. A load may
+//! read a value the host already replaced (C11 lets an `Acquire` load read an older value: a
+//! freeze the host released since, say), so a pass that finds nothing is not final: the
+//! **fallback** issues a `SeqCst` fence and makes at most two passes ([`TAKE_PASSES`]) of
+//! compare-exchanges, which read the newest value of each word — the take of the first
+//! design. At most `N + 2 (N - 1)` loads and compare-exchanges, never an unbounded retry.
+//! The fallback's bound: its fence orders the client's last publication before every host
+//! scan that follows it in the single total order (the host's scans and compare-exchanges are
+//! `SeqCst`), and such a scan freezes that publication, not a candidate; a host runs one
+//! snapshot at a time, so during the fallback at most **one** freeze per host incarnation —
+//! by a scan before the fence — can hit a candidate, and at most one buffer is FROZEN at any
+//! time (a new host undoes stale freezes before it freezes). Of the `N - 1 >= 2` candidates
+//! at least one is FREE or a stale READY no freeze can reach any more: the first fallback pass
+//! finds a buffer, unless the host restarts during it (a dead host's freeze seen before the
+//! new host undid it, then the new host's — found by the loom crash model); the second pass
+//! then finds one unless the host restarts again. `take` never waits: it returns
 //! [`TripleError::NoFreeBuffer`] instead, which needs two host restarts within one `take`.
-//! (With only `Acquire`/`Release`, C11 would let a host scan miss a publication through
-//! several snapshots. The `SeqCst` loads cost nothing over `Acquire` on x86 and AArch64; the
-//! `SeqCst` READY store is an `xchg` on x86.)
-//! [`WriteGrant::publish`] is three stores (seq word, the `SeqCst` READY store, the hint), no
-//! compare-exchange.
+//! (The loom twin without the fallback fails: with two snapshots the pass of loads can see
+//! both candidates FROZEN.)
+//!
+//! **What a host scan sees.** The client's READY store is a `Release`, the host's scan loads
+//! are `SeqCst` (so `Acquire`): a scan that reads `READY(s)` sees the buffer, its seq word and
+//! the `NEXT_SEQ` hint stored before it. A scan may miss the newest publication (with no
+//! `SeqCst` store on the client, C11 lets the load read an older value; and a pass over N
+//! words is not one moment); the host then copies an older, whole state — or loses the
+//! reclaim race — and tries again at its next snapshot. A host that must see a given
+//! publication (durability feedback) learns of it through the request word, whose `Release`
+//! store the client makes after publishing and the host loads with `Acquire` before it scans:
+//! that scan reads `READY(s)` or a later value of that buffer's word. Because one pass is not
+//! one moment, [`TripleHost::survey`] repeats the pass until two agree before it judges the
+//! client's seqs to have gone backwards ([`Survey::settled`]).
+//!
+//! [`WriteGrant::publish`] is three stores (seq word, the `Release` READY store, the hint).
 //!
 //! Every word the host reads is hostile input: an unknown state value is never frozen, every
 //! index comes from a [`TripleLayout`] validated once at attach, and every loop is bounded by
@@ -268,8 +301,18 @@ pub enum TripleError {
         /// Attempts made.
         attempts: u32,
     },
-    /// The host's release found the state word changed from the FROZEN value it wrote: someone
-    /// else writes state words. The word was left as found.
+    /// The host's release found that the client took the frozen buffer back (its state word
+    /// is WRITING, FREE or READY with a newer seq): the client read the buffer's READY value
+    /// just before the host froze it (the reclaim race, [module docs](self)). The copy may
+    /// be torn and must be dropped; the word was left as found. Part of the protocol: retry at
+    /// the next snapshot.
+    Reclaimed {
+        /// The value found.
+        found: u64,
+    },
+    /// The host's release found the state word changed from the FROZEN value it wrote to a
+    /// value no client writes there: someone else writes state words. The word was left as
+    /// found.
     ReleaseLost {
         /// The value found.
         found: u64,
@@ -354,6 +397,10 @@ impl fmt::Display for TripleError {
             TripleError::Contended { attempts } => write!(
                 f,
                 "could not freeze the newest buffer in {attempts} attempts (the client kept reclaiming it); retry later"
+            ),
+            TripleError::Reclaimed { found } => write!(
+                f,
+                "the client took the frozen buffer back during the copy (state word {found:#018x}); the copy was dropped, retry at the next snapshot"
             ),
             TripleError::ReleaseLost { found } => write!(
                 f,

@@ -3,9 +3,11 @@
 //!
 //! The client publishes through core's [`TripleClient`](shmsnap_core::triple::TripleClient);
 //! on every tick, on SIGUSR1 and after the client exits the host runs [`take_triple`]: freeze
-//! the newest READY buffer, copy that buffer alone, release it. A snapshot never starves (the
-//! copied buffer cannot change: the client never writes a FROZEN buffer) and is skipped when
-//! nothing newer than the last persisted seq was published.
+//! the newest READY buffer, copy that buffer alone, release it — the release validates the
+//! copy. A snapshot does not starve (the client skips a buffer it reads FROZEN; only a freeze
+//! that lands between its load and its store of a stale buffer — the reclaim race, DESIGN §6
+//! — makes the release fail, and that copy is dropped and retried at the next tick) and is
+//! skipped when nothing newer than the last persisted seq was published.
 //!
 //! The state words are hostile input (DESIGN §6). Before each freeze the host surveys them
 //! and core's [`PersistedSeq`] judges the survey against what it persisted last: a READY seq
@@ -128,6 +130,14 @@ impl Triple {
                     last_seq,
                     newest,
                     "the client re-initialised the region (client epoch {from_epoch} ->                      {to_epoch}, seqs start again: newest {newest}, {last_seq} persisted                      before): snapshots resume at once"
+                );
+            }
+            Judgement::Unsettled { newest, last_seq } => {
+                // The client published while the survey's passes ran: no verdict (not a
+                // fault; the freeze persists nothing at or below the last persisted seq).
+                debug!(
+                    newest,
+                    last_seq, "the state words moved during the survey: no verdict on seq {newest}"
                 );
             }
             Judgement::Backwards { newest, last_seq } => {

@@ -81,29 +81,21 @@ fn a_release_that_finds_a_value_no_client_writes_is_a_violation() {
     }
 }
 
-/// A memory whose `Acquire` loads of state words read FROZEN (a stale view of a freeze the
-/// host released since) while compare-exchanges see the truth.
-struct StaleFrozen<'a> {
+/// A memory whose loads return `alter(word, ordering, value)` instead of the value; stores and
+/// compare-exchanges go through unchanged.
+struct Altered<'a> {
     mem: &'a [AtomicU64],
-    layout: TripleLayout,
-    /// Stale loads left to serve.
-    stale: Cell<u32>,
+    alter: &'a dyn Fn(usize, Ordering, u64) -> u64,
 }
 
 // SAFETY: forwards every access to the slice (which upholds the trait); only the values of
-// some loads are altered, never which word is accessed.
-unsafe impl WordMemory for StaleFrozen<'_> {
+// loads are altered, never which word is accessed.
+unsafe impl WordMemory for Altered<'_> {
     fn len(&self) -> usize {
         self.mem.len()
     }
     fn load(&self, i: usize, o: Ordering) -> u64 {
-        let v = self.mem.load(i, o);
-        let state = (0..self.layout.buffers).any(|b| self.layout.state_word(b) == i);
-        if state && o == Ordering::Acquire && self.stale.get() > 0 {
-            self.stale.set(self.stale.get() - 1);
-            return BufferState::Frozen { epoch: 1 }.encode().unwrap();
-        }
-        v
+        (self.alter)(i, o, self.mem.load(i, o))
     }
     fn store(&self, i: usize, v: u64, o: Ordering) {
         self.mem.store(i, v, o)
@@ -123,13 +115,28 @@ unsafe impl WordMemory for StaleFrozen<'_> {
     }
 }
 
+/// `Acquire` loads of state words read FROZEN (a stale view of a freeze the host released
+/// since) while `stale` lasts; compare-exchanges see the truth.
+fn stale_frozen(stale: &Cell<u32>) -> impl Fn(usize, Ordering, u64) -> u64 + '_ {
+    let l = layout();
+    move |i, o, v| {
+        let state = (0..l.buffers).any(|b| l.state_word(b) == i);
+        if state && o == Ordering::Acquire && stale.get() > 0 {
+            stale.set(stale.get() - 1);
+            return enc(BufferState::Frozen { epoch: 1 });
+        }
+        v
+    }
+}
+
 #[test]
 fn a_take_whose_loads_see_only_frozen_buffers_falls_back_and_takes_one() {
     let mem = region();
-    let view = StaleFrozen {
+    let stale = Cell::new(0);
+    let alter = stale_frozen(&stale);
+    let view = Altered {
         mem: &mem[..],
-        layout: layout(),
-        stale: Cell::new(0),
+        alter: &alter,
     };
     let mut c = TripleClient::open_or_init(&view, REQ, claim_id(1)).unwrap();
     for _ in 0..3 {
@@ -137,11 +144,11 @@ fn a_take_whose_loads_see_only_frozen_buffers_falls_back_and_takes_one() {
     }
     let (newest, _) = c.newest().unwrap();
     // The first try and the whole pass of loads (N - 1 = 2 candidates) read FROZEN.
-    view.stale.set(3);
+    stale.set(3);
     let g = c
         .take()
         .expect("the fallback's compare-exchange reads the truth");
-    assert_eq!(view.stale.get(), 0, "the pass of loads ran first");
+    assert_eq!(stale.get(), 0, "the pass of loads ran first");
     assert_ne!(g.buffer(), newest);
     let b = g.buffer();
     assert_eq!(g.publish(), 4);
@@ -152,12 +159,7 @@ fn a_take_whose_loads_see_only_frozen_buffers_falls_back_and_takes_one() {
 #[test]
 fn a_take_never_takes_a_frozen_buffer_through_its_fallback() {
     let mem = region();
-    let view = StaleFrozen {
-        mem: &mem[..],
-        layout: layout(),
-        stale: Cell::new(0),
-    };
-    let mut c = TripleClient::open_or_init(&view, REQ, claim_id(1)).unwrap();
+    let mut c = TripleClient::open_or_init(&mem[..], REQ, claim_id(1)).unwrap();
     for _ in 0..3 {
         c.publish(b"state").unwrap();
     }
@@ -179,48 +181,6 @@ fn a_take_never_takes_a_frozen_buffer_through_its_fallback() {
             BufferState::Frozen { epoch: 7 + b }.encode().unwrap(),
             "a FROZEN word is never written by the client"
         );
-    }
-}
-
-/// A memory whose loads of one state word alternate between two values (a client that keeps
-/// taking and dropping that buffer while the host surveys).
-struct Flicker<'a> {
-    mem: &'a [AtomicU64],
-    word: usize,
-    values: [u64; 2],
-    loads: Cell<usize>,
-}
-
-// SAFETY: forwards every access to the slice; only the values of loads of one word are
-// altered, never which word is accessed.
-unsafe impl WordMemory for Flicker<'_> {
-    fn len(&self) -> usize {
-        self.mem.len()
-    }
-    fn load(&self, i: usize, o: Ordering) -> u64 {
-        let v = self.mem.load(i, o);
-        if i != self.word {
-            return v;
-        }
-        let n = self.loads.get();
-        self.loads.set(n + 1);
-        self.values[n % 2]
-    }
-    fn store(&self, i: usize, v: u64, o: Ordering) {
-        self.mem.store(i, v, o)
-    }
-    fn compare_exchange(
-        &self,
-        i: usize,
-        c: u64,
-        n: u64,
-        s: Ordering,
-        f: Ordering,
-    ) -> Result<u64, u64> {
-        self.mem.compare_exchange(i, c, n, s, f)
-    }
-    fn fence(&self, o: Ordering) {
-        self.mem.fence(o)
     }
 }
 
@@ -249,11 +209,21 @@ fn mixed_view() -> (Vec<AtomicU64>, u64) {
 fn a_survey_of_a_moving_client_gives_no_backwards_verdict() {
     let (mem, epoch) = mixed_view();
     let l = layout();
-    let view = Flicker {
+    // The client keeps taking and dropping buffer 2 while the host surveys: its word
+    // alternates between WRITING and FREE from one load to the next.
+    let loads = Cell::new(0usize);
+    let values = [enc(BufferState::Writing { epoch }), enc(BufferState::Free)];
+    let flicker = |i: usize, _: Ordering, v: u64| {
+        if i != l.state_word(2) {
+            return v;
+        }
+        let n = loads.get();
+        loads.set(n + 1);
+        values[n % 2]
+    };
+    let view = Altered {
         mem: &mem[..],
-        word: l.state_word(2),
-        values: [enc(BufferState::Writing { epoch }), enc(BufferState::Free)],
-        loads: Cell::new(0),
+        alter: &flicker,
     };
     let host = TripleHost::attach(&view).unwrap();
     let survey = host.survey();

@@ -730,8 +730,8 @@ int shmsnap_triple_read_newest(struct shmsnap_triple *client,
 //
 // Errors: `SHMSNAP_E_NULL`; `SHMSNAP_E_INVALID` (`len` larger than a buffer);
 // `SHMSNAP_E_BUSY` (a grant is open); `SHMSNAP_E_EXHAUSTED`; `SHMSNAP_E_PROTOCOL` (no free
-// buffer: another client or host breaks the protocol). **Wait-free**: at most 2(N - 1)
-// loads and compare-exchanges, never a lock or system call.
+// buffer: another client or host breaks the protocol). **Wait-free**: usually one load and
+// a few stores; at most N loads and 2(N - 1) compare-exchanges, never a lock or system call.
 //
 // # Safety
 //

@@ -17,7 +17,9 @@
 //!   when the client epoch changed and the newest seq went below it, and never lets it be
 //!   pinned by a refused seq;
 //! - `release` succeeds exactly when the word still holds the host's FROZEN value, writes
-//!   `READY(seq)` then, and leaves the word as found otherwise;
+//!   `READY(seq)` then, and leaves the word as found otherwise, with `Reclaimed` for a value
+//!   the client can have written (WRITING, FREE, a newer READY) and `ReleaseLost` for any
+//!   other; a copy whose release failed is not persisted;
 //! - a new host's attach changes only FROZEN words of other epochs (to `READY(seq word)` or
 //!   FREE) and its epoch word;
 //! - `read_image` over arbitrary meta bytes never panics, and accepts only a meta with exactly
@@ -353,7 +355,26 @@ fn freeze_checked(
         found
     };
     assert_eq!(now, expect, "release wrote the wrong value");
-    Some(seq)
+    match r {
+        Ok(()) => Some(seq),
+        // The copy is dropped: nothing was persisted. What the client can have done (take the
+        // buffer back: WRITING, FREE, a newer READY) is the reclaim race; anything else is a
+        // foreign writer.
+        Err(e) => {
+            let reclaimed = match BufferState::decode(found) {
+                BufferState::Writing { .. } | BufferState::Free => true,
+                BufferState::Ready { seq: s } => s > seq,
+                _ => false,
+            };
+            let want = if reclaimed {
+                TripleError::Reclaimed { found }
+            } else {
+                TripleError::ReleaseLost { found }
+            };
+            assert_eq!(e, want, "release error for word {found:#x}");
+            None
+        }
+    }
 }
 
 /// `read_image` over meta bytes decoded from the input: no panic, and acceptance only of a

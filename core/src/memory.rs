@@ -170,7 +170,7 @@ unsafe impl<M: WordMemory + ?Sized> WordMemory for &M {
     fn fence(&self, order: Ordering) {
         (**self).fence(order)
     }
-    #[inline]
+    #[inline(always)]
     fn store_le_bytes(&self, first: usize, bytes: &[u8]) {
         (**self).store_le_bytes(first, bytes)
     }
@@ -221,7 +221,7 @@ unsafe impl WordMemory for [AtomicU64] {
     fn fence(&self, order: Ordering) {
         fence(order)
     }
-    #[inline]
+    #[inline(always)]
     fn store_le_bytes(&self, first: usize, bytes: &[u8]) {
         if bytes.len() <= 8 {
             // One word (or none): the common root-sized payload.
@@ -230,26 +230,41 @@ unsafe impl WordMemory for [AtomicU64] {
             }
             return;
         }
-        let words = bytes.len().div_ceil(8);
+        let (words, last) = bytes.as_chunks::<8>();
         // One bounds check for the run (panics like `store` on an out-of-range index).
-        let dst = &self[first..first + words];
-        // Four words per step (the compiler does not unroll atomic stores by itself), then
-        // single words, then the zero-padded last word.
-        let quads = bytes.len() / 32;
-        let (dst_quads, dst_rest) = dst.split_at(quads * 4);
-        let (src_quads, src_rest) = bytes.split_at(quads * 32);
-        for (d, c) in dst_quads.chunks_exact(4).zip(src_quads.chunks_exact(32)) {
-            for k in 0..4 {
-                d[k].store(le_word(&c[8 * k..8 * k + 8]), Ordering::Relaxed);
+        // No overflow: a slice's length is at most `isize::MAX`. Not `div_ceil`, which
+        // compiles to a shift, a test of the remainder and an add.
+        #[allow(clippy::manual_div_ceil)]
+        let dst = &self[first..first + (bytes.len() + 7) / 8];
+        let (dst_words, dst_last) = dst.split_at(words.len());
+        // Eight words per step, then at most one step of four (the compiler does not unroll
+        // atomic stores by itself), then single words, then the zero-padded last word.
+        let (blocks, rest) = words.as_chunks::<8>();
+        let (dst_blocks, dst_rest) = dst_words.as_chunks::<8>();
+        for (d, s) in dst_blocks.iter().zip(blocks) {
+            for k in 0..8 {
+                d[k].store(u64::from_le_bytes(s[k]), Ordering::Relaxed);
             }
         }
-        let mut words_rest = src_rest.chunks_exact(8);
-        for (d, c) in dst_rest.iter().zip(&mut words_rest) {
-            d.store(le_word(c), Ordering::Relaxed);
+        if rest.is_empty() && last.is_empty() {
+            // A multiple of 64 bytes: done (spares the tests below).
+            return;
         }
-        let last = words_rest.remainder();
-        if !last.is_empty() {
-            dst_rest[dst_rest.len() - 1].store(le_word_partial(last), Ordering::Relaxed);
+        let (mut rest, mut dst_rest) = (rest, dst_rest);
+        if let (Some((s, r)), Some((d, dr))) = (
+            rest.split_first_chunk::<4>(),
+            dst_rest.split_first_chunk::<4>(),
+        ) {
+            for k in 0..4 {
+                d[k].store(u64::from_le_bytes(s[k]), Ordering::Relaxed);
+            }
+            (rest, dst_rest) = (r, dr);
+        }
+        for (d, s) in dst_rest.iter().zip(rest) {
+            d.store(u64::from_le_bytes(*s), Ordering::Relaxed);
+        }
+        if let Some(d) = dst_last.first() {
+            d.store(le_word_partial(last), Ordering::Relaxed);
         }
     }
     #[inline]

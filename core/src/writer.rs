@@ -142,8 +142,9 @@ pub struct Writer<'m, M: WordMemory + ?Sized> {
     newest: u64,
     /// Stream offset just past the newest payload; `head <= MAX_STREAM`.
     head: u64,
-    /// Stream offset of entry `newest` while it is live (0 if none): spares the eviction check
-    /// a load when the oldest live entry is the newest (a ring that holds one payload).
+    /// Stream offset of entry `newest` while it is live (0 if none), `<= MAX_STREAM`: spares
+    /// the eviction check a load when the oldest live entry is the newest (a ring that holds
+    /// one payload).
     newest_offset: u64,
 }
 
@@ -345,21 +346,19 @@ impl<'m, M: WordMemory + ?Sized> Writer<'m, M> {
         usize::try_from(self.layout().tail_len / unit_size as u64).unwrap_or(usize::MAX)
     }
 
-    /// Stores `v` into field `field` (a [`desc`] offset) of the descriptor slot of `seq`,
-    /// without a bounds check.
-    // Four bounds checks per commit spared (callgrind, benches/README.md).
+    /// The descriptor slot of `seq`, for stores without bounds checks.
     #[inline(always)]
-    fn store_desc(&self, seq: u64, field: usize, v: u64, order: Ordering) {
-        // A constant at every call site: folded away.
-        assert!(field < desc::WORDS);
+    fn desc_slot(&self, seq: u64) -> DescSlot<'m, M> {
         let layout = self.layout();
-        let i = layout.desc_word(layout.slot_of(seq)) + field;
-        // SAFETY: `i < mem.len()`. The region's layout was validated against `mem.len()`
-        // (`Region` invariant: by `Layout::read` in `attach`, by `Layout::new(available, ..)`
-        // in `init`), so its descriptor ring, `entries` descriptors of `desc::WORDS` words from
-        // `desc_offset`, lies inside the memory; `slot_of` masks with `entries - 1` (`entries`
-        // is a validated power of two), so the slot is `< entries`, and `field < desc::WORDS`.
-        unsafe { self.region.mem().store_in_bounds(i, v, order) }
+        DescSlot {
+            mem: self.region.mem(),
+            // The `Region` invariant: its layout was validated against `mem.len()` (by
+            // `Layout::read` in `attach`, by `Layout::new(available, ..)` in `init`), so its
+            // descriptor ring, `entries` descriptors of `desc::WORDS` words from `desc_offset`,
+            // lies inside the memory; `slot_of` masks with `entries - 1` (`entries` is a
+            // validated power of two), so the slot is `< entries`: `DescSlot`'s invariant.
+            first: layout.desc_word(layout.slot_of(seq)),
+        }
     }
 
     /// Stores the header hint `w` ([`word::NEXT_SEQ`] or [`word::DATA_HEAD`]) without a
@@ -414,7 +413,8 @@ impl<'m, M: WordMemory + ?Sized> Writer<'m, M> {
     /// spares a load of a cold line.
     fn evict_oldest(&mut self) {
         // Relaxed: ordered before any later data store by the Release fence in `begin`.
-        self.store_desc(self.oldest, desc::SEQ, 0, Ordering::Relaxed);
+        self.desc_slot(self.oldest)
+            .store(desc::SEQ, 0, Ordering::Relaxed);
         self.oldest += 1;
     }
 
@@ -438,46 +438,8 @@ impl<'m, M: WordMemory + ?Sized> Writer<'m, M> {
     // (which calls both), that doubled an 8-byte commit (`compare --only abi`).
     #[inline]
     pub fn begin(&mut self, len: usize) -> Result<Transaction<'_, 'm, M>, CommitError> {
-        let layout = *self.layout();
-        let s = layout.data_size;
-        let n = len as u64;
-        if len == 0 || n > s {
-            return Err(CommitError::PayloadSize { len, max: s });
-        }
-        let seq = self.next_seq;
-        if seq >= MAX_SEQ {
-            return Err(CommitError::Exhausted);
-        }
-        // Place the payload: 8-aligned, contiguous in the ring (skip to the ring start if it
-        // would cross the end; the skipped bytes are dead).
-        let mut at = self.head.checked_add(7).ok_or(CommitError::Exhausted)? & !7;
-        let pos = at & (s - 1);
-        if pos + n > s {
-            at += s - pos;
-        }
-        let end = at.checked_add(n).filter(|&e| e <= MAX_STREAM);
-        let end = end.ok_or(CommitError::Exhausted)?;
-        // Evict: free the new seq's slot, and every entry whose bytes the new payload overlaps
-        // (entries lie in stream order, so that is a prefix of the live ones).
-        while self.oldest < seq {
-            if self.oldest > self.newest {
-                // Nothing is live: no step per gap (the window may be wider than E after an
-                // attach whose next_seq hint was far ahead).
-                self.oldest = seq;
-                break;
-            }
-            let must = seq - self.oldest >= layout.entries
-                || match self.own_offset(self.oldest) {
-                    // The ring holds stream bytes [end - S, end).
-                    Some(offset) => offset < end.saturating_sub(s),
-                    // A gap holds nothing: step over it.
-                    None => true,
-                };
-            if !must {
-                break;
-            }
-            self.evict_oldest();
-        }
+        let (seq, at, end) = self.place(len)?;
+        self.evict_for(seq, end);
         // Release: every eviction above (and in `evict_before`) is ordered before the payload
         // and tail stores that follow; pairs with the host's Acquire fence after its copy and
         // with the Acquire fence in `read_descriptor`.
@@ -495,8 +457,132 @@ impl<'m, M: WordMemory + ?Sized> Writer<'m, M> {
     /// # Errors
     ///
     /// As [`Writer::begin`].
+    // `inline(always)`: the body is `place`, the one-entry eviction and `publish`, with the
+    // general eviction loop out of line (`evict_for_slow`), so inlined into the caller's loop
+    // it costs no call frame and returns no `Result` through memory. With plain `inline`
+    // rustc kept it out of line: 102 -> 120 instructions per 8 B hot commit, 143 -> 165 at
+    // 64 B (callgrind, benches/README.md "where the fixed cost of a small commit ... goes").
+    #[inline(always)]
     pub fn commit(&mut self, payload: &[u8]) -> Result<u64, CommitError> {
-        self.begin(payload.len())?.commit(payload)
+        // The same steps as `begin(payload.len())?.commit(payload)`, without the
+        // reservation's re-checks (the reservation is `payload.len()` itself).
+        let (seq, at, end) = self.place(payload.len())?;
+        self.evict_for(seq, end);
+        // Release: as in `begin` (the evictions before the payload stores).
+        self.region.mem().fence(Ordering::Release);
+        self.publish(seq, at, payload);
+        Ok(seq)
+    }
+
+    /// The next seq and where its payload of `len` bytes goes: `(seq, at, end)`, the payload
+    /// occupying stream bytes `at..end` (8-aligned, contiguous in the ring: it skips to the
+    /// ring start if it would cross the end; the skipped bytes are dead).
+    ///
+    /// # Errors
+    ///
+    /// [`CommitError::PayloadSize`] unless `1 <= len <= S`; [`CommitError::Exhausted`] if the
+    /// seqs or the stream offsets (`end <= MAX_STREAM`) run out.
+    #[inline(always)]
+    fn place(&self, len: usize) -> Result<(u64, u64, u64), CommitError> {
+        let s = self.layout().data_size;
+        let n = len as u64;
+        // `1 <= n <= s` in one compare (`n = 0` wraps to `u64::MAX`).
+        if n.wrapping_sub(1) >= s {
+            return Err(CommitError::PayloadSize { len, max: s });
+        }
+        let seq = self.next_seq;
+        let head = self.head;
+        // `head <= MAX_STREAM` is an invariant; checked, so that the arithmetic below cannot
+        // overflow even if it were broken (`s <= 2^40`, a validated layout): `at <= 2^62 + 7`,
+        // `end < 2^62 + 2^41`.
+        if seq >= MAX_SEQ || head > MAX_STREAM {
+            return Err(CommitError::Exhausted);
+        }
+        let mut at = head.wrapping_add(7) & !7;
+        let pos = at & (s - 1);
+        if pos + n > s {
+            at += s - pos;
+        }
+        let end = at + n;
+        if end > MAX_STREAM {
+            return Err(CommitError::Exhausted);
+        }
+        Ok((seq, at, end))
+    }
+
+    /// Evicts what a new entry `seq` occupying stream bytes up to `end` displaces: the new
+    /// seq's slot, and every entry whose bytes it overlaps (entries lie in stream order, so
+    /// that is a prefix of the live ones). Bounded by `E`. The caller fences afterwards.
+    #[inline(always)]
+    fn evict_for(&mut self, seq: u64, end: u64) {
+        let oldest = self.oldest;
+        if oldest >= seq {
+            return;
+        }
+        let layout = self.layout();
+        // The common case of a ring that holds one payload: the only live entry is the
+        // newest, within the window, its offset cached. This is `evict_for_slow`'s loop for
+        // that case, unrolled: evicting it makes `oldest > newest`, which sets `oldest = seq`.
+        if oldest == self.newest && seq - oldest < layout.entries {
+            // The ring holds stream bytes [end - S, end): `offset < end - S`, without the
+            // saturation (no overflow: `newest_offset <= MAX_STREAM = 2^62`, `S <= 2^40`).
+            if self.newest_offset + layout.data_size < end {
+                self.evict_oldest();
+                self.oldest = seq;
+            }
+            return;
+        }
+        self.evict_for_slow(seq, end);
+    }
+
+    /// [`evict_for`](Writer::evict_for) in general: several live entries, gaps, or a window
+    /// wider than `E`.
+    #[inline(never)]
+    fn evict_for_slow(&mut self, seq: u64, end: u64) {
+        let layout = *self.layout();
+        while self.oldest < seq {
+            if self.oldest > self.newest {
+                // Nothing is live: no step per gap (the window may be wider than E after an
+                // attach whose next_seq hint was far ahead).
+                self.oldest = seq;
+                break;
+            }
+            let must = seq - self.oldest >= layout.entries
+                || match self.own_offset(self.oldest) {
+                    // The ring holds stream bytes [end - S, end).
+                    Some(offset) => offset < end.saturating_sub(layout.data_size),
+                    // A gap holds nothing: step over it.
+                    None => true,
+                };
+            if !must {
+                break;
+            }
+            self.evict_oldest();
+        }
+    }
+
+    /// Stores `payload` at stream offset `at` (placed by `place`, evicted and fenced), then
+    /// the descriptor of `seq` and the hints: the commit's publication.
+    #[inline(always)]
+    fn publish(&mut self, seq: u64, at: u64, payload: &[u8]) {
+        let len = payload.len() as u64;
+        // Whole words: `at` is 8-aligned and the reserved space runs to the next multiple of 8
+        // (the next payload is aligned up), so the zero padding of the last word is ours.
+        let first = self.layout().ring_byte(at) / 8;
+        // Computed once, before the atomic stores (the compiler re-loads the layout after them).
+        let slot = self.desc_slot(seq);
+        self.region.mem().store_le_bytes(first, payload);
+        slot.store(desc::OFFSET, at, Ordering::Relaxed);
+        slot.store(desc::LENGTH, len, Ordering::Relaxed);
+        // Release: publishes the payload, tail-unit and descriptor stores above; pairs with the
+        // Acquire load of seq in `read_descriptor`.
+        slot.store(desc::SEQ, seq, Ordering::Release);
+        self.next_seq = seq + 1;
+        self.newest = seq;
+        self.newest_offset = at;
+        self.head = at + len;
+        self.store_hint(word::NEXT_SEQ, seq + 1);
+        self.store_hint(word::DATA_HEAD, at + len);
     }
 
     /// Checks the writer's invariants against the region (for tests and fuzzing).
@@ -542,6 +628,26 @@ impl<'m, M: WordMemory + ?Sized> Writer<'m, M> {
             }
         }
         Ok(())
+    }
+}
+
+/// One descriptor slot of a writer's region: its stores skip the bounds check (four per
+/// commit, callgrind in benches/README.md).
+struct DescSlot<'m, M: WordMemory + ?Sized> {
+    mem: &'m M,
+    /// The slot's first word: `first + desc::WORDS <= mem.len()` (made only by
+    /// [`Writer::desc_slot`], from the region's validated layout).
+    first: usize,
+}
+
+impl<M: WordMemory + ?Sized> DescSlot<'_, M> {
+    /// Stores `v` into field `field` (a [`desc`] offset) of the slot.
+    #[inline(always)]
+    fn store(&self, field: usize, v: u64, order: Ordering) {
+        // A constant at every call site: folded away.
+        assert!(field < desc::WORDS);
+        // SAFETY: `first + field < first + desc::WORDS <= mem.len()` (the field invariant).
+        unsafe { self.mem.store_in_bounds(self.first + field, v, order) }
     }
 }
 
@@ -643,24 +749,7 @@ impl<'w, 'm, M: WordMemory + ?Sized> Transaction<'w, 'm, M> {
                 max: self.writer.layout().data_size,
             });
         }
-        let w = self.writer;
-        let layout = *w.layout();
-        let mem = w.region.mem();
-        // Whole words: `at` is 8-aligned and the reserved space runs to the next multiple of 8
-        // (the next payload is aligned up), so the zero padding of the last word is ours.
-        mem.store_le_bytes(layout.ring_byte(self.at) / 8, payload);
-        let seq = self.seq;
-        w.store_desc(seq, desc::OFFSET, self.at, Ordering::Relaxed);
-        w.store_desc(seq, desc::LENGTH, payload.len() as u64, Ordering::Relaxed);
-        // Release: publishes the payload, tail-unit and descriptor stores above; pairs with the
-        // Acquire load of seq in `read_descriptor`.
-        w.store_desc(seq, desc::SEQ, seq, Ordering::Release);
-        w.next_seq = seq + 1;
-        w.newest = seq;
-        w.newest_offset = self.at;
-        w.head = self.at + payload.len() as u64;
-        w.store_hint(word::NEXT_SEQ, w.next_seq);
-        w.store_hint(word::DATA_HEAD, w.head);
+        self.writer.publish(self.seq, self.at, payload);
         Ok(self.seq)
     }
 }

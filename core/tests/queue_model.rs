@@ -160,3 +160,51 @@ fn an_init_interrupted_before_its_magic_is_configured_afresh() {
     assert_eq!(w.commit(b"fresh"), Ok(1));
     w.check_invariants().unwrap();
 }
+
+/// A region whose seqs or stream offsets are about to run out, through its header and
+/// descriptors (as a restore of a long-lived region could leave it): the commits that still
+/// fit succeed, the next fails typed, and a failed commit stores nothing.
+#[test]
+fn commits_fail_typed_when_seqs_or_stream_offsets_run_out() {
+    use shmsnap_core::format::word;
+    use shmsnap_core::{MAX_SEQ, MAX_STREAM};
+    use std::sync::atomic::Ordering::Relaxed;
+    let req = LayoutRequest {
+        entries: 4,
+        data_size: 64,
+    };
+
+    // Seqs: the next_seq hint one below the limit.
+    let mem = zeroed_words(64 * 1024);
+    let w = Writer::init(&mem[..], req, shmsnap_testkit::CLIENT).unwrap();
+    drop(w);
+    mem[word::NEXT_SEQ].store(MAX_SEQ - 1, Relaxed);
+    let mut w = Writer::attach(&mem[..], shmsnap_testkit::CLIENT).unwrap();
+    assert_eq!(w.commit(&[1; 8]), Ok(MAX_SEQ - 1));
+    let before: Vec<u64> = mem.iter().map(|x| x.load(Relaxed)).collect();
+    assert_eq!(w.commit(&[2; 8]), Err(CommitError::Exhausted));
+    assert!(matches!(w.begin(8), Err(CommitError::Exhausted)));
+    let after: Vec<u64> = mem.iter().map(|x| x.load(Relaxed)).collect();
+    assert!(before == after, "a refused commit stored something");
+    w.check_invariants().unwrap();
+
+    // Stream offsets: one live entry 64 bytes below the limit, so 56 bytes remain.
+    let mem = zeroed_words(64 * 1024);
+    let w = Writer::init(&mem[..], req, shmsnap_testkit::CLIENT).unwrap();
+    let layout = *w.layout();
+    drop(w);
+    let d = layout.desc_word(layout.slot_of(1));
+    mem[d + desc::OFFSET].store(MAX_STREAM - 64, Relaxed);
+    mem[d + desc::LENGTH].store(8, Relaxed);
+    mem[d + desc::SEQ].store(1, Relaxed);
+    let mut w = Writer::attach(&mem[..], shmsnap_testkit::CLIENT).unwrap();
+    assert_eq!(w.commit(&[3; 41]), Ok(2)); // [MAX - 56, MAX - 15), padded to MAX - 8
+    assert_eq!(w.commit(&[4; 8]), Ok(3)); // [MAX - 8, MAX): ends exactly at the limit
+    let before: Vec<u64> = mem.iter().map(|x| x.load(Relaxed)).collect();
+    assert_eq!(w.commit(&[5; 1]), Err(CommitError::Exhausted));
+    assert!(matches!(w.begin(1), Err(CommitError::Exhausted)));
+    let after: Vec<u64> = mem.iter().map(|x| x.load(Relaxed)).collect();
+    assert!(before == after, "a refused commit stored something");
+    w.check_invariants().unwrap();
+    assert_eq!(w.region().newest().map(|d| d.seq), Some(3));
+}

@@ -275,6 +275,7 @@ unsafe impl WordMemory for [AtomicU64] {
 
 /// Words of `[AtomicU64]` that the caller accesses exclusively: the non-atomic fast path of
 /// [`WordMemory::store_le_bytes_exclusive`].
+#[inline]
 fn store_le_bytes_unsync(words: &[AtomicU64], first: usize, bytes: &[u8]) {
     let whole = bytes.len() / 8 * 8;
     // One bounds check for the run (panics like `store` on an out-of-range index).

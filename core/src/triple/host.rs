@@ -166,11 +166,13 @@ impl<'m, M: WordMemory + ?Sized> TripleHost<'m, M> {
     /// while the client publishes twice reads an early buffer before its new publication and
     /// a late one after the client reclaimed it — every READY it saw may be older than a
     /// state it persisted before ("Backwards" in [`PersistedSeq::judge`], which the client
-    /// did not do). Two equal passes are such a view: between them every word held its value
-    /// (a state word never returns to a value it left without another buffer's word
-    /// changing for good — READY seqs never repeat, and the client reclaims a buffer only
-    /// after publishing into another one), so the words were all as read when the second
-    /// pass began.
+    /// did not do). Two equal passes are such a view. A word the client changes between them
+    /// and changes back is either a WRITING/FREE word of a take it dropped — which changes no
+    /// other word, so the others held their values throughout and any moment that word held
+    /// its value will do — or a buffer it published into and reclaimed, which needs a
+    /// publication into another buffer in between, and that word changes for good (READY
+    /// seqs never repeat): the passes would differ. So the words were all as read at one
+    /// moment between the passes.
     fn settled_scan(&self) -> Scan {
         let mut prev = [0u64; MAX_BUFFERS as usize];
         let mut cur = [0u64; MAX_BUFFERS as usize];

@@ -317,23 +317,34 @@ fn every_interval_persists_while_the_client_publishes_flat_out() {
         .collect();
     // No tick starves or contends. Ticks before the client's first publication skip, and so
     // may a tick on a loaded machine that found nothing new (the client not scheduled for a
-    // whole interval): neither is a copy the triple strategy failed to make.
+    // whole interval): neither is a copy the triple strategy failed to make. A copy dropped by
+    // the reclaim race (DESIGN §6: a freeze that landed between the client's load and store
+    // of a buffer two publications old) is the protocol working; it must stay rare.
+    let reclaimed = skipped
+        .iter()
+        .filter(|l| l.contains("took the frozen buffer back"))
+        .count();
     let bad: Vec<&&String> = skipped
         .iter()
         .filter(|l| {
             !l.contains("not configured")
                 && !l.contains("published nothing yet")
                 && !l.contains("since the last snapshot")
+                && !l.contains("took the frozen buffer back")
         })
         .collect();
     println!(
         "flat-out client: {persisted} interval snapshots persisted, {} interval ticks skipped \
-         with nothing new, {} skipped otherwise",
-        skipped.len() - bad.len(),
+         with nothing new, {reclaimed} copies dropped by the reclaim race, {} skipped otherwise",
+        skipped.len() - bad.len() - reclaimed,
         bad.len()
     );
     assert!(bad.is_empty(), "ticks without a snapshot: {bad:?}");
     assert!(persisted >= 20);
+    assert!(
+        reclaimed * 4 <= persisted,
+        "{reclaimed} copies dropped by the reclaim race against {persisted} persisted"
+    );
 }
 
 #[test]

@@ -469,6 +469,27 @@ fn clear_advert(words: &[std::sync::atomic::AtomicU64]) {
     }
 }
 
+/// For tests: [`start_tracking`] on `map`, or `None` — after a `SKIPPED` line — when the kernel
+/// lacks write tracking and `SHMSNAP_TEST_ALLOW_MISSING` names `uffd-wp`; a test never passes
+/// silently without it ([`shmsnap_testkit::require`]).
+///
+/// # Panics
+///
+/// When tracking is missing and not allowed to be, or fails otherwise.
+#[cfg(test)]
+pub(crate) fn tracked_or_skip(memfd: &Memfd, map: &mut Mapping) -> Option<Advertisement> {
+    let probe = match start_tracking(memfd, map, true) {
+        Tracking::Advertised(a) => Ok(a),
+        Tracking::Failed(TrackError::Unavailable(why)) => Err(why),
+        other => panic!("{other:?}"),
+    };
+    shmsnap_testkit::require::require(
+        "uffd-wp",
+        "write tracking needs userfaultfd async write-protect and PAGEMAP_SCAN (Linux 6.7 or later)",
+        probe,
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -517,13 +538,8 @@ mod tests {
     #[test]
     fn the_advert_is_published_and_survives_queue_and_triple_init() {
         let (memfd, mut map) = region(1 << 20);
-        let advert = match start_tracking(&memfd, &mut map, true) {
-            Tracking::Advertised(a) => a,
-            Tracking::Failed(TrackError::Unavailable(why)) => {
-                eprintln!("skipped: tracking unavailable here: {why}");
-                return;
-            }
-            other => panic!("{other:?}"),
+        let Some(advert) = tracked_or_skip(&memfd, &mut map) else {
+            return;
         };
         assert!(map.tracker().is_some());
         assert_eq!(advert.addr, map.words().as_ptr() as u64);

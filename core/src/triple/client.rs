@@ -44,11 +44,6 @@ pub struct TripleClient<'m, M: WordMemory + ?Sized> {
     /// or FROZEN by a host (seq word = seq); the client never takes it for writing, so the
     /// newest state is always intact in the region.
     newest: Option<(u64, u64)>,
-    /// The newest seq (`newest.1`, 0 if none): a READY candidate must be below it.
-    newest_seq: u64,
-    /// The buffer a take tries first: the one after the newest (modulo N), 0 if none.
-    /// Always `< N`, never the newest buffer (N >= 3).
-    first: u64,
 }
 
 /// The buffer after `b` modulo `n` (`b < n`).
@@ -250,8 +245,6 @@ impl<'m, M: WordMemory + ?Sized> TripleClient<'m, M> {
             epoch,
             next_seq,
             newest,
-            newest_seq: top,
-            first: newest.map_or(0, |(b, _)| after(b, layout.buffers)),
         })
     }
 
@@ -333,15 +326,19 @@ impl<'m, M: WordMemory + ?Sized> TripleClient<'m, M> {
     /// another client or host breaks the protocol.
     #[inline(always)]
     pub fn take(&mut self) -> Result<WriteGrant<'_, 'm, M>, TripleError> {
-        // The common case straight-line: the first candidate is FREE or a stale READY.
-        let i = self.first;
+        // The common case straight-line: the first candidate (the buffer after the newest,
+        // never the newest: N >= 3) is FREE or a stale READY.
+        let (i, newest_seq) = match self.newest {
+            Some((b, s)) => (after(b, self.layout.buffers), s),
+            None => (0, 0),
+        };
         if self.next_seq < MAX_SEQ {
             let sw = self.layout.state_word(i);
             // Acquire, and the stores below: as in `take_fast`.
             let v = self.mem.load(sw, Ordering::Acquire);
             // `READY(s)` with `1 <= s < newest_seq`, in one comparison: the READY tag's values
             // are contiguous, and every other tag lies outside the range.
-            let stale = v.wrapping_sub(ready(1)) < self.newest_seq.saturating_sub(1);
+            let stale = v.wrapping_sub(ready(1)) < newest_seq.saturating_sub(1);
             if v == 0 || stale {
                 self.mem.store(sw, writing(self.epoch), Ordering::Release);
                 if stale {
@@ -385,10 +382,7 @@ impl<'m, M: WordMemory + ?Sized> TripleClient<'m, M> {
 
     /// The newest buffer (never taken) and the seq a READY candidate must be below.
     fn skip(&self) -> (u64, u64) {
-        match self.newest {
-            Some((b, _)) => (b, self.newest_seq),
-            None => (self.layout.buffers, 0),
-        }
+        self.newest.unwrap_or((self.layout.buffers, 0))
     }
 
     /// The candidates in take order: `skip + 1, skip + 2, …` modulo N, `skip` left out
@@ -684,8 +678,6 @@ impl<M: WordMemory + ?Sized> WriteGrant<'_, '_, M> {
             )
         };
         c.newest = Some((self.buffer, self.seq));
-        c.newest_seq = self.seq;
-        c.first = after(self.buffer, layout.buffers);
         c.next_seq = self.seq + 1;
         // SAFETY: `NEXT_SEQ` lies in the header page, inside every validated layout.
         unsafe { mem.store_in_bounds(words::NEXT_SEQ, c.next_seq, Ordering::Relaxed) };

@@ -38,6 +38,18 @@ pub unsafe trait WordMemory {
     /// Atomic store of `v` into word `i`.
     fn store(&self, i: usize, v: u64, order: Ordering);
 
+    /// [`load`](WordMemory::load) of a word the caller has proven to be in bounds; real memory
+    /// skips the bounds check. The default is `load`, so a model checker checks the same load
+    /// with the same ordering.
+    ///
+    /// # Safety
+    ///
+    /// `i < self.len()`.
+    #[inline]
+    unsafe fn load_in_bounds(&self, i: usize, order: Ordering) -> u64 {
+        self.load(i, order)
+    }
+
     /// [`store`](WordMemory::store) into a word the caller has proven to be in bounds; real
     /// memory skips the bounds check. The default is `store`, so a model checker checks the
     /// same store with the same ordering.
@@ -151,6 +163,11 @@ unsafe impl<M: WordMemory + ?Sized> WordMemory for &M {
         (**self).store(i, v, order)
     }
     #[inline]
+    unsafe fn load_in_bounds(&self, i: usize, order: Ordering) -> u64 {
+        // SAFETY: the caller's bound is passed on unchanged (same memory, same `len`).
+        unsafe { (**self).load_in_bounds(i, order) }
+    }
+    #[inline]
     unsafe fn store_in_bounds(&self, i: usize, v: u64, order: Ordering) {
         // SAFETY: the caller's bound is passed on unchanged (same memory, same `len`).
         unsafe { (**self).store_in_bounds(i, v, order) }
@@ -195,6 +212,13 @@ unsafe impl WordMemory for [AtomicU64] {
     #[inline]
     fn store(&self, i: usize, v: u64, order: Ordering) {
         self[i].store(v, order)
+    }
+    #[inline]
+    unsafe fn load_in_bounds(&self, i: usize, order: Ordering) -> u64 {
+        debug_assert!(i < <[AtomicU64]>::len(self), "load_in_bounds out of bounds");
+        // SAFETY: the caller guarantees `i < len`.
+        let w = unsafe { self.get_unchecked(i) };
+        w.load(order)
     }
     #[inline]
     unsafe fn store_in_bounds(&self, i: usize, v: u64, order: Ordering) {

@@ -326,58 +326,58 @@ impl<'m, M: WordMemory + ?Sized> TripleClient<'m, M> {
     /// another client or host breaks the protocol.
     #[inline(always)]
     pub fn take(&mut self) -> Result<WriteGrant<'_, 'm, M>, TripleError> {
+        // The client's fields in locals before the first atomic access: after an `Acquire`
+        // load (or any store to the region) the compiler would load them again.
+        let (mem, layout, epoch, next_seq) = (self.mem, self.layout, self.epoch, self.next_seq);
         // The common case straight-line: the first candidate (the buffer after the newest,
         // never the newest: N >= 3) is FREE or a stale READY.
         let (i, newest_seq) = match self.newest {
-            Some((b, s)) => (after(b, self.layout.buffers), s),
+            Some((b, s)) => (after(b, layout.buffers), s),
             None => (0, 0),
         };
-        if self.next_seq < MAX_SEQ {
-            let sw = self.layout.state_word(i);
+        let mut found = None;
+        if next_seq < MAX_SEQ {
+            let sw = layout.state_word(i);
             // Acquire, and the stores below: as in `take_fast`.
-            let v = self.mem.load(sw, Ordering::Acquire);
+            // SAFETY: `i < N` (`after` of the newest buffer, which is below N, or 0), and the
+            // layout was validated against `mem.len()` in `attach` (`TripleLayout::read`:
+            // `region_len <= 8 mem.len()`), so buffer i's state line, in the region's state
+            // page, is in bounds.
+            let v = unsafe { mem.load_in_bounds(sw, Ordering::Acquire) };
             // `READY(s)` with `1 <= s < newest_seq`, in one comparison: the READY tag's values
             // are contiguous, and every other tag lies outside the range.
             let stale = v.wrapping_sub(ready(1)) < newest_seq.saturating_sub(1);
             if v == 0 || stale {
-                self.mem.store(sw, writing(self.epoch), Ordering::Release);
+                // SAFETY: as for the load (same word).
+                unsafe { mem.store_in_bounds(sw, writing(epoch), Ordering::Release) };
                 if stale {
-                    self.mem.fence(Ordering::Release);
+                    mem.fence(Ordering::Release);
                 }
-                let seq = self.next_seq;
-                return Ok(WriteGrant {
-                    client: self,
-                    buffer: i,
-                    seq,
-                    published: false,
-                });
+                found = Some(i);
             }
         }
-        self.take_slow()
+        // The slow path returns a buffer index or a one-byte error, so that the grant is built
+        // in one place (a `Result<WriteGrant, TripleError>` from two places is assembled in
+        // memory).
+        let buffer = match found {
+            Some(i) => i,
+            None => self.take_slow()?,
+        };
+        Ok(WriteGrant::new(self, buffer, next_seq))
     }
 
     /// The rest of [`take`](Self::take): exhausted seqs, the whole pass of loads, the
-    /// fallback.
+    /// fallback. Returns the buffer it marked WRITING.
     #[cold]
     #[inline(never)]
-    fn take_slow(&mut self) -> Result<WriteGrant<'_, 'm, M>, TripleError> {
+    fn take_slow(&mut self) -> Result<u64, TakeFailed> {
         if self.next_seq >= MAX_SEQ {
-            return Err(TripleError::Exhausted);
+            return Err(TakeFailed::Exhausted);
         }
-        let found = match self.take_fast() {
-            Some(i) => Some(i),
-            None => self.take_fallback(),
-        };
-        let Some(buffer) = found else {
-            return Err(TripleError::NoFreeBuffer);
-        };
-        let seq = self.next_seq;
-        Ok(WriteGrant {
-            client: self,
-            buffer,
-            seq,
-            published: false,
-        })
+        match self.take_fast() {
+            Some(i) => Ok(i),
+            None => self.take_fallback().ok_or(TakeFailed::NoFreeBuffer),
+        }
     }
 
     /// The newest buffer (never taken) and the seq a READY candidate must be below.
@@ -535,6 +535,24 @@ impl<'m, M: WordMemory + ?Sized> TripleClient<'m, M> {
     }
 }
 
+/// Why [`TripleClient::take`]'s slow path found no buffer (one byte, so that `take`'s
+/// common path does not carry a whole [`TripleError`]).
+#[derive(Debug, Clone, Copy)]
+enum TakeFailed {
+    Exhausted,
+    NoFreeBuffer,
+}
+
+impl From<TakeFailed> for TripleError {
+    #[inline]
+    fn from(e: TakeFailed) -> Self {
+        match e {
+            TakeFailed::Exhausted => TripleError::Exhausted,
+            TakeFailed::NoFreeBuffer => TripleError::NoFreeBuffer,
+        }
+    }
+}
+
 /// The take order over the buffers ([`TripleClient::candidates`]): wraps without a division.
 #[derive(Debug)]
 struct Candidates {
@@ -564,15 +582,44 @@ impl Iterator for Candidates {
 /// A buffer taken for writing: only this grant can write it (its state word is
 /// `WRITING(client epoch)`, which no host touches). Publish with [`WriteGrant::publish`];
 /// dropping it unpublished returns the buffer to FREE.
+///
+/// The fields are derived once, in [`TripleClient::take`], from the buffer index and the
+/// client's validated layout; nothing else constructs a grant.
 #[derive(Debug)]
 #[must_use = "a write grant publishes nothing until `publish` is called"]
 pub struct WriteGrant<'c, 'm, M: WordMemory + ?Sized> {
     client: &'c mut TripleClient<'m, M>,
+    /// The client's memory (a copy of `client.mem`).
+    mem: &'m M,
     /// The taken buffer (`< N`, not the newest).
     buffer: u64,
-    /// The seq `publish` will publish.
+    /// The seq `publish` will publish (`< MAX_SEQ`).
     seq: u64,
-    published: bool,
+    /// The buffer's state word: `layout.state_word(buffer)`, in bounds of `mem` (the layout
+    /// was validated against `mem.len()` in `attach`, and `buffer < N`).
+    state_word: usize,
+    /// Byte offset of the buffer in the region: `layout.buffer_range(buffer).start`.
+    start: usize,
+    /// The buffer size B.
+    size: u64,
+}
+
+impl<'c, 'm, M: WordMemory + ?Sized> WriteGrant<'c, 'm, M> {
+    /// The grant of `buffer` (`< N`, marked `WRITING` by the caller) for seq `seq`.
+    #[inline(always)]
+    fn new(client: &'c mut TripleClient<'m, M>, buffer: u64, seq: u64) -> Self {
+        let layout = client.layout;
+        WriteGrant {
+            mem: client.mem,
+            buffer,
+            seq,
+            state_word: layout.state_word(buffer),
+            // Fits in `usize`: the region (`region_len <= 8 mem.len()`) is addressable.
+            start: layout.buffer_range(buffer).start as usize,
+            size: layout.buffer_size,
+            client,
+        }
+    }
 }
 
 impl<M: WordMemory + ?Sized> WriteGrant<'_, '_, M> {
@@ -588,12 +635,29 @@ impl<M: WordMemory + ?Sized> WriteGrant<'_, '_, M> {
 
     /// The buffer size B.
     pub fn len(&self) -> u64 {
-        self.client.layout.buffer_size
+        self.size
     }
 
     /// Always `false` (buffers are at least a page).
     pub fn is_empty(&self) -> bool {
         false
+    }
+
+    /// Byte offset in the region of `offset` within the buffer, if `len` bytes fit.
+    #[inline(always)]
+    fn checked_at(&self, offset: usize, len: usize) -> Result<usize, TripleError> {
+        let fits = (offset as u64)
+            .checked_add(len as u64)
+            .is_some_and(|e| e <= self.size);
+        if !fits {
+            return Err(TripleError::OutOfBounds {
+                offset,
+                len,
+                buffer_size: self.size,
+            });
+        }
+        // In bounds: offset + len <= B, and the buffer lies in the region.
+        Ok(self.start + offset)
     }
 
     /// Writes `bytes` at `offset` of the buffer (`Relaxed` word stores; published by
@@ -602,9 +666,10 @@ impl<M: WordMemory + ?Sized> WriteGrant<'_, '_, M> {
     /// # Errors
     ///
     /// [`TripleError::OutOfBounds`] if the write does not fit.
+    #[inline]
     pub fn write(&mut self, offset: usize, bytes: &[u8]) -> Result<(), TripleError> {
-        let at = self.client.checked_at(self.buffer, offset, bytes.len())?;
-        store_bytes(self.client.mem, at, bytes);
+        let at = self.checked_at(offset, bytes.len())?;
+        store_bytes(self.mem, at, bytes);
         Ok(())
     }
 
@@ -622,23 +687,24 @@ impl<M: WordMemory + ?Sized> WriteGrant<'_, '_, M> {
     /// # Errors
     ///
     /// [`TripleError::OutOfBounds`] if the write does not fit.
+    #[inline]
     pub unsafe fn write_exclusive(
         &mut self,
         offset: usize,
         bytes: &[u8],
     ) -> Result<(), TripleError> {
-        let at = self.client.checked_at(self.buffer, offset, bytes.len())?;
+        let at = self.checked_at(offset, bytes.len())?;
         if at % 8 != 0 {
-            store_bytes(self.client.mem, at, bytes);
+            store_bytes(self.mem, at, bytes);
             return Ok(());
         }
         let (whole, tail) = bytes.split_at(bytes.len() / 8 * 8);
         // SAFETY: the words lie in this grant's buffer (checked above), which no host touches
         // while it is WRITING, and the caller guarantees no other thread of this process does.
-        unsafe { self.client.mem.store_le_bytes_exclusive(at / 8, whole) };
+        unsafe { self.mem.store_le_bytes_exclusive(at / 8, whole) };
         // A partial last word is merged like `write` does (never zero-padded).
         if !tail.is_empty() {
-            store_bytes(self.client.mem, at + whole.len(), tail);
+            store_bytes(self.mem, at + whole.len(), tail);
         }
         Ok(())
     }
@@ -650,48 +716,48 @@ impl<M: WordMemory + ?Sized> WriteGrant<'_, '_, M> {
     ///
     /// [`TripleError::OutOfBounds`] if the range does not fit.
     pub fn read(&self, offset: usize, out: &mut [u8]) -> Result<(), TripleError> {
-        let at = self.client.checked_at(self.buffer, offset, out.len())?;
-        load_bytes(self.client.mem, at, out);
+        let at = self.checked_at(offset, out.len())?;
+        load_bytes(self.mem, at, out);
         Ok(())
     }
 
     /// Publishes the buffer as `READY(seq)` and returns the seq. Wait-free: two stores and a
     /// hint store, no locked instruction (the host never writes a WRITING word).
-    pub fn publish(mut self) -> u64 {
-        let c = &mut *self.client;
-        let (mem, layout) = (c.mem, c.layout);
-        // One check for the three stores below (each `store` would check its own index).
-        assert!(self.buffer < layout.buffers, "a grant's buffer is below N");
-        // SAFETY: `buffer < N` (checked above) and the layout was validated against
-        // `mem.len()` in `attach` (`TripleLayout::read`: `region_len <= 8 mem.len()`), so the
-        // buffer's state line, inside the state page of the region, is in bounds.
-        unsafe { mem.store_in_bounds(layout.seq_word(self.buffer), self.seq, Ordering::Relaxed) };
+    #[inline]
+    pub fn publish(self) -> u64 {
+        let (mem, buffer, seq, sw) = (self.mem, self.buffer, self.seq, self.state_word);
+        // SAFETY: the seq word is on the state word's line (`LINE_SEQ`, the line's second
+        // word), and the whole line lies in the region's state page, in bounds of `mem` like
+        // `state_word` (field invariant).
+        unsafe {
+            mem.store_in_bounds(
+                sw - words::LINE_STATE + words::LINE_SEQ,
+                seq,
+                Ordering::Relaxed,
+            )
+        };
         // Release: publishes the buffer's words and its seq word stored above (pairs with the
         // host's Acquire scan and freeze, and the Acquire loads in `attach`). A plain `mov`
         // on x86: the publication has no locked instruction.
-        // SAFETY: as for the seq word (same state line).
-        unsafe {
-            mem.store_in_bounds(
-                layout.state_word(self.buffer),
-                ready(self.seq),
-                Ordering::Release,
-            )
-        };
-        c.newest = Some((self.buffer, self.seq));
-        c.next_seq = self.seq + 1;
+        // SAFETY: `state_word` is in bounds (field invariant).
+        unsafe { mem.store_in_bounds(sw, ready(seq), Ordering::Release) };
         // SAFETY: `NEXT_SEQ` lies in the header page, inside every validated layout.
-        unsafe { mem.store_in_bounds(words::NEXT_SEQ, c.next_seq, Ordering::Relaxed) };
-        self.published = true;
-        self.seq
+        unsafe { mem.store_in_bounds(words::NEXT_SEQ, seq + 1, Ordering::Relaxed) };
+        self.client.newest = Some((buffer, seq));
+        self.client.next_seq = seq + 1;
+        // Not dropped: the buffer stays READY (a grant holds nothing else to release).
+        core::mem::forget(self);
+        seq
     }
 }
 
 impl<M: WordMemory + ?Sized> Drop for WriteGrant<'_, '_, M> {
     fn drop(&mut self) {
-        if !self.published {
-            let sw = self.client.layout.state_word(self.buffer);
-            // Relaxed: the buffer goes back to FREE, which only this client reads or writes.
-            self.client.mem.store(sw, 0, Ordering::Relaxed);
-        }
+        // Relaxed: the buffer goes back to FREE, which only this client reads or writes.
+        // SAFETY: `state_word` is in bounds (field invariant).
+        unsafe {
+            self.mem
+                .store_in_bounds(self.state_word, 0, Ordering::Relaxed)
+        };
     }
 }

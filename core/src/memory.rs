@@ -320,7 +320,7 @@ fn store_le_bytes_run(this: &[AtomicU64], first: usize, bytes: &[u8]) {
             d[k].store(u64::from_le_bytes(s[k]), Ordering::Relaxed);
         }
     }
-    if bytes.len() % 64 == 0 {
+    if bytes.len().is_multiple_of(64) {
         // A multiple of 64 bytes: done (spares the tests below). One test of the length, not
         // `rest` and `last` both empty: 2 instructions instead of 7.
         return;

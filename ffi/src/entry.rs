@@ -361,9 +361,7 @@ mod tests {
         // SAFETY: as above.
         assert_eq!(unsafe { bytes(b.as_ptr(), 4, "b") }.unwrap(), &[7u8; 4]);
         // SAFETY: as above.
-        assert_eq!(
-            unsafe { bytes_mut(b.as_mut_ptr(), 4, "b") }.unwrap(),
-            &[7u8; 4]
-        );
+        let all = unsafe { bytes_mut(b.as_mut_ptr(), 4, "b") };
+        assert_eq!(all.unwrap(), &[7u8; 4]);
     }
 }

@@ -168,9 +168,9 @@ pub(crate) unsafe fn bytes_mut<'a>(
     Ok(unsafe { std::slice::from_raw_parts_mut(ptr, len) })
 }
 
-/// The rare outcomes of [`bytes`] and [`bytes_mut`]: a NULL or too long buffer is fine when
-/// empty (`Ok`: the caller makes an empty slice), `SHMSNAP_E_NULL` when NULL, else
-/// `SHMSNAP_E_INVALID` (a length above `isize::MAX`).
+/// The rare outcomes of [`bytes`] and [`bytes_mut`], reached when `ptr` is NULL or `len` is
+/// above `isize::MAX`: `Ok` for an empty buffer at NULL (the caller makes an empty slice),
+/// else `SHMSNAP_E_NULL` when NULL, else `SHMSNAP_E_INVALID` (the length).
 #[cold]
 #[inline(never)]
 fn unusable(null: bool, len: usize, what: &str) -> Result<(), Error> {

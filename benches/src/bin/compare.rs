@@ -301,15 +301,6 @@ fn abi_section(opts: &Opts, r: &mut Report) {
                 at_most: true,
                 bound: 1.1,
             });
-            r.targets.push(Target {
-                what: format!(
-                    "commit {} through the C ABI: ABI / Rust called out of line (a real call on both sides; not the DESIGN row above)",
-                    size(n)
-                ),
-                ratio: floor,
-                at_most: true,
-                bound: 1.1,
-            });
         }
     }
     eprintln!("abi publish {} B", abi::PUBLISH_SIZE);

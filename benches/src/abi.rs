@@ -12,7 +12,10 @@
 //! library for a benchmark's sake.) The Rust side calls the core directly, as a Rust client
 //! does, so its commit is inlined into the loop: the ratio is the whole cost of the ABI
 //! (argument checks, the poison and busy flags, the caught-panic frame, the indirect call),
-//! not just a call's.
+//! not just a call's. A third side of the commit, [`Side::RustCall`], calls the same
+//! `Writer::commit` out of line through an opaque function pointer: the floor of any
+//! out-of-line API (the call, the frame, the result), against which the ABI's own work (its
+//! checks, its caught-panic frame, its status code) is measured.
 //!
 //! **Same placement on both sides.** Each side copies its payload from its own buffer into its
 //! own region, so the payload buffers start at the same offset within a page (2048: half a
@@ -32,6 +35,7 @@ use std::ffi::c_int;
 use std::hint::black_box;
 use std::io;
 use std::ptr::null_mut;
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use shmsnap::region::{shmsnap_region_attach, shmsnap_region_close, RegionHandle};
@@ -60,8 +64,29 @@ pub const PUBLISH_SIZE: usize = 4096;
 pub enum Side {
     /// The Rust API, called directly.
     Rust,
+    /// The Rust API behind a real call: an `#[inline(never)]` function of the same shape
+    /// (handle, payload, result) called through an opaque function pointer, as the ABI is. The
+    /// floor of any out-of-line API: what the ABI costs beyond it is the ABI's own work.
+    /// Commit only.
+    RustCall,
     /// The C ABI, called through opaque function pointers.
     Abi,
+}
+
+/// [`Side::RustCall`]'s function: `Writer::commit`, out of line.
+type RustCommitFn = for<'w, 'r, 'p> fn(
+    &'w mut Writer<'r, [AtomicU64]>,
+    &'p [u8],
+) -> Result<u64, shmsnap_core::CommitError>;
+
+/// `Writer::commit` in a frame of its own (never inlined into the bench loop, which also
+/// reaches it only through a function pointer that went through [`black_box`]).
+#[inline(never)]
+fn rust_commit_out_of_line(
+    w: &mut Writer<'_, [AtomicU64]>,
+    payload: &[u8],
+) -> Result<u64, shmsnap_core::CommitError> {
+    w.commit(payload)
 }
 
 type CommitFn =
@@ -94,6 +119,30 @@ impl Payload {
 fn cpu_now() -> Duration {
     let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
     Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
+}
+
+/// What times a fixture's batches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Clock {
+    /// This thread's CPU time (the module docs say why): `compare`.
+    ThreadCpu,
+    /// The monotonic clock through `std`: for `profile` under valgrind, which cannot run
+    /// rustix's vDSO lookup behind `clock_gettime` (it faults in `check_elf_base`, rustix issue
+    /// 1559), and where only the instruction count matters.
+    Wall,
+}
+
+impl Clock {
+    /// The time now by this clock, from an arbitrary origin fixed for the process.
+    fn now(self) -> Duration {
+        match self {
+            Clock::ThreadCpu => cpu_now(),
+            Clock::Wall => {
+                static ORIGIN: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+                ORIGIN.get_or_init(std::time::Instant::now).elapsed()
+            }
+        }
+    }
 }
 
 /// Panics unless `rc` is `SHMSNAP_OK`.
@@ -153,6 +202,7 @@ pub struct Commit {
     side: Side,
     writer: *mut WriterHandle,
     commit: CommitFn,
+    clock: Clock,
     payload: Payload,
     /// Declared last: closed after the writer.
     region: AbiRegion,
@@ -186,6 +236,7 @@ impl Commit {
             side,
             writer,
             commit: shmsnap_writer_commit,
+            clock: Clock::ThreadCpu,
             payload,
             region,
         };
@@ -193,12 +244,23 @@ impl Commit {
         Ok(f)
     }
 
+    /// Times the batches by `clock` (default [`Clock::ThreadCpu`]).
+    pub fn timed_by(mut self, clock: Clock) -> Commit {
+        self.clock = clock;
+        self
+    }
+
     fn sanity(&mut self, n: usize) {
         let mut back = vec![0u8; n];
-        if self.side == Side::Rust {
+        if self.side != Side::Abi {
             self.close_writer();
             let mut w = Writer::attach(self.region.map.words(), crate::CLIENT).expect("attach");
-            w.commit(self.payload.bytes()).expect("commit");
+            let commit: RustCommitFn = if self.side == Side::RustCall {
+                rust_commit_out_of_line
+            } else {
+                |w, p| w.commit(p)
+            };
+            commit(&mut w, self.payload.bytes()).expect("commit");
             let d = w.region().newest().expect("an entry");
             w.region().read_payload(&d, &mut back).expect("read");
         } else {
@@ -245,17 +307,26 @@ impl Bench for Commit {
             Side::Rust => {
                 // The writer borrows the mapping, so each batch attaches (outside the timing).
                 let mut w = Writer::attach(self.region.map.words(), crate::CLIENT).expect("attach");
-                let t = cpu_now();
+                let t = self.clock.now();
                 for _ in 0..iters {
                     black_box(w.commit(black_box(payload)).expect("commit"));
                 }
-                cpu_now() - t
+                self.clock.now() - t
+            }
+            Side::RustCall => {
+                let mut w = Writer::attach(self.region.map.words(), crate::CLIENT).expect("attach");
+                let commit = black_box(rust_commit_out_of_line as RustCommitFn);
+                let t = self.clock.now();
+                for _ in 0..iters {
+                    black_box(commit(&mut w, black_box(payload)).expect("commit"));
+                }
+                self.clock.now() - t
             }
             Side::Abi => {
                 let commit = black_box(self.commit);
                 let w = self.writer;
                 let mut seq = 0u64;
-                let t = cpu_now();
+                let t = self.clock.now();
                 for _ in 0..iters {
                     let p = black_box(payload);
                     // SAFETY: a live writer, a payload of the length passed, a valid output.
@@ -263,7 +334,7 @@ impl Bench for Commit {
                     assert_eq!(rc, 0);
                     black_box(seq);
                 }
-                cpu_now() - t
+                self.clock.now() - t
             }
         }
     }
@@ -295,8 +366,12 @@ impl Publish {
     ///
     /// # Panics
     ///
-    /// If the sanity check fails.
+    /// If the sanity check fails, or if `side` is [`Side::RustCall`] (commit only).
     pub fn new(side: Side) -> io::Result<Publish> {
+        assert!(
+            side != Side::RustCall,
+            "the publish group has no out-of-line Rust side"
+        );
         let len = 8192 + 3 * PUBLISH_SIZE as u64;
         let region = AbiRegion::new("bench-abi-publish", len)?;
         let mut client = null_mut();
@@ -370,6 +445,7 @@ impl Bench for Publish {
                 }
                 cpu_now() - t
             }
+            Side::RustCall => unreachable!("refused by `Publish::new`"),
             Side::Abi => {
                 let publish = black_box(self.publish);
                 let c = self.client;

@@ -127,52 +127,62 @@ impl<'a> Poison<'a> {
 
 /// The caller's `len` bytes at `ptr` (any pointer when `len` is 0).
 ///
+/// The success path is two tests (NULL, then a length no slice can have) and no stores: every
+/// other outcome — an empty buffer at NULL, the errors and their text — is sorted out in
+/// [`unusable`], out of line, so the commit path does not carry it (benches/README.md, "the C
+/// ABI's fixed cost").
+///
 /// # Safety
 ///
 /// If `len > 0` and `ptr` is not NULL: `ptr` is valid for reads of `len` bytes, which no
 /// other thread writes during the call.
+#[inline(always)]
 pub(crate) unsafe fn bytes<'a>(ptr: *const u8, len: usize, what: &str) -> Result<&'a [u8], Error> {
-    if len == 0 {
-        return Ok(&[]);
+    if ptr.is_null() || len > isize::MAX as usize {
+        return unusable(ptr.is_null(), len, what).map(|()| &[][..]);
     }
-    if ptr.is_null() {
-        return Err(Error::null(what));
-    }
-    if len > isize::MAX as usize {
-        return Err(Error::invalid(format_args!(
-            "{what}: length {len} is too large"
-        )));
-    }
-    // SAFETY: non-NULL, at most isize::MAX bytes (checked), valid and unaliased by the
-    // caller's contract; u8 needs no alignment.
+    // SAFETY: non-NULL and at most isize::MAX bytes (both checked); valid and unaliased by
+    // the caller's contract when `len > 0`, and any non-NULL pointer is valid for a read of 0
+    // bytes; u8 needs no alignment.
     Ok(unsafe { std::slice::from_raw_parts(ptr, len) })
 }
 
-/// The caller's writable `len` bytes at `ptr` (any pointer when `len` is 0).
+/// The caller's writable `len` bytes at `ptr` (any pointer when `len` is 0); as [`bytes`].
 ///
 /// # Safety
 ///
 /// If `len > 0` and `ptr` is not NULL: `ptr` is valid for writes of `len` bytes, which no
 /// other thread accesses during the call.
+#[inline(always)]
 pub(crate) unsafe fn bytes_mut<'a>(
     ptr: *mut u8,
     len: usize,
     what: &str,
 ) -> Result<&'a mut [u8], Error> {
-    if len == 0 {
-        return Ok(&mut []);
+    if ptr.is_null() || len > isize::MAX as usize {
+        return unusable(ptr.is_null(), len, what).map(|()| &mut [][..]);
     }
-    if ptr.is_null() {
-        return Err(Error::null(what));
-    }
-    if len > isize::MAX as usize {
-        return Err(Error::invalid(format_args!(
-            "{what}: length {len} is too large"
-        )));
-    }
-    // SAFETY: non-NULL, at most isize::MAX bytes (checked), valid and exclusive by the
-    // caller's contract; u8 needs no alignment.
+    // SAFETY: non-NULL and at most isize::MAX bytes (both checked); valid and exclusive by
+    // the caller's contract when `len > 0`, and any non-NULL pointer is valid for an access
+    // of 0 bytes; u8 needs no alignment.
     Ok(unsafe { std::slice::from_raw_parts_mut(ptr, len) })
+}
+
+/// The rare outcomes of [`bytes`] and [`bytes_mut`], reached when `ptr` is NULL or `len` is
+/// above `isize::MAX`: `Ok` for an empty buffer at NULL (the caller makes an empty slice),
+/// else `SHMSNAP_E_NULL` when NULL, else `SHMSNAP_E_INVALID` (the length).
+#[cold]
+#[inline(never)]
+fn unusable(null: bool, len: usize, what: &str) -> Result<(), Error> {
+    if len == 0 {
+        Ok(())
+    } else if null {
+        Err(Error::null(what))
+    } else {
+        Err(Error::invalid(format_args!(
+            "{what}: length {len} is too large"
+        )))
+    }
 }
 
 /// Stores `v` through an optional output pointer (NULL: the caller does not want it).
@@ -321,5 +331,37 @@ mod tests {
         // SAFETY: as above.
         let e = unsafe { bytes_mut(std::ptr::null_mut(), 3, "buf") }.unwrap_err();
         assert_eq!((e.code, e.text.as_str()), (SHMSNAP_E_NULL, "buf is NULL"));
+    }
+
+    #[test]
+    fn lengths_no_slice_can_have_are_refused_and_empty_buffers_are_empty() {
+        let too_long = isize::MAX as usize + 1;
+        let mut b = [7u8; 4];
+        // SAFETY: a buffer of 4 bytes; the lengths above isize::MAX are refused before any
+        // use (and in each block below), the empty ones read nothing.
+        let e = unsafe { bytes(b.as_ptr(), too_long, "payload") }.err();
+        // (`err().expect`, not `unwrap_err`: an accepted length must not be printed.)
+        let e = e.expect("a length above isize::MAX is refused");
+        assert_eq!(e.code, crate::status::SHMSNAP_E_INVALID);
+        assert!(e.text.starts_with("payload: length "), "{}", e.text);
+        // SAFETY: as above.
+        let e = unsafe { bytes_mut(b.as_mut_ptr(), usize::MAX, "buf") }.err();
+        let e = e.expect("a length above isize::MAX is refused");
+        assert_eq!(e.code, crate::status::SHMSNAP_E_INVALID);
+        assert!(e.text.contains("is too large"), "{}", e.text);
+        // SAFETY: as above.
+        let e = unsafe { bytes(std::ptr::null(), too_long, "b") }.unwrap_err();
+        assert_eq!(e.code, SHMSNAP_E_NULL, "NULL is named before the length");
+        // SAFETY: as above.
+        assert!(unsafe { bytes(b.as_ptr(), 0, "b") }.unwrap().is_empty());
+        // SAFETY: as above.
+        assert!(unsafe { bytes_mut(b.as_mut_ptr(), 0, "b") }
+            .unwrap()
+            .is_empty());
+        // SAFETY: as above.
+        assert_eq!(unsafe { bytes(b.as_ptr(), 4, "b") }.unwrap(), &[7u8; 4]);
+        // SAFETY: as above.
+        let all = unsafe { bytes_mut(b.as_mut_ptr(), 4, "b") };
+        assert_eq!(all.unwrap(), &[7u8; 4]);
     }
 }

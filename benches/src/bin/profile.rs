@@ -3,12 +3,16 @@
 //! ```text
 //! perf record -e cpu-clock -g target/release/profile commit ours 4096 advancing 3
 //! valgrind --tool=callgrind target/release/profile commit ours 64 hot 0.2
+//! valgrind --tool=callgrind --toggle-collect='*Bench*run*' target/release/profile abi c 64 0.3
 //! target/release/profile snapshot host 256 1/16 5
 //! ```
 //!
 //! Arguments: `commit {ours|memcpy|words|upstream} BYTES {hot|advancing} [SECONDS]`,
 //! `snapshot {host|raw|restore|raw-restore} MIB {full|1/16} [SECONDS]`,
-//! `recover ENTRIES [SECONDS]`, `triple {write|exclusive|crate} BYTES [SECONDS]`.
+//! `recover ENTRIES [SECONDS]`, `triple {write|exclusive|crate} BYTES [SECONDS]`,
+//! `abi {rust|rust-call|c} BYTES [SECONDS]` (a hot commit: `Writer::commit` inlined, the same
+//! out of line behind a function pointer, `shmsnap_writer_commit` behind one; the fixtures of
+//! `compare --only abi`).
 //!
 //! Under callgrind, `--toggle-collect='*Bench*run*'` counts the timed loops only; divide the
 //! instructions by the operation count printed at the end.
@@ -16,6 +20,7 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use shmsnap_benches::abi::{self, Side};
 use shmsnap_benches::commit::{Dest, Limit, Ours, Raw, Upstream};
 use shmsnap_benches::recover::Recover;
 use shmsnap_benches::snapshot::{SnapshotFixture, Touch};
@@ -27,7 +32,8 @@ fn usage() -> ! {
         "usage: profile commit {{ours|memcpy|words|upstream}} BYTES {{hot|advancing}} [SECONDS]\n\
          \x20      profile snapshot {{host|raw|restore|raw-restore}} MIB {{full|1/16}} [SECONDS]\n\
          \x20      profile recover ENTRIES [SECONDS]\n\
-         \x20      profile triple {{write|exclusive|crate}} BYTES [SECONDS]"
+         \x20      profile triple {{write|exclusive|crate}} BYTES [SECONDS]\n\
+         \x20      profile abi {{rust|rust-call|c}} BYTES [SECONDS]"
     );
     std::process::exit(2)
 }
@@ -66,6 +72,17 @@ fn main() {
                 _ => usage(),
             };
             (b, secs(3))
+        }
+        "abi" => {
+            let n: usize = arg(2).parse().unwrap_or_else(|_| usage());
+            let side = match arg(1) {
+                "rust" => Side::Rust,
+                "rust-call" => Side::RustCall,
+                "c" => Side::Abi,
+                _ => usage(),
+            };
+            let f = abi::Commit::new(n, side).expect("fixture");
+            (Box::new(f.timed_by(abi::Clock::Wall)), secs(3))
         }
         "recover" => {
             let e: u64 = arg(1).parse().unwrap_or_else(|_| usage());

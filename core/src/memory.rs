@@ -307,7 +307,10 @@ fn store_le_bytes_run(this: &[AtomicU64], first: usize, bytes: &[u8]) {
     // compiles to a shift, a test of the remainder and an add.
     #[allow(clippy::manual_div_ceil)]
     let dst = &this[first..first + (bytes.len() + 7) / 8];
-    let (dst_words, dst_last) = dst.split_at(words.len());
+    // SAFETY: `words.len() = len / 8 <= (len + 7) / 8 = dst.len()`. (The checked `split_at`
+    // kept its test, 4 instructions per commit; spelling the length `words + (last word)`,
+    // which the compiler does see through, cost 5 more for the length.)
+    let (dst_words, dst_last) = unsafe { dst.split_at_unchecked(words.len()) };
     // Eight words per step, then at most one step of four (the compiler does not unroll
     // atomic stores by itself), then single words, then the zero-padded last word.
     let (blocks, rest) = words.as_chunks::<8>();
@@ -317,8 +320,9 @@ fn store_le_bytes_run(this: &[AtomicU64], first: usize, bytes: &[u8]) {
             d[k].store(u64::from_le_bytes(s[k]), Ordering::Relaxed);
         }
     }
-    if rest.is_empty() && last.is_empty() {
-        // A multiple of 64 bytes: done (spares the tests below).
+    if bytes.len().is_multiple_of(64) {
+        // A multiple of 64 bytes: done (spares the tests below). One test of the length, not
+        // `rest` and `last` both empty: 2 instructions instead of 7.
         return;
     }
     let (mut rest, mut dst_rest) = (rest, dst_rest);

@@ -396,12 +396,10 @@ impl<'m, M: WordMemory + ?Sized> Writer<'m, M> {
             // Only asked while `oldest <= newest`, i.e. while the newest entry is live.
             return Some(self.newest_offset);
         }
-        let layout = self.layout();
-        let w = layout.desc_word(layout.slot_of(seq));
-        let mem = self.region.mem();
+        let slot = self.desc_slot(seq);
         // Relaxed: the writer reads back its own stores.
-        (mem.load(w + desc::SEQ, Ordering::Relaxed) == seq)
-            .then(|| mem.load(w + desc::OFFSET, Ordering::Relaxed))
+        (slot.load(desc::SEQ, Ordering::Relaxed) == seq)
+            .then(|| slot.load(desc::OFFSET, Ordering::Relaxed))
     }
 
     /// Empties the slot of the oldest seq (storing 0 into a gap's empty slot is harmless) and
@@ -632,7 +630,8 @@ impl<'m, M: WordMemory + ?Sized> Writer<'m, M> {
 }
 
 /// One descriptor slot of a writer's region: its stores skip the bounds check (four per
-/// commit, callgrind in benches/README.md).
+/// commit, callgrind in benches/README.md), and so do its loads (two per step of the general
+/// eviction loop).
 struct DescSlot<'m, M: WordMemory + ?Sized> {
     mem: &'m M,
     /// The slot's first word: `first + desc::WORDS <= mem.len()` (made only by
@@ -648,6 +647,15 @@ impl<M: WordMemory + ?Sized> DescSlot<'_, M> {
         assert!(field < desc::WORDS);
         // SAFETY: `first + field < first + desc::WORDS <= mem.len()` (the field invariant).
         unsafe { self.mem.store_in_bounds(self.first + field, v, order) }
+    }
+
+    /// Loads field `field` (a [`desc`] offset) of the slot.
+    #[inline(always)]
+    fn load(&self, field: usize, order: Ordering) -> u64 {
+        // A constant at every call site: folded away.
+        assert!(field < desc::WORDS);
+        // SAFETY: `first + field < first + desc::WORDS <= mem.len()` (the field invariant).
+        unsafe { self.mem.load_in_bounds(self.first + field, order) }
     }
 }
 

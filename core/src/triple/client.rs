@@ -363,7 +363,11 @@ impl<'m, M: WordMemory + ?Sized> TripleClient<'m, M> {
             Some(i) => i,
             None => self.take_slow()?,
         };
-        Ok(WriteGrant::new(self, buffer, next_seq))
+        Ok(WriteGrant {
+            client: self,
+            buffer,
+            seq: next_seq,
+        })
     }
 
     /// The rest of [`take`](Self::take): exhausted seqs, the whole pass of loads, the
@@ -583,43 +587,18 @@ impl Iterator for Candidates {
 /// `WRITING(client epoch)`, which no host touches). Publish with [`WriteGrant::publish`];
 /// dropping it unpublished returns the buffer to FREE.
 ///
-/// The fields are derived once, in [`TripleClient::take`], from the buffer index and the
-/// client's validated layout; nothing else constructs a grant.
+/// Only [`TripleClient::take`] constructs a grant, in one place (a grant returned from two
+/// places was assembled on the stack and copied with wider loads than its stores — a
+/// store-forwarding stall on every publication, benches/README.md).
 #[derive(Debug)]
 #[must_use = "a write grant publishes nothing until `publish` is called"]
 pub struct WriteGrant<'c, 'm, M: WordMemory + ?Sized> {
     client: &'c mut TripleClient<'m, M>,
-    /// The client's memory (a copy of `client.mem`).
-    mem: &'m M,
-    /// The taken buffer (`< N`, not the newest).
+    /// The taken buffer: `< N` of the client's layout, which was validated against
+    /// `mem.len()` in `attach`, so the buffer's state line is in bounds; not the newest.
     buffer: u64,
     /// The seq `publish` will publish (`< MAX_SEQ`).
     seq: u64,
-    /// The buffer's state word: `layout.state_word(buffer)`, in bounds of `mem` (the layout
-    /// was validated against `mem.len()` in `attach`, and `buffer < N`).
-    state_word: usize,
-    /// Byte offset of the buffer in the region: `layout.buffer_range(buffer).start`.
-    start: usize,
-    /// The buffer size B.
-    size: u64,
-}
-
-impl<'c, 'm, M: WordMemory + ?Sized> WriteGrant<'c, 'm, M> {
-    /// The grant of `buffer` (`< N`, marked `WRITING` by the caller) for seq `seq`.
-    #[inline(always)]
-    fn new(client: &'c mut TripleClient<'m, M>, buffer: u64, seq: u64) -> Self {
-        let layout = client.layout;
-        WriteGrant {
-            mem: client.mem,
-            buffer,
-            seq,
-            state_word: layout.state_word(buffer),
-            // Fits in `usize`: the region (`region_len <= 8 mem.len()`) is addressable.
-            start: layout.buffer_range(buffer).start as usize,
-            size: layout.buffer_size,
-            client,
-        }
-    }
 }
 
 impl<M: WordMemory + ?Sized> WriteGrant<'_, '_, M> {
@@ -635,29 +614,12 @@ impl<M: WordMemory + ?Sized> WriteGrant<'_, '_, M> {
 
     /// The buffer size B.
     pub fn len(&self) -> u64 {
-        self.size
+        self.client.layout.buffer_size
     }
 
     /// Always `false` (buffers are at least a page).
     pub fn is_empty(&self) -> bool {
         false
-    }
-
-    /// Byte offset in the region of `offset` within the buffer, if `len` bytes fit.
-    #[inline(always)]
-    fn checked_at(&self, offset: usize, len: usize) -> Result<usize, TripleError> {
-        let fits = (offset as u64)
-            .checked_add(len as u64)
-            .is_some_and(|e| e <= self.size);
-        if !fits {
-            return Err(TripleError::OutOfBounds {
-                offset,
-                len,
-                buffer_size: self.size,
-            });
-        }
-        // In bounds: offset + len <= B, and the buffer lies in the region.
-        Ok(self.start + offset)
     }
 
     /// Writes `bytes` at `offset` of the buffer (`Relaxed` word stores; published by
@@ -668,8 +630,8 @@ impl<M: WordMemory + ?Sized> WriteGrant<'_, '_, M> {
     /// [`TripleError::OutOfBounds`] if the write does not fit.
     #[inline]
     pub fn write(&mut self, offset: usize, bytes: &[u8]) -> Result<(), TripleError> {
-        let at = self.checked_at(offset, bytes.len())?;
-        store_bytes(self.mem, at, bytes);
+        let at = self.client.checked_at(self.buffer, offset, bytes.len())?;
+        store_bytes(self.client.mem, at, bytes);
         Ok(())
     }
 
@@ -693,18 +655,18 @@ impl<M: WordMemory + ?Sized> WriteGrant<'_, '_, M> {
         offset: usize,
         bytes: &[u8],
     ) -> Result<(), TripleError> {
-        let at = self.checked_at(offset, bytes.len())?;
+        let at = self.client.checked_at(self.buffer, offset, bytes.len())?;
         if at % 8 != 0 {
-            store_bytes(self.mem, at, bytes);
+            store_bytes(self.client.mem, at, bytes);
             return Ok(());
         }
         let (whole, tail) = bytes.split_at(bytes.len() / 8 * 8);
         // SAFETY: the words lie in this grant's buffer (checked above), which no host touches
         // while it is WRITING, and the caller guarantees no other thread of this process does.
-        unsafe { self.mem.store_le_bytes_exclusive(at / 8, whole) };
+        unsafe { self.client.mem.store_le_bytes_exclusive(at / 8, whole) };
         // A partial last word is merged like `write` does (never zero-padded).
         if !tail.is_empty() {
-            store_bytes(self.mem, at + whole.len(), tail);
+            store_bytes(self.client.mem, at + whole.len(), tail);
         }
         Ok(())
     }
@@ -716,8 +678,8 @@ impl<M: WordMemory + ?Sized> WriteGrant<'_, '_, M> {
     ///
     /// [`TripleError::OutOfBounds`] if the range does not fit.
     pub fn read(&self, offset: usize, out: &mut [u8]) -> Result<(), TripleError> {
-        let at = self.checked_at(offset, out.len())?;
-        load_bytes(self.mem, at, out);
+        let at = self.client.checked_at(self.buffer, offset, out.len())?;
+        load_bytes(self.client.mem, at, out);
         Ok(())
     }
 
@@ -725,22 +687,15 @@ impl<M: WordMemory + ?Sized> WriteGrant<'_, '_, M> {
     /// hint store, no locked instruction (the host never writes a WRITING word).
     #[inline]
     pub fn publish(self) -> u64 {
-        let (mem, buffer, seq, sw) = (self.mem, self.buffer, self.seq, self.state_word);
-        // SAFETY: the seq word is on the state word's line (`LINE_SEQ`, the line's second
-        // word), and the whole line lies in the region's state page, in bounds of `mem` like
-        // `state_word` (field invariant).
-        unsafe {
-            mem.store_in_bounds(
-                sw - words::LINE_STATE + words::LINE_SEQ,
-                seq,
-                Ordering::Relaxed,
-            )
-        };
+        let (mem, layout, buffer, seq) =
+            (self.client.mem, self.client.layout, self.buffer, self.seq);
+        // SAFETY: the buffer's state line is in bounds (field invariant of `buffer`).
+        unsafe { mem.store_in_bounds(layout.seq_word(buffer), seq, Ordering::Relaxed) };
         // Release: publishes the buffer's words and its seq word stored above (pairs with the
         // host's Acquire scan and freeze, and the Acquire loads in `attach`). A plain `mov`
         // on x86: the publication has no locked instruction.
-        // SAFETY: `state_word` is in bounds (field invariant).
-        unsafe { mem.store_in_bounds(sw, ready(seq), Ordering::Release) };
+        // SAFETY: as for the seq word (same state line).
+        unsafe { mem.store_in_bounds(layout.state_word(buffer), ready(seq), Ordering::Release) };
         // SAFETY: `NEXT_SEQ` lies in the header page, inside every validated layout.
         unsafe { mem.store_in_bounds(words::NEXT_SEQ, seq + 1, Ordering::Relaxed) };
         self.client.newest = Some((buffer, seq));
@@ -753,11 +708,9 @@ impl<M: WordMemory + ?Sized> WriteGrant<'_, '_, M> {
 
 impl<M: WordMemory + ?Sized> Drop for WriteGrant<'_, '_, M> {
     fn drop(&mut self) {
+        let sw = self.client.layout.state_word(self.buffer);
         // Relaxed: the buffer goes back to FREE, which only this client reads or writes.
-        // SAFETY: `state_word` is in bounds (field invariant).
-        unsafe {
-            self.mem
-                .store_in_bounds(self.state_word, 0, Ordering::Relaxed)
-        };
+        // SAFETY: the buffer's state line is in bounds (field invariant of `buffer`).
+        unsafe { self.client.mem.store_in_bounds(sw, 0, Ordering::Relaxed) };
     }
 }

@@ -181,12 +181,7 @@ fn commits_fail_typed_when_seqs_or_stream_offsets_run_out() {
     mem[word::NEXT_SEQ].store(MAX_SEQ - 1, Relaxed);
     let mut w = Writer::attach(&mem[..], shmsnap_testkit::CLIENT).unwrap();
     assert_eq!(w.commit(&[1; 8]), Ok(MAX_SEQ - 1));
-    let before: Vec<u64> = mem.iter().map(|x| x.load(Relaxed)).collect();
-    assert_eq!(w.commit(&[2; 8]), Err(CommitError::Exhausted));
-    assert!(matches!(w.begin(8), Err(CommitError::Exhausted)));
-    let after: Vec<u64> = mem.iter().map(|x| x.load(Relaxed)).collect();
-    assert!(before == after, "a refused commit stored something");
-    w.check_invariants().unwrap();
+    refused_as_exhausted(&mem, &mut w, &[2; 8]);
 
     // Stream offsets: one live entry 64 bytes below the limit, so 56 bytes remain.
     let mem = zeroed_words(64 * 1024);
@@ -200,11 +195,25 @@ fn commits_fail_typed_when_seqs_or_stream_offsets_run_out() {
     let mut w = Writer::attach(&mem[..], shmsnap_testkit::CLIENT).unwrap();
     assert_eq!(w.commit(&[3; 41]), Ok(2)); // [MAX - 56, MAX - 15), padded to MAX - 8
     assert_eq!(w.commit(&[4; 8]), Ok(3)); // [MAX - 8, MAX): ends exactly at the limit
-    let before: Vec<u64> = mem.iter().map(|x| x.load(Relaxed)).collect();
-    assert_eq!(w.commit(&[5; 1]), Err(CommitError::Exhausted));
-    assert!(matches!(w.begin(1), Err(CommitError::Exhausted)));
-    let after: Vec<u64> = mem.iter().map(|x| x.load(Relaxed)).collect();
-    assert!(before == after, "a refused commit stored something");
-    w.check_invariants().unwrap();
+    refused_as_exhausted(&mem, &mut w, &[5; 1]);
     assert_eq!(w.region().newest().map(|d| d.seq), Some(3));
+}
+
+/// Asserts that committing `payload` (and beginning a transaction of its length) fails with
+/// [`CommitError::Exhausted`] and stores nothing in `mem`, and that the writer is still sound.
+fn refused_as_exhausted(
+    mem: &[std::sync::atomic::AtomicU64],
+    w: &mut Writer<'_, [std::sync::atomic::AtomicU64]>,
+    payload: &[u8],
+) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let words = || mem.iter().map(|x| x.load(Relaxed)).collect::<Vec<u64>>();
+    let before = words();
+    assert_eq!(w.commit(payload), Err(CommitError::Exhausted));
+    assert!(matches!(
+        w.begin(payload.len()),
+        Err(CommitError::Exhausted)
+    ));
+    assert!(before == words(), "a refused commit stored something");
+    w.check_invariants().unwrap();
 }
